@@ -1,0 +1,122 @@
+//! isthmus-api: the data-plane configuration model shared by the control
+//! plane and the proxies. The model is protobuf (`proto/`), compiled in
+//! build.rs with serde impls for the proto3 JSON mapping, so the same
+//! messages travel on the discovery stream and are read from YAML files.
+//! No I/O and no Kubernetes types here.
+#![forbid(unsafe_code)]
+
+pub mod locate;
+pub mod validate;
+
+/// Generated protobuf code.
+pub mod config {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/isthmus.config.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/isthmus.config.v1.serde.rs"));
+    }
+}
+
+pub use config::v1 as model;
+pub use validate::{Issue, validate};
+
+use locate::{PathIndex, Position};
+
+/// A configuration problem located in its source text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedIssue {
+    /// Field path as written in YAML, e.g. `services[0].routes[1].timeout`;
+    /// empty when the text is not YAML at all.
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for LocatedIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l} column {c}: ")?,
+            (Some(l), None) => write!(f, "line {l}: ")?,
+            _ => {}
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a configuration text was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.issues))]
+pub struct ConfigError {
+    pub issues: Vec<LocatedIssue>,
+}
+
+fn render(issues: &[LocatedIssue]) -> String {
+    match issues {
+        [one] => one.to_string(),
+        many => {
+            let mut s = format!("{} problems:", many.len());
+            for i in many {
+                s.push_str("\n  ");
+                s.push_str(&i.to_string());
+            }
+            s
+        }
+    }
+}
+
+/// Parses and validates a proxy configuration written in YAML (or JSON, a
+/// subset of YAML). Every problem names its field path and line.
+pub fn parse_yaml(text: &str) -> Result<model::ProxyConfig, ConfigError> {
+    let index = PathIndex::build(text);
+    let config: model::ProxyConfig = serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let pos = loc.map(|l| Position {
+            line: l.line() as usize,
+            column: l.column() as usize,
+        });
+        ConfigError {
+            issues: vec![LocatedIssue {
+                path: pos
+                    .and_then(|p| index.path_at(p))
+                    .unwrap_or_default()
+                    .to_string(),
+                line: pos.map(|p| p.line),
+                column: pos.map(|p| p.column),
+                message: first_line(&e.to_string()),
+            }],
+        }
+    })?;
+    let issues = validate(&config);
+    if issues.is_empty() {
+        return Ok(config);
+    }
+    Err(ConfigError {
+        issues: issues
+            .into_iter()
+            .map(|i| {
+                let pos = index.position(&i.path);
+                LocatedIssue {
+                    line: pos.map(|p| p.line),
+                    column: pos.map(|p| p.column),
+                    path: i.path,
+                    message: i.message,
+                }
+            })
+            .collect(),
+    })
+}
+
+/// serde-saphyr renders a snippet after the first line; keep the sentence
+/// without its own "line L column C" prefix, since we print ours.
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.find(": ") {
+        Some(i) if line.starts_with("line ") => line[i + 2..].to_string(),
+        _ => line.to_string(),
+    }
+}

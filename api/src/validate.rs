@@ -1,0 +1,382 @@
+//! Semantic checks of a [`ProxyConfig`] beyond what its schema enforces:
+//! references between objects, address syntax, ranges, regular expressions.
+//! Pure: the same checks run on a YAML file the sidecar loads and, later, in
+//! the control plane before a configuration is pushed.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::v1::{
+    Endpoint, FaultInjection, HttpRoute, Listener, ProxyConfig, Service, fault_injection, hash_key,
+    header_match, listener, path_match,
+};
+
+/// One problem, located by the field path as written in YAML
+/// (`services[0].routes[1].timeout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub path: String,
+    pub message: String,
+}
+
+/// Retry conditions a route may name in `retryOn`.
+pub const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "retriable-4xx",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+const HTTP_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+struct Checker {
+    issues: Vec<Issue>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Checks the whole configuration and returns every problem found (empty
+/// when the configuration is valid).
+pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
+    let mut c = Checker { issues: Vec::new() };
+    let mut ports_by_service: HashMap<&str, Vec<u32>> = HashMap::new();
+    for (i, s) in config.services.iter().enumerate() {
+        let path = format!("services[{i}]");
+        if s.name.is_empty() {
+            c.fail(format!("{path}.name"), "a service needs a name, e.g. catalog.shop");
+        } else if ports_by_service.contains_key(s.name.as_str()) {
+            c.fail(format!("{path}.name"), format!("duplicate service name {:?}", s.name));
+        }
+        ports_by_service.insert(&s.name, s.ports.iter().map(|p| p.port).collect());
+    }
+    for (i, s) in config.services.iter().enumerate() {
+        check_service(&mut c, &format!("services[{i}]"), s, &ports_by_service);
+    }
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if l.name.is_empty() {
+            c.fail(format!("{path}.name"), "a listener needs a name");
+        } else if !names.insert(l.name.as_str()) {
+            c.fail(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
+        }
+        match l.address.parse::<SocketAddr>() {
+            Err(_) => c.fail(
+                format!("{path}.address"),
+                format!("{:?} is not ip:port, e.g. 127.0.0.1:15001", l.address),
+            ),
+            Ok(a) if a.port() != 0 && !addresses.insert(a) => c.fail(
+                format!("{path}.address"),
+                format!("{a} is used by another listener"),
+            ),
+            Ok(_) => {}
+        }
+        check_listener(&mut c, &path, l, &ports_by_service);
+    }
+    c.issues
+}
+
+fn check_listener(
+    c: &mut Checker,
+    path: &str,
+    l: &Listener,
+    services: &HashMap<&str, Vec<u32>>,
+) {
+    match &l.kind {
+        None => c.fail(
+            path,
+            "a listener needs one of http, tcp, transparent or inbound",
+        ),
+        Some(listener::Kind::Tcp(t)) => {
+            check_service_ref(c, &format!("{path}.tcp"), &t.service, t.port, services)
+        }
+        Some(listener::Kind::Inbound(inb)) => {
+            if !inb.app_address.is_empty() && inb.app_address.parse::<IpAddr>().is_err() {
+                c.fail(
+                    format!("{path}.inbound.appAddress"),
+                    format!("{:?} is not an IP address", inb.app_address),
+                );
+            }
+            if inb.ports.is_empty() {
+                c.fail(
+                    format!("{path}.inbound.ports"),
+                    "list the application's ports (port and protocol)",
+                );
+            }
+            for (j, p) in inb.ports.iter().enumerate() {
+                if p.port == 0 || p.port > 65535 {
+                    c.fail(format!("{path}.inbound.ports[{j}].port"), "port must be 1-65535");
+                }
+            }
+        }
+        Some(listener::Kind::Http(_) | listener::Kind::Transparent(_)) => {}
+    }
+}
+
+/// A reference to `service` (and `port`, 0 meaning "the only port or the
+/// port asked for") must name an existing service and one of its ports.
+fn check_service_ref(
+    c: &mut Checker,
+    path: &str,
+    service: &str,
+    port: u32,
+    services: &HashMap<&str, Vec<u32>>,
+) {
+    match services.get(service) {
+        None => c.fail(
+            format!("{path}.service"),
+            format!("no service named {service:?} in services"),
+        ),
+        Some(ports) if port != 0 && !ports.contains(&port) => c.fail(
+            format!("{path}.port"),
+            format!("service {service:?} has no port {port} (ports: {ports:?})"),
+        ),
+        Some(_) => {}
+    }
+}
+
+fn check_service(
+    c: &mut Checker,
+    path: &str,
+    s: &Service,
+    services: &HashMap<&str, Vec<u32>>,
+) {
+    for (j, h) in s.hosts.iter().enumerate() {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        if bare.is_empty() || bare.contains(['*', '/', ' ', ':']) {
+            c.fail(
+                format!("{path}.hosts[{j}]"),
+                format!("{h:?} is not a host name (a leading \"*.\" is the only wildcard)"),
+            );
+        }
+    }
+    for (j, v) in s.vips.iter().enumerate() {
+        if v.parse::<IpAddr>().is_err() {
+            c.fail(format!("{path}.vips[{j}]"), format!("{v:?} is not an IP address"));
+        }
+    }
+    if s.ports.is_empty() {
+        c.fail(format!("{path}.ports"), "a service needs at least one port");
+    }
+    let mut seen = HashSet::new();
+    for (j, p) in s.ports.iter().enumerate() {
+        if p.port == 0 || p.port > 65535 {
+            c.fail(format!("{path}.ports[{j}].port"), "port must be 1-65535");
+        } else if !seen.insert(p.port) {
+            c.fail(format!("{path}.ports[{j}].port"), format!("duplicate port {}", p.port));
+        }
+        if p.target_port > 65535 {
+            c.fail(format!("{path}.ports[{j}].targetPort"), "port must be 1-65535");
+        }
+    }
+    for (j, e) in s.endpoints.iter().enumerate() {
+        check_endpoint(c, &format!("{path}.endpoints[{j}]"), e, s);
+    }
+    let mut route_names = HashSet::new();
+    for (j, r) in s.routes.iter().enumerate() {
+        let rpath = format!("{path}.routes[{j}]");
+        if !r.name.is_empty() && !route_names.insert(r.name.as_str()) {
+            c.fail(format!("{rpath}.name"), format!("duplicate route name {:?}", r.name));
+        }
+        check_route(c, &rpath, r, services);
+    }
+    if let Some(lb) = &s.load_balancer
+        && let Some(hk) = &lb.hash_key
+    {
+        match &hk.kind {
+            Some(hash_key::Kind::Header(h)) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
+                c.fail(format!("{path}.loadBalancer.hashKey.header"), format!("{h:?} is not a header name"))
+            }
+            Some(hash_key::Kind::Cookie(k)) if k.is_empty() => {
+                c.fail(format!("{path}.loadBalancer.hashKey.cookie"), "name the cookie")
+            }
+            _ => {}
+        }
+        if let Some(loc) = &lb.locality
+            && (loc.overprovisioning_factor < 0.0 || loc.overprovisioning_factor.is_nan())
+        {
+            c.fail(
+                format!("{path}.loadBalancer.locality.overprovisioningFactor"),
+                "must be a positive number (1.4 is Envoy's default)",
+            );
+        }
+    }
+    if let Some(od) = &s.outlier_detection
+        && od.max_ejection_percent > 100
+    {
+        c.fail(
+            format!("{path}.outlierDetection.maxEjectionPercent"),
+            "must be 0-100",
+        );
+    }
+    for (name, d) in [
+        ("outlierDetection.baseEjectionTime", s.outlier_detection.as_ref().and_then(|o| o.base_ejection_time.as_ref())),
+        ("outlierDetection.maxEjectionTime", s.outlier_detection.as_ref().and_then(|o| o.max_ejection_time.as_ref())),
+        ("connectionPool.connectTimeout", s.connection_pool.as_ref().and_then(|o| o.connect_timeout.as_ref())),
+        ("connectionPool.idleTimeout", s.connection_pool.as_ref().and_then(|o| o.idle_timeout.as_ref())),
+    ] {
+        check_duration(c, &format!("{path}.{name}"), d);
+    }
+}
+
+fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
+    let with_port = e.address.parse::<SocketAddr>().is_ok();
+    if !with_port && e.address.parse::<IpAddr>().is_err() {
+        c.fail(
+            format!("{path}.address"),
+            format!("{:?} is not ip or ip:port", e.address),
+        );
+    }
+    if with_port && s.ports.len() > 1 {
+        c.fail(
+            format!("{path}.address"),
+            "the service has several ports: give the endpoint's port per service port in `ports`",
+        );
+    }
+    for (k, p) in e.ports.iter().enumerate() {
+        if !s.ports.iter().any(|sp| sp.port == p.port) {
+            c.fail(
+                format!("{path}.ports[{k}].port"),
+                format!("the service has no port {}", p.port),
+            );
+        }
+        if p.target_port == 0 || p.target_port > 65535 {
+            c.fail(format!("{path}.ports[{k}].targetPort"), "port must be 1-65535");
+        }
+    }
+}
+
+fn check_duration(c: &mut Checker, path: &str, d: Option<&pbjson_types::Duration>) {
+    if let Some(d) = d
+        && (d.seconds < 0 || d.nanos < 0)
+    {
+        c.fail(path, "a duration cannot be negative");
+    }
+}
+
+fn check_percentage(c: &mut Checker, path: &str, p: f64) {
+    if !(0.0..=100.0).contains(&p) {
+        c.fail(path, format!("{p} is not a percentage (0-100)"));
+    }
+}
+
+fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&str, Vec<u32>>) {
+    for (k, m) in r.matches.iter().enumerate() {
+        let mpath = format!("{path}.matches[{k}]");
+        if let Some(pm) = &m.path {
+            match &pm.kind {
+                Some(path_match::Kind::Exact(p) | path_match::Kind::Prefix(p)) if !p.starts_with('/') => {
+                    c.fail(format!("{mpath}.path"), format!("{p:?} must start with /"))
+                }
+                Some(path_match::Kind::Regex(re)) => {
+                    if let Err(e) = regex::Regex::new(re) {
+                        c.fail(format!("{mpath}.path.regex"), format!("invalid regex: {e}"));
+                    }
+                }
+                None => c.fail(format!("{mpath}.path"), "give one of exact, prefix or regex"),
+                _ => {}
+            }
+        }
+        for (h, hm) in m.headers.iter().enumerate() {
+            let hpath = format!("{mpath}.headers[{h}]");
+            if http::HeaderName::from_bytes(hm.name.as_bytes()).is_err() {
+                c.fail(format!("{hpath}.name"), format!("{:?} is not a header name", hm.name));
+            }
+            match &hm.kind {
+                Some(header_match::Kind::Regex(re)) => {
+                    if let Err(e) = regex::Regex::new(re) {
+                        c.fail(format!("{hpath}.regex"), format!("invalid regex: {e}"));
+                    }
+                }
+                None => c.fail(&hpath, "give one of exact, regex or present"),
+                _ => {}
+            }
+        }
+        if !m.method.is_empty() && !HTTP_METHODS.contains(&m.method.as_str()) {
+            c.fail(
+                format!("{mpath}.method"),
+                format!("{:?} is not an HTTP method (upper case, e.g. GET)", m.method),
+            );
+        }
+    }
+    for (k, b) in r.backends.iter().enumerate() {
+        check_service_ref(c, &format!("{path}.backends[{k}]"), &b.service, b.port, services);
+    }
+    if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0) {
+        c.fail(
+            format!("{path}.backends"),
+            "every backend has weight 0: give at least one a weight",
+        );
+    }
+    check_duration(c, &format!("{path}.timeout"), r.timeout.as_ref());
+    if let Some(retry) = &r.retry {
+        for (k, cond) in retry.retry_on.iter().enumerate() {
+            if !RETRY_ON.contains(&cond.as_str()) {
+                c.fail(
+                    format!("{path}.retry.retryOn[{k}]"),
+                    format!("unknown retry condition {cond:?}; known: {}", RETRY_ON.join(", ")),
+                );
+            }
+        }
+        check_duration(c, &format!("{path}.retry.perTryTimeout"), retry.per_try_timeout.as_ref());
+        check_duration(c, &format!("{path}.retry.backoffBase"), retry.backoff_base.as_ref());
+        check_duration(c, &format!("{path}.retry.backoffMax"), retry.backoff_max.as_ref());
+        if let Some(b) = &retry.budget
+            && !(b.retry_ratio >= 0.0 && b.retry_ratio <= 1000.0)
+        {
+            c.fail(format!("{path}.retry.budget.retryRatio"), "must be 0 or more (e.g. 0.2)");
+        }
+    }
+    if let Some(f) = &r.fault {
+        check_fault(c, &format!("{path}.fault"), f);
+    }
+    if let Some(m) = &r.mirror {
+        check_service_ref(c, &format!("{path}.mirror"), &m.service, m.port, services);
+        check_percentage(c, &format!("{path}.mirror.percentage"), m.percentage);
+    }
+    if let Some(rl) = &r.rate_limit
+        && (rl.requests_per_second.is_nan() || rl.requests_per_second <= 0.0)
+    {
+        c.fail(
+            format!("{path}.rateLimit.requestsPerSecond"),
+            "must be more than 0",
+        );
+    }
+}
+
+fn check_fault(c: &mut Checker, path: &str, f: &FaultInjection) {
+    if let Some(d) = &f.delay {
+        check_percentage(c, &format!("{path}.delay.percentage"), d.percentage);
+        check_duration(c, &format!("{path}.delay.fixedDelay"), d.fixed_delay.as_ref());
+    }
+    if let Some(a) = &f.abort {
+        check_percentage(c, &format!("{path}.abort.percentage"), a.percentage);
+        match a.status {
+            Some(fault_injection::abort::Status::HttpStatus(s)) if !(200..=599).contains(&s) => {
+                c.fail(format!("{path}.abort.httpStatus"), "must be an HTTP status 200-599")
+            }
+            Some(fault_injection::abort::Status::GrpcStatus(s)) if s > 16 => c.fail(
+                format!("{path}.abort.grpcStatus"),
+                "must be a gRPC status code 0-16 (e.g. 14, UNAVAILABLE)",
+            ),
+            None => c.fail(format!("{path}.abort"), "give httpStatus or grpcStatus"),
+            _ => {}
+        }
+    }
+}

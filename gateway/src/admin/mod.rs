@@ -1,0 +1,118 @@
+//! The admin port (15020): /metrics, /healthz, /readyz and /config_dump.
+//! Read-only views of the proxy's state; nothing here changes it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+use crate::proxy::body::{RespBody, full};
+use crate::proxy::listener::Listeners;
+
+pub struct Admin {
+    pub proxy: Arc<Proxy>,
+    pub listeners: Arc<Listeners>,
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl Admin {
+    /// Ready: a configuration is loaded, its listeners are bound, and the
+    /// proxy is not draining.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.proxy.drain.is_cancelled() {
+            return Err("draining".into());
+        }
+        if !self.proxy.store.is_loaded() {
+            return Err("no configuration yet".into());
+        }
+        let snap = self.proxy.store.load();
+        let missing: Vec<&str> = snap
+            .listeners
+            .iter()
+            .filter(|l| self.listeners.addr(&l.name).is_none())
+            .map(|l| l.name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!("listeners not bound: {}", missing.join(", ")));
+        }
+        Ok(())
+    }
+
+    pub fn config_dump(&self) -> serde_json::Value {
+        let snap = self.proxy.store.load();
+        serde_json::json!({
+            "version": snap.version,
+            "generation": self.proxy.store.generation(),
+            "lastRejected": self.proxy.store.last_error(),
+            "listeners": self.listeners.bound().into_iter()
+                .map(|(n, a)| (n, serde_json::Value::String(a.to_string())))
+                .collect::<serde_json::Map<_, _>>(),
+            "config": serde_json::to_value(&snap.source).unwrap_or_default(),
+            "clusters": self.proxy.clusters.dump(),
+        })
+    }
+
+    fn handle(&self, req: &Request<Incoming>) -> Response<RespBody> {
+        let (status, ctype, body) = match req.uri().path() {
+            "/metrics" => (
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.proxy.metrics.encode(),
+            ),
+            "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+            "/readyz" => match self.ready() {
+                Ok(()) => (StatusCode::OK, "text/plain", "ready\n".into()),
+                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
+            },
+            "/config_dump" => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&self.config_dump()).unwrap_or_default(),
+            ),
+            _ => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "try /metrics, /healthz, /readyz or /config_dump\n".into(),
+            ),
+        };
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        r
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let stop = self.proxy.hard_stop.clone();
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+            };
+            let admin = self.clone();
+            let stop = stop.clone();
+            // Admin connections are not part of the drain: probes must keep
+            // working (and see 503 on /readyz) until the very end.
+            self.tasks.spawn(async move {
+                let svc = service_fn(move |req| {
+                    let r = admin.handle(&req);
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,775 @@
+//! Compiles a validated `ProxyConfig` into a `Snapshot`: regexes compiled,
+//! defaults applied, host/VIP indexes built, locality priorities computed
+//! against the proxy's own locality. Pure; a failure here names the field.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_api::model as m;
+use regex::Regex;
+
+use crate::balance::locality::{self, Locality};
+use crate::balance::outlier::OutlierSettings;
+use crate::balance::{Policy, Ring};
+use crate::policy::fault::{AbortStatus, Fault};
+use crate::policy::retry::{BudgetSettings, RetryOn, RetrySettings};
+use crate::route::{
+    Backend, HeaderMatch, HeaderValueMatch, MirrorSettings, PathMatch, RateLimitSettings, Route,
+    RouteMatch,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+}
+
+impl Protocol {
+    fn from_model(p: i32) -> Self {
+        match m::Protocol::try_from(p).unwrap_or(m::Protocol::Http) {
+            m::Protocol::Http => Self::Http,
+            m::Protocol::Http2 => Self::Http2,
+            m::Protocol::Grpc => Self::Grpc,
+            m::Protocol::Tcp => Self::Tcp,
+        }
+    }
+
+    pub fn is_http(self) -> bool {
+        self != Self::Tcp
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub cluster: String,
+    pub locality: Locality,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PortSpec {
+    pub port: u16,
+    pub protocol: Protocol,
+    pub target_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub ip: IpAddr,
+    /// A port given in the address ("ip:port").
+    pub fixed_port: Option<u16>,
+    /// Per service port overrides.
+    pub ports: HashMap<u16, u16>,
+    pub locality: Locality,
+    pub weight: u32,
+    pub healthy: bool,
+}
+
+impl EndpointSpec {
+    /// The socket address of this endpoint for a service port.
+    pub fn addr(&self, port: &PortSpec) -> SocketAddr {
+        let p = self
+            .ports
+            .get(&port.port)
+            .copied()
+            .or(self.fixed_port)
+            .unwrap_or(port.target_port);
+        SocketAddr::new(self.ip, p)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum HashKeySpec {
+    Header(http::HeaderName),
+    Cookie(String),
+    SourceIp,
+}
+
+#[derive(Debug, Clone)]
+pub struct LbSpec {
+    pub policy: Policy,
+    pub hash_key: HashKeySpec,
+    pub overprovisioning: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub max_connections: usize,
+    pub max_pending: usize,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_requests: usize,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_pending: 1024,
+            max_requests_per_connection: None,
+            max_requests: 1024,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServiceSpec {
+    pub name: Arc<str>,
+    pub ports: Vec<PortSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    /// Locality priority of each endpoint, index-aligned with `endpoints`.
+    pub priorities: Vec<usize>,
+    pub routes: Vec<Route>,
+    /// Used when no route matches: to this service, default policies.
+    pub default_route: Route,
+    pub lb: LbSpec,
+    pub ring: Option<Ring>,
+    pub outlier: OutlierSettings,
+    pub pool: PoolLimits,
+    /// True for the synthetic services of inbound listeners.
+    pub inbound: bool,
+}
+
+impl ServiceSpec {
+    /// The port a request for `requested` (None: unspecified) resolves to:
+    /// that port, else port 80, else the only port.
+    pub fn port(&self, requested: Option<u16>) -> Option<&PortSpec> {
+        match requested {
+            Some(p) => self.ports.iter().find(|x| x.port == p),
+            None => self
+                .ports
+                .iter()
+                .find(|x| x.port == 80)
+                .or_else(|| (self.ports.len() == 1).then(|| &self.ports[0])),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenerKind {
+    Http,
+    Tcp { service: String, port: Option<u16> },
+    Transparent { passthrough: bool },
+    /// Inbound: (app port, protocol) in order; the synthetic service for
+    /// port P is named `inbound|P`.
+    Inbound { ports: Vec<(u16, Protocol)> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+/// The configuration in effect, as the request path reads it.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: String,
+    /// The configuration as received, for /config_dump.
+    pub source: m::ProxyConfig,
+    pub node: NodeInfo,
+    pub services: HashMap<String, Arc<ServiceSpec>>,
+    hosts: HashMap<String, String>,
+    wildcard_hosts: Vec<(String, String)>,
+    vips: HashMap<SocketAddr, String>,
+    pub listeners: Vec<ListenerSpec>,
+}
+
+impl Snapshot {
+    /// The service a Host header or :authority names (port ignored).
+    pub fn service_for_host(&self, host: &str) -> Option<&Arc<ServiceSpec>> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let name = self.hosts.get(&host).or_else(|| {
+            self.wildcard_hosts
+                .iter()
+                .filter(|(suffix, _)| host.ends_with(suffix.as_str()) && host.len() > suffix.len())
+                .max_by_key(|(suffix, _)| suffix.len())
+                .map(|(_, s)| s)
+        })?;
+        self.services.get(name)
+    }
+
+    /// The service whose VIP and port are `dst` (transparent capture).
+    pub fn service_for_vip(&self, dst: SocketAddr) -> Option<&Arc<ServiceSpec>> {
+        self.services.get(self.vips.get(&dst)?)
+    }
+
+    pub fn empty() -> Self {
+        compile(&m::ProxyConfig::default()).expect("empty config compiles")
+    }
+}
+
+pub fn inbound_service_name(port: u16) -> String {
+    format!("inbound|{port}")
+}
+
+fn dur(d: Option<&pbjson_types::Duration>) -> Option<Duration> {
+    let d = d?;
+    if d.seconds < 0 || d.nanos < 0 {
+        return None;
+    }
+    let d = Duration::new(d.seconds as u64, d.nanos as u32);
+    (!d.is_zero()).then_some(d)
+}
+
+fn port16(p: u32, what: &str) -> Result<u16, CompileError> {
+    u16::try_from(p)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| CompileError::Invalid(format!("{what}: port {p} is not 1-65535")))
+}
+
+fn opt_port(p: u32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+/// Compiles a configuration. Call `isthmus_api::validate` first: this only
+/// reports the problems it cannot avoid meeting.
+pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
+    let issues = isthmus_api::validate(cfg);
+    if let Some(i) = issues.first() {
+        return Err(CompileError::Invalid(format!("{}: {}", i.path, i.message)));
+    }
+    let node = cfg.node.clone().unwrap_or_default();
+    let node = NodeInfo {
+        locality: node
+            .locality
+            .map(|l| Locality {
+                region: l.region,
+                zone: l.zone,
+            })
+            .unwrap_or_default(),
+        name: node.name,
+        namespace: node.namespace,
+        service_account: node.service_account,
+        cluster: node.cluster,
+    };
+    let mut services = HashMap::new();
+    let mut hosts = HashMap::new();
+    let mut wildcard_hosts = Vec::new();
+    let mut vips = HashMap::new();
+    for s in &cfg.services {
+        let spec = compile_service(s, &node)?;
+        let mut names: Vec<String> = s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        let lower = s.name.to_ascii_lowercase();
+        names.push(format!("{lower}.svc.cluster.local"));
+        names.push(format!("{lower}.svc"));
+        if let Some((short, ns)) = lower.split_once('.')
+            && ns == node.namespace
+            && !ns.contains('.')
+        {
+            names.push(short.to_string());
+        }
+        names.push(lower);
+        for h in names {
+            match h.strip_prefix('*') {
+                Some(suffix) => wildcard_hosts.push((suffix.to_string(), s.name.clone())),
+                None => {
+                    hosts.entry(h).or_insert_with(|| s.name.clone());
+                }
+            }
+        }
+        for v in &s.vips {
+            let ip: IpAddr = v
+                .parse()
+                .map_err(|_| CompileError::Invalid(format!("{}: vip {v:?}", s.name)))?;
+            for p in &spec.ports {
+                vips.insert(SocketAddr::new(ip, p.port), s.name.clone());
+            }
+        }
+        services.insert(s.name.clone(), Arc::new(spec));
+    }
+    let mut listeners = Vec::new();
+    for l in &cfg.listeners {
+        let address: SocketAddr = l
+            .address
+            .parse()
+            .map_err(|_| CompileError::Invalid(format!("listener {}: address", l.name)))?;
+        let kind = match &l.kind {
+            Some(m::listener::Kind::Http(_)) => ListenerKind::Http,
+            Some(m::listener::Kind::Tcp(t)) => ListenerKind::Tcp {
+                service: t.service.clone(),
+                port: opt_port(t.port),
+            },
+            Some(m::listener::Kind::Transparent(t)) => ListenerKind::Transparent {
+                passthrough: t.unmatched()
+                    == m::transparent_outbound::Unmatched::Passthrough,
+            },
+            Some(m::listener::Kind::Inbound(inb)) => {
+                let app: IpAddr = if inb.app_address.is_empty() {
+                    IpAddr::from([127, 0, 0, 1])
+                } else {
+                    inb.app_address.parse().map_err(|_| {
+                        CompileError::Invalid(format!("listener {}: appAddress", l.name))
+                    })?
+                };
+                let mut ports = Vec::new();
+                for p in &inb.ports {
+                    let port = port16(p.port, &l.name)?;
+                    let protocol = Protocol::from_model(p.protocol);
+                    ports.push((port, protocol));
+                    let name = inbound_service_name(port);
+                    services
+                        .entry(name.clone())
+                        .or_insert_with(|| Arc::new(inbound_service(&name, app, port, protocol)));
+                }
+                ListenerKind::Inbound { ports }
+            }
+            None => {
+                return Err(CompileError::Invalid(format!(
+                    "listener {}: no kind",
+                    l.name
+                )));
+            }
+        };
+        listeners.push(ListenerSpec {
+            name: l.name.clone(),
+            address,
+            kind,
+        });
+    }
+    Ok(Snapshot {
+        version: cfg.version.clone(),
+        source: cfg.clone(),
+        node,
+        services,
+        hosts,
+        wildcard_hosts,
+        vips,
+        listeners,
+    })
+}
+
+fn inbound_service(name: &str, app: IpAddr, port: u16, protocol: Protocol) -> ServiceSpec {
+    let name: Arc<str> = name.into();
+    ServiceSpec {
+        default_route: default_route(&name),
+        name,
+        ports: vec![PortSpec {
+            port,
+            protocol,
+            target_port: port,
+        }],
+        endpoints: vec![EndpointSpec {
+            ip: app,
+            fixed_port: Some(port),
+            ports: HashMap::new(),
+            locality: Locality::default(),
+            weight: 1,
+            healthy: true,
+        }],
+        priorities: vec![0],
+        routes: vec![],
+        lb: LbSpec {
+            policy: Policy::RoundRobin,
+            hash_key: HashKeySpec::SourceIp,
+            overprovisioning: 1.4,
+        },
+        ring: None,
+        outlier: OutlierSettings {
+            enabled: false,
+            ..Default::default()
+        },
+        pool: PoolLimits::default(),
+        inbound: true,
+    }
+}
+
+fn default_retry() -> RetrySettings {
+    RetrySettings {
+        attempts: 2,
+        per_try_timeout: None,
+        retry_on: RetrySettings::DEFAULT_RETRY_ON.to_vec(),
+        backoff_base: Duration::from_millis(25),
+        backoff_max: Duration::from_millis(250),
+        budget: BudgetSettings::default(),
+    }
+}
+
+fn default_route(service: &Arc<str>) -> Route {
+    Route {
+        name: "default".into(),
+        matches: vec![],
+        backends: vec![Backend {
+            service: service.to_string(),
+            port: None,
+            weight: 1,
+        }],
+        timeout: None,
+        retry: Some(default_retry()),
+        fault: None,
+        mirror: None,
+        rate_limit: None,
+    }
+}
+
+fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, CompileError> {
+    let name: Arc<str> = s.name.as_str().into();
+    let mut ports = Vec::new();
+    for p in &s.ports {
+        let port = port16(p.port, &s.name)?;
+        ports.push(PortSpec {
+            port,
+            protocol: Protocol::from_model(p.protocol),
+            target_port: opt_port(p.target_port).unwrap_or(port),
+        });
+    }
+    let lb_model = s.load_balancer.clone().unwrap_or_default();
+    let loc_model = lb_model.locality.clone().unwrap_or_default();
+    let failover = loc_model.failover_regions.clone();
+    let mut endpoints = Vec::new();
+    let mut priorities = Vec::new();
+    for e in &s.endpoints {
+        let (ip, fixed_port) = match e.address.parse::<SocketAddr>() {
+            Ok(sa) => (sa.ip(), Some(sa.port())),
+            Err(_) => (
+                e.address.parse::<IpAddr>().map_err(|_| {
+                    CompileError::Invalid(format!("{}: endpoint {:?}", s.name, e.address))
+                })?,
+                None,
+            ),
+        };
+        let mut over = HashMap::new();
+        for p in &e.ports {
+            over.insert(port16(p.port, &s.name)?, port16(p.target_port, &s.name)?);
+        }
+        let locality = e
+            .locality
+            .clone()
+            .map(|l| Locality {
+                region: l.region,
+                zone: l.zone,
+            })
+            .unwrap_or_default();
+        priorities.push(if loc_model.disabled {
+            0
+        } else {
+            locality::priority(&node.locality, &locality, &failover)
+        });
+        endpoints.push(EndpointSpec {
+            ip,
+            fixed_port,
+            ports: over,
+            locality,
+            weight: if e.weight == 0 { 1 } else { e.weight },
+            healthy: !e.unhealthy,
+        });
+    }
+    let policy = match lb_model.policy() {
+        m::load_balancer::Policy::LeastRequest => Policy::LeastRequest,
+        m::load_balancer::Policy::RoundRobin => Policy::RoundRobin,
+        m::load_balancer::Policy::RingHash => Policy::RingHash,
+    };
+    let hash_key = match lb_model.hash_key.and_then(|h| h.kind) {
+        Some(m::hash_key::Kind::Header(h)) => HashKeySpec::Header(
+            http::HeaderName::from_bytes(h.as_bytes())
+                .map_err(|_| CompileError::Invalid(format!("{}: hash header", s.name)))?,
+        ),
+        Some(m::hash_key::Kind::Cookie(c)) => HashKeySpec::Cookie(c),
+        _ => HashKeySpec::SourceIp,
+    };
+    let ring = (policy == Policy::RingHash).then(|| {
+        let keys: Vec<String> = endpoints
+            .iter()
+            .map(|e| match e.fixed_port {
+                Some(p) => SocketAddr::new(e.ip, p).to_string(),
+                None => e.ip.to_string(),
+            })
+            .collect();
+        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        Ring::build(&keys, &weights)
+    });
+    let od = s.outlier_detection.clone().unwrap_or_default();
+    let def = OutlierSettings::default();
+    let outlier = OutlierSettings {
+        consecutive_5xx: if s.outlier_detection.is_some() {
+            od.consecutive_5xx
+        } else {
+            def.consecutive_5xx
+        },
+        consecutive_gateway_errors: if s.outlier_detection.is_some() {
+            od.consecutive_gateway_errors
+        } else {
+            def.consecutive_gateway_errors
+        },
+        base_ejection_time: dur(od.base_ejection_time.as_ref()).unwrap_or(def.base_ejection_time),
+        max_ejection_time: dur(od.max_ejection_time.as_ref()).unwrap_or(def.max_ejection_time),
+        max_ejection_percent: if od.max_ejection_percent == 0 {
+            def.max_ejection_percent
+        } else {
+            od.max_ejection_percent
+        },
+        enabled: !od.disabled,
+    };
+    let cp = s.connection_pool.clone().unwrap_or_default();
+    let d = PoolLimits::default();
+    let nz = |v: u32, dflt: usize| if v == 0 { dflt } else { v as usize };
+    let pool = PoolLimits {
+        max_connections: nz(cp.max_connections, d.max_connections),
+        max_pending: nz(cp.max_pending_requests, d.max_pending),
+        max_requests_per_connection: (cp.max_requests_per_connection != 0)
+            .then_some(cp.max_requests_per_connection),
+        max_requests: nz(cp.max_requests, d.max_requests),
+        connect_timeout: dur(cp.connect_timeout.as_ref()).unwrap_or(d.connect_timeout),
+        idle_timeout: dur(cp.idle_timeout.as_ref()).unwrap_or(d.idle_timeout),
+    };
+    let mut routes = Vec::new();
+    for (i, r) in s.routes.iter().enumerate() {
+        routes.push(compile_route(r, i, &name)?);
+    }
+    Ok(ServiceSpec {
+        default_route: default_route(&name),
+        name,
+        ports,
+        endpoints,
+        priorities,
+        routes,
+        lb: LbSpec {
+            policy,
+            hash_key,
+            overprovisioning: if loc_model.overprovisioning_factor > 0.0 {
+                loc_model.overprovisioning_factor
+            } else {
+                1.4
+            },
+        },
+        ring,
+        outlier,
+        pool,
+        inbound: false,
+    })
+}
+
+fn regex(re: &str, what: &str) -> Result<Regex, CompileError> {
+    Regex::new(re).map_err(|e| CompileError::Invalid(format!("{what}: {e}")))
+}
+
+fn compile_route(r: &m::HttpRoute, index: usize, service: &Arc<str>) -> Result<Route, CompileError> {
+    let name: Arc<str> = if r.name.is_empty() {
+        format!("route-{index}").into()
+    } else {
+        r.name.as_str().into()
+    };
+    let mut matches = Vec::new();
+    for mm in &r.matches {
+        let path = match mm.path.as_ref().and_then(|p| p.kind.clone()) {
+            Some(m::path_match::Kind::Exact(p)) => Some(PathMatch::Exact(p)),
+            Some(m::path_match::Kind::Prefix(p)) => Some(PathMatch::Prefix(p)),
+            Some(m::path_match::Kind::Regex(p)) => Some(PathMatch::Regex(regex(&p, &name)?)),
+            None => None,
+        };
+        let mut headers = Vec::new();
+        for h in &mm.headers {
+            let hname = http::HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| CompileError::Invalid(format!("{name}: header {:?}", h.name)))?;
+            let value = match h.kind.clone() {
+                Some(m::header_match::Kind::Exact(v)) => HeaderValueMatch::Exact(v),
+                Some(m::header_match::Kind::Regex(v)) => HeaderValueMatch::Regex(regex(&v, &name)?),
+                Some(m::header_match::Kind::Present(p)) => HeaderValueMatch::Present(p),
+                None => HeaderValueMatch::Present(true),
+            };
+            headers.push(HeaderMatch {
+                name: hname,
+                value,
+                invert: h.invert,
+            });
+        }
+        let method = if mm.method.is_empty() {
+            None
+        } else {
+            Some(
+                http::Method::from_bytes(mm.method.as_bytes())
+                    .map_err(|_| CompileError::Invalid(format!("{name}: method")))?,
+            )
+        };
+        matches.push(RouteMatch {
+            path,
+            headers,
+            method,
+        });
+    }
+    let backends = if r.backends.is_empty() {
+        vec![Backend {
+            service: service.to_string(),
+            port: None,
+            weight: 1,
+        }]
+    } else {
+        r.backends
+            .iter()
+            .map(|b| Backend {
+                service: b.service.clone(),
+                port: opt_port(b.port),
+                weight: b.weight,
+            })
+            .collect()
+    };
+    let retry = match &r.retry {
+        None => Some(default_retry()),
+        Some(rp) if rp.attempts == 0 => None,
+        Some(rp) => {
+            let d = default_retry();
+            let budget = rp.budget.clone().map_or(d.budget, |b| BudgetSettings {
+                retry_ratio: if b.retry_ratio > 0.0 { b.retry_ratio } else { 0.2 },
+                min_retries_per_second: b.min_retries_per_second,
+                ttl: dur(b.ttl.as_ref()).unwrap_or(Duration::from_secs(10)),
+            });
+            Some(RetrySettings {
+                attempts: rp.attempts,
+                per_try_timeout: dur(rp.per_try_timeout.as_ref()),
+                retry_on: if rp.retry_on.is_empty() {
+                    d.retry_on
+                } else {
+                    rp.retry_on.iter().filter_map(|c| RetryOn::parse(c)).collect()
+                },
+                backoff_base: dur(rp.backoff_base.as_ref()).unwrap_or(d.backoff_base),
+                backoff_max: dur(rp.backoff_max.as_ref()).unwrap_or(d.backoff_max),
+                budget,
+            })
+        }
+    };
+    let fault = r.fault.as_ref().map(|f| Fault {
+        delay: f.delay.as_ref().and_then(|d| {
+            dur(d.fixed_delay.as_ref()).map(|t| (t, d.percentage))
+        }),
+        abort: f.abort.as_ref().and_then(|a| {
+            let status = match a.status? {
+                m::fault_injection::abort::Status::HttpStatus(s) => AbortStatus::Http(s as u16),
+                m::fault_injection::abort::Status::GrpcStatus(s) => AbortStatus::Grpc(s),
+            };
+            Some((status, a.percentage))
+        }),
+    });
+    let mirror = r.mirror.as_ref().map(|mi| MirrorSettings {
+        service: mi.service.clone(),
+        port: opt_port(mi.port),
+        percentage: if mi.percentage == 0.0 {
+            100.0
+        } else {
+            mi.percentage
+        },
+    });
+    let rate_limit = r.rate_limit.as_ref().map(|rl| RateLimitSettings {
+        per_second: rl.requests_per_second,
+        burst: if rl.burst == 0 {
+            rl.requests_per_second.ceil().max(1.0)
+        } else {
+            f64::from(rl.burst)
+        },
+    });
+    Ok(Route {
+        name,
+        matches,
+        backends,
+        timeout: dur(r.timeout.as_ref()),
+        retry,
+        fault,
+        mirror,
+        rate_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> Snapshot {
+        compile(&isthmus_api::parse_yaml(yaml).unwrap()).unwrap()
+    }
+
+    const Y: &str = r#"
+node: {name: fe, namespace: shop, locality: {region: eu-west, zone: eu-west-a}}
+listeners:
+  - {name: out, address: "127.0.0.1:0", http: {}}
+  - {name: in, address: "127.0.0.1:0", inbound: {ports: [{port: 8080}]}}
+services:
+  - name: catalog.shop
+    hosts: ["*.catalog.example", "cat.example"]
+    vips: [10.96.0.10]
+    ports: [{port: 80, targetPort: 8080}, {port: 9090, protocol: GRPC}]
+    endpoints:
+      - {address: 127.0.0.1, locality: {region: eu-west, zone: eu-west-a}}
+      - {address: 127.0.0.2, ports: [{port: 80, targetPort: 18080}], locality: {region: eu-west, zone: eu-west-b}}
+      - {address: 127.0.0.3, locality: {region: us-east}}
+    routes:
+      - name: canary
+        matches: [{headers: [{name: x-canary, exact: always}]}]
+        backends: [{service: catalog.shop, weight: 1}]
+        retry: {attempts: 0}
+      - matches: [{path: {prefix: /api}}]
+        timeout: 2s
+        retry: {attempts: 3, retryOn: [5xx, unavailable], perTryTimeout: 0.5s}
+"#;
+
+    #[test]
+    fn hosts_vips_ports_and_priorities() {
+        let s = cfg(Y);
+        for h in [
+            "catalog.shop",
+            "catalog",
+            "CATALOG.shop.svc.cluster.local",
+            "catalog.shop.svc",
+            "cat.example",
+            "a.b.catalog.example",
+        ] {
+            assert!(s.service_for_host(h).is_some(), "{h}");
+        }
+        assert!(s.service_for_host("catalog.example").is_none());
+        assert!(s.service_for_host("other").is_none());
+        let c = s.service_for_vip("10.96.0.10:9090".parse().unwrap()).unwrap();
+        assert_eq!(&*c.name, "catalog.shop");
+        assert!(s.service_for_vip("10.96.0.10:81".parse().unwrap()).is_none());
+        assert_eq!(c.priorities, vec![0, 1, 2]);
+        let p80 = *c.port(None).unwrap();
+        assert_eq!(c.endpoints[0].addr(&p80), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.endpoints[1].addr(&p80), "127.0.0.2:18080".parse().unwrap());
+        let grpc = *c.port(Some(9090)).unwrap();
+        assert_eq!(grpc.protocol, Protocol::Grpc);
+        assert_eq!(c.endpoints[1].addr(&grpc), "127.0.0.2:9090".parse().unwrap());
+        assert!(c.port(Some(1)).is_none());
+        assert!(s.services.contains_key("inbound|8080"));
+    }
+
+    #[test]
+    fn route_defaults_and_overrides() {
+        let s = cfg(Y);
+        let c = &s.services["catalog.shop"];
+        assert!(c.routes[0].retry.is_none(), "attempts: 0 disables retries");
+        let r1 = &c.routes[1];
+        assert_eq!(&*r1.name, "route-1");
+        assert_eq!(r1.timeout, Some(Duration::from_secs(2)));
+        let retry = r1.retry.as_ref().unwrap();
+        assert_eq!(retry.attempts, 3);
+        assert_eq!(retry.retry_on, vec![RetryOn::ServerError, RetryOn::Grpc(14)]);
+        assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(r1.backends[0].service, "catalog.shop", "no backends: the service");
+        assert_eq!(c.default_route.retry.as_ref().unwrap().attempts, 2);
+        assert_eq!(c.lb.policy, Policy::LeastRequest);
+        assert!(c.outlier.enabled);
+        assert_eq!(c.pool, PoolLimits::default());
+    }
+
+    #[test]
+    fn invalid_config_is_refused_with_the_field() {
+        let mut c = isthmus_api::parse_yaml(Y).unwrap();
+        c.services[0].routes[0].backends[0].service = "nope".into();
+        let e = compile(&c).unwrap_err().to_string();
+        assert!(e.contains("services[0].routes[0].backends[0].service"), "{e}");
+    }
+}

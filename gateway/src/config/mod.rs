@@ -1,0 +1,13 @@
+//! Configuration: compiling the api model into the form the request path
+//! reads (`compile`), the store that holds the snapshot in effect
+//! (`store`), and the YAML file source that feeds it (`file`).
+
+pub mod compile;
+pub mod file;
+pub mod store;
+
+pub use compile::{
+    EndpointSpec, HashKeySpec, LbSpec, ListenerKind, ListenerSpec, NodeInfo, PoolLimits, PortSpec,
+    Protocol, ServiceSpec, Snapshot, compile,
+};
+pub use store::Store;

@@ -1,0 +1,16 @@
+//! isthmus-gateway: the Isthmus data plane. One binary, two roles: the
+//! sidecar beside each workload (this crate today) and, later, the
+//! east-west gateway. See ARCHITECTURE.md for the map of modules.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod iptables;
+pub mod policy;
+pub mod pool;
+pub mod proxy;
+pub mod route;
+pub mod sample;
+pub mod sidecar;
+pub mod telemetry;

@@ -1,0 +1,165 @@
+//! `isthmus-gateway`: the Isthmus data plane binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use isthmus_gateway::iptables::{self, CaptureSettings};
+use isthmus_gateway::pool::SocketOptions;
+use isthmus_gateway::sidecar::{ConfigSource, Options, Sidecar};
+use isthmus_gateway::telemetry::accesslog::Sink;
+
+#[derive(Parser, Debug)]
+#[command(name = "isthmus-gateway", version, about = "Isthmus data plane: sidecar proxy (and, later, east-west gateway)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run beside a workload: outbound, transparent and inbound proxying.
+    Sidecar(SidecarArgs),
+    /// Install the iptables rules that redirect a pod's traffic to the
+    /// sidecar (run once, as root / CAP_NET_ADMIN, before the app starts).
+    InitIptables(IptablesArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SidecarArgs {
+    /// Proxy configuration (YAML, the api/ model); reloaded on change.
+    #[arg(long, env = "ISTHMUS_CONFIG")]
+    config: PathBuf,
+    /// Admin address: /metrics, /healthz, /readyz, /config_dump.
+    #[arg(long, default_value = "127.0.0.1:15020", env = "ISTHMUS_ADMIN")]
+    admin: SocketAddr,
+    /// Access log: "stdout", "off" or a file path.
+    #[arg(long, default_value = "stdout", env = "ISTHMUS_ACCESS_LOG")]
+    access_log: String,
+    /// On SIGTERM, how long in-flight requests get to finish.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    reload_interval: Duration,
+    /// SO_MARK set on the proxy's upstream sockets, so capture rules made
+    /// with `init-iptables --proxy-mark` skip them.
+    #[arg(long, env = "ISTHMUS_SOCKET_MARK")]
+    mark: Option<u32>,
+}
+
+#[derive(clap::Args, Debug)]
+struct IptablesArgs {
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// The proxy's uid, exempt from capture (Istio uses 1337).
+    #[arg(long)]
+    proxy_uid: Option<u32>,
+    /// The proxy's SO_MARK, exempt from capture (see `sidecar --mark`).
+    #[arg(long)]
+    proxy_mark: Option<u32>,
+    /// Only these inbound ports are captured (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    include_inbound_ports: Vec<u16>,
+    #[arg(long, value_delimiter = ',', default_value = "15008,15020,15021")]
+    exclude_inbound_ports: Vec<u16>,
+    /// Only these outbound destination CIDRs are captured.
+    #[arg(long, value_delimiter = ',')]
+    include_outbound_cidrs: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_cidrs: Vec<String>,
+    #[arg(long, value_delimiter = ',')]
+    exclude_outbound_ports: Vec<u16>,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// "250ms", "5s", "2m" or a number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(v) = s.strip_suffix("ms") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('m') {
+        (v, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    if !(n >= 0.0 && n.is_finite()) {
+        return Err(format!("{s:?} must be a non-negative duration"));
+    }
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::InitIptables(a) => {
+            let s = CaptureSettings {
+                outbound_port: a.outbound_port,
+                inbound_port: a.inbound_port,
+                proxy_uid: if a.proxy_uid.is_none() && a.proxy_mark.is_none() {
+                    Some(1337)
+                } else {
+                    a.proxy_uid
+                },
+                proxy_mark: a.proxy_mark,
+                include_inbound_ports: a.include_inbound_ports,
+                exclude_inbound_ports: a.exclude_inbound_ports,
+                include_outbound_cidrs: a.include_outbound_cidrs,
+                exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+                exclude_outbound_ports: a.exclude_outbound_ports,
+            };
+            if a.dry_run {
+                print!("{}", iptables::rules(&s)?);
+            } else {
+                iptables::apply(&s)?;
+                eprintln!("capture rules installed (outbound -> {}, inbound -> {})", s.outbound_port, s.inbound_port);
+            }
+            Ok(())
+        }
+        Command::Sidecar(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(run_sidecar(a))
+        }
+    }
+}
+
+async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
+    tracing::info!(?a, "starting sidecar");
+    let sidecar = Sidecar::start(Options {
+        config: ConfigSource::File {
+            path: a.config.clone(),
+            poll: a.reload_interval,
+        },
+        admin: a.admin,
+        access_log: Sink::from_arg(&a.access_log).with_context(|| format!("opening access log {}", a.access_log))?,
+        socket: SocketOptions { mark: a.mark },
+    })
+    .await?;
+    for (name, addr) in sidecar.listeners.bound() {
+        eprintln!("listener {name} on {addr}");
+    }
+    eprintln!("admin on http://{}/ (metrics, healthz, readyz, config_dump)", sidecar.admin_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    sidecar.shutdown(a.drain_timeout).await;
+    Ok(())
+}

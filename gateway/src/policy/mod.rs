@@ -1,0 +1,7 @@
+//! Per-request policies decided apart from doing: retry conditions, backoff,
+//! the retry budget, the local rate limit and fault injection. Pure state
+//! machines; the current time and random numbers are arguments.
+
+pub mod fault;
+pub mod ratelimit;
+pub mod retry;

@@ -1,0 +1,367 @@
+//! Upstream connections of one service: HTTP/1.1 keep-alive connections
+//! reused per endpoint, one multiplexed HTTP/2 connection per endpoint, and
+//! the service's circuit breakers: a cap on connections, on requests
+//! waiting for one (pending), and on requests per connection. Limits are
+//! per service across its endpoints, as in Envoy; a request beyond them is
+//! refused at once with `PoolError::Overflow` (the caller sheds with 503).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
+
+use crate::config::PoolLimits;
+use crate::proxy::body::ReqBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("connection to {addr} failed: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("connection to {addr} timed out after {timeout:?}: is the endpoint up and reachable?")]
+    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("circuit breaker open: {what} limit reached ({limit}); raise connectionPool limits if this is expected load")]
+    Overflow { what: &'static str, limit: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<ReqBody>,
+    since: Instant,
+    uses: u32,
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<ReqBody>,
+    uses: u32,
+}
+
+#[derive(Default)]
+struct EndpointConns {
+    idle: Mutex<Vec<IdleH1>>,
+    h2: tokio::sync::Mutex<Option<H2Conn>>,
+}
+
+/// Socket options for upstream connections.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOptions {
+    /// SO_MARK, so iptables rules can exempt the proxy's own traffic.
+    pub mark: Option<u32>,
+}
+
+pub struct Pool {
+    limits: Mutex<PoolLimits>,
+    connections: Arc<AtomicUsize>,
+    pending: AtomicUsize,
+    released: Arc<Notify>,
+    endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointConns>>>,
+    tracker: TaskTracker,
+    socket: SocketOptions,
+}
+
+/// A connection checked out for one request.
+pub enum Sender {
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
+}
+
+pub struct Lease {
+    sender: Option<Sender>,
+    uses: u32,
+    ep: Arc<EndpointConns>,
+    released: Arc<Notify>,
+    max_uses: Option<u32>,
+}
+
+impl Lease {
+    pub fn sender(&mut self) -> &mut Sender {
+        self.sender.as_mut().expect("lease holds a sender until released")
+    }
+
+    /// Returns an HTTP/1.1 connection to the idle list; call only after the
+    /// response was read to its end. Dropping a lease instead closes it.
+    pub fn release(mut self) {
+        if let Some(Sender::H1(s)) = self.sender.take()
+            && !s.is_closed()
+            && self.max_uses.is_none_or(|m| self.uses < m)
+        {
+            if let Ok(mut idle) = self.ep.idle.lock() {
+                idle.push(IdleH1 {
+                    sender: s,
+                    since: Instant::now(),
+                    uses: self.uses,
+                });
+            }
+            self.released.notify_waiters();
+        }
+    }
+}
+
+/// Holds one slot of the service's connection limit until dropped.
+pub struct ConnGuard {
+    count: Arc<AtomicUsize>,
+    released: Arc<Notify>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.released.notify_waiters();
+    }
+}
+
+impl Pool {
+    pub fn new(limits: PoolLimits, tracker: TaskTracker, socket: SocketOptions) -> Self {
+        Self {
+            limits: Mutex::new(limits),
+            connections: Arc::new(AtomicUsize::new(0)),
+            pending: AtomicUsize::new(0),
+            released: Arc::new(Notify::new()),
+            endpoints: Mutex::new(HashMap::new()),
+            tracker,
+            socket,
+        }
+    }
+
+    pub fn set_limits(&self, limits: PoolLimits) {
+        *self.limits.lock().expect("pool lock") = limits;
+    }
+
+    pub fn limits(&self) -> PoolLimits {
+        *self.limits.lock().expect("pool lock")
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Drops idle state of endpoints no longer in the service.
+    pub fn retain(&self, live: &[SocketAddr]) {
+        self.endpoints
+            .lock()
+            .expect("pool lock")
+            .retain(|a, _| live.contains(a));
+    }
+
+    fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointConns> {
+        self.endpoints
+            .lock()
+            .expect("pool lock")
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    fn try_reserve(&self) -> Option<ConnGuard> {
+        let max = self.limits().max_connections;
+        let mut cur = self.connections.load(Ordering::Acquire);
+        loop {
+            if cur >= max {
+                return None;
+            }
+            match self.connections.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    return Some(ConnGuard {
+                        count: self.connections.clone(),
+                        released: self.released.clone(),
+                    });
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Reserves a connection slot, waiting as a pending request when all
+    /// are taken (refused beyond max_pending). Also returns early when an
+    /// idle connection to `ep` appears (`Ok(None)`).
+    async fn reserve(&self, ep: &EndpointConns) -> Result<Option<ConnGuard>, PoolError> {
+        let mut counted = false;
+        let result = loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(g) = self.try_reserve() {
+                break Ok(Some(g));
+            }
+            if counted && ep.idle.lock().is_ok_and(|i| !i.is_empty()) {
+                break Ok(None);
+            }
+            if !counted {
+                let limit = self.limits().max_pending;
+                if self.pending.fetch_add(1, Ordering::AcqRel) >= limit {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                    return Err(PoolError::Overflow {
+                        what: "max pending requests",
+                        limit,
+                    });
+                }
+                counted = true;
+            }
+            notified.await;
+        };
+        if counted {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        result
+    }
+
+    /// Opens a TCP connection counted against the service's connection
+    /// limit (for opaque TCP proxying). The guard is released when the
+    /// returned stream's owner drops the guard.
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<(TcpStream, ConnGuard), PoolError> {
+        let guard = self.try_reserve().ok_or_else(|| PoolError::Overflow {
+            what: "max connections",
+            limit: self.limits().max_connections,
+        })?;
+        let stream = self.dial(addr).await?;
+        Ok((stream, guard))
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, PoolError> {
+        let timeout = self.limits().connect_timeout;
+        dial(addr, timeout, self.socket).await
+    }
+
+    /// Checks out a connection to `addr` speaking `version`.
+    pub async fn acquire(&self, addr: SocketAddr, version: Version) -> Result<Lease, PoolError> {
+        let ep = self.endpoint(addr);
+        let limits = self.limits();
+        match version {
+            Version::Http1 => loop {
+                if let Some(lease) = self.take_idle(&ep, &limits).await {
+                    return Ok(lease);
+                }
+                let Some(guard) = self.reserve(&ep).await? else {
+                    continue;
+                };
+                let stream = self.dial(addr).await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| PoolError::Handshake { addr, source })?;
+                self.tracker.spawn(async move {
+                    let _guard = guard;
+                    let _ = conn.with_upgrades().await;
+                });
+                return Ok(Lease {
+                    sender: Some(Sender::H1(sender)),
+                    uses: 1,
+                    ep,
+                    released: self.released.clone(),
+                    max_uses: limits.max_requests_per_connection,
+                });
+            },
+            Version::Http2 => {
+                let mut slot = ep.h2.lock().await;
+                if let Some(c) = slot.as_mut()
+                    && !c.sender.is_closed()
+                    && limits.max_requests_per_connection.is_none_or(|m| c.uses < m)
+                {
+                    c.uses += 1;
+                    return Ok(Lease {
+                        sender: Some(Sender::H2(c.sender.clone())),
+                        uses: c.uses,
+                        ep: ep.clone(),
+                        released: self.released.clone(),
+                        max_uses: None,
+                    });
+                }
+                // Retire the old connection (in-flight streams finish on it).
+                *slot = None;
+                let guard = loop {
+                    if let Some(g) = self.reserve(&ep).await? {
+                        break g;
+                    }
+                };
+                let stream = self.dial(addr).await?;
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .initial_stream_window_size(4 * 1024 * 1024)
+                    .initial_connection_window_size(8 * 1024 * 1024)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| PoolError::Handshake { addr, source })?;
+                self.tracker.spawn(async move {
+                    let _guard = guard;
+                    let _ = conn.await;
+                });
+                *slot = Some(H2Conn {
+                    sender: sender.clone(),
+                    uses: 1,
+                });
+                Ok(Lease {
+                    sender: Some(Sender::H2(sender)),
+                    uses: 1,
+                    ep: ep.clone(),
+                    released: self.released.clone(),
+                    max_uses: None,
+                })
+            }
+        }
+    }
+
+    async fn take_idle(&self, ep: &Arc<EndpointConns>, limits: &PoolLimits) -> Option<Lease> {
+        loop {
+            let c = ep.idle.lock().ok()?.pop()?;
+            if c.sender.is_closed() || c.since.elapsed() > limits.idle_timeout {
+                continue; // dropping the sender closes the connection
+            }
+            let mut sender = c.sender;
+            // Usually ready at once; a connection finishing its last
+            // response gets a moment, a broken one is discarded.
+            match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
+                Ok(Ok(())) => {}
+                _ => continue,
+            }
+            return Some(Lease {
+                sender: Some(Sender::H1(sender)),
+                uses: c.uses + 1,
+                ep: ep.clone(),
+                released: self.released.clone(),
+                max_uses: limits.max_requests_per_connection,
+            });
+        }
+    }
+}
+
+/// Connects with a timeout, TCP_NODELAY and the proxy's socket options.
+pub async fn dial(addr: SocketAddr, timeout: Duration, opts: SocketOptions) -> Result<TcpStream, PoolError> {
+    let connect = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }?;
+        if let Some(mark) = opts.mark {
+            socket2::SockRef::from(&socket).set_mark(mark)?;
+        }
+        socket.set_nodelay(true)?;
+        socket.connect(addr).await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(source)) => Err(PoolError::Connect { addr, source }),
+        Err(_) => Err(PoolError::ConnectTimeout { addr, timeout }),
+    }
+}

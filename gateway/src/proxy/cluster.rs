@@ -1,0 +1,275 @@
+//! Runtime state of each destination service that must outlive a config
+//! reload: per-endpoint outstanding requests and outlier state, the
+//! connection pool, round-robin position, and per-route rate-limit buckets
+//! and retry budgets. Keyed by name, so a reload that keeps a service keeps
+//! its state; a removed service's state is dropped.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rand::Rng;
+use tokio_util::task::TaskTracker;
+
+use crate::balance::outlier::{Observation, OutlierState};
+use crate::balance::{self, EndpointView, PickInput};
+use crate::config::{EndpointSpec, ServiceSpec, Snapshot};
+use crate::policy::ratelimit::TokenBucket;
+use crate::policy::retry::{BudgetSettings, RetryBudget};
+use crate::pool::{Pool, SocketOptions};
+use crate::route::Route;
+use crate::telemetry::metrics::{Direction, Metrics, ServiceLabels};
+
+#[derive(Default)]
+pub struct EndpointState {
+    pub in_flight: AtomicUsize,
+    outlier: Mutex<OutlierState>,
+}
+
+pub struct RouteState {
+    bucket: Mutex<Option<TokenBucket>>,
+    budget: Mutex<RetryBudget>,
+}
+
+impl RouteState {
+    /// Takes a token from the route's rate limit (always true without one).
+    pub fn admit(&self, route: &Route, now: Instant) -> bool {
+        let Some(rl) = &route.rate_limit else {
+            return true;
+        };
+        let mut b = self.bucket.lock().expect("bucket lock");
+        match b.as_mut() {
+            Some(bucket) if bucket.has_limits(rl.per_second, rl.burst) => bucket.try_take(now),
+            _ => {
+                let mut bucket = TokenBucket::new(rl.per_second, rl.burst, now);
+                let ok = bucket.try_take(now);
+                *b = Some(bucket);
+                ok
+            }
+        }
+    }
+
+    pub fn deposit(&self, settings: BudgetSettings, now: Instant) {
+        let mut b = self.budget.lock().expect("budget lock");
+        if b.settings() != settings {
+            *b = RetryBudget::new(settings);
+        }
+        b.deposit(now);
+    }
+
+    pub fn withdraw(&self, now: Instant) -> bool {
+        self.budget.lock().expect("budget lock").try_withdraw(now)
+    }
+}
+
+pub struct Cluster {
+    pub name: String,
+    pub pool: Pool,
+    pub active_requests: AtomicUsize,
+    endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
+    routes: Mutex<HashMap<String, Arc<RouteState>>>,
+    rr: AtomicUsize,
+}
+
+/// Stable identity of an endpoint for state keyed across reloads.
+pub fn endpoint_key(e: &EndpointSpec) -> String {
+    match e.fixed_port {
+        Some(p) => std::net::SocketAddr::new(e.ip, p).to_string(),
+        None => e.ip.to_string(),
+    }
+}
+
+impl Cluster {
+    pub fn endpoint_state(&self, e: &EndpointSpec) -> Arc<EndpointState> {
+        self.endpoints
+            .lock()
+            .expect("cluster lock")
+            .entry(endpoint_key(e))
+            .or_default()
+            .clone()
+    }
+
+    pub fn route_state(&self, route: &Route) -> Arc<RouteState> {
+        self.routes
+            .lock()
+            .expect("cluster lock")
+            .entry(route.name.to_string())
+            .or_insert_with(|| {
+                Arc::new(RouteState {
+                    bucket: Mutex::new(None),
+                    budget: Mutex::new(RetryBudget::new(BudgetSettings::default())),
+                })
+            })
+            .clone()
+    }
+
+    /// Chooses an endpoint of `spec` (see `balance::pick`).
+    pub fn pick<R: Rng + ?Sized>(
+        &self,
+        spec: &ServiceSpec,
+        exclude: &[usize],
+        hash: Option<u64>,
+        rng: &mut R,
+    ) -> Option<usize> {
+        let now = Instant::now();
+        let views: Vec<EndpointView> = spec
+            .endpoints
+            .iter()
+            .zip(&spec.priorities)
+            .map(|(e, prio)| {
+                let st = self.endpoint_state(e);
+                let ejected = st.outlier.lock().expect("outlier lock").is_ejected(now);
+                EndpointView {
+                    priority: *prio,
+                    available: e.healthy && !ejected,
+                    weight: e.weight,
+                    in_flight: st.in_flight.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        balance::pick(
+            &PickInput {
+                endpoints: &views,
+                exclude,
+                policy: spec.lb.policy,
+                overprovisioning: spec.lb.overprovisioning,
+                hash,
+                ring: spec.ring.as_ref(),
+                rr_counter: self.rr.fetch_add(1, Ordering::Relaxed),
+            },
+            rng,
+        )
+    }
+
+    /// Feeds an attempt's result to outlier detection; counts ejections.
+    pub fn observe(&self, spec: &ServiceSpec, idx: usize, o: Observation, metrics: &Metrics, dir: Direction) {
+        if !spec.outlier.enabled {
+            return;
+        }
+        let now = Instant::now();
+        let states: Vec<Arc<EndpointState>> =
+            spec.endpoints.iter().map(|e| self.endpoint_state(e)).collect();
+        let ejected = states
+            .iter()
+            .filter(|s| s.outlier.lock().expect("outlier lock").is_ejected(now))
+            .count();
+        let may_eject = ejected < spec.outlier.max_ejected(states.len());
+        let Some(st) = states.get(idx) else { return };
+        let newly = st
+            .outlier
+            .lock()
+            .expect("outlier lock")
+            .observe(o, now, &spec.outlier, may_eject);
+        let labels = ServiceLabels {
+            direction: dir,
+            destination_service: self.name.clone(),
+        };
+        if newly {
+            metrics.ejections.get_or_create(&labels).inc();
+            tracing::warn!(service = %self.name, endpoint = %endpoint_key(&spec.endpoints[idx]), "endpoint ejected by outlier detection");
+        }
+        metrics
+            .ejected_endpoints
+            .get_or_create(&labels)
+            .set((ejected + usize::from(newly)) as i64);
+    }
+
+    /// For /config_dump: endpoint key, outstanding requests, ejected.
+    pub fn dump(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let eps: serde_json::Map<String, serde_json::Value> = self
+            .endpoints
+            .lock()
+            .expect("cluster lock")
+            .iter()
+            .map(|(k, s)| {
+                let o = s.outlier.lock().expect("outlier lock");
+                (
+                    k.clone(),
+                    serde_json::json!({
+                        "inFlight": s.in_flight.load(Ordering::Relaxed),
+                        "ejected": o.is_ejected(now),
+                        "timesEjected": o.times_ejected(),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::json!({
+            "activeRequests": self.active_requests.load(Ordering::Relaxed),
+            "openConnections": self.pool.open_connections(),
+            "endpoints": eps,
+        })
+    }
+}
+
+/// All clusters of a proxy.
+pub struct Clusters {
+    map: Mutex<HashMap<String, Arc<Cluster>>>,
+    tracker: TaskTracker,
+    socket: SocketOptions,
+}
+
+impl Clusters {
+    pub fn new(tracker: TaskTracker, socket: SocketOptions) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            tracker,
+            socket,
+        }
+    }
+
+    pub fn get(&self, spec: &ServiceSpec) -> Arc<Cluster> {
+        let mut map = self.map.lock().expect("clusters lock");
+        if let Some(c) = map.get(&*spec.name) {
+            return c.clone();
+        }
+        let c = Arc::new(Cluster {
+            name: spec.name.to_string(),
+            pool: Pool::new(spec.pool, self.tracker.clone(), self.socket),
+            active_requests: AtomicUsize::new(0),
+            endpoints: Mutex::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            rr: AtomicUsize::new(0),
+        });
+        map.insert(spec.name.to_string(), c.clone());
+        c
+    }
+
+    /// Aligns state with a new snapshot: drops what is gone, updates limits.
+    pub fn refresh(&self, snap: &Snapshot) {
+        let mut map = self.map.lock().expect("clusters lock");
+        map.retain(|name, _| snap.services.contains_key(name));
+        for (name, c) in map.iter() {
+            let spec = &snap.services[name];
+            c.pool.set_limits(spec.pool);
+            let keys: Vec<String> = spec.endpoints.iter().map(endpoint_key).collect();
+            c.endpoints
+                .lock()
+                .expect("cluster lock")
+                .retain(|k, _| keys.contains(k));
+            let mut addrs = Vec::new();
+            for e in &spec.endpoints {
+                for p in &spec.ports {
+                    addrs.push(e.addr(p));
+                }
+            }
+            c.pool.retain(&addrs);
+            let routes: Vec<&str> = spec
+                .routes
+                .iter()
+                .map(|r| &*r.name)
+                .chain(std::iter::once(&*spec.default_route.name))
+                .collect();
+            c.routes
+                .lock()
+                .expect("cluster lock")
+                .retain(|k, _| routes.contains(&k.as_str()));
+        }
+    }
+
+    pub fn dump(&self) -> serde_json::Value {
+        let map = self.map.lock().expect("clusters lock");
+        serde_json::Value::Object(map.iter().map(|(k, c)| (k.clone(), c.dump())).collect())
+    }
+}

@@ -1,0 +1,135 @@
+//! Why the proxy answered a request itself, and how: status code, response
+//! flag (Envoy's vocabulary, so operators can grep familiar codes) and the
+//! gRPC status used when the client speaks gRPC.
+
+use http::StatusCode;
+
+use crate::pool::PoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request has no Host header or :authority: send Host naming the service")]
+    NoHost,
+    #[error("no service for host {0:?}: check the service's hosts in the config")]
+    NoService(String),
+    #[error("service {service} has no port {port}")]
+    NoPort { service: String, port: String },
+    #[error("route {route} has no backend to send to: {why}")]
+    NoBackend { route: String, why: String },
+    #[error("no healthy endpoint for {0}: all endpoints are down, ejected or absent")]
+    NoHealthy(String),
+    #[error("{0}")]
+    Overflow(PoolError),
+    #[error("{0}")]
+    Connect(PoolError),
+    #[error("upstream reset before response headers: {0}")]
+    Reset(String),
+    #[error("upstream did not answer within the per-try timeout of {0:?}")]
+    PerTryTimeout(std::time::Duration),
+    #[error("request timed out after {0:?} (route timeout)")]
+    Timeout(std::time::Duration),
+    #[error("rate limited by the route's local rate limit")]
+    RateLimited,
+    #[error("fault injected")]
+    Fault,
+    #[error("proxy is shutting down")]
+    Draining,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoHost => StatusCode::BAD_REQUEST,
+            Self::NoService(_) | Self::NoPort { .. } => StatusCode::NOT_FOUND,
+            Self::NoBackend { .. } | Self::NoHealthy(_) | Self::Overflow(_) | Self::Connect(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Reset(_) => StatusCode::BAD_GATEWAY,
+            Self::PerTryTimeout(_) | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Fault => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Envoy response flag.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            Self::NoHost | Self::NoService(_) | Self::NoPort { .. } | Self::NoBackend { .. } => "NR",
+            Self::NoHealthy(_) => "UH",
+            Self::Overflow(_) => "UO",
+            Self::Connect(_) => "UF",
+            Self::Reset(_) => "UR",
+            Self::PerTryTimeout(_) | Self::Timeout(_) => "UT",
+            Self::RateLimited => "RL",
+            Self::Fault => "FI",
+            Self::Draining => "SI",
+        }
+    }
+
+    /// Metric label for `isthmus_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoHost => "no_host",
+            Self::NoService(_) => "no_service",
+            Self::NoPort { .. } => "no_port",
+            Self::NoBackend { .. } => "no_backend",
+            Self::NoHealthy(_) => "no_healthy_upstream",
+            Self::Overflow(_) => "circuit_breaker_overflow",
+            Self::Connect(_) => "upstream_connect_failure",
+            Self::Reset(_) => "upstream_reset",
+            Self::PerTryTimeout(_) => "upstream_per_try_timeout",
+            Self::Timeout(_) => "upstream_timeout",
+            Self::RateLimited => "rate_limited",
+            Self::Fault => "fault_injected",
+            Self::Draining => "draining",
+        }
+    }
+
+    /// gRPC status for a local reply to a gRPC client (the HTTP to gRPC
+    /// mapping of grpc/doc/http-grpc-status-mapping.md, with timeouts as
+    /// DEADLINE_EXCEEDED).
+    pub fn grpc_status(&self) -> u32 {
+        match self {
+            Self::PerTryTimeout(_) | Self::Timeout(_) => 4,
+            Self::NoService(_) | Self::NoPort { .. } => 12,
+            Self::NoHost => 13,
+            _ => 14,
+        }
+    }
+}
+
+/// gRPC status for an HTTP status (used for fault aborts given as HTTP).
+pub fn grpc_for_http(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+pub fn grpc_status_name(code: u32) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}

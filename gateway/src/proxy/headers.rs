@@ -1,0 +1,165 @@
+//! Header handling between hops: hop-by-hop headers removed, upgrades
+//! recognised, the upstream request's URI and Host shaped for the upstream
+//! protocol.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Uri, Version};
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
+/// Connection. `te: trailers` survives: gRPC needs it.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers"))));
+    h.remove(header::TE);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// An HTTP/1.1 upgrade request (WebSocket and the like).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+}
+
+/// The authority a request addresses: :authority (absolute URI, HTTP/2)
+/// or the Host header.
+pub fn authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .filter(|a| !a.is_empty())
+}
+
+/// Splits "host:port" / "[v6]:port" / "host".
+pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse() {
+            Ok(port) => (h, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
+/// Shapes URI and Host for the upstream protocol: origin-form with a Host
+/// header for HTTP/1.1, absolute-form (hyper derives :authority) for h2.
+pub fn shape_for_upstream(
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    authority: &str,
+    h2: bool,
+    keep_upgrade: bool,
+) -> Result<Uri, http::Error> {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    if !keep_upgrade {
+        strip_hop_by_hop(headers);
+    }
+    if h2 {
+        headers.remove(header::HOST);
+        Ok(Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(pq)
+            .build()?)
+    } else {
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(authority)
+        {
+            headers.insert(header::HOST, v);
+        }
+        Ok(Uri::builder().path_and_query(pq).build()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn splits_authorities() {
+        assert_eq!(split_host_port("catalog.shop:8080"), ("catalog.shop", Some(8080)));
+        assert_eq!(split_host_port("catalog"), ("catalog", None));
+        assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
+        assert_eq!(split_host_port("[::1]"), ("::1", None));
+        assert_eq!(split_host_port("host:notaport"), ("host:notaport", None));
+    }
+
+    #[test]
+    fn upgrade_detection() {
+        let req = Request::builder()
+            .header(header::CONNECTION, "keep-alive, Upgrade")
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(is_upgrade(&req));
+        let plain = Request::builder().header(header::UPGRADE, "websocket").body(()).unwrap();
+        assert!(!is_upgrade(&plain));
+    }
+
+    #[test]
+    fn shapes_uri_per_protocol() {
+        let uri: Uri = "http://catalog:80/a?b=1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let u1 = shape_for_upstream(&uri, &mut h, "catalog:80", false, false).unwrap();
+        assert_eq!(u1, "/a?b=1");
+        assert_eq!(h.get(header::HOST).unwrap(), "catalog:80");
+        let u2 = shape_for_upstream(&uri, &mut h, "catalog:80", true, false).unwrap();
+        assert_eq!(u2.to_string(), "http://catalog:80/a?b=1");
+        assert!(!h.contains_key(header::HOST));
+    }
+}

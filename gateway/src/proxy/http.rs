@@ -1,0 +1,775 @@
+//! The HTTP request path, one readable sequence: resolve the service
+//! (Host or the connection's target) → trace context → route → rate limit
+//! → fault injection → weighted split → mirror → attempts (pick endpoint,
+//! circuit breakers, per-try timeout, outlier feedback, retry with backoff
+//! within the budget) under the route timeout → response streamed back,
+//! observed for metrics and the access log when it ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+
+use super::body::{ObservedBody, ReqBody, RespBody, grpc_status_of};
+use super::cluster::{Cluster, EndpointState};
+use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
+use super::headers::{authority, is_upgrade, shape_for_upstream, split_host_port, strip_hop_by_hop};
+use super::{ConnInfo, Proxy, Target};
+use crate::balance::hash_str;
+use crate::balance::outlier::Observation;
+use crate::config::{HashKeySpec, PortSpec, Protocol, ServiceSpec, Snapshot};
+use crate::policy::fault::AbortStatus;
+use crate::policy::retry::Outcome;
+use crate::pool::{Lease, Sender, Version};
+use crate::route::{self, RequestView, Route};
+use crate::telemetry::accesslog::{Entry, rfc3339};
+use crate::telemetry::metrics::{Direction, DurationLabels, RequestLabels, RouteLabels, ServiceLabels};
+use crate::telemetry::trace::TraceParent;
+
+const TRACEPARENT: &str = "traceparent";
+const REQUEST_ID: &str = "x-request-id";
+
+/// What the access log and metrics need, filled in as the request goes.
+struct Record {
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    start: Instant,
+    start_wall: SystemTime,
+    method: String,
+    authority: Option<String>,
+    path: String,
+    protocol: String,
+    grpc: bool,
+    trace_id: Option<String>,
+    request_id: Option<String>,
+    service: Option<String>,
+    route: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    attempts: u32,
+}
+
+impl Record {
+    fn finish(
+        self,
+        status: StatusCode,
+        grpc_status: Option<u32>,
+        bytes_sent: u64,
+        flags: &str,
+        reason: Option<String>,
+    ) {
+        let snap = self.proxy.store.load();
+        let service = self.service.clone().unwrap_or_else(|| "unknown".into());
+        let route = self.route.as_deref().unwrap_or("-").to_string();
+        let grpc_label = match (self.grpc, grpc_status) {
+            (true, Some(s)) => grpc_status_name(s).to_string(),
+            _ => String::new(),
+        };
+        let (src_wl, src_ns) = match self.conn.direction {
+            Direction::Outbound => (snap.node.name.clone(), snap.node.namespace.clone()),
+            Direction::Inbound => ("unknown".to_string(), "unknown".to_string()),
+        };
+        let m = &self.proxy.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                direction: self.conn.direction,
+                source_workload: src_wl,
+                source_namespace: src_ns,
+                destination_service: service.clone(),
+                route: route.clone(),
+                response_code: status.as_u16(),
+                grpc_status: grpc_label,
+                response_flags: flags.to_string(),
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&DurationLabels {
+                direction: self.conn.direction,
+                destination_service: service.clone(),
+                route: route.clone(),
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+        if !self.proxy.access_log.enabled() {
+            return;
+        }
+        self.proxy.access_log.write(Entry {
+            start_time: rfc3339(self.start_wall),
+            direction: match self.conn.direction {
+                Direction::Inbound => "inbound",
+                Direction::Outbound => "outbound",
+            },
+            listener: self.conn.listener.to_string(),
+            protocol: self.protocol,
+            method: Some(self.method),
+            authority: self.authority,
+            path: Some(self.path),
+            response_code: status.as_u16(),
+            grpc_status,
+            response_flags: flags.to_string(),
+            reason,
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            source_address: self.conn.peer.to_string(),
+            upstream_host: self.upstream.map(|u| u.to_string()),
+            destination_service: self.service,
+            route: self.route.map(|r| r.to_string()),
+            attempts: self.attempts,
+            bytes_received: 0,
+            bytes_sent,
+            trace_id: self.trace_id,
+            request_id: self.request_id,
+        });
+    }
+
+    /// Answers the request locally (an error, a fault, a rate limit): plain
+    /// text for HTTP clients, a trailers-only response for gRPC clients.
+    fn local_reply(self, err: &ProxyError) -> Response<RespBody> {
+        self.local_reply_with(err.status(), err.grpc_status(), err.flag(), err.to_string(), err.kind())
+    }
+
+    fn local_reply_with(
+        self,
+        status: StatusCode,
+        grpc_status: u32,
+        flag: &str,
+        reason: String,
+        kind: &str,
+    ) -> Response<RespBody> {
+        self.proxy.metrics.error(kind);
+        let grpc = self.grpc;
+        let mut resp = if grpc {
+            let msg: String = reason
+                .chars()
+                .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                .collect();
+            let mut r = Response::new(super::body::empty());
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from(grpc_status));
+            if let Ok(v) = HeaderValue::from_str(&msg) {
+                h.insert("grpc-message", v);
+            }
+            r
+        } else {
+            let mut r = Response::new(super::body::full(format!("{reason}\n")));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        };
+        if let Ok(v) = HeaderValue::from_str(flag) {
+            resp.headers_mut().insert("x-isthmus-flags", v);
+        }
+        let (code, gs) = if grpc {
+            (StatusCode::OK, Some(grpc_status))
+        } else {
+            (status, None)
+        };
+        let len = if grpc { 0 } else { reason.len() as u64 + 1 };
+        self.finish(code, gs, len, flag, Some(reason));
+        resp
+    }
+}
+
+/// Decrements outstanding-request counters when the response is done.
+struct InFlight {
+    endpoint: Arc<EndpointState>,
+    cluster: Arc<Cluster>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.active_requests.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A successful attempt: the upstream response and what must live until
+/// its body ends.
+struct Upstream {
+    response: Response<Incoming>,
+    lease: Lease,
+    in_flight: InFlight,
+}
+
+/// Entry point for one request on a downstream connection.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    mut req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let snap = proxy.store.load();
+    let incoming_tp = req
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let tp = TraceParent::next_hop(incoming_tp.as_deref(), &mut rand::rng());
+    req.headers_mut().insert(
+        TRACEPARENT,
+        HeaderValue::from_str(&tp.to_string()).expect("traceparent is ASCII"),
+    );
+    if !req.headers().contains_key(REQUEST_ID) {
+        let id = format!("{:032x}", rand::rng().random::<u128>());
+        req.headers_mut()
+            .insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex is ASCII"));
+    }
+    let rec = Record {
+        proxy: proxy.clone(),
+        conn: conn.clone(),
+        start: Instant::now(),
+        start_wall: SystemTime::now(),
+        method: req.method().to_string(),
+        authority: authority(&req),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.to_string()),
+        protocol: format!("{:?}", req.version()),
+        grpc: req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc")),
+        trace_id: Some(tp.trace_id_hex()),
+        request_id: req
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        service: None,
+        route: None,
+        upstream: None,
+        attempts: 0,
+    };
+    Ok(handle(proxy, conn, snap, req, rec).await)
+}
+
+fn resolve(
+    snap: &Snapshot,
+    conn: &ConnInfo,
+    authority: Option<&str>,
+) -> Result<(Arc<ServiceSpec>, PortSpec), ProxyError> {
+    match &conn.target {
+        Target::Service { name, port } => {
+            let s = snap
+                .services
+                .get(name)
+                .ok_or_else(|| ProxyError::NoService(name.clone()))?;
+            let p = *s.port(Some(*port)).ok_or_else(|| ProxyError::NoPort {
+                service: name.clone(),
+                port: port.to_string(),
+            })?;
+            Ok((s.clone(), p))
+        }
+        Target::Host => {
+            let authority = authority.ok_or(ProxyError::NoHost)?;
+            let (host, port) = split_host_port(authority);
+            let s = snap
+                .service_for_host(host)
+                .ok_or_else(|| ProxyError::NoService(host.to_string()))?;
+            let p = *s.port(port).ok_or_else(|| ProxyError::NoPort {
+                service: s.name.to_string(),
+                port: port.map_or_else(|| "(none given, and no port 80)".into(), |p| p.to_string()),
+            })?;
+            Ok((s.clone(), p))
+        }
+    }
+}
+
+fn hash_key(spec: &ServiceSpec, req: &Request<Incoming>, peer: SocketAddr) -> Option<u64> {
+    if spec.lb.policy != crate::balance::Policy::RingHash {
+        return None;
+    }
+    match &spec.lb.hash_key {
+        HashKeySpec::SourceIp => Some(hash_str(&peer.ip().to_string())),
+        HashKeySpec::Header(h) => req
+            .headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(hash_str),
+        HashKeySpec::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| hash_str(v)),
+    }
+}
+
+fn upstream_version(protocol: Protocol, downstream: http::Version) -> Version {
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => Version::Http2,
+        _ if downstream == http::Version::HTTP_2 => Version::Http2,
+        _ => Version::Http1,
+    }
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    snap: Arc<Snapshot>,
+    req: Request<Incoming>,
+    mut rec: Record,
+) -> Response<RespBody> {
+    let (service, port) = match resolve(&snap, &conn, rec.authority.as_deref()) {
+        Ok(x) => x,
+        Err(e) => return rec.local_reply(&e),
+    };
+    rec.service = Some(service.name.to_string());
+    let view = RequestView {
+        method: req.method(),
+        path: req.uri().path(),
+        headers: req.headers(),
+    };
+    let route = route::select(&service.routes, &view).unwrap_or(&service.default_route);
+    rec.route = Some(route.name.clone());
+    let home = proxy.clusters.get(&service);
+    let rstate = home.route_state(route);
+    if !rstate.admit(route, Instant::now()) {
+        proxy
+            .metrics
+            .rate_limited
+            .get_or_create(&RouteLabels {
+                destination_service: service.name.to_string(),
+                route: route.name.to_string(),
+            })
+            .inc();
+        return rec.local_reply(&ProxyError::RateLimited);
+    }
+    if let Some(fault) = &route.fault {
+        let d = {
+            let mut rng = rand::rng();
+            fault.decide(rng.random(), rng.random())
+        };
+        if let Some(delay) = d.delay {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = proxy.hard_stop.cancelled() => return rec.local_reply(&ProxyError::Draining),
+            }
+        }
+        if let Some(abort) = d.abort {
+            let (status, grpc) = match abort {
+                AbortStatus::Http(s) => {
+                    let s = StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                    (s, grpc_for_http(s))
+                }
+                AbortStatus::Grpc(g) => (StatusCode::OK, g),
+            };
+            return rec.local_reply_with(status, grpc, "FI", "fault injected".into(), "fault_injected");
+        }
+    }
+    let authority = rec
+        .authority
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", service.name, port.port));
+    let hash = hash_key(&service, &req, conn.peer);
+    let backend = {
+        let r: f64 = rand::rng().random();
+        route::split(&route.backends, r).cloned()
+    };
+    let Some(backend) = backend else {
+        return rec.local_reply(&ProxyError::NoBackend {
+            route: route.name.to_string(),
+            why: "every backend has weight 0".into(),
+        });
+    };
+    let Some(bspec) = snap.services.get(&backend.service).cloned() else {
+        return rec.local_reply(&ProxyError::NoBackend {
+            route: route.name.to_string(),
+            why: format!("service {} is not configured", backend.service),
+        });
+    };
+    let bport = match backend.port {
+        Some(p) => bspec.port(Some(p)),
+        None => bspec.port(Some(port.port)).or_else(|| bspec.port(None)),
+    };
+    let Some(bport) = bport.copied() else {
+        return rec.local_reply(&ProxyError::NoPort {
+            service: bspec.name.to_string(),
+            port: port.port.to_string(),
+        });
+    };
+    let version = upstream_version(bport.protocol, req.version());
+    if is_upgrade(&req) {
+        return forward_upgrade(proxy, bspec, bport, authority, hash, req, rec).await;
+    }
+
+    let (parts, body) = req.into_parts();
+    let (body, recording) =
+        ReqBody::from_incoming(body, route.retry.is_some() || route.mirror.is_some());
+    if let Some(m) = &route.mirror
+        && rand::rng().random::<f64>() * 100.0 < m.percentage
+        && let Some(recording) = recording.clone()
+    {
+        let task = mirror(
+            proxy.clone(),
+            snap.clone(),
+            m.clone(),
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+            authority.clone(),
+            recording,
+        );
+        proxy.tracker.spawn(task);
+    }
+
+    let cluster = proxy.clusters.get(&bspec);
+    if let Some(retry) = &route.retry {
+        rstate.deposit(retry.budget, Instant::now());
+    }
+    let attempts = attempts(
+        &proxy,
+        &cluster,
+        &bspec,
+        &bport,
+        route,
+        &rstate,
+        &parts,
+        body,
+        recording.as_ref(),
+        &authority,
+        version,
+        hash,
+        &mut rec,
+        conn.direction,
+    );
+    let result = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, attempts).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::Timeout(t)),
+        },
+        None => attempts.await,
+    };
+    match result {
+        Ok(up) => respond(up, rec),
+        Err(e) => rec.local_reply(&e),
+    }
+}
+
+fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
+    let Upstream {
+        response,
+        lease,
+        in_flight,
+    } = up;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let status = parts.status;
+    let header_grpc = grpc_status_of(&parts.headers);
+    let body = ObservedBody::new(body.map_err(Into::into).boxed_unsync(), move |end| {
+        if end.error.is_none() {
+            lease.release();
+        } else {
+            drop(lease);
+        }
+        drop(in_flight);
+        let flags = match &end.error {
+            None => "-",
+            Some(e) if e.starts_with("downstream") => "DC",
+            Some(_) => "UR",
+        };
+        rec.finish(status, end.grpc_status.or(header_grpc), end.bytes, flags, end.error);
+    });
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+#[allow(clippy::too_many_arguments)] // the request's whole context, passed once
+async fn attempts(
+    proxy: &Arc<Proxy>,
+    cluster: &Arc<Cluster>,
+    spec: &Arc<ServiceSpec>,
+    port: &PortSpec,
+    route: &Route,
+    rstate: &super::cluster::RouteState,
+    parts: &http::request::Parts,
+    body: ReqBody,
+    recording: Option<&super::body::Recording>,
+    authority: &str,
+    version: Version,
+    hash: Option<u64>,
+    rec: &mut Record,
+    direction: Direction,
+) -> Result<Upstream, ProxyError> {
+    let mut next_body = Some(body);
+    let mut tried: Vec<usize> = Vec::new();
+    let max_retries = route.retry.as_ref().map_or(0, |r| r.attempts);
+    let mut retry_no = 0u32;
+    while let Some(body) = next_body.take() {
+        let idx = {
+            let mut rng = rand::rng();
+            cluster.pick(spec, &tried, hash, &mut rng)
+        };
+        let Some(idx) = idx else {
+            return Err(ProxyError::NoHealthy(spec.name.to_string()));
+        };
+        tried.push(idx);
+        let addr = spec.endpoints[idx].addr(port);
+        rec.upstream = Some(addr);
+        rec.attempts += 1;
+        let mut headers = parts.headers.clone();
+        if rec.attempts > 1 {
+            headers.insert("x-isthmus-attempt", HeaderValue::from(rec.attempts));
+        }
+        let uri = shape_for_upstream(&parts.uri, &mut headers, authority, version == Version::Http2, false)
+            .map_err(|e| ProxyError::Reset(format!("cannot build upstream request: {e}")))?;
+        let mut upstream_req = Request::new(body);
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.headers_mut() = headers;
+        *upstream_req.version_mut() = match version {
+            Version::Http1 => http::Version::HTTP_11,
+            Version::Http2 => http::Version::HTTP_2,
+        };
+        let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
+        let once = attempt_once(cluster, spec, idx, addr, version, upstream_req);
+        let result = match per_try {
+            Some(t) => match tokio::time::timeout(t, once).await {
+                Ok(r) => r,
+                Err(_) => Err(ProxyError::PerTryTimeout(t)),
+            },
+            None => once.await,
+        };
+        let outcome = match &result {
+            Ok(up) => Outcome::Response {
+                status: up.response.status(),
+                grpc_status: grpc_status_of(up.response.headers()),
+            },
+            Err(ProxyError::Connect(_)) => Outcome::ConnectFailure,
+            Err(ProxyError::PerTryTimeout(_)) => Outcome::Timeout,
+            Err(ProxyError::Reset(_)) => Outcome::Reset,
+            // Shedding is not the endpoint's fault, nor worth a retry.
+            Err(_) => return result,
+        };
+        let observation = match outcome {
+            Outcome::Response { status, .. } => Observation::from_status(status.as_u16()),
+            _ => Observation::GatewayError,
+        };
+        cluster.observe(spec, idx, observation, &proxy.metrics, direction);
+        let Some(policy) = route.retry.as_ref() else {
+            return result;
+        };
+        if retry_no >= max_retries || !policy.is_retriable(outcome) {
+            return result;
+        }
+        // A body too large to keep, or not yet fully sent, cannot be replayed.
+        let Some(replay) = recording.and_then(|r| r.replay()) else {
+            return result;
+        };
+        let labels = RouteLabels {
+            destination_service: spec.name.to_string(),
+            route: route.name.to_string(),
+        };
+        if !rstate.withdraw(Instant::now()) {
+            proxy.metrics.retry_budget_exhausted.get_or_create(&labels).inc();
+            return result;
+        }
+        proxy.metrics.retries.get_or_create(&labels).inc();
+        drop(result);
+        let backoff = policy.backoff(retry_no, rand::rng().random());
+        retry_no += 1;
+        tokio::time::sleep(backoff).await;
+        next_body = Some(replay);
+    }
+    Err(ProxyError::NoHealthy(spec.name.to_string()))
+}
+
+async fn attempt_once(
+    cluster: &Arc<Cluster>,
+    spec: &ServiceSpec,
+    idx: usize,
+    addr: SocketAddr,
+    version: Version,
+    req: Request<ReqBody>,
+) -> Result<Upstream, ProxyError> {
+    let limit = spec.pool.max_requests;
+    if cluster.active_requests.fetch_add(1, Ordering::AcqRel) >= limit {
+        cluster.active_requests.fetch_sub(1, Ordering::AcqRel);
+        return Err(ProxyError::Overflow(crate::pool::PoolError::Overflow {
+            what: "max requests",
+            limit,
+        }));
+    }
+    let endpoint = cluster.endpoint_state(&spec.endpoints[idx]);
+    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    let in_flight = InFlight {
+        endpoint,
+        cluster: cluster.clone(),
+    };
+    let mut lease = cluster
+        .pool
+        .acquire(addr, version)
+        .await
+        .map_err(|e| match e {
+            e @ crate::pool::PoolError::Overflow { .. } => ProxyError::Overflow(e),
+            e => ProxyError::Connect(e),
+        })?;
+    let sent = match lease.sender() {
+        Sender::H1(s) => s.send_request(req).await,
+        Sender::H2(s) => s.send_request(req).await,
+    };
+    match sent {
+        Ok(response) => Ok(Upstream {
+            response,
+            lease,
+            in_flight,
+        }),
+        Err(e) => Err(ProxyError::Reset(e.to_string())),
+    }
+}
+
+/// HTTP/1.1 upgrade (WebSocket): forwarded once, then the two upgraded
+/// connections are spliced together byte for byte.
+async fn forward_upgrade(
+    proxy: Arc<Proxy>,
+    spec: Arc<ServiceSpec>,
+    port: PortSpec,
+    authority: String,
+    hash: Option<u64>,
+    mut req: Request<Incoming>,
+    mut rec: Record,
+) -> Response<RespBody> {
+    let downstream = hyper::upgrade::on(&mut req);
+    let cluster = proxy.clusters.get(&spec);
+    let idx = {
+        let mut rng = rand::rng();
+        cluster.pick(&spec, &[], hash, &mut rng)
+    };
+    let Some(idx) = idx else {
+        return rec.local_reply(&ProxyError::NoHealthy(spec.name.to_string()));
+    };
+    let addr = spec.endpoints[idx].addr(&port);
+    rec.upstream = Some(addr);
+    rec.attempts = 1;
+    let (mut parts, body) = req.into_parts();
+    let uri = match shape_for_upstream(&parts.uri, &mut parts.headers, &authority, false, true) {
+        Ok(u) => u,
+        Err(e) => return rec.local_reply(&ProxyError::Reset(e.to_string())),
+    };
+    parts.uri = uri;
+    let (body, _) = ReqBody::from_incoming(body, false);
+    let upstream_req = Request::from_parts(parts, body);
+    let up = match attempt_once(&cluster, &spec, idx, addr, Version::Http1, upstream_req).await {
+        Ok(up) => up,
+        Err(e) => return rec.local_reply(&e),
+    };
+    if up.response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return respond(up, rec);
+    }
+    let Upstream {
+        mut response,
+        lease,
+        in_flight,
+    } = up;
+    let upstream = hyper::upgrade::on(&mut response);
+    let (parts, _) = response.into_parts();
+    let hard_stop = proxy.hard_stop.clone();
+    proxy.tracker.spawn(async move {
+        let _keep = (lease, in_flight);
+        let (Ok(d), Ok(u)) = (downstream.await, upstream.await) else {
+            rec.finish(StatusCode::SWITCHING_PROTOCOLS, None, 0, "UR", Some("upgrade failed".into()));
+            return;
+        };
+        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+        let copied = tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut d, &mut u) => r.ok(),
+            _ = hard_stop.cancelled() => None,
+        };
+        let sent = copied.map_or(0, |(_, to_client)| to_client);
+        rec.finish(StatusCode::SWITCHING_PROTOCOLS, None, sent, "-", None);
+    });
+    Response::from_parts(parts, super::body::empty())
+}
+
+/// Sends a copy of the request to the mirror service once the original
+/// body has been read; the response is drained and discarded. Runs on its
+/// own task, so it never delays the original request.
+#[allow(clippy::too_many_arguments)] // a detached copy of the request's context
+async fn mirror(
+    proxy: Arc<Proxy>,
+    snap: Arc<Snapshot>,
+    m: route::MirrorSettings,
+    method: http::Method,
+    uri: http::Uri,
+    mut headers: http::HeaderMap,
+    authority: String,
+    recording: super::body::Recording,
+) {
+    let result: Result<(), String> = async {
+        let body = tokio::time::timeout(Duration::from_secs(30), recording.replay_when_complete())
+            .await
+            .ok()
+            .flatten()
+            .ok_or("request body not replayable")?;
+        let spec = snap
+            .services
+            .get(&m.service)
+            .ok_or("mirror service not configured")?
+            .clone();
+        let port = *m
+            .port
+            .and_then(|p| spec.port(Some(p)))
+            .or_else(|| spec.port(None))
+            .ok_or("mirror service has no matching port")?;
+        let cluster = proxy.clusters.get(&spec);
+        let idx = {
+            let mut rng = rand::rng();
+            cluster.pick(&spec, &[], None, &mut rng)
+        }
+        .ok_or("no mirror endpoint")?;
+        let addr = spec.endpoints[idx].addr(&port);
+        let (host, p) = split_host_port(&authority);
+        let shadow = match p {
+            Some(p) => format!("{host}-shadow:{p}"),
+            None => format!("{host}-shadow"),
+        };
+        headers.remove(header::HOST);
+        let version = if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
+            Version::Http2
+        } else {
+            Version::Http1
+        };
+        let uri = shape_for_upstream(&uri, &mut headers, &shadow, version == Version::Http2, false)
+            .map_err(|e| e.to_string())?;
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let once = attempt_once(&cluster, &spec, idx, addr, version, req);
+        let up = tokio::time::timeout(Duration::from_secs(30), once)
+            .await
+            .map_err(|_| "mirror timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let Upstream {
+            response,
+            lease,
+            in_flight,
+        } = up;
+        let drained = response.into_body().collect().await.is_ok();
+        drop(in_flight);
+        if drained {
+            lease.release();
+        }
+        Ok(())
+    }
+    .await;
+    let labels = ServiceLabels {
+        direction: Direction::Outbound,
+        destination_service: m.service.clone(),
+    };
+    proxy.metrics.mirrored.get_or_create(&labels).inc();
+    if let Err(e) = result {
+        tracing::debug!(service = %m.service, "mirror request failed: {e}");
+        proxy.metrics.error("mirror_failed");
+    }
+}

@@ -1,0 +1,300 @@
+//! Listeners: bound from the snapshot's listener list and reconciled on
+//! every config change (a listener whose spec is unchanged keeps its
+//! socket; a removed one stops accepting while its connections finish).
+//! Each accepted connection is served as HTTP (HTTP/1.1 and h2c on the same
+//! port) or proxied as opaque TCP, by the listener's kind and, for captured
+//! connections, their original destination.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnInfo, Proxy, Target, http, tcp};
+use crate::config::compile::inbound_service_name;
+use crate::config::{ListenerKind, ListenerSpec, Protocol, Snapshot};
+use crate::telemetry::metrics::Direction;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("cannot listen on {addr} for listener {name}: {source} (is another process using the port?)")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+struct Active {
+    spec: ListenerSpec,
+    bound: SocketAddr,
+    stop: CancellationToken,
+}
+
+pub struct Listeners {
+    proxy: Arc<Proxy>,
+    active: Mutex<HashMap<String, Active>>,
+}
+
+impl Listeners {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self {
+            proxy,
+            active: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The address a listener is bound to (resolves port 0).
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.active.lock().expect("listeners lock").get(name).map(|a| a.bound)
+    }
+
+    pub fn bound(&self) -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .active
+            .lock()
+            .expect("listeners lock")
+            .iter()
+            .map(|(n, a)| (n.clone(), a.bound))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Brings listeners in line with `snap`. Listeners that fail to bind are
+    /// reported; the others are served.
+    pub async fn reconcile(&self, snap: &Snapshot) -> Vec<ListenerError> {
+        let mut errors = Vec::new();
+        let wanted: HashMap<&str, &ListenerSpec> =
+            snap.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+        {
+            let mut active = self.active.lock().expect("listeners lock");
+            active.retain(|name, a| {
+                let keep = wanted.get(name.as_str()).is_some_and(|w| **w == a.spec);
+                if !keep {
+                    a.stop.cancel();
+                }
+                keep
+            });
+        }
+        for spec in &snap.listeners {
+            if self.active.lock().expect("listeners lock").contains_key(&spec.name) {
+                continue;
+            }
+            let listener = match bind(spec.address).await {
+                Ok(l) => l,
+                Err(source) => {
+                    errors.push(ListenerError::Bind {
+                        name: spec.name.clone(),
+                        addr: spec.address,
+                        source,
+                    });
+                    continue;
+                }
+            };
+            let bound = listener.local_addr().unwrap_or(spec.address);
+            let stop = self.proxy.drain.child_token();
+            tracing::info!(listener = %spec.name, address = %bound, "listening");
+            self.proxy.tracker.spawn(accept_loop(
+                self.proxy.clone(),
+                Arc::new(spec.clone()),
+                listener,
+                stop.clone(),
+            ));
+            self.active.lock().expect("listeners lock").insert(
+                spec.name.clone(),
+                Active {
+                    spec: spec.clone(),
+                    bound,
+                    stop,
+                },
+            );
+        }
+        errors
+    }
+}
+
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(proxy: Arc<Proxy>, spec: Arc<ListenerSpec>, listener: TcpListener, stop: CancellationToken) {
+    let name: Arc<str> = spec.name.as_str().into();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                proxy
+                    .tracker
+                    .spawn(handle_connection(proxy.clone(), spec.clone(), name.clone(), stream, peer));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep going.
+                proxy.metrics.error("accept");
+                tracing::warn!(listener = %name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The destination a connection had before iptables redirected it, if it
+/// was redirected.
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
+    let sock = socket2::SockRef::from(stream);
+    let dst = if local.is_ipv4() {
+        sock.original_dst_v4()
+    } else {
+        sock.original_dst_v6()
+    }
+    .ok()?
+    .as_socket()?;
+    (dst != local).then_some(dst)
+}
+
+async fn handle_connection(
+    proxy: Arc<Proxy>,
+    spec: Arc<ListenerSpec>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let info = |direction, target| {
+        Arc::new(ConnInfo {
+            listener: listener.clone(),
+            peer,
+            direction,
+            target,
+        })
+    };
+    match &spec.kind {
+        ListenerKind::Http => serve_http(proxy, info(Direction::Outbound, Target::Host), stream).await,
+        ListenerKind::Tcp { service, port } => {
+            let snap = proxy.store.load();
+            let Some(s) = snap.services.get(service).cloned() else {
+                proxy.metrics.error("no_service");
+                return;
+            };
+            let Some(p) = s.port(*port).copied() else {
+                proxy.metrics.error("no_port");
+                return;
+            };
+            tcp::proxy_to_service(proxy, info(Direction::Outbound, Target::Host), stream, s, p).await
+        }
+        ListenerKind::Transparent { passthrough } => {
+            let Some(dst) = original_dst(&stream) else {
+                proxy.metrics.error("no_original_dst");
+                tracing::debug!(%peer, "connection on the transparent listener was not redirected; closing");
+                return;
+            };
+            let snap = proxy.store.load();
+            match snap.service_for_vip(dst).cloned() {
+                Some(s) => {
+                    let p = *s.port(Some(dst.port())).expect("VIP index holds only service ports");
+                    let target = Target::Service {
+                        name: s.name.to_string(),
+                        port: p.port,
+                    };
+                    let conn = info(Direction::Outbound, target);
+                    if p.protocol.is_http() {
+                        serve_http(proxy, conn, stream).await
+                    } else {
+                        tcp::proxy_to_service(proxy, conn, stream, s, p).await
+                    }
+                }
+                None if *passthrough => {
+                    tcp::passthrough(proxy, info(Direction::Outbound, Target::Host), stream, dst).await
+                }
+                None => {
+                    proxy.metrics.error("unmatched_destination");
+                    tracing::debug!(%dst, "no service for captured destination; closing (unmatched: REJECT)");
+                }
+            }
+        }
+        ListenerKind::Inbound { ports } => {
+            let wanted = original_dst(&stream).map(|d| d.port());
+            let chosen = match wanted {
+                Some(p) => ports.iter().find(|(port, _)| *port == p).copied(),
+                None => ports.first().copied(),
+            };
+            let Some((port, protocol)) = chosen else {
+                proxy.metrics.error("inbound_port_unknown");
+                tracing::debug!(?wanted, "inbound connection for a port the application does not declare");
+                return;
+            };
+            let name = inbound_service_name(port);
+            let conn = info(Direction::Inbound, Target::Service { name: name.clone(), port });
+            if protocol == Protocol::Tcp {
+                let snap = proxy.store.load();
+                let Some(s) = snap.services.get(&name).cloned() else { return };
+                let p = s.ports[0];
+                tcp::proxy_to_service(proxy, conn, stream, s, p).await
+            } else {
+                serve_http(proxy, conn, stream).await
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 and h2c (prior knowledge) on one connection; on drain,
+/// finishes in-flight requests and closes (GOAWAY / Connection: close).
+pub async fn serve_http(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStream) {
+    let p = proxy.clone();
+    let svc = service_fn(move |req| http::serve(p.clone(), conn.clone(), req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
+        .max_concurrent_streams(1024);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(served);
+    let result = tokio::select! {
+        r = served.as_mut() => r,
+        _ = proxy.drain.cancelled() => {
+            served.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = served.as_mut() => r,
+                _ = proxy.hard_stop.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        let kind = classify_conn_error(&*e);
+        proxy.metrics.error(kind);
+        tracing::debug!(kind, "downstream connection ended with an error: {e}");
+    }
+}
+
+fn classify_conn_error(e: &(dyn std::error::Error + 'static)) -> &'static str {
+    match e.downcast_ref::<hyper::Error>() {
+        Some(h) if h.is_parse() || h.is_parse_too_large() => "bad_request",
+        Some(h) if h.is_timeout() => "downstream_timeout",
+        Some(h) if h.is_incomplete_message() => "downstream_incomplete",
+        _ => "downstream_connection",
+    }
+}

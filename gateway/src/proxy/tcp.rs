@@ -1,0 +1,169 @@
+//! Opaque TCP proxying: choose an endpoint (retrying the connect on other
+//! endpoints), then copy bytes both ways until either side closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use tokio::net::TcpStream;
+
+use super::{ConnInfo, Proxy};
+use crate::balance::outlier::Observation;
+use crate::config::{PortSpec, ServiceSpec};
+use crate::pool::{PoolError, dial};
+use crate::telemetry::accesslog::{Entry, rfc3339};
+use crate::telemetry::metrics::{Direction, ServiceLabels};
+
+/// Connect attempts per downstream connection (each to another endpoint
+/// while there are others).
+const CONNECT_ATTEMPTS: usize = 3;
+
+struct TcpLog {
+    start: Instant,
+    start_wall: SystemTime,
+    upstream: Option<SocketAddr>,
+    attempts: u32,
+}
+
+fn log(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    service: &str,
+    l: &TcpLog,
+    flags: &str,
+    reason: Option<String>,
+    bytes: (u64, u64),
+) {
+    if !proxy.access_log.enabled() {
+        return;
+    }
+    proxy.access_log.write(Entry {
+        start_time: rfc3339(l.start_wall),
+        direction: match conn.direction {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        },
+        listener: conn.listener.to_string(),
+        protocol: "TCP".into(),
+        response_code: 0,
+        response_flags: flags.into(),
+        reason,
+        duration_ms: l.start.elapsed().as_secs_f64() * 1000.0,
+        source_address: conn.peer.to_string(),
+        upstream_host: l.upstream.map(|u| u.to_string()),
+        destination_service: Some(service.to_string()),
+        attempts: l.attempts,
+        bytes_received: bytes.0,
+        bytes_sent: bytes.1,
+        ..Default::default()
+    });
+}
+
+/// Proxies one downstream connection to `service`:`port`.
+pub async fn proxy_to_service(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    mut downstream: TcpStream,
+    service: Arc<ServiceSpec>,
+    port: PortSpec,
+) {
+    let mut l = TcpLog {
+        start: Instant::now(),
+        start_wall: SystemTime::now(),
+        upstream: None,
+        attempts: 0,
+    };
+    let labels = ServiceLabels {
+        direction: conn.direction,
+        destination_service: service.name.to_string(),
+    };
+    let cluster = proxy.clusters.get(&service);
+    let mut tried = Vec::new();
+    let mut connected = None;
+    let mut last_err = String::from("no endpoints");
+    for _ in 0..CONNECT_ATTEMPTS {
+        let idx = {
+            let mut rng = rand::rng();
+            cluster.pick(&service, &tried, None, &mut rng)
+        };
+        let Some(idx) = idx else { break };
+        tried.push(idx);
+        let addr = service.endpoints[idx].addr(&port);
+        l.upstream = Some(addr);
+        l.attempts += 1;
+        match cluster.pool.connect_tcp(addr).await {
+            Ok((s, guard)) => {
+                cluster.observe(&service, idx, Observation::Success, &proxy.metrics, conn.direction);
+                connected = Some((s, guard, idx));
+                break;
+            }
+            Err(e @ PoolError::Overflow { .. }) => {
+                proxy.metrics.circuit_breaker_sheds.get_or_create(&labels).inc();
+                proxy.metrics.error("circuit_breaker_overflow");
+                log(&proxy, &conn, &service.name, &l, "UO", Some(e.to_string()), (0, 0));
+                return;
+            }
+            Err(e) => {
+                cluster.observe(&service, idx, Observation::GatewayError, &proxy.metrics, conn.direction);
+                last_err = e.to_string();
+            }
+        }
+    }
+    let Some((mut upstream, _guard, idx)) = connected else {
+        proxy.metrics.error("upstream_connect_failure");
+        let flag = if l.attempts == 0 { "UH" } else { "UF" };
+        log(&proxy, &conn, &service.name, &l, flag, Some(last_err), (0, 0));
+        return;
+    };
+    let endpoint = cluster.endpoint_state(&service.endpoints[idx]);
+    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
+    let result = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
+        _ = proxy.hard_stop.cancelled() => Err(std::io::Error::other("proxy shut down")),
+    };
+    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    proxy.metrics.tcp_closed.get_or_create(&labels).inc();
+    let (flags, reason, bytes) = match result {
+        Ok(b) => ("-", None, b),
+        Err(e) => ("UR", Some(e.to_string()), (0, 0)),
+    };
+    proxy.metrics.tcp_received_bytes.get_or_create(&labels).inc_by(bytes.0);
+    proxy.metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(bytes.1);
+    log(&proxy, &conn, &service.name, &l, flags, reason, bytes);
+}
+
+/// Forwards a captured connection whose destination is no known service to
+/// that destination unchanged (Istio's PassthroughCluster).
+pub async fn passthrough(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, mut downstream: TcpStream, dst: SocketAddr) {
+    let mut l = TcpLog {
+        start: Instant::now(),
+        start_wall: SystemTime::now(),
+        upstream: Some(dst),
+        attempts: 1,
+    };
+    let labels = ServiceLabels {
+        direction: conn.direction,
+        destination_service: "passthrough".into(),
+    };
+    let mut upstream = match dial(dst, std::time::Duration::from_secs(5), proxy.socket).await {
+        Ok(s) => s,
+        Err(e) => {
+            proxy.metrics.error("upstream_connect_failure");
+            log(&proxy, &conn, "passthrough", &l, "UF", Some(e.to_string()), (0, 0));
+            return;
+        }
+    };
+    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
+    let result = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
+        _ = proxy.hard_stop.cancelled() => Err(std::io::Error::other("proxy shut down")),
+    };
+    proxy.metrics.tcp_closed.get_or_create(&labels).inc();
+    let bytes = result.as_ref().copied().unwrap_or((0, 0));
+    proxy.metrics.tcp_received_bytes.get_or_create(&labels).inc_by(bytes.0);
+    proxy.metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(bytes.1);
+    l.attempts = 1;
+    log(&proxy, &conn, "passthrough", &l, if result.is_ok() { "-" } else { "UR" }, result.err().map(|e| e.to_string()), bytes);
+}

@@ -1,0 +1,306 @@
+//! Route selection: which route of a service a request takes, and which
+//! backend of a weighted split it goes to. Pure functions over a compiled
+//! route table and a view of the request; no I/O, no clocks. Randomness is
+//! passed in so tests are deterministic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+use regex::Regex;
+
+use crate::policy::fault::Fault;
+use crate::policy::retry::RetrySettings;
+
+/// How a path is matched.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    /// Whole segments: "/api" matches "/api", "/api/" and "/api/x", not "/apix".
+    Prefix(String),
+    /// Anchored at both ends.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+pub enum HeaderValueMatch {
+    Exact(String),
+    Regex(Regex),
+    Present(bool),
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    pub name: http::HeaderName,
+    pub value: HeaderValueMatch,
+    pub invert: bool,
+}
+
+/// All conditions must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    pub path: Option<PathMatch>,
+    pub headers: Vec<HeaderMatch>,
+    pub method: Option<Method>,
+}
+
+/// A backend of a weighted split: a service and its port (None = the port
+/// the request was addressed to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    pub service: String,
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    pub service: String,
+    pub port: Option<u16>,
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitSettings {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    /// Any of these; empty matches everything.
+    pub matches: Vec<RouteMatch>,
+    pub backends: Vec<Backend>,
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetrySettings>,
+    pub fault: Option<Fault>,
+    pub mirror: Option<MirrorSettings>,
+    pub rate_limit: Option<RateLimitSettings>,
+}
+
+/// What route matching looks at.
+pub struct RequestView<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                if p.is_empty() {
+                    return true;
+                }
+                path == p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+            PathMatch::Regex(re) => re
+                .find(path)
+                .is_some_and(|m| m.start() == 0 && m.end() == path.len()),
+        }
+    }
+}
+
+impl HeaderMatch {
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let values = headers.get_all(&self.name);
+        let hit = match &self.value {
+            HeaderValueMatch::Present(want) => values.iter().next().is_some() == *want,
+            HeaderValueMatch::Exact(v) => values.iter().any(|h| h.as_bytes() == v.as_bytes()),
+            HeaderValueMatch::Regex(re) => values.iter().any(|h| {
+                h.to_str().is_ok_and(|s| {
+                    re.find(s)
+                        .is_some_and(|m| m.start() == 0 && m.end() == s.len())
+                })
+            }),
+        };
+        hit != self.invert
+    }
+}
+
+impl RouteMatch {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.method.as_ref().is_none_or(|m| m == req.method)
+            && self.path.as_ref().is_none_or(|p| p.matches(req.path))
+            && self.headers.iter().all(|h| h.matches(req.headers))
+    }
+}
+
+impl Route {
+    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+}
+
+/// The first route that matches, in order.
+pub fn select<'r>(routes: &'r [Route], req: &RequestView<'_>) -> Option<&'r Route> {
+    routes.iter().find(|r| r.matches(req))
+}
+
+/// Picks a backend of a weighted split. `r` is uniform in [0, 1).
+/// Backends with weight 0 are never chosen; None when all weigh 0.
+pub fn split(backends: &[Backend], r: f64) -> Option<&Backend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = (r.clamp(0.0, 1.0) * total as f64) as u64;
+    if point >= total {
+        point = total - 1;
+    }
+    for b in backends {
+        let w = u64::from(b.weight);
+        if point < w {
+            return Some(b);
+        }
+        point -= w;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn view<'a>(m: &'a Method, p: &'a str, h: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            method: m,
+            path: p,
+            headers: h,
+        }
+    }
+
+    #[test]
+    fn exact_prefix_and_regex_paths() {
+        let exact = PathMatch::Exact("/a".into());
+        assert!(exact.matches("/a"));
+        assert!(!exact.matches("/a/"));
+        assert!(!exact.matches("/ab"));
+
+        let prefix = PathMatch::Prefix("/api".into());
+        for p in ["/api", "/api/", "/api/v1/x"] {
+            assert!(prefix.matches(p), "{p}");
+        }
+        for p in ["/apix", "/ap", "/", "/v1/api"] {
+            assert!(!prefix.matches(p), "{p}");
+        }
+        let slash = PathMatch::Prefix("/api/".into());
+        assert!(slash.matches("/api") && slash.matches("/api/x") && !slash.matches("/apix"));
+        let root = PathMatch::Prefix("/".into());
+        assert!(root.matches("/") && root.matches("/anything"));
+
+        let re = PathMatch::Regex(Regex::new("/items/[0-9]+").unwrap());
+        assert!(re.matches("/items/42"));
+        assert!(!re.matches("/items/42/x"), "regex is anchored at the end");
+        assert!(!re.matches("/x/items/42"), "regex is anchored at the start");
+    }
+
+    #[test]
+    fn header_matches_and_inversion() {
+        let mut h = HeaderMap::new();
+        h.insert("x-canary", HeaderValue::from_static("always"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        let m = |value, invert| HeaderMatch {
+            name: http::HeaderName::from_static("x-canary"),
+            value,
+            invert,
+        };
+        assert!(m(HeaderValueMatch::Exact("always".into()), false).matches(&h));
+        assert!(!m(HeaderValueMatch::Exact("alway".into()), false).matches(&h));
+        assert!(m(HeaderValueMatch::Exact("never".into()), true).matches(&h));
+        assert!(m(HeaderValueMatch::Present(true), false).matches(&h));
+        assert!(!m(HeaderValueMatch::Present(false), false).matches(&h));
+        assert!(m(HeaderValueMatch::Regex(Regex::new("al.*").unwrap()), false).matches(&h));
+        assert!(!m(HeaderValueMatch::Regex(Regex::new("al").unwrap()), false).matches(&h));
+        let multi = HeaderMatch {
+            name: http::HeaderName::from_static("x-multi"),
+            value: HeaderValueMatch::Exact("b".into()),
+            invert: false,
+        };
+        assert!(multi.matches(&h), "any value of a repeated header");
+        let absent = HeaderMatch {
+            name: http::HeaderName::from_static("x-none"),
+            value: HeaderValueMatch::Present(false),
+            invert: false,
+        };
+        assert!(absent.matches(&h));
+    }
+
+    fn route(name: &str, matches: Vec<RouteMatch>) -> Route {
+        Route {
+            name: name.into(),
+            matches,
+            backends: vec![],
+            timeout: None,
+            retry: None,
+            fault: None,
+            mirror: None,
+            rate_limit: None,
+        }
+    }
+
+    #[test]
+    fn first_matching_route_wins_and_conditions_combine() {
+        let get_api = RouteMatch {
+            path: Some(PathMatch::Prefix("/api".into())),
+            method: Some(Method::GET),
+            headers: vec![],
+        };
+        let canary = RouteMatch {
+            headers: vec![HeaderMatch {
+                name: http::HeaderName::from_static("x-canary"),
+                value: HeaderValueMatch::Exact("always".into()),
+                invert: false,
+            }],
+            ..Default::default()
+        };
+        let routes = vec![
+            route("canary", vec![canary]),
+            route("api", vec![get_api]),
+            route("default", vec![]),
+        ];
+        let mut h = HeaderMap::new();
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(&*select(&routes, &view(&get, "/api/x", &h)).unwrap().name, "api");
+        assert_eq!(
+            &*select(&routes, &view(&post, "/api/x", &h)).unwrap().name,
+            "default",
+            "method must match too"
+        );
+        h.insert("x-canary", HeaderValue::from_static("always"));
+        assert_eq!(&*select(&routes, &view(&get, "/api/x", &h)).unwrap().name, "canary");
+        assert!(select(&routes[..2], &view(&post, "/", &HeaderMap::new())).is_none());
+    }
+
+    fn b(s: &str, w: u32) -> Backend {
+        Backend {
+            service: s.into(),
+            port: None,
+            weight: w,
+        }
+    }
+
+    #[test]
+    fn split_follows_weights_exactly_over_the_unit_interval() {
+        let bs = vec![b("v1", 90), b("v2", 10), b("off", 0)];
+        let mut counts = [0; 3];
+        let n = 10_000;
+        for i in 0..n {
+            let r = i as f64 / n as f64;
+            let pick = split(&bs, r).unwrap();
+            counts[bs.iter().position(|x| x == pick).unwrap()] += 1;
+        }
+        assert_eq!(counts, [9000, 1000, 0]);
+        assert_eq!(split(&bs, 0.999_999_9).unwrap().service, "v2");
+        assert_eq!(split(&bs, 1.0).unwrap().service, "v2", "r=1 clamps to the last");
+        assert!(split(&[b("a", 0)], 0.5).is_none());
+        assert!(split(&[], 0.5).is_none());
+    }
+}

@@ -1,0 +1,169 @@
+//! Assembles and runs the sidecar role: the state store fed by a config
+//! file (or a config given directly), the listeners reconciled on every
+//! change, the admin server, and an orderly drain on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_api::model::ProxyConfig;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::{Store, file};
+use crate::pool::SocketOptions;
+use crate::proxy::Proxy;
+use crate::proxy::listener::{ListenerError, Listeners};
+use crate::telemetry::accesslog::Sink;
+use crate::telemetry::metrics::Metrics;
+
+pub enum ConfigSource {
+    /// A YAML file, watched for changes.
+    File { path: PathBuf, poll: Duration },
+    /// A fixed configuration (tests, embedding).
+    Static(Box<ProxyConfig>),
+}
+
+pub struct Options {
+    pub config: ConfigSource,
+    pub admin: SocketAddr,
+    pub access_log: Sink,
+    pub socket: SocketOptions,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] file::FileError),
+    #[error("invalid configuration: {0}")]
+    Compile(#[from] crate::config::compile::CompileError),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Listeners(Vec<ListenerError>),
+    #[error("cannot listen on admin address {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Sidecar {
+    pub proxy: Arc<Proxy>,
+    pub listeners: Arc<Listeners>,
+    admin_addr: SocketAddr,
+    background: TaskTracker,
+    admin_tasks: TaskTracker,
+    stop_background: CancellationToken,
+}
+
+impl Sidecar {
+    pub async fn start(opts: Options) -> Result<Self, StartError> {
+        let store = Arc::new(Store::new());
+        let metrics = Arc::new(Metrics::new());
+        let watch_from = match &opts.config {
+            ConfigSource::File { path, poll } => {
+                let text = file::load_into(path, &store)?;
+                Some((path.clone(), *poll, text))
+            }
+            ConfigSource::Static(cfg) => {
+                store.apply(cfg)?;
+                None
+            }
+        };
+        let proxy = Arc::new(Proxy::new(store.clone(), metrics.clone(), opts.access_log, opts.socket));
+        let listeners = Arc::new(Listeners::new(proxy.clone()));
+        let errors = listeners.reconcile(&store.load()).await;
+        if !errors.is_empty() {
+            proxy.drain.cancel();
+            return Err(StartError::Listeners(errors));
+        }
+        let admin_listener = TcpListener::bind(opts.admin)
+            .await
+            .map_err(|source| StartError::Admin {
+                addr: opts.admin,
+                source,
+            })?;
+        let admin_addr = admin_listener.local_addr().unwrap_or(opts.admin);
+        let background = TaskTracker::new();
+        let admin_tasks = TaskTracker::new();
+        let stop_background = CancellationToken::new();
+        let admin = Arc::new(Admin {
+            proxy: proxy.clone(),
+            listeners: listeners.clone(),
+            tasks: admin_tasks.clone(),
+        });
+        background.spawn(admin.serve(admin_listener));
+        if let Some((path, poll, text)) = watch_from {
+            background.spawn(file::watch(
+                path,
+                text,
+                store.clone(),
+                metrics.clone(),
+                poll,
+                stop_background.clone(),
+            ));
+        }
+        // Every accepted change: reconcile listeners and per-service state.
+        let (p, l, stop) = (proxy.clone(), listeners.clone(), stop_background.clone());
+        background.spawn(async move {
+            let mut changes = p.store.subscribe();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+                let snap = p.store.load();
+                p.clusters.refresh(&snap);
+                for e in l.reconcile(&snap).await {
+                    p.metrics.error("listener_bind");
+                    tracing::error!("{e}");
+                }
+            }
+        });
+        tracing::info!(admin = %admin_addr, "sidecar started");
+        Ok(Self {
+            proxy,
+            listeners,
+            admin_addr,
+            background,
+            admin_tasks,
+            stop_background,
+        })
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.addr(name)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.proxy.store
+    }
+
+    /// Drains: stops accepting, lets in-flight requests and connections
+    /// finish for up to `deadline`, then closes what is left.
+    pub async fn shutdown(self, deadline: Duration) {
+        tracing::info!(?deadline, "draining");
+        self.proxy.drain.cancel();
+        self.proxy.tracker.close();
+        if tokio::time::timeout(deadline, self.proxy.tracker.wait()).await.is_err() {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+        }
+        self.proxy.hard_stop.cancel();
+        self.stop_background.cancel();
+        self.background.close();
+        self.admin_tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            self.proxy.tracker.wait().await;
+            self.background.wait().await;
+            self.admin_tasks.wait().await;
+        })
+        .await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,149 @@
+//! The proxy's Prometheus metrics, served at /metrics on the admin port.
+//! Names follow Istio's standard metrics where one exists, prefixed
+//! `isthmus_`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub source_workload: String,
+    pub source_namespace: String,
+    pub destination_service: String,
+    pub route: String,
+    pub response_code: u16,
+    /// gRPC status name or "" for non-gRPC.
+    pub grpc_status: String,
+    /// Envoy-style response flags, "-" when none.
+    pub response_flags: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub direction: Direction,
+    pub destination_service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub destination_service: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 2.0, 18,
+    ))
+}
+
+/// Every metric the proxy exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<DurationLabels, Histogram, fn() -> Histogram>,
+    pub tcp_opened: Family<ServiceLabels, Counter>,
+    pub tcp_closed: Family<ServiceLabels, Counter>,
+    pub tcp_sent_bytes: Family<ServiceLabels, Counter>,
+    pub tcp_received_bytes: Family<ServiceLabels, Counter>,
+    pub retries: Family<RouteLabels, Counter>,
+    pub retry_budget_exhausted: Family<RouteLabels, Counter>,
+    pub ejections: Family<ServiceLabels, Counter>,
+    pub ejected_endpoints: Family<ServiceLabels, Gauge>,
+    pub circuit_breaker_sheds: Family<ServiceLabels, Counter>,
+    pub rate_limited: Family<RouteLabels, Counter>,
+    pub mirrored: Family<ServiceLabels, Counter>,
+    pub errors: Family<KindLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    pub upstream_connections: Family<ServiceLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("isthmus");
+        let requests = Family::default();
+        registry.register("requests", "HTTP and gRPC requests", requests.clone());
+        let request_duration =
+            Family::<DurationLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                duration_histogram,
+            );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response complete",
+            request_duration.clone(),
+        );
+        macro_rules! reg {
+            ($name:literal, $help:literal) => {{
+                let f = Family::default();
+                registry.register($name, $help, f.clone());
+                f
+            }};
+        }
+        Self {
+            requests,
+            request_duration,
+            tcp_opened: reg!("tcp_connections_opened", "TCP connections proxied"),
+            tcp_closed: reg!("tcp_connections_closed", "TCP connections closed"),
+            tcp_sent_bytes: reg!("tcp_sent_bytes", "Bytes sent to the downstream client on TCP connections"),
+            tcp_received_bytes: reg!("tcp_received_bytes", "Bytes received from the downstream client on TCP connections"),
+            retries: reg!("retries", "Retried attempts"),
+            retry_budget_exhausted: reg!("retry_budget_exhausted", "Retries not made because the retry budget was spent"),
+            ejections: reg!("outlier_ejections", "Endpoints ejected by outlier detection"),
+            ejected_endpoints: reg!("outlier_ejected_endpoints", "Endpoints currently ejected"),
+            circuit_breaker_sheds: reg!("circuit_breaker_sheds", "Requests shed by connection-pool limits (503)"),
+            rate_limited: reg!("rate_limited", "Requests refused by the local rate limit (429)"),
+            mirrored: reg!("mirrored_requests", "Requests copied to a mirror service"),
+            errors: reg!("errors", "Proxy errors by kind"),
+            config_reloads: reg!("config_reloads", "Configuration updates by result"),
+            upstream_connections: reg!("upstream_connections", "Open upstream connections"),
+            registry,
+        }
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
