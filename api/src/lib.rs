@@ -86,7 +86,10 @@ pub fn parse_yaml(text: &str) -> Result<model::ProxyConfig, ConfigError> {
                     .to_string(),
                 line: pos.map(|p| p.line),
                 column: pos.map(|p| p.column),
-                message: first_line(&e.to_string()),
+                message: with_hint(
+                    first_line(&e.to_string()),
+                    pos.and_then(|p| token_at(text, p)),
+                ),
             }],
         }
     })?;
@@ -118,5 +121,31 @@ fn first_line(s: &str) -> String {
     match line.find(": ") {
         Some(i) if line.starts_with("line ") => line[i + 2..].to_string(),
         _ => line.to_string(),
+    }
+}
+
+/// The scalar starting at `pos` (up to a separator), for hints.
+fn token_at(text: &str, pos: Position) -> Option<&str> {
+    let line = text.lines().nth(pos.line.checked_sub(1)?)?;
+    let start = line.char_indices().nth(pos.column.checked_sub(1)?)?.0;
+    let rest = &line[start..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, ',' | '}' | ']' | '#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// Adds what to do for mistakes people make with the proto3 JSON mapping.
+fn with_hint(message: String, token: Option<&str>) -> String {
+    let Some(t) = token else { return message };
+    let unit = ["ms", "us", "ns", "m", "h"].iter().find(|u| {
+        t.strip_suffix(**u)
+            .is_some_and(|n| !n.is_empty() && n.parse::<f64>().is_ok())
+    });
+    match unit {
+        Some(u) => format!(
+            "{message} ({t:?}: durations are seconds with an \"s\" suffix, e.g. \"0.25s\" for 250ms; unit {u:?} is not accepted)"
+        ),
+        None => message,
     }
 }

@@ -156,7 +156,10 @@ mod tests {
     #[test]
     fn names_the_field_at_a_position() {
         let idx = PathIndex::build(DOC);
-        let p = idx.path_at(Position { line: 4, column: 16 });
+        let p = idx.path_at(Position {
+            line: 4,
+            column: 16,
+        });
         assert_eq!(p, Some("list[0].inner.k"));
     }
 

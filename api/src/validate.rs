@@ -58,9 +58,15 @@ pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
     for (i, s) in config.services.iter().enumerate() {
         let path = format!("services[{i}]");
         if s.name.is_empty() {
-            c.fail(format!("{path}.name"), "a service needs a name, e.g. catalog.shop");
+            c.fail(
+                format!("{path}.name"),
+                "a service needs a name, e.g. catalog.shop",
+            );
         } else if ports_by_service.contains_key(s.name.as_str()) {
-            c.fail(format!("{path}.name"), format!("duplicate service name {:?}", s.name));
+            c.fail(
+                format!("{path}.name"),
+                format!("duplicate service name {:?}", s.name),
+            );
         }
         ports_by_service.insert(&s.name, s.ports.iter().map(|p| p.port).collect());
     }
@@ -74,7 +80,10 @@ pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
         if l.name.is_empty() {
             c.fail(format!("{path}.name"), "a listener needs a name");
         } else if !names.insert(l.name.as_str()) {
-            c.fail(format!("{path}.name"), format!("duplicate listener name {:?}", l.name));
+            c.fail(
+                format!("{path}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
         }
         match l.address.parse::<SocketAddr>() {
             Err(_) => c.fail(
@@ -92,12 +101,7 @@ pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
     c.issues
 }
 
-fn check_listener(
-    c: &mut Checker,
-    path: &str,
-    l: &Listener,
-    services: &HashMap<&str, Vec<u32>>,
-) {
+fn check_listener(c: &mut Checker, path: &str, l: &Listener, services: &HashMap<&str, Vec<u32>>) {
     match &l.kind {
         None => c.fail(
             path,
@@ -121,7 +125,10 @@ fn check_listener(
             }
             for (j, p) in inb.ports.iter().enumerate() {
                 if p.port == 0 || p.port > 65535 {
-                    c.fail(format!("{path}.inbound.ports[{j}].port"), "port must be 1-65535");
+                    c.fail(
+                        format!("{path}.inbound.ports[{j}].port"),
+                        "port must be 1-65535",
+                    );
                 }
             }
         }
@@ -151,12 +158,7 @@ fn check_service_ref(
     }
 }
 
-fn check_service(
-    c: &mut Checker,
-    path: &str,
-    s: &Service,
-    services: &HashMap<&str, Vec<u32>>,
-) {
+fn check_service(c: &mut Checker, path: &str, s: &Service, services: &HashMap<&str, Vec<u32>>) {
     for (j, h) in s.hosts.iter().enumerate() {
         let bare = h.strip_prefix("*.").unwrap_or(h);
         if bare.is_empty() || bare.contains(['*', '/', ' ', ':']) {
@@ -168,7 +170,10 @@ fn check_service(
     }
     for (j, v) in s.vips.iter().enumerate() {
         if v.parse::<IpAddr>().is_err() {
-            c.fail(format!("{path}.vips[{j}]"), format!("{v:?} is not an IP address"));
+            c.fail(
+                format!("{path}.vips[{j}]"),
+                format!("{v:?} is not an IP address"),
+            );
         }
     }
     if s.ports.is_empty() {
@@ -179,10 +184,16 @@ fn check_service(
         if p.port == 0 || p.port > 65535 {
             c.fail(format!("{path}.ports[{j}].port"), "port must be 1-65535");
         } else if !seen.insert(p.port) {
-            c.fail(format!("{path}.ports[{j}].port"), format!("duplicate port {}", p.port));
+            c.fail(
+                format!("{path}.ports[{j}].port"),
+                format!("duplicate port {}", p.port),
+            );
         }
         if p.target_port > 65535 {
-            c.fail(format!("{path}.ports[{j}].targetPort"), "port must be 1-65535");
+            c.fail(
+                format!("{path}.ports[{j}].targetPort"),
+                "port must be 1-65535",
+            );
         }
     }
     for (j, e) in s.endpoints.iter().enumerate() {
@@ -192,7 +203,10 @@ fn check_service(
     for (j, r) in s.routes.iter().enumerate() {
         let rpath = format!("{path}.routes[{j}]");
         if !r.name.is_empty() && !route_names.insert(r.name.as_str()) {
-            c.fail(format!("{rpath}.name"), format!("duplicate route name {:?}", r.name));
+            c.fail(
+                format!("{rpath}.name"),
+                format!("duplicate route name {:?}", r.name),
+            );
         }
         check_route(c, &rpath, r, services);
     }
@@ -200,12 +214,18 @@ fn check_service(
         && let Some(hk) = &lb.hash_key
     {
         match &hk.kind {
-            Some(hash_key::Kind::Header(h)) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => {
-                c.fail(format!("{path}.loadBalancer.hashKey.header"), format!("{h:?} is not a header name"))
+            Some(hash_key::Kind::Header(h))
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() =>
+            {
+                c.fail(
+                    format!("{path}.loadBalancer.hashKey.header"),
+                    format!("{h:?} is not a header name"),
+                )
             }
-            Some(hash_key::Kind::Cookie(k)) if k.is_empty() => {
-                c.fail(format!("{path}.loadBalancer.hashKey.cookie"), "name the cookie")
-            }
+            Some(hash_key::Kind::Cookie(k)) if k.is_empty() => c.fail(
+                format!("{path}.loadBalancer.hashKey.cookie"),
+                "name the cookie",
+            ),
             _ => {}
         }
         if let Some(loc) = &lb.locality
@@ -226,10 +246,30 @@ fn check_service(
         );
     }
     for (name, d) in [
-        ("outlierDetection.baseEjectionTime", s.outlier_detection.as_ref().and_then(|o| o.base_ejection_time.as_ref())),
-        ("outlierDetection.maxEjectionTime", s.outlier_detection.as_ref().and_then(|o| o.max_ejection_time.as_ref())),
-        ("connectionPool.connectTimeout", s.connection_pool.as_ref().and_then(|o| o.connect_timeout.as_ref())),
-        ("connectionPool.idleTimeout", s.connection_pool.as_ref().and_then(|o| o.idle_timeout.as_ref())),
+        (
+            "outlierDetection.baseEjectionTime",
+            s.outlier_detection
+                .as_ref()
+                .and_then(|o| o.base_ejection_time.as_ref()),
+        ),
+        (
+            "outlierDetection.maxEjectionTime",
+            s.outlier_detection
+                .as_ref()
+                .and_then(|o| o.max_ejection_time.as_ref()),
+        ),
+        (
+            "connectionPool.connectTimeout",
+            s.connection_pool
+                .as_ref()
+                .and_then(|o| o.connect_timeout.as_ref()),
+        ),
+        (
+            "connectionPool.idleTimeout",
+            s.connection_pool
+                .as_ref()
+                .and_then(|o| o.idle_timeout.as_ref()),
+        ),
     ] {
         check_duration(c, &format!("{path}.{name}"), d);
     }
@@ -257,7 +297,10 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
             );
         }
         if p.target_port == 0 || p.target_port > 65535 {
-            c.fail(format!("{path}.ports[{k}].targetPort"), "port must be 1-65535");
+            c.fail(
+                format!("{path}.ports[{k}].targetPort"),
+                "port must be 1-65535",
+            );
         }
     }
 }
@@ -281,7 +324,9 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
         let mpath = format!("{path}.matches[{k}]");
         if let Some(pm) = &m.path {
             match &pm.kind {
-                Some(path_match::Kind::Exact(p) | path_match::Kind::Prefix(p)) if !p.starts_with('/') => {
+                Some(path_match::Kind::Exact(p) | path_match::Kind::Prefix(p))
+                    if !p.starts_with('/') =>
+                {
                     c.fail(format!("{mpath}.path"), format!("{p:?} must start with /"))
                 }
                 Some(path_match::Kind::Regex(re)) => {
@@ -289,14 +334,20 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
                         c.fail(format!("{mpath}.path.regex"), format!("invalid regex: {e}"));
                     }
                 }
-                None => c.fail(format!("{mpath}.path"), "give one of exact, prefix or regex"),
+                None => c.fail(
+                    format!("{mpath}.path"),
+                    "give one of exact, prefix or regex",
+                ),
                 _ => {}
             }
         }
         for (h, hm) in m.headers.iter().enumerate() {
             let hpath = format!("{mpath}.headers[{h}]");
             if http::HeaderName::from_bytes(hm.name.as_bytes()).is_err() {
-                c.fail(format!("{hpath}.name"), format!("{:?} is not a header name", hm.name));
+                c.fail(
+                    format!("{hpath}.name"),
+                    format!("{:?} is not a header name", hm.name),
+                );
             }
             match &hm.kind {
                 Some(header_match::Kind::Regex(re)) => {
@@ -311,12 +362,21 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
         if !m.method.is_empty() && !HTTP_METHODS.contains(&m.method.as_str()) {
             c.fail(
                 format!("{mpath}.method"),
-                format!("{:?} is not an HTTP method (upper case, e.g. GET)", m.method),
+                format!(
+                    "{:?} is not an HTTP method (upper case, e.g. GET)",
+                    m.method
+                ),
             );
         }
     }
     for (k, b) in r.backends.iter().enumerate() {
-        check_service_ref(c, &format!("{path}.backends[{k}]"), &b.service, b.port, services);
+        check_service_ref(
+            c,
+            &format!("{path}.backends[{k}]"),
+            &b.service,
+            b.port,
+            services,
+        );
     }
     if !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0) {
         c.fail(
@@ -330,17 +390,35 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
             if !RETRY_ON.contains(&cond.as_str()) {
                 c.fail(
                     format!("{path}.retry.retryOn[{k}]"),
-                    format!("unknown retry condition {cond:?}; known: {}", RETRY_ON.join(", ")),
+                    format!(
+                        "unknown retry condition {cond:?}; known: {}",
+                        RETRY_ON.join(", ")
+                    ),
                 );
             }
         }
-        check_duration(c, &format!("{path}.retry.perTryTimeout"), retry.per_try_timeout.as_ref());
-        check_duration(c, &format!("{path}.retry.backoffBase"), retry.backoff_base.as_ref());
-        check_duration(c, &format!("{path}.retry.backoffMax"), retry.backoff_max.as_ref());
+        check_duration(
+            c,
+            &format!("{path}.retry.perTryTimeout"),
+            retry.per_try_timeout.as_ref(),
+        );
+        check_duration(
+            c,
+            &format!("{path}.retry.backoffBase"),
+            retry.backoff_base.as_ref(),
+        );
+        check_duration(
+            c,
+            &format!("{path}.retry.backoffMax"),
+            retry.backoff_max.as_ref(),
+        );
         if let Some(b) = &retry.budget
             && !(b.retry_ratio >= 0.0 && b.retry_ratio <= 1000.0)
         {
-            c.fail(format!("{path}.retry.budget.retryRatio"), "must be 0 or more (e.g. 0.2)");
+            c.fail(
+                format!("{path}.retry.budget.retryRatio"),
+                "must be 0 or more (e.g. 0.2)",
+            );
         }
     }
     if let Some(f) = &r.fault {
@@ -363,14 +441,20 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
 fn check_fault(c: &mut Checker, path: &str, f: &FaultInjection) {
     if let Some(d) = &f.delay {
         check_percentage(c, &format!("{path}.delay.percentage"), d.percentage);
-        check_duration(c, &format!("{path}.delay.fixedDelay"), d.fixed_delay.as_ref());
+        check_duration(
+            c,
+            &format!("{path}.delay.fixedDelay"),
+            d.fixed_delay.as_ref(),
+        );
     }
     if let Some(a) = &f.abort {
         check_percentage(c, &format!("{path}.abort.percentage"), a.percentage);
         match a.status {
-            Some(fault_injection::abort::Status::HttpStatus(s)) if !(200..=599).contains(&s) => {
-                c.fail(format!("{path}.abort.httpStatus"), "must be an HTTP status 200-599")
-            }
+            Some(fault_injection::abort::Status::HttpStatus(s)) if !(200..=599).contains(&s) => c
+                .fail(
+                    format!("{path}.abort.httpStatus"),
+                    "must be an HTTP status 200-599",
+                ),
             Some(fault_injection::abort::Status::GrpcStatus(s)) if s > 16 => c.fail(
                 format!("{path}.abort.grpcStatus"),
                 "must be a gRPC status code 0-16 (e.g. 14, UNAVAILABLE)",

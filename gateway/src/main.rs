@@ -12,7 +12,11 @@ use isthmus_gateway::sidecar::{ConfigSource, Options, Sidecar};
 use isthmus_gateway::telemetry::accesslog::Sink;
 
 #[derive(Parser, Debug)]
-#[command(name = "isthmus-gateway", version, about = "Isthmus data plane: sidecar proxy (and, later, east-west gateway)")]
+#[command(
+    name = "isthmus-gateway",
+    version,
+    about = "Isthmus data plane: sidecar proxy (and, later, east-west gateway)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,6 +29,25 @@ enum Command {
     /// Install the iptables rules that redirect a pod's traffic to the
     /// sidecar (run once, as root / CAP_NET_ADMIN, before the app starts).
     InitIptables(IptablesArgs),
+    /// Run the sample mesh's application (see SCENARIOS.md): answers with
+    /// its service, cluster and version; used by demos and e2e tests.
+    Sample(SampleArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SampleArgs {
+    /// HTTP (HTTP/1.1 + h2c) address.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Also serve a TCP echo on this address.
+    #[arg(long)]
+    tcp_echo: Option<SocketAddr>,
+    #[arg(long, default_value = "sample")]
+    service: String,
+    #[arg(long, default_value = "local")]
+    cluster: String,
+    #[arg(long, default_value = "v1")]
+    version: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -91,7 +114,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
     if !(n >= 0.0 && n.is_finite()) {
         return Err(format!("{s:?} must be a non-negative duration"));
     }
@@ -128,12 +153,23 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", iptables::rules(&s)?);
             } else {
                 iptables::apply(&s)?;
-                eprintln!("capture rules installed (outbound -> {}, inbound -> {})", s.outbound_port, s.inbound_port);
+                eprintln!(
+                    "capture rules installed (outbound -> {}, inbound -> {})",
+                    s.outbound_port, s.inbound_port
+                );
             }
             Ok(())
         }
+        Command::Sample(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_sample(a))
+        }
         Command::Sidecar(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(run_sidecar(a))
         }
     }
@@ -147,19 +183,52 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
             poll: a.reload_interval,
         },
         admin: a.admin,
-        access_log: Sink::from_arg(&a.access_log).with_context(|| format!("opening access log {}", a.access_log))?,
+        access_log: Sink::from_arg(&a.access_log)
+            .with_context(|| format!("opening access log {}", a.access_log))?,
         socket: SocketOptions { mark: a.mark },
     })
     .await?;
     for (name, addr) in sidecar.listeners.bound() {
         eprintln!("listener {name} on {addr}");
     }
-    eprintln!("admin on http://{}/ (metrics, healthz, readyz, config_dump)", sidecar.admin_addr());
+    eprintln!(
+        "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
+        sidecar.admin_addr()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
     sidecar.shutdown(a.drain_timeout).await;
+    Ok(())
+}
+
+async fn run_sample(a: SampleArgs) -> anyhow::Result<()> {
+    use isthmus_gateway::sample;
+    let app = sample::SampleApp::new(&a.service, &a.cluster, &a.version);
+    let http = sample::serve(app, a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    println!("listening on {} (http)", http.addr);
+    let echo = match a.tcp_echo {
+        Some(addr) => {
+            let e = sample::serve_tcp_echo(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?;
+            println!("listening on {} (tcp echo)", e.addr);
+            Some(e)
+        }
+        None => None,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    http.stop().await;
+    if let Some(e) = echo {
+        e.stop().await;
+    }
     Ok(())
 }

@@ -197,18 +197,26 @@ async fn handle(
         let path = req.uri().path().to_string();
         if fail != 0 {
             let mut r = Response::new(full(format!("{} failing on purpose\n", app.service)));
-            *r.status_mut() = StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            *r.status_mut() =
+                StatusCode::from_u16(fail).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             r
         } else if let Some(code) = path.strip_prefix("/status/") {
             let mut r = Response::new(full(format!("status {code}\n")));
-            *r.status_mut() = code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            *r.status_mut() = code
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
             r
         } else if let Some(ms) = path.strip_prefix("/delay/") {
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             Response::new(full("delayed\n"))
         } else if path == "/echo" {
             // Streams the request body back as it arrives.
-            let body = req.into_body().map_err(|e| -> BoxError { e.into() }).boxed_unsync();
+            let body = req
+                .into_body()
+                .map_err(|e| -> BoxError { e.into() })
+                .boxed_unsync();
             Response::new(body)
         } else {
             let body = serde_json::json!({
@@ -227,8 +235,10 @@ async fn handle(
                 "caller": req.headers().get("x-isthmus-peer-identity").and_then(|v| v.to_str().ok()),
             });
             let mut r = Response::new(full(format!("{body}\n")));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         }
     };
@@ -245,7 +255,12 @@ async fn handle(
 /// the configured grpc-status.
 async fn grpc_echo(app: &SampleApp, req: Request<Incoming>) -> Response<RespBody> {
     let status = app.grpc_status.load(Ordering::SeqCst);
-    let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from(status));
     if status != 0 {
@@ -256,7 +271,9 @@ async fn grpc_echo(app: &SampleApp, req: Request<Incoming>) -> Response<RespBody
         trailers: Some(trailers),
     };
     let mut r = Response::new(reply.boxed_unsync());
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
     r
 }

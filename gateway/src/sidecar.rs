@@ -72,19 +72,25 @@ impl Sidecar {
                 None
             }
         };
-        let proxy = Arc::new(Proxy::new(store.clone(), metrics.clone(), opts.access_log, opts.socket));
+        let proxy = Arc::new(Proxy::new(
+            store.clone(),
+            metrics.clone(),
+            opts.access_log,
+            opts.socket,
+        ));
         let listeners = Arc::new(Listeners::new(proxy.clone()));
         let errors = listeners.reconcile(&store.load()).await;
         if !errors.is_empty() {
             proxy.drain.cancel();
             return Err(StartError::Listeners(errors));
         }
-        let admin_listener = TcpListener::bind(opts.admin)
-            .await
-            .map_err(|source| StartError::Admin {
-                addr: opts.admin,
-                source,
-            })?;
+        let admin_listener =
+            TcpListener::bind(opts.admin)
+                .await
+                .map_err(|source| StartError::Admin {
+                    addr: opts.admin,
+                    source,
+                })?;
         let admin_addr = admin_listener.local_addr().unwrap_or(opts.admin);
         let background = TaskTracker::new();
         let admin_tasks = TaskTracker::new();
@@ -151,7 +157,10 @@ impl Sidecar {
         tracing::info!(?deadline, "draining");
         self.proxy.drain.cancel();
         self.proxy.tracker.close();
-        if tokio::time::timeout(deadline, self.proxy.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(deadline, self.proxy.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain deadline passed; closing remaining connections");
         }
         self.proxy.hard_stop.cancel();

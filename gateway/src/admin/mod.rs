@@ -67,7 +67,11 @@ impl Admin {
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => match self.ready() {
                 Ok(()) => (StatusCode::OK, "text/plain", "ready\n".into()),
-                Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {why}\n")),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("not ready: {why}\n"),
+                ),
             },
             "/config_dump" => (
                 StatusCode::OK,

@@ -121,7 +121,10 @@ mod tests {
         // 1 of 2 healthy * 1.4 = 0.7 local, 0.3 to the next.
         assert!(close(&priority_loads(&[(1, 2), (2, 2)], 1.4), &[0.7, 0.3]));
         // Nothing healthy locally: all to the next.
-        assert!(close(&priority_loads(&[(0, 2), (2, 2), (1, 1)], 1.4), &[0.0, 1.0, 0.0]));
+        assert!(close(
+            &priority_loads(&[(0, 2), (2, 2), (1, 1)], 1.4),
+            &[0.0, 1.0, 0.0]
+        ));
         // Spill across three levels.
         assert!(close(
             &priority_loads(&[(1, 4), (1, 4), (1, 1)], 1.4),

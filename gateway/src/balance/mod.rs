@@ -103,7 +103,12 @@ pub fn pick<R: Rng + ?Sized>(input: &PickInput<'_>, rng: &mut R) -> Option<usize
     if candidates.is_empty() {
         return None;
     }
-    let levels = candidates.iter().map(|i| eps[*i].priority).max().unwrap_or(0) + 1;
+    let levels = candidates
+        .iter()
+        .map(|i| eps[*i].priority)
+        .max()
+        .unwrap_or(0)
+        + 1;
     let mut counts = vec![(0usize, 0usize); levels];
     for &i in &candidates {
         let c = &mut counts[eps[i].priority];
@@ -142,7 +147,11 @@ pub fn pick<R: Rng + ?Sized>(input: &PickInput<'_>, rng: &mut R) -> Option<usize
             let a = weighted(&set, eps, rng)?;
             let rest: Vec<usize> = set.iter().copied().filter(|i| *i != a).collect();
             let b = weighted(&rest, eps, rng)?;
-            Some(if eps[b].in_flight < eps[a].in_flight { b } else { a })
+            Some(if eps[b].in_flight < eps[a].in_flight {
+                b
+            } else {
+                a
+            })
         }
     }
 }
@@ -190,7 +199,11 @@ mod tests {
         }
     }
 
-    fn histogram(eps: &[EndpointView], inp: impl Fn(usize) -> PickInput<'static>, n: usize) -> Vec<usize> {
+    fn histogram(
+        eps: &[EndpointView],
+        inp: impl Fn(usize) -> PickInput<'static>,
+        n: usize,
+    ) -> Vec<usize> {
         let mut rng = StdRng::seed_from_u64(7);
         let mut h = vec![0; eps.len()];
         for k in 0..n {
@@ -221,7 +234,11 @@ mod tests {
     fn least_request_prefers_the_less_loaded_of_two() {
         let eps = leak(vec![ep(0, true, 10), ep(0, true, 0)]);
         let h = histogram(eps, |_| input(eps, Policy::LeastRequest), 1000);
-        assert_eq!(h, vec![0, 1000], "with two endpoints both are always compared");
+        assert_eq!(
+            h,
+            vec![0, 1000],
+            "with two endpoints both are always compared"
+        );
         let three = leak(vec![ep(0, true, 5), ep(0, true, 0), ep(0, true, 9)]);
         let h = histogram(three, |_| input(three, Policy::LeastRequest), 3000);
         assert_eq!(h[2], 0, "the busiest never wins a comparison");
@@ -231,7 +248,12 @@ mod tests {
     #[test]
     fn local_zone_first_and_spill_over_when_degraded() {
         // Two local (one ejected), two in the region.
-        let eps = leak(vec![ep(0, true, 0), ep(0, false, 0), ep(1, true, 0), ep(1, true, 0)]);
+        let eps = leak(vec![
+            ep(0, true, 0),
+            ep(0, false, 0),
+            ep(1, true, 0),
+            ep(1, true, 0),
+        ]);
         let h = histogram(eps, |_| input(eps, Policy::LeastRequest), 10_000);
         // 1/2 healthy * 1.4 = 70% local.
         assert_eq!(h[1], 0);
@@ -249,7 +271,13 @@ mod tests {
         let h = histogram(eps, |_| input(eps, Policy::LeastRequest), 100);
         assert_eq!(h, vec![100, 0], "panic mode still honours priority");
         let none: [EndpointView; 0] = [];
-        assert_eq!(pick(&input(&none, Policy::RoundRobin), &mut StdRng::seed_from_u64(0)), None);
+        assert_eq!(
+            pick(
+                &input(&none, Policy::RoundRobin),
+                &mut StdRng::seed_from_u64(0)
+            ),
+            None
+        );
     }
 
     #[test]
@@ -282,9 +310,18 @@ mod tests {
     #[test]
     fn weights_shape_the_choice() {
         let eps = leak(vec![
-            EndpointView { weight: 3, ..ep(0, true, 0) },
-            EndpointView { weight: 1, ..ep(0, true, 0) },
-            EndpointView { weight: 0, ..ep(0, true, 0) },
+            EndpointView {
+                weight: 3,
+                ..ep(0, true, 0)
+            },
+            EndpointView {
+                weight: 1,
+                ..ep(0, true, 0)
+            },
+            EndpointView {
+                weight: 0,
+                ..ep(0, true, 0)
+            },
         ]);
         let mut rng = StdRng::seed_from_u64(11);
         let mut h = [0; 3];

@@ -163,11 +163,18 @@ impl ServiceSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ListenerKind {
     Http,
-    Tcp { service: String, port: Option<u16> },
-    Transparent { passthrough: bool },
+    Tcp {
+        service: String,
+        port: Option<u16>,
+    },
+    Transparent {
+        passthrough: bool,
+    },
     /// Inbound: (app port, protocol) in order; the synthetic service for
     /// port P is named `inbound|P`.
-    Inbound { ports: Vec<(u16, Protocol)> },
+    Inbound {
+        ports: Vec<(u16, Protocol)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -308,8 +315,7 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
                 port: opt_port(t.port),
             },
             Some(m::listener::Kind::Transparent(t)) => ListenerKind::Transparent {
-                passthrough: t.unmatched()
-                    == m::transparent_outbound::Unmatched::Passthrough,
+                passthrough: t.unmatched() == m::transparent_outbound::Unmatched::Passthrough,
             },
             Some(m::listener::Kind::Inbound(inb)) => {
                 let app: IpAddr = if inb.app_address.is_empty() {
@@ -495,7 +501,7 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         Ring::build(&keys, &weights)
     });
-    let od = s.outlier_detection.clone().unwrap_or_default();
+    let od = s.outlier_detection.unwrap_or_default();
     let def = OutlierSettings::default();
     let outlier = OutlierSettings {
         consecutive_5xx: if s.outlier_detection.is_some() {
@@ -517,7 +523,7 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
         },
         enabled: !od.disabled,
     };
-    let cp = s.connection_pool.clone().unwrap_or_default();
+    let cp = s.connection_pool.unwrap_or_default();
     let d = PoolLimits::default();
     let nz = |v: u32, dflt: usize| if v == 0 { dflt } else { v as usize };
     let pool = PoolLimits {
@@ -560,7 +566,11 @@ fn regex(re: &str, what: &str) -> Result<Regex, CompileError> {
     Regex::new(re).map_err(|e| CompileError::Invalid(format!("{what}: {e}")))
 }
 
-fn compile_route(r: &m::HttpRoute, index: usize, service: &Arc<str>) -> Result<Route, CompileError> {
+fn compile_route(
+    r: &m::HttpRoute,
+    index: usize,
+    service: &Arc<str>,
+) -> Result<Route, CompileError> {
     let name: Arc<str> = if r.name.is_empty() {
         format!("route-{index}").into()
     } else {
@@ -625,8 +635,12 @@ fn compile_route(r: &m::HttpRoute, index: usize, service: &Arc<str>) -> Result<R
         Some(rp) if rp.attempts == 0 => None,
         Some(rp) => {
             let d = default_retry();
-            let budget = rp.budget.clone().map_or(d.budget, |b| BudgetSettings {
-                retry_ratio: if b.retry_ratio > 0.0 { b.retry_ratio } else { 0.2 },
+            let budget = rp.budget.map_or(d.budget, |b| BudgetSettings {
+                retry_ratio: if b.retry_ratio > 0.0 {
+                    b.retry_ratio
+                } else {
+                    0.2
+                },
                 min_retries_per_second: b.min_retries_per_second,
                 ttl: dur(b.ttl.as_ref()).unwrap_or(Duration::from_secs(10)),
             });
@@ -636,7 +650,10 @@ fn compile_route(r: &m::HttpRoute, index: usize, service: &Arc<str>) -> Result<R
                 retry_on: if rp.retry_on.is_empty() {
                     d.retry_on
                 } else {
-                    rp.retry_on.iter().filter_map(|c| RetryOn::parse(c)).collect()
+                    rp.retry_on
+                        .iter()
+                        .filter_map(|c| RetryOn::parse(c))
+                        .collect()
                 },
                 backoff_base: dur(rp.backoff_base.as_ref()).unwrap_or(d.backoff_base),
                 backoff_max: dur(rp.backoff_max.as_ref()).unwrap_or(d.backoff_max),
@@ -645,9 +662,10 @@ fn compile_route(r: &m::HttpRoute, index: usize, service: &Arc<str>) -> Result<R
         }
     };
     let fault = r.fault.as_ref().map(|f| Fault {
-        delay: f.delay.as_ref().and_then(|d| {
-            dur(d.fixed_delay.as_ref()).map(|t| (t, d.percentage))
-        }),
+        delay: f
+            .delay
+            .as_ref()
+            .and_then(|d| dur(d.fixed_delay.as_ref()).map(|t| (t, d.percentage))),
         abort: f.abort.as_ref().and_then(|a| {
             let status = match a.status? {
                 m::fault_injection::abort::Status::HttpStatus(s) => AbortStatus::Http(s as u16),
@@ -732,16 +750,27 @@ services:
         }
         assert!(s.service_for_host("catalog.example").is_none());
         assert!(s.service_for_host("other").is_none());
-        let c = s.service_for_vip("10.96.0.10:9090".parse().unwrap()).unwrap();
+        let c = s
+            .service_for_vip("10.96.0.10:9090".parse().unwrap())
+            .unwrap();
         assert_eq!(&*c.name, "catalog.shop");
-        assert!(s.service_for_vip("10.96.0.10:81".parse().unwrap()).is_none());
+        assert!(
+            s.service_for_vip("10.96.0.10:81".parse().unwrap())
+                .is_none()
+        );
         assert_eq!(c.priorities, vec![0, 1, 2]);
         let p80 = *c.port(None).unwrap();
         assert_eq!(c.endpoints[0].addr(&p80), "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.endpoints[1].addr(&p80), "127.0.0.2:18080".parse().unwrap());
+        assert_eq!(
+            c.endpoints[1].addr(&p80),
+            "127.0.0.2:18080".parse().unwrap()
+        );
         let grpc = *c.port(Some(9090)).unwrap();
         assert_eq!(grpc.protocol, Protocol::Grpc);
-        assert_eq!(c.endpoints[1].addr(&grpc), "127.0.0.2:9090".parse().unwrap());
+        assert_eq!(
+            c.endpoints[1].addr(&grpc),
+            "127.0.0.2:9090".parse().unwrap()
+        );
         assert!(c.port(Some(1)).is_none());
         assert!(s.services.contains_key("inbound|8080"));
     }
@@ -756,9 +785,15 @@ services:
         assert_eq!(r1.timeout, Some(Duration::from_secs(2)));
         let retry = r1.retry.as_ref().unwrap();
         assert_eq!(retry.attempts, 3);
-        assert_eq!(retry.retry_on, vec![RetryOn::ServerError, RetryOn::Grpc(14)]);
+        assert_eq!(
+            retry.retry_on,
+            vec![RetryOn::ServerError, RetryOn::Grpc(14)]
+        );
         assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(500)));
-        assert_eq!(r1.backends[0].service, "catalog.shop", "no backends: the service");
+        assert_eq!(
+            r1.backends[0].service, "catalog.shop",
+            "no backends: the service"
+        );
         assert_eq!(c.default_route.retry.as_ref().unwrap().attempts, 2);
         assert_eq!(c.lb.policy, Policy::LeastRequest);
         assert!(c.outlier.enabled);
@@ -770,6 +805,9 @@ services:
         let mut c = isthmus_api::parse_yaml(Y).unwrap();
         c.services[0].routes[0].backends[0].service = "nope".into();
         let e = compile(&c).unwrap_err().to_string();
-        assert!(e.contains("services[0].routes[0].backends[0].service"), "{e}");
+        assert!(
+            e.contains("services[0].routes[0].backends[0].service"),
+            "{e}"
+        );
     }
 }

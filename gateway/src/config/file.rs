@@ -100,14 +100,18 @@ pub async fn watch(
             Ok(generation) => {
                 metrics
                     .config_reloads
-                    .get_or_create(&ResultLabels { result: "applied".into() })
+                    .get_or_create(&ResultLabels {
+                        result: "applied".into(),
+                    })
                     .inc();
                 tracing::info!(path = %path.display(), generation, "configuration reloaded");
             }
             Err(e) => {
                 metrics
                     .config_reloads
-                    .get_or_create(&ResultLabels { result: "rejected".into() })
+                    .get_or_create(&ResultLabels {
+                        result: "rejected".into(),
+                    })
                     .inc();
                 let why = format!("{}: {e}", path.display());
                 tracing::error!("configuration change refused, keeping the last good one: {why}");

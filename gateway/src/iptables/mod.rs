@@ -44,7 +44,9 @@ impl Default for CaptureSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
-    #[error("set proxy_uid or proxy_mark: without one the proxy's own traffic would loop back into itself")]
+    #[error(
+        "set proxy_uid or proxy_mark: without one the proxy's own traffic would loop back into itself"
+    )]
     NoExemption,
     #[error("cannot run {0}: {1} (install iptables; the pod needs CAP_NET_ADMIN)")]
     Spawn(&'static str, std::io::Error),
@@ -63,8 +65,14 @@ pub fn rules(s: &CaptureSettings) -> Result<String, IptablesError> {
         ":ISTHMUS_IN_REDIRECT - [0:0]".into(),
         ":ISTHMUS_OUTPUT - [0:0]".into(),
         ":ISTHMUS_REDIRECT - [0:0]".into(),
-        format!("-A ISTHMUS_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}", s.inbound_port),
-        format!("-A ISTHMUS_REDIRECT -p tcp -j REDIRECT --to-ports {}", s.outbound_port),
+        format!(
+            "-A ISTHMUS_IN_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+            s.inbound_port
+        ),
+        format!(
+            "-A ISTHMUS_REDIRECT -p tcp -j REDIRECT --to-ports {}",
+            s.outbound_port
+        ),
         // Inbound.
         "-A PREROUTING -p tcp -j ISTHMUS_INBOUND".into(),
     ];
@@ -76,21 +84,29 @@ pub fn rules(s: &CaptureSettings) -> Result<String, IptablesError> {
         r.push("-A ISTHMUS_INBOUND -p tcp -j ISTHMUS_IN_REDIRECT".into());
     } else {
         for p in &s.include_inbound_ports {
-            r.push(format!("-A ISTHMUS_INBOUND -p tcp --dport {p} -j ISTHMUS_IN_REDIRECT"));
+            r.push(format!(
+                "-A ISTHMUS_INBOUND -p tcp --dport {p} -j ISTHMUS_IN_REDIRECT"
+            ));
         }
     }
     // Outbound.
     r.push("-A OUTPUT -p tcp -j ISTHMUS_OUTPUT".into());
     if let Some(mark) = s.proxy_mark {
-        r.push(format!("-A ISTHMUS_OUTPUT -m mark --mark {mark:#x} -j RETURN"));
+        r.push(format!(
+            "-A ISTHMUS_OUTPUT -m mark --mark {mark:#x} -j RETURN"
+        ));
     }
     if let Some(uid) = s.proxy_uid {
         // The proxy talking to its own app over loopback goes inbound.
         r.push(format!(
             "-A ISTHMUS_OUTPUT -o lo ! -d 127.0.0.1/32 -m owner --uid-owner {uid} -j ISTHMUS_IN_REDIRECT"
         ));
-        r.push(format!("-A ISTHMUS_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN"));
-        r.push(format!("-A ISTHMUS_OUTPUT -m owner --uid-owner {uid} -j RETURN"));
+        r.push(format!(
+            "-A ISTHMUS_OUTPUT -o lo -m owner ! --uid-owner {uid} -j RETURN"
+        ));
+        r.push(format!(
+            "-A ISTHMUS_OUTPUT -m owner --uid-owner {uid} -j RETURN"
+        ));
     }
     r.push("-A ISTHMUS_OUTPUT -d 127.0.0.1/32 -j RETURN".into());
     for p in &s.exclude_outbound_ports {
@@ -133,7 +149,9 @@ pub fn apply(s: &CaptureSettings) -> Result<(), IptablesError> {
         .wait_with_output()
         .map_err(|e| IptablesError::Spawn("iptables-restore", e))?;
     if !out.status.success() {
-        return Err(IptablesError::Refused(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(IptablesError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(())
 }
@@ -153,8 +171,14 @@ mod tests {
         assert!(lines.contains(&"-A ISTHMUS_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
         assert!(lines.contains(&"-A ISTHMUS_INBOUND -p tcp --dport 15020 -j RETURN"));
         // The exemption comes before the catch-all redirect.
-        let exempt = lines.iter().position(|l| l.contains("--uid-owner 1337 -j RETURN")).unwrap();
-        let redirect = lines.iter().position(|l| *l == "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT").unwrap();
+        let exempt = lines
+            .iter()
+            .position(|l| l.contains("--uid-owner 1337 -j RETURN"))
+            .unwrap();
+        let redirect = lines
+            .iter()
+            .position(|l| *l == "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT")
+            .unwrap();
         assert!(exempt < redirect);
     }
 

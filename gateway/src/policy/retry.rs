@@ -239,21 +239,35 @@ mod tests {
             ("unavailable", Outcome::ConnectFailure, false),
         ];
         for (cond, outcome, want) in table {
-            assert_eq!(settings(&[cond]).is_retriable(*outcome), *want, "{cond} {outcome:?}");
+            assert_eq!(
+                settings(&[cond]).is_retriable(*outcome),
+                *want,
+                "{cond} {outcome:?}"
+            );
         }
         assert!(RetryOn::parse("bogus").is_none());
         for known in isthmus_api::validate::RETRY_ON {
-            assert!(RetryOn::parse(known).is_some(), "{known} is validated but not parsed");
+            assert!(
+                RetryOn::parse(known).is_some(),
+                "{known} is validated but not parsed"
+            );
         }
     }
 
     #[test]
     fn backoff_grows_exponentially_caps_and_jitters() {
         let s = settings(&["5xx"]);
-        assert_eq!(s.backoff(0, 0.999_999), Duration::from_millis(25).mul_f64(0.999_999));
+        assert_eq!(
+            s.backoff(0, 0.999_999),
+            Duration::from_millis(25).mul_f64(0.999_999)
+        );
         assert_eq!(s.backoff(1, 0.5), Duration::from_millis(25));
         assert_eq!(s.backoff(2, 0.5), Duration::from_millis(50));
-        assert_eq!(s.backoff(10, 0.5), Duration::from_millis(125), "capped at max");
+        assert_eq!(
+            s.backoff(10, 0.5),
+            Duration::from_millis(125),
+            "capped at max"
+        );
         assert_eq!(s.backoff(3, 0.0), Duration::ZERO);
         assert_eq!(s.backoff(u32::MAX, 1.0), Duration::from_millis(250));
     }

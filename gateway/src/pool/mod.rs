@@ -34,7 +34,9 @@ pub enum PoolError {
         addr: SocketAddr,
         source: hyper::Error,
     },
-    #[error("circuit breaker open: {what} limit reached ({limit}); raise connectionPool limits if this is expected load")]
+    #[error(
+        "circuit breaker open: {what} limit reached ({limit}); raise connectionPool limits if this is expected load"
+    )]
     Overflow { what: &'static str, limit: usize },
 }
 
@@ -94,7 +96,9 @@ pub struct Lease {
 
 impl Lease {
     pub fn sender(&mut self) -> &mut Sender {
-        self.sender.as_mut().expect("lease holds a sender until released")
+        self.sender
+            .as_mut()
+            .expect("lease holds a sender until released")
     }
 
     /// Returns an HTTP/1.1 connection to the idle list; call only after the
@@ -178,7 +182,12 @@ impl Pool {
             if cur >= max {
                 return None;
             }
-            match self.connections.compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self.connections.compare_exchange(
+                cur,
+                cur + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => {
                     return Some(ConnGuard {
                         count: self.connections.clone(),
@@ -274,7 +283,9 @@ impl Pool {
                 let mut slot = ep.h2.lock().await;
                 if let Some(c) = slot.as_mut()
                     && !c.sender.is_closed()
-                    && limits.max_requests_per_connection.is_none_or(|m| c.uses < m)
+                    && limits
+                        .max_requests_per_connection
+                        .is_none_or(|m| c.uses < m)
                 {
                     c.uses += 1;
                     return Ok(Lease {
@@ -346,7 +357,11 @@ impl Pool {
 }
 
 /// Connects with a timeout, TCP_NODELAY and the proxy's socket options.
-pub async fn dial(addr: SocketAddr, timeout: Duration, opts: SocketOptions) -> Result<TcpStream, PoolError> {
+pub async fn dial(
+    addr: SocketAddr,
+    timeout: Duration,
+    opts: SocketOptions,
+) -> Result<TcpStream, PoolError> {
     let connect = async {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()

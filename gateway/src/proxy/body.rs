@@ -134,7 +134,7 @@ impl Body for ReqBody {
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
             ReqBody::Stream { inner, rec } => {
-                let frame = match Pin::new(inner).poll_frame(cx) {
+                let frame = match Pin::new(&mut *inner).poll_frame(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(f) => f,
                 };
@@ -157,6 +157,9 @@ impl Body for ReqBody {
                             if over {
                                 r.finish(true);
                                 *rec = None;
+                            } else if inner.is_end_stream() {
+                                // hyper may never poll past the last frame.
+                                r.finish(false);
                             }
                         }
                         Some(Err(_)) => {
@@ -233,7 +236,10 @@ impl ObservedBody {
 impl Drop for ObservedBody {
     fn drop(&mut self) {
         if self.on_end.is_some() {
-            self.end(None, Some("downstream closed before the response ended".into()));
+            self.end(
+                None,
+                Some("downstream closed before the response ended".into()),
+            );
         }
     }
 }

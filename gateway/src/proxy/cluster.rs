@@ -143,24 +143,34 @@ impl Cluster {
     }
 
     /// Feeds an attempt's result to outlier detection; counts ejections.
-    pub fn observe(&self, spec: &ServiceSpec, idx: usize, o: Observation, metrics: &Metrics, dir: Direction) {
+    pub fn observe(
+        &self,
+        spec: &ServiceSpec,
+        idx: usize,
+        o: Observation,
+        metrics: &Metrics,
+        dir: Direction,
+    ) {
         if !spec.outlier.enabled {
             return;
         }
         let now = Instant::now();
-        let states: Vec<Arc<EndpointState>> =
-            spec.endpoints.iter().map(|e| self.endpoint_state(e)).collect();
+        let states: Vec<Arc<EndpointState>> = spec
+            .endpoints
+            .iter()
+            .map(|e| self.endpoint_state(e))
+            .collect();
         let ejected = states
             .iter()
             .filter(|s| s.outlier.lock().expect("outlier lock").is_ejected(now))
             .count();
         let may_eject = ejected < spec.outlier.max_ejected(states.len());
         let Some(st) = states.get(idx) else { return };
-        let newly = st
-            .outlier
-            .lock()
-            .expect("outlier lock")
-            .observe(o, now, &spec.outlier, may_eject);
+        let newly =
+            st.outlier
+                .lock()
+                .expect("outlier lock")
+                .observe(o, now, &spec.outlier, may_eject);
         let labels = ServiceLabels {
             direction: dir,
             destination_service: self.name.clone(),

@@ -55,7 +55,9 @@ impl ProxyError {
     /// Envoy response flag.
     pub fn flag(&self) -> &'static str {
         match self {
-            Self::NoHost | Self::NoService(_) | Self::NoPort { .. } | Self::NoBackend { .. } => "NR",
+            Self::NoHost | Self::NoService(_) | Self::NoPort { .. } | Self::NoBackend { .. } => {
+                "NR"
+            }
             Self::NoHealthy(_) => "UH",
             Self::Overflow(_) => "UO",
             Self::Connect(_) => "UF",

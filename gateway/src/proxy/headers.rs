@@ -28,10 +28,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in named.iter().chain(HOP_BY_HOP.iter()) {
         h.remove(n);
     }
-    let te_trailers = h
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -42,11 +44,12 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"))))
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
 }
 
 /// The authority a request addresses: :authority (absolute URI, HTTP/2)
@@ -66,10 +69,10 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
 
 /// Splits "host:port" / "[v6]:port" / "host".
 pub fn split_host_port(authority: &str) -> (&str, Option<u16>) {
-    if let Some(rest) = authority.strip_prefix('[') {
-        if let Some((h, p)) = rest.split_once(']') {
-            return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
-        }
+    if let Some(rest) = authority.strip_prefix('[')
+        && let Some((h, p)) = rest.split_once(']')
+    {
+        return (h, p.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match authority.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => match p.parse() {
@@ -117,10 +120,16 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
@@ -132,7 +141,10 @@ mod tests {
 
     #[test]
     fn splits_authorities() {
-        assert_eq!(split_host_port("catalog.shop:8080"), ("catalog.shop", Some(8080)));
+        assert_eq!(
+            split_host_port("catalog.shop:8080"),
+            ("catalog.shop", Some(8080))
+        );
         assert_eq!(split_host_port("catalog"), ("catalog", None));
         assert_eq!(split_host_port("[::1]:80"), ("::1", Some(80)));
         assert_eq!(split_host_port("[::1]"), ("::1", None));
@@ -147,7 +159,10 @@ mod tests {
             .body(())
             .unwrap();
         assert!(is_upgrade(&req));
-        let plain = Request::builder().header(header::UPGRADE, "websocket").body(()).unwrap();
+        let plain = Request::builder()
+            .header(header::UPGRADE, "websocket")
+            .body(())
+            .unwrap();
         assert!(!is_upgrade(&plain));
     }
 

@@ -21,7 +21,9 @@ use rand::Rng;
 use super::body::{ObservedBody, ReqBody, RespBody, grpc_status_of};
 use super::cluster::{Cluster, EndpointState};
 use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
-use super::headers::{authority, is_upgrade, shape_for_upstream, split_host_port, strip_hop_by_hop};
+use super::headers::{
+    authority, is_upgrade, shape_for_upstream, split_host_port, strip_hop_by_hop,
+};
 use super::{ConnInfo, Proxy, Target};
 use crate::balance::hash_str;
 use crate::balance::outlier::Observation;
@@ -31,7 +33,9 @@ use crate::policy::retry::Outcome;
 use crate::pool::{Lease, Sender, Version};
 use crate::route::{self, RequestView, Route};
 use crate::telemetry::accesslog::{Entry, rfc3339};
-use crate::telemetry::metrics::{Direction, DurationLabels, RequestLabels, RouteLabels, ServiceLabels};
+use crate::telemetry::metrics::{
+    Direction, DurationLabels, RequestLabels, RouteLabels, ServiceLabels,
+};
 use crate::telemetry::trace::TraceParent;
 
 const TRACEPARENT: &str = "traceparent";
@@ -101,10 +105,7 @@ impl Record {
         }
         self.proxy.access_log.write(Entry {
             start_time: rfc3339(self.start_wall),
-            direction: match self.conn.direction {
-                Direction::Inbound => "inbound",
-                Direction::Outbound => "outbound",
-            },
+            direction: self.conn.direction.as_str(),
             listener: self.conn.listener.to_string(),
             protocol: self.protocol,
             method: Some(self.method),
@@ -130,7 +131,13 @@ impl Record {
     /// Answers the request locally (an error, a fault, a rate limit): plain
     /// text for HTTP clients, a trailers-only response for gRPC clients.
     fn local_reply(self, err: &ProxyError) -> Response<RespBody> {
-        self.local_reply_with(err.status(), err.grpc_status(), err.flag(), err.to_string(), err.kind())
+        self.local_reply_with(
+            err.status(),
+            err.grpc_status(),
+            err.flag(),
+            err.to_string(),
+            err.kind(),
+        )
     }
 
     fn local_reply_with(
@@ -146,11 +153,20 @@ impl Record {
         let mut resp = if grpc {
             let msg: String = reason
                 .chars()
-                .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
                 .collect();
             let mut r = Response::new(super::body::empty());
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
             h.insert("grpc-status", HeaderValue::from(grpc_status));
             if let Ok(v) = HeaderValue::from_str(&msg) {
                 h.insert("grpc-message", v);
@@ -217,8 +233,10 @@ pub async fn serve(
     );
     if !req.headers().contains_key(REQUEST_ID) {
         let id = format!("{:032x}", rand::rng().random::<u128>());
-        req.headers_mut()
-            .insert(REQUEST_ID, HeaderValue::from_str(&id).expect("hex is ASCII"));
+        req.headers_mut().insert(
+            REQUEST_ID,
+            HeaderValue::from_str(&id).expect("hex is ASCII"),
+        );
     }
     let rec = Record {
         proxy: proxy.clone(),
@@ -365,7 +383,13 @@ async fn handle(
                 }
                 AbortStatus::Grpc(g) => (StatusCode::OK, g),
             };
-            return rec.local_reply_with(status, grpc, "FI", "fault injected".into(), "fault_injected");
+            return rec.local_reply_with(
+                status,
+                grpc,
+                "FI",
+                "fault injected".into(),
+                "fault_injected",
+            );
         }
     }
     let authority = rec
@@ -479,7 +503,13 @@ fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
             Some(e) if e.starts_with("downstream") => "DC",
             Some(_) => "UR",
         };
-        rec.finish(status, end.grpc_status.or(header_grpc), end.bytes, flags, end.error);
+        rec.finish(
+            status,
+            end.grpc_status.or(header_grpc),
+            end.bytes,
+            flags,
+            end.error,
+        );
     });
     Response::from_parts(parts, body.boxed_unsync())
 }
@@ -521,8 +551,14 @@ async fn attempts(
         if rec.attempts > 1 {
             headers.insert("x-isthmus-attempt", HeaderValue::from(rec.attempts));
         }
-        let uri = shape_for_upstream(&parts.uri, &mut headers, authority, version == Version::Http2, false)
-            .map_err(|e| ProxyError::Reset(format!("cannot build upstream request: {e}")))?;
+        let uri = shape_for_upstream(
+            &parts.uri,
+            &mut headers,
+            authority,
+            version == Version::Http2,
+            false,
+        )
+        .map_err(|e| ProxyError::Reset(format!("cannot build upstream request: {e}")))?;
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
@@ -571,7 +607,11 @@ async fn attempts(
             route: route.name.to_string(),
         };
         if !rstate.withdraw(Instant::now()) {
-            proxy.metrics.retry_budget_exhausted.get_or_create(&labels).inc();
+            proxy
+                .metrics
+                .retry_budget_exhausted
+                .get_or_create(&labels)
+                .inc();
             return result;
         }
         proxy.metrics.retries.get_or_create(&labels).inc();
@@ -677,7 +717,13 @@ async fn forward_upgrade(
     proxy.tracker.spawn(async move {
         let _keep = (lease, in_flight);
         let (Ok(d), Ok(u)) = (downstream.await, upstream.await) else {
-            rec.finish(StatusCode::SWITCHING_PROTOCOLS, None, 0, "UR", Some("upgrade failed".into()));
+            rec.finish(
+                StatusCode::SWITCHING_PROTOCOLS,
+                None,
+                0,
+                "UR",
+                Some("upgrade failed".into()),
+            );
             return;
         };
         let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
@@ -739,8 +785,14 @@ async fn mirror(
         } else {
             Version::Http1
         };
-        let uri = shape_for_upstream(&uri, &mut headers, &shadow, version == Version::Http2, false)
-            .map_err(|e| e.to_string())?;
+        let uri = shape_for_upstream(
+            &uri,
+            &mut headers,
+            &shadow,
+            version == Version::Http2,
+            false,
+        )
+        .map_err(|e| e.to_string())?;
         let mut req = Request::new(body);
         *req.method_mut() = method;
         *req.uri_mut() = uri;

@@ -23,7 +23,9 @@ use crate::telemetry::metrics::Direction;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    #[error("cannot listen on {addr} for listener {name}: {source} (is another process using the port?)")]
+    #[error(
+        "cannot listen on {addr} for listener {name}: {source} (is another process using the port?)"
+    )]
     Bind {
         name: String,
         addr: SocketAddr,
@@ -52,7 +54,11 @@ impl Listeners {
 
     /// The address a listener is bound to (resolves port 0).
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.active.lock().expect("listeners lock").get(name).map(|a| a.bound)
+        self.active
+            .lock()
+            .expect("listeners lock")
+            .get(name)
+            .map(|a| a.bound)
     }
 
     pub fn bound(&self) -> Vec<(String, SocketAddr)> {
@@ -71,8 +77,11 @@ impl Listeners {
     /// reported; the others are served.
     pub async fn reconcile(&self, snap: &Snapshot) -> Vec<ListenerError> {
         let mut errors = Vec::new();
-        let wanted: HashMap<&str, &ListenerSpec> =
-            snap.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+        let wanted: HashMap<&str, &ListenerSpec> = snap
+            .listeners
+            .iter()
+            .map(|l| (l.name.as_str(), l))
+            .collect();
         {
             let mut active = self.active.lock().expect("listeners lock");
             active.retain(|name, a| {
@@ -84,7 +93,12 @@ impl Listeners {
             });
         }
         for spec in &snap.listeners {
-            if self.active.lock().expect("listeners lock").contains_key(&spec.name) {
+            if self
+                .active
+                .lock()
+                .expect("listeners lock")
+                .contains_key(&spec.name)
+            {
                 continue;
             }
             let listener = match bind(spec.address).await {
@@ -131,7 +145,12 @@ async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-async fn accept_loop(proxy: Arc<Proxy>, spec: Arc<ListenerSpec>, listener: TcpListener, stop: CancellationToken) {
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    spec: Arc<ListenerSpec>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) {
     let name: Arc<str> = spec.name.as_str().into();
     loop {
         let accepted = tokio::select! {
@@ -141,9 +160,13 @@ async fn accept_loop(proxy: Arc<Proxy>, spec: Arc<ListenerSpec>, listener: TcpLi
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                proxy
-                    .tracker
-                    .spawn(handle_connection(proxy.clone(), spec.clone(), name.clone(), stream, peer));
+                proxy.tracker.spawn(handle_connection(
+                    proxy.clone(),
+                    spec.clone(),
+                    name.clone(),
+                    stream,
+                    peer,
+                ));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep going.
@@ -186,7 +209,9 @@ async fn handle_connection(
         })
     };
     match &spec.kind {
-        ListenerKind::Http => serve_http(proxy, info(Direction::Outbound, Target::Host), stream).await,
+        ListenerKind::Http => {
+            serve_http(proxy, info(Direction::Outbound, Target::Host), stream).await
+        }
         ListenerKind::Tcp { service, port } => {
             let snap = proxy.store.load();
             let Some(s) = snap.services.get(service).cloned() else {
@@ -197,7 +222,8 @@ async fn handle_connection(
                 proxy.metrics.error("no_port");
                 return;
             };
-            tcp::proxy_to_service(proxy, info(Direction::Outbound, Target::Host), stream, s, p).await
+            tcp::proxy_to_service(proxy, info(Direction::Outbound, Target::Host), stream, s, p)
+                .await
         }
         ListenerKind::Transparent { passthrough } => {
             let Some(dst) = original_dst(&stream) else {
@@ -208,7 +234,9 @@ async fn handle_connection(
             let snap = proxy.store.load();
             match snap.service_for_vip(dst).cloned() {
                 Some(s) => {
-                    let p = *s.port(Some(dst.port())).expect("VIP index holds only service ports");
+                    let p = *s
+                        .port(Some(dst.port()))
+                        .expect("VIP index holds only service ports");
                     let target = Target::Service {
                         name: s.name.to_string(),
                         port: p.port,
@@ -221,7 +249,8 @@ async fn handle_connection(
                     }
                 }
                 None if *passthrough => {
-                    tcp::passthrough(proxy, info(Direction::Outbound, Target::Host), stream, dst).await
+                    tcp::passthrough(proxy, info(Direction::Outbound, Target::Host), stream, dst)
+                        .await
                 }
                 None => {
                     proxy.metrics.error("unmatched_destination");
@@ -237,14 +266,25 @@ async fn handle_connection(
             };
             let Some((port, protocol)) = chosen else {
                 proxy.metrics.error("inbound_port_unknown");
-                tracing::debug!(?wanted, "inbound connection for a port the application does not declare");
+                tracing::debug!(
+                    ?wanted,
+                    "inbound connection for a port the application does not declare"
+                );
                 return;
             };
             let name = inbound_service_name(port);
-            let conn = info(Direction::Inbound, Target::Service { name: name.clone(), port });
+            let conn = info(
+                Direction::Inbound,
+                Target::Service {
+                    name: name.clone(),
+                    port,
+                },
+            );
             if protocol == Protocol::Tcp {
                 let snap = proxy.store.load();
-                let Some(s) = snap.services.get(&name).cloned() else { return };
+                let Some(s) = snap.services.get(&name).cloned() else {
+                    return;
+                };
                 let p = s.ports[0];
                 tcp::proxy_to_service(proxy, conn, stream, s, p).await
             } else {

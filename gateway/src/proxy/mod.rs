@@ -38,7 +38,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, access_log: Sink, socket: SocketOptions) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        access_log: Sink,
+        socket: SocketOptions,
+    ) -> Self {
         let tracker = TaskTracker::new();
         Self {
             store,

@@ -13,7 +13,7 @@ use crate::balance::outlier::Observation;
 use crate::config::{PortSpec, ServiceSpec};
 use crate::pool::{PoolError, dial};
 use crate::telemetry::accesslog::{Entry, rfc3339};
-use crate::telemetry::metrics::{Direction, ServiceLabels};
+use crate::telemetry::metrics::ServiceLabels;
 
 /// Connect attempts per downstream connection (each to another endpoint
 /// while there are others).
@@ -40,10 +40,7 @@ fn log(
     }
     proxy.access_log.write(Entry {
         start_time: rfc3339(l.start_wall),
-        direction: match conn.direction {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        },
+        direction: conn.direction.as_str(),
         listener: conn.listener.to_string(),
         protocol: "TCP".into(),
         response_code: 0,
@@ -94,18 +91,42 @@ pub async fn proxy_to_service(
         l.attempts += 1;
         match cluster.pool.connect_tcp(addr).await {
             Ok((s, guard)) => {
-                cluster.observe(&service, idx, Observation::Success, &proxy.metrics, conn.direction);
+                cluster.observe(
+                    &service,
+                    idx,
+                    Observation::Success,
+                    &proxy.metrics,
+                    conn.direction,
+                );
                 connected = Some((s, guard, idx));
                 break;
             }
             Err(e @ PoolError::Overflow { .. }) => {
-                proxy.metrics.circuit_breaker_sheds.get_or_create(&labels).inc();
+                proxy
+                    .metrics
+                    .circuit_breaker_sheds
+                    .get_or_create(&labels)
+                    .inc();
                 proxy.metrics.error("circuit_breaker_overflow");
-                log(&proxy, &conn, &service.name, &l, "UO", Some(e.to_string()), (0, 0));
+                log(
+                    &proxy,
+                    &conn,
+                    &service.name,
+                    &l,
+                    "UO",
+                    Some(e.to_string()),
+                    (0, 0),
+                );
                 return;
             }
             Err(e) => {
-                cluster.observe(&service, idx, Observation::GatewayError, &proxy.metrics, conn.direction);
+                cluster.observe(
+                    &service,
+                    idx,
+                    Observation::GatewayError,
+                    &proxy.metrics,
+                    conn.direction,
+                );
                 last_err = e.to_string();
             }
         }
@@ -113,7 +134,15 @@ pub async fn proxy_to_service(
     let Some((mut upstream, _guard, idx)) = connected else {
         proxy.metrics.error("upstream_connect_failure");
         let flag = if l.attempts == 0 { "UH" } else { "UF" };
-        log(&proxy, &conn, &service.name, &l, flag, Some(last_err), (0, 0));
+        log(
+            &proxy,
+            &conn,
+            &service.name,
+            &l,
+            flag,
+            Some(last_err),
+            (0, 0),
+        );
         return;
     };
     let endpoint = cluster.endpoint_state(&service.endpoints[idx]);
@@ -129,14 +158,27 @@ pub async fn proxy_to_service(
         Ok(b) => ("-", None, b),
         Err(e) => ("UR", Some(e.to_string()), (0, 0)),
     };
-    proxy.metrics.tcp_received_bytes.get_or_create(&labels).inc_by(bytes.0);
-    proxy.metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(bytes.1);
+    proxy
+        .metrics
+        .tcp_received_bytes
+        .get_or_create(&labels)
+        .inc_by(bytes.0);
+    proxy
+        .metrics
+        .tcp_sent_bytes
+        .get_or_create(&labels)
+        .inc_by(bytes.1);
     log(&proxy, &conn, &service.name, &l, flags, reason, bytes);
 }
 
 /// Forwards a captured connection whose destination is no known service to
 /// that destination unchanged (Istio's PassthroughCluster).
-pub async fn passthrough(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, mut downstream: TcpStream, dst: SocketAddr) {
+pub async fn passthrough(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    mut downstream: TcpStream,
+    dst: SocketAddr,
+) {
     let mut l = TcpLog {
         start: Instant::now(),
         start_wall: SystemTime::now(),
@@ -151,7 +193,15 @@ pub async fn passthrough(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, mut downstream:
         Ok(s) => s,
         Err(e) => {
             proxy.metrics.error("upstream_connect_failure");
-            log(&proxy, &conn, "passthrough", &l, "UF", Some(e.to_string()), (0, 0));
+            log(
+                &proxy,
+                &conn,
+                "passthrough",
+                &l,
+                "UF",
+                Some(e.to_string()),
+                (0, 0),
+            );
             return;
         }
     };
@@ -162,8 +212,24 @@ pub async fn passthrough(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, mut downstream:
     };
     proxy.metrics.tcp_closed.get_or_create(&labels).inc();
     let bytes = result.as_ref().copied().unwrap_or((0, 0));
-    proxy.metrics.tcp_received_bytes.get_or_create(&labels).inc_by(bytes.0);
-    proxy.metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(bytes.1);
+    proxy
+        .metrics
+        .tcp_received_bytes
+        .get_or_create(&labels)
+        .inc_by(bytes.0);
+    proxy
+        .metrics
+        .tcp_sent_bytes
+        .get_or_create(&labels)
+        .inc_by(bytes.1);
     l.attempts = 1;
-    log(&proxy, &conn, "passthrough", &l, if result.is_ok() { "-" } else { "UR" }, result.err().map(|e| e.to_string()), bytes);
+    log(
+        &proxy,
+        &conn,
+        "passthrough",
+        &l,
+        if result.is_ok() { "-" } else { "UR" },
+        result.err().map(|e| e.to_string()),
+        bytes,
+    );
 }

@@ -268,14 +268,20 @@ mod tests {
         let mut h = HeaderMap::new();
         let get = Method::GET;
         let post = Method::POST;
-        assert_eq!(&*select(&routes, &view(&get, "/api/x", &h)).unwrap().name, "api");
+        assert_eq!(
+            &*select(&routes, &view(&get, "/api/x", &h)).unwrap().name,
+            "api"
+        );
         assert_eq!(
             &*select(&routes, &view(&post, "/api/x", &h)).unwrap().name,
             "default",
             "method must match too"
         );
         h.insert("x-canary", HeaderValue::from_static("always"));
-        assert_eq!(&*select(&routes, &view(&get, "/api/x", &h)).unwrap().name, "canary");
+        assert_eq!(
+            &*select(&routes, &view(&get, "/api/x", &h)).unwrap().name,
+            "canary"
+        );
         assert!(select(&routes[..2], &view(&post, "/", &HeaderMap::new())).is_none());
     }
 
@@ -299,7 +305,11 @@ mod tests {
         }
         assert_eq!(counts, [9000, 1000, 0]);
         assert_eq!(split(&bs, 0.999_999_9).unwrap().service, "v2");
-        assert_eq!(split(&bs, 1.0).unwrap().service, "v2", "r=1 clamps to the last");
+        assert_eq!(
+            split(&bs, 1.0).unwrap().service,
+            "v2",
+            "r=1 clamps to the last"
+        );
         assert!(split(&[b("a", 0)], 0.5).is_none());
         assert!(split(&[], 0.5).is_none());
     }

@@ -60,7 +60,10 @@ impl Sink {
             "off" | "" => Self::Off,
             "stdout" | "-" => Self::Stdout,
             path => Self::File(Mutex::new(
-                std::fs::OpenOptions::new().create(true).append(true).open(path)?,
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
             )),
         })
     }

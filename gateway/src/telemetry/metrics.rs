@@ -9,10 +9,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
     Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(
+        &self,
+        e: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        e.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,14 +137,32 @@ impl Metrics {
             request_duration,
             tcp_opened: reg!("tcp_connections_opened", "TCP connections proxied"),
             tcp_closed: reg!("tcp_connections_closed", "TCP connections closed"),
-            tcp_sent_bytes: reg!("tcp_sent_bytes", "Bytes sent to the downstream client on TCP connections"),
-            tcp_received_bytes: reg!("tcp_received_bytes", "Bytes received from the downstream client on TCP connections"),
+            tcp_sent_bytes: reg!(
+                "tcp_sent_bytes",
+                "Bytes sent to the downstream client on TCP connections"
+            ),
+            tcp_received_bytes: reg!(
+                "tcp_received_bytes",
+                "Bytes received from the downstream client on TCP connections"
+            ),
             retries: reg!("retries", "Retried attempts"),
-            retry_budget_exhausted: reg!("retry_budget_exhausted", "Retries not made because the retry budget was spent"),
-            ejections: reg!("outlier_ejections", "Endpoints ejected by outlier detection"),
+            retry_budget_exhausted: reg!(
+                "retry_budget_exhausted",
+                "Retries not made because the retry budget was spent"
+            ),
+            ejections: reg!(
+                "outlier_ejections",
+                "Endpoints ejected by outlier detection"
+            ),
             ejected_endpoints: reg!("outlier_ejected_endpoints", "Endpoints currently ejected"),
-            circuit_breaker_sheds: reg!("circuit_breaker_sheds", "Requests shed by connection-pool limits (503)"),
-            rate_limited: reg!("rate_limited", "Requests refused by the local rate limit (429)"),
+            circuit_breaker_sheds: reg!(
+                "circuit_breaker_sheds",
+                "Requests shed by connection-pool limits (503)"
+            ),
+            rate_limited: reg!(
+                "rate_limited",
+                "Requests refused by the local rate limit (429)"
+            ),
             mirrored: reg!("mirrored_requests", "Requests copied to a mirror service"),
             errors: reg!("errors", "Proxy errors by kind"),
             config_reloads: reg!("config_reloads", "Configuration updates by result"),

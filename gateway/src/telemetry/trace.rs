@@ -21,13 +21,21 @@ impl TraceParent {
         let trace = parts.next()?;
         let parent = parts.next()?;
         let flags = parts.next()?;
-        if version.len() != 2 || version == "ff" || trace.len() != 32 || parent.len() != 16 || flags.len() != 2 {
+        if version.len() != 2
+            || version == "ff"
+            || trace.len() != 32
+            || parent.len() != 16
+            || flags.len() != 2
+        {
             return None;
         }
         if version == "00" && parts.next().is_some() {
             return None;
         }
-        let lower_hex = |x: &str| x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let lower_hex = |x: &str| {
+            x.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
         if ![version, trace, parent, flags].iter().all(|x| lower_hex(x)) {
             return None;
         }
@@ -77,7 +85,11 @@ impl TraceParent {
 
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.parent_id, self.flags)
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id, self.parent_id, self.flags
+        )
     }
 }
 
@@ -111,7 +123,8 @@ mod tests {
             assert!(TraceParent::parse(bad).is_none(), "{bad}");
         }
         assert!(
-            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future").is_some(),
+            TraceParent::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future")
+                .is_some(),
             "future versions may add fields"
         );
     }

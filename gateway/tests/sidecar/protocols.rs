@@ -1,0 +1,324 @@
+//! Protocols: HTTP/1.1 keep-alive, chunked bodies and upgrades, h2c, gRPC
+//! trailers and status, opaque TCP, inbound, malformed requests.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::*;
+use crate::{config, service};
+use isthmus_gateway::sample::{self, SampleApp};
+
+#[tokio::test]
+async fn http1_keep_alive_reuses_upstream_connections() {
+    let app = SampleApp::new("catalog", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("catalog", "HTTP", &[s.addr], "")])).await;
+    let out = env.addr("out");
+    let client = h1();
+    let mut peers = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let (st, _, b) = send(&client, request(out, "catalog", "/", &[], "")).await;
+        assert_eq!(st, 200);
+        peers.insert(json(&b)["peer"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        peers.len(),
+        1,
+        "sequential requests share one pooled upstream connection: {peers:?}"
+    );
+    assert_eq!(env.metric("isthmus_upstream_connections", &[]).await, 0.0);
+}
+
+#[tokio::test]
+async fn chunked_streaming_bodies_pass_through_both_ways() {
+    let app = SampleApp::new("echo", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("echo", "HTTP", &[s.addr], "")])).await;
+    let out = env.addr("out");
+    // 2 MiB in 64 KiB chunks without Content-Length: chunked encoding, and
+    // larger than the replay buffer, so it streams.
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let body = Chunks { left: 32, chunk };
+    let req = Request::post(format!("http://{out}/echo"))
+        .header("host", "echo")
+        .body(body)
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got.len(), 32 * 64 * 1024);
+    assert!(got.iter().all(|b| *b == b'x'));
+}
+
+/// A body of `n` chunks, streamed without a length (chunked on HTTP/1.1).
+struct Chunks {
+    left: usize,
+    chunk: Bytes,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        self.left -= 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(self.chunk.clone()))))
+    }
+}
+
+#[tokio::test]
+async fn h2c_downstream_and_h2_upstream_multiplex() {
+    let app = SampleApp::new("catalog", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[
+        service("catalog", "HTTP", &[s.addr], ""),
+        service("catalog-h2", "HTTP2", &[s.addr], ""),
+    ]))
+    .await;
+    let out = env.addr("out");
+    // h2c in, same protocol out.
+    let (st, _, b, _) = h2_send(out, "catalog", "/x", &[], Bytes::new()).await;
+    assert_eq!(st, 200);
+    let b = String::from_utf8_lossy(&b);
+    assert_eq!(json(&b)["protocol"], "HTTP/2.0");
+    assert_eq!(json(&b)["host"], "catalog");
+    // HTTP/1.1 in, HTTP2 service: h2 upstream; concurrent requests share
+    // one upstream connection.
+    let client = h1();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            send(&c, request(out, "catalog-h2", "/", &[], "")).await
+        }));
+    }
+    let mut peers = std::collections::HashSet::new();
+    for t in tasks {
+        let (st, _, b) = t.await.unwrap();
+        assert_eq!(st, 200);
+        assert_eq!(json(&b)["protocol"], "HTTP/2.0");
+        peers.insert(json(&b)["peer"].as_str().unwrap().to_string());
+    }
+    assert_eq!(peers.len(), 1, "one multiplexed h2 connection: {peers:?}");
+}
+
+fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut v = vec![0u8];
+    v.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    v.extend_from_slice(msg);
+    Bytes::from(v)
+}
+
+async fn grpc_call(
+    out: std::net::SocketAddr,
+    host: &str,
+) -> (
+    http::StatusCode,
+    http::HeaderMap,
+    Bytes,
+    Option<http::HeaderMap>,
+) {
+    h2_send(
+        out,
+        host,
+        "/shop.Inventory/Get",
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        grpc_frame(b"sku-1"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn grpc_trailers_pass_through_and_status_is_counted_and_retried() {
+    let good = SampleApp::new("inventory", "c", "v1");
+    let bad = SampleApp::new("inventory", "c", "v1");
+    bad.grpc_status
+        .store(14, std::sync::atomic::Ordering::SeqCst);
+    let sg = sample::serve(good.clone(), LOCAL).await.unwrap();
+    let sb = sample::serve(bad.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[
+        service("inventory", "GRPC", &[sg.addr], ""),
+        service(
+            "broken",
+            "GRPC",
+            &[sb.addr],
+            "    routes: [{name: r, retry: {attempts: 0}}]\n",
+        ),
+    ]))
+    .await;
+    let out = env.addr("out");
+    let (st, h, body, trailers) = grpc_call(out, "inventory").await;
+    assert_eq!(st, 200);
+    assert_eq!(h["content-type"], "application/grpc");
+    assert_eq!(body, grpc_frame(b"sku-1"), "message echoed");
+    assert_eq!(trailers.unwrap()["grpc-status"], "0");
+
+    let (_, _, _, trailers) = grpc_call(out, "broken").await;
+    assert_eq!(trailers.unwrap()["grpc-status"], "14");
+    eventually("grpc status in metrics", || async {
+        env.metric(
+            "isthmus_requests_total",
+            &[
+                "destination_service=\"broken\"",
+                "grpc_status=\"UNAVAILABLE\"",
+            ],
+        )
+        .await
+            == 1.0
+    })
+    .await;
+
+    // Local errors are answered in gRPC terms: no healthy endpoint.
+    let env2 = start(&config(&[service("empty", "GRPC", &[], "")])).await;
+    let (st, h, _, _) = grpc_call(env2.addr("out"), "empty").await;
+    assert_eq!(st, 200);
+    assert_eq!(h["grpc-status"], "14");
+    assert!(
+        h["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("no healthy endpoint")
+    );
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_spliced() {
+    let app = SampleApp::new("ws", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("ws", "HTTP", &[s.addr], "")])).await;
+    let mut c = TcpStream::connect(env.addr("out")).await.unwrap();
+    c.write_all(b"GET /chat HTTP/1.1\r\nHost: ws\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"over the upgraded connection"] {
+        c.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg);
+    }
+}
+
+#[tokio::test]
+async fn opaque_tcp_listener_proxies_bytes_and_counts_them() {
+    let echo = sample::serve_tcp_echo(LOCAL).await.unwrap();
+    let dead = std::net::TcpListener::bind(LOCAL)
+        .unwrap()
+        .local_addr()
+        .unwrap(); // closed port
+    let yaml = format!(
+        "listeners:\n  - {{name: db, address: \"127.0.0.1:0\", tcp: {{service: db}}}}\nservices:\n{}",
+        service(
+            "db",
+            "TCP",
+            &[dead, echo.addr],
+            "    outlierDetection: {disabled: true}\n    loadBalancer: {policy: ROUND_ROBIN}\n"
+        )
+    );
+    let mut env = start(&yaml).await;
+    for i in 0..4 {
+        let mut c = TcpStream::connect(env.addr("db")).await.unwrap();
+        let msg = format!("ping {i}");
+        c.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            buf,
+            msg.as_bytes(),
+            "connect failures are retried on the other endpoint"
+        );
+        drop(c);
+        let e = env.log_entry(|e| e.protocol == "TCP").await;
+        assert_eq!(e.bytes_received, msg.len() as u64);
+        assert_eq!(e.bytes_sent, msg.len() as u64);
+    }
+    assert_eq!(
+        env.metric(
+            "isthmus_tcp_connections_opened_total",
+            &["destination_service=\"db\""]
+        )
+        .await,
+        4.0
+    );
+    assert!(
+        env.metric(
+            "isthmus_tcp_received_bytes_total",
+            &["destination_service=\"db\""]
+        )
+        .await
+            >= 24.0
+    );
+}
+
+#[tokio::test]
+async fn inbound_listener_forwards_to_the_local_app() {
+    let app = SampleApp::new("frontend", "eu-west", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let yaml = format!(
+        "listeners:\n  - name: in\n    address: \"127.0.0.1:0\"\n    inbound: {{appAddress: 127.0.0.1, ports: [{{port: {}, protocol: HTTP}}]}}\n",
+        s.addr.port()
+    );
+    let mut env = start(&yaml).await;
+    let (st, _, b) = get(env.addr("in"), "frontend.shop", "/hello", &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(json(&b)["service"], "frontend");
+    let e = env.log_entry(|e| e.direction == "inbound").await;
+    assert_eq!(e.path.as_deref(), Some("/hello"));
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400_and_a_metric() {
+    let app = SampleApp::new("catalog", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("catalog", "HTTP", &[s.addr], "")])).await;
+    for garbage in [
+        &b"NOT HTTP AT ALL\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: catalog\r\nBad Header\r\n\r\n",
+    ] {
+        let mut c = TcpStream::connect(env.addr("out")).await.unwrap();
+        c.write_all(garbage).await.unwrap();
+        let mut resp = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut resp))
+            .await
+            .unwrap()
+            .unwrap();
+        let resp = String::from_utf8_lossy(&resp);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    }
+    eventually("bad requests counted", || async {
+        env.metric("isthmus_errors_total", &["kind=\"bad_request\""])
+            .await
+            >= 2.0
+    })
+    .await;
+    assert_eq!(app.hits(), 0);
+    // The proxy still serves.
+    let (st, _, _) = get(env.addr("out"), "catalog", "/", &[]).await;
+    assert_eq!(st, 200);
+}
