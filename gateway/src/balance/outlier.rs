@@ -75,13 +75,14 @@ impl OutlierState {
     }
 
     /// Records an observation; returns true when it ejects the endpoint.
-    /// `may_eject` is false when the service is at its ejection cap.
+    /// `may_eject` says whether the service is below its ejection cap; it
+    /// is asked only when this observation would eject.
     pub fn observe(
         &mut self,
         o: Observation,
         now: Instant,
         s: &OutlierSettings,
-        may_eject: bool,
+        may_eject: impl FnOnce() -> bool,
     ) -> bool {
         if !s.enabled {
             return false;
@@ -112,7 +113,7 @@ impl OutlierState {
         let tripped = (s.consecutive_5xx > 0 && self.consecutive_5xx >= s.consecutive_5xx)
             || (s.consecutive_gateway_errors > 0
                 && self.consecutive_gateway >= s.consecutive_gateway_errors);
-        if !tripped || self.is_ejected(now) || !may_eject {
+        if !tripped || self.is_ejected(now) || !may_eject() {
             return false;
         }
         self.times_ejected += 1;
@@ -146,12 +147,12 @@ mod tests {
     fn consecutive_5xx_ejects_and_success_resets_the_count() {
         let t = Instant::now();
         let mut o = OutlierState::default();
-        assert!(!o.observe(Observation::ServerError, t, &s(), true));
-        assert!(!o.observe(Observation::ServerError, t, &s(), true));
-        assert!(!o.observe(Observation::Success, t, &s(), true));
-        assert!(!o.observe(Observation::ServerError, t, &s(), true));
-        assert!(!o.observe(Observation::ServerError, t, &s(), true));
-        assert!(o.observe(Observation::ServerError, t, &s(), true));
+        assert!(!o.observe(Observation::ServerError, t, &s(), || true));
+        assert!(!o.observe(Observation::ServerError, t, &s(), || true));
+        assert!(!o.observe(Observation::Success, t, &s(), || true));
+        assert!(!o.observe(Observation::ServerError, t, &s(), || true));
+        assert!(!o.observe(Observation::ServerError, t, &s(), || true));
+        assert!(o.observe(Observation::ServerError, t, &s(), || true));
         assert!(o.is_ejected(t + Duration::from_secs(9)));
         assert!(!o.is_ejected(t + Duration::from_secs(10)));
     }
@@ -160,8 +161,8 @@ mod tests {
     fn gateway_errors_trip_their_own_threshold() {
         let t = Instant::now();
         let mut o = OutlierState::default();
-        assert!(!o.observe(Observation::GatewayError, t, &s(), true));
-        assert!(o.observe(Observation::GatewayError, t, &s(), true));
+        assert!(!o.observe(Observation::GatewayError, t, &s(), || true));
+        assert!(o.observe(Observation::GatewayError, t, &s(), || true));
     }
 
     #[test]
@@ -170,8 +171,8 @@ mod tests {
         let mut o = OutlierState::default();
         let mut times = vec![];
         for _ in 0..4 {
-            o.observe(Observation::GatewayError, t, &s(), true);
-            assert!(o.observe(Observation::GatewayError, t, &s(), true));
+            o.observe(Observation::GatewayError, t, &s(), || true);
+            assert!(o.observe(Observation::GatewayError, t, &s(), || true));
             let mut d = Duration::ZERO;
             while o.is_ejected(t + d) {
                 d += Duration::from_secs(1);
@@ -187,13 +188,13 @@ mod tests {
     fn cap_prevents_ejection_and_a_healthy_stretch_forgets() {
         let t = Instant::now();
         let mut o = OutlierState::default();
-        o.observe(Observation::GatewayError, t, &s(), false);
-        assert!(!o.observe(Observation::GatewayError, t, &s(), false));
+        o.observe(Observation::GatewayError, t, &s(), || false);
+        assert!(!o.observe(Observation::GatewayError, t, &s(), || false));
         assert!(!o.is_ejected(t));
         // Now allowed: the next error ejects.
-        assert!(o.observe(Observation::GatewayError, t, &s(), true));
+        assert!(o.observe(Observation::GatewayError, t, &s(), || true));
         let after = t + Duration::from_secs(10) + Duration::from_secs(25);
-        o.observe(Observation::Success, after, &s(), true);
+        o.observe(Observation::Success, after, &s(), || true);
         assert_eq!(o.times_ejected(), 0);
     }
 
@@ -206,7 +207,7 @@ mod tests {
         };
         let mut o = OutlierState::default();
         for _ in 0..10 {
-            assert!(!o.observe(Observation::GatewayError, t, &off, true));
+            assert!(!o.observe(Observation::GatewayError, t, &off, || true));
         }
         let d = OutlierSettings::default();
         assert_eq!(d.max_ejected(3), 1);

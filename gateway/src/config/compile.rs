@@ -51,8 +51,8 @@ impl Protocol {
 
 #[derive(Debug, Clone, Default)]
 pub struct NodeInfo {
-    pub name: String,
-    pub namespace: String,
+    pub name: Arc<str>,
+    pub namespace: Arc<str>,
     pub service_account: String,
     pub cluster: String,
     pub locality: Locality,
@@ -262,8 +262,8 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
                 zone: l.zone,
             })
             .unwrap_or_default(),
-        name: node.name,
-        namespace: node.namespace,
+        name: node.name.into(),
+        namespace: node.namespace.into(),
         service_account: node.service_account,
         cluster: node.cluster,
     };
@@ -278,7 +278,7 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
         names.push(format!("{lower}.svc.cluster.local"));
         names.push(format!("{lower}.svc"));
         if let Some((short, ns)) = lower.split_once('.')
-            && ns == node.namespace
+            && ns == &*node.namespace
             && !ns.contains('.')
         {
             names.push(short.to_string());

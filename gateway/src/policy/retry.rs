@@ -2,7 +2,6 @@
 //! budget that caps retries to a share of live requests (Linkerd's retry
 //! budget), so retries cannot multiply load during an outage.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
@@ -123,25 +122,26 @@ impl Default for BudgetSettings {
     }
 }
 
-/// Counts requests and retries over a sliding window of `ttl`; a retry is
-/// allowed while retries in the window stay under
+/// Counts requests and retries over a sliding window of `ttl` (in ten
+/// buckets, so memory stays constant at any rate); a retry is allowed while
+/// retries in the window stay under
 /// `min_retries_per_second * ttl + retry_ratio * requests`.
 #[derive(Debug)]
 pub struct RetryBudget {
     settings: BudgetSettings,
-    /// (time, is_retry) in arrival order.
-    events: VecDeque<(Instant, bool)>,
-    requests: u64,
-    retries: u64,
+    origin: Option<Instant>,
+    /// (bucket epoch, requests, retries), indexed by epoch % BUCKETS.
+    buckets: [(u64, u64, u64); BUCKETS],
 }
+
+const BUCKETS: usize = 10;
 
 impl RetryBudget {
     pub fn new(settings: BudgetSettings) -> Self {
         Self {
             settings,
-            events: VecDeque::new(),
-            requests: 0,
-            retries: 0,
+            origin: None,
+            buckets: [(u64::MAX, 0, 0); BUCKETS],
         }
     }
 
@@ -149,36 +149,41 @@ impl RetryBudget {
         self.settings
     }
 
-    fn expire(&mut self, now: Instant) {
-        while let Some(&(t, retry)) = self.events.front() {
-            if now.saturating_duration_since(t) < self.settings.ttl {
-                break;
-            }
-            self.events.pop_front();
-            if retry {
-                self.retries -= 1;
-            } else {
-                self.requests -= 1;
-            }
+    fn epoch(&mut self, now: Instant) -> u64 {
+        let origin = *self.origin.get_or_insert(now);
+        let width = (self.settings.ttl / BUCKETS as u32).max(Duration::from_micros(1));
+        (now.saturating_duration_since(origin).as_nanos() / width.as_nanos()) as u64
+    }
+
+    fn current(&mut self, now: Instant) -> &mut (u64, u64, u64) {
+        let e = self.epoch(now);
+        let b = &mut self.buckets[e as usize % BUCKETS];
+        if b.0 != e {
+            *b = (e, 0, 0);
         }
+        b
+    }
+
+    fn totals(&mut self, now: Instant) -> (u64, u64) {
+        let e = self.epoch(now);
+        self.buckets
+            .iter()
+            .filter(|b| b.0 != u64::MAX && b.0 <= e && e - b.0 < BUCKETS as u64)
+            .fold((0, 0), |(q, r), b| (q + b.1, r + b.2))
     }
 
     /// Records an original request.
     pub fn deposit(&mut self, now: Instant) {
-        self.expire(now);
-        self.events.push_back((now, false));
-        self.requests += 1;
+        self.current(now).1 += 1;
     }
 
     /// Takes a retry out of the budget, if there is one left.
     pub fn try_withdraw(&mut self, now: Instant) -> bool {
-        self.expire(now);
-        let allowed = f64::from(self.settings.min_retries_per_second)
-            * self.settings.ttl.as_secs_f64()
-            + self.settings.retry_ratio * self.requests as f64;
-        if (self.retries as f64) < allowed.floor() {
-            self.events.push_back((now, true));
-            self.retries += 1;
+        let (requests, retries) = self.totals(now);
+        let allowed = f64::from(self.settings.min_retries_per_second) * self.settings.ttl.as_secs_f64()
+            + self.settings.retry_ratio * requests as f64;
+        if (retries as f64) < allowed.floor() {
+            self.current(now).2 += 1;
             true
         } else {
             false
@@ -293,11 +298,34 @@ mod tests {
             assert!(b.try_withdraw(t0));
         }
         assert!(!b.try_withdraw(t0));
-        // After the window everything has expired.
+        // After the window everything has expired: only the 10 free ones.
         let later = t0 + Duration::from_secs(10);
-        assert!(b.try_withdraw(later));
-        assert_eq!(b.requests, 0);
-        assert_eq!(b.retries, 1);
+        for _ in 0..10 {
+            assert!(b.try_withdraw(later));
+        }
+        assert!(!b.try_withdraw(later));
+    }
+
+    #[test]
+    fn budget_window_slides_bucket_by_bucket() {
+        let t0 = Instant::now();
+        let mut b = RetryBudget::new(BudgetSettings {
+            retry_ratio: 1.0,
+            min_retries_per_second: 0,
+            ttl: Duration::from_secs(10),
+        });
+        b.deposit(t0);
+        b.deposit(t0 + Duration::from_secs(5));
+        assert!(b.try_withdraw(t0 + Duration::from_secs(5)));
+        assert!(b.try_withdraw(t0 + Duration::from_secs(5)));
+        assert!(!b.try_withdraw(t0 + Duration::from_secs(5)));
+        // At 10s the first request left the window, and so did nothing else:
+        // 1 request, 2 retries: nothing allowed.
+        assert!(!b.try_withdraw(t0 + Duration::from_secs(10)));
+        // At 15s both requests and both retries have left it.
+        b.deposit(t0 + Duration::from_secs(15));
+        assert!(b.try_withdraw(t0 + Duration::from_secs(15)));
+        assert!(!b.try_withdraw(t0 + Duration::from_secs(15)));
     }
 
     #[test]

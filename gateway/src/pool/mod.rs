@@ -339,11 +339,19 @@ impl Pool {
                 continue; // dropping the sender closes the connection
             }
             let mut sender = c.sender;
-            // Usually ready at once; a connection finishing its last
-            // response gets a moment, a broken one is discarded.
-            match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                Ok(Ok(())) => {}
-                _ => continue,
+            // Usually ready at once (checked without a timer); a connection
+            // finishing its last response gets a moment, a broken one is
+            // discarded.
+            let now = std::future::poll_fn(|cx| std::task::Poll::Ready(sender.poll_ready(cx))).await;
+            match now {
+                std::task::Poll::Ready(Ok(())) => {}
+                std::task::Poll::Ready(Err(_)) => continue,
+                std::task::Poll::Pending => {
+                    match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
+                        Ok(Ok(())) => {}
+                        _ => continue,
+                    }
+                }
             }
             return Some(Lease {
                 sender: Some(Sender::H1(sender)),

@@ -31,6 +31,45 @@ struct Recorded {
     overflow: bool,
 }
 
+/// Bodies announced (Content-Length) at or below this size are read whole
+/// before being forwarded, so head and body leave in one write instead of
+/// two (and a retry never waits on the client). Larger or chunked bodies
+/// (gRPC, streams) are streamed.
+pub const COALESCE_MAX: u64 = 64 * 1024;
+
+/// True when the headers announce a body of at most COALESCE_MAX bytes.
+pub fn small_known_length(h: &HeaderMap) -> bool {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0 && n <= COALESCE_MAX)
+}
+
+/// Reads a whole body: its bytes and trailers, as a replayable body.
+pub async fn read_whole<B>(body: B) -> Result<(ReqBody, Recording), B::Error>
+where
+    B: Body<Data = Bytes>,
+{
+    use http_body_util::BodyExt;
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    let rec = Recording::default();
+    if let Ok(mut r) = rec.inner.lock() {
+        r.len = data.len();
+        r.chunks.push(data.clone());
+        r.trailers = trailers.clone();
+        r.complete = true;
+    }
+    Ok((
+        ReqBody::Replay {
+            chunks: [data].into_iter().collect(),
+            trailers,
+        },
+        rec,
+    ))
+}
+
 /// A copy of a request body being sent, shared with whoever may replay it.
 #[derive(Debug, Clone, Default)]
 pub struct Recording {

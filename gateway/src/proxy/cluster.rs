@@ -64,12 +64,21 @@ impl RouteState {
 }
 
 pub struct Cluster {
-    pub name: String,
+    pub name: Arc<str>,
     pub pool: Pool,
     pub active_requests: AtomicUsize,
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
-    routes: Mutex<HashMap<String, Arc<RouteState>>>,
+    /// The states of the endpoints of the last spec seen, index-aligned
+    /// with its `endpoints`, so the request path does no lookups by key.
+    aligned: Mutex<Aligned>,
+    routes: Mutex<HashMap<Arc<str>, Arc<RouteState>>>,
     rr: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Aligned {
+    spec: std::sync::Weak<ServiceSpec>,
+    states: Arc<Vec<Arc<EndpointState>>>,
 }
 
 /// Stable identity of an endpoint for state keyed across reloads.
@@ -90,11 +99,25 @@ impl Cluster {
             .clone()
     }
 
+    /// Endpoint states aligned with `spec.endpoints`.
+    pub fn states(&self, spec: &Arc<ServiceSpec>) -> Arc<Vec<Arc<EndpointState>>> {
+        let mut a = self.aligned.lock().expect("cluster lock");
+        if std::ptr::eq(a.spec.as_ptr(), Arc::as_ptr(spec)) {
+            return a.states.clone();
+        }
+        let states: Vec<Arc<EndpointState>> = spec.endpoints.iter().map(|e| self.endpoint_state(e)).collect();
+        a.spec = Arc::downgrade(spec);
+        a.states = Arc::new(states);
+        a.states.clone()
+    }
+
     pub fn route_state(&self, route: &Route) -> Arc<RouteState> {
-        self.routes
-            .lock()
-            .expect("cluster lock")
-            .entry(route.name.to_string())
+        let mut routes = self.routes.lock().expect("cluster lock");
+        if let Some(r) = routes.get(&*route.name) {
+            return r.clone();
+        }
+        routes
+            .entry(route.name.clone())
             .or_insert_with(|| {
                 Arc::new(RouteState {
                     bucket: Mutex::new(None),
@@ -107,18 +130,19 @@ impl Cluster {
     /// Chooses an endpoint of `spec` (see `balance::pick`).
     pub fn pick<R: Rng + ?Sized>(
         &self,
-        spec: &ServiceSpec,
+        spec: &Arc<ServiceSpec>,
         exclude: &[usize],
         hash: Option<u64>,
         rng: &mut R,
     ) -> Option<usize> {
         let now = Instant::now();
+        let states = self.states(spec);
         let views: Vec<EndpointView> = spec
             .endpoints
             .iter()
             .zip(&spec.priorities)
-            .map(|(e, prio)| {
-                let st = self.endpoint_state(e);
+            .zip(states.iter())
+            .map(|((e, prio), st)| {
                 let ejected = st.outlier.lock().expect("outlier lock").is_ejected(now);
                 EndpointView {
                     priority: *prio,
@@ -143,46 +167,41 @@ impl Cluster {
     }
 
     /// Feeds an attempt's result to outlier detection; counts ejections.
-    pub fn observe(
-        &self,
-        spec: &ServiceSpec,
-        idx: usize,
-        o: Observation,
-        metrics: &Metrics,
-        dir: Direction,
-    ) {
+    pub fn observe(&self, spec: &Arc<ServiceSpec>, idx: usize, o: Observation, metrics: &Metrics, dir: Direction) {
         if !spec.outlier.enabled {
             return;
         }
         let now = Instant::now();
-        let states: Vec<Arc<EndpointState>> = spec
-            .endpoints
-            .iter()
-            .map(|e| self.endpoint_state(e))
-            .collect();
-        let ejected = states
-            .iter()
-            .filter(|s| s.outlier.lock().expect("outlier lock").is_ejected(now))
-            .count();
-        let may_eject = ejected < spec.outlier.max_ejected(states.len());
+        let states = self.states(spec);
         let Some(st) = states.get(idx) else { return };
-        let newly =
-            st.outlier
-                .lock()
-                .expect("outlier lock")
-                .observe(o, now, &spec.outlier, may_eject);
-        let labels = ServiceLabels {
-            direction: dir,
-            destination_service: self.name.clone(),
+        // The share of ejected endpoints is counted only when this
+        // observation would eject (never on the success path).
+        let may_eject = || {
+            let ejected = states
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| *i != idx && s.outlier.try_lock().is_ok_and(|o| o.is_ejected(now)))
+                .count();
+            ejected < spec.outlier.max_ejected(states.len())
         };
+        let newly = st
+            .outlier
+            .lock()
+            .expect("outlier lock")
+            .observe(o, now, &spec.outlier, may_eject);
         if newly {
+            let labels = ServiceLabels {
+                direction: dir,
+                destination_service: self.name.clone(),
+            };
             metrics.ejections.get_or_create(&labels).inc();
+            let ejected = states
+                .iter()
+                .filter(|s| s.outlier.lock().expect("outlier lock").is_ejected(now))
+                .count();
+            metrics.ejected_endpoints.get_or_create(&labels).set(ejected as i64);
             tracing::warn!(service = %self.name, endpoint = %endpoint_key(&spec.endpoints[idx]), "endpoint ejected by outlier detection");
         }
-        metrics
-            .ejected_endpoints
-            .get_or_create(&labels)
-            .set((ejected + usize::from(newly)) as i64);
     }
 
     /// For /config_dump: endpoint key, outstanding requests, ejected.
@@ -235,10 +254,11 @@ impl Clusters {
             return c.clone();
         }
         let c = Arc::new(Cluster {
-            name: spec.name.to_string(),
+            name: spec.name.clone(),
             pool: Pool::new(spec.pool, self.tracker.clone(), self.socket),
             active_requests: AtomicUsize::new(0),
             endpoints: Mutex::new(HashMap::new()),
+            aligned: Mutex::new(Aligned::default()),
             routes: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
         });
@@ -274,7 +294,7 @@ impl Clusters {
             c.routes
                 .lock()
                 .expect("cluster lock")
-                .retain(|k, _| routes.contains(&k.as_str()));
+                .retain(|k, _| routes.contains(&&**k));
         }
     }
 

@@ -34,12 +34,14 @@ pub enum ProxyError {
     Fault,
     #[error("proxy is shutting down")]
     Draining,
+    #[error("the client's request body failed: {0}")]
+    DownstreamBody(String),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoHost => StatusCode::BAD_REQUEST,
+            Self::NoHost | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::NoService(_) | Self::NoPort { .. } => StatusCode::NOT_FOUND,
             Self::NoBackend { .. } | Self::NoHealthy(_) | Self::Overflow(_) | Self::Connect(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -66,6 +68,7 @@ impl ProxyError {
             Self::RateLimited => "RL",
             Self::Fault => "FI",
             Self::Draining => "SI",
+            Self::DownstreamBody(_) => "DC",
         }
     }
 
@@ -85,6 +88,7 @@ impl ProxyError {
             Self::RateLimited => "rate_limited",
             Self::Fault => "fault_injected",
             Self::Draining => "draining",
+            Self::DownstreamBody(_) => "downstream_body",
         }
     }
 

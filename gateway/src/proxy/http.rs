@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use super::body::{ObservedBody, ReqBody, RespBody, grpc_status_of};
+use super::body::{ObservedBody, ReqBody, RespBody, grpc_status_of, read_whole, small_known_length};
 use super::cluster::{Cluster, EndpointState};
 use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
 use super::headers::{
@@ -34,7 +34,7 @@ use crate::pool::{Lease, Sender, Version};
 use crate::route::{self, RequestView, Route};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::{
-    Direction, DurationLabels, RequestLabels, RouteLabels, ServiceLabels,
+    Direction, DurationLabels, Label, RequestLabels, RouteLabels, ServiceLabels,
 };
 use crate::telemetry::trace::TraceParent;
 
@@ -42,23 +42,28 @@ const TRACEPARENT: &str = "traceparent";
 const REQUEST_ID: &str = "x-request-id";
 
 /// What the access log and metrics need, filled in as the request goes.
+/// Kept as cheap clones; text is only formatted when a log line is written.
 struct Record {
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
+    source: (Label, Label),
     start: Instant,
     start_wall: SystemTime,
-    method: String,
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
     authority: Option<String>,
-    path: String,
-    protocol: String,
     grpc: bool,
-    trace_id: Option<String>,
-    request_id: Option<String>,
-    service: Option<String>,
+    trace: TraceParent,
+    request_id: Option<HeaderValue>,
+    service: Option<Arc<str>>,
     route: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     attempts: u32,
 }
+
+static UNKNOWN: LazyLock<Label> = LazyLock::new(|| "unknown".into());
+static NO_ROUTE: LazyLock<Label> = LazyLock::new(|| "-".into());
 
 impl Record {
     fn finish(
@@ -66,38 +71,33 @@ impl Record {
         status: StatusCode,
         grpc_status: Option<u32>,
         bytes_sent: u64,
-        flags: &str,
+        flags: &'static str,
         reason: Option<String>,
     ) {
-        let snap = self.proxy.store.load();
-        let service = self.service.clone().unwrap_or_else(|| "unknown".into());
-        let route = self.route.as_deref().unwrap_or("-").to_string();
+        let service = self.service.clone().unwrap_or_else(|| UNKNOWN.clone());
+        let route = self.route.clone().unwrap_or_else(|| NO_ROUTE.clone());
         let grpc_label = match (self.grpc, grpc_status) {
-            (true, Some(s)) => grpc_status_name(s).to_string(),
-            _ => String::new(),
-        };
-        let (src_wl, src_ns) = match self.conn.direction {
-            Direction::Outbound => (snap.node.name.clone(), snap.node.namespace.clone()),
-            Direction::Inbound => ("unknown".to_string(), "unknown".to_string()),
+            (true, Some(s)) => grpc_status_name(s),
+            _ => "",
         };
         let m = &self.proxy.metrics;
         m.requests
             .get_or_create(&RequestLabels {
                 direction: self.conn.direction,
-                source_workload: src_wl,
-                source_namespace: src_ns,
+                source_workload: self.source.0.clone(),
+                source_namespace: self.source.1.clone(),
                 destination_service: service.clone(),
                 route: route.clone(),
                 response_code: status.as_u16(),
                 grpc_status: grpc_label,
-                response_flags: flags.to_string(),
+                response_flags: flags,
             })
             .inc();
         m.request_duration
             .get_or_create(&DurationLabels {
                 direction: self.conn.direction,
-                destination_service: service.clone(),
-                route: route.clone(),
+                destination_service: service,
+                route,
             })
             .observe(self.start.elapsed().as_secs_f64());
         if !self.proxy.access_log.enabled() {
@@ -107,10 +107,14 @@ impl Record {
             start_time: rfc3339(self.start_wall),
             direction: self.conn.direction.as_str(),
             listener: self.conn.listener.to_string(),
-            protocol: self.protocol,
-            method: Some(self.method),
+            protocol: format!("{:?}", self.version),
+            method: Some(self.method.to_string()),
             authority: self.authority,
-            path: Some(self.path),
+            path: Some(
+                self.uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            ),
             response_code: status.as_u16(),
             grpc_status,
             response_flags: flags.to_string(),
@@ -118,13 +122,15 @@ impl Record {
             duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
             source_address: self.conn.peer.to_string(),
             upstream_host: self.upstream.map(|u| u.to_string()),
-            destination_service: self.service,
+            destination_service: self.service.map(|s| s.to_string()),
             route: self.route.map(|r| r.to_string()),
             attempts: self.attempts,
             bytes_received: 0,
             bytes_sent,
-            trace_id: self.trace_id,
-            request_id: self.request_id,
+            trace_id: Some(self.trace.trace_id_hex()),
+            request_id: self
+                .request_id
+                .and_then(|v| v.to_str().ok().map(str::to_string)),
         });
     }
 
@@ -144,7 +150,7 @@ impl Record {
         self,
         status: StatusCode,
         grpc_status: u32,
-        flag: &str,
+        flag: &'static str,
         reason: String,
         kind: &str,
     ) -> Response<RespBody> {
@@ -238,29 +244,26 @@ pub async fn serve(
             HeaderValue::from_str(&id).expect("hex is ASCII"),
         );
     }
+    let source = match conn.direction {
+        Direction::Outbound => (snap.node.name.clone(), snap.node.namespace.clone()),
+        Direction::Inbound => (UNKNOWN.clone(), UNKNOWN.clone()),
+    };
     let rec = Record {
         proxy: proxy.clone(),
         conn: conn.clone(),
+        source,
         start: Instant::now(),
         start_wall: SystemTime::now(),
-        method: req.method().to_string(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
         authority: authority(&req),
-        path: req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.to_string()),
-        protocol: format!("{:?}", req.version()),
         grpc: req
             .headers()
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/grpc")),
-        trace_id: Some(tp.trace_id_hex()),
-        request_id: req
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
+        trace: tp,
+        request_id: req.headers().get(REQUEST_ID).cloned(),
         service: None,
         route: None,
         upstream: None,
@@ -343,7 +346,7 @@ async fn handle(
         Ok(x) => x,
         Err(e) => return rec.local_reply(&e),
     };
-    rec.service = Some(service.name.to_string());
+    rec.service = Some(service.name.clone());
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),
@@ -358,8 +361,8 @@ async fn handle(
             .metrics
             .rate_limited
             .get_or_create(&RouteLabels {
-                destination_service: service.name.to_string(),
-                route: route.name.to_string(),
+                destination_service: service.name.clone(),
+                route: route.name.clone(),
             })
             .inc();
         return rec.local_reply(&ProxyError::RateLimited);
@@ -429,8 +432,14 @@ async fn handle(
     }
 
     let (parts, body) = req.into_parts();
-    let (body, recording) =
-        ReqBody::from_incoming(body, route.retry.is_some() || route.mirror.is_some());
+    let (body, recording) = if small_known_length(&parts.headers) {
+        match read_whole(body).await {
+            Ok((b, r)) => (b, Some(r)),
+            Err(e) => return rec.local_reply(&ProxyError::DownstreamBody(e.to_string())),
+        }
+    } else {
+        ReqBody::from_incoming(body, route.retry.is_some() || route.mirror.is_some())
+    };
     if let Some(m) = &route.mirror
         && rand::rng().random::<f64>() * 100.0 < m.percentage
         && let Some(recording) = recording.clone()
@@ -476,12 +485,12 @@ async fn handle(
         None => attempts.await,
     };
     match result {
-        Ok(up) => respond(up, rec),
+        Ok(up) => respond(up, rec).await,
         Err(e) => rec.local_reply(&e),
     }
 }
 
-fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
+async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
     let Upstream {
         response,
         lease,
@@ -491,6 +500,24 @@ fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
     strip_hop_by_hop(&mut parts.headers);
     let status = parts.status;
     let header_grpc = grpc_status_of(&parts.headers);
+    if small_known_length(&parts.headers) {
+        // Small body: read it whole, give the connection back at once, and
+        // answer head and body in one write.
+        let whole = match read_whole(body).await {
+            Ok((whole, _)) => whole,
+            Err(e) => {
+                drop((lease, in_flight));
+                return rec.local_reply(&ProxyError::Reset(format!("upstream body: {e}")));
+            }
+        };
+        lease.release();
+        drop(in_flight);
+        let body = ObservedBody::new(whole.boxed_unsync(), move |end| {
+            let flags = if end.error.is_some() { "DC" } else { "-" };
+            rec.finish(status, end.grpc_status.or(header_grpc), end.bytes, flags, end.error);
+        });
+        return Response::from_parts(parts, body.boxed_unsync());
+    }
     let body = ObservedBody::new(body.map_err(Into::into).boxed_unsync(), move |end| {
         if end.error.is_none() {
             lease.release();
@@ -503,13 +530,7 @@ fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
             Some(e) if e.starts_with("downstream") => "DC",
             Some(_) => "UR",
         };
-        rec.finish(
-            status,
-            end.grpc_status.or(header_grpc),
-            end.bytes,
-            flags,
-            end.error,
-        );
+        rec.finish(status, end.grpc_status.or(header_grpc), end.bytes, flags, end.error);
     });
     Response::from_parts(parts, body.boxed_unsync())
 }
@@ -603,8 +624,8 @@ async fn attempts(
             return result;
         };
         let labels = RouteLabels {
-            destination_service: spec.name.to_string(),
-            route: route.name.to_string(),
+            destination_service: spec.name.clone(),
+            route: route.name.clone(),
         };
         if !rstate.withdraw(Instant::now()) {
             proxy
@@ -626,7 +647,7 @@ async fn attempts(
 
 async fn attempt_once(
     cluster: &Arc<Cluster>,
-    spec: &ServiceSpec,
+    spec: &Arc<ServiceSpec>,
     idx: usize,
     addr: SocketAddr,
     version: Version,
@@ -640,7 +661,7 @@ async fn attempt_once(
             limit,
         }));
     }
-    let endpoint = cluster.endpoint_state(&spec.endpoints[idx]);
+    let endpoint = cluster.states(spec)[idx].clone();
     endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight {
         endpoint,
@@ -704,7 +725,7 @@ async fn forward_upgrade(
         Err(e) => return rec.local_reply(&e),
     };
     if up.response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return respond(up, rec);
+        return respond(up, rec).await;
     }
     let Upstream {
         mut response,
@@ -817,7 +838,7 @@ async fn mirror(
     .await;
     let labels = ServiceLabels {
         direction: Direction::Outbound,
-        destination_service: m.service.clone(),
+        destination_service: m.service.as_str().into(),
     };
     proxy.metrics.mirrored.get_or_create(&labels).inc();
     if let Err(e) = result {

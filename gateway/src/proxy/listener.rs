@@ -303,7 +303,6 @@ pub async fn serve_http(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStrea
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
         .keep_alive(true);
     builder
         .http2()

@@ -73,7 +73,7 @@ pub async fn proxy_to_service(
     };
     let labels = ServiceLabels {
         direction: conn.direction,
-        destination_service: service.name.to_string(),
+        destination_service: service.name.clone(),
     };
     let cluster = proxy.clusters.get(&service);
     let mut tried = Vec::new();

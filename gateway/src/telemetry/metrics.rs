@@ -2,6 +2,8 @@
 //! Names follow Istio's standard metrics where one exists, prefixed
 //! `isthmus_`.
 
+use std::sync::Arc;
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,37 +36,41 @@ impl EncodeLabelValue for Direction {
     }
 }
 
+/// Label values are shared strings: building a label set on the request
+/// path clones pointers, it does not allocate.
+pub type Label = Arc<str>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
-    pub source_workload: String,
-    pub source_namespace: String,
-    pub destination_service: String,
-    pub route: String,
+    pub source_workload: Label,
+    pub source_namespace: Label,
+    pub destination_service: Label,
+    pub route: Label,
     pub response_code: u16,
     /// gRPC status name or "" for non-gRPC.
-    pub grpc_status: String,
+    pub grpc_status: &'static str,
     /// Envoy-style response flags, "-" when none.
-    pub response_flags: String,
+    pub response_flags: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     pub direction: Direction,
-    pub destination_service: String,
-    pub route: String,
+    pub destination_service: Label,
+    pub route: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
     pub direction: Direction,
-    pub destination_service: String,
+    pub destination_service: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub destination_service: String,
-    pub route: String,
+    pub destination_service: Label,
+    pub route: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,0 +1,386 @@
+//! Proxy benchmark: the sidecar against a direct connection and against
+//! Debian's haproxy and nginx configured as the same plain reverse proxy,
+//! in one run on this machine.
+//!
+//!     apt-get install -y haproxy nginx      # optional baselines
+//!     cargo bench -p isthmus-gateway --bench proxy
+//!
+//! Setup: the upstream (the sample app, `POST /echo`, 1 KiB request and
+//! response bodies) and this load generator share core 0; each proxy runs as
+//! its own process pinned to core 1 with one worker thread. The load is
+//! open-loop at a fixed rate: request i is due at start + i/rate and its
+//! latency counts from that due time (coordinated omission included), over
+//! keep-alive connections. Reports:
+//! - latency p50/p90/p99/max at 1000 rps and the latency each proxy adds
+//!   over the direct connection,
+//! - maximum throughput with the proxy on one core (closed loop, 32
+//!   concurrent connections; the generator and upstream share the other core,
+//!   so this is the rate the setup sustains, the same for every proxy),
+//! - the sidecar's RSS idle and after the load.
+//!
+//! Environment: BENCH_SECONDS (default 15) per latency run, BENCH_RATE
+//! (default 1000).
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pinned(core: u32, program: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("taskset");
+    c.arg("-c").arg(core.to_string()).arg(program).args(args);
+    c.env("TOKIO_WORKER_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+type Http = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> Http {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build(c)
+}
+
+async fn one(client: &Http, target: SocketAddr, body: &Bytes) -> bool {
+    let req = http::Request::post(format!("http://{target}/echo"))
+        .header("host", "up")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    match client.request(req).await {
+        Ok(r) => {
+            let ok = r.status() == 200;
+            ok && r.into_body().collect().await.is_ok_and(|b| b.to_bytes().len() == body.len())
+        }
+        Err(_) => false,
+    }
+}
+
+async fn wait_ready(target: SocketAddr) {
+    let c = client();
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !one(&c, target, &body).await {
+        assert!(Instant::now() < deadline, "{target} never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    errors: u64,
+    sent: u64,
+}
+
+/// Open loop at `rate` for `secs`; latencies in ms from each due time.
+async fn fixed_rate(target: SocketAddr, rate: u64, secs: u64) -> Latency {
+    let c = client();
+    let body = Bytes::from(vec![b'x'; 1024]);
+    // Warm the connection pool.
+    for _ in 0..200 {
+        one(&c, target, &body).await;
+    }
+    let n = rate * secs;
+    let start = Instant::now() + Duration::from_millis(50);
+    let errors = Arc::new(AtomicU64::new(0));
+    // Requests are released on time by a plain thread (tokio's timer has
+    // millisecond granularity, which would add up to 1 ms to every sample).
+    let rt = tokio::runtime::Handle::current();
+    let errs = errors.clone();
+    let tasks = tokio::task::spawn_blocking(move || {
+        let mut tasks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let (c, body, errors) = (c.clone(), body.clone(), errs.clone());
+            tasks.push(rt.spawn(async move {
+                if !one(&c, target, &body).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                due.elapsed()
+            }));
+        }
+        tasks
+    })
+    .await
+    .unwrap();
+    let mut lat: Vec<f64> = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        lat.push(t.await.unwrap().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Latency {
+        p50: q(0.50),
+        p90: q(0.90),
+        p99: q(0.99),
+        max: *lat.last().unwrap(),
+        errors: errors.load(Ordering::Relaxed),
+        sent: n,
+    }
+}
+
+/// Closed loop with `conc` workers for `secs`: completed requests/s.
+async fn max_rps(target: SocketAddr, conc: usize, secs: u64) -> f64 {
+    let body = Bytes::from(vec![b'x'; 1024]);
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (body, done) = (body.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while Instant::now() < stop {
+                if one(&c, target, &body).await {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / secs as f64
+}
+
+fn write(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes with --list
+    }
+    // The generator runs on core 0 with the upstream; proxies get core 1.
+    if std::env::var_os("BENCH_PINNED").is_none() && have("taskset") {
+        let me = std::env::current_exe().unwrap();
+        let status = Command::new("taskset")
+            .arg("-c")
+            .arg("0")
+            .arg(me)
+            .args(std::env::args().skip(1))
+            .env("BENCH_PINNED", "1")
+            .status()
+            .unwrap();
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let rate: u64 = std::env::var("BENCH_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let dir = std::env::temp_dir().join(format!("isthmus-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let up_port = free_port();
+    let upstream: SocketAddr = ([127, 0, 0, 1], up_port).into();
+    let _up = Proc(
+        pinned(0, BIN, &["sample", "--listen", &upstream.to_string(), "--service", "up"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(upstream).await;
+
+    // The sidecar, one worker thread on core 1, access log off (as the
+    // baselines log nothing either).
+    let side_port = free_port();
+    let admin_port = free_port();
+    let cfg = dir.join("sidecar.yaml");
+    write(
+        &cfg,
+        &format!(
+            "listeners:\n  - {{name: out, address: \"127.0.0.1:{side_port}\", http: {{}}}}\n\
+             services:\n  - name: up\n    ports: [{{port: 80}}]\n    endpoints: [{{address: \"{upstream}\"}}]\n"
+        ),
+    );
+    let sidecar = pinned(
+        1,
+        BIN,
+        &[
+            "sidecar",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+            "--access-log",
+            "off",
+            "--worker-threads",
+            "1",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let sidecar_pid = sidecar.id();
+    let _sidecar = Proc(sidecar);
+    let sidecar_addr: SocketAddr = ([127, 0, 0, 1], side_port).into();
+    // `taskset` execs the program, so the pid is the proxy's own.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = rss_kib(sidecar_pid);
+    wait_ready(sidecar_addr).await;
+
+    let mut targets: Vec<(&str, SocketAddr, Option<Proc>)> = vec![
+        ("direct", upstream, None),
+        ("isthmus sidecar", sidecar_addr, None),
+    ];
+    if have("haproxy") {
+        let port = free_port();
+        let conf = dir.join("haproxy.cfg");
+        write(
+            &conf,
+            &format!(
+                "global\n  nbthread 1\n  maxconn 4000\n\
+                 defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
+                 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+                 backend b\n  server s1 {upstream}\n"
+            ),
+        );
+        let p = Proc(pinned(1, "haproxy", &["-f", conf.to_str().unwrap()]).spawn().unwrap());
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_ready(addr).await;
+        targets.push(("haproxy", addr, Some(p)));
+    } else {
+        eprintln!("haproxy not installed: apt-get install -y haproxy for the baseline");
+    }
+    if have("nginx") {
+        let port = free_port();
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        write(
+            &conf,
+            &format!(
+                "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err warn;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
+                 \x20 upstream up {{ server {upstream}; keepalive 128; }}\n\
+                 \x20 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
+            ),
+        );
+        let p = Proc(pinned(1, "nginx", &["-c", conf.to_str().unwrap()]).spawn().unwrap());
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_ready(addr).await;
+        targets.push(("nginx", addr, Some(p)));
+    } else {
+        eprintln!("nginx not installed: apt-get install -y nginx for the baseline");
+    }
+
+    println!("\n== latency at {rate} rps, 1 KiB request and response bodies, {secs} s each (ms, from due time) ==");
+    println!("{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}", "target", "p50", "p90", "p99", "max", "+p50", "+p99", "errors");
+    let mut direct = None;
+    let mut sidecar_cpu = None;
+    for (name, addr, _) in &targets {
+        let cpu0 = (*name == "isthmus sidecar").then(|| cpu_ticks(sidecar_pid)).flatten();
+        let l = fixed_rate(*addr, rate, secs).await;
+        if let Some(c0) = cpu0 {
+            sidecar_cpu = cpu_ticks(sidecar_pid).map(|c1| (c1 - c0) as f64 / 100.0 / secs as f64);
+        }
+        let (d50, d99) = *direct.get_or_insert((l.p50, l.p99));
+        println!(
+            "{:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>+10.3} {:>+10.3} {:>5}/{}",
+            name,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max,
+            l.p50 - d50,
+            l.p99 - d99,
+            l.errors,
+            l.sent
+        );
+    }
+    if let Some(c) = sidecar_cpu {
+        println!("sidecar CPU at {rate} rps: {:.1}% of one core", c * 100.0);
+    }
+    let loaded_rss = rss_kib(sidecar_pid);
+
+    println!("\n== maximum throughput, proxy pinned to one core, 32 connections, 10 s (requests/s) ==");
+    for (name, addr, _) in &targets {
+        // BENCH_PERF=FILE records a CPU profile of the sidecar during its run.
+        let perf = match std::env::var("BENCH_PERF") {
+            Ok(file) if *name == "isthmus sidecar" && file.ends_with(".strace") => Command::new("timeout")
+                .args(["5", "strace", "-c", "-f", "-o", &file])
+                .args(
+                    std::fs::read_dir(format!("/proc/{sidecar_pid}/task"))
+                        .unwrap()
+                        .flat_map(|t| ["-p".to_string(), t.unwrap().file_name().to_string_lossy().into_owned()]),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok(),
+            Ok(file) if *name == "isthmus sidecar" => Command::new("perf")
+                .args(["record", "-F", "1999", "-g", "-o", &file, "-p", &sidecar_pid.to_string(), "--", "sleep", "8"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .ok(),
+            _ => None,
+        };
+        let rps = max_rps(*addr, 32, 10).await;
+        if let Some(mut p) = perf {
+            let _ = p.wait();
+        }
+        println!("{name:<16} {rps:>10.0}");
+    }
+    let after_max_rss = rss_kib(sidecar_pid);
+    println!("\n== sidecar memory (RSS) ==");
+    let mb = |k: Option<u64>| k.map_or("?".to_string(), |k| format!("{:.1} MB", k as f64 / 1024.0));
+    println!("idle (config loaded, no traffic): {}", mb(idle_rss));
+    println!("after {rate} rps run:             {}", mb(loaded_rss));
+    println!("after max-throughput run:      {}", mb(after_max_rss));
+    let _ = std::fs::remove_dir_all(&dir);
+}
