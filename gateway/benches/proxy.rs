@@ -18,8 +18,8 @@
 //!   so this is the rate the setup sustains, the same for every proxy),
 //! - the sidecar's RSS idle and after the load.
 //!
-//! Environment: BENCH_SECONDS (default 15) per latency run, BENCH_RATE
-//! (default 1000).
+//! Environment: BENCH_SECONDS (default 5) per latency run, BENCH_ROUNDS
+//! (default 5) interleaved rounds, BENCH_RATE (default 1000).
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -36,7 +36,11 @@ use hyper_util::rt::TokioExecutor;
 const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn have(cmd: &str) -> bool {
@@ -101,7 +105,11 @@ async fn one(client: &Http, target: SocketAddr, body: &Bytes) -> bool {
     match client.request(req).await {
         Ok(r) => {
             let ok = r.status() == 200;
-            ok && r.into_body().collect().await.is_ok_and(|b| b.to_bytes().len() == body.len())
+            ok && r
+                .into_body()
+                .collect()
+                .await
+                .is_ok_and(|b| b.to_bytes().len() == body.len())
         }
         Err(_) => false,
     }
@@ -222,17 +230,37 @@ async fn main() {
             .unwrap();
         std::process::exit(status.code().unwrap_or(1));
     }
-    let secs: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
-    let rate: u64 = std::env::var("BENCH_RATE").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let rate: u64 = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let dir = std::env::temp_dir().join(format!("isthmus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
     let up_port = free_port();
     let upstream: SocketAddr = ([127, 0, 0, 1], up_port).into();
     let _up = Proc(
-        pinned(0, BIN, &["sample", "--listen", &upstream.to_string(), "--service", "up"])
-            .spawn()
-            .unwrap(),
+        pinned(
+            0,
+            BIN,
+            &[
+                "sample",
+                "--listen",
+                &upstream.to_string(),
+                "--service",
+                "up",
+            ],
+        )
+        .spawn()
+        .unwrap(),
     );
     wait_ready(upstream).await;
 
@@ -289,7 +317,11 @@ async fn main() {
                  backend b\n  server s1 {upstream}\n"
             ),
         );
-        let p = Proc(pinned(1, "haproxy", &["-f", conf.to_str().unwrap()]).spawn().unwrap());
+        let p = Proc(
+            pinned(1, "haproxy", &["-f", conf.to_str().unwrap()])
+                .spawn()
+                .unwrap(),
+        );
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         wait_ready(addr).await;
         targets.push(("haproxy", addr, Some(p)));
@@ -310,7 +342,11 @@ async fn main() {
                  \x20 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
             ),
         );
-        let p = Proc(pinned(1, "nginx", &["-c", conf.to_str().unwrap()]).spawn().unwrap());
+        let p = Proc(
+            pinned(1, "nginx", &["-c", conf.to_str().unwrap()])
+                .spawn()
+                .unwrap(),
+        );
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         wait_ready(addr).await;
         targets.push(("nginx", addr, Some(p)));
@@ -318,52 +354,100 @@ async fn main() {
         eprintln!("nginx not installed: apt-get install -y nginx for the baseline");
     }
 
-    println!("\n== latency at {rate} rps, 1 KiB request and response bodies, {secs} s each (ms, from due time) ==");
-    println!("{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}", "target", "p50", "p90", "p99", "max", "+p50", "+p99", "errors");
-    let mut direct = None;
-    let mut sidecar_cpu = None;
-    for (name, addr, _) in &targets {
-        let cpu0 = (*name == "isthmus sidecar").then(|| cpu_ticks(sidecar_pid)).flatten();
-        let l = fixed_rate(*addr, rate, secs).await;
-        if let Some(c0) = cpu0 {
-            sidecar_cpu = cpu_ticks(sidecar_pid).map(|c1| (c1 - c0) as f64 / 100.0 / secs as f64);
+    println!(
+        "\n== latency at {rate} rps, 1 KiB request and response bodies: {rounds} interleaved rounds of {secs} s per target, median of rounds (ms, from due time) =="
+    );
+    let mut results: Vec<Vec<Latency>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut sidecar_cpu = Vec::new();
+    for _ in 0..rounds {
+        for (k, (name, addr, _)) in targets.iter().enumerate() {
+            let cpu0 = (*name == "isthmus sidecar")
+                .then(|| cpu_ticks(sidecar_pid))
+                .flatten();
+            results[k].push(fixed_rate(*addr, rate, secs).await);
+            if let (Some(c0), Some(c1)) = (cpu0, cpu_ticks(sidecar_pid)) {
+                sidecar_cpu.push((c1 - c0) as f64 / 100.0 / secs as f64);
+            }
         }
-        let (d50, d99) = *direct.get_or_insert((l.p50, l.p99));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
+        "target", "p50", "p90", "p99", "max", "+p50", "+p99", "errors"
+    );
+    let mut direct = None;
+    for ((name, _, _), rs) in targets.iter().zip(&results) {
+        let p50 = median(rs.iter().map(|l| l.p50).collect());
+        let p90 = median(rs.iter().map(|l| l.p90).collect());
+        let p99 = median(rs.iter().map(|l| l.p99).collect());
+        let max = median(rs.iter().map(|l| l.max).collect());
+        let errors: u64 = rs.iter().map(|l| l.errors).sum();
+        let sent: u64 = rs.iter().map(|l| l.sent).sum();
+        let (d50, d99) = *direct.get_or_insert((p50, p99));
         println!(
             "{:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>+10.3} {:>+10.3} {:>5}/{}",
             name,
-            l.p50,
-            l.p90,
-            l.p99,
-            l.max,
-            l.p50 - d50,
-            l.p99 - d99,
-            l.errors,
-            l.sent
+            p50,
+            p90,
+            p99,
+            max,
+            p50 - d50,
+            p99 - d99,
+            errors,
+            sent
         );
     }
-    if let Some(c) = sidecar_cpu {
-        println!("sidecar CPU at {rate} rps: {:.1}% of one core", c * 100.0);
+    if !sidecar_cpu.is_empty() {
+        let c = median(sidecar_cpu);
+        println!(
+            "sidecar CPU at {rate} rps: {:.1}% of one core ({:.1} ms of CPU per 1000 requests)",
+            c * 100.0,
+            c * 1000.0 * 1000.0 / rate as f64
+        );
     }
     let loaded_rss = rss_kib(sidecar_pid);
 
-    println!("\n== maximum throughput, proxy pinned to one core, 32 connections, 10 s (requests/s) ==");
+    println!(
+        "\n== maximum throughput, proxy pinned to one core, 32 connections, 10 s (requests/s) =="
+    );
     for (name, addr, _) in &targets {
         // BENCH_PERF=FILE records a CPU profile of the sidecar during its run.
         let perf = match std::env::var("BENCH_PERF") {
-            Ok(file) if *name == "isthmus sidecar" && file.ends_with(".strace") => Command::new("timeout")
-                .args(["5", "strace", "-c", "-f", "-o", &file])
-                .args(
-                    std::fs::read_dir(format!("/proc/{sidecar_pid}/task"))
-                        .unwrap()
-                        .flat_map(|t| ["-p".to_string(), t.unwrap().file_name().to_string_lossy().into_owned()]),
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .ok(),
+            Ok(file) if *name == "isthmus sidecar" && file.ends_with(".strace") => {
+                Command::new("timeout")
+                    .args(["5", "strace", "-c", "-f", "-o", &file])
+                    .args(
+                        std::fs::read_dir(format!("/proc/{sidecar_pid}/task"))
+                            .unwrap()
+                            .flat_map(|t| {
+                                [
+                                    "-p".to_string(),
+                                    t.unwrap().file_name().to_string_lossy().into_owned(),
+                                ]
+                            }),
+                    )
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()
+            }
             Ok(file) if *name == "isthmus sidecar" => Command::new("perf")
-                .args(["record", "-F", "1999", "-g", "-o", &file, "-p", &sidecar_pid.to_string(), "--", "sleep", "8"])
+                .args([
+                    "record",
+                    "-F",
+                    "1999",
+                    "-g",
+                    "-o",
+                    &file,
+                    "-p",
+                    &sidecar_pid.to_string(),
+                    "--",
+                    "sleep",
+                    "8",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

@@ -11,11 +11,6 @@ use isthmus_gateway::pool::SocketOptions;
 use isthmus_gateway::sidecar::{ConfigSource, Options, Sidecar};
 use isthmus_gateway::telemetry::accesslog::Sink;
 
-// mimalloc: fewer cycles per request than glibc malloc on the proxy's many
-// small, short-lived allocations (measured in BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "isthmus-gateway",

@@ -94,6 +94,20 @@ pub struct PickInput<'a> {
 /// Envoy does, so a fully ejected service still gets a chance.
 pub fn pick<R: Rng + ?Sized>(input: &PickInput<'_>, rng: &mut R) -> Option<usize> {
     let eps = input.endpoints;
+    // Fast path, the common case: nothing to avoid, one locality level,
+    // everything available. Same choice as below, without the bookkeeping.
+    if input.exclude.is_empty()
+        && let Some(first) = eps.first()
+        && eps
+            .iter()
+            .all(|e| e.available && e.weight > 0 && e.priority == first.priority)
+    {
+        if eps.len() == 1 {
+            return Some(0);
+        }
+        let all: Vec<usize> = (0..eps.len()).collect();
+        return choose(input, &all, eps, rng);
+    }
     let mut candidates: Vec<usize> = (0..eps.len())
         .filter(|i| !input.exclude.contains(i) && eps[*i].weight > 0)
         .collect();
@@ -131,20 +145,30 @@ pub fn pick<R: Rng + ?Sized>(input: &PickInput<'_>, rng: &mut R) -> Option<usize
     if set.is_empty() {
         return None;
     }
+    choose(input, &set, eps, rng)
+}
+
+/// Applies the policy within one set of eligible endpoints.
+fn choose<R: Rng + ?Sized>(
+    input: &PickInput<'_>,
+    set: &[usize],
+    eps: &[EndpointView],
+    rng: &mut R,
+) -> Option<usize> {
     match input.policy {
         Policy::RoundRobin => Some(set[input.rr_counter % set.len()]),
         Policy::RingHash => match (input.hash, input.ring) {
             (Some(h), Some(ring)) => ring
                 .walk(h)
                 .find(|i| set.contains(i))
-                .or_else(|| weighted(&set, eps, rng)),
-            _ => weighted(&set, eps, rng),
+                .or_else(|| weighted(set, eps, rng)),
+            _ => weighted(set, eps, rng),
         },
         Policy::LeastRequest => {
             if set.len() == 1 {
                 return Some(set[0]);
             }
-            let a = weighted(&set, eps, rng)?;
+            let a = weighted(set, eps, rng)?;
             let rest: Vec<usize> = set.iter().copied().filter(|i| *i != a).collect();
             let b = weighted(&rest, eps, rng)?;
             Some(if eps[b].in_flight < eps[a].in_flight {

@@ -180,7 +180,8 @@ impl RetryBudget {
     /// Takes a retry out of the budget, if there is one left.
     pub fn try_withdraw(&mut self, now: Instant) -> bool {
         let (requests, retries) = self.totals(now);
-        let allowed = f64::from(self.settings.min_retries_per_second) * self.settings.ttl.as_secs_f64()
+        let allowed = f64::from(self.settings.min_retries_per_second)
+            * self.settings.ttl.as_secs_f64()
             + self.settings.retry_ratio * requests as f64;
         if (retries as f64) < allowed.floor() {
             self.current(now).2 += 1;

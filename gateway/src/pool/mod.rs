@@ -342,7 +342,8 @@ impl Pool {
             // Usually ready at once (checked without a timer); a connection
             // finishing its last response gets a moment, a broken one is
             // discarded.
-            let now = std::future::poll_fn(|cx| std::task::Poll::Ready(sender.poll_ready(cx))).await;
+            let now =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(sender.poll_ready(cx))).await;
             match now {
                 std::task::Poll::Ready(Ok(())) => {}
                 std::task::Poll::Ready(Err(_)) => continue,

@@ -45,15 +45,23 @@ pub fn small_known_length(h: &HeaderMap) -> bool {
         .is_some_and(|n| n > 0 && n <= COALESCE_MAX)
 }
 
-/// Reads a whole body: its bytes and trailers, as a replayable body.
-pub async fn read_whole<B>(body: B) -> Result<(ReqBody, Recording), B::Error>
+/// Reads a whole body: its bytes and trailers.
+pub async fn read_all<B>(body: B) -> Result<(Bytes, Option<HeaderMap>), B::Error>
 where
     B: Body<Data = Bytes>,
 {
     use http_body_util::BodyExt;
     let collected = body.collect().await?;
     let trailers = collected.trailers().cloned();
-    let data = collected.to_bytes();
+    Ok((collected.to_bytes(), trailers))
+}
+
+/// Reads a whole request body, as a replayable body and its recording.
+pub async fn read_whole<B>(body: B) -> Result<(ReqBody, Recording), B::Error>
+where
+    B: Body<Data = Bytes>,
+{
+    let (data, trailers) = read_all(body).await?;
     let rec = Recording::default();
     if let Ok(mut r) = rec.inner.lock() {
         r.len = data.len();

@@ -105,7 +105,11 @@ impl Cluster {
         if std::ptr::eq(a.spec.as_ptr(), Arc::as_ptr(spec)) {
             return a.states.clone();
         }
-        let states: Vec<Arc<EndpointState>> = spec.endpoints.iter().map(|e| self.endpoint_state(e)).collect();
+        let states: Vec<Arc<EndpointState>> = spec
+            .endpoints
+            .iter()
+            .map(|e| self.endpoint_state(e))
+            .collect();
         a.spec = Arc::downgrade(spec);
         a.states = Arc::new(states);
         a.states.clone()
@@ -167,7 +171,14 @@ impl Cluster {
     }
 
     /// Feeds an attempt's result to outlier detection; counts ejections.
-    pub fn observe(&self, spec: &Arc<ServiceSpec>, idx: usize, o: Observation, metrics: &Metrics, dir: Direction) {
+    pub fn observe(
+        &self,
+        spec: &Arc<ServiceSpec>,
+        idx: usize,
+        o: Observation,
+        metrics: &Metrics,
+        dir: Direction,
+    ) {
         if !spec.outlier.enabled {
             return;
         }
@@ -184,11 +195,11 @@ impl Cluster {
                 .count();
             ejected < spec.outlier.max_ejected(states.len())
         };
-        let newly = st
-            .outlier
-            .lock()
-            .expect("outlier lock")
-            .observe(o, now, &spec.outlier, may_eject);
+        let newly =
+            st.outlier
+                .lock()
+                .expect("outlier lock")
+                .observe(o, now, &spec.outlier, may_eject);
         if newly {
             let labels = ServiceLabels {
                 direction: dir,
@@ -199,7 +210,10 @@ impl Cluster {
                 .iter()
                 .filter(|s| s.outlier.lock().expect("outlier lock").is_ejected(now))
                 .count();
-            metrics.ejected_endpoints.get_or_create(&labels).set(ejected as i64);
+            metrics
+                .ejected_endpoints
+                .get_or_create(&labels)
+                .set(ejected as i64);
             tracing::warn!(service = %self.name, endpoint = %endpoint_key(&spec.endpoints[idx]), "endpoint ejected by outlier detection");
         }
     }

@@ -7,8 +7,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
@@ -18,7 +18,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use super::body::{ObservedBody, ReqBody, RespBody, grpc_status_of, read_whole, small_known_length};
+use super::body::{
+    ObservedBody, ReqBody, RespBody, grpc_status_of, read_all, read_whole, small_known_length,
+};
 use super::cluster::{Cluster, EndpointState};
 use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
 use super::headers::{
@@ -60,6 +62,9 @@ struct Record {
     route: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
     attempts: u32,
+    /// Request body bytes, when the body was read whole (streamed bodies
+    /// are not counted).
+    bytes_received: u64,
 }
 
 static UNKNOWN: LazyLock<Label> = LazyLock::new(|| "unknown".into());
@@ -125,7 +130,7 @@ impl Record {
             destination_service: self.service.map(|s| s.to_string()),
             route: self.route.map(|r| r.to_string()),
             attempts: self.attempts,
-            bytes_received: 0,
+            bytes_received: self.bytes_received,
             bytes_sent,
             trace_id: Some(self.trace.trace_id_hex()),
             request_id: self
@@ -137,6 +142,16 @@ impl Record {
     /// Answers the request locally (an error, a fault, a rate limit): plain
     /// text for HTTP clients, a trailers-only response for gRPC clients.
     fn local_reply(self, err: &ProxyError) -> Response<RespBody> {
+        if let (ProxyError::Overflow(_), Some(service)) = (err, &self.service) {
+            self.proxy
+                .metrics
+                .circuit_breaker_sheds
+                .get_or_create(&ServiceLabels {
+                    direction: self.conn.direction,
+                    destination_service: service.clone(),
+                })
+                .inc();
+        }
         self.local_reply_with(
             err.status(),
             err.grpc_status(),
@@ -233,15 +248,13 @@ pub async fn serve(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let tp = TraceParent::next_hop(incoming_tp.as_deref(), &mut rand::rng());
-    req.headers_mut().insert(
-        TRACEPARENT,
-        HeaderValue::from_str(&tp.to_string()).expect("traceparent is ASCII"),
-    );
+    req.headers_mut().insert(TRACEPARENT, tp.header_value());
     if !req.headers().contains_key(REQUEST_ID) {
-        let id = format!("{:032x}", rand::rng().random::<u128>());
+        let mut id = [0u8; 32];
+        crate::telemetry::trace::hex(rand::rng().random::<u128>(), &mut id);
         req.headers_mut().insert(
             REQUEST_ID,
-            HeaderValue::from_str(&id).expect("hex is ASCII"),
+            HeaderValue::from_bytes(&id).expect("hex digits are valid header bytes"),
         );
     }
     let source = match conn.direction {
@@ -268,6 +281,7 @@ pub async fn serve(
         route: None,
         upstream: None,
         attempts: 0,
+        bytes_received: 0,
     };
     Ok(handle(proxy, conn, snap, req, rec).await)
 }
@@ -434,7 +448,10 @@ async fn handle(
     let (parts, body) = req.into_parts();
     let (body, recording) = if small_known_length(&parts.headers) {
         match read_whole(body).await {
-            Ok((b, r)) => (b, Some(r)),
+            Ok((b, r)) => {
+                rec.bytes_received = http_body::Body::size_hint(&b).exact().unwrap_or(0);
+                (b, Some(r))
+            }
             Err(e) => return rec.local_reply(&ProxyError::DownstreamBody(e.to_string())),
         }
     } else {
@@ -503,8 +520,11 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
     if small_known_length(&parts.headers) {
         // Small body: read it whole, give the connection back at once, and
         // answer head and body in one write.
-        let whole = match read_whole(body).await {
-            Ok((whole, _)) => whole,
+        let whole = match read_all(body).await {
+            Ok((data, trailers)) => ReqBody::Replay {
+                chunks: [data].into_iter().collect(),
+                trailers,
+            },
             Err(e) => {
                 drop((lease, in_flight));
                 return rec.local_reply(&ProxyError::Reset(format!("upstream body: {e}")));
@@ -514,7 +534,13 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
         drop(in_flight);
         let body = ObservedBody::new(whole.boxed_unsync(), move |end| {
             let flags = if end.error.is_some() { "DC" } else { "-" };
-            rec.finish(status, end.grpc_status.or(header_grpc), end.bytes, flags, end.error);
+            rec.finish(
+                status,
+                end.grpc_status.or(header_grpc),
+                end.bytes,
+                flags,
+                end.error,
+            );
         });
         return Response::from_parts(parts, body.boxed_unsync());
     }
@@ -530,7 +556,13 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
             Some(e) if e.starts_with("downstream") => "DC",
             Some(_) => "UR",
         };
-        rec.finish(status, end.grpc_status.or(header_grpc), end.bytes, flags, end.error);
+        rec.finish(
+            status,
+            end.grpc_status.or(header_grpc),
+            end.bytes,
+            flags,
+            end.error,
+        );
     });
     Response::from_parts(parts, body.boxed_unsync())
 }

@@ -81,6 +81,27 @@ impl TraceParent {
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
     }
+
+    /// The header value, formatted without intermediate allocations.
+    pub fn header_value(&self) -> http::HeaderValue {
+        let mut b = [0u8; 55];
+        b[..3].copy_from_slice(b"00-");
+        hex(self.trace_id, &mut b[3..35]);
+        b[35] = b'-';
+        hex(u128::from(self.parent_id), &mut b[36..52]);
+        b[52] = b'-';
+        hex(u128::from(self.flags), &mut b[53..55]);
+        http::HeaderValue::from_bytes(&b).expect("hex digits and dashes are valid header bytes")
+    }
+}
+
+/// Lower-case hex of the low `out.len() / 2` bytes of `v`, zero padded.
+pub fn hex(mut v: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 impl std::fmt::Display for TraceParent {
@@ -106,6 +127,7 @@ mod tests {
         assert_eq!(p.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(p.parent_id, 0x00f0_67aa_0ba9_02b7);
         assert_eq!(p.to_string(), TP);
+        assert_eq!(p.header_value(), TP);
     }
 
     #[test]

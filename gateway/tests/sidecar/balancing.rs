@@ -105,3 +105,50 @@ async fn ring_hash_keeps_a_key_on_one_endpoint() {
     }
     assert_eq!(owners.len(), 3, "keys spread over all endpoints");
 }
+
+#[tokio::test]
+async fn ring_hash_on_a_cookie_and_on_the_source_ip() {
+    let apps: Vec<_> = (0..3)
+        .map(|i| SampleApp::new("cart", "c", &format!("v{i}")))
+        .collect();
+    let mut servers = Vec::new();
+    for a in &apps {
+        servers.push(sample::serve(a.clone(), LOCAL).await.unwrap());
+    }
+    let eps: Vec<_> = servers
+        .iter()
+        .map(|s| (s.addr, "eu-west", "eu-west-a", false))
+        .collect();
+    let cookie = located(
+        "cart",
+        &eps,
+        "    loadBalancer: {policy: RING_HASH, hashKey: {cookie: session}}\n",
+    );
+    let source = located(
+        "cart-ip",
+        &eps,
+        "    loadBalancer: {policy: RING_HASH, hashKey: {sourceIp: true}}\n",
+    );
+    let env = start(&config(&[cookie, source])).await;
+    let out = env.addr("out");
+    let client = h1();
+    let mut owners = std::collections::HashSet::new();
+    for user in 0..20 {
+        let c = format!("theme=dark; session=s{user}");
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let (_, _, b) = send(&client, request(out, "cart", "/", &[("cookie", &c)], "")).await;
+            seen.insert(json(&b)["instance"].as_str().unwrap().to_string());
+        }
+        assert_eq!(seen.len(), 1, "session s{user} moved: {seen:?}");
+        owners.extend(seen);
+    }
+    assert!(owners.len() >= 2, "sessions spread: {owners:?}");
+    // One client address: always the same endpoint, over new connections.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let (_, _, b) = send(&h1(), request(out, "cart-ip", "/", &[], "")).await;
+        seen.insert(json(&b)["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 1, "{seen:?}");
+}

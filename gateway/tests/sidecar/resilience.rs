@@ -283,6 +283,43 @@ async fn circuit_breaker_sheds_beyond_max_requests() {
         .await,
         1.0
     );
+    assert_eq!(
+        env.metric(
+            "isthmus_circuit_breaker_sheds_total",
+            &["destination_service=\"catalog\""]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn connections_retire_after_max_requests_per_connection() {
+    let app = SampleApp::new("catalog", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let extra = "    connectionPool: {maxRequestsPerConnection: 2}\n";
+    let mut env = start(&config(&[service("catalog", "HTTP", &[s.addr], extra)])).await;
+    let out = env.addr("out");
+    let client = h1();
+    let mut peers = Vec::new();
+    for _ in 0..6 {
+        let (st, _, b) = send(&client, request(out, "catalog", "/", &[], "")).await;
+        assert_eq!(st, 200);
+        peers.push(json(&b)["peer"].as_str().unwrap().to_string());
+    }
+    let distinct: std::collections::HashSet<_> = peers.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "two requests per upstream connection: {peers:?}"
+    );
+    assert_eq!(peers[0], peers[1]);
+    assert_ne!(peers[1], peers[2]);
+    // The access log counts request bytes of bodies read whole.
+    send(&client, request(out, "catalog", "/echo", &[], "12345")).await;
+    let e = env.log_entry(|e| e.path.as_deref() == Some("/echo")).await;
+    assert_eq!(e.bytes_received, 5);
+    assert_eq!(e.bytes_sent, 5);
 }
 
 #[tokio::test]
