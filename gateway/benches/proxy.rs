@@ -266,6 +266,9 @@ async fn main() {
 
     // The sidecar, one worker thread on core 1, access log off (as the
     // baselines log nothing either).
+    // BENCH_SIDECAR_THREADS: the sidecar's worker threads (1 = a
+    // single-threaded runtime, the default for a one-core sidecar).
+    let sidecar_threads = std::env::var("BENCH_SIDECAR_THREADS").unwrap_or_else(|_| "1".into());
     let side_port = free_port();
     let admin_port = free_port();
     let cfg = dir.join("sidecar.yaml");
@@ -288,7 +291,7 @@ async fn main() {
             "--access-log",
             "off",
             "--worker-threads",
-            "1",
+            &sidecar_threads,
         ],
     )
     .spawn()
