@@ -87,8 +87,13 @@ impl Drop for Running {
     }
 }
 
-/// Serves `app` on `addr` (port 0 picks one).
-pub async fn serve(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Running> {
+/// Accepts on `addr` and runs `conn(stream, peer, local addr, tasks)` per
+/// connection until stopped; every connection ends when the server stops.
+async fn accept_loop<F, Fut>(addr: SocketAddr, conn: F) -> std::io::Result<Running>
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, SocketAddr, TaskTracker) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
@@ -100,15 +105,10 @@ pub async fn serve(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Run
                 _ = s.cancelled() => return,
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             };
-            let app = app.clone();
-            let s2 = s.clone();
-            let t2 = t.clone();
+            let (s2, work) = (s.clone(), conn(stream, peer, addr, t.clone()));
             t.spawn(async move {
-                let svc = service_fn(move |req| handle(app.clone(), t2.clone(), addr, peer, req));
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                 tokio::select! {
-                    _ = conn => {}
+                    _ = work => {}
                     _ = s2.cancelled() => {}
                 }
             });
@@ -117,35 +117,36 @@ pub async fn serve(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Run
     Ok(Running { addr, stop, tasks })
 }
 
+/// Serves `app` on `addr` (port 0 picks one).
+pub async fn serve(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Running> {
+    accept_loop(addr, move |stream, peer, me, tasks| {
+        let app = app.clone();
+        async move {
+            let svc = service_fn(move |req| handle(app.clone(), tasks.clone(), me, peer, req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        }
+    })
+    .await
+}
+
 /// A TCP server that echoes every byte back.
 pub async fn serve_tcp_echo(addr: SocketAddr) -> std::io::Result<Running> {
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let (s, t) = (stop.clone(), tasks.clone());
-    tasks.spawn(async move {
+    accept_loop(addr, |mut stream, _, _, _| async move {
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let (mut stream, _) = tokio::select! {
-                _ = s.cancelled() => return,
-                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
             };
-            let s2 = s.clone();
-            t.spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = tokio::select! {
-                        _ = s2.cancelled() => return,
-                        r = stream.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
-                    };
-                    if stream.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            if stream.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
         }
-    });
-    Ok(Running { addr, stop, tasks })
+    })
+    .await
 }
 
 fn is_grpc(req: &Request<Incoming>) -> bool {

@@ -517,7 +517,7 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
     strip_hop_by_hop(&mut parts.headers);
     let status = parts.status;
     let header_grpc = grpc_status_of(&parts.headers);
-    if small_known_length(&parts.headers) {
+    let (body, held) = if small_known_length(&parts.headers) {
         // Small body: read it whole, give the connection back at once, and
         // answer head and body in one write.
         let whole = match read_all(body).await {
@@ -532,25 +532,22 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
         };
         lease.release();
         drop(in_flight);
-        let body = ObservedBody::new(whole.boxed_unsync(), move |end| {
-            let flags = if end.error.is_some() { "DC" } else { "-" };
-            rec.finish(
-                status,
-                end.grpc_status.or(header_grpc),
-                end.bytes,
-                flags,
-                end.error,
-            );
-        });
-        return Response::from_parts(parts, body.boxed_unsync());
-    }
-    let body = ObservedBody::new(body.map_err(Into::into).boxed_unsync(), move |end| {
-        if end.error.is_none() {
-            lease.release();
-        } else {
-            drop(lease);
+        (whole.boxed_unsync(), None)
+    } else {
+        (
+            body.map_err(Into::into).boxed_unsync(),
+            Some((lease, in_flight)),
+        )
+    };
+    let body = ObservedBody::new(body, move |end| {
+        // A streamed body holds its connection until it ends; reuse it only
+        // if it ended cleanly.
+        if let Some((lease, in_flight)) = held {
+            if end.error.is_none() {
+                lease.release();
+            }
+            drop(in_flight);
         }
-        drop(in_flight);
         let flags = match &end.error {
             None => "-",
             Some(e) if e.starts_with("downstream") => "DC",

@@ -147,28 +147,42 @@ pub async fn proxy_to_service(
     };
     let endpoint = cluster.endpoint_state(&service.endpoints[idx]);
     endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
+    splice(&proxy, &conn, &labels, &l, &mut downstream, &mut upstream).await;
+    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Copies bytes both ways until either side closes (or the proxy stops),
+/// then records the connection in metrics and the access log.
+async fn splice(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    labels: &ServiceLabels,
+    l: &TcpLog,
+    downstream: &mut TcpStream,
+    upstream: &mut TcpStream,
+) {
+    let m = &proxy.metrics;
+    m.tcp_opened.get_or_create(labels).inc();
     let result = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
+        r = tokio::io::copy_bidirectional(downstream, upstream) => r,
         _ = proxy.hard_stop.cancelled() => Err(std::io::Error::other("proxy shut down")),
     };
-    endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-    proxy.metrics.tcp_closed.get_or_create(&labels).inc();
+    m.tcp_closed.get_or_create(labels).inc();
     let (flags, reason, bytes) = match result {
         Ok(b) => ("-", None, b),
         Err(e) => ("UR", Some(e.to_string()), (0, 0)),
     };
-    proxy
-        .metrics
-        .tcp_received_bytes
-        .get_or_create(&labels)
-        .inc_by(bytes.0);
-    proxy
-        .metrics
-        .tcp_sent_bytes
-        .get_or_create(&labels)
-        .inc_by(bytes.1);
-    log(&proxy, &conn, &service.name, &l, flags, reason, bytes);
+    m.tcp_received_bytes.get_or_create(labels).inc_by(bytes.0);
+    m.tcp_sent_bytes.get_or_create(labels).inc_by(bytes.1);
+    log(
+        proxy,
+        conn,
+        &labels.destination_service,
+        l,
+        flags,
+        reason,
+        bytes,
+    );
 }
 
 /// Forwards a captured connection whose destination is no known service to
@@ -179,7 +193,7 @@ pub async fn passthrough(
     mut downstream: TcpStream,
     dst: SocketAddr,
 ) {
-    let mut l = TcpLog {
+    let l = TcpLog {
         start: Instant::now(),
         start_wall: SystemTime::now(),
         upstream: Some(dst),
@@ -205,31 +219,5 @@ pub async fn passthrough(
             return;
         }
     };
-    proxy.metrics.tcp_opened.get_or_create(&labels).inc();
-    let result = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut downstream, &mut upstream) => r,
-        _ = proxy.hard_stop.cancelled() => Err(std::io::Error::other("proxy shut down")),
-    };
-    proxy.metrics.tcp_closed.get_or_create(&labels).inc();
-    let bytes = result.as_ref().copied().unwrap_or((0, 0));
-    proxy
-        .metrics
-        .tcp_received_bytes
-        .get_or_create(&labels)
-        .inc_by(bytes.0);
-    proxy
-        .metrics
-        .tcp_sent_bytes
-        .get_or_create(&labels)
-        .inc_by(bytes.1);
-    l.attempts = 1;
-    log(
-        &proxy,
-        &conn,
-        "passthrough",
-        &l,
-        if result.is_ok() { "-" } else { "UR" },
-        result.err().map(|e| e.to_string()),
-        bytes,
-    );
+    splice(&proxy, &conn, &labels, &l, &mut downstream, &mut upstream).await;
 }
