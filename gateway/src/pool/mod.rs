@@ -264,6 +264,7 @@ impl Pool {
                 };
                 let stream = self.dial(addr).await?;
                 let (sender, conn) = http1::Builder::new()
+                    .writev(false)
                     .handshake(TokioIo::new(stream))
                     .await
                     .map_err(|source| PoolError::Handshake { addr, source })?;

@@ -300,7 +300,11 @@ pub async fn serve_http(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStrea
     let p = proxy.clone();
     let svc = service_fn(move |req| http::serve(p.clone(), conn.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
