@@ -80,6 +80,17 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU ticks of a process and its children (nginx's worker).
+fn cpu_ticks_tree(pid: u32) -> Option<u64> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut total = cpu_ticks(pid)?;
+    for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        total += cpu_ticks(c).unwrap_or(0);
+    }
+    Some(total)
+}
+
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -361,15 +372,21 @@ async fn main() {
         "\n== latency at {rate} rps, 1 KiB request and response bodies: {rounds} interleaved rounds of {secs} s per target, median of rounds (ms, from due time) =="
     );
     let mut results: Vec<Vec<Latency>> = targets.iter().map(|_| Vec::new()).collect();
-    let mut sidecar_cpu = Vec::new();
+    let pids: Vec<Option<u32>> = targets
+        .iter()
+        .map(|(name, _, p)| match p {
+            Some(p) => Some(p.0.id()),
+            None if *name == "isthmus sidecar" => Some(sidecar_pid),
+            None => None,
+        })
+        .collect();
+    let mut cpu: Vec<Vec<f64>> = targets.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        for (k, (name, addr, _)) in targets.iter().enumerate() {
-            let cpu0 = (*name == "isthmus sidecar")
-                .then(|| cpu_ticks(sidecar_pid))
-                .flatten();
+        for (k, (_, addr, _)) in targets.iter().enumerate() {
+            let cpu0 = pids[k].and_then(cpu_ticks_tree);
             results[k].push(fixed_rate(*addr, rate, secs).await);
-            if let (Some(c0), Some(c1)) = (cpu0, cpu_ticks(sidecar_pid)) {
-                sidecar_cpu.push((c1 - c0) as f64 / 100.0 / secs as f64);
+            if let (Some(c0), Some(c1)) = (cpu0, pids[k].and_then(cpu_ticks_tree)) {
+                cpu[k].push((c1 - c0) as f64 / 100.0 / secs as f64);
             }
         }
     }
@@ -378,11 +395,16 @@ async fn main() {
         v[v.len() / 2]
     };
     println!(
-        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>8}",
-        "target", "p50", "p90", "p99", "max", "+p50", "+p99", "errors"
+        "{:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>7} {:>8}",
+        "target", "p50", "p90", "p99", "max", "+p50", "+p99", "cpu%", "errors"
     );
     let mut direct = None;
-    for ((name, _, _), rs) in targets.iter().zip(&results) {
+    for (((name, _, _), rs), cpu) in targets.iter().zip(&results).zip(cpu) {
+        let cpu = if cpu.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", median(cpu) * 100.0)
+        };
         let p50 = median(rs.iter().map(|l| l.p50).collect());
         let p90 = median(rs.iter().map(|l| l.p90).collect());
         let p99 = median(rs.iter().map(|l| l.p99).collect());
@@ -391,7 +413,7 @@ async fn main() {
         let sent: u64 = rs.iter().map(|l| l.sent).sum();
         let (d50, d99) = *direct.get_or_insert((p50, p99));
         println!(
-            "{:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>+10.3} {:>+10.3} {:>5}/{}",
+            "{:<16} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>+10.3} {:>+10.3} {:>7} {:>5}/{}",
             name,
             p50,
             p90,
@@ -399,18 +421,14 @@ async fn main() {
             max,
             p50 - d50,
             p99 - d99,
+            cpu,
             errors,
             sent
         );
     }
-    if !sidecar_cpu.is_empty() {
-        let c = median(sidecar_cpu);
-        println!(
-            "sidecar CPU at {rate} rps: {:.1}% of one core ({:.1} ms of CPU per 1000 requests)",
-            c * 100.0,
-            c * 1000.0 * 1000.0 / rate as f64
-        );
-    }
+    println!(
+        "(cpu%: the proxy's CPU during its rounds, % of one core; at {rate} rps, 1% = 10 ms of CPU per 1000 requests)"
+    );
     let loaded_rss = rss_kib(sidecar_pid);
 
     println!(
