@@ -33,6 +33,9 @@ pub const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
+/// Longest duration accepted anywhere (keeps deadline arithmetic finite).
+pub const MAX_DURATION_SECONDS: i64 = 365 * 86_400;
+
 const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
@@ -306,10 +309,15 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
 }
 
 fn check_duration(c: &mut Checker, path: &str, d: Option<&pbjson_types::Duration>) {
-    if let Some(d) = d
-        && (d.seconds < 0 || d.nanos < 0)
-    {
-        c.fail(path, "a duration cannot be negative");
+    if let Some(d) = d {
+        if d.seconds < 0 || d.nanos < 0 {
+            c.fail(path, "a duration cannot be negative");
+        } else if d.seconds > MAX_DURATION_SECONDS {
+            c.fail(
+                path,
+                "a duration cannot exceed 365 days (omit it, or use 0, for no limit)",
+            );
+        }
     }
 }
 

@@ -120,6 +120,13 @@ fn duplicates_and_missing_kinds() {
 }
 
 #[test]
+fn absurd_durations_are_refused() {
+    let i = err(&GOOD.replace("1.5s", "99999999999s"));
+    assert_eq!(i.path, "services[0].routes[0].timeout");
+    assert!(i.message.contains("365 days"), "{i}");
+}
+
+#[test]
 fn not_yaml_at_all() {
     let i = err("listeners: [unclosed\n");
     assert!(i.line.is_some(), "{i}");

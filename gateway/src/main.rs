@@ -125,7 +125,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(n >= 0.0 && n.is_finite()) {
         return Err(format!("{s:?} must be a non-negative duration"));
     }
-    Ok(Duration::from_secs_f64(n * mult))
+    Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is too long a duration"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -236,4 +236,21 @@ async fn run_sample(a: SampleArgs) -> anyhow::Result<()> {
         e.stop().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_or_say_why() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").unwrap_err().contains("500ms"));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e300s").is_err());
+    }
 }

@@ -121,7 +121,11 @@ impl OutlierState {
             .base_ejection_time
             .saturating_mul(self.times_ejected)
             .min(s.max_ejection_time.max(s.base_ejection_time));
-        self.ejected_until = Some(now + time);
+        // A far-future end (absurd settings) means ejected until restart.
+        self.ejected_until = Some(
+            now.checked_add(time)
+                .unwrap_or(now + Duration::from_secs(86_400 * 365)),
+        );
         self.consecutive_5xx = 0;
         self.consecutive_gateway = 0;
         true
