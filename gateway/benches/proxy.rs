@@ -21,7 +21,7 @@
 //! Environment: BENCH_SECONDS (default 5) per latency run, BENCH_ROUNDS
 //! (default 5) interleaved rounds, BENCH_RATE (default 1000).
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,23 +33,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{free_port, have};
+
 const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 struct Proc(Child);
 
@@ -437,24 +425,6 @@ async fn main() {
     for (name, addr, _) in &targets {
         // BENCH_PERF=FILE records a CPU profile of the sidecar during its run.
         let perf = match std::env::var("BENCH_PERF") {
-            Ok(file) if *name == "isthmus sidecar" && file.ends_with(".strace") => {
-                Command::new("timeout")
-                    .args(["5", "strace", "-c", "-f", "-o", &file])
-                    .args(
-                        std::fs::read_dir(format!("/proc/{sidecar_pid}/task"))
-                            .unwrap()
-                            .flat_map(|t| {
-                                [
-                                    "-p".to_string(),
-                                    t.unwrap().file_name().to_string_lossy().into_owned(),
-                                ]
-                            }),
-                    )
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok()
-            }
             Ok(file) if *name == "isthmus sidecar" => Command::new("perf")
                 .args([
                     "record",

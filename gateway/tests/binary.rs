@@ -2,21 +2,15 @@
 //! and exits cleanly; an invalid config file refuses to start with the
 //! field and line at fault.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use support::*;
 
 use isthmus_gateway::sample::{self, SampleApp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

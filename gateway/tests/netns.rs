@@ -8,17 +8,11 @@
 //! Needs root, `ip` and `iptables-restore`. Skipped without them, unless
 //! ISTHMUS_REQUIRE_NETNS=1 (CI), where it fails instead.
 
+mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+use support::*;
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

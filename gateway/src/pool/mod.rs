@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
@@ -78,6 +79,8 @@ pub struct Pool {
     endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointConns>>>,
     tracker: TaskTracker,
     socket: SocketOptions,
+    /// isthmus_upstream_connections of this service.
+    gauge: Gauge,
 }
 
 /// A connection checked out for one request.
@@ -124,17 +127,24 @@ impl Lease {
 pub struct ConnGuard {
     count: Arc<AtomicUsize>,
     released: Arc<Notify>,
+    gauge: Gauge,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
         self.released.notify_waiters();
     }
 }
 
 impl Pool {
-    pub fn new(limits: PoolLimits, tracker: TaskTracker, socket: SocketOptions) -> Self {
+    pub fn new(
+        limits: PoolLimits,
+        tracker: TaskTracker,
+        socket: SocketOptions,
+        gauge: Gauge,
+    ) -> Self {
         Self {
             limits: Mutex::new(limits),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -143,6 +153,7 @@ impl Pool {
             endpoints: Mutex::new(HashMap::new()),
             tracker,
             socket,
+            gauge,
         }
     }
 
@@ -189,9 +200,11 @@ impl Pool {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    self.gauge.inc();
                     return Some(ConnGuard {
                         count: self.connections.clone(),
                         released: self.released.clone(),
+                        gauge: self.gauge.clone(),
                     });
                 }
                 Err(now) => cur = now,

@@ -66,6 +66,8 @@ impl RouteState {
 pub struct Cluster {
     pub name: Arc<str>,
     pub pool: Pool,
+    /// isthmus_circuit_breaker_sheds of this service.
+    pub sheds: prometheus_client::metrics::counter::Counter,
     pub active_requests: AtomicUsize,
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
     /// The states of the endpoints of the last spec seen, index-aligned
@@ -206,14 +208,6 @@ impl Cluster {
                 destination_service: self.name.clone(),
             };
             metrics.ejections.get_or_create(&labels).inc();
-            let ejected = states
-                .iter()
-                .filter(|s| s.outlier.lock().expect("outlier lock").is_ejected(now))
-                .count();
-            metrics
-                .ejected_endpoints
-                .get_or_create(&labels)
-                .set(ejected as i64);
             tracing::warn!(service = %self.name, endpoint = %endpoint_key(&spec.endpoints[idx]), "endpoint ejected by outlier detection");
         }
     }
@@ -251,14 +245,16 @@ pub struct Clusters {
     map: Mutex<HashMap<String, Arc<Cluster>>>,
     tracker: TaskTracker,
     socket: SocketOptions,
+    metrics: Arc<Metrics>,
 }
 
 impl Clusters {
-    pub fn new(tracker: TaskTracker, socket: SocketOptions) -> Self {
+    pub fn new(tracker: TaskTracker, socket: SocketOptions, metrics: Arc<Metrics>) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             tracker,
             socket,
+            metrics,
         }
     }
 
@@ -267,9 +263,30 @@ impl Clusters {
         if let Some(c) = map.get(&*spec.name) {
             return c.clone();
         }
+        let labels = ServiceLabels {
+            direction: if spec.inbound {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
+            destination_service: spec.name.clone(),
+        };
         let c = Arc::new(Cluster {
             name: spec.name.clone(),
-            pool: Pool::new(spec.pool, self.tracker.clone(), self.socket),
+            sheds: self
+                .metrics
+                .circuit_breaker_sheds
+                .get_or_create(&labels)
+                .clone(),
+            pool: Pool::new(
+                spec.pool,
+                self.tracker.clone(),
+                self.socket,
+                self.metrics
+                    .upstream_connections
+                    .get_or_create(&labels)
+                    .clone(),
+            ),
             active_requests: AtomicUsize::new(0),
             endpoints: Mutex::new(HashMap::new()),
             aligned: Mutex::new(Aligned::default()),

@@ -142,16 +142,6 @@ impl Record {
     /// Answers the request locally (an error, a fault, a rate limit): plain
     /// text for HTTP clients, a trailers-only response for gRPC clients.
     fn local_reply(self, err: &ProxyError) -> Response<RespBody> {
-        if let (ProxyError::Overflow(_), Some(service)) = (err, &self.service) {
-            self.proxy
-                .metrics
-                .circuit_breaker_sheds
-                .get_or_create(&ServiceLabels {
-                    direction: self.conn.direction,
-                    destination_service: service.clone(),
-                })
-                .inc();
-        }
         self.local_reply_with(
             err.status(),
             err.grpc_status(),
@@ -474,7 +464,11 @@ async fn handle(
         proxy.tracker.spawn(task);
     }
 
-    let cluster = proxy.clusters.get(&bspec);
+    let cluster = if Arc::ptr_eq(&bspec, &service) {
+        home.clone()
+    } else {
+        proxy.clusters.get(&bspec)
+    };
     if let Some(retry) = &route.retry {
         rstate.deposit(retry.budget, Instant::now());
     }
@@ -685,6 +679,7 @@ async fn attempt_once(
     let limit = spec.pool.max_requests;
     if cluster.active_requests.fetch_add(1, Ordering::AcqRel) >= limit {
         cluster.active_requests.fetch_sub(1, Ordering::AcqRel);
+        cluster.sheds.inc();
         return Err(ProxyError::Overflow(crate::pool::PoolError::Overflow {
             what: "max requests",
             limit,
@@ -701,7 +696,10 @@ async fn attempt_once(
         .acquire(addr, version)
         .await
         .map_err(|e| match e {
-            e @ crate::pool::PoolError::Overflow { .. } => ProxyError::Overflow(e),
+            e @ crate::pool::PoolError::Overflow { .. } => {
+                cluster.sheds.inc();
+                ProxyError::Overflow(e)
+            }
             e => ProxyError::Connect(e),
         })?;
     let sent = match lease.sender() {

@@ -45,13 +45,14 @@ impl Proxy {
         socket: SocketOptions,
     ) -> Self {
         let tracker = TaskTracker::new();
+        // Upstream connection drivers live as long as pooled connections,
+        // so they are not tracked with the downstream work drain waits on.
+        let clusters = cluster::Clusters::new(TaskTracker::new(), socket, metrics.clone());
         Self {
             store,
             metrics,
             access_log,
-            // Upstream connection drivers live as long as pooled connections,
-            // so they are not tracked with the downstream work drain waits on.
-            clusters: cluster::Clusters::new(TaskTracker::new(), socket),
+            clusters,
             tracker,
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

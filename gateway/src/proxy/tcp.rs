@@ -102,11 +102,7 @@ pub async fn proxy_to_service(
                 break;
             }
             Err(e @ PoolError::Overflow { .. }) => {
-                proxy
-                    .metrics
-                    .circuit_breaker_sheds
-                    .get_or_create(&labels)
-                    .inc();
+                cluster.sheds.inc();
                 proxy.metrics.error("circuit_breaker_overflow");
                 log(
                     &proxy,

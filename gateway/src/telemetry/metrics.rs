@@ -102,7 +102,6 @@ pub struct Metrics {
     pub retries: Family<RouteLabels, Counter>,
     pub retry_budget_exhausted: Family<RouteLabels, Counter>,
     pub ejections: Family<ServiceLabels, Counter>,
-    pub ejected_endpoints: Family<ServiceLabels, Gauge>,
     pub circuit_breaker_sheds: Family<ServiceLabels, Counter>,
     pub rate_limited: Family<RouteLabels, Counter>,
     pub mirrored: Family<ServiceLabels, Counter>,
@@ -160,7 +159,6 @@ impl Metrics {
                 "outlier_ejections",
                 "Endpoints ejected by outlier detection"
             ),
-            ejected_endpoints: reg!("outlier_ejected_endpoints", "Endpoints currently ejected"),
             circuit_breaker_sheds: reg!(
                 "circuit_breaker_sheds",
                 "Requests shed by connection-pool limits (503)"
@@ -172,7 +170,10 @@ impl Metrics {
             mirrored: reg!("mirrored_requests", "Requests copied to a mirror service"),
             errors: reg!("errors", "Proxy errors by kind"),
             config_reloads: reg!("config_reloads", "Configuration updates by result"),
-            upstream_connections: reg!("upstream_connections", "Open upstream connections"),
+            upstream_connections: reg!(
+                "upstream_connections",
+                "Open upstream connections by destination service"
+            ),
             registry,
         }
     }

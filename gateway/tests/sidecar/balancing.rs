@@ -75,19 +75,26 @@ async fn local_zone_first_then_fail_over_when_ejected() {
     );
 }
 
-#[tokio::test]
-async fn ring_hash_keeps_a_key_on_one_endpoint() {
-    let apps: Vec<_> = (0..3)
-        .map(|i| SampleApp::new("cart", "c", &format!("v{i}")))
-        .collect();
+/// Three instances of one app in the proxy's own zone, and their endpoints.
+async fn three_local_instances() -> (
+    Vec<sample::Running>,
+    Vec<(std::net::SocketAddr, &'static str, &'static str, bool)>,
+) {
     let mut servers = Vec::new();
-    for a in &apps {
-        servers.push(sample::serve(a.clone(), LOCAL).await.unwrap());
+    for i in 0..3 {
+        let app = SampleApp::new("cart", "c", &format!("v{i}"));
+        servers.push(sample::serve(app, LOCAL).await.unwrap());
     }
-    let eps: Vec<_> = servers
+    let eps = servers
         .iter()
         .map(|s| (s.addr, "eu-west", "eu-west-a", false))
         .collect();
+    (servers, eps)
+}
+
+#[tokio::test]
+async fn ring_hash_keeps_a_key_on_one_endpoint() {
+    let (_servers, eps) = three_local_instances().await;
     let extra = "    loadBalancer: {policy: RING_HASH, hashKey: {header: x-user}}\n";
     let env = start(&config(&[located("cart", &eps, extra)])).await;
     let out = env.addr("out");
@@ -108,17 +115,7 @@ async fn ring_hash_keeps_a_key_on_one_endpoint() {
 
 #[tokio::test]
 async fn ring_hash_on_a_cookie_and_on_the_source_ip() {
-    let apps: Vec<_> = (0..3)
-        .map(|i| SampleApp::new("cart", "c", &format!("v{i}")))
-        .collect();
-    let mut servers = Vec::new();
-    for a in &apps {
-        servers.push(sample::serve(a.clone(), LOCAL).await.unwrap());
-    }
-    let eps: Vec<_> = servers
-        .iter()
-        .map(|s| (s.addr, "eu-west", "eu-west-a", false))
-        .collect();
+    let (_servers, eps) = three_local_instances().await;
     let cookie = located(
         "cart",
         &eps,

@@ -31,7 +31,15 @@ async fn http1_keep_alive_reuses_upstream_connections() {
         1,
         "sequential requests share one pooled upstream connection: {peers:?}"
     );
-    assert_eq!(env.metric("isthmus_upstream_connections", &[]).await, 0.0);
+    assert_eq!(
+        env.metric(
+            "isthmus_upstream_connections",
+            &["destination_service=\"catalog\""]
+        )
+        .await,
+        1.0,
+        "one open upstream connection"
+    );
 }
 
 #[tokio::test]
