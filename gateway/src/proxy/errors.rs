@@ -12,7 +12,9 @@ pub enum ProxyError {
     NoHost,
     #[error("no service for host {0:?}: check the service's hosts in the config")]
     NoService(String),
-    #[error("service {service} has no port {port}: address one of the ports listed for it in the config")]
+    #[error(
+        "service {service} has no port {port}: address one of the ports listed for it in the config"
+    )]
     NoPort { service: String, port: String },
     #[error("route {route} has no backend to send to: {why}")]
     NoBackend { route: String, why: String },
