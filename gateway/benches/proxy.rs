@@ -19,7 +19,8 @@
 //! - the sidecar's RSS idle and after the load.
 //!
 //! Environment: BENCH_SECONDS (default 5) per latency run, BENCH_ROUNDS
-//! (default 5) interleaved rounds, BENCH_RATE (default 1000).
+//! (default 5) interleaved rounds, BENCH_RATE (default 1000); BENCH_PERF and
+//! BENCH_ATTACH profile the sidecar during its maximum-throughput run.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -69,21 +70,28 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// CPU ticks of a process and its children (nginx's worker).
-fn cpu_ticks_tree(pid: u32) -> Option<u64> {
+/// CPU ticks (user, system) of a process and its children (nginx's worker).
+fn cpu_split_tree(pid: u32) -> Option<(u64, u64)> {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let mut total = cpu_ticks(pid)?;
+    let (mut user, mut sys) = cpu_split(pid)?;
     for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-        total += cpu_ticks(c).unwrap_or(0);
+        let (u, s) = cpu_split(c).unwrap_or((0, 0));
+        user += u;
+        sys += s;
     }
-    Some(total)
+    Some((user, sys))
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
+fn cpu_ticks_tree(pid: u32) -> Option<u64> {
+    cpu_split_tree(pid).map(|(u, s)| u + s)
+}
+
+fn cpu_split(pid: u32) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 type Http = Client<HttpConnector, Full<Bytes>>;
@@ -422,7 +430,11 @@ async fn main() {
     println!(
         "\n== maximum throughput, proxy pinned to one core, 32 connections, 10 s (requests/s) =="
     );
-    for (name, addr, _) in &targets {
+    println!(
+        "{:<16} {:>10} {:>7} {:>7} {:>12}",
+        "target", "req/s", "user%", "sys%", "CPU µs/req"
+    );
+    for (k, (name, addr, _)) in targets.iter().enumerate() {
         // BENCH_PERF=FILE records a CPU profile of the sidecar during its run.
         let perf = match std::env::var("BENCH_PERF") {
             Ok(file) if *name == "isthmus sidecar" => Command::new("perf")
@@ -445,11 +457,34 @@ async fn main() {
                 .ok(),
             _ => None,
         };
+        // BENCH_ATTACH="CMD {pid}" runs a shell command against the sidecar
+        // during its run (e.g. `timeout -s INT 8 strace -c -f -o F -p {pid}`).
+        let attach = match std::env::var("BENCH_ATTACH") {
+            Ok(cmd) if *name == "isthmus sidecar" => Command::new("sh")
+                .arg("-c")
+                .arg(cmd.replace("{pid}", &sidecar_pid.to_string()))
+                .spawn()
+                .ok(),
+            _ => None,
+        };
+        let cpu0 = pids[k].and_then(cpu_split_tree);
         let rps = max_rps(*addr, 32, 10).await;
+        let cpu1 = pids[k].and_then(cpu_split_tree);
+        if let Some(mut p) = attach {
+            let _ = p.wait();
+        }
         if let Some(mut p) = perf {
             let _ = p.wait();
         }
-        println!("{name:<16} {rps:>10.0}");
+        match (cpu0, cpu1) {
+            (Some((u0, s0)), Some((u1, s1))) => {
+                // Ticks are 1/100 s; the run lasts 10 s.
+                let (user, sys) = ((u1 - u0) as f64 / 10.0, (s1 - s0) as f64 / 10.0);
+                let per_req = (user + sys) / 100.0 / rps * 1e6;
+                println!("{name:<16} {rps:>10.0} {user:>7.1} {sys:>7.1} {per_req:>12.1}");
+            }
+            _ => println!("{name:<16} {rps:>10.0} {:>7} {:>7} {:>12}", "-", "-", "-"),
+        }
     }
     let after_max_rss = rss_kib(sidecar_pid);
     println!("\n== sidecar memory (RSS) ==");

@@ -1,5 +1,5 @@
 //! Upstream connections of one service: HTTP/1.1 keep-alive connections
-//! reused per endpoint, one multiplexed HTTP/2 connection per endpoint, and
+//! (our own client, `h1`) reused per endpoint, one multiplexed HTTP/2 connection per endpoint, and
 //! the service's circuit breakers: a cap on connections, on requests
 //! waiting for one (pending), and on requests per connection. Limits are
 //! per service across its endpoints, as in Envoy; a request beyond them is
@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::{http1, http2};
+pub mod h1;
+
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpSocket, TcpStream};
@@ -48,7 +50,7 @@ pub enum Version {
 }
 
 struct IdleH1 {
-    sender: http1::SendRequest<ReqBody>,
+    conn: h1::H1Conn,
     since: Instant,
     uses: u32,
 }
@@ -85,7 +87,7 @@ pub struct Pool {
 
 /// A connection checked out for one request.
 pub enum Sender {
-    H1(http1::SendRequest<ReqBody>),
+    H1(h1::H1Conn),
     H2(http2::SendRequest<ReqBody>),
 }
 
@@ -104,16 +106,34 @@ impl Lease {
             .expect("lease holds a sender until released")
     }
 
+    /// The HTTP/1.1 connection, unless an upgrade took it.
+    pub fn h1_mut(&mut self) -> Option<&mut h1::H1Conn> {
+        match self.sender.as_mut()? {
+            Sender::H1(c) => Some(c),
+            Sender::H2(_) => None,
+        }
+    }
+
+    /// Takes the HTTP/1.1 connection out (101 Switching Protocols).
+    pub fn take_h1(&mut self) -> Option<h1::H1Conn> {
+        match self.sender.take()? {
+            Sender::H1(c) => Some(c),
+            other => {
+                self.sender = Some(other);
+                None
+            }
+        }
+    }
+
     /// Returns an HTTP/1.1 connection to the idle list; call only after the
     /// response was read to its end. Dropping a lease instead closes it.
     pub fn release(mut self) {
-        if let Some(Sender::H1(s)) = self.sender.take()
-            && !s.is_closed()
+        if let Some(Sender::H1(conn)) = self.sender.take()
             && self.max_uses.is_none_or(|m| self.uses < m)
         {
             if let Ok(mut idle) = self.ep.idle.lock() {
                 idle.push(IdleH1 {
-                    sender: s,
+                    conn,
                     since: Instant::now(),
                     uses: self.uses,
                 });
@@ -269,24 +289,15 @@ impl Pool {
         let limits = self.limits();
         match version {
             Version::Http1 => loop {
-                if let Some(lease) = self.take_idle(&ep, &limits).await {
+                if let Some(lease) = self.take_idle(&ep, &limits) {
                     return Ok(lease);
                 }
                 let Some(guard) = self.reserve(&ep).await? else {
                     continue;
                 };
                 let stream = self.dial(addr).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .writev(false)
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| PoolError::Handshake { addr, source })?;
-                self.tracker.spawn(async move {
-                    let _guard = guard;
-                    let _ = conn.with_upgrades().await;
-                });
                 return Ok(Lease {
-                    sender: Some(Sender::H1(sender)),
+                    sender: Some(Sender::H1(h1::H1Conn::new(stream, guard))),
                     uses: 1,
                     ep,
                     released: self.released.clone(),
@@ -346,30 +357,15 @@ impl Pool {
         }
     }
 
-    async fn take_idle(&self, ep: &Arc<EndpointConns>, limits: &PoolLimits) -> Option<Lease> {
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self, ep: &Arc<EndpointConns>, limits: &PoolLimits) -> Option<Lease> {
         loop {
             let c = ep.idle.lock().ok()?.pop()?;
-            if c.sender.is_closed() || c.since.elapsed() > limits.idle_timeout {
-                continue; // dropping the sender closes the connection
-            }
-            let mut sender = c.sender;
-            // Usually ready at once (checked without a timer); a connection
-            // finishing its last response gets a moment, a broken one is
-            // discarded.
-            let now =
-                std::future::poll_fn(|cx| std::task::Poll::Ready(sender.poll_ready(cx))).await;
-            match now {
-                std::task::Poll::Ready(Ok(())) => {}
-                std::task::Poll::Ready(Err(_)) => continue,
-                std::task::Poll::Pending => {
-                    match tokio::time::timeout(Duration::from_millis(100), sender.ready()).await {
-                        Ok(Ok(())) => {}
-                        _ => continue,
-                    }
-                }
+            if c.since.elapsed() > limits.idle_timeout || c.conn.is_stale() {
+                continue; // dropping it closes the connection
             }
             return Some(Lease {
-                sender: Some(Sender::H1(sender)),
+                sender: Some(Sender::H1(c.conn)),
                 uses: c.uses + 1,
                 ep: ep.clone(),
                 released: self.released.clone(),

@@ -19,7 +19,8 @@ use hyper_util::rt::TokioIo;
 use rand::Rng;
 
 use super::body::{
-    ObservedBody, ReqBody, RespBody, grpc_status_of, read_all, read_whole, small_known_length,
+    ObservedBody, ReqBody, RespBody, UpBody, grpc_status_of, read_all, read_whole,
+    small_known_length,
 };
 use super::cluster::{Cluster, EndpointState};
 use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
@@ -32,6 +33,7 @@ use crate::balance::outlier::Observation;
 use crate::config::{HashKeySpec, PortSpec, Protocol, ServiceSpec, Snapshot};
 use crate::policy::fault::AbortStatus;
 use crate::policy::retry::Outcome;
+use crate::pool::h1::H1Body;
 use crate::pool::{Lease, Sender, Version};
 use crate::route::{self, RequestView, Route};
 use crate::telemetry::accesslog::{Entry, rfc3339};
@@ -39,6 +41,7 @@ use crate::telemetry::metrics::{
     Direction, DurationLabels, Label, RequestLabels, RouteLabels, ServiceLabels,
 };
 use crate::telemetry::trace::TraceParent;
+use tokio::io::AsyncWriteExt;
 
 const TRACEPARENT: &str = "traceparent";
 const REQUEST_ID: &str = "x-request-id";
@@ -218,10 +221,11 @@ impl Drop for InFlight {
 }
 
 /// A successful attempt: the upstream response and what must live until
-/// its body ends.
+/// its body ends (an HTTP/1.1 body holds its own connection; an HTTP/2
+/// stream's lease is kept here).
 struct Upstream {
-    response: Response<Incoming>,
-    lease: Lease,
+    response: Response<UpBody>,
+    lease: Option<Lease>,
     in_flight: InFlight,
 }
 
@@ -524,20 +528,21 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
                 return rec.local_reply(&ProxyError::Reset(format!("upstream body: {e}")));
             }
         };
-        lease.release();
+        if let Some(lease) = lease {
+            lease.release();
+        }
         drop(in_flight);
         (whole.boxed_unsync(), None)
     } else {
-        (
-            body.map_err(Into::into).boxed_unsync(),
-            Some((lease, in_flight)),
-        )
+        (body.boxed_unsync(), Some((lease, in_flight)))
     };
     let body = ObservedBody::new(body, move |end| {
         // A streamed body holds its connection until it ends; reuse it only
         // if it ended cleanly.
         if let Some((lease, in_flight)) = held {
-            if end.error.is_none() {
+            if let Some(lease) = lease
+                && end.error.is_none()
+            {
                 lease.release();
             }
             drop(in_flight);
@@ -702,17 +707,30 @@ async fn attempt_once(
             }
             e => ProxyError::Connect(e),
         })?;
-    let sent = match lease.sender() {
-        Sender::H1(s) => s.send_request(req).await,
-        Sender::H2(s) => s.send_request(req).await,
-    };
-    match sent {
-        Ok(response) => Ok(Upstream {
-            response,
-            lease,
-            in_flight,
-        }),
-        Err(e) => Err(ProxyError::Reset(e.to_string())),
+    match lease.sender() {
+        Sender::H1(conn) => match conn.send(req).await {
+            Ok((head, upload)) => Ok(Upstream {
+                response: {
+                    let body = if head.upgraded {
+                        H1Body::upgraded(lease)
+                    } else {
+                        H1Body::new(lease, &head, upload)
+                    };
+                    head.response.map(|()| UpBody::H1(body))
+                },
+                lease: None,
+                in_flight,
+            }),
+            Err(e) => Err(ProxyError::Reset(e.to_string())),
+        },
+        Sender::H2(s) => match s.send_request(req).await {
+            Ok(response) => Ok(Upstream {
+                response: response.map(UpBody::H2),
+                lease: Some(lease),
+                in_flight,
+            }),
+            Err(e) => Err(ProxyError::Reset(e.to_string())),
+        },
     }
 }
 
@@ -755,16 +773,19 @@ async fn forward_upgrade(
         return respond(up, rec).await;
     }
     let Upstream {
-        mut response,
-        lease,
+        response,
         in_flight,
+        ..
     } = up;
-    let upstream = hyper::upgrade::on(&mut response);
-    let (parts, _) = response.into_parts();
+    let (parts, body) = response.into_parts();
+    let upstream = match body {
+        UpBody::H1(b) => b.into_conn(),
+        UpBody::H2(_) => None,
+    };
     let hard_stop = proxy.hard_stop.clone();
     proxy.tracker.spawn(async move {
-        let _keep = (lease, in_flight);
-        let (Ok(d), Ok(u)) = (downstream.await, upstream.await) else {
+        let _keep = in_flight;
+        let (Ok(d), Some(u)) = (downstream.await, upstream) else {
             rec.finish(
                 StatusCode::SWITCHING_PROTOCOLS,
                 None,
@@ -774,12 +795,19 @@ async fn forward_upgrade(
             );
             return;
         };
-        let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+        // Bytes the upstream sent right after its 101 go first.
+        let (mut u, early, _guard) = u.into_parts();
+        let mut d = TokioIo::new(d);
+        let splice = async {
+            d.write_all(&early).await?;
+            let (_, to_client) = tokio::io::copy_bidirectional(&mut d, &mut u).await?;
+            Ok::<_, std::io::Error>(to_client + early.len() as u64)
+        };
         let copied = tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut d, &mut u) => r.ok(),
+            r = splice => r.ok(),
             _ = hard_stop.cancelled() => None,
         };
-        let sent = copied.map_or(0, |(_, to_client)| to_client);
+        let sent = copied.unwrap_or(0);
         rec.finish(StatusCode::SWITCHING_PROTOCOLS, None, sent, "-", None);
     });
     Response::from_parts(parts, super::body::empty())
@@ -857,7 +885,9 @@ async fn mirror(
         } = up;
         let drained = response.into_body().collect().await.is_ok();
         drop(in_flight);
-        if drained {
+        if let Some(lease) = lease
+            && drained
+        {
             lease.release();
         }
         Ok(())
