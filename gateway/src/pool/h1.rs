@@ -935,3 +935,237 @@ mod tests {
         assert_eq!(text, "GET / HTTP/1.1\r\n\r\n");
     }
 }
+
+/// The client against scripted upstreams on real sockets.
+#[cfg(test)]
+mod wire_tests {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::pool::{Pool, SocketOptions, Version};
+
+    /// An upstream that runs `script` on every connection it accepts and
+    /// counts them.
+    async fn upstream<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(script(s));
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Reads one request head (and a content-length body) from `s`.
+    async fn read_request(s: &mut TcpStream) -> Option<String> {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await.ok()? == 0 {
+                return None;
+            }
+            head.push(b[0]);
+        }
+        let text = String::from_utf8(head).ok()?;
+        let len = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.ok()?;
+        Some(text + &String::from_utf8_lossy(&body))
+    }
+
+    fn pool() -> Pool {
+        Pool::new(
+            Default::default(),
+            Default::default(),
+            SocketOptions::default(),
+            Default::default(),
+        )
+    }
+
+    /// One request through the pool: status, body, trailers.
+    async fn exchange(
+        pool: &Pool,
+        addr: SocketAddr,
+        req: Request<ReqBody>,
+    ) -> Result<(StatusCode, Bytes, Option<HeaderMap>), String> {
+        let mut lease = pool
+            .acquire(addr, Version::Http1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = lease.h1_mut().unwrap();
+        let (head, upload) = conn.send(req).await.map_err(|e| e.to_string())?;
+        let status = head.response.status();
+        let body = H1Body::new(lease, &head, upload);
+        let collected = body.collect().await.map_err(|e| e.to_string())?;
+        let trailers = collected.trailers().cloned();
+        Ok((status, collected.to_bytes(), trailers))
+    }
+
+    fn get() -> Request<ReqBody> {
+        Request::get("/")
+            .header("host", "up")
+            .body(ReqBody::Empty)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn keep_alive_reuses_one_connection_for_length_and_chunked_bodies() {
+        let (addr, accepted) = upstream(|mut s| async move {
+            let mut n = 0;
+            while let Some(req) = read_request(&mut s).await {
+                assert!(req.starts_with("GET / HTTP/1.1\r\nhost: up\r\n"), "{req}");
+                n += 1;
+                let resp: &[u8] = if n % 2 == 1 {
+                    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 7\r\n\r\n"
+                };
+                s.write_all(resp).await.unwrap();
+            }
+        })
+        .await;
+        let pool = pool();
+        for i in 0..4 {
+            let (status, body, trailers) = exchange(&pool, addr, get()).await.unwrap();
+            assert_eq!(status, 200);
+            if i % 2 == 0 {
+                assert_eq!(body, "hello", "the interim 100 is skipped");
+            } else {
+                assert_eq!(body, "abc");
+                assert_eq!(trailers.unwrap()["x-sum"], "7");
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.open_connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_early_response_ends_the_exchange_and_the_connection() {
+        // The upstream refuses a large body without reading it and keeps
+        // the connection open: the client must not block on its upload.
+        let (addr, _) = upstream(|mut s| async move {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut b).await.unwrap();
+                head.push(b[0]);
+            }
+            s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        })
+        .await;
+        let pool = pool();
+        let big = Bytes::from(vec![b'x'; 16 << 20]);
+        let req = Request::post("/upload")
+            .body(ReqBody::Replay {
+                chunks: [big].into_iter().collect(),
+                trailers: None,
+            })
+            .unwrap();
+        let (status, body, _) =
+            tokio::time::timeout(Duration::from_secs(10), exchange(&pool, addr, req))
+                .await
+                .expect("no deadlock on an unread upload")
+                .unwrap();
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::PAYLOAD_TOO_LARGE, &b"big!"[..])
+        );
+        assert_eq!(
+            pool.open_connections(),
+            0,
+            "a half-sent request closes its connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_delimited_bodies_read_to_eof_and_are_not_reused() {
+        let (addr, _) = upstream(|mut s| async move {
+            read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+                .await
+                .unwrap();
+        })
+        .await;
+        let pool = pool();
+        let (_, body, _) = exchange(&pool, addr, get()).await.unwrap();
+        assert_eq!(body, "until the end");
+        assert_eq!(pool.open_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closed_by_the_upstream_is_not_reused() {
+        let (addr, accepted) = upstream(|mut s| async move {
+            read_request(&mut s).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // then close the kept-alive connection
+        })
+        .await;
+        let pool = pool();
+        exchange(&pool, addr, get()).await.unwrap();
+        let ep = pool.endpoint(addr);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ep.idle.lock().unwrap()[0].conn.is_stale() {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream's FIN was never noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (status, _, _) = exchange(&pool, addr, get()).await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "a fresh connection was dialled"
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_responses_are_errors_that_name_the_problem() {
+        for (wire, expect) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"[..],
+                "in the middle",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                "chunk size",
+            ),
+            (b"NOPE\r\n\r\n", "malformed upstream response"),
+            (b"", "before sending a response"),
+        ] {
+            let (addr, _) = upstream(move |mut s| async move {
+                read_request(&mut s).await;
+                s.write_all(wire).await.unwrap();
+            })
+            .await;
+            let pool = pool();
+            let e = exchange(&pool, addr, get()).await.unwrap_err();
+            assert!(e.contains(expect), "{wire:?}: {e}");
+            assert_eq!(pool.open_connections(), 0);
+        }
+    }
+}
