@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
@@ -135,13 +135,13 @@ impl H1Conn {
     /// the upload comes back with the head, for the response body to finish.
     pub async fn send(
         &mut self,
-        req: Request<ReqBody>,
+        parts: &http::request::Parts,
+        body: ReqBody,
     ) -> Result<(ResponseHead, Option<Upload>), H1Error> {
-        let (parts, body) = req.into_parts();
         let upgrade = parts.headers.contains_key(header::UPGRADE);
         let head_only = parts.method == Method::HEAD;
         let mut out = BytesMut::with_capacity(512);
-        let mode = encode_head(&parts, &body, &mut out);
+        let mode = encode_head(parts, &body, &mut out);
         let mut upload = Some(Upload {
             body,
             mode,
@@ -749,6 +749,7 @@ impl Body for H1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn decode(
         framing: Framing,
@@ -950,6 +951,7 @@ mod wire_tests {
 
     use super::*;
     use crate::pool::{Pool, SocketOptions, Version};
+    use http::Request;
 
     /// An upstream that runs `script` on every connection it accepts and
     /// counts them.
@@ -1011,7 +1013,8 @@ mod wire_tests {
             .await
             .map_err(|e| e.to_string())?;
         let conn = lease.h1_mut().unwrap();
-        let (head, upload) = conn.send(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = req.into_parts();
+        let (head, upload) = conn.send(&parts, body).await.map_err(|e| e.to_string())?;
         let status = head.response.status();
         let body = H1Body::new(lease, &head, upload);
         let collected = body.collect().await.map_err(|e| e.to_string())?;

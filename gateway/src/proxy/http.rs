@@ -364,7 +364,7 @@ async fn handle(
     rec.route = Some(route.name.clone());
     let home = proxy.clusters.get(&service);
     let rstate = home.route_state(route);
-    if !rstate.admit(route, Instant::now()) {
+    if !rstate.admit(route, rec.start) {
         proxy
             .metrics
             .rate_limited
@@ -474,7 +474,7 @@ async fn handle(
         proxy.clusters.get(&bspec)
     };
     if let Some(retry) = &route.retry {
-        rstate.deposit(retry.budget, Instant::now());
+        rstate.deposit(retry.budget, rec.start);
     }
     let attempts = attempts(
         &proxy,
@@ -483,7 +483,7 @@ async fn handle(
         &bport,
         route,
         &rstate,
-        &parts,
+        parts,
         body,
         recording.as_ref(),
         &authority,
@@ -571,7 +571,7 @@ async fn attempts(
     port: &PortSpec,
     route: &Route,
     rstate: &super::cluster::RouteState,
-    parts: &http::request::Parts,
+    mut parts: http::request::Parts,
     body: ReqBody,
     recording: Option<&super::body::Recording>,
     authority: &str,
@@ -580,6 +580,20 @@ async fn attempts(
     rec: &mut Record,
     direction: Direction,
 ) -> Result<Upstream, ProxyError> {
+    // The upstream head is shaped once; each attempt writes it as it is
+    // (HTTP/1.1) or clones it (HTTP/2).
+    parts.uri = shape_for_upstream(
+        &parts.uri,
+        &mut parts.headers,
+        authority,
+        version == Version::Http2,
+        false,
+    )
+    .map_err(|e| ProxyError::Reset(format!("cannot build upstream request: {e}")))?;
+    parts.version = match version {
+        Version::Http1 => http::Version::HTTP_11,
+        Version::Http2 => http::Version::HTTP_2,
+    };
     let mut next_body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
     let max_retries = route.retry.as_ref().map_or(0, |r| r.attempts);
@@ -596,28 +610,13 @@ async fn attempts(
         let addr = spec.endpoints[idx].addr(port);
         rec.upstream = Some(addr);
         rec.attempts += 1;
-        let mut headers = parts.headers.clone();
         if rec.attempts > 1 {
-            headers.insert("x-isthmus-attempt", HeaderValue::from(rec.attempts));
+            parts
+                .headers
+                .insert("x-isthmus-attempt", HeaderValue::from(rec.attempts));
         }
-        let uri = shape_for_upstream(
-            &parts.uri,
-            &mut headers,
-            authority,
-            version == Version::Http2,
-            false,
-        )
-        .map_err(|e| ProxyError::Reset(format!("cannot build upstream request: {e}")))?;
-        let mut upstream_req = Request::new(body);
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.headers_mut() = headers;
-        *upstream_req.version_mut() = match version {
-            Version::Http1 => http::Version::HTTP_11,
-            Version::Http2 => http::Version::HTTP_2,
-        };
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-        let once = attempt_once(cluster, spec, idx, addr, version, upstream_req);
+        let once = attempt_once(cluster, spec, idx, addr, version, &parts, body);
         let result = match per_try {
             Some(t) => match tokio::time::timeout(t, once).await {
                 Ok(r) => r,
@@ -679,7 +678,8 @@ async fn attempt_once(
     idx: usize,
     addr: SocketAddr,
     version: Version,
-    req: Request<ReqBody>,
+    head: &http::request::Parts,
+    body: ReqBody,
 ) -> Result<Upstream, ProxyError> {
     let limit = spec.pool.max_requests;
     if cluster.active_requests.fetch_add(1, Ordering::AcqRel) >= limit {
@@ -708,7 +708,7 @@ async fn attempt_once(
             e => ProxyError::Connect(e),
         })?;
     match lease.sender() {
-        Sender::H1(conn) => match conn.send(req).await {
+        Sender::H1(conn) => match conn.send(head, body).await {
             Ok((head, upload)) => Ok(Upstream {
                 response: {
                     let body = if head.upgraded {
@@ -723,7 +723,7 @@ async fn attempt_once(
             }),
             Err(e) => Err(ProxyError::Reset(e.to_string())),
         },
-        Sender::H2(s) => match s.send_request(req).await {
+        Sender::H2(s) => match s.send_request(clone_request(head, body)).await {
             Ok(response) => Ok(Upstream {
                 response: response.map(UpBody::H2),
                 lease: Some(lease),
@@ -732,6 +732,16 @@ async fn attempt_once(
             Err(e) => Err(ProxyError::Reset(e.to_string())),
         },
     }
+}
+
+/// An owned copy of a request head with `body`, for hyper's HTTP/2 client.
+fn clone_request(head: &http::request::Parts, body: ReqBody) -> Request<ReqBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req
 }
 
 /// HTTP/1.1 upgrade (WebSocket): forwarded once, then the two upgraded
@@ -764,8 +774,7 @@ async fn forward_upgrade(
     };
     parts.uri = uri;
     let (body, _) = ReqBody::from_incoming(body, false);
-    let upstream_req = Request::from_parts(parts, body);
-    let up = match attempt_once(&cluster, &spec, idx, addr, Version::Http1, upstream_req).await {
+    let up = match attempt_once(&cluster, &spec, idx, addr, Version::Http1, &parts, body).await {
         Ok(up) => up,
         Err(e) => return rec.local_reply(&e),
     };
@@ -869,11 +878,14 @@ async fn mirror(
             false,
         )
         .map_err(|e| e.to_string())?;
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
-        let once = attempt_once(&cluster, &spec, idx, addr, version, req);
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.method = method;
+        head.uri = uri;
+        head.headers = headers;
+        if version == Version::Http2 {
+            head.version = http::Version::HTTP_2;
+        }
+        let once = attempt_once(&cluster, &spec, idx, addr, version, &head, body);
         let up = tokio::time::timeout(Duration::from_secs(30), once)
             .await
             .map_err(|_| "mirror timed out".to_string())?
