@@ -84,7 +84,10 @@ pub async fn watch(
             _ = tokio::time::sleep(interval) => {}
             _ = hangup => {}
         }
-        let text = match tokio::fs::read_to_string(&path).await {
+        // Read inline: a config file is a few KiB on a local disk, and
+        // tokio::fs would hand each poll to a blocking-pool thread, which
+        // wakes a second thread on the proxy's core twice a second.
+        let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             // Mid-replace or briefly missing: try again on the next tick.
             Err(_) => continue,

@@ -25,6 +25,10 @@ use crate::proxy::body::{BoxError, ReqBody};
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 const READ_CHUNK: usize = 16 * 1024;
+/// Room below which a read buffer is grown (by READ_CHUNK). A buffer whose
+/// front was handed out as a body keeps serving the next responses from
+/// the rest of its allocation instead of allocating anew each time.
+const READ_MIN_ROOM: usize = 2 * 1024;
 /// Request bytes gathered before a write.
 const WRITE_BATCH: usize = 64 * 1024;
 const MAX_CHUNK_LINE: usize = 4096;
@@ -194,7 +198,7 @@ impl H1Conn {
             if self.buf.len() > MAX_HEAD {
                 return Poll::Ready(Err(H1Error::HeadTooLarge));
             }
-            self.buf.reserve(READ_CHUNK);
+            reserve_room(&mut self.buf);
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.io),
                 cx,
@@ -570,6 +574,12 @@ impl Framing {
     }
 }
 
+fn reserve_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_MIN_ROOM {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 fn parse_chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     let digits = line.split(|&b| b == b';').next().unwrap_or_default();
     let digits = digits.trim_ascii();
@@ -706,7 +716,7 @@ impl Body for H1Body {
                     return Poll::Ready(None);
                 }
                 Step::NeedMore => {
-                    conn.buf.reserve(READ_CHUNK);
+                    reserve_room(&mut conn.buf);
                     let read = ready!(tokio_util::io::poll_read_buf(
                         Pin::new(&mut conn.io),
                         cx,
