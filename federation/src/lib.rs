@@ -1,0 +1,12 @@
+//! Isthmus control plane. Reads resources (Kubernetes API or a watched
+//! directory of the same YAML), translates them to proxy configuration and
+//! streams it to every proxy and gateway.
+//!
+//! - `resources`: the resource types it reads: our CRDs (`isthmus.dev`),
+//!   and the standard APIs we have no maintained types for at our kube
+//!   version (MCS, Gateway API routes).
+//! - `crdgen`: our CRDs as YAML, generated from those types (`crds/`).
+#![forbid(unsafe_code)]
+
+pub mod crdgen;
+pub mod resources;

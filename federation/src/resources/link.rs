@@ -1,0 +1,111 @@
+//! `ClusterLink`: a peer cluster this one is linked with (cluster-scoped).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::Conditions;
+use super::duration::Duration;
+
+#[derive(CustomResource, Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[kube(
+    group = "isthmus.dev",
+    version = "v1alpha1",
+    kind = "ClusterLink",
+    status = "ClusterLinkStatus",
+    shortname = "link",
+    printcolumn = r#"{"name":"Peer","type":"string","jsonPath":".spec.peer"}"#,
+    printcolumn = r#"{"name":"Connected","type":"boolean","jsonPath":".status.connected"}"#,
+    printcolumn = r#"{"name":"Transport","type":"string","jsonPath":".status.transport"}"#,
+    printcolumn = r#"{"name":"RTT ms","type":"number","jsonPath":".status.rttMillis"}"#,
+    printcolumn = r#"{"name":"Last sync","type":"date","jsonPath":".status.lastSync"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterLinkSpec {
+    /// The peer's cluster name (its `Mesh` clusterName).
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"))]
+    pub peer: String,
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// How to reach the peer's east-west gateway.
+    pub gateway: GatewayAddresses,
+    /// The peer's SPIFFE trust domain and its CA bundle (PEM).
+    pub trust_domain: String,
+    pub trust_bundle: String,
+    /// Secret holding this link's credentials (the join token).
+    pub credentials_secret_ref: SecretRef,
+    #[serde(default)]
+    pub partition: PartitionPolicy,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayAddresses {
+    /// `host:port` of the QUIC listener (UDP 15443).
+    pub quic: String,
+    /// `host:port` of the HTTP/2-over-TLS fallback (TCP 15443); the QUIC
+    /// address is used when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub name: String,
+    /// Defaults to the control plane's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// What happens to the peer's imports when the link is down.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionPolicy {
+    #[serde(default)]
+    pub mode: PartitionMode,
+    /// How long imports stay after the last sync (FailStatic).
+    #[serde(default = "default_ttl")]
+    pub staleness_ttl: Duration,
+}
+
+impl Default for PartitionPolicy {
+    fn default() -> Self {
+        Self {
+            mode: PartitionMode::default(),
+            staleness_ttl: default_ttl(),
+        }
+    }
+}
+
+fn default_ttl() -> Duration {
+    "5m".into()
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PartitionMode {
+    /// Keep the last known imports until the TTL, marked stale.
+    #[default]
+    FailStatic,
+    /// Withdraw the imports as soon as the link drops.
+    FailClosed,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterLinkStatus {
+    #[serde(default)]
+    pub connected: bool,
+    /// `quic` or `h2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_millis: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub imported_services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Conditions,
+}
