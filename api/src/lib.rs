@@ -113,6 +113,15 @@ pub fn parse_yaml(text: &str) -> Result<model::ProxyConfig, ConfigError> {
     })
 }
 
+/// Where a YAML error is (line, column; 1-based) and its message without
+/// serde-saphyr's snippet, for reporting with our own prefix.
+pub fn yaml_error(e: &serde_saphyr::Error) -> (Option<(usize, usize)>, String) {
+    let pos = e
+        .location()
+        .map(|l| (l.line() as usize, l.column() as usize));
+    (pos, first_line(&e.to_string()))
+}
+
 /// serde-saphyr renders a snippet after the first line; keep the sentence
 /// without its own "line L column C" prefix, since we print ours.
 fn first_line(s: &str) -> String {

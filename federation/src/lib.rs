@@ -6,7 +6,9 @@
 //!   and the standard APIs we have no maintained types for at our kube
 //!   version (MCS, Gateway API routes).
 //! - `crdgen`: our CRDs as YAML, generated from those types (`crds/`).
+//! - `store`: where resources come from (`files` today), as snapshots.
 #![forbid(unsafe_code)]
 
 pub mod crdgen;
 pub mod resources;
+pub mod store;

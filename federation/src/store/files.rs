@@ -1,0 +1,548 @@
+//! The `files` store's reading: a directory of multi-document YAML in
+//! exactly the Kubernetes form (what `kubectl apply -f` takes). A bad
+//! document is reported with file, line, kind and name and skipped; the
+//! rest applies; an object whose new version is bad keeps its last good
+//! version (`merge`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::{KINDS, ObjectKey, Resource, Snapshot};
+use crate::resources::duration::Duration;
+
+/// A document that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for DocError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        match (&self.kind, &self.name) {
+            (Some(k), Some(n)) => write!(f, "{k} {n}: ")?,
+            (Some(k), None) => write!(f, "{k}: ")?,
+            _ => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// A document that parsed: the object and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub kind: &'static str,
+    pub key: ObjectKey,
+    pub resource: Resource,
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+/// The documents of a YAML stream: the 1-based line where each one's text
+/// begins, the line of its first content (past comments), the text.
+fn documents(text: &str) -> Vec<(usize, usize, String)> {
+    let mut docs = Vec::new();
+    let mut start = 1;
+    let mut cur = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let marker = line == "---" || line.starts_with("--- ") || line.starts_with("---\t");
+        if marker || line == "..." {
+            docs.push((start, std::mem::take(&mut cur)));
+            start = i + 2;
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+    }
+    docs.push((start, cur));
+    // Report a document at its first line of content (past leading
+    // comments); drop documents without any.
+    docs.into_iter()
+        .filter_map(|(start, d)| {
+            let skip = d
+                .lines()
+                .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))?;
+            Some((start, start + skip, d))
+        })
+        .collect()
+}
+
+/// Parses one file's documents.
+pub fn parse_file(file: &Path, text: &str) -> (Vec<Loaded>, Vec<DocError>) {
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for (offset, start, doc) in documents(text) {
+        match parse_doc(file, offset, start, &doc) {
+            Ok(l) => loaded.push(l),
+            Err(e) => errors.push(e),
+        }
+    }
+    (loaded, errors)
+}
+
+/// `offset`: the file line of the document's first line; `start`: the line
+/// reported for the document as a whole.
+fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Loaded, DocError> {
+    let err = |line: usize, kind: Option<&str>, name: Option<&str>, message: String| DocError {
+        file: file.into(),
+        line,
+        kind: kind.map(str::to_string),
+        name: name.map(str::to_string),
+        message,
+    };
+    let at = |pos: Option<(usize, usize)>| pos.map_or(start, |(l, _)| offset + l.saturating_sub(1));
+    let raw: Value = serde_saphyr::from_str(doc).map_err(|e| {
+        let (pos, msg) = isthmus_api::yaml_error(&e);
+        err(at(pos), None, None, format!("not valid YAML: {msg}"))
+    })?;
+    let text = |v: &Value, path: &[&str]| {
+        path.iter()
+            .try_fold(v, |v, k| v.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let api_version = text(&raw, &["apiVersion"]);
+    let kind_name = text(&raw, &["kind"]);
+    let name = text(&raw, &["metadata", "name"]);
+    let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
+        return Err(err(
+            start,
+            None,
+            name.as_deref(),
+            "apiVersion and kind are required".into(),
+        ));
+    };
+    let Some(&(_, kind, namespaced)) = KINDS
+        .iter()
+        .find(|(v, k, _)| *v == api_version && *k == kind_name)
+    else {
+        let known: Vec<String> = KINDS.iter().map(|(v, k, _)| format!("{k} ({v})")).collect();
+        return Err(err(
+            start,
+            Some(&kind_name),
+            name.as_deref(),
+            format!(
+                "unsupported apiVersion/kind {api_version}/{kind_name}; this store reads {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Err(err(
+            start,
+            Some(kind),
+            None,
+            "metadata.name is required".into(),
+        ));
+    };
+    let key = ObjectKey {
+        namespace: namespaced
+            .then(|| text(&raw, &["metadata", "namespace"]).unwrap_or_else(|| "default".into())),
+        name: name.clone(),
+    };
+    let id = key.to_string();
+    let fail =
+        |pos: Option<(usize, usize)>, message: String| err(at(pos), Some(kind), Some(&id), message);
+    // Type errors name the field path as well as the line.
+    fn typed<T: DeserializeOwned>(doc: &str) -> Result<T, (Option<(usize, usize)>, String)> {
+        serde_saphyr::from_str(doc).map_err(|e| {
+            let (pos, msg) = isthmus_api::yaml_error(&e);
+            let index = isthmus_api::locate::PathIndex::build(doc);
+            let path = pos.and_then(|(line, column)| {
+                index
+                    .path_at(isthmus_api::locate::Position { line, column })
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+            });
+            match path {
+                Some(p) => (pos, format!("{p}: {msg}")),
+                None => (pos, msg),
+            }
+        })
+    }
+    let resource = match kind {
+        "Namespace" => typed(doc).map(Resource::Namespace),
+        "Service" => typed(doc).map(Resource::Service),
+        "EndpointSlice" => typed(doc).map(Resource::EndpointSlice),
+        "Pod" => typed(doc).map(|p| Resource::Pod(Box::new(p))),
+        "ServiceAccount" => typed(doc).map(Resource::ServiceAccount),
+        "Mesh" => typed(doc).map(Resource::Mesh),
+        "ClusterLink" => typed(doc).map(Resource::ClusterLink),
+        "DestinationPolicy" => typed(doc).map(Resource::DestinationPolicy),
+        "AuthorizationPolicy" => typed(doc).map(Resource::AuthorizationPolicy),
+        "FaultInjection" => typed(doc).map(Resource::FaultInjection),
+        "ServiceExport" => typed(doc).map(Resource::ServiceExport),
+        "ServiceImport" => typed(doc).map(Resource::ServiceImport),
+        "HTTPRoute" => typed(doc).map(Resource::HttpRoute),
+        "GRPCRoute" => typed(doc).map(Resource::GrpcRoute),
+        _ => unreachable!("every entry of KINDS is matched"),
+    }
+    .map_err(|(pos, msg)| fail(pos, msg))?;
+    check_durations(&resource).map_err(|m| fail(None, m))?;
+    Ok(Loaded {
+        kind,
+        key,
+        resource,
+        file: file.into(),
+        line: start,
+    })
+}
+
+/// The schema's duration pattern, which the API server enforces, checked
+/// here for files.
+fn check_durations(r: &Resource) -> Result<(), String> {
+    let mut all: Vec<(&str, &Duration)> = Vec::new();
+    match r {
+        Resource::DestinationPolicy(p) => {
+            let s = &p.spec;
+            all.extend(s.timeout.iter().map(|d| ("spec.timeout", d)));
+            if let Some(r) = &s.retry {
+                all.extend(
+                    r.per_try_timeout
+                        .iter()
+                        .map(|d| ("spec.retry.perTryTimeout", d)),
+                );
+            }
+            if let Some(c) = &s.connection_pool {
+                all.extend(
+                    c.connect_timeout
+                        .iter()
+                        .map(|d| ("spec.connectionPool.connectTimeout", d)),
+                );
+                all.extend(
+                    c.idle_timeout
+                        .iter()
+                        .map(|d| ("spec.connectionPool.idleTimeout", d)),
+                );
+            }
+            if let Some(o) = &s.outlier_detection {
+                all.extend(
+                    o.base_ejection_time
+                        .iter()
+                        .map(|d| ("spec.outlierDetection.baseEjectionTime", d)),
+                );
+            }
+        }
+        Resource::ClusterLink(l) => {
+            all.push((
+                "spec.partition.stalenessTtl",
+                &l.spec.partition.staleness_ttl,
+            ));
+        }
+        Resource::FaultInjection(f) => {
+            all.extend(
+                f.spec
+                    .delay
+                    .iter()
+                    .map(|d| ("spec.delay.fixedDelay", &d.fixed_delay)),
+            );
+        }
+        Resource::HttpRoute(h) => {
+            for rule in &h.spec.rules {
+                if let Some(t) = &rule.timeouts {
+                    all.extend(
+                        t.request
+                            .iter()
+                            .map(|d| ("spec.rules[].timeouts.request", d)),
+                    );
+                    all.extend(
+                        t.backend_request
+                            .iter()
+                            .map(|d| ("spec.rules[].timeouts.backendRequest", d)),
+                    );
+                }
+                if let Some(r) = &rule.retry {
+                    all.extend(r.backoff.iter().map(|d| ("spec.rules[].retry.backoff", d)));
+                }
+            }
+        }
+        _ => {}
+    }
+    for (field, d) in all {
+        d.parse().map_err(|e| format!("{field}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads every `*.yaml` / `*.yml` file under `dir` (sorted, recursively).
+pub fn load_dir(dir: &Path) -> (Vec<Loaded>, Vec<DocError>) {
+    let mut files = Vec::new();
+    collect(dir, &mut files);
+    files.sort();
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let (l, e) = parse_file(&file, &text);
+                loaded.extend(l);
+                errors.extend(e);
+            }
+            Err(e) => errors.push(DocError {
+                file: file.clone(),
+                line: 0,
+                kind: None,
+                name: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+    (loaded, errors)
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        if hidden {
+            continue; // editors' swap files, ConfigMap ..data links
+        }
+        if path.is_dir() {
+            collect(&path, out);
+        } else if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            out.push(path);
+        }
+    }
+}
+
+/// The next snapshot from a load: every good object; for a document that
+/// failed but names its kind and object, that object's version from
+/// `prev` stays in force. A second definition of an object is an error and
+/// the first one wins. Returns the snapshot and the errors (with the
+/// duplicate ones added).
+pub fn merge(
+    prev: &Snapshot,
+    loaded: Vec<Loaded>,
+    mut errors: Vec<DocError>,
+) -> (Snapshot, Vec<DocError>) {
+    let mut objects: BTreeMap<(&'static str, ObjectKey), (Arc<Resource>, PathBuf, usize)> =
+        BTreeMap::new();
+    for l in loaded {
+        let k = (l.kind, l.key.clone());
+        if let Some((_, file, line)) = objects.get(&k) {
+            errors.push(DocError {
+                file: l.file.clone(),
+                line: l.line,
+                kind: Some(l.kind.into()),
+                name: Some(l.key.to_string()),
+                message: format!(
+                    "defined again (first at {}:{line}); this one is ignored",
+                    file.display()
+                ),
+            });
+            continue;
+        }
+        objects.insert(k, (Arc::new(l.resource), l.file, l.line));
+    }
+    let mut snap = Snapshot {
+        objects: objects.into_iter().map(|(k, (r, _, _))| (k, r)).collect(),
+    };
+    for e in &errors {
+        let (Some(kind), Some(name)) = (&e.kind, &e.name) else {
+            continue;
+        };
+        for ((k, key), r) in &prev.objects {
+            let same = *k == kind.as_str() && key.to_string() == *name;
+            if same {
+                snap.objects
+                    .entry((k, key.clone()))
+                    .or_insert_with(|| r.clone());
+            }
+        }
+    }
+    (snap, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"# the sample mesh, eu-west
+apiVersion: isthmus.dev/v1alpha1
+kind: Mesh
+metadata:
+  name: default
+spec:
+  clusterName: eu-west
+  trustDomain: eu-west.isthmus.local
+  locality: {region: eu-west, zone: eu-west-a}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: catalog
+  namespace: shop
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+--- # a canary
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews}]
+  rules:
+    - matches: [{headers: [{name: x-canary, value: always}]}]
+      backendRefs: [{name: reviews-us-east, port: 80}]
+    - backendRefs:
+        - {name: reviews, port: 80, weight: 90}
+        - {name: reviews-us-east, port: 80, weight: 10}
+      timeouts: {request: 2s}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: catalog}
+spec:
+  targetRef: {name: catalog}
+  locality: {failover: [eu-central, us-east]}
+  retry: {attempts: 2, perTryTimeout: 500ms, retryOn: [connect-failure]}
+"#;
+
+    fn file() -> PathBuf {
+        PathBuf::from("mesh/eu-west.yaml")
+    }
+
+    #[test]
+    fn documents_keep_their_starting_lines() {
+        let docs = documents("a: 1\n---\nb: 2\n--- # c\n\nc: 3\n---\n# only a comment\n");
+        let starts: Vec<(usize, usize)> = docs.iter().map(|(o, l, _)| (*o, *l)).collect();
+        assert_eq!(starts, [(1, 1), (3, 3), (5, 6)]);
+    }
+
+    #[test]
+    fn a_kubernetes_yaml_stream_loads_typed() {
+        let (loaded, errors) = parse_file(&file(), GOOD);
+        assert!(errors.is_empty(), "{errors:?}");
+        let ids: Vec<String> = loaded
+            .iter()
+            .map(|l| format!("{} {} @{}", l.kind, l.key, l.line))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "Mesh default @2",
+                "Service shop/catalog @11",
+                "HTTPRoute shop/reviews @19",
+                "DestinationPolicy default/catalog @32",
+            ]
+        );
+        let Resource::HttpRoute(route) = &loaded[2].resource else {
+            panic!("not a route")
+        };
+        assert_eq!(route.spec.rules[1].backend_refs[1].weight, Some(10));
+    }
+
+    #[test]
+    fn bad_documents_are_named_and_skipped() {
+        let text = format!(
+            "{GOOD}---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: broken, namespace: shop}}\nspec:\n  ports: [{{port: eighty}}]\n---\n\
+             apiVersion: example.com/v1\nkind: Widget\nmetadata: {{name: w}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{namespace: shop}}\n---\n\
+             apiVersion: isthmus.dev/v1alpha1\nkind: FaultInjection\nmetadata: {{name: slow, namespace: shop}}\nspec:\n  delay: {{fixedDelay: 1.5s, percentage: 10}}\n---\n\
+             key: [unclosed\n"
+        );
+        let (loaded, errors) = parse_file(&file(), &text);
+        assert_eq!(loaded.len(), 4, "the good documents still load");
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 5, "{shown:#?}");
+        assert_eq!(
+            shown[0],
+            "mesh/eu-west.yaml:44: Service shop/broken: spec.ports[0].port: invalid i32"
+        );
+        assert!(
+            shown[1].contains(":46: Widget w: unsupported apiVersion/kind example.com/v1/Widget"),
+            "{}",
+            shown[1]
+        );
+        assert!(
+            shown[2].contains(":50: Service: metadata.name is required"),
+            "{}",
+            shown[2]
+        );
+        assert!(
+            shown[3].starts_with(
+                "mesh/eu-west.yaml:54: FaultInjection shop/slow: spec.delay.fixedDelay: invalid duration \"1.5s\""
+            ),
+            "{}",
+            shown[3]
+        );
+        assert!(shown[4].contains(":60: not valid YAML"), "{}", shown[4]);
+    }
+
+    fn snapshot_of(text: &str, prev: &Snapshot) -> (Snapshot, Vec<DocError>) {
+        let (loaded, errors) = parse_file(&file(), text);
+        merge(prev, loaded, errors)
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_version_and_deletions_apply() {
+        let (v1, errors) = snapshot_of(GOOD, &Snapshot::default());
+        assert!(errors.is_empty());
+        assert_eq!(v1.objects.len(), 4);
+        // The route gets a bad timeout, the Mesh is removed.
+        let edited = GOOD
+            .replace("timeouts: {request: 2s}", "timeouts: {request: soon}")
+            .replacen("apiVersion: isthmus.dev/v1alpha1\nkind: Mesh", "apiVersion: v1\nkind: Namespace", 1)
+            .replace("spec:\n  clusterName: eu-west\n  trustDomain: eu-west.isthmus.local\n  locality: {region: eu-west, zone: eu-west-a}\n", "");
+        let (v2, errors) = snapshot_of(&edited, &v1);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("HTTPRoute shop/reviews: spec.rules[].timeouts.request")
+        );
+        let key = ObjectKey {
+            namespace: Some("shop".into()),
+            name: "reviews".into(),
+        };
+        let Some(Resource::HttpRoute(kept)) = v2.get("HTTPRoute", &key) else {
+            panic!("the last good route is gone")
+        };
+        assert_eq!(
+            kept.spec.rules[1].timeouts.as_ref().unwrap().request,
+            Some("2s".into())
+        );
+        assert!(v2.of_kind("Mesh").next().is_none(), "a removed object goes");
+        assert!(v2.of_kind("Namespace").next().is_some());
+    }
+
+    #[test]
+    fn a_second_definition_is_an_error_and_the_first_wins() {
+        let twice = format!(
+            "{GOOD}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog, namespace: shop}}\nspec: {{}}\n"
+        );
+        let (snap, errors) = snapshot_of(&twice, &Snapshot::default());
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .message
+                .contains("defined again (first at mesh/eu-west.yaml:11)"),
+            "{}",
+            errors[0]
+        );
+        let key = ObjectKey {
+            namespace: Some("shop".into()),
+            name: "catalog".into(),
+        };
+        let Some(Resource::Service(svc)) = snap.get("Service", &key) else {
+            panic!()
+        };
+        assert!(
+            svc.spec.as_ref().unwrap().ports.is_some(),
+            "the first definition wins"
+        );
+    }
+}

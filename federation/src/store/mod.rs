@@ -1,0 +1,115 @@
+//! Where resources come from. A store keeps the current set of resources as
+//! an immutable `Snapshot` and says when it changed; translation reads
+//! snapshots and never the source. Two sources: `files` (a directory of
+//! Kubernetes YAML, the embedded default) and, next, `kube` (the API).
+
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
+use crate::resources::mcs::{ServiceExport, ServiceImport};
+use crate::resources::{AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh};
+
+/// An object's identity within its kind.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// None for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{ns}/{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// One resource of a kind the control plane reads.
+#[derive(Clone, Debug)]
+pub enum Resource {
+    Namespace(Namespace),
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Pod(Box<Pod>),
+    ServiceAccount(ServiceAccount),
+    Mesh(Mesh),
+    ClusterLink(ClusterLink),
+    DestinationPolicy(DestinationPolicy),
+    AuthorizationPolicy(AuthorizationPolicy),
+    FaultInjection(FaultInjection),
+    ServiceExport(ServiceExport),
+    ServiceImport(ServiceImport),
+    HttpRoute(HTTPRoute),
+    GrpcRoute(GRPCRoute),
+}
+
+/// Kind names as written in YAML, with their apiVersion and whether they
+/// are namespaced.
+pub const KINDS: &[(&str, &str, bool)] = &[
+    ("v1", "Namespace", false),
+    ("v1", "Service", true),
+    ("discovery.k8s.io/v1", "EndpointSlice", true),
+    ("v1", "Pod", true),
+    ("v1", "ServiceAccount", true),
+    ("isthmus.dev/v1alpha1", "Mesh", false),
+    ("isthmus.dev/v1alpha1", "ClusterLink", false),
+    ("isthmus.dev/v1alpha1", "DestinationPolicy", true),
+    ("isthmus.dev/v1alpha1", "AuthorizationPolicy", true),
+    ("isthmus.dev/v1alpha1", "FaultInjection", true),
+    ("multicluster.x-k8s.io/v1alpha1", "ServiceExport", true),
+    ("multicluster.x-k8s.io/v1alpha1", "ServiceImport", true),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute", true),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute", true),
+];
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Namespace(_) => "Namespace",
+            Resource::Service(_) => "Service",
+            Resource::EndpointSlice(_) => "EndpointSlice",
+            Resource::Pod(_) => "Pod",
+            Resource::ServiceAccount(_) => "ServiceAccount",
+            Resource::Mesh(_) => "Mesh",
+            Resource::ClusterLink(_) => "ClusterLink",
+            Resource::DestinationPolicy(_) => "DestinationPolicy",
+            Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Resource::FaultInjection(_) => "FaultInjection",
+            Resource::ServiceExport(_) => "ServiceExport",
+            Resource::ServiceImport(_) => "ServiceImport",
+            Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::GrpcRoute(_) => "GRPCRoute",
+        }
+    }
+}
+
+/// Everything the store holds at one moment, by kind and key.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub objects: BTreeMap<(&'static str, ObjectKey), Arc<Resource>>,
+}
+
+impl Snapshot {
+    /// Objects of one kind, in key order.
+    pub fn of_kind<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a ObjectKey, &'a Resource)> + 'a {
+        self.objects
+            .iter()
+            .filter(move |((k, _), _)| *k == kind)
+            .map(|((_, key), r)| (key, r.as_ref()))
+    }
+
+    pub fn get(&self, kind: &'static str, key: &ObjectKey) -> Option<&Resource> {
+        self.objects.get(&(kind, key.clone())).map(Arc::as_ref)
+    }
+}
