@@ -546,3 +546,107 @@ spec:
         );
     }
 }
+
+/// What the `files` store publishes: a snapshot, the problems of the last
+/// load, and a generation that grows with every change.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub generation: u64,
+    pub snapshot: Arc<Snapshot>,
+    pub errors: Vec<DocError>,
+}
+
+/// Names and a hash of each file's content: what changes when a file does.
+/// Content, not modification times: those are only as fine as the kernel's
+/// coarse clock, and a same-size edit within one tick would go unseen. A
+/// store directory is small; reading it a few times a second is cheap.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut files = Vec::new();
+    collect(dir, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::fs::read(&f).ok().hash(&mut h);
+            (f, h.finish())
+        })
+        .collect()
+}
+
+/// Watches a directory and publishes a new `State` when its YAML changes.
+/// Changes are debounced: a burst of writes (an editor, `kubectl
+/// apply`-style tools, a ConfigMap swap) becomes one reload once the
+/// directory has been quiet for `debounce`.
+pub struct FileWatcher {
+    pub dir: PathBuf,
+    /// How often the directory is looked at.
+    pub poll: std::time::Duration,
+    pub debounce: std::time::Duration,
+}
+
+impl FileWatcher {
+    /// Loads the directory once and starts watching it until `stop`.
+    pub fn start(
+        self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> (
+        tokio::sync::watch::Receiver<State>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        // Fingerprint before loading, so a write during the load is seen.
+        let mut seen = fingerprint(&self.dir);
+        let first = self.reload(&Snapshot::default(), 1);
+        let (tx, rx) = tokio::sync::watch::channel(first);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.poll) => {}
+                }
+                let now = fingerprint(&self.dir);
+                if now == seen {
+                    continue;
+                }
+                // Wait for the writes to settle.
+                seen = now;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(self.debounce) => {}
+                    }
+                    let again = fingerprint(&self.dir);
+                    if again == seen {
+                        break;
+                    }
+                    seen = again;
+                }
+                let prev = tx.borrow().clone();
+                let next = self.reload(&prev.snapshot, prev.generation + 1);
+                tx.send_replace(next);
+            }
+        });
+        (rx, task)
+    }
+
+    fn reload(&self, prev: &Snapshot, generation: u64) -> State {
+        let (loaded, errors) = load_dir(&self.dir);
+        let (snapshot, errors) = merge(prev, loaded, errors);
+        for e in &errors {
+            tracing::error!("resource skipped, its last good version (if any) stays: {e}");
+        }
+        tracing::info!(
+            dir = %self.dir.display(),
+            generation,
+            objects = snapshot.objects.len(),
+            errors = errors.len(),
+            "resources loaded"
+        );
+        State {
+            generation,
+            snapshot: Arc::new(snapshot),
+            errors,
+        }
+    }
+}
