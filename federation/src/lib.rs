@@ -7,8 +7,10 @@
 //!   version (MCS, Gateway API routes).
 //! - `crdgen`: our CRDs as YAML, generated from those types (`crds/`).
 //! - `store`: where resources come from (`files` today), as snapshots.
+//! - `translate`: snapshots to proxy configuration, pure.
 #![forbid(unsafe_code)]
 
 pub mod crdgen;
 pub mod resources;
 pub mod store;
+pub mod translate;

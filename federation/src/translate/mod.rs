@@ -1,0 +1,37 @@
+//! Translation: pure functions from a store snapshot to the proxies'
+//! configuration (the `isthmus-api` model). No I/O, no clocks: the same
+//! snapshot always gives the same configuration, which is what the
+//! discovery stream diffs and versions.
+//!
+//! - `services`: Kubernetes Services + EndpointSlices + DestinationPolicy
+//!   → the cluster's service catalog.
+//! - Problems found on the way (a policy naming a missing service, two
+//!   policies for one service) are returned as `Problem`s, which become
+//!   status conditions (`kube`) or log lines (`files`); the rest of the
+//!   configuration is unaffected.
+
+pub mod services;
+
+use crate::store::ObjectKey;
+
+/// Something wrong with one resource, to report on that resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub kind: &'static str,
+    pub key: ObjectKey,
+    /// A condition reason in CamelCase (`TargetNotFound`, `Conflict`).
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// A GEP-2257 duration as a protobuf Duration (already validated by the
+/// store; an unparsable one is dropped).
+pub(crate) fn proto_duration(
+    d: &crate::resources::duration::Duration,
+) -> Option<pbjson_types::Duration> {
+    let d = d.parse().ok()?;
+    Some(pbjson_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}

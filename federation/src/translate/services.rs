@@ -1,0 +1,495 @@
+//! The service catalog: one `model::Service` per Kubernetes Service, named
+//! `<name>.<namespace>`, with its cluster IPs, ports (protocol from
+//! `appProtocol` or the port name, as Istio reads them), endpoints from its
+//! EndpointSlices (ready or not, zone → locality, named target ports
+//! resolved per endpoint) and its DestinationPolicy.
+
+use std::collections::BTreeMap;
+
+use isthmus_api::model;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{Problem, proto_duration};
+use crate::resources::destination::{DestinationPolicy, LbPolicy};
+use crate::store::{ObjectKey, Resource, Snapshot};
+
+/// The label EndpointSlices carry naming their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The service catalog and the problems met building it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Catalog {
+    /// By model name (`<name>.<namespace>`).
+    pub services: BTreeMap<String, model::Service>,
+    pub problems: Vec<Problem>,
+}
+
+/// The model name of a Service.
+pub fn service_name(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}")
+}
+
+/// Builds the catalog from a snapshot. `region` is the cluster's own (from
+/// its Mesh), given to endpoints, which only know their zone.
+pub fn catalog(snap: &Snapshot) -> Catalog {
+    let region = snap
+        .of_kind("Mesh")
+        .find_map(|(_, r)| match r {
+            Resource::Mesh(m) => Some(m.spec.locality.region.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut out = Catalog::default();
+    let policies = policies_by_service(snap, &mut out.problems);
+    for (key, r) in snap.of_kind("Service") {
+        let Resource::Service(svc) = r else { continue };
+        let ns = key.namespace.as_deref().unwrap_or("default");
+        let slices: Vec<&EndpointSlice> = snap
+            .of_kind("EndpointSlice")
+            .filter_map(|(k, r)| match r {
+                Resource::EndpointSlice(s)
+                    if k.namespace.as_deref() == Some(ns)
+                        && s.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+                            == Some(&key.name) =>
+                {
+                    Some(s)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut service = translate_service(&key.name, ns, svc, &slices, &region);
+        if let Some(p) = policies.get(&(ns.to_string(), key.name.clone())) {
+            apply_policy(&mut service, p);
+        }
+        out.services.insert(service.name.clone(), service);
+    }
+    for ((ns, name), p) in &policies {
+        if !snap.objects.contains_key(&(
+            "Service",
+            ObjectKey {
+                namespace: Some(ns.clone()),
+                name: name.clone(),
+            },
+        )) {
+            out.problems.push(Problem {
+                kind: "DestinationPolicy",
+                key: key_of(p),
+                reason: "TargetNotFound",
+                message: format!(
+                    "Service {ns}/{name} does not exist; the policy applies when it does"
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn key_of(p: &DestinationPolicy) -> ObjectKey {
+    ObjectKey {
+        namespace: p.metadata.namespace.clone(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// One policy per service: the oldest wins (then the first by name), as
+/// Gateway API policy attachment resolves conflicts.
+fn policies_by_service<'a>(
+    snap: &'a Snapshot,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<(String, String), &'a DestinationPolicy> {
+    let mut all: Vec<&DestinationPolicy> = snap
+        .of_kind("DestinationPolicy")
+        .filter_map(|(_, r)| match r {
+            Resource::DestinationPolicy(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        let created = |p: &DestinationPolicy| p.metadata.creation_timestamp.clone().map(|t| t.0);
+        created(a)
+            .cmp(&created(b))
+            .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+    });
+    let mut out: BTreeMap<(String, String), &DestinationPolicy> = BTreeMap::new();
+    for p in all {
+        let ns = p
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let target = (ns, p.spec.target_ref.name.clone());
+        if let Some(winner) = out.get(&target) {
+            problems.push(Problem {
+                kind: "DestinationPolicy",
+                key: key_of(p),
+                reason: "Conflict",
+                message: format!(
+                    "Service {}/{} already has DestinationPolicy {} (older); this one is ignored",
+                    target.0,
+                    target.1,
+                    winner.metadata.name.as_deref().unwrap_or_default()
+                ),
+            });
+            continue;
+        }
+        out.insert(target, p);
+    }
+    out
+}
+
+/// The protocol of a Service port: `appProtocol` first, then the port
+/// name's prefix (`http-web`, `grpc`, `h2c-api`), else opaque TCP.
+pub fn protocol_of(app_protocol: Option<&str>, name: Option<&str>) -> model::Protocol {
+    let by = |p: &str| match p.to_ascii_lowercase().as_str() {
+        "http" | "kubernetes.io/http" | "http1" => Some(model::Protocol::Http),
+        "http2" | "h2c" | "kubernetes.io/h2c" => Some(model::Protocol::Http2),
+        "grpc" | "grpc-web" => Some(model::Protocol::Grpc),
+        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(model::Protocol::Tcp),
+        _ => None,
+    };
+    if let Some(p) = app_protocol.and_then(by) {
+        return p;
+    }
+    name.and_then(|n| by(n.split('-').next().unwrap_or(n)))
+        .unwrap_or(model::Protocol::Tcp)
+}
+
+fn translate_service(
+    name: &str,
+    ns: &str,
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    region: &str,
+) -> model::Service {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let vips = spec
+        .cluster_ips
+        .clone()
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .collect();
+    let kports: Vec<_> = spec
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .collect();
+    let ports = kports
+        .iter()
+        .map(|p| model::ServicePort {
+            port: p.port as u32,
+            protocol: protocol_of(p.app_protocol.as_deref(), p.name.as_deref()) as i32,
+            target_port: match &p.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                    *n as u32
+                }
+                _ => 0, // named: resolved per endpoint from its slice
+            },
+            name: p.name.clone().unwrap_or_default(),
+        })
+        .collect();
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        // Service port → the port this slice's endpoints listen on, by name.
+        let overrides: Vec<model::EndpointPort> = kports
+            .iter()
+            .filter_map(|sp| {
+                let target = slice.ports.as_ref()?.iter().find(|ep| {
+                    ep.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or("")
+                })?;
+                Some(model::EndpointPort {
+                    port: sp.port as u32,
+                    target_port: target.port? as u32,
+                })
+            })
+            .collect();
+        for ep in &slice.endpoints {
+            let Some(address) = ep.addresses.first() else {
+                continue;
+            };
+            let cond = ep.conditions.clone().unwrap_or_default();
+            // Ready unset means ready (EndpointSlice semantics); a
+            // terminating endpoint still serving is kept, unhealthy.
+            let ready = cond.ready.unwrap_or(true);
+            if !ready && !cond.serving.unwrap_or(false) && cond.terminating.unwrap_or(false) {
+                continue;
+            }
+            endpoints.push(model::Endpoint {
+                address: address.clone(),
+                ports: overrides.clone(),
+                locality: Some(model::Locality {
+                    region: region.to_string(),
+                    zone: ep.zone.clone().unwrap_or_default(),
+                }),
+                labels: Default::default(),
+                weight: 1,
+                unhealthy: !ready,
+            });
+        }
+    }
+    endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+    endpoints.dedup_by(|a, b| a.address == b.address);
+    model::Service {
+        name: service_name(name, ns),
+        hosts: vec![format!("{name}.{ns}.svc")],
+        vips,
+        ports,
+        endpoints,
+        routes: Vec::new(),
+        load_balancer: None,
+        outlier_detection: None,
+        connection_pool: None,
+    }
+}
+
+fn apply_policy(s: &mut model::Service, p: &DestinationPolicy) {
+    let spec = &p.spec;
+    if spec.load_balancer.is_some() || spec.locality.is_some() {
+        let lb = spec.load_balancer.clone().unwrap_or_default();
+        s.load_balancer = Some(model::LoadBalancer {
+            policy: match lb.policy {
+                LbPolicy::LeastRequest => model::load_balancer::Policy::LeastRequest,
+                LbPolicy::RoundRobin => model::load_balancer::Policy::RoundRobin,
+                LbPolicy::RingHash => model::load_balancer::Policy::RingHash,
+            } as i32,
+            hash_key: lb.hash_key.map(|h| model::HashKey {
+                kind: Some(if let Some(header) = h.header {
+                    model::hash_key::Kind::Header(header)
+                } else if let Some(cookie) = h.cookie {
+                    model::hash_key::Kind::Cookie(cookie)
+                } else {
+                    model::hash_key::Kind::SourceIp(true)
+                }),
+            }),
+            locality: spec.locality.as_ref().map(|l| model::LocalityBalancing {
+                disabled: l.disabled,
+                overprovisioning_factor: l
+                    .overprovisioning_percent
+                    .map_or(0.0, |p| f64::from(p) / 100.0),
+                failover_regions: l.failover.clone(),
+            }),
+        });
+    }
+    if let Some(o) = &spec.outlier_detection {
+        s.outlier_detection = Some(model::OutlierDetection {
+            consecutive_5xx: o.consecutive_5xx.unwrap_or(0),
+            consecutive_gateway_errors: o.consecutive_gateway_errors.unwrap_or(0),
+            base_ejection_time: o.base_ejection_time.as_ref().and_then(proto_duration),
+            max_ejection_time: None,
+            max_ejection_percent: o.max_ejection_percent.unwrap_or(0),
+            disabled: o.disabled,
+        });
+    }
+    if let Some(c) = &spec.connection_pool {
+        s.connection_pool = Some(model::ConnectionPool {
+            max_connections: c.max_connections.unwrap_or(0),
+            max_pending_requests: c.max_pending_requests.unwrap_or(0),
+            max_requests_per_connection: c.max_requests_per_connection.unwrap_or(0),
+            max_requests: c.max_requests.unwrap_or(0),
+            connect_timeout: c.connect_timeout.as_ref().and_then(proto_duration),
+            idle_timeout: c.idle_timeout.as_ref().and_then(proto_duration),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::files::{merge, parse_file};
+
+    fn snapshot(yaml: &str) -> Snapshot {
+        let (loaded, errors) = parse_file(Path::new("test.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        merge(&Snapshot::default(), loaded, Vec::new()).0
+    }
+
+    const CATALOG: &str = r#"
+apiVersion: isthmus.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west, zone: eu-west-a}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "fd00::10"]
+  ports:
+    - {name: http-web, port: 80, targetPort: web}
+    - {name: rpc, port: 9090, targetPort: 9090, appProtocol: grpc}
+    - {name: metrics, port: 9100, targetPort: 9100}
+    - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: catalog-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: catalog}
+addressType: IPv4
+ports:
+  - {name: http-web, port: 8080}
+  - {name: rpc, port: 9090}
+  - {name: metrics, port: 9100}
+endpoints:
+  - addresses: [10.0.1.7]
+    zone: eu-west-b
+    conditions: {ready: true}
+  - addresses: [10.0.1.5]
+    zone: eu-west-a
+  - addresses: [10.0.1.9]
+    conditions: {ready: false}
+  - addresses: [10.0.1.11]
+    conditions: {ready: false, serving: false, terminating: true}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: other
+  namespace: shop
+  labels: {kubernetes.io/service-name: reviews}
+addressType: IPv4
+endpoints: [{addresses: [10.0.9.9]}]
+"#;
+
+    #[test]
+    fn services_endpoints_ports_and_localities() {
+        let c = catalog(&snapshot(CATALOG));
+        assert!(c.problems.is_empty());
+        let s = &c.services["catalog.shop"];
+        assert_eq!(s.hosts, ["catalog.shop.svc"]);
+        assert_eq!(s.vips, ["10.96.0.10", "fd00::10"]);
+        let ports: Vec<(u32, model::Protocol, u32)> = s
+            .ports
+            .iter()
+            .map(|p| (p.port, p.protocol(), p.target_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (80, model::Protocol::Http, 0),
+                (9090, model::Protocol::Grpc, 9090),
+                (9100, model::Protocol::Tcp, 9100),
+            ],
+            "UDP ports are left out; a named target port is resolved per endpoint"
+        );
+        let eps: Vec<(&str, &str, bool)> = s
+            .endpoints
+            .iter()
+            .map(|e| {
+                let l = e.locality.as_ref().unwrap();
+                assert_eq!(l.region, "eu-west");
+                (e.address.as_str(), l.zone.as_str(), e.unhealthy)
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("10.0.1.5", "eu-west-a", false),
+                ("10.0.1.7", "eu-west-b", false),
+                ("10.0.1.9", "", true),
+            ],
+            "sorted; not ready is unhealthy; terminating and not serving is gone"
+        );
+        assert!(s.endpoints[0].ports.contains(&model::EndpointPort {
+            port: 80,
+            target_port: 8080
+        }));
+        assert!(
+            !c.services.contains_key("reviews.shop"),
+            "a slice alone is no service"
+        );
+    }
+
+    #[test]
+    fn protocols_follow_app_protocol_then_the_port_name() {
+        use model::Protocol::*;
+        for (app, name, want) in [
+            (Some("kubernetes.io/h2c"), None, Http2),
+            (Some("grpc"), Some("tcp-x"), Grpc),
+            (None, Some("http"), Http),
+            (None, Some("grpc-inventory"), Grpc),
+            (None, Some("http2-api"), Http2),
+            (None, Some("web"), Tcp),
+            (None, None, Tcp),
+            (Some("unknown"), Some("http-x"), Http),
+        ] {
+            assert_eq!(protocol_of(app, name), want, "{app:?} {name:?}");
+        }
+    }
+
+    #[test]
+    fn destination_policies_apply_oldest_wins_and_missing_targets_are_reported() {
+        let yaml = format!(
+            "{CATALOG}---\n\
+apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\n\
+metadata: {{name: a-newer, namespace: shop, creationTimestamp: \"2026-11-02T00:00:00Z\"}}\n\
+spec: {{targetRef: {{name: catalog}}, loadBalancer: {{policy: RoundRobin}}}}\n---\n\
+apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\n\
+metadata: {{name: z-older, namespace: shop, creationTimestamp: \"2026-11-01T00:00:00Z\"}}\n\
+spec:\n  targetRef: {{name: catalog}}\n  loadBalancer: {{policy: RingHash, hashKey: {{header: x-user}}}}\n\
+\x20 locality: {{failover: [eu-central, us-east], overprovisioningPercent: 200}}\n\
+\x20 outlierDetection: {{consecutive5xx: 3, baseEjectionTime: 10s}}\n\
+\x20 connectionPool: {{maxConnections: 64, connectTimeout: 250ms}}\n---\n\
+apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\n\
+metadata: {{name: ghost, namespace: shop}}\nspec: {{targetRef: {{name: nowhere}}}}\n"
+        );
+        let c = catalog(&snapshot(&yaml));
+        let s = &c.services["catalog.shop"];
+        let lb = s.load_balancer.as_ref().unwrap();
+        assert_eq!(
+            lb.policy(),
+            model::load_balancer::Policy::RingHash,
+            "the older policy wins"
+        );
+        assert_eq!(
+            lb.hash_key.as_ref().unwrap().kind,
+            Some(model::hash_key::Kind::Header("x-user".into()))
+        );
+        let loc = lb.locality.as_ref().unwrap();
+        assert_eq!(loc.failover_regions, ["eu-central", "us-east"]);
+        assert_eq!(loc.overprovisioning_factor, 2.0);
+        let o = s.outlier_detection.as_ref().unwrap();
+        assert_eq!(
+            (o.consecutive_5xx, o.base_ejection_time.unwrap().seconds),
+            (3, 10)
+        );
+        let p = s.connection_pool.as_ref().unwrap();
+        assert_eq!(p.max_connections, 64);
+        assert_eq!(p.connect_timeout.unwrap().nanos, 250_000_000);
+        let problems: Vec<(&str, &str)> = c
+            .problems
+            .iter()
+            .map(|p| (p.key.name.as_str(), p.reason))
+            .collect();
+        assert_eq!(
+            problems,
+            [("a-newer", "Conflict"), ("ghost", "TargetNotFound")]
+        );
+        assert!(c.problems[0].message.contains("z-older"));
+    }
+
+    #[test]
+    fn the_catalog_is_valid_sidecar_configuration() {
+        let c = catalog(&snapshot(CATALOG));
+        let cfg = model::ProxyConfig {
+            services: c.services.into_values().collect(),
+            ..Default::default()
+        };
+        let issues = isthmus_api::validate(&cfg);
+        assert!(issues.is_empty(), "{issues:?}");
+    }
+}
