@@ -10,6 +10,7 @@
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
 //!   configuration is unaffected.
 
+pub mod routes;
 pub mod services;
 
 use crate::store::ObjectKey;

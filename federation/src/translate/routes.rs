@@ -1,0 +1,539 @@
+//! HTTPRoutes attached to Services (GAMMA) → each service's route table.
+//!
+//! Gateway API evaluates matches across all rules of all routes attached to
+//! a service by precedence, not by position: an exact path beats the
+//! longest prefix, which beats a method match, which beats more header
+//! matches; ties go to the oldest route, then by name, then rule order. The
+//! sidecar takes the first matching route, so every (rule, match) becomes
+//! one model route and the table is sorted by that precedence here.
+//!
+//! What the sidecar would refuse is not passed on: a backend that does not
+//! exist (or lacks the port) is dropped and reported (ResolvedRefs); a rule
+//! left with nothing to forward to answers 500, as the Gateway API asks.
+
+use std::cmp::Reverse;
+
+use isthmus_api::model;
+
+use super::services::{Catalog, service_name};
+use super::{Problem, proto_duration};
+use crate::resources::gateway_api::{HTTPRoute, HttpRouteMatch, HttpRouteRule};
+use crate::store::{ObjectKey, Resource, Snapshot};
+
+/// Attaches every HTTPRoute of the snapshot to the catalog's services.
+pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
+    let mut routes: Vec<(&ObjectKey, &HTTPRoute)> = snap
+        .of_kind("HTTPRoute")
+        .filter_map(|(k, r)| match r {
+            Resource::HttpRoute(h) => Some((k, h)),
+            _ => None,
+        })
+        .collect();
+    // Tie-breaks: oldest first, then namespace/name.
+    routes.sort_by(|(ka, a), (kb, b)| {
+        let created = |r: &HTTPRoute| r.metadata.creation_timestamp.clone().map(|t| t.0);
+        created(a).cmp(&created(b)).then_with(|| ka.cmp(kb))
+    });
+    // (service, sort key, route) collected first, sorted per service after.
+    let mut tables: std::collections::BTreeMap<String, Vec<(Precedence, usize, model::HttpRoute)>> =
+        Default::default();
+    let mut seq = 0usize;
+    for (key, route) in routes {
+        let ns = key.namespace.clone().unwrap_or_else(|| "default".into());
+        for parent in &route.spec.parent_refs {
+            let is_service = parent.kind.as_deref().unwrap_or("Gateway") == "Service"
+                && parent.group.as_deref().unwrap_or("").is_empty();
+            if !is_service {
+                continue; // attached to a Gateway: not the mesh's business
+            }
+            let pns = parent.namespace.clone().unwrap_or_else(|| ns.clone());
+            let target = service_name(&parent.name, &pns);
+            if !catalog.services.contains_key(&target) {
+                catalog.problems.push(problem(
+                    key,
+                    "NoMatchingParent",
+                    format!("parent Service {pns}/{} does not exist", parent.name),
+                ));
+                continue;
+            }
+            for (i, rule) in route.spec.rules.iter().enumerate() {
+                let translated = translate_rule(catalog, snap, key, &ns, i, rule);
+                let matches: Vec<Option<&HttpRouteMatch>> = if rule.matches.is_empty() {
+                    vec![None]
+                } else {
+                    rule.matches.iter().map(Some).collect()
+                };
+                let several = matches.len() > 1;
+                for (j, m) in matches.into_iter().enumerate() {
+                    let mut r = translated.clone();
+                    if several {
+                        // Route names are unique in a table (metrics label).
+                        r.name = format!("{}/match-{j}", r.name);
+                    }
+                    r.matches = m.map(translate_match).into_iter().collect();
+                    tables
+                        .entry(target.clone())
+                        .or_default()
+                        .push((Precedence::of(m), seq, r));
+                    seq += 1;
+                }
+            }
+        }
+    }
+    for (service, mut table) in tables {
+        table.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        if let Some(s) = catalog.services.get_mut(&service) {
+            s.routes = table.into_iter().map(|(_, _, r)| r).collect();
+        }
+    }
+}
+
+fn problem(key: &ObjectKey, reason: &'static str, message: String) -> Problem {
+    Problem {
+        kind: "HTTPRoute",
+        key: key.clone(),
+        reason,
+        message,
+    }
+}
+
+/// Gateway API match precedence as a sort key (smaller sorts first).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    not_exact: bool,
+    prefix_len: Reverse<usize>,
+    no_method: bool,
+    headers: Reverse<usize>,
+}
+
+impl Precedence {
+    fn of(m: Option<&HttpRouteMatch>) -> Self {
+        let path = m.and_then(|m| m.path.as_ref());
+        let exact = path.is_some_and(|p| p.match_type == "Exact");
+        let prefix_len = match path {
+            Some(p) if p.match_type == "PathPrefix" => p.value.len(),
+            None => 1, // the default match is PathPrefix "/"
+            _ => 0,
+        };
+        Self {
+            not_exact: !exact,
+            prefix_len: Reverse(prefix_len),
+            no_method: m.is_none_or(|m| m.method.is_none()),
+            headers: Reverse(m.map_or(0, |m| m.headers.len())),
+        }
+    }
+}
+
+fn translate_match(m: &HttpRouteMatch) -> model::RouteMatch {
+    use model::{header_match, path_match};
+    model::RouteMatch {
+        path: m.path.as_ref().map(|p| model::PathMatch {
+            kind: Some(match p.match_type.as_str() {
+                "Exact" => path_match::Kind::Exact(p.value.clone()),
+                "RegularExpression" => path_match::Kind::Regex(p.value.clone()),
+                _ => path_match::Kind::Prefix(p.value.clone()),
+            }),
+        }),
+        headers: m
+            .headers
+            .iter()
+            .map(|h| model::HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                invert: false,
+                kind: Some(match h.match_type.as_deref() {
+                    Some("RegularExpression") => header_match::Kind::Regex(h.value.clone()),
+                    _ => header_match::Kind::Exact(h.value.clone()),
+                }),
+            })
+            .collect(),
+        method: m.method.clone().unwrap_or_default(),
+    }
+}
+
+fn translate_rule(
+    catalog: &mut Catalog,
+    snap: &Snapshot,
+    key: &ObjectKey,
+    ns: &str,
+    i: usize,
+    rule: &HttpRouteRule,
+) -> model::HttpRoute {
+    let name = match &rule.name {
+        Some(n) => format!("{key}/{n}"),
+        None => format!("{key}/rule-{i}"),
+    };
+    let mut backends = Vec::new();
+    let mut dropped = 0;
+    for b in &rule.backend_refs {
+        let kind_ok = b.kind.as_deref().unwrap_or("Service") == "Service"
+            && b.group.as_deref().unwrap_or("").is_empty();
+        let bns = b.namespace.clone().unwrap_or_else(|| ns.to_string());
+        let target = service_name(&b.name, &bns);
+        let svc = catalog.services.get(&target);
+        let port_ok = match (svc, b.port) {
+            (Some(s), Some(p)) => s.ports.iter().any(|sp| sp.port == u32::from(p)),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !kind_ok || !port_ok {
+            dropped += 1;
+            catalog.problems.push(problem(
+                key,
+                "BackendNotFound",
+                format!(
+                    "rule {i}: backend {bns}/{}{} does not exist; its share of traffic gets 500",
+                    b.name,
+                    b.port.map(|p| format!(":{p}")).unwrap_or_default()
+                ),
+            ));
+            continue;
+        }
+        backends.push(model::WeightedBackend {
+            service: target,
+            port: b.port.map_or(0, u32::from),
+            weight: b.weight.unwrap_or(1),
+        });
+    }
+    let mut fault = None;
+    let mut mirror = None;
+    for f in &rule.filters {
+        match f.filter_type.as_str() {
+            "ExtensionRef" => {
+                let Some(ext) = &f.extension_ref else {
+                    continue;
+                };
+                if ext.group != crate::resources::GROUP || ext.kind != "FaultInjection" {
+                    catalog.problems.push(problem(
+                        key,
+                        "UnsupportedValue",
+                        format!(
+                            "rule {i}: ExtensionRef to {}/{} is not supported",
+                            ext.group, ext.kind
+                        ),
+                    ));
+                    continue;
+                }
+                let fkey = ObjectKey {
+                    namespace: Some(ns.to_string()),
+                    name: ext.name.clone(),
+                };
+                match snap.get("FaultInjection", &fkey) {
+                    Some(Resource::FaultInjection(fi)) => fault = Some(translate_fault(fi)),
+                    _ => catalog.problems.push(problem(
+                        key,
+                        "BackendNotFound",
+                        format!("rule {i}: FaultInjection {fkey} does not exist"),
+                    )),
+                }
+            }
+            "RequestMirror" => {
+                let Some(m) = &f.request_mirror else { continue };
+                let mns = m
+                    .backend_ref
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| ns.to_string());
+                let target = service_name(&m.backend_ref.name, &mns);
+                if catalog.services.contains_key(&target) {
+                    mirror = Some(model::Mirror {
+                        service: target,
+                        port: m.backend_ref.port.map_or(0, u32::from),
+                        percentage: m.percent.map_or(100.0, f64::from),
+                    });
+                } else {
+                    catalog.problems.push(problem(
+                        key,
+                        "BackendNotFound",
+                        format!("rule {i}: mirror {target} does not exist"),
+                    ));
+                }
+            }
+            _ => {} // header modifiers and the rest: not applied yet
+        }
+    }
+    let nothing_left = (dropped > 0 && backends.is_empty())
+        || (!backends.is_empty() && backends.iter().all(|b| b.weight == 0));
+    if nothing_left {
+        // Nothing to forward to: 500, as the Gateway API specifies.
+        backends.clear();
+        fault = Some(model::FaultInjection {
+            delay: None,
+            abort: Some(model::fault_injection::Abort {
+                status: Some(model::fault_injection::abort::Status::HttpStatus(500)),
+                percentage: 100.0,
+            }),
+        });
+    } else if dropped > 0 {
+        // The missing backends' share still answers 500: keep their weight
+        // on a 500 for that fraction.
+        let total: u32 = rule
+            .backend_refs
+            .iter()
+            .map(|b| b.weight.unwrap_or(1))
+            .sum();
+        let kept: u32 = backends.iter().map(|b| b.weight).sum();
+        if total > 0 && fault.is_none() {
+            fault = Some(model::FaultInjection {
+                delay: None,
+                abort: Some(model::fault_injection::Abort {
+                    status: Some(model::fault_injection::abort::Status::HttpStatus(500)),
+                    percentage: f64::from(total - kept) * 100.0 / f64::from(total),
+                }),
+            });
+        }
+    }
+    let retry = rule.retry.as_ref().map(|r| {
+        let mut on = Vec::new();
+        if r.codes.iter().any(|c| (500..600).contains(c)) {
+            on.push("5xx".to_string());
+        }
+        if r.codes.contains(&409) {
+            on.push("retriable-4xx".to_string());
+        }
+        if on.is_empty() {
+            on.push("gateway-error".to_string());
+        }
+        on.push("connect-failure".to_string());
+        model::RetryPolicy {
+            attempts: r.attempts.unwrap_or(1),
+            per_try_timeout: rule
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.backend_request.as_ref())
+                .and_then(proto_duration),
+            retry_on: on,
+            backoff_base: r.backoff.as_ref().and_then(proto_duration),
+            backoff_max: None,
+            budget: None,
+        }
+    });
+    model::HttpRoute {
+        name,
+        matches: Vec::new(),
+        backends,
+        timeout: rule
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.request.as_ref())
+            .and_then(proto_duration),
+        retry,
+        fault,
+        mirror,
+        rate_limit: None,
+    }
+}
+
+fn translate_fault(fi: &crate::resources::FaultInjection) -> model::FaultInjection {
+    use model::fault_injection::{Abort, Delay, abort::Status};
+    model::FaultInjection {
+        delay: fi.spec.delay.as_ref().map(|d| Delay {
+            fixed_delay: proto_duration(&d.fixed_delay),
+            percentage: d.percentage,
+        }),
+        abort: fi.spec.abort.as_ref().map(|a| Abort {
+            status: match (a.http_status, a.grpc_status) {
+                (_, Some(g)) => Some(Status::GrpcStatus(g)),
+                (Some(h), None) => Some(Status::HttpStatus(u32::from(h))),
+                (None, None) => Some(Status::HttpStatus(500)),
+            },
+            percentage: a.percentage,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::files::{merge, parse_file};
+    use crate::translate::services::catalog;
+
+    const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-us-east, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews-shadow, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: flaky, namespace: shop}
+spec: {abort: {httpStatus: 503, percentage: 5}, delay: {fixedDelay: 100ms, percentage: 10}}
+"#;
+
+    fn translate(routes: &str) -> Catalog {
+        let (loaded, errors) = parse_file(Path::new("t.yaml"), &format!("{SERVICES}---\n{routes}"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let mut c = catalog(&snap);
+        attach(&mut c, &snap);
+        let cfg = model::ProxyConfig {
+            services: c.services.values().cloned().collect(),
+            ..Default::default()
+        };
+        let issues = isthmus_api::validate(&cfg);
+        assert!(issues.is_empty(), "the sidecar would refuse: {issues:?}");
+        c
+    }
+
+    #[test]
+    fn the_cross_cluster_canary_of_the_scenarios() {
+        let c = translate(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 80}]
+  rules:
+    - matches: [{headers: [{name: X-Canary, value: always}]}]
+      backendRefs: [{name: reviews-us-east, port: 80}]
+    - backendRefs:
+        - {name: reviews, port: 80, weight: 90}
+        - {name: reviews-us-east, port: 80, weight: 10}
+      timeouts: {request: 2s, backendRequest: 500ms}
+      retry: {codes: [503], attempts: 2, backoff: 25ms}
+      filters:
+        - {type: ExtensionRef, extensionRef: {group: isthmus.dev, kind: FaultInjection, name: flaky}}
+        - {type: RequestMirror, requestMirror: {backendRef: {name: reviews-shadow, port: 80}, percent: 5}}
+"#,
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let routes = &c.services["reviews.shop"].routes;
+        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            routes[0].name, "shop/reviews/rule-0",
+            "more header matches first"
+        );
+        assert_eq!(routes[0].matches[0].headers[0].name, "x-canary");
+        assert_eq!(routes[0].backends[0].service, "reviews-us-east.shop");
+        let split = &routes[1];
+        let weights: Vec<(&str, u32)> = split
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [("reviews.shop", 90), ("reviews-us-east.shop", 10)]
+        );
+        assert_eq!(split.timeout.unwrap().seconds, 2);
+        let retry = split.retry.as_ref().unwrap();
+        assert_eq!(retry.attempts, 2);
+        assert_eq!(retry.retry_on, ["5xx", "connect-failure"]);
+        assert_eq!(retry.per_try_timeout.unwrap().nanos, 500_000_000);
+        let fault = split.fault.as_ref().unwrap();
+        assert_eq!(fault.abort.as_ref().unwrap().percentage, 5.0);
+        assert_eq!(
+            split.mirror.as_ref().unwrap().service,
+            "reviews-shadow.shop"
+        );
+        assert!(c.services["reviews-us-east.shop"].routes.is_empty());
+    }
+
+    #[test]
+    fn matches_are_ordered_by_gateway_api_precedence_across_routes() {
+        let route = |name: &str, created: &str, rules: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+                 metadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\n\
+                 spec:\n  parentRefs: [{{kind: Service, group: \"\", name: reviews}}]\n  rules:\n{rules}"
+            )
+        };
+        let yaml = [
+            route(
+                "b-newer",
+                "2026-11-02T00:00:00Z",
+                "    - {name: catch-all, backendRefs: [{name: reviews}]}\n\
+                 \x20   - {name: api, matches: [{path: {type: PathPrefix, value: /api}}], backendRefs: [{name: reviews}]}\n",
+            ),
+            route(
+                "a-older",
+                "2026-11-01T00:00:00Z",
+                "    - name: mixed\n      matches:\n\
+                 \x20       - {path: {type: Exact, value: /api/v1/items}}\n\
+                 \x20       - {path: {type: PathPrefix, value: /api}, method: POST}\n\
+                 \x20       - {path: {type: PathPrefix, value: /api}, headers: [{name: a, value: b}]}\n\
+                 \x20     backendRefs: [{name: reviews-us-east}]\n\
+                 \x20   - {name: also-all, backendRefs: [{name: reviews-us-east}]}\n",
+            ),
+        ]
+        .join("---\n");
+        let c = translate(&yaml);
+        let order: Vec<&str> = c.services["reviews.shop"]
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "shop/a-older/mixed/match-0", // Exact
+                "shop/a-older/mixed/match-1", // prefix /api + method
+                "shop/a-older/mixed/match-2", // prefix /api + 1 header
+                "shop/b-newer/api",           // prefix /api
+                "shop/a-older/also-all",      // prefix / (older route first)
+                "shop/b-newer/catch-all",
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_references_are_reported_and_answer_500() {
+        let c = translate(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: shop}
+spec:
+  parentRefs:
+    - {kind: Service, group: "", name: reviews}
+    - {kind: Service, group: "", name: nowhere}
+    - {name: some-gateway}
+  rules:
+    - matches: [{path: {type: Exact, value: /half}}]
+      backendRefs: [{name: reviews, weight: 3}, {name: gone, weight: 1}]
+    - matches: [{path: {type: Exact, value: /none}}]
+      backendRefs: [{name: gone}, {name: reviews, port: 8080}]
+    - matches: [{path: {type: Exact, value: /zero}}]
+      backendRefs: [{name: reviews, weight: 0}]
+"#,
+        );
+        let reasons: Vec<&str> = c.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "BackendNotFound",
+                "BackendNotFound",
+                "BackendNotFound",
+                "NoMatchingParent"
+            ],
+            "{:?}",
+            c.problems
+        );
+        assert!(c.problems[2].message.contains("shop/reviews:8080"));
+        let routes = &c.services["reviews.shop"].routes;
+        let abort = |i: usize| {
+            let a = routes[i].fault.as_ref().unwrap().abort.as_ref().unwrap();
+            (a.status, a.percentage)
+        };
+        let s500 = Some(model::fault_injection::abort::Status::HttpStatus(500));
+        assert_eq!(abort(0), (s500, 25.0), "the missing quarter answers 500");
+        assert_eq!(routes[0].backends.len(), 1);
+        assert_eq!(abort(1), (s500, 100.0));
+        assert!(routes[1].backends.is_empty());
+        assert_eq!(
+            abort(2),
+            (s500, 100.0),
+            "all weights zero: nothing to forward to"
+        );
+    }
+}
