@@ -5,6 +5,8 @@
 //!
 //! - `services`: Kubernetes Services + EndpointSlices + DestinationPolicy
 //!   → the cluster's service catalog.
+//! - `routes`: HTTPRoute / GRPCRoute → each service's route table, with
+//!   DestinationPolicy's default timeout and retries.
 //! - Problems found on the way (a policy naming a missing service, two
 //!   policies for one service) are returned as `Problem`s, which become
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
@@ -35,4 +37,12 @@ pub(crate) fn proto_duration(
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,
     })
+}
+
+/// The whole cluster's configuration from a snapshot: the service catalog
+/// with route tables and policy defaults, and the problems found.
+pub fn translate(snap: &crate::store::Snapshot) -> services::Catalog {
+    let mut catalog = services::catalog(snap);
+    routes::attach(&mut catalog, snap);
+    catalog
 }

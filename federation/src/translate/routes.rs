@@ -1,4 +1,6 @@
-//! HTTPRoutes attached to Services (GAMMA) → each service's route table.
+//! HTTPRoutes and GRPCRoutes attached to Services (GAMMA) → each service's
+//! route table, then DestinationPolicy's default timeout and retries on the
+//! routes that set none.
 //!
 //! Gateway API evaluates matches across all rules of all routes attached to
 //! a service by precedence, not by position: an exact path beats the
@@ -17,30 +19,164 @@ use isthmus_api::model;
 
 use super::services::{Catalog, service_name};
 use super::{Problem, proto_duration};
-use crate::resources::gateway_api::{HTTPRoute, HttpRouteMatch, HttpRouteRule};
+use crate::resources::gateway_api::{
+    BackendRef, GRPCRoute, GrpcRouteMatch, HTTPRoute, HttpRouteFilter, HttpRouteMatch,
+    ParentReference, Retry, Timeouts,
+};
 use crate::store::{ObjectKey, Resource, Snapshot};
 
-/// Attaches every HTTPRoute of the snapshot to the catalog's services.
+/// A route of either kind, as far as translation cares.
+struct AnyRoute<'a> {
+    kind: &'static str,
+    key: &'a ObjectKey,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    parents: &'a [ParentReference],
+    rules: Vec<Rule<'a>>,
+}
+
+/// One rule: its matches (None = match everything) with their precedence.
+struct Rule<'a> {
+    name: Option<&'a str>,
+    matches: Vec<(Precedence, model::RouteMatch)>,
+    backend_refs: &'a [BackendRef],
+    filters: &'a [HttpRouteFilter],
+    timeouts: Option<&'a Timeouts>,
+    retry: Option<&'a Retry>,
+}
+
+fn http_route<'a>(key: &'a ObjectKey, h: &'a HTTPRoute) -> AnyRoute<'a> {
+    AnyRoute {
+        kind: "HTTPRoute",
+        key,
+        created: h.metadata.creation_timestamp.clone().map(|t| t.0),
+        parents: &h.spec.parent_refs,
+        rules: h
+            .spec
+            .rules
+            .iter()
+            .map(|r| Rule {
+                name: r.name.as_deref(),
+                matches: if r.matches.is_empty() {
+                    vec![(Precedence::of(None), model::RouteMatch::default())]
+                } else {
+                    r.matches
+                        .iter()
+                        .map(|m| (Precedence::of(Some(m)), translate_match(m)))
+                        .collect()
+                },
+                backend_refs: &r.backend_refs,
+                filters: &r.filters,
+                timeouts: r.timeouts.as_ref(),
+                retry: r.retry.as_ref(),
+            })
+            .collect(),
+    }
+}
+
+fn grpc_route<'a>(key: &'a ObjectKey, g: &'a GRPCRoute) -> AnyRoute<'a> {
+    AnyRoute {
+        kind: "GRPCRoute",
+        key,
+        created: g.metadata.creation_timestamp.clone().map(|t| t.0),
+        parents: &g.spec.parent_refs,
+        rules: g
+            .spec
+            .rules
+            .iter()
+            .map(|r| Rule {
+                name: r.name.as_deref(),
+                matches: if r.matches.is_empty() {
+                    vec![(Precedence::of(None), model::RouteMatch::default())]
+                } else {
+                    r.matches.iter().map(grpc_match).collect()
+                },
+                backend_refs: &r.backend_refs,
+                filters: &r.filters,
+                timeouts: None,
+                retry: None,
+            })
+            .collect(),
+    }
+}
+
+/// A gRPC method match as a path match: `/<service>/<method>`.
+fn grpc_match(m: &GrpcRouteMatch) -> (Precedence, model::RouteMatch) {
+    use model::path_match::Kind;
+    let method = m.method.as_ref();
+    let regex = method.is_some_and(|x| x.match_type.as_deref() == Some("RegularExpression"));
+    let service = method.and_then(|x| x.service.as_deref());
+    let name = method.and_then(|x| x.method.as_deref());
+    let (kind, exact, prefix_len) = match (regex, service, name) {
+        (false, Some(s), Some(n)) => (Some(Kind::Exact(format!("/{s}/{n}"))), true, 0),
+        (false, Some(s), None) => (Some(Kind::Prefix(format!("/{s}"))), false, s.len() + 1),
+        (false, None, Some(n)) => (
+            Some(Kind::Regex(format!("/[^/]+/{}", regex_escape(n)))),
+            false,
+            0,
+        ),
+        (true, s, n) => (
+            Some(Kind::Regex(format!(
+                "/{}/{}",
+                s.unwrap_or("[^/]+"),
+                n.unwrap_or("[^/]+")
+            ))),
+            false,
+            0,
+        ),
+        (false, None, None) => (None, false, 1),
+    };
+    let http = HttpRouteMatch {
+        path: None,
+        headers: m.headers.clone(),
+        method: None,
+    };
+    let mut out = translate_match(&http);
+    out.path = kind.map(|k| model::PathMatch { kind: Some(k) });
+    let precedence = Precedence {
+        not_exact: !exact,
+        prefix_len: Reverse(prefix_len),
+        no_method: true,
+        headers: Reverse(m.headers.len()),
+    };
+    (precedence, out)
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
+
+/// Attaches every HTTPRoute and GRPCRoute of the snapshot to the catalog's
+/// services, then applies DestinationPolicy defaults.
 pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
-    let mut routes: Vec<(&ObjectKey, &HTTPRoute)> = snap
+    let mut routes: Vec<AnyRoute> = snap
         .of_kind("HTTPRoute")
         .filter_map(|(k, r)| match r {
-            Resource::HttpRoute(h) => Some((k, h)),
+            Resource::HttpRoute(h) => Some(http_route(k, h)),
             _ => None,
         })
+        .chain(snap.of_kind("GRPCRoute").filter_map(|(k, r)| match r {
+            Resource::GrpcRoute(g) => Some(grpc_route(k, g)),
+            _ => None,
+        }))
         .collect();
     // Tie-breaks: oldest first, then namespace/name.
-    routes.sort_by(|(ka, a), (kb, b)| {
-        let created = |r: &HTTPRoute| r.metadata.creation_timestamp.clone().map(|t| t.0);
-        created(a).cmp(&created(b)).then_with(|| ka.cmp(kb))
-    });
+    routes.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.key.cmp(b.key)));
     // (service, sort key, route) collected first, sorted per service after.
     let mut tables: std::collections::BTreeMap<String, Vec<(Precedence, usize, model::HttpRoute)>> =
         Default::default();
     let mut seq = 0usize;
-    for (key, route) in routes {
+    for route in &routes {
+        let key = route.key;
         let ns = key.namespace.clone().unwrap_or_else(|| "default".into());
-        for parent in &route.spec.parent_refs {
+        for parent in route.parents {
             let is_service = parent.kind.as_deref().unwrap_or("Gateway") == "Service"
                 && parent.group.as_deref().unwrap_or("").is_empty();
             if !is_service {
@@ -50,31 +186,29 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
             let target = service_name(&parent.name, &pns);
             if !catalog.services.contains_key(&target) {
                 catalog.problems.push(problem(
+                    route.kind,
                     key,
                     "NoMatchingParent",
                     format!("parent Service {pns}/{} does not exist", parent.name),
                 ));
                 continue;
             }
-            for (i, rule) in route.spec.rules.iter().enumerate() {
-                let translated = translate_rule(catalog, snap, key, &ns, i, rule);
-                let matches: Vec<Option<&HttpRouteMatch>> = if rule.matches.is_empty() {
-                    vec![None]
-                } else {
-                    rule.matches.iter().map(Some).collect()
-                };
-                let several = matches.len() > 1;
-                for (j, m) in matches.into_iter().enumerate() {
+            for (i, rule) in route.rules.iter().enumerate() {
+                let translated = translate_rule(catalog, snap, route.kind, key, &ns, i, rule);
+                let several = rule.matches.len() > 1;
+                for (j, (precedence, m)) in rule.matches.iter().enumerate() {
                     let mut r = translated.clone();
                     if several {
                         // Route names are unique in a table (metrics label).
                         r.name = format!("{}/match-{j}", r.name);
                     }
-                    r.matches = m.map(translate_match).into_iter().collect();
+                    if *m != model::RouteMatch::default() {
+                        r.matches = vec![m.clone()];
+                    }
                     tables
                         .entry(target.clone())
                         .or_default()
-                        .push((Precedence::of(m), seq, r));
+                        .push((precedence.clone(), seq, r));
                     seq += 1;
                 }
             }
@@ -86,11 +220,31 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
             s.routes = table.into_iter().map(|(_, _, r)| r).collect();
         }
     }
+    for (service, d) in &catalog.route_defaults {
+        let Some(s) = catalog.services.get_mut(service) else {
+            continue;
+        };
+        if s.routes.is_empty() {
+            // No route: one catch-all to the service itself carries them.
+            s.routes.push(model::HttpRoute {
+                name: "default".into(),
+                ..Default::default()
+            });
+        }
+        for r in &mut s.routes {
+            if r.timeout.is_none() {
+                r.timeout = d.timeout;
+            }
+            if r.retry.is_none() {
+                r.retry = d.retry.clone();
+            }
+        }
+    }
 }
 
-fn problem(key: &ObjectKey, reason: &'static str, message: String) -> Problem {
+fn problem(kind: &'static str, key: &ObjectKey, reason: &'static str, message: String) -> Problem {
     Problem {
-        kind: "HTTPRoute",
+        kind,
         key: key.clone(),
         reason,
         message,
@@ -98,7 +252,7 @@ fn problem(key: &ObjectKey, reason: &'static str, message: String) -> Problem {
 }
 
 /// Gateway API match precedence as a sort key (smaller sorts first).
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
     not_exact: bool,
     prefix_len: Reverse<usize>,
@@ -153,18 +307,20 @@ fn translate_match(m: &HttpRouteMatch) -> model::RouteMatch {
 fn translate_rule(
     catalog: &mut Catalog,
     snap: &Snapshot,
+    kind: &'static str,
     key: &ObjectKey,
     ns: &str,
     i: usize,
-    rule: &HttpRouteRule,
+    rule: &Rule,
 ) -> model::HttpRoute {
-    let name = match &rule.name {
+    let problem = |key, reason, message| problem(kind, key, reason, message);
+    let name = match rule.name {
         Some(n) => format!("{key}/{n}"),
         None => format!("{key}/rule-{i}"),
     };
     let mut backends = Vec::new();
     let mut dropped = 0;
-    for b in &rule.backend_refs {
+    for b in rule.backend_refs {
         let kind_ok = b.kind.as_deref().unwrap_or("Service") == "Service"
             && b.group.as_deref().unwrap_or("").is_empty();
         let bns = b.namespace.clone().unwrap_or_else(|| ns.to_string());
@@ -196,7 +352,7 @@ fn translate_rule(
     }
     let mut fault = None;
     let mut mirror = None;
-    for f in &rule.filters {
+    for f in rule.filters {
         match f.filter_type.as_str() {
             "ExtensionRef" => {
                 let Some(ext) = &f.extension_ref else {
@@ -282,7 +438,7 @@ fn translate_rule(
             });
         }
     }
-    let retry = rule.retry.as_ref().map(|r| {
+    let retry = rule.retry.map(|r| {
         let mut on = Vec::new();
         if r.codes.iter().any(|c| (500..600).contains(c)) {
             on.push("5xx".to_string());
@@ -298,7 +454,6 @@ fn translate_rule(
             attempts: r.attempts.unwrap_or(1),
             per_try_timeout: rule
                 .timeouts
-                .as_ref()
                 .and_then(|t| t.backend_request.as_ref())
                 .and_then(proto_duration),
             retry_on: on,
@@ -313,7 +468,6 @@ fn translate_rule(
         backends,
         timeout: rule
             .timeouts
-            .as_ref()
             .and_then(|t| t.request.as_ref())
             .and_then(proto_duration),
         retry,
@@ -534,6 +688,90 @@ spec:
             abort(2),
             (s500, 100.0),
             "all weights zero: nothing to forward to"
+        );
+    }
+
+    #[test]
+    fn grpc_routes_match_methods_as_paths() {
+        let c = translate(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: inventory, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews}]
+  rules:
+    - matches: [{method: {service: shop.Inventory}}]
+      backendRefs: [{name: reviews-us-east}]
+    - matches: [{method: {service: shop.Inventory, method: Reserve}}]
+      backendRefs: [{name: reviews}]
+    - matches: [{method: {method: Get.All}}]
+      backendRefs: [{name: reviews}]
+"#,
+        );
+        use model::path_match::Kind;
+        let paths: Vec<Option<Kind>> = c.services["reviews.shop"]
+            .routes
+            .iter()
+            .map(|r| r.matches[0].path.clone().and_then(|p| p.kind))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                Some(Kind::Exact("/shop.Inventory/Reserve".into())),
+                Some(Kind::Prefix("/shop.Inventory".into())),
+                Some(Kind::Regex("/[^/]+/Get\\.All".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn destination_policy_defaults_fill_routes_that_set_none() {
+        let policy = "apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\n\
+metadata: {name: p, namespace: shop}\n\
+spec: {targetRef: {name: SVC}, timeout: 3s, retry: {attempts: 3, retryOn: [unavailable, teapot], budgetPercent: 10}}\n";
+        let route = r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews}]
+  rules:
+    - {matches: [{path: {type: PathPrefix, value: /slow}}], timeouts: {request: 30s}, backendRefs: [{name: reviews}]}
+    - backendRefs: [{name: reviews}]
+"#;
+        let c = translate(&format!(
+            "{}---\n{}---\n{route}",
+            policy.replace("SVC", "reviews"),
+            policy
+                .replace("name: p,", "name: q,")
+                .replace("SVC", "reviews-us-east"),
+        ));
+        let routes = &c.services["reviews.shop"].routes;
+        assert_eq!(
+            routes[0].timeout.unwrap().seconds,
+            30,
+            "a route's own timeout stays"
+        );
+        assert_eq!(routes[1].timeout.unwrap().seconds, 3);
+        let retry = routes[1].retry.as_ref().unwrap();
+        assert_eq!(
+            (retry.attempts, retry.retry_on.as_slice()),
+            (3, &["unavailable".to_string()][..])
+        );
+        assert_eq!(retry.budget.as_ref().unwrap().retry_ratio, 0.1);
+        let lone = &c.services["reviews-us-east.shop"].routes;
+        assert_eq!(
+            lone.len(),
+            1,
+            "a service without routes gets a default route"
+        );
+        assert_eq!(
+            (lone[0].name.as_str(), lone[0].timeout.unwrap().seconds),
+            ("default", 3)
+        );
+        assert!(
+            c.problems
+                .iter()
+                .any(|p| p.reason == "UnsupportedValue" && p.message.contains("teapot"))
         );
     }
 }

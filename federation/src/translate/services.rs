@@ -23,6 +23,15 @@ pub struct Catalog {
     /// By model name (`<name>.<namespace>`).
     pub services: BTreeMap<String, model::Service>,
     pub problems: Vec<Problem>,
+    /// Timeouts and retries from DestinationPolicy, for routes that set
+    /// none (applied by `routes::attach`).
+    pub route_defaults: BTreeMap<String, RouteDefaults>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteDefaults {
+    pub timeout: Option<pbjson_types::Duration>,
+    pub retry: Option<model::RetryPolicy>,
 }
 
 /// The model name of a Service.
@@ -64,6 +73,10 @@ pub fn catalog(snap: &Snapshot) -> Catalog {
         let mut service = translate_service(&key.name, ns, svc, &slices, &region);
         if let Some(p) = policies.get(&(ns.to_string(), key.name.clone())) {
             apply_policy(&mut service, p);
+            let defaults = route_defaults(p, &mut out.problems);
+            if defaults != RouteDefaults::default() {
+                out.route_defaults.insert(service.name.clone(), defaults);
+            }
         }
         out.services.insert(service.name.clone(), service);
     }
@@ -249,6 +262,43 @@ fn translate_service(
         load_balancer: None,
         outlier_detection: None,
         connection_pool: None,
+    }
+}
+
+fn route_defaults(p: &DestinationPolicy, problems: &mut Vec<Problem>) -> RouteDefaults {
+    let retry = p.spec.retry.as_ref().map(|r| {
+        let (known, unknown): (Vec<String>, Vec<String>) = r
+            .retry_on
+            .iter()
+            .cloned()
+            .partition(|c| isthmus_api::validate::RETRY_ON.contains(&c.as_str()));
+        if !unknown.is_empty() {
+            problems.push(Problem {
+                kind: "DestinationPolicy",
+                key: key_of(p),
+                reason: "UnsupportedValue",
+                message: format!(
+                    "retryOn {unknown:?} ignored; known conditions: {}",
+                    isthmus_api::validate::RETRY_ON.join(", ")
+                ),
+            });
+        }
+        model::RetryPolicy {
+            attempts: r.attempts,
+            per_try_timeout: r.per_try_timeout.as_ref().and_then(proto_duration),
+            retry_on: known,
+            backoff_base: None,
+            backoff_max: None,
+            budget: r.budget_percent.map(|pct| model::RetryBudget {
+                retry_ratio: f64::from(pct) / 100.0,
+                min_retries_per_second: 0,
+                ttl: None,
+            }),
+        }
+    });
+    RouteDefaults {
+        timeout: p.spec.timeout.as_ref().and_then(proto_duration),
+        retry,
     }
 }
 
