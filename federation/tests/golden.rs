@@ -11,8 +11,16 @@ use isthmus_federation::store::files::{load_dir, merge};
 #[test]
 fn the_sample_mesh_translates_to_its_golden_catalog() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    for cluster in ["eu-west"] {
-        let (loaded, errors) = load_dir(&root.join(cluster));
+    let mut clusters: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    clusters.sort();
+    assert!(!clusters.is_empty());
+    for cluster in clusters {
+        let (loaded, errors) = load_dir(&root.join(&cluster));
         assert!(errors.is_empty(), "{errors:?}");
         let (snap, _) = merge(&Snapshot::default(), loaded, errors);
         let catalog = isthmus_federation::translate::translate(&snap);
