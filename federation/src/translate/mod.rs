@@ -12,6 +12,7 @@
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
 //!   configuration is unaffected.
 
+pub mod proxy;
 pub mod routes;
 pub mod services;
 
