@@ -101,11 +101,16 @@ impl Snapshot {
     /// Objects of one kind, in key order.
     pub fn of_kind<'a>(
         &'a self,
-        kind: &'a str,
+        kind: &'static str,
     ) -> impl Iterator<Item = (&'a ObjectKey, &'a Resource)> + 'a {
+        // Keys sort by kind first: a range, not a scan of everything.
+        let first = ObjectKey {
+            namespace: None,
+            name: String::new(),
+        };
         self.objects
-            .iter()
-            .filter(move |((k, _), _)| *k == kind)
+            .range((kind, first)..)
+            .take_while(move |((k, _), _)| *k == kind)
             .map(|((_, key), r)| (key, r.as_ref()))
     }
 

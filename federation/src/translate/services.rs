@@ -51,26 +51,28 @@ pub fn catalog(snap: &Snapshot) -> Catalog {
         .unwrap_or_default();
     let mut out = Catalog::default();
     let policies = policies_by_service(snap, &mut out.problems);
+    // EndpointSlices by (namespace, service), once.
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    for (k, r) in snap.of_kind("EndpointSlice") {
+        let Resource::EndpointSlice(s) = r else {
+            continue;
+        };
+        let service = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL));
+        if let (Some(ns), Some(service)) = (k.namespace.as_deref(), service) {
+            slices_of.entry((ns, service)).or_default().push(s);
+        }
+    }
     for (key, r) in snap.of_kind("Service") {
         let Resource::Service(svc) = r else { continue };
         let ns = key.namespace.as_deref().unwrap_or("default");
-        let slices: Vec<&EndpointSlice> = snap
-            .of_kind("EndpointSlice")
-            .filter_map(|(k, r)| match r {
-                Resource::EndpointSlice(s)
-                    if k.namespace.as_deref() == Some(ns)
-                        && s.metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                            == Some(&key.name) =>
-                {
-                    Some(s)
-                }
-                _ => None,
-            })
-            .collect();
-        let mut service = translate_service(&key.name, ns, svc, &slices, &region);
+        let slices = slices_of
+            .get(&(ns, key.name.as_str()))
+            .map_or(&[][..], Vec::as_slice);
+        let mut service = translate_service(&key.name, ns, svc, slices, &region);
         if let Some(p) = policies.get(&(ns.to_string(), key.name.clone())) {
             apply_policy(&mut service, p);
             let defaults = route_defaults(p, &mut out.problems);

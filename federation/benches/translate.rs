@@ -1,0 +1,116 @@
+//! Translation time for a large cluster: 10 000 Services in 100 namespaces,
+//! 3 endpoints each, 1 000 HTTPRoutes and 1 000 DestinationPolicies.
+//! Baseline in the same run: reading the same resources as the files store
+//! does (YAML → typed snapshot), the step translation follows.
+//!
+//! `cargo bench -p isthmus-federation --bench translate`
+//! (BENCH_SERVICES to change the size).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use isthmus_api::model;
+use isthmus_federation::store::Snapshot;
+use isthmus_federation::store::files::{merge, parse_file};
+use isthmus_federation::translate::{proxy::for_proxy, translate};
+
+fn mesh(services: usize) -> String {
+    let mut docs = Vec::with_capacity(services * 2);
+    for i in 0..services {
+        let (ns, name) = (format!("ns{}", i % 100), format!("svc{i}"));
+        docs.push(format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+             spec: {{clusterIP: 10.96.{}.{}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n",
+            i / 250,
+            i % 250
+        ));
+        docs.push(format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-a, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n\
+             \x20 - {{addresses: [10.1.{0}.1], zone: z1}}\n  - {{addresses: [10.1.{0}.2], zone: z2}}\n  - {{addresses: [10.1.{0}.3], zone: z3}}\n",
+            i % 250
+        ));
+        if i % 10 == 0 {
+            docs.push(format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+                 spec:\n  parentRefs: [{{kind: Service, group: \"\", name: {name}}}]\n  rules:\n\
+                 \x20   - matches: [{{headers: [{{name: x-canary, value: \"1\"}}]}}]\n      backendRefs: [{{name: svc{}}}]\n\
+                 \x20   - backendRefs: [{{name: {name}, weight: 90}}, {{name: svc{}, weight: 10}}]\n",
+                (i + 100) % services,
+                (i + 100) % services
+            ));
+            docs.push(format!(
+                "apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+                 spec: {{targetRef: {{name: {name}}}, timeout: 2s, retry: {{attempts: 2, retryOn: [5xx]}}}}\n"
+            ));
+        }
+    }
+    docs.join("---\n")
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let services: usize = std::env::var("BENCH_SERVICES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
+    let yaml = mesh(services);
+    let runs = 5;
+    let mut load = Vec::new();
+    let mut snap = Snapshot::default();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let (loaded, errors) = parse_file(Path::new("bench.yaml"), &yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        load.push(t.elapsed());
+    }
+    let mut full = Vec::new();
+    let mut catalog = translate(&snap);
+    for _ in 0..runs {
+        let t = Instant::now();
+        catalog = translate(&snap);
+        full.push(t.elapsed());
+    }
+    assert_eq!(catalog.services.len(), services);
+    assert!(catalog.problems.is_empty(), "{:?}", &catalog.problems[..3]);
+    let node = model::Node {
+        name: "p".into(),
+        namespace: "ns7".into(),
+        ..Default::default()
+    };
+    let mut slice = Vec::new();
+    let mut cfg = model::ProxyConfig::default();
+    for _ in 0..runs {
+        let t = Instant::now();
+        cfg = for_proxy(&catalog, &node, Vec::new());
+        slice.push(t.elapsed());
+    }
+    println!(
+        "\n== translation, {services} services / {} endpoints / {} routes / {} policies, median of {runs} ==",
+        services * 3,
+        services / 10,
+        services / 10
+    );
+    println!(
+        "baseline: read the YAML into a snapshot   {:>10.1} ms",
+        median(load).as_secs_f64() * 1e3
+    );
+    println!(
+        "translate the whole cluster               {:>10.1} ms",
+        median(full).as_secs_f64() * 1e3
+    );
+    println!(
+        "one proxy's slice ({} services)           {:>10.3} ms",
+        cfg.services.len(),
+        median(slice).as_secs_f64() * 1e3
+    );
+}
