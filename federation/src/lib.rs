@@ -8,9 +8,11 @@
 //! - `crdgen`: our CRDs as YAML, generated from those types (`crds/`).
 //! - `store`: where resources come from (`files` today), as snapshots.
 //! - `translate`: snapshots to proxy configuration, pure.
+//! - `server`: the running control plane: store → translation → admin.
 #![forbid(unsafe_code)]
 
 pub mod crdgen;
 pub mod resources;
+pub mod server;
 pub mod store;
 pub mod translate;

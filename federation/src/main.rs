@@ -1,6 +1,8 @@
 //! `isthmus-federation`: the Isthmus control plane.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -11,8 +13,27 @@ struct Cli {
     command: Command,
 }
 
+fn duration(s: &str) -> Result<Duration, String> {
+    isthmus_federation::resources::duration::parse(s).map_err(|e| e.to_string())
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the control plane on a `files` store directory: watches it,
+    /// translates every change, serves /config_dump, /healthz, /readyz.
+    Run {
+        /// Directory of Kubernetes YAML (the files store).
+        #[arg(long)]
+        store_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        admin: SocketAddr,
+        /// How often the directory is looked at.
+        #[arg(long, default_value = "200ms", value_parser = duration)]
+        poll: Duration,
+        /// Quiet time after a change before it is applied.
+        #[arg(long, default_value = "100ms", value_parser = duration)]
+        debounce: Duration,
+    },
     /// Writes the isthmus.dev CRDs (YAML, from the Rust types) into a directory.
     Crdgen {
         /// Target directory.
@@ -24,9 +45,50 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            store_dir,
+            admin,
+            poll,
+            debounce,
+        } => {
+            if !store_dir.is_dir() {
+                anyhow::bail!(
+                    "store directory {} does not exist: create it or pass --store-dir",
+                    store_dir.display()
+                );
+            }
+            let listener = isthmus_federation::server::bind(admin)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {admin} for admin: {e}"))?;
+            tracing::info!(%admin, store = %store_dir.display(), "control plane starting");
+            let cp = isthmus_federation::server::ControlPlane::start(
+                isthmus_federation::server::Options {
+                    store_dir,
+                    poll,
+                    debounce,
+                },
+            );
+            cp.serve_admin(listener);
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down");
+            cp.shutdown().await;
+        }
         Command::Crdgen { out, check } => {
             if check {
                 isthmus_federation::crdgen::check(&out)?;

@@ -1,0 +1,73 @@
+//! The control plane process over a real store directory: it translates
+//! what is there, retranslates on change, and shows it on /config_dump.
+
+use std::time::Duration;
+
+use isthmus_federation::server::{ControlPlane, Options, bind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: cp\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn translates_the_store_and_follows_changes() {
+    let dir = std::env::temp_dir().join(format!("isthmus-cp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/eu-west");
+    for f in ["mesh.yaml", "services.yaml", "policy.yaml"] {
+        std::fs::copy(golden.join(f), dir.join(f)).unwrap();
+    }
+    let cp = ControlPlane::start(Options {
+        store_dir: dir.clone(),
+        poll: Duration::from_millis(20),
+        debounce: Duration::from_millis(50),
+    });
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    cp.serve_admin(listener);
+
+    let (status, body) = get(addr, "/config_dump").await;
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(dump["generation"], 1);
+    assert_eq!(dump["objects"]["Service"], 4);
+    assert_eq!(
+        dump["services"]["reviews.shop"]["routes"][1]["backends"][1]["weight"],
+        10
+    );
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+
+    // A policy for a service that does not exist: a problem, shown.
+    std::fs::write(
+        dir.join("ghost.yaml"),
+        "apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {name: ghost, namespace: shop}\nspec: {targetRef: {name: nowhere}}\n",
+    )
+    .unwrap();
+    let mut published = cp.published.clone();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while published.borrow_and_update().generation < 2 {
+            published.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the change was never translated");
+    let dump: serde_json::Value = serde_json::from_str(&get(addr, "/config_dump").await.1).unwrap();
+    assert_eq!(dump["problems"][0]["reason"], "TargetNotFound");
+    assert_eq!(dump["problems"][0]["object"], "shop/ghost");
+
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
