@@ -4,6 +4,7 @@
 //! Kubernetes YAML, the embedded default) and, next, `kube` (the API).
 
 pub mod files;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -43,7 +43,16 @@ pub(crate) fn proto_duration(
 /// The whole cluster's configuration from a snapshot: the service catalog
 /// with route tables and policy defaults, and the problems found.
 pub fn translate(snap: &crate::store::Snapshot) -> services::Catalog {
-    let mut catalog = services::catalog(snap);
+    translate_with(snap, &[])
+}
+
+/// `translate`, with registered workloads as endpoints of the Services
+/// that select them.
+pub fn translate_with(
+    snap: &crate::store::Snapshot,
+    workloads: &[&crate::store::registry::Workload],
+) -> services::Catalog {
+    let mut catalog = services::catalog_with(snap, workloads);
     routes::attach(&mut catalog, snap);
     catalog
 }

@@ -12,6 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{Problem, proto_duration};
 use crate::resources::destination::{DestinationPolicy, LbPolicy};
+use crate::store::registry::Workload;
 use crate::store::{ObjectKey, Resource, Snapshot};
 
 /// The label EndpointSlices carry naming their Service.
@@ -42,6 +43,13 @@ pub fn service_name(name: &str, namespace: &str) -> String {
 /// Builds the catalog from a snapshot. `region` is the cluster's own (from
 /// its Mesh), given to endpoints, which only know their zone.
 pub fn catalog(snap: &Snapshot) -> Catalog {
+    catalog_with(snap, &[])
+}
+
+/// The catalog with registered workloads as endpoints too: a Service with
+/// a selector gets every workload of its namespace whose labels match (how
+/// endpoints exist in `files` mode, where no EndpointSlice controller runs).
+pub fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
     let region = snap
         .of_kind("Mesh")
         .find_map(|(_, r)| match r {
@@ -73,6 +81,7 @@ pub fn catalog(snap: &Snapshot) -> Catalog {
             .get(&(ns, key.name.as_str()))
             .map_or(&[][..], Vec::as_slice);
         let mut service = translate_service(&key.name, ns, svc, slices, &region);
+        add_workloads(&mut service, ns, svc, workloads, &region);
         if let Some(p) = policies.get(&(ns.to_string(), key.name.clone())) {
             apply_policy(&mut service, p);
             let defaults = route_defaults(p, &mut out.problems);
@@ -265,6 +274,64 @@ fn translate_service(
         outlier_detection: None,
         connection_pool: None,
     }
+}
+
+fn add_workloads(
+    service: &mut model::Service,
+    ns: &str,
+    svc: &Service,
+    workloads: &[&Workload],
+    region: &str,
+) {
+    let spec = svc.spec.clone().unwrap_or_default();
+    let Some(selector) = spec.selector.filter(|s| !s.is_empty()) else {
+        return;
+    };
+    let kports = spec.ports.unwrap_or_default();
+    for w in workloads {
+        let selected =
+            w.namespace == ns && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v));
+        if !selected {
+            continue;
+        }
+        // Each service port → the workload's port: numeric target, or the
+        // container port of that name.
+        let ports = kports
+            .iter()
+            .filter_map(|sp| {
+                use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+                let target = match &sp.target_port {
+                    Some(IntOrString::Int(n)) => u16::try_from(*n).ok()?,
+                    Some(IntOrString::String(name)) => {
+                        w.ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p)?
+                    }
+                    None => u16::try_from(sp.port).ok()?,
+                };
+                Some(model::EndpointPort {
+                    port: sp.port as u32,
+                    target_port: u32::from(target),
+                })
+            })
+            .collect();
+        service.endpoints.push(model::Endpoint {
+            address: w.address.to_string(),
+            ports,
+            locality: Some(model::Locality {
+                region: if w.region.is_empty() {
+                    region.to_string()
+                } else {
+                    w.region.clone()
+                },
+                zone: w.zone.clone(),
+            }),
+            labels: w.labels.clone().into_iter().collect(),
+            weight: 1,
+            unhealthy: false,
+        });
+    }
+    // EndpointSlices first (stable sort), then drop repeated addresses.
+    service.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+    service.endpoints.dedup_by(|a, b| a.address == b.address);
 }
 
 fn route_defaults(p: &DestinationPolicy, problems: &mut Vec<Problem>) -> RouteDefaults {
@@ -543,5 +610,61 @@ metadata: {{name: ghost, namespace: shop}}\nspec: {{targetRef: {{name: nowhere}}
         };
         let issues = isthmus_api::validate(&cfg);
         assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    #[test]
+    fn registered_workloads_are_endpoints_of_the_services_selecting_them() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: catalog, namespace: shop}\n\
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}, {name: admin, port: 9000, targetPort: 9901}]}\n";
+        let w = |name: &str, ns: &str, app: &str, ip: &str| Workload {
+            name: name.into(),
+            namespace: ns.into(),
+            service_account: "catalog".into(),
+            labels: [
+                ("app".to_string(), app.to_string()),
+                ("version".to_string(), "v1".to_string()),
+            ]
+            .into(),
+            address: ip.parse().unwrap(),
+            ports: vec![("http".into(), 8080)],
+            region: String::new(),
+            zone: "eu-west-b".into(),
+        };
+        let ws = [
+            w("catalog-1", "shop", "catalog", "10.0.0.2"),
+            w("catalog-2", "shop", "catalog", "10.0.0.1"),
+            w("reviews-1", "shop", "reviews", "10.0.0.3"),
+            w("catalog-x", "other", "catalog", "10.0.0.4"),
+        ];
+        let refs: Vec<&Workload> = ws.iter().collect();
+        let mesh = "apiVersion: isthmus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west}}\n";
+        let c = catalog_with(&snapshot(&format!("{mesh}---\n{yaml}")), &refs);
+        let s = &c.services["catalog.shop"];
+        let eps: Vec<(&str, Vec<(u32, u32)>)> = s
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.address.as_str(),
+                    e.ports.iter().map(|p| (p.port, p.target_port)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            [
+                ("10.0.0.1", vec![(80, 8080), (9000, 9901)]),
+                ("10.0.0.2", vec![(80, 8080), (9000, 9901)])
+            ],
+            "same namespace, matching labels; named target port from the workload's ports"
+        );
+        let l = s.endpoints[0].locality.as_ref().unwrap();
+        assert_eq!(
+            (l.region.as_str(), l.zone.as_str()),
+            ("eu-west", "eu-west-b"),
+            "region from the Mesh"
+        );
+        assert_eq!(s.endpoints[0].labels["version"], "v1");
     }
 }

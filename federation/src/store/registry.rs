@@ -1,0 +1,153 @@
+//! Workloads that announced themselves. A sidecar that connects to the
+//! control plane registers its workload (name, namespace, service account,
+//! labels, address, ports, locality); in `files` mode this is how endpoints
+//! exist. When its stream drops, the workload stays for a grace period (a
+//! restart or a control-plane blip must not empty a service), then goes.
+//! Time is passed in: the registry is plain data.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// What a sidecar says about its workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub address: IpAddr,
+    /// Container ports by name ("" when unnamed).
+    pub ports: Vec<(String, u16)>,
+    pub region: String,
+    pub zone: String,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    workload: Workload,
+    /// When its last stream dropped; None while connected.
+    lost_at: Option<Instant>,
+    /// Streams currently open for it (a reconnect may overlap the old one).
+    streams: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    entries: BTreeMap<(String, String), Entry>,
+}
+
+impl Registry {
+    /// A stream for this workload opened; returns true if what the mesh
+    /// sees changed (new workload, or new address, labels or ports).
+    pub fn register(&mut self, w: Workload) -> bool {
+        let key = (w.namespace.clone(), w.name.clone());
+        match self.entries.get_mut(&key) {
+            Some(e) => {
+                e.streams += 1;
+                e.lost_at = None;
+                let changed = e.workload != w;
+                e.workload = w;
+                changed
+            }
+            None => {
+                self.entries.insert(
+                    key,
+                    Entry {
+                        workload: w,
+                        lost_at: None,
+                        streams: 1,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// A stream for this workload closed at `now`.
+    pub fn disconnected(&mut self, namespace: &str, name: &str, now: Instant) {
+        if let Some(e) = self
+            .entries
+            .get_mut(&(namespace.to_string(), name.to_string()))
+        {
+            e.streams = e.streams.saturating_sub(1);
+            if e.streams == 0 {
+                e.lost_at = Some(now);
+            }
+        }
+    }
+
+    /// Drops workloads disconnected for longer than `grace`; true if any went.
+    pub fn expire(&mut self, now: Instant, grace: Duration) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|_, e| {
+            e.lost_at
+                .is_none_or(|at| now.saturating_duration_since(at) < grace)
+        });
+        self.entries.len() != before
+    }
+
+    /// When the next workload would expire, if one is disconnected.
+    pub fn next_expiry(&self, grace: Duration) -> Option<Instant> {
+        self.entries
+            .values()
+            .filter_map(|e| e.lost_at)
+            .min()
+            .map(|at| at + grace)
+    }
+
+    pub fn workloads(&self) -> impl Iterator<Item = &Workload> {
+        self.entries.values().map(|e| &e.workload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, ip: &str) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "shop".into(),
+            service_account: "catalog".into(),
+            labels: [("app".to_string(), "catalog".to_string())].into(),
+            address: ip.parse().unwrap(),
+            ports: vec![("http".into(), 8080)],
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+        }
+    }
+
+    #[test]
+    fn workloads_stay_for_the_grace_period_after_their_stream_drops() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        let mut r = Registry::default();
+        assert!(r.register(w("catalog-1", "10.0.0.1")));
+        assert!(r.register(w("catalog-2", "10.0.0.2")));
+        assert!(
+            !r.register(w("catalog-1", "10.0.0.1")),
+            "same again: no change"
+        );
+        // catalog-1 has two streams now (a reconnect overlapping); one closes.
+        r.disconnected("shop", "catalog-1", t0);
+        assert_eq!(
+            r.next_expiry(grace),
+            None,
+            "still connected by the other stream"
+        );
+        r.disconnected("shop", "catalog-1", t0);
+        r.disconnected("shop", "catalog-2", t0 + Duration::from_secs(10));
+        assert_eq!(r.next_expiry(grace), Some(t0 + grace));
+        assert!(!r.expire(t0 + Duration::from_secs(29), grace));
+        assert_eq!(r.workloads().count(), 2);
+        assert!(r.expire(t0 + grace, grace));
+        let left: Vec<&str> = r.workloads().map(|w| w.name.as_str()).collect();
+        assert_eq!(left, ["catalog-2"]);
+        // Coming back within the grace period keeps it, and a new address
+        // is a change.
+        assert!(r.register(w("catalog-2", "10.0.0.9")));
+        assert!(!r.expire(t0 + Duration::from_secs(3600), grace));
+        assert_eq!(r.next_expiry(grace), None);
+    }
+}
