@@ -153,6 +153,16 @@ fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<B
                     "reason": x.reason,
                     "message": x.message,
                 })).collect::<Vec<_>>(),
+                "conditions": crate::translate::status::conditions(
+                    &p.store.snapshot,
+                    &p.catalog.problems,
+                    &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::now(),
+                    ),
+                )
+                .into_iter()
+                .map(|((kind, key), c)| (format!("{kind} {key}"), c))
+                .collect::<std::collections::BTreeMap<_, _>>(),
                 "services": p.catalog.services,
             });
             (

@@ -67,6 +67,11 @@ async fn translates_the_store_and_follows_changes() {
     let dump: serde_json::Value = serde_json::from_str(&get(addr, "/config_dump").await.1).unwrap();
     assert_eq!(dump["problems"][0]["reason"], "TargetNotFound");
     assert_eq!(dump["problems"][0]["object"], "shop/ghost");
+    let ghost = &dump["conditions"]["DestinationPolicy shop/ghost"][0];
+    assert_eq!(
+        (ghost["type"].as_str(), ghost["status"].as_str()),
+        (Some("Accepted"), Some("False"))
+    );
 
     cp.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

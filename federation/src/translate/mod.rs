@@ -15,6 +15,7 @@
 pub mod proxy;
 pub mod routes;
 pub mod services;
+pub mod status;
 
 use crate::store::ObjectKey;
 

@@ -1,0 +1,162 @@
+//! Status conditions from translation: what the `kube` store writes back
+//! (server-side apply) and what `files` mode shows in /config_dump. Policies
+//! and routes get `Accepted`; routes also `ResolvedRefs`, as the Gateway API
+//! defines them. A problem makes the condition False with the problem's
+//! reason and message; no problem makes it True.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
+
+use super::Problem;
+use crate::store::{ObjectKey, Resource, Snapshot};
+
+/// Reasons that concern references rather than the resource itself.
+const REF_REASONS: &[&str] = &["BackendNotFound", "RefNotPermitted", "InvalidKind"];
+
+/// Conditions for every policy and route in the snapshot, by kind and key.
+/// `now` becomes lastTransitionTime; a writer keeps the old time when a
+/// condition's status did not change.
+pub fn conditions(
+    snap: &Snapshot,
+    problems: &[Problem],
+    now: &Time,
+) -> BTreeMap<(&'static str, ObjectKey), Vec<Condition>> {
+    let mut out = BTreeMap::new();
+    for (kind, key) in snap.objects.keys() {
+        let Some(r) = snap.get(kind, key) else {
+            continue;
+        };
+        let (meta, is_route): (&ObjectMeta, bool) = match r {
+            Resource::HttpRoute(x) => (&x.metadata, true),
+            Resource::GrpcRoute(x) => (&x.metadata, true),
+            Resource::DestinationPolicy(x) => (&x.metadata, false),
+            Resource::AuthorizationPolicy(x) => (&x.metadata, false),
+            Resource::FaultInjection(x) => (&x.metadata, false),
+            _ => continue,
+        };
+        let mine: Vec<&Problem> = problems
+            .iter()
+            .filter(|p| p.kind == *kind && p.key == *key)
+            .collect();
+        let condition = |type_: &str, failed: Vec<&&Problem>, ok_reason: &str| {
+            let (status, reason, message) = match failed.first() {
+                None => ("True", ok_reason.to_string(), String::new()),
+                Some(p) => (
+                    "False",
+                    p.reason.to_string(),
+                    failed
+                        .iter()
+                        .map(|p| p.message.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+            };
+            Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason,
+                message,
+                observed_generation: meta.generation,
+                last_transition_time: now.clone(),
+            }
+        };
+        let accepted_problems: Vec<&&Problem> = mine
+            .iter()
+            .filter(|p| !REF_REASONS.contains(&p.reason))
+            .collect();
+        let mut list = vec![condition(
+            crate::resources::condition::ACCEPTED,
+            accepted_problems,
+            "Accepted",
+        )];
+        if is_route {
+            let refs: Vec<&&Problem> = mine
+                .iter()
+                .filter(|p| REF_REASONS.contains(&p.reason))
+                .collect();
+            list.push(condition("ResolvedRefs", refs, "ResolvedRefs"));
+        }
+        out.insert((*kind, key.clone()), list);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::store::files::{merge, parse_file};
+    use crate::translate::translate;
+
+    #[test]
+    fn problems_become_false_conditions_and_the_rest_true() {
+        let yaml = r#"apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good, namespace: shop, generation: 3}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews}]
+  rules: [{backendRefs: [{name: reviews}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: dangling, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: reviews}]
+  rules: [{matches: [{path: {type: Exact, value: /x}}], backendRefs: [{name: gone}]}]
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: ghost, namespace: shop}
+spec: {targetRef: {name: nowhere}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: not-a-policy, namespace: shop}
+spec: {ports: [{port: 80}]}
+"#;
+        let (loaded, errors) = parse_file(Path::new("t.yaml"), yaml);
+        assert!(errors.is_empty());
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let catalog = translate(&snap);
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let all = conditions(&snap, &catalog.problems, &now);
+        let show = |kind: &'static str, name: &str| -> Vec<String> {
+            let key = ObjectKey {
+                namespace: Some("shop".into()),
+                name: name.into(),
+            };
+            all[&(kind, key)]
+                .iter()
+                .map(|c| format!("{}={}/{}", c.type_, c.status, c.reason))
+                .collect()
+        };
+        assert_eq!(
+            show("HTTPRoute", "good"),
+            ["Accepted=True/Accepted", "ResolvedRefs=True/ResolvedRefs"]
+        );
+        assert_eq!(
+            show("HTTPRoute", "dangling"),
+            [
+                "Accepted=True/Accepted",
+                "ResolvedRefs=False/BackendNotFound"
+            ]
+        );
+        assert_eq!(
+            show("DestinationPolicy", "ghost"),
+            ["Accepted=False/TargetNotFound"]
+        );
+        let good = ObjectKey {
+            namespace: Some("shop".into()),
+            name: "good".into(),
+        };
+        assert_eq!(all[&("HTTPRoute", good)][0].observed_generation, Some(3));
+        assert_eq!(all.len(), 3, "Services get no conditions from us");
+    }
+}
