@@ -1,6 +1,7 @@
 //! The control plane process (`isthmus-federation run`): watches the store,
 //! translates every new snapshot, reports problems, and serves its state on
-//! the admin port (`/config_dump`, `/healthz`, `/readyz`). The discovery
+//! the admin port (`/config_dump`, `/proxy_config?namespace=NS`, `/healthz`,
+//! `/readyz`). The discovery
 //! stream to proxies is the next piece; it will read the same `Published`.
 
 use std::convert::Infallible;
@@ -138,6 +139,8 @@ fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<B
             "text/plain",
             format!("generation {}\n", p.generation),
         ),
+        // What a proxy in a namespace would be sent: /proxy_config?namespace=shop
+        "/proxy_config" => proxy_config(req.uri().query().unwrap_or(""), p),
         "/config_dump" => {
             let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
             for (kind, _) in p.store.snapshot.objects.keys() {
@@ -174,7 +177,8 @@ fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<B
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /healthz, /readyz\n".to_string(),
+            "not found: try /config_dump, /proxy_config?namespace=NS, /healthz, /readyz\n"
+                .to_string(),
         ),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -184,6 +188,40 @@ fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<B
         header::HeaderValue::from_static(ctype),
     );
     r
+}
+
+fn proxy_config(query: &str, p: &Published) -> (StatusCode, &'static str, String) {
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let Some(namespace) = param("namespace") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "say which proxy: /proxy_config?namespace=NS[&name=N][&calls=svc.ns,...]\n".into(),
+        );
+    };
+    let mut node = isthmus_api::model::Node {
+        name: param("name").unwrap_or_else(|| "preview".into()),
+        namespace,
+        ..Default::default()
+    };
+    if let Some(calls) = param("calls") {
+        node.labels.insert(
+            crate::translate::proxy::CALLS.into(),
+            calls.replace("%2C", ","),
+        );
+    }
+    let cfg = crate::translate::proxy::for_proxy(&p.catalog, &node, Vec::new());
+    (
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
+    )
 }
 
 /// The admin address a test or the CLI bound.

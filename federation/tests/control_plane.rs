@@ -49,6 +49,22 @@ async fn translates_the_store_and_follows_changes() {
         10
     );
     assert_eq!(get(addr, "/readyz").await.0, 200);
+    let (status, body) = get(addr, "/proxy_config?namespace=shop&name=frontend").await;
+    assert_eq!(status, 200);
+    let cfg: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(cfg["node"]["name"], "frontend");
+    assert_eq!(cfg["services"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        cfg["services"][0]["hosts"][0], "catalog",
+        "short names in its namespace"
+    );
+    let other: serde_json::Value =
+        serde_json::from_str(&get(addr, "/proxy_config?namespace=other").await.1).unwrap();
+    assert!(
+        other.get("services").is_none(),
+        "nothing in namespace other: {other}"
+    );
+    assert_eq!(get(addr, "/proxy_config").await.0, 400);
 
     // A policy for a service that does not exist: a problem, shown.
     std::fs::write(
