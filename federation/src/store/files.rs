@@ -347,19 +347,38 @@ pub fn merge(
         }
         objects.insert(k, (Arc::new(l.resource), l.file, l.line));
     }
-    let mut snap = Snapshot {
-        objects: objects.into_iter().map(|(k, (r, _, _))| (k, r)).collect(),
+    let mut snap = Snapshot::default();
+    for (k, (r, file, _)) in objects {
+        snap.origins.insert(k.clone(), file);
+        snap.objects.insert(k, r);
+    }
+    let keep = |snap: &mut Snapshot, k: &(&'static str, ObjectKey), r: &Arc<Resource>| {
+        if !snap.objects.contains_key(k) {
+            snap.objects.insert(k.clone(), r.clone());
+            if let Some(origin) = prev.origins.get(k) {
+                snap.origins.insert(k.clone(), origin.clone());
+            }
+        }
     };
     for e in &errors {
-        let (Some(kind), Some(name)) = (&e.kind, &e.name) else {
-            continue;
-        };
-        for ((k, key), r) in &prev.objects {
-            let same = *k == kind.as_str() && key.to_string() == *name;
-            if same {
-                snap.objects
-                    .entry((k, key.clone()))
-                    .or_insert_with(|| r.clone());
+        match (&e.kind, &e.name) {
+            // The object is known: its last good version stays.
+            (Some(kind), Some(name)) => {
+                for (k, r) in &prev.objects {
+                    if k.0 == kind.as_str() && k.1.to_string() == *name {
+                        keep(&mut snap, k, r);
+                    }
+                }
+            }
+            // Unidentifiable (broken YAML, unreadable file): every object
+            // its file had that did not load again stays, rather than
+            // being deleted by a typo.
+            _ => {
+                for (k, r) in &prev.objects {
+                    if prev.origins.get(k) == Some(&e.file) {
+                        keep(&mut snap, k, r);
+                    }
+                }
             }
         }
     }
@@ -544,6 +563,39 @@ spec:
             svc.spec.as_ref().unwrap().ports.is_some(),
             "the first definition wins"
         );
+    }
+    #[test]
+    fn a_document_broken_beyond_recognition_keeps_its_files_objects() {
+        let (v1, _) = snapshot_of(GOOD, &Snapshot::default());
+        // The Service document loses its closing bracket: not even its kind
+        // can be read.
+        let broken = GOOD.replace(
+            "  ports: [{name: http, port: 80, targetPort: 8080}]",
+            "  ports: [{name: http, port: 80, targetPort: 8080}",
+        );
+        let (v2, errors) = snapshot_of(&broken, &v1);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].kind.is_none(), "{}", errors[0]);
+        let key = ObjectKey {
+            namespace: Some("shop".into()),
+            name: "catalog".into(),
+        };
+        assert!(
+            v2.get("Service", &key).is_some(),
+            "the typo did not delete the Service"
+        );
+        assert_eq!(v2.objects.len(), 4);
+        // Another file's error does not hold this file's deletions back.
+        let (loaded, _) = parse_file(&file(), &GOOD.replacen("kind: Mesh", "kind: Namespace", 1));
+        let other = DocError {
+            file: PathBuf::from("elsewhere.yaml"),
+            line: 1,
+            kind: None,
+            name: None,
+            message: "broken".into(),
+        };
+        let (v3, _) = merge(&v1, loaded, vec![other]);
+        assert!(v3.of_kind("Mesh").next().is_none());
     }
 }
 

@@ -96,6 +96,10 @@ impl Resource {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub objects: BTreeMap<(&'static str, ObjectKey), Arc<Resource>>,
+    /// The file each object came from (`files` store only), so a document
+    /// that cannot even be identified still keeps its file's last good
+    /// objects.
+    pub origins: BTreeMap<(&'static str, ObjectKey), std::path::PathBuf>,
 }
 
 impl Snapshot {
