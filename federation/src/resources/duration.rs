@@ -12,10 +12,27 @@ pub const PATTERN: &str = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$";
 )]
 pub struct DurationError(pub String);
 
-/// A GEP-2257 duration, kept as written and parsed on use.
+/// A GEP-2257 duration, kept as written. Checked when deserialized, so a
+/// bad value is refused with the field and line where it was read (the
+/// API server checks the same pattern from the CRD schema).
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(transparent)]
+#[serde(try_from = "String", into = "String")]
 pub struct Duration(pub String);
+
+impl TryFrom<String> for Duration {
+    type Error = DurationError;
+
+    fn try_from(s: String) -> Result<Self, DurationError> {
+        parse(&s)?;
+        Ok(Self(s))
+    }
+}
+
+impl From<Duration> for String {
+    fn from(d: Duration) -> Self {
+        d.0
+    }
+}
 
 impl Duration {
     pub fn parse(&self) -> Result<std::time::Duration, DurationError> {
