@@ -82,6 +82,9 @@ pub fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
             .map_or(&[][..], Vec::as_slice);
         let mut service = translate_service(&key.name, ns, svc, slices, &region);
         add_workloads(&mut service, ns, svc, workloads, &region);
+        // EndpointSlices first (stable sort), then drop repeated addresses.
+        service.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        service.endpoints.dedup_by(|a, b| a.address == b.address);
         if let Some(p) = policies.get(&(ns.to_string(), key.name.clone())) {
             apply_policy(&mut service, p);
             let defaults = route_defaults(p, &mut out.problems);
@@ -189,22 +192,18 @@ fn translate_service(
     slices: &[&EndpointSlice],
     region: &str,
 ) -> model::Service {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let vips = spec
-        .cluster_ips
-        .clone()
-        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|ip| !ip.is_empty() && ip != "None")
-        .collect();
-    let kports: Vec<_> = spec
-        .ports
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .collect();
+    let spec = svc.spec.as_ref();
+    let vips = match spec.and_then(|s| s.cluster_ips.as_ref()) {
+        Some(ips) => ips.as_slice(),
+        None => spec
+            .and_then(|s| s.cluster_ip.as_ref())
+            .map_or(&[][..], std::slice::from_ref),
+    }
+    .iter()
+    .filter(|ip| !ip.is_empty() && *ip != "None")
+    .cloned()
+    .collect();
+    let kports = tcp_ports(svc);
     let ports = kports
         .iter()
         .map(|p| model::ServicePort {
@@ -261,8 +260,6 @@ fn translate_service(
             });
         }
     }
-    endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-    endpoints.dedup_by(|a, b| a.address == b.address);
     model::Service {
         name: service_name(name, ns),
         hosts: vec![format!("{name}.{ns}.svc")],
@@ -283,11 +280,15 @@ fn add_workloads(
     workloads: &[&Workload],
     region: &str,
 ) {
-    let spec = svc.spec.clone().unwrap_or_default();
-    let Some(selector) = spec.selector.filter(|s| !s.is_empty()) else {
+    let Some(selector) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
         return;
     };
-    let kports = spec.ports.unwrap_or_default();
+    let kports = tcp_ports(svc);
     for w in workloads {
         let selected =
             w.namespace == ns && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v));
@@ -329,9 +330,17 @@ fn add_workloads(
             unhealthy: false,
         });
     }
-    // EndpointSlices first (stable sort), then drop repeated addresses.
-    service.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-    service.endpoints.dedup_by(|a, b| a.address == b.address);
+}
+
+/// The Service's TCP ports (UDP and SCTP are not proxied).
+fn tcp_ports(svc: &Service) -> Vec<&k8s_openapi::api::core::v1::ServicePort> {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .collect()
 }
 
 fn route_defaults(p: &DestinationPolicy, problems: &mut Vec<Problem>) -> RouteDefaults {
