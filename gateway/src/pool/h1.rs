@@ -86,7 +86,8 @@ enum Step {
 pub struct H1Conn {
     io: TcpStream,
     buf: BytesMut,
-    _guard: ConnGuard,
+    /// The connection-limit slot, held as long as the socket.
+    guard: ConnGuard,
 }
 
 /// A response head and what the connection may do after its body.
@@ -99,12 +100,19 @@ pub struct ResponseHead {
     pub upgraded: bool,
 }
 
+impl H1Error {
+    /// The client's side of the exchange failed, not the upstream.
+    pub fn is_downstream(&self) -> bool {
+        matches!(self, H1Error::RequestBody(_) | H1Error::BodyLength { .. })
+    }
+}
+
 impl H1Conn {
     pub fn new(io: TcpStream, guard: ConnGuard) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
-            _guard: guard,
+            guard,
         }
     }
 
@@ -129,7 +137,7 @@ impl H1Conn {
     /// The socket, bytes the upstream already sent past the response head,
     /// and the connection-limit slot: what an upgraded connection splices.
     pub fn into_parts(self) -> (TcpStream, Bytes, ConnGuard) {
-        (self.io, self.buf.freeze(), self._guard)
+        (self.io, self.buf.freeze(), self.guard)
     }
 
     /// Sends a request (origin-form URI, headers as given) and reads the
@@ -177,8 +185,9 @@ impl H1Conn {
             match u.poll(&mut self.io, cx) {
                 Poll::Pending => {}
                 Poll::Ready(Ok(())) => *upload = None,
-                // The client's own body failed: nothing sensible to forward.
-                Poll::Ready(Err(e @ H1Error::RequestBody(_))) => return Poll::Ready(Err(e)),
+                // The client's own body failed or lied about its length:
+                // nothing sensible to forward.
+                Poll::Ready(Err(e)) if e.is_downstream() => return Poll::Ready(Err(e)),
                 // A write failed: the upstream may still have answered (and
                 // closed); read what it sent before giving up.
                 Poll::Ready(Err(e)) => {
@@ -1154,6 +1163,33 @@ mod wire_tests {
             2,
             "a fresh connection was dialled"
         );
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_content_length_fails_at_once() {
+        // The upstream waits for the promised bytes; the client must not
+        // wait with it for a response that cannot come.
+        let (addr, _) = upstream(|mut s| async move {
+            read_request(&mut s).await;
+        })
+        .await;
+        let pool = pool();
+        let req = Request::post("/")
+            .header("content-length", "10")
+            .body(ReqBody::Replay {
+                chunks: [Bytes::from_static(b"hello")].into_iter().collect(),
+                trailers: None,
+            })
+            .unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(10), exchange(&pool, addr, req))
+            .await
+            .expect("the exchange waited for a response")
+            .unwrap_err();
+        assert!(
+            e.contains("request body length (5) differs from its content-length (10)"),
+            "{e}"
+        );
+        assert_eq!(pool.open_connections(), 0);
     }
 
     #[tokio::test]

@@ -721,6 +721,9 @@ async fn attempt_once(
                 lease: None,
                 in_flight,
             }),
+            // The client's body failing is not the endpoint's fault: no
+            // retry, no outlier mark.
+            Err(e) if e.is_downstream() => Err(ProxyError::DownstreamBody(e.to_string())),
             Err(e) => Err(ProxyError::Reset(e.to_string())),
         },
         Sender::H2(s) => match s.send_request(clone_request(head, body)).await {
