@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
                     store_dir.display()
                 );
             }
-            let listener = isthmus_federation::server::bind(admin)
+            let listener = tokio::net::TcpListener::bind(admin)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {admin} for admin: {e}"))?;
             tracing::info!(%admin, store = %store_dir.display(), "control plane starting");

@@ -5,7 +5,6 @@
 //! stream to proxies is the next piece; it will read the same `Published`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,9 +221,4 @@ fn proxy_config(query: &str, p: &Published) -> (StatusCode, &'static str, String
         "application/json",
         serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
     )
-}
-
-/// The admin address a test or the CLI bound.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use isthmus_federation::server::{ControlPlane, Options, bind};
+use isthmus_federation::server::{ControlPlane, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -35,7 +35,7 @@ async fn translates_the_store_and_follows_changes() {
         poll: Duration::from_millis(20),
         debounce: Duration::from_millis(50),
     });
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     cp.serve_admin(listener);
 

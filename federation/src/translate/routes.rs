@@ -44,6 +44,18 @@ struct Rule<'a> {
     retry: Option<&'a Retry>,
 }
 
+/// A rule's matches, translated; a rule without any matches everything.
+fn or_catch_all<M>(
+    matches: &[M],
+    translate: impl Fn(&M) -> (Precedence, model::RouteMatch),
+) -> Vec<(Precedence, model::RouteMatch)> {
+    if matches.is_empty() {
+        vec![(Precedence::of(None), model::RouteMatch::default())]
+    } else {
+        matches.iter().map(translate).collect()
+    }
+}
+
 fn http_route<'a>(key: &'a ObjectKey, h: &'a HTTPRoute) -> AnyRoute<'a> {
     AnyRoute {
         kind: "HTTPRoute",
@@ -56,14 +68,9 @@ fn http_route<'a>(key: &'a ObjectKey, h: &'a HTTPRoute) -> AnyRoute<'a> {
             .iter()
             .map(|r| Rule {
                 name: r.name.as_deref(),
-                matches: if r.matches.is_empty() {
-                    vec![(Precedence::of(None), model::RouteMatch::default())]
-                } else {
-                    r.matches
-                        .iter()
-                        .map(|m| (Precedence::of(Some(m)), translate_match(m)))
-                        .collect()
-                },
+                matches: or_catch_all(&r.matches, |m| {
+                    (Precedence::of(Some(m)), translate_match(m))
+                }),
                 backend_refs: &r.backend_refs,
                 filters: &r.filters,
                 timeouts: r.timeouts.as_ref(),
@@ -85,11 +92,7 @@ fn grpc_route<'a>(key: &'a ObjectKey, g: &'a GRPCRoute) -> AnyRoute<'a> {
             .iter()
             .map(|r| Rule {
                 name: r.name.as_deref(),
-                matches: if r.matches.is_empty() {
-                    vec![(Precedence::of(None), model::RouteMatch::default())]
-                } else {
-                    r.matches.iter().map(grpc_match).collect()
-                },
+                matches: or_catch_all(&r.matches, grpc_match),
                 backend_refs: &r.backend_refs,
                 filters: &r.filters,
                 timeouts: None,
