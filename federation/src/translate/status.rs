@@ -22,6 +22,10 @@ pub fn conditions(
     problems: &[Problem],
     now: &Time,
 ) -> BTreeMap<(&'static str, ObjectKey), Vec<Condition>> {
+    let mut by_object: BTreeMap<(&str, &ObjectKey), Vec<&Problem>> = BTreeMap::new();
+    for p in problems {
+        by_object.entry((p.kind, &p.key)).or_default().push(p);
+    }
     let mut out = BTreeMap::new();
     for (kind, key) in snap.objects.keys() {
         let Some(r) = snap.get(kind, key) else {
@@ -35,10 +39,7 @@ pub fn conditions(
             Resource::FaultInjection(x) => (&x.metadata, false),
             _ => continue,
         };
-        let mine: Vec<&Problem> = problems
-            .iter()
-            .filter(|p| p.kind == *kind && p.key == *key)
-            .collect();
+        let mine = by_object.get(&(*kind, key)).map_or(&[][..], Vec::as_slice);
         let condition = |type_: &str, failed: Vec<&&Problem>, ok_reason: &str| {
             let (status, reason, message) = match failed.first() {
                 None => ("True", ok_reason.to_string(), String::new()),

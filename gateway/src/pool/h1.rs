@@ -1093,7 +1093,8 @@ mod wire_tests {
             s.write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
                 .await
                 .unwrap();
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            // Hold the connection open, unread, until the test ends.
+            std::future::pending::<()>().await;
         })
         .await;
         let pool = pool();
