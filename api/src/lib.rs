@@ -1,11 +1,13 @@
 //! isthmus-api: the data-plane configuration model shared by the control
 //! plane and the proxies. The model is protobuf (`proto/`), compiled in
 //! build.rs with serde impls for the proto3 JSON mapping, so the same
-//! messages travel on the discovery stream and are read from YAML files.
+//! messages travel on the discovery stream (`discovery`, a tonic service)
+//! and are read from YAML files.
 //! No I/O and no Kubernetes types here.
 #![forbid(unsafe_code)]
 
 pub mod locate;
+pub mod resource;
 pub mod validate;
 
 /// Generated protobuf code.
@@ -14,6 +16,15 @@ pub mod config {
         #![allow(clippy::all, missing_docs)] // generated code
         include!(concat!(env!("OUT_DIR"), "/isthmus.config.v1.rs"));
         include!(concat!(env!("OUT_DIR"), "/isthmus.config.v1.serde.rs"));
+    }
+}
+
+/// Generated discovery service (messages, client and server).
+pub mod discovery {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/isthmus.discovery.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/isthmus.discovery.v1.serde.rs"));
     }
 }
 

@@ -8,10 +8,13 @@
 //! - `crdgen`: our CRDs as YAML, generated from those types (`crds/`).
 //! - `store`: where resources come from (`files` today), as snapshots.
 //! - `translate`: snapshots to proxy configuration, pure.
-//! - `server`: the running control plane: store → translation → admin.
+//! - `discovery`: the gRPC stream that sends each proxy its configuration.
+//! - `server`: the running control plane: store → translation → discovery
+//!   and admin.
 #![forbid(unsafe_code)]
 
 pub mod crdgen;
+pub mod discovery;
 pub mod resources;
 pub mod server;
 pub mod store;

@@ -20,13 +20,23 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(Subcommand)]
 enum Command {
     /// Runs the control plane on a `files` store directory: watches it,
-    /// translates every change, serves /config_dump, /healthz, /readyz.
+    /// translates every change, streams it to proxies (discovery), serves
+    /// /config_dump, /proxy_config, /healthz, /readyz.
     Run {
         /// Directory of Kubernetes YAML (the files store).
         #[arg(long)]
         store_dir: PathBuf,
+        /// Discovery (gRPC) address proxies subscribe to.
+        #[arg(long, default_value = "127.0.0.1:15010")]
+        discovery: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:15020")]
         admin: SocketAddr,
+        /// How long a registered workload outlives its dropped stream.
+        #[arg(long, default_value = "30s", value_parser = duration)]
+        registration_grace: Duration,
+        /// This replica's name, sent to proxies (default: from the pid).
+        #[arg(long, env = "POD_NAME")]
+        replica: Option<String>,
         /// How often the directory is looked at.
         #[arg(long, default_value = "200ms", value_parser = duration)]
         poll: Duration,
@@ -58,7 +68,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             store_dir,
+            discovery,
             admin,
+            registration_grace,
+            replica,
             poll,
             debounce,
         } => {
@@ -71,15 +84,20 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(admin)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {admin} for admin: {e}"))?;
-            tracing::info!(%admin, store = %store_dir.display(), "control plane starting");
-            let cp = isthmus_federation::server::ControlPlane::start(
-                isthmus_federation::server::Options {
-                    store_dir,
-                    poll,
-                    debounce,
-                },
-            );
+            let discovery_listener = tokio::net::TcpListener::bind(discovery)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {discovery} for discovery: {e}"))?;
+            tracing::info!(%admin, %discovery, store = %store_dir.display(), "control plane starting");
+            let mut opts = isthmus_federation::server::Options::new(store_dir);
+            opts.poll = poll;
+            opts.debounce = debounce;
+            opts.registration_grace = registration_grace;
+            if let Some(r) = replica {
+                opts.replica = r;
+            }
+            let cp = isthmus_federation::server::ControlPlane::start(opts);
             cp.serve_admin(listener);
+            cp.serve_discovery(discovery_listener);
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {

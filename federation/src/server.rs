@@ -1,8 +1,8 @@
-//! The control plane process (`isthmus-federation run`): watches the store,
-//! translates every new snapshot, reports problems, and serves its state on
-//! the admin port (`/config_dump`, `/proxy_config?namespace=NS`, `/healthz`,
-//! `/readyz`). The discovery
-//! stream to proxies is the next piece; it will read the same `Published`.
+//! The control plane process (`isthmus-federation run`): watches the store
+//! and the registered workloads, translates every change into a new
+//! `Published` generation, serves it to proxies on the discovery stream
+//! (`discovery`), and shows its state on the admin port (`/config_dump`,
+//! `/proxy_config?namespace=NS`, `/healthz`, `/readyz`).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -19,62 +19,136 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::discovery::{self, Offer, Subscribers};
 use crate::store::files::{FileWatcher, State};
-use crate::translate::{services::Catalog, translate};
+use crate::store::registry;
+use crate::translate::{services::Catalog, translate_with};
 
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The `files` store directory.
     pub store_dir: PathBuf,
     pub poll: Duration,
+    /// Quiet time after a change (file or workload registration) before
+    /// it is translated and pushed: bursts coalesce into one push.
     pub debounce: Duration,
+    /// How long a registered workload outlives its dropped stream.
+    pub registration_grace: Duration,
+    /// This replica's name (in responses and logs).
+    pub replica: String,
 }
 
-/// The translation of one store generation.
+impl Options {
+    pub fn new(store_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            store_dir: store_dir.into(),
+            poll: Duration::from_millis(200),
+            debounce: Duration::from_millis(100),
+            registration_grace: Duration::from_secs(30),
+            replica: format!("isthmus-federation-{}", std::process::id()),
+        }
+    }
+}
+
+/// One translated generation: the store it came from, the catalog, and
+/// the catalog encoded for the discovery stream.
 #[derive(Debug, Default)]
 pub struct Published {
+    /// Counts publications (store changes and registry changes).
     pub generation: u64,
     pub catalog: Catalog,
     pub store: State,
+    pub offer: Offer,
+    pub workloads: usize,
 }
 
 /// A running control plane.
 pub struct ControlPlane {
     pub published: watch::Receiver<Arc<Published>>,
+    pub subscribers: Arc<Subscribers>,
+    registry: Arc<registry::Shared>,
+    replica: String,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
 
 impl ControlPlane {
-    /// Loads the store, translates, and keeps doing so on every change.
+    /// Loads the store, translates, and keeps doing so on every change of
+    /// the store or of the registered workloads.
     pub fn start(opts: Options) -> Self {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let registry = Arc::new(registry::Shared::new(opts.registration_grace));
         let (mut states, watcher) = FileWatcher {
             dir: opts.store_dir,
             poll: opts.poll,
             debounce: opts.debounce,
         }
         .start(stop.clone());
-        let first = publish(&states.borrow_and_update());
+        let mut generation = 1;
+        let first = publish(generation, &states.borrow_and_update(), &registry);
         let (tx, published) = watch::channel(first);
+        let (reg, stop2, debounce) = (registry.clone(), stop.clone(), opts.debounce);
         tasks.spawn(async move {
             let _watcher = watcher;
-            while states.changed().await.is_ok() {
-                let next = publish(&states.borrow_and_update());
+            loop {
+                let expiry = reg.next_expiry();
+                tokio::select! {
+                    _ = stop2.cancelled() => return,
+                    r = states.changed() => if r.is_err() { return },
+                    _ = reg.changed() => {
+                        if !reg.take_dirty() {
+                            continue; // a disconnect: only the expiry timer moves
+                        }
+                        // Registrations come in bursts (a deployment
+                        // scaling up): let the burst finish.
+                        tokio::select! {
+                            _ = stop2.cancelled() => return,
+                            _ = tokio::time::sleep(debounce) => {}
+                        }
+                        reg.take_dirty();
+                    }
+                    _ = sleep_until(expiry) => {
+                        if !reg.expire() { continue; }
+                    }
+                }
+                generation += 1;
+                let next = publish(generation, &states.borrow_and_update(), &reg);
                 tx.send_replace(next);
             }
         });
         Self {
             published,
+            subscribers: Arc::new(Subscribers::default()),
+            registry,
+            replica: opts.replica,
             tasks,
             stop,
         }
     }
 
+    /// Serves the discovery stream on `listener`.
+    pub fn serve_discovery(&self, listener: TcpListener) {
+        let svc = discovery::DiscoveryService::new(
+            self.published.clone(),
+            self.registry.clone(),
+            self.subscribers.clone(),
+            self.replica.clone(),
+            self.tasks.clone(),
+            self.stop.clone(),
+        );
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = discovery::serve(svc, listener, stop).await {
+                tracing::error!("discovery server failed: {e}");
+            }
+        });
+    }
+
     /// Serves the admin endpoints on `listener` until `shutdown`.
     pub fn serve_admin(&self, listener: TcpListener) {
         let published = self.published.clone();
+        let subscribers = self.subscribers.clone();
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
         self.tasks.spawn(async move {
@@ -87,10 +161,11 @@ impl ControlPlane {
                     },
                 };
                 let published = published.clone();
+                let subscribers = subscribers.clone();
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let r = admin(&req, &published.borrow());
+                        let r = admin(&req, &published.borrow(), &subscribers);
                         async move { Ok::<_, Infallible>(r) }
                     });
                     let builder =
@@ -111,25 +186,43 @@ impl ControlPlane {
     }
 }
 
-fn publish(state: &State) -> Arc<Published> {
-    let catalog = translate(&state.snapshot);
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn publish(generation: u64, state: &State, registry: &registry::Shared) -> Arc<Published> {
+    let workloads = registry.workloads();
+    let refs: Vec<&registry::Workload> = workloads.iter().collect();
+    let catalog = translate_with(&state.snapshot, &refs);
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);
     }
     tracing::info!(
-        generation = state.generation,
+        generation,
+        store_generation = state.generation,
         services = catalog.services.len(),
+        workloads = workloads.len(),
         problems = catalog.problems.len(),
         "configuration translated"
     );
     Arc::new(Published {
-        generation: state.generation,
+        generation,
+        offer: Offer::new(generation, &catalog),
         catalog,
         store: state.clone(),
+        workloads: workloads.len(),
     })
 }
 
-fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<Bytes>> {
+fn admin(
+    req: &Request<hyper::body::Incoming>,
+    p: &Published,
+    subscribers: &Subscribers,
+) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         // Ready once a store generation was translated (always, after start).
@@ -145,9 +238,37 @@ fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<B
             for (kind, _) in p.store.snapshot.objects.keys() {
                 *kinds.entry(kind).or_default() += 1;
             }
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            );
+            let mut conditions: std::collections::BTreeMap<String, Vec<_>> =
+                crate::translate::status::conditions(&p.store.snapshot, &p.catalog.problems, &now)
+                    .into_iter()
+                    .map(|((kind, key), c)| (format!("{kind} {key}"), c))
+                    .collect();
+            let refusals = subscribers.refusals();
+            for ((kind, key), c) in
+                discovery::subscribers::programmed_conditions(&p.store.snapshot, &refusals, &now)
+            {
+                conditions
+                    .entry(format!("{kind} {key}"))
+                    .or_default()
+                    .push(c);
+            }
+            let proxies: Vec<serde_json::Value> = subscribers
+                .list()
+                .into_iter()
+                .map(|(id, s)| {
+                    let mut v = serde_json::to_value(&s).unwrap_or_default();
+                    v["stream"] = id.into();
+                    v
+                })
+                .collect();
             let dump = serde_json::json!({
                 "generation": p.generation,
+                "storeGeneration": p.store.generation,
                 "objects": kinds,
+                "workloads": p.workloads,
                 "storeErrors": p.store.errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "problems": p.catalog.problems.iter().map(|x| serde_json::json!({
                     "kind": x.kind,
@@ -155,16 +276,8 @@ fn admin(req: &Request<hyper::body::Incoming>, p: &Published) -> Response<Full<B
                     "reason": x.reason,
                     "message": x.message,
                 })).collect::<Vec<_>>(),
-                "conditions": crate::translate::status::conditions(
-                    &p.store.snapshot,
-                    &p.catalog.problems,
-                    &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                        k8s_openapi::jiff::Timestamp::now(),
-                    ),
-                )
-                .into_iter()
-                .map(|((kind, key), c)| (format!("{kind} {key}"), c))
-                .collect::<std::collections::BTreeMap<_, _>>(),
+                "conditions": conditions,
+                "proxies": proxies,
                 "services": p.catalog.services,
             });
             (

@@ -30,7 +30,11 @@ pub mod condition {
     pub const ACCEPTED: &str = "Accepted";
     /// A ClusterLink's tunnel and sync are up.
     pub const CONNECTED: &str = "Connected";
-    /// A proxy refused configuration derived from this resource.
+    /// The configuration derived from this resource is in effect on the
+    /// proxies that need it (type), or some refused it (False, reason
+    /// `RejectedByProxy`).
+    pub const PROGRAMMED: &str = "Programmed";
+    /// A proxy refused configuration derived from this resource (reason).
     pub const REJECTED_BY_PROXY: &str = "RejectedByProxy";
 }
 

@@ -101,6 +101,68 @@ impl Registry {
     }
 }
 
+/// The registry as the control plane shares it: streams register and
+/// leave; the publisher is told when what the mesh sees changed.
+#[derive(Debug)]
+pub struct Shared {
+    registry: std::sync::Mutex<Registry>,
+    changed: tokio::sync::Notify,
+    /// Set when what the mesh sees changed since the last `take_dirty`.
+    dirty: std::sync::atomic::AtomicBool,
+    pub grace: Duration,
+}
+
+impl Shared {
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            registry: Default::default(),
+            changed: Default::default(),
+            dirty: Default::default(),
+            grace,
+        }
+    }
+
+    pub fn register(&self, w: Workload) {
+        if self.lock().register(w) {
+            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.changed.notify_one();
+        }
+    }
+
+    pub fn disconnected(&self, namespace: &str, name: &str) {
+        self.lock().disconnected(namespace, name, Instant::now());
+        // Nothing changes yet; the publisher re-arms its expiry timer.
+        self.changed.notify_one();
+    }
+
+    /// Drops what outlived the grace period; true if anything went.
+    pub fn expire(&self) -> bool {
+        self.lock().expire(Instant::now(), self.grace)
+    }
+
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.lock().next_expiry(self.grace)
+    }
+
+    /// Whether registrations changed what the mesh sees since last asked.
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves when the registry may have changed.
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    pub fn workloads(&self) -> Vec<Workload> {
+        self.lock().workloads().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().expect("registry lock")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,13 @@
 //! One proxy's configuration: the slice of the catalog it needs. A proxy
-//! gets the services of its own namespace (reachable by short name too),
-//! every service those send to through routes or mirrors (transitively),
-//! and the services it declares it calls (`isthmus.dev/calls`, comma
-//! separated `<name>.<namespace>`, on its pod). Nothing else: in a large
-//! mesh a proxy does not carry every endpoint of the cluster.
+//! gets the services of its own namespace, every service those send to
+//! through routes or mirrors (transitively), and the services it declares
+//! it calls (`isthmus.dev/calls`, comma separated `<name>.<namespace>`, on
+//! its pod). Nothing else: in a large mesh a proxy does not carry every
+//! endpoint of the cluster. Services are sent exactly as the catalog has
+//! them (the proxy adds short names for its own namespace itself), so one
+//! encoding of a service serves every proxy.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use isthmus_api::model;
 
@@ -15,26 +17,53 @@ use super::services::Catalog;
 /// naming services outside the proxy's namespace that it calls.
 pub const CALLS: &str = "isthmus.dev/calls";
 
-/// The configuration for the proxy `node`, with its listeners.
-pub fn for_proxy(
-    catalog: &Catalog,
+/// The catalog's services by namespace, built once per catalog so that
+/// slicing it for a thousand proxies does not scan it a thousand times.
+#[derive(Debug, Default)]
+pub struct NamespaceIndex {
+    by_namespace: HashMap<String, Vec<String>>,
+}
+
+impl NamespaceIndex {
+    pub fn new(catalog: &Catalog) -> Self {
+        let mut by_namespace: HashMap<String, Vec<String>> = HashMap::new();
+        for name in catalog.services.keys() {
+            if let Some((_, ns)) = name.split_once('.')
+                && !ns.contains('.')
+            {
+                by_namespace
+                    .entry(ns.to_string())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        Self { by_namespace }
+    }
+
+    fn of(&self, namespace: &str) -> &[String] {
+        self.by_namespace.get(namespace).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The names of the services the proxy `node` needs, in name order.
+pub fn wanted<'c>(
+    catalog: &'c Catalog,
+    index: &NamespaceIndex,
     node: &model::Node,
-    listeners: Vec<model::Listener>,
-) -> model::ProxyConfig {
-    let suffix = format!(".{}", node.namespace);
-    let mut wanted: BTreeSet<&str> = catalog
-        .services
-        .keys()
-        .filter(|n| n.ends_with(&suffix) && !n[..n.len() - suffix.len()].contains('.'))
-        .map(String::as_str)
-        .collect();
+) -> BTreeSet<&'c str> {
+    let mut wanted: BTreeSet<&'c str> = BTreeSet::new();
+    let add =
+        |name: &str, wanted: &mut BTreeSet<&'c str>| match catalog.services.get_key_value(name) {
+            Some((k, _)) => wanted.insert(k.as_str()),
+            None => false,
+        };
+    for name in index.of(&node.namespace) {
+        add(name, &mut wanted);
+    }
     if let Some(calls) = node.labels.get(CALLS) {
-        wanted.extend(
-            calls
-                .split(',')
-                .map(str::trim)
-                .filter(|c| catalog.services.contains_key(*c)),
-        );
+        for c in calls.split(',').map(str::trim) {
+            add(c, &mut wanted);
+        }
     }
     // Follow routes and mirrors to everything they can send to.
     let mut queue: VecDeque<&str> = wanted.iter().copied().collect();
@@ -49,21 +78,27 @@ pub fn for_proxy(
                 .map(|b| b.service.as_str())
                 .chain(r.mirror.iter().map(|m| m.service.as_str()));
             for t in targets {
-                if catalog.services.contains_key(t) && wanted.insert(t) {
-                    queue.push_back(t);
+                if let Some((k, _)) = catalog.services.get_key_value(t)
+                    && wanted.insert(k.as_str())
+                {
+                    queue.push_back(k.as_str());
                 }
             }
         }
     }
-    let services = wanted
+    wanted
+}
+
+/// The configuration for the proxy `node`, with its listeners.
+pub fn for_proxy(
+    catalog: &Catalog,
+    node: &model::Node,
+    listeners: Vec<model::Listener>,
+) -> model::ProxyConfig {
+    let index = NamespaceIndex::new(catalog);
+    let services = wanted(catalog, &index, node)
         .into_iter()
-        .map(|name| {
-            let mut s = catalog.services[name].clone();
-            if let Some(short) = name.strip_suffix(&suffix) {
-                s.hosts.insert(0, short.to_string());
-            }
-            s
-        })
+        .map(|name| catalog.services[name].clone())
         .collect();
     model::ProxyConfig {
         version: String::new(),
@@ -151,23 +186,9 @@ mod tests {
             ],
             "routes are followed transitively; unrelated namespaces stay out"
         );
-        let catalog = cfg
-            .services
-            .iter()
-            .find(|s| s.name == "catalog.shop")
-            .unwrap();
-        assert_eq!(
-            catalog.hosts[0], "catalog",
-            "short names in its own namespace"
-        );
-        let ratings = cfg
-            .services
-            .iter()
-            .find(|s| s.name == "ratings.backend")
-            .unwrap();
         assert!(
-            ratings.hosts.iter().all(|h| h != "ratings"),
-            "not from another namespace"
+            cfg.services.iter().all(|s| s.hosts.is_empty()),
+            "services travel as the catalog has them: the proxy adds short names"
         );
         assert!(isthmus_api::validate(&cfg).is_empty());
     }

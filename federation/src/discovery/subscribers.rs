@@ -1,0 +1,226 @@
+//! The live discovery streams, for /config_dump and for waiting on ACKs,
+//! and the conditions their refusals put on resources: a NACK of
+//! `service/<name>.<ns>` marks the Service and every route and policy that
+//! shapes it `Programmed=False` (reason `RejectedByProxy`) with the proxy's
+//! message, until a later version is accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::stream::Refusal;
+use crate::resources::condition::{PROGRAMMED, REJECTED_BY_PROXY};
+use crate::store::{ObjectKey, Resource, Snapshot};
+
+/// One stream as /config_dump shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscriber {
+    /// `<namespace>/<name>` of the proxy's workload.
+    pub proxy: String,
+    pub cluster: String,
+    pub peer: Option<String>,
+    /// Seconds since the Unix epoch.
+    pub connected_at: u64,
+    /// The last generation the proxy is known to be up to date with.
+    pub synced_generation: Option<u64>,
+    /// Nonce and generation of the response awaiting its answer.
+    pub in_flight: Option<(String, u64)>,
+    /// Resources the proxy holds.
+    pub resources: usize,
+    pub acks: u64,
+    pub nacks: u64,
+    /// Resources it refused (name -> version and message).
+    pub refused: BTreeMap<String, RefusalView>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RefusalView {
+    pub version: String,
+    pub message: String,
+}
+
+impl From<&Refusal> for RefusalView {
+    fn from(r: &Refusal) -> Self {
+        Self {
+            version: r.version.clone(),
+            message: r.message.clone(),
+        }
+    }
+}
+
+/// All live streams, by stream id.
+#[derive(Debug)]
+pub struct Subscribers {
+    streams: Mutex<BTreeMap<u64, Subscriber>>,
+    next_id: Mutex<u64>,
+    /// Bumped on every change, so tests and benchmarks can wait for ACKs.
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Subscribers {
+    fn default() -> Self {
+        Self {
+            streams: Mutex::default(),
+            next_id: Mutex::new(0),
+            changes: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Subscribers {
+    pub fn add(&self, s: Subscriber) -> u64 {
+        let id = {
+            let mut n = self.next_id.lock().expect("subscribers lock");
+            *n += 1;
+            *n
+        };
+        self.streams.lock().expect("subscribers lock").insert(id, s);
+        self.changes.send_modify(|c| *c += 1);
+        id
+    }
+
+    pub fn update(&self, id: u64, f: impl FnOnce(&mut Subscriber)) {
+        if let Some(s) = self.streams.lock().expect("subscribers lock").get_mut(&id) {
+            f(s);
+        }
+        self.changes.send_modify(|c| *c += 1);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.streams.lock().expect("subscribers lock").remove(&id);
+        self.changes.send_modify(|c| *c += 1);
+    }
+
+    pub fn list(&self) -> Vec<(u64, Subscriber)> {
+        self.streams
+            .lock()
+            .expect("subscribers lock")
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.lock().expect("subscribers lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many streams are up to date with `generation` or later.
+    pub fn synced_at_least(&self, generation: u64) -> usize {
+        self.streams
+            .lock()
+            .expect("subscribers lock")
+            .values()
+            .filter(|s| s.synced_generation.is_some_and(|g| g >= generation))
+            .count()
+    }
+
+    /// Changes to the table (a counter).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Refused resources: name -> (proxy, message), over all streams.
+    pub fn refusals(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        for s in self.streams.lock().expect("subscribers lock").values() {
+            for (name, r) in &s.refused {
+                out.entry(name.clone())
+                    .or_default()
+                    .push((s.proxy.clone(), r.message.clone()));
+            }
+        }
+        out
+    }
+}
+
+/// `Programmed=False` conditions for the objects behind refused resources.
+pub fn programmed_conditions(
+    snap: &Snapshot,
+    refusals: &BTreeMap<String, Vec<(String, String)>>,
+    now: &Time,
+) -> BTreeMap<(&'static str, ObjectKey), Condition> {
+    let mut out = BTreeMap::new();
+    for (name, by) in refusals {
+        let Some((svc, ns)) = name
+            .strip_prefix(isthmus_api::resource::SERVICE)
+            .and_then(|s| s.split_once('.'))
+        else {
+            continue;
+        };
+        let proxies: BTreeSet<&str> = by.iter().map(|(p, _)| p.as_str()).collect();
+        let messages: BTreeSet<&str> = by.iter().map(|(_, m)| m.as_str()).collect();
+        let message = format!(
+            "{} prox{} refused service {svc}.{ns} ({}): {}",
+            proxies.len(),
+            if proxies.len() == 1 { "y" } else { "ies" },
+            proxies.into_iter().collect::<Vec<_>>().join(", "),
+            messages.into_iter().collect::<Vec<_>>().join("; "),
+        );
+        for (kind, key, generation) in shaping(snap, svc, ns) {
+            out.insert(
+                (kind, key),
+                Condition {
+                    type_: PROGRAMMED.into(),
+                    status: "False".into(),
+                    reason: REJECTED_BY_PROXY.into(),
+                    message: message.clone(),
+                    observed_generation: generation,
+                    last_transition_time: now.clone(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// The objects that shape service `svc` in namespace `ns`: the Service,
+/// routes attached to it, and DestinationPolicies targeting it.
+fn shaping(snap: &Snapshot, svc: &str, ns: &str) -> Vec<(&'static str, ObjectKey, Option<i64>)> {
+    let mut out = Vec::new();
+    let key = ObjectKey {
+        namespace: Some(ns.to_string()),
+        name: svc.to_string(),
+    };
+    if let Some(Resource::Service(s)) = snap.get("Service", &key) {
+        out.push(("Service", key, s.metadata.generation));
+    }
+    let attached = |route_ns: Option<&str>,
+                    parents: &[crate::resources::gateway_api::ParentReference]| {
+        parents.iter().any(|p| {
+            p.kind.as_deref() == Some("Service")
+                && p.name == svc
+                && p.namespace.as_deref().or(route_ns).unwrap_or("default") == ns
+        })
+    };
+    for kind in ["HTTPRoute", "GRPCRoute", "DestinationPolicy"] {
+        for (k, r) in snap.of_kind(kind) {
+            let (meta, hit) = match r {
+                Resource::HttpRoute(h) => (
+                    &h.metadata,
+                    attached(k.namespace.as_deref(), &h.spec.parent_refs),
+                ),
+                Resource::GrpcRoute(g) => (
+                    &g.metadata,
+                    attached(k.namespace.as_deref(), &g.spec.parent_refs),
+                ),
+                Resource::DestinationPolicy(p) => (
+                    &p.metadata,
+                    k.namespace.as_deref() == Some(ns) && p.spec.target_ref.name == svc,
+                ),
+                _ => continue,
+            };
+            if hit {
+                out.push((r.kind(), k.clone(), meta.generation));
+            }
+        }
+    }
+    out
+}
