@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run beside a workload: outbound, transparent and inbound proxying.
-    Sidecar(SidecarArgs),
+    Sidecar(Box<SidecarArgs>),
     /// Install the iptables rules that redirect a pod's traffic to the
     /// sidecar (run once, as root / CAP_NET_ADMIN, before the app starts).
     InitIptables(IptablesArgs),
@@ -53,8 +53,18 @@ struct SampleArgs {
 #[derive(clap::Args, Debug)]
 struct SidecarArgs {
     /// Proxy configuration (YAML, the api/ model); reloaded on change.
-    #[arg(long, env = "ISTHMUS_CONFIG")]
-    config: PathBuf,
+    /// With --control-plane: the bootstrap (node and listeners only).
+    #[arg(
+        long,
+        env = "ISTHMUS_CONFIG",
+        required_unless_present = "control_plane"
+    )]
+    config: Option<PathBuf>,
+    /// Get services from the control plane's discovery (host:port).
+    #[arg(long, env = "ISTHMUS_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Admin address: /metrics, /healthz, /readyz, /config_dump.
     #[arg(long, default_value = "127.0.0.1:15020", env = "ISTHMUS_ADMIN")]
     admin: SocketAddr,
@@ -76,6 +86,136 @@ struct SidecarArgs {
     /// the usual choice for a sidecar limited to one core.
     #[arg(long, env = "ISTHMUS_WORKER_THREADS")]
     worker_threads: Option<usize>,
+}
+
+/// Who the proxy runs for (with --control-plane). In a pod these come from
+/// the downward API; flags win over the bootstrap file's `node`.
+#[derive(clap::Args, Debug)]
+struct NodeArgs {
+    #[arg(long, env = "POD_NAME")]
+    name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    service_account: Option<String>,
+    #[arg(long, env = "ISTHMUS_CLUSTER")]
+    cluster: Option<String>,
+    #[arg(long, env = "ISTHMUS_REGION")]
+    region: Option<String>,
+    #[arg(long, env = "ISTHMUS_ZONE")]
+    zone: Option<String>,
+    /// Workload labels, key=value (repeat or comma separate).
+    #[arg(long = "label", value_delimiter = ',', env = "ISTHMUS_LABELS")]
+    labels: Vec<String>,
+    /// Services outside its namespace the workload calls (name.namespace,
+    /// comma separated): the `isthmus.dev/calls` label.
+    #[arg(long, value_delimiter = ',')]
+    calls: Vec<String>,
+    /// Register the workload as an endpoint at this address (`files` mode
+    /// control planes, which have no Pods).
+    #[arg(long, env = "INSTANCE_IP")]
+    workload_address: Option<std::net::IpAddr>,
+    /// The workload's ports, [name=]port (repeat or comma separate).
+    #[arg(long = "workload-port", value_delimiter = ',')]
+    workload_ports: Vec<String>,
+}
+
+impl NodeArgs {
+    /// The node (bootstrap's, overridden by flags) and the registration.
+    fn resolve(
+        &self,
+        base: isthmus_api::model::Node,
+    ) -> anyhow::Result<(
+        isthmus_api::model::Node,
+        Option<isthmus_api::discovery::v1::Workload>,
+    )> {
+        use isthmus_api::discovery::v1::{Workload, WorkloadPort};
+        let mut node = base;
+        let set = |field: &mut String, v: &Option<String>| {
+            if let Some(v) = v {
+                *field = v.clone();
+            }
+        };
+        set(&mut node.name, &self.name);
+        set(&mut node.namespace, &self.namespace);
+        set(&mut node.service_account, &self.service_account);
+        set(&mut node.cluster, &self.cluster);
+        let mut locality = node.locality.take().unwrap_or_default();
+        set(&mut locality.region, &self.region);
+        set(&mut locality.zone, &self.zone);
+        node.locality = Some(locality);
+        for kv in &self.labels {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--label {kv:?}: write key=value"))?;
+            node.labels.insert(k.trim().into(), v.trim().into());
+        }
+        if !self.calls.is_empty() {
+            node.labels
+                .insert("isthmus.dev/calls".into(), self.calls.join(","));
+        }
+        if node.name.is_empty() || node.namespace.is_empty() {
+            anyhow::bail!(
+                "with --control-plane the proxy must say who it runs for: --name and --namespace (or POD_NAME and POD_NAMESPACE, or node in the bootstrap file)"
+            );
+        }
+        let mut ports = Vec::new();
+        for p in &self.workload_ports {
+            let (name, port) = match p.split_once('=') {
+                Some((n, p)) => (n.trim().to_string(), p.trim()),
+                None => (String::new(), p.trim()),
+            };
+            let port: u16 = port.parse().ok().filter(|p| *p != 0).with_context(|| {
+                format!("--workload-port {p:?}: write [name=]port, port 1-65535")
+            })?;
+            ports.push(WorkloadPort {
+                name,
+                port: port.into(),
+            });
+        }
+        let workload = match self.workload_address {
+            Some(a) => Some(Workload {
+                address: a.to_string(),
+                ports,
+            }),
+            None if !ports.is_empty() => {
+                anyhow::bail!("--workload-port needs --workload-address (the address to register)")
+            }
+            None => None,
+        };
+        Ok((node, workload))
+    }
+}
+
+/// A pod's usual listeners when no bootstrap file names them: transparent
+/// outbound on 15001 and, with workload ports, inbound on 15006.
+fn default_listeners(
+    workload: Option<&isthmus_api::discovery::v1::Workload>,
+) -> Vec<isthmus_api::model::Listener> {
+    use isthmus_api::model::{Inbound, InboundPort, Listener, TransparentOutbound, listener::Kind};
+    let mut out = vec![Listener {
+        name: "outbound".into(),
+        address: "0.0.0.0:15001".into(),
+        kind: Some(Kind::Transparent(TransparentOutbound::default())),
+    }];
+    if let Some(w) = workload.filter(|w| !w.ports.is_empty()) {
+        out.push(Listener {
+            name: "inbound".into(),
+            address: "0.0.0.0:15006".into(),
+            kind: Some(Kind::Inbound(Inbound {
+                app_address: "127.0.0.1".into(),
+                ports: w
+                    .ports
+                    .iter()
+                    .map(|p| InboundPort {
+                        port: p.port,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        });
+    }
+    out
 }
 
 #[derive(clap::Args, Debug)]
@@ -175,18 +315,50 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run_sidecar(a))
+            rt.block_on(run_sidecar(*a))
         }
     }
 }
 
 async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
     tracing::info!(?a, "starting sidecar");
-    let sidecar = Sidecar::start(Options {
-        config: ConfigSource::File {
-            path: a.config.clone(),
+    let config = match (&a.control_plane, &a.config) {
+        (Some(cp), bootstrap) => {
+            let base = match bootstrap {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading bootstrap {}", path.display()))?;
+                    let cfg = isthmus_api::parse_bootstrap_yaml(&text)
+                        .with_context(|| format!("bootstrap {}", path.display()))?;
+                    if !cfg.services.is_empty() {
+                        anyhow::bail!(
+                            "bootstrap {}: services come from the control plane; keep only node and listeners",
+                            path.display()
+                        );
+                    }
+                    cfg
+                }
+                None => Default::default(),
+            };
+            let (node, workload) = a.node.resolve(base.node.unwrap_or_default())?;
+            let listeners = if bootstrap.is_some() {
+                base.listeners
+            } else {
+                default_listeners(workload.as_ref())
+            };
+            let mut d = isthmus_gateway::discovery::Options::new(cp.clone(), node);
+            d.workload = workload;
+            d.listeners = listeners;
+            ConfigSource::ControlPlane(Box::new(d))
+        }
+        (None, Some(path)) => ConfigSource::File {
+            path: path.clone(),
             poll: a.reload_interval,
         },
+        (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDR"),
+    };
+    let sidecar = Sidecar::start(Options {
+        config,
         admin: a.admin,
         access_log: Sink::from_arg(&a.access_log)
             .with_context(|| format!("opening access log {}", a.access_log))?,

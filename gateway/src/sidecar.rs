@@ -1,6 +1,7 @@
 //! Assembles and runs the sidecar role: the state store fed by a config
-//! file (or a config given directly), the listeners reconciled on every
-//! change, the admin server, and an orderly drain on shutdown.
+//! file, the control plane (discovery) or a config given directly, the
+//! listeners reconciled on every change, the admin server, and an orderly
+//! drain on shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,9 @@ pub enum ConfigSource {
     File { path: PathBuf, poll: Duration },
     /// A fixed configuration (tests, embedding).
     Static(Box<ProxyConfig>),
+    /// The control plane's discovery stream; listeners are bound once the
+    /// first configuration arrives (readiness waits for it).
+    ControlPlane(Box<crate::discovery::Options>),
 }
 
 pub struct Options {
@@ -71,6 +75,7 @@ impl Sidecar {
                 store.apply(cfg)?;
                 None
             }
+            ConfigSource::ControlPlane(_) => None,
         };
         let proxy = Arc::new(Proxy::new(
             store.clone(),
@@ -112,9 +117,10 @@ impl Sidecar {
             ));
         }
         // Every accepted change: reconcile listeners and per-service state.
+        // (Subscribed before any source can apply, so no change is missed.)
+        let mut changes = proxy.store.subscribe();
         let (p, l, stop) = (proxy.clone(), listeners.clone(), stop_background.clone());
         background.spawn(async move {
-            let mut changes = p.store.subscribe();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -128,6 +134,14 @@ impl Sidecar {
                 }
             }
         });
+        if let ConfigSource::ControlPlane(d) = opts.config {
+            background.spawn(crate::discovery::run(
+                *d,
+                store.clone(),
+                metrics.clone(),
+                stop_background.clone(),
+            ));
+        }
         tracing::info!(admin = %admin_addr, "sidecar started");
         Ok(Self {
             proxy,

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub errors: Family<KindLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub upstream_connections: Family<ServiceLabels, Gauge>,
+    /// 1 while a discovery stream to the control plane is up.
+    pub control_plane_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -174,6 +176,15 @@ impl Metrics {
                 "upstream_connections",
                 "Open upstream connections by destination service"
             ),
+            control_plane_connected: {
+                let g = Gauge::default();
+                registry.register(
+                    "control_plane_connected",
+                    "1 while the discovery stream to the control plane is up",
+                    g.clone(),
+                );
+                g
+            },
             registry,
         }
     }

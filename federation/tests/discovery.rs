@@ -1,0 +1,456 @@
+//! The discovery stream end to end: a control plane on a `files` store and
+//! two real sidecars (the gateway crate's) that get their services from it.
+//! One run covers: readiness only after the first config (the sidecar
+//! starts before the control plane), workload self-registration, a route
+//! file edit shifting traffic, a broken file reported while traffic stays,
+//! a NACK that keeps the proxy's last good config and marks the resource,
+//! the control plane stopped (traffic flows) and restarted (resync).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use isthmus_api::discovery::v1::{Workload, WorkloadPort};
+use isthmus_api::model;
+use isthmus_federation::server::{ControlPlane, Options};
+use isthmus_gateway::sample::{self, SampleApp};
+use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
+use isthmus_gateway::telemetry::accesslog::Sink;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it returns Some, or fails after DEADLINE saying `what`.
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One HTTP/1.1 request; (status, body).
+async fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+async fn dump(admin: SocketAddr) -> serde_json::Value {
+    let (status, body) = http(admin, "cp", "/config_dump")
+        .await
+        .expect("admin answers");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The version of `catalog` that answered (the sample app says).
+async fn version_via(outbound: SocketAddr) -> Option<String> {
+    let (status, body) = http(outbound, "catalog", "/").await?;
+    if status != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(v["version"].as_str()?.to_string())
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    // Write then rename: the watcher never sees half a file.
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn route(v1: u32, v2: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: catalog-split, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: catalog}}]
+  rules:
+    - backendRefs:
+        - {{name: catalog-v1, port: 80, weight: {v1}}}
+        - {{name: catalog-v2, port: 80, weight: {v2}}}
+"#
+    )
+}
+
+fn services(catalog_port: u16, v2_port: u16) -> String {
+    format!(
+        r#"apiVersion: isthmus.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {{region: eu-west}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: catalog, namespace: shop}}
+spec:
+  selector: {{app: catalog}}
+  ports: [{{name: http, port: {catalog_port}, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: catalog-v1, namespace: shop}}
+spec:
+  selector: {{app: catalog, version: v1}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+# v2 has no sidecar registering it: its endpoint is an EndpointSlice.
+apiVersion: v1
+kind: Service
+metadata: {{name: catalog-v2, namespace: shop}}
+spec:
+  ports: [{{name: http, port: 80, targetPort: {v2_port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: catalog-v2-abc
+  namespace: shop
+  labels: {{kubernetes.io/service-name: catalog-v2}}
+addressType: IPv4
+ports: [{{name: http, port: {v2_port}}}]
+endpoints:
+  - {{addresses: [127.0.0.1], zone: eu-west-a, conditions: {{ready: true}}}}
+"#
+    )
+}
+
+fn start_cp(dir: &Path) -> ControlPlane {
+    let mut opts = Options::new(dir.to_path_buf());
+    opts.poll = Duration::from_millis(20);
+    opts.debounce = Duration::from_millis(20);
+    ControlPlane::start(opts)
+}
+
+async fn sidecar(
+    cp: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    listeners: Vec<model::Listener>,
+    workload: Option<Workload>,
+) -> Sidecar {
+    let node = model::Node {
+        name: name.into(),
+        namespace: "shop".into(),
+        service_account: name.into(),
+        cluster: "eu-west".into(),
+        locality: Some(model::Locality {
+            region: "eu-west".into(),
+            zone: "eu-west-a".into(),
+        }),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    let mut d = isthmus_gateway::discovery::Options::new(cp.to_string(), node);
+    d.listeners = listeners;
+    d.workload = workload;
+    d.backoff_initial = Duration::from_millis(50);
+    d.backoff_max = Duration::from_millis(300);
+    Sidecar::start(sidecar::Options {
+        config: ConfigSource::ControlPlane(Box::new(d)),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        access_log: Sink::Off,
+        socket: Default::default(),
+    })
+    .await
+    .expect("sidecar starts")
+}
+
+fn listener(name: &str, kind: model::listener::Kind) -> model::Listener {
+    model::Listener {
+        name: name.into(),
+        address: "127.0.0.1:0".into(),
+        kind: Some(kind),
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("isthmus-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
+    // The apps: catalog v1 (with a sidecar that registers it) and v2.
+    let v1 = sample::serve(
+        SampleApp::new("catalog", "eu-west", "v1"),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let v2 = sample::serve(
+        SampleApp::new("catalog", "eu-west", "v2"),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+
+    let dir = temp_dir("discovery");
+    write(&dir, "services.yaml", &services(80, v2.addr.port()));
+    write(&dir, "route.yaml", &route(100, 0));
+
+    // A free port for discovery, so the sidecar can start first.
+    let discovery_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+
+    // Sidecar A (frontend): explicit HTTP outbound, and a TCP listener of
+    // its own that needs catalog port 80 (what makes it NACK later).
+    use model::listener::Kind;
+    let a = sidecar(
+        discovery_addr,
+        "frontend",
+        &[("app", "frontend")],
+        vec![
+            listener("http", Kind::Http(model::HttpOutbound {})),
+            listener(
+                "catalog-tcp",
+                Kind::Tcp(model::TcpOutbound {
+                    service: "catalog.shop".into(),
+                    port: 80,
+                }),
+            ),
+        ],
+        None,
+    )
+    .await;
+    let a_admin = a.admin_addr();
+    let (status, body) = http(a_admin, "a", "/readyz").await.unwrap();
+    assert_eq!(status, 503, "not ready before any configuration: {body}");
+    assert!(body.contains("no configuration"), "{body}");
+
+    // The control plane comes up on that port.
+    let cp = start_cp(&dir);
+    let cp_admin = serve(&cp, discovery_addr).await;
+
+    // Sidecar B beside catalog v1 registers it (no EndpointSlice for v1).
+    let b = sidecar(
+        discovery_addr,
+        "catalog-v1-0",
+        &[("app", "catalog"), ("version", "v1")],
+        vec![listener("http", Kind::Http(model::HttpOutbound {}))],
+        Some(Workload {
+            address: "127.0.0.1".into(),
+            ports: vec![WorkloadPort {
+                name: "http".into(),
+                port: v1.addr.port().into(),
+            }],
+        }),
+    )
+    .await;
+
+    eventually("sidecar A ready", || async {
+        (http(a_admin, "a", "/readyz").await?.0 == 200).then_some(())
+    })
+    .await;
+    let outbound = a
+        .listener_addr("http")
+        .expect("bound after the first config");
+    // Traffic reaches v1 once B's registration made it an endpoint.
+    eventually("v1 reachable through A", || async {
+        (version_via(outbound).await? == "v1").then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(version_via(outbound).await.as_deref(), Some("v1"));
+    }
+    let d = dump(cp_admin).await;
+    assert_eq!(d["workloads"], 1, "B's workload registered: {d}");
+    let proxies = d["proxies"].as_array().unwrap();
+    assert_eq!(proxies.len(), 2, "{d}");
+    assert!(
+        proxies.iter().all(|p| p["syncedGeneration"].is_u64()),
+        "{d}"
+    );
+
+    // Editing the route file shifts traffic.
+    write(&dir, "route.yaml", &route(0, 100));
+    eventually("traffic shifted to v2", || async {
+        (version_via(outbound).await? == "v2").then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(version_via(outbound).await.as_deref(), Some("v2"));
+    }
+
+    // A broken file is reported (file, line, kind, name) and changes nothing.
+    let a_version = a.store().load().version.clone();
+    let generation = cp.published.borrow().generation;
+    write(
+        &dir,
+        "route.yaml",
+        &route(0, 100).replace("weight: 100", "weight: lots"),
+    );
+    let d = eventually("the broken file reported", || async {
+        let d = dump(cp_admin).await;
+        let errors = d["storeErrors"].as_array()?;
+        errors
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains("route.yaml:")))
+            .then_some(d)
+    })
+    .await;
+    let err = d["storeErrors"][0].as_str().unwrap();
+    assert!(err.contains("HTTPRoute shop/catalog-split"), "{err}");
+    for _ in 0..10 {
+        assert_eq!(version_via(outbound).await.as_deref(), Some("v2"));
+    }
+    assert_eq!(
+        a.store().load().version,
+        a_version,
+        "the proxy's configuration is untouched (store generation {generation} -> {})",
+        cp.published.borrow().generation
+    );
+    write(&dir, "route.yaml", &route(0, 100));
+
+    // A NACK: catalog's port 80 goes away, which A's own TCP listener
+    // needs. A refuses and keeps routing; B (no such listener) accepts.
+    write(&dir, "services.yaml", &services(8080, v2.addr.port()));
+    let d = eventually("A's refusal shown on the control plane", || async {
+        let d = dump(cp_admin).await;
+        let refused = d["proxies"]
+            .as_array()?
+            .iter()
+            .find(|p| p["proxy"] == "shop/frontend")?["refused"]
+            .get("service/catalog.shop")?
+            .clone();
+        Some((d, refused))
+    })
+    .await;
+    let (d, refused) = d;
+    assert!(
+        refused["message"].as_str().unwrap().contains("port 80"),
+        "the proxy's reason travels: {refused}"
+    );
+    let condition = &d["conditions"]["Service shop/catalog"][0];
+    assert_eq!(condition["type"], "Programmed", "{d}");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "RejectedByProxy");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop/frontend"),
+        "{condition}"
+    );
+    let route_condition = d["conditions"]["HTTPRoute shop/catalog-split"]
+        .as_array()
+        .unwrap();
+    assert!(
+        route_condition.iter().any(|c| c["type"] == "Programmed"),
+        "the route shaping the service is marked too: {d}"
+    );
+    let a_config = a.store().load();
+    let catalog = a_config
+        .services
+        .get("catalog.shop")
+        .expect("A still has catalog");
+    assert!(
+        catalog.ports.iter().any(|p| p.port == 80),
+        "A kept its last good catalog (port 80)"
+    );
+    assert!(a.store().last_error().unwrap().contains("port 80"));
+    for _ in 0..10 {
+        assert_eq!(version_via(outbound).await.as_deref(), Some("v2"));
+    }
+    eventually("B accepted the new catalog", || async {
+        let snap = b.store().load();
+        let s = snap.services.get("catalog.shop")?;
+        s.ports.iter().any(|p| p.port == 8080).then_some(())
+    })
+    .await;
+    // Reverting clears the refusal.
+    write(&dir, "services.yaml", &services(80, v2.addr.port()));
+    eventually("refusal cleared", || async {
+        let d = dump(cp_admin).await;
+        let clean = d["proxies"]
+            .as_array()?
+            .iter()
+            .all(|p| p["refused"].as_object().is_some_and(|r| r.is_empty()));
+        (clean && d["conditions"].get("Service shop/catalog").is_none()).then_some(())
+    })
+    .await;
+
+    // The control plane stops: traffic keeps flowing on the last good config.
+    let a_metrics = a.admin_addr();
+    cp.shutdown().await;
+    eventually("A notices the control plane is gone", || async {
+        let (_, m) = http(a_metrics, "a", "/metrics").await?;
+        m.contains("isthmus_control_plane_connected 0")
+            .then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(version_via(outbound).await.as_deref(), Some("v2"));
+    }
+    assert_eq!(http(a_admin, "a", "/readyz").await.unwrap().0, 200);
+
+    // While it is down the route changes; the restarted control plane
+    // resyncs both sidecars (B registers again) and traffic follows.
+    write(&dir, "route.yaml", &route(100, 0));
+    let cp = start_cp(&dir);
+    let cp_admin = serve(&cp, discovery_addr).await;
+    eventually("traffic back on v1 after the resync", || async {
+        (version_via(outbound).await? == "v1").then_some(())
+    })
+    .await;
+    let d = eventually("both sidecars resubscribed", || async {
+        let d = dump(cp_admin).await;
+        (d["proxies"].as_array()?.len() == 2 && d["workloads"] == 1).then_some(d)
+    })
+    .await;
+    let a_entry = d["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["proxy"] == "shop/frontend")
+        .unwrap()
+        .clone();
+    assert!(a_entry["resources"].as_u64().unwrap() >= 3, "{a_entry}");
+
+    a.shutdown(Duration::from_secs(1)).await;
+    b.shutdown(Duration::from_secs(1)).await;
+    cp.shutdown().await;
+    v1.stop().await;
+    v2.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Serves discovery on `addr` (retrying the bind briefly: the previous
+/// control plane's socket may still be closing) and admin on a free port.
+async fn serve(cp: &ControlPlane, addr: SocketAddr) -> SocketAddr {
+    let discovery = eventually("discovery port free", || async {
+        tokio::net::TcpListener::bind(addr).await.ok()
+    })
+    .await;
+    cp.serve_discovery(discovery);
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    cp.serve_admin(admin);
+    admin_addr
+}
