@@ -40,7 +40,9 @@ impl std::fmt::Display for DocError {
 pub struct Loaded {
     pub kind: &'static str,
     pub key: ObjectKey,
-    pub resource: Resource,
+    /// Shared: a file that did not change is not parsed again, its objects
+    /// are reused.
+    pub resource: Arc<Resource>,
     pub file: PathBuf,
     pub line: usize,
 }
@@ -188,7 +190,7 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
     Ok(Loaded {
         kind,
         key,
-        resource,
+        resource: Arc::new(resource),
         file: file.into(),
         line: start,
     })
@@ -218,6 +220,59 @@ pub fn load_dir(dir: &Path) -> (Vec<Loaded>, Vec<DocError>) {
         }
     }
     (loaded, errors)
+}
+
+/// Parsed files by path, reused while a file's content is unchanged: a
+/// change to one file of a large store re-parses that file only.
+#[derive(Debug, Default)]
+pub struct ParseCache {
+    files: std::collections::HashMap<PathBuf, (u64, Vec<Loaded>, Vec<DocError>)>,
+}
+
+/// `load_dir`, parsing only the files whose content changed since `cache`
+/// saw them.
+pub fn load_dir_cached(dir: &Path, cache: &mut ParseCache) -> (Vec<Loaded>, Vec<DocError>) {
+    let mut files = Vec::new();
+    collect(dir, &mut files);
+    files.sort();
+    let mut loaded = Vec::new();
+    let mut errors = Vec::new();
+    let mut next = std::collections::HashMap::with_capacity(files.len());
+    for file in files {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(DocError {
+                    file: file.clone(),
+                    line: 0,
+                    kind: None,
+                    name: None,
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        let hash = content_hash(text.as_bytes());
+        let entry = match cache.files.remove(&file) {
+            Some(e) if e.0 == hash => e,
+            _ => {
+                let (l, e) = parse_file(&file, &text);
+                (hash, l, e)
+            }
+        };
+        loaded.extend(entry.1.iter().cloned());
+        errors.extend(entry.2.iter().cloned());
+        next.insert(file, entry);
+    }
+    cache.files = next;
+    (loaded, errors)
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -267,7 +322,7 @@ pub fn merge(
             });
             continue;
         }
-        objects.insert(k, (Arc::new(l.resource), l.file, l.line));
+        objects.insert(k, (l.resource, l.file, l.line));
     }
     let mut snap = Snapshot::default();
     for (k, (r, file, _)) in objects {
@@ -310,6 +365,38 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_changed_files_are_parsed_again() {
+        let dir = std::env::temp_dir().join(format!("isthmus-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let svc = |name: &str, port: u16| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{ports: [{{port: {port}}}]}}\n"
+            )
+        };
+        std::fs::write(dir.join("a.yaml"), svc("a", 80)).unwrap();
+        std::fs::write(dir.join("b.yaml"), svc("b", 80)).unwrap();
+        let mut cache = ParseCache::default();
+        let (first, errors) = load_dir_cached(&dir, &mut cache);
+        assert!(errors.is_empty());
+        std::fs::write(dir.join("b.yaml"), svc("b", 81)).unwrap();
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        std::fs::write(dir.join("c.yaml"), svc("c", 80)).unwrap();
+        let (second, _) = load_dir_cached(&dir, &mut cache);
+        let names: Vec<&str> = second.iter().map(|l| l.key.name.as_str()).collect();
+        assert_eq!(names, ["b", "c"], "a is gone, c is new");
+        let Resource::Service(b) = second[0].resource.as_ref() else {
+            panic!("a Service")
+        };
+        assert_eq!(b.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port, 81);
+        // Unchanged content: the same parsed object, not a new parse.
+        let (third, _) = load_dir_cached(&dir, &mut cache);
+        assert!(Arc::ptr_eq(&second[1].resource, &third[1].resource));
+        assert!(!Arc::ptr_eq(&first[1].resource, &second[0].resource));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     const GOOD: &str = r#"# the sample mesh, eu-west
 apiVersion: isthmus.dev/v1alpha1
@@ -379,7 +466,7 @@ spec:
                 "DestinationPolicy default/catalog @32",
             ]
         );
-        let Resource::HttpRoute(route) = &loaded[2].resource else {
+        let Resource::HttpRoute(route) = loaded[2].resource.as_ref() else {
             panic!("not a route")
         };
         assert_eq!(route.spec.rules[1].backend_refs[1].weight, Some(10));
@@ -535,16 +622,14 @@ pub struct State {
 /// coarse clock, and a same-size edit within one tick would go unseen. A
 /// store directory is small; reading it a few times a second is cheap.
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64)> {
-    use std::hash::{Hash, Hasher};
     let mut files = Vec::new();
     collect(dir, &mut files);
     files.sort();
     files
         .into_iter()
         .map(|f| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            std::fs::read(&f).ok().hash(&mut h);
-            (f, h.finish())
+            let h = std::fs::read(&f).map_or(0, |b| content_hash(&b));
+            (f, h)
         })
         .collect()
 }
@@ -571,15 +656,23 @@ impl FileWatcher {
     ) {
         // Fingerprint before loading, so a write during the load is seen.
         let mut seen = fingerprint(&self.dir);
-        let first = self.reload(&Snapshot::default(), 1);
+        let mut cache = ParseCache::default();
+        let first = self.reload(&Snapshot::default(), 1, &mut cache);
         let (tx, rx) = tokio::sync::watch::channel(first);
+        let this = Arc::new(self);
         let task = tokio::spawn(async move {
+            // Reading and parsing are blocking work: off the runtime's
+            // threads, so discovery streams never wait behind a reload.
+            let look = |this: &Arc<Self>| {
+                let this = this.clone();
+                tokio::task::spawn_blocking(move || fingerprint(&this.dir))
+            };
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(self.poll) => {}
+                    _ = tokio::time::sleep(this.poll) => {}
                 }
-                let now = fingerprint(&self.dir);
+                let Ok(now) = look(&this).await else { return };
                 if now == seen {
                     continue;
                 }
@@ -588,24 +681,34 @@ impl FileWatcher {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(self.debounce) => {}
+                        _ = tokio::time::sleep(this.debounce) => {}
                     }
-                    let again = fingerprint(&self.dir);
+                    let Ok(again) = look(&this).await else { return };
                     if again == seen {
                         break;
                     }
                     seen = again;
                 }
                 let prev = tx.borrow().clone();
-                let next = self.reload(&prev.snapshot, prev.generation + 1);
+                let worker = this.clone();
+                let mut c = std::mem::take(&mut cache);
+                let Ok((next, c)) = tokio::task::spawn_blocking(move || {
+                    let next = worker.reload(&prev.snapshot, prev.generation + 1, &mut c);
+                    (next, c)
+                })
+                .await
+                else {
+                    return;
+                };
+                cache = c;
                 tx.send_replace(next);
             }
         });
         (rx, task)
     }
 
-    fn reload(&self, prev: &Snapshot, generation: u64) -> State {
-        let (loaded, errors) = load_dir(&self.dir);
+    fn reload(&self, prev: &Snapshot, generation: u64, cache: &mut ParseCache) -> State {
+        let (loaded, errors) = load_dir_cached(&self.dir, cache);
         let (snapshot, errors) = merge(prev, loaded, errors);
         for e in &errors {
             tracing::error!("resource skipped, its last good version (if any) stays: {e}");
