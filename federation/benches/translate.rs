@@ -14,40 +14,8 @@ use isthmus_federation::store::Snapshot;
 use isthmus_federation::store::files::{merge, parse_file};
 use isthmus_federation::translate::{proxy::for_proxy, translate};
 
-fn mesh(services: usize) -> String {
-    let mut docs = Vec::with_capacity(services * 2);
-    for i in 0..services {
-        let (ns, name) = (format!("ns{}", i % 100), format!("svc{i}"));
-        docs.push(format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-             spec: {{clusterIP: 10.96.{}.{}, ports: [{{name: http, port: 80, targetPort: 8080}}]}}\n",
-            i / 250,
-            i % 250
-        ));
-        docs.push(format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: {name}-a, namespace: {ns}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n\
-             \x20 - {{addresses: [10.1.{0}.1], zone: z1}}\n  - {{addresses: [10.1.{0}.2], zone: z2}}\n  - {{addresses: [10.1.{0}.3], zone: z3}}\n",
-            i % 250
-        ));
-        if i % 10 == 0 {
-            docs.push(format!(
-                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-                 spec:\n  parentRefs: [{{kind: Service, group: \"\", name: {name}}}]\n  rules:\n\
-                 \x20   - matches: [{{headers: [{{name: x-canary, value: \"1\"}}]}}]\n      backendRefs: [{{name: svc{}}}]\n\
-                 \x20   - backendRefs: [{{name: {name}, weight: 90}}, {{name: svc{}, weight: 10}}]\n",
-                (i + 100) % services,
-                (i + 100) % services
-            ));
-            docs.push(format!(
-                "apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\n\
-                 spec: {{targetRef: {{name: {name}}}, timeout: 2s, retry: {{attempts: 2, retryOn: [5xx]}}}}\n"
-            ));
-        }
-    }
-    docs.join("---\n")
-}
+mod common;
+use common::mesh;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -62,7 +30,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
-    let yaml = mesh(services);
+    let yaml = mesh(services, 3);
     let runs = 5;
     let mut load = Vec::new();
     let mut snap = Snapshot::default();

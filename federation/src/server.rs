@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::discovery::{self, Offer, Subscribers};
 use crate::store::files::{FileWatcher, State};
 use crate::store::registry;
-use crate::translate::{services::Catalog, translate_with};
+use crate::translate::{services::Catalog, translate_shells};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -56,6 +56,8 @@ impl Options {
 pub struct Published {
     /// Counts publications (store changes and registry changes).
     pub generation: u64,
+    /// Services, routes and policies, without endpoints: those live
+    /// encoded in `offer` only (see `Offer::build`).
     pub catalog: Catalog,
     pub store: State,
     pub offer: Offer,
@@ -197,7 +199,7 @@ async fn sleep_until(at: Option<std::time::Instant>) {
 fn publish(generation: u64, state: &State, registry: &registry::Shared) -> Arc<Published> {
     let workloads = registry.workloads();
     let refs: Vec<&registry::Workload> = workloads.iter().collect();
-    let catalog = translate_with(&state.snapshot, &refs);
+    let (mut catalog, endpoints) = translate_shells(&state.snapshot, &refs);
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);
     }
@@ -209,9 +211,11 @@ fn publish(generation: u64, state: &State, registry: &registry::Shared) -> Arc<P
         problems = catalog.problems.len(),
         "configuration translated"
     );
+    let offer = Offer::build(generation, &mut catalog, |s| endpoints.fill(s));
+    drop(endpoints);
     Arc::new(Published {
         generation,
-        offer: Offer::new(generation, &catalog),
+        offer,
         catalog,
         store: state.clone(),
         workloads: workloads.len(),
@@ -278,7 +282,10 @@ fn admin(
                 })).collect::<Vec<_>>(),
                 "conditions": conditions,
                 "proxies": proxies,
-                "services": p.catalog.services,
+                "endpoints": p.offer.endpoints(),
+                "services": p.catalog.services.keys()
+                    .filter_map(|n| Some((n.clone(), p.offer.service(n)?)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
             });
             (
                 StatusCode::OK,
@@ -328,7 +335,15 @@ fn proxy_config(query: &str, p: &Published) -> (StatusCode, &'static str, String
             calls.replace("%2C", ","),
         );
     }
-    let cfg = crate::translate::proxy::for_proxy(&p.catalog, &node, Vec::new());
+    let index = crate::translate::proxy::NamespaceIndex::new(&p.catalog);
+    let cfg = isthmus_api::model::ProxyConfig {
+        node: Some(node.clone()),
+        services: crate::translate::proxy::wanted(&p.catalog, &index, &node)
+            .into_iter()
+            .filter_map(|n| p.offer.service(n))
+            .collect(),
+        ..Default::default()
+    };
     (
         StatusCode::OK,
         "application/json",

@@ -1,6 +1,10 @@
 //! One translated generation as the discovery stream offers it: every
 //! catalog service encoded once (`isthmus_api::resource`), shared by every
 //! stream that sends it, and the per-proxy choice of what to send.
+//!
+//! Endpoints live here only, encoded (~40 bytes each): building the offer
+//! strips them from the catalog, which keeps what slicing needs (routes)
+//! at a fraction of the memory. Admin views decode them back.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -16,22 +20,51 @@ pub struct Offer {
     /// By resource name (`service/<name>.<namespace>`).
     resources: HashMap<String, Resource>,
     index: NamespaceIndex,
+    endpoints: usize,
 }
 
 impl Offer {
-    pub fn new(generation: u64, catalog: &Catalog) -> Self {
+    /// Encodes every service of `catalog` and strips the endpoints from
+    /// it (they are in the offer now), service by service, so the two
+    /// copies never coexist in full. `fill` gives a service its endpoints
+    /// first (`Endpoints::fill`), for catalogs built without them.
+    pub fn build(
+        generation: u64,
+        catalog: &mut Catalog,
+        fill: impl Fn(&mut model::Service),
+    ) -> Self {
+        let mut endpoints = 0;
+        let resources = catalog
+            .services
+            .values_mut()
+            .map(|s| {
+                fill(s);
+                let r = resource::service(s);
+                endpoints += s.endpoints.len();
+                s.endpoints = Vec::new();
+                (r.name.clone(), r)
+            })
+            .collect();
         Self {
             generation,
-            resources: catalog
-                .services
-                .values()
-                .map(|s| {
-                    let r = resource::service(s);
-                    (r.name.clone(), r)
-                })
-                .collect(),
+            resources,
             index: NamespaceIndex::new(catalog),
+            endpoints,
         }
+    }
+
+    /// A service as sent (with its endpoints), decoded from the offer.
+    pub fn service(&self, name: &str) -> Option<model::Service> {
+        let r = self.resources.get(&resource::service_name(name))?;
+        match resource::decode(r) {
+            Ok(resource::Decoded::Service(s)) => Some(s),
+            Err(_) => None,
+        }
+    }
+
+    /// Endpoints over all services.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints
     }
 
     /// The resource names the proxy `node` needs.

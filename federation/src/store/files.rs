@@ -170,20 +170,21 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         })
     }
     let resource = match kind {
-        "Namespace" => typed(doc).map(Resource::Namespace),
-        "Service" => typed(doc).map(Resource::Service),
-        "EndpointSlice" => typed(doc).map(Resource::EndpointSlice),
+        "Namespace" => typed(doc).map(|x| Resource::Namespace(Box::new(x))),
+        "Service" => typed(doc).map(|x| Resource::Service(Box::new(x))),
+        "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(doc)
+            .map(|s| Resource::EndpointSlice(Box::new(super::slice::Slice::from(&s)))),
         "Pod" => typed(doc).map(|p| Resource::Pod(Box::new(p))),
-        "ServiceAccount" => typed(doc).map(Resource::ServiceAccount),
-        "Mesh" => typed(doc).map(Resource::Mesh),
-        "ClusterLink" => typed(doc).map(Resource::ClusterLink),
-        "DestinationPolicy" => typed(doc).map(Resource::DestinationPolicy),
-        "AuthorizationPolicy" => typed(doc).map(Resource::AuthorizationPolicy),
-        "FaultInjection" => typed(doc).map(Resource::FaultInjection),
-        "ServiceExport" => typed(doc).map(Resource::ServiceExport),
-        "ServiceImport" => typed(doc).map(Resource::ServiceImport),
-        "HTTPRoute" => typed(doc).map(Resource::HttpRoute),
-        "GRPCRoute" => typed(doc).map(Resource::GrpcRoute),
+        "ServiceAccount" => typed(doc).map(|x| Resource::ServiceAccount(Box::new(x))),
+        "Mesh" => typed(doc).map(|x| Resource::Mesh(Box::new(x))),
+        "ClusterLink" => typed(doc).map(|x| Resource::ClusterLink(Box::new(x))),
+        "DestinationPolicy" => typed(doc).map(|x| Resource::DestinationPolicy(Box::new(x))),
+        "AuthorizationPolicy" => typed(doc).map(|x| Resource::AuthorizationPolicy(Box::new(x))),
+        "FaultInjection" => typed(doc).map(|x| Resource::FaultInjection(Box::new(x))),
+        "ServiceExport" => typed(doc).map(|x| Resource::ServiceExport(Box::new(x))),
+        "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),
+        "HTTPRoute" => typed(doc).map(|x| Resource::HttpRoute(Box::new(x))),
+        "GRPCRoute" => typed(doc).map(|x| Resource::GrpcRoute(Box::new(x))),
         _ => unreachable!("every entry of KINDS is matched"),
     }
     .map_err(|(pos, msg)| fail(pos, msg))?;

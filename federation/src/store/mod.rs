@@ -5,12 +5,12 @@
 
 pub mod files;
 pub mod registry;
+pub mod slice;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
 use crate::resources::mcs::{ServiceExport, ServiceImport};
@@ -33,23 +33,27 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-/// One resource of a kind the control plane reads.
+/// One resource of a kind the control plane reads. Variants are boxed:
+/// Kubernetes types are hundreds of bytes inline, and every object would
+/// otherwise pay for the largest (an EndpointSlice would cost what a
+/// Service does).
 #[derive(Clone, Debug)]
 pub enum Resource {
-    Namespace(Namespace),
-    Service(Service),
-    EndpointSlice(EndpointSlice),
+    Namespace(Box<Namespace>),
+    Service(Box<Service>),
+    /// Kept compact (`slice::Slice`), converted on arrival.
+    EndpointSlice(Box<slice::Slice>),
     Pod(Box<Pod>),
-    ServiceAccount(ServiceAccount),
-    Mesh(Mesh),
-    ClusterLink(ClusterLink),
-    DestinationPolicy(DestinationPolicy),
-    AuthorizationPolicy(AuthorizationPolicy),
-    FaultInjection(FaultInjection),
-    ServiceExport(ServiceExport),
-    ServiceImport(ServiceImport),
-    HttpRoute(HTTPRoute),
-    GrpcRoute(GRPCRoute),
+    ServiceAccount(Box<ServiceAccount>),
+    Mesh(Box<Mesh>),
+    ClusterLink(Box<ClusterLink>),
+    DestinationPolicy(Box<DestinationPolicy>),
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
+    FaultInjection(Box<FaultInjection>),
+    ServiceExport(Box<ServiceExport>),
+    ServiceImport(Box<ServiceImport>),
+    HttpRoute(Box<HTTPRoute>),
+    GrpcRoute(Box<GRPCRoute>),
 }
 
 /// Kind names as written in YAML, with their apiVersion and whether they

@@ -47,6 +47,17 @@ pub fn translate(snap: &crate::store::Snapshot) -> services::Catalog {
     translate_with(snap, &[])
 }
 
+/// The catalog with routes and policies but no endpoints yet, and where
+/// to get each service's endpoints (see `services::Endpoints`).
+pub fn translate_shells<'a>(
+    snap: &'a crate::store::Snapshot,
+    workloads: &'a [&'a crate::store::registry::Workload],
+) -> (services::Catalog, services::Endpoints<'a>) {
+    let (mut catalog, endpoints) = services::catalog_shells(snap, workloads);
+    routes::attach(&mut catalog, snap);
+    (catalog, endpoints)
+}
+
 /// `translate`, with registered workloads as endpoints of the Services
 /// that select them.
 pub fn translate_with(

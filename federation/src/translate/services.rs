@@ -8,15 +8,14 @@ use std::collections::BTreeMap;
 
 use isthmus_api::model;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{Problem, proto_duration};
 use crate::resources::destination::{DestinationPolicy, LbPolicy};
 use crate::store::registry::Workload;
 use crate::store::{ObjectKey, Resource, Snapshot};
 
-/// The label EndpointSlices carry naming their Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::store::slice::SERVICE_NAME_LABEL;
+use crate::store::slice::Slice;
 
 /// The service catalog and the problems met building it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -50,6 +49,53 @@ pub fn catalog(snap: &Snapshot) -> Catalog {
 /// a selector gets every workload of its namespace whose labels match (how
 /// endpoints exist in `files` mode, where no EndpointSlice controller runs).
 pub fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
+    let (mut out, endpoints) = catalog_shells(snap, workloads);
+    for s in out.services.values_mut() {
+        endpoints.fill(s);
+    }
+    out
+}
+
+/// Where each service's endpoints come from, resolved when asked: the
+/// discovery offer fills, encodes and drops them one service at a time, so
+/// a large cluster's endpoints never exist twice in full.
+pub struct Endpoints<'a> {
+    region: String,
+    slices_of: BTreeMap<(&'a str, &'a str), Vec<&'a Slice>>,
+    /// By model name: the namespace and the Kubernetes Service.
+    services: std::collections::HashMap<String, (&'a str, &'a Service)>,
+    workloads: &'a [&'a Workload],
+}
+
+impl Endpoints<'_> {
+    /// Sets `service.endpoints` from its EndpointSlices and workloads.
+    pub fn fill(&self, service: &mut model::Service) {
+        let Some((ns, svc)) = self.services.get(&service.name) else {
+            return;
+        };
+        let name = service
+            .name
+            .strip_suffix(&format!(".{ns}"))
+            .unwrap_or(&service.name);
+        let slices = self
+            .slices_of
+            .get(&(*ns, name))
+            .map_or(&[][..], Vec::as_slice);
+        let mut endpoints = slice_endpoints(svc, slices, &self.region);
+        add_workloads(&mut endpoints, ns, svc, self.workloads, &self.region);
+        // EndpointSlices first (stable sort), then drop repeated addresses.
+        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        endpoints.dedup_by(|a, b| a.address == b.address);
+        endpoints.shrink_to_fit();
+        service.endpoints = endpoints;
+    }
+}
+
+/// The catalog without endpoints, and how to get them.
+pub fn catalog_shells<'a>(
+    snap: &'a Snapshot,
+    workloads: &'a [&'a Workload],
+) -> (Catalog, Endpoints<'a>) {
     let region = snap
         .of_kind("Mesh")
         .find_map(|(_, r)| match r {
@@ -60,31 +106,21 @@ pub fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
     let mut out = Catalog::default();
     let policies = policies_by_service(snap, &mut out.problems);
     // EndpointSlices by (namespace, service), once.
-    let mut slices_of: BTreeMap<(&str, &str), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&Slice>> = BTreeMap::new();
     for (k, r) in snap.of_kind("EndpointSlice") {
         let Resource::EndpointSlice(s) = r else {
             continue;
         };
-        let service = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL));
-        if let (Some(ns), Some(service)) = (k.namespace.as_deref(), service) {
+        if let (Some(ns), Some(service)) = (k.namespace.as_deref(), s.service.as_deref()) {
             slices_of.entry((ns, service)).or_default().push(s);
         }
     }
+    let mut services = std::collections::HashMap::new();
     for (key, r) in snap.of_kind("Service") {
         let Resource::Service(svc) = r else { continue };
         let ns = key.namespace.as_deref().unwrap_or("default");
-        let slices = slices_of
-            .get(&(ns, key.name.as_str()))
-            .map_or(&[][..], Vec::as_slice);
-        let mut service = translate_service(&key.name, ns, svc, slices, &region);
-        add_workloads(&mut service, ns, svc, workloads, &region);
-        // EndpointSlices first (stable sort), then drop repeated addresses.
-        service.endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-        service.endpoints.dedup_by(|a, b| a.address == b.address);
+        let mut service = translate_service(&key.name, ns, svc);
+        services.insert(service.name.clone(), (ns, &**svc));
         if let Some(p) = policies.get(&(ns.to_string(), key.name.clone())) {
             apply_policy(&mut service, p);
             let defaults = route_defaults(p, &mut out.problems);
@@ -112,7 +148,13 @@ pub fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
             });
         }
     }
-    out
+    let endpoints = Endpoints {
+        region,
+        slices_of,
+        services,
+        workloads,
+    };
+    (out, endpoints)
 }
 
 fn key_of(p: &DestinationPolicy) -> ObjectKey {
@@ -131,7 +173,7 @@ fn policies_by_service<'a>(
     let mut all: Vec<&DestinationPolicy> = snap
         .of_kind("DestinationPolicy")
         .filter_map(|(_, r)| match r {
-            Resource::DestinationPolicy(p) => Some(p),
+            Resource::DestinationPolicy(p) => Some(&**p),
             _ => None,
         })
         .collect();
@@ -185,13 +227,7 @@ pub fn protocol_of(app_protocol: Option<&str>, name: Option<&str>) -> model::Pro
         .unwrap_or(model::Protocol::Tcp)
 }
 
-fn translate_service(
-    name: &str,
-    ns: &str,
-    svc: &Service,
-    slices: &[&EndpointSlice],
-    region: &str,
-) -> model::Service {
+fn translate_service(name: &str, ns: &str, svc: &Service) -> model::Service {
     let spec = svc.spec.as_ref();
     let vips = match spec.and_then(|s| s.cluster_ips.as_ref()) {
         Some(ips) => ips.as_slice(),
@@ -218,54 +254,12 @@ fn translate_service(
             name: p.name.clone().unwrap_or_default(),
         })
         .collect();
-    let mut endpoints = Vec::new();
-    for slice in slices {
-        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
-            continue;
-        }
-        // Service port → the port this slice's endpoints listen on, by name.
-        let overrides: Vec<model::EndpointPort> = kports
-            .iter()
-            .filter_map(|sp| {
-                let target = slice.ports.as_ref()?.iter().find(|ep| {
-                    ep.name.as_deref().unwrap_or("") == sp.name.as_deref().unwrap_or("")
-                })?;
-                Some(model::EndpointPort {
-                    port: sp.port as u32,
-                    target_port: target.port? as u32,
-                })
-            })
-            .collect();
-        for ep in &slice.endpoints {
-            let Some(address) = ep.addresses.first() else {
-                continue;
-            };
-            let cond = ep.conditions.clone().unwrap_or_default();
-            // Ready unset means ready (EndpointSlice semantics); a
-            // terminating endpoint still serving is kept, unhealthy.
-            let ready = cond.ready.unwrap_or(true);
-            if !ready && !cond.serving.unwrap_or(false) && cond.terminating.unwrap_or(false) {
-                continue;
-            }
-            endpoints.push(model::Endpoint {
-                address: address.clone(),
-                ports: overrides.clone(),
-                locality: Some(model::Locality {
-                    region: region.to_string(),
-                    zone: ep.zone.clone().unwrap_or_default(),
-                }),
-                labels: Default::default(),
-                weight: 1,
-                unhealthy: !ready,
-            });
-        }
-    }
     model::Service {
         name: service_name(name, ns),
         hosts: vec![format!("{name}.{ns}.svc")],
         vips,
         ports,
-        endpoints,
+        endpoints: Vec::new(),
         routes: Vec::new(),
         load_balancer: None,
         outlier_detection: None,
@@ -273,8 +267,52 @@ fn translate_service(
     }
 }
 
+/// A Service's endpoints from its EndpointSlices.
+fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model::Endpoint> {
+    let kports = tcp_ports(svc);
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        if !slice.ip {
+            continue;
+        }
+        // Service port → the port this slice's endpoints listen on, by name.
+        let overrides: Vec<model::EndpointPort> = kports
+            .iter()
+            .filter_map(|sp| {
+                let target = slice
+                    .ports
+                    .iter()
+                    .find(|ep| ep.name == sp.name.as_deref().unwrap_or(""))?;
+                Some(model::EndpointPort {
+                    port: sp.port as u32,
+                    target_port: u32::from(target.port?),
+                })
+            })
+            .collect();
+        for ep in &slice.endpoints {
+            // Ready unset means ready (EndpointSlice semantics); a
+            // terminating endpoint still serving is kept, unhealthy.
+            if !ep.ready && !ep.serving && ep.terminating {
+                continue;
+            }
+            endpoints.push(model::Endpoint {
+                address: ep.address.to_string(),
+                ports: overrides.clone(),
+                locality: Some(model::Locality {
+                    region: region.to_string(),
+                    zone: ep.zone.as_deref().unwrap_or_default().to_string(),
+                }),
+                labels: Default::default(),
+                weight: 1,
+                unhealthy: !ep.ready,
+            });
+        }
+    }
+    endpoints
+}
+
 fn add_workloads(
-    service: &mut model::Service,
+    endpoints: &mut Vec<model::Endpoint>,
     ns: &str,
     svc: &Service,
     workloads: &[&Workload],
@@ -314,7 +352,7 @@ fn add_workloads(
                 })
             })
             .collect();
-        service.endpoints.push(model::Endpoint {
+        endpoints.push(model::Endpoint {
             address: w.address.to_string(),
             ports,
             locality: Some(model::Locality {
