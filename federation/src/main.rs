@@ -84,8 +84,7 @@ async fn main() -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(admin)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {admin} for admin: {e}"))?;
-            let discovery_listener = tokio::net::TcpListener::bind(discovery)
-                .await
+            let discovery_listener = isthmus_federation::server::bind(discovery)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {discovery} for discovery: {e}"))?;
             tracing::info!(%admin, %discovery, store = %store_dir.display(), "control plane starting");
             let mut opts = isthmus_federation::server::Options::new(store_dir);

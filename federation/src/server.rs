@@ -188,6 +188,21 @@ impl ControlPlane {
     }
 }
 
+/// Binds a listener for proxies with a deep accept queue: after a control
+/// plane restart the whole mesh reconnects within its backoff window, and
+/// connections beyond the default queue would wait a SYN retransmission
+/// (a second) to get in.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Sleeps until `at`, or forever.
 async fn sleep_until(at: Option<std::time::Instant>) {
     match at {

@@ -207,11 +207,22 @@ async fn run(
     let proxy = format!("{}/{}", node.namespace, node.name);
     let mut published = inner.published.clone();
     let mut counts = (0u64, 0u64);
+    // The generation last looked at, and whether a NACK asks for another
+    // look at the same one: an ACK of the current generation needs no
+    // recomputation (half the work of a push).
+    let mut computed_for = 0u64;
+    let mut again = true;
     loop {
         let response = {
             let p = published.borrow_and_update().clone();
-            let wanted = p.offer.wanted(&p.catalog, &node);
-            state.next(&p.offer, &wanted, &inner.replica)
+            if (again || p.generation != computed_for) && state.in_flight().is_none() {
+                computed_for = p.generation;
+                again = false;
+                let wanted = p.offer.wanted(&p.catalog, &node);
+                state.next(&p.offer, &wanted, &inner.replica)
+            } else {
+                None
+            }
         };
         if let Some(r) = response {
             tracing::debug!(%proxy, nonce = r.nonce, changed = r.resources.len(), removed = r.removed_resources.len(), "push");
@@ -244,6 +255,7 @@ async fn run(
                         Answer::Acked { .. } => counts.0 += 1,
                         Answer::Nacked { generation, refused } => {
                             counts.1 += 1;
+                            again = true;
                             tracing::warn!(
                                 %proxy, generation, ?refused,
                                 reason = req.error.as_ref().map(|e| e.message.as_str()).unwrap_or(""),

@@ -368,6 +368,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fingerprints_reread_changed_or_recent_files_only() {
+        let dir = std::env::temp_dir().join(format!("isthmus-fp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.yaml");
+        let set_mtime = |secs_ago: u64| {
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs_ago);
+            std::fs::File::options()
+                .write(true)
+                .open(&f)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+            t
+        };
+        let mut fp = Fingerprinter::default();
+        std::fs::write(&f, "one").unwrap();
+        let recent = fp.fingerprint(&dir);
+        std::fs::write(&f, "two").unwrap();
+        assert_ne!(
+            fp.fingerprint(&dir),
+            recent,
+            "a same-size edit of a recent file is seen"
+        );
+        let old = set_mtime(3600);
+        let h = fp.fingerprint(&dir);
+        // Same size, same (old) mtime, same inode: trusted without reading.
+        std::fs::write(&f, "six").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(fp.fingerprint(&dir), h, "metadata unchanged: not re-read");
+        set_mtime(1800);
+        assert_ne!(fp.fingerprint(&dir), h, "mtime moved: re-read");
+        assert_eq!(fp.fingerprint(&dir), fingerprint(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn only_changed_files_are_parsed_again() {
         let dir = std::env::temp_dir().join(format!("isthmus-cache-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -620,19 +662,63 @@ pub struct State {
 
 /// Names and a hash of each file's content: what changes when a file does.
 /// Content, not modification times: those are only as fine as the kernel's
-/// coarse clock, and a same-size edit within one tick would go unseen. A
-/// store directory is small; reading it a few times a second is cheap.
+/// coarse clock, and a same-size edit within one tick would go unseen.
+/// Reading a large store every poll is not free either, so a file is read
+/// again only when its size, mtime or inode changed, or when its mtime is
+/// recent enough for such an edit to hide (git's "racily clean" rule).
+#[derive(Debug, Default)]
+pub struct Fingerprinter {
+    known: std::collections::HashMap<PathBuf, (FileMeta, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileMeta {
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    ino: u64,
+}
+
+/// A file modified this recently is hashed whatever its metadata says.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Fingerprinter {
+    pub fn fingerprint(&mut self, dir: &Path) -> Vec<(PathBuf, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut files = Vec::new();
+        collect(dir, &mut files);
+        files.sort();
+        let now = std::time::SystemTime::now();
+        let mut next = std::collections::HashMap::with_capacity(files.len());
+        let out = files
+            .into_iter()
+            .map(|f| {
+                let meta = std::fs::metadata(&f).ok().map(|m| FileMeta {
+                    len: m.len(),
+                    mtime: m.modified().ok(),
+                    ino: m.ino(),
+                });
+                let racy = meta
+                    .as_ref()
+                    .and_then(|m| m.mtime)
+                    .is_none_or(|t| now.duration_since(t).map_or(true, |age| age < RACY));
+                let hash = match (self.known.remove(&f), &meta) {
+                    (Some((old, h)), Some(m)) if old == *m && !racy => h,
+                    _ => std::fs::read(&f).map_or(0, |b| content_hash(&b)),
+                };
+                if let Some(m) = meta {
+                    next.insert(f.clone(), (m, hash));
+                }
+                (f, hash)
+            })
+            .collect();
+        self.known = next;
+        out
+    }
+}
+
+/// A one-off fingerprint (no cache).
 fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64)> {
-    let mut files = Vec::new();
-    collect(dir, &mut files);
-    files.sort();
-    files
-        .into_iter()
-        .map(|f| {
-            let h = std::fs::read(&f).map_or(0, |b| content_hash(&b));
-            (f, h)
-        })
-        .collect()
+    Fingerprinter::default().fingerprint(dir)
 }
 
 /// Watches a directory and publishes a new `State` when its YAML changes.
@@ -661,12 +747,18 @@ impl FileWatcher {
         let first = self.reload(&Snapshot::default(), 1, &mut cache);
         let (tx, rx) = tokio::sync::watch::channel(first);
         let this = Arc::new(self);
+        let printer = Arc::new(std::sync::Mutex::new(Fingerprinter::default()));
         let task = tokio::spawn(async move {
             // Reading and parsing are blocking work: off the runtime's
             // threads, so discovery streams never wait behind a reload.
             let look = |this: &Arc<Self>| {
-                let this = this.clone();
-                tokio::task::spawn_blocking(move || fingerprint(&this.dir))
+                let (this, printer) = (this.clone(), printer.clone());
+                tokio::task::spawn_blocking(move || {
+                    printer
+                        .lock()
+                        .expect("fingerprinter lock")
+                        .fingerprint(&this.dir)
+                })
             };
             loop {
                 tokio::select! {
