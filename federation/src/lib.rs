@@ -6,9 +6,11 @@
 //!   and the standard APIs we have no maintained types for at our kube
 //!   version (MCS, Gateway API routes).
 //! - `crdgen`: our CRDs as YAML, generated from those types (`crds/`).
-//! - `store`: where resources come from (`files` today), as snapshots.
+//! - `store`: where resources come from (`files`, `kube`), as snapshots.
 //! - `translate`: snapshots to proxy configuration, pure.
 //! - `discovery`: the gRPC stream that sends each proxy its configuration.
+//! - `writers`: status conditions written back to Kubernetes, by the Lease
+//!   holder only.
 //! - `server`: the running control plane: store → translation → discovery
 //!   and admin.
 #![forbid(unsafe_code)]
@@ -19,3 +21,4 @@ pub mod resources;
 pub mod server;
 pub mod store;
 pub mod translate;
+pub mod writers;

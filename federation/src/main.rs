@@ -24,8 +24,17 @@ enum Command {
     /// /config_dump, /proxy_config, /healthz, /readyz.
     Run {
         /// Directory of Kubernetes YAML (the files store).
+        #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
+        store_dir: Option<PathBuf>,
+        /// Read the cluster through the Kubernetes API (in-cluster config or
+        /// KUBECONFIG) instead of a directory; write status as the leader.
         #[arg(long)]
-        store_dir: PathBuf,
+        kube: bool,
+        /// Namespace of the leader-election Lease (`kube` mode).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "isthmus-system")]
+        lease_namespace: String,
+        #[arg(long, default_value = "isthmus-federation")]
+        lease_name: String,
         /// Discovery (gRPC) address proxies subscribe to.
         #[arg(long, default_value = "127.0.0.1:15010")]
         discovery: SocketAddr,
@@ -68,6 +77,9 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
             store_dir,
+            kube,
+            lease_namespace,
+            lease_name,
             discovery,
             admin,
             registration_grace,
@@ -75,10 +87,10 @@ async fn main() -> anyhow::Result<()> {
             poll,
             debounce,
         } => {
-            if !store_dir.is_dir() {
+            if let Some(dir) = store_dir.as_ref().filter(|d| !d.is_dir()) {
                 anyhow::bail!(
                     "store directory {} does not exist: create it or pass --store-dir",
-                    store_dir.display()
+                    dir.display()
                 );
             }
             let listener = tokio::net::TcpListener::bind(admin)
@@ -86,15 +98,35 @@ async fn main() -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("cannot listen on {admin} for admin: {e}"))?;
             let discovery_listener = isthmus_federation::server::bind(discovery)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {discovery} for discovery: {e}"))?;
-            tracing::info!(%admin, %discovery, store = %store_dir.display(), "control plane starting");
-            let mut opts = isthmus_federation::server::Options::new(store_dir);
+            let source = match &store_dir {
+                Some(d) => d.display().to_string(),
+                None => "kubernetes".into(),
+            };
+            tracing::info!(%admin, %discovery, store = %source, "control plane starting");
+            let mut opts =
+                isthmus_federation::server::Options::new(store_dir.clone().unwrap_or_default());
             opts.poll = poll;
             opts.debounce = debounce;
             opts.registration_grace = registration_grace;
             if let Some(r) = replica {
                 opts.replica = r;
             }
-            let cp = isthmus_federation::server::ControlPlane::start(opts);
+            let cp = if kube {
+                let client = ::kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "no Kubernetes API to talk to ({e}): run in a pod, or set KUBECONFIG"
+                    )
+                })?;
+                isthmus_federation::server::ControlPlane::start_kube(
+                    client,
+                    opts,
+                    &lease_namespace,
+                    &lease_name,
+                )
+                .await?
+            } else {
+                isthmus_federation::server::ControlPlane::start(opts)
+            };
             cp.serve_admin(listener);
             cp.serve_discovery(discovery_listener);
             let mut term =

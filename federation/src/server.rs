@@ -79,14 +79,90 @@ impl ControlPlane {
     /// the store or of the registered workloads.
     pub fn start(opts: Options) -> Self {
         let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let registry = Arc::new(registry::Shared::new(opts.registration_grace));
-        let (mut states, watcher) = FileWatcher {
-            dir: opts.store_dir,
+        let (states, watcher) = FileWatcher {
+            dir: opts.store_dir.clone(),
             poll: opts.poll,
             debounce: opts.debounce,
         }
         .start(stop.clone());
+        Self::run(states, watcher, opts, stop)
+    }
+
+    /// The same on a cluster (`kube` store): waits for the first list of
+    /// every kind, and writes status conditions back while it holds the
+    /// Lease `lease` in `lease_namespace` (every replica serves discovery).
+    pub async fn start_kube(
+        client: kube::Client,
+        opts: Options,
+        lease_namespace: &str,
+        lease: &str,
+    ) -> Result<Self, crate::store::kube::KubeStoreError> {
+        let stop = CancellationToken::new();
+        let (states, task) = crate::store::kube::KubeStore {
+            client: client.clone(),
+            debounce: opts.debounce,
+            sync_timeout: Duration::from_secs(120),
+        }
+        .start(stop.clone())
+        .await?;
+        let cp = Self::run(states, task, opts, stop);
+        let elector = crate::writers::leader::Elector {
+            api: kube::Api::namespaced(client.clone(), lease_namespace),
+            lease: lease.to_string(),
+            identity: cp.replica.clone(),
+            duration: Duration::from_secs(15),
+        };
+        cp.write_status(client, elector);
+        Ok(cp)
+    }
+
+    /// Writes status conditions while leading: on every new generation and
+    /// on changes of proxies' refusals, at most once a second.
+    fn write_status(&self, client: kube::Client, elector: crate::writers::leader::Elector) {
+        let stop = self.stop.clone();
+        let mut published = self.published.clone();
+        let subscribers = self.subscribers.clone();
+        self.tasks.spawn(async move {
+            // The elector's task ends with `stop`, like this one.
+            let (mut leading, _elector) = elector.run(stop.clone());
+            let mut changes = subscribers.watch();
+            let mut writer = crate::writers::status::StatusWriter::new(client);
+            loop {
+                if *leading.borrow_and_update() {
+                    let p = published.borrow_and_update().clone();
+                    let conditions = all_conditions(&p, &subscribers);
+                    let (n, errors) = writer.write(&p.store.snapshot, &conditions).await;
+                    if n > 0 {
+                        tracing::info!(objects = n, "status written");
+                    }
+                    for e in errors {
+                        tracing::warn!("{e}");
+                    }
+                } else {
+                    writer.forget();
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = leading.changed() => {}
+                    _ = published.changed() => {}
+                    _ = changes.changed() => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    fn run(
+        mut states: watch::Receiver<State>,
+        watcher: tokio::task::JoinHandle<()>,
+        opts: Options,
+        stop: CancellationToken,
+    ) -> Self {
+        let tasks = TaskTracker::new();
+        let registry = Arc::new(registry::Shared::new(opts.registration_grace));
         let mut generation = 1;
         let first = publish(generation, &states.borrow_and_update(), &registry);
         let (tx, published) = watch::channel(first);
@@ -186,6 +262,27 @@ impl ControlPlane {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Every status condition of the generation: translation's (`Accepted`,
+/// `ResolvedRefs`) and the proxies' refusals (`Programmed`).
+pub fn all_conditions(
+    p: &Published,
+    subscribers: &Subscribers,
+) -> std::collections::BTreeMap<
+    (&'static str, crate::store::ObjectKey),
+    Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+> {
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let mut conditions =
+        crate::translate::status::conditions(&p.store.snapshot, &p.catalog.problems, &now);
+    let refusals = subscribers.refusals();
+    for (k, c) in discovery::subscribers::programmed_conditions(&p.store.snapshot, &refusals, &now)
+    {
+        conditions.entry(k).or_default().push(c);
+    }
+    conditions
 }
 
 /// Binds a listener for proxies with a deep accept queue: after a control

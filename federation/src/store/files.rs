@@ -25,7 +25,10 @@ pub struct DocError {
 
 impl std::fmt::Display for DocError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        // Objects from the API server have no file (`kube` store).
+        if !self.file.as_os_str().is_empty() {
+            write!(f, "{}:{}: ", self.file.display(), self.line)?;
+        }
         match (&self.kind, &self.name) {
             (Some(k), Some(n)) => write!(f, "{k} {n}: ")?,
             (Some(k), None) => write!(f, "{k}: ")?,

@@ -4,6 +4,7 @@
 //! Kubernetes YAML, the embedded default) and, next, `kube` (the API).
 
 pub mod files;
+pub mod kube;
 pub mod registry;
 pub mod slice;
 

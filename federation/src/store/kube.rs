@@ -1,0 +1,345 @@
+//! The `kube` store: a kube-rs watcher per kind the control plane reads,
+//! feeding the same `Snapshot` the files store produces. Objects are read
+//! as `DynamicObject` and converted one by one, so a malformed custom
+//! resource (one that the API server accepted but our types refuse) is
+//! reported by name and the rest of its kind still loads; its last good
+//! version stays in force, as in the files store. EndpointSlices are
+//! converted to their compact form on arrival and `managedFields` dropped.
+//!
+//! The first `State` is published only once every kind has been listed:
+//! proxies must never be sent half a cluster. A kind whose CRD is not
+//! installed (404) counts as listed and empty, with a warning; its watcher
+//! keeps retrying, so installing the CRD later just works.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource as _};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::files::{DocError, State};
+use super::{KINDS, ObjectKey, Resource, Snapshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeStoreError {
+    #[error(
+        "timed out after {waited:?} waiting for the first list of {kinds}: can the API server be reached, and may the control plane's ServiceAccount list and watch them (see deploy/rbac)?"
+    )]
+    NotSynced { waited: Duration, kinds: String },
+}
+
+/// Where a kind lives in the API.
+fn api_resource(kind: &str) -> ApiResource {
+    use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
+    use crate::resources::mcs::{ServiceExport, ServiceImport};
+    use crate::resources::{
+        AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh,
+    };
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    match kind {
+        "Namespace" => ApiResource::erase::<Namespace>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        "EndpointSlice" => ApiResource::erase::<EndpointSlice>(&()),
+        "Pod" => ApiResource::erase::<Pod>(&()),
+        "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
+        "Mesh" => ApiResource::erase::<Mesh>(&()),
+        "ClusterLink" => ApiResource::erase::<ClusterLink>(&()),
+        "DestinationPolicy" => ApiResource::erase::<DestinationPolicy>(&()),
+        "AuthorizationPolicy" => ApiResource::erase::<AuthorizationPolicy>(&()),
+        "FaultInjection" => ApiResource::erase::<FaultInjection>(&()),
+        "ServiceExport" => ApiResource::erase::<ServiceExport>(&()),
+        "ServiceImport" => ApiResource::erase::<ServiceImport>(&()),
+        "HTTPRoute" => ApiResource::erase::<HTTPRoute>(&()),
+        "GRPCRoute" => ApiResource::erase::<GRPCRoute>(&()),
+        _ => unreachable!("every entry of KINDS has an API resource"),
+    }
+}
+
+/// Converts one object of `kind` to a `Resource`, or says why not.
+pub fn convert(kind: &str, mut obj: DynamicObject) -> Result<Resource, String> {
+    obj.metadata.managed_fields = None;
+    let v = serde_json::to_value(&obj).map_err(|e| e.to_string())?;
+    fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<Box<T>, String> {
+        serde_json::from_value(v)
+            .map(Box::new)
+            .map_err(|e| e.to_string())
+    }
+    Ok(match kind {
+        "Namespace" => Resource::Namespace(typed(v)?),
+        "Service" => Resource::Service(typed(v)?),
+        "EndpointSlice" => {
+            let s: Box<k8s_openapi::api::discovery::v1::EndpointSlice> = typed(v)?;
+            Resource::EndpointSlice(Box::new(super::slice::Slice::from(&*s)))
+        }
+        "Pod" => Resource::Pod(typed(v)?),
+        "ServiceAccount" => Resource::ServiceAccount(typed(v)?),
+        "Mesh" => Resource::Mesh(typed(v)?),
+        "ClusterLink" => Resource::ClusterLink(typed(v)?),
+        "DestinationPolicy" => Resource::DestinationPolicy(typed(v)?),
+        "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(v)?),
+        "FaultInjection" => Resource::FaultInjection(typed(v)?),
+        "ServiceExport" => Resource::ServiceExport(typed(v)?),
+        "ServiceImport" => Resource::ServiceImport(typed(v)?),
+        "HTTPRoute" => Resource::HttpRoute(typed(v)?),
+        "GRPCRoute" => Resource::GrpcRoute(typed(v)?),
+        other => return Err(format!("kind {other} is not read by this store")),
+    })
+}
+
+#[derive(Default)]
+struct Shared {
+    objects: Mutex<Objects>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct Objects {
+    by_kind: BTreeMap<&'static str, BTreeMap<ObjectKey, Arc<Resource>>>,
+    /// Objects that did not convert: their last good version (if any)
+    /// stays, and the error is reported.
+    errors: BTreeMap<(&'static str, ObjectKey), String>,
+    synced: BTreeSet<&'static str>,
+}
+
+impl Objects {
+    fn put(&mut self, kind: &'static str, key: ObjectKey, r: Result<Resource, String>) {
+        match r {
+            Ok(r) => {
+                self.errors.remove(&(kind, key.clone()));
+                self.by_kind
+                    .entry(kind)
+                    .or_default()
+                    .insert(key, Arc::new(r));
+            }
+            Err(e) => {
+                tracing::error!(kind, object = %key, "resource skipped, its last good version (if any) stays: {e}");
+                self.errors.insert((kind, key), e);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for (kind, objects) in &self.by_kind {
+            for (k, r) in objects {
+                snap.objects.insert((kind, k.clone()), r.clone());
+            }
+        }
+        snap
+    }
+
+    fn doc_errors(&self) -> Vec<DocError> {
+        self.errors
+            .iter()
+            .map(|((kind, key), message)| DocError {
+                file: Default::default(),
+                line: 0,
+                kind: Some(kind.to_string()),
+                name: Some(key.to_string()),
+                message: message.clone(),
+            })
+            .collect()
+    }
+}
+
+/// The `kube` store, configured.
+pub struct KubeStore {
+    pub client: Client,
+    /// Quiet time after a change before a new state is published.
+    pub debounce: Duration,
+    /// How long to wait for the first list of every kind.
+    pub sync_timeout: Duration,
+}
+
+impl KubeStore {
+    /// Starts a watcher per kind, waits until every kind was listed, and
+    /// returns the states (the first one complete) and the task that keeps
+    /// publishing them until `stop`.
+    pub async fn start(
+        self,
+        stop: CancellationToken,
+    ) -> Result<(watch::Receiver<State>, tokio::task::JoinHandle<()>), KubeStoreError> {
+        let shared = Arc::new(Shared::default());
+        let mut watchers = Vec::new();
+        for &(_, kind, namespaced) in KINDS {
+            let ar = api_resource(kind);
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            watchers.push(tokio::spawn(watch_kind(
+                api,
+                kind,
+                namespaced,
+                shared.clone(),
+                stop.clone(),
+            )));
+        }
+        // Wait for every kind's first list.
+        let waited = tokio::time::timeout(self.sync_timeout, async {
+            loop {
+                let notified = shared.changed.notified();
+                if shared.objects.lock().expect("store lock").synced.len() == KINDS.len() {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            let o = shared.objects.lock().expect("store lock");
+            let missing: Vec<&str> = KINDS
+                .iter()
+                .map(|(_, k, _)| *k)
+                .filter(|k| !o.synced.contains(k))
+                .collect();
+            stop.cancel();
+            return Err(KubeStoreError::NotSynced {
+                waited: self.sync_timeout,
+                kinds: missing.join(", "),
+            });
+        }
+        let first = {
+            let o = shared.objects.lock().expect("store lock");
+            State {
+                generation: 1,
+                snapshot: Arc::new(o.snapshot()),
+                errors: o.doc_errors(),
+            }
+        };
+        tracing::info!(objects = first.snapshot.objects.len(), "cluster listed");
+        let (tx, rx) = watch::channel(first);
+        let debounce = self.debounce;
+        let task = tokio::spawn(async move {
+            let mut generation = 1;
+            loop {
+                let notified = shared.changed.notified();
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = notified => {}
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(debounce) => {}
+                }
+                generation += 1;
+                let next = {
+                    let o = shared.objects.lock().expect("store lock");
+                    State {
+                        generation,
+                        snapshot: Arc::new(o.snapshot()),
+                        errors: o.doc_errors(),
+                    }
+                };
+                tx.send_replace(next);
+            }
+            for w in watchers {
+                w.abort();
+            }
+        });
+        Ok((rx, task))
+    }
+}
+
+/// Whether a watcher error means the kind does not exist in this cluster.
+fn is_not_found(e: &watcher::Error) -> bool {
+    let api = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s,
+        _ => return false,
+    };
+    api.code == 404
+}
+
+async fn watch_kind(
+    api: Api<DynamicObject>,
+    kind: &'static str,
+    namespaced: bool,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let key = |o: &DynamicObject| ObjectKey {
+        namespace: if namespaced {
+            Some(
+                o.meta()
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            )
+        } else {
+            None
+        },
+        name: o.meta().name.clone().unwrap_or_default(),
+    };
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut buffer: Option<Objects> = None;
+    let mut warned = false;
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = stream.next() => match e {
+                Some(e) => e,
+                None => return,
+            },
+        };
+        let mut o = shared.objects.lock().expect("store lock");
+        match event {
+            Ok(Event::Init) => buffer = Some(Objects::default()),
+            Ok(Event::InitApply(obj)) => {
+                let k = key(&obj);
+                let r = convert(kind, obj);
+                let b = buffer.get_or_insert_with(Objects::default);
+                // A bad object keeps its last good version across a relist.
+                if r.is_err()
+                    && let Some(prev) = o.by_kind.get(kind).and_then(|m| m.get(&k))
+                {
+                    b.by_kind
+                        .entry(kind)
+                        .or_default()
+                        .insert(k.clone(), prev.clone());
+                }
+                b.put(kind, k, r);
+            }
+            Ok(Event::InitDone) => {
+                let b = buffer.take().unwrap_or_default();
+                o.by_kind
+                    .insert(kind, b.by_kind.get(kind).cloned().unwrap_or_default());
+                o.errors.retain(|(k, _), _| *k != kind);
+                o.errors.extend(b.errors);
+                o.synced.insert(kind);
+                shared.changed.notify_one();
+            }
+            Ok(Event::Apply(obj)) => {
+                let k = key(&obj);
+                o.put(kind, k, convert(kind, obj));
+                shared.changed.notify_one();
+            }
+            Ok(Event::Delete(obj)) => {
+                let k = key(&obj);
+                if let Some(m) = o.by_kind.get_mut(kind) {
+                    m.remove(&k);
+                }
+                o.errors.remove(&(kind, k));
+                shared.changed.notify_one();
+            }
+            Err(e) if is_not_found(&e) => {
+                if !warned {
+                    tracing::warn!(
+                        kind,
+                        "not served by this API server (CRD not installed?); treated as empty until it is"
+                    );
+                    warned = true;
+                }
+                if o.synced.insert(kind) {
+                    shared.changed.notify_one();
+                }
+            }
+            Err(e) => tracing::warn!(kind, "watch failed, retrying: {e}"),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Status conditions written back to the resources they are about (`kube`
+//! mode, by the leader): `Accepted` and `ResolvedRefs` from translation,
+//! `Programmed` from proxies' NACKs. Only what changed since the last write
+//! is written, and a condition whose status did not change keeps its
+//! `lastTransitionTime`.
+//!
+//! - Our policies (`isthmus.dev`) own their status: server-side apply of
+//!   `status.conditions` with our field manager.
+//! - Routes share `status.parents` with every other controller (the list
+//!   is atomic in the Gateway API CRDs): we replace only the entries with
+//!   our `controllerName`, keep the others, and send the object's
+//!   resourceVersion so a concurrent writer makes ours a 409, retried on
+//!   the next round, never a lost update.
+//! - Other kinds (core Services) are not written: their conditions show in
+//!   /config_dump.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::json;
+
+use crate::resources::gateway_api::{ParentReference, RouteParentStatus};
+use crate::store::{ObjectKey, Resource, Snapshot};
+
+pub const FIELD_MANAGER: &str = "isthmus-federation";
+/// Our `controllerName` in route status.
+pub const CONTROLLER_NAME: &str = "isthmus.dev/mesh";
+
+/// What decides whether a condition changed (everything but the time).
+type Seen = Vec<(String, String, String, String, Option<i64>)>;
+
+fn seen(c: &[Condition]) -> Seen {
+    c.iter()
+        .map(|c| {
+            (
+                c.type_.clone(),
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+                c.observed_generation,
+            )
+        })
+        .collect()
+}
+
+/// Keeps `lastTransitionTime` of conditions whose type and status are what
+/// the object already says.
+fn keep_times(mut new: Vec<Condition>, old: &[Condition]) -> Vec<Condition> {
+    for c in &mut new {
+        if let Some(o) = old
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = o.last_transition_time.clone();
+        }
+    }
+    new
+}
+
+pub struct StatusWriter {
+    client: Client,
+    written: HashMap<(&'static str, ObjectKey), Seen>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Forgets what was written (after losing and regaining leadership,
+    /// another replica may have written since).
+    pub fn forget(&mut self) {
+        self.written.clear();
+    }
+
+    /// Writes every object's conditions that differ from the last write.
+    /// Returns how many objects were written and what failed.
+    pub async fn write(
+        &mut self,
+        snap: &Snapshot,
+        conditions: &BTreeMap<(&'static str, ObjectKey), Vec<Condition>>,
+    ) -> (usize, Vec<String>) {
+        let (mut written, mut errors) = (0, Vec::new());
+        for ((kind, key), conds) in conditions {
+            let s = seen(conds);
+            if self.written.get(&(*kind, key.clone())) == Some(&s) {
+                continue;
+            }
+            let Some(obj) = snap.get(kind, key) else {
+                continue;
+            };
+            let result = match obj {
+                Resource::DestinationPolicy(p) => {
+                    let old = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                    self.apply_policy::<crate::resources::DestinationPolicy>(
+                        key,
+                        keep_times(conds.clone(), old),
+                    )
+                    .await
+                }
+                Resource::AuthorizationPolicy(p) => {
+                    let old = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                    self.apply_policy::<crate::resources::AuthorizationPolicy>(
+                        key,
+                        keep_times(conds.clone(), old),
+                    )
+                    .await
+                }
+                Resource::FaultInjection(p) => {
+                    let old = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                    self.apply_policy::<crate::resources::FaultInjection>(
+                        key,
+                        keep_times(conds.clone(), old),
+                    )
+                    .await
+                }
+                Resource::HttpRoute(r) => {
+                    self.route::<crate::resources::gateway_api::HTTPRoute>(
+                        key,
+                        r.metadata.resource_version.clone(),
+                        &r.spec.parent_refs,
+                        r.status.as_ref().map_or(&[][..], |s| &s.parents[..]),
+                        conds,
+                    )
+                    .await
+                }
+                Resource::GrpcRoute(r) => {
+                    self.route::<crate::resources::gateway_api::GRPCRoute>(
+                        key,
+                        r.metadata.resource_version.clone(),
+                        &r.spec.parent_refs,
+                        r.status.as_ref().map_or(&[][..], |s| &s.parents[..]),
+                        conds,
+                    )
+                    .await
+                }
+                _ => continue,
+            };
+            match result {
+                Ok(()) => {
+                    written += 1;
+                    self.written.insert((*kind, key.clone()), s);
+                }
+                Err(e) => errors.push(format!("status of {kind} {key}: {e}")),
+            }
+        }
+        (written, errors)
+    }
+
+    fn api<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        key: &ObjectKey,
+    ) -> (Api<DynamicObject>, ApiResource) {
+        let ar = ApiResource::erase::<K>(&());
+        let api = match &key.namespace {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        };
+        (api, ar)
+    }
+
+    async fn apply_policy<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        key: &ObjectKey,
+        conditions: Vec<Condition>,
+    ) -> Result<(), kube::Error> {
+        let (api, ar) = self.api::<K>(key);
+        let patch = json!({
+            "apiVersion": ar.api_version,
+            "kind": ar.kind,
+            "metadata": {"name": key.name, "namespace": key.namespace},
+            "status": {"conditions": conditions},
+        });
+        api.patch_status(
+            &key.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn route<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        key: &ObjectKey,
+        resource_version: Option<String>,
+        parent_refs: &[ParentReference],
+        current: &[RouteParentStatus],
+        conditions: &[Condition],
+    ) -> Result<(), kube::Error> {
+        let (api, _) = self.api::<K>(key);
+        let mut parents: Vec<RouteParentStatus> = current
+            .iter()
+            .filter(|p| p.controller_name != CONTROLLER_NAME)
+            .cloned()
+            .collect();
+        for parent in parent_refs
+            .iter()
+            .filter(|p| p.kind.as_deref() == Some("Service"))
+        {
+            let old = current
+                .iter()
+                .find(|p| p.controller_name == CONTROLLER_NAME && &p.parent_ref == parent)
+                .map_or(&[][..], |p| &p.conditions[..]);
+            parents.push(RouteParentStatus {
+                parent_ref: parent.clone(),
+                controller_name: CONTROLLER_NAME.into(),
+                conditions: keep_times(conditions.to_vec(), old),
+            });
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": resource_version},
+            "status": {"parents": parents},
+        });
+        api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|_| ())
+    }
+}

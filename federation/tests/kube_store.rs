@@ -1,0 +1,436 @@
+//! The `kube` store, leader election and status writer against a mocked
+//! API server (kube `Client` over a `tower_test` mock): the tests assert the
+//! requests made (lists and watches of every kind, Lease reads and writes,
+//! status patches) and answer them as an API server would.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+type RespBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+type Handle = tower_test::mock::Handle<Request<Body>, Response<RespBody>>;
+
+fn client() -> (kube::Client, Handle) {
+    let (mock, handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
+    (kube::Client::new(mock, "default"), handle)
+}
+
+/// A body that is complete at once.
+fn body(v: &Value) -> RespBody {
+    let (tx, rx) = mpsc::channel(1);
+    tx.try_send(Ok(Frame::data(Bytes::from(v.to_string()))))
+        .unwrap();
+    StreamBody::new(ReceiverStream::new(rx))
+}
+
+/// A body that stays open; lines are sent through the sender (watch events).
+fn open_body() -> (mpsc::Sender<Result<Frame<Bytes>, Infallible>>, RespBody) {
+    let (tx, rx) = mpsc::channel(16);
+    (tx, StreamBody::new(ReceiverStream::new(rx)))
+}
+
+fn respond(status: StatusCode, b: RespBody) -> Response<RespBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(b)
+        .unwrap()
+}
+
+fn not_found(path: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+           "message": format!("the server could not find the requested resource ({path})"),
+           "reason": "NotFound", "code": 404})
+}
+
+async fn body_json(req: Request<Body>) -> Value {
+    let b = req.into_body().collect_bytes().await.unwrap();
+    serde_json::from_slice(&b).unwrap_or(Value::Null)
+}
+
+/// Every list path the store must read, with the items the mock serves.
+fn cluster() -> BTreeMap<&'static str, Vec<Value>> {
+    let mut m: BTreeMap<&'static str, Vec<Value>> = BTreeMap::new();
+    for p in [
+        "/api/v1/namespaces",
+        "/api/v1/services",
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "/api/v1/pods",
+        "/api/v1/serviceaccounts",
+        "/apis/isthmus.dev/v1alpha1/meshes",
+        "/apis/isthmus.dev/v1alpha1/clusterlinks",
+        "/apis/isthmus.dev/v1alpha1/destinationpolicies",
+        "/apis/isthmus.dev/v1alpha1/authorizationpolicies",
+        "/apis/isthmus.dev/v1alpha1/faultinjections",
+        "/apis/multicluster.x-k8s.io/v1alpha1/serviceexports",
+        "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports",
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+    ] {
+        m.insert(p, Vec::new());
+    }
+    m.get_mut("/api/v1/services").unwrap().push(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "catalog", "namespace": "shop", "resourceVersion": "10",
+                     "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }));
+    m.get_mut("/apis/discovery.k8s.io/v1/endpointslices")
+        .unwrap()
+        .push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "catalog-1", "namespace": "shop", "resourceVersion": "11",
+                         "labels": {"kubernetes.io/service-name": "catalog"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [{"addresses": ["10.1.0.1"], "zone": "eu-west-a"}]
+        }));
+    m.get_mut("/apis/isthmus.dev/v1alpha1/meshes").unwrap().push(json!({
+        "apiVersion": "isthmus.dev/v1alpha1", "kind": "Mesh",
+        "metadata": {"name": "mesh", "resourceVersion": "12"},
+        "spec": {"clusterName": "eu-west", "trustDomain": "eu-west.local", "locality": {"region": "eu-west"}}
+    }));
+    // Accepted by the API server (it only knows the CRD schema: a string),
+    // refused by our types: reported, the rest loads.
+    m.get_mut("/apis/isthmus.dev/v1alpha1/destinationpolicies")
+        .unwrap()
+        .push(json!({
+            "apiVersion": "isthmus.dev/v1alpha1", "kind": "DestinationPolicy",
+            "metadata": {"name": "bad", "namespace": "shop", "resourceVersion": "13"},
+            "spec": {"targetRef": {"name": "catalog"}, "timeout": "soon"}
+        }));
+    m
+}
+
+fn list_of(path: &str, items: &[Value]) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "100", "_path": path}, "items": items})
+}
+
+#[tokio::test]
+async fn lists_and_watches_every_kind_and_reports_bad_objects() {
+    let (client, mut handle) = client();
+    let fixtures = cluster();
+    let listed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (service_events_tx, mut service_events_rx) = mpsc::channel(1);
+    let server = {
+        let listed = listed.clone();
+        tokio::spawn(async move {
+            // Open watch bodies are kept so the watches stay open.
+            let mut open = Vec::new();
+            while let Some((req, send)) = handle.next_request().await {
+                assert_eq!(req.method(), http::Method::GET, "the store only reads");
+                let path = req.uri().path().to_string();
+                let query = req.uri().query().unwrap_or("").to_string();
+                if path.ends_with("grpcroutes") {
+                    // Gateway API's GRPCRoute CRD not installed here.
+                    send.send_response(respond(StatusCode::NOT_FOUND, body(&not_found(&path))));
+                    continue;
+                }
+                let Some(items) = fixtures.get(path.as_str()) else {
+                    panic!("unexpected request {path}?{query}");
+                };
+                if query.contains("watch=true") {
+                    let (tx, b) = open_body();
+                    if path == "/api/v1/services" {
+                        let _ = service_events_tx.try_send(tx.clone());
+                    }
+                    open.push(tx);
+                    send.send_response(respond(StatusCode::OK, b));
+                } else {
+                    listed.lock().unwrap().push(path.clone());
+                    send.send_response(respond(StatusCode::OK, body(&list_of(&path, items))));
+                }
+            }
+        })
+    };
+    let stop = CancellationToken::new();
+    let (mut states, task) = isthmus_federation::store::kube::KubeStore {
+        client,
+        debounce: Duration::from_millis(10),
+        sync_timeout: Duration::from_secs(30),
+    }
+    .start(stop.clone())
+    .await
+    .expect("every kind listed (grpcroutes absent counts as empty)");
+
+    let mut wanted: Vec<&str> = cluster()
+        .keys()
+        .copied()
+        .filter(|p| !p.ends_with("grpcroutes"))
+        .collect();
+    wanted.sort();
+    let mut got = listed.lock().unwrap().clone();
+    got.sort();
+    got.dedup();
+    assert_eq!(got, wanted, "one list per kind");
+
+    let state = states.borrow_and_update().clone();
+    let snap = &state.snapshot;
+    assert_eq!(snap.objects.len(), 3, "{:?}", snap.objects.keys());
+    let key = |ns: Option<&str>, name: &str| isthmus_federation::store::ObjectKey {
+        namespace: ns.map(str::to_string),
+        name: name.into(),
+    };
+    let Some(isthmus_federation::store::Resource::Service(svc)) =
+        snap.get("Service", &key(Some("shop"), "catalog"))
+    else {
+        panic!("the Service is in the snapshot")
+    };
+    assert!(
+        svc.metadata.managed_fields.is_none(),
+        "managedFields dropped"
+    );
+    assert_eq!(state.errors.len(), 1);
+    let err = state.errors[0].to_string();
+    assert!(
+        err.starts_with("DestinationPolicy shop/bad: ") && err.contains("soon"),
+        "named, without a file: {err}"
+    );
+    let catalog = isthmus_federation::translate::translate(snap);
+    let c = &catalog.services["catalog.shop"];
+    assert_eq!(c.endpoints.len(), 1);
+    assert_eq!(c.endpoints[0].address, "10.1.0.1");
+    assert_eq!(c.endpoints[0].locality.as_ref().unwrap().region, "eu-west");
+
+    // A watch event: a new Service appears in a new generation.
+    let events = service_events_rx.recv().await.expect("services watched");
+    let added = json!({"type": "ADDED", "object": {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "101"},
+        "spec": {"ports": [{"port": 80}]}}});
+    events
+        .send(Ok(Frame::data(Bytes::from(format!("{added}\n")))))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            states.changed().await.unwrap();
+            let s = states.borrow_and_update().clone();
+            if s.snapshot
+                .get("Service", &key(Some("shop"), "reviews"))
+                .is_some()
+            {
+                assert!(s.generation >= 2);
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the new Service published");
+
+    stop.cancel();
+    let _ = task.await;
+    server.abort();
+}
+
+#[tokio::test]
+async fn leader_election_creates_follows_and_takes_over_by_the_rules() {
+    use isthmus_federation::writers::leader::Elector;
+    let (client, mut handle) = client();
+    let elector = Elector {
+        api: kube::Api::namespaced(client, "isthmus-system"),
+        lease: "isthmus-federation".into(),
+        identity: "cp-0".into(),
+        duration: Duration::from_secs(15),
+    };
+    const LEASE: &str =
+        "/apis/coordination.k8s.io/v1/namespaces/isthmus-system/leases/isthmus-federation";
+    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/isthmus-system/leases";
+
+    // No Lease: create it, held by us.
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", LEASE));
+        send.send_response(respond(StatusCode::NOT_FOUND, body(&not_found(LEASE))));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method().as_str(), req.uri().path()), ("POST", LEASES));
+        let mut lease = body_json(req).await;
+        assert_eq!(lease["spec"]["holderIdentity"], "cp-0");
+        assert_eq!(lease["spec"]["leaseDurationSeconds"], 15);
+        assert!(lease["spec"]["renewTime"].is_string());
+        lease["metadata"]["resourceVersion"] = "1".into();
+        send.send_response(respond(StatusCode::CREATED, body(&lease)));
+        handle
+    });
+    assert!(elector.step().await.unwrap(), "we lead");
+    let mut handle = server.await.unwrap();
+
+    // Held by cp-1, renewed just now: follow, and write nothing.
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let held = |renewed: k8s_openapi::jiff::Timestamp| {
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+               "metadata": {"name": "isthmus-federation", "namespace": "isthmus-system", "resourceVersion": "7"},
+               "spec": {"holderIdentity": "cp-1", "leaseDurationSeconds": 15,
+                        "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                        "leaseTransitions": 2}})
+    };
+    let lease_now = held(now);
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::GET);
+        send.send_response(respond(StatusCode::OK, body(&lease_now)));
+        handle
+    });
+    assert!(!elector.step().await.unwrap(), "cp-1 leads");
+    let mut handle = server.await.unwrap();
+
+    // Held by cp-1 but not renewed for a minute: take over, with the
+    // resourceVersion read; a 409 (someone else was faster) means follow.
+    let stale = held(now - k8s_openapi::jiff::SignedDuration::from_secs(60));
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::GET);
+        send.send_response(respond(StatusCode::OK, body(&stale)));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method().as_str(), req.uri().path()), ("PUT", LEASE));
+        let lease = body_json(req).await;
+        assert_eq!(
+            lease["metadata"]["resourceVersion"], "7",
+            "optimistic concurrency"
+        );
+        assert_eq!(lease["spec"]["holderIdentity"], "cp-0");
+        assert_eq!(lease["spec"]["leaseTransitions"], 3);
+        send.send_response(respond(
+            StatusCode::CONFLICT,
+            body(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "message": "the object has been modified", "reason": "Conflict", "code": 409})),
+        ));
+    });
+    assert!(!elector.step().await.unwrap(), "lost the race: follow");
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn status_is_applied_to_policies_and_merged_into_route_parents() {
+    use isthmus_federation::store::files::{merge, parse_file};
+    use isthmus_federation::writers::status::StatusWriter;
+    let yaml = r#"apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: ghost, namespace: shop, generation: 2}
+spec: {targetRef: {name: nowhere}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: shop, resourceVersion: "42", generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: catalog}]
+  rules: [{backendRefs: [{name: catalog, port: 80}]}]
+status:
+  parents:
+    - parentRef: {group: gateway.networking.k8s.io, kind: Gateway, name: edge}
+      controllerName: example.com/other
+      conditions: []
+"#;
+    let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (snap, _) = merge(&Default::default(), loaded, Vec::new());
+    let catalog = isthmus_federation::translate::translate(&snap);
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions =
+        isthmus_federation::translate::status::conditions(&snap, &catalog.problems, &now);
+
+    let (client, mut handle) = client();
+    let requests = Arc::new(Mutex::new(Vec::<(String, String, String, Value)>::new()));
+    let server = {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let method = req.method().to_string();
+                let uri = req.uri().to_string();
+                let ctype = req
+                    .headers()
+                    .get("content-type")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default();
+                let b = body_json(req).await;
+                requests
+                    .lock()
+                    .unwrap()
+                    .push((method, uri, ctype, b.clone()));
+                send.send_response(respond(StatusCode::OK, body(&b)));
+            }
+        })
+    };
+    let mut writer = StatusWriter::new(client);
+    let (n, errors) = writer.write(&snap, &conditions).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(n, 2);
+    let reqs = requests.lock().unwrap().clone();
+    let (m, uri, ctype, b) = reqs
+        .iter()
+        .find(|r| r.1.contains("destinationpolicies"))
+        .expect("policy status written");
+    assert_eq!(m, "PATCH");
+    let (path, query) = uri.split_once('?').unwrap();
+    assert_eq!(
+        path,
+        "/apis/isthmus.dev/v1alpha1/namespaces/shop/destinationpolicies/ghost/status"
+    );
+    let mut query: Vec<&str> = query.split('&').filter(|q| !q.is_empty()).collect();
+    query.sort();
+    assert_eq!(
+        query,
+        ["fieldManager=isthmus-federation", "force=true"],
+        "server-side apply of the status subresource, forced, as our field manager"
+    );
+    assert_eq!(ctype, "application/apply-patch+yaml");
+    assert_eq!(b["kind"], "DestinationPolicy");
+    let c = &b["status"]["conditions"][0];
+    assert_eq!(
+        (c["type"].as_str(), c["status"].as_str()),
+        (Some("Accepted"), Some("False"))
+    );
+    assert_eq!(c["reason"], "TargetNotFound");
+    assert_eq!(c["observedGeneration"], 2);
+
+    let (m, uri, ctype, b) = reqs
+        .iter()
+        .find(|r| r.1.contains("httproutes"))
+        .expect("route status written");
+    assert_eq!(m, "PATCH");
+    assert_eq!(
+        uri.trim_end_matches('?'),
+        "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes/split/status"
+    );
+    assert_eq!(ctype, "application/merge-patch+json");
+    assert_eq!(b["metadata"]["resourceVersion"], "42");
+    let parents = b["status"]["parents"].as_array().unwrap();
+    assert_eq!(
+        parents.len(),
+        2,
+        "the other controller's entry is kept: {b}"
+    );
+    assert_eq!(parents[0]["controllerName"], "example.com/other");
+    assert_eq!(parents[1]["controllerName"], "isthmus.dev/mesh");
+    assert_eq!(parents[1]["parentRef"]["name"], "catalog");
+    let types: Vec<&str> = parents[1]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Accepted", "ResolvedRefs"]);
+
+    // Nothing changed: nothing written again.
+    let (n, _) = writer.write(&snap, &conditions).await;
+    assert_eq!(n, 0);
+    assert_eq!(requests.lock().unwrap().len(), 2);
+    server.abort();
+}
