@@ -122,7 +122,8 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
     let (client, mut handle) = client();
     let fixtures = cluster();
     let listed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let (service_events_tx, mut service_events_rx) = mpsc::channel(1);
+    type Events = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel::<(String, Events)>();
     let server = {
         let listed = listed.clone();
         tokio::spawn(async move {
@@ -142,9 +143,7 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
                 };
                 if query.contains("watch=true") {
                     let (tx, b) = open_body();
-                    if path == "/api/v1/services" {
-                        let _ = service_events_tx.try_send(tx.clone());
-                    }
+                    let _ = watch_tx.send((path.clone(), tx.clone()));
                     open.push(tx);
                     send.send_response(respond(StatusCode::OK, b));
                 } else {
@@ -203,31 +202,95 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
     assert_eq!(c.endpoints[0].address, "10.1.0.1");
     assert_eq!(c.endpoints[0].locality.as_ref().unwrap().region, "eu-west");
 
-    // A watch event: a new Service appears in a new generation.
-    let events = service_events_rx.recv().await.expect("services watched");
-    let added = json!({"type": "ADDED", "object": {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "101"},
-        "spec": {"ports": [{"port": 80}]}}});
-    events
-        .send(Ok(Frame::data(Bytes::from(format!("{added}\n")))))
-        .await
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            states.changed().await.unwrap();
-            let s = states.borrow_and_update().clone();
-            if s.snapshot
-                .get("Service", &key(Some("shop"), "reviews"))
-                .is_some()
-            {
-                assert!(s.generation >= 2);
-                return;
-            }
+    // Watch events. Which watches are open (all of them, eventually):
+    let mut watches: BTreeMap<String, Events> = BTreeMap::new();
+    let mut watch_of = async |path: &str| -> Events {
+        while !watches.contains_key(path) {
+            let (p, tx) = watch_rx.recv().await.expect("watches opened");
+            watches.insert(p, tx);
         }
+        watches[path].clone()
+    };
+    let send = |events: Events, kind: &'static str, object: Value| async move {
+        let e = json!({"type": kind, "object": object});
+        events
+            .send(Ok(Frame::data(Bytes::from(format!("{e}\n")))))
+            .await
+            .unwrap();
+    };
+    type States = tokio::sync::watch::Receiver<isthmus_federation::store::files::State>;
+    async fn wait_for(
+        states: &mut States,
+        what: &str,
+        f: &dyn Fn(&isthmus_federation::store::files::State) -> bool,
+    ) -> isthmus_federation::store::files::State {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                states.changed().await.unwrap();
+                let s = states.borrow_and_update().clone();
+                if f(&s) {
+                    return s;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
+    }
+
+    // A new Service appears in a new generation.
+    send(
+        watch_of("/api/v1/services").await,
+        "ADDED",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "reviews", "namespace": "shop", "resourceVersion": "101"},
+               "spec": {"ports": [{"port": 80}]}}),
+    )
+    .await;
+    let s = wait_for(&mut states, "the new Service", &|s| {
+        s.snapshot
+            .get("Service", &key(Some("shop"), "reviews"))
+            .is_some()
     })
-    .await
-    .expect("the new Service published");
+    .await;
+    assert!(s.generation >= 2);
+
+    // A good policy, then a bad edit of it: reported, and the good one stays.
+    let policies = watch_of("/apis/isthmus.dev/v1alpha1/destinationpolicies").await;
+    let policy = |timeout: &str, rv: &str| {
+        json!({"apiVersion": "isthmus.dev/v1alpha1", "kind": "DestinationPolicy",
+               "metadata": {"name": "good", "namespace": "shop", "resourceVersion": rv},
+               "spec": {"targetRef": {"name": "catalog"}, "timeout": timeout}})
+    };
+    send(policies.clone(), "ADDED", policy("2s", "102")).await;
+    wait_for(&mut states, "the good policy", &|s| {
+        s.snapshot
+            .get("DestinationPolicy", &key(Some("shop"), "good"))
+            .is_some()
+    })
+    .await;
+    send(policies.clone(), "MODIFIED", policy("whenever", "103")).await;
+    let s = wait_for(&mut states, "the bad edit reported", &|s| {
+        s.errors
+            .iter()
+            .any(|e| e.to_string().starts_with("DestinationPolicy shop/good"))
+    })
+    .await;
+    let Some(isthmus_federation::store::Resource::DestinationPolicy(p)) = s
+        .snapshot
+        .get("DestinationPolicy", &key(Some("shop"), "good"))
+    else {
+        panic!("the last good version stays")
+    };
+    assert_eq!(p.metadata.resource_version.as_deref(), Some("102"));
+    // Deleted: gone, and so is its error.
+    send(policies, "DELETED", policy("whenever", "104")).await;
+    wait_for(&mut states, "the policy deleted", &|s| {
+        s.snapshot
+            .get("DestinationPolicy", &key(Some("shop"), "good"))
+            .is_none()
+            && !s.errors.iter().any(|e| e.to_string().contains("shop/good"))
+    })
+    .await;
 
     stop.cancel();
     let _ = task.await;
