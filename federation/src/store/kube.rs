@@ -35,7 +35,7 @@ pub enum KubeStoreError {
 }
 
 /// Where a kind lives in the API.
-fn api_resource(kind: &str) -> ApiResource {
+pub fn api_resource(kind: &str) -> ApiResource {
     use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
     use crate::resources::mcs::{ServiceExport, ServiceImport};
     use crate::resources::{

@@ -1,0 +1,115 @@
+//! deploy/control-plane: the RBAC grants what the `kube` store watches and
+//! the status writer patches (checked against the code's own list of
+//! kinds, so a new kind without RBAC fails here, not in a cluster), and
+//! `kubectl kustomize` builds it offline.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use isthmus_federation::store::KINDS;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/control-plane")
+}
+
+fn grants(
+    rules: &[k8s_openapi::api::rbac::v1::PolicyRule],
+    group: &str,
+    resource: &str,
+    verb: &str,
+) -> bool {
+    rules.iter().any(|r| {
+        r.api_groups.iter().flatten().any(|g| g == group)
+            && r.resources.iter().flatten().any(|x| x == resource)
+            && r.verbs.iter().any(|v| v == verb)
+    })
+}
+
+#[test]
+fn rbac_covers_every_watched_kind_and_written_status() {
+    let text = std::fs::read_to_string(dir().join("rbac.yaml")).unwrap();
+    let mut cluster_role = None;
+    let mut role = None;
+    for doc in text.split("\n---\n") {
+        if doc.contains("\nkind: ClusterRole\n") {
+            cluster_role = Some(serde_saphyr::from_str::<ClusterRole>(doc).unwrap());
+        } else if doc.contains("\nkind: Role\n") {
+            role = Some(serde_saphyr::from_str::<Role>(doc).unwrap());
+        }
+    }
+    let rules = cluster_role
+        .expect("a ClusterRole")
+        .rules
+        .unwrap_or_default();
+    for (_, kind, _) in KINDS {
+        let ar = isthmus_federation::store::kube::api_resource(kind);
+        for verb in ["list", "watch"] {
+            assert!(
+                grants(&rules, &ar.group, &ar.plural, verb),
+                "{kind}: no {verb} on {}/{}",
+                ar.group,
+                ar.plural
+            );
+        }
+    }
+    for kind in [
+        "DestinationPolicy",
+        "AuthorizationPolicy",
+        "FaultInjection",
+        "HTTPRoute",
+        "GRPCRoute",
+    ] {
+        let ar = isthmus_federation::store::kube::api_resource(kind);
+        assert!(
+            grants(&rules, &ar.group, &format!("{}/status", ar.plural), "patch"),
+            "{kind}: status is written, patch on {}/status needed",
+            ar.plural
+        );
+    }
+    let role = role
+        .expect("a Role for the Lease")
+        .rules
+        .unwrap_or_default();
+    for verb in ["get", "create", "update"] {
+        assert!(
+            grants(&role, "coordination.k8s.io", "leases", verb),
+            "leases: {verb}"
+        );
+    }
+}
+
+#[test]
+fn kubectl_builds_the_control_plane_kustomization() {
+    let out = match Command::new("kubectl").arg("kustomize").arg(dir()).output() {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var_os("ISTHMUS_REQUIRE_KUBECTL").is_none(),
+                "kubectl is required here: {e}"
+            );
+            eprintln!("kubectl not installed; skipping");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "Role",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(
+            stdout.contains(&format!("kind: {kind}\n")),
+            "{kind} missing"
+        );
+    }
+    assert!(stdout.contains("- --kube"));
+}
