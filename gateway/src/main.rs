@@ -426,3 +426,73 @@ mod tests {
         assert!(parse_duration("1e300s").is_err());
     }
 }
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+
+    fn sidecar_args(args: &[&str]) -> SidecarArgs {
+        let mut all = vec!["isthmus-gateway", "sidecar"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all).expect("parses").command {
+            Command::Sidecar(a) => *a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn control_plane_mode_needs_an_identity_and_registers_the_workload() {
+        assert!(
+            Cli::try_parse_from(["isthmus-gateway", "sidecar"]).is_err(),
+            "--config or --control-plane"
+        );
+        let a = sidecar_args(&["--control-plane", "cp:15010"]);
+        let e = a.node.resolve(Default::default()).unwrap_err().to_string();
+        assert!(e.contains("--name and --namespace"), "{e}");
+
+        let a = sidecar_args(&[
+            "--control-plane=cp:15010",
+            "--name=catalog-0",
+            "--namespace=shop",
+            "--region=eu-west",
+            "--label=app=catalog,version=v1",
+            "--calls=ratings.backend,stars.backend",
+            "--workload-address=10.1.0.7",
+            "--workload-port=http=8080,9090",
+        ]);
+        let (node, w) = a.node.resolve(Default::default()).unwrap();
+        assert_eq!(
+            (node.name.as_str(), node.namespace.as_str()),
+            ("catalog-0", "shop")
+        );
+        assert_eq!(node.locality.unwrap().region, "eu-west");
+        assert_eq!(node.labels["version"], "v1");
+        assert_eq!(
+            node.labels["isthmus.dev/calls"],
+            "ratings.backend,stars.backend"
+        );
+        let w = w.expect("registers");
+        assert_eq!(w.address, "10.1.0.7");
+        let ports: Vec<(&str, u32)> = w.ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
+        assert_eq!(ports, [("http", 8080), ("", 9090)]);
+        let listeners = default_listeners(Some(&w));
+        assert_eq!(listeners.len(), 2, "transparent outbound and inbound");
+        assert_eq!(listeners[1].address, "0.0.0.0:15006");
+
+        let a = sidecar_args(&[
+            "--control-plane=cp:15010",
+            "--name=x",
+            "--namespace=shop",
+            "--workload-port=8080",
+        ]);
+        let e = a.node.resolve(Default::default()).unwrap_err().to_string();
+        assert!(e.contains("--workload-address"), "{e}");
+        let a = sidecar_args(&[
+            "--control-plane=cp:15010",
+            "--name=x",
+            "--namespace=shop",
+            "--label=novalue",
+        ]);
+        assert!(a.node.resolve(Default::default()).is_err());
+    }
+}
