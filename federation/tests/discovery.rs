@@ -454,3 +454,72 @@ async fn serve(cp: &ControlPlane, addr: SocketAddr) -> SocketAddr {
     cp.serve_admin(admin);
     admin_addr
 }
+
+/// Two replicas on the same resources give the same versions, so a proxy
+/// that moves from one to the other (a replica restarts, the Service
+/// balances it elsewhere) is sent nothing it already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_agree_and_a_proxy_moving_between_them_resyncs_nothing() {
+    use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
+    use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription};
+    let dir = temp_dir("replicas");
+    write(&dir, "services.yaml", &services(80, 18080));
+    write(&dir, "route.yaml", &route(90, 10));
+    let a = start_cp(&dir);
+    let b = start_cp(&dir);
+    let (pa, pb) = (a.published.borrow().clone(), b.published.borrow().clone());
+    assert_eq!(pa.offer.versions(), pb.offer.versions());
+    assert!(pa.offer.versions().len() >= 3);
+    let la = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let lb = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (da, db) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    a.serve_discovery(la);
+    b.serve_discovery(lb);
+
+    let subscribe = |addr: SocketAddr, held: std::collections::BTreeMap<String, String>| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = DiscoveryClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(DiscoveryRequest {
+            subscribe: Some(Subscription {
+                node: Some(model::Node {
+                    name: "frontend".into(),
+                    namespace: "shop".into(),
+                    ..Default::default()
+                }),
+                workload: None,
+                initial_resource_versions: held,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut responses = client
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = responses.message().await.unwrap().unwrap();
+        (first, tx, responses)
+    };
+    let (first, tx, _r) = subscribe(da, Default::default()).await;
+    assert_eq!(first.resources.len(), 3, "catalog, catalog-v1, catalog-v2");
+    let held: std::collections::BTreeMap<String, String> = first
+        .resources
+        .iter()
+        .map(|r| (r.name.clone(), r.version.clone()))
+        .collect();
+    drop(tx);
+    let (again, _tx, _r) = subscribe(db, held).await;
+    assert!(
+        again.resources.is_empty() && again.removed_resources.is_empty(),
+        "the other replica sends nothing the proxy holds: {again:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

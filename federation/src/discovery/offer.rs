@@ -62,6 +62,15 @@ impl Offer {
         }
     }
 
+    /// Every resource's version, by name (the same on every replica that
+    /// read the same resources).
+    pub fn versions(&self) -> std::collections::BTreeMap<&str, &str> {
+        self.resources
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.version.as_str()))
+            .collect()
+    }
+
     /// Endpoints over all services.
     pub fn endpoints(&self) -> usize {
         self.endpoints
