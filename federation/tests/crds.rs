@@ -1,8 +1,8 @@
 //! The checked-in CRDs in `crds/` are exactly what the Rust types generate,
 //! and are valid Kubernetes CRDs with structural schemas.
 
+mod support;
 use std::path::PathBuf;
-use std::process::Command;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
@@ -128,27 +128,9 @@ fn checked_in_crds_are_valid_custom_resource_definitions() {
 /// crds/` would. Needs kubectl; CI sets ISTHMUS_REQUIRE_KUBECTL=1.
 #[test]
 fn kubectl_builds_the_crd_kustomization() {
-    let out = match Command::new("kubectl")
-        .arg("kustomize")
-        .arg(crds_dir())
-        .output()
-    {
-        Ok(out) => out,
-        Err(e) => {
-            assert!(
-                std::env::var_os("ISTHMUS_REQUIRE_KUBECTL").is_none(),
-                "kubectl is required here: {e}"
-            );
-            eprintln!("kubectl not installed; skipping");
-            return;
-        }
+    let Some(stdout) = support::kubectl_kustomize(&crds_dir()) else {
+        return;
     };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "kubectl kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     for crd in isthmus_federation::crdgen::crds() {
         let name = crd.metadata.name.unwrap();
         assert!(stdout.contains(&format!("name: {name}")), "{name} missing");

@@ -94,30 +94,24 @@ impl StatusWriter {
             let Some(obj) = snap.get(kind, key) else {
                 continue;
             };
+            let policy = |status: Option<&crate::resources::destination::PolicyStatus>| {
+                keep_times(conds.clone(), status.map_or(&[][..], |s| &s.conditions[..]))
+            };
             let result = match obj {
                 Resource::DestinationPolicy(p) => {
-                    let old = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-                    self.apply_policy::<crate::resources::DestinationPolicy>(
-                        key,
-                        keep_times(conds.clone(), old),
-                    )
-                    .await
+                    let c = policy(p.status.as_ref());
+                    self.apply_policy::<crate::resources::DestinationPolicy>(key, c)
+                        .await
                 }
                 Resource::AuthorizationPolicy(p) => {
-                    let old = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-                    self.apply_policy::<crate::resources::AuthorizationPolicy>(
-                        key,
-                        keep_times(conds.clone(), old),
-                    )
-                    .await
+                    let c = policy(p.status.as_ref());
+                    self.apply_policy::<crate::resources::AuthorizationPolicy>(key, c)
+                        .await
                 }
                 Resource::FaultInjection(p) => {
-                    let old = p.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-                    self.apply_policy::<crate::resources::FaultInjection>(
-                        key,
-                        keep_times(conds.clone(), old),
-                    )
-                    .await
+                    let c = policy(p.status.as_ref());
+                    self.apply_policy::<crate::resources::FaultInjection>(key, c)
+                        .await
                 }
                 Resource::HttpRoute(r) => {
                     self.route::<crate::resources::gateway_api::HTTPRoute>(
