@@ -523,3 +523,92 @@ async fn replicas_agree_and_a_proxy_moving_between_them_resyncs_nothing() {
     b.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Bad subscriptions are refused with a status that says what is wrong,
+/// and the control plane keeps serving.
+#[tokio::test]
+async fn bad_subscriptions_are_refused_by_name() {
+    use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
+    use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription};
+    let dir = temp_dir("bad-subscriptions");
+    write(&dir, "services.yaml", &services(80, 18080));
+    let cp = start_cp(&dir);
+    let l = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    cp.serve_discovery(l);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let attempt = |first: DiscoveryRequest| {
+        let mut client = DiscoveryClient::new(channel.clone());
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(first).await.unwrap();
+            let r = client
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await;
+            drop(tx);
+            r.map(|_| ()).unwrap_err()
+        }
+    };
+    let node = |name: &str| model::Node {
+        name: name.into(),
+        namespace: "shop".into(),
+        ..Default::default()
+    };
+    let e = attempt(DiscoveryRequest {
+        response_nonce: "1".into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("must carry `subscribe`"), "{e}");
+    let e = attempt(DiscoveryRequest {
+        subscribe: Some(Subscription {
+            node: Some(node("")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("name and namespace"), "{e}");
+    let e = attempt(DiscoveryRequest {
+        subscribe: Some(Subscription {
+            node: Some(node("p")),
+            workload: Some(isthmus_api::discovery::v1::Workload {
+                address: "not-an-ip".into(),
+                ports: Vec::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        e.message().contains("\"not-an-ip\" is not an IP address"),
+        "{e}"
+    );
+    let e = attempt(DiscoveryRequest {
+        subscribe: Some(Subscription {
+            node: Some(node("p")),
+            workload: Some(isthmus_api::discovery::v1::Workload {
+                address: "10.0.0.1".into(),
+                ports: vec![WorkloadPort {
+                    name: "http".into(),
+                    port: 70000,
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await;
+    assert!(e.message().contains("70000 is not a port"), "{e}");
+    assert_eq!(cp.published.borrow().workloads, 0, "nothing registered");
+    assert!(cp.subscribers.is_empty());
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
