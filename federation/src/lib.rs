@@ -9,6 +9,7 @@
 //! - `store`: where resources come from (`files`, `kube`), as snapshots.
 //! - `translate`: snapshots to proxy configuration, pure.
 //! - `discovery`: the gRPC stream that sends each proxy its configuration.
+//! - `identity`: SPIFFE IDs and the cluster's CA (SVIDs from CSRs).
 //! - `writers`: status conditions written back to Kubernetes, by the Lease
 //!   holder only.
 //! - `server`: the running control plane: store → translation → discovery
@@ -17,6 +18,7 @@
 
 pub mod crdgen;
 pub mod discovery;
+pub mod identity;
 pub mod resources;
 pub mod server;
 pub mod store;
