@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/isthmus/config/v1/config.proto",
         "proto/isthmus/discovery/v1/discovery.proto",
+        "proto/isthmus/ca/v1/ca.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

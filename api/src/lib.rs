@@ -28,6 +28,15 @@ pub mod discovery {
     }
 }
 
+/// Generated CA service (messages, client and server).
+pub mod ca {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/isthmus.ca.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/isthmus.ca.v1.serde.rs"));
+    }
+}
+
 pub use config::v1 as model;
 pub use validate::{Issue, validate};
 

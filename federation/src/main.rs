@@ -43,6 +43,10 @@ enum Command {
         /// How long a registered workload outlives its dropped stream.
         #[arg(long, default_value = "30s", value_parser = duration)]
         registration_grace: Duration,
+        /// The trust domain of the CA (`files` mode; default: the Mesh's,
+        /// else cluster.local).
+        #[arg(long)]
+        trust_domain: Option<String>,
         /// This replica's name, sent to proxies (default: from the pid).
         #[arg(long, env = "POD_NAME")]
         replica: Option<String>,
@@ -52,6 +56,21 @@ enum Command {
         /// Quiet time after a change before it is applied.
         #[arg(long, default_value = "100ms", value_parser = duration)]
         debounce: Duration,
+    },
+    /// Prints a bootstrap token proving a workload identity to the CA of
+    /// the control plane on this store directory (`files` mode).
+    Token {
+        #[arg(long)]
+        store_dir: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        ttl: Duration,
+        /// Default: the Mesh's, else cluster.local.
+        #[arg(long)]
+        trust_domain: Option<String>,
     },
     /// Writes the isthmus.dev CRDs (YAML, from the Rust types) into a directory.
     Crdgen {
@@ -80,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
             kube,
             lease_namespace,
             lease_name,
+            trust_domain,
             discovery,
             admin,
             registration_grace,
@@ -128,7 +148,34 @@ async fn main() -> anyhow::Result<()> {
                 isthmus_federation::server::ControlPlane::start(opts)
             };
             cp.serve_admin(listener);
-            cp.serve_discovery(discovery_listener);
+            match &store_dir {
+                // files mode: the CA lives in the store directory.
+                Some(dir) => {
+                    let td = trust_domain.unwrap_or_else(|| {
+                        isthmus_federation::identity::mesh_trust_domain(
+                            &cp.published.borrow().store.snapshot,
+                        )
+                        .unwrap_or_else(|| "cluster.local".into())
+                    });
+                    let ca = isthmus_federation::identity::Ca::load_or_create(dir, &td)?;
+                    let tokens =
+                        isthmus_federation::identity::token::TokenKey::load_or_create(dir, &td)
+                            .map_err(|e| {
+                                anyhow::anyhow!("token key in {}/ca: {e}", dir.display())
+                            })?;
+                    tracing::info!(trust_domain = %td, "CA serving on the discovery port");
+                    cp.serve_api(
+                        discovery_listener,
+                        Some(isthmus_federation::identity::service::CaService::new(
+                            std::sync::Arc::new(ca),
+                            isthmus_federation::identity::service::Authenticator::Bootstrap(tokens),
+                            isthmus_federation::identity::service::DEFAULT_TTL,
+                        )),
+                    );
+                }
+                // kube mode: the CA (Secret-kept root, TokenReview) comes next.
+                None => cp.serve_discovery(discovery_listener),
+            }
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
@@ -137,6 +184,39 @@ async fn main() -> anyhow::Result<()> {
             }
             tracing::info!("shutting down");
             cp.shutdown().await;
+        }
+        Command::Token {
+            store_dir,
+            namespace,
+            service_account,
+            ttl,
+            trust_domain,
+        } => {
+            let td = match trust_domain {
+                Some(td) => td,
+                None => {
+                    let (loaded, errors) = isthmus_federation::store::files::load_dir(&store_dir);
+                    let (snap, _) = isthmus_federation::store::files::merge(
+                        &Default::default(),
+                        loaded,
+                        errors,
+                    );
+                    isthmus_federation::identity::mesh_trust_domain(&snap)
+                        .unwrap_or_else(|| "cluster.local".into())
+                }
+            };
+            isthmus_federation::identity::SpiffeId::new(&td, &namespace, &service_account)?;
+            let key =
+                isthmus_federation::identity::token::TokenKey::load_or_create(&store_dir, &td)?;
+            println!(
+                "{}",
+                key.issue(
+                    &namespace,
+                    &service_account,
+                    std::time::SystemTime::now(),
+                    ttl
+                )
+            );
         }
         Command::Crdgen { out, check } => {
             if check {

@@ -207,6 +207,15 @@ impl ControlPlane {
 
     /// Serves the discovery stream on `listener`.
     pub fn serve_discovery(&self, listener: TcpListener) {
+        self.serve_api(listener, None);
+    }
+
+    /// Serves discovery and, when given, the CA on `listener`.
+    pub fn serve_api(
+        &self,
+        listener: TcpListener,
+        ca: Option<crate::identity::service::CaService>,
+    ) {
         let svc = discovery::DiscoveryService::new(
             self.published.clone(),
             self.registry.clone(),
@@ -217,7 +226,7 @@ impl ControlPlane {
         );
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = discovery::serve(svc, listener, stop).await {
+            if let Err(e) = discovery::serve(svc, ca, listener, stop).await {
                 tracing::error!("discovery server failed: {e}");
             }
         });

@@ -241,3 +241,134 @@ fn a_plugged_in_intermediate_issues_svids_that_chain_to_the_operators_root() {
     let e = verify(ca.bundle_pem(), &svid.cert_pem, "", SystemTime::now()).unwrap_err();
     assert!(e.contains("UnknownIssuer"), "without the chain: {e}");
 }
+
+/// The CA over gRPC, next to discovery on the control plane's port: the
+/// identity comes from the bootstrap token, never from the CSR.
+#[tokio::test]
+async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
+    use isthmus_api::ca::v1::SignRequest;
+    use isthmus_api::ca::v1::certificates_client::CertificatesClient;
+    use isthmus_federation::identity::service::{Authenticator, CaService, DEFAULT_TTL};
+    use isthmus_federation::identity::token::TokenKey;
+    use isthmus_federation::server::{ControlPlane, Options};
+
+    let dir = std::env::temp_dir().join(format!("isthmus-ca-svc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/eu-west/mesh.yaml"),
+        dir.join("mesh.yaml"),
+    )
+    .unwrap();
+    let cp = ControlPlane::start(Options::new(dir.clone()));
+    let td = isthmus_federation::identity::mesh_trust_domain(&cp.published.borrow().store.snapshot)
+        .unwrap();
+    assert_eq!(td, "eu-west.isthmus.local");
+    let ca = std::sync::Arc::new(Ca::load_or_create(&dir, &td).unwrap());
+    let tokens = TokenKey::load_or_create(&dir, &td).unwrap();
+    let token = tokens.issue(
+        "shop",
+        "catalog",
+        SystemTime::now(),
+        Duration::from_secs(600),
+    );
+    let l = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    cp.serve_api(
+        l,
+        Some(CaService::new(
+            ca.clone(),
+            Authenticator::Bootstrap(tokens),
+            DEFAULT_TTL,
+        )),
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = CertificatesClient::new(channel);
+    let request = |csr_pem: String, token: Option<&str>, ttl: Option<i64>| {
+        let mut r = tonic::Request::new(SignRequest {
+            csr_pem,
+            ttl: ttl.map(|s| pbjson_types::Duration {
+                seconds: s,
+                nanos: 0,
+            }),
+        });
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    };
+    let resp = client
+        .sign(request(
+            csr(&["spiffe://eu-west.isthmus.local/ns/kube-system/sa/admin"]),
+            Some(&token),
+            Some(3600),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        resp.spiffe_id,
+        "spiffe://eu-west.isthmus.local/ns/shop/sa/catalog"
+    );
+    let bundle = &resp.trust_bundles["eu-west.isthmus.local"];
+    let sans = verify(bundle, &resp.cert_pem, &resp.chain_pem, SystemTime::now()).unwrap();
+    assert_eq!(sans, [format!("URI({:?})", resp.spiffe_id)]);
+    let left = resp.not_after
+        - SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+    assert!((3500..=3600).contains(&left), "{left}");
+
+    let e = client
+        .sign(request(csr(&[]), None, None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("Bearer"), "{e}");
+    let forged = token.replacen(".catalog.", ".admin.", 1);
+    let e = client
+        .sign(request(csr(&[]), Some(&forged), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(
+        e.message().contains("not issued by this control plane"),
+        "{e}"
+    );
+    let e = client
+        .sign(request("garbage".into(), Some(&token), None))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = client
+        .sign(request(csr(&[]), Some(&token), Some(5)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("outside"), "{e}");
+    // Discovery still answers on the same port (routing by service).
+    let mut d = isthmus_api::discovery::v1::discovery_client::DiscoveryClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(isthmus_api::discovery::v1::DiscoveryRequest::default())
+        .await
+        .unwrap();
+    let e = d
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("subscribe"), "discovery answered: {e}");
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -66,26 +66,65 @@ impl DiscoveryService {
     }
 }
 
-/// Serves discovery on `listener` until `stop`.
+/// Serves discovery (and the CA, when given) on `listener` until `stop`.
 pub async fn serve(
     svc: DiscoveryService,
+    ca: Option<crate::identity::service::CaService>,
     listener: TcpListener,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let api = Api {
+        discovery: DiscoveryServer::new(svc)
+            .max_decoding_message_size(1 << 20)
+            .max_encoding_message_size(256 << 20),
+        ca: ca.map(isthmus_api::ca::v1::certificates_server::CertificatesServer::new),
+    };
     tonic::transport::Server::builder()
         // Dead proxies are noticed (and their workloads start their grace
         // period) even when nothing is sent.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .serve_with_incoming_shutdown(
-            DiscoveryServer::new(svc)
-                .max_decoding_message_size(1 << 20)
-                .max_encoding_message_size(256 << 20),
-            incoming,
-            stop.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(api, incoming, stop.cancelled_owned())
         .await
+}
+
+/// The control plane's gRPC services on one port, routed by path (tonic's
+/// router would bring axum in for two services).
+#[derive(Clone)]
+struct Api {
+    discovery: DiscoveryServer<DiscoveryService>,
+    ca: Option<
+        isthmus_api::ca::v1::certificates_server::CertificatesServer<
+            crate::identity::service::CaService,
+        >,
+    >,
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Api {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // Both generated servers are always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use tonic::server::NamedService;
+        type Ca = isthmus_api::ca::v1::certificates_server::CertificatesServer<
+            crate::identity::service::CaService,
+        >;
+        let ca_path = format!("/{}/", <Ca as NamedService>::NAME);
+        match &mut self.ca {
+            Some(ca) if req.uri().path().starts_with(&ca_path) => Box::pin(ca.call(req)),
+            _ => Box::pin(self.discovery.call(req)),
+        }
+    }
 }
 
 /// What was wrong with a subscription, as the proxy is told.

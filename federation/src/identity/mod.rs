@@ -4,7 +4,17 @@
 //! or bootstrap tokens) and trust-bundle distribution build on these.
 
 pub mod ca;
+pub mod service;
 pub mod spiffe;
+pub mod token;
 
 pub use ca::{Ca, CaError, Svid};
 pub use spiffe::{SpiffeId, SpiffeIdError};
+
+/// The trust domain the store's Mesh declares.
+pub fn mesh_trust_domain(snap: &crate::store::Snapshot) -> Option<String> {
+    snap.of_kind("Mesh").find_map(|(_, r)| match r {
+        crate::store::Resource::Mesh(m) => Some(m.spec.trust_domain.clone()),
+        _ => None,
+    })
+}

@@ -1,0 +1,99 @@
+//! The CA's gRPC service (`isthmus.ca.v1.Certificates`), served next to
+//! discovery on the control plane's port. The caller's identity comes
+//! from its credential (`authorization: Bearer <token>`), never from the
+//! CSR; in `files` mode the credential is a bootstrap token (`token`).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use isthmus_api::ca::v1::certificates_server::Certificates;
+use isthmus_api::ca::v1::{SignRequest, SignResponse};
+use tonic::{Request, Response, Status};
+
+use super::ca::{Ca, CaError};
+use super::spiffe::SpiffeId;
+use super::token::TokenKey;
+
+/// Default SVID lifetime.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How callers prove who they are.
+pub enum Authenticator {
+    /// `files` mode: bootstrap tokens signed by the control plane.
+    Bootstrap(TokenKey),
+}
+
+impl Authenticator {
+    async fn authenticate(&self, bearer: &str) -> Result<SpiffeId, Status> {
+        match self {
+            Authenticator::Bootstrap(k) => k
+                .verify(bearer, std::time::SystemTime::now())
+                .map_err(|e| Status::unauthenticated(e.to_string())),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CaService {
+    ca: Arc<Ca>,
+    auth: Arc<Authenticator>,
+    default_ttl: Duration,
+}
+
+impl CaService {
+    pub fn new(ca: Arc<Ca>, auth: Authenticator, default_ttl: Duration) -> Self {
+        Self {
+            ca,
+            auth: Arc::new(auth),
+            default_ttl,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Certificates for CaService {
+    async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let bearer = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "send a credential: `authorization: Bearer <token>` (a bootstrap token from `isthmus-federation token`, or the pod's ServiceAccount token)",
+                )
+            })?
+            .to_string();
+        let id = self.auth.authenticate(&bearer).await?;
+        let r = req.into_inner();
+        let ttl = match r.ttl {
+            // Negative parts become zero, which the CA refuses by name.
+            Some(d) => Duration::new(
+                u64::try_from(d.seconds).unwrap_or(0),
+                u32::try_from(d.nanos).unwrap_or(0),
+            ),
+            None => self.default_ttl,
+        };
+        let svid = self.ca.sign(&r.csr_pem, &id, ttl).map_err(|e| match e {
+            CaError::Csr(_) | CaError::Ttl(_) | CaError::Foreign { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+            other => Status::internal(other.to_string()),
+        })?;
+        tracing::info!(identity = %id, ?ttl, "certificate issued");
+        Ok(Response::new(SignResponse {
+            spiffe_id: id.to_string(),
+            cert_pem: svid.cert_pem,
+            chain_pem: svid.chain_pem,
+            not_after: svid
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            trust_bundles: [(
+                self.ca.trust_domain().to_string(),
+                self.ca.bundle_pem().to_string(),
+            )]
+            .into(),
+        }))
+    }
+}

@@ -1,0 +1,146 @@
+//! Bootstrap tokens (`files` mode, where there is no ServiceAccount token
+//! to review): a token proves one workload identity until it expires. It
+//! is `v1.<namespace>.<service-account>.<expiry>.<mac>`, the MAC an
+//! HMAC-SHA256 under the control plane's token key (kept beside the CA,
+//! mode 0600) over the trust domain, identity and expiry. The control
+//! plane stores no tokens: it can check any it issued, and a new key
+//! revokes them all.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::spiffe::SpiffeId;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error(
+        "the bootstrap token is malformed: expected v1.<namespace>.<service-account>.<expiry>.<mac>"
+    )]
+    Malformed,
+    #[error("the bootstrap token expired {0} s ago: issue a new one (isthmus-federation token)")]
+    Expired(u64),
+    #[error("the bootstrap token was not issued by this control plane (or its key changed)")]
+    BadMac,
+    #[error("the bootstrap token names an invalid identity: {0}")]
+    Identity(String),
+}
+
+pub struct TokenKey {
+    key: hmac::Key,
+    trust_domain: String,
+}
+
+impl TokenKey {
+    pub fn new(secret: &[u8], trust_domain: &str) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            trust_domain: trust_domain.into(),
+        }
+    }
+
+    /// The key in `dir/ca/token-key`, created (32 random bytes, 0600) on
+    /// first use.
+    pub fn load_or_create(dir: &Path, trust_domain: &str) -> std::io::Result<Self> {
+        let path = dir.join("ca").join("token-key");
+        match std::fs::read(&path) {
+            Ok(secret) => Ok(Self::new(&secret, trust_domain)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::create_dir_all(dir.join("ca"))?;
+                let secret: [u8; 32] = rand::random();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(&secret)?;
+                Ok(Self::new(&secret, trust_domain))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mac(&self, ns: &str, sa: &str, expiry: u64) -> String {
+        let msg = format!("v1\n{}\n{ns}\n{sa}\n{expiry}", self.trust_domain);
+        URL_SAFE_NO_PAD.encode(hmac::sign(&self.key, msg.as_bytes()).as_ref())
+    }
+
+    /// A token for `ns`/`sa`, valid until `now + ttl`.
+    pub fn issue(&self, ns: &str, sa: &str, now: SystemTime, ttl: Duration) -> String {
+        let expiry = (now + ttl)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("v1.{ns}.{sa}.{expiry}.{}", self.mac(ns, sa, expiry))
+    }
+
+    /// The identity a token proves at `now`.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<SpiffeId, TokenError> {
+        let parts: Vec<&str> = token.trim().split('.').collect();
+        let [v, ns, sa, expiry, mac] = parts[..] else {
+            return Err(TokenError::Malformed);
+        };
+        if v != "v1" {
+            return Err(TokenError::Malformed);
+        }
+        let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
+        // hmac::verify compares in constant time.
+        let given = URL_SAFE_NO_PAD
+            .decode(mac)
+            .map_err(|_| TokenError::Malformed)?;
+        let msg = format!("v1\n{}\n{ns}\n{sa}\n{expiry}", self.trust_domain);
+        if hmac::verify(&self.key, msg.as_bytes(), &given).is_err() {
+            return Err(TokenError::BadMac);
+        }
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if now >= expiry {
+            return Err(TokenError::Expired(now - expiry));
+        }
+        SpiffeId::new(&self.trust_domain, ns, sa).map_err(|e| TokenError::Identity(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_prove_one_identity_until_they_expire() {
+        let k = TokenKey::new(b"0123456789abcdef0123456789abcdef", "eu-west.isthmus.local");
+        let now = SystemTime::now();
+        let t = k.issue("shop", "catalog", now, Duration::from_secs(3600));
+        let id = k.verify(&t, now).unwrap();
+        assert_eq!(
+            id.to_string(),
+            "spiffe://eu-west.isthmus.local/ns/shop/sa/catalog"
+        );
+        assert!(matches!(
+            k.verify(&t, now + Duration::from_secs(3601)),
+            Err(TokenError::Expired(_))
+        ));
+        // Another identity with the same MAC, a later expiry, another key
+        // or another trust domain: refused.
+        let forged = t.replacen(".catalog.", ".admin.", 1);
+        assert_eq!(k.verify(&forged, now), Err(TokenError::BadMac));
+        let parts: Vec<&str> = t.split('.').collect();
+        let later = format!("v1.shop.catalog.{}.{}", u64::MAX, parts[4]);
+        assert_eq!(k.verify(&later, now), Err(TokenError::BadMac));
+        let other = TokenKey::new(b"another key, another control pl.", "eu-west.isthmus.local");
+        assert_eq!(other.verify(&t, now), Err(TokenError::BadMac));
+        let other_td = TokenKey::new(b"0123456789abcdef0123456789abcdef", "us-east.isthmus.local");
+        assert_eq!(other_td.verify(&t, now), Err(TokenError::BadMac));
+        for bad in [
+            "",
+            "v1.a.b",
+            "v2.shop.catalog.1.x",
+            "v1.shop.catalog.soon.x",
+            "v1.shop.catalog.1.!!",
+        ] {
+            assert_eq!(k.verify(bad, now), Err(TokenError::Malformed), "{bad:?}");
+        }
+    }
+}
