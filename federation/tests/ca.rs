@@ -372,3 +372,86 @@ async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
     cp.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sidecar side: a key made locally, a CSR to the CA with a bootstrap
+/// token, the SVID held and renewed (new key, new certificate) at the
+/// configured fraction of its lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_obtains_and_rotates_its_certificate() {
+    use isthmus_federation::identity::service::{Authenticator, CaService, DEFAULT_TTL};
+    use isthmus_federation::identity::token::TokenKey;
+    use isthmus_federation::server::{ControlPlane, Options};
+    use isthmus_gateway::identity::{Identity, IdentityError, Options as IdOptions};
+
+    let dir = std::env::temp_dir().join(format!("isthmus-ca-rot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let td = "eu-west.isthmus.local";
+    let cp = ControlPlane::start(Options::new(dir.clone()));
+    let ca = std::sync::Arc::new(Ca::load_or_create(&dir, td).unwrap());
+    let tokens = TokenKey::load_or_create(&dir, td).unwrap();
+    let token = tokens.issue(
+        "shop",
+        "catalog",
+        SystemTime::now(),
+        Duration::from_secs(600),
+    );
+    let l = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    cp.serve_api(
+        l,
+        Some(CaService::new(
+            ca.clone(),
+            Authenticator::Bootstrap(tokens),
+            DEFAULT_TTL,
+        )),
+    );
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = IdOptions {
+        address: addr.to_string(),
+        token: "v1.shop.catalog.1.bad".into(),
+        ttl: Duration::from_secs(60),
+        renew_at: 0.02, // ~1.2 s, so the test sees a rotation
+    };
+    let e = Identity::start(opts.clone(), stop.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(e, IdentityError::Refused { .. }), "{e}");
+
+    let (identity, task) = Identity::start(IdOptions { token, ..opts }, stop.clone())
+        .await
+        .unwrap();
+    let first = identity.current().unwrap();
+    assert_eq!(
+        first.spiffe_id,
+        "spiffe://eu-west.isthmus.local/ns/shop/sa/catalog"
+    );
+    verify(
+        &first.trust_bundles[td],
+        &first.cert_pem,
+        &first.chain_pem,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let mut rotations = identity.rotations();
+    tokio::time::timeout(Duration::from_secs(20), rotations.changed())
+        .await
+        .expect("rotated at the renewal time")
+        .unwrap();
+    let second = identity.current().unwrap();
+    assert_ne!(second.cert_pem, first.cert_pem);
+    assert_ne!(second.key_pem, first.key_pem, "a fresh key each rotation");
+    verify(
+        &second.trust_bundles[td],
+        &second.cert_pem,
+        "",
+        SystemTime::now(),
+    )
+    .unwrap();
+    stop.cancel();
+    task.await.unwrap();
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod identity;
 pub mod iptables;
 pub mod policy;
 pub mod pool;

@@ -1,0 +1,198 @@
+//! The workload's identity, as the sidecar holds it: a private key made
+//! here and never sent anywhere, an X.509 SVID for it obtained from the
+//! control plane's CA with a CSR (authenticated by a bootstrap or
+//! ServiceAccount token), and the trust bundles. The certificate is renewed
+//! at half its lifetime (configurable), with a fresh key each time; a
+//! failed renewal is retried with backoff while the current certificate is
+//! still valid. Holders read `current()` per handshake, so a rotation never
+//! touches live connections.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use isthmus_api::ca::v1::SignRequest;
+use isthmus_api::ca::v1::certificates_client::CertificatesClient;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One issued identity.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub spiffe_id: String,
+    pub cert_pem: String,
+    pub chain_pem: String,
+    /// PKCS#8, PEM. Never leaves the process.
+    pub key_pem: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// Roots by trust domain (PEM).
+    pub trust_bundles: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The control plane's CA (`host:port`, the discovery port).
+    pub address: String,
+    /// `Bearer` credential: a bootstrap token or a ServiceAccount token.
+    pub token: String,
+    pub ttl: Duration,
+    /// Renew after this fraction of the lifetime (0.5: at half life).
+    pub renew_at: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot reach the CA at {address}: {reason}")]
+    Connect { address: String, reason: String },
+    #[error("the CA at {address} refused: {status}")]
+    Refused {
+        address: String,
+        status: tonic::Status,
+    },
+    #[error("cannot make a key or CSR: {0}")]
+    Key(String),
+}
+
+/// Makes a key and a CSR and asks the CA for a certificate.
+pub async fn fetch(opts: &Options) -> Result<Credentials, IdentityError> {
+    let key = rcgen::KeyPair::generate().map_err(|e| IdentityError::Key(e.to_string()))?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| IdentityError::Key(e.to_string()))?;
+    let uri = if opts.address.contains("://") {
+        opts.address.clone()
+    } else {
+        format!("http://{}", opts.address)
+    };
+    let connect = |reason: String| IdentityError::Connect {
+        address: opts.address.clone(),
+        reason,
+    };
+    let channel = tonic::transport::Endpoint::from_shared(uri)
+        .map_err(|e| connect(e.to_string()))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| connect(e.to_string()))?;
+    let mut req = tonic::Request::new(SignRequest {
+        csr_pem: csr,
+        ttl: Some(pbjson_types::Duration {
+            seconds: opts.ttl.as_secs() as i64,
+            nanos: opts.ttl.subsec_nanos() as i32,
+        }),
+    });
+    let bearer = format!("Bearer {}", opts.token)
+        .parse()
+        .map_err(|_| IdentityError::Key("the token is not a valid header value".into()))?;
+    req.metadata_mut().insert("authorization", bearer);
+    let started = SystemTime::now();
+    let resp = CertificatesClient::new(channel)
+        .sign(req)
+        .await
+        .map_err(|status| IdentityError::Refused {
+            address: opts.address.clone(),
+            status,
+        })?
+        .into_inner();
+    Ok(Credentials {
+        spiffe_id: resp.spiffe_id,
+        cert_pem: resp.cert_pem,
+        chain_pem: resp.chain_pem,
+        key_pem: key.serialize_pem(),
+        not_before: started,
+        not_after: UNIX_EPOCH + Duration::from_secs(u64::try_from(resp.not_after).unwrap_or(0)),
+        trust_bundles: resp.trust_bundles,
+    })
+}
+
+/// When to renew credentials obtained at `from` that expire at `until`.
+pub fn renew_time(from: SystemTime, until: SystemTime, fraction: f64) -> SystemTime {
+    let life = until.duration_since(from).unwrap_or_default();
+    from + life.mul_f64(fraction.clamp(0.0, 1.0))
+}
+
+/// The identity a sidecar holds, kept fresh.
+pub struct Identity {
+    current: ArcSwapOption<Credentials>,
+    rotations: watch::Sender<u64>,
+}
+
+impl Identity {
+    /// Fetches the first credentials, then renews them until `stop`.
+    pub async fn start(
+        opts: Options,
+        stop: CancellationToken,
+    ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), IdentityError> {
+        let first = fetch(&opts).await?;
+        tracing::info!(id = %first.spiffe_id, "certificate obtained");
+        let me = Arc::new(Self {
+            current: ArcSwapOption::from_pointee(first),
+            rotations: watch::Sender::new(0),
+        });
+        let this = me.clone();
+        let task = tokio::spawn(async move { this.renew(opts, stop).await });
+        Ok((me, task))
+    }
+
+    /// The credentials in force (read per handshake).
+    pub fn current(&self) -> Option<Arc<Credentials>> {
+        self.current.load_full()
+    }
+
+    /// Counts rotations.
+    pub fn rotations(&self) -> watch::Receiver<u64> {
+        self.rotations.subscribe()
+    }
+
+    async fn renew(&self, opts: Options, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(c) = self.current() else { return };
+            let at = renew_time(c.not_before, c.not_after, opts.renew_at);
+            let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match fetch(&opts).await {
+                Ok(next) => {
+                    tracing::info!(id = %next.spiffe_id, "certificate rotated");
+                    self.current.store(Some(Arc::new(next)));
+                    self.rotations.send_modify(|n| *n += 1);
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    let left = c
+                        .not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    tracing::warn!(?left, "certificate renewal failed, retrying: {e}");
+                    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(jittered) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_at_the_fraction_of_the_lifetime() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let t1 = t0 + Duration::from_secs(24 * 3600);
+        assert_eq!(renew_time(t0, t1, 0.5), t0 + Duration::from_secs(12 * 3600));
+        assert_eq!(renew_time(t0, t1, 2.0), t1, "never after expiry");
+        assert_eq!(renew_time(t1, t0, 0.5), t1, "already expired: now");
+    }
+}
