@@ -497,3 +497,44 @@ status:
     assert_eq!(requests.lock().unwrap().len(), 2);
     server.abort();
 }
+
+#[tokio::test]
+async fn service_account_tokens_are_reviewed_by_the_api_server() {
+    use isthmus_federation::identity::service::{AUDIENCE, Authenticator};
+    let (client, mut handle) = client();
+    let auth = Authenticator::TokenReview {
+        client,
+        trust_domain: "eu-west.isthmus.local".into(),
+        audiences: vec![AUDIENCE.into()],
+    };
+    let server = tokio::spawn(async move {
+        let answers = [
+            json!({"authenticated": true, "user": {"username": "system:serviceaccount:shop:catalog"}}),
+            json!({"authenticated": false, "error": "token has expired"}),
+            json!({"authenticated": true, "user": {"username": "alice@example.com"}}),
+        ];
+        for status in answers {
+            let (req, send) = handle.next_request().await.unwrap();
+            assert_eq!(
+                (req.method().as_str(), req.uri().path()),
+                ("POST", "/apis/authentication.k8s.io/v1/tokenreviews")
+            );
+            let mut review = body_json(req).await;
+            assert_eq!(review["spec"]["token"], "the-pods-token");
+            assert_eq!(review["spec"]["audiences"], json!(["isthmus"]));
+            review["status"] = status;
+            send.send_response(respond(StatusCode::CREATED, body(&review)));
+        }
+    });
+    let id = auth.authenticate("the-pods-token").await.unwrap();
+    assert_eq!(
+        id.to_string(),
+        "spiffe://eu-west.isthmus.local/ns/shop/sa/catalog"
+    );
+    let e = auth.authenticate("the-pods-token").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("token has expired"), "{e}");
+    let e = auth.authenticate("the-pods-token").await.unwrap_err();
+    assert!(e.message().contains("not to a ServiceAccount"), "{e}");
+    server.await.unwrap();
+}

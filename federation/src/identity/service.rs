@@ -21,16 +21,79 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 pub enum Authenticator {
     /// `files` mode: bootstrap tokens signed by the control plane.
     Bootstrap(TokenKey),
+    /// `kube` mode: the pod's ServiceAccount token, checked by the API
+    /// server (TokenReview), for these audiences.
+    TokenReview {
+        client: kube::Client,
+        trust_domain: String,
+        audiences: Vec<String>,
+    },
 }
 
+/// The audience sidecars request for their projected token.
+pub const AUDIENCE: &str = "isthmus";
+
 impl Authenticator {
-    async fn authenticate(&self, bearer: &str) -> Result<SpiffeId, Status> {
+    pub async fn authenticate(&self, bearer: &str) -> Result<SpiffeId, Status> {
         match self {
             Authenticator::Bootstrap(k) => k
                 .verify(bearer, std::time::SystemTime::now())
                 .map_err(|e| Status::unauthenticated(e.to_string())),
+            Authenticator::TokenReview {
+                client,
+                trust_domain,
+                audiences,
+            } => {
+                use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+                let review = TokenReview {
+                    spec: TokenReviewSpec {
+                        token: Some(bearer.to_string()),
+                        audiences: Some(audiences.clone()),
+                    },
+                    ..Default::default()
+                };
+                let api: kube::Api<TokenReview> = kube::Api::all(client.clone());
+                let done = api
+                    .create(&kube::api::PostParams::default(), &review)
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "cannot review the token with the API server: {e}"
+                        ))
+                    })?;
+                identity_from_review(done.status.as_ref(), trust_domain)
+                    .map_err(Status::unauthenticated)
+            }
         }
     }
+}
+
+/// The workload identity a TokenReview's status proves: an authenticated
+/// `system:serviceaccount:<namespace>:<name>`.
+pub fn identity_from_review(
+    status: Option<&k8s_openapi::api::authentication::v1::TokenReviewStatus>,
+    trust_domain: &str,
+) -> Result<SpiffeId, String> {
+    let Some(s) = status.filter(|s| s.authenticated == Some(true)) else {
+        let why = status
+            .and_then(|s| s.error.clone())
+            .unwrap_or_else(|| "not authenticated".into());
+        return Err(format!("the API server refused the token: {why}"));
+    };
+    let user = s
+        .user
+        .as_ref()
+        .and_then(|u| u.username.as_deref())
+        .unwrap_or("");
+    let Some(rest) = user.strip_prefix("system:serviceaccount:") else {
+        return Err(format!(
+            "the token belongs to {user:?}, not to a ServiceAccount: send the pod's projected ServiceAccount token"
+        ));
+    };
+    let (ns, sa) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("unexpected ServiceAccount user name {user:?}"))?;
+    SpiffeId::new(trust_domain, ns, sa).map_err(|e| e.to_string())
 }
 
 #[derive(Clone)]
