@@ -168,7 +168,9 @@ async fn main() -> anyhow::Result<()> {
                         discovery_listener,
                         Some(isthmus_federation::identity::service::CaService::new(
                             std::sync::Arc::new(ca),
-                            isthmus_federation::identity::service::Authenticator::Bootstrap(tokens),
+                            isthmus_federation::identity::service::Authenticator::Bootstrap(
+                                Box::new(tokens),
+                            ),
                             isthmus_federation::identity::service::DEFAULT_TTL,
                         )),
                     );

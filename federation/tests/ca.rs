@@ -278,7 +278,7 @@ async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
         l,
         Some(CaService::new(
             ca.clone(),
-            Authenticator::Bootstrap(tokens),
+            Authenticator::Bootstrap(Box::new(tokens)),
             DEFAULT_TTL,
         )),
     );
@@ -402,7 +402,7 @@ async fn a_sidecar_obtains_and_rotates_its_certificate() {
         l,
         Some(CaService::new(
             ca.clone(),
-            Authenticator::Bootstrap(tokens),
+            Authenticator::Bootstrap(Box::new(tokens)),
             DEFAULT_TTL,
         )),
     );

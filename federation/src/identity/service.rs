@@ -20,7 +20,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How callers prove who they are.
 pub enum Authenticator {
     /// `files` mode: bootstrap tokens signed by the control plane.
-    Bootstrap(TokenKey),
+    Bootstrap(Box<TokenKey>),
     /// `kube` mode: the pod's ServiceAccount token, checked by the API
     /// server (TokenReview), for these audiences.
     TokenReview {
