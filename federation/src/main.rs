@@ -175,8 +175,39 @@ async fn main() -> anyhow::Result<()> {
                         )),
                     );
                 }
-                // kube mode: the CA (Secret-kept root, TokenReview) comes next.
-                None => cp.serve_discovery(discovery_listener),
+                // kube mode: the root in a Secret beside the Lease, callers
+                // authenticated by their ServiceAccount tokens.
+                None => {
+                    let client = ::kube::Client::try_default().await?;
+                    let td = trust_domain.unwrap_or_else(|| {
+                        isthmus_federation::identity::mesh_trust_domain(
+                            &cp.published.borrow().store.snapshot,
+                        )
+                        .unwrap_or_else(|| "cluster.local".into())
+                    });
+                    let ca = isthmus_federation::identity::Ca::load_or_create_secret(
+                        client.clone(),
+                        &lease_namespace,
+                        "isthmus-ca",
+                        &td,
+                    )
+                    .await?;
+                    tracing::info!(trust_domain = %td, "CA serving on the discovery port");
+                    cp.serve_api(
+                        discovery_listener,
+                        Some(isthmus_federation::identity::service::CaService::new(
+                            std::sync::Arc::new(ca),
+                            isthmus_federation::identity::service::Authenticator::TokenReview {
+                                client,
+                                trust_domain: td,
+                                audiences: vec![
+                                    isthmus_federation::identity::service::AUDIENCE.into(),
+                                ],
+                            },
+                            isthmus_federation::identity::service::DEFAULT_TTL,
+                        )),
+                    );
+                }
             }
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

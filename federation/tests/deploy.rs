@@ -71,6 +71,9 @@ fn rbac_covers_every_watched_kind_and_written_status() {
         .expect("a Role for the Lease")
         .rules
         .unwrap_or_default();
+    for verb in ["get", "create"] {
+        assert!(grants(&role, "", "secrets", verb), "the CA Secret: {verb}");
+    }
     for verb in ["get", "create", "update"] {
         assert!(
             grants(&role, "coordination.k8s.io", "leases", verb),

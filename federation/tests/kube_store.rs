@@ -538,3 +538,60 @@ async fn service_account_tokens_are_reviewed_by_the_api_server() {
     assert!(e.message().contains("not to a ServiceAccount"), "{e}");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_root_ca_is_kept_in_a_secret_and_a_creation_race_is_lost_gracefully() {
+    use isthmus_federation::identity::Ca;
+    const SECRET: &str = "/api/v1/namespaces/isthmus-system/secrets/isthmus-ca";
+    const SECRETS: &str = "/api/v1/namespaces/isthmus-system/secrets";
+    let (client, mut handle) = client();
+    // No Secret: generate and create it. Then a second replica finds none,
+    // loses the create race (409) and loads the winner's.
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", SECRET));
+        send.send_response(respond(StatusCode::NOT_FOUND, body(&not_found(SECRET))));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method().as_str(), req.uri().path()), ("POST", SECRETS));
+        let mut created = body_json(req).await;
+        assert_eq!(created["type"], "Opaque");
+        assert!(created["data"]["ca.key"].is_string() && created["data"]["ca.crt"].is_string());
+        created["metadata"]["resourceVersion"] = "1".into();
+        send.send_response(respond(StatusCode::CREATED, body(&created)));
+        // The second replica.
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(respond(StatusCode::NOT_FOUND, body(&not_found(SECRET))));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), http::Method::POST);
+        send.send_response(respond(
+            StatusCode::CONFLICT,
+            body(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "message": "secrets \"isthmus-ca\" already exists", "reason": "AlreadyExists", "code": 409})),
+        ));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!((req.method().as_str(), req.uri().path()), ("GET", SECRET));
+        send.send_response(respond(StatusCode::OK, body(&created)));
+    });
+    let first = Ca::load_or_create_secret(
+        client.clone(),
+        "isthmus-system",
+        "isthmus-ca",
+        "eu-west.isthmus.local",
+    )
+    .await
+    .unwrap();
+    let second = Ca::load_or_create_secret(
+        client,
+        "isthmus-system",
+        "isthmus-ca",
+        "eu-west.isthmus.local",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        first.bundle_pem(),
+        second.bundle_pem(),
+        "one root for all replicas"
+    );
+    server.await.unwrap();
+}

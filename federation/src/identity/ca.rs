@@ -213,6 +213,76 @@ impl Ca {
         Ok(ca)
     }
 
+    /// The CA kept in a Secret (`kube` mode; keys `ca.crt`, `ca.key`):
+    /// loaded if there, else generated and created. Creation is
+    /// race-safe: when several replicas start at once, one create wins
+    /// (the others get 409 Conflict) and everyone loads the winner's.
+    pub async fn load_or_create_secret(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        trust_domain: &str,
+    ) -> Result<Self, CaError> {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::Secret;
+        let api: kube::Api<Secret> = kube::Api::namespaced(client, namespace);
+        let source = PathBuf::from(format!("secret/{namespace}/{name}"));
+        let api_err = |e: kube::Error| CaError::Io {
+            path: source.clone(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        for _ in 0..2 {
+            if let Some(secret) = api.get_opt(name).await.map_err(api_err)? {
+                let data = secret.data.unwrap_or_default();
+                let field = |k: &str| {
+                    data.get(k)
+                        .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                        .ok_or_else(|| invalid(&source, format!("no {k} in the Secret")))
+                };
+                return Self::from_pem(
+                    trust_domain,
+                    &field("ca.crt")?,
+                    &field("ca.key")?,
+                    None,
+                    &source,
+                );
+            }
+            let (ca, key_pem) = Self::generate(trust_domain)?;
+            let secret = Secret {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(namespace.into()),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(
+                    [
+                        (
+                            "ca.crt".to_string(),
+                            ByteString(ca.bundle_pem.clone().into_bytes()),
+                        ),
+                        ("ca.key".to_string(), ByteString(key_pem.into_bytes())),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            };
+            match api.create(&kube::api::PostParams::default(), &secret).await {
+                Ok(_) => {
+                    tracing::info!(trust_domain, secret = %source.display(), "generated a new root CA");
+                    return Ok(ca);
+                }
+                // Another replica created it first: load theirs.
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(api_err(e)),
+            }
+        }
+        Err(invalid(
+            &source,
+            "created by another replica but not readable",
+        ))
+    }
+
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
