@@ -131,12 +131,17 @@ async fn main() -> anyhow::Result<()> {
             if let Some(r) = replica {
                 opts.replica = r;
             }
-            let cp = if kube {
-                let client = ::kube::Client::try_default().await.map_err(|e| {
+            // One client for the store, the writers and the CA.
+            let client = if kube {
+                Some(::kube::Client::try_default().await.map_err(|e| {
                     anyhow::anyhow!(
                         "no Kubernetes API to talk to ({e}): run in a pod, or set KUBECONFIG"
                     )
-                })?;
+                })?)
+            } else {
+                None
+            };
+            let cp = if let Some(client) = client.clone() {
                 isthmus_federation::server::ControlPlane::start_kube(
                     client,
                     opts,
@@ -148,15 +153,15 @@ async fn main() -> anyhow::Result<()> {
                 isthmus_federation::server::ControlPlane::start(opts)
             };
             cp.serve_admin(listener);
+            let td = trust_domain.unwrap_or_else(|| {
+                isthmus_federation::identity::mesh_trust_domain(
+                    &cp.published.borrow().store.snapshot,
+                )
+                .unwrap_or_else(|| "cluster.local".into())
+            });
             match &store_dir {
                 // files mode: the CA lives in the store directory.
                 Some(dir) => {
-                    let td = trust_domain.unwrap_or_else(|| {
-                        isthmus_federation::identity::mesh_trust_domain(
-                            &cp.published.borrow().store.snapshot,
-                        )
-                        .unwrap_or_else(|| "cluster.local".into())
-                    });
                     let ca = isthmus_federation::identity::Ca::load_or_create(dir, &td)?;
                     let tokens =
                         isthmus_federation::identity::token::TokenKey::load_or_create(dir, &td)
@@ -178,13 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 // kube mode: the root in a Secret beside the Lease, callers
                 // authenticated by their ServiceAccount tokens.
                 None => {
-                    let client = ::kube::Client::try_default().await?;
-                    let td = trust_domain.unwrap_or_else(|| {
-                        isthmus_federation::identity::mesh_trust_domain(
-                            &cp.published.borrow().store.snapshot,
-                        )
-                        .unwrap_or_else(|| "cluster.local".into())
-                    });
+                    let client = client.expect("kube mode has a client");
                     let ca = isthmus_federation::identity::Ca::load_or_create_secret(
                         client.clone(),
                         &lease_namespace,

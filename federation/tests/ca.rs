@@ -242,17 +242,22 @@ fn a_plugged_in_intermediate_issues_svids_that_chain_to_the_operators_root() {
     assert!(e.contains("UnknownIssuer"), "without the chain: {e}");
 }
 
-/// The CA over gRPC, next to discovery on the control plane's port: the
-/// identity comes from the bootstrap token, never from the CSR.
-#[tokio::test]
-async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
-    use isthmus_api::ca::v1::SignRequest;
-    use isthmus_api::ca::v1::certificates_client::CertificatesClient;
+/// A control plane on a fresh store directory (the sample mesh's Mesh:
+/// trust domain eu-west.isthmus.local) serving its CA with bootstrap
+/// tokens: the control plane, the API address, and a token for
+/// shop/catalog.
+async fn control_plane_with_ca(
+    tag: &str,
+) -> (
+    isthmus_federation::server::ControlPlane,
+    std::net::SocketAddr,
+    String,
+    std::path::PathBuf,
+) {
     use isthmus_federation::identity::service::{Authenticator, CaService, DEFAULT_TTL};
     use isthmus_federation::identity::token::TokenKey;
     use isthmus_federation::server::{ControlPlane, Options};
-
-    let dir = std::env::temp_dir().join(format!("isthmus-ca-svc-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("isthmus-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(
@@ -262,7 +267,7 @@ async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
     .unwrap();
     let cp = ControlPlane::start(Options::new(dir.clone()));
     let td = isthmus_federation::identity::mesh_trust_domain(&cp.published.borrow().store.snapshot)
-        .unwrap();
+        .expect("the Mesh names the trust domain");
     assert_eq!(td, "eu-west.isthmus.local");
     let ca = std::sync::Arc::new(Ca::load_or_create(&dir, &td).unwrap());
     let tokens = TokenKey::load_or_create(&dir, &td).unwrap();
@@ -277,11 +282,22 @@ async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
     cp.serve_api(
         l,
         Some(CaService::new(
-            ca.clone(),
+            ca,
             Authenticator::Bootstrap(Box::new(tokens)),
             DEFAULT_TTL,
         )),
     );
+    (cp, addr, token, dir)
+}
+
+/// The CA over gRPC, next to discovery on the control plane's port: the
+/// identity comes from the bootstrap token, never from the CSR.
+#[tokio::test]
+async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
+    use isthmus_api::ca::v1::SignRequest;
+    use isthmus_api::ca::v1::certificates_client::CertificatesClient;
+
+    let (cp, addr, token, dir) = control_plane_with_ca("ca-svc").await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -378,35 +394,10 @@ async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
 /// configured fraction of its lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_obtains_and_rotates_its_certificate() {
-    use isthmus_federation::identity::service::{Authenticator, CaService, DEFAULT_TTL};
-    use isthmus_federation::identity::token::TokenKey;
-    use isthmus_federation::server::{ControlPlane, Options};
     use isthmus_gateway::identity::{Identity, IdentityError, Options as IdOptions};
 
-    let dir = std::env::temp_dir().join(format!("isthmus-ca-rot-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
     let td = "eu-west.isthmus.local";
-    let cp = ControlPlane::start(Options::new(dir.clone()));
-    let ca = std::sync::Arc::new(Ca::load_or_create(&dir, td).unwrap());
-    let tokens = TokenKey::load_or_create(&dir, td).unwrap();
-    let token = tokens.issue(
-        "shop",
-        "catalog",
-        SystemTime::now(),
-        Duration::from_secs(600),
-    );
-    let l = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    cp.serve_api(
-        l,
-        Some(CaService::new(
-            ca.clone(),
-            Authenticator::Bootstrap(Box::new(tokens)),
-            DEFAULT_TTL,
-        )),
-    );
-
+    let (cp, addr, token, dir) = control_plane_with_ca("ca-rot").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let opts = IdOptions {
         address: addr.to_string(),

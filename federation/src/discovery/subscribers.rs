@@ -56,7 +56,7 @@ impl From<&Refusal> for RefusalView {
 #[derive(Debug)]
 pub struct Subscribers {
     streams: Mutex<BTreeMap<u64, Subscriber>>,
-    next_id: Mutex<u64>,
+    next_id: std::sync::atomic::AtomicU64,
     /// Bumped on every change, so tests and benchmarks can wait for ACKs.
     changes: watch::Sender<u64>,
 }
@@ -65,7 +65,7 @@ impl Default for Subscribers {
     fn default() -> Self {
         Self {
             streams: Mutex::default(),
-            next_id: Mutex::new(0),
+            next_id: Default::default(),
             changes: watch::Sender::new(0),
         }
     }
@@ -73,11 +73,10 @@ impl Default for Subscribers {
 
 impl Subscribers {
     pub fn add(&self, s: Subscriber) -> u64 {
-        let id = {
-            let mut n = self.next_id.lock().expect("subscribers lock");
-            *n += 1;
-            *n
-        };
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         self.streams.lock().expect("subscribers lock").insert(id, s);
         self.changes.send_modify(|c| *c += 1);
         id

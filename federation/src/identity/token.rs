@@ -65,8 +65,13 @@ impl TokenKey {
         }
     }
 
+    /// What the MAC covers.
+    fn message(&self, ns: &str, sa: &str, expiry: u64) -> String {
+        format!("v1\n{}\n{ns}\n{sa}\n{expiry}", self.trust_domain)
+    }
+
     fn mac(&self, ns: &str, sa: &str, expiry: u64) -> String {
-        let msg = format!("v1\n{}\n{ns}\n{sa}\n{expiry}", self.trust_domain);
+        let msg = self.message(ns, sa, expiry);
         URL_SAFE_NO_PAD.encode(hmac::sign(&self.key, msg.as_bytes()).as_ref())
     }
 
@@ -92,7 +97,7 @@ impl TokenKey {
         let given = URL_SAFE_NO_PAD
             .decode(mac)
             .map_err(|_| TokenError::Malformed)?;
-        let msg = format!("v1\n{}\n{ns}\n{sa}\n{expiry}", self.trust_domain);
+        let msg = self.message(ns, sa, expiry);
         if hmac::verify(&self.key, msg.as_bytes(), &given).is_err() {
             return Err(TokenError::BadMac);
         }

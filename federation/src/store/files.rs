@@ -408,7 +408,11 @@ mod tests {
         assert_eq!(fp.fingerprint(&dir), h, "metadata unchanged: not re-read");
         set_mtime(1800);
         assert_ne!(fp.fingerprint(&dir), h, "mtime moved: re-read");
-        assert_eq!(fp.fingerprint(&dir), fingerprint(&dir));
+        assert_eq!(
+            fp.fingerprint(&dir),
+            Fingerprinter::default().fingerprint(&dir),
+            "the cache never changes the answer"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -719,11 +723,6 @@ impl Fingerprinter {
     }
 }
 
-/// A one-off fingerprint (no cache).
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64)> {
-    Fingerprinter::default().fingerprint(dir)
-}
-
 /// Watches a directory and publishes a new `State` when its YAML changes.
 /// Changes are debounced: a burst of writes (an editor, `kubectl
 /// apply`-style tools, a ConfigMap swap) becomes one reload once the
@@ -745,12 +744,15 @@ impl FileWatcher {
         tokio::task::JoinHandle<()>,
     ) {
         // Fingerprint before loading, so a write during the load is seen.
-        let mut seen = fingerprint(&self.dir);
+        let mut printer = Fingerprinter::default();
+        let mut seen = printer.fingerprint(&self.dir);
         let mut cache = ParseCache::default();
         let first = self.reload(&Snapshot::default(), 1, &mut cache);
         let (tx, rx) = tokio::sync::watch::channel(first);
         let this = Arc::new(self);
-        let printer = Arc::new(std::sync::Mutex::new(Fingerprinter::default()));
+        // The first look above seeds it: the first poll does not re-read
+        // every file.
+        let printer = Arc::new(std::sync::Mutex::new(printer));
         let task = tokio::spawn(async move {
             // Reading and parsing are blocking work: off the runtime's
             // threads, so discovery streams never wait behind a reload.

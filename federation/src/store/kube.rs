@@ -29,7 +29,7 @@ use super::{KINDS, ObjectKey, Resource, Snapshot};
 #[derive(Debug, thiserror::Error)]
 pub enum KubeStoreError {
     #[error(
-        "timed out after {waited:?} waiting for the first list of {kinds}: can the API server be reached, and may the control plane's ServiceAccount list and watch them (see deploy/rbac)?"
+        "timed out after {waited:?} waiting for the first list of {kinds}: can the API server be reached, and may the control plane's ServiceAccount list and watch them (see deploy/control-plane/rbac.yaml)?"
     )]
     NotSynced { waited: Duration, kinds: String },
 }

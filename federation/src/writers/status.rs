@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 
 use crate::resources::gateway_api::{ParentReference, RouteParentStatus};
@@ -97,41 +97,24 @@ impl StatusWriter {
             let policy = |status: Option<&crate::resources::destination::PolicyStatus>| {
                 keep_times(conds.clone(), status.map_or(&[][..], |s| &s.conditions[..]))
             };
+            let api = self.api(kind, key);
             let result = match obj {
                 Resource::DestinationPolicy(p) => {
-                    let c = policy(p.status.as_ref());
-                    self.apply_policy::<crate::resources::DestinationPolicy>(key, c)
-                        .await
+                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::AuthorizationPolicy(p) => {
-                    let c = policy(p.status.as_ref());
-                    self.apply_policy::<crate::resources::AuthorizationPolicy>(key, c)
-                        .await
+                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::FaultInjection(p) => {
-                    let c = policy(p.status.as_ref());
-                    self.apply_policy::<crate::resources::FaultInjection>(key, c)
-                        .await
+                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::HttpRoute(r) => {
-                    self.route::<crate::resources::gateway_api::HTTPRoute>(
-                        key,
-                        r.metadata.resource_version.clone(),
-                        &r.spec.parent_refs,
-                        r.status.as_ref().map_or(&[][..], |s| &s.parents[..]),
-                        conds,
-                    )
-                    .await
+                    let current = r.status.as_ref().map_or(&[][..], |s| &s.parents[..]);
+                    merge_route(&api, key, &r.metadata, &r.spec.parent_refs, current, conds).await
                 }
                 Resource::GrpcRoute(r) => {
-                    self.route::<crate::resources::gateway_api::GRPCRoute>(
-                        key,
-                        r.metadata.resource_version.clone(),
-                        &r.spec.parent_refs,
-                        r.status.as_ref().map_or(&[][..], |s| &s.parents[..]),
-                        conds,
-                    )
-                    .await
+                    let current = r.status.as_ref().map_or(&[][..], |s| &s.parents[..]);
+                    merge_route(&api, key, &r.metadata, &r.spec.parent_refs, current, conds).await
                 }
                 _ => continue,
             };
@@ -146,73 +129,73 @@ impl StatusWriter {
         (written, errors)
     }
 
-    fn api<K: kube::Resource<DynamicType = ()>>(
-        &self,
-        key: &ObjectKey,
-    ) -> (Api<DynamicObject>, ApiResource) {
-        let ar = ApiResource::erase::<K>(&());
-        let api = match &key.namespace {
+    /// The status API of `kind` in the object's namespace.
+    fn api(&self, kind: &str, key: &ObjectKey) -> Api<DynamicObject> {
+        let ar = crate::store::kube::api_resource(kind);
+        match &key.namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
             None => Api::all_with(self.client.clone(), &ar),
-        };
-        (api, ar)
+        }
     }
+}
 
-    async fn apply_policy<K: kube::Resource<DynamicType = ()>>(
-        &self,
-        key: &ObjectKey,
-        conditions: Vec<Condition>,
-    ) -> Result<(), kube::Error> {
-        let (api, ar) = self.api::<K>(key);
-        let patch = json!({
-            "apiVersion": ar.api_version,
-            "kind": ar.kind,
-            "metadata": {"name": key.name, "namespace": key.namespace},
-            "status": {"conditions": conditions},
+/// Server-side apply of a policy's `status.conditions`, forced, as ours.
+async fn apply_policy(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    key: &ObjectKey,
+    conditions: Vec<Condition>,
+) -> Result<(), kube::Error> {
+    let ar = crate::store::kube::api_resource(kind);
+    let patch = json!({
+        "apiVersion": ar.api_version,
+        "kind": ar.kind,
+        "metadata": {"name": key.name, "namespace": key.namespace},
+        "status": {"conditions": conditions},
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Our entries in a route's `status.parents` (one per Service parent),
+/// the other controllers' kept, guarded by the resourceVersion read.
+async fn merge_route(
+    api: &Api<DynamicObject>,
+    key: &ObjectKey,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    parent_refs: &[ParentReference],
+    current: &[RouteParentStatus],
+    conditions: &[Condition],
+) -> Result<(), kube::Error> {
+    let mut parents: Vec<RouteParentStatus> = current
+        .iter()
+        .filter(|p| p.controller_name != CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    for parent in parent_refs
+        .iter()
+        .filter(|p| p.kind.as_deref() == Some("Service"))
+    {
+        let old = current
+            .iter()
+            .find(|p| p.controller_name == CONTROLLER_NAME && &p.parent_ref == parent)
+            .map_or(&[][..], |p| &p.conditions[..]);
+        parents.push(RouteParentStatus {
+            parent_ref: parent.clone(),
+            controller_name: CONTROLLER_NAME.into(),
+            conditions: keep_times(conditions.to_vec(), old),
         });
-        api.patch_status(
-            &key.name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": meta.resource_version},
+        "status": {"parents": parents},
+    });
+    api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(|_| ())
-    }
-
-    async fn route<K: kube::Resource<DynamicType = ()>>(
-        &self,
-        key: &ObjectKey,
-        resource_version: Option<String>,
-        parent_refs: &[ParentReference],
-        current: &[RouteParentStatus],
-        conditions: &[Condition],
-    ) -> Result<(), kube::Error> {
-        let (api, _) = self.api::<K>(key);
-        let mut parents: Vec<RouteParentStatus> = current
-            .iter()
-            .filter(|p| p.controller_name != CONTROLLER_NAME)
-            .cloned()
-            .collect();
-        for parent in parent_refs
-            .iter()
-            .filter(|p| p.kind.as_deref() == Some("Service"))
-        {
-            let old = current
-                .iter()
-                .find(|p| p.controller_name == CONTROLLER_NAME && &p.parent_ref == parent)
-                .map_or(&[][..], |p| &p.conditions[..]);
-            parents.push(RouteParentStatus {
-                parent_ref: parent.clone(),
-                controller_name: CONTROLLER_NAME.into(),
-                conditions: keep_times(conditions.to_vec(), old),
-            });
-        }
-        let patch = json!({
-            "metadata": {"resourceVersion": resource_version},
-            "status": {"parents": parents},
-        });
-        api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .map(|_| ())
-    }
 }
