@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::v1::{
-    Endpoint, FaultInjection, HttpRoute, Listener, ProxyConfig, Service, fault_injection, hash_key,
-    header_match, listener, path_match,
+    Endpoint, FaultInjection, HttpRoute, Listener, ProxyConfig, Security, Service, fault_injection,
+    hash_key, header_match, listener, path_match,
 };
 
 /// One problem, located by the field path as written in YAML
@@ -101,7 +101,117 @@ pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
         }
         check_listener(&mut c, &path, l, &ports_by_service);
     }
+    if let Some(sec) = &config.security {
+        check_security(&mut c, sec);
+    }
     c.issues
+}
+
+fn check_security(c: &mut Checker, sec: &Security) {
+    let mut domains = HashSet::new();
+    for (i, b) in sec.trust_bundles.iter().enumerate() {
+        let path = format!("security.trustBundles[{i}]");
+        if !is_trust_domain(&b.trust_domain) {
+            c.fail(
+                format!("{path}.trustDomain"),
+                format!(
+                    "{:?} is not a trust domain (lowercase letters, digits, '.', '-', '_')",
+                    b.trust_domain
+                ),
+            );
+        } else if !domains.insert(b.trust_domain.as_str()) {
+            c.fail(
+                format!("{path}.trustDomain"),
+                format!("duplicate trust domain {:?}", b.trust_domain),
+            );
+        }
+        if !b.roots_pem.contains("-----BEGIN CERTIFICATE-----") {
+            c.fail(
+                format!("{path}.rootsPem"),
+                "give the domain's root certificates in PEM",
+            );
+        }
+    }
+    for (i, p) in sec.authorization_policies.iter().enumerate() {
+        for (j, r) in p.rules.iter().enumerate() {
+            let path = format!("security.authorizationPolicies[{i}].rules[{j}]");
+            for (k, f) in r.from.iter().enumerate() {
+                for (l, w) in f.principals.iter().enumerate() {
+                    check_wildcard(c, format!("{path}.from[{k}].principals[{l}]"), w);
+                }
+                for (l, w) in f.request_principals.iter().enumerate() {
+                    check_wildcard(c, format!("{path}.from[{k}].requestPrincipals[{l}]"), w);
+                }
+            }
+            for (k, t) in r.to.iter().enumerate() {
+                for (l, port) in t.ports.iter().enumerate() {
+                    if *port == 0 || *port > 65535 {
+                        c.fail(format!("{path}.to[{k}].ports[{l}]"), "port must be 1-65535");
+                    }
+                }
+                for (l, w) in t.paths.iter().enumerate() {
+                    check_wildcard(c, format!("{path}.to[{k}].paths[{l}]"), w);
+                }
+            }
+            for (k, w) in r.when.iter().enumerate() {
+                let known = ["request.headers[", "request.auth.claims["]
+                    .iter()
+                    .any(|p| {
+                        w.key.starts_with(p) && w.key.ends_with(']') && w.key.len() > p.len() + 1
+                    });
+                if !known {
+                    c.fail(
+                        format!("{path}.when[{k}].key"),
+                        format!(
+                            "{:?} is not request.headers[<name>] or request.auth.claims[<claim>]",
+                            w.key
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for (i, p) in sec.jwt_policies.iter().enumerate() {
+        let path = format!("security.jwtPolicies[{i}]");
+        if p.rules.is_empty() {
+            c.fail(format!("{path}.rules"), "name at least one issuer");
+        }
+        for (j, r) in p.rules.iter().enumerate() {
+            if r.issuer.is_empty() {
+                c.fail(format!("{path}.rules[{j}].issuer"), "an issuer is required");
+            }
+            if r.jwks.is_empty() == r.jwks_file.is_empty() {
+                c.fail(
+                    format!("{path}.rules[{j}]"),
+                    "give exactly one of jwks (inline JSON) and jwksFile",
+                );
+            }
+        }
+        for (j, w) in p.excluded_paths.iter().enumerate() {
+            check_wildcard(c, format!("{path}.excludedPaths[{j}]"), w);
+        }
+    }
+}
+
+/// SPIFFE trust domain characters (lowercase, digits, '.', '-', '_').
+pub fn is_trust_domain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// `*`, or a value with at most one `*`, at its start or its end.
+fn check_wildcard(c: &mut Checker, path: String, w: &str) {
+    let stars = w.matches('*').count();
+    let ok =
+        !w.is_empty() && (stars == 0 || (stars == 1 && (w.starts_with('*') || w.ends_with('*'))));
+    if !ok {
+        c.fail(
+            path,
+            format!("{w:?}: use an exact value, \"*\", or one '*' at the start or the end"),
+        );
+    }
 }
 
 fn check_listener(c: &mut Checker, path: &str, l: &Listener, services: &HashMap<&str, Vec<u32>>) {
@@ -113,25 +223,28 @@ fn check_listener(c: &mut Checker, path: &str, l: &Listener, services: &HashMap<
         Some(listener::Kind::Tcp(t)) => {
             check_service_ref(c, &format!("{path}.tcp"), &t.service, t.port, services)
         }
-        Some(listener::Kind::Inbound(inb)) => {
+        Some(listener::Kind::Inbound(inb) | listener::Kind::Tunnel(inb)) => {
+            let field = if matches!(l.kind, Some(listener::Kind::Tunnel(_))) {
+                "tunnel"
+            } else {
+                "inbound"
+            };
+            let path = &format!("{path}.{field}");
             if !inb.app_address.is_empty() && inb.app_address.parse::<IpAddr>().is_err() {
                 c.fail(
-                    format!("{path}.inbound.appAddress"),
+                    format!("{path}.appAddress"),
                     format!("{:?} is not an IP address", inb.app_address),
                 );
             }
             if inb.ports.is_empty() {
                 c.fail(
-                    format!("{path}.inbound.ports"),
+                    format!("{path}.ports"),
                     "list the application's ports (port and protocol)",
                 );
             }
             for (j, p) in inb.ports.iter().enumerate() {
                 if p.port == 0 || p.port > 65535 {
-                    c.fail(
-                        format!("{path}.inbound.ports[{j}].port"),
-                        "port must be 1-65535",
-                    );
+                    c.fail(format!("{path}.ports[{j}].port"), "port must be 1-65535");
                 }
             }
         }
@@ -305,6 +418,18 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
                 "port must be 1-65535",
             );
         }
+    }
+    if e.tunnel_port > 65535 {
+        c.fail(format!("{path}.tunnelPort"), "port must be 1-65535");
+    }
+    if !e.identity.is_empty() && !e.identity.starts_with("spiffe://") {
+        c.fail(
+            format!("{path}.identity"),
+            format!(
+                "{:?} is not a SPIFFE ID (spiffe://<trust-domain>/...)",
+                e.identity
+            ),
+        );
     }
 }
 

@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod iptables;
+pub mod jwt;
 pub mod policy;
 pub mod pool;
 pub mod proxy;
@@ -16,3 +18,5 @@ pub mod route;
 pub mod sample;
 pub mod sidecar;
 pub mod telemetry;
+pub mod tls;
+pub mod tunnel;

@@ -68,6 +68,24 @@ struct SidecarArgs {
     /// Admin address: /metrics, /healthz, /readyz, /config_dump.
     #[arg(long, default_value = "127.0.0.1:15020", env = "ISTHMUS_ADMIN")]
     admin: SocketAddr,
+    /// Credential for the CA (a bootstrap token from `isthmus-federation
+    /// token`, or a ServiceAccount token): enables the workload identity and
+    /// the mesh mTLS transport.
+    #[arg(long, env = "ISTHMUS_CA_TOKEN", hide_env_values = true)]
+    ca_token: Option<String>,
+    /// The same, read from a file (a projected ServiceAccount token).
+    #[arg(long, env = "ISTHMUS_CA_TOKEN_FILE", conflicts_with = "ca_token")]
+    ca_token_file: Option<PathBuf>,
+    /// The CA's address; the control plane's by default.
+    #[arg(long, env = "ISTHMUS_CA_ADDRESS")]
+    ca: Option<String>,
+    /// Lifetime asked for the workload certificate (renewed at half).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// Port of the mesh transport listener (mTLS HTTP/2 CONNECT) when the
+    /// listeners are the pod defaults.
+    #[arg(long, default_value_t = 15008)]
+    tunnel_port: u16,
     /// Access log: "stdout", "off" or a file path.
     #[arg(long, default_value = "stdout", env = "ISTHMUS_ACCESS_LOG")]
     access_log: String,
@@ -191,6 +209,7 @@ impl NodeArgs {
 /// outbound on 15001 and, with workload ports, inbound on 15006.
 fn default_listeners(
     workload: Option<&isthmus_api::discovery::v1::Workload>,
+    tunnel_port: Option<u16>,
 ) -> Vec<isthmus_api::model::Listener> {
     use isthmus_api::model::{Inbound, InboundPort, Listener, TransparentOutbound, listener::Kind};
     let mut out = vec![Listener {
@@ -199,20 +218,28 @@ fn default_listeners(
         kind: Some(Kind::Transparent(TransparentOutbound::default())),
     }];
     if let Some(w) = workload.filter(|w| !w.ports.is_empty()) {
+        let inbound = Inbound {
+            app_address: "127.0.0.1".into(),
+            ports: w
+                .ports
+                .iter()
+                .map(|p| InboundPort {
+                    port: p.port,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        if let Some(port) = tunnel_port {
+            out.push(Listener {
+                name: "tunnel".into(),
+                address: format!("0.0.0.0:{port}"),
+                kind: Some(Kind::Tunnel(inbound.clone())),
+            });
+        }
         out.push(Listener {
             name: "inbound".into(),
             address: "0.0.0.0:15006".into(),
-            kind: Some(Kind::Inbound(Inbound {
-                app_address: "127.0.0.1".into(),
-                ports: w
-                    .ports
-                    .iter()
-                    .map(|p| InboundPort {
-                        port: p.port,
-                        ..Default::default()
-                    })
-                    .collect(),
-            })),
+            kind: Some(Kind::Inbound(inbound)),
         });
     }
     out
@@ -256,12 +283,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         (v, 1.0)
     } else if let Some(v) = s.strip_suffix('m') {
         (v, 60.0)
+    } else if let Some(v) = s.strip_suffix('h') {
+        (v, 3600.0)
     } else {
         (s, 1.0)
     };
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s or 2m"))?;
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 2m or 24h"))?;
     if !(n >= 0.0 && n.is_finite()) {
         return Err(format!("{s:?} must be a non-negative duration"));
     }
@@ -344,7 +373,9 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
             let listeners = if bootstrap.is_some() {
                 base.listeners
             } else {
-                default_listeners(workload.as_ref())
+                let tunnel =
+                    (a.ca_token.is_some() || a.ca_token_file.is_some()).then_some(a.tunnel_port);
+                default_listeners(workload.as_ref(), tunnel)
             };
             let mut d = isthmus_gateway::discovery::Options::new(cp.clone(), node);
             d.workload = workload;
@@ -357,12 +388,43 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         },
         (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDR"),
     };
+    let token = match (&a.ca_token, &a.ca_token_file) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the CA token {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    let stop_identity = tokio_util::sync::CancellationToken::new();
+    let identity = match token {
+        Some(token) => {
+            let address =
+                a.ca.clone()
+                    .or_else(|| a.control_plane.clone())
+                    .context("a CA token needs the CA's address: give --ca or --control-plane")?;
+            let (identity, _task) = isthmus_gateway::identity::Identity::spawn(
+                isthmus_gateway::identity::Options {
+                    address,
+                    token,
+                    ttl: a.cert_ttl,
+                    renew_at: 0.5,
+                },
+                stop_identity.clone(),
+            );
+            Some(identity)
+        }
+        None => None,
+    };
     let sidecar = Sidecar::start(Options {
         config,
         admin: a.admin,
         access_log: Sink::from_arg(&a.access_log)
             .with_context(|| format!("opening access log {}", a.access_log))?,
         socket: SocketOptions { mark: a.mark },
+        identity,
     })
     .await?;
     for (name, addr) in sidecar.listeners.bound() {
@@ -378,6 +440,7 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     sidecar.shutdown(a.drain_timeout).await;
+    stop_identity.cancel();
     Ok(())
 }
 
@@ -475,9 +538,13 @@ mod cli_tests {
         assert_eq!(w.address, "10.1.0.7");
         let ports: Vec<(&str, u32)> = w.ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
         assert_eq!(ports, [("http", 8080), ("", 9090)]);
-        let listeners = default_listeners(Some(&w));
+        let listeners = default_listeners(Some(&w), None);
         assert_eq!(listeners.len(), 2, "transparent outbound and inbound");
         assert_eq!(listeners[1].address, "0.0.0.0:15006");
+        let listeners = default_listeners(Some(&w), Some(15008));
+        let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["outbound", "tunnel", "inbound"]);
+        assert_eq!(listeners[1].address, "0.0.0.0:15008");
 
         let a = sidecar_args(&[
             "--control-plane=cp:15010",

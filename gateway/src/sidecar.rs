@@ -15,11 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::{Store, file};
+use crate::identity::Identity;
 use crate::pool::SocketOptions;
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerError, Listeners};
 use crate::telemetry::accesslog::Sink;
 use crate::telemetry::metrics::Metrics;
+use crate::tls::MeshTls;
 
 pub enum ConfigSource {
     /// A YAML file, watched for changes.
@@ -36,6 +38,9 @@ pub struct Options {
     pub admin: SocketAddr,
     pub access_log: Sink,
     pub socket: SocketOptions,
+    /// The workload's identity: enables the mesh transport (mTLS on 15008
+    /// inbound, to endpoints with a tunnel port outbound).
+    pub identity: Option<Arc<Identity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,11 +82,16 @@ impl Sidecar {
             }
             ConfigSource::ControlPlane(_) => None,
         };
+        let mesh = opts.identity.clone().map(|i| Arc::new(MeshTls::new(i)));
+        if let Some(m) = &mesh {
+            m.set_config_trust(store.load().security.trust.clone());
+        }
         let proxy = Arc::new(Proxy::new(
             store.clone(),
             metrics.clone(),
             opts.access_log,
             opts.socket,
+            mesh,
         ));
         let listeners = Arc::new(Listeners::new(proxy.clone()));
         let errors = listeners.reconcile(&store.load()).await;
@@ -127,6 +137,9 @@ impl Sidecar {
                     r = changes.changed() => if r.is_err() { return },
                 }
                 let snap = p.store.load();
+                if let Some(m) = &p.mesh {
+                    m.set_config_trust(snap.security.trust.clone());
+                }
                 p.clusters.refresh(&snap);
                 for e in l.reconcile(&snap).await {
                     p.metrics.error("listener_bind");
@@ -134,6 +147,19 @@ impl Sidecar {
                 }
             }
         });
+        if let Some(identity) = &opts.identity {
+            let mut rotations = identity.rotations();
+            let (m, stop) = (metrics.clone(), stop_background.clone());
+            background.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = rotations.changed() => if r.is_err() { return },
+                    }
+                    m.certificate_rotations.inc();
+                }
+            });
+        }
         if let ConfigSource::ControlPlane(d) = opts.config {
             background.spawn(crate::discovery::run(
                 *d,

@@ -105,6 +105,7 @@ pub fn for_proxy(
         node: Some(node.clone()),
         listeners,
         services,
+        security: None,
     }
 }
 

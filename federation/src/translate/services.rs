@@ -305,6 +305,7 @@ fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model:
                 labels: Default::default(),
                 weight: 1,
                 unhealthy: !ep.ready,
+                ..Default::default()
             });
         }
     }
@@ -366,6 +367,7 @@ fn add_workloads(
             labels: w.labels.clone().into_iter().collect(),
             weight: 1,
             unhealthy: false,
+            ..Default::default()
         });
     }
 }

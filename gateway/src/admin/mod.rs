@@ -40,6 +40,11 @@ impl Admin {
         if !missing.is_empty() {
             return Err(format!("listeners not bound: {}", missing.join(", ")));
         }
+        if let Some(m) = &self.proxy.mesh
+            && !m.ready()
+        {
+            return Err("no workload certificate yet (waiting for the CA)".into());
+        }
         Ok(())
     }
 
@@ -54,6 +59,26 @@ impl Admin {
                 .collect::<serde_json::Map<_, _>>(),
             "config": serde_json::to_value(&snap.source).unwrap_or_default(),
             "clusters": self.proxy.clusters.dump(),
+            "security": self.security_dump(&snap),
+        })
+    }
+
+    fn security_dump(&self, snap: &crate::config::Snapshot) -> serde_json::Value {
+        let sec = &snap.security;
+        let mesh = self.proxy.mesh.as_ref();
+        let mut domains: Vec<String> = mesh
+            .and_then(|m| m.trust())
+            .map(|t| t.domains().map(str::to_string).collect())
+            .unwrap_or_default();
+        domains.sort();
+        serde_json::json!({
+            "identity": mesh.and_then(|m| m.own_id()).map(|i| i.to_string()),
+            "certificateGeneration": mesh.map(|m| m.generation()),
+            "trustDomains": domains,
+            "mtlsMode": format!("{:?}", sec.mode).to_uppercase(),
+            "mtlsModeFrom": sec.mode_source,
+            "authorization": !sec.authz.is_empty(),
+            "requestAuthentication": !sec.jwt.is_empty(),
         })
     }
 

@@ -2,7 +2,7 @@
 //! defaults applied, host/VIP indexes built, locality priorities computed
 //! against the proxy's own locality. Pure; a failure here names the field.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use isthmus_api::model as m;
 use regex::Regex;
 
+use crate::authz::{Policies, selects};
 use crate::balance::locality::{self, Locality};
 use crate::balance::outlier::OutlierSettings;
 use crate::balance::{Policy, Ring};
@@ -19,6 +20,7 @@ use crate::route::{
     Backend, HeaderMatch, HeaderValueMatch, MirrorSettings, PathMatch, RateLimitSettings, Route,
     RouteMatch,
 };
+use crate::tls::Trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
@@ -56,6 +58,29 @@ pub struct NodeInfo {
     pub service_account: String,
     pub cluster: String,
     pub locality: Locality,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Inbound mTLS mode of this workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MtlsMode {
+    #[default]
+    Permissive,
+    Strict,
+}
+
+/// Identity and inbound policy of this workload, resolved from the
+/// configuration's security section by the node's labels.
+#[derive(Debug, Default)]
+pub struct SecuritySpec {
+    /// Trust bundles from the configuration (the CA's own are added by
+    /// `tls::MeshTls`).
+    pub trust: Arc<Trust>,
+    pub mode: MtlsMode,
+    /// The MtlsPolicy that set `mode`, or "default".
+    pub mode_source: String,
+    pub authz: Policies,
+    pub jwt: crate::jwt::Authenticator,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +100,16 @@ pub struct EndpointSpec {
     pub locality: Locality,
     pub weight: u32,
     pub healthy: bool,
+    /// Reached through its sidecar's mesh transport at this port.
+    pub tunnel: Option<Tunnel>,
+}
+
+/// How to reach an endpoint through the mesh transport.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tunnel {
+    pub port: u16,
+    /// The SPIFFE ID its sidecar must present (else: any of our domain).
+    pub identity: Option<Arc<str>>,
 }
 
 impl EndpointSpec {
@@ -175,6 +210,10 @@ pub enum ListenerKind {
     Inbound {
         ports: Vec<(u16, Protocol)>,
     },
+    /// The mesh transport (mTLS HTTP/2 CONNECT) for the same ports.
+    Tunnel {
+        ports: Vec<(u16, Protocol)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,6 +235,7 @@ pub struct Snapshot {
     wildcard_hosts: Vec<(String, String)>,
     vips: HashMap<SocketAddr, String>,
     pub listeners: Vec<ListenerSpec>,
+    pub security: SecuritySpec,
 }
 
 impl Snapshot {
@@ -266,6 +306,7 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
         namespace: node.namespace.into(),
         service_account: node.service_account,
         cluster: node.cluster,
+        labels: node.labels.into_iter().collect(),
     };
     let mut services = HashMap::new();
     let mut hosts = HashMap::new();
@@ -317,7 +358,7 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
             Some(m::listener::Kind::Transparent(t)) => ListenerKind::Transparent {
                 passthrough: t.unmatched() == m::transparent_outbound::Unmatched::Passthrough,
             },
-            Some(m::listener::Kind::Inbound(inb)) => {
+            Some(m::listener::Kind::Inbound(inb) | m::listener::Kind::Tunnel(inb)) => {
                 let app: IpAddr = if inb.app_address.is_empty() {
                     IpAddr::from([127, 0, 0, 1])
                 } else {
@@ -335,7 +376,11 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
                         .entry(name.clone())
                         .or_insert_with(|| Arc::new(inbound_service(&name, app, port, protocol)));
                 }
-                ListenerKind::Inbound { ports }
+                if matches!(l.kind, Some(m::listener::Kind::Tunnel(_))) {
+                    ListenerKind::Tunnel { ports }
+                } else {
+                    ListenerKind::Inbound { ports }
+                }
             }
             None => {
                 return Err(CompileError::Invalid(format!(
@@ -350,6 +395,7 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
             kind,
         });
     }
+    let security = compile_security(cfg.security.as_ref(), &node)?;
     Ok(Snapshot {
         version: cfg.version.clone(),
         source: cfg.clone(),
@@ -359,6 +405,50 @@ pub fn compile(cfg: &m::ProxyConfig) -> Result<Snapshot, CompileError> {
         wildcard_hosts,
         vips,
         listeners,
+        security,
+    })
+}
+
+fn compile_security(
+    sec: Option<&m::Security>,
+    node: &NodeInfo,
+) -> Result<SecuritySpec, CompileError> {
+    let Some(sec) = sec else {
+        return Ok(SecuritySpec {
+            mode_source: "default".into(),
+            ..Default::default()
+        });
+    };
+    let trust = Trust::from_pem(sec.trust_bundles.iter().map(|b| {
+        (
+            b.trust_domain.as_str(),
+            b.roots_pem.as_str(),
+            b.cluster.as_str(),
+        )
+    }))
+    .map_err(|e| CompileError::Invalid(format!("security.trustBundles: {e}")))?;
+    let mode_of = |m: i32| match m::MtlsMode::try_from(m) {
+        Ok(m::MtlsMode::Strict) => MtlsMode::Strict,
+        _ => MtlsMode::Permissive,
+    };
+    // A workload selector beats a namespace-wide policy beats the default.
+    let chosen = sec
+        .mtls_policies
+        .iter()
+        .filter(|p| !p.selector.is_empty() && selects(&p.selector, &node.labels))
+        .chain(sec.mtls_policies.iter().filter(|p| p.selector.is_empty()))
+        .next();
+    let (mode, mode_source) = match chosen {
+        Some(p) => (mode_of(p.mode), p.name.clone()),
+        None => (mode_of(sec.default_mtls_mode), "default".to_string()),
+    };
+    Ok(SecuritySpec {
+        trust: Arc::new(trust),
+        mode,
+        mode_source,
+        authz: Policies::compile(&sec.authorization_policies, &node.labels),
+        jwt: crate::jwt::Authenticator::compile(&sec.jwt_policies, &node.labels)
+            .map_err(|e| CompileError::Invalid(format!("security.jwtPolicies: {e}")))?,
     })
 }
 
@@ -379,6 +469,7 @@ fn inbound_service(name: &str, app: IpAddr, port: u16, protocol: Protocol) -> Se
             locality: Locality::default(),
             weight: 1,
             healthy: true,
+            tunnel: None,
         }],
         priorities: vec![0],
         routes: vec![],
@@ -475,6 +566,10 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
             locality,
             weight: if e.weight == 0 { 1 } else { e.weight },
             healthy: !e.unhealthy,
+            tunnel: opt_port(e.tunnel_port).map(|port| Tunnel {
+                port,
+                identity: (!e.identity.is_empty()).then(|| e.identity.as_str().into()),
+            }),
         });
     }
     let policy = match lb_model.policy() {

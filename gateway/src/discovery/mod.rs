@@ -152,6 +152,7 @@ pub fn apply(
         node: Some(node.clone()),
         listeners: listeners.to_vec(),
         services: next.values().map(|(_, s)| s.clone()).collect(),
+        security: None,
     };
     match store.apply(&cfg) {
         Ok(_) => {

@@ -138,6 +138,59 @@ impl Identity {
         Ok((me, task))
     }
 
+    /// Starts without credentials and fetches them in the background (with
+    /// backoff while the CA is unreachable), then renews them until `stop`.
+    /// Readiness of the mesh transport waits for the first certificate.
+    pub fn spawn(
+        opts: Options,
+        stop: CancellationToken,
+    ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
+        let me = Arc::new(Self {
+            current: ArcSwapOption::empty(),
+            rotations: watch::Sender::new(0),
+        });
+        let this = me.clone();
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                match fetch(&opts).await {
+                    Ok(first) => {
+                        tracing::info!(id = %first.spiffe_id, "certificate obtained");
+                        this.current.store(Some(Arc::new(first)));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("no certificate yet, retrying: {e}");
+                        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(jittered) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+            this.renew(opts, stop).await
+        });
+        (me, task)
+    }
+
+    /// An identity with fixed credentials, not renewed (tests, or a
+    /// certificate managed outside the mesh); `install` replaces them.
+    pub fn fixed(creds: Credentials) -> Arc<Self> {
+        Arc::new(Self {
+            current: ArcSwapOption::from_pointee(creds),
+            rotations: watch::Sender::new(0),
+        })
+    }
+
+    /// Puts new credentials in force for the next handshakes; live
+    /// connections keep the ones they were made with.
+    pub fn install(&self, creds: Credentials) {
+        self.current.store(Some(Arc::new(creds)));
+        self.rotations.send_modify(|n| *n += 1);
+    }
+
     /// The credentials in force (read per handshake).
     pub fn current(&self) -> Option<Arc<Credentials>> {
         self.current.load_full()
@@ -161,8 +214,7 @@ impl Identity {
             match fetch(&opts).await {
                 Ok(next) => {
                     tracing::info!(id = %next.spiffe_id, "certificate rotated");
-                    self.current.store(Some(Arc::new(next)));
-                    self.rotations.send_modify(|n| *n += 1);
+                    self.install(next);
                     backoff = Duration::from_millis(200);
                 }
                 Err(e) => {

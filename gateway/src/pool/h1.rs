@@ -12,11 +12,11 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use super::io::Io;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::{ConnGuard, Lease};
 use crate::proxy::body::{BoxError, ReqBody};
@@ -84,7 +84,7 @@ enum Step {
 
 /// An HTTP/1.1 connection to one endpoint, idle or in use by one request.
 pub struct H1Conn {
-    io: TcpStream,
+    io: Io,
     buf: BytesMut,
     /// The connection-limit slot, held as long as the socket.
     guard: ConnGuard,
@@ -108,7 +108,7 @@ impl H1Error {
 }
 
 impl H1Conn {
-    pub fn new(io: TcpStream, guard: ConnGuard) -> Self {
+    pub fn new(io: Io, guard: ConnGuard) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -119,24 +119,13 @@ impl H1Conn {
     /// True when an idle connection cannot be used: the upstream closed it
     /// (or sent bytes nobody asked for). Costs no system call unless the
     /// reactor saw the socket become readable.
-    pub fn is_stale(&self) -> bool {
-        if !self.buf.is_empty() {
-            return true;
-        }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => false,
-            Poll::Ready(Err(_)) => true,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    pub fn is_stale(&mut self) -> bool {
+        !self.buf.is_empty() || self.io.is_stale()
     }
 
     /// The socket, bytes the upstream already sent past the response head,
     /// and the connection-limit slot: what an upgraded connection splices.
-    pub fn into_parts(self) -> (TcpStream, Bytes, ConnGuard) {
+    pub fn into_parts(self) -> (Io, Bytes, ConnGuard) {
         (self.io, self.buf.freeze(), self.guard)
     }
 
@@ -238,7 +227,7 @@ impl Upload {
     /// Writes what is ready; frames that are ready at once are gathered, so
     /// a buffered body leaves with its head in one write. Ready(Ok) when
     /// the whole request is written.
-    fn poll(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+    fn poll(&mut self, io: &mut Io, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
         loop {
             while !self.body_done && self.out.len() < WRITE_BATCH {
                 match Pin::new(&mut self.body).poll_frame(cx) {
@@ -1018,6 +1007,7 @@ mod wire_tests {
             Default::default(),
             SocketOptions::default(),
             Default::default(),
+            None,
         )
     }
 
@@ -1028,7 +1018,7 @@ mod wire_tests {
         req: Request<ReqBody>,
     ) -> Result<(StatusCode, Bytes, Option<HeaderMap>), String> {
         let mut lease = pool
-            .acquire(addr, Version::Http1)
+            .acquire(addr, None, Version::Http1)
             .await
             .map_err(|e| e.to_string())?;
         let conn = lease.h1_mut().unwrap();

@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod h1;
+pub mod io;
+
+pub use io::Io;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -21,7 +24,9 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PoolLimits;
+use crate::config::compile::Tunnel;
 use crate::proxy::body::ReqBody;
+use crate::tunnel::{Connector, TunnelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -41,6 +46,12 @@ pub enum PoolError {
         "circuit breaker open: {what} limit reached ({limit}); raise connectionPool limits if this is expected load"
     )]
     Overflow { what: &'static str, limit: usize },
+    #[error("mesh transport: {0}")]
+    Tunnel(Box<TunnelError>),
+    #[error(
+        "{addr} is reached over mesh mTLS but this proxy has no identity (start it with a CA and token)"
+    )]
+    NoIdentity { addr: SocketAddr },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +94,8 @@ pub struct Pool {
     socket: SocketOptions,
     /// isthmus_upstream_connections of this service.
     gauge: Gauge,
+    /// The mesh transport, for endpoints reached through their sidecar.
+    connector: Option<Arc<Connector>>,
 }
 
 /// A connection checked out for one request.
@@ -164,8 +177,10 @@ impl Pool {
         tracker: TaskTracker,
         socket: SocketOptions,
         gauge: Gauge,
+        connector: Option<Arc<Connector>>,
     ) -> Self {
         Self {
+            connector,
             limits: Mutex::new(limits),
             connections: Arc::new(AtomicUsize::new(0)),
             pending: AtomicUsize::new(0),
@@ -269,22 +284,52 @@ impl Pool {
     /// Opens a TCP connection counted against the service's connection
     /// limit (for opaque TCP proxying). The guard is released when the
     /// returned stream's owner drops the guard.
-    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<(TcpStream, ConnGuard), PoolError> {
+    pub async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+        tunnel: Option<&Tunnel>,
+    ) -> Result<(Io, ConnGuard), PoolError> {
         let guard = self.try_reserve().ok_or_else(|| PoolError::Overflow {
             what: "max connections",
             limit: self.limits().max_connections,
         })?;
-        let stream = self.dial(addr).await?;
+        let stream = self.dial(addr, tunnel).await?;
         Ok((stream, guard))
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<TcpStream, PoolError> {
+    /// A plain TCP connection, or a CONNECT stream through the endpoint's
+    /// sidecar when it has one.
+    async fn dial(&self, addr: SocketAddr, tunnel: Option<&Tunnel>) -> Result<Io, PoolError> {
         let timeout = self.limits().connect_timeout;
-        dial(addr, timeout, self.socket).await
+        let Some(t) = tunnel else {
+            return Ok(Io::Tcp(dial(addr, timeout, self.socket).await?));
+        };
+        let connector = self
+            .connector
+            .as_ref()
+            .ok_or(PoolError::NoIdentity { addr })?;
+        let sidecar = SocketAddr::new(addr.ip(), t.port);
+        let tunnel_err = |e: TunnelError| match e {
+            TunnelError::Connect(e) => e,
+            e => PoolError::Tunnel(Box::new(e)),
+        };
+        let expect = connector
+            .expect(t.identity.as_ref(), sidecar)
+            .map_err(tunnel_err)?;
+        let stream = connector
+            .connect(sidecar, expect, addr, timeout)
+            .await
+            .map_err(tunnel_err)?;
+        Ok(Io::Tunnel(stream))
     }
 
     /// Checks out a connection to `addr` speaking `version`.
-    pub async fn acquire(&self, addr: SocketAddr, version: Version) -> Result<Lease, PoolError> {
+    pub async fn acquire(
+        &self,
+        addr: SocketAddr,
+        tunnel: Option<&Tunnel>,
+        version: Version,
+    ) -> Result<Lease, PoolError> {
         let ep = self.endpoint(addr);
         let limits = self.limits();
         match version {
@@ -295,7 +340,7 @@ impl Pool {
                 let Some(guard) = self.reserve(&ep).await? else {
                     continue;
                 };
-                let stream = self.dial(addr).await?;
+                let stream = self.dial(addr, tunnel).await?;
                 return Ok(Lease {
                     sender: Some(Sender::H1(h1::H1Conn::new(stream, guard))),
                     uses: 1,
@@ -328,7 +373,7 @@ impl Pool {
                         break g;
                     }
                 };
-                let stream = self.dial(addr).await?;
+                let stream = self.dial(addr, tunnel).await?;
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .initial_stream_window_size(4 * 1024 * 1024)
                     .initial_connection_window_size(8 * 1024 * 1024)
@@ -360,7 +405,7 @@ impl Pool {
     /// The most recently used idle connection that is still open.
     fn take_idle(&self, ep: &Arc<EndpointConns>, limits: &PoolLimits) -> Option<Lease> {
         loop {
-            let c = ep.idle.lock().ok()?.pop()?;
+            let mut c = ep.idle.lock().ok()?.pop()?;
             if c.since.elapsed() > limits.idle_timeout || c.conn.is_stale() {
                 continue; // dropping it closes the connection
             }

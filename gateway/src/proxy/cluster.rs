@@ -246,11 +246,18 @@ pub struct Clusters {
     tracker: TaskTracker,
     socket: SocketOptions,
     metrics: Arc<Metrics>,
+    connector: Option<Arc<crate::tunnel::Connector>>,
 }
 
 impl Clusters {
-    pub fn new(tracker: TaskTracker, socket: SocketOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        tracker: TaskTracker,
+        socket: SocketOptions,
+        metrics: Arc<Metrics>,
+        connector: Option<Arc<crate::tunnel::Connector>>,
+    ) -> Self {
         Self {
+            connector,
             map: Mutex::new(HashMap::new()),
             tracker,
             socket,
@@ -286,6 +293,7 @@ impl Clusters {
                     .upstream_connections
                     .get_or_create(&labels)
                     .clone(),
+                self.connector.clone(),
             ),
             active_requests: AtomicUsize::new(0),
             endpoints: Mutex::new(HashMap::new()),

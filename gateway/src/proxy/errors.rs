@@ -38,6 +38,10 @@ pub enum ProxyError {
     Draining,
     #[error("the client's request body failed: {0}")]
     DownstreamBody(String),
+    #[error("RBAC: access denied by authorization policy ({0})")]
+    Denied(String),
+    #[error("request authentication failed ({policy}): {reason}")]
+    Unauthenticated { policy: String, reason: String },
 }
 
 impl ProxyError {
@@ -53,6 +57,8 @@ impl ProxyError {
             Self::PerTryTimeout(_) | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Fault => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -71,6 +77,8 @@ impl ProxyError {
             Self::Fault => "FI",
             Self::Draining => "SI",
             Self::DownstreamBody(_) => "DC",
+            Self::Denied(_) => "AD",
+            Self::Unauthenticated { .. } => "UA",
         }
     }
 
@@ -91,6 +99,8 @@ impl ProxyError {
             Self::Fault => "fault_injected",
             Self::Draining => "draining",
             Self::DownstreamBody(_) => "downstream_body",
+            Self::Denied(_) => "authz_denied",
+            Self::Unauthenticated { .. } => "authn_failed",
         }
     }
 
@@ -102,6 +112,8 @@ impl ProxyError {
             Self::PerTryTimeout(_) | Self::Timeout(_) => 4,
             Self::NoService(_) | Self::NoPort { .. } => 12,
             Self::NoHost => 13,
+            Self::Denied(_) => 7,
+            Self::Unauthenticated { .. } => 16,
             _ => 14,
         }
     }

@@ -31,6 +31,7 @@ use super::{ConnInfo, Proxy, Target};
 use crate::balance::hash_str;
 use crate::balance::outlier::Observation;
 use crate::config::{HashKeySpec, PortSpec, Protocol, ServiceSpec, Snapshot};
+use crate::jwt::Outcome as Authn;
 use crate::policy::fault::AbortStatus;
 use crate::policy::retry::Outcome;
 use crate::pool::h1::H1Body;
@@ -38,13 +39,16 @@ use crate::pool::{Lease, Sender, Version};
 use crate::route::{self, RequestView, Route};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::{
-    Direction, DurationLabels, Label, RequestLabels, RouteLabels, ServiceLabels,
+    AuthnLabels, Direction, DurationLabels, Label, RequestLabels, RouteLabels, ServiceLabels,
 };
 use crate::telemetry::trace::TraceParent;
 use tokio::io::AsyncWriteExt;
 
 const TRACEPARENT: &str = "traceparent";
 const REQUEST_ID: &str = "x-request-id";
+/// The verified SPIFFE ID of the caller, set on inbound requests that came
+/// over the mesh transport (removed from all others).
+pub const PEER_IDENTITY: &str = "x-isthmus-peer-identity";
 
 /// What the access log and metrics need, filled in as the request goes.
 /// Kept as cheap clones; text is only formatted when a log line is written.
@@ -68,6 +72,9 @@ struct Record {
     /// Request body bytes, when the body was read whole (streamed bodies
     /// are not counted).
     bytes_received: u64,
+    request_principal: Option<String>,
+    /// The authorization rule that decided, when a policy applied.
+    authz: Option<String>,
 }
 
 static UNKNOWN: LazyLock<Label> = LazyLock::new(|| "unknown".into());
@@ -135,6 +142,9 @@ impl Record {
             attempts: self.attempts,
             bytes_received: self.bytes_received,
             bytes_sent,
+            source_principal: self.conn.peer_id.as_ref().map(|p| p.to_string()),
+            request_principal: self.request_principal,
+            authz: self.authz,
             trace_id: Some(self.trace.trace_id_hex()),
             request_id: self
                 .request_id
@@ -251,9 +261,14 @@ pub async fn serve(
             HeaderValue::from_bytes(&id).expect("hex digits are valid header bytes"),
         );
     }
-    let source = match conn.direction {
-        Direction::Outbound => (snap.node.name.clone(), snap.node.namespace.clone()),
-        Direction::Inbound => (UNKNOWN.clone(), UNKNOWN.clone()),
+    let source = match (conn.direction, &conn.peer_id) {
+        (Direction::Outbound, _) => (snap.node.name.clone(), snap.node.namespace.clone()),
+        (Direction::Inbound, Some(id)) => (
+            id.service_account()
+                .map_or_else(|| UNKNOWN.clone(), Label::from),
+            id.namespace().map_or_else(|| UNKNOWN.clone(), Label::from),
+        ),
+        (Direction::Inbound, None) => (UNKNOWN.clone(), UNKNOWN.clone()),
     };
     let rec = Record {
         proxy: proxy.clone(),
@@ -276,6 +291,8 @@ pub async fn serve(
         upstream: None,
         attempts: 0,
         bytes_received: 0,
+        request_principal: None,
+        authz: None,
     };
     Ok(handle(proxy, conn, snap, req, rec).await)
 }
@@ -309,6 +326,85 @@ fn resolve(
             })?;
             Ok((s.clone(), p))
         }
+    }
+}
+
+/// Inbound request security: JWT authentication (401), then authorization
+/// (403). A verified token's principal goes to the access log; the token
+/// itself is passed on to the application.
+fn admit_inbound(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    snap: &Snapshot,
+    req: &mut Request<Incoming>,
+    port: u16,
+    rec: &mut Record,
+) -> Result<(), ProxyError> {
+    let sec = &snap.security;
+    if sec.jwt.is_empty() && sec.authz.is_empty() {
+        return Ok(());
+    }
+    let path = req.uri().path().to_string();
+    let claims = match sec
+        .jwt
+        .authenticate(&path, req.headers(), SystemTime::now())
+    {
+        Authn::NotRequired => None,
+        Authn::Verified(c) => {
+            rec.request_principal = Some(c.principal.clone());
+            Some(c)
+        }
+        Authn::Rejected { policy, error } => {
+            proxy
+                .metrics
+                .authn_failures
+                .get_or_create(&AuthnLabels {
+                    policy: policy.as_str().into(),
+                    reason: jwt_reason(&error),
+                })
+                .inc();
+            return Err(ProxyError::Unauthenticated {
+                policy,
+                reason: error.to_string(),
+            });
+        }
+    };
+    if sec.authz.is_empty() {
+        return Ok(());
+    }
+    let source_cluster = super::source_cluster(proxy, snap, conn.peer_id.as_deref());
+    let decision = sec.authz.decide(&crate::authz::Attributes {
+        principal: conn.peer_id.as_deref(),
+        source_cluster: source_cluster.as_deref(),
+        port,
+        http: Some(crate::authz::HttpAttrs {
+            method: req.method().as_str(),
+            path: &path,
+            headers: req.headers(),
+        }),
+        jwt: claims.as_ref(),
+    });
+    super::count_decision(proxy, &decision, "HTTP");
+    rec.authz = Some(decision.rule());
+    if decision.allowed() {
+        Ok(())
+    } else {
+        Err(ProxyError::Denied(decision.rule()))
+    }
+}
+
+fn jwt_reason(e: &crate::jwt::JwtError) -> &'static str {
+    use crate::jwt::JwtError as E;
+    match e {
+        E::Missing => "missing",
+        E::Malformed => "malformed",
+        E::Algorithm(_) => "algorithm",
+        E::Issuer(_) => "issuer",
+        E::UnknownKey { .. } => "unknown_key",
+        E::Signature => "signature",
+        E::Expired => "expired",
+        E::NotYetValid => "not_yet_valid",
+        E::Audience(_) => "audience",
     }
 }
 
@@ -347,7 +443,7 @@ async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
     snap: Arc<Snapshot>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     mut rec: Record,
 ) -> Response<RespBody> {
     let (service, port) = match resolve(&snap, &conn, rec.authority.as_deref()) {
@@ -355,6 +451,19 @@ async fn handle(
         Err(e) => return rec.local_reply(&e),
     };
     rec.service = Some(service.name.clone());
+    if conn.direction == Direction::Inbound {
+        // The application learns the caller from us, never from the caller.
+        let h = req.headers_mut();
+        h.remove(PEER_IDENTITY);
+        if let Some(id) = &conn.peer_id
+            && let Ok(v) = HeaderValue::from_str(id.as_str())
+        {
+            h.insert(PEER_IDENTITY, v);
+        }
+        if let Err(e) = admit_inbound(&proxy, &conn, &snap, &mut req, port.port, &mut rec) {
+            return rec.local_reply(&e);
+        }
+    }
     let view = RequestView {
         method: req.method(),
         path: req.uri().path(),
@@ -698,7 +807,7 @@ async fn attempt_once(
     };
     let mut lease = cluster
         .pool
-        .acquire(addr, version)
+        .acquire(addr, spec.endpoints[idx].tunnel.as_ref(), version)
         .await
         .map_err(|e| match e {
             e @ crate::pool::PoolError::Overflow { .. } => {

@@ -17,9 +17,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, Proxy, Target, http, tcp};
+use crate::config::compile::MtlsMode;
 use crate::config::compile::inbound_service_name;
 use crate::config::{ListenerKind, ListenerSpec, Protocol, Snapshot};
-use crate::telemetry::metrics::Direction;
+use crate::telemetry::accesslog::{Entry, rfc3339};
+use crate::telemetry::metrics::{Direction, InboundConnLabels};
+use std::time::SystemTime;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -206,6 +210,7 @@ async fn handle_connection(
             peer,
             direction,
             target,
+            peer_id: None,
         })
     };
     match &spec.kind {
@@ -272,31 +277,91 @@ async fn handle_connection(
                 );
                 return;
             };
-            let name = inbound_service_name(port);
             let conn = info(
                 Direction::Inbound,
                 Target::Service {
-                    name: name.clone(),
+                    name: inbound_service_name(port),
                     port,
                 },
             );
-            if protocol == Protocol::Tcp {
-                let snap = proxy.store.load();
-                let Some(s) = snap.services.get(&name).cloned() else {
-                    return;
-                };
-                let p = s.ports[0];
-                tcp::proxy_to_service(proxy, conn, stream, s, p).await
-            } else {
-                serve_http(proxy, conn, stream).await
+            if !plaintext_allowed(&proxy, &conn) {
+                return;
             }
+            serve_inbound(proxy, conn, stream, port, protocol).await
         }
+        ListenerKind::Tunnel { ports } => {
+            crate::tunnel::server::serve(proxy, listener, stream, peer, Arc::new(ports.clone()))
+                .await
+        }
+    }
+}
+
+/// Plaintext inbound is refused when the workload's mode is STRICT.
+fn plaintext_allowed(proxy: &Proxy, conn: &ConnInfo) -> bool {
+    let snap = proxy.store.load();
+    let strict = snap.security.mode == MtlsMode::Strict;
+    let result = if strict { "strict_mode" } else { "accepted" };
+    proxy
+        .metrics
+        .inbound_connections
+        .get_or_create(&InboundConnLabels {
+            transport: "plaintext",
+            result,
+        })
+        .inc();
+    if strict {
+        tracing::debug!(peer = %conn.peer, policy = %snap.security.mode_source, "plaintext inbound connection refused: mTLS mode is STRICT");
+        if proxy.access_log.enabled() {
+            proxy.access_log.write(Entry {
+                start_time: rfc3339(SystemTime::now()),
+                direction: Direction::Inbound.as_str(),
+                listener: conn.listener.to_string(),
+                protocol: "TCP".into(),
+                response_flags: "MT".into(),
+                reason: Some(format!(
+                    "plaintext refused: mTLS mode STRICT (from {})",
+                    snap.security.mode_source
+                )),
+                source_address: conn.peer.to_string(),
+                ..Default::default()
+            });
+        }
+    }
+    !strict
+}
+
+/// Serves one inbound connection (plaintext, or a mesh transport stream)
+/// for the application port `port`.
+pub async fn serve_inbound<S>(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    stream: S,
+    port: u16,
+    protocol: Protocol,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if protocol == Protocol::Tcp {
+        if conn.peer_id.is_none() && !crate::tunnel::server::authorize_tcp(&proxy, &conn, port) {
+            return;
+        }
+        let snap = proxy.store.load();
+        let Some(s) = snap.services.get(&inbound_service_name(port)).cloned() else {
+            return;
+        };
+        let p = s.ports[0];
+        tcp::proxy_to_service(proxy, conn, stream, s, p).await
+    } else {
+        serve_http(proxy, conn, stream).await
     }
 }
 
 /// Serves HTTP/1.1 and h2c (prior knowledge) on one connection; on drain,
 /// finishes in-flight requests and closes (GOAWAY / Connection: close).
-pub async fn serve_http(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: TcpStream) {
+pub async fn serve_http<S>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let p = proxy.clone();
     let svc = service_fn(move |req| http::serve(p.clone(), conn.clone(), req));
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Store;
+use crate::config::{Snapshot, Store};
 use crate::pool::SocketOptions;
 use crate::telemetry::accesslog::Sink;
 use crate::telemetry::metrics::{Direction, Metrics};
+use crate::tls::{MeshTls, SpiffeId};
 
 /// Shared by every connection of a proxy.
 pub struct Proxy {
@@ -35,6 +36,8 @@ pub struct Proxy {
     /// Cancelled when the drain deadline passes: close everything.
     pub hard_stop: CancellationToken,
     pub socket: SocketOptions,
+    /// The workload's mesh TLS, when it has an identity.
+    pub mesh: Option<Arc<MeshTls>>,
 }
 
 impl Proxy {
@@ -43,12 +46,23 @@ impl Proxy {
         metrics: Arc<Metrics>,
         access_log: Sink,
         socket: SocketOptions,
+        mesh: Option<Arc<MeshTls>>,
     ) -> Self {
         let tracker = TaskTracker::new();
         // Upstream connection drivers live as long as pooled connections,
         // so they are not tracked with the downstream work drain waits on.
-        let clusters = cluster::Clusters::new(TaskTracker::new(), socket, metrics.clone());
+        let upstream = TaskTracker::new();
+        let connector = mesh.as_ref().map(|m| {
+            Arc::new(crate::tunnel::Connector::new(
+                m.clone(),
+                socket,
+                upstream.clone(),
+                metrics.clone(),
+            ))
+        });
+        let clusters = cluster::Clusters::new(upstream, socket, metrics.clone(), connector);
         Self {
+            mesh,
             store,
             metrics,
             access_log,
@@ -59,6 +73,36 @@ impl Proxy {
             socket,
         }
     }
+}
+
+/// The cluster a peer belongs to: its trust domain's, as the trust
+/// bundles say, or ours for our own domain.
+pub fn source_cluster(proxy: &Proxy, snap: &Snapshot, peer: Option<&SpiffeId>) -> Option<Arc<str>> {
+    let td = peer?.trust_domain();
+    let mesh = proxy.mesh.as_ref()?;
+    if let Some(d) = mesh
+        .trust()
+        .and_then(|t| t.get(td).map(|d| d.cluster.clone()))
+        && !d.is_empty()
+    {
+        return Some(d);
+    }
+    let own = mesh.own_id()?;
+    (own.trust_domain() == td && !snap.node.cluster.is_empty())
+        .then(|| snap.node.cluster.as_str().into())
+}
+
+/// Counts a decision made by a policy (none: not counted).
+pub fn count_decision(proxy: &Proxy, decision: &crate::authz::Decision, protocol: &'static str) {
+    proxy
+        .metrics
+        .authz_decisions
+        .get_or_create(&crate::telemetry::metrics::AuthzLabels {
+            decision: if decision.allowed() { "allow" } else { "deny" },
+            policy: decision.policy().into(),
+            protocol,
+        })
+        .inc();
 }
 
 /// Where a connection's requests go.
@@ -77,4 +121,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub direction: Direction,
     pub target: Target,
+    /// The verified mTLS peer (inbound over the mesh transport).
+    pub peer_id: Option<Arc<SpiffeId>>,
 }

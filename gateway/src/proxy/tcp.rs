@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ConnInfo, Proxy};
 use crate::balance::outlier::Observation;
@@ -53,18 +53,21 @@ fn log(
         attempts: l.attempts,
         bytes_received: bytes.0,
         bytes_sent: bytes.1,
+        source_principal: conn.peer_id.as_ref().map(|p| p.to_string()),
         ..Default::default()
     });
 }
 
 /// Proxies one downstream connection to `service`:`port`.
-pub async fn proxy_to_service(
+pub async fn proxy_to_service<S>(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
-    mut downstream: TcpStream,
+    mut downstream: S,
     service: Arc<ServiceSpec>,
     port: PortSpec,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut l = TcpLog {
         start: Instant::now(),
         start_wall: SystemTime::now(),
@@ -86,10 +89,11 @@ pub async fn proxy_to_service(
         };
         let Some(idx) = idx else { break };
         tried.push(idx);
-        let addr = service.endpoints[idx].addr(&port);
+        let ep = &service.endpoints[idx];
+        let addr = ep.addr(&port);
         l.upstream = Some(addr);
         l.attempts += 1;
-        match cluster.pool.connect_tcp(addr).await {
+        match cluster.pool.connect_tcp(addr, ep.tunnel.as_ref()).await {
             Ok((s, guard)) => {
                 cluster.observe(
                     &service,
@@ -100,6 +104,19 @@ pub async fn proxy_to_service(
                 );
                 connected = Some((s, guard, idx));
                 break;
+            }
+            Err(PoolError::Tunnel(e)) if e.is_denied() => {
+                proxy.metrics.error("tunnel_denied");
+                log(
+                    &proxy,
+                    &conn,
+                    &service.name,
+                    &l,
+                    "AD",
+                    Some(e.to_string()),
+                    (0, 0),
+                );
+                return;
             }
             Err(e @ PoolError::Overflow { .. }) => {
                 cluster.sheds.inc();
@@ -149,14 +166,17 @@ pub async fn proxy_to_service(
 
 /// Copies bytes both ways until either side closes (or the proxy stops),
 /// then records the connection in metrics and the access log.
-async fn splice(
+async fn splice<D, U>(
     proxy: &Proxy,
     conn: &ConnInfo,
     labels: &ServiceLabels,
     l: &TcpLog,
-    downstream: &mut TcpStream,
-    upstream: &mut TcpStream,
-) {
+    downstream: &mut D,
+    upstream: &mut U,
+) where
+    D: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
     let m = &proxy.metrics;
     m.tcp_opened.get_or_create(labels).inc();
     let result = tokio::select! {
@@ -186,7 +206,7 @@ async fn splice(
 pub async fn passthrough(
     proxy: Arc<Proxy>,
     conn: Arc<ConnInfo>,
-    mut downstream: TcpStream,
+    mut downstream: tokio::net::TcpStream,
     dst: SocketAddr,
 ) {
     let l = TcpLog {

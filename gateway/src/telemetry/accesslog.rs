@@ -24,7 +24,9 @@ pub struct Entry {
     pub grpc_status: Option<u32>,
     /// Envoy-style flags: UF connect failure, UO overflow, UH no healthy
     /// upstream, UT timeout, UR/UC reset, RL rate limited, FI fault, NR no
-    /// route, DC downstream closed, "-" none.
+    /// route, DC downstream closed, AD denied by an AuthorizationPolicy
+    /// (403 / connection refused), UA unauthenticated (JWT, 401), MT
+    /// plaintext refused in STRICT mode, "-" none.
     pub response_flags: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -39,6 +41,16 @@ pub struct Entry {
     pub attempts: u32,
     pub bytes_received: u64,
     pub bytes_sent: u64,
+    /// The mTLS peer's SPIFFE ID (inbound over the mesh transport).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_principal: Option<String>,
+    /// The verified JWT principal (`iss/sub`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_principal: Option<String>,
+    /// The AuthorizationPolicy rule that decided (`ns/name#rule`, or
+    /// `default-deny`), when a policy applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -83,6 +83,32 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// An authorization decision made by a policy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// "allow" or "deny".
+    pub decision: &'static str,
+    /// The deciding policy, or "default-deny".
+    pub policy: Label,
+    /// "HTTP" or "TCP".
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthnLabels {
+    pub policy: Label,
+    pub reason: &'static str,
+}
+
+/// Inbound connections by transport and result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundConnLabels {
+    /// "mtls" or "plaintext".
+    pub transport: &'static str,
+    /// "accepted", or why not: "strict_mode", "handshake", "no_identity".
+    pub result: &'static str,
+}
+
 fn duration_histogram() -> Histogram {
     // 0.5 ms .. ~65 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -110,6 +136,14 @@ pub struct Metrics {
     pub upstream_connections: Family<ServiceLabels, Gauge>,
     /// 1 while a discovery stream to the control plane is up.
     pub control_plane_connected: Gauge,
+    pub authz_decisions: Family<AuthzLabels, Counter>,
+    pub authn_failures: Family<AuthnLabels, Counter>,
+    pub inbound_connections: Family<InboundConnLabels, Counter>,
+    /// Mesh transport connections opened by this proxy (TLS handshakes as
+    /// the client), by result.
+    pub tunnel_handshakes: Family<ResultLabels, Counter>,
+    /// Certificate rotations seen.
+    pub certificate_rotations: Counter,
 }
 
 impl Default for Metrics {
@@ -176,6 +210,31 @@ impl Metrics {
                 "upstream_connections",
                 "Open upstream connections by destination service"
             ),
+            authz_decisions: reg!(
+                "authorization_decisions",
+                "Inbound connections and requests decided by an AuthorizationPolicy"
+            ),
+            authn_failures: reg!(
+                "authentication_failures",
+                "Inbound requests refused by request authentication (401)"
+            ),
+            inbound_connections: reg!(
+                "inbound_connections",
+                "Inbound connections by transport (mtls, plaintext) and result"
+            ),
+            tunnel_handshakes: reg!(
+                "tunnel_handshakes",
+                "Mesh transport (mTLS HTTP/2) connections opened, by result"
+            ),
+            certificate_rotations: {
+                let c = Counter::default();
+                registry.register(
+                    "certificate_rotations",
+                    "Workload certificates put in force after the first",
+                    c.clone(),
+                );
+                c
+            },
             control_plane_connected: {
                 let g = Gauge::default();
                 registry.register(

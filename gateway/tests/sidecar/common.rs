@@ -35,6 +35,14 @@ pub fn temp_path(name: &str) -> PathBuf {
 }
 
 pub async fn start(yaml: &str) -> Env {
+    start_with_identity(yaml, None).await
+}
+
+/// A sidecar holding a workload identity (mesh transport enabled).
+pub async fn start_with_identity(
+    yaml: &str,
+    identity: Option<std::sync::Arc<isthmus_gateway::identity::Identity>>,
+) -> Env {
     let path = temp_path("sidecar.yaml");
     std::fs::write(&path, yaml).unwrap();
     let (tx, log) = mpsc::unbounded_channel();
@@ -46,6 +54,7 @@ pub async fn start(yaml: &str) -> Env {
         admin: LOCAL,
         access_log: Sink::Channel(tx),
         socket: SocketOptions::default(),
+        identity,
     })
     .await
     .unwrap_or_else(|e| panic!("sidecar failed to start: {e}"));

@@ -6,6 +6,8 @@ mod common;
 
 mod balancing;
 mod lifecycle;
+mod mtls;
+mod pki;
 mod protocols;
 mod resilience;
 mod routing;

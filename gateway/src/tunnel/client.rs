@@ -1,0 +1,280 @@
+//! The client side of the mesh transport: pooled mTLS HTTP/2 connections to
+//! destination sidecars, one CONNECT stream per upstream connection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio_util::task::TaskTracker;
+
+use super::{CONNECTION_WINDOW, STREAM_WINDOW, TunnelStream};
+use crate::pool::{PoolError, SocketOptions, dial};
+use crate::telemetry::metrics::{Metrics, ResultLabels};
+use crate::tls::{MeshTls, SpiffeId, peer_id};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error(transparent)]
+    Connect(#[from] PoolError),
+    #[error("mTLS handshake with the sidecar at {addr} failed: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    #[error("the sidecar at {addr} is {got}, expected {expected}")]
+    WrongIdentity {
+        addr: SocketAddr,
+        got: String,
+        expected: String,
+    },
+    #[error("this proxy has no workload certificate yet, so it cannot reach {addr} over mesh mTLS")]
+    NoIdentity { addr: SocketAddr },
+    #[error("HTTP/2 with the sidecar at {addr} failed: {reason}")]
+    Http2 { addr: SocketAddr, reason: String },
+    #[error("the sidecar at {addr} refused CONNECT {target}: {status}")]
+    Refused {
+        addr: SocketAddr,
+        target: SocketAddr,
+        status: StatusCode,
+    },
+}
+
+impl TunnelError {
+    /// The destination refused by policy (403): not the endpoint's fault,
+    /// not worth a retry elsewhere in the same cluster.
+    pub fn is_denied(&self) -> bool {
+        matches!(
+            self,
+            TunnelError::Refused {
+                status: StatusCode::FORBIDDEN,
+                ..
+            }
+        )
+    }
+}
+
+/// Which identity the destination sidecar must present.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Expect {
+    /// Exactly this SPIFFE ID.
+    Id(Arc<str>),
+    /// Any identity of this trust domain.
+    Domain(Arc<str>),
+}
+
+impl Expect {
+    fn accepts(&self, id: &SpiffeId) -> bool {
+        match self {
+            Expect::Id(want) => id.as_str() == &**want,
+            Expect::Domain(td) => id.trust_domain() == &**td,
+        }
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expect::Id(id) => write!(f, "{id}"),
+            Expect::Domain(td) => write!(f, "an identity of trust domain {td}"),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    addr: SocketAddr,
+    expect: Expect,
+}
+
+struct Conn {
+    sender: http2::SendRequest<Empty<Bytes>>,
+    /// The certificate generation it was made with.
+    generation: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+
+pub struct Connector {
+    tls: Arc<MeshTls>,
+    connector: tokio_rustls::TlsConnector,
+    conns: Mutex<HashMap<Key, Slot>>,
+    socket: SocketOptions,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+}
+
+impl Connector {
+    pub fn new(
+        tls: Arc<MeshTls>,
+        socket: SocketOptions,
+        tracker: TaskTracker,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            connector: tokio_rustls::TlsConnector::from(tls.client.clone()),
+            tls,
+            conns: Mutex::new(HashMap::new()),
+            socket,
+            tracker,
+            metrics,
+        }
+    }
+
+    pub fn tls(&self) -> &Arc<MeshTls> {
+        &self.tls
+    }
+
+    /// What to expect of a destination: its declared identity, or any of
+    /// our own trust domain.
+    pub fn expect(
+        &self,
+        identity: Option<&Arc<str>>,
+        addr: SocketAddr,
+    ) -> Result<Expect, TunnelError> {
+        if let Some(id) = identity {
+            return Ok(Expect::Id(id.clone()));
+        }
+        let own = self.tls.own_id().ok_or(TunnelError::NoIdentity { addr })?;
+        Ok(Expect::Domain(own.trust_domain().into()))
+    }
+
+    /// Opens one CONNECT stream to `target` through the sidecar at `addr`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expect: Expect,
+        target: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<TunnelStream, TunnelError> {
+        let mut sender = self.sender(addr, expect, connect_timeout).await?;
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = target
+            .to_string()
+            .parse()
+            .expect("a socket address is a valid authority");
+        if let Some(own) = self.tls.own_id()
+            && let Ok(v) = own.as_str().parse()
+        {
+            req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
+        }
+        let h2 = |e: hyper::Error| TunnelError::Http2 {
+            addr,
+            reason: e.to_string(),
+        };
+        let mut resp = sender.send_request(req).await.map_err(h2)?;
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::Refused {
+                addr,
+                target,
+                status: resp.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;
+        Ok(TunnelStream {
+            io: TokioIo::new(upgraded),
+            _conn: sender,
+        })
+    }
+
+    /// A ready HTTP/2 connection to `addr`, made now if there is none, the
+    /// one there is closed, or it predates the current certificate.
+    async fn sender(
+        &self,
+        addr: SocketAddr,
+        expect: Expect,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+        let slot = self
+            .conns
+            .lock()
+            .expect("tunnel pool lock")
+            .entry(Key {
+                addr,
+                expect: expect.clone(),
+            })
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        let generation = self.tls.generation();
+        if let Some(c) = slot.as_ref()
+            && !c.sender.is_closed()
+            && c.generation == generation
+        {
+            return Ok(c.sender.clone());
+        }
+        *slot = None;
+        let result = self.handshake(addr, &expect, connect_timeout).await;
+        let result_label = match &result {
+            Ok(_) => "ok",
+            Err(TunnelError::Connect(_)) => "connect_error",
+            Err(TunnelError::WrongIdentity { .. }) => "wrong_identity",
+            Err(_) => "tls_error",
+        };
+        self.metrics
+            .tunnel_handshakes
+            .get_or_create(&ResultLabels {
+                result: result_label.into(),
+            })
+            .inc();
+        let sender = result?;
+        *slot = Some(Conn {
+            sender: sender.clone(),
+            generation,
+        });
+        Ok(sender)
+    }
+
+    async fn handshake(
+        &self,
+        addr: SocketAddr,
+        expect: &Expect,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+        if !self.tls.ready() {
+            return Err(TunnelError::NoIdentity { addr });
+        }
+        let tcp = dial(addr, connect_timeout, self.socket).await?;
+        let tls_failed = |reason: String| TunnelError::Handshake { addr, reason };
+        let tls = tokio::time::timeout(
+            connect_timeout.max(Duration::from_secs(1)),
+            self.connector
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp),
+        )
+        .await
+        .map_err(|_| tls_failed("timed out".into()))?
+        .map_err(|e| tls_failed(e.to_string()))?;
+        let peer = peer_id(tls.get_ref().1)
+            .ok_or_else(|| tls_failed("the sidecar presented no SPIFFE certificate".into()))?;
+        if !expect.accepts(&peer) {
+            return Err(TunnelError::WrongIdentity {
+                addr,
+                got: peer.to_string(),
+                expected: expect.to_string(),
+            });
+        }
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(64 * 1024)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| TunnelError::Http2 {
+                addr,
+                reason: e.to_string(),
+            })?;
+        self.tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "mesh transport connection ended: {e}");
+            }
+        });
+        Ok(sender)
+    }
+}

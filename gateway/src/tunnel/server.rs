@@ -1,0 +1,205 @@
+//! The server side of the mesh transport (port 15008): TLS with a verified
+//! client certificate, HTTP/2, and each CONNECT stream served as one inbound
+//! connection to the application port its authority names.
+//!
+//! CONNECT answers: 200 (the stream is the connection), 400 (not CONNECT
+//! `ip:port`), 404 (the application has no such port), 403 (an
+//! AuthorizationPolicy denied the TCP connection; HTTP requests are decided
+//! one by one inside the stream).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::{CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW};
+use crate::config::Protocol;
+use crate::config::compile::inbound_service_name;
+use crate::proxy::{ConnInfo, Proxy, Target, listener};
+use crate::telemetry::accesslog::{Entry, rfc3339};
+use crate::telemetry::metrics::{Direction, InboundConnLabels};
+use crate::tls::{SpiffeId, peer_id};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted connection on the mesh transport listener.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ports: Arc<Vec<(u16, Protocol)>>,
+) {
+    let count = |result: &'static str| {
+        proxy
+            .metrics
+            .inbound_connections
+            .get_or_create(&InboundConnLabels {
+                transport: "mtls",
+                result,
+            })
+            .inc();
+    };
+    let Some(mesh) = proxy.mesh.clone().filter(|m| m.ready()) else {
+        count("no_identity");
+        tracing::warn!(%peer, "mesh transport connection refused: this proxy has no workload certificate");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(mesh.server.clone());
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            count("handshake");
+            tracing::info!(%peer, "mesh transport handshake refused: {e}");
+            return;
+        }
+        Err(_) => {
+            count("handshake");
+            tracing::info!(%peer, "mesh transport handshake timed out");
+            return;
+        }
+    };
+    let Some(id) = peer_id(tls.get_ref().1) else {
+        count("handshake");
+        return;
+    };
+    count("accepted");
+    let id = Arc::new(id);
+    let p = proxy.clone();
+    let svc = service_fn(move |req| {
+        connect(
+            p.clone(),
+            listener.clone(),
+            peer,
+            id.clone(),
+            ports.clone(),
+            req,
+        )
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(64 * 1024)
+        .max_concurrent_streams(MAX_STREAMS)
+        .keep_alive_interval(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = proxy.drain.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = proxy.hard_stop.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "mesh transport connection ended: {e}");
+    }
+}
+
+fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = status;
+    r
+}
+
+async fn connect(
+    proxy: Arc<Proxy>,
+    listener: Arc<str>,
+    peer: SocketAddr,
+    id: Arc<SpiffeId>,
+    ports: Arc<Vec<(u16, Protocol)>>,
+    req: Request<Incoming>,
+) -> Result<Response<Empty<Bytes>>, Infallible> {
+    if req.method() != Method::CONNECT {
+        proxy.metrics.error("tunnel_not_connect");
+        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    let Some(target) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        proxy.metrics.error("tunnel_bad_authority");
+        return Ok(reply(StatusCode::BAD_REQUEST));
+    };
+    // The sidecar serves one workload: the port picks the application port
+    // (the address is the pod's, which the app may not listen on directly).
+    let Some((port, protocol)) = ports.iter().find(|(p, _)| *p == target.port()).copied() else {
+        proxy.metrics.error("tunnel_unknown_port");
+        return Ok(reply(StatusCode::NOT_FOUND));
+    };
+    let conn = Arc::new(ConnInfo {
+        listener,
+        peer,
+        direction: Direction::Inbound,
+        target: Target::Service {
+            name: inbound_service_name(port),
+            port,
+        },
+        peer_id: Some(id),
+    });
+    if protocol == Protocol::Tcp && !authorize_tcp(&proxy, &conn, port) {
+        return Ok(reply(StatusCode::FORBIDDEN));
+    }
+    let p = proxy.clone();
+    proxy.tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                listener::serve_inbound(p, conn, TokioIo::new(upgraded), port, protocol).await
+            }
+            Err(e) => tracing::debug!("CONNECT stream not established: {e}"),
+        }
+    });
+    Ok(reply(StatusCode::OK))
+}
+
+/// Authorizes an opaque TCP connection (no method, path or token); a
+/// denial is counted and logged with the rule that decided.
+pub fn authorize_tcp(proxy: &Proxy, conn: &ConnInfo, port: u16) -> bool {
+    let snap = proxy.store.load();
+    let policies = &snap.security.authz;
+    if policies.is_empty() {
+        return true;
+    }
+    let source_cluster = crate::proxy::source_cluster(proxy, &snap, conn.peer_id.as_deref());
+    let decision = policies.decide(&crate::authz::Attributes {
+        principal: conn.peer_id.as_deref(),
+        source_cluster: source_cluster.as_deref(),
+        port,
+        http: None,
+        jwt: None,
+    });
+    crate::proxy::count_decision(proxy, &decision, "TCP");
+    if decision.allowed() {
+        return true;
+    }
+    if proxy.access_log.enabled() {
+        proxy.access_log.write(Entry {
+            start_time: rfc3339(SystemTime::now()),
+            direction: Direction::Inbound.as_str(),
+            listener: conn.listener.to_string(),
+            protocol: "TCP".into(),
+            response_flags: "AD".into(),
+            reason: Some("denied by authorization policy".into()),
+            duration_ms: Instant::now().elapsed().as_secs_f64(),
+            source_address: conn.peer.to_string(),
+            destination_service: Some(inbound_service_name(port)),
+            source_principal: conn.peer_id.as_ref().map(|p| p.to_string()),
+            authz: Some(decision.rule()),
+            ..Default::default()
+        });
+    }
+    false
+}
