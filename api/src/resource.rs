@@ -1,6 +1,7 @@
 //! Resources on the discovery stream: how a piece of configuration is
 //! named, encoded and versioned, so the control plane and the proxies agree.
-//! A resource's name says its type (`service/<name>.<namespace>`); its
+//! A resource's name says its type (`service/<name>.<namespace>`,
+//! `security/mesh`, `security/ns/<namespace>`); its
 //! version is a hash of its encoding (prost with ordered maps is
 //! deterministic), so every replica gives the same content the same
 //! version and a proxy that reconnects elsewhere resyncs only what differs.
@@ -13,6 +14,30 @@ use crate::model;
 
 /// Prefix of resources carrying an `isthmus.config.v1.Service`.
 pub const SERVICE: &str = "service/";
+
+/// Prefix of resources carrying an `isthmus.config.v1.Security`: the
+/// mesh-wide part (`security/mesh`: trust bundles, default mTLS mode) and
+/// each namespace's policies (`security/ns/<namespace>`).
+pub const SECURITY: &str = "security/";
+
+/// The mesh-wide security resource's name.
+pub const SECURITY_MESH: &str = "security/mesh";
+
+/// The name of a namespace's security resource.
+pub fn security_ns_name(namespace: &str) -> String {
+    format!("{SECURITY}ns/{namespace}")
+}
+
+/// Encodes a security section under `name` (`SECURITY_MESH` or
+/// `security_ns_name`).
+pub fn security(name: String, s: &model::Security) -> Resource {
+    let body = Bytes::from(s.encode_to_vec());
+    Resource {
+        name,
+        version: version_of(&body),
+        body,
+    }
+}
 
 /// The resource name of a service.
 pub fn service_name(service: &str) -> String {
@@ -47,7 +72,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// A resource the proxy understands.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
-    Service(model::Service),
+    Service(Box<model::Service>),
+    Security(model::Security),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +90,14 @@ pub enum ResourceError {
 
 /// Decodes a resource by the type its name says.
 pub fn decode(r: &Resource) -> Result<Decoded, ResourceError> {
+    if r.name == SECURITY_MESH || r.name.starts_with(&security_ns_name("")) {
+        return model::Security::decode(r.body.clone())
+            .map(Decoded::Security)
+            .map_err(|e| ResourceError::Decode {
+                name: r.name.clone(),
+                reason: e.to_string(),
+            });
+    }
     let Some(svc) = r.name.strip_prefix(SERVICE) else {
         return Err(ResourceError::UnknownType(r.name.clone()));
     };
@@ -77,7 +111,7 @@ pub fn decode(r: &Resource) -> Result<Decoded, ResourceError> {
             inner: s.name,
         });
     }
-    Ok(Decoded::Service(s))
+    Ok(Decoded::Service(Box::new(s)))
 }
 
 #[cfg(test)]
@@ -114,7 +148,7 @@ mod tests {
     #[test]
     fn decode_round_trips_and_names_what_is_wrong() {
         let s = svc("catalog.shop", &[("app", "catalog")]);
-        assert_eq!(decode(&service(&s)), Ok(Decoded::Service(s.clone())));
+        assert_eq!(decode(&service(&s)), Ok(Decoded::Service(Box::new(s.clone()))));
         let mut r = service(&s);
         r.name = "listener/x".into();
         assert!(matches!(decode(&r), Err(ResourceError::UnknownType(_))));

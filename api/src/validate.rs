@@ -107,6 +107,14 @@ pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
     c.issues
 }
 
+/// Checks a security section alone (the control plane validates each
+/// policy before sending it).
+pub fn validate_security(sec: &Security) -> Vec<Issue> {
+    let mut c = Checker { issues: Vec::new() };
+    check_security(&mut c, sec);
+    c.issues
+}
+
 fn check_security(c: &mut Checker, sec: &Security) {
     let mut domains = HashSet::new();
     for (i, b) in sec.trust_bundles.iter().enumerate() {

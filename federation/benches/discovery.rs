@@ -317,7 +317,7 @@ fn memory_child(services: usize, endpoints: usize) {
             live() / 1_000_000
         );
         let mut catalog = catalog;
-        let offer = isthmus_federation::discovery::Offer::build(1, &mut catalog, |_| {});
+        let offer = isthmus_federation::discovery::Offer::build(1, &mut catalog, &[], |_| {});
         eprintln!(
             "stage offer: rss {} MB live {} MB ({} resources)",
             rss() / 1_000_000,

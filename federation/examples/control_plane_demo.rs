@@ -165,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
                         name: "http".into(),
                         port: port.into(),
                     }],
+                    tunnel_port: 0,
                 }),
             )
             .await?,

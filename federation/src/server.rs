@@ -19,6 +19,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use isthmus_api::model;
+
 use crate::discovery::{self, Offer, Subscribers};
 use crate::store::files::{FileWatcher, State};
 use crate::store::registry;
@@ -36,6 +38,9 @@ pub struct Options {
     pub registration_grace: Duration,
     /// This replica's name (in responses and logs).
     pub replica: String,
+    /// Trust bundles sent to every proxy (`security/mesh`): this cluster's
+    /// CA root, and with federation the linked clusters' roots.
+    pub trust_bundles: Vec<model::TrustBundle>,
 }
 
 impl Options {
@@ -46,6 +51,7 @@ impl Options {
             debounce: Duration::from_millis(100),
             registration_grace: Duration::from_secs(30),
             replica: format!("isthmus-federation-{}", std::process::id()),
+            trust_bundles: Vec::new(),
         }
     }
 }
@@ -164,7 +170,8 @@ impl ControlPlane {
         let tasks = TaskTracker::new();
         let registry = Arc::new(registry::Shared::new(opts.registration_grace));
         let mut generation = 1;
-        let first = publish(generation, &states.borrow_and_update(), &registry);
+        let trust = opts.trust_bundles.clone();
+        let first = publish(generation, &states.borrow_and_update(), &registry, &trust);
         let (tx, published) = watch::channel(first);
         let (reg, stop2, debounce) = (registry.clone(), stop.clone(), opts.debounce);
         tasks.spawn(async move {
@@ -191,7 +198,7 @@ impl ControlPlane {
                     }
                 }
                 generation += 1;
-                let next = publish(generation, &states.borrow_and_update(), &reg);
+                let next = publish(generation, &states.borrow_and_update(), &reg, &trust);
                 tx.send_replace(next);
             }
         });
@@ -317,7 +324,12 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
-fn publish(generation: u64, state: &State, registry: &registry::Shared) -> Arc<Published> {
+fn publish(
+    generation: u64,
+    state: &State,
+    registry: &registry::Shared,
+    trust: &[model::TrustBundle],
+) -> Arc<Published> {
     let workloads = registry.workloads();
     let refs: Vec<&registry::Workload> = workloads.iter().collect();
     let (mut catalog, endpoints) = translate_shells(&state.snapshot, &refs);
@@ -332,7 +344,7 @@ fn publish(generation: u64, state: &State, registry: &registry::Shared) -> Arc<P
         problems = catalog.problems.len(),
         "configuration translated"
     );
-    let offer = Offer::build(generation, &mut catalog, |s| endpoints.fill(s));
+    let offer = Offer::build(generation, &mut catalog, trust, |s| endpoints.fill(s));
     drop(endpoints);
     Arc::new(Published {
         generation,

@@ -119,7 +119,9 @@ fn checked_in_crds_are_valid_custom_resource_definitions() {
             "ClusterLink",
             "DestinationPolicy",
             "FaultInjection",
-            "Mesh"
+            "Mesh",
+            "PeerAuthentication",
+            "RequestAuthentication"
         ]
     );
 }
@@ -135,5 +137,5 @@ fn kubectl_builds_the_crd_kustomization() {
         let name = crd.metadata.name.unwrap();
         assert!(stdout.contains(&format!("name: {name}")), "{name} missing");
     }
-    assert_eq!(stdout.matches("kind: CustomResourceDefinition").count(), 5);
+    assert_eq!(stdout.matches("kind: CustomResourceDefinition").count(), 7);
 }

@@ -261,6 +261,7 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
                 name: "http".into(),
                 port: v1.addr.port().into(),
             }],
+            tunnel_port: 0,
         }),
     )
     .await;
@@ -508,7 +509,13 @@ async fn replicas_agree_and_a_proxy_moving_between_them_resyncs_nothing() {
         (first, tx, responses)
     };
     let (first, tx, _r) = subscribe(da, Default::default()).await;
-    assert_eq!(first.resources.len(), 3, "catalog, catalog-v1, catalog-v2");
+    let names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names.len(),
+        4,
+        "catalog, catalog-v1, catalog-v2 and security/mesh: {names:?}"
+    );
+    assert!(names.contains(&"security/mesh"));
     let held: std::collections::BTreeMap<String, String> = first
         .resources
         .iter()
@@ -582,6 +589,7 @@ async fn bad_subscriptions_are_refused_by_name() {
             workload: Some(isthmus_api::discovery::v1::Workload {
                 address: "not-an-ip".into(),
                 ports: Vec::new(),
+                tunnel_port: 0,
             }),
             ..Default::default()
         }),
@@ -601,6 +609,7 @@ async fn bad_subscriptions_are_refused_by_name() {
                     name: "http".into(),
                     port: 70000,
                 }],
+                tunnel_port: 0,
             }),
             ..Default::default()
         }),

@@ -72,6 +72,8 @@ fn cluster() -> BTreeMap<&'static str, Vec<Value>> {
         "/apis/isthmus.dev/v1alpha1/clusterlinks",
         "/apis/isthmus.dev/v1alpha1/destinationpolicies",
         "/apis/isthmus.dev/v1alpha1/authorizationpolicies",
+        "/apis/isthmus.dev/v1alpha1/peerauthentications",
+        "/apis/isthmus.dev/v1alpha1/requestauthentications",
         "/apis/isthmus.dev/v1alpha1/faultinjections",
         "/apis/multicluster.x-k8s.io/v1alpha1/serviceexports",
         "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports",

@@ -195,6 +195,7 @@ impl NodeArgs {
             Some(a) => Some(Workload {
                 address: a.to_string(),
                 ports,
+                tunnel_port: 0,
             }),
             None if !ports.is_empty() => {
                 anyhow::bail!("--workload-port needs --workload-address (the address to register)")
@@ -207,6 +208,16 @@ impl NodeArgs {
 
 /// A pod's usual listeners when no bootstrap file names them: transparent
 /// outbound on 15001 and, with workload ports, inbound on 15006.
+/// The port of a mesh transport listener among `listeners`.
+fn tunnel_port_of(listeners: &[isthmus_api::model::Listener]) -> u32 {
+    use isthmus_api::model::listener::Kind;
+    listeners
+        .iter()
+        .filter(|l| matches!(l.kind, Some(Kind::Tunnel(_))))
+        .find_map(|l| l.address.parse::<SocketAddr>().ok())
+        .map_or(0, |a| u32::from(a.port()))
+}
+
 fn default_listeners(
     workload: Option<&isthmus_api::discovery::v1::Workload>,
     tunnel_port: Option<u16>,
@@ -378,6 +389,11 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
                 default_listeners(workload.as_ref(), tunnel)
             };
             let mut d = isthmus_gateway::discovery::Options::new(cp.clone(), node);
+            let mut workload = workload;
+            // Peers reach the workload through our mesh transport, if any.
+            if let Some(w) = workload.as_mut() {
+                w.tunnel_port = tunnel_port_of(&listeners);
+            }
             d.workload = workload;
             d.listeners = listeners;
             ConfigSource::ControlPlane(Box::new(d))

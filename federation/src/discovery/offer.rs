@@ -31,10 +31,11 @@ impl Offer {
     pub fn build(
         generation: u64,
         catalog: &mut Catalog,
+        trust: &[model::TrustBundle],
         fill: impl Fn(&mut model::Service),
     ) -> Self {
         let mut endpoints = 0;
-        let resources = catalog
+        let mut resources: HashMap<String, Resource> = catalog
             .services
             .values_mut()
             .map(|s| {
@@ -45,6 +46,14 @@ impl Offer {
                 (r.name.clone(), r)
             })
             .collect();
+        let mut mesh = catalog.security.mesh.clone();
+        mesh.trust_bundles = trust.to_vec();
+        let r = resource::security(resource::SECURITY_MESH.to_string(), &mesh);
+        resources.insert(r.name.clone(), r);
+        for (ns, s) in &catalog.security.namespaces {
+            let r = resource::security(resource::security_ns_name(ns), s);
+            resources.insert(r.name.clone(), r);
+        }
         Self {
             generation,
             resources,
@@ -57,8 +66,8 @@ impl Offer {
     pub fn service(&self, name: &str) -> Option<model::Service> {
         let r = self.resources.get(&resource::service_name(name))?;
         match resource::decode(r) {
-            Ok(resource::Decoded::Service(s)) => Some(s),
-            Err(_) => None,
+            Ok(resource::Decoded::Service(s)) => Some(*s),
+            _ => None,
         }
     }
 
@@ -78,10 +87,16 @@ impl Offer {
 
     /// The resource names the proxy `node` needs.
     pub fn wanted(&self, catalog: &Catalog, node: &model::Node) -> BTreeSet<String> {
-        wanted(catalog, &self.index, node)
+        let mut names: BTreeSet<String> = wanted(catalog, &self.index, node)
             .into_iter()
             .map(resource::service_name)
-            .collect()
+            .collect();
+        names.insert(resource::SECURITY_MESH.to_string());
+        let ns = resource::security_ns_name(&node.namespace);
+        if self.resources.contains_key(&ns) {
+            names.insert(ns);
+        }
+        names
     }
 
     pub fn len(&self) -> usize {

@@ -168,6 +168,7 @@ fn check(sub: &Subscription) -> Result<(model::Node, Option<Workload>), Status> 
         ports,
         region: locality.region,
         zone: locality.zone,
+        tunnel_port: u16::try_from(w.tunnel_port).ok().filter(|p| *p != 0),
     };
     Ok((node, Some(workload)))
 }

@@ -6,6 +6,7 @@
 //! Durations are strings in the Gateway API form (GEP-2257: `250ms`, `1s`,
 //! `1h30m`), validated by the schema pattern and parsed by `duration`.
 
+pub mod authentication;
 pub mod authorization;
 pub mod destination;
 pub mod duration;
@@ -15,6 +16,7 @@ pub mod link;
 pub mod mcs;
 pub mod mesh;
 
+pub use authentication::{PeerAuthentication, RequestAuthentication};
 pub use authorization::AuthorizationPolicy;
 pub use destination::DestinationPolicy;
 pub use fault::FaultInjection;

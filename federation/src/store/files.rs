@@ -183,6 +183,8 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         "ClusterLink" => typed(doc).map(|x| Resource::ClusterLink(Box::new(x))),
         "DestinationPolicy" => typed(doc).map(|x| Resource::DestinationPolicy(Box::new(x))),
         "AuthorizationPolicy" => typed(doc).map(|x| Resource::AuthorizationPolicy(Box::new(x))),
+        "PeerAuthentication" => typed(doc).map(|x| Resource::PeerAuthentication(Box::new(x))),
+        "RequestAuthentication" => typed(doc).map(|x| Resource::RequestAuthentication(Box::new(x))),
         "FaultInjection" => typed(doc).map(|x| Resource::FaultInjection(Box::new(x))),
         "ServiceExport" => typed(doc).map(|x| Resource::ServiceExport(Box::new(x))),
         "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),

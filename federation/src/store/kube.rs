@@ -40,6 +40,7 @@ pub fn api_resource(kind: &str) -> ApiResource {
     use crate::resources::mcs::{ServiceExport, ServiceImport};
     use crate::resources::{
         AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh,
+        PeerAuthentication, RequestAuthentication,
     };
     use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
     use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -53,6 +54,8 @@ pub fn api_resource(kind: &str) -> ApiResource {
         "ClusterLink" => ApiResource::erase::<ClusterLink>(&()),
         "DestinationPolicy" => ApiResource::erase::<DestinationPolicy>(&()),
         "AuthorizationPolicy" => ApiResource::erase::<AuthorizationPolicy>(&()),
+        "PeerAuthentication" => ApiResource::erase::<PeerAuthentication>(&()),
+        "RequestAuthentication" => ApiResource::erase::<RequestAuthentication>(&()),
         "FaultInjection" => ApiResource::erase::<FaultInjection>(&()),
         "ServiceExport" => ApiResource::erase::<ServiceExport>(&()),
         "ServiceImport" => ApiResource::erase::<ServiceImport>(&()),
@@ -84,6 +87,8 @@ pub fn convert(kind: &str, mut obj: DynamicObject) -> Result<Resource, String> {
         "ClusterLink" => Resource::ClusterLink(typed(v)?),
         "DestinationPolicy" => Resource::DestinationPolicy(typed(v)?),
         "AuthorizationPolicy" => Resource::AuthorizationPolicy(typed(v)?),
+        "PeerAuthentication" => Resource::PeerAuthentication(typed(v)?),
+        "RequestAuthentication" => Resource::RequestAuthentication(typed(v)?),
         "FaultInjection" => Resource::FaultInjection(typed(v)?),
         "ServiceExport" => Resource::ServiceExport(typed(v)?),
         "ServiceImport" => Resource::ServiceImport(typed(v)?),

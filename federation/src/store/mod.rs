@@ -15,7 +15,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 
 use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
 use crate::resources::mcs::{ServiceExport, ServiceImport};
-use crate::resources::{AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh};
+use crate::resources::{
+    AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh, PeerAuthentication,
+    RequestAuthentication,
+};
 
 /// An object's identity within its kind.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,6 +53,8 @@ pub enum Resource {
     ClusterLink(Box<ClusterLink>),
     DestinationPolicy(Box<DestinationPolicy>),
     AuthorizationPolicy(Box<AuthorizationPolicy>),
+    PeerAuthentication(Box<PeerAuthentication>),
+    RequestAuthentication(Box<RequestAuthentication>),
     FaultInjection(Box<FaultInjection>),
     ServiceExport(Box<ServiceExport>),
     ServiceImport(Box<ServiceImport>),
@@ -69,6 +74,8 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("isthmus.dev/v1alpha1", "ClusterLink", false),
     ("isthmus.dev/v1alpha1", "DestinationPolicy", true),
     ("isthmus.dev/v1alpha1", "AuthorizationPolicy", true),
+    ("isthmus.dev/v1alpha1", "PeerAuthentication", true),
+    ("isthmus.dev/v1alpha1", "RequestAuthentication", true),
     ("isthmus.dev/v1alpha1", "FaultInjection", true),
     ("multicluster.x-k8s.io/v1alpha1", "ServiceExport", true),
     ("multicluster.x-k8s.io/v1alpha1", "ServiceImport", true),
@@ -88,6 +95,8 @@ impl Resource {
             Resource::ClusterLink(_) => "ClusterLink",
             Resource::DestinationPolicy(_) => "DestinationPolicy",
             Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Resource::PeerAuthentication(_) => "PeerAuthentication",
+            Resource::RequestAuthentication(_) => "RequestAuthentication",
             Resource::FaultInjection(_) => "FaultInjection",
             Resource::ServiceExport(_) => "ServiceExport",
             Resource::ServiceImport(_) => "ServiceImport",

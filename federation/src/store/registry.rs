@@ -21,6 +21,8 @@ pub struct Workload {
     pub ports: Vec<(String, u16)>,
     pub region: String,
     pub zone: String,
+    /// The sidecar's mesh transport port, when it has one.
+    pub tunnel_port: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +179,7 @@ mod tests {
             ports: vec![("http".into(), 8080)],
             region: "eu-west".into(),
             zone: "eu-west-a".into(),
+            tunnel_port: None,
         }
     }
 

@@ -7,6 +7,9 @@
 //!   → the cluster's service catalog.
 //! - `routes`: HTTPRoute / GRPCRoute → each service's route table, with
 //!   DestinationPolicy's default timeout and retries.
+//! - `security`: Mesh mTLS default, PeerAuthentication,
+//!   AuthorizationPolicy and RequestAuthentication → per-namespace
+//!   security resources.
 //! - Problems found on the way (a policy naming a missing service, two
 //!   policies for one service) are returned as `Problem`s, which become
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
@@ -14,6 +17,7 @@
 
 pub mod proxy;
 pub mod routes;
+pub mod security;
 pub mod services;
 pub mod status;
 
@@ -55,6 +59,7 @@ pub fn translate_shells<'a>(
 ) -> (services::Catalog, services::Endpoints<'a>) {
     let (mut catalog, endpoints) = services::catalog_shells(snap, workloads);
     routes::attach(&mut catalog, snap);
+    catalog.security = security::translate(snap, &mut catalog.problems);
     (catalog, endpoints)
 }
 
@@ -66,5 +71,6 @@ pub fn translate_with(
 ) -> services::Catalog {
     let mut catalog = services::catalog_with(snap, workloads);
     routes::attach(&mut catalog, snap);
+    catalog.security = security::translate(snap, &mut catalog.problems);
     catalog
 }

@@ -26,6 +26,8 @@ pub struct Catalog {
     /// Timeouts and retries from DestinationPolicy, for routes that set
     /// none (applied by `routes::attach`).
     pub route_defaults: BTreeMap<String, RouteDefaults>,
+    /// Mesh-wide and per-namespace security (`translate::security`).
+    pub security: super::security::SecurityCatalog,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -65,6 +67,24 @@ pub struct Endpoints<'a> {
     /// By model name: the namespace and the Kubernetes Service.
     services: std::collections::HashMap<String, (&'a str, &'a Service)>,
     workloads: &'a [&'a Workload],
+    /// The Mesh's trust domain: endpoints with a sidecar are expected to
+    /// present `spiffe://<td>/ns/<ns>/sa/<service account>`.
+    trust_domain: String,
+    /// Pods whose sidecar has a mesh transport (annotation
+    /// `isthmus.dev/tunnel-port`), by pod IP: (port, identity).
+    meshed_pods: std::collections::HashMap<std::net::IpAddr, (u32, String)>,
+}
+
+/// The annotation (set by the sidecar injector) saying a pod's sidecar
+/// accepts the mesh transport, and on which port.
+pub const TUNNEL_PORT_ANNOTATION: &str = "isthmus.dev/tunnel-port";
+
+/// The SPIFFE ID of a service account ("" without a trust domain).
+pub fn workload_identity(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    if trust_domain.is_empty() || service_account.is_empty() {
+        return String::new();
+    }
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
 impl Endpoints<'_> {
@@ -82,7 +102,22 @@ impl Endpoints<'_> {
             .get(&(*ns, name))
             .map_or(&[][..], Vec::as_slice);
         let mut endpoints = slice_endpoints(svc, slices, &self.region);
-        add_workloads(&mut endpoints, ns, svc, self.workloads, &self.region);
+        for e in &mut endpoints {
+            if let Ok(ip) = e.address.parse()
+                && let Some((port, id)) = self.meshed_pods.get(&ip)
+            {
+                e.tunnel_port = *port;
+                e.identity = id.clone();
+            }
+        }
+        add_workloads(
+            &mut endpoints,
+            ns,
+            svc,
+            self.workloads,
+            &self.region,
+            &self.trust_domain,
+        );
         // EndpointSlices first (stable sort), then drop repeated addresses.
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints.dedup_by(|a, b| a.address == b.address);
@@ -96,13 +131,43 @@ pub fn catalog_shells<'a>(
     snap: &'a Snapshot,
     workloads: &'a [&'a Workload],
 ) -> (Catalog, Endpoints<'a>) {
-    let region = snap
+    let (region, trust_domain) = snap
         .of_kind("Mesh")
         .find_map(|(_, r)| match r {
-            Resource::Mesh(m) => Some(m.spec.locality.region.clone()),
+            Resource::Mesh(m) => {
+                Some((m.spec.locality.region.clone(), m.spec.trust_domain.clone()))
+            }
             _ => None,
         })
         .unwrap_or_default();
+    let mut meshed_pods = std::collections::HashMap::new();
+    for (key, r) in snap.of_kind("Pod") {
+        let Resource::Pod(pod) = r else { continue };
+        let port = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TUNNEL_PORT_ANNOTATION))
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0);
+        let ip = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        if let (Some(port), Some(ip)) = (port, ip) {
+            let sa = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.as_deref())
+                .unwrap_or("default");
+            let ns = key.namespace.as_deref().unwrap_or("default");
+            meshed_pods.insert(
+                ip,
+                (u32::from(port), workload_identity(&trust_domain, ns, sa)),
+            );
+        }
+    }
     let mut out = Catalog::default();
     let policies = policies_by_service(snap, &mut out.problems);
     // EndpointSlices by (namespace, service), once.
@@ -153,6 +218,8 @@ pub fn catalog_shells<'a>(
         slices_of,
         services,
         workloads,
+        trust_domain,
+        meshed_pods,
     };
     (out, endpoints)
 }
@@ -318,6 +385,7 @@ fn add_workloads(
     svc: &Service,
     workloads: &[&Workload],
     region: &str,
+    trust_domain: &str,
 ) {
     let Some(selector) = svc
         .spec
@@ -367,7 +435,12 @@ fn add_workloads(
             labels: w.labels.clone().into_iter().collect(),
             weight: 1,
             unhealthy: false,
-            ..Default::default()
+            tunnel_port: w.tunnel_port.map_or(0, u32::from),
+            identity: if w.tunnel_port.is_some() {
+                workload_identity(trust_domain, &w.namespace, &w.service_account)
+            } else {
+                String::new()
+            },
         });
     }
 }
@@ -678,6 +751,7 @@ spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http
             ports: vec![("http".into(), 8080)],
             region: String::new(),
             zone: "eu-west-b".into(),
+            tunnel_port: (ns == "shop").then_some(15008),
         };
         let ws = [
             w("catalog-1", "shop", "catalog", "10.0.0.2"),
@@ -707,6 +781,14 @@ spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {regi
                 ("10.0.0.2", vec![(80, 8080), (9000, 9901)])
             ],
             "same namespace, matching labels; named target port from the workload's ports"
+        );
+        assert_eq!(
+            s.endpoints[0].tunnel_port, 15008,
+            "reached through its sidecar"
+        );
+        assert_eq!(
+            s.endpoints[0].identity,
+            "spiffe://eu-west.isthmus.local/ns/shop/sa/catalog"
         );
         let l = s.endpoints[0].locality.as_ref().unwrap();
         assert_eq!(

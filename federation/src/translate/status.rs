@@ -36,6 +36,8 @@ pub fn conditions(
             Resource::GrpcRoute(x) => (&x.metadata, true),
             Resource::DestinationPolicy(x) => (&x.metadata, false),
             Resource::AuthorizationPolicy(x) => (&x.metadata, false),
+            Resource::PeerAuthentication(x) => (&x.metadata, false),
+            Resource::RequestAuthentication(x) => (&x.metadata, false),
             Resource::FaultInjection(x) => (&x.metadata, false),
             _ => continue,
         };

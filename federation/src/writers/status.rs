@@ -105,6 +105,12 @@ impl StatusWriter {
                 Resource::AuthorizationPolicy(p) => {
                     apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }
+                Resource::PeerAuthentication(p) => {
+                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                }
+                Resource::RequestAuthentication(p) => {
+                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                }
                 Resource::FaultInjection(p) => {
                     apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }

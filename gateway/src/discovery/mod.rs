@@ -92,23 +92,58 @@ pub enum DiscoveryError {
 /// and content.
 #[derive(Debug, Default, Clone)]
 pub struct Held {
-    services: BTreeMap<String, (String, model::Service)>,
+    resources: BTreeMap<String, (String, Decoded)>,
 }
 
 impl Held {
     pub fn versions(&self) -> BTreeMap<String, String> {
-        self.services
+        self.resources
             .iter()
             .map(|(n, (v, _))| (n.clone(), v.clone()))
             .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.services.len()
+        self.resources.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.resources.is_empty()
+    }
+}
+
+/// The configuration that held resources make: services, and security
+/// merged in name order (`security/mesh` first, then the namespace's).
+fn assemble(
+    resources: &BTreeMap<String, (String, Decoded)>,
+    version: &str,
+    node: &model::Node,
+    listeners: &[model::Listener],
+) -> model::ProxyConfig {
+    let mut services = Vec::new();
+    let mut security: Option<model::Security> = None;
+    for (_, r) in resources.values() {
+        match r {
+            Decoded::Service(s) => services.push((**s).clone()),
+            Decoded::Security(s) => {
+                let into = security.get_or_insert_with(Default::default);
+                if s.default_mtls_mode != 0 {
+                    into.default_mtls_mode = s.default_mtls_mode;
+                }
+                into.trust_bundles.extend(s.trust_bundles.iter().cloned());
+                into.mtls_policies.extend(s.mtls_policies.iter().cloned());
+                into.authorization_policies
+                    .extend(s.authorization_policies.iter().cloned());
+                into.jwt_policies.extend(s.jwt_policies.iter().cloned());
+            }
+        }
+    }
+    model::ProxyConfig {
+        version: version.to_string(),
+        node: Some(node.clone()),
+        listeners: listeners.to_vec(),
+        services,
+        security,
     }
 }
 
@@ -130,14 +165,14 @@ pub fn apply(
     if resp.resources.is_empty() && resp.removed_resources.is_empty() && store.is_loaded() {
         return answer(None);
     }
-    let mut next = held.services.clone();
+    let mut next = held.resources.clone();
     for name in &resp.removed_resources {
         next.remove(name);
     }
     for r in &resp.resources {
         match resource::decode(r) {
-            Ok(Decoded::Service(s)) => {
-                next.insert(r.name.clone(), (r.version.clone(), s));
+            Ok(d) => {
+                next.insert(r.name.clone(), (r.version.clone(), d));
             }
             Err(e) => {
                 return answer(Some(Rejection {
@@ -147,16 +182,10 @@ pub fn apply(
             }
         }
     }
-    let cfg = model::ProxyConfig {
-        version: resp.system_version.clone(),
-        node: Some(node.clone()),
-        listeners: listeners.to_vec(),
-        services: next.values().map(|(_, s)| s.clone()).collect(),
-        security: None,
-    };
+    let cfg = assemble(&next, &resp.system_version, node, listeners);
     match store.apply(&cfg) {
         Ok(_) => {
-            held.services = next;
+            held.resources = next;
             answer(None)
         }
         Err(e) => {
@@ -188,8 +217,18 @@ fn at_fault(cfg: &model::ProxyConfig, changed: &BTreeSet<&str>, message: &str) -
         path.strip_prefix(prefix)?.split(']').next()?.parse().ok()
     };
     let mut out = BTreeSet::new();
+    let security_at_fault = |out: &mut BTreeSet<String>| {
+        for name in changed.iter().filter(|n| n.starts_with(resource::SECURITY)) {
+            out.insert(name.to_string());
+        }
+    };
+    if message.contains("security.") {
+        security_at_fault(&mut out);
+    }
     for issue in isthmus_api::validate(cfg) {
-        if let Some(i) = index(&issue.path, "services[") {
+        if issue.path.starts_with("security.") {
+            security_at_fault(&mut out);
+        } else if let Some(i) = index(&issue.path, "services[") {
             if let Some(s) = cfg.services.get(i) {
                 out.insert(resource::service_name(&s.name));
             }
