@@ -148,7 +148,10 @@ mod tests {
     #[test]
     fn decode_round_trips_and_names_what_is_wrong() {
         let s = svc("catalog.shop", &[("app", "catalog")]);
-        assert_eq!(decode(&service(&s)), Ok(Decoded::Service(Box::new(s.clone()))));
+        assert_eq!(
+            decode(&service(&s)),
+            Ok(Decoded::Service(Box::new(s.clone())))
+        );
         let mut r = service(&s);
         r.name = "listener/x".into();
         assert!(matches!(decode(&r), Err(ResourceError::UnknownType(_))));

@@ -93,7 +93,7 @@ async fn sidecar(
         admin: ([127, 0, 0, 1], admin).into(),
         access_log: Sink::Off,
         socket: Default::default(),
-        identity: None,
+        mesh: None,
     })
     .await?)
 }

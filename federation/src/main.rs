@@ -53,6 +53,9 @@ enum Command {
         /// How often the directory is looked at.
         #[arg(long, default_value = "200ms", value_parser = duration)]
         poll: Duration,
+        /// Serve discovery and the CA without TLS (development only).
+        #[arg(long)]
+        insecure_plaintext: bool,
         /// Quiet time after a change before it is applied.
         #[arg(long, default_value = "100ms", value_parser = duration)]
         debounce: Duration,
@@ -106,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
             replica,
             poll,
             debounce,
+            insecure_plaintext,
         } => {
             if let Some(dir) = store_dir.as_ref().filter(|d| !d.is_dir()) {
                 anyhow::bail!(
@@ -159,8 +163,10 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .unwrap_or_else(|| "cluster.local".into())
             });
-            match &store_dir {
-                // files mode: the CA lives in the store directory.
+            use isthmus_federation::identity::service::{AUDIENCE, Authenticator};
+            let (ca, auth) = match &store_dir {
+                // files mode: the CA lives in the store directory, callers
+                // prove themselves with bootstrap tokens.
                 Some(dir) => {
                     let ca = isthmus_federation::identity::Ca::load_or_create(dir, &td)?;
                     let tokens =
@@ -168,17 +174,7 @@ async fn main() -> anyhow::Result<()> {
                             .map_err(|e| {
                                 anyhow::anyhow!("token key in {}/ca: {e}", dir.display())
                             })?;
-                    tracing::info!(trust_domain = %td, "CA serving on the discovery port");
-                    cp.serve_api(
-                        discovery_listener,
-                        Some(isthmus_federation::identity::service::CaService::new(
-                            std::sync::Arc::new(ca),
-                            isthmus_federation::identity::service::Authenticator::Bootstrap(
-                                Box::new(tokens),
-                            ),
-                            isthmus_federation::identity::service::DEFAULT_TTL,
-                        )),
-                    );
+                    (ca, Authenticator::Bootstrap(Box::new(tokens)))
                 }
                 // kube mode: the root in a Secret beside the Lease, callers
                 // authenticated by their ServiceAccount tokens.
@@ -191,20 +187,38 @@ async fn main() -> anyhow::Result<()> {
                         &td,
                     )
                     .await?;
-                    tracing::info!(trust_domain = %td, "CA serving on the discovery port");
-                    cp.serve_api(
-                        discovery_listener,
-                        Some(isthmus_federation::identity::service::CaService::new(
-                            std::sync::Arc::new(ca),
-                            isthmus_federation::identity::service::Authenticator::TokenReview {
-                                client,
-                                trust_domain: td,
-                                audiences: vec![
-                                    isthmus_federation::identity::service::AUDIENCE.into(),
-                                ],
-                            },
-                            isthmus_federation::identity::service::DEFAULT_TTL,
-                        )),
+                    let auth = Authenticator::TokenReview {
+                        client,
+                        trust_domain: td.clone(),
+                        audiences: vec![AUDIENCE.into()],
+                    };
+                    (ca, auth)
+                }
+            };
+            let ca = std::sync::Arc::new(ca);
+            if insecure_plaintext {
+                tracing::warn!(trust_domain = %td, "discovery and CA served in PLAINTEXT (--insecure-plaintext): development only");
+                cp.set_trust_bundles(vec![isthmus_api::model::TrustBundle {
+                    trust_domain: td.clone(),
+                    roots_pem: ca.bundle_pem().to_string(),
+                    cluster: String::new(),
+                }]);
+                cp.serve_api(
+                    discovery_listener,
+                    Some(isthmus_federation::identity::service::CaService::new(
+                        ca,
+                        auth,
+                        isthmus_federation::identity::service::DEFAULT_TTL,
+                    )),
+                    None,
+                );
+            } else {
+                let tls = cp.serve_secure(discovery_listener, ca, auth, &lease_namespace)?;
+                tracing::info!(trust_domain = %td, identity = %tls.id(), "discovery and CA served over TLS");
+                if let Some(dir) = &store_dir {
+                    eprintln!(
+                        "sidecars verify this control plane with --ca-roots {}",
+                        dir.join("ca").join("root-cert.pem").display()
                     );
                 }
             }

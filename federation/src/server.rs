@@ -78,9 +78,20 @@ pub struct ControlPlane {
     replica: String,
     tasks: TaskTracker,
     stop: CancellationToken,
+    trust: watch::Sender<Vec<model::TrustBundle>>,
 }
 
 impl ControlPlane {
+    /// Replaces the trust bundles sent to every proxy (the CA's root once
+    /// it is loaded; linked clusters' roots with federation) and pushes them.
+    pub fn set_trust_bundles(&self, bundles: Vec<model::TrustBundle>) {
+        self.trust.send_if_modified(|t| {
+            let changed = *t != bundles;
+            *t = bundles;
+            changed
+        });
+    }
+
     /// Loads the store, translates, and keeps doing so on every change of
     /// the store or of the registered workloads.
     pub fn start(opts: Options) -> Self {
@@ -170,8 +181,13 @@ impl ControlPlane {
         let tasks = TaskTracker::new();
         let registry = Arc::new(registry::Shared::new(opts.registration_grace));
         let mut generation = 1;
-        let trust = opts.trust_bundles.clone();
-        let first = publish(generation, &states.borrow_and_update(), &registry, &trust);
+        let (trust_tx, mut trust) = watch::channel(opts.trust_bundles.clone());
+        let first = publish(
+            generation,
+            &states.borrow_and_update(),
+            &registry,
+            &trust.borrow_and_update(),
+        );
         let (tx, published) = watch::channel(first);
         let (reg, stop2, debounce) = (registry.clone(), stop.clone(), opts.debounce);
         tasks.spawn(async move {
@@ -181,6 +197,7 @@ impl ControlPlane {
                 tokio::select! {
                     _ = stop2.cancelled() => return,
                     r = states.changed() => if r.is_err() { return },
+                    r = trust.changed() => if r.is_err() { return },
                     _ = reg.changed() => {
                         if !reg.take_dirty() {
                             continue; // a disconnect: only the expiry timer moves
@@ -198,7 +215,12 @@ impl ControlPlane {
                     }
                 }
                 generation += 1;
-                let next = publish(generation, &states.borrow_and_update(), &reg, &trust);
+                let next = publish(
+                    generation,
+                    &states.borrow_and_update(),
+                    &reg,
+                    &trust.borrow_and_update(),
+                );
                 tx.send_replace(next);
             }
         });
@@ -209,12 +231,13 @@ impl ControlPlane {
             replica: opts.replica,
             tasks,
             stop,
+            trust: trust_tx,
         }
     }
 
     /// Serves the discovery stream on `listener`.
     pub fn serve_discovery(&self, listener: TcpListener) {
-        self.serve_api(listener, None);
+        self.serve_api(listener, None, None);
     }
 
     /// Serves discovery and, when given, the CA on `listener`.
@@ -222,6 +245,7 @@ impl ControlPlane {
         &self,
         listener: TcpListener,
         ca: Option<crate::identity::service::CaService>,
+        tls: Option<Arc<crate::identity::tls::ApiTls>>,
     ) {
         let svc = discovery::DiscoveryService::new(
             self.published.clone(),
@@ -233,10 +257,48 @@ impl ControlPlane {
         );
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
-            if let Err(e) = discovery::serve(svc, ca, listener, stop).await {
+            if let Err(e) = discovery::serve(svc, ca, listener, tls, stop).await {
                 tracing::error!("discovery server failed: {e}");
             }
         });
+    }
+
+    /// Serves discovery and the CA on `listener` over TLS, the production
+    /// setup: the control plane's certificate from `ca` (namespace
+    /// `namespace`), the CA's root sent to every proxy as the trust bundle
+    /// of its domain, CSRs authenticated by `auth` or by the client's
+    /// certificate, subscriptions by the client's certificate.
+    pub fn serve_secure(
+        &self,
+        listener: TcpListener,
+        ca: Arc<crate::identity::Ca>,
+        auth: crate::identity::service::Authenticator,
+        namespace: &str,
+    ) -> Result<Arc<crate::identity::tls::ApiTls>, crate::identity::CaError> {
+        let tls = Arc::new(crate::identity::tls::ApiTls::new(ca.clone(), namespace)?);
+        self.tasks.spawn({
+            let renewal = tls.spawn_renewal(self.stop.clone());
+            async move {
+                let _ = renewal.await;
+            }
+        });
+        let cluster = crate::identity::mesh_cluster_name(&self.published.borrow().store.snapshot)
+            .unwrap_or_default();
+        self.set_trust_bundles(vec![model::TrustBundle {
+            trust_domain: ca.trust_domain().to_string(),
+            roots_pem: ca.bundle_pem().to_string(),
+            cluster,
+        }]);
+        self.serve_api(
+            listener,
+            Some(crate::identity::service::CaService::new(
+                ca,
+                auth,
+                crate::identity::service::DEFAULT_TTL,
+            )),
+            Some(tls.clone()),
+        );
+        Ok(tls)
     }
 
     /// Serves the admin endpoints on `listener` until `shutdown`.

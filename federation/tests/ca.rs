@@ -286,6 +286,7 @@ async fn control_plane_with_ca(
             Authenticator::Bootstrap(Box::new(tokens)),
             DEFAULT_TTL,
         )),
+        None,
     );
     (cp, addr, token, dir)
 }
@@ -400,6 +401,7 @@ async fn a_sidecar_obtains_and_rotates_its_certificate() {
     let (cp, addr, token, dir) = control_plane_with_ca("ca-rot").await;
     let stop = tokio_util::sync::CancellationToken::new();
     let opts = IdOptions {
+        tls: None,
         address: addr.to_string(),
         token: "v1.shop.catalog.1.bad".into(),
         ttl: Duration::from_secs(60),

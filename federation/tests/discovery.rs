@@ -173,7 +173,7 @@ async fn sidecar(
         admin: "127.0.0.1:0".parse().unwrap(),
         access_log: Sink::Off,
         socket: Default::default(),
-        identity: None,
+        mesh: None,
     })
     .await
     .expect("sidecar starts")

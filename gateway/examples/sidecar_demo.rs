@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         admin: ([127, 0, 0, 1], 15020).into(),
         access_log: Sink::Stdout,
         socket: SocketOptions::default(),
-        identity: None,
+        mesh: None,
     })
     .await?;
     let out = sidecar

@@ -79,6 +79,15 @@ struct SidecarArgs {
     /// The CA's address; the control plane's by default.
     #[arg(long, env = "ISTHMUS_CA_ADDRESS")]
     ca: Option<String>,
+    /// The control plane's CA root (PEM): the discovery and CA connections
+    /// use TLS, verifying the control plane against it. Without it they
+    /// are plaintext (development only).
+    #[arg(long, env = "ISTHMUS_CA_ROOTS")]
+    ca_roots: Option<PathBuf>,
+    /// The control plane's SPIFFE ID; by default
+    /// spiffe://<the roots' trust domain>/ns/isthmus-system/sa/isthmus-federation.
+    #[arg(long, env = "ISTHMUS_CONTROL_PLANE_ID")]
+    control_plane_id: Option<String>,
     /// Lifetime asked for the workload certificate (renewed at half).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
@@ -415,22 +424,52 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
     let stop_identity = tokio_util::sync::CancellationToken::new();
-    let identity = match token {
+    let identity = isthmus_gateway::identity::Identity::empty();
+    let mesh = std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(identity.clone()));
+    let tls = match &a.ca_roots {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --ca-roots {}", path.display()))?;
+            let trust = isthmus_gateway::tls::Trust::from_self_describing_pem(&pem)
+                .with_context(|| format!("--ca-roots {}", path.display()))?;
+            let expected = match &a.control_plane_id {
+                Some(id) => id.clone(),
+                None => {
+                    let mut domains: Vec<&str> = trust.domains().collect();
+                    domains.sort();
+                    let td = domains.first().context("--ca-roots has no root")?;
+                    format!("spiffe://{td}/ns/isthmus-system/sa/isthmus-federation")
+                }
+            };
+            mesh.set_bootstrap_trust(trust);
+            Some(isthmus_gateway::tls::control::ControlPlaneConnector::new(
+                mesh.clone(),
+                expected,
+            ))
+        }
+        None => None,
+    };
+    let mut config = config;
+    if let ConfigSource::ControlPlane(d) = &mut config {
+        d.tls = tls.clone();
+    }
+    let mesh = match token {
         Some(token) => {
             let address =
                 a.ca.clone()
                     .or_else(|| a.control_plane.clone())
                     .context("a CA token needs the CA's address: give --ca or --control-plane")?;
-            let (identity, _task) = isthmus_gateway::identity::Identity::spawn(
+            tokio::spawn(identity.run(
                 isthmus_gateway::identity::Options {
                     address,
                     token,
                     ttl: a.cert_ttl,
                     renew_at: 0.5,
+                    tls,
                 },
                 stop_identity.clone(),
-            );
-            Some(identity)
+            ));
+            Some(mesh)
         }
         None => None,
     };
@@ -440,7 +479,7 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         access_log: Sink::from_arg(&a.access_log)
             .with_context(|| format!("opening access log {}", a.access_log))?,
         socket: SocketOptions { mark: a.mark },
-        identity,
+        mesh,
     })
     .await?;
     for (name, addr) in sidecar.listeners.bound() {

@@ -15,7 +15,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::{Store, file};
-use crate::identity::Identity;
 use crate::pool::SocketOptions;
 use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerError, Listeners};
@@ -38,9 +37,9 @@ pub struct Options {
     pub admin: SocketAddr,
     pub access_log: Sink,
     pub socket: SocketOptions,
-    /// The workload's identity: enables the mesh transport (mTLS on 15008
-    /// inbound, to endpoints with a tunnel port outbound).
-    pub identity: Option<Arc<Identity>>,
+    /// The workload's identity and trust: enables the mesh transport (mTLS
+    /// on 15008 inbound, to endpoints with a tunnel port outbound).
+    pub mesh: Option<Arc<MeshTls>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +81,7 @@ impl Sidecar {
             }
             ConfigSource::ControlPlane(_) => None,
         };
-        let mesh = opts.identity.clone().map(|i| Arc::new(MeshTls::new(i)));
+        let mesh = opts.mesh.clone();
         if let Some(m) = &mesh {
             m.set_config_trust(store.load().security.trust.clone());
         }
@@ -147,8 +146,8 @@ impl Sidecar {
                 }
             }
         });
-        if let Some(identity) = &opts.identity {
-            let mut rotations = identity.rotations();
+        if let Some(mesh) = &opts.mesh {
+            let mut rotations = mesh.identity().rotations();
             let (m, stop) = (metrics.clone(), stop_background.clone());
             background.spawn(async move {
                 loop {

@@ -71,22 +71,35 @@ pub async fn serve(
     svc: DiscoveryService,
     ca: Option<crate::identity::service::CaService>,
     listener: TcpListener,
+    tls: Option<Arc<crate::identity::tls::ApiTls>>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let api = Api {
         discovery: DiscoveryServer::new(svc)
             .max_decoding_message_size(1 << 20)
             .max_encoding_message_size(256 << 20),
         ca: ca.map(isthmus_api::ca::v1::certificates_server::CertificatesServer::new),
     };
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // Dead proxies are noticed (and their workloads start their grace
         // period) even when nothing is sent.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .serve_with_incoming_shutdown(api, incoming, stop.cancelled_owned())
-        .await
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    match tls {
+        Some(tls) => {
+            let incoming = tls.incoming(listener, stop.clone());
+            server
+                .serve_with_incoming_shutdown(api, incoming, stop.cancelled_owned())
+                .await
+        }
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            server
+                .serve_with_incoming_shutdown(api, incoming, stop.cancelled_owned())
+                .await
+        }
+    }
 }
 
 /// The control plane's gRPC services on one port, routed by path (tonic's
@@ -173,6 +186,27 @@ fn check(sub: &Subscription) -> Result<(model::Node, Option<Workload>), Status> 
     Ok((node, Some(workload)))
 }
 
+/// Over TLS a proxy subscribes as the workload its certificate names: the
+/// node's namespace and service account must be the certificate's (so a
+/// workload cannot register itself as another's endpoint).
+pub fn authorize_subscription(
+    node: &model::Node,
+    peer: Option<&crate::identity::SpiffeId>,
+) -> Result<(), Status> {
+    let Some(id) = peer else {
+        return Err(Status::unauthenticated(
+            "discovery needs a workload certificate: give the sidecar a CA token (--ca-token) so it gets one first",
+        ));
+    };
+    if node.namespace != id.namespace || node.service_account != id.service_account {
+        return Err(Status::permission_denied(format!(
+            "the subscription names namespace {:?}, service account {:?}, but the certificate is {id}",
+            node.namespace, node.service_account
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl Discovery for DiscoveryService {
     type SubscribeStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -181,7 +215,11 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let peer = request.remote_addr();
+        let tls = request
+            .extensions()
+            .get::<crate::identity::tls::TlsConnectInfo>()
+            .cloned();
+        let peer = request.remote_addr().or(tls.as_ref().map(|t| t.remote));
         let mut requests = request.into_inner();
         let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, requests.message())
             .await
@@ -193,6 +231,9 @@ impl Discovery for DiscoveryService {
             ));
         };
         let (node, workload) = check(&sub)?;
+        if let Some(tls) = &tls {
+            authorize_subscription(&node, tls.peer.as_ref())?;
+        }
         let inner = self.inner.clone();
         if let Some(w) = workload.clone() {
             inner.registry.register(w);

@@ -116,6 +116,11 @@ impl CaService {
 #[tonic::async_trait]
 impl Certificates for CaService {
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        // Renewal over mTLS: the certificate in force says who it is.
+        if let Some(Some(id)) = super::tls::peer_of(&req) {
+            let id = id.clone();
+            return self.issue(id, req.into_inner());
+        }
         let bearer = req
             .metadata()
             .get("authorization")
@@ -128,7 +133,12 @@ impl Certificates for CaService {
             })?
             .to_string();
         let id = self.auth.authenticate(&bearer).await?;
-        let r = req.into_inner();
+        self.issue(id, req.into_inner())
+    }
+}
+
+impl CaService {
+    fn issue(&self, id: SpiffeId, r: SignRequest) -> Result<Response<SignResponse>, Status> {
         let ttl = match r.ttl {
             // Negative parts become zero, which the CA refuses by name.
             Some(d) => Duration::new(

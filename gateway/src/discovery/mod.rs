@@ -43,6 +43,9 @@ pub struct Options {
     pub listeners: Vec<model::Listener>,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// TLS to the control plane (verified, with our certificate once held);
+    /// None: plaintext, for development.
+    pub tls: Option<crate::tls::control::ControlPlaneConnector>,
 }
 
 impl Options {
@@ -54,6 +57,7 @@ impl Options {
             listeners: Vec::new(),
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            tls: None,
         }
     }
 
@@ -295,22 +299,34 @@ async fn stream(
     progressed: &mut bool,
 ) -> Result<(), DiscoveryError> {
     let address = opts.address.clone();
-    let endpoint = tonic::transport::Endpoint::from_shared(opts.uri())
-        .map_err(|e| DiscoveryError::Address {
-            address: address.clone(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| DiscoveryError::Connect {
-            address: address.clone(),
-            reason: error_chain(&e),
-        })?;
+    let channel = match &opts.tls {
+        Some(connector) => {
+            crate::tls::control::channel(&address, Some(connector), Duration::from_secs(5))
+                .await
+                .map_err(|reason| DiscoveryError::Connect {
+                    address: address.clone(),
+                    reason,
+                })?
+        }
+        None => {
+            let endpoint = tonic::transport::Endpoint::from_shared(opts.uri())
+                .map_err(|e| DiscoveryError::Address {
+                    address: address.clone(),
+                    reason: e.to_string(),
+                })?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20));
+            endpoint
+                .connect()
+                .await
+                .map_err(|e| DiscoveryError::Connect {
+                    address: address.clone(),
+                    reason: error_chain(&e),
+                })?
+        }
+    };
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel(4);
     let first = DiscoveryRequest {

@@ -41,6 +41,8 @@ pub struct Options {
     pub ttl: Duration,
     /// Renew after this fraction of the lifetime (0.5: at half life).
     pub renew_at: f64,
+    /// TLS to the CA; None: plaintext (development only).
+    pub tls: Option<crate::tls::control::ControlPlaneConnector>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,21 +65,13 @@ pub async fn fetch(opts: &Options) -> Result<Credentials, IdentityError> {
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| IdentityError::Key(e.to_string()))?;
-    let uri = if opts.address.contains("://") {
-        opts.address.clone()
-    } else {
-        format!("http://{}", opts.address)
-    };
-    let connect = |reason: String| IdentityError::Connect {
-        address: opts.address.clone(),
-        reason,
-    };
-    let channel = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| connect(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| connect(e.to_string()))?;
+    let channel =
+        crate::tls::control::channel(&opts.address, opts.tls.as_ref(), Duration::from_secs(5))
+            .await
+            .map_err(|reason| IdentityError::Connect {
+                address: opts.address.clone(),
+                reason,
+            })?;
     let mut req = tonic::Request::new(SignRequest {
         csr_pem: csr,
         ttl: Some(pbjson_types::Duration {
@@ -145,34 +139,42 @@ impl Identity {
         opts: Options,
         stop: CancellationToken,
     ) -> (Arc<Self>, tokio::task::JoinHandle<()>) {
-        let me = Arc::new(Self {
+        let me = Self::empty();
+        let task = tokio::spawn(me.clone().run(opts, stop));
+        (me, task)
+    }
+
+    /// An identity without credentials yet (see `run`).
+    pub fn empty() -> Arc<Self> {
+        Arc::new(Self {
             current: ArcSwapOption::empty(),
             rotations: watch::Sender::new(0),
-        });
-        let this = me.clone();
-        let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match fetch(&opts).await {
-                    Ok(first) => {
-                        tracing::info!(id = %first.spiffe_id, "certificate obtained");
-                        this.current.store(Some(Arc::new(first)));
-                        break;
+        })
+    }
+
+    /// Fetches the first credentials (retrying with backoff while the CA
+    /// is unreachable or refuses), then renews them until `stop`.
+    pub async fn run(self: Arc<Self>, opts: Options, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match fetch(&opts).await {
+                Ok(first) => {
+                    tracing::info!(id = %first.spiffe_id, "certificate obtained");
+                    self.current.store(Some(Arc::new(first)));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("no certificate yet, retrying: {e}");
+                    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(jittered) => {}
                     }
-                    Err(e) => {
-                        tracing::warn!("no certificate yet, retrying: {e}");
-                        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(jittered) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
-            this.renew(opts, stop).await
-        });
-        (me, task)
+        }
+        self.renew(opts, stop).await
     }
 
     /// An identity with fixed credentials, not renewed (tests, or a

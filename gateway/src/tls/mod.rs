@@ -9,6 +9,7 @@
 //! B is trusted). The stock rustls verifiers match DNS names only, hence
 //! our own, built on webpki.
 
+pub mod control;
 pub mod spiffe;
 
 use std::collections::HashMap;
@@ -68,6 +69,43 @@ impl fmt::Debug for Trust {
 }
 
 impl Trust {
+    /// Roots whose certificates name their trust domain (`spiffe://<td>`
+    /// URI SAN, as Isthmus CAs do): a bootstrap bundle read from a file.
+    pub fn from_self_describing_pem(pem: &str) -> Result<Self, TrustError> {
+        let bad = |reason: String| TrustError::Bundle {
+            domain: "(bootstrap)".into(),
+            reason,
+        };
+        let mut by_domain: HashMap<String, String> = HashMap::new();
+        for block in pem
+            .split_inclusive("-----END CERTIFICATE-----")
+            .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+        {
+            let der = CertificateDer::from_pem_slice(block.as_bytes())
+                .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+            let (_, cert) = x509_parser::parse_x509_certificate(&der)
+                .map_err(|e| bad(format!("not a certificate: {e}")))?;
+            let domain = cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .and_then(|san| {
+                    san.value.general_names.iter().find_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => u
+                            .strip_prefix("spiffe://")
+                            .map(|td| td.split('/').next().unwrap_or(td).to_string()),
+                        _ => None,
+                    })
+                })
+                .ok_or_else(|| bad("a root names no trust domain (no spiffe:// URI SAN)".into()))?;
+            by_domain.entry(domain).or_default().push_str(block);
+        }
+        if by_domain.is_empty() {
+            return Err(bad("no certificate in the file".into()));
+        }
+        Self::from_pem(by_domain.iter().map(|(d, p)| (d.as_str(), p.as_str(), "")))
+    }
+
     /// Parses `(trust domain, PEM roots, cluster)` entries.
     pub fn from_pem<'a>(
         bundles: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
@@ -121,6 +159,7 @@ impl Trust {
 struct Current {
     creds: Arc<Credentials>,
     config_trust: Arc<Trust>,
+    bootstrap: Arc<Trust>,
     key: Option<Arc<CertifiedKey>>,
     trust: Arc<Trust>,
     own: Option<SpiffeId>,
@@ -131,6 +170,9 @@ struct State {
     /// Bundles from the configuration (the control plane's set, peers
     /// included); they win over the ones the CA returned with the cert.
     config_trust: ArcSwap<Trust>,
+    /// Roots given at start (`--ca-roots`): how the control plane is
+    /// verified before the first certificate brings the bundles.
+    bootstrap: ArcSwap<Trust>,
     current: ArcSwapOption<Current>,
     provider: Arc<CryptoProvider>,
 }
@@ -139,9 +181,11 @@ impl State {
     fn current(&self) -> Option<Arc<Current>> {
         let creds = self.identity.current()?;
         let config_trust = self.config_trust.load_full();
+        let bootstrap = self.bootstrap.load_full();
         if let Some(c) = self.current.load_full()
             && Arc::ptr_eq(&c.creds, &creds)
             && Arc::ptr_eq(&c.config_trust, &config_trust)
+            && Arc::ptr_eq(&c.bootstrap, &bootstrap)
         {
             return Some(c);
         }
@@ -163,10 +207,11 @@ impl State {
             Trust::default()
         });
         let next = Arc::new(Current {
-            trust: Arc::new(from_ca.overlaid(&config_trust)),
+            trust: Arc::new(bootstrap.overlaid(&from_ca).overlaid(&config_trust)),
             own: SpiffeId::parse(&creds.spiffe_id).ok(),
             creds,
             config_trust,
+            bootstrap,
             key,
         });
         self.current.store(Some(next.clone()));
@@ -187,11 +232,11 @@ impl State {
             )))
         };
         let peer = SpiffeId::from_cert(end_entity).map_err(|e| other(e.into()))?;
-        let current = self
-            .current()
-            .ok_or_else(|| other(TrustError::NoIdentity))?;
-        let domain = current
-            .trust
+        let trust = match self.current() {
+            Some(c) => c.trust.clone(),
+            None => self.bootstrap.load_full(),
+        };
+        let domain = trust
             .get(peer.trust_domain())
             .ok_or_else(|| other(TrustError::UnknownTrustDomain(peer.trust_domain().into())))?;
         let cert = webpki::EndEntityCert::try_from(end_entity)
@@ -254,6 +299,7 @@ impl MeshTls {
         let state = Arc::new(State {
             identity,
             config_trust: ArcSwap::from_pointee(Trust::default()),
+            bootstrap: ArcSwap::from_pointee(Trust::default()),
             current: ArcSwapOption::empty(),
             provider: provider.clone(),
         });
@@ -264,12 +310,18 @@ impl MeshTls {
             .with_custom_certificate_verifier(Arc::new(Verifier(state.clone())))
             .with_client_cert_resolver(Arc::new(Resolver(state.clone())));
         client.alpn_protocols = vec![ALPN_H2.to_vec()];
+        // Every connection proves a certificate held now: a resumed session
+        // would carry the identity (or the absence of one, for the first
+        // CSR) of the connection that made the ticket.
+        client.resumption = rustls::client::Resumption::disabled();
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("aws-lc-rs supports TLS 1.3")
             .with_client_cert_verifier(Arc::new(Verifier(state.clone())))
             .with_cert_resolver(Arc::new(Resolver(state.clone())));
         server.alpn_protocols = vec![ALPN_H2.to_vec()];
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
         Self {
             state,
             client: Arc::new(client),
@@ -283,6 +335,16 @@ impl MeshTls {
         if !Arc::ptr_eq(&self.state.config_trust.load(), &trust) {
             self.state.config_trust.store(trust);
         }
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.state.identity
+    }
+
+    /// Installs the bootstrap roots (the control plane's CA, read from a
+    /// file at start).
+    pub fn set_bootstrap_trust(&self, trust: Trust) {
+        self.state.bootstrap.store(Arc::new(trust));
     }
 
     /// Our own SPIFFE ID, once a certificate is held.

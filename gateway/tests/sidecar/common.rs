@@ -54,7 +54,7 @@ pub async fn start_with_identity(
         admin: LOCAL,
         access_log: Sink::Channel(tx),
         socket: SocketOptions::default(),
-        identity,
+        mesh: identity.map(|i| std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(i))),
     })
     .await
     .unwrap_or_else(|e| panic!("sidecar failed to start: {e}"));

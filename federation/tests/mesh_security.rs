@@ -1,0 +1,395 @@
+//! Identity and mTLS end to end, in `files` mode: a control plane serving
+//! discovery and its CA over TLS, and real sidecars that verify it with the
+//! bootstrap root, get their SVIDs with bootstrap tokens, subscribe as the
+//! identity their certificate names, and then talk to each other over the
+//! mTLS transport only (the Mesh says STRICT), with an AuthorizationPolicy
+//! from the store deciding who may call.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
+use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription, Workload, WorkloadPort};
+use isthmus_api::model;
+use isthmus_federation::identity::Ca;
+use isthmus_federation::identity::service::Authenticator;
+use isthmus_federation::identity::token::TokenKey;
+use isthmus_federation::server::{ControlPlane, Options};
+use isthmus_gateway::identity::{Identity, Options as IdOptions};
+use isthmus_gateway::sample::{self, SampleApp};
+use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
+use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_gateway::tls::control::{ControlPlaneConnector, channel};
+use isthmus_gateway::tls::{MeshTls, Trust};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TD: &str = "eu-west.isthmus.local";
+const CP_ID: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-federation";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const STORE: &str = r#"
+apiVersion: isthmus.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west}, mtls: {mode: STRICT}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: frontend-reads, namespace: shop}
+spec:
+  selector: {matchLabels: {app: catalog}}
+  action: ALLOW
+  rules:
+    - from: [{principals: ["spiffe://eu-west.isthmus.local/ns/shop/sa/frontend"]}]
+      to: [{methods: [GET], paths: ["/items*"]}]
+"#;
+
+async fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("isthmus-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The mesh TLS of a sidecar that knows only the bootstrap root.
+fn bootstrap_mesh(dir: &Path) -> (Arc<Identity>, Arc<MeshTls>) {
+    let identity = Identity::empty();
+    let mesh = Arc::new(MeshTls::new(identity.clone()));
+    let pem = std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap();
+    mesh.set_bootstrap_trust(Trust::from_self_describing_pem(&pem).unwrap());
+    (identity, mesh)
+}
+
+struct Proxy {
+    sidecar: Sidecar,
+    mesh: Arc<MeshTls>,
+}
+
+#[allow(clippy::too_many_arguments)] // a test helper: each is one field of the pod
+async fn secure_sidecar(
+    cp: SocketAddr,
+    dir: &Path,
+    tokens: &TokenKey,
+    name: &str,
+    labels: &[(&str, &str)],
+    listeners: Vec<model::Listener>,
+    workload: Option<Workload>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Proxy {
+    let (identity, mesh) = bootstrap_mesh(dir);
+    let connector = ControlPlaneConnector::new(mesh.clone(), CP_ID);
+    tokio::spawn(identity.run(
+        IdOptions {
+            address: cp.to_string(),
+            token: tokens.issue("shop", name, SystemTime::now(), Duration::from_secs(600)),
+            ttl: Duration::from_secs(3600),
+            renew_at: 0.5,
+            tls: Some(connector.clone()),
+        },
+        stop.clone(),
+    ));
+    let node = model::Node {
+        name: format!("{name}-0"),
+        namespace: "shop".into(),
+        service_account: name.into(),
+        cluster: "eu-west".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let mut d = isthmus_gateway::discovery::Options::new(cp.to_string(), node);
+    d.listeners = listeners;
+    d.workload = workload;
+    d.tls = Some(connector);
+    d.backoff_initial = Duration::from_millis(50);
+    d.backoff_max = Duration::from_millis(300);
+    let sidecar = Sidecar::start(sidecar::Options {
+        config: ConfigSource::ControlPlane(Box::new(d)),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        access_log: Sink::Off,
+        socket: Default::default(),
+        mesh: Some(mesh.clone()),
+    })
+    .await
+    .expect("sidecar starts");
+    Proxy { sidecar, mesh }
+}
+
+fn listener(name: &str, address: &str, kind: model::listener::Kind) -> model::Listener {
+    model::Listener {
+        name: name.into(),
+        address: address.into(),
+        kind: Some(kind),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn subscribe_as(
+    cp: SocketAddr,
+    connector: &ControlPlaneConnector,
+    sa: &str,
+) -> tonic::Status {
+    let ch = channel(&cp.to_string(), Some(connector), Duration::from_secs(5))
+        .await
+        .expect("TLS to the control plane");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        subscribe: Some(Subscription {
+            node: Some(model::Node {
+                name: "x".into(),
+                namespace: "shop".into(),
+                service_account: sa.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    match DiscoveryClient::new(ch)
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Ok(mut s) => match s.get_mut().message().await {
+            Err(e) => e,
+            Ok(_) => tonic::Status::ok("subscribed"),
+        },
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let dir = temp_dir("mesh-security");
+    std::fs::write(dir.join("mesh.yaml"), STORE).unwrap();
+    let mut opts = Options::new(&dir);
+    opts.poll = Duration::from_millis(20);
+    opts.debounce = Duration::from_millis(20);
+    let cp = ControlPlane::start(opts);
+    let ca = Arc::new(Ca::load_or_create(&dir, TD).unwrap());
+    let tokens = TokenKey::load_or_create(&dir, TD).unwrap();
+    let l = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let cp_addr = l.local_addr().unwrap();
+    let tls = cp
+        .serve_secure(
+            l,
+            ca,
+            Authenticator::Bootstrap(Box::new(TokenKey::load_or_create(&dir, TD).unwrap())),
+            "isthmus-system",
+        )
+        .unwrap();
+    assert_eq!(tls.id().to_string(), CP_ID);
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    // catalog: app + sidecar with the mesh transport, registered.
+    let app = SampleApp::new("catalog", "eu-west", "v1");
+    let running = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let app_port = running.addr.port();
+    let tunnel_port = free_port();
+    let inbound = model::Inbound {
+        app_address: "127.0.0.1".into(),
+        ports: vec![model::InboundPort {
+            port: app_port.into(),
+            ..Default::default()
+        }],
+    };
+    use model::listener::Kind;
+    let catalog = secure_sidecar(
+        cp_addr,
+        &dir,
+        &tokens,
+        "catalog",
+        &[("app", "catalog")],
+        vec![
+            listener(
+                "tunnel",
+                &format!("127.0.0.1:{tunnel_port}"),
+                Kind::Tunnel(inbound.clone()),
+            ),
+            listener("inbound", "127.0.0.1:0", Kind::Inbound(inbound)),
+        ],
+        Some(Workload {
+            address: "127.0.0.1".into(),
+            ports: vec![WorkloadPort {
+                name: "http".into(),
+                port: app_port.into(),
+            }],
+            tunnel_port: tunnel_port.into(),
+        }),
+        &stop,
+    )
+    .await;
+    let out = || listener("out", "127.0.0.1:0", Kind::Http(model::HttpOutbound {}));
+    let frontend = secure_sidecar(
+        cp_addr,
+        &dir,
+        &tokens,
+        "frontend",
+        &[("app", "frontend")],
+        vec![out()],
+        None,
+        &stop,
+    )
+    .await;
+    let ops = secure_sidecar(
+        cp_addr,
+        &dir,
+        &tokens,
+        "ops",
+        &[("app", "ops")],
+        vec![out()],
+        None,
+        &stop,
+    )
+    .await;
+
+    // The frontend's request crosses the mTLS transport: the app learns
+    // the verified caller.
+    let f_out = eventually("frontend listener bound", || async {
+        frontend.sidecar.listener_addr("out")
+    })
+    .await;
+    let (status, body) = eventually("frontend reaches catalog over mTLS", || async {
+        http(f_out, "catalog", "/items")
+            .await
+            .filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        j["caller"],
+        "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend"
+    );
+    // Policy from the store: ops may not call, nor frontend write.
+    let o_out = eventually("ops listener bound", || async {
+        ops.sidecar.listener_addr("out")
+    })
+    .await;
+    let (status, body) = eventually("ops configured", || async {
+        http(o_out, "catalog", "/items")
+            .await
+            .filter(|(s, _)| *s != 404)
+    })
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(http(f_out, "catalog", "/orders").await.unwrap().0, 403);
+    // STRICT from the Mesh: plaintext to the catalog's inbound is refused.
+    let plain = catalog.sidecar.listener_addr("inbound").unwrap();
+    assert!(http(plain, "catalog", "/items").await.is_none());
+    assert_eq!(app.hits(), 1, "only the allowed request reached the app");
+
+    // The catalog proxy's view: identity, trust from the stream, mode.
+    let admin = catalog.sidecar.admin_addr();
+    let (_, dump) = http(admin, "admin", "/config_dump").await.unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["security"]["identity"],
+        "spiffe://eu-west.isthmus.local/ns/shop/sa/catalog"
+    );
+    assert_eq!(dump["security"]["mtlsMode"], "STRICT");
+    assert_eq!(dump["security"]["trustDomains"], serde_json::json!([TD]));
+    assert!(dump["security"]["authorization"].as_bool().unwrap());
+
+    // The control plane takes identity from the certificate: subscribing
+    // as another service account is refused, and so is no certificate.
+    let with_ops_cert = ControlPlaneConnector::new(ops.mesh.clone(), CP_ID);
+    let e = subscribe_as(cp_addr, &with_ops_cert, "catalog").await;
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(
+        e.message()
+            .contains("spiffe://eu-west.isthmus.local/ns/shop/sa/ops"),
+        "{e}"
+    );
+    let (_, anonymous) = bootstrap_mesh(&dir);
+    let e = subscribe_as(
+        cp_addr,
+        &ControlPlaneConnector::new(anonymous.clone(), CP_ID),
+        "catalog",
+    )
+    .await;
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    // The proxy checks the control plane's identity.
+    let wrong = ControlPlaneConnector::new(
+        anonymous,
+        "spiffe://eu-west.isthmus.local/ns/other/sa/isthmus-federation",
+    );
+    let e = channel(&cp_addr.to_string(), Some(&wrong), Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("expected spiffe://eu-west.isthmus.local/ns/other"),
+        "{e}"
+    );
+    // Plaintext gRPC to the TLS port does not get through.
+    let refused = match channel(&cp_addr.to_string(), None, Duration::from_secs(5)).await {
+        Err(_) => true,
+        Ok(ch) => DiscoveryClient::new(ch)
+            .subscribe(tokio_stream::iter(vec![DiscoveryRequest::default()]))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "plaintext gRPC must not reach discovery");
+
+    stop.cancel();
+    for p in [catalog, frontend, ops] {
+        p.sidecar.shutdown(Duration::from_millis(200)).await;
+    }
+    running.stop().await;
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
