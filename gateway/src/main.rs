@@ -88,6 +88,14 @@ struct SidecarArgs {
     /// spiffe://<the roots' trust domain>/ns/isthmus-system/sa/isthmus-federation.
     #[arg(long, env = "ISTHMUS_CONTROL_PLANE_ID")]
     control_plane_id: Option<String>,
+    /// The workload certificate from files (PEM, leaf first) written by
+    /// something outside the mesh (a SPIRE agent, cert-manager): used
+    /// instead of the CA, re-read when they change. Needs --key-file and
+    /// --ca-roots (the trust roots).
+    #[arg(long, requires_all = ["key_file", "ca_roots"], conflicts_with_all = ["ca_token", "ca_token_file"])]
+    cert_file: Option<PathBuf>,
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
     /// Lifetime asked for the workload certificate (renewed at half).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
@@ -454,6 +462,32 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         d.tls = tls.clone();
     }
     let mesh = match token {
+        None if a.cert_file.is_some() => {
+            let (cert, key, roots) = (
+                a.cert_file.clone().expect("checked"),
+                a.key_file.clone().context("--cert-file needs --key-file")?,
+                a.ca_roots.clone().context("--cert-file needs --ca-roots")?,
+            );
+            let files = isthmus_gateway::identity::Identity::watch_files(
+                cert,
+                key,
+                roots,
+                Duration::from_secs(10),
+                stop_identity.clone(),
+            )?;
+            let mesh = std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(files));
+            if let Some(t) = tls.as_ref() {
+                // The control plane connection presents the same identity.
+                let expected = t.expected().to_string();
+                if let ConfigSource::ControlPlane(d) = &mut config {
+                    d.tls = Some(isthmus_gateway::tls::control::ControlPlaneConnector::new(
+                        mesh.clone(),
+                        expected,
+                    ));
+                }
+            }
+            Some(mesh)
+        }
         Some(token) => {
             let address =
                 a.ca.clone()

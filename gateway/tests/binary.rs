@@ -2,6 +2,8 @@
 //! and exits cleanly; an invalid config file refuses to start with the
 //! field and line at fault.
 
+#[path = "support/pki.rs"]
+mod pki;
 mod support;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -122,5 +124,98 @@ fn invalid_config_refuses_to_start_naming_field_and_line() {
     assert!(err.contains("line 7"), "{err}");
     assert!(err.contains("services[0].routes[0].timeout"), "{err}");
     assert!(err.contains("0.25s"), "says how to write a duration: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(admin, "/readyz")
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    {
+        assert!(Instant::now() < deadline, "sidecar never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two sidecar processes whose certificates come from files (as a SPIRE
+/// agent writes them): the client's request crosses the mTLS transport and
+/// the app sees the client's SPIFFE ID.
+#[tokio::test]
+async fn certificate_files_give_the_binary_its_identity_and_the_mesh_transport() {
+    let ca = pki::Ca::new("eu-west.isthmus.local");
+    let dir = std::env::temp_dir().join(format!("isthmus-bin-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = SampleApp::new("catalog", "c", "v1");
+    let up = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let app_port = up.addr.port();
+    let (tunnel, out, admin_a, admin_b) = (free_port(), free_port(), free_port(), free_port());
+    let server_cfg = dir.join("server.yaml");
+    std::fs::write(
+        &server_cfg,
+        format!(
+            "listeners:\n  - {{name: tunnel, address: \"127.0.0.1:{tunnel}\", tunnel: {{ports: [{{port: {app_port}}}]}}}}\n\
+             services: []\nsecurity: {{defaultMtlsMode: STRICT}}\n"
+        ),
+    )
+    .unwrap();
+    let client_cfg = dir.join("client.yaml");
+    std::fs::write(
+        &client_cfg,
+        format!(
+            "listeners:\n  - {{name: out, address: \"127.0.0.1:{out}\", http: {{}}}}\n\
+             services:\n  - name: catalog\n    ports: [{{port: 80, targetPort: {app_port}}}]\n    \
+             endpoints: [{{address: \"127.0.0.1\", tunnelPort: {tunnel}, identity: \"spiffe://eu-west.isthmus.local/ns/shop/sa/catalog\"}}]\n"
+        ),
+    )
+    .unwrap();
+    let run = |cfg: &std::path::Path, admin: u16, files: &[std::path::PathBuf; 3]| {
+        Command::new(BIN)
+            .args(["sidecar", "--config", cfg.to_str().unwrap()])
+            .args([
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+                "--access-log",
+                "off",
+            ])
+            .args(["--cert-file", files[0].to_str().unwrap()])
+            .args(["--key-file", files[1].to_str().unwrap()])
+            .args(["--ca-roots", files[2].to_str().unwrap()])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let server_files = ca.write_files(&ca.issue("shop", "catalog"), &dir, "server");
+    let client_files = ca.write_files(&ca.issue("shop", "frontend"), &dir, "client");
+    let _b = Kill(run(&server_cfg, admin_b, &server_files));
+    let _a = Kill(run(&client_cfg, admin_a, &client_files));
+    let (admin_a, admin_b): (SocketAddr, SocketAddr) = (
+        ([127, 0, 0, 1], admin_a).into(),
+        ([127, 0, 0, 1], admin_b).into(),
+    );
+    wait_ready(admin_a).await;
+    wait_ready(admin_b).await;
+    let resp = get(([127, 0, 0, 1], out).into(), "/items").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.contains("\"caller\":\"spiffe://eu-west.isthmus.local/ns/shop/sa/frontend\""),
+        "{resp}"
+    );
+    let dump = get(admin_b, "/config_dump").await.unwrap();
+    assert!(
+        dump.contains("\"identity\": \"spiffe://eu-west.isthmus.local/ns/shop/sa/catalog\""),
+        "{dump}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

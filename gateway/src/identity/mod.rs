@@ -103,6 +103,48 @@ pub async fn fetch(opts: &Options) -> Result<Credentials, IdentityError> {
     })
 }
 
+/// Credentials from PEM files written by something outside the mesh (a
+/// SPIRE agent, cert-manager, a test): the certificate (leaf first, then
+/// any intermediates), its key, and the trust roots (each naming its trust
+/// domain with a `spiffe://<td>` URI SAN, as Isthmus CAs do).
+pub fn from_files(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    roots: &std::path::Path,
+) -> Result<Credentials, IdentityError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| IdentityError::Key(format!("cannot read {}: {e}", p.display())))
+    };
+    let (cert_pem, key_pem, roots_pem) = (read(cert)?, read(key)?, read(roots)?);
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let leaf = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .ok_or_else(|| IdentityError::Key(format!("{}: no certificate", cert.display())))?
+        .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;
+    let id = crate::tls::SpiffeId::from_cert(&leaf)
+        .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;
+    let at = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
+    let trust = crate::tls::Trust::from_self_describing_pem(&roots_pem)
+        .map_err(|e| IdentityError::Key(format!("{}: {e}", roots.display())))?;
+    let mut trust_bundles = BTreeMap::new();
+    for d in trust.domains() {
+        trust_bundles.insert(d.to_string(), roots_pem.clone());
+    }
+    Ok(Credentials {
+        spiffe_id: id.to_string(),
+        cert_pem,
+        chain_pem: String::new(),
+        key_pem,
+        not_before: at(parsed.validity().not_before.timestamp()),
+        not_after: at(parsed.validity().not_after.timestamp()),
+        trust_bundles,
+    })
+}
+
 /// When to renew credentials obtained at `from` that expire at `until`.
 pub fn renew_time(from: SystemTime, until: SystemTime, fraction: f64) -> SystemTime {
     let life = until.duration_since(from).unwrap_or_default();
@@ -142,6 +184,49 @@ impl Identity {
         let me = Self::empty();
         let task = tokio::spawn(me.clone().run(opts, stop));
         (me, task)
+    }
+
+    /// Credentials from files (`from_files`), re-read when a file changes
+    /// (checked every `poll`) until `stop`: rotation by whoever writes them.
+    pub fn watch_files(
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        roots: std::path::PathBuf,
+        poll: Duration,
+        stop: CancellationToken,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let me = Self::fixed(from_files(&cert, &key, &roots)?);
+        let this = me.clone();
+        let stamp = |paths: &[&std::path::Path; 3]| {
+            paths
+                .iter()
+                .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .collect::<Vec<_>>()
+        };
+        let mut seen = stamp(&[&cert, &key, &roots]);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                let now = stamp(&[&cert, &key, &roots]);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match from_files(&cert, &key, &roots) {
+                    Ok(c) => {
+                        this.install(c);
+                        tracing::info!("certificate files changed: new certificate in force")
+                    }
+                    Err(e) => tracing::warn!(
+                        "certificate files changed but are unusable, keeping the current ones: {e}"
+                    ),
+                }
+            }
+        });
+        Ok(me)
     }
 
     /// An identity without credentials yet (see `run`).

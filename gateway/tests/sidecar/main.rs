@@ -7,6 +7,7 @@ mod common;
 mod balancing;
 mod lifecycle;
 mod mtls;
+#[path = "../support/pki.rs"]
 mod pki;
 mod protocols;
 mod resilience;

@@ -2,6 +2,9 @@
 //! validity window (expired ones included) and any SPIFFE ID (including
 //! ones naming another CA's trust domain).
 
+// Each test crate including this uses part of it.
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -79,5 +82,24 @@ impl Ca {
             not_after,
             trust_bundles: BTreeMap::from([(self.trust_domain.clone(), self.pem.clone())]),
         }
+    }
+
+    /// Writes `creds` as cert, key and roots files in `dir` (as a SPIRE
+    /// agent would) and returns their paths.
+    pub fn write_files(
+        &self,
+        creds: &Credentials,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> [std::path::PathBuf; 3] {
+        let paths = [
+            dir.join(format!("{name}-cert.pem")),
+            dir.join(format!("{name}-key.pem")),
+            dir.join(format!("{name}-roots.pem")),
+        ];
+        std::fs::write(&paths[0], &creds.cert_pem).unwrap();
+        std::fs::write(&paths[1], &creds.key_pem).unwrap();
+        std::fs::write(&paths[2], &self.pem).unwrap();
+        paths
     }
 }
