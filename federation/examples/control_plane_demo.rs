@@ -1,9 +1,13 @@
 //! The control-plane demo: a control plane on a `files` store directory,
-//! catalog v1 and v2 each with a sidecar that registers it, and a frontend
-//! sidecar that gets its routes from the control plane. Traffic to
-//! `catalog` runs continuously; every second a line shows how it splits.
-//! Edit the printed store directory (route weights, a broken file, a new
-//! DestinationPolicy) and watch the split follow. Ctrl-C stops everything.
+//! serving discovery and its CA over TLS; catalog v1 and v2 each with a
+//! sidecar that registers it, and a frontend sidecar that gets its routes
+//! from the control plane. Every sidecar gets a SPIFFE certificate from
+//! the CA (bootstrap tokens); the Mesh is STRICT, so the frontend reaches
+//! catalog only over the mTLS transport, and an AuthorizationPolicy says
+//! who may call. Traffic to `catalog` runs continuously; every second a
+//! line shows how it splits and how much of it arrived with the frontend's
+//! verified identity. Edit the printed store directory (route weights, the
+//! policy, a broken file) and watch it follow. Ctrl-C stops everything.
 //!
 //!     cargo run --release -p isthmus-federation --example control-plane-demo
 //!
@@ -25,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SERVICES: &str = r#"apiVersion: isthmus.dev/v1alpha1
 kind: Mesh
 metadata: {name: mesh}
-spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west}}
+spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west}, mtls: {mode: STRICT}}
 ---
 apiVersion: v1
 kind: Service
@@ -61,11 +65,26 @@ spec:
         - {name: catalog-v2, port: 80, weight: 10}
 "#;
 
+const AUTHZ: &str = r#"# Who may call catalog. Remove the frontend's principal (or make this a
+# DENY) and save: its requests get 403 within a second.
+apiVersion: isthmus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: catalog-callers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: catalog}}
+  action: ALLOW
+  rules:
+    - from: [{principals: ["spiffe://eu-west.isthmus.local/ns/shop/sa/frontend"]}]
+"#;
+
+const TD: &str = "eu-west.isthmus.local";
+const FRONTEND_ID: &str = "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend";
+
 fn node(name: &str, labels: &[(&str, &str)]) -> model::Node {
     model::Node {
         name: name.into(),
         namespace: "shop".into(),
-        service_account: name.into(),
+        service_account: name.split('-').next().unwrap_or(name).into(),
         cluster: "eu-west".into(),
         locality: Some(model::Locality {
             region: "eu-west".into(),
@@ -78,28 +97,63 @@ fn node(name: &str, labels: &[(&str, &str)]) -> model::Node {
     }
 }
 
+/// What a sidecar needs to join the mesh: the CA's root and a token.
+struct Bootstrap {
+    root_pem: String,
+    tokens: isthmus_federation::identity::token::TokenKey,
+    stop: tokio_util::sync::CancellationToken,
+}
+
 async fn sidecar(
+    boot: &Bootstrap,
     name: &str,
     labels: &[(&str, &str)],
     admin: u16,
     listeners: Vec<model::Listener>,
     workload: Option<Workload>,
 ) -> anyhow::Result<Sidecar> {
-    let mut d = isthmus_gateway::discovery::Options::new("127.0.0.1:15010", node(name, labels));
+    use isthmus_gateway::tls::{MeshTls, Trust, control::ControlPlaneConnector};
+    let node = node(name, labels);
+    // The identity: a key made here, a certificate from the CA over TLS.
+    let identity = isthmus_gateway::identity::Identity::empty();
+    let mesh = std::sync::Arc::new(MeshTls::new(identity.clone()));
+    mesh.set_bootstrap_trust(Trust::from_self_describing_pem(&boot.root_pem)?);
+    let tls = ControlPlaneConnector::new(
+        mesh.clone(),
+        format!("spiffe://{TD}/ns/isthmus-system/sa/isthmus-federation"),
+    );
+    tokio::spawn(identity.run(
+        isthmus_gateway::identity::Options {
+            address: "127.0.0.1:15010".into(),
+            token: boot.tokens.issue(
+                &node.namespace,
+                &node.service_account,
+                std::time::SystemTime::now(),
+                Duration::from_secs(600),
+            ),
+            ttl: Duration::from_secs(3600),
+            renew_at: 0.5,
+            tls: Some(tls.clone()),
+        },
+        boot.stop.clone(),
+    ));
+    let mut d = isthmus_gateway::discovery::Options::new("127.0.0.1:15010", node);
     d.listeners = listeners;
     d.workload = workload;
+    d.tls = Some(tls);
     Ok(Sidecar::start(sidecar::Options {
         config: ConfigSource::ControlPlane(Box::new(d)),
         admin: ([127, 0, 0, 1], admin).into(),
         access_log: Sink::Off,
         socket: Default::default(),
-        mesh: None,
+        mesh: Some(mesh),
     })
     .await?)
 }
 
-/// One request through the frontend's sidecar: the version that answered.
-async fn call(outbound: SocketAddr) -> Option<String> {
+/// One request through the frontend's sidecar: the version that answered,
+/// and whether the app saw the frontend's verified identity (mTLS).
+async fn call(outbound: SocketAddr) -> Option<(String, bool)> {
     let mut s = tokio::net::TcpStream::connect(outbound).await.ok()?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n")
         .await
@@ -107,11 +161,14 @@ async fn call(outbound: SocketAddr) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).await.ok()?;
     if !out.starts_with("HTTP/1.1 200") {
-        return Some(format!("HTTP {}", out.get(9..12).unwrap_or("?")));
+        return Some((format!("HTTP {}", out.get(9..12).unwrap_or("?")), false));
     }
     let body = out.split_once("\r\n\r\n")?.1;
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
-    Some(v["version"].as_str()?.to_string())
+    Some((
+        v["version"].as_str()?.to_string(),
+        v["caller"].as_str() == Some(FRONTEND_ID),
+    ))
 }
 
 #[tokio::main]
@@ -129,7 +186,11 @@ async fn main() -> anyhow::Result<()> {
             std::env::temp_dir().join(format!("isthmus-demo-{}", std::process::id()))
         });
     std::fs::create_dir_all(&dir)?;
-    for (name, text) in [("services.yaml", SERVICES), ("route.yaml", ROUTE)] {
+    for (name, text) in [
+        ("services.yaml", SERVICES),
+        ("route.yaml", ROUTE),
+        ("authz.yaml", AUTHZ),
+    ] {
         if !dir.join(name).exists() {
             std::fs::write(dir.join(name), text)?;
         }
@@ -138,14 +199,27 @@ async fn main() -> anyhow::Result<()> {
     let mut opts = Options::new(dir.clone());
     opts.debounce = Duration::from_millis(50);
     let cp = ControlPlane::start(opts);
-    cp.serve_discovery(isthmus_federation::server::bind(
-        ([127, 0, 0, 1], 15010).into(),
-    )?);
+    let ca = std::sync::Arc::new(isthmus_federation::identity::Ca::load_or_create(&dir, TD)?);
+    let tokens = || isthmus_federation::identity::token::TokenKey::load_or_create(&dir, TD);
+    let boot = Bootstrap {
+        root_pem: ca.bundle_pem().to_string(),
+        tokens: tokens()?,
+        stop: tokio_util::sync::CancellationToken::new(),
+    };
+    cp.serve_secure(
+        isthmus_federation::server::bind(([127, 0, 0, 1], 15010).into())?,
+        ca,
+        isthmus_federation::identity::service::Authenticator::Bootstrap(Box::new(tokens()?)),
+        "isthmus-system",
+    )?;
     cp.serve_admin(tokio::net::TcpListener::bind("127.0.0.1:15030").await?);
 
     let mut apps = Vec::new();
     let mut sidecars = Vec::new();
-    for (version, port, admin) in [("v1", 18201u16, 15021u16), ("v2", 18202, 15022)] {
+    for (version, port, admin, tunnel) in [
+        ("v1", 18201u16, 15021u16, 15108u16),
+        ("v2", 18202, 15022, 15208),
+    ] {
         apps.push(
             sample::serve(
                 SampleApp::new("catalog", "eu-west", version),
@@ -155,23 +229,36 @@ async fn main() -> anyhow::Result<()> {
         );
         sidecars.push(
             sidecar(
+                &boot,
                 &format!("catalog-{version}-0"),
                 &[("app", "catalog"), ("version", version)],
                 admin,
-                Vec::new(),
+                // The mesh transport (mTLS) in front of the app.
+                vec![model::Listener {
+                    name: "tunnel".into(),
+                    address: format!("127.0.0.1:{tunnel}"),
+                    kind: Some(model::listener::Kind::Tunnel(model::Inbound {
+                        app_address: "127.0.0.1".into(),
+                        ports: vec![model::InboundPort {
+                            port: port.into(),
+                            ..Default::default()
+                        }],
+                    })),
+                }],
                 Some(Workload {
                     address: "127.0.0.1".into(),
                     ports: vec![WorkloadPort {
                         name: "http".into(),
                         port: port.into(),
                     }],
-                    tunnel_port: 0,
+                    tunnel_port: tunnel.into(),
                 }),
             )
             .await?,
         );
     }
     let frontend = sidecar(
+        &boot,
         "frontend-0",
         &[("app", "frontend")],
         15020,
@@ -189,7 +276,8 @@ async fn main() -> anyhow::Result<()> {
          \x20 control plane admin:             curl -s 127.0.0.1:15030/config_dump\n\
          \x20 frontend sidecar admin:          curl -s 127.0.0.1:15020/config_dump\n\
          \x20 send your own requests:          curl -s -H 'Host: catalog' 127.0.0.1:15001/\n\
-         \x20 try: set the weights in {dir}/route.yaml to 0 and 100, or break a file\n",
+         \x20 try: set the weights in {dir}/route.yaml to 0 and 100, edit\n\
+         \x20      {dir}/authz.yaml (who may call catalog), or break a file\n",
         dir = dir.display()
     );
 
@@ -203,6 +291,14 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let outbound: SocketAddr = "127.0.0.1:15001".parse()?;
+    // ...and catalog answers (certificates issued, endpoints registered).
+    while !call(outbound).await.is_some_and(|(_, mtls)| mtls) {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < ready + Duration::from_secs(10),
+            "catalog did not answer over mTLS within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let seconds: Option<u64> = std::env::var("ISTHMUS_DEMO_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok());
@@ -217,15 +313,19 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         let mut split: BTreeMap<String, u32> = BTreeMap::new();
+        let mut mtls = 0;
         for _ in 0..50 {
-            let who = call(outbound).await.unwrap_or_else(|| "no answer".into());
+            let (who, verified) = call(outbound)
+                .await
+                .unwrap_or_else(|| ("no answer".into(), false));
             *split.entry(who).or_default() += 1;
+            mtls += u32::from(verified);
         }
         let p = cp.published.borrow().clone();
         let synced = cp.subscribers.synced_at_least(p.generation);
         let line: Vec<String> = split.iter().map(|(k, n)| format!("{k} {n:>2}")).collect();
         println!(
-            "catalog <- 50 requests: {:<28} | generation {} ({} of {} proxies in sync), store errors {}",
+            "catalog <- 50 requests: {:<28} | mTLS as frontend {mtls:>2}/50 | generation {} ({} of {} proxies in sync), store errors {}",
             line.join("  "),
             p.generation,
             synced,
@@ -234,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     eprintln!("stopping");
+    boot.stop.cancel();
     frontend.shutdown(Duration::from_secs(1)).await;
     for s in sidecars {
         s.shutdown(Duration::from_secs(1)).await;

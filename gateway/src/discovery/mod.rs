@@ -301,6 +301,7 @@ async fn stream(
     let address = opts.address.clone();
     let channel = match &opts.tls {
         Some(connector) => {
+            connector.wait_for_certificate().await;
             crate::tls::control::channel(&address, Some(connector), Duration::from_secs(5))
                 .await
                 .map_err(|reason| DiscoveryError::Connect {

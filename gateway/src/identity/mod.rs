@@ -155,6 +155,8 @@ pub fn renew_time(from: SystemTime, until: SystemTime, fraction: f64) -> SystemT
 pub struct Identity {
     current: ArcSwapOption<Credentials>,
     rotations: watch::Sender<u64>,
+    /// True once credentials are held.
+    held: watch::Sender<bool>,
 }
 
 impl Identity {
@@ -168,6 +170,7 @@ impl Identity {
         let me = Arc::new(Self {
             current: ArcSwapOption::from_pointee(first),
             rotations: watch::Sender::new(0),
+            held: watch::Sender::new(true),
         });
         let this = me.clone();
         let task = tokio::spawn(async move { this.renew(opts, stop).await });
@@ -234,6 +237,7 @@ impl Identity {
         Arc::new(Self {
             current: ArcSwapOption::empty(),
             rotations: watch::Sender::new(0),
+            held: watch::Sender::new(false),
         })
     }
 
@@ -246,6 +250,7 @@ impl Identity {
                 Ok(first) => {
                     tracing::info!(id = %first.spiffe_id, "certificate obtained");
                     self.current.store(Some(Arc::new(first)));
+                    self.held.send_replace(true);
                     break;
                 }
                 Err(e) => {
@@ -268,6 +273,7 @@ impl Identity {
         Arc::new(Self {
             current: ArcSwapOption::from_pointee(creds),
             rotations: watch::Sender::new(0),
+            held: watch::Sender::new(true),
         })
     }
 
@@ -281,6 +287,12 @@ impl Identity {
     /// The credentials in force (read per handshake).
     pub fn current(&self) -> Option<Arc<Credentials>> {
         self.current.load_full()
+    }
+
+    /// Waits until credentials are held (at once if they are).
+    pub async fn wait_held(&self) {
+        let mut rx = self.held.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
     }
 
     /// Counts rotations.

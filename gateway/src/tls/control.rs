@@ -51,6 +51,12 @@ impl ControlPlaneConnector {
         &self.expected
     }
 
+    /// Waits until the proxy holds a certificate to present (discovery is
+    /// refused without one).
+    pub async fn wait_for_certificate(&self) {
+        self.tls.identity().wait_held().await
+    }
+
     async fn connect(self, uri: Uri) -> io::Result<TokioIo<TlsStream<TcpStream>>> {
         let host = uri
             .host()
