@@ -56,6 +56,16 @@ enum Command {
         /// Serve discovery and the CA without TLS (development only).
         #[arg(long)]
         insecure_plaintext: bool,
+        /// A plugged-in CA (PEM): the operator's root, or an intermediate
+        /// with --ca-root-bundle; instead of the generated root.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+        /// The roots an intermediate --ca-cert chains to (sent to proxies
+        /// as the trust bundle).
+        #[arg(long, requires = "ca_cert")]
+        ca_root_bundle: Option<PathBuf>,
         /// Quiet time after a change before it is applied.
         #[arg(long, default_value = "100ms", value_parser = duration)]
         debounce: Duration,
@@ -110,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
             poll,
             debounce,
             insecure_plaintext,
+            ca_cert,
+            ca_key,
+            ca_root_bundle,
         } => {
             if let Some(dir) = store_dir.as_ref().filter(|d| !d.is_dir()) {
                 anyhow::bail!(
@@ -164,11 +177,32 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|| "cluster.local".into())
             });
             use isthmus_federation::identity::service::{AUDIENCE, Authenticator};
+            let mut plugged = match (&ca_cert, &ca_key) {
+                (Some(cert), Some(key)) => {
+                    let read = |p: &PathBuf| {
+                        std::fs::read_to_string(p)
+                            .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))
+                    };
+                    let bundle = ca_root_bundle.as_ref().map(read).transpose()?;
+                    tracing::info!(cert = %cert.display(), "plugged-in CA");
+                    Some(isthmus_federation::identity::Ca::from_pem(
+                        &td,
+                        &read(cert)?,
+                        &read(key)?,
+                        bundle.as_deref(),
+                        cert,
+                    )?)
+                }
+                _ => None,
+            };
             let (ca, auth) = match &store_dir {
                 // files mode: the CA lives in the store directory, callers
                 // prove themselves with bootstrap tokens.
                 Some(dir) => {
-                    let ca = isthmus_federation::identity::Ca::load_or_create(dir, &td)?;
+                    let ca = match plugged.take() {
+                        Some(ca) => ca,
+                        None => isthmus_federation::identity::Ca::load_or_create(dir, &td)?,
+                    };
                     let tokens =
                         isthmus_federation::identity::token::TokenKey::load_or_create(dir, &td)
                             .map_err(|e| {
@@ -180,13 +214,18 @@ async fn main() -> anyhow::Result<()> {
                 // authenticated by their ServiceAccount tokens.
                 None => {
                     let client = client.expect("kube mode has a client");
-                    let ca = isthmus_federation::identity::Ca::load_or_create_secret(
-                        client.clone(),
-                        &lease_namespace,
-                        "isthmus-ca",
-                        &td,
-                    )
-                    .await?;
+                    let ca = match plugged.take() {
+                        Some(ca) => ca,
+                        None => {
+                            isthmus_federation::identity::Ca::load_or_create_secret(
+                                client.clone(),
+                                &lease_namespace,
+                                "isthmus-ca",
+                                &td,
+                            )
+                            .await?
+                        }
+                    };
                     let auth = Authenticator::TokenReview {
                         client,
                         trust_domain: td.clone(),

@@ -7,7 +7,7 @@
 //! the control plane stopped (traffic flows) and restarted (resync).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use isthmus_api::discovery::v1::{Workload, WorkloadPort};
@@ -16,42 +16,9 @@ use isthmus_federation::server::{ControlPlane, Options};
 use isthmus_gateway::sample::{self, SampleApp};
 use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
 use isthmus_gateway::telemetry::accesslog::Sink;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Polls `f` until it returns Some, or fails after DEADLINE saying `what`.
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One HTTP/1.1 request; (status, body).
-async fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
-}
+mod support;
+use support::{eventually, http, temp_dir};
 
 async fn dump(admin: SocketAddr) -> serde_json::Value {
     let (status, body) = http(admin, "cp", "/config_dump")
@@ -185,13 +152,6 @@ fn listener(name: &str, kind: model::listener::Kind) -> model::Listener {
         address: "127.0.0.1:0".into(),
         kind: Some(kind),
     }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("isthmus-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

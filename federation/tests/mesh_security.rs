@@ -6,7 +6,7 @@
 //! from the store deciding who may call.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -23,11 +23,12 @@ use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::tls::control::{ControlPlaneConnector, channel};
 use isthmus_gateway::tls::{MeshTls, Trust};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
+use support::{eventually, http, temp_dir};
 
 const TD: &str = "eu-west.isthmus.local";
 const CP_ID: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-federation";
-const DEADLINE: Duration = Duration::from_secs(20);
 
 const STORE: &str = r#"
 apiVersion: isthmus.dev/v1alpha1
@@ -50,44 +51,6 @@ spec:
     - from: [{principals: ["spiffe://eu-west.isthmus.local/ns/shop/sa/frontend"]}]
       to: [{methods: [GET], paths: ["/items*"]}]
 "#;
-
-async fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    let status = out.get(9..12)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("isthmus-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// The mesh TLS of a sidecar that knows only the bootstrap root.
 fn bootstrap_mesh(dir: &Path) -> (Arc<Identity>, Arc<MeshTls>) {

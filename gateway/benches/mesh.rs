@@ -22,7 +22,9 @@
 //!   sockperf 1 KiB ping-pong round trip p50/p99.
 //!
 //! Environment: BENCH_SECONDS (default 5), BENCH_ROUNDS (default 5),
-//! BENCH_RATE (default 1000).
+//! BENCH_RATE (default 1000), BENCH_SIDECAR_CORE (default 1; 0 puts the
+//! sidecars on the generator's core, which shows what crossing cores costs
+//! on this VM).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -46,7 +48,7 @@ fn addr(port: u16) -> SocketAddr {
 fn spawn_sidecar(cfg: &std::path::Path, admin: u16, files: &[std::path::PathBuf; 3]) -> Proc {
     Proc(
         pinned(
-            1,
+            knob("BENCH_SIDECAR_CORE", 1) as u32,
             BIN,
             &[
                 "sidecar",
@@ -279,6 +281,8 @@ async fn main() {
         let endpoint = |target: u16, plain: u16| {
             if mode == "plain" {
                 format!("{{address: \"127.0.0.1:{plain}\"}}")
+            } else if mode == "single" {
+                format!("{{address: \"127.0.0.1:{target}\"}}")
             } else {
                 format!(
                     "{{address: \"127.0.0.1\", ports: [{{port: 80, targetPort: {target}}}], tunnelPort: {tunnel}, identity: \"{server_id}\"}}"
@@ -308,10 +312,13 @@ async fn main() {
     };
     let (p_http, p_iperf, p_sock) = (free_port(), free_port(), free_port());
     let (m_http, m_iperf, m_sock) = (free_port(), free_port(), free_port());
+    let (s_http, s_iperf, s_sock) = (free_port(), free_port(), free_port());
     let (plain_client, _) = client("plain", p_http, p_iperf, p_sock);
     let (mtls_client, _) = client("mtls", m_http, m_iperf, m_sock);
+    let (single, _) = client("single", s_http, s_iperf, s_sock);
     wait_ready(addr(p_http)).await;
     wait_ready(addr(m_http)).await;
+    wait_ready(addr(s_http)).await;
     let pids = |c: &Proc| (c.0.id(), server.0.id());
 
     // HTTP at a fixed rate, interleaved rounds.
@@ -320,8 +327,11 @@ async fn main() {
     );
     // (name, address, the sidecars' pids whose CPU counts)
     type Target<'a> = (&'a str, SocketAddr, Option<(u32, u32)>);
-    let targets: [Target; 3] = [
+    let targets: [Target; 4] = [
         ("direct", addr(up), None),
+        // For reference, one sidecar alone (client side, straight to the
+        // app); pid 0 counts nothing.
+        ("one sidecar (reference)", addr(s_http), Some((single.0.id(), 0))),
         (
             "plaintext sidecar pair",
             addr(p_http),
@@ -422,6 +432,7 @@ async fn main() {
     );
     for (name, ipt, spt) in [
         ("direct", addr(ip), addr(sp)),
+        ("one sidecar (reference)", addr(s_iperf), addr(s_sock)),
         ("plaintext sidecar pair", addr(p_iperf), addr(p_sock)),
         ("mTLS sidecar pair", addr(m_iperf), addr(m_sock)),
     ] {

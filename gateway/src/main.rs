@@ -438,7 +438,12 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("reading --ca-roots {}", path.display()))?;
-            let trust = isthmus_gateway::tls::Trust::from_self_describing_pem(&pem)
+            let fallback = a
+                .control_plane_id
+                .as_deref()
+                .and_then(|id| isthmus_gateway::tls::SpiffeId::parse(id).ok())
+                .map(|id| id.trust_domain().to_string());
+            let trust = isthmus_gateway::tls::Trust::from_pem_for(&pem, fallback.as_deref())
                 .with_context(|| format!("--ca-roots {}", path.display()))?;
             let expected = match &a.control_plane_id {
                 Some(id) => id.clone(),

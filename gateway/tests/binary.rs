@@ -60,14 +60,8 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         .unwrap();
     let out: SocketAddr = ([127, 0, 0, 1], port).into();
     let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    wait_ready(admin).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !get(admin, "/readyz")
-        .await
-        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-    {
-        assert!(Instant::now() < deadline, "sidecar never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let slow = tokio::spawn(async move { get(out, "/delay/800").await });
     while app.hits() == 0 {
         assert!(Instant::now() < deadline, "request never reached the app");

@@ -20,9 +20,7 @@ use super::{ConnInfo, Proxy, Target, http, tcp};
 use crate::config::compile::MtlsMode;
 use crate::config::compile::inbound_service_name;
 use crate::config::{ListenerKind, ListenerSpec, Protocol, Snapshot};
-use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
-use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
@@ -311,21 +309,16 @@ fn plaintext_allowed(proxy: &Proxy, conn: &ConnInfo) -> bool {
         .inc();
     if strict {
         tracing::debug!(peer = %conn.peer, policy = %snap.security.mode_source, "plaintext inbound connection refused: mTLS mode is STRICT");
-        if proxy.access_log.enabled() {
-            proxy.access_log.write(Entry {
-                start_time: rfc3339(SystemTime::now()),
-                direction: Direction::Inbound.as_str(),
-                listener: conn.listener.to_string(),
-                protocol: "TCP".into(),
-                response_flags: "MT".into(),
-                reason: Some(format!(
-                    "plaintext refused: mTLS mode STRICT (from {})",
-                    snap.security.mode_source
-                )),
-                source_address: conn.peer.to_string(),
-                ..Default::default()
-            });
-        }
+        super::log_refused(
+            proxy,
+            conn,
+            "MT",
+            format!(
+                "plaintext refused: mTLS mode STRICT (from {})",
+                snap.security.mode_source
+            ),
+            None,
+        );
     }
     !strict
 }

@@ -92,6 +92,37 @@ pub fn source_cluster(proxy: &Proxy, snap: &Snapshot, peer: Option<&SpiffeId>) -
         .then(|| snap.node.cluster.as_str().into())
 }
 
+/// Writes the access log line of an inbound connection refused before any
+/// byte was proxied (plaintext in STRICT, an AuthorizationPolicy denial).
+pub fn log_refused(
+    proxy: &Proxy,
+    conn: &ConnInfo,
+    flags: &str,
+    reason: String,
+    authz: Option<String>,
+) {
+    if !proxy.access_log.enabled() {
+        return;
+    }
+    let service = match &conn.target {
+        Target::Service { name, .. } => Some(name.clone()),
+        Target::Host => None,
+    };
+    proxy.access_log.write(crate::telemetry::accesslog::Entry {
+        start_time: crate::telemetry::accesslog::rfc3339(std::time::SystemTime::now()),
+        direction: conn.direction.as_str(),
+        listener: conn.listener.to_string(),
+        protocol: "TCP".into(),
+        response_flags: flags.into(),
+        reason: Some(reason),
+        source_address: conn.peer.to_string(),
+        destination_service: service,
+        source_principal: conn.peer_id.as_ref().map(|p| p.to_string()),
+        authz,
+        ..Default::default()
+    });
+}
+
 /// Counts a decision made by a policy (none: not counted).
 pub fn count_decision(proxy: &Proxy, decision: &crate::authz::Decision, protocol: &'static str) {
     proxy

@@ -72,6 +72,12 @@ impl Trust {
     /// Roots whose certificates name their trust domain (`spiffe://<td>`
     /// URI SAN, as Isthmus CAs do): a bootstrap bundle read from a file.
     pub fn from_self_describing_pem(pem: &str) -> Result<Self, TrustError> {
+        Self::from_pem_for(pem, None)
+    }
+
+    /// The same; roots naming no trust domain (an operator's plugged-in
+    /// root) belong to `fallback`.
+    pub fn from_pem_for(pem: &str, fallback: Option<&str>) -> Result<Self, TrustError> {
         let bad = |reason: String| TrustError::Bundle {
             domain: "(bootstrap)".into(),
             reason,
@@ -97,7 +103,10 @@ impl Trust {
                         _ => None,
                     })
                 })
-                .ok_or_else(|| bad("a root names no trust domain (no spiffe:// URI SAN)".into()))?;
+                .or_else(|| fallback.map(str::to_string))
+                .ok_or_else(|| {
+                    bad("a root names no trust domain (no spiffe:// URI SAN): give the trust domain (--control-plane-id names it)".into())
+                })?;
             by_domain.entry(domain).or_default().push_str(block);
         }
         if by_domain.is_empty() {

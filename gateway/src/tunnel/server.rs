@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -24,7 +24,6 @@ use super::{CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW};
 use crate::config::Protocol;
 use crate::config::compile::inbound_service_name;
 use crate::proxy::{ConnInfo, Proxy, Target, listener};
-use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
 use crate::tls::{SpiffeId, peer_id};
 
@@ -185,21 +184,12 @@ pub fn authorize_tcp(proxy: &Proxy, conn: &ConnInfo, port: u16) -> bool {
     if decision.allowed() {
         return true;
     }
-    if proxy.access_log.enabled() {
-        proxy.access_log.write(Entry {
-            start_time: rfc3339(SystemTime::now()),
-            direction: Direction::Inbound.as_str(),
-            listener: conn.listener.to_string(),
-            protocol: "TCP".into(),
-            response_flags: "AD".into(),
-            reason: Some("denied by authorization policy".into()),
-            duration_ms: Instant::now().elapsed().as_secs_f64(),
-            source_address: conn.peer.to_string(),
-            destination_service: Some(inbound_service_name(port)),
-            source_principal: conn.peer_id.as_ref().map(|p| p.to_string()),
-            authz: Some(decision.rule()),
-            ..Default::default()
-        });
-    }
+    crate::proxy::log_refused(
+        proxy,
+        conn,
+        "AD",
+        "denied by authorization policy".into(),
+        Some(decision.rule()),
+    );
     false
 }
