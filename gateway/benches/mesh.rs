@@ -331,7 +331,11 @@ async fn main() {
         ("direct", addr(up), None),
         // For reference, one sidecar alone (client side, straight to the
         // app); pid 0 counts nothing.
-        ("one sidecar (reference)", addr(s_http), Some((single.0.id(), 0))),
+        (
+            "one sidecar (reference)",
+            addr(s_http),
+            Some((single.0.id(), 0)),
+        ),
         (
             "plaintext sidecar pair",
             addr(p_http),
