@@ -8,6 +8,7 @@ pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod eastwest;
 pub mod identity;
 pub mod iptables;
 pub mod jwt;

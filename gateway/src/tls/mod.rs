@@ -312,30 +312,18 @@ impl MeshTls {
             current: ArcSwapOption::empty(),
             provider: provider.clone(),
         });
-        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("aws-lc-rs supports TLS 1.3")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Verifier(state.clone())))
-            .with_client_cert_resolver(Arc::new(Resolver(state.clone())));
-        client.alpn_protocols = vec![ALPN_H2.to_vec()];
-        // Every connection proves a certificate held now: a resumed session
-        // would carry the identity (or the absence of one, for the first
-        // CSR) of the connection that made the ticket.
-        client.resumption = rustls::client::Resumption::disabled();
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("aws-lc-rs supports TLS 1.3")
-            .with_client_cert_verifier(Arc::new(Verifier(state.clone())))
-            .with_cert_resolver(Arc::new(Resolver(state.clone())));
-        server.alpn_protocols = vec![ALPN_H2.to_vec()];
-        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        server.send_tls13_tickets = 0;
+        let (client, server) = configs(&state, ALPN_H2);
         Self {
             state,
             client: Arc::new(client),
             server: Arc::new(server),
         }
+    }
+
+    /// Configurations for another ALPN (`h3` for the east-west tunnels)
+    /// sharing this identity and trust.
+    pub fn configs_for(&self, alpn: &[u8]) -> (rustls::ClientConfig, rustls::ServerConfig) {
+        configs(&self.state, alpn)
     }
 
     /// Installs the configuration's trust bundles (on every config change;
@@ -376,6 +364,32 @@ impl MeshTls {
     pub fn generation(&self) -> u64 {
         *self.state.identity.rotations().borrow()
     }
+}
+
+/// Client and server configurations over `state` for one ALPN. TLS 1.3
+/// only (QUIC needs it anyway); no resumption: every connection proves a
+/// certificate held now (a resumed session would carry the identity, or
+/// the absence of one for a first CSR, of the connection that made the
+/// ticket).
+fn configs(state: &Arc<State>, alpn: &[u8]) -> (rustls::ClientConfig, rustls::ServerConfig) {
+    let provider = state.provider.clone();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("aws-lc-rs supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier(state.clone())))
+        .with_client_cert_resolver(Arc::new(Resolver(state.clone())));
+    client.alpn_protocols = vec![alpn.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("aws-lc-rs supports TLS 1.3")
+        .with_client_cert_verifier(Arc::new(Verifier(state.clone())))
+        .with_cert_resolver(Arc::new(Resolver(state.clone())));
+    server.alpn_protocols = vec![alpn.to_vec()];
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
+    (client, server)
 }
 
 /// The peer identity of an established session (verified in the handshake).

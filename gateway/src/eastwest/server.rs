@@ -1,0 +1,200 @@
+//! The receiving side: QUIC connections from peer gateways, authenticated
+//! by their SPIFFE certificates (the handshake checks the chain against the
+//! peer's own trust domain; `Peers` says which identities may connect),
+//! then every CONNECT stream answered: 200 and joined to a local endpoint,
+//! or a status naming why not (`ConnectRefusal`). A malformed or hostile
+//! request costs its stream, never the connection or the process.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response};
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnectRefusal, parse_authority, quic::peer_id, splice::splice};
+use crate::pool::dial;
+use crate::proxy::Proxy;
+use crate::tls::SpiffeId;
+
+/// Which peer gateways may connect: their SPIFFE IDs (`*` suffix allowed,
+/// e.g. `spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*`).
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    pub allowed: Vec<String>,
+}
+
+impl Peers {
+    pub fn admits(&self, id: &SpiffeId) -> bool {
+        self.allowed
+            .iter()
+            .any(|a| crate::authz::Pattern::new(a).matches(id.as_str()))
+    }
+}
+
+/// Serves peers on `endpoint` until `stop`.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    proxy: Arc<Proxy>,
+    peers: Arc<Peers>,
+    stop: CancellationToken,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = stop.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let (proxy, peers, stop) = (proxy.clone(), peers.clone(), stop.clone());
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    proxy.metrics.error("eastwest_handshake");
+                    tracing::info!(%remote, "peer gateway handshake refused: {e}");
+                    return;
+                }
+            };
+            let Some(id) = peer_id(&conn).filter(|id| peers.admits(id)) else {
+                proxy.metrics.error("eastwest_unknown_peer");
+                tracing::warn!(%remote, peer = ?peer_id(&conn), "peer gateway is not one we link with; closing");
+                conn.close(0x0101u32.into(), b"unknown peer");
+                return;
+            };
+            tracing::info!(%remote, peer = %id, "peer gateway connected");
+            serve_connection(conn, proxy, Arc::new(id), stop).await;
+        });
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn serve_connection(
+    conn: quinn::Connection,
+    proxy: Arc<Proxy>,
+    peer: Arc<SpiffeId>,
+    stop: CancellationToken,
+) {
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(16 * 1024)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%peer, "HTTP/3 setup with the peer failed: {e}");
+            return;
+        }
+    };
+    loop {
+        let resolver = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = h3.accept() => match r {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(%peer, "peer connection ended: {e}");
+                    return;
+                }
+            },
+        };
+        let (proxy, peer) = (proxy.clone(), peer.clone());
+        tokio::spawn(async move {
+            let (req, mut stream) = match resolver.resolve_request().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // Oversized or malformed headers: this stream only.
+                    proxy.metrics.error("eastwest_bad_request");
+                    tracing::debug!(%peer, "unreadable request: {e}");
+                    return;
+                }
+            };
+            let target = match route(
+                &proxy,
+                req.method(),
+                req.uri().authority().map(|a| a.as_str()),
+            )
+            .await
+            {
+                Ok(t) => t,
+                Err(refusal) => {
+                    proxy.metrics.error("eastwest_refused");
+                    tracing::debug!(%peer, "CONNECT refused: {refusal}");
+                    let resp = Response::builder()
+                        .status(refusal.status())
+                        .header("isthmus-refusal", refusal.to_string())
+                        .body(())
+                        .expect("a status and a header make a response");
+                    let _ = stream.send_response(resp).await;
+                    let _ = stream.finish().await;
+                    return;
+                }
+            };
+            let ok = Response::builder()
+                .status(200)
+                .body(())
+                .expect("a status makes a response");
+            if stream.send_response(ok).await.is_err() {
+                return;
+            }
+            let (send, recv) = stream.split();
+            if let Err(e) = splice(send, recv, target).await {
+                tracing::debug!(%peer, "tunnelled connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Validates the CONNECT and opens the connection to a healthy endpoint of
+/// the named service: its sidecar's mesh transport port when it has one
+/// (the payload is then the client sidecar's own mTLS session), else the
+/// endpoint's port.
+async fn route(
+    proxy: &Proxy,
+    method: &Method,
+    authority: Option<&str>,
+) -> Result<tokio::net::TcpStream, ConnectRefusal> {
+    if method != Method::CONNECT {
+        return Err(ConnectRefusal::NotConnect(method.to_string()));
+    }
+    let (name, port) = parse_authority(authority)?;
+    let snap = proxy.store.load();
+    let service = snap
+        .services
+        .get(&name)
+        .filter(|s| !s.inbound)
+        .cloned()
+        .ok_or_else(|| ConnectRefusal::NoService(name.clone()))?;
+    let p = *service.port(Some(port)).ok_or(ConnectRefusal::NoPort {
+        service: name.clone(),
+        port,
+    })?;
+    let cluster = proxy.clusters.get(&service);
+    let mut tried = Vec::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let idx = {
+            let mut rng = rand::rng();
+            cluster.pick(&service, &tried, None, &mut rng)
+        };
+        let Some(idx) = idx else { break };
+        tried.push(idx);
+        let ep = &service.endpoints[idx];
+        let addr = match &ep.tunnel {
+            Some(t) => std::net::SocketAddr::new(ep.ip, t.port),
+            None => ep.addr(&p),
+        };
+        match dial(addr, service.pool.connect_timeout, proxy.socket).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                last = Some(ConnectRefusal::EndpointFailed {
+                    service: name.clone(),
+                    addr,
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(ConnectRefusal::NoHealthyEndpoint(name)))
+}

@@ -1,0 +1,219 @@
+//! East-west tunnels (issue 5, first part): two gateways of clusters with
+//! different trust domains, over real QUIC on loopback. A CONNECT stream
+//! reaches a service behind the peer gateway; malformed or unroutable
+//! CONNECTs get a status naming why, and the connection keeps working;
+//! an unknown or impersonated peer is refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use isthmus_api::model;
+use isthmus_gateway::config::Store;
+use isthmus_gateway::eastwest::client::{LinkError, PeerLink};
+use isthmus_gateway::eastwest::{quic, server};
+use isthmus_gateway::identity::Identity;
+use isthmus_gateway::proxy::Proxy;
+use isthmus_gateway::sample;
+use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_gateway::telemetry::metrics::Metrics;
+use isthmus_gateway::tls::MeshTls;
+use tokio_util::sync::CancellationToken;
+
+#[path = "support/pki.rs"]
+mod pki;
+
+const EU: &str = "eu-west.isthmus.local";
+const US: &str = "us-east.isthmus.local";
+const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+const US_GW: &str = "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+
+/// Credentials of `ca`'s gateway, trusting every CA in `trusted`.
+fn gateway_identity(ca: &pki::Ca, trusted: &[&pki::Ca]) -> Arc<MeshTls> {
+    let mut creds = ca.issue("isthmus-system", "isthmus-eastwest");
+    for t in trusted {
+        creds
+            .trust_bundles
+            .insert(t.trust_domain.clone(), t.pem.clone());
+    }
+    Arc::new(MeshTls::new(Identity::fixed(creds)))
+}
+
+struct Peer {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    _echo: sample::Running,
+}
+
+/// The eu-west gateway: service echo.shop:9000 behind it, admitting `admit`.
+async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
+    let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let store = Arc::new(Store::new());
+    store
+        .apply(&model::ProxyConfig {
+            services: vec![model::Service {
+                name: "echo.shop".into(),
+                ports: vec![model::ServicePort {
+                    port: 9000,
+                    target_port: echo.addr.port().into(),
+                    protocol: model::Protocol::Tcp as i32,
+                    ..Default::default()
+                }],
+                endpoints: vec![model::Endpoint {
+                    address: "127.0.0.1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    let tls = gateway_identity(eu, &[us]);
+    let proxy = Arc::new(Proxy::new(
+        store,
+        Arc::new(Metrics::new()),
+        Sink::Off,
+        Default::default(),
+        Some(tls.clone()),
+    ));
+    let endpoint = quic::endpoint(&tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let peers = Arc::new(server::Peers {
+        allowed: admit.iter().map(|s| s.to_string()).collect(),
+    });
+    tokio::spawn(server::serve(endpoint, proxy, peers, stop.clone()));
+    Peer {
+        addr,
+        stop,
+        _echo: echo,
+    }
+}
+
+fn us_endpoint(tls: &MeshTls) -> quinn::Endpoint {
+    quic::endpoint(tls, "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+async fn echo_through(link: &PeerLink, payload: Bytes) -> Bytes {
+    let s = link.open("echo.shop:9000").await.expect("CONNECT accepted");
+    // Send and receive concurrently: the echo answers as it reads.
+    let (mut w, mut r) = s.stream.split();
+    let total = payload.len();
+    let write = async move {
+        for chunk in payload.chunks(16 * 1024) {
+            w.send_data(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.finish().await.unwrap();
+    };
+    let mut recv = Vec::new();
+    let read = async {
+        while let Some(mut b) = r.recv_data().await.unwrap() {
+            use bytes::Buf;
+            recv.extend_from_slice(&b.copy_to_bytes(b.remaining()));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
+        .await
+        .expect("echo completes");
+    assert_eq!(recv.len(), total);
+    Bytes::from(recv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_stream_reaches_a_service_behind_the_peer_gateway() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let link = PeerLink::connect(&endpoint, peer.addr, EU_GW)
+        .await
+        .unwrap();
+    assert_eq!(
+        echo_through(&link, Bytes::from_static(b"hello across clusters")).await,
+        Bytes::from_static(b"hello across clusters")
+    );
+    // A megabyte both ways through one stream, coalesced on receipt.
+    let big = Bytes::from((0..1 << 20).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    assert_eq!(echo_through(&link, big.clone()).await, big);
+    // Many streams on the one connection at once.
+    let link = Arc::new(link);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let link = link.clone();
+        tasks.push(tokio::spawn(async move {
+            let msg = Bytes::from(format!("stream {i}"));
+            assert_eq!(echo_through(&link, msg.clone()).await, msg);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(link.rtt() < Duration::from_secs(1));
+    peer.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connects_get_a_status_and_the_connection_survives() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let link = PeerLink::connect(&endpoint, peer.addr, EU_GW)
+        .await
+        .unwrap();
+    for (authority, status) in [
+        ("nope.shop:9000", 404),
+        ("echo.shop:9001", 404),
+        ("echo:9000", 400),
+        ("echo.shop:0", 400),
+    ] {
+        match link.open(authority).await {
+            Err(LinkError::Refused {
+                status: s, reason, ..
+            }) => {
+                assert_eq!(s.as_u16(), status, "{authority}: {reason}");
+                assert!(!reason.is_empty(), "the refusal says why");
+            }
+            Err(e) => panic!("{authority}: {e}"),
+            Ok(_) => panic!("{authority} accepted"),
+        }
+    }
+    // Still serving on the same connection.
+    assert_eq!(
+        echo_through(&link, Bytes::from_static(b"still here")).await,
+        Bytes::from_static(b"still here")
+    );
+    peer.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_impersonated_and_untrusted_peers_are_refused() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    // The eu gateway admits only a different us identity.
+    let peer = eu_gateway(&eu, &us, &["spiffe://us-east.isthmus.local/ns/other/sa/*"]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let refused = match PeerLink::connect(&endpoint, peer.addr, EU_GW).await {
+        Ok(link) => link.open("echo.shop:9000").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "an unknown peer gets nothing through");
+    // The client checks the server is the peer it means.
+    let err = PeerLink::connect(&endpoint, peer.addr, US_GW)
+        .await
+        .err()
+        .expect("wrong peer identity refused");
+    assert!(matches!(err, LinkError::WrongPeer { .. }), "{err}");
+    // A gateway whose trust domain the eu side has no bundle for.
+    let stranger = pki::Ca::new("evil.example");
+    let tls = gateway_identity(&stranger, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let refused = match PeerLink::connect(&endpoint, peer.addr, EU_GW).await {
+        Ok(link) => link.open("echo.shop:9000").await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "untrusted trust domain refused");
+    peer.stop.cancel();
+}
