@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use isthmus_api::model;
 use isthmus_gateway::config::Store;
-use isthmus_gateway::eastwest::client::{LinkError, PeerLink};
+use isthmus_gateway::eastwest::client::{Link, LinkError, PeerLink, Transport};
 use isthmus_gateway::eastwest::{quic, server};
 use isthmus_gateway::identity::Identity;
 use isthmus_gateway::proxy::Proxy;
@@ -41,6 +41,8 @@ fn gateway_identity(ca: &pki::Ca, trusted: &[&pki::Ca]) -> Arc<MeshTls> {
 
 struct Peer {
     addr: std::net::SocketAddr,
+    /// The HTTP/2-over-TLS fallback on TCP.
+    tcp: std::net::SocketAddr,
     stop: CancellationToken,
     _echo: sample::Running,
 }
@@ -84,9 +86,18 @@ async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
     let peers = Arc::new(server::Peers {
         allowed: admit.iter().map(|s| s.to_string()).collect(),
     });
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    tokio::spawn(server::serve_tcp(
+        tcp,
+        proxy.clone(),
+        peers.clone(),
+        stop.clone(),
+    ));
     tokio::spawn(server::serve(endpoint, proxy, peers, stop.clone()));
     Peer {
         addr,
+        tcp: tcp_addr,
         stop,
         _echo: echo,
     }
@@ -215,5 +226,92 @@ async fn unknown_impersonated_and_untrusted_peers_are_refused() {
         Err(_) => true,
     };
     assert!(refused, "untrusted trust domain refused");
+    peer.stop.cancel();
+}
+
+/// Echo through any link: send and receive at once.
+async fn echo_link(link: &Link, payload: Bytes) -> Bytes {
+    let (mut w, mut r) = link.open("echo.shop:9000").await.expect("CONNECT accepted");
+    let total = payload.len();
+    let write = async move {
+        for chunk in payload.chunks(16 * 1024) {
+            w.send(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        w.finish().await.unwrap();
+    };
+    let mut got = Vec::new();
+    let read = async {
+        while let Some(b) = r.recv().await.unwrap() {
+            got.extend_from_slice(&b);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
+        .await
+        .expect("echo completes");
+    assert_eq!(got.len(), total);
+    Bytes::from(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_race_takes_quic_and_falls_back_to_h2_when_udp_is_black_holed() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let head_start = Duration::from_millis(200);
+    // Both get through: QUIC.
+    let link = Link::race(&endpoint, &tls, peer.addr, peer.tcp, EU_GW, head_start)
+        .await
+        .unwrap();
+    assert_eq!(link.transport(), Transport::Quic);
+    assert_eq!(
+        echo_link(&link, Bytes::from_static(b"q")).await,
+        Bytes::from_static(b"q")
+    );
+    // UDP black-holed: a socket that swallows every datagram.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let link = Link::race(
+        &endpoint,
+        &tls,
+        hole.local_addr().unwrap(),
+        peer.tcp,
+        EU_GW,
+        head_start,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        link.transport(),
+        Transport::H2,
+        "fallback to HTTP/2 over TLS"
+    );
+    let big = Bytes::from(
+        (0..512 * 1024)
+            .map(|i| (i % 241) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    assert_eq!(echo_link(&link, big.clone()).await, big);
+    // Refusals read the same on the fallback.
+    match link.open("nope.shop:9000").await {
+        Err(LinkError::Refused { status, reason, .. }) => {
+            assert_eq!(status.as_u16(), 404);
+            assert!(reason.contains("nope.shop"), "{reason}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("unknown service accepted"),
+    }
+    // And the fallback checks the peer's identity too.
+    let err = Link::race(
+        &endpoint,
+        &tls,
+        hole.local_addr().unwrap(),
+        peer.tcp,
+        US_GW,
+        head_start,
+    )
+    .await
+    .err()
+    .expect("wrong identity refused on the fallback");
+    assert!(matches!(err, LinkError::WrongPeer { .. }), "{err}");
     peer.stop.cancel();
 }

@@ -30,6 +30,10 @@ pub enum LinkError {
     },
 }
 
+/// How long a QUIC handshake may take before the peer counts as
+/// unreachable over UDP.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A live HTTP/3 connection to one peer gateway.
 pub struct PeerLink {
     addr: SocketAddr,
@@ -69,10 +73,16 @@ impl PeerLink {
         expected: &str,
     ) -> Result<Self, LinkError> {
         let fail = |reason: String| LinkError::Connect { addr, reason };
-        let conn = endpoint
+        let connecting = endpoint
             .connect(addr, &addr.ip().to_string())
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(e.to_string()))?;
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
             .await
+            .map_err(|_| {
+                fail(format!(
+                    "no QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)"
+                ))
+            })?
             .map_err(|e| fail(e.to_string()))?;
         let got = peer_id(&conn).map(|i| i.to_string()).unwrap_or_default();
         if got != expected {
@@ -136,5 +146,236 @@ impl PeerLink {
 
     pub fn rtt(&self) -> std::time::Duration {
         self.conn.rtt()
+    }
+}
+
+/// Which transport a link runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/3 over QUIC (UDP).
+    Quic,
+    /// The fallback: HTTP/2 over TLS on TCP.
+    H2,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::H2 => "h2",
+        }
+    }
+}
+
+/// The HTTP/2-over-TLS fallback connection to a peer gateway.
+pub struct H2Link {
+    addr: SocketAddr,
+    send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+}
+
+type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+
+impl H2Link {
+    pub async fn connect(
+        tls: &crate::tls::MeshTls,
+        addr: SocketAddr,
+        expected: &str,
+    ) -> Result<Self, LinkError> {
+        let fail = |reason: String| LinkError::Connect { addr, reason };
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+        let s = tokio_rustls::TlsConnector::from(tls.client.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let got = crate::tls::peer_id(s.get_ref().1)
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        if got != expected {
+            return Err(LinkError::WrongPeer {
+                addr,
+                got,
+                expected: expected.into(),
+            });
+        }
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+                .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
+                .keep_alive_interval(super::quic::KEEP_ALIVE)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .handshake(hyper_util::rt::TokioIo::new(s))
+                .await
+                .map_err(|e| LinkError::Http3 {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, "fallback connection closed: {e}");
+            }
+        });
+        Ok(Self { addr, send })
+    }
+
+    pub async fn open(&self, authority: &str) -> Result<Upgraded, LinkError> {
+        let failed = |status: StatusCode, reason: String| LinkError::Refused {
+            addr: self.addr,
+            authority: authority.into(),
+            status,
+            reason,
+        };
+        let mut req = Request::new(http_body_util::Empty::new());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = authority
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| failed(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let mut resp = self
+            .send
+            .clone()
+            .send_request(req)
+            .await
+            .map_err(|e| LinkError::Http3 {
+                addr: self.addr,
+                reason: e.to_string(),
+            })?;
+        if resp.status() != StatusCode::OK {
+            let why = resp
+                .headers()
+                .get("isthmus-refusal")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            return Err(failed(resp.status(), why));
+        }
+        let up = hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(|e| failed(StatusCode::BAD_GATEWAY, e.to_string()))?;
+        Ok(hyper_util::rt::TokioIo::new(up))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+}
+
+/// A link to a peer gateway on whichever transport got through.
+pub enum Link {
+    Quic(PeerLink),
+    H2(H2Link),
+}
+
+/// One CONNECT stream on a link, as a byte stream's two halves.
+pub enum LinkSend {
+    Quic(Box<h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>>),
+    H2(tokio::io::WriteHalf<Upgraded>),
+}
+
+pub enum LinkRecv {
+    Quic(Box<h3::client::RequestStream<h3_quinn::RecvStream, Bytes>>),
+    H2(tokio::io::ReadHalf<Upgraded>, Vec<u8>),
+}
+
+impl LinkSend {
+    pub async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        match self {
+            LinkSend::Quic(s) => s.send_data(data).await.map_err(std::io::Error::other),
+            LinkSend::H2(w) => tokio::io::AsyncWriteExt::write_all(w, &data).await,
+        }
+    }
+
+    /// Half-closes: the peer reads the end of the stream.
+    pub async fn finish(&mut self) -> std::io::Result<()> {
+        match self {
+            LinkSend::Quic(s) => s.finish().await.map_err(std::io::Error::other),
+            LinkSend::H2(w) => tokio::io::AsyncWriteExt::shutdown(w).await,
+        }
+    }
+}
+
+impl LinkRecv {
+    /// The next bytes; None at the end of the stream.
+    pub async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        match self {
+            LinkRecv::Quic(r) => Ok(r
+                .recv_data()
+                .await
+                .map_err(std::io::Error::other)?
+                .map(|mut b| b.copy_to_bytes(b.remaining()))),
+            LinkRecv::H2(r, buf) => {
+                buf.resize(64 * 1024, 0);
+                let n = tokio::io::AsyncReadExt::read(r, buf).await?;
+                Ok((n > 0).then(|| Bytes::copy_from_slice(&buf[..n])))
+            }
+        }
+    }
+}
+
+impl Link {
+    /// Connects to the peer at `udp` (QUIC) and `tcp` (fallback): QUIC
+    /// first; if it is not up within `head_start`, TCP races it and the
+    /// first to succeed wins (QUIC when both are ready).
+    pub async fn race(
+        endpoint: &quinn::Endpoint,
+        tls: &crate::tls::MeshTls,
+        udp: SocketAddr,
+        tcp: SocketAddr,
+        expected: &str,
+        head_start: std::time::Duration,
+    ) -> Result<Link, LinkError> {
+        let mut quic = Box::pin(PeerLink::connect(endpoint, udp, expected));
+        let mut quic_failed = false;
+        tokio::select! {
+            biased;
+            r = &mut quic => match r {
+                Ok(l) => return Ok(Link::Quic(l)),
+                Err(e) => {
+                    tracing::info!(%udp, "QUIC to the peer failed, trying the TCP fallback: {e}");
+                    quic_failed = true;
+                }
+            },
+            _ = tokio::time::sleep(head_start) => {}
+        }
+        let mut h2 = Box::pin(H2Link::connect(tls, tcp, expected));
+        if quic_failed {
+            return h2.await.map(Link::H2);
+        }
+        tokio::select! {
+            biased;
+            r = &mut quic => match r {
+                Ok(l) => Ok(Link::Quic(l)),
+                Err(_) => h2.await.map(Link::H2),
+            },
+            r = &mut h2 => match r {
+                Ok(l) => Ok(Link::H2(l)),
+                // The peer is not who we link with: decisive, whatever
+                // QUIC would say.
+                Err(e @ LinkError::WrongPeer { .. }) => Err(e),
+                Err(e) => quic.await.map(Link::Quic).map_err(|_| e),
+            },
+        }
+    }
+
+    pub fn transport(&self) -> Transport {
+        match self {
+            Link::Quic(_) => Transport::Quic,
+            Link::H2(_) => Transport::H2,
+        }
+    }
+
+    pub async fn open(&self, authority: &str) -> Result<(LinkSend, LinkRecv), LinkError> {
+        match self {
+            Link::Quic(l) => {
+                let (s, r) = l.open(authority).await?.stream.split();
+                Ok((LinkSend::Quic(Box::new(s)), LinkRecv::Quic(Box::new(r))))
+            }
+            Link::H2(l) => {
+                let (r, w) = tokio::io::split(l.open(authority).await?);
+                Ok((LinkSend::H2(w), LinkRecv::H2(r, Vec::new())))
+            }
+        }
     }
 }

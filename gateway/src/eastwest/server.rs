@@ -198,3 +198,102 @@ async fn route(
     }
     Err(last.unwrap_or(ConnectRefusal::NoHealthyEndpoint(name)))
 }
+
+/// The fallback: the same CONNECT streams as HTTP/2 over TLS on TCP, for
+/// peers whose UDP does not get through. Same authentication and routing.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<Proxy>,
+    peers: Arc<Peers>,
+    stop: CancellationToken,
+) {
+    let Some(tls) = proxy.mesh.clone() else {
+        tracing::error!("the TCP fallback needs the gateway's identity");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, proxy, peers, stop) =
+            (acceptor.clone(), proxy.clone(), peers.clone(), stop.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
+                proxy.metrics.error("eastwest_handshake");
+                return;
+            };
+            let Some(id) = crate::tls::peer_id(tls.get_ref().1).filter(|id| peers.admits(id))
+            else {
+                proxy.metrics.error("eastwest_unknown_peer");
+                tracing::warn!(%remote, "peer gateway (TCP fallback) is not one we link with");
+                return;
+            };
+            let peer = Arc::new(id);
+            let p = proxy.clone();
+            let svc = hyper::service::service_fn(
+                move |req: http::Request<hyper::body::Incoming>| {
+                    let (proxy, peer) = (p.clone(), peer.clone());
+                    async move {
+                        let reply = |status: http::StatusCode, why: Option<String>| {
+                            let mut r = Response::new(http_body_util::Empty::<Bytes>::new());
+                            *r.status_mut() = status;
+                            if let Some(w) = why.and_then(|w| http::HeaderValue::from_str(&w).ok())
+                            {
+                                r.headers_mut().insert("isthmus-refusal", w);
+                            }
+                            r
+                        };
+                        let authority = req.uri().authority().map(|a| a.as_str().to_string());
+                        match route(&proxy, req.method(), authority.as_deref()).await {
+                            Err(refusal) => {
+                                proxy.metrics.error("eastwest_refused");
+                                Ok::<_, std::convert::Infallible>(reply(
+                                    refusal.status(),
+                                    Some(refusal.to_string()),
+                                ))
+                            }
+                            Ok(mut target) => {
+                                tokio::spawn(async move {
+                                    match hyper::upgrade::on(req).await {
+                                        Ok(up) => {
+                                            let mut up = hyper_util::rt::TokioIo::new(up);
+                                            if let Err(e) =
+                                                tokio::io::copy_bidirectional(&mut up, &mut target)
+                                                    .await
+                                            {
+                                                tracing::debug!(%peer, "tunnelled connection ended: {e}");
+                                            }
+                                        }
+                                        Err(e) => tracing::debug!("CONNECT not upgraded: {e}"),
+                                    }
+                                });
+                                Ok(reply(http::StatusCode::OK, None))
+                            }
+                        }
+                    }
+                },
+            );
+            let conn =
+                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+                    .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
+                    .max_concurrent_streams(crate::tunnel::MAX_STREAMS)
+                    .max_header_list_size(16 * 1024)
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            tokio::select! {
+                r = conn => if let Err(e) = r { tracing::debug!(%remote, "fallback connection ended: {e}") },
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
