@@ -315,3 +315,108 @@ async fn the_race_takes_quic_and_falls_back_to_h2_when_udp_is_black_holed() {
     assert!(matches!(err, LinkError::WrongPeer { .. }), "{err}");
     peer.stop.cancel();
 }
+
+/// A workload's CONNECT to its gateway's local entry: the upgraded stream,
+/// or the status it got.
+async fn via_local_gateway(
+    tls: &MeshTls,
+    gateway: std::net::SocketAddr,
+    authority: &str,
+    cluster: &str,
+) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, u16> {
+    let tcp = tokio::net::TcpStream::connect(gateway)
+        .await
+        .map_err(|_| 0u16)?;
+    let name = rustls_pki_types::ServerName::IpAddress(gateway.ip().into());
+    let s = tokio_rustls::TlsConnector::from(tls.client.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|_| 1u16)?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(s))
+            .await
+            .map_err(|_| 2u16)?;
+    tokio::spawn(conn);
+    let req = http::Request::connect(authority)
+        .header("isthmus-cluster", cluster)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let mut resp = send.send_request(req).await.map_err(|_| 3u16)?;
+    if resp.status() != 200 {
+        return Err(resp.status().as_u16());
+    }
+    let up = hyper::upgrade::on(&mut resp).await.map_err(|_| 4u16)?;
+    Ok(hyper_util::rt::TokioIo::new(up))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
+    use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    // The us-east gateway with a link to eu-west, and its local entry.
+    let tls = gateway_identity(&us, &[&eu]);
+    let gw = Arc::new(Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![PeerConfig {
+            cluster: "eu-west".into(),
+            udp: peer.addr,
+            tcp: peer.tcp,
+            identity: EU_GW.into(),
+        }],
+    ));
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(gw.clone().serve_local(local, stop.clone()));
+
+    // A workload of us-east.
+    let mut creds = us.issue("shop", "frontend");
+    creds.trust_bundles.insert(EU.into(), eu.pem.clone());
+    let workload = MeshTls::new(Identity::fixed(creds));
+    let mut s = via_local_gateway(&workload, local_addr, "echo.shop:9000", "eu-west")
+        .await
+        .expect("the gateway tunnels to eu-west");
+    s.write_all(b"from us-east with love").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"from us-east with love");
+    assert_eq!(
+        gw.link("eu-west").await.unwrap().transport(),
+        isthmus_gateway::eastwest::client::Transport::Quic
+    );
+    // Statuses come back to the workload.
+    assert_eq!(
+        via_local_gateway(&workload, local_addr, "echo.shop:9000", "mars")
+            .await
+            .err(),
+        Some(404),
+        "no link to that cluster"
+    );
+    assert_eq!(
+        via_local_gateway(&workload, local_addr, "nope.shop:9000", "eu-west")
+            .await
+            .err(),
+        Some(404),
+        "the peer has no such service"
+    );
+    // A caller from another mesh does not get in.
+    let stranger = pki::Ca::new("evil.example");
+    let mut creds = stranger.issue("x", "y");
+    creds.trust_bundles.insert(US.into(), us.pem.clone());
+    let outsider = MeshTls::new(Identity::fixed(creds));
+    assert!(
+        via_local_gateway(&outsider, local_addr, "echo.shop:9000", "eu-west")
+            .await
+            .is_err()
+    );
+    stop.cancel();
+    peer.stop.cancel();
+}

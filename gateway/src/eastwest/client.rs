@@ -147,6 +147,10 @@ impl PeerLink {
     pub fn rtt(&self) -> std::time::Duration {
         self.conn.rtt()
     }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
 }
 
 /// Which transport a link runs on.

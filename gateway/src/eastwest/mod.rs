@@ -12,11 +12,15 @@
 //!   timeout, large receive windows.
 //! - `server`: accepts peers, authenticates them, answers CONNECT.
 //! - `client`: one long-lived QUIC connection per peer gateway; opens
-//!   CONNECT streams on it.
+//!   CONNECT streams on it; the HTTP/2-over-TLS fallback and the race
+//!   between them.
+//! - `gateway`: the local entry for this cluster's workloads and the links
+//!   to peers, made on first use and remade when closed.
 //! - `splice`: copies between a CONNECT stream and a TCP connection,
 //!   coalescing the ~1 packet per `recv_data` that h3 yields.
 
 pub mod client;
+pub mod gateway;
 pub mod quic;
 pub mod server;
 pub mod splice;

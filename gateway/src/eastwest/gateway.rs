@@ -1,0 +1,263 @@
+//! The sending gateway: the local entry for workloads of this cluster and
+//! one link per peer gateway. A workload (its sidecar) opens an mTLS HTTP/2
+//! CONNECT to the gateway's local listener with the authority
+//! `<service>.<ns>:<port>` and the header `isthmus-cluster: <peer>`; the
+//! gateway opens the same CONNECT on its link to that peer (QUIC, or the
+//! TCP fallback) and joins the two streams. Links are made on first use
+//! and remade when they close.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Link, LinkError, LinkRecv, LinkSend};
+use crate::tls::{MeshTls, SpiffeId};
+
+/// The header naming the peer cluster a CONNECT is for.
+pub const CLUSTER_HEADER: &str = "isthmus-cluster";
+/// How long QUIC gets before the TCP fallback races it.
+pub const HEAD_START: Duration = Duration::from_millis(300);
+
+/// A peer gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The peer cluster's name.
+    pub cluster: String,
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+    /// Its gateway's SPIFFE ID.
+    pub identity: String,
+}
+
+struct PeerState {
+    cfg: PeerConfig,
+    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+}
+
+pub struct Gateway {
+    tls: Arc<MeshTls>,
+    endpoint: quinn::Endpoint,
+    peers: Mutex<HashMap<String, Arc<PeerState>>>,
+}
+
+impl Link {
+    fn is_closed(&self) -> bool {
+        match self {
+            Link::Quic(l) => l.is_closed(),
+            Link::H2(l) => l.is_closed(),
+        }
+    }
+}
+
+impl Gateway {
+    pub fn new(tls: Arc<MeshTls>, endpoint: quinn::Endpoint, peers: Vec<PeerConfig>) -> Self {
+        let peers = peers
+            .into_iter()
+            .map(|cfg| {
+                (
+                    cfg.cluster.clone(),
+                    Arc::new(PeerState {
+                        cfg,
+                        link: tokio::sync::Mutex::new(None),
+                    }),
+                )
+            })
+            .collect();
+        Self {
+            tls,
+            endpoint,
+            peers: Mutex::new(peers),
+        }
+    }
+
+    /// The live link to `cluster`, made (racing QUIC and the fallback)
+    /// when there is none or the last one closed.
+    pub async fn link(&self, cluster: &str) -> Result<Arc<Link>, GatewayError> {
+        let peer = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .get(cluster)
+            .cloned()
+            .ok_or_else(|| GatewayError::NoPeer(cluster.to_string()))?;
+        let mut slot = peer.link.lock().await;
+        if let Some(l) = slot.as_ref().filter(|l| !l.is_closed()) {
+            return Ok(l.clone());
+        }
+        let c = &peer.cfg;
+        let link = Arc::new(
+            Link::race(
+                &self.endpoint,
+                &self.tls,
+                c.udp,
+                c.tcp,
+                &c.identity,
+                HEAD_START,
+            )
+            .await?,
+        );
+        tracing::info!(
+            cluster,
+            transport = link.transport().as_str(),
+            "linked to peer gateway"
+        );
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Serves this cluster's workloads on `listener` (mTLS HTTP/2 CONNECT)
+    /// until `stop`. Callers must be workloads of our own trust domain.
+    pub async fn serve_local(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        stop: CancellationToken,
+    ) {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server.clone());
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (me, acceptor, stop) = (self.clone(), acceptor.clone(), stop.clone());
+            tokio::spawn(async move {
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                else {
+                    return;
+                };
+                let ours = me.tls.own_id().map(|i| i.trust_domain().to_string());
+                let Some(caller) = crate::tls::peer_id(tls.get_ref().1)
+                    .filter(|id| Some(id.trust_domain()) == ours.as_deref())
+                else {
+                    tracing::warn!(%remote, "local gateway entry refused: not a workload of this mesh");
+                    return;
+                };
+                let caller = Arc::new(caller);
+                let svc = hyper::service::service_fn(move |req| {
+                    let (me, caller) = (me.clone(), caller.clone());
+                    async move { Ok::<_, Infallible>(me.forward(req, caller).await) }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
+                    .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
+                    .max_concurrent_streams(crate::tunnel::MAX_STREAMS)
+                    .serve_connection(TokioIo::new(tls), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn forward(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        caller: Arc<SpiffeId>,
+    ) -> Response<Empty<Bytes>> {
+        let reply = |status: StatusCode, why: String| {
+            let mut r = Response::new(Empty::new());
+            *r.status_mut() = status;
+            if let Ok(v) = http::HeaderValue::from_str(&why) {
+                r.headers_mut().insert("isthmus-refusal", v);
+            }
+            r
+        };
+        if req.method() != Method::CONNECT {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "CONNECT only".into());
+        }
+        let Some(authority) = req.uri().authority().map(|a| a.to_string()) else {
+            return reply(StatusCode::BAD_REQUEST, "no authority".into());
+        };
+        let Some(cluster) = req
+            .headers()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                format!("name the peer cluster in {CLUSTER_HEADER}"),
+            );
+        };
+        let link = match self.link(&cluster).await {
+            Ok(l) => l,
+            Err(e) => return reply(e.status(), e.to_string()),
+        };
+        let (send, recv) = match link.open(&authority).await {
+            Ok(x) => x,
+            Err(LinkError::Refused { status, reason, .. }) => return reply(status, reason),
+            Err(e) => return reply(StatusCode::BAD_GATEWAY, e.to_string()),
+        };
+        tracing::debug!(%caller, %cluster, %authority, "tunnelled to the peer");
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(up) => {
+                    if let Err(e) = pump(TokioIo::new(up), send, recv).await {
+                        tracing::debug!(%cluster, "cross-cluster stream ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("local CONNECT not upgraded: {e}"),
+            }
+        });
+        reply(StatusCode::OK, String::new())
+    }
+}
+
+/// Joins a local byte stream and a link stream, both ways, half-closing
+/// each side when the other ends.
+pub async fn pump<IO>(io: IO, mut send: LinkSend, mut recv: LinkRecv) -> std::io::Result<()>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let up = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            send.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        }
+        send.finish().await
+    };
+    let down = async {
+        while let Some(b) = recv.recv().await? {
+            wr.write_all(&b).await?;
+        }
+        wr.shutdown().await
+    };
+    tokio::try_join!(up, down).map(|_| ())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no link to cluster {0:?} (not a linked peer)")]
+    NoPeer(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoPeer(_) => StatusCode::NOT_FOUND,
+            GatewayError::Link(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
