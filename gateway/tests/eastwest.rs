@@ -43,6 +43,9 @@ struct Peer {
     addr: std::net::SocketAddr,
     /// The HTTP/2-over-TLS fallback on TCP.
     tcp: std::net::SocketAddr,
+    proxy: Arc<Proxy>,
+    tls: Arc<MeshTls>,
+    peers: Arc<server::Peers>,
     stop: CancellationToken,
     _echo: sample::Running,
 }
@@ -94,10 +97,18 @@ async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
         peers.clone(),
         stop.clone(),
     ));
-    tokio::spawn(server::serve(endpoint, proxy, peers, stop.clone()));
+    tokio::spawn(server::serve(
+        endpoint,
+        proxy.clone(),
+        peers.clone(),
+        stop.clone(),
+    ));
     Peer {
         addr,
         tcp: tcp_addr,
+        proxy,
+        tls,
+        peers,
         stop,
         _echo: echo,
     }
@@ -418,5 +429,126 @@ async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
             .is_err()
     );
     stop.cancel();
+    peer.stop.cancel();
+}
+
+/// Serves QUIC for `peer` on `addr` (retrying the bind while a previous
+/// endpoint lets the port go).
+async fn quic_server_on(peer: &Peer, addr: std::net::SocketAddr, stop: &CancellationToken) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let endpoint = loop {
+        match quic::endpoint(&peer.tls, addr) {
+            Ok(e) => break e,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "cannot bind {addr}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::spawn(server::serve(
+        endpoint,
+        peer.proxy.clone(),
+        peer.peers.clone(),
+        stop.clone(),
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_reprobe_quic_from_the_fallback_and_reconnect_after_a_peer_restart() {
+    use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    // UDP to the peer is black-holed at first.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp = hole.local_addr().unwrap();
+    let tls = gateway_identity(&us, &[&eu]);
+    let mut gw = Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![PeerConfig {
+            cluster: "eu-west".into(),
+            udp,
+            tcp: peer.tcp,
+            identity: EU_GW.into(),
+        }],
+    );
+    gw.reprobe = Duration::from_millis(100);
+    let gw = Arc::new(gw);
+    let link = gw.link("eu-west").await.unwrap();
+    assert_eq!(link.transport(), Transport::H2);
+    assert_eq!(
+        echo_link(&link, Bytes::from_static(b"a")).await,
+        Bytes::from_static(b"a")
+    );
+    // A stream open on the fallback while QUIC comes back.
+    let (mut w, mut r) = link.open("echo.shop:9000").await.unwrap();
+    // UDP gets through now: the peer serves QUIC on that port.
+    drop(hole);
+    let quic_stop = CancellationToken::new();
+    quic_server_on(&peer, udp, &quic_stop).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = gw.link("eu-west").await.unwrap();
+        if l.transport() == Transport::Quic {
+            assert_eq!(
+                echo_link(&l, Bytes::from_static(b"b")).await,
+                Bytes::from_static(b"b")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never switched back to QUIC"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The stream opened on the fallback still works.
+    w.send(Bytes::from_static(b"old stream")).await.unwrap();
+    w.finish().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(b) = r.recv().await.unwrap() {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, b"old stream");
+    // The peer's QUIC side goes away: the closed link is noticed and remade
+    // (on the fallback while UDP has no server), then QUIC comes back.
+    quic_stop.cancel();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gw
+        .link("eu-west")
+        .await
+        .is_ok_and(|l| l.transport() == Transport::H2)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "link not remade after the peer stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let restarted = CancellationToken::new();
+    quic_server_on(&peer, udp, &restarted).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(l) = gw.link("eu-west").await
+            && l.transport() == Transport::Quic
+            && tokio::time::timeout(
+                Duration::from_secs(5),
+                echo_link(&l, Bytes::from_static(b"c")),
+            )
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no QUIC link after the peer came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    restarted.cancel();
     peer.stop.cancel();
 }

@@ -225,7 +225,7 @@ impl H2Link {
         Ok(Self { addr, send })
     }
 
-    pub async fn open(&self, authority: &str) -> Result<Upgraded, LinkError> {
+    pub async fn open(&self, authority: &str) -> Result<(Upgraded, H2Keep), LinkError> {
         let failed = |status: StatusCode, reason: String| LinkError::Refused {
             addr: self.addr,
             authority: authority.into(),
@@ -258,12 +258,23 @@ impl H2Link {
         let up = hyper::upgrade::on(&mut resp)
             .await
             .map_err(|e| failed(StatusCode::BAD_GATEWAY, e.to_string()))?;
-        Ok(hyper_util::rt::TokioIo::new(up))
+        Ok((
+            hyper_util::rt::TokioIo::new(up),
+            H2Keep {
+                _conn: self.send.clone(),
+            },
+        ))
     }
 
     pub fn is_closed(&self) -> bool {
         self.send.is_closed()
     }
+}
+
+/// Keeps a fallback connection open while a stream on it lives (a link
+/// replaced by a QUIC one after a re-probe finishes its streams).
+pub struct H2Keep {
+    _conn: hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
 }
 
 /// A link to a peer gateway on whichever transport got through.
@@ -275,7 +286,7 @@ pub enum Link {
 /// One CONNECT stream on a link, as a byte stream's two halves.
 pub enum LinkSend {
     Quic(Box<h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>>),
-    H2(tokio::io::WriteHalf<Upgraded>),
+    H2(tokio::io::WriteHalf<Upgraded>, H2Keep),
 }
 
 pub enum LinkRecv {
@@ -287,7 +298,7 @@ impl LinkSend {
     pub async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
         match self {
             LinkSend::Quic(s) => s.send_data(data).await.map_err(std::io::Error::other),
-            LinkSend::H2(w) => tokio::io::AsyncWriteExt::write_all(w, &data).await,
+            LinkSend::H2(w, _) => tokio::io::AsyncWriteExt::write_all(w, &data).await,
         }
     }
 
@@ -295,7 +306,7 @@ impl LinkSend {
     pub async fn finish(&mut self) -> std::io::Result<()> {
         match self {
             LinkSend::Quic(s) => s.finish().await.map_err(std::io::Error::other),
-            LinkSend::H2(w) => tokio::io::AsyncWriteExt::shutdown(w).await,
+            LinkSend::H2(w, _) => tokio::io::AsyncWriteExt::shutdown(w).await,
         }
     }
 }
@@ -377,8 +388,9 @@ impl Link {
                 Ok((LinkSend::Quic(Box::new(s)), LinkRecv::Quic(Box::new(r))))
             }
             Link::H2(l) => {
-                let (r, w) = tokio::io::split(l.open(authority).await?);
-                Ok((LinkSend::H2(w), LinkRecv::H2(r, Vec::new())))
+                let (io, keep) = l.open(authority).await?;
+                let (r, w) = tokio::io::split(io);
+                Ok((LinkSend::H2(w, keep), LinkRecv::H2(r, Vec::new())))
             }
         }
     }

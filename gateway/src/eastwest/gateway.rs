@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Link, LinkError, LinkRecv, LinkSend};
+use super::client::{Link, LinkError, LinkRecv, LinkSend, PeerLink, Transport};
 use crate::tls::{MeshTls, SpiffeId};
 
 /// The header naming the peer cluster a CONNECT is for.
@@ -41,13 +41,21 @@ pub struct PeerConfig {
 struct PeerState {
     cfg: PeerConfig,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// When QUIC was last tried while on the fallback.
+    probed: Mutex<Instant>,
+    probing: std::sync::atomic::AtomicBool,
 }
 
 pub struct Gateway {
     tls: Arc<MeshTls>,
     endpoint: quinn::Endpoint,
     peers: Mutex<HashMap<String, Arc<PeerState>>>,
+    /// How often a link on the TCP fallback tries QUIC again.
+    pub reprobe: Duration,
 }
+
+/// Default interval between QUIC re-probes of a link on the fallback.
+pub const REPROBE: Duration = Duration::from_secs(30);
 
 impl Link {
     fn is_closed(&self) -> bool {
@@ -68,6 +76,8 @@ impl Gateway {
                     Arc::new(PeerState {
                         cfg,
                         link: tokio::sync::Mutex::new(None),
+                        probed: Mutex::new(Instant::now()),
+                        probing: std::sync::atomic::AtomicBool::new(false),
                     }),
                 )
             })
@@ -76,6 +86,7 @@ impl Gateway {
             tls,
             endpoint,
             peers: Mutex::new(peers),
+            reprobe: REPROBE,
         }
     }
 
@@ -91,8 +102,12 @@ impl Gateway {
             .ok_or_else(|| GatewayError::NoPeer(cluster.to_string()))?;
         let mut slot = peer.link.lock().await;
         if let Some(l) = slot.as_ref().filter(|l| !l.is_closed()) {
+            if l.transport() == Transport::H2 {
+                self.maybe_reprobe(&peer);
+            }
             return Ok(l.clone());
         }
+        *peer.probed.lock().expect("probe lock") = Instant::now();
         let c = &peer.cfg;
         let link = Arc::new(
             Link::race(
@@ -112,6 +127,32 @@ impl Gateway {
         );
         *slot = Some(link.clone());
         Ok(link)
+    }
+
+    /// On the fallback, tries QUIC again every `reprobe`, in the
+    /// background; when it gets through, new streams use it (streams on
+    /// the fallback finish there).
+    fn maybe_reprobe(&self, peer: &Arc<PeerState>) {
+        use std::sync::atomic::Ordering;
+        {
+            let mut at = peer.probed.lock().expect("probe lock");
+            if at.elapsed() < self.reprobe || peer.probing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *at = Instant::now();
+        }
+        let (peer, endpoint) = (peer.clone(), self.endpoint.clone());
+        tokio::spawn(async move {
+            let c = &peer.cfg;
+            match PeerLink::connect(&endpoint, c.udp, &c.identity).await {
+                Ok(l) => {
+                    tracing::info!(cluster = %c.cluster, "QUIC gets through again: leaving the TCP fallback");
+                    *peer.link.lock().await = Some(Arc::new(Link::Quic(l)));
+                }
+                Err(e) => tracing::debug!(cluster = %c.cluster, "QUIC still unavailable: {e}"),
+            }
+            peer.probing.store(false, Ordering::Release);
+        });
     }
 
     /// Serves this cluster's workloads on `listener` (mTLS HTTP/2 CONNECT)
