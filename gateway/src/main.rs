@@ -29,6 +29,12 @@ enum Command {
     /// Install the iptables rules that redirect a pod's traffic to the
     /// sidecar (run once, as root / CAP_NET_ADMIN, before the app starts).
     InitIptables(IptablesArgs),
+    /// Run the cluster's east-west gateway: HTTP/3 (QUIC) tunnels to the
+    /// gateways of linked clusters with an HTTP/2-over-TLS fallback, and a
+    /// local entry for this cluster's workloads. Takes a sidecar's flags
+    /// (identity, services from --config or --control-plane, admin) and
+    /// --eastwest-config for listeners and peers.
+    Eastwest(Box<EastWestArgs>),
     /// Run the sample mesh's application (see SCENARIOS.md): answers with
     /// its service, cluster and version; used by demos and e2e tests.
     Sample(SampleArgs),
@@ -48,6 +54,15 @@ struct SampleArgs {
     cluster: String,
     #[arg(long, default_value = "v1")]
     version: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct EastWestArgs {
+    /// Listeners, admitted peers and peer gateways (YAML).
+    #[arg(long)]
+    eastwest_config: PathBuf,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -372,12 +387,22 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run_sidecar(*a))
+            rt.block_on(run_sidecar(*a, None))
+        }
+        Command::Eastwest(a) => {
+            let ew = isthmus_gateway::eastwest::config::EastWestConfig::load(&a.eastwest_config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_sidecar(a.sidecar, Some(ew)))
         }
     }
 }
 
-async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
+async fn run_sidecar(
+    a: SidecarArgs,
+    eastwest: Option<isthmus_gateway::eastwest::config::EastWestConfig>,
+) -> anyhow::Result<()> {
     tracing::info!(?a, "starting sidecar");
     let config = match (&a.control_plane, &a.config) {
         (Some(cp), bootstrap) => {
@@ -524,6 +549,10 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
     for (name, addr) in sidecar.listeners.bound() {
         eprintln!("listener {name} on {addr}");
     }
+    let stop_eastwest = tokio_util::sync::CancellationToken::new();
+    if let Some(ew) = eastwest {
+        start_eastwest(&sidecar, ew, stop_eastwest.clone()).await?;
+    }
     eprintln!(
         "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
         sidecar.admin_addr()
@@ -533,8 +562,51 @@ async fn run_sidecar(a: SidecarArgs) -> anyhow::Result<()> {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    stop_eastwest.cancel();
     sidecar.shutdown(a.drain_timeout).await;
     stop_identity.cancel();
+    Ok(())
+}
+
+/// The east-west role on top of a started sidecar (its store, identity,
+/// metrics): QUIC and TCP-fallback tunnel servers, and the local entry
+/// with links to the peers.
+async fn start_eastwest(
+    sidecar: &Sidecar,
+    ew: isthmus_gateway::eastwest::config::EastWestConfig,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use isthmus_gateway::eastwest::{gateway::Gateway, quic, server};
+    let proxy = sidecar.proxy.clone();
+    let tls = proxy
+        .mesh
+        .clone()
+        .context("the east-west gateway needs an identity: --ca-token or --cert-file")?;
+    let endpoint = quic::endpoint(&tls, ew.quic)?;
+    let tcp = tokio::net::TcpListener::bind(ew.tcp)
+        .await
+        .with_context(|| format!("listening on TCP {} (fallback)", ew.tcp))?;
+    let local = tokio::net::TcpListener::bind(ew.local)
+        .await
+        .with_context(|| format!("listening on {} (local entry)", ew.local))?;
+    eprintln!(
+        "east-west: QUIC on udp {}, fallback on tcp {}, local entry on {}",
+        endpoint.local_addr()?,
+        tcp.local_addr()?,
+        local.local_addr()?
+    );
+    let peers = std::sync::Arc::new(server::Peers {
+        allowed: ew.admit.clone(),
+    });
+    tokio::spawn(server::serve_tcp(
+        tcp,
+        proxy.clone(),
+        peers.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(server::serve(endpoint.clone(), proxy, peers, stop.clone()));
+    let gw = std::sync::Arc::new(Gateway::new(tls, endpoint, ew.peer_configs()));
+    tokio::spawn(gw.serve_local(local, stop));
     Ok(())
 }
 

@@ -213,3 +213,143 @@ async fn certificate_files_give_the_binary_its_identity_and_the_mesh_transport()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Two `isthmus-gateway eastwest` processes (clusters eu-west and
+/// us-east, certificates from files) and a us-east workload: its CONNECT to
+/// the local entry crosses QUIC to eu-west's service.
+#[tokio::test]
+async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (eu, us) = (
+        pki::Ca::new("eu-west.isthmus.local"),
+        pki::Ca::new("us-east.isthmus.local"),
+    );
+    let dir = std::env::temp_dir().join(format!("isthmus-bin-ew-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // Each gateway trusts both roots: one roots file with both.
+    let roots = dir.join("roots.pem");
+    std::fs::write(&roots, format!("{}{}", eu.pem, us.pem)).unwrap();
+    let gw_files = |ca: &pki::Ca, name: &str| {
+        let files = ca.write_files(&ca.issue("isthmus-system", "isthmus-eastwest"), &dir, name);
+        [files[0].clone(), files[1].clone(), roots.clone()]
+    };
+    let (eu_files, us_files) = (gw_files(&eu, "eu"), gw_files(&us, "us"));
+    let (eu_port, us_port, us_local) = (free_port(), free_port(), free_port());
+    let (eu_admin, us_admin) = (free_port(), free_port());
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let eu_services = write(
+        "eu-services.yaml",
+        format!(
+            "listeners: []\nservices:\n  - name: echo.shop\n    ports: [{{port: 9000, targetPort: {}, protocol: TCP}}]\n    endpoints: [{{address: \"127.0.0.1\"}}]\n",
+            echo.addr.port()
+        ),
+    );
+    let eu_ew = write(
+        "eu-ew.yaml",
+        format!(
+            "quic: \"127.0.0.1:{eu_port}\"\ntcp: \"127.0.0.1:{eu_port}\"\nlocal: \"127.0.0.1:{}\"\n\
+             admit: [\"spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*\"]\n",
+            free_port()
+        ),
+    );
+    let us_services = write("us-services.yaml", "listeners: []\nservices: []\n".into());
+    let us_ew = write(
+        "us-ew.yaml",
+        format!(
+            "quic: \"127.0.0.1:{us_port}\"\ntcp: \"127.0.0.1:{us_port}\"\nlocal: \"127.0.0.1:{us_local}\"\n\
+             peers:\n  - {{cluster: eu-west, udp: \"127.0.0.1:{eu_port}\", tcp: \"127.0.0.1:{eu_port}\", \
+             identity: \"spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest\"}}\n"
+        ),
+    );
+    let run = |services: &std::path::Path,
+               ew: &std::path::Path,
+               admin: u16,
+               files: &[std::path::PathBuf; 3]| {
+        Kill(
+            Command::new(BIN)
+                .args(["eastwest", "--eastwest-config", ew.to_str().unwrap()])
+                .args(["--config", services.to_str().unwrap()])
+                .args([
+                    "--admin",
+                    &format!("127.0.0.1:{admin}"),
+                    "--access-log",
+                    "off",
+                ])
+                .args(["--cert-file", files[0].to_str().unwrap()])
+                .args(["--key-file", files[1].to_str().unwrap()])
+                .args(["--ca-roots", files[2].to_str().unwrap()])
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _eu = run(&eu_services, &eu_ew, eu_admin, &eu_files);
+    let _us = run(&us_services, &us_ew, us_admin, &us_files);
+    wait_ready(([127, 0, 0, 1], eu_admin).into()).await;
+    wait_ready(([127, 0, 0, 1], us_admin).into()).await;
+
+    // A us-east workload: mTLS HTTP/2 CONNECT to its gateway's local entry.
+    let mut creds = us.issue("shop", "frontend");
+    creds
+        .trust_bundles
+        .insert("eu-west.isthmus.local".into(), eu.pem.clone());
+    let tls = isthmus_gateway::tls::MeshTls::new(isthmus_gateway::identity::Identity::fixed(creds));
+    let local: SocketAddr = ([127, 0, 0, 1], us_local).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        let attempt = async {
+            let tcp = tokio::net::TcpStream::connect(local).await.ok()?;
+            let name = rustls_pki_types::ServerName::IpAddress(local.ip().into());
+            let s = tokio_rustls::TlsConnector::from(tls.client.clone())
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let (mut send, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+                        hyper_util::rt::TokioIo::new(s),
+                    )
+                    .await
+                    .ok()?;
+            tokio::spawn(conn);
+            let req = http::Request::connect("echo.shop:9000")
+                .header("isthmus-cluster", "eu-west")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            let mut resp = send.send_request(req).await.ok()?;
+            if resp.status() != 200 {
+                return None;
+            }
+            Some(hyper_util::rt::TokioIo::new(
+                hyper::upgrade::on(&mut resp).await.ok()?,
+            ))
+        };
+        if let Some(s) = attempt.await {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateways never carried the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stream
+        .write_all(b"through two gateway processes")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"through two gateway processes");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -20,6 +20,7 @@
 //!   coalescing the ~1 packet per `recv_data` that h3 yields.
 
 pub mod client;
+pub mod config;
 pub mod gateway;
 pub mod quic;
 pub mod server;

@@ -128,12 +128,10 @@ pub fn from_files(
     let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
         .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;
     let at = |t: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(t).unwrap_or(0));
-    let trust = crate::tls::Trust::from_self_describing_pem(&roots_pem)
+    // Each domain's own roots only: a root must not vouch for another
+    // domain's identities.
+    let trust_bundles = crate::tls::split_by_domain(&roots_pem, None)
         .map_err(|e| IdentityError::Key(format!("{}: {e}", roots.display())))?;
-    let mut trust_bundles = BTreeMap::new();
-    for d in trust.domains() {
-        trust_bundles.insert(d.to_string(), roots_pem.clone());
-    }
     Ok(Credentials {
         spiffe_id: id.to_string(),
         cert_pem,

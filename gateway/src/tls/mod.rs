@@ -46,6 +46,52 @@ pub enum TrustError {
     NoIdentity,
 }
 
+/// Splits PEM roots by the trust domain each names (`spiffe://<td>` URI
+/// SAN; `fallback` for those naming none): a root serves only its domain.
+pub fn split_by_domain(
+    pem: &str,
+    fallback: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, String>, TrustError> {
+    let bad = |reason: String| TrustError::Bundle {
+        domain: "(bootstrap)".into(),
+        reason,
+    };
+    let mut by_domain = std::collections::BTreeMap::<String, String>::new();
+    for block in pem
+        .split_inclusive("-----END CERTIFICATE-----")
+        .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
+    {
+        let der = CertificateDer::from_pem_slice(block.as_bytes())
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| bad(format!("not a certificate: {e}")))?;
+        let domain = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => u
+                        .strip_prefix("spiffe://")
+                        .map(|td| td.split('/').next().unwrap_or(td).to_string()),
+                    _ => None,
+                })
+            })
+            .or_else(|| fallback.map(str::to_string))
+            .ok_or_else(|| {
+                bad("a root names no trust domain (no spiffe:// URI SAN): give the trust domain (--control-plane-id names it)".into())
+            })?;
+        by_domain
+            .entry(domain)
+            .or_default()
+            .push_str(block.trim_start_matches('\n'));
+    }
+    if by_domain.is_empty() {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(by_domain)
+}
+
 /// One trust domain's roots.
 #[derive(Clone)]
 pub struct DomainTrust {
@@ -78,40 +124,7 @@ impl Trust {
     /// The same; roots naming no trust domain (an operator's plugged-in
     /// root) belong to `fallback`.
     pub fn from_pem_for(pem: &str, fallback: Option<&str>) -> Result<Self, TrustError> {
-        let bad = |reason: String| TrustError::Bundle {
-            domain: "(bootstrap)".into(),
-            reason,
-        };
-        let mut by_domain: HashMap<String, String> = HashMap::new();
-        for block in pem
-            .split_inclusive("-----END CERTIFICATE-----")
-            .filter(|b| b.contains("-----BEGIN CERTIFICATE-----"))
-        {
-            let der = CertificateDer::from_pem_slice(block.as_bytes())
-                .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-            let (_, cert) = x509_parser::parse_x509_certificate(&der)
-                .map_err(|e| bad(format!("not a certificate: {e}")))?;
-            let domain = cert
-                .subject_alternative_name()
-                .ok()
-                .flatten()
-                .and_then(|san| {
-                    san.value.general_names.iter().find_map(|n| match n {
-                        x509_parser::extensions::GeneralName::URI(u) => u
-                            .strip_prefix("spiffe://")
-                            .map(|td| td.split('/').next().unwrap_or(td).to_string()),
-                        _ => None,
-                    })
-                })
-                .or_else(|| fallback.map(str::to_string))
-                .ok_or_else(|| {
-                    bad("a root names no trust domain (no spiffe:// URI SAN): give the trust domain (--control-plane-id names it)".into())
-                })?;
-            by_domain.entry(domain).or_default().push_str(block);
-        }
-        if by_domain.is_empty() {
-            return Err(bad("no certificate in the file".into()));
-        }
+        let by_domain = split_by_domain(pem, fallback)?;
         Self::from_pem(by_domain.iter().map(|(d, p)| (d.as_str(), p.as_str(), "")))
     }
 
@@ -553,5 +566,42 @@ impl rustls::client::ResolvesClientCert for Resolver {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(td: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("spiffe://{td}").try_into().unwrap(),
+        )];
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_roots_file_is_split_so_each_root_serves_only_its_domain() {
+        let (a, b) = (root("a.example"), root("b.example"));
+        let split = split_by_domain(&format!("{a}{b}"), None).unwrap();
+        assert_eq!(split.len(), 2);
+        assert_eq!(split["a.example"].trim(), a.trim());
+        assert_eq!(split["b.example"].trim(), b.trim());
+        let t = Trust::from_self_describing_pem(&format!("{a}{b}")).unwrap();
+        assert_eq!(t.get("a.example").unwrap().anchors.len(), 1);
+        // A root naming no domain needs one given.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let plain = p.self_signed(&key).unwrap().pem();
+        assert!(split_by_domain(&plain, None).is_err());
+        assert!(
+            split_by_domain(&plain, Some("c.example"))
+                .unwrap()
+                .contains_key("c.example")
+        );
     }
 }
