@@ -605,7 +605,13 @@ async fn start_eastwest(
         stop.clone(),
     ));
     tokio::spawn(server::serve(endpoint.clone(), proxy, peers, stop.clone()));
-    let gw = std::sync::Arc::new(Gateway::new(tls, endpoint, ew.peer_configs()));
+    let gw = std::sync::Arc::new(Gateway::new(
+        tls,
+        endpoint,
+        ew.peer_configs(),
+        sidecar.proxy.metrics.clone(),
+    ));
+    gw.spawn_stats(std::time::Duration::from_secs(1), stop.clone());
     tokio::spawn(gw.serve_local(local, stop));
     Ok(())
 }

@@ -17,6 +17,16 @@ use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::sample;
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
+
+/// Sum of a metric's samples whose labels contain every `labels`.
+fn metric(m: &Metrics, name: &str, labels: &[&str]) -> f64 {
+    m.encode()
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 use isthmus_gateway::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
 
@@ -369,6 +379,7 @@ async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
     let peer = eu_gateway(&eu, &us, &[US_GW]).await;
     // The us-east gateway with a link to eu-west, and its local entry.
     let tls = gateway_identity(&us, &[&eu]);
+    let metrics = Arc::new(Metrics::new());
     let gw = Arc::new(Gateway::new(
         tls.clone(),
         us_endpoint(&tls),
@@ -378,6 +389,7 @@ async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
             tcp: peer.tcp,
             identity: EU_GW.into(),
         }],
+        metrics.clone(),
     ));
     let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local_addr = local.local_addr().unwrap();
@@ -418,6 +430,39 @@ async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
         Some(404),
         "the peer has no such service"
     );
+    // Per-peer metrics: transport, CONNECT answers, bytes, open streams.
+    let m = |name: &str, labels: &[&str]| metric(&metrics, name, labels);
+    assert_eq!(
+        m(
+            "isthmus_eastwest_link_transport",
+            &["peer=\"eu-west\"", "transport=\"quic\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "isthmus_eastwest_connect_responses_total",
+            &["result=\"200\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m(
+            "isthmus_eastwest_connect_responses_total",
+            &["result=\"404\""]
+        ),
+        1.0
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m("isthmus_eastwest_bytes_total", &["direction=\"received\""]) < 22.0 {
+        assert!(std::time::Instant::now() < deadline, "bytes not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        m("isthmus_eastwest_bytes_total", &["direction=\"sent\""]),
+        22.0
+    );
+    assert_eq!(m("isthmus_eastwest_open_streams", &[]), 0.0);
     // A caller from another mesh does not get in.
     let stranger = pki::Ca::new("evil.example");
     let mut creds = stranger.issue("x", "y");
@@ -465,6 +510,7 @@ async fn links_reprobe_quic_from_the_fallback_and_reconnect_after_a_peer_restart
     let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp = hole.local_addr().unwrap();
     let tls = gateway_identity(&us, &[&eu]);
+    let metrics = Arc::new(Metrics::new());
     let mut gw = Gateway::new(
         tls.clone(),
         us_endpoint(&tls),
@@ -474,11 +520,24 @@ async fn links_reprobe_quic_from_the_fallback_and_reconnect_after_a_peer_restart
             tcp: peer.tcp,
             identity: EU_GW.into(),
         }],
+        metrics.clone(),
     );
     gw.reprobe = Duration::from_millis(100);
     let gw = Arc::new(gw);
     let link = gw.link("eu-west").await.unwrap();
     assert_eq!(link.transport(), Transport::H2);
+    assert_eq!(
+        metric(&metrics, "isthmus_eastwest_fallbacks_total", &[]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "isthmus_eastwest_link_transport",
+            &["transport=\"h2\""]
+        ),
+        1.0
+    );
     assert_eq!(
         echo_link(&link, Bytes::from_static(b"a")).await,
         Bytes::from_static(b"a")

@@ -151,6 +151,11 @@ impl PeerLink {
     pub fn is_closed(&self) -> bool {
         self.conn.close_reason().is_some()
     }
+
+    /// QUIC path statistics (RTT, congestion window, losses).
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
 }
 
 /// Which transport a link runs on.

@@ -20,6 +20,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Link, LinkError, LinkRecv, LinkSend, PeerLink, Transport};
+use crate::telemetry::metrics::{
+    Metrics, PeerDirectionLabels, PeerLabels, PeerResultLabels, PeerTransportLabels,
+};
 use crate::tls::{MeshTls, SpiffeId};
 
 /// The header naming the peer cluster a CONNECT is for.
@@ -47,6 +50,7 @@ struct PeerState {
 }
 
 pub struct Gateway {
+    metrics: Arc<Metrics>,
     tls: Arc<MeshTls>,
     endpoint: quinn::Endpoint,
     peers: Mutex<HashMap<String, Arc<PeerState>>>,
@@ -67,7 +71,12 @@ impl Link {
 }
 
 impl Gateway {
-    pub fn new(tls: Arc<MeshTls>, endpoint: quinn::Endpoint, peers: Vec<PeerConfig>) -> Self {
+    pub fn new(
+        tls: Arc<MeshTls>,
+        endpoint: quinn::Endpoint,
+        peers: Vec<PeerConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let peers = peers
             .into_iter()
             .map(|cfg| {
@@ -83,6 +92,7 @@ impl Gateway {
             })
             .collect();
         Self {
+            metrics,
             tls,
             endpoint,
             peers: Mutex::new(peers),
@@ -109,22 +119,41 @@ impl Gateway {
         }
         *peer.probed.lock().expect("probe lock") = Instant::now();
         let c = &peer.cfg;
-        let link = Arc::new(
-            Link::race(
-                &self.endpoint,
-                &self.tls,
-                c.udp,
-                c.tcp,
-                &c.identity,
-                HEAD_START,
-            )
-            .await?,
-        );
+        let made = Link::race(
+            &self.endpoint,
+            &self.tls,
+            c.udp,
+            c.tcp,
+            &c.identity,
+            HEAD_START,
+        )
+        .await;
+        let result = match &made {
+            Ok(l) => l.transport().as_str(),
+            Err(_) => "error",
+        };
+        self.metrics
+            .eastwest_links
+            .get_or_create(&PeerResultLabels {
+                peer: cluster.to_string(),
+                result: result.into(),
+            })
+            .inc();
+        let link = Arc::new(made?);
         tracing::info!(
             cluster,
             transport = link.transport().as_str(),
             "linked to peer gateway"
         );
+        if link.transport() == Transport::H2 {
+            self.metrics
+                .eastwest_fallbacks
+                .get_or_create(&PeerLabels {
+                    peer: cluster.to_string(),
+                })
+                .inc();
+        }
+        set_transport(&self.metrics, cluster, link.transport());
         *slot = Some(link.clone());
         Ok(link)
     }
@@ -141,13 +170,14 @@ impl Gateway {
             }
             *at = Instant::now();
         }
-        let (peer, endpoint) = (peer.clone(), self.endpoint.clone());
+        let (peer, endpoint, metrics) = (peer.clone(), self.endpoint.clone(), self.metrics.clone());
         tokio::spawn(async move {
             let c = &peer.cfg;
             match PeerLink::connect(&endpoint, c.udp, &c.identity).await {
                 Ok(l) => {
                     tracing::info!(cluster = %c.cluster, "QUIC gets through again: leaving the TCP fallback");
                     *peer.link.lock().await = Some(Arc::new(Link::Quic(l)));
+                    set_transport(&metrics, &c.cluster, Transport::Quic);
                 }
                 Err(e) => tracing::debug!(cluster = %c.cluster, "QUIC still unavailable: {e}"),
             }
@@ -239,51 +269,146 @@ impl Gateway {
             Ok(l) => l,
             Err(e) => return reply(e.status(), e.to_string()),
         };
+        let count = |status: StatusCode| {
+            self.metrics
+                .eastwest_connects
+                .get_or_create(&PeerResultLabels {
+                    peer: cluster.clone(),
+                    result: status.as_u16().to_string(),
+                })
+                .inc();
+        };
         let (send, recv) = match link.open(&authority).await {
             Ok(x) => x,
-            Err(LinkError::Refused { status, reason, .. }) => return reply(status, reason),
-            Err(e) => return reply(StatusCode::BAD_GATEWAY, e.to_string()),
+            Err(LinkError::Refused { status, reason, .. }) => {
+                count(status);
+                return reply(status, reason);
+            }
+            Err(e) => {
+                count(StatusCode::BAD_GATEWAY);
+                return reply(StatusCode::BAD_GATEWAY, e.to_string());
+            }
         };
+        count(StatusCode::OK);
         tracing::debug!(%caller, %cluster, %authority, "tunnelled to the peer");
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            let open = metrics
+                .eastwest_open_streams
+                .get_or_create(&PeerLabels {
+                    peer: cluster.clone(),
+                })
+                .clone();
+            open.inc();
             match hyper::upgrade::on(req).await {
-                Ok(up) => {
-                    if let Err(e) = pump(TokioIo::new(up), send, recv).await {
-                        tracing::debug!(%cluster, "cross-cluster stream ended: {e}");
+                Ok(up) => match pump(TokioIo::new(up), send, recv).await {
+                    Ok((sent, received)) => {
+                        for (direction, n) in [("sent", sent), ("received", received)] {
+                            metrics
+                                .eastwest_bytes
+                                .get_or_create(&PeerDirectionLabels {
+                                    peer: cluster.clone(),
+                                    direction,
+                                })
+                                .inc_by(n);
+                        }
                     }
-                }
+                    Err(e) => tracing::debug!(%cluster, "cross-cluster stream ended: {e}"),
+                },
                 Err(e) => tracing::debug!("local CONNECT not upgraded: {e}"),
             }
+            open.dec();
         });
         reply(StatusCode::OK, String::new())
     }
 }
 
 /// Joins a local byte stream and a link stream, both ways, half-closing
-/// each side when the other ends.
-pub async fn pump<IO>(io: IO, mut send: LinkSend, mut recv: LinkRecv) -> std::io::Result<()>
+/// each side when the other ends; bytes (sent to the peer, received).
+pub async fn pump<IO>(io: IO, mut send: LinkSend, mut recv: LinkRecv) -> std::io::Result<(u64, u64)>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
         loop {
             let n = rd.read(&mut buf).await?;
             if n == 0 {
                 break;
             }
+            total += n as u64;
             send.send(Bytes::copy_from_slice(&buf[..n])).await?;
         }
-        send.finish().await
+        send.finish().await.map(|()| total)
     };
     let down = async {
+        let mut total = 0u64;
         while let Some(b) = recv.recv().await? {
+            total += b.len() as u64;
             wr.write_all(&b).await?;
         }
-        wr.shutdown().await
+        wr.shutdown().await.map(|()| total)
     };
-    tokio::try_join!(up, down).map(|_| ())
+    tokio::try_join!(up, down)
+}
+
+/// Marks `transport` as the one in use for `peer`.
+fn set_transport(metrics: &Metrics, peer: &str, transport: Transport) {
+    for t in [Transport::Quic, Transport::H2] {
+        metrics
+            .eastwest_transport
+            .get_or_create(&PeerTransportLabels {
+                peer: peer.to_string(),
+                transport: t.as_str(),
+            })
+            .set(i64::from(t == transport));
+    }
+}
+
+impl Gateway {
+    /// Samples each QUIC link's RTT, congestion window and losses into the
+    /// metrics every `every`, until `stop`.
+    pub fn spawn_stats(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let peers: Vec<Arc<PeerState>> = me
+                    .peers
+                    .lock()
+                    .expect("peers lock")
+                    .values()
+                    .cloned()
+                    .collect();
+                for p in peers {
+                    let Some(link) = p.link.lock().await.clone() else {
+                        continue;
+                    };
+                    if let Link::Quic(q) = &*link {
+                        let s = q.stats();
+                        let l = PeerLabels {
+                            peer: p.cfg.cluster.clone(),
+                        };
+                        let m = &me.metrics;
+                        m.eastwest_rtt_us
+                            .get_or_create(&l)
+                            .set(i64::try_from(s.path.rtt.as_micros()).unwrap_or(i64::MAX));
+                        m.eastwest_cwnd_bytes
+                            .get_or_create(&l)
+                            .set(i64::try_from(s.path.cwnd).unwrap_or(i64::MAX));
+                        m.eastwest_lost_packets
+                            .get_or_create(&l)
+                            .set(i64::try_from(s.path.lost_packets).unwrap_or(i64::MAX));
+                    }
+                }
+            }
+        });
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -83,6 +83,32 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// A peer gateway (east-west).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerTransportLabels {
+    pub peer: String,
+    /// "quic" or "h2".
+    pub transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerResultLabels {
+    pub peer: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerDirectionLabels {
+    pub peer: String,
+    /// "sent" (to the peer) or "received".
+    pub direction: &'static str,
+}
+
 /// An authorization decision made by a policy.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthzLabels {
@@ -144,6 +170,17 @@ pub struct Metrics {
     pub tunnel_handshakes: Family<ResultLabels, Counter>,
     /// Certificate rotations seen.
     pub certificate_rotations: Counter,
+    /// East-west links: 1 on the transport in use per peer.
+    pub eastwest_transport: Family<PeerTransportLabels, Gauge>,
+    pub eastwest_links: Family<PeerResultLabels, Counter>,
+    pub eastwest_fallbacks: Family<PeerLabels, Counter>,
+    pub eastwest_rtt_us: Family<PeerLabels, Gauge>,
+    pub eastwest_cwnd_bytes: Family<PeerLabels, Gauge>,
+    pub eastwest_lost_packets: Family<PeerLabels, Gauge>,
+    pub eastwest_open_streams: Family<PeerLabels, Gauge>,
+    pub eastwest_bytes: Family<PeerDirectionLabels, Counter>,
+    /// CONNECT answers from each peer gateway, by status.
+    pub eastwest_connects: Family<PeerResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -235,6 +272,39 @@ impl Metrics {
                 );
                 c
             },
+            eastwest_transport: reg!(
+                "eastwest_link_transport",
+                "1 for the transport each peer link uses (quic, or the h2 fallback)"
+            ),
+            eastwest_links: reg!(
+                "eastwest_link_attempts",
+                "Links made to peer gateways, by result (quic, h2, error)"
+            ),
+            eastwest_fallbacks: reg!(
+                "eastwest_fallbacks",
+                "Links that fell back to HTTP/2 over TLS because QUIC did not get through"
+            ),
+            eastwest_rtt_us: reg!("eastwest_rtt_microseconds", "QUIC round-trip time per peer"),
+            eastwest_cwnd_bytes: reg!(
+                "eastwest_congestion_window_bytes",
+                "QUIC congestion window per peer"
+            ),
+            eastwest_lost_packets: reg!(
+                "eastwest_lost_packets",
+                "QUIC packets lost on the current link per peer"
+            ),
+            eastwest_open_streams: reg!(
+                "eastwest_open_streams",
+                "Cross-cluster streams open per peer"
+            ),
+            eastwest_bytes: reg!(
+                "eastwest_bytes",
+                "Bytes carried to and from each peer gateway"
+            ),
+            eastwest_connects: reg!(
+                "eastwest_connect_responses",
+                "CONNECT responses from each peer gateway, by status"
+            ),
             control_plane_connected: {
                 let g = Gauge::default();
                 registry.register(
