@@ -1,0 +1,251 @@
+//! East-west tunnel benchmark (issue 5, loopback part): bulk throughput
+//! through the gateways' CONNECT streams, HTTP/3 over QUIC against the
+//! HTTP/2-over-TLS fallback, against a direct TCP connection, in one run;
+//! and the gateway's memory per open stream.
+//!
+//!     cargo bench -p isthmus-gateway --bench eastwest
+//!
+//! In one process (a 2-worker runtime): the receiving gateway (QUIC and TCP
+//! listeners), a link from a sending side, and a discard service behind
+//! the receiving gateway that answers the byte count at the end of each
+//! stream. Each figure: BENCH_MB MiB (default 256) through 1 stream, and
+//! through 16 streams at once (BENCH_MB/16 each); median of BENCH_ROUNDS
+//! (default 3). The WAN figures (50 ms RTT, 1 % loss) need the packet-level
+//! emulator, not built yet.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use isthmus_api::model;
+use isthmus_gateway::config::Store;
+use isthmus_gateway::eastwest::client::{Link, LinkRecv, LinkSend};
+use isthmus_gateway::eastwest::{quic, server};
+use isthmus_gateway::identity::Identity;
+use isthmus_gateway::proxy::Proxy;
+use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_gateway::telemetry::metrics::Metrics;
+use isthmus_gateway::tls::MeshTls;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+#[path = "../tests/support/pki.rs"]
+mod pki;
+
+const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+
+fn identity(ca: &pki::Ca, other: &pki::Ca) -> Arc<MeshTls> {
+    let mut c = ca.issue("isthmus-system", "isthmus-eastwest");
+    c.trust_bundles
+        .insert(other.trust_domain.clone(), other.pem.clone());
+    Arc::new(MeshTls::new(Identity::fixed(c)))
+}
+
+/// Reads to the end, then answers the number of bytes read (8 bytes).
+async fn discard_server() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                let mut n = 0u64;
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k as u64,
+                    }
+                }
+                let _ = s.write_all(&n.to_be_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn through_link(link: &Link, bytes: u64) {
+    let (mut w, mut r): (LinkSend, LinkRecv) = link.open("sink.bench:9000").await.unwrap();
+    let chunk = Bytes::from(vec![0x5a; 64 * 1024]);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.send(chunk.slice(..n)).await.unwrap();
+        left -= n as u64;
+    }
+    w.finish().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(b) = r.recv().await.unwrap() {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, bytes.to_be_bytes(), "the sink saw every byte");
+}
+
+async fn direct(addr: SocketAddr, bytes: u64) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).await.unwrap();
+        left -= n as u64;
+    }
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, bytes.to_be_bytes());
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let knob = |n: &str, d: u64| {
+        std::env::var(n)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let mb = knob("BENCH_MB", 256);
+    let rounds = knob("BENCH_ROUNDS", 3) as usize;
+    let bytes = mb * 1024 * 1024;
+    let (eu, us) = (pki::Ca::new("eu-west.isthmus.local"), pki::Ca::new("us-east.isthmus.local"));
+    let sink = discard_server().await;
+    let store = Arc::new(Store::new());
+    store
+        .apply(&model::ProxyConfig {
+            services: vec![model::Service {
+                name: "sink.bench".into(),
+                ports: vec![model::ServicePort {
+                    port: 9000,
+                    target_port: sink.port().into(),
+                    protocol: model::Protocol::Tcp as i32,
+                    ..Default::default()
+                }],
+                endpoints: vec![model::Endpoint {
+                    address: "127.0.0.1".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+    let eu_tls = identity(&eu, &us);
+    let proxy = Arc::new(Proxy::new(
+        store,
+        Arc::new(Metrics::new()),
+        Sink::Off,
+        Default::default(),
+        Some(eu_tls.clone()),
+    ));
+    let peers = Arc::new(server::Peers {
+        allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
+    });
+    let stop = CancellationToken::new();
+    let ep = quic::endpoint(&eu_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let udp = ep.local_addr().unwrap();
+    tokio::spawn(server::serve(ep, proxy.clone(), peers.clone(), stop.clone()));
+    let tcp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp = tcp_l.local_addr().unwrap();
+    tokio::spawn(server::serve_tcp(tcp_l, proxy, peers, stop.clone()));
+    let us_tls = identity(&us, &eu);
+    let us_ep = quic::endpoint(&us_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let quic_link = Arc::new(
+        Link::race(&us_ep, &us_tls, udp, tcp, EU_GW, Duration::from_secs(2))
+            .await
+            .unwrap(),
+    );
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let h2_link = Arc::new(
+        Link::race(
+            &us_ep,
+            &us_tls,
+            hole.local_addr().unwrap(),
+            tcp,
+            EU_GW,
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap(),
+    );
+    println!("== bulk throughput on loopback, {mb} MiB per run, median of {rounds} ==");
+    println!("| path | 1 stream (Gbit/s) | 16 streams (Gbit/s) |");
+    let gbps = |secs: f64| bytes as f64 * 8.0 / secs / 1e9;
+    let mut results = Vec::new();
+    for name in ["direct TCP", "QUIC (HTTP/3 CONNECT)", "TCP fallback (HTTP/2 CONNECT over TLS)"] {
+        let (mut one, mut many) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let t = Instant::now();
+            match name {
+                "direct TCP" => direct(sink, bytes).await,
+                n if n.starts_with("QUIC") => through_link(&quic_link, bytes).await,
+                _ => through_link(&h2_link, bytes).await,
+            }
+            one.push(gbps(t.elapsed().as_secs_f64()));
+            let t = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..16 {
+                let (q, h) = (quic_link.clone(), h2_link.clone());
+                let per = bytes / 16;
+                let name = name.to_string();
+                tasks.push(tokio::spawn(async move {
+                    match name.as_str() {
+                        "direct TCP" => direct(sink, per).await,
+                        n if n.starts_with("QUIC") => through_link(&q, per).await,
+                        _ => through_link(&h, per).await,
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            many.push(gbps(t.elapsed().as_secs_f64()));
+        }
+        let (one, many) = (median(one), median(many));
+        println!("| {name} | {one:.2} | {many:.2} |");
+        results.push((name, one, many));
+    }
+    let q = results[1].1 / results[2].1;
+    let q16 = results[1].2 / results[2].2;
+    println!("QUIC / TCP fallback: {q:.2}x (1 stream), {q16:.2}x (16 streams); target >= 0.6x");
+
+    // Memory per open stream: 1000 idle CONNECT streams on the QUIC link.
+    let before = rss_kib();
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        open.push(quic_link.open("sink.bench:9000").await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rss_kib();
+    println!(
+        "\n== memory: 1000 open CONNECT streams (both gateways in this process) ==\n\
+         RSS {} KiB -> {} KiB: {:.1} KiB per stream (sending + receiving side, discard connections included)",
+        before,
+        after,
+        (after.saturating_sub(before)) as f64 / 1000.0
+    );
+    drop(open);
+    stop.cancel();
+}
