@@ -48,7 +48,9 @@ async fn discard_server() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 256 * 1024];
                 let mut n = 0u64;
@@ -130,7 +132,10 @@ async fn main() {
     let mb = knob("BENCH_MB", 256);
     let rounds = knob("BENCH_ROUNDS", 3) as usize;
     let bytes = mb * 1024 * 1024;
-    let (eu, us) = (pki::Ca::new("eu-west.isthmus.local"), pki::Ca::new("us-east.isthmus.local"));
+    let (eu, us) = (
+        pki::Ca::new("eu-west.isthmus.local"),
+        pki::Ca::new("us-east.isthmus.local"),
+    );
     let sink = discard_server().await;
     let store = Arc::new(Store::new());
     store
@@ -166,7 +171,12 @@ async fn main() {
     let stop = CancellationToken::new();
     let ep = quic::endpoint(&eu_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
     let udp = ep.local_addr().unwrap();
-    tokio::spawn(server::serve(ep, proxy.clone(), peers.clone(), stop.clone()));
+    tokio::spawn(server::serve(
+        ep,
+        proxy.clone(),
+        peers.clone(),
+        stop.clone(),
+    ));
     let tcp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tcp = tcp_l.local_addr().unwrap();
     tokio::spawn(server::serve_tcp(tcp_l, proxy, peers, stop.clone()));
@@ -194,7 +204,11 @@ async fn main() {
     println!("| path | 1 stream (Gbit/s) | 16 streams (Gbit/s) |");
     let gbps = |secs: f64| bytes as f64 * 8.0 / secs / 1e9;
     let mut results = Vec::new();
-    for name in ["direct TCP", "QUIC (HTTP/3 CONNECT)", "TCP fallback (HTTP/2 CONNECT over TLS)"] {
+    for name in [
+        "direct TCP",
+        "QUIC (HTTP/3 CONNECT)",
+        "TCP fallback (HTTP/2 CONNECT over TLS)",
+    ] {
         let (mut one, mut many) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();
