@@ -296,7 +296,7 @@ pub enum LinkSend {
 
 pub enum LinkRecv {
     Quic(Box<h3::client::RequestStream<h3_quinn::RecvStream, Bytes>>),
-    H2(tokio::io::ReadHalf<Upgraded>, Vec<u8>),
+    H2(tokio::io::ReadHalf<Upgraded>, super::splice::AdaptiveReader),
 }
 
 impl LinkSend {
@@ -325,11 +325,7 @@ impl LinkRecv {
                 .await
                 .map_err(std::io::Error::other)?
                 .map(|mut b| b.copy_to_bytes(b.remaining()))),
-            LinkRecv::H2(r, buf) => {
-                buf.resize(64 * 1024, 0);
-                let n = tokio::io::AsyncReadExt::read(r, buf).await?;
-                Ok((n > 0).then(|| Bytes::copy_from_slice(&buf[..n])))
-            }
+            LinkRecv::H2(r, reader) => reader.read(r).await,
         }
     }
 }
@@ -395,7 +391,10 @@ impl Link {
             Link::H2(l) => {
                 let (io, keep) = l.open(authority).await?;
                 let (r, w) = tokio::io::split(io);
-                Ok((LinkSend::H2(w, keep), LinkRecv::H2(r, Vec::new())))
+                Ok((
+                    LinkSend::H2(w, keep),
+                    LinkRecv::H2(r, super::splice::AdaptiveReader::new()),
+                ))
             }
         }
     }

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Link, LinkError, LinkRecv, LinkSend, PeerLink, Transport};
@@ -331,15 +331,11 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(io);
     let up = async {
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut reader = super::splice::AdaptiveReader::new();
         let mut total = 0u64;
-        loop {
-            let n = rd.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            send.send(Bytes::copy_from_slice(&buf[..n])).await?;
+        while let Some(b) = reader.read(&mut rd).await? {
+            total += b.len() as u64;
+            send.send(b).await?;
         }
         send.finish().await.map(|()| total)
     };

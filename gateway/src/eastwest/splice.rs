@@ -7,8 +7,49 @@ use bytes::{Buf, Bytes, BytesMut};
 use h3::quic::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const READ_BUF: usize = 64 * 1024;
 const COALESCE: usize = 256 * 1024;
+
+/// Reads into a buffer that starts small and doubles (to 64 KiB) while
+/// reads fill it: an idle stream holds 4 KiB, a bulk one reads 64 KiB at
+/// a time. Each read is handed out without copying.
+pub struct AdaptiveReader {
+    buf: BytesMut,
+    next: usize,
+}
+
+impl Default for AdaptiveReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AdaptiveReader {
+    const MIN: usize = 4 * 1024;
+    const MAX: usize = 64 * 1024;
+
+    pub fn new() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            next: Self::MIN,
+        }
+    }
+
+    /// The next bytes read from `r`; None at its end.
+    pub async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> std::io::Result<Option<Bytes>> {
+        self.buf.reserve(self.next);
+        let n = r.read_buf(&mut self.buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if n >= self.next {
+            self.next = (self.next * 2).min(Self::MAX);
+        }
+        Ok(Some(self.buf.split().freeze()))
+    }
+}
 
 /// Bytes moved: (from the stream to `io`, from `io` to the stream).
 pub async fn splice<S, R, IO>(
@@ -45,16 +86,10 @@ where
     };
     let up = async {
         let mut n = 0u64;
-        let mut buf = vec![0u8; READ_BUF];
-        loop {
-            let k = rd.read(&mut buf).await?;
-            if k == 0 {
-                break;
-            }
-            n += k as u64;
-            send.send_data(Bytes::copy_from_slice(&buf[..k]))
-                .await
-                .map_err(std::io::Error::other)?;
+        let mut reader = AdaptiveReader::new();
+        while let Some(b) = reader.read(&mut rd).await? {
+            n += b.len() as u64;
+            send.send_data(b).await.map_err(std::io::Error::other)?;
         }
         send.finish().await.map_err(std::io::Error::other)?;
         Ok::<_, std::io::Error>(n)
