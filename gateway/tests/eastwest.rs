@@ -129,28 +129,19 @@ fn us_endpoint(tls: &MeshTls) -> quinn::Endpoint {
 }
 
 async fn echo_through(link: &PeerLink, payload: Bytes) -> Bytes {
-    let s = link.open("echo.shop:9000").await.expect("CONNECT accepted");
-    // Send and receive concurrently: the echo answers as it reads.
-    let (mut w, mut r) = s.stream.split();
-    let total = payload.len();
-    let write = async move {
-        for chunk in payload.chunks(16 * 1024) {
-            w.send_data(Bytes::copy_from_slice(chunk)).await.unwrap();
-        }
-        w.finish().await.unwrap();
-    };
-    let mut recv = Vec::new();
-    let read = async {
-        while let Some(mut b) = r.recv_data().await.unwrap() {
-            use bytes::Buf;
-            recv.extend_from_slice(&b.copy_to_bytes(b.remaining()));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(write, read) })
+    // The same exchange as on any link, over this QUIC one.
+    let (s, r) = link
+        .open("echo.shop:9000")
         .await
-        .expect("echo completes");
-    assert_eq!(recv.len(), total);
-    Bytes::from(recv)
+        .expect("CONNECT accepted")
+        .stream
+        .split();
+    echo_halves(
+        isthmus_gateway::eastwest::client::LinkSend::Quic(Box::new(s)),
+        isthmus_gateway::eastwest::client::LinkRecv::Quic(Box::new(r)),
+        payload,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +243,16 @@ async fn unknown_impersonated_and_untrusted_peers_are_refused() {
 
 /// Echo through any link: send and receive at once.
 async fn echo_link(link: &Link, payload: Bytes) -> Bytes {
-    let (mut w, mut r) = link.open("echo.shop:9000").await.expect("CONNECT accepted");
+    let (w, r) = link.open("echo.shop:9000").await.expect("CONNECT accepted");
+    echo_halves(w, r, payload).await
+}
+
+/// Sends `payload` and reads the echo at the same time.
+async fn echo_halves(
+    mut w: isthmus_gateway::eastwest::client::LinkSend,
+    mut r: isthmus_gateway::eastwest::client::LinkRecv,
+    payload: Bytes,
+) -> Bytes {
     let total = payload.len();
     let write = async move {
         for chunk in payload.chunks(16 * 1024) {
