@@ -10,8 +10,8 @@
 //! the receiving gateway that answers the byte count at the end of each
 //! stream. Each figure: BENCH_MB MiB (default 256) through 1 stream, and
 //! through 16 streams at once (BENCH_MB/16 each); median of BENCH_ROUNDS
-//! (default 3). The WAN figures (50 ms RTT, 1 % loss) need the packet-level
-//! emulator, not built yet.
+//! (default 3). BENCH_CC: QUIC's congestion control (bbr, the default, or
+//! cubic). The WAN figures are `benches/wan.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -169,7 +169,11 @@ async fn main() {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
     });
     let stop = CancellationToken::new();
-    let ep = quic::endpoint(&eu_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let cc: quic::Congestion = std::env::var("BENCH_CC")
+        .unwrap_or_else(|_| "bbr".into())
+        .parse()
+        .unwrap();
+    let ep = quic::endpoint_with(&eu_tls, "127.0.0.1:0".parse().unwrap(), cc).unwrap();
     let udp = ep.local_addr().unwrap();
     tokio::spawn(server::serve(
         ep,
@@ -181,7 +185,7 @@ async fn main() {
     let tcp = tcp_l.local_addr().unwrap();
     tokio::spawn(server::serve_tcp(tcp_l, proxy, peers, stop.clone()));
     let us_tls = identity(&us, &eu);
-    let us_ep = quic::endpoint(&us_tls, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let us_ep = quic::endpoint_with(&us_tls, "127.0.0.1:0".parse().unwrap(), cc).unwrap();
     let quic_link = Arc::new(
         Link::race(&us_ep, &us_tls, udp, tcp, EU_GW, Duration::from_secs(2))
             .await
@@ -200,7 +204,10 @@ async fn main() {
         .await
         .unwrap(),
     );
-    println!("== bulk throughput on loopback, {mb} MiB per run, median of {rounds} ==");
+    println!(
+        "== bulk throughput on loopback, {mb} MiB per run, median of {rounds}; QUIC congestion control {} ==",
+        cc.as_str()
+    );
     println!("| path | 1 stream (Gbit/s) | 16 streams (Gbit/s) |");
     let gbps = |secs: f64| bytes as f64 * 8.0 / secs / 1e9;
     let mut results = Vec::new();

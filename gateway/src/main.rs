@@ -582,7 +582,7 @@ async fn start_eastwest(
         .mesh
         .clone()
         .context("the east-west gateway needs an identity: --ca-token or --cert-file")?;
-    let endpoint = quic::endpoint(&tls, ew.quic)?;
+    let endpoint = quic::endpoint_with(&tls, ew.quic, ew.congestion)?;
     let tcp = tokio::net::TcpListener::bind(ew.tcp)
         .await
         .with_context(|| format!("listening on TCP {} (fallback)", ew.tcp))?;

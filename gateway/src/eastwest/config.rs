@@ -28,6 +28,10 @@ pub struct EastWestConfig {
     pub admit: Vec<String>,
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// QUIC congestion control: `bbr` (default; holds its rate through
+    /// random loss) or `cubic`.
+    #[serde(default)]
+    pub congestion: super::quic::Congestion,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -115,6 +119,10 @@ mod tests {
         assert_eq!(c.quic.port(), 15443);
         assert_eq!(c.local.port(), 15009);
         assert_eq!(c.peer_configs()[0].cluster, "us-east");
+        assert_eq!(c.congestion, super::super::quic::Congestion::Bbr);
+        let c = EastWestConfig::parse("ew.yaml", "congestion: cubic\n").unwrap();
+        assert_eq!(c.congestion, super::super::quic::Congestion::Cubic);
+        assert!(EastWestConfig::parse("ew.yaml", "congestion: vegas\n").is_err());
         let e = EastWestConfig::parse(
             "ew.yaml",
             "peers: [{cluster: a, udp: \"1.2.3.4:1\", tcp: \"1.2.3.4:1\", identity: nope}]\n",

@@ -26,8 +26,48 @@ pub enum QuicError {
     },
 }
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// The QUIC congestion controller of the tunnels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Loss-based (RFC 9438), quinn's default.
+    Cubic,
+    /// Model-based: paces to the measured bottleneck rate and does not
+    /// back off on random loss, which WAN links between regions have.
+    #[default]
+    Bbr,
+}
+
+impl Congestion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        }
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            _ => Err(format!("congestion control {s:?}: use cubic or bbr")),
+        }
+    }
+}
+
+fn transport(cc: Congestion) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    match cc {
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+    };
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
@@ -42,27 +82,37 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-pub fn server_config(tls: &MeshTls) -> Result<quinn::ServerConfig, QuicError> {
+pub fn server_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ServerConfig, QuicError> {
     let (_, server) = tls.configs_for(ALPN_H3);
     let crypto = QuicServerConfig::try_from(server).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    c.transport_config(transport());
+    c.transport_config(transport(cc));
     Ok(c)
 }
 
-pub fn client_config(tls: &MeshTls) -> Result<quinn::ClientConfig, QuicError> {
+pub fn client_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ClientConfig, QuicError> {
     let (client, _) = tls.configs_for(ALPN_H3);
     let crypto = QuicClientConfig::try_from(client).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut c = quinn::ClientConfig::new(Arc::new(crypto));
-    c.transport_config(transport());
+    c.transport_config(transport(cc));
     Ok(c)
 }
 
-/// A QUIC endpoint that serves peers on `addr` and connects to them.
+/// A QUIC endpoint that serves peers on `addr` and connects to them
+/// (BBR congestion control).
 pub fn endpoint(tls: &MeshTls, addr: SocketAddr) -> Result<quinn::Endpoint, QuicError> {
-    let mut e = quinn::Endpoint::server(server_config(tls)?, addr)
+    endpoint_with(tls, addr, Congestion::default())
+}
+
+/// `endpoint` with the congestion controller `cc`.
+pub fn endpoint_with(
+    tls: &MeshTls,
+    addr: SocketAddr,
+    cc: Congestion,
+) -> Result<quinn::Endpoint, QuicError> {
+    let mut e = quinn::Endpoint::server(server_config(tls, cc)?, addr)
         .map_err(|source| QuicError::Bind { addr, source })?;
-    e.set_default_client_config(client_config(tls)?);
+    e.set_default_client_config(client_config(tls, cc)?);
     Ok(e)
 }
 
