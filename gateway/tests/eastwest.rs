@@ -611,3 +611,51 @@ async fn links_reprobe_quic_from_the_fallback_and_reconnect_after_a_peer_restart
     restarted.cancel();
     peer.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_survives_the_client_changing_address() {
+    // QUIC connection migration: the sending gateway's UDP socket is
+    // replaced (a NAT rebinding, a new node address); the connection and
+    // a stream open on it carry on, and new streams open.
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let link = PeerLink::connect(&endpoint, peer.addr, EU_GW)
+        .await
+        .unwrap();
+    let (s, r) = link.open("echo.shop:9000").await.unwrap().stream.split();
+    let (mut w, mut r) = (
+        isthmus_gateway::eastwest::client::LinkSend::Quic(Box::new(s)),
+        isthmus_gateway::eastwest::client::LinkRecv::Quic(Box::new(r)),
+    );
+    w.send(Bytes::from_static(b"before ")).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 7 {
+        got.extend_from_slice(&r.recv().await.unwrap().expect("echo"));
+    }
+    let old = endpoint.local_addr().unwrap();
+    endpoint
+        .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let new = endpoint.local_addr().unwrap();
+    assert_ne!(old.port(), new.port(), "the client moved");
+    // The open stream goes on from the new address...
+    w.send(Bytes::from_static(b"after")).await.unwrap();
+    w.finish().await.unwrap();
+    while let Some(b) = tokio::time::timeout(Duration::from_secs(10), r.recv())
+        .await
+        .expect("the stream carries on after the move")
+        .unwrap()
+    {
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, b"before after");
+    // ... and so does the connection.
+    assert!(!link.is_closed());
+    assert_eq!(
+        echo_through(&link, Bytes::from_static(b"new stream")).await,
+        Bytes::from_static(b"new stream")
+    );
+    peer.stop.cancel();
+}
