@@ -167,6 +167,7 @@ async fn main() {
     ));
     let peers = Arc::new(server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
+        exports: vec![],
     });
     let stop = CancellationToken::new();
     let cc: quic::Congestion = std::env::var("BENCH_CC")

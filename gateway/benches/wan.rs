@@ -107,6 +107,7 @@ async fn gateway_b(tls: Arc<MeshTls>, cc: Congestion, stop: CancellationToken) -
     ));
     let peers = Arc::new(server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
+        exports: vec![],
     });
     let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
     let ep = quic::endpoint_with(&tls, addr, cc).unwrap();

@@ -597,6 +597,7 @@ async fn start_eastwest(
     );
     let peers = std::sync::Arc::new(server::Peers {
         allowed: ew.admit.clone(),
+        exports: ew.exports.clone(),
     });
     tokio::spawn(server::serve_tcp(
         tcp,
@@ -605,12 +606,14 @@ async fn start_eastwest(
         stop.clone(),
     ));
     tokio::spawn(server::serve(endpoint.clone(), proxy, peers, stop.clone()));
-    let gw = std::sync::Arc::new(Gateway::new(
+    let mut gw = Gateway::new(
         tls,
         endpoint,
         ew.peer_configs(),
         sidecar.proxy.metrics.clone(),
-    ));
+    );
+    gw.cluster = ew.cluster.clone();
+    let gw = std::sync::Arc::new(gw);
     gw.spawn_stats(std::time::Duration::from_secs(1), stop.clone());
     tokio::spawn(gw.serve_local(local, stop));
     Ok(())

@@ -36,6 +36,7 @@ mod pki;
 const EU: &str = "eu-west.isthmus.local";
 const US: &str = "us-east.isthmus.local";
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const US_GW: &str = "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
 
 /// Credentials of `ca`'s gateway, trusting every CA in `trusted`.
@@ -62,6 +63,17 @@ struct Peer {
 
 /// The eu-west gateway: service echo.shop:9000 behind it, admitting `admit`.
 async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
+    eu_gateway_with(eu, us, admit, vec![], Sink::Off).await
+}
+
+/// `eu_gateway` with export rules and an access log.
+async fn eu_gateway_with(
+    eu: &pki::Ca,
+    us: &pki::Ca,
+    admit: &[&str],
+    exports: Vec<isthmus_gateway::eastwest::ExportRule>,
+    sink: Sink,
+) -> Peer {
     let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -89,7 +101,7 @@ async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
     let proxy = Arc::new(Proxy::new(
         store,
         Arc::new(Metrics::new()),
-        Sink::Off,
+        sink,
         Default::default(),
         Some(tls.clone()),
     ));
@@ -98,6 +110,7 @@ async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
     let stop = CancellationToken::new();
     let peers = Arc::new(server::Peers {
         allowed: admit.iter().map(|s| s.to_string()).collect(),
+        exports,
     });
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let tcp_addr = tcp.local_addr().unwrap();
@@ -361,6 +374,7 @@ async fn via_local_gateway(
     tokio::spawn(conn);
     let req = http::Request::connect(authority)
         .header("isthmus-cluster", cluster)
+        .header("traceparent", TRACEPARENT)
         .body(http_body_util::Empty::new())
         .unwrap();
     let mut resp = send.send_request(req).await.map_err(|_| 3u16)?;
@@ -657,5 +671,114 @@ async fn a_link_survives_the_client_changing_address() {
         echo_through(&link, Bytes::from_static(b"new stream")).await,
         Bytes::from_static(b"new stream")
     );
+    peer.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_sees_who_a_stream_is_from_and_serves_only_what_it_exports() {
+    use isthmus_gateway::eastwest::ExportRule;
+    use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let (tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+    // Any us-east gateway identity is admitted; echo.shop is exported to
+    // the main one only.
+    let peer = eu_gateway_with(
+        &eu,
+        &us,
+        &["spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*"],
+        vec![ExportRule {
+            peers: vec![US_GW.into()],
+            services: vec!["echo.shop".into()],
+        }],
+        Sink::Channel(tx),
+    )
+    .await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let mut gw = Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![PeerConfig {
+            cluster: "eu-west".into(),
+            udp: peer.addr,
+            tcp: peer.tcp,
+            identity: EU_GW.into(),
+        }],
+        Arc::new(Metrics::new()),
+    );
+    gw.cluster = Some("us-east".into());
+    let gw = Arc::new(gw);
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local_addr = local.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(gw.clone().serve_local(local, stop.clone()));
+    let mut creds = us.issue("shop", "frontend");
+    creds.trust_bundles.insert(EU.into(), eu.pem.clone());
+    let workload = MeshTls::new(Identity::fixed(creds));
+    let mut s = via_local_gateway(&workload, local_addr, "echo.shop:9000", "eu-west")
+        .await
+        .expect("exported to us-east's gateway");
+    s.write_all(b"who am i").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"who am i");
+    // The receiving gateway's access log names the source.
+    let e = tokio::time::timeout(Duration::from_secs(10), log.recv())
+        .await
+        .expect("an access-log entry")
+        .unwrap();
+    assert_eq!(e.direction, "eastwest");
+    assert_eq!(e.listener, "quic");
+    assert_eq!(e.response_code, 200);
+    assert_eq!(e.authority.as_deref(), Some("echo.shop:9000"));
+    assert_eq!(e.source_cluster.as_deref(), Some("us-east"));
+    assert_eq!(
+        e.source_principal.as_deref(),
+        Some("spiffe://us-east.isthmus.local/ns/shop/sa/frontend")
+    );
+    assert_eq!(e.peer_gateway.as_deref(), Some(US_GW));
+    assert_eq!(
+        e.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!((e.bytes_received, e.bytes_sent), (8, 8));
+
+    // Another us-east gateway identity: admitted, but nothing is exported
+    // to it: 403 naming why, on QUIC and on the fallback alike.
+    let mut other = us.issue("isthmus-system", "other-gateway");
+    other.trust_bundles.insert(EU.into(), eu.pem.clone());
+    let other = Arc::new(MeshTls::new(Identity::fixed(other)));
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for udp in [peer.addr, hole.local_addr().unwrap()] {
+        let link = Link::race(
+            &us_endpoint(&other),
+            &other,
+            udp,
+            peer.tcp,
+            EU_GW,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        match link.open("echo.shop:9000").await {
+            Err(LinkError::Refused { status, reason, .. }) => {
+                assert_eq!(status.as_u16(), 403, "{reason}");
+                assert!(reason.contains("not exported"), "{reason}");
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a service not exported to this peer was served"),
+        }
+        let e = tokio::time::timeout(Duration::from_secs(10), log.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.response_code, 403);
+        assert!(e.reason.unwrap_or_default().contains("not exported"));
+    }
+    stop.cancel();
     peer.stop.cancel();
 }

@@ -81,6 +81,7 @@ async fn eu_gateway(tls: Arc<MeshTls>, stop: CancellationToken) -> SocketAddr {
     ));
     let peers = Arc::new(server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
+        exports: vec![],
     });
     let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
     let ep = quic::endpoint(&tls, addr).unwrap();

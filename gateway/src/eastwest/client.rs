@@ -112,11 +112,20 @@ impl PeerLink {
     /// §4.4 forbids; its server accepts both forms, so our gateways
     /// interoperate (the upstream fix is not released; STACK.md).
     pub async fn open(&self, authority: &str) -> Result<TunnelStream, LinkError> {
+        self.open_from(authority, &super::Source::default()).await
+    }
+
+    /// `open`, with headers naming the stream's source.
+    pub async fn open_from(
+        &self,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<TunnelStream, LinkError> {
         let h3err = |e: h3::error::StreamError| LinkError::Http3 {
             addr: self.addr,
             reason: e.to_string(),
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::CONNECT)
             .uri(authority)
             .body(())
@@ -126,6 +135,7 @@ impl PeerLink {
                 status: StatusCode::BAD_REQUEST,
                 reason: e.to_string(),
             })?;
+        source.write(req.headers_mut());
         let mut stream = self.send.clone().send_request(req).await.map_err(h3err)?;
         let resp = stream.recv_response().await.map_err(h3err)?;
         if resp.status() != StatusCode::OK {
@@ -230,7 +240,11 @@ impl H2Link {
         Ok(Self { addr, send })
     }
 
-    pub async fn open(&self, authority: &str) -> Result<(Upgraded, H2Keep), LinkError> {
+    pub async fn open(
+        &self,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<(Upgraded, H2Keep), LinkError> {
         let failed = |status: StatusCode, reason: String| LinkError::Refused {
             addr: self.addr,
             authority: authority.into(),
@@ -242,6 +256,7 @@ impl H2Link {
         *req.uri_mut() = authority
             .parse()
             .map_err(|e: http::uri::InvalidUri| failed(StatusCode::BAD_REQUEST, e.to_string()))?;
+        source.write(req.headers_mut());
         let mut resp = self
             .send
             .clone()
@@ -383,13 +398,22 @@ impl Link {
     }
 
     pub async fn open(&self, authority: &str) -> Result<(LinkSend, LinkRecv), LinkError> {
+        self.open_from(authority, &super::Source::default()).await
+    }
+
+    /// `open`, with headers naming the stream's source.
+    pub async fn open_from(
+        &self,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<(LinkSend, LinkRecv), LinkError> {
         match self {
             Link::Quic(l) => {
-                let (s, r) = l.open(authority).await?.stream.split();
+                let (s, r) = l.open_from(authority, source).await?.stream.split();
                 Ok((LinkSend::Quic(Box::new(s)), LinkRecv::Quic(Box::new(r))))
             }
             Link::H2(l) => {
-                let (io, keep) = l.open(authority).await?;
+                let (io, keep) = l.open(authority, source).await?;
                 let (r, w) = tokio::io::split(io);
                 Ok((
                     LinkSend::H2(w, keep),

@@ -28,6 +28,12 @@ pub struct EastWestConfig {
     pub admit: Vec<String>,
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// This cluster's name, sent to peers as the source of its streams.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Which services each peer may reach (none: all).
+    #[serde(default)]
+    pub exports: Vec<super::ExportRule>,
     /// QUIC congestion control: `bbr` (default; holds its rate through
     /// random loss) or `cubic`.
     #[serde(default)]
@@ -123,6 +129,13 @@ mod tests {
         let c = EastWestConfig::parse("ew.yaml", "congestion: cubic\n").unwrap();
         assert_eq!(c.congestion, super::super::quic::Congestion::Cubic);
         assert!(EastWestConfig::parse("ew.yaml", "congestion: vegas\n").is_err());
+        let c = EastWestConfig::parse(
+            "ew.yaml",
+            "cluster: eu-west\nexports:\n  - peers: [\"spiffe://us-east.isthmus.local/*\"]\n    services: [\"*.shop\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.as_deref(), Some("eu-west"));
+        assert_eq!(c.exports[0].services, vec!["*.shop".to_string()]);
         let e = EastWestConfig::parse(
             "ew.yaml",
             "peers: [{cluster: a, udp: \"1.2.3.4:1\", tcp: \"1.2.3.4:1\", identity: nope}]\n",

@@ -56,6 +56,8 @@ pub struct Gateway {
     peers: Mutex<HashMap<String, Arc<PeerState>>>,
     /// How often a link on the TCP fallback tries QUIC again.
     pub reprobe: Duration,
+    /// This cluster's name, sent as the source of every stream.
+    pub cluster: Option<String>,
 }
 
 /// Default interval between QUIC re-probes of a link on the fallback.
@@ -97,6 +99,7 @@ impl Gateway {
             endpoint,
             peers: Mutex::new(peers),
             reprobe: REPROBE,
+            cluster: None,
         }
     }
 
@@ -278,7 +281,16 @@ impl Gateway {
                 })
                 .inc();
         };
-        let (send, recv) = match link.open(&authority).await {
+        let source = super::Source {
+            cluster: self.cluster.clone(),
+            identity: Some(caller.to_string()),
+            traceparent: req
+                .headers()
+                .get(super::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        };
+        let (send, recv) = match link.open_from(&authority, &source).await {
             Ok(x) => x,
             Err(LinkError::Refused { status, reason, .. }) => {
                 count(status);

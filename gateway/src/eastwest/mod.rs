@@ -40,6 +40,8 @@ pub enum ConnectRefusal {
     NoService(String),
     #[error("service {service} has no port {port}")]
     NoPort { service: String, port: u16 },
+    #[error("service {service} is not exported to {peer}")]
+    NotExported { service: String, peer: String },
     #[error("service {0} has no healthy endpoint")]
     NoHealthyEndpoint(String),
     #[error("the endpoint {addr} of {service} refused the connection: {reason}")]
@@ -57,10 +59,88 @@ impl ConnectRefusal {
             Self::NoAuthority | Self::BadAuthority(_) => S::BAD_REQUEST,
             Self::NotConnect(_) => S::METHOD_NOT_ALLOWED,
             Self::NoService(_) | Self::NoPort { .. } => S::NOT_FOUND,
+            Self::NotExported { .. } => S::FORBIDDEN,
             Self::NoHealthyEndpoint(_) => S::SERVICE_UNAVAILABLE,
             Self::EndpointFailed { .. } => S::BAD_GATEWAY,
         }
     }
+}
+
+/// Header: the cluster a cross-cluster stream comes from.
+pub const SOURCE_CLUSTER: &str = "isthmus-source-cluster";
+/// Header: the SPIFFE ID of the workload that opened it (as its own
+/// gateway verified it; the destination sidecar verifies it again in the
+/// end-to-end mTLS session inside the stream).
+pub const SOURCE_IDENTITY: &str = "isthmus-source-identity";
+/// Header: W3C trace context, passed through.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Who a cross-cluster stream comes from, carried on its CONNECT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    pub cluster: Option<String>,
+    pub identity: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+impl Source {
+    fn fields(&self) -> [(&'static str, Option<&String>); 3] {
+        [
+            (SOURCE_CLUSTER, self.cluster.as_ref()),
+            (SOURCE_IDENTITY, self.identity.as_ref()),
+            (TRACEPARENT, self.traceparent.as_ref()),
+        ]
+    }
+
+    /// Adds the headers (values that are not valid header text are left
+    /// out, never sent mangled).
+    pub fn write(&self, headers: &mut http::HeaderMap) {
+        for (name, v) in self.fields() {
+            if let Some(v) = v.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        }
+    }
+
+    pub fn read(headers: &http::HeaderMap) -> Self {
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            cluster: get(SOURCE_CLUSTER),
+            identity: get(SOURCE_IDENTITY),
+            traceparent: get(TRACEPARENT),
+        }
+    }
+}
+
+/// Which services of this cluster a peer gateway may reach: rules of peer
+/// identity patterns (`*` suffix) and service patterns (`name.ns`,
+/// `*.ns` for a namespace, `*` for all). No rules: every service.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportRule {
+    pub peers: Vec<String>,
+    pub services: Vec<String>,
+}
+
+/// Whether `service` is exported to `peer` under `rules` (pure).
+pub fn exported(rules: &[ExportRule], service: &str, peer: &str) -> bool {
+    let service_matches = |pattern: &str| match pattern.strip_prefix("*.") {
+        _ if pattern == "*" => true,
+        Some(ns) => service.rsplit_once('.').is_some_and(|(_, n)| n == ns),
+        None => pattern == service,
+    };
+    rules.is_empty()
+        || rules.iter().any(|r| {
+            r.peers
+                .iter()
+                .any(|p| crate::authz::Pattern::new(p).matches(peer))
+                && r.services.iter().any(|s| service_matches(s))
+        })
 }
 
 /// Parses a CONNECT authority `<service>.<namespace>:<port>` (pure).
@@ -114,5 +194,56 @@ mod tests {
             ConnectRefusal::NoService("x.y".into()).status(),
             http::StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn export_rules_name_peers_and_services() {
+        let us = "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+        let ap = "spiffe://ap-south.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+        assert!(exported(&[], "catalog.shop", us), "no rules: all");
+        let rules = vec![
+            ExportRule {
+                peers: vec!["spiffe://us-east.isthmus.local/*".into()],
+                services: vec!["catalog.shop".into(), "*.payments".into()],
+            },
+            ExportRule {
+                peers: vec![ap.into()],
+                services: vec!["*".into()],
+            },
+        ];
+        assert!(exported(&rules, "catalog.shop", us));
+        assert!(exported(&rules, "ledger.payments", us));
+        assert!(!exported(&rules, "cart.shop", us));
+        assert!(!exported(&rules, "payments.shop", us));
+        assert!(exported(&rules, "cart.shop", ap));
+        assert!(!exported(
+            &rules,
+            "catalog.shop",
+            "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest"
+        ));
+        let refusal = ConnectRefusal::NotExported {
+            service: "cart.shop".into(),
+            peer: us.into(),
+        };
+        assert_eq!(refusal.status(), http::StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn source_headers_round_trip_and_skip_bad_values() {
+        let s = Source {
+            cluster: Some("us-east".into()),
+            identity: Some("spiffe://us-east.isthmus.local/ns/shop/sa/frontend".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let mut h = http::HeaderMap::new();
+        s.write(&mut h);
+        assert_eq!(Source::read(&h), s);
+        let mut h = http::HeaderMap::new();
+        Source {
+            cluster: Some("bad\nvalue".into()),
+            ..Default::default()
+        }
+        .write(&mut h);
+        assert!(h.is_empty());
     }
 }

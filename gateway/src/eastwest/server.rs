@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Method, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectRefusal, parse_authority, quic::peer_id, splice::splice};
+use super::{ConnectRefusal, Source, exported, parse_authority, quic::peer_id, splice::splice};
 use crate::pool::dial;
 use crate::proxy::Proxy;
 use crate::tls::SpiffeId;
@@ -21,6 +21,8 @@ use crate::tls::SpiffeId;
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     pub allowed: Vec<String>,
+    /// Which services each peer may reach (none: all).
+    pub exports: Vec<super::ExportRule>,
 }
 
 impl Peers {
@@ -64,7 +66,7 @@ pub async fn serve(
                 return;
             };
             tracing::info!(%remote, peer = %id, "peer gateway connected");
-            serve_connection(conn, proxy, Arc::new(id), stop).await;
+            serve_connection(conn, remote, proxy, peers, Arc::new(id), stop).await;
         });
     }
     endpoint.close(0u32.into(), b"shutting down");
@@ -72,7 +74,9 @@ pub async fn serve(
 
 async fn serve_connection(
     conn: quinn::Connection,
+    remote: std::net::SocketAddr,
     proxy: Arc<Proxy>,
+    peers: Arc<Peers>,
     peer: Arc<SpiffeId>,
     stop: CancellationToken,
 ) {
@@ -99,7 +103,7 @@ async fn serve_connection(
                 }
             },
         };
-        let (proxy, peer) = (proxy.clone(), peer.clone());
+        let (proxy, peer, peers) = (proxy.clone(), peer.clone(), peers.clone());
         tokio::spawn(async move {
             let (req, mut stream) = match resolver.resolve_request().await {
                 Ok(x) => x,
@@ -110,9 +114,12 @@ async fn serve_connection(
                     return;
                 }
             };
+            let log = StreamLog::new("quic", remote, peer.clone(), &req);
             let target = match route(
                 &proxy,
-                req.method(),
+                &peers,
+                &peer,
+                &req,
                 req.uri().authority().map(|a| a.as_str()),
             )
             .await
@@ -121,6 +128,7 @@ async fn serve_connection(
                 Err(refusal) => {
                     proxy.metrics.error("eastwest_refused");
                     tracing::debug!(%peer, "CONNECT refused: {refusal}");
+                    log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
                     let resp = Response::builder()
                         .status(refusal.status())
                         .header("isthmus-refusal", refusal.to_string())
@@ -139,9 +147,15 @@ async fn serve_connection(
                 return;
             }
             let (send, recv) = stream.split();
-            if let Err(e) = splice(send, recv, target).await {
-                tracing::debug!(%peer, "tunnelled connection ended: {e}");
-            }
+            let upstream = target.peer_addr().ok();
+            let bytes = match splice(send, recv, target).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::debug!(%peer, "tunnelled connection ended: {e}");
+                    (0, 0)
+                }
+            };
+            log.write(&proxy, http::StatusCode::OK, None, upstream, bytes);
         });
     }
 }
@@ -150,15 +164,33 @@ async fn serve_connection(
 /// the named service: its sidecar's mesh transport port when it has one
 /// (the payload is then the client sidecar's own mTLS session), else the
 /// endpoint's port.
-async fn route(
+async fn route<B>(
     proxy: &Proxy,
-    method: &Method,
+    peers: &Peers,
+    peer: &SpiffeId,
+    req: &http::Request<B>,
     authority: Option<&str>,
 ) -> Result<tokio::net::TcpStream, ConnectRefusal> {
+    let method = req.method();
     if method != Method::CONNECT {
         return Err(ConnectRefusal::NotConnect(method.to_string()));
     }
     let (name, port) = parse_authority(authority)?;
+    let source = Source::read(req.headers());
+    tracing::debug!(
+        %peer,
+        service = %name,
+        source_cluster = source.cluster.as_deref().unwrap_or("-"),
+        source_identity = source.identity.as_deref().unwrap_or("-"),
+        traceparent = source.traceparent.as_deref().unwrap_or("-"),
+        "cross-cluster CONNECT"
+    );
+    if !exported(&peers.exports, &name, peer.as_str()) {
+        return Err(ConnectRefusal::NotExported {
+            service: name,
+            peer: peer.to_string(),
+        });
+    }
     let snap = proxy.store.load();
     let service = snap
         .services
@@ -241,7 +273,7 @@ pub async fn serve_tcp(
             let p = proxy.clone();
             let svc = hyper::service::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| {
-                    let (proxy, peer) = (p.clone(), peer.clone());
+                    let (proxy, peer, peers) = (p.clone(), peer.clone(), peers.clone());
                     async move {
                         let reply = |status: http::StatusCode, why: Option<String>| {
                             let mut r = Response::new(http_body_util::Empty::<Bytes>::new());
@@ -253,9 +285,11 @@ pub async fn serve_tcp(
                             r
                         };
                         let authority = req.uri().authority().map(|a| a.as_str().to_string());
-                        match route(&proxy, req.method(), authority.as_deref()).await {
+                        let log = StreamLog::new("h2-fallback", remote, peer.clone(), &req);
+                        match route(&proxy, &peers, &peer, &req, authority.as_deref()).await {
                             Err(refusal) => {
                                 proxy.metrics.error("eastwest_refused");
+                                log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
                                 Ok::<_, std::convert::Infallible>(reply(
                                     refusal.status(),
                                     Some(refusal.to_string()),
@@ -266,12 +300,26 @@ pub async fn serve_tcp(
                                     match hyper::upgrade::on(req).await {
                                         Ok(up) => {
                                             let mut up = hyper_util::rt::TokioIo::new(up);
-                                            if let Err(e) =
-                                                tokio::io::copy_bidirectional(&mut up, &mut target)
-                                                    .await
+                                            let upstream = target.peer_addr().ok();
+                                            let bytes = match tokio::io::copy_bidirectional(
+                                                &mut up,
+                                                &mut target,
+                                            )
+                                            .await
                                             {
-                                                tracing::debug!(%peer, "tunnelled connection ended: {e}");
-                                            }
+                                                Ok(b) => b,
+                                                Err(e) => {
+                                                    tracing::debug!(%peer, "tunnelled connection ended: {e}");
+                                                    (0, 0)
+                                                }
+                                            };
+                                            log.write(
+                                                &proxy,
+                                                http::StatusCode::OK,
+                                                None,
+                                                upstream,
+                                                bytes,
+                                            );
                                         }
                                         Err(e) => tracing::debug!("CONNECT not upgraded: {e}"),
                                     }
@@ -294,6 +342,81 @@ pub async fn serve_tcp(
                 r = conn => if let Err(e) = r { tracing::debug!(%remote, "fallback connection ended: {e}") },
                 _ = stop.cancelled() => {}
             }
+        });
+    }
+}
+
+/// One access-log entry per cross-cluster stream at the receiving
+/// gateway: who sent it (peer gateway, source cluster and workload, trace),
+/// where it went, its status and bytes.
+pub(crate) struct StreamLog {
+    pub transport: &'static str,
+    pub remote: std::net::SocketAddr,
+    pub peer: Arc<SpiffeId>,
+    pub source: Source,
+    pub authority: Option<String>,
+    pub started: std::time::SystemTime,
+    pub clock: std::time::Instant,
+}
+
+impl StreamLog {
+    pub fn new<B>(
+        transport: &'static str,
+        remote: std::net::SocketAddr,
+        peer: Arc<SpiffeId>,
+        req: &http::Request<B>,
+    ) -> Self {
+        Self {
+            transport,
+            remote,
+            peer,
+            source: Source::read(req.headers()),
+            authority: req.uri().authority().map(|a| a.to_string()),
+            started: std::time::SystemTime::now(),
+            clock: std::time::Instant::now(),
+        }
+    }
+
+    /// Writes the entry: `status`, the refusal if any, the upstream and
+    /// the bytes (from the peer, to the peer).
+    pub fn write(
+        self,
+        proxy: &Proxy,
+        status: http::StatusCode,
+        refusal: Option<&ConnectRefusal>,
+        upstream: Option<std::net::SocketAddr>,
+        bytes: (u64, u64),
+    ) {
+        if !proxy.access_log.enabled() {
+            return;
+        }
+        use crate::telemetry::accesslog::{Entry, rfc3339};
+        proxy.access_log.write(Entry {
+            start_time: rfc3339(self.started),
+            direction: "eastwest",
+            listener: self.transport.into(),
+            protocol: "CONNECT".into(),
+            method: Some("CONNECT".into()),
+            authority: self.authority,
+            response_code: status.as_u16(),
+            response_flags: if refusal.is_some() { "NR" } else { "-" }.into(),
+            reason: refusal.map(|r| r.to_string()),
+            duration_ms: self.clock.elapsed().as_secs_f64() * 1e3,
+            source_address: self.remote.to_string(),
+            upstream_host: upstream.map(|u| u.to_string()),
+            bytes_received: bytes.0,
+            bytes_sent: bytes.1,
+            source_principal: self.source.identity,
+            trace_id: self
+                .source
+                .traceparent
+                .as_deref()
+                .and_then(crate::telemetry::trace::TraceParent::parse)
+                .map(|t| t.trace_id_hex()),
+            source_cluster: self.source.cluster,
+            peer_gateway: Some(self.peer.to_string()),
+            attempts: 1,
+            ..Default::default()
         });
     }
 }

@@ -149,6 +149,8 @@ impl Record {
             request_id: self
                 .request_id
                 .and_then(|v| v.to_str().ok().map(str::to_string)),
+            source_cluster: None,
+            peer_gateway: None,
         });
     }
 

@@ -53,6 +53,12 @@ pub struct Entry {
     pub authz: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// East-west: the cluster a stream came from (its CONNECT header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_cluster: Option<String>,
+    /// East-west: the peer gateway that carried it (its verified ID).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_gateway: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
 }
