@@ -430,6 +430,41 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
     if e.tunnel_port > 65535 {
         c.fail(format!("{path}.tunnelPort"), "port must be 1-65535");
     }
+    if !e.via_cluster.is_empty() {
+        let label_ok = e.via_cluster.len() <= 63
+            && e.via_cluster
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !label_ok {
+            c.fail(
+                format!("{path}.viaCluster"),
+                format!(
+                    "{:?} is not a cluster name (lowercase letters, digits, -)",
+                    e.via_cluster
+                ),
+            );
+        }
+        if e.tunnel_port == 0 {
+            c.fail(
+                format!("{path}.tunnelPort"),
+                "an endpoint via another cluster needs its gateway's local entry port (15009)",
+            );
+        }
+        if e.identity.is_empty() {
+            c.fail(
+                format!("{path}.identity"),
+                "an endpoint via another cluster needs the remote sidecars' identity \
+                 (spiffe://<their trust domain>[/ns/<ns>/sa/<sa>])",
+            );
+        }
+        if !e.ports.is_empty() || e.address.parse::<std::net::SocketAddr>().is_ok() {
+            c.fail(
+                format!("{path}.ports"),
+                "an endpoint via another cluster takes the service's ports as they are \
+                 (no port in its address, no port overrides)",
+            );
+        }
+    }
     if !e.identity.is_empty() && !e.identity.starts_with("spiffe://") {
         c.fail(
             format!("{path}.identity"),

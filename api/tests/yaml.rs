@@ -133,3 +133,28 @@ fn not_yaml_at_all() {
     let i = err("- just\n- a list\n");
     assert!(!i.message.is_empty());
 }
+
+#[test]
+fn endpoints_via_another_cluster_need_the_gateway_port_and_the_remote_identity() {
+    let good = GOOD.replace(
+        "endpoints: [{address: 127.0.0.1:8080}]",
+        "endpoints: [{address: 10.0.0.9, tunnelPort: 15009, viaCluster: us-east, \
+         identity: \"spiffe://us-east.isthmus.local\"}]",
+    );
+    let c = parse_yaml(&good).unwrap();
+    assert_eq!(c.services[0].endpoints[0].via_cluster, "us-east");
+    let bad = GOOD.replace(
+        "endpoints: [{address: 127.0.0.1:8080}]",
+        "endpoints: [{address: \"10.0.0.9:80\", viaCluster: US_East}]",
+    );
+    let e = parse_yaml(&bad).unwrap_err();
+    let paths: Vec<&str> = e.issues.iter().map(|i| i.path.as_str()).collect();
+    for p in [
+        "services[0].endpoints[0].viaCluster",
+        "services[0].endpoints[0].tunnelPort",
+        "services[0].endpoints[0].identity",
+        "services[0].endpoints[0].ports",
+    ] {
+        assert!(paths.contains(&p), "{p} not in {paths:?}");
+    }
+}

@@ -441,6 +441,8 @@ fn add_workloads(
             } else {
                 String::new()
             },
+            // Local endpoints; imported ones come with federation.
+            via_cluster: String::new(),
         });
     }
 }

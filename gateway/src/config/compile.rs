@@ -108,8 +108,32 @@ pub struct EndpointSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tunnel {
     pub port: u16,
-    /// The SPIFFE ID its sidecar must present (else: any of our domain).
+    /// The SPIFFE ID its sidecar must present (else: any of our domain;
+    /// a bare `spiffe://<domain>`: any of that domain).
     pub identity: Option<Arc<str>>,
+    /// Set: the endpoint is this cluster's east-west gateway (`port` its
+    /// local entry) standing for the service in a linked cluster.
+    pub via: Option<Arc<Via>>,
+}
+
+/// A service in a linked cluster, reached through our east-west gateway.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Via {
+    pub cluster: Arc<str>,
+    /// The service's name there (`name.ns`), the CONNECT's host.
+    pub service: Arc<str>,
+    /// (target port, service port) of each of the service's ports: the
+    /// endpoint address carries the target port, the gateway wants the
+    /// service port.
+    pub ports: Vec<(u16, u16)>,
+}
+
+impl Via {
+    /// The CONNECT authority for the service port behind `target_port`.
+    pub fn authority(&self, target_port: u16) -> Option<String> {
+        let (_, port) = self.ports.iter().find(|(t, _)| *t == target_port)?;
+        Some(format!("{}:{port}", self.service))
+    }
 }
 
 impl EndpointSpec {
@@ -569,6 +593,13 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
             tunnel: opt_port(e.tunnel_port).map(|port| Tunnel {
                 port,
                 identity: (!e.identity.is_empty()).then(|| e.identity.as_str().into()),
+                via: (!e.via_cluster.is_empty()).then(|| {
+                    Arc::new(Via {
+                        cluster: e.via_cluster.as_str().into(),
+                        service: name.clone(),
+                        ports: ports.iter().map(|p| (p.target_port, p.port)).collect(),
+                    })
+                }),
             }),
         });
     }

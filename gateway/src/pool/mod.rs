@@ -316,10 +316,17 @@ impl Pool {
         let expect = connector
             .expect(t.identity.as_ref(), sidecar)
             .map_err(tunnel_err)?;
-        let stream = connector
-            .connect(sidecar, expect, addr, timeout)
-            .await
-            .map_err(tunnel_err)?;
+        let stream = match &t.via {
+            // `sidecar` is then our east-west gateway's local entry.
+            Some(via) => connector
+                .connect_via(sidecar, via, addr.port(), expect, timeout)
+                .await
+                .map_err(tunnel_err)?,
+            None => connector
+                .connect(sidecar, expect, addr, timeout)
+                .await
+                .map_err(tunnel_err)?,
+        };
         Ok(Io::Tunnel(stream))
     }
 

@@ -15,6 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio_util::task::TaskTracker;
 
 use super::{CONNECTION_WINDOW, STREAM_WINDOW, TunnelStream};
+use crate::config::compile::Via;
 use crate::pool::{PoolError, SocketOptions, dial};
 use crate::telemetry::metrics::{Metrics, ResultLabels};
 use crate::tls::{MeshTls, SpiffeId, peer_id};
@@ -41,6 +42,24 @@ pub enum TunnelError {
         target: SocketAddr,
         status: StatusCode,
     },
+    #[error(
+        "the east-west gateway at {gateway} refused CONNECT {authority} to cluster {cluster}: {status} {reason}"
+    )]
+    GatewayRefused {
+        gateway: SocketAddr,
+        cluster: String,
+        authority: String,
+        status: StatusCode,
+        reason: String,
+    },
+    #[error(
+        "service {service} in cluster {cluster} has no port with target port {target_port} (the endpoint via that cluster does not match the service's ports)"
+    )]
+    ViaPort {
+        cluster: String,
+        service: String,
+        target_port: u16,
+    },
 }
 
 impl TunnelError {
@@ -50,6 +69,9 @@ impl TunnelError {
         matches!(
             self,
             TunnelError::Refused {
+                status: StatusCode::FORBIDDEN,
+                ..
+            } | TunnelError::GatewayRefused {
                 status: StatusCode::FORBIDDEN,
                 ..
             }
@@ -136,6 +158,10 @@ impl Connector {
         addr: SocketAddr,
     ) -> Result<Expect, TunnelError> {
         if let Some(id) = identity {
+            // A bare `spiffe://<domain>`: any identity of that domain.
+            if let Some(td) = id.strip_prefix("spiffe://").filter(|r| !r.contains('/')) {
+                return Ok(Expect::Domain(td.into()));
+            }
             return Ok(Expect::Id(id.clone()));
         }
         let own = self.tls.own_id().ok_or(TunnelError::NoIdentity { addr })?;
@@ -178,6 +204,121 @@ impl Connector {
         Ok(TunnelStream {
             io: TokioIo::new(upgraded),
             _conn: sender,
+            _outer: None,
+        })
+    }
+
+    /// Opens a stream to the service `via` names in a linked cluster: a
+    /// CONNECT for `<service>:<port>` to this cluster's east-west gateway
+    /// at `gateway` (its local entry, pooled like any sidecar connection),
+    /// then, inside it, our own mTLS session with the remote sidecar, which
+    /// must prove `expect`, and the mesh transport's CONNECT to the
+    /// application port `target_port`. The gateways see only ciphertext;
+    /// the remote sidecar sees this workload's identity.
+    pub async fn connect_via(
+        &self,
+        gateway: SocketAddr,
+        via: &Via,
+        target_port: u16,
+        expect: Expect,
+        connect_timeout: Duration,
+    ) -> Result<TunnelStream, TunnelError> {
+        let authority = via
+            .authority(target_port)
+            .ok_or_else(|| TunnelError::ViaPort {
+                cluster: via.cluster.to_string(),
+                service: via.service.to_string(),
+                target_port,
+            })?;
+        let own = self
+            .tls
+            .own_id()
+            .ok_or(TunnelError::NoIdentity { addr: gateway })?;
+        let local = Expect::Domain(own.trust_domain().into());
+        let mut outer = self.sender(gateway, local, connect_timeout).await?;
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = authority.parse().map_err(|_| TunnelError::ViaPort {
+            cluster: via.cluster.to_string(),
+            service: via.service.to_string(),
+            target_port,
+        })?;
+        let headers = req.headers_mut();
+        if let Ok(v) = via.cluster.parse() {
+            headers.insert(crate::eastwest::gateway::CLUSTER_HEADER, v);
+        }
+        if let Ok(v) = own.as_str().parse() {
+            headers.insert(super::SOURCE_ID_HEADER, v);
+        }
+        let h2 = |e: hyper::Error| TunnelError::Http2 {
+            addr: gateway,
+            reason: e.to_string(),
+        };
+        let mut resp = outer.send_request(req).await.map_err(h2)?;
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::GatewayRefused {
+                gateway,
+                cluster: via.cluster.to_string(),
+                authority,
+                status: resp.status(),
+                reason: resp
+                    .headers()
+                    .get("isthmus-refusal")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;
+        // The end-to-end session, inside the gateway's stream.
+        let tls_failed = |reason: String| TunnelError::Handshake {
+            addr: gateway,
+            reason: format!("with the sidecar in {} behind it: {reason}", via.cluster),
+        };
+        let tls = tokio::time::timeout(
+            connect_timeout.max(Duration::from_secs(1)),
+            self.connector.connect(
+                ServerName::IpAddress(gateway.ip().into()),
+                TokioIo::new(upgraded),
+            ),
+        )
+        .await
+        .map_err(|_| tls_failed("timed out".into()))?
+        .map_err(|e| tls_failed(e.to_string()))?;
+        let peer = peer_id(tls.get_ref().1)
+            .ok_or_else(|| tls_failed("it presented no SPIFFE certificate".into()))?;
+        if !expect.accepts(&peer) {
+            return Err(TunnelError::WrongIdentity {
+                addr: gateway,
+                got: peer.to_string(),
+                expected: expect.to_string(),
+            });
+        }
+        let mut inner = self.h2_handshake(TokioIo::new(tls), gateway).await?;
+        // The remote sidecar serves one workload: only the port counts.
+        let target = SocketAddr::new(gateway.ip(), target_port);
+        let mut req = Request::new(Empty::new());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = target
+            .to_string()
+            .parse()
+            .expect("a socket address is a valid authority");
+        if let Ok(v) = own.as_str().parse() {
+            req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
+        }
+        let mut resp = inner.send_request(req).await.map_err(h2)?;
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::Refused {
+                addr: gateway,
+                target,
+                status: resp.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;
+        Ok(TunnelStream {
+            io: TokioIo::new(upgraded),
+            _conn: inner,
+            _outer: Some(outer),
         })
     }
 
@@ -257,6 +398,18 @@ impl Connector {
                 expected: expect.to_string(),
             });
         }
+        self.h2_handshake(TokioIo::new(tls), addr).await
+    }
+
+    /// HTTP/2 (the mesh transport's settings) over an established session.
+    async fn h2_handshake<T>(
+        &self,
+        io: TokioIo<T>,
+        addr: SocketAddr,
+    ) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -264,7 +417,7 @@ impl Connector {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
             .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tls))
+            .handshake(io)
             .await
             .map_err(|e| TunnelError::Http2 {
                 addr,

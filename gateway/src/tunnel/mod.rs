@@ -34,6 +34,9 @@ pub use client::{Connector, Expect, TunnelError};
 pub struct TunnelStream {
     io: TokioIo<Upgraded>,
     _conn: SendRequest<Empty<Bytes>>,
+    /// Through an east-west gateway: the connection to the gateway, which
+    /// carries `_conn`'s.
+    _outer: Option<SendRequest<Empty<Bytes>>>,
 }
 
 impl AsyncRead for TunnelStream {

@@ -5,6 +5,7 @@
 mod common;
 
 mod balancing;
+mod crosscluster;
 mod lifecycle;
 mod mtls;
 #[path = "../support/pki.rs"]
