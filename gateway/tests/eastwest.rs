@@ -63,7 +63,7 @@ struct Peer {
 
 /// The eu-west gateway: service echo.shop:9000 behind it, admitting `admit`.
 async fn eu_gateway(eu: &pki::Ca, us: &pki::Ca, admit: &[&str]) -> Peer {
-    eu_gateway_with(eu, us, admit, vec![], Sink::Off).await
+    eu_gateway_with(eu, us, admit, vec![], Sink::Off, vec![]).await
 }
 
 /// `eu_gateway` with export rules and an access log.
@@ -73,6 +73,7 @@ async fn eu_gateway_with(
     admit: &[&str],
     exports: Vec<isthmus_gateway::eastwest::ExportRule>,
     sink: Sink,
+    extra: Vec<model::Service>,
 ) -> Peer {
     let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
         .await
@@ -80,7 +81,7 @@ async fn eu_gateway_with(
     let store = Arc::new(Store::new());
     store
         .apply(&model::ProxyConfig {
-            services: vec![model::Service {
+            services: [model::Service {
                 name: "echo.shop".into(),
                 ports: vec![model::ServicePort {
                     port: 9000,
@@ -93,7 +94,10 @@ async fn eu_gateway_with(
                     ..Default::default()
                 }],
                 ..Default::default()
-            }],
+            }]
+            .into_iter()
+            .chain(extra)
+            .collect(),
             ..Default::default()
         })
         .unwrap();
@@ -692,6 +696,7 @@ async fn the_peer_sees_who_a_stream_is_from_and_serves_only_what_it_exports() {
             services: vec!["echo.shop".into()],
         }],
         Sink::Channel(tx),
+        vec![],
     )
     .await;
     let tls = gateway_identity(&us, &[&eu]);
@@ -780,5 +785,207 @@ async fn the_peer_sees_who_a_stream_is_from_and_serves_only_what_it_exports() {
         assert!(e.reason.unwrap_or_default().contains("not exported"));
     }
     stop.cancel();
+    peer.stop.cancel();
+}
+
+/// A service `name.shop:9000` at `addr` (for the eu-west gateway).
+fn tcp_service(name: &str, addr: std::net::SocketAddr) -> model::Service {
+    model::Service {
+        name: format!("{name}.shop"),
+        ports: vec![model::ServicePort {
+            port: 9000,
+            target_port: addr.port().into(),
+            protocol: model::Protocol::Tcp as i32,
+            ..Default::default()
+        }],
+        endpoints: vec![model::Endpoint {
+            address: "127.0.0.1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Links to the eu-west gateway on QUIC and on the fallback.
+async fn both_links(peer: &Peer, us: &pki::Ca, eu: &pki::Ca) -> Vec<Link> {
+    let tls = gateway_identity(us, &[eu]);
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut links = Vec::new();
+    for udp in [peer.addr, hole.local_addr().unwrap()] {
+        let l = Link::race(
+            &us_endpoint(&tls),
+            &tls,
+            udp,
+            peer.tcp,
+            EU_GW,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        links.push(l);
+    }
+    assert_eq!(links[0].transport(), Transport::Quic);
+    assert_eq!(links[1].transport(), Transport::H2);
+    links
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_cross_the_tunnel_both_ways() {
+    use tokio::io::AsyncReadExt;
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    // An endpoint that reports how each connection ended, or resets it.
+    let ends = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ends_addr = ends.local_addr().unwrap();
+    let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = ends.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => return tx.send(Ok(())).unwrap(),
+                        // "reset me": the endpoint resets the connection.
+                        Ok(n) if buf[..n].ends_with(b"reset me") => {
+                            s.set_zero_linger().unwrap();
+                            return drop(s);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return tx.send(Err(e.kind())).unwrap(),
+                    }
+                }
+            });
+        }
+    });
+    let peer = eu_gateway_with(
+        &eu,
+        &us,
+        &[US_GW],
+        vec![],
+        Sink::Off,
+        vec![tcp_service("ends", ends_addr)],
+    )
+    .await;
+    for link in both_links(&peer, &us, &eu).await {
+        let t = link.transport();
+        // The sending side aborts: the endpoint's connection is reset, not
+        // ended cleanly.
+        let (mut w, r) = link.open("ends.shop:9000").await.unwrap();
+        w.send(Bytes::from_static(b"hello")).await.unwrap();
+        w.reset();
+        drop((w, r));
+        let how = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+            .await
+            .expect("the endpoint's connection ended")
+            .unwrap();
+        if t == Transport::Quic {
+            assert_eq!(
+                how,
+                Err(std::io::ErrorKind::ConnectionReset),
+                "the abort reached the endpoint as a reset"
+            );
+        }
+        // (On the fallback hyper reads the RST_STREAM as an end: the
+        // endpoint's connection ends, cleanly.)
+        // A clean finish stays clean.
+        let (mut w, mut r) = link.open("ends.shop:9000").await.unwrap();
+        w.send(Bytes::from_static(b"bye")).await.unwrap();
+        w.finish().await.unwrap();
+        let how = tokio::time::timeout(Duration::from_secs(10), ended.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(how, Ok(()), "{t:?}: a finish is a FIN");
+        assert!(matches!(
+            tokio::time::timeout(Duration::from_secs(10), r.recv())
+                .await
+                .unwrap(),
+            Ok(None)
+        ));
+        // The endpoint resets: the sender sees an error, not an end.
+        let (mut w, mut r) = link.open("ends.shop:9000").await.unwrap();
+        w.send(Bytes::from_static(b"reset me")).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), r.recv())
+            .await
+            .expect("the reset arrives");
+        if t == Transport::Quic {
+            assert!(
+                got.is_err(),
+                "an endpoint reset must not read as a clean end: {got:?}"
+            );
+        }
+    }
+    peer.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_holds_the_sender_back_instead_of_filling_memory() {
+    use tokio::io::AsyncWriteExt;
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    // A firehose: writes up to 1 GiB as fast as it is let, counting.
+    let hose = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hose_addr = hose.local_addr().unwrap();
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let w2 = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = hose.accept().await {
+            let written = w2.clone();
+            written.store(0, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let chunk = vec![0x42u8; 64 * 1024];
+                for _ in 0..(1 << 30) / chunk.len() {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    written.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let peer = eu_gateway_with(
+        &eu,
+        &us,
+        &[US_GW],
+        vec![],
+        Sink::Off,
+        vec![tcp_service("hose", hose_addr)],
+    )
+    .await;
+    for link in both_links(&peer, &us, &eu).await {
+        let t = link.transport();
+        let (_w, mut r) = link.open("hose.shop:9000").await.unwrap();
+        // Read a little, then stop reading: the firehose must stall.
+        let mut got = 0usize;
+        while got < 1024 * 1024 {
+            got += r.recv().await.unwrap().expect("data").len();
+        }
+        // Wait until it has stalled (no progress across a few polls).
+        let load = || written.load(std::sync::atomic::Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last = load();
+        let mut still = 0;
+        while still < 5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = load();
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{t:?}: the firehose never stalled ({now} bytes written): nothing holds it back"
+            );
+        }
+        // What was written is held by flow-control windows and socket
+        // buffers, bounded, not by the gateways buffering without end.
+        assert!(
+            last < 64 * 1024 * 1024,
+            "{t:?}: {last} bytes went in while the reader stopped at 1 MiB"
+        );
+        // Reading again resumes the flow.
+        let mut more = 0usize;
+        while more < 32 * 1024 * 1024 {
+            more += r.recv().await.unwrap().expect("data").len();
+        }
+        assert!(load() > last, "{t:?}: the firehose resumed");
+    }
     peer.stop.cancel();
 }

@@ -329,8 +329,20 @@ impl LinkSend {
             LinkSend::H2(w, _) => tokio::io::AsyncWriteExt::shutdown(w).await,
         }
     }
+
+    /// Aborts the stream (H3_CONNECT_ERROR): the peer gateway resets the
+    /// connection to its endpoint. On the fallback, dropping both halves
+    /// resets the HTTP/2 stream.
+    pub fn reset(&mut self) {
+        if let LinkSend::Quic(s) = self {
+            s.stop_stream(h3::error::Code::H3_CONNECT_ERROR);
+        }
+    }
 }
 
+/// Dropping a `LinkRecv` before the end stops the peer's sending (quinn
+/// sends STOP_SENDING; h3-quinn 0.0.10's own `stop_sending` panics while a
+/// read is in flight, so there is no method for it here).
 impl LinkRecv {
     /// The next bytes; None at the end of the stream.
     pub async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {

@@ -337,29 +337,41 @@ impl Gateway {
 
 /// Joins a local byte stream and a link stream, both ways, half-closing
 /// each side when the other ends; bytes (sent to the peer, received).
+/// A failure of the local stream aborts the link stream; a reset of the
+/// link stream drops the local one unfinished (an HTTP/2 RST_STREAM).
 pub async fn pump<IO>(io: IO, mut send: LinkSend, mut recv: LinkRecv) -> std::io::Result<(u64, u64)>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
+    // Err(true): the local side failed; Err(false): the link did.
     let up = async {
         let mut reader = super::splice::AdaptiveReader::new();
         let mut total = 0u64;
-        while let Some(b) = reader.read(&mut rd).await? {
+        while let Some(b) = reader.read(&mut rd).await.map_err(|e| (true, e))? {
             total += b.len() as u64;
-            send.send(b).await?;
+            send.send(b).await.map_err(|e| (false, e))?;
         }
-        send.finish().await.map(|()| total)
+        send.finish().await.map_err(|e| (false, e)).map(|()| total)
     };
     let down = async {
         let mut total = 0u64;
-        while let Some(b) = recv.recv().await? {
+        while let Some(b) = recv.recv().await.map_err(|e| (false, e))? {
             total += b.len() as u64;
-            wr.write_all(&b).await?;
+            wr.write_all(&b).await.map_err(|e| (true, e))?;
         }
-        wr.shutdown().await.map(|()| total)
+        wr.shutdown().await.map_err(|e| (true, e)).map(|()| total)
     };
-    tokio::try_join!(up, down)
+    match tokio::try_join!(up, down) {
+        Ok(moved) => Ok(moved),
+        Err((local, e)) => {
+            if local {
+                send.reset();
+            }
+            drop(recv);
+            Err(e)
+        }
+    }
 }
 
 /// Marks `transport` as the one in use for `peer`.

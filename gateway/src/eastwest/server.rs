@@ -295,17 +295,14 @@ pub async fn serve_tcp(
                                     Some(refusal.to_string()),
                                 ))
                             }
-                            Ok(mut target) => {
+                            Ok(target) => {
                                 tokio::spawn(async move {
                                     match hyper::upgrade::on(req).await {
                                         Ok(up) => {
-                                            let mut up = hyper_util::rt::TokioIo::new(up);
+                                            let up = hyper_util::rt::TokioIo::new(up);
                                             let upstream = target.peer_addr().ok();
-                                            let bytes = match tokio::io::copy_bidirectional(
-                                                &mut up,
-                                                &mut target,
-                                            )
-                                            .await
+                                            let bytes = match super::splice::splice_io(up, target)
+                                                .await
                                             {
                                                 Ok(b) => b,
                                                 Err(e) => {
