@@ -614,6 +614,8 @@ async fn start_eastwest(
     );
     gw.cluster = ew.cluster.clone();
     let gw = std::sync::Arc::new(gw);
+    let view = gw.clone();
+    sidecar.add_admin_view("/eastwest", std::sync::Arc::new(move || view.status()));
     gw.spawn_stats(std::time::Duration::from_secs(1), stop.clone());
     tokio::spawn(gw.serve_local(local, stop));
     Ok(())

@@ -60,6 +60,7 @@ pub enum StartError {
 pub struct Sidecar {
     pub proxy: Arc<Proxy>,
     pub listeners: Arc<Listeners>,
+    admin: Arc<Admin>,
     admin_addr: SocketAddr,
     background: TaskTracker,
     admin_tasks: TaskTracker,
@@ -113,8 +114,9 @@ impl Sidecar {
             proxy: proxy.clone(),
             listeners: listeners.clone(),
             tasks: admin_tasks.clone(),
+            views: Default::default(),
         });
-        background.spawn(admin.serve(admin_listener));
+        background.spawn(admin.clone().serve(admin_listener));
         if let Some((path, poll, text)) = watch_from {
             background.spawn(file::watch(
                 path,
@@ -171,6 +173,7 @@ impl Sidecar {
         Ok(Self {
             proxy,
             listeners,
+            admin,
             admin_addr,
             background,
             admin_tasks,
@@ -180,6 +183,15 @@ impl Sidecar {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Adds a JSON view at `path` on the admin port (a role's status).
+    pub fn add_admin_view(&self, path: &'static str, view: crate::admin::View) {
+        self.admin
+            .views
+            .write()
+            .expect("admin views lock")
+            .push((path, view));
     }
 
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {

@@ -351,5 +351,16 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
         .unwrap()
         .unwrap();
     assert_eq!(got, b"through two gateway processes");
+    // The status view: the link to eu-west, on QUIC, with its RTT.
+    let status = get(([127, 0, 0, 1], us_admin).into(), "/eastwest")
+        .await
+        .expect("the /eastwest view");
+    let body = status.split_once("\r\n\r\n").expect("a response").1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    let p = &v["peers"][0];
+    assert_eq!(p["cluster"], "eu-west", "{status}");
+    assert_eq!(p["transport"], "quic", "{status}");
+    assert!(p["rttMs"].as_f64().is_some(), "{status}");
+    assert!(p["linkedAt"].is_string(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }

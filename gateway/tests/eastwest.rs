@@ -548,6 +548,12 @@ async fn links_reprobe_quic_from_the_fallback_and_reconnect_after_a_peer_restart
         metric(&metrics, "isthmus_eastwest_fallbacks_total", &[]),
         1.0
     );
+    let status = gw.status();
+    assert_eq!(status["peers"][0]["transport"], "h2", "{status}");
+    assert!(
+        status["peers"][0]["rttMs"].is_null(),
+        "no QUIC path figures on h2"
+    );
     assert_eq!(
         metric(
             &metrics,

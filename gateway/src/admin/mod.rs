@@ -1,5 +1,6 @@
-//! The admin port (15020): /metrics, /healthz, /readyz and /config_dump.
-//! Read-only views of the proxy's state; nothing here changes it.
+//! The admin port (15020): /metrics, /healthz, /readyz and /config_dump,
+//! plus views a role adds (the east-west gateway's /eastwest). Read-only
+//! views of the proxy's state; nothing here changes it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,10 +15,15 @@ use crate::proxy::Proxy;
 use crate::proxy::body::{RespBody, full};
 use crate::proxy::listener::Listeners;
 
+/// A JSON view a role adds to the admin port.
+pub type View = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub struct Admin {
     pub proxy: Arc<Proxy>,
     pub listeners: Arc<Listeners>,
     pub tasks: tokio_util::task::TaskTracker,
+    /// Extra views by path.
+    pub views: std::sync::RwLock<Vec<(&'static str, View)>>,
 }
 
 impl Admin {
@@ -83,7 +89,19 @@ impl Admin {
     }
 
     fn handle(&self, req: &Request<Incoming>) -> Response<RespBody> {
+        let view = self
+            .views
+            .read()
+            .expect("admin views lock")
+            .iter()
+            .find(|(p, _)| *p == req.uri().path())
+            .map(|(_, v)| v.clone());
         let (status, ctype, body) = match req.uri().path() {
+            _ if view.is_some() => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string_pretty(&view.expect("a view")()).unwrap_or_default(),
+            ),
             "/metrics" => (
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

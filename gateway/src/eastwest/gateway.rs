@@ -44,6 +44,9 @@ pub struct PeerConfig {
 struct PeerState {
     cfg: PeerConfig,
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    /// The last failure to link, and when the current link was made.
+    last_error: Mutex<Option<String>>,
+    linked_at: Mutex<Option<std::time::SystemTime>>,
     /// When QUIC was last tried while on the fallback.
     probed: Mutex<Instant>,
     probing: std::sync::atomic::AtomicBool,
@@ -87,6 +90,8 @@ impl Gateway {
                     Arc::new(PeerState {
                         cfg,
                         link: tokio::sync::Mutex::new(None),
+                        last_error: Mutex::new(None),
+                        linked_at: Mutex::new(None),
                         probed: Mutex::new(Instant::now()),
                         probing: std::sync::atomic::AtomicBool::new(false),
                     }),
@@ -142,7 +147,11 @@ impl Gateway {
                 result: result.into(),
             })
             .inc();
+        if let Err(e) = &made {
+            *peer.last_error.lock().expect("peer status lock") = Some(e.to_string());
+        }
         let link = Arc::new(made?);
+        *peer.linked_at.lock().expect("peer status lock") = Some(std::time::SystemTime::now());
         tracing::info!(
             cluster,
             transport = link.transport().as_str(),
@@ -180,6 +189,8 @@ impl Gateway {
                 Ok(l) => {
                     tracing::info!(cluster = %c.cluster, "QUIC gets through again: leaving the TCP fallback");
                     *peer.link.lock().await = Some(Arc::new(Link::Quic(l)));
+                    *peer.linked_at.lock().expect("peer status lock") =
+                        Some(std::time::SystemTime::now());
                     set_transport(&metrics, &c.cluster, Transport::Quic);
                 }
                 Err(e) => tracing::debug!(cluster = %c.cluster, "QUIC still unavailable: {e}"),
@@ -388,6 +399,60 @@ fn set_transport(metrics: &Metrics, peer: &str, transport: Transport) {
 }
 
 impl Gateway {
+    /// Each peer's state for the admin port's /eastwest view: transport in
+    /// use (or none yet), path figures on QUIC, open streams, the last
+    /// failure to link.
+    pub fn status(&self) -> serde_json::Value {
+        let mut peers: Vec<Arc<PeerState>> = self
+            .peers
+            .lock()
+            .expect("peers lock")
+            .values()
+            .cloned()
+            .collect();
+        peers.sort_by(|a, b| a.cfg.cluster.cmp(&b.cfg.cluster));
+        let peers: Vec<serde_json::Value> = peers
+            .iter()
+            .map(|p| {
+                let c = &p.cfg;
+                let link = match p.link.try_lock() {
+                    Ok(l) => l.clone().filter(|l| !l.is_closed()),
+                    Err(_) => None, // being made right now
+                };
+                let open = self
+                    .metrics
+                    .eastwest_open_streams
+                    .get_or_create(&PeerLabels {
+                        peer: c.cluster.clone(),
+                    })
+                    .get();
+                let mut v = serde_json::json!({
+                    "cluster": c.cluster,
+                    "identity": c.identity,
+                    "udp": c.udp.to_string(),
+                    "tcp": c.tcp.to_string(),
+                    "transport": link.as_ref().map(|l| l.transport().as_str()),
+                    "openStreams": open,
+                    "linkedAt": p.linked_at.lock().expect("peer status lock")
+                        .filter(|_| link.is_some())
+                        .map(crate::telemetry::accesslog::rfc3339),
+                    "lastError": *p.last_error.lock().expect("peer status lock"),
+                });
+                if let Some(l) = &link
+                    && let Link::Quic(q) = &**l
+                {
+                    let s = q.stats();
+                    v["rttMs"] = serde_json::json!(s.path.rtt.as_secs_f64() * 1e3);
+                    v["congestionWindowBytes"] = serde_json::json!(s.path.cwnd);
+                    v["lostPackets"] = serde_json::json!(s.path.lost_packets);
+                    v["sentPackets"] = serde_json::json!(s.path.sent_packets);
+                }
+                v
+            })
+            .collect();
+        serde_json::json!({ "cluster": self.cluster, "peers": peers })
+    }
+
     /// Samples each QUIC link's RTT, congestion window and losses into the
     /// metrics every `every`, until `stop`.
     pub fn spawn_stats(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
