@@ -357,6 +357,48 @@ impl LinkRecv {
     }
 }
 
+impl super::transport::StreamSend for LinkSend {
+    async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        LinkSend::send(self, data).await
+    }
+    async fn finish(&mut self) -> std::io::Result<()> {
+        LinkSend::finish(self).await
+    }
+    fn reset(&mut self) {
+        LinkSend::reset(self)
+    }
+}
+
+impl super::transport::StreamRecv for LinkRecv {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        LinkRecv::recv(self).await
+    }
+}
+
+impl super::transport::LinkTransport for Link {
+    type Send = LinkSend;
+    type Recv = LinkRecv;
+
+    async fn open(
+        &self,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<(LinkSend, LinkRecv), LinkError> {
+        self.open_from(authority, source).await
+    }
+
+    fn kind(&self) -> Transport {
+        self.transport()
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Link::Quic(l) => l.is_closed(),
+            Link::H2(l) => l.is_closed(),
+        }
+    }
+}
+
 impl Link {
     /// Connects to the peer at `udp` (QUIC) and `tcp` (fallback): QUIC
     /// first; if it is not up within `head_start`, TCP races it and the

@@ -19,7 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Link, LinkError, LinkRecv, LinkSend, PeerLink, Transport};
+use super::client::{Link, LinkError, PeerLink, Transport};
+use super::transport::{LinkTransport, StreamRecv, StreamSend};
 use crate::telemetry::metrics::{
     Metrics, PeerDirectionLabels, PeerLabels, PeerResultLabels, PeerTransportLabels,
 };
@@ -65,15 +66,6 @@ pub struct Gateway {
 
 /// Default interval between QUIC re-probes of a link on the fallback.
 pub const REPROBE: Duration = Duration::from_secs(30);
-
-impl Link {
-    fn is_closed(&self) -> bool {
-        match self {
-            Link::Quic(l) => l.is_closed(),
-            Link::H2(l) => l.is_closed(),
-        }
-    }
-}
 
 impl Gateway {
     pub fn new(
@@ -350,9 +342,11 @@ impl Gateway {
 /// each side when the other ends; bytes (sent to the peer, received).
 /// A failure of the local stream aborts the link stream; a reset of the
 /// link stream drops the local one unfinished (an HTTP/2 RST_STREAM).
-pub async fn pump<IO>(io: IO, mut send: LinkSend, mut recv: LinkRecv) -> std::io::Result<(u64, u64)>
+pub async fn pump<IO, S, R>(io: IO, mut send: S, mut recv: R) -> std::io::Result<(u64, u64)>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: StreamSend,
+    R: StreamRecv,
 {
     let (mut rd, mut wr) = tokio::io::split(io);
     // Err(true): the local side failed; Err(false): the link did.

@@ -18,6 +18,8 @@
 //!   to peers, made on first use and remade when closed.
 //! - `splice`: copies between a CONNECT stream and a TCP connection,
 //!   coalescing the ~1 packet per `recv_data` that h3 yields.
+//! - `transport`: the traits the tunnel code is written against (a link
+//!   opening streams of send and receive halves), implemented by both.
 
 pub mod client;
 pub mod config;
@@ -25,6 +27,7 @@ pub mod gateway;
 pub mod quic;
 pub mod server;
 pub mod splice;
+pub mod transport;
 
 /// The status a CONNECT gets, and why (for the client to act on: retry
 /// elsewhere, fail over, give up).

@@ -1,0 +1,201 @@
+//! The small interface the tunnel code is written against, as h3's `quic`
+//! traits abstract a QUIC stack: a link opens CONNECT streams, each a pair
+//! of halves that send (finish, reset) and receive bytes. HTTP/3 over
+//! quinn and the HTTP/2-over-TLS fallback implement it (`client::Link`,
+//! `LinkSend`, `LinkRecv`); `gateway::pump` sees only these traits, so
+//! another QUIC stack, or an in-memory transport in a test, fits in. (The
+//! WAN emulator in `e2e/` impairs the real stacks at packet level.)
+
+use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+
+use super::Source;
+use super::client::{LinkError, Transport};
+
+/// The sending half of a tunnelled stream.
+pub trait StreamSend: Send {
+    fn send(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+    /// Half-closes: the peer reads the end of the stream.
+    fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Aborts: the peer sees a reset, not an end.
+    fn reset(&mut self);
+}
+
+/// The receiving half of a tunnelled stream. Dropping it before the end
+/// stops the peer's sending.
+pub trait StreamRecv: Send {
+    /// The next bytes; `None` at a clean end, an error at a reset.
+    fn recv(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
+}
+
+/// A connection to a peer gateway that carries CONNECT streams.
+pub trait LinkTransport: Send + Sync {
+    type Send: StreamSend;
+    type Recv: StreamRecv;
+
+    /// Opens a stream to `authority` (`<service>.<ns>:<port>`) in the
+    /// peer's cluster, saying where it comes from.
+    fn open(
+        &self,
+        authority: &str,
+        source: &Source,
+    ) -> impl Future<Output = Result<(Self::Send, Self::Recv), LinkError>> + Send;
+
+    /// Which transport this is (metrics, status).
+    fn kind(&self) -> Transport;
+
+    /// Closed for good: a new link is needed.
+    fn is_closed(&self) -> bool;
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tunnel code over an in-memory transport: `pump` joins a local
+    //! byte stream with a stream of any `LinkTransport`.
+
+    use super::*;
+    use crate::eastwest::gateway::pump;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    type Item = io::Result<Option<Bytes>>;
+
+    struct MemSend(mpsc::UnboundedSender<Item>);
+    struct MemRecv(mpsc::UnboundedReceiver<Item>);
+
+    impl StreamSend for MemSend {
+        async fn send(&mut self, data: Bytes) -> io::Result<()> {
+            self.0
+                .send(Ok(Some(data)))
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        async fn finish(&mut self) -> io::Result<()> {
+            self.0
+                .send(Ok(None))
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+        }
+        fn reset(&mut self) {
+            let _ = self
+                .0
+                .send(Err(io::Error::from(io::ErrorKind::ConnectionReset)));
+        }
+    }
+
+    impl StreamRecv for MemRecv {
+        async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+            self.0.recv().await.unwrap_or(Ok(None))
+        }
+    }
+
+    /// A link whose far end echoes every stream, upper-cased.
+    struct MemLink;
+
+    impl LinkTransport for MemLink {
+        type Send = MemSend;
+        type Recv = MemRecv;
+
+        async fn open(
+            &self,
+            _authority: &str,
+            _source: &Source,
+        ) -> Result<(MemSend, MemRecv), LinkError> {
+            let (to_far, mut far_in) = mpsc::unbounded_channel::<Item>();
+            let (far_out, from_far) = mpsc::unbounded_channel::<Item>();
+            tokio::spawn(async move {
+                while let Some(item) = far_in.recv().await {
+                    let end = !matches!(item, Ok(Some(_)));
+                    let item = item.map(|o| o.map(|b| Bytes::from(b.to_ascii_uppercase())));
+                    let _ = far_out.send(item);
+                    if end {
+                        return;
+                    }
+                }
+            });
+            Ok((MemSend(to_far), MemRecv(from_far)))
+        }
+
+        fn kind(&self) -> Transport {
+            Transport::Quic
+        }
+
+        fn is_closed(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn pump_carries_both_ways_and_half_closes_over_any_transport() {
+        let (mut local, gateway_side) = tokio::io::duplex(64 * 1024);
+        let (s, r) = MemLink.open("x.shop:80", &Source::default()).await.unwrap();
+        let pumped = tokio::spawn(pump(gateway_side, s, r));
+        local.write_all(b"hello ").await.unwrap();
+        local.write_all(b"isthmus").await.unwrap();
+        local.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        local.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"HELLO ISTHMUS");
+        assert_eq!(pumped.await.unwrap().unwrap(), (13, 13));
+    }
+
+    /// A local stream that fails when read.
+    struct Failing;
+
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Failing {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            b: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_failure_resets_the_link_stream_and_a_link_reset_fails_the_pump() {
+        // The local side fails: the far end reads a reset, not an end.
+        let (to_far, mut far) = mpsc::unbounded_channel();
+        let (_keep, from_far) = mpsc::unbounded_channel::<Item>();
+        let r = pump(Failing, MemSend(to_far), MemRecv(from_far)).await;
+        assert!(r.is_err());
+        let item = far.recv().await.expect("something reached the far end");
+        assert_eq!(
+            item.unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset,
+            "the far end sees a reset"
+        );
+        // The far end resets: the pump ends in an error, the local side
+        // is dropped unfinished.
+        let (to_far, _far) = mpsc::unbounded_channel();
+        let (reset, from_far) = mpsc::unbounded_channel::<Item>();
+        reset
+            .send(Err(io::ErrorKind::ConnectionReset.into()))
+            .unwrap();
+        let (_local, gateway_side) = tokio::io::duplex(1024);
+        let r = pump(gateway_side, MemSend(to_far), MemRecv(from_far)).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+    }
+}
