@@ -995,3 +995,76 @@ async fn a_slow_reader_holds_the_sender_back_instead_of_filling_memory() {
     }
     peer.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_is_retried_with_backoff_not_on_every_stream() {
+    use isthmus_gateway::eastwest::gateway::{Gateway, GatewayError, PeerConfig};
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    // Addresses where nothing listens yet.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tls = gateway_identity(&us, &[&eu]);
+    let metrics = Arc::new(Metrics::new());
+    let gw = Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![PeerConfig {
+            cluster: "eu-west".into(),
+            udp,
+            tcp,
+            identity: EU_GW.into(),
+        }],
+        metrics.clone(),
+    );
+    let attempts = || metric(&metrics, "isthmus_eastwest_link_attempts_total", &[]);
+    assert!(matches!(
+        gw.link("eu-west").await,
+        Err(GatewayError::Link(_))
+    ));
+    assert_eq!(attempts(), 1.0);
+    // Streams arriving meanwhile fail fast, without a new attempt.
+    for _ in 0..5 {
+        match gw.link("eu-west").await {
+            Err(e @ GatewayError::Backoff { .. }) => {
+                assert_eq!(e.status().as_u16(), 503);
+                assert!(e.to_string().contains("next attempt in"), "{e}");
+            }
+            other => panic!("expected a backoff, got {:?}", other.map(|_| ())),
+        }
+    }
+    assert_eq!(attempts(), 1.0, "no attempt during the backoff");
+    assert!(gw.status()["peers"][0]["lastError"].is_string());
+    // The peer comes up there; after the backoff the link is made.
+    let stop = CancellationToken::new();
+    quic_server_on(&peer, udp, &stop).await;
+    let tcp_l = tokio::net::TcpListener::bind(tcp).await.unwrap();
+    tokio::spawn(server::serve_tcp(
+        tcp_l,
+        peer.proxy.clone(),
+        peer.peers.clone(),
+        stop.clone(),
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let link = loop {
+        match gw.link("eu-west").await {
+            Ok(l) => break l,
+            Err(GatewayError::Backoff { retry_in, .. }) => {
+                assert!(retry_in <= Duration::from_millis(500), "{retry_in:?}");
+                tokio::time::sleep(retry_in).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "never linked");
+    };
+    assert_eq!(link.transport(), Transport::Quic);
+    assert_eq!(attempts(), 2.0);
+    stop.cancel();
+    peer.stop.cancel();
+}

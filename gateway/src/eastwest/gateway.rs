@@ -47,6 +47,8 @@ struct PeerState {
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// The last failure to link, and when the current link was made.
     last_error: Mutex<Option<String>>,
+    /// Failed attempts in a row, and when the next may be made.
+    retry: Mutex<(u32, Option<Instant>)>,
     linked_at: Mutex<Option<std::time::SystemTime>>,
     /// When QUIC was last tried while on the fallback.
     probed: Mutex<Instant>,
@@ -83,6 +85,7 @@ impl Gateway {
                         cfg,
                         link: tokio::sync::Mutex::new(None),
                         last_error: Mutex::new(None),
+                        retry: Mutex::new((0, None)),
                         linked_at: Mutex::new(None),
                         probed: Mutex::new(Instant::now()),
                         probing: std::sync::atomic::AtomicBool::new(false),
@@ -117,6 +120,20 @@ impl Gateway {
             }
             return Ok(l.clone());
         }
+        if let (_, Some(at)) = *peer.retry.lock().expect("retry lock")
+            && let Some(wait) = at.checked_duration_since(Instant::now())
+        {
+            return Err(GatewayError::Backoff {
+                cluster: cluster.to_string(),
+                retry_in: wait,
+                last: peer
+                    .last_error
+                    .lock()
+                    .expect("peer status lock")
+                    .clone()
+                    .unwrap_or_default(),
+            });
+        }
         *peer.probed.lock().expect("probe lock") = Instant::now();
         let c = &peer.cfg;
         let made = Link::race(
@@ -139,8 +156,18 @@ impl Gateway {
                 result: result.into(),
             })
             .inc();
-        if let Err(e) = &made {
-            *peer.last_error.lock().expect("peer status lock") = Some(e.to_string());
+        {
+            let mut retry = peer.retry.lock().expect("retry lock");
+            match &made {
+                Err(e) => {
+                    *peer.last_error.lock().expect("peer status lock") = Some(e.to_string());
+                    let failures = retry.0.saturating_add(1);
+                    let wait = backoff(failures, rand::random::<f64>());
+                    tracing::info!(cluster, ?wait, "cannot link to the peer gateway: {e}");
+                    *retry = (failures, Some(Instant::now() + wait));
+                }
+                Ok(_) => *retry = (0, None),
+            }
         }
         let link = Arc::new(made?);
         *peer.linked_at.lock().expect("peer status lock") = Some(std::time::SystemTime::now());
@@ -490,10 +517,31 @@ impl Gateway {
     }
 }
 
+/// First and longest wait between attempts to link to an unreachable peer.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The wait after `failures` failed attempts in a row (pure): 200 ms
+/// doubling up to 30 s, each spread by ±20 % (`jitter` in [0, 1)) so the
+/// gateways of a cluster do not retry in step.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    exp.min(BACKOFF_MAX)
+        .mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("no link to cluster {0:?} (not a linked peer)")]
     NoPeer(String),
+    #[error(
+        "the peer gateway of {cluster} is unreachable; next attempt in {retry_in:?} (last: {last})"
+    )]
+    Backoff {
+        cluster: String,
+        retry_in: Duration,
+        last: String,
+    },
     #[error(transparent)]
     Link(#[from] LinkError),
 }
@@ -502,7 +550,26 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoPeer(_) => StatusCode::NOT_FOUND,
+            GatewayError::Backoff { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Link(_) => StatusCode::BAD_GATEWAY,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_a_ceiling() {
+        let mid = |n| backoff(n, 0.5);
+        assert_eq!(mid(1), BACKOFF_MIN);
+        assert_eq!(mid(2), BACKOFF_MIN * 2);
+        assert_eq!(mid(5), BACKOFF_MIN * 16);
+        assert_eq!(mid(20), BACKOFF_MAX);
+        assert_eq!(mid(u32::MAX), BACKOFF_MAX);
+        assert_eq!(backoff(1, 0.0), BACKOFF_MIN.mul_f64(0.8));
+        assert_eq!(backoff(20, 0.999_999), BACKOFF_MAX.mul_f64(1.199_999_6));
+        assert_eq!(backoff(1, 7.0), BACKOFF_MIN.mul_f64(1.2), "jitter clamped");
     }
 }
