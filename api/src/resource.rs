@@ -20,6 +20,20 @@ pub const SERVICE: &str = "service/";
 /// each namespace's policies (`security/ns/<namespace>`).
 pub const SECURITY: &str = "security/";
 
+/// The resource carrying an `isthmus.config.v1.EastWest` (an east-west
+/// gateway's peers).
+pub const EAST_WEST: &str = "eastwest/peers";
+
+/// Encodes an east-west section.
+pub fn east_west(e: &model::EastWest) -> Resource {
+    let body = Bytes::from(e.encode_to_vec());
+    Resource {
+        name: EAST_WEST.into(),
+        version: version_of(&body),
+        body,
+    }
+}
+
 /// The mesh-wide security resource's name.
 pub const SECURITY_MESH: &str = "security/mesh";
 
@@ -74,6 +88,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub enum Decoded {
     Service(Box<model::Service>),
     Security(model::Security),
+    EastWest(model::EastWest),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -90,6 +105,14 @@ pub enum ResourceError {
 
 /// Decodes a resource by the type its name says.
 pub fn decode(r: &Resource) -> Result<Decoded, ResourceError> {
+    if r.name == EAST_WEST {
+        return model::EastWest::decode(r.body.clone())
+            .map(Decoded::EastWest)
+            .map_err(|e| ResourceError::Decode {
+                name: r.name.clone(),
+                reason: e.to_string(),
+            });
+    }
     if r.name == SECURITY_MESH || r.name.starts_with(&security_ns_name("")) {
         return model::Security::decode(r.body.clone())
             .map(Decoded::Security)
@@ -165,5 +188,17 @@ mod tests {
         r.body = Bytes::from_static(&[0xff, 0xff, 0xff]);
         let e = decode(&r).unwrap_err();
         assert!(e.to_string().contains("does not decode"), "{e}");
+        let ew = model::EastWest {
+            peers: vec![model::PeerGateway {
+                cluster: "us-east".into(),
+                udp: "10.0.2.1:15443".into(),
+                tcp: "10.0.2.1:15443".into(),
+                identity: "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest"
+                    .into(),
+            }],
+        };
+        let r = east_west(&ew);
+        assert_eq!(r.name, EAST_WEST);
+        assert_eq!(decode(&r), Ok(Decoded::EastWest(ew)));
     }
 }

@@ -104,7 +104,53 @@ pub fn validate(config: &ProxyConfig) -> Vec<Issue> {
     if let Some(sec) = &config.security {
         check_security(&mut c, sec);
     }
+    if let Some(ew) = &config.east_west {
+        check_east_west(&mut c, ew);
+    }
     c.issues
+}
+
+/// A cluster name: a DNS label.
+fn is_cluster_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check_east_west(c: &mut Checker, ew: &crate::model::EastWest) {
+    let mut seen = HashSet::new();
+    for (i, p) in ew.peers.iter().enumerate() {
+        let path = format!("eastWest.peers[{i}]");
+        if !is_cluster_name(&p.cluster) {
+            c.fail(
+                format!("{path}.cluster"),
+                format!(
+                    "{:?} is not a cluster name (lowercase letters, digits, -)",
+                    p.cluster
+                ),
+            );
+        } else if !seen.insert(p.cluster.as_str()) {
+            c.fail(
+                format!("{path}.cluster"),
+                format!("peer {} is listed twice", p.cluster),
+            );
+        }
+        for (field, a) in [("udp", &p.udp), ("tcp", &p.tcp)] {
+            if a.parse::<SocketAddr>().is_err() {
+                c.fail(
+                    format!("{path}.{field}"),
+                    format!("{a:?} is not ip:port, e.g. 10.0.2.1:15443"),
+                );
+            }
+        }
+        if !p.identity.starts_with("spiffe://") || p.identity.len() <= "spiffe://".len() {
+            c.fail(
+                format!("{path}.identity"),
+                format!("{:?} is not the peer gateway's SPIFFE ID", p.identity),
+            );
+        }
+    }
 }
 
 /// Checks a security section alone (the control plane validates each

@@ -158,3 +158,26 @@ fn endpoints_via_another_cluster_need_the_gateway_port_and_the_remote_identity()
         assert!(paths.contains(&p), "{p} not in {paths:?}");
     }
 }
+
+#[test]
+fn east_west_peers_are_checked() {
+    let good = format!(
+        "{GOOD}eastWest:\n  peers:\n    - {{cluster: us-east, udp: \"10.0.2.1:15443\", tcp: \"10.0.2.1:15443\", \
+         identity: \"spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest\"}}\n"
+    );
+    let c = parse_yaml(&good).unwrap();
+    assert_eq!(c.east_west.unwrap().peers[0].cluster, "us-east");
+    let bad = format!(
+        "{GOOD}eastWest:\n  peers:\n    - {{cluster: US, udp: nowhere, tcp: \"10.0.2.1:15443\", identity: x}}\n"
+    );
+    let e = parse_yaml(&bad).unwrap_err();
+    let paths: Vec<&str> = e.issues.iter().map(|i| i.path.as_str()).collect();
+    for p in [
+        "eastWest.peers[0].cluster",
+        "eastWest.peers[0].udp",
+        "eastWest.peers[0].identity",
+    ] {
+        assert!(paths.contains(&p), "{p} not in {paths:?}");
+    }
+    assert!(e.issues.iter().all(|i| i.line.is_some()), "{e}");
+}

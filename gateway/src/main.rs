@@ -578,6 +578,7 @@ async fn start_eastwest(
 ) -> anyhow::Result<()> {
     use isthmus_gateway::eastwest::{gateway::Gateway, quic, server};
     let proxy = sidecar.proxy.clone();
+    let proxy_store = proxy.store.clone();
     let tls = proxy
         .mesh
         .clone()
@@ -614,6 +615,8 @@ async fn start_eastwest(
     );
     gw.cluster = ew.cluster.clone();
     let gw = std::sync::Arc::new(gw);
+    gw.clone()
+        .follow_config(proxy_store, ew.peer_configs(), stop.clone());
     let view = gw.clone();
     sidecar.add_admin_view("/eastwest", std::sync::Arc::new(move || view.status()));
     gw.spawn_stats(std::time::Duration::from_secs(1), stop.clone());

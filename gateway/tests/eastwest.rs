@@ -1068,3 +1068,59 @@ async fn an_unreachable_peer_is_retried_with_backoff_not_on_every_stream() {
     stop.cancel();
     peer.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_come_and_go_with_the_configuration() {
+    use isthmus_gateway::eastwest::gateway::{Gateway, GatewayError};
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let gw = Arc::new(Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![],
+        Arc::new(Metrics::new()),
+    ));
+    let store = Arc::new(Store::new());
+    let stop = CancellationToken::new();
+    gw.clone()
+        .follow_config(store.clone(), vec![], stop.clone());
+    assert!(matches!(
+        gw.link("eu-west").await,
+        Err(GatewayError::NoPeer(_))
+    ));
+    // The config stream (here: the store it feeds) names the peer.
+    let with = |peers: Vec<model::PeerGateway>| model::ProxyConfig {
+        east_west: Some(model::EastWest { peers }),
+        ..Default::default()
+    };
+    store
+        .apply(&with(vec![model::PeerGateway {
+            cluster: "eu-west".into(),
+            udp: peer.addr.to_string(),
+            tcp: peer.tcp.to_string(),
+            identity: EU_GW.into(),
+        }]))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let link = loop {
+        if let Ok(l) = gw.link("eu-west").await {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "the peer never came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        echo_link(&link, Bytes::from_static(b"configured")).await,
+        Bytes::from_static(b"configured")
+    );
+    // Removed from the config: no longer a peer.
+    store.apply(&with(vec![])).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !matches!(gw.link("eu-west").await, Err(GatewayError::NoPeer(_))) {
+        assert!(std::time::Instant::now() < deadline, "the peer never went");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    peer.stop.cancel();
+}

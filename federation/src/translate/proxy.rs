@@ -106,6 +106,8 @@ pub fn for_proxy(
         listeners,
         services,
         security: None,
+        // Peers of east-west gateways come with ClusterLinks (federation).
+        east_west: None,
     }
 }
 

@@ -126,8 +126,10 @@ fn assemble(
 ) -> model::ProxyConfig {
     let mut services = Vec::new();
     let mut security: Option<model::Security> = None;
+    let mut east_west: Option<model::EastWest> = None;
     for (_, r) in resources.values() {
         match r {
+            Decoded::EastWest(e) => east_west = Some(e.clone()),
             Decoded::Service(s) => services.push((**s).clone()),
             Decoded::Security(s) => {
                 let into = security.get_or_insert_with(Default::default);
@@ -148,6 +150,7 @@ fn assemble(
         listeners: listeners.to_vec(),
         services,
         security,
+        east_west,
     }
 }
 

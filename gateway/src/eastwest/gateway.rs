@@ -69,7 +69,82 @@ pub struct Gateway {
 /// Default interval between QUIC re-probes of a link on the fallback.
 pub const REPROBE: Duration = Duration::from_secs(30);
 
+impl PeerState {
+    fn new(cfg: PeerConfig) -> Arc<Self> {
+        Arc::new(PeerState {
+            cfg,
+            link: tokio::sync::Mutex::new(None),
+            last_error: Mutex::new(None),
+            retry: Mutex::new((0, None)),
+            linked_at: Mutex::new(None),
+            probed: Mutex::new(Instant::now()),
+            probing: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+}
+
+/// The peers to link with: the static ones, then those of the config
+/// (which win for a cluster both name). Entries that do not parse were
+/// refused by validation already; they are skipped here (pure).
+pub fn merge_peers(
+    fixed: &[PeerConfig],
+    config: Option<&isthmus_api::model::EastWest>,
+) -> Vec<PeerConfig> {
+    let mut out: Vec<PeerConfig> = fixed.to_vec();
+    for p in config.map(|e| e.peers.as_slice()).unwrap_or_default() {
+        let (Ok(udp), Ok(tcp)) = (p.udp.parse(), p.tcp.parse()) else {
+            continue;
+        };
+        let peer = PeerConfig {
+            cluster: p.cluster.clone(),
+            udp,
+            tcp,
+            identity: p.identity.clone(),
+        };
+        match out.iter_mut().find(|o| o.cluster == peer.cluster) {
+            Some(o) => *o = peer,
+            None => out.push(peer),
+        }
+    }
+    out
+}
+
 impl Gateway {
+    /// Links with exactly `peers` from now on: new ones are linked on
+    /// first use, removed or changed ones are forgotten (streams open on
+    /// their links finish there), unchanged ones keep their link.
+    pub fn set_peers(&self, peers: Vec<PeerConfig>) {
+        let mut map = self.peers.lock().expect("peers lock");
+        map.retain(|name, st| peers.iter().any(|p| &p.cluster == name && *p == st.cfg));
+        for p in peers {
+            if !map.contains_key(&p.cluster) {
+                tracing::info!(cluster = %p.cluster, udp = %p.udp, "peer gateway configured");
+                map.insert(p.cluster.clone(), PeerState::new(p));
+            }
+        }
+    }
+
+    /// Follows the peers of the proxy's configuration (the config stream
+    /// or a `--config` file) on top of `fixed`, until `stop`.
+    pub fn follow_config(
+        self: Arc<Self>,
+        store: Arc<crate::config::Store>,
+        fixed: Vec<PeerConfig>,
+        stop: CancellationToken,
+    ) {
+        let mut changes = store.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let snap = store.load();
+                self.set_peers(merge_peers(&fixed, snap.source.east_west.as_ref()));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+
     pub fn new(
         tls: Arc<MeshTls>,
         endpoint: quinn::Endpoint,
@@ -78,20 +153,7 @@ impl Gateway {
     ) -> Self {
         let peers = peers
             .into_iter()
-            .map(|cfg| {
-                (
-                    cfg.cluster.clone(),
-                    Arc::new(PeerState {
-                        cfg,
-                        link: tokio::sync::Mutex::new(None),
-                        last_error: Mutex::new(None),
-                        retry: Mutex::new((0, None)),
-                        linked_at: Mutex::new(None),
-                        probed: Mutex::new(Instant::now()),
-                        probing: std::sync::atomic::AtomicBool::new(false),
-                    }),
-                )
-            })
+            .map(|cfg| (cfg.cluster.clone(), PeerState::new(cfg)))
             .collect();
         Self {
             metrics,
@@ -559,6 +621,47 @@ impl GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_peers_add_to_and_override_the_static_ones() {
+        use isthmus_api::model;
+        let peer = |cluster: &str, ip: &str| PeerConfig {
+            cluster: cluster.into(),
+            udp: format!("{ip}:15443").parse().unwrap(),
+            tcp: format!("{ip}:15443").parse().unwrap(),
+            identity: format!("spiffe://{cluster}.local/ns/isthmus-system/sa/isthmus-eastwest"),
+        };
+        let fixed = vec![peer("eu-west", "10.0.0.1"), peer("us-east", "10.0.0.2")];
+        assert_eq!(merge_peers(&fixed, None), fixed);
+        let wire = |cluster: &str, ip: &str| {
+            let p = peer(cluster, ip);
+            model::PeerGateway {
+                cluster: p.cluster,
+                udp: p.udp.to_string(),
+                tcp: p.tcp.to_string(),
+                identity: p.identity,
+            }
+        };
+        let cfg = model::EastWest {
+            peers: vec![
+                wire("us-east", "10.9.9.9"),
+                wire("ap-south", "10.0.0.3"),
+                model::PeerGateway {
+                    cluster: "broken".into(),
+                    udp: "nowhere".into(),
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(
+            merge_peers(&fixed, Some(&cfg)),
+            vec![
+                peer("eu-west", "10.0.0.1"),
+                peer("us-east", "10.9.9.9"),
+                peer("ap-south", "10.0.0.3")
+            ]
+        );
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_a_ceiling() {
