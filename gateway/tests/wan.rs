@@ -2,7 +2,9 @@
 //! the receiving gateway in one network namespace, the sending gateway in
 //! another, 20 ms RTT between them. With UDP black-holed on the path the
 //! link falls back to HTTP/2 over TLS; when UDP gets through again the
-//! re-probe takes QUIC back; QUIC measures the emulated RTT.
+//! re-probe takes QUIC back; QUIC measures the emulated RTT; when UDP dies
+//! under a live QUIC link, the idle timeout closes it and the next link is
+//! the fallback.
 //!
 //! Needs root and /dev/net/tun; skipped without them unless
 //! ISTHMUS_REQUIRE_NETNS=1 (CI), where it fails instead.
@@ -153,6 +155,7 @@ fn udp_black_holed_on_the_path_falls_back_to_tcp_and_quic_comes_back() {
         .a()
         .spawn("us-gateway", move || {
             runtime().block_on(async move {
+                let blocked = wan.impairment(Direction::AtoB);
                 let ep = quic::endpoint(&us_tls, SocketAddr::new(wan::ADDR_A.into(), 0)).unwrap();
                 let mut gw = Gateway::new(
                     us_tls,
@@ -194,6 +197,23 @@ fn udp_black_holed_on_the_path_falls_back_to_tcp_and_quic_comes_back() {
                     "QUIC measures the emulated RTT: {:?}",
                     q.rtt()
                 );
+                // UDP dies under a live QUIC link: the idle timeout notices
+                // (10 s), and the next link is the fallback.
+                wan.set(blocked);
+                let deadline = Instant::now() + Duration::from_secs(40);
+                let h2 = loop {
+                    if let Ok(l) = gw.link("eu-west").await
+                        && l.transport() == Transport::H2
+                    {
+                        break l;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "never fell back under a live link"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
+                assert_eq!(echo(&h2, b"over tcp again").await, b"over tcp again");
             })
         })
         .unwrap();

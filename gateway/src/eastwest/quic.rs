@@ -12,8 +12,11 @@ use crate::tls::MeshTls;
 
 pub const ALPN_H3: &[u8] = b"h3";
 /// Keep-alive well inside the idle timeout, so a quiet tunnel stays up.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// A path that answers nothing for this long is dead: the link closes and
+/// the next stream races QUIC and the fallback again. Short, for fast
+/// failover, yet many PTOs even at a 300 ms RTT (RFC 9000 §10.1).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
@@ -72,7 +75,7 @@ fn transport(cc: Congestion) -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT
             .try_into()
-            .expect("30 s is a valid idle timeout"),
+            .expect("10 s is a valid idle timeout"),
     ));
     // Bulk streams need room in flight (STACK.md: 8 MiB / 64 MiB).
     t.stream_receive_window((8u32 * 1024 * 1024).into());
