@@ -22,6 +22,22 @@ pub mod netns;
 pub mod tun;
 pub mod wan;
 
+/// Whether a test that needs namespaces and TUN devices can run here:
+/// false (the caller skips, saying so) when not root or without
+/// /dev/net/tun; a panic instead when ISTHMUS_REQUIRE_NETNS=1 (CI), where
+/// skipping would hide that the test did not run.
+pub fn netns_available() -> bool {
+    if is_root() && std::path::Path::new("/dev/net/tun").exists() {
+        return true;
+    }
+    assert!(
+        std::env::var("ISTHMUS_REQUIRE_NETNS").map_or(true, |v| v != "1"),
+        "ISTHMUS_REQUIRE_NETNS=1 but this is not root with /dev/net/tun"
+    );
+    eprintln!("skipped: needs root and /dev/net/tun");
+    false
+}
+
 /// Whether this process runs as root (namespaces and TUN need it).
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")

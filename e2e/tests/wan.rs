@@ -9,12 +9,7 @@ use std::time::{Duration, Instant};
 use isthmus_e2e::wan::{ADDR_A, ADDR_B, Direction, Impairment, Wan};
 
 fn lab(name: &str, imp: Impairment) -> Option<Wan> {
-    if !isthmus_e2e::is_root() || !std::path::Path::new("/dev/net/tun").exists() {
-        assert!(
-            std::env::var_os("ISTHMUS_REQUIRE_NETNS").is_none(),
-            "ISTHMUS_REQUIRE_NETNS is set but this is not root with /dev/net/tun"
-        );
-        eprintln!("skipped: needs root and /dev/net/tun");
+    if !isthmus_e2e::netns_available() {
         return None;
     }
     Some(Wan::new(&format!("{name}{}", std::process::id()), imp).expect("emulated link"))

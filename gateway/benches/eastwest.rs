@@ -18,29 +18,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use isthmus_api::model;
-use isthmus_gateway::config::Store;
 use isthmus_gateway::eastwest::client::{Link, LinkRecv, LinkSend};
 use isthmus_gateway::eastwest::{quic, server};
-use isthmus_gateway::identity::Identity;
-use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::telemetry::accesslog::Sink;
-use isthmus_gateway::telemetry::metrics::Metrics;
-use isthmus_gateway::tls::MeshTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 #[path = "../tests/support/pki.rs"]
 mod pki;
+#[path = "../tests/support/eastwest.rs"]
+mod support;
+use support::{gateway_identity, receiving_gateway, tcp_service};
 
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
-
-fn identity(ca: &pki::Ca, other: &pki::Ca) -> Arc<MeshTls> {
-    let mut c = ca.issue("isthmus-system", "isthmus-eastwest");
-    c.trust_bundles
-        .insert(other.trust_domain.clone(), other.pem.clone());
-    Arc::new(MeshTls::new(Identity::fixed(c)))
-}
 
 /// Reads to the end, then answers the number of bytes read (8 bytes).
 async fn discard_server() -> SocketAddr {
@@ -137,55 +127,21 @@ async fn main() {
         pki::Ca::new("us-east.isthmus.local"),
     );
     let sink = discard_server().await;
-    let store = Arc::new(Store::new());
-    store
-        .apply(&model::ProxyConfig {
-            services: vec![model::Service {
-                name: "sink.bench".into(),
-                ports: vec![model::ServicePort {
-                    port: 9000,
-                    target_port: sink.port().into(),
-                    protocol: model::Protocol::Tcp as i32,
-                    ..Default::default()
-                }],
-                endpoints: vec![model::Endpoint {
-                    address: "127.0.0.1".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .unwrap();
-    let eu_tls = identity(&eu, &us);
-    let proxy = Arc::new(Proxy::new(
-        store,
-        Arc::new(Metrics::new()),
-        Sink::Off,
-        Default::default(),
-        Some(eu_tls.clone()),
-    ));
-    let peers = Arc::new(server::Peers {
+    let eu_tls = gateway_identity(&eu, &[&us]);
+    let peers = server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
         exports: vec![],
-    });
+    };
     let stop = CancellationToken::new();
     let cc: quic::Congestion = std::env::var("BENCH_CC")
         .unwrap_or_else(|_| "bbr".into())
         .parse()
         .unwrap();
-    let ep = quic::endpoint_with(&eu_tls, "127.0.0.1:0".parse().unwrap(), cc).unwrap();
-    let udp = ep.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        ep,
-        proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
-    let tcp_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp = tcp_l.local_addr().unwrap();
-    tokio::spawn(server::serve_tcp(tcp_l, proxy, peers, stop.clone()));
-    let us_tls = identity(&us, &eu);
+    let services = vec![tcp_service("sink.bench", 9000, sink)];
+    let local = "127.0.0.1:0".parse().unwrap();
+    let r = receiving_gateway(eu_tls, services, local, peers, Sink::Off, cc, &stop).await;
+    let (udp, tcp) = (r.udp, r.tcp);
+    let us_tls = gateway_identity(&us, &[&eu]);
     let us_ep = quic::endpoint_with(&us_tls, "127.0.0.1:0".parse().unwrap(), cc).unwrap();
     let quic_link = Arc::new(
         Link::race(&us_ep, &us_tls, udp, tcp, EU_GW, Duration::from_secs(2))

@@ -24,32 +24,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use isthmus_api::model;
 use isthmus_e2e::wan::{self, Direction, Impairment, Wan};
-use isthmus_gateway::config::Store;
 use isthmus_gateway::eastwest::client::{H2Link, Link, PeerLink};
 use isthmus_gateway::eastwest::quic::{self, Congestion};
 use isthmus_gateway::eastwest::server;
-use isthmus_gateway::identity::Identity;
-use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::telemetry::accesslog::Sink;
-use isthmus_gateway::telemetry::metrics::Metrics;
 use isthmus_gateway::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
 
 #[path = "../tests/support/pki.rs"]
 mod pki;
+#[path = "../tests/support/eastwest.rs"]
+mod support;
+use support::{gateway_identity, receiving_gateway, tcp_service};
 
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
 const STREAMS: usize = 64;
 const SIZE: usize = 16 * 1024;
-
-fn identity(ca: &pki::Ca, other: &pki::Ca) -> Arc<MeshTls> {
-    let mut c = ca.issue("isthmus-system", "isthmus-eastwest");
-    c.trust_bundles
-        .insert(other.trust_domain.clone(), other.pem.clone());
-    Arc::new(MeshTls::new(Identity::fixed(c)))
-}
 
 fn knob(n: &str, d: f64) -> f64 {
     std::env::var(n)
@@ -78,47 +69,13 @@ async fn echo_server() -> SocketAddr {
 /// `wan::ADDR_B`, routing `echo.bench:9000` to the echo service.
 async fn gateway_b(tls: Arc<MeshTls>, cc: Congestion, stop: CancellationToken) -> SocketAddr {
     let echo = echo_server().await;
-    let store = Arc::new(Store::new());
-    store
-        .apply(&model::ProxyConfig {
-            services: vec![model::Service {
-                name: "echo.bench".into(),
-                ports: vec![model::ServicePort {
-                    port: 9000,
-                    target_port: echo.port().into(),
-                    protocol: model::Protocol::Tcp as i32,
-                    ..Default::default()
-                }],
-                endpoints: vec![model::Endpoint {
-                    address: "127.0.0.1".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .unwrap();
-    let proxy = Arc::new(Proxy::new(
-        store,
-        Arc::new(Metrics::new()),
-        Sink::Off,
-        Default::default(),
-        Some(tls.clone()),
-    ));
-    let peers = Arc::new(server::Peers {
+    let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
+    let peers = server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
         exports: vec![],
-    });
-    let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
-    let ep = quic::endpoint_with(&tls, addr, cc).unwrap();
-    tokio::spawn(server::serve(
-        ep,
-        proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
-    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(server::serve_tcp(l, proxy, peers, stop));
+    };
+    let services = vec![tcp_service("echo.bench", 9000, echo)];
+    receiving_gateway(tls, services, addr, peers, Sink::Off, cc, &stop).await;
     addr
 }
 
@@ -251,7 +208,7 @@ fn main() {
         pki::Ca::new("eu-west.isthmus.local"),
         pki::Ca::new("us-east.isthmus.local"),
     );
-    let (eu_tls, us_tls) = (identity(&eu, &us), identity(&us, &eu));
+    let (eu_tls, us_tls) = (gateway_identity(&eu, &[&us]), gateway_identity(&us, &[&eu]));
     let stop = CancellationToken::new();
     let (tx, rx) = std::sync::mpsc::channel();
     let st = stop.clone();

@@ -32,23 +32,15 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/pki.rs"]
 mod pki;
+#[path = "support/eastwest.rs"]
+mod support;
+use support::{gateway_identity, receiving_gateway, tcp_service};
 
 const EU: &str = "eu-west.isthmus.local";
 const US: &str = "us-east.isthmus.local";
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const US_GW: &str = "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
-
-/// Credentials of `ca`'s gateway, trusting every CA in `trusted`.
-fn gateway_identity(ca: &pki::Ca, trusted: &[&pki::Ca]) -> Arc<MeshTls> {
-    let mut creds = ca.issue("isthmus-system", "isthmus-eastwest");
-    for t in trusted {
-        creds
-            .trust_bundles
-            .insert(t.trust_domain.clone(), t.pem.clone());
-    }
-    Arc::new(MeshTls::new(Identity::fixed(creds)))
-}
 
 struct Peer {
     addr: std::net::SocketAddr,
@@ -78,58 +70,26 @@ async fn eu_gateway_with(
     let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let store = Arc::new(Store::new());
-    store
-        .apply(&model::ProxyConfig {
-            services: [model::Service {
-                name: "echo.shop".into(),
-                ports: vec![model::ServicePort {
-                    port: 9000,
-                    target_port: echo.addr.port().into(),
-                    protocol: model::Protocol::Tcp as i32,
-                    ..Default::default()
-                }],
-                endpoints: vec![model::Endpoint {
-                    address: "127.0.0.1".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }]
-            .into_iter()
-            .chain(extra)
-            .collect(),
-            ..Default::default()
-        })
-        .unwrap();
     let tls = gateway_identity(eu, &[us]);
-    let proxy = Arc::new(Proxy::new(
-        store,
-        Arc::new(Metrics::new()),
-        sink,
-        Default::default(),
-        Some(tls.clone()),
-    ));
-    let endpoint = quic::endpoint(&tls, "127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = endpoint.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let peers = Arc::new(server::Peers {
+    let services = std::iter::once(tcp_service("echo.shop", 9000, echo.addr))
+        .chain(extra)
+        .collect();
+    let peers = server::Peers {
         allowed: admit.iter().map(|s| s.to_string()).collect(),
         exports,
-    });
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tcp_addr = tcp.local_addr().unwrap();
-    tokio::spawn(server::serve_tcp(
-        tcp,
-        proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
-    tokio::spawn(server::serve(
-        endpoint,
-        proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
+    };
+    let r = receiving_gateway(
+        tls.clone(),
+        services,
+        "127.0.0.1:0".parse().unwrap(),
+        peers,
+        sink,
+        Default::default(),
+        &stop,
+    )
+    .await;
+    let (addr, tcp_addr, proxy, peers) = (r.udp, r.tcp, r.proxy, r.peers);
     Peer {
         addr,
         tcp: tcp_addr,
@@ -794,24 +754,6 @@ async fn the_peer_sees_who_a_stream_is_from_and_serves_only_what_it_exports() {
     peer.stop.cancel();
 }
 
-/// A service `name.shop:9000` at `addr` (for the eu-west gateway).
-fn tcp_service(name: &str, addr: std::net::SocketAddr) -> model::Service {
-    model::Service {
-        name: format!("{name}.shop"),
-        ports: vec![model::ServicePort {
-            port: 9000,
-            target_port: addr.port().into(),
-            protocol: model::Protocol::Tcp as i32,
-            ..Default::default()
-        }],
-        endpoints: vec![model::Endpoint {
-            address: "127.0.0.1".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
 /// Links to the eu-west gateway on QUIC and on the fallback.
 async fn both_links(peer: &Peer, us: &pki::Ca, eu: &pki::Ca) -> Vec<Link> {
     let tls = gateway_identity(us, &[eu]);
@@ -869,7 +811,7 @@ async fn resets_cross_the_tunnel_both_ways() {
         &[US_GW],
         vec![],
         Sink::Off,
-        vec![tcp_service("ends", ends_addr)],
+        vec![tcp_service("ends.shop", 9000, ends_addr)],
     )
     .await;
     for link in both_links(&peer, &us, &eu).await {
@@ -954,7 +896,7 @@ async fn a_slow_reader_holds_the_sender_back_instead_of_filling_memory() {
         &[US_GW],
         vec![],
         Sink::Off,
-        vec![tcp_service("hose", hose_addr)],
+        vec![tcp_service("hose.shop", 9000, hose_addr)],
     )
     .await;
     for link in both_links(&peer, &us, &eu).await {

@@ -14,17 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 fn run(args: &[&str]) {
     let out = Command::new(args[0])
         .args(&args[1..])
@@ -89,7 +78,7 @@ fn transparent_capture_of_a_pods_connections() {
         .into_iter()
         .filter(|c| !have(c))
         .collect();
-    if !is_root() || !missing.is_empty() {
+    if !isthmus_e2e::is_root() || !missing.is_empty() {
         let why = format!("needs root and {missing:?}");
         assert!(!required, "ISTHMUS_REQUIRE_NETNS=1 but {why}");
         eprintln!("skipping the network-namespace test: {why}");

@@ -14,14 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use isthmus_api::model;
 use isthmus_e2e::wan::{self, Direction, Impairment, Wan};
-use isthmus_gateway::config::Store;
 use isthmus_gateway::eastwest::client::{Link, Transport};
 use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
 use isthmus_gateway::eastwest::{quic, server};
-use isthmus_gateway::identity::Identity;
-use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::sample;
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
@@ -30,15 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "support/pki.rs"]
 mod pki;
+#[path = "support/eastwest.rs"]
+mod support;
+use support::{gateway_identity, receiving_gateway, tcp_service};
 
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
-
-fn identity(ca: &pki::Ca, other: &pki::Ca) -> Arc<MeshTls> {
-    let mut c = ca.issue("isthmus-system", "isthmus-eastwest");
-    c.trust_bundles
-        .insert(other.trust_domain.clone(), other.pem.clone());
-    Arc::new(MeshTls::new(Identity::fixed(c)))
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -54,47 +46,22 @@ async fn eu_gateway(tls: Arc<MeshTls>, stop: CancellationToken) -> SocketAddr {
     let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let store = Arc::new(Store::new());
-    store
-        .apply(&model::ProxyConfig {
-            services: vec![model::Service {
-                name: "echo.shop".into(),
-                ports: vec![model::ServicePort {
-                    port: 9000,
-                    target_port: echo.addr.port().into(),
-                    protocol: model::Protocol::Tcp as i32,
-                    ..Default::default()
-                }],
-                endpoints: vec![model::Endpoint {
-                    address: "127.0.0.1".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .unwrap();
-    let proxy = Arc::new(Proxy::new(
-        store,
-        Arc::new(Metrics::new()),
-        Sink::Off,
-        Default::default(),
-        Some(tls.clone()),
-    ));
-    let peers = Arc::new(server::Peers {
+    let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
+    let peers = server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
         exports: vec![],
-    });
-    let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
-    let ep = quic::endpoint(&tls, addr).unwrap();
-    tokio::spawn(server::serve(
-        ep,
-        proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
-    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(server::serve_tcp(l, proxy, peers, stop.clone()));
+    };
+    let services = vec![tcp_service("echo.shop", 9000, echo.addr)];
+    receiving_gateway(
+        tls,
+        services,
+        addr,
+        peers,
+        Sink::Off,
+        Default::default(),
+        &stop,
+    )
+    .await;
     tokio::spawn(async move {
         stop.cancelled().await;
         drop(echo);
@@ -119,12 +86,7 @@ async fn echo(link: &Link, payload: &'static [u8]) -> Vec<u8> {
 
 #[test]
 fn udp_black_holed_on_the_path_falls_back_to_tcp_and_quic_comes_back() {
-    if !isthmus_e2e::is_root() || !std::path::Path::new("/dev/net/tun").exists() {
-        assert!(
-            std::env::var_os("ISTHMUS_REQUIRE_NETNS").is_none(),
-            "ISTHMUS_REQUIRE_NETNS is set but this is not root with /dev/net/tun"
-        );
-        eprintln!("skipped: needs root and /dev/net/tun");
+    if !isthmus_e2e::netns_available() {
         return;
     }
     let blocked = Impairment {
@@ -136,7 +98,7 @@ fn udp_black_holed_on_the_path_falls_back_to_tcp_and_quic_comes_back() {
         pki::Ca::new("eu-west.isthmus.local"),
         pki::Ca::new("us-east.isthmus.local"),
     );
-    let (eu_tls, us_tls) = (identity(&eu, &us), identity(&us, &eu));
+    let (eu_tls, us_tls) = (gateway_identity(&eu, &[&us]), gateway_identity(&us, &[&eu]));
     let stop = CancellationToken::new();
     let (tx, rx) = std::sync::mpsc::channel();
     let st = stop.clone();

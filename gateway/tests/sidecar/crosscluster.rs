@@ -10,20 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_api::model;
-use isthmus_gateway::config::Store;
 use isthmus_gateway::eastwest::client::Transport;
 use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
 use isthmus_gateway::eastwest::{quic, server};
 use isthmus_gateway::identity::{Credentials, Identity};
-use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::sample::{self, SampleApp};
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
-use isthmus_gateway::tls::MeshTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
+use crate::ew::{gateway_identity, receiving_gateway};
 use crate::pki::Ca;
 
 const EU: &str = "eu-west.isthmus.local";
@@ -87,60 +85,35 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
     let tunnel = server.addr("tunnel").port();
 
     // eu-west's east-west gateway: catalog and echo behind it.
-    let store = Arc::new(Store::new());
-    store
-        .apply(&model::ProxyConfig {
-            services: vec![
-                service("catalog.shop", 80, app_port, model::Protocol::Http, tunnel),
-                service("echo.shop", 9000, echo_port, model::Protocol::Tcp, tunnel),
-            ],
-            ..Default::default()
-        })
-        .unwrap();
-    let eu_tls = Arc::new(MeshTls::new(Identity::fixed(creds(
-        &eu,
-        &us,
-        "isthmus-system",
-        "isthmus-eastwest",
-    ))));
-    let eu_proxy = Arc::new(Proxy::new(
-        store,
-        Arc::new(Metrics::new()),
-        Sink::Off,
-        Default::default(),
-        Some(eu_tls.clone()),
-    ));
-    let peers = Arc::new(server::Peers {
+    let services = vec![
+        service("catalog.shop", 80, app_port, model::Protocol::Http, tunnel),
+        service("echo.shop", 9000, echo_port, model::Protocol::Tcp, tunnel),
+    ];
+    let peers = server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*".into()],
         exports: vec![],
-    });
+    };
     let stop = CancellationToken::new();
-    let eu_ep = quic::endpoint(&eu_tls, LOCAL).unwrap();
-    let eu_udp = eu_ep.local_addr().unwrap();
-    tokio::spawn(server::serve(
-        eu_ep,
-        eu_proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
-    let eu_tcp = tokio::net::TcpListener::bind(LOCAL).await.unwrap();
-    let eu_tcp_addr = eu_tcp.local_addr().unwrap();
-    tokio::spawn(server::serve_tcp(eu_tcp, eu_proxy, peers, stop.clone()));
+    let eu_gw = receiving_gateway(
+        gateway_identity(&eu, &[&us]),
+        services,
+        LOCAL,
+        peers,
+        Sink::Off,
+        Default::default(),
+        &stop,
+    )
+    .await;
 
     // us-east's east-west gateway: a link to eu-west and the local entry.
-    let us_tls = Arc::new(MeshTls::new(Identity::fixed(creds(
-        &us,
-        &eu,
-        "isthmus-system",
-        "isthmus-eastwest",
-    ))));
+    let us_tls = gateway_identity(&us, &[&eu]);
     let mut gw = Gateway::new(
         us_tls.clone(),
         quic::endpoint(&us_tls, LOCAL).unwrap(),
         vec![PeerConfig {
             cluster: "eu-west".into(),
-            udp: eu_udp,
-            tcp: eu_tcp_addr,
+            udp: eu_gw.udp,
+            tcp: eu_gw.tcp,
             identity: EU_GW.into(),
         }],
         Arc::new(Metrics::new()),

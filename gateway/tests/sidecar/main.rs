@@ -6,6 +6,8 @@ mod common;
 
 mod balancing;
 mod crosscluster;
+#[path = "../support/eastwest.rs"]
+mod ew;
 mod lifecycle;
 mod mtls;
 #[path = "../support/pki.rs"]

@@ -1,0 +1,112 @@
+//! East-west helpers shared by tests and benchmarks: gateway identities,
+//! services to put behind a receiving gateway, and the receiving gateway
+//! itself (QUIC and the TCP fallback). The including crate has the test
+//! PKI at `crate::pki`.
+
+// Each test crate including this uses part of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use isthmus_api::model;
+use isthmus_gateway::config::Store;
+use isthmus_gateway::eastwest::quic::{self, Congestion};
+use isthmus_gateway::eastwest::server;
+use isthmus_gateway::identity::Identity;
+use isthmus_gateway::proxy::Proxy;
+use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_gateway::telemetry::metrics::Metrics;
+use isthmus_gateway::tls::MeshTls;
+use tokio_util::sync::CancellationToken;
+
+use crate::pki::Ca;
+
+/// `ca`'s east-west gateway identity, trusting every CA in `trusted`.
+pub fn gateway_identity(ca: &Ca, trusted: &[&Ca]) -> Arc<MeshTls> {
+    let mut creds = ca.issue("isthmus-system", "isthmus-eastwest");
+    for t in trusted {
+        creds
+            .trust_bundles
+            .insert(t.trust_domain.clone(), t.pem.clone());
+    }
+    Arc::new(MeshTls::new(Identity::fixed(creds)))
+}
+
+/// A TCP service `name` with port `port` served at `target`.
+pub fn tcp_service(name: &str, port: u32, target: SocketAddr) -> model::Service {
+    model::Service {
+        name: name.into(),
+        ports: vec![model::ServicePort {
+            port,
+            target_port: target.port().into(),
+            protocol: model::Protocol::Tcp as i32,
+            ..Default::default()
+        }],
+        endpoints: vec![model::Endpoint {
+            address: target.ip().to_string(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A receiving gateway's addresses and parts.
+pub struct Receiving {
+    /// QUIC (UDP).
+    pub udp: SocketAddr,
+    /// The HTTP/2-over-TLS fallback (TCP).
+    pub tcp: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub peers: Arc<server::Peers>,
+}
+
+/// Serves `services` to admitted `peers` on `addr` (UDP and TCP; port 0
+/// picks one for each) until `stop`.
+pub async fn receiving_gateway(
+    tls: Arc<MeshTls>,
+    services: Vec<model::Service>,
+    addr: SocketAddr,
+    peers: server::Peers,
+    sink: Sink,
+    cc: Congestion,
+    stop: &CancellationToken,
+) -> Receiving {
+    let store = Arc::new(Store::new());
+    store
+        .apply(&model::ProxyConfig {
+            services,
+            ..Default::default()
+        })
+        .unwrap();
+    let proxy = Arc::new(Proxy::new(
+        store,
+        Arc::new(Metrics::new()),
+        sink,
+        Default::default(),
+        Some(tls.clone()),
+    ));
+    let peers = Arc::new(peers);
+    let endpoint = quic::endpoint_with(&tls, addr, cc).unwrap();
+    let udp = endpoint.local_addr().unwrap();
+    tokio::spawn(server::serve(
+        endpoint,
+        proxy.clone(),
+        peers.clone(),
+        stop.clone(),
+    ));
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let tcp = listener.local_addr().unwrap();
+    tokio::spawn(server::serve_tcp(
+        listener,
+        proxy.clone(),
+        peers.clone(),
+        stop.clone(),
+    ));
+    Receiving {
+        udp,
+        tcp,
+        proxy,
+        peers,
+    }
+}
