@@ -349,16 +349,23 @@ async fn via_local_gateway(
     Ok(hyper_util::rt::TokioIo::new(up))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
+/// The us-east gateway linked to `peer` (eu-west), serving its local entry:
+/// (gateway, entry address, metrics, stop).
+async fn us_gateway(
+    peer: &Peer,
+    us: &pki::Ca,
+    eu: &pki::Ca,
+    cluster: Option<&str>,
+) -> (
+    Arc<isthmus_gateway::eastwest::gateway::Gateway>,
+    std::net::SocketAddr,
+    Arc<Metrics>,
+    CancellationToken,
+) {
     use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
-    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
-    // The us-east gateway with a link to eu-west, and its local entry.
-    let tls = gateway_identity(&us, &[&eu]);
+    let tls = gateway_identity(us, &[eu]);
     let metrics = Arc::new(Metrics::new());
-    let gw = Arc::new(Gateway::new(
+    let mut gw = Gateway::new(
         tls.clone(),
         us_endpoint(&tls),
         vec![PeerConfig {
@@ -368,26 +375,50 @@ async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
             identity: EU_GW.into(),
         }],
         metrics.clone(),
-    ));
+    );
+    gw.cluster = cluster.map(str::to_string);
+    let gw = Arc::new(gw);
     let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let local_addr = local.local_addr().unwrap();
     let stop = CancellationToken::new();
     tokio::spawn(gw.clone().serve_local(local, stop.clone()));
+    (gw, local_addr, metrics, stop)
+}
 
-    // A workload of us-east.
+/// us-east's frontend workload, trusting eu-west.
+fn frontend(us: &pki::Ca, eu: &pki::Ca) -> MeshTls {
     let mut creds = us.issue("shop", "frontend");
-    creds.trust_bundles.insert(EU.into(), eu.pem.clone());
-    let workload = MeshTls::new(Identity::fixed(creds));
-    let mut s = via_local_gateway(&workload, local_addr, "echo.shop:9000", "eu-west")
+    creds
+        .trust_bundles
+        .insert(eu.trust_domain.clone(), eu.pem.clone());
+    MeshTls::new(Identity::fixed(creds))
+}
+
+/// Sends `msg` to echo.shop in eu-west through the local entry; the echo.
+async fn workload_exchange(workload: &MeshTls, entry: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = via_local_gateway(workload, entry, "echo.shop:9000", "eu-west")
         .await
         .expect("the gateway tunnels to eu-west");
-    s.write_all(b"from us-east with love").await.unwrap();
+    s.write_all(msg).await.unwrap();
     s.shutdown().await.unwrap();
     let mut got = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
         .await
         .unwrap()
         .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_reaches_the_peer_cluster_through_both_gateways() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    // The us-east gateway with a link to eu-west, and its local entry.
+    let (gw, local_addr, metrics, stop) = us_gateway(&peer, &us, &eu, None).await;
+    // A workload of us-east.
+    let workload = frontend(&us, &eu);
+    let got = workload_exchange(&workload, local_addr, b"from us-east with love").await;
     assert_eq!(got, b"from us-east with love");
     assert_eq!(
         gw.link("eu-west").await.unwrap().transport(),
@@ -647,8 +678,6 @@ async fn a_link_survives_the_client_changing_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_sees_who_a_stream_is_from_and_serves_only_what_it_exports() {
     use isthmus_gateway::eastwest::ExportRule;
-    use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
     let (tx, mut log) = tokio::sync::mpsc::unbounded_channel();
     // Any us-east gateway identity is admitted; echo.shop is exported to
@@ -665,37 +694,8 @@ async fn the_peer_sees_who_a_stream_is_from_and_serves_only_what_it_exports() {
         vec![],
     )
     .await;
-    let tls = gateway_identity(&us, &[&eu]);
-    let mut gw = Gateway::new(
-        tls.clone(),
-        us_endpoint(&tls),
-        vec![PeerConfig {
-            cluster: "eu-west".into(),
-            udp: peer.addr,
-            tcp: peer.tcp,
-            identity: EU_GW.into(),
-        }],
-        Arc::new(Metrics::new()),
-    );
-    gw.cluster = Some("us-east".into());
-    let gw = Arc::new(gw);
-    let local = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let local_addr = local.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(gw.clone().serve_local(local, stop.clone()));
-    let mut creds = us.issue("shop", "frontend");
-    creds.trust_bundles.insert(EU.into(), eu.pem.clone());
-    let workload = MeshTls::new(Identity::fixed(creds));
-    let mut s = via_local_gateway(&workload, local_addr, "echo.shop:9000", "eu-west")
-        .await
-        .expect("exported to us-east's gateway");
-    s.write_all(b"who am i").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
+    let (_gw, local_addr, _, stop) = us_gateway(&peer, &us, &eu, Some("us-east")).await;
+    let got = workload_exchange(&frontend(&us, &eu), local_addr, b"who am i").await;
     assert_eq!(got, b"who am i");
     // The receiving gateway's access log names the source.
     let e = tokio::time::timeout(Duration::from_secs(10), log.recv())
