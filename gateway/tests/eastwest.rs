@@ -1066,3 +1066,91 @@ async fn peers_come_and_go_with_the_configuration() {
     stop.cancel();
     peer.stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relink_resumes_in_0rtt_and_a_refused_0rtt_costs_no_stream() {
+    use isthmus_gateway::eastwest::client::Early;
+    use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
+    use isthmus_gateway::eastwest::transport::LinkTransport;
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    // First link: a full handshake, which leaves a ticket.
+    let first = PeerLink::connect(&endpoint, peer.addr, EU_GW)
+        .await
+        .unwrap();
+    assert_eq!(first.early(), Early::None);
+    assert_eq!(
+        echo_through(&first, Bytes::from_static(b"one")).await,
+        Bytes::from_static(b"one")
+    );
+    first.close();
+    // Relinking resumes: the first CONNECT goes in 0-RTT, and is taken.
+    let again = PeerLink::connect_with(&endpoint, peer.addr, EU_GW, true)
+        .await
+        .unwrap();
+    assert_eq!(again.early(), Early::Pending, "resumed with 0-RTT");
+    assert_eq!(
+        echo_through(&again, Bytes::from_static(b"early")).await,
+        Bytes::from_static(b"early")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while again.early() != Early::Accepted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "0-RTT not confirmed: {:?}",
+            again.early()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    again.close();
+    // A ticket is good for its peer only: expecting another identity at
+    // the same address is a full handshake, and refused.
+    let other = PeerLink::connect_with(&endpoint, peer.addr, US_GW, true).await;
+    assert!(matches!(other, Err(LinkError::WrongPeer { .. })));
+
+    // Through a gateway: the peer restarts (its tickets are gone), the
+    // gateway's 0-RTT attempt is refused, and the stream still gets
+    // through on a new link.
+    let udp = peer.addr;
+    let metrics = Arc::new(Metrics::new());
+    let gw = Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![PeerConfig {
+            cluster: "eu-west".into(),
+            udp,
+            tcp: peer.tcp,
+            identity: EU_GW.into(),
+        }],
+        metrics.clone(),
+    );
+    let src = isthmus_gateway::eastwest::Source::default();
+    let (w, r) = gw.open("eu-west", "echo.shop:9000", &src).await.unwrap();
+    assert_eq!(
+        echo_halves(w, r, Bytes::from_static(b"a")).await,
+        Bytes::from_static(b"a")
+    );
+    let old = gw.link("eu-west").await.unwrap();
+    peer.stop.cancel(); // the QUIC server goes, closing its connections
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !old.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old link never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let restarted = CancellationToken::new();
+    quic_server_on(&peer, udp, &restarted).await;
+    let (w, r) = gw
+        .open("eu-west", "echo.shop:9000", &src)
+        .await
+        .expect("the first stream after the restart gets through");
+    assert_eq!(
+        echo_halves(w, r, Bytes::from_static(b"b")).await,
+        Bytes::from_static(b"b")
+    );
+    restarted.cancel();
+}

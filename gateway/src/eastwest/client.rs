@@ -2,6 +2,7 @@
 //! that peer's identity, carrying CONNECT streams.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use h3_quinn::OpenStreams;
@@ -30,6 +31,19 @@ pub enum LinkError {
     },
 }
 
+/// The TLS server name for a peer: our verifier checks SPIFFE IDs, not
+/// names, so the name only keys the session cache — per address and
+/// expected identity, so a ticket is never spent (early data never sent)
+/// on another peer than the one it came from.
+fn session_name(addr: SocketAddr, expected: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in addr.to_string().bytes().chain([0]).chain(expected.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("p{h:016x}.peer.isthmus")
+}
+
 /// How long a QUIC handshake may take before the peer counts as
 /// unreachable over UDP.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -39,6 +53,32 @@ pub struct PeerLink {
     addr: SocketAddr,
     send: h3::client::SendRequest<OpenStreams, Bytes>,
     conn: quinn::Connection,
+    early: Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// What became of a link's 0-RTT (`PeerLink::early`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Early {
+    /// A full handshake: no ticket from this peer yet (or it expired).
+    None,
+    /// Resumed with 0-RTT; the handshake has not completed yet.
+    Pending,
+    /// The peer took the early data.
+    Accepted,
+    /// The peer refused it (it lost the ticket, e.g. restarted): the link
+    /// is closed and the next stream makes a new one.
+    Rejected,
+}
+
+impl Early {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Early::Pending,
+            2 => Early::Accepted,
+            3 => Early::Rejected,
+            _ => Early::None,
+        }
+    }
 }
 
 /// One CONNECT stream to the peer, as send and receive halves.
@@ -66,33 +106,86 @@ impl TunnelStream {
 }
 
 impl PeerLink {
-    /// Connects to the peer gateway at `addr`, which must prove `expected`.
+    /// Connects to the peer gateway at `addr`, which must prove `expected`
+    /// (a full handshake).
     pub async fn connect(
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
         expected: &str,
     ) -> Result<Self, LinkError> {
+        Self::connect_with(endpoint, addr, expected, false).await
+    }
+
+    /// `connect`, resuming in 0-RTT when `allow_early` and a ticket from
+    /// this peer (this address and identity) is at hand: the link is
+    /// returned at once and its first streams go before the handshake
+    /// completes. Only when the path is known good (the last link did not
+    /// time out), since a 0-RTT link cannot tell the race that UDP is
+    /// blocked until its handshake fails.
+    pub async fn connect_with(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        expected: &str,
+        allow_early: bool,
+    ) -> Result<Self, LinkError> {
         let fail = |reason: String| LinkError::Connect { addr, reason };
         let connecting = endpoint
-            .connect(addr, &addr.ip().to_string())
+            .connect(addr, &session_name(addr, expected))
             .map_err(|e| fail(e.to_string()))?;
-        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
-            .await
-            .map_err(|_| {
-                fail(format!(
-                    "no QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)"
-                ))
-            })?
-            .map_err(|e| fail(e.to_string()))?;
-        let got = peer_id(&conn).map(|i| i.to_string()).unwrap_or_default();
-        if got != expected {
-            conn.close(0x0101u32.into(), b"wrong peer");
-            return Err(LinkError::WrongPeer {
-                addr,
-                got,
-                expected: expected.into(),
-            });
-        }
+        let early = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let zero_rtt = if allow_early {
+            connecting.into_0rtt()
+        } else {
+            Err(connecting)
+        };
+        let conn = match zero_rtt {
+            // A ticket from this peer: streams can go now, in 0-RTT. Only
+            // the gateway that issued the ticket can read them, and it was
+            // verified as `expected` when it did; the handshake is checked
+            // again when it completes, and a refusal closes the link.
+            Ok((conn, accepted)) => {
+                early.store(1, std::sync::atomic::Ordering::Release);
+                let (c, e, expected) = (conn.clone(), early.clone(), expected.to_string());
+                tokio::spawn(async move {
+                    let ok = tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted)
+                        .await
+                        .unwrap_or(false);
+                    let who = peer_id(&c).map(|i| i.to_string()).unwrap_or_default();
+                    if !ok {
+                        e.store(3, std::sync::atomic::Ordering::Release);
+                        tracing::info!(%addr, "0-RTT refused by the peer gateway; relinking");
+                        c.close(0x0102u32.into(), b"0-RTT refused");
+                    } else if who != expected {
+                        e.store(3, std::sync::atomic::Ordering::Release);
+                        tracing::warn!(%addr, got = %who, %expected, "resumed peer is not who we link with");
+                        c.close(0x0101u32.into(), b"wrong peer");
+                    } else {
+                        e.store(2, std::sync::atomic::Ordering::Release);
+                    }
+                });
+                conn
+            }
+            Err(connecting) => {
+                let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| {
+                        fail(format!(
+                            "no QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)"
+                        ))
+                    })?
+                    .map_err(|e| fail(e.to_string()))?;
+                let got = peer_id(&conn).map(|i| i.to_string()).unwrap_or_default();
+                if got != expected {
+                    conn.close(0x0101u32.into(), b"wrong peer");
+                    return Err(LinkError::WrongPeer {
+                        addr,
+                        got,
+                        expected: expected.into(),
+                    });
+                }
+                conn
+            }
+        };
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
             .await
             .map_err(|e| LinkError::Http3 {
@@ -103,7 +196,31 @@ impl PeerLink {
             let e = driver.wait_idle().await;
             tracing::debug!(%addr, "peer gateway connection closed: {e}");
         });
-        Ok(Self { addr, send, conn })
+        Ok(Self {
+            addr,
+            send,
+            conn,
+            early,
+        })
+    }
+
+    /// Whether the connection ended because the path went silent (idle
+    /// timeout): the next link should not assume UDP gets through.
+    pub fn timed_out(&self) -> bool {
+        matches!(
+            self.conn.close_reason(),
+            Some(quinn::ConnectionError::TimedOut)
+        )
+    }
+
+    /// Closes the connection (its streams end).
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"closed");
+    }
+
+    /// Whether this link started in 0-RTT, and how that went.
+    pub fn early(&self) -> Early {
+        Early::from_u8(self.early.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Opens a CONNECT stream to `authority` (`<service>.<ns>:<port>`).
@@ -411,7 +528,20 @@ impl Link {
         expected: &str,
         head_start: std::time::Duration,
     ) -> Result<Link, LinkError> {
-        let mut quic = Box::pin(PeerLink::connect(endpoint, udp, expected));
+        Self::race_with(endpoint, tls, udp, tcp, expected, head_start, false).await
+    }
+
+    /// `race`, letting QUIC resume in 0-RTT (`PeerLink::connect_with`).
+    pub async fn race_with(
+        endpoint: &quinn::Endpoint,
+        tls: &crate::tls::MeshTls,
+        udp: SocketAddr,
+        tcp: SocketAddr,
+        expected: &str,
+        head_start: std::time::Duration,
+        allow_early: bool,
+    ) -> Result<Link, LinkError> {
+        let mut quic = Box::pin(PeerLink::connect_with(endpoint, udp, expected, allow_early));
         let mut quic_failed = false;
         tokio::select! {
             biased;

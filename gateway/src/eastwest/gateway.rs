@@ -198,13 +198,16 @@ impl Gateway {
         }
         *peer.probed.lock().expect("probe lock") = Instant::now();
         let c = &peer.cfg;
-        let made = Link::race(
+        // 0-RTT only after a QUIC link that did not die of silence.
+        let allow_early = matches!(slot.as_deref(), Some(Link::Quic(q)) if !q.timed_out());
+        let made = Link::race_with(
             &self.endpoint,
             &self.tls,
             c.udp,
             c.tcp,
             &c.identity,
             HEAD_START,
+            allow_early,
         )
         .await;
         let result = match &made {
@@ -249,6 +252,33 @@ impl Gateway {
         set_transport(&self.metrics, cluster, link.transport());
         *slot = Some(link.clone());
         Ok(link)
+    }
+
+    /// Opens a stream to `authority` in `cluster` on the link to it. A link
+    /// that started in 0-RTT and failed before its handshake completed
+    /// (the peer lost the ticket, or UDP no longer gets through) is closed
+    /// and the stream tried once more on a new link.
+    pub async fn open(
+        &self,
+        cluster: &str,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<(super::client::LinkSend, super::client::LinkRecv), GatewayError> {
+        let link = self.link(cluster).await?;
+        match link.open_from(authority, source).await {
+            Err(e @ LinkError::Http3 { .. })
+                if matches!(&*link, Link::Quic(q) if q.early() != super::client::Early::None
+                    && q.early() != super::client::Early::Accepted) =>
+            {
+                tracing::debug!(cluster, "a stream on a 0-RTT link failed ({e}); relinking");
+                if let Link::Quic(q) = &*link {
+                    q.close();
+                }
+                let link = self.link(cluster).await?;
+                Ok(link.open_from(authority, source).await?)
+            }
+            r => Ok(r?),
+        }
     }
 
     /// On the fallback, tries QUIC again every `reprobe`, in the
@@ -360,10 +390,6 @@ impl Gateway {
                 format!("name the peer cluster in {CLUSTER_HEADER}"),
             );
         };
-        let link = match self.link(&cluster).await {
-            Ok(l) => l,
-            Err(e) => return reply(e.status(), e.to_string()),
-        };
         let count = |status: StatusCode| {
             self.metrics
                 .eastwest_connects
@@ -382,11 +408,14 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };
-        let (send, recv) = match link.open_from(&authority, &source).await {
+        let (send, recv) = match self.open(&cluster, &authority, &source).await {
             Ok(x) => x,
-            Err(LinkError::Refused { status, reason, .. }) => {
+            Err(GatewayError::Link(LinkError::Refused { status, reason, .. })) => {
                 count(status);
                 return reply(status, reason);
+            }
+            Err(e @ (GatewayError::NoPeer(_) | GatewayError::Backoff { .. })) => {
+                return reply(e.status(), e.to_string());
             }
             Err(e) => {
                 count(StatusCode::BAD_GATEWAY);

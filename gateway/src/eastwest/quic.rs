@@ -85,8 +85,90 @@ fn transport(cc: Congestion) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// How long a session ticket a gateway issued stays good: a resumed (and
+/// 0-RTT) connection relies on the identities proven in the handshake that
+/// made it, so it may not outlive them by much (workload certificates
+/// last an hour and more).
+pub const TICKET_MAX_AGE: Duration = Duration::from_secs(10 * 60);
+
+/// The mesh TLS configurations for the tunnels, with resumption and 0-RTT
+/// (the mesh transport itself has neither). Replay is harmless here: the
+/// only thing sent early is a CONNECT, whose payload is the client
+/// sidecar's own TLS session, which a replay cannot complete; and each
+/// ticket is good once (the server's cache hands it out by `take`).
+fn tunnel_tls(tls: &MeshTls) -> (rustls::ClientConfig, rustls::ServerConfig) {
+    let (mut client, mut server) = tls.configs_for(ALPN_H3);
+    client.resumption = rustls::client::Resumption::in_memory_sessions(256);
+    client.enable_early_data = true;
+    server.session_storage = Arc::new(SessionCache::new(4096, TICKET_MAX_AGE));
+    // One ticket per connection: a link is long-lived and each new one
+    // brings a fresh ticket; a second would only be spent on a second
+    // refused 0-RTT after the peer lost its cache (a restart).
+    server.send_tls13_tickets = 1;
+    server.max_early_data_size = u32::MAX; // what QUIC requires to allow 0-RTT
+    (client, server)
+}
+
+/// Session id -> (stored at, session).
+type Sessions = std::collections::HashMap<Vec<u8>, (std::time::Instant, Vec<u8>)>;
+
+/// A server session cache whose entries expire after `ttl` and are taken
+/// once: resumption within the ticket's age, and no 0-RTT replay.
+#[derive(Debug)]
+pub struct SessionCache {
+    max: usize,
+    ttl: Duration,
+    map: std::sync::Mutex<Sessions>,
+}
+
+impl SessionCache {
+    pub fn new(max: usize, ttl: Duration) -> Self {
+        Self {
+            max,
+            ttl,
+            map: Default::default(),
+        }
+    }
+}
+
+impl rustls::server::StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut map = self.map.lock().expect("session cache lock");
+        let now = std::time::Instant::now();
+        map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+        if map.len() >= self.max
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(key, (now, value));
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let map = self.map.lock().expect("session cache lock");
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let mut map = self.map.lock().expect("session cache lock");
+        map.remove(key)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, v)| v)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
 pub fn server_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ServerConfig, QuicError> {
-    let (_, server) = tls.configs_for(ALPN_H3);
+    let (_, server) = tunnel_tls(tls);
     let crypto = QuicServerConfig::try_from(server).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     c.transport_config(transport(cc));
@@ -94,7 +176,7 @@ pub fn server_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ServerConfi
 }
 
 pub fn client_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ClientConfig, QuicError> {
-    let (client, _) = tls.configs_for(ALPN_H3);
+    let (client, _) = tunnel_tls(tls);
     let crypto = QuicClientConfig::try_from(client).map_err(|e| QuicError::Tls(e.to_string()))?;
     let mut c = quinn::ClientConfig::new(Arc::new(crypto));
     c.transport_config(transport(cc));
@@ -126,4 +208,28 @@ pub fn peer_id(conn: &quinn::Connection) -> Option<crate::tls::SpiffeId> {
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
         .ok()?;
     crate::tls::SpiffeId::from_cert(certs.first()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::server::StoresServerSessions;
+
+    #[test]
+    fn session_cache_takes_once_expires_and_evicts_the_oldest() {
+        let c = SessionCache::new(2, Duration::from_secs(3600));
+        assert!(c.put(b"a".to_vec(), b"1".to_vec()));
+        assert_eq!(c.get(b"a"), Some(b"1".to_vec()));
+        assert_eq!(c.take(b"a"), Some(b"1".to_vec()));
+        assert_eq!(c.take(b"a"), None, "a ticket is good once");
+        c.put(b"x".to_vec(), b"1".to_vec());
+        c.put(b"y".to_vec(), b"2".to_vec());
+        c.put(b"z".to_vec(), b"3".to_vec());
+        assert_eq!(c.get(b"x"), None, "the oldest made room");
+        assert_eq!(c.get(b"z"), Some(b"3".to_vec()));
+        let stale = SessionCache::new(2, Duration::ZERO);
+        stale.put(b"a".to_vec(), b"1".to_vec());
+        assert_eq!(stale.get(b"a"), None);
+        assert_eq!(stale.take(b"a"), None, "an expired ticket resumes nothing");
+    }
 }
