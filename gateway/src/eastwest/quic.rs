@@ -195,10 +195,39 @@ pub fn endpoint_with(
     addr: SocketAddr,
     cc: Congestion,
 ) -> Result<quinn::Endpoint, QuicError> {
-    let mut e = quinn::Endpoint::server(server_config(tls, cc)?, addr)
-        .map_err(|source| QuicError::Bind { addr, source })?;
+    let bind = |source| QuicError::Bind { addr, source };
+    let socket = udp_socket(addr).map_err(bind)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind(std::io::Error::other("no async runtime for QUIC")))?;
+    let mut e = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config(tls, cc)?),
+        socket,
+        runtime,
+    )
+    .map_err(bind)?;
     e.set_default_client_config(client_config(tls, cc)?);
     Ok(e)
+}
+
+/// Socket buffers of the tunnels' UDP socket: the kernel's 208 KiB default
+/// holds well under a millisecond of a busy tunnel, and a receive burst
+/// while the endpoint task waits for a core is dropped, which congestion
+/// control reads as loss. (Capped by net.core.rmem_max / wmem_max.)
+pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with `UDP_BUFFER`-sized buffers.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    // Best effort: a smaller cap still works, only less well.
+    let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    let _ = s.set_send_buffer_size(UDP_BUFFER);
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 /// The SPIFFE ID a QUIC peer proved in its handshake.
