@@ -362,5 +362,9 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
     assert_eq!(p["transport"], "quic", "{status}");
     assert!(p["rttMs"].as_f64().is_some(), "{status}");
     assert!(p["linkedAt"].is_string(), "{status}");
+    assert_eq!(
+        p["zeroRtt"], "none",
+        "a first link is a full handshake: {status}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -558,6 +558,7 @@ impl Gateway {
                     v["congestionWindowBytes"] = serde_json::json!(s.path.cwnd);
                     v["lostPackets"] = serde_json::json!(s.path.lost_packets);
                     v["sentPackets"] = serde_json::json!(s.path.sent_packets);
+                    v["zeroRtt"] = serde_json::json!(format!("{:?}", q.early()).to_lowercase());
                 }
                 v
             })
