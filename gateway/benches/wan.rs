@@ -10,7 +10,9 @@
 //! open a CONNECT stream to the echo service, send 16 KiB, half-close,
 //! read the 16 KiB back. After a warm-up, for BENCH_SECS: request latency
 //! (open to last byte back) p50/p99, and goodput (payload bytes back per
-//! second) as a share of the emulated link's rate.
+//! second) as a share of the emulated link's rate. The baseline in the same
+//! run: each request on a TCP connection of its own straight to the echo
+//! service across the same link (no tunnel, no TLS, no multiplexing).
 //!
 //! Knobs: BENCH_SECS (10), BENCH_WARMUP_SECS (3), BENCH_RTT_MS (50),
 //! BENCH_LOSS_PCT (1), BENCH_RATES_MBIT (20,50,100: the link's cap, one
@@ -25,9 +27,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use isthmus_e2e::wan::{self, Direction, Impairment, Wan};
-use isthmus_gateway::eastwest::client::{H2Link, Link, PeerLink};
+use isthmus_gateway::eastwest::Source;
+use isthmus_gateway::eastwest::client::{H2Link, Link, LinkError, PeerLink, Transport};
 use isthmus_gateway::eastwest::quic::{self, Congestion};
 use isthmus_gateway::eastwest::server;
+use isthmus_gateway::eastwest::transport::{LinkTransport, StreamRecv, StreamSend};
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
@@ -50,9 +54,11 @@ fn knob(n: &str, d: f64) -> f64 {
 }
 
 /// Echoes every stream back, then closes it.
-async fn echo_server() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+/// Listens on every address of namespace B (the gateway reaches it on
+/// loopback, the direct baseline on `wan::ADDR_B`); returns its port.
+async fn echo_server() -> u16 {
+    let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let addr = l.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(async move {
@@ -65,10 +71,65 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
+/// The baseline: each request on a TCP connection of its own, straight to
+/// the echo service across the same emulated link (no tunnel, no
+/// multiplexing, no TLS): what the link gives 64 independent flows.
+struct DirectTcp(SocketAddr);
+
+struct TcpSend(tokio::net::tcp::OwnedWriteHalf);
+struct TcpRecv(tokio::net::tcp::OwnedReadHalf, Vec<u8>);
+
+impl StreamSend for TcpSend {
+    async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        tokio::io::AsyncWriteExt::write_all(&mut self.0, &data).await
+    }
+    async fn finish(&mut self) -> std::io::Result<()> {
+        tokio::io::AsyncWriteExt::shutdown(&mut self.0).await
+    }
+    fn reset(&mut self) {}
+}
+
+impl StreamRecv for TcpRecv {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        let n = tokio::io::AsyncReadExt::read(&mut self.0, &mut self.1).await?;
+        Ok((n > 0).then(|| Bytes::copy_from_slice(&self.1[..n])))
+    }
+}
+
+impl LinkTransport for DirectTcp {
+    type Send = TcpSend;
+    type Recv = TcpRecv;
+
+    async fn open(&self, _: &str, _: &Source) -> Result<(TcpSend, TcpRecv), LinkError> {
+        let s = tokio::net::TcpStream::connect(self.0)
+            .await
+            .map_err(|e| LinkError::Connect {
+                addr: self.0,
+                reason: e.to_string(),
+            })?;
+        let _ = s.set_nodelay(true);
+        let (r, w) = s.into_split();
+        Ok((TcpSend(w), TcpRecv(r, vec![0; 64 * 1024])))
+    }
+
+    fn kind(&self) -> Transport {
+        Transport::H2
+    }
+
+    fn is_closed(&self) -> bool {
+        false
+    }
+}
+
 /// The receiving gateway in namespace B: QUIC and the TCP fallback on
 /// `wan::ADDR_B`, routing `echo.bench:9000` to the echo service.
-async fn gateway_b(tls: Arc<MeshTls>, cc: Congestion, stop: CancellationToken) -> SocketAddr {
-    let echo = echo_server().await;
+/// Returns the gateway's address and the echo service's port.
+async fn gateway_b(
+    tls: Arc<MeshTls>,
+    cc: Congestion,
+    stop: CancellationToken,
+) -> (SocketAddr, u16) {
+    let echo = SocketAddr::from(([127, 0, 0, 1], echo_server().await));
     let addr = SocketAddr::new(wan::ADDR_B.into(), 15443);
     let peers = server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/*".into()],
@@ -76,7 +137,7 @@ async fn gateway_b(tls: Arc<MeshTls>, cc: Congestion, stop: CancellationToken) -
     };
     let services = vec![tcp_service("echo.bench", 9000, echo)];
     receiving_gateway(tls, services, addr, peers, Sink::Off, cc, &stop).await;
-    addr
+    (addr, echo.port())
 }
 
 struct Outcome {
@@ -88,7 +149,11 @@ struct Outcome {
 }
 
 /// 64 workers of request streams on `link` for `warmup + secs`.
-async fn load(link: Arc<Link>, warmup: Duration, secs: Duration) -> Outcome {
+async fn load<T: LinkTransport + 'static>(
+    link: Arc<T>,
+    warmup: Duration,
+    secs: Duration,
+) -> Outcome {
     let start = Instant::now();
     let (from, until) = (start + warmup, start + warmup + secs);
     let bytes = Arc::new(AtomicU64::new(0));
@@ -104,7 +169,7 @@ async fn load(link: Arc<Link>, warmup: Duration, secs: Duration) -> Outcome {
                 let t = Instant::now();
                 let one = async {
                     let (mut w, mut r) = link
-                        .open("echo.bench:9000")
+                        .open("echo.bench:9000", &Source::default())
                         .await
                         .map_err(|e| e.to_string())?;
                     w.send(payload.clone()).await.map_err(|e| e.to_string())?;
@@ -226,7 +291,8 @@ fn main() {
             });
         })
         .unwrap();
-    let gw = rx.recv().unwrap();
+    let (gw, echo_port) = rx.recv().unwrap();
+    let direct = SocketAddr::new(wan::ADDR_B.into(), echo_port);
     println!(
         "== east-west over an emulated WAN: {} ms RTT, {:.1} % loss each way, capped at {} Mbit/s \
          each way (queue {} KiB); congestion control: QUIC {}, TCP {} ==",
@@ -256,10 +322,11 @@ fn main() {
         for transport in [
             "QUIC (HTTP/3 CONNECT)",
             "TCP fallback (HTTP/2 CONNECT over TLS)",
+            "baseline: direct TCP, a connection per request, no tunnel",
         ] {
             let before = (w.counts(Direction::AtoB), w.counts(Direction::BtoA));
             let tls = us_tls.clone();
-            let quic_run = transport.starts_with("QUIC");
+            let kind = transport.split_whitespace().next().unwrap_or_default();
             let out = w
                 .a()
                 .spawn("gateway-a", move || {
@@ -269,18 +336,19 @@ fn main() {
                         .build()
                         .unwrap();
                     rt.block_on(async move {
-                        let link = if quic_run {
-                            let ep = quic::endpoint_with(
-                                &tls,
-                                SocketAddr::new(wan::ADDR_A.into(), 0),
-                                cc,
-                            )
-                            .unwrap();
-                            Link::Quic(PeerLink::connect(&ep, gw, EU_GW).await.unwrap())
-                        } else {
-                            Link::H2(H2Link::connect(&tls, gw, EU_GW).await.unwrap())
-                        };
-                        load(Arc::new(link), warmup, secs).await
+                        match kind {
+                            "QUIC" => {
+                                let a = SocketAddr::new(wan::ADDR_A.into(), 0);
+                                let ep = quic::endpoint_with(&tls, a, cc).unwrap();
+                                let l = PeerLink::connect(&ep, gw, EU_GW).await.unwrap();
+                                load(Arc::new(Link::Quic(l)), warmup, secs).await
+                            }
+                            "TCP" => {
+                                let l = H2Link::connect(&tls, gw, EU_GW).await.unwrap();
+                                load(Arc::new(Link::H2(l)), warmup, secs).await
+                            }
+                            _ => load(Arc::new(DirectTcp(direct)), warmup, secs).await,
+                        }
                     })
                 })
                 .unwrap()
