@@ -385,16 +385,23 @@ async fn forward(from: &Tun, to: &Tun, shared: &Shared, d: Direction) {
     }
 }
 
-/// Parses a duration: `25ms`, `1.5s`, `250us`, `0`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
+/// A number and the unit after it (`25ms` -> 25.0, "ms"), or `example`
+/// in the error.
+fn number_and_unit<'a>(s: &'a str, example: &str) -> Result<(f64, &'a str), String> {
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
+    let n = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 25ms"))?;
+        .map_err(|_| format!("{s:?} is not a number with a unit, like {example}"))?;
+    Ok((n, unit))
+}
+
+/// Parses a duration: `25ms`, `1.5s`, `250us`, `0`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (n, unit) = number_and_unit(s, "25ms")?;
     let scale = match unit {
         "" if n == 0.0 => 0.0,
         "s" => 1.0,
@@ -408,13 +415,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Parses a rate in bits per second: `20mbit`, `1gbit`, `500kbit`, `9600bit`.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let s = s.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate like 20mbit"))?;
+    let (n, unit) = number_and_unit(&s, "20mbit")?;
     let scale = match unit {
         "bit" => 1.0,
         "kbit" => 1e3,

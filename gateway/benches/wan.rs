@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 mod pki;
 #[path = "../tests/support/eastwest.rs"]
 mod support;
-use support::{gateway_identity, receiving_gateway, tcp_service};
+use support::{gateway_identity, receiving_gateway, runtime, tcp_service};
 
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
 const STREAMS: usize = 64;
@@ -105,6 +105,7 @@ impl LinkTransport for DirectTcp {
             .await
             .map_err(|e| LinkError::Connect {
                 addr: self.0,
+                transport: "TCP",
                 reason: e.to_string(),
             })?;
         let _ = s.set_nodelay(true);
@@ -258,17 +259,13 @@ fn main() {
             .args(["-qw", "net.ipv4.tcp_congestion_control=bbr"])
             .output();
     }
-    let tcp_cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
     let tcp_cc = w
         .a()
         .command("cat")
         .arg("/proc/sys/net/ipv4/tcp_congestion_control")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or(tcp_cc);
+        .unwrap_or_else(|_| "unknown".into());
     let (eu, us) = (
         pki::Ca::new("eu-west.isthmus.local"),
         pki::Ca::new("us-east.isthmus.local"),
@@ -280,12 +277,7 @@ fn main() {
     let b = w
         .b()
         .spawn("gateway-b", move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
+            runtime().block_on(async move {
                 tx.send(gateway_b(eu_tls, cc, st.clone()).await).unwrap();
                 st.cancelled().await;
             });
@@ -330,12 +322,7 @@ fn main() {
             let out = w
                 .a()
                 .spawn("gateway-a", move || {
-                    let rt = tokio::runtime::Builder::new_multi_thread()
-                        .worker_threads(1)
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    rt.block_on(async move {
+                    runtime().block_on(async move {
                         match kind {
                             "QUIC" => {
                                 let a = SocketAddr::new(wan::ADDR_A.into(), 0);

@@ -28,17 +28,9 @@ use tokio_util::sync::CancellationToken;
 mod pki;
 #[path = "support/eastwest.rs"]
 mod support;
-use support::{gateway_identity, receiving_gateway, tcp_service};
+use support::{gateway_identity, receiving_gateway, runtime, tcp_service};
 
 const EU_GW: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The eu-west gateway on `wan::ADDR_B:15443` (UDP and TCP), echo.shop
 /// behind it; runs until `stop`.

@@ -12,8 +12,14 @@ use super::quic::peer_id;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    #[error("cannot reach peer gateway {addr} over QUIC: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    #[error(
+        "cannot reach peer gateway {addr} over {transport}: {reason} (check its address in the peer list and that the path lets it through)"
+    )]
+    Connect {
+        addr: SocketAddr,
+        transport: &'static str,
+        reason: String,
+    },
     #[error("peer gateway {addr} is {got}, expected {expected}")]
     WrongPeer {
         addr: SocketAddr,
@@ -36,12 +42,11 @@ pub enum LinkError {
 /// expected identity, so a ticket is never spent (early data never sent)
 /// on another peer than the one it came from.
 fn session_name(addr: SocketAddr, expected: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in addr.to_string().bytes().chain([0]).chain(expected.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("p{h:016x}.peer.isthmus")
+    let key = format!("{addr}\0{expected}");
+    format!(
+        "p{}.peer.isthmus",
+        isthmus_api::resource::version_of(key.as_bytes())
+    )
 }
 
 /// How long a QUIC handshake may take before the peer counts as
@@ -128,7 +133,11 @@ impl PeerLink {
         expected: &str,
         allow_early: bool,
     ) -> Result<Self, LinkError> {
-        let fail = |reason: String| LinkError::Connect { addr, reason };
+        let fail = |reason: String| LinkError::Connect {
+            addr,
+            transport: "QUIC (UDP)",
+            reason,
+        };
         let connecting = endpoint
             .connect(addr, &session_name(addr, expected))
             .map_err(|e| fail(e.to_string()))?;
@@ -260,12 +269,7 @@ impl PeerLink {
                 addr: self.addr,
                 authority: authority.into(),
                 status: resp.status(),
-                reason: resp
-                    .headers()
-                    .get("isthmus-refusal")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
+                reason: super::refusal_reason(resp.headers()),
             });
         }
         Ok(TunnelStream { stream })
@@ -317,7 +321,11 @@ impl H2Link {
         addr: SocketAddr,
         expected: &str,
     ) -> Result<Self, LinkError> {
-        let fail = |reason: String| LinkError::Connect { addr, reason };
+        let fail = |reason: String| LinkError::Connect {
+            addr,
+            transport: "the TCP fallback",
+            reason,
+        };
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -384,13 +392,7 @@ impl H2Link {
                 reason: e.to_string(),
             })?;
         if resp.status() != StatusCode::OK {
-            let why = resp
-                .headers()
-                .get("isthmus-refusal")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string();
-            return Err(failed(resp.status(), why));
+            return Err(failed(resp.status(), super::refusal_reason(resp.headers())));
         }
         let up = hyper::upgrade::on(&mut resp)
             .await

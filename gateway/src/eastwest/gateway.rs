@@ -369,7 +369,7 @@ impl Gateway {
             let mut r = Response::new(Empty::new());
             *r.status_mut() = status;
             if let Ok(v) = http::HeaderValue::from_str(&why) {
-                r.headers_mut().insert("isthmus-refusal", v);
+                r.headers_mut().insert(super::REFUSAL_HEADER, v);
             }
             r
         };
@@ -511,17 +511,21 @@ fn set_transport(metrics: &Metrics, peer: &str, transport: Transport) {
 }
 
 impl Gateway {
-    /// Each peer's state for the admin port's /eastwest view: transport in
-    /// use (or none yet), path figures on QUIC, open streams, the last
-    /// failure to link.
-    pub fn status(&self) -> serde_json::Value {
-        let mut peers: Vec<Arc<PeerState>> = self
-            .peers
+    /// The peers now configured (a snapshot; the lock is not held).
+    fn peer_states(&self) -> Vec<Arc<PeerState>> {
+        self.peers
             .lock()
             .expect("peers lock")
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Each peer's state for the admin port's /eastwest view: transport in
+    /// use (or none yet), path figures on QUIC, open streams, the last
+    /// failure to link.
+    pub fn status(&self) -> serde_json::Value {
+        let mut peers = self.peer_states();
         peers.sort_by(|a, b| a.cfg.cluster.cmp(&b.cfg.cluster));
         let peers: Vec<serde_json::Value> = peers
             .iter()
@@ -576,14 +580,7 @@ impl Gateway {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let peers: Vec<Arc<PeerState>> = me
-                    .peers
-                    .lock()
-                    .expect("peers lock")
-                    .values()
-                    .cloned()
-                    .collect();
-                for p in peers {
+                for p in me.peer_states() {
                     let Some(link) = p.link.lock().await.clone() else {
                         continue;
                     };

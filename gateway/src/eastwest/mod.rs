@@ -43,7 +43,9 @@ pub enum ConnectRefusal {
     NoService(String),
     #[error("service {service} has no port {port}")]
     NoPort { service: String, port: u16 },
-    #[error("service {service} is not exported to {peer}")]
+    #[error(
+        "service {service} is not exported to {peer} (add an export rule naming that peer to this gateway's east-west config)"
+    )]
     NotExported { service: String, peer: String },
     #[error("service {0} has no healthy endpoint")]
     NoHealthyEndpoint(String),
@@ -67,6 +69,18 @@ impl ConnectRefusal {
             Self::EndpointFailed { .. } => S::BAD_GATEWAY,
         }
     }
+}
+
+/// Header: why a CONNECT was refused (with a non-200 status).
+pub const REFUSAL_HEADER: &str = "isthmus-refusal";
+
+/// The refusal reason a response carries ("" when none).
+pub fn refusal_reason(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REFUSAL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Header: the cluster a cross-cluster stream comes from.

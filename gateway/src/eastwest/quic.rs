@@ -167,20 +167,22 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 }
 
-pub fn server_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ServerConfig, QuicError> {
-    let (_, server) = tunnel_tls(tls);
-    let crypto = QuicServerConfig::try_from(server).map_err(|e| QuicError::Tls(e.to_string()))?;
-    let mut c = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    c.transport_config(transport(cc));
-    Ok(c)
-}
-
-pub fn client_config(tls: &MeshTls, cc: Congestion) -> Result<quinn::ClientConfig, QuicError> {
-    let (client, _) = tunnel_tls(tls);
-    let crypto = QuicClientConfig::try_from(client).map_err(|e| QuicError::Tls(e.to_string()))?;
-    let mut c = quinn::ClientConfig::new(Arc::new(crypto));
-    c.transport_config(transport(cc));
-    Ok(c)
+/// The QUIC server and client configurations of an endpoint, over one
+/// pair of tunnel TLS configurations and one transport configuration.
+fn configs(
+    tls: &MeshTls,
+    cc: Congestion,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), QuicError> {
+    let (client, server) = tunnel_tls(tls);
+    let unusable = |e: &dyn std::fmt::Display| QuicError::Tls(e.to_string());
+    let server = QuicServerConfig::try_from(server).map_err(|e| unusable(&e))?;
+    let client = QuicClientConfig::try_from(client).map_err(|e| unusable(&e))?;
+    let transport = transport(cc);
+    let mut s = quinn::ServerConfig::with_crypto(Arc::new(server));
+    s.transport_config(transport.clone());
+    let mut c = quinn::ClientConfig::new(Arc::new(client));
+    c.transport_config(transport);
+    Ok((s, c))
 }
 
 /// A QUIC endpoint that serves peers on `addr` and connects to them
@@ -197,16 +199,17 @@ pub fn endpoint_with(
 ) -> Result<quinn::Endpoint, QuicError> {
     let bind = |source| QuicError::Bind { addr, source };
     let socket = udp_socket(addr).map_err(bind)?;
+    let (server, client) = configs(tls, cc)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind(std::io::Error::other("no async runtime for QUIC")))?;
     let mut e = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_config(tls, cc)?),
+        Some(server),
         socket,
         runtime,
     )
     .map_err(bind)?;
-    e.set_default_client_config(client_config(tls, cc)?);
+    e.set_default_client_config(client);
     Ok(e)
 }
 

@@ -119,8 +119,9 @@ async fn serve_connection(
                 &proxy,
                 &peers,
                 &peer,
-                &req,
-                req.uri().authority().map(|a| a.as_str()),
+                req.method(),
+                log.authority.as_deref(),
+                &log.source,
             )
             .await
             {
@@ -131,7 +132,7 @@ async fn serve_connection(
                     log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
                     let resp = Response::builder()
                         .status(refusal.status())
-                        .header("isthmus-refusal", refusal.to_string())
+                        .header(super::REFUSAL_HEADER, refusal.to_string())
                         .body(())
                         .expect("a status and a header make a response");
                     let _ = stream.send_response(resp).await;
@@ -164,19 +165,18 @@ async fn serve_connection(
 /// the named service: its sidecar's mesh transport port when it has one
 /// (the payload is then the client sidecar's own mTLS session), else the
 /// endpoint's port.
-async fn route<B>(
+async fn route(
     proxy: &Proxy,
     peers: &Peers,
     peer: &SpiffeId,
-    req: &http::Request<B>,
+    method: &Method,
     authority: Option<&str>,
+    source: &Source,
 ) -> Result<tokio::net::TcpStream, ConnectRefusal> {
-    let method = req.method();
     if method != Method::CONNECT {
         return Err(ConnectRefusal::NotConnect(method.to_string()));
     }
     let (name, port) = parse_authority(authority)?;
-    let source = Source::read(req.headers());
     tracing::debug!(
         %peer,
         service = %name,
@@ -280,13 +280,15 @@ pub async fn serve_tcp(
                             *r.status_mut() = status;
                             if let Some(w) = why.and_then(|w| http::HeaderValue::from_str(&w).ok())
                             {
-                                r.headers_mut().insert("isthmus-refusal", w);
+                                r.headers_mut().insert(super::REFUSAL_HEADER, w);
                             }
                             r
                         };
-                        let authority = req.uri().authority().map(|a| a.as_str().to_string());
                         let log = StreamLog::new("h2-fallback", remote, peer.clone(), &req);
-                        match route(&proxy, &peers, &peer, &req, authority.as_deref()).await {
+                        let authority = log.authority.as_deref();
+                        match route(&proxy, &peers, &peer, req.method(), authority, &log.source)
+                            .await
+                        {
                             Err(refusal) => {
                                 proxy.metrics.error("eastwest_refused");
                                 log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));

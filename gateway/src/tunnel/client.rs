@@ -261,12 +261,7 @@ impl Connector {
                 cluster: via.cluster.to_string(),
                 authority,
                 status: resp.status(),
-                reason: resp
-                    .headers()
-                    .get("isthmus-refusal")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string(),
+                reason: crate::eastwest::refusal_reason(resp.headers()),
             });
         }
         let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;

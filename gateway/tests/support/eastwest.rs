@@ -22,6 +22,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::pki::Ca;
 
+/// A one-worker runtime (for a gateway on a thread of its own, e.g. inside
+/// a network namespace).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// `ca`'s east-west gateway identity, trusting every CA in `trusted`.
 pub fn gateway_identity(ca: &Ca, trusted: &[&Ca]) -> Arc<MeshTls> {
     let mut creds = ca.issue("isthmus-system", "isthmus-eastwest");
