@@ -7,6 +7,7 @@ pub mod admin;
 pub mod authz;
 pub mod balance;
 pub mod config;
+pub mod connect;
 pub mod discovery;
 pub mod eastwest;
 pub mod identity;

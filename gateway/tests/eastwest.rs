@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 mod pki;
 #[path = "support/eastwest.rs"]
 mod support;
-use support::{gateway_identity, receiving_gateway, tcp_service};
+use support::{gateway_identity, receiving_gateway, reporting_echo, tcp_service};
 
 const EU: &str = "eu-west.isthmus.local";
 const US: &str = "us-east.isthmus.local";
@@ -779,32 +779,8 @@ async fn both_links(peer: &Peer, us: &pki::Ca, eu: &pki::Ca) -> Vec<Link> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_cross_the_tunnel_both_ways() {
-    use tokio::io::AsyncReadExt;
     let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
-    // An endpoint that reports how each connection ended, or resets it.
-    let ends = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ends_addr = ends.local_addr().unwrap();
-    let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = ends.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) => return tx.send(Ok(())).unwrap(),
-                        // "reset me": the endpoint resets the connection.
-                        Ok(n) if buf[..n].ends_with(b"reset me") => {
-                            s.set_zero_linger().unwrap();
-                            return drop(s);
-                        }
-                        Ok(_) => {}
-                        Err(e) => return tx.send(Err(e.kind())).unwrap(),
-                    }
-                }
-            });
-        }
-    });
+    let (ends_addr, mut ended) = reporting_echo().await;
     let peer = eu_gateway_with(
         &eu,
         &us,
@@ -826,15 +802,13 @@ async fn resets_cross_the_tunnel_both_ways() {
             .await
             .expect("the endpoint's connection ended")
             .unwrap();
-        if t == Transport::Quic {
-            assert_eq!(
+        assert!(
+            matches!(
                 how,
-                Err(std::io::ErrorKind::ConnectionReset),
-                "the abort reached the endpoint as a reset"
-            );
-        }
-        // (On the fallback hyper reads the RST_STREAM as an end: the
-        // endpoint's connection ends, cleanly.)
+                Err(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+            ),
+            "{t:?}: the abort reached the endpoint as a reset: {how:?}"
+        );
         // A clean finish stays clean.
         let (mut w, mut r) = link.open("ends.shop:9000").await.unwrap();
         w.send(Bytes::from_static(b"bye")).await.unwrap();
@@ -844,24 +818,25 @@ async fn resets_cross_the_tunnel_both_ways() {
             .unwrap()
             .unwrap();
         assert_eq!(how, Ok(()), "{t:?}: a finish is a FIN");
-        assert!(matches!(
-            tokio::time::timeout(Duration::from_secs(10), r.recv())
-                .await
-                .unwrap(),
-            Ok(None)
-        ));
+        let mut back = Vec::new();
+        while let Some(b) = tokio::time::timeout(Duration::from_secs(10), r.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            back.extend_from_slice(&b);
+        }
+        assert_eq!(back, b"bye", "{t:?}: the echo, then a clean end");
         // The endpoint resets: the sender sees an error, not an end.
         let (mut w, mut r) = link.open("ends.shop:9000").await.unwrap();
         w.send(Bytes::from_static(b"reset me")).await.unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), r.recv())
             .await
             .expect("the reset arrives");
-        if t == Transport::Quic {
-            assert!(
-                got.is_err(),
-                "an endpoint reset must not read as a clean end: {got:?}"
-            );
-        }
+        assert!(
+            got.is_err(),
+            "{t:?}: an endpoint reset must not read as a clean end: {got:?}"
+        );
     }
     peer.stop.cancel();
 }

@@ -310,10 +310,8 @@ impl Transport {
 /// The HTTP/2-over-TLS fallback connection to a peer gateway.
 pub struct H2Link {
     addr: SocketAddr,
-    send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    conn: crate::connect::Client,
 }
-
-type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 impl H2Link {
     pub async fn connect(
@@ -345,75 +343,47 @@ impl H2Link {
                 expected: expected.into(),
             });
         }
-        let (send, conn) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-                .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
-                .keep_alive_interval(super::quic::KEEP_ALIVE)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .handshake(hyper_util::rt::TokioIo::new(s))
+        let (conn, driver) =
+            crate::connect::Client::handshake(s, &super::quic::fallback_settings())
                 .await
                 .map_err(|e| LinkError::Http3 {
                     addr,
                     reason: e.to_string(),
                 })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, "fallback connection closed: {e}");
-            }
-        });
-        Ok(Self { addr, send })
+        tokio::spawn(driver);
+        Ok(Self { addr, conn })
     }
 
     pub async fn open(
         &self,
         authority: &str,
         source: &super::Source,
-    ) -> Result<(Upgraded, H2Keep), LinkError> {
+    ) -> Result<crate::connect::H2Stream, LinkError> {
         let failed = |status: StatusCode, reason: String| LinkError::Refused {
             addr: self.addr,
             authority: authority.into(),
             status,
             reason,
         };
-        let mut req = Request::new(http_body_util::Empty::new());
+        let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = authority
             .parse()
             .map_err(|e: http::uri::InvalidUri| failed(StatusCode::BAD_REQUEST, e.to_string()))?;
         source.write(req.headers_mut());
-        let mut resp = self
-            .send
-            .clone()
-            .send_request(req)
-            .await
-            .map_err(|e| LinkError::Http3 {
-                addr: self.addr,
-                reason: e.to_string(),
-            })?;
+        let (resp, stream) = self.conn.open(req).await.map_err(|e| LinkError::Http3 {
+            addr: self.addr,
+            reason: e.to_string(),
+        })?;
         if resp.status() != StatusCode::OK {
             return Err(failed(resp.status(), super::refusal_reason(resp.headers())));
         }
-        let up = hyper::upgrade::on(&mut resp)
-            .await
-            .map_err(|e| failed(StatusCode::BAD_GATEWAY, e.to_string()))?;
-        Ok((
-            hyper_util::rt::TokioIo::new(up),
-            H2Keep {
-                _conn: self.send.clone(),
-            },
-        ))
+        Ok(stream)
     }
 
     pub fn is_closed(&self) -> bool {
-        self.send.is_closed()
+        self.conn.is_closed()
     }
-}
-
-/// Keeps a fallback connection open while a stream on it lives (a link
-/// replaced by a QUIC one after a re-probe finishes its streams).
-pub struct H2Keep {
-    _conn: hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
 }
 
 /// A link to a peer gateway on whichever transport got through.
@@ -425,19 +395,21 @@ pub enum Link {
 /// One CONNECT stream on a link, as a byte stream's two halves.
 pub enum LinkSend {
     Quic(Box<h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>>),
-    H2(tokio::io::WriteHalf<Upgraded>, H2Keep),
+    /// The connection is kept while a stream of it lives (a link replaced
+    /// by a QUIC one after a re-probe finishes its streams).
+    H2(crate::connect::H2Send, crate::connect::Client),
 }
 
 pub enum LinkRecv {
     Quic(Box<h3::client::RequestStream<h3_quinn::RecvStream, Bytes>>),
-    H2(tokio::io::ReadHalf<Upgraded>, super::splice::AdaptiveReader),
+    H2(crate::connect::H2Recv),
 }
 
 impl LinkSend {
     pub async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
         match self {
             LinkSend::Quic(s) => s.send_data(data).await.map_err(std::io::Error::other),
-            LinkSend::H2(w, _) => tokio::io::AsyncWriteExt::write_all(w, &data).await,
+            LinkSend::H2(w, _) => w.send(data).await,
         }
     }
 
@@ -445,16 +417,17 @@ impl LinkSend {
     pub async fn finish(&mut self) -> std::io::Result<()> {
         match self {
             LinkSend::Quic(s) => s.finish().await.map_err(std::io::Error::other),
-            LinkSend::H2(w, _) => tokio::io::AsyncWriteExt::shutdown(w).await,
+            LinkSend::H2(w, _) => w.finish(),
         }
     }
 
-    /// Aborts the stream (H3_CONNECT_ERROR): the peer gateway resets the
-    /// connection to its endpoint. On the fallback, dropping both halves
-    /// resets the HTTP/2 stream.
+    /// Aborts the stream (H3_CONNECT_ERROR, or RST_STREAM with
+    /// CONNECT_ERROR on the fallback): the peer gateway resets the
+    /// connection to its endpoint.
     pub fn reset(&mut self) {
-        if let LinkSend::Quic(s) = self {
-            s.stop_stream(h3::error::Code::H3_CONNECT_ERROR);
+        match self {
+            LinkSend::Quic(s) => s.stop_stream(h3::error::Code::H3_CONNECT_ERROR),
+            LinkSend::H2(s, _) => s.reset(),
         }
     }
 }
@@ -471,7 +444,7 @@ impl LinkRecv {
                 .await
                 .map_err(std::io::Error::other)?
                 .map(|mut b| b.copy_to_bytes(b.remaining()))),
-            LinkRecv::H2(r, reader) => reader.read(r).await,
+            LinkRecv::H2(r) => r.recv().await,
         }
     }
 }
@@ -599,12 +572,8 @@ impl Link {
                 Ok((LinkSend::Quic(Box::new(s)), LinkRecv::Quic(Box::new(r))))
             }
             Link::H2(l) => {
-                let (io, keep) = l.open(authority, source).await?;
-                let (r, w) = tokio::io::split(io);
-                Ok((
-                    LinkSend::H2(w, keep),
-                    LinkRecv::H2(r, super::splice::AdaptiveReader::new()),
-                ))
+                let (w, r) = l.open(authority, source).await?.into_split();
+                Ok((LinkSend::H2(w, l.conn.clone()), LinkRecv::H2(r)))
             }
         }
     }

@@ -7,20 +7,15 @@
 //! and remade when they close.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Response, StatusCode};
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use http::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Link, LinkError, PeerLink, Transport};
-use super::transport::{LinkTransport, StreamRecv, StreamSend};
+use super::transport::LinkTransport;
 use crate::telemetry::metrics::{
     Metrics, PeerDirectionLabels, PeerLabels, PeerResultLabels, PeerTransportLabels,
 };
@@ -342,42 +337,33 @@ impl Gateway {
                     return;
                 };
                 let caller = Arc::new(caller);
-                let svc = hyper::service::service_fn(move |req| {
-                    let (me, caller) = (me.clone(), caller.clone());
-                    async move { Ok::<_, Infallible>(me.forward(req, caller).await) }
-                });
-                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-                    .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
-                    .max_concurrent_streams(crate::tunnel::MAX_STREAMS)
-                    .serve_connection(TokioIo::new(tls), svc);
-                tokio::select! {
-                    _ = conn => {}
-                    _ = stop.cancelled() => {}
+                let served = crate::connect::server::serve(
+                    tls,
+                    &crate::connect::Settings::MESH,
+                    &stop,
+                    |inc| {
+                        let (me, caller) = (me.clone(), caller.clone());
+                        tokio::spawn(async move { me.forward(inc, caller).await });
+                    },
+                );
+                if let Err(e) = served.await {
+                    tracing::debug!(%remote, "local gateway entry connection ended: {e}");
                 }
             });
         }
     }
 
-    async fn forward(
-        &self,
-        req: http::Request<hyper::body::Incoming>,
-        caller: Arc<SpiffeId>,
-    ) -> Response<Empty<Bytes>> {
-        let reply = |status: StatusCode, why: String| {
-            let mut r = Response::new(Empty::new());
-            *r.status_mut() = status;
-            if let Ok(v) = http::HeaderValue::from_str(&why) {
-                r.headers_mut().insert(super::REFUSAL_HEADER, v);
-            }
-            r
-        };
+    /// Carries one stream of a workload to the peer cluster it names.
+    async fn forward(&self, inc: crate::connect::Incoming, caller: Arc<SpiffeId>) {
+        let req = inc.request();
         if req.method() != Method::CONNECT {
-            return reply(StatusCode::METHOD_NOT_ALLOWED, "CONNECT only".into());
+            return inc.refuse(super::refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT only",
+            ));
         }
         let Some(authority) = req.uri().authority().map(|a| a.to_string()) else {
-            return reply(StatusCode::BAD_REQUEST, "no authority".into());
+            return inc.refuse(super::refused(StatusCode::BAD_REQUEST, "no authority"));
         };
         let Some(cluster) = req
             .headers()
@@ -385,10 +371,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
         else {
-            return reply(
+            return inc.refuse(super::refused(
                 StatusCode::BAD_REQUEST,
-                format!("name the peer cluster in {CLUSTER_HEADER}"),
-            );
+                &format!("name the peer cluster in {CLUSTER_HEADER}"),
+            ));
         };
         let count = |status: StatusCode| {
             self.metrics
@@ -408,92 +394,55 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };
-        let (send, recv) = match self.open(&cluster, &authority, &source).await {
+        let link = match self.open(&cluster, &authority, &source).await {
             Ok(x) => x,
             Err(GatewayError::Link(LinkError::Refused { status, reason, .. })) => {
                 count(status);
-                return reply(status, reason);
+                return inc.refuse(super::refused(status, &reason));
             }
             Err(e @ (GatewayError::NoPeer(_) | GatewayError::Backoff { .. })) => {
-                return reply(e.status(), e.to_string());
+                return inc.refuse(super::refused(e.status(), &e.to_string()));
             }
             Err(e) => {
                 count(StatusCode::BAD_GATEWAY);
-                return reply(StatusCode::BAD_GATEWAY, e.to_string());
+                return inc.refuse(super::refused(StatusCode::BAD_GATEWAY, &e.to_string()));
             }
+        };
+        let local = match inc.accept() {
+            Ok(s) => s.into_split(),
+            Err(e) => return tracing::debug!("local CONNECT not established: {e}"),
         };
         count(StatusCode::OK);
         tracing::debug!(%caller, %cluster, %authority, "tunnelled to the peer");
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            let open = metrics
-                .eastwest_open_streams
-                .get_or_create(&PeerLabels {
-                    peer: cluster.clone(),
-                })
-                .clone();
-            open.inc();
-            match hyper::upgrade::on(req).await {
-                Ok(up) => match pump(TokioIo::new(up), send, recv).await {
-                    Ok((sent, received)) => {
-                        for (direction, n) in [("sent", sent), ("received", received)] {
-                            metrics
-                                .eastwest_bytes
-                                .get_or_create(&PeerDirectionLabels {
-                                    peer: cluster.clone(),
-                                    direction,
-                                })
-                                .inc_by(n);
-                        }
-                    }
-                    Err(e) => tracing::debug!(%cluster, "cross-cluster stream ended: {e}"),
-                },
-                Err(e) => tracing::debug!("local CONNECT not upgraded: {e}"),
+        let open = self
+            .metrics
+            .eastwest_open_streams
+            .get_or_create(&PeerLabels {
+                peer: cluster.clone(),
+            })
+            .clone();
+        open.inc();
+        match super::splice::splice(local, link).await {
+            Ok((sent, received)) => {
+                for (direction, n) in [("sent", sent), ("received", received)] {
+                    self.metrics
+                        .eastwest_bytes
+                        .get_or_create(&PeerDirectionLabels {
+                            peer: cluster.clone(),
+                            direction,
+                        })
+                        .inc_by(n);
+                }
             }
-            open.dec();
-        });
-        reply(StatusCode::OK, String::new())
-    }
-}
-
-/// Joins a local byte stream and a link stream, both ways, half-closing
-/// each side when the other ends; bytes (sent to the peer, received).
-/// A failure of the local stream aborts the link stream; a reset of the
-/// link stream drops the local one unfinished (an HTTP/2 RST_STREAM).
-pub async fn pump<IO, S, R>(io: IO, mut send: S, mut recv: R) -> std::io::Result<(u64, u64)>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    S: StreamSend,
-    R: StreamRecv,
-{
-    let (mut rd, mut wr) = tokio::io::split(io);
-    // Err(true): the local side failed; Err(false): the link did.
-    let up = async {
-        let mut reader = super::splice::AdaptiveReader::new();
-        let mut total = 0u64;
-        while let Some(b) = reader.read(&mut rd).await.map_err(|e| (true, e))? {
-            total += b.len() as u64;
-            send.send(b).await.map_err(|e| (false, e))?;
-        }
-        send.finish().await.map_err(|e| (false, e)).map(|()| total)
-    };
-    let down = async {
-        let mut total = 0u64;
-        while let Some(b) = recv.recv().await.map_err(|e| (false, e))? {
-            total += b.len() as u64;
-            wr.write_all(&b).await.map_err(|e| (true, e))?;
-        }
-        wr.shutdown().await.map_err(|e| (true, e)).map(|()| total)
-    };
-    match tokio::try_join!(up, down) {
-        Ok(moved) => Ok(moved),
-        Err((local, e)) => {
-            if local {
-                send.reset();
+            Err((side, e)) => {
+                let by = match side {
+                    super::splice::Side::A => "the workload",
+                    super::splice::Side::B => "the peer",
+                };
+                tracing::debug!(%cluster, "cross-cluster stream aborted by {by}: {e}");
             }
-            drop(recv);
-            Err(e)
         }
+        open.dec();
     }
 }
 

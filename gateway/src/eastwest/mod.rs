@@ -69,6 +69,22 @@ impl ConnectRefusal {
             Self::EndpointFailed { .. } => S::BAD_GATEWAY,
         }
     }
+
+    /// The CONNECT response: its status, and why in `REFUSAL_HEADER`.
+    pub fn response(&self) -> http::Response<()> {
+        refused(self.status(), &self.to_string())
+    }
+}
+
+/// A refusal response: `status`, and `why` in `REFUSAL_HEADER` (when it
+/// is a valid header value).
+pub fn refused(status: http::StatusCode, why: &str) -> http::Response<()> {
+    let mut r = http::Response::new(());
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(why) {
+        r.headers_mut().insert(REFUSAL_HEADER, v);
+    }
+    r
 }
 
 /// Header: why a CONNECT was refused (with a non-200 status).

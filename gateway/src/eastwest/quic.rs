@@ -18,6 +18,12 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 /// failover, yet many PTOs even at a 300 ms RTT (RFC 9000 §10.1).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The TCP fallback's HTTP/2: the mesh transport's windows, pinged as
+/// often as QUIC's keep-alive and given up after its idle timeout.
+pub fn fallback_settings() -> crate::connect::Settings {
+    crate::connect::Settings::MESH.pinging(KEEP_ALIVE, IDLE_TIMEOUT)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum QuicError {
     #[error("TLS configuration unusable for QUIC: {0}")]

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{Method, Response};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnectRefusal, Source, exported, parse_authority, quic::peer_id, splice::splice};
+use super::splice::{Side, splice_tcp};
+use super::{ConnectRefusal, Source, exported, parse_authority, quic::peer_id};
 use crate::pool::dial;
 use crate::proxy::Proxy;
 use crate::tls::SpiffeId;
@@ -130,12 +131,7 @@ async fn serve_connection(
                     proxy.metrics.error("eastwest_refused");
                     tracing::debug!(%peer, "CONNECT refused: {refusal}");
                     log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
-                    let resp = Response::builder()
-                        .status(refusal.status())
-                        .header(super::REFUSAL_HEADER, refusal.to_string())
-                        .body(())
-                        .expect("a status and a header make a response");
-                    let _ = stream.send_response(resp).await;
+                    let _ = stream.send_response(refusal.response()).await;
                     let _ = stream.finish().await;
                     return;
                 }
@@ -147,15 +143,8 @@ async fn serve_connection(
             if stream.send_response(ok).await.is_err() {
                 return;
             }
-            let (send, recv) = stream.split();
             let upstream = target.peer_addr().ok();
-            let bytes = match splice(send, recv, target).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::debug!(%peer, "tunnelled connection ended: {e}");
-                    (0, 0)
-                }
-            };
+            let bytes = spliced(splice_tcp(stream.split(), target).await, &peer);
             log.write(&proxy, http::StatusCode::OK, None, upstream, bytes);
         });
     }
@@ -270,79 +259,46 @@ pub async fn serve_tcp(
                 return;
             };
             let peer = Arc::new(id);
-            let p = proxy.clone();
-            let svc = hyper::service::service_fn(
-                move |req: http::Request<hyper::body::Incoming>| {
-                    let (proxy, peer, peers) = (p.clone(), peer.clone(), peers.clone());
-                    async move {
-                        let reply = |status: http::StatusCode, why: Option<String>| {
-                            let mut r = Response::new(http_body_util::Empty::<Bytes>::new());
-                            *r.status_mut() = status;
-                            if let Some(w) = why.and_then(|w| http::HeaderValue::from_str(&w).ok())
-                            {
-                                r.headers_mut().insert(super::REFUSAL_HEADER, w);
-                            }
-                            r
-                        };
-                        let log = StreamLog::new("h2-fallback", remote, peer.clone(), &req);
-                        let authority = log.authority.as_deref();
-                        match route(&proxy, &peers, &peer, req.method(), authority, &log.source)
-                            .await
-                        {
-                            Err(refusal) => {
-                                proxy.metrics.error("eastwest_refused");
-                                log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
-                                Ok::<_, std::convert::Infallible>(reply(
-                                    refusal.status(),
-                                    Some(refusal.to_string()),
-                                ))
-                            }
-                            Ok(target) => {
-                                tokio::spawn(async move {
-                                    match hyper::upgrade::on(req).await {
-                                        Ok(up) => {
-                                            let up = hyper_util::rt::TokioIo::new(up);
-                                            let upstream = target.peer_addr().ok();
-                                            let bytes = match super::splice::splice_io(up, target)
-                                                .await
-                                            {
-                                                Ok(b) => b,
-                                                Err(e) => {
-                                                    tracing::debug!(%peer, "tunnelled connection ended: {e}");
-                                                    (0, 0)
-                                                }
-                                            };
-                                            log.write(
-                                                &proxy,
-                                                http::StatusCode::OK,
-                                                None,
-                                                upstream,
-                                                bytes,
-                                            );
-                                        }
-                                        Err(e) => tracing::debug!("CONNECT not upgraded: {e}"),
-                                    }
-                                });
-                                Ok(reply(http::StatusCode::OK, None))
-                            }
+            let settings = super::quic::fallback_settings();
+            let served = crate::connect::server::serve(tls, &settings, &stop, |inc| {
+                let (proxy, peer, peers) = (proxy.clone(), peer.clone(), peers.clone());
+                tokio::spawn(async move {
+                    let log = StreamLog::new("h2-fallback", remote, peer.clone(), inc.request());
+                    let authority = log.authority.as_deref();
+                    let method = inc.request().method().clone();
+                    match route(&proxy, &peers, &peer, &method, authority, &log.source).await {
+                        Err(refusal) => {
+                            proxy.metrics.error("eastwest_refused");
+                            log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
+                            inc.refuse(refusal.response());
+                        }
+                        Ok(target) => {
+                            let Ok(stream) = inc.accept() else { return };
+                            let upstream = target.peer_addr().ok();
+                            let bytes =
+                                spliced(splice_tcp(stream.into_split(), target).await, &peer);
+                            log.write(&proxy, http::StatusCode::OK, None, upstream, bytes);
                         }
                     }
-                },
-            );
-            let conn =
-                hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .initial_stream_window_size(crate::tunnel::STREAM_WINDOW)
-                    .initial_connection_window_size(crate::tunnel::CONNECTION_WINDOW)
-                    .max_concurrent_streams(crate::tunnel::MAX_STREAMS)
-                    .max_header_list_size(16 * 1024)
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-            tokio::select! {
-                r = conn => if let Err(e) = r { tracing::debug!(%remote, "fallback connection ended: {e}") },
-                _ = stop.cancelled() => {}
+                });
+            });
+            if let Err(e) = served.await {
+                tracing::debug!(%remote, "fallback connection ended: {e}");
             }
         });
     }
+}
+
+/// The bytes a splice moved, or none when it was aborted (logged).
+fn spliced(r: Result<(u64, u64), (Side, std::io::Error)>, peer: &SpiffeId) -> (u64, u64) {
+    r.unwrap_or_else(|(side, e)| {
+        let by = match side {
+            Side::A => "the peer's stream",
+            Side::B => "the endpoint",
+        };
+        tracing::debug!(%peer, "tunnelled connection aborted by {by}: {e}");
+        (0, 0)
+    })
 }
 
 /// One access-log entry per cross-cluster stream at the receiving

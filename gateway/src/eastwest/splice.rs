@@ -1,15 +1,18 @@
-//! Copies between a CONNECT stream (HTTP/3, or the fallback's HTTP/2) and
-//! a TCP connection, both ways, until both directions end; on HTTP/3
-//! resets cross over as resets (RFC 9114 §4.4), clean ends as clean ends.
-//! (On the HTTP/2 fallback hyper reads a stream reset as its end, so an
-//! abort arrives as a clean end there.) Received DATA is coalesced:
-//! `recv_data` yields about one QUIC packet per call, so chunks already
-//! available are gathered (up to 256 KiB) before one write.
+//! Joins two byte streams both ways until both directions end: a CONNECT
+//! stream (HTTP/3, the fallback's HTTP/2) with a TCP connection at the
+//! receiving gateway, the local entry's HTTP/2 stream with a link stream
+//! at the sending one. Whatever the transports, an abort crosses as an
+//! abort (RFC 9114 §4.4, RFC 9113 §8.5: a stream reset resets the TCP
+//! connection, a TCP reset resets the stream with CONNECT_ERROR) and a
+//! clean end as a clean end. Received chunks already available are
+//! coalesced (up to 256 KiB) before one write: HTTP/3 yields about one
+//! QUIC packet per read.
 
 use bytes::{Buf, Bytes, BytesMut};
-use h3::quic::{RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::transport::{StreamRecv, StreamSend};
+use crate::connect::Abort;
 
 const COALESCE: usize = 256 * 1024;
 
@@ -55,128 +58,156 @@ impl AdaptiveReader {
     }
 }
 
-/// Which side ended a spliced connection abruptly.
-#[derive(Debug)]
-enum Abort {
-    /// The CONNECT stream was reset (or stopped) by the peer.
-    Stream(std::io::Error),
-    /// The TCP connection failed (reset by the endpoint).
-    Tcp(std::io::Error),
+/// A byte stream (TCP, a test's pipe) as a `StreamSend`: a reset aborts it.
+pub struct IoSend<W>(pub W);
+
+/// A byte stream as a `StreamRecv`.
+pub struct IoRecv<R>(pub R, AdaptiveReader);
+
+impl<R> IoRecv<R> {
+    pub fn new(r: R) -> Self {
+        Self(r, AdaptiveReader::new())
+    }
 }
 
-/// Joins a CONNECT stream and a TCP connection until both directions end.
-/// Bytes moved: (from the stream to `tcp`, from `tcp` to the stream).
-///
-/// Resets propagate as RFC 9114 §4.4 says: a reset of the stream resets
-/// the TCP connection (RST, by a zero linger), and a TCP reset or error
-/// resets the stream with H3_CONNECT_ERROR (and stops the peer's sending);
-/// a clean end of either is a clean end (FIN) of the other.
-pub async fn splice<S, R>(
-    mut send: h3::server::RequestStream<S, Bytes>,
-    mut recv: h3::server::RequestStream<R, Bytes>,
-    mut tcp: TcpStream,
-) -> std::io::Result<(u64, u64)>
-where
-    S: SendStream<Bytes>,
-    R: RecvStream,
-{
-    let (mut rd, mut wr) = tcp.split();
-    let down = async {
-        let mut n = 0u64;
-        let mut buf = BytesMut::new();
-        loop {
-            let first = recv
-                .recv_data()
-                .await
-                .map_err(|e| Abort::Stream(std::io::Error::other(e)))?;
-            let Some(mut chunk) = first else { break };
-            buf.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-            // Whatever else is ready now goes in the same write.
-            while buf.len() < COALESCE {
-                match futures_now(recv.recv_data()) {
-                    Some(Ok(Some(mut c))) => buf.extend_from_slice(&c.copy_to_bytes(c.remaining())),
-                    _ => break,
-                }
-            }
-            n += buf.len() as u64;
-            wr.write_all(&buf).await.map_err(Abort::Tcp)?;
-            buf.clear();
-        }
-        wr.shutdown().await.map_err(Abort::Tcp)?;
-        Ok::<_, Abort>(n)
-    };
-    let up = async {
-        let mut n = 0u64;
-        let mut reader = AdaptiveReader::new();
-        while let Some(b) = reader.read(&mut rd).await.map_err(Abort::Tcp)? {
-            n += b.len() as u64;
-            send.send_data(b)
-                .await
-                .map_err(|e| Abort::Stream(std::io::Error::other(e)))?;
-        }
-        send.finish()
+impl<W: AsyncWrite + Abort + Unpin + Send> StreamSend for IoSend<W> {
+    async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&data).await
+    }
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.0.shutdown().await
+    }
+    fn reset(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send> StreamRecv for IoRecv<R> {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        self.1.read(&mut self.0).await
+    }
+}
+
+/// Closing the connection after this sends RST (the write half of a
+/// split `TcpStream` borrows it; the owner closes it).
+impl Abort for tokio::net::tcp::WriteHalf<'_> {
+    fn abort(&mut self) {
+        let _ = self.as_ref().set_zero_linger();
+    }
+}
+
+/// The receiving gateway's HTTP/3 stream halves.
+impl<S: h3::quic::SendStream<Bytes> + Send> StreamSend for h3::server::RequestStream<S, Bytes> {
+    async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.send_data(data).await.map_err(std::io::Error::other)
+    }
+    async fn finish(&mut self) -> std::io::Result<()> {
+        h3::server::RequestStream::finish(self)
             .await
-            .map_err(|e| Abort::Stream(std::io::Error::other(e)))?;
-        Ok::<_, Abort>(n)
-    };
-    match tokio::try_join!(down, up) {
-        Ok(moved) => Ok(moved),
-        Err(Abort::Stream(e)) => {
-            // RST to the endpoint; whatever of the stream is left goes too.
-            let _ = tcp.set_zero_linger();
-            send.stop_stream(h3::error::Code::H3_CONNECT_ERROR);
-            Err(e)
-        }
-        Err(Abort::Tcp(e)) => {
-            // The receive half stops the peer when dropped (quinn sends
-            // STOP_SENDING): h3-quinn 0.0.10's stop_sending panics while a
-            // read is in flight, which an aborted join leaves.
-            send.stop_stream(h3::error::Code::H3_CONNECT_ERROR);
-            let _ = tcp.set_zero_linger();
-            drop(recv);
-            Err(e)
-        }
+            .map_err(std::io::Error::other)
+    }
+    /// H3_CONNECT_ERROR. (The receive half stops the peer when dropped:
+    /// h3-quinn 0.0.10's stop_sending panics while a read is in flight,
+    /// which an aborted splice leaves.)
+    fn reset(&mut self) {
+        self.stop_stream(h3::error::Code::H3_CONNECT_ERROR);
     }
 }
 
-/// The fallback's splice: an HTTP/2 CONNECT stream (upgraded) and a TCP
-/// connection. A reset of the stream resets the TCP connection; a TCP
-/// failure drops the stream unfinished (an RST_STREAM to the peer).
-pub async fn splice_io<IO>(io: IO, mut tcp: TcpStream) -> std::io::Result<(u64, u64)>
-where
-    IO: AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let (mut ird, mut iwr) = tokio::io::split(io);
-    let (mut trd, mut twr) = tcp.split();
-    let down = async {
-        let mut n = 0u64;
-        let mut reader = AdaptiveReader::new();
-        while let Some(b) = reader.read(&mut ird).await.map_err(Abort::Stream)? {
-            n += b.len() as u64;
-            twr.write_all(&b).await.map_err(Abort::Tcp)?;
-        }
-        twr.shutdown().await.map_err(Abort::Tcp)?;
-        Ok::<_, Abort>(n)
-    };
-    let up = async {
-        let mut n = 0u64;
-        let mut reader = AdaptiveReader::new();
-        while let Some(b) = reader.read(&mut trd).await.map_err(Abort::Tcp)? {
-            n += b.len() as u64;
-            iwr.write_all(&b).await.map_err(Abort::Stream)?;
-        }
-        iwr.shutdown().await.map_err(Abort::Stream)?;
-        Ok::<_, Abort>(n)
-    };
-    match tokio::try_join!(down, up) {
-        Ok(moved) => Ok(moved),
-        Err(Abort::Stream(e)) => {
-            let _ = tcp.set_zero_linger();
-            Err(e)
-        }
-        // Dropping the stream's halves unfinished resets it.
-        Err(Abort::Tcp(e)) => Err(e),
+impl<R: h3::quic::RecvStream + Send> StreamRecv for h3::server::RequestStream<R, Bytes> {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        Ok(self
+            .recv_data()
+            .await
+            .map_err(std::io::Error::other)?
+            .map(|mut b| b.copy_to_bytes(b.remaining())))
     }
+}
+
+/// Which side of a splice failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// Copies `recv` into `send` until the end, then finishes `send`; bytes
+/// copied. Errors name the side that failed (`from` for reads, `to` for
+/// writes).
+async fn copy<R: StreamRecv, S: StreamSend>(
+    recv: &mut R,
+    send: &mut S,
+    from: Side,
+    to: Side,
+) -> Result<u64, (Side, std::io::Error)> {
+    let mut n = 0u64;
+    let mut ended = false;
+    while !ended {
+        let Some(first) = recv.recv().await.map_err(|e| (from, e))? else {
+            break;
+        };
+        // Whatever else is ready now goes in the same write.
+        let mut more: Option<BytesMut> = None;
+        loop {
+            let len = more.as_ref().map_or(first.len(), |m| m.len());
+            if len >= COALESCE {
+                break;
+            }
+            match futures_now(recv.recv()) {
+                Some(Ok(Some(c))) => more
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&c),
+                Some(Ok(None)) => {
+                    ended = true;
+                    break;
+                }
+                Some(Err(e)) => return Err((from, e)),
+                None => break,
+            }
+        }
+        let chunk = more.map_or(first, BytesMut::freeze);
+        n += chunk.len() as u64;
+        send.send(chunk).await.map_err(|e| (to, e))?;
+    }
+    send.finish().await.map_err(|e| (to, e))?;
+    Ok(n)
+}
+
+/// Joins stream `a` and stream `b` until both directions end; bytes moved
+/// (from `a` to `b`, from `b` to `a`). When either side fails (a reset, an
+/// I/O error) both are reset and the error returned with its side.
+pub async fn splice<SA, RA, SB, RB>(
+    (mut a_send, mut a_recv): (SA, RA),
+    (mut b_send, mut b_recv): (SB, RB),
+) -> Result<(u64, u64), (Side, std::io::Error)>
+where
+    SA: StreamSend,
+    RA: StreamRecv,
+    SB: StreamSend,
+    RB: StreamRecv,
+{
+    let r = tokio::try_join!(
+        copy(&mut a_recv, &mut b_send, Side::A, Side::B),
+        copy(&mut b_recv, &mut a_send, Side::B, Side::A),
+    );
+    if r.is_err() {
+        a_send.reset();
+        b_send.reset();
+    }
+    r
+}
+
+/// Joins a CONNECT stream with a TCP connection (see `splice`).
+pub async fn splice_tcp<S, R>(
+    stream: (S, R),
+    mut tcp: tokio::net::TcpStream,
+) -> Result<(u64, u64), (Side, std::io::Error)>
+where
+    S: StreamSend,
+    R: StreamRecv,
+{
+    let (rd, wr) = tcp.split();
+    splice(stream, (IoSend(wr), IoRecv::new(rd))).await
 }
 
 /// Polls a future once: its output if it is ready now.

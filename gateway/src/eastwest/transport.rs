@@ -2,7 +2,7 @@
 //! traits abstract a QUIC stack: a link opens CONNECT streams, each a pair
 //! of halves that send (finish, reset) and receive bytes. HTTP/3 over
 //! quinn and the HTTP/2-over-TLS fallback implement it (`client::Link`,
-//! `LinkSend`, `LinkRecv`); `gateway::pump` sees only these traits, so
+//! `LinkSend`, `LinkRecv`); `splice` sees only these traits, so
 //! another QUIC stack, or an in-memory transport in a test, fits in. (The
 //! WAN emulator in `e2e/` impairs the real stacks at packet level.)
 
@@ -50,13 +50,32 @@ pub trait LinkTransport: Send + Sync {
     fn is_closed(&self) -> bool;
 }
 
+/// The HTTP/2 CONNECT streams of the fallback and of the local entry.
+impl StreamSend for crate::connect::H2Send {
+    async fn send(&mut self, data: Bytes) -> io::Result<()> {
+        crate::connect::H2Send::send(self, data).await
+    }
+    async fn finish(&mut self) -> io::Result<()> {
+        crate::connect::H2Send::finish(self)
+    }
+    fn reset(&mut self) {
+        crate::connect::H2Send::reset(self)
+    }
+}
+
+impl StreamRecv for crate::connect::H2Recv {
+    async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        crate::connect::H2Recv::recv(self).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    //! The tunnel code over an in-memory transport: `pump` joins a local
+    //! The tunnel code over an in-memory transport: `splice` joins a local
     //! byte stream with a stream of any `LinkTransport`.
 
     use super::*;
-    use crate::eastwest::gateway::pump;
+    use crate::eastwest::splice::{IoRecv, IoSend, Side, splice};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 
@@ -125,77 +144,69 @@ mod tests {
         }
     }
 
+    /// The local byte stream of these tests: a pipe, which cannot be reset.
+    impl crate::connect::Abort for tokio::io::WriteHalf<tokio::io::DuplexStream> {
+        fn abort(&mut self) {}
+    }
+
+    fn local(
+        io: tokio::io::DuplexStream,
+    ) -> (
+        IoSend<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+        IoRecv<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+    ) {
+        let (r, w) = tokio::io::split(io);
+        (IoSend(w), IoRecv::new(r))
+    }
+
     #[tokio::test]
-    async fn pump_carries_both_ways_and_half_closes_over_any_transport() {
-        let (mut local, gateway_side) = tokio::io::duplex(64 * 1024);
-        let (s, r) = MemLink.open("x.shop:80", &Source::default()).await.unwrap();
-        let pumped = tokio::spawn(pump(gateway_side, s, r));
-        local.write_all(b"hello ").await.unwrap();
-        local.write_all(b"isthmus").await.unwrap();
-        local.shutdown().await.unwrap();
+    async fn splice_carries_both_ways_and_half_closes_over_any_transport() {
+        let (mut app, gateway_side) = tokio::io::duplex(64 * 1024);
+        let link = MemLink.open("x.shop:80", &Source::default()).await.unwrap();
+        let spliced = tokio::spawn(splice(local(gateway_side), link));
+        app.write_all(b"hello ").await.unwrap();
+        app.write_all(b"isthmus").await.unwrap();
+        app.shutdown().await.unwrap();
         let mut got = Vec::new();
-        local.read_to_end(&mut got).await.unwrap();
+        app.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"HELLO ISTHMUS");
-        assert_eq!(pumped.await.unwrap().unwrap(), (13, 13));
+        assert_eq!(spliced.await.unwrap().unwrap(), (13, 13));
     }
 
     /// A local stream that fails when read.
     struct Failing;
 
-    impl tokio::io::AsyncRead for Failing {
-        fn poll_read(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            _: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()))
-        }
-    }
-
-    impl tokio::io::AsyncWrite for Failing {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            b: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            std::task::Poll::Ready(Ok(b.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
+    impl StreamRecv for Failing {
+        async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+            Err(io::ErrorKind::ConnectionReset.into())
         }
     }
 
     #[tokio::test]
-    async fn a_local_failure_resets_the_link_stream_and_a_link_reset_fails_the_pump() {
+    async fn a_local_failure_resets_the_link_stream_and_a_link_reset_fails_the_splice() {
         // The local side fails: the far end reads a reset, not an end.
         let (to_far, mut far) = mpsc::unbounded_channel();
         let (_keep, from_far) = mpsc::unbounded_channel::<Item>();
-        let r = pump(Failing, MemSend(to_far), MemRecv(from_far)).await;
-        assert!(r.is_err());
+        let (_app, gateway_side) = tokio::io::duplex(1024);
+        let (send, _) = local(gateway_side);
+        let r = splice((send, Failing), (MemSend(to_far), MemRecv(from_far))).await;
+        assert_eq!(r.unwrap_err().0, Side::A, "the local side failed");
         let item = far.recv().await.expect("something reached the far end");
         assert_eq!(
             item.unwrap_err().kind(),
             io::ErrorKind::ConnectionReset,
             "the far end sees a reset"
         );
-        // The far end resets: the pump ends in an error, the local side
-        // is dropped unfinished.
+        // The far end resets: the splice ends in an error of that side.
         let (to_far, _far) = mpsc::unbounded_channel();
         let (reset, from_far) = mpsc::unbounded_channel::<Item>();
         reset
             .send(Err(io::ErrorKind::ConnectionReset.into()))
             .unwrap();
-        let (_local, gateway_side) = tokio::io::duplex(1024);
-        let r = pump(gateway_side, MemSend(to_far), MemRecv(from_far)).await;
-        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::ConnectionReset);
+        let (_app, gateway_side) = tokio::io::duplex(1024);
+        let (side, e) = splice(local(gateway_side), (MemSend(to_far), MemRecv(from_far)))
+            .await
+            .unwrap_err();
+        assert_eq!((side, e.kind()), (Side::B, io::ErrorKind::ConnectionReset));
     }
 }

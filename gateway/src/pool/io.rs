@@ -13,7 +13,9 @@ use crate::tunnel::TunnelStream;
 
 pub enum Io {
     Tcp(TcpStream),
-    Tunnel(TunnelStream),
+    /// Boxed: a stream with its connection handles is several times a
+    /// socket's size, and pooled connections move a lot.
+    Tunnel(Box<TunnelStream>),
 }
 
 impl Io {
@@ -40,6 +42,15 @@ impl Io {
 
     pub fn is_tunnel(&self) -> bool {
         matches!(self, Io::Tunnel(_))
+    }
+}
+
+impl crate::connect::Abort for Io {
+    fn abort(&mut self) {
+        match self {
+            Io::Tcp(s) => s.abort(),
+            Io::Tunnel(s) => s.abort(),
+        }
     }
 }
 

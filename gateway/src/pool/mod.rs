@@ -327,7 +327,7 @@ impl Pool {
                 .await
                 .map_err(tunnel_err)?,
         };
-        Ok(Io::Tunnel(stream))
+        Ok(Io::Tunnel(Box::new(stream)))
     }
 
     /// Checks out a connection to `addr` speaking `version`.

@@ -332,7 +332,7 @@ pub async fn serve_inbound<S>(
     port: u16,
     protocol: Protocol,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + crate::connect::Abort + Unpin + Send + 'static,
 {
     if protocol == Protocol::Tcp {
         if conn.peer_id.is_none() && !crate::tunnel::server::authorize_tcp(&proxy, &conn, port) {

@@ -1,5 +1,6 @@
 //! Opaque TCP proxying: choose an endpoint (retrying the connect on other
-//! endpoints), then copy bytes both ways until either side closes.
+//! endpoints), then copy bytes both ways until either side closes; a reset
+//! (or failure) of either side resets the other.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{ConnInfo, Proxy};
 use crate::balance::outlier::Observation;
 use crate::config::{PortSpec, ServiceSpec};
+use crate::connect::Abort;
 use crate::pool::{PoolError, dial};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::ServiceLabels;
@@ -71,7 +73,7 @@ pub async fn proxy_to_service<S>(
     service: Arc<ServiceSpec>,
     port: PortSpec,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Abort + Unpin,
 {
     let mut l = TcpLog {
         start: Instant::now(),
@@ -179,8 +181,8 @@ async fn splice<D, U>(
     downstream: &mut D,
     upstream: &mut U,
 ) where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    D: AsyncRead + AsyncWrite + Abort + Unpin,
+    U: AsyncRead + AsyncWrite + Abort + Unpin,
 {
     let m = &proxy.metrics;
     m.tcp_opened.get_or_create(labels).inc();
@@ -189,6 +191,12 @@ async fn splice<D, U>(
         _ = proxy.hard_stop.cancelled() => Err(std::io::Error::other("proxy shut down")),
     };
     m.tcp_closed.get_or_create(labels).inc();
+    if result.is_err() {
+        // One side failed or was reset: the other is reset too, not
+        // ended as if all went well (RFC 9113 §8.5 for the tunnel side).
+        downstream.abort();
+        upstream.abort();
+    }
     let (flags, reason, bytes) = match result {
         Ok(b) => ("-", None, b),
         Err(e) => ("UR", Some(e.to_string()), (0, 0)),

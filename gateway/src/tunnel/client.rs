@@ -6,16 +6,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_util::task::TaskTracker;
 
-use super::{CONNECTION_WINDOW, STREAM_WINDOW, TunnelStream};
+use super::TunnelStream;
 use crate::config::compile::Via;
+use crate::connect::{Client, Settings};
 use crate::pool::{PoolError, SocketOptions, dial};
 use crate::telemetry::metrics::{Metrics, ResultLabels};
 use crate::tls::{MeshTls, SpiffeId, peer_id};
@@ -113,7 +110,7 @@ struct Key {
 }
 
 struct Conn {
-    sender: http2::SendRequest<Empty<Bytes>>,
+    sender: Client,
     /// The certificate generation it was made with.
     generation: u64,
 }
@@ -176,8 +173,8 @@ impl Connector {
         target: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<TunnelStream, TunnelError> {
-        let mut sender = self.sender(addr, expect, connect_timeout).await?;
-        let mut req = Request::new(Empty::new());
+        let sender = self.sender(addr, expect, connect_timeout).await?;
+        let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = target
             .to_string()
@@ -188,11 +185,10 @@ impl Connector {
         {
             req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
         }
-        let h2 = |e: hyper::Error| TunnelError::Http2 {
+        let (resp, io) = sender.open(req).await.map_err(|e| TunnelError::Http2 {
             addr,
             reason: e.to_string(),
-        };
-        let mut resp = sender.send_request(req).await.map_err(h2)?;
+        })?;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 addr,
@@ -200,9 +196,8 @@ impl Connector {
                 status: resp.status(),
             });
         }
-        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;
         Ok(TunnelStream {
-            io: TokioIo::new(upgraded),
+            io,
             _conn: sender,
             _outer: None,
         })
@@ -235,8 +230,8 @@ impl Connector {
             .own_id()
             .ok_or(TunnelError::NoIdentity { addr: gateway })?;
         let local = Expect::Domain(own.trust_domain().into());
-        let mut outer = self.sender(gateway, local, connect_timeout).await?;
-        let mut req = Request::new(Empty::new());
+        let outer = self.sender(gateway, local, connect_timeout).await?;
+        let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = authority.parse().map_err(|_| TunnelError::ViaPort {
             cluster: via.cluster.to_string(),
@@ -250,11 +245,11 @@ impl Connector {
         if let Ok(v) = own.as_str().parse() {
             headers.insert(super::SOURCE_ID_HEADER, v);
         }
-        let h2 = |e: hyper::Error| TunnelError::Http2 {
+        let h2 = |e: h2::Error| TunnelError::Http2 {
             addr: gateway,
             reason: e.to_string(),
         };
-        let mut resp = outer.send_request(req).await.map_err(h2)?;
+        let (resp, through) = outer.open(req).await.map_err(h2)?;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::GatewayRefused {
                 gateway,
@@ -264,7 +259,6 @@ impl Connector {
                 reason: crate::eastwest::refusal_reason(resp.headers()),
             });
         }
-        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;
         // The end-to-end session, inside the gateway's stream.
         let tls_failed = |reason: String| TunnelError::Handshake {
             addr: gateway,
@@ -272,10 +266,8 @@ impl Connector {
         };
         let tls = tokio::time::timeout(
             connect_timeout.max(Duration::from_secs(1)),
-            self.connector.connect(
-                ServerName::IpAddress(gateway.ip().into()),
-                TokioIo::new(upgraded),
-            ),
+            self.connector
+                .connect(ServerName::IpAddress(gateway.ip().into()), through),
         )
         .await
         .map_err(|_| tls_failed("timed out".into()))?
@@ -289,10 +281,10 @@ impl Connector {
                 expected: expect.to_string(),
             });
         }
-        let mut inner = self.h2_handshake(TokioIo::new(tls), gateway).await?;
+        let inner = self.h2_handshake(tls, gateway).await?;
         // The remote sidecar serves one workload: only the port counts.
         let target = SocketAddr::new(gateway.ip(), target_port);
-        let mut req = Request::new(Empty::new());
+        let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
         *req.uri_mut() = target
             .to_string()
@@ -301,7 +293,7 @@ impl Connector {
         if let Ok(v) = own.as_str().parse() {
             req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
         }
-        let mut resp = inner.send_request(req).await.map_err(h2)?;
+        let (resp, io) = inner.open(req).await.map_err(h2)?;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 addr: gateway,
@@ -309,9 +301,8 @@ impl Connector {
                 status: resp.status(),
             });
         }
-        let upgraded = hyper::upgrade::on(&mut resp).await.map_err(h2)?;
         Ok(TunnelStream {
-            io: TokioIo::new(upgraded),
+            io,
             _conn: inner,
             _outer: Some(outer),
         })
@@ -324,7 +315,7 @@ impl Connector {
         addr: SocketAddr,
         expect: Expect,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+    ) -> Result<Client, TunnelError> {
         let slot = self
             .conns
             .lock()
@@ -370,7 +361,7 @@ impl Connector {
         addr: SocketAddr,
         expect: &Expect,
         connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+    ) -> Result<Client, TunnelError> {
         if !self.tls.ready() {
             return Err(TunnelError::NoIdentity { addr });
         }
@@ -393,36 +384,22 @@ impl Connector {
                 expected: expect.to_string(),
             });
         }
-        self.h2_handshake(TokioIo::new(tls), addr).await
+        self.h2_handshake(tls, addr).await
     }
 
     /// HTTP/2 (the mesh transport's settings) over an established session.
-    async fn h2_handshake<T>(
-        &self,
-        io: TokioIo<T>,
-        addr: SocketAddr,
-    ) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError>
+    async fn h2_handshake<T>(&self, io: T, addr: SocketAddr) -> Result<Client, TunnelError>
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(64 * 1024)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .timer(TokioTimer::new())
-            .handshake(io)
-            .await
-            .map_err(|e| TunnelError::Http2 {
-                addr,
-                reason: e.to_string(),
-            })?;
-        self.tracker.spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, "mesh transport connection ended: {e}");
-            }
-        });
-        Ok(sender)
+        let (client, driver) =
+            Client::handshake(io, &Settings::MESH)
+                .await
+                .map_err(|e| TunnelError::Http2 {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        self.tracker.spawn(driver);
+        Ok(client)
     }
 }

@@ -19,12 +19,9 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::connect::{Abort, Client, H2Stream};
 
 pub use client::{Connector, Expect, TunnelError};
 
@@ -32,11 +29,18 @@ pub use client::{Connector, Expect, TunnelError};
 /// HTTP/2 connection open: a connection retired from the pool (after a
 /// certificate rotation) lives until its last stream ends.
 pub struct TunnelStream {
-    io: TokioIo<Upgraded>,
-    _conn: SendRequest<Empty<Bytes>>,
+    io: H2Stream,
+    _conn: Client,
     /// Through an east-west gateway: the connection to the gateway, which
     /// carries `_conn`'s.
-    _outer: Option<SendRequest<Empty<Bytes>>>,
+    _outer: Option<Client>,
+}
+
+/// An abort resets the stream (the destination's connection is reset).
+impl Abort for TunnelStream {
+    fn abort(&mut self) {
+        self.io.abort();
+    }
 }
 
 impl AsyncRead for TunnelStream {
@@ -58,18 +62,6 @@ impl AsyncWrite for TunnelStream {
         Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
@@ -78,12 +70,6 @@ impl AsyncWrite for TunnelStream {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
-
-/// HTTP/2 settings of the mesh transport: windows big enough for bulk TCP
-/// through one stream, many streams per connection.
-pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
-pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
-pub const MAX_STREAMS: u32 = 2048;
 
 /// Header naming the client's own SPIFFE ID as it claims it, for logs
 /// only: identity comes from the verified certificate.

@@ -7,22 +7,16 @@
 //! AuthorizationPolicy denied the TCP connection; HTTP requests are decided
 //! one by one inside the stream).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
 
-use super::{CONNECTION_WINDOW, MAX_STREAMS, STREAM_WINDOW};
 use crate::config::Protocol;
 use crate::config::compile::inbound_service_name;
+use crate::connect::{Incoming, Settings};
 use crate::proxy::{ConnInfo, Proxy, Target, listener};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
 use crate::tls::{SpiffeId, peer_id};
@@ -72,58 +66,37 @@ pub async fn serve(
     };
     count("accepted");
     let id = Arc::new(id);
-    let p = proxy.clone();
-    let svc = service_fn(move |req| {
-        connect(
-            p.clone(),
-            listener.clone(),
-            peer,
-            id.clone(),
-            ports.clone(),
-            req,
-        )
+    let served = crate::connect::server::serve(tls, &Settings::MESH, &proxy.drain, |inc| {
+        connect(&proxy, &listener, peer, &id, &ports, inc)
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(64 * 1024)
-        .max_concurrent_streams(MAX_STREAMS)
-        .keep_alive_interval(Duration::from_secs(30))
-        .serve_connection(TokioIo::new(tls), svc);
-    tokio::pin!(conn);
     let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = proxy.drain.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = proxy.hard_stop.cancelled() => Ok(()),
-            }
-        }
+        r = served => r,
+        _ = proxy.hard_stop.cancelled() => Ok(()),
     };
     if let Err(e) = result {
         tracing::debug!(%peer, "mesh transport connection ended: {e}");
     }
 }
 
-fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut r = Response::new(Empty::new());
+fn reply(status: StatusCode) -> Response<()> {
+    let mut r = Response::new(());
     *r.status_mut() = status;
     r
 }
 
-async fn connect(
-    proxy: Arc<Proxy>,
-    listener: Arc<str>,
+/// Answers one CONNECT stream and serves it as an inbound connection.
+fn connect(
+    proxy: &Arc<Proxy>,
+    listener: &Arc<str>,
     peer: SocketAddr,
-    id: Arc<SpiffeId>,
-    ports: Arc<Vec<(u16, Protocol)>>,
-    req: Request<Incoming>,
-) -> Result<Response<Empty<Bytes>>, Infallible> {
+    id: &Arc<SpiffeId>,
+    ports: &[(u16, Protocol)],
+    inc: Incoming,
+) {
+    let req = inc.request();
     if req.method() != Method::CONNECT {
         proxy.metrics.error("tunnel_not_connect");
-        return Ok(reply(StatusCode::METHOD_NOT_ALLOWED));
+        return inc.refuse(reply(StatusCode::METHOD_NOT_ALLOWED));
     }
     let Some(target) = req
         .uri()
@@ -131,37 +104,36 @@ async fn connect(
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
         proxy.metrics.error("tunnel_bad_authority");
-        return Ok(reply(StatusCode::BAD_REQUEST));
+        return inc.refuse(reply(StatusCode::BAD_REQUEST));
     };
     // The sidecar serves one workload: the port picks the application port
     // (the address is the pod's, which the app may not listen on directly).
     let Some((port, protocol)) = ports.iter().find(|(p, _)| *p == target.port()).copied() else {
         proxy.metrics.error("tunnel_unknown_port");
-        return Ok(reply(StatusCode::NOT_FOUND));
+        return inc.refuse(reply(StatusCode::NOT_FOUND));
     };
     let conn = Arc::new(ConnInfo {
-        listener,
+        listener: listener.clone(),
         peer,
         direction: Direction::Inbound,
         target: Target::Service {
             name: inbound_service_name(port),
             port,
         },
-        peer_id: Some(id),
+        peer_id: Some(id.clone()),
     });
-    if protocol == Protocol::Tcp && !authorize_tcp(&proxy, &conn, port) {
-        return Ok(reply(StatusCode::FORBIDDEN));
+    if protocol == Protocol::Tcp && !authorize_tcp(proxy, &conn, port) {
+        return inc.refuse(reply(StatusCode::FORBIDDEN));
     }
-    let p = proxy.clone();
-    proxy.tracker.spawn(async move {
-        match hyper::upgrade::on(req).await {
-            Ok(upgraded) => {
-                listener::serve_inbound(p, conn, TokioIo::new(upgraded), port, protocol).await
-            }
-            Err(e) => tracing::debug!("CONNECT stream not established: {e}"),
+    match inc.accept() {
+        Ok(stream) => {
+            let p = proxy.clone();
+            proxy.tracker.spawn(async move {
+                listener::serve_inbound(p, conn, stream, port, protocol).await
+            });
         }
-    });
-    Ok(reply(StatusCode::OK))
+        Err(e) => tracing::debug!("CONNECT stream not established: {e}"),
+    }
 }
 
 /// Authorizes an opaque TCP connection (no method, path or token); a

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::common::*;
-use crate::ew::{gateway_identity, receiving_gateway};
+use crate::ew::{gateway_identity, receiving_gateway, reporting_echo};
 use crate::pki::Ca;
 
 const EU: &str = "eu-west.isthmus.local";
@@ -70,8 +70,8 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
     // transport, trusting us-east's bundle.
     let app = SampleApp::new("catalog", "eu-west", "v1");
     let running = sample::serve(app.clone(), LOCAL).await.unwrap();
-    let echo = sample::serve_tcp_echo(LOCAL).await.unwrap();
-    let (app_port, echo_port) = (running.addr.port(), echo.addr.port());
+    let (echo, mut ended) = reporting_echo().await;
+    let (app_port, echo_port) = (running.addr.port(), echo.port());
     let mut server = start_with_identity(
         &format!(
             "node: {{name: catalog-0, namespace: shop, cluster: eu-west, labels: {{app: catalog}}}}\n\
@@ -88,6 +88,13 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
     let services = vec![
         service("catalog.shop", 80, app_port, model::Protocol::Http, tunnel),
         service("echo.shop", 9000, echo_port, model::Protocol::Tcp, tunnel),
+        service(
+            "echo-fallback.shop",
+            9000,
+            echo_port,
+            model::Protocol::Tcp,
+            tunnel,
+        ),
     ];
     let peers = server::Peers {
         allowed: vec!["spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*".into()],
@@ -105,24 +112,32 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
     )
     .await;
 
-    // us-east's east-west gateway: a link to eu-west and the local entry.
+    // us-east's east-west gateways, each with a link to eu-west and a
+    // local entry: one links over QUIC; the other finds eu-west's UDP
+    // black-holed and takes the TCP fallback.
     let us_tls = gateway_identity(&us, &[&eu]);
-    let mut gw = Gateway::new(
-        us_tls.clone(),
-        quic::endpoint(&us_tls, LOCAL).unwrap(),
-        vec![PeerConfig {
-            cluster: "eu-west".into(),
-            udp: eu_gw.udp,
-            tcp: eu_gw.tcp,
-            identity: EU_GW.into(),
-        }],
-        Arc::new(Metrics::new()),
-    );
-    gw.cluster = Some("us-east".into());
-    let gw = Arc::new(gw);
-    let entry = tokio::net::TcpListener::bind(LOCAL).await.unwrap();
-    let entry_port = entry.local_addr().unwrap().port();
-    tokio::spawn(gw.clone().serve_local(entry, stop.clone()));
+    let hole = std::net::UdpSocket::bind(LOCAL).unwrap();
+    let mut gateways = Vec::new();
+    for udp in [eu_gw.udp, hole.local_addr().unwrap()] {
+        let mut gw = Gateway::new(
+            us_tls.clone(),
+            quic::endpoint(&us_tls, LOCAL).unwrap(),
+            vec![PeerConfig {
+                cluster: "eu-west".into(),
+                udp,
+                tcp: eu_gw.tcp,
+                identity: EU_GW.into(),
+            }],
+            Arc::new(Metrics::new()),
+        );
+        gw.cluster = Some("us-east".into());
+        let gw = Arc::new(gw);
+        let entry = tokio::net::TcpListener::bind(LOCAL).await.unwrap();
+        let entry_port = entry.local_addr().unwrap().port();
+        tokio::spawn(gw.clone().serve_local(entry, stop.clone()));
+        gateways.push((gw, entry_port));
+    }
+    let (entry_port, fallback_entry_port) = (gateways[0].1, gateways[1].1);
 
     // us-east's client sidecar: catalog and echo are endpoints via eu-west.
     let client = start_with_identity(
@@ -131,6 +146,7 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
              listeners:\n\
              \x20 - {{name: out, address: \"127.0.0.1:0\", http: {{}}}}\n\
              \x20 - {{name: echo, address: \"127.0.0.1:0\", tcp: {{service: echo.shop}}}}\n\
+             \x20 - {{name: echo-fallback, address: \"127.0.0.1:0\", tcp: {{service: echo-fallback.shop}}}}\n\
              services:\n\
              \x20 - name: catalog.shop\n\
              \x20   hosts: [catalog]\n\
@@ -138,7 +154,10 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
              \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {entry_port}, viaCluster: eu-west, identity: \"{CATALOG}\"}}]\n\
              \x20 - name: echo.shop\n\
              \x20   ports: [{{port: 9000, targetPort: {echo_port}, protocol: TCP}}]\n\
-             \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {entry_port}, viaCluster: eu-west, identity: \"spiffe://{EU}\"}}]\n"
+             \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {entry_port}, viaCluster: eu-west, identity: \"spiffe://{EU}\"}}]\n\
+             \x20 - name: echo-fallback.shop\n\
+             \x20   ports: [{{port: 9000, targetPort: {echo_port}, protocol: TCP}}]\n\
+             \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {fallback_entry_port}, viaCluster: eu-west, identity: \"spiffe://{EU}\"}}]\n"
         ),
         Some(Identity::fixed(creds(&us, &eu, "shop", "frontend"))),
     )
@@ -175,11 +194,58 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
         .log_entry(|e| e.direction == "inbound" && e.protocol == "TCP")
         .await;
     assert_eq!(e.source_principal.as_deref(), Some(FRONTEND));
-    assert_eq!(
-        gw.link("eu-west").await.unwrap().transport(),
-        Transport::Quic
-    );
     assert_eq!(app.hits(), 1);
+
+    // Aborts cross as aborts, over QUIC and over the TCP fallback: every
+    // leg (sidecar, entry, link, receiving gateway, sidecar) turns a reset
+    // into a reset.
+    let within = Duration::from_secs(10);
+    assert_eq!(
+        tokio::time::timeout(within, ended.recv()).await.unwrap(),
+        Some(Ok(()))
+    );
+    for listener in ["echo", "echo-fallback"] {
+        // The client resets: the server app's connection is reset.
+        let mut s = tokio::net::TcpStream::connect(client.addr(listener))
+            .await
+            .unwrap();
+        s.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(within, s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        s.set_zero_linger().unwrap();
+        drop(s);
+        let how = tokio::time::timeout(within, ended.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                how,
+                Err(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+            ),
+            "{listener}: the client's reset reached the server app as {how:?}"
+        );
+        // The server app resets: the client's connection is reset.
+        let mut s = tokio::net::TcpStream::connect(client.addr(listener))
+            .await
+            .unwrap();
+        s.write_all(b"reset me").await.unwrap();
+        let mut out = Vec::new();
+        let got = tokio::time::timeout(within, s.read_to_end(&mut out))
+            .await
+            .unwrap();
+        assert_eq!(
+            got.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset),
+            "{listener}: the server's reset reached the client"
+        );
+    }
+    for ((gw, _), transport) in gateways.iter().zip([Transport::Quic, Transport::H2]) {
+        assert_eq!(gw.link("eu-west").await.unwrap().transport(), transport);
+    }
     stop.cancel();
-    drop((running, echo));
+    drop(running);
 }

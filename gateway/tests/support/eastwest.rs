@@ -120,3 +120,43 @@ pub async fn receiving_gateway(
         peers,
     }
 }
+
+/// How an endpoint's connection ended: `Ok` for a clean end (FIN), the
+/// error kind for a reset.
+pub type Ended = Result<(), std::io::ErrorKind>;
+
+/// A TCP echo that reports how each connection ended, and resets a
+/// connection (RST, zero linger) when it reads "reset me".
+pub async fn reporting_echo() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Ended>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) => {
+                            let _ = s.shutdown().await;
+                            return tx.send(Ok(())).unwrap();
+                        }
+                        Ok(n) if buf[..n].ends_with(b"reset me") => {
+                            s.set_zero_linger().unwrap();
+                            return drop(s);
+                        }
+                        Ok(n) => {
+                            if let Err(e) = s.write_all(&buf[..n]).await {
+                                return tx.send(Err(e.kind())).unwrap();
+                            }
+                        }
+                        Err(e) => return tx.send(Err(e.kind())).unwrap(),
+                    }
+                }
+            });
+        }
+    });
+    (addr, ended)
+}
