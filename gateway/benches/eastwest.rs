@@ -208,6 +208,13 @@ async fn main() {
     let q = results[1].1 / results[2].1;
     let q16 = results[1].2 / results[2].2;
     println!("QUIC / TCP fallback: {q:.2}x (1 stream), {q16:.2}x (16 streams); target >= 0.6x");
+    if let Link::Quic(l) = &*quic_link {
+        let st = l.stats();
+        println!(
+            "QUIC path: MTU {} bytes, {} datagrams sent in {} system calls, {} lost",
+            st.path.current_mtu, st.udp_tx.datagrams, st.udp_tx.ios, st.path.lost_packets
+        );
+    }
 
     // Memory per open stream: 1000 idle CONNECT streams on the QUIC link.
     let before = rss_kib();

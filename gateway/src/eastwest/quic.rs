@@ -18,6 +18,9 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
 /// failover, yet many PTOs even at a 300 ms RTT (RFC 9000 §10.1).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest UDP payload MTU discovery probes for (and that we accept).
+pub const MTU_UPPER_BOUND: u16 = 4096;
+
 /// The TCP fallback's HTTP/2: the mesh transport's windows, pinged as
 /// often as QUIC's keep-alive and given up after its idle timeout.
 pub fn fallback_settings() -> crate::connect::Settings {
@@ -88,6 +91,15 @@ fn transport(cc: Congestion) -> Arc<quinn::TransportConfig> {
     t.receive_window((64u32 * 1024 * 1024).into());
     t.send_window(64 * 1024 * 1024);
     t.max_concurrent_bidi_streams(4096u32.into());
+    // Search above Ethernet's 1452 (RFC 8899: probes are padded PINGs
+    // whose loss only ends the search, so a 1500-byte path keeps 1452),
+    // up to 4096: on a jumbo-frame network or loopback a packet then
+    // carries 2.8 times the bytes for the same per-packet crypto and
+    // system calls. (8192 and 8952 measured worse on loopback: the path
+    // fell back to 1200 bytes. BENCHMARKS.md.)
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MTU_UPPER_BOUND);
+    t.mtu_discovery_config(Some(mtu));
     Arc::new(t)
 }
 
@@ -208,13 +220,13 @@ pub fn endpoint_with(
     let (server, client) = configs(tls, cc)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind(std::io::Error::other("no async runtime for QUIC")))?;
-    let mut e = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(bind)?;
+    // Accept datagrams as large as MTU discovery may find (the peer's
+    // discovery stops at what we advertise here).
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MTU_UPPER_BOUND)
+        .expect("MTU_UPPER_BOUND is a valid UDP payload size");
+    let mut e = quinn::Endpoint::new(config, Some(server), socket, runtime).map_err(bind)?;
     e.set_default_client_config(client);
     Ok(e)
 }
