@@ -582,3 +582,95 @@ async fn bad_subscriptions_are_refused_by_name() {
     cp.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A self-signed CA certificate (PEM), as a linked cluster's bundle.
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn cluster_link(quic: &str, bundle: &str) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1\nkind: ClusterLink\nmetadata: {{name: us-east}}\nspec:\n  peer: us-east\n  region: us-east1\n  gateway: {{quic: \"{quic}\"}}\n  trustDomain: us-east.isthmus.local\n  trustBundle: \"{}\"\n  credentialsSecretRef: {{name: link-us-east}}\n",
+        bundle.replace('\n', "\\n")
+    )
+}
+
+/// A ClusterLink reaches the east-west gateway (a proxy running as
+/// `isthmus-eastwest`) as its peer, over the discovery stream, and every
+/// proxy trusts the linked domain; the gateway follows the link's edits
+/// and its removal; an ordinary sidecar gets no peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_links_become_the_gateways_peers_and_trusted_domains() {
+    let dir = temp_dir("links");
+    write(&dir, "services.yaml", &services(80, 18080));
+    let bundle = ca_pem();
+    write(&dir, "link.yaml", &cluster_link("10.0.2.1:15443", &bundle));
+    let cp = start_cp(&dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    cp.serve_discovery(listener);
+    let gateway = sidecar(addr, "isthmus-eastwest", &[], Vec::new(), None).await;
+    let frontend = sidecar(addr, "frontend", &[], Vec::new(), None).await;
+
+    let peers = |s: &Sidecar| {
+        s.store()
+            .load()
+            .source
+            .east_west
+            .as_ref()
+            .map(|e| e.peers.clone())
+    };
+    let got = eventually("the link reaches the gateway", || async {
+        peers(&gateway).filter(|p| !p.is_empty())
+    })
+    .await;
+    assert_eq!(
+        got,
+        vec![model::PeerGateway {
+            cluster: "us-east".into(),
+            udp: "10.0.2.1:15443".into(),
+            tcp: "10.0.2.1:15443".into(),
+            identity: "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest".into(),
+        }]
+    );
+    let trusts = |s: &Sidecar| {
+        s.store()
+            .load()
+            .source
+            .security
+            .as_ref()
+            .is_some_and(|sec| {
+                sec.trust_bundles
+                    .iter()
+                    .any(|b| b.trust_domain == "us-east.isthmus.local" && b.cluster == "us-east")
+            })
+    };
+    eventually("the linked domain is trusted", || async {
+        trusts(&frontend).then_some(())
+    })
+    .await;
+    assert!(trusts(&gateway));
+    assert_eq!(peers(&frontend), None, "a sidecar is not a gateway");
+
+    // The peer's gateway moved: followed.
+    write(&dir, "link.yaml", &cluster_link("10.0.2.9:15443", &bundle));
+    eventually("the new address reaches the gateway", || async {
+        peers(&gateway).filter(|p| p.first().is_some_and(|p| p.udp == "10.0.2.9:15443"))
+    })
+    .await;
+    // Unlinked: no peers, the domain no longer trusted.
+    std::fs::remove_file(dir.join("link.yaml")).unwrap();
+    eventually("the link is withdrawn", || async {
+        peers(&gateway).filter(|p| p.is_empty())
+    })
+    .await;
+    eventually("the domain is no longer trusted", || async {
+        (!trusts(&frontend)).then_some(())
+    })
+    .await;
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

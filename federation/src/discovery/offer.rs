@@ -47,13 +47,25 @@ impl Offer {
             })
             .collect();
         let mut mesh = catalog.security.mesh.clone();
+        // Our own domain(s), then those of the linked clusters.
         mesh.trust_bundles = trust.to_vec();
+        for t in &catalog.links.trust {
+            if !mesh
+                .trust_bundles
+                .iter()
+                .any(|o| o.trust_domain == t.trust_domain)
+            {
+                mesh.trust_bundles.push(t.clone());
+            }
+        }
         let r = resource::security(resource::SECURITY_MESH.to_string(), &mesh);
         resources.insert(r.name.clone(), r);
         for (ns, s) in &catalog.security.namespaces {
             let r = resource::security(resource::security_ns_name(ns), s);
             resources.insert(r.name.clone(), r);
         }
+        let r = resource::east_west(&catalog.links.east_west);
+        resources.insert(r.name.clone(), r);
         Self {
             generation,
             resources,
@@ -95,6 +107,9 @@ impl Offer {
         let ns = resource::security_ns_name(&node.namespace);
         if self.resources.contains_key(&ns) {
             names.insert(ns);
+        }
+        if crate::translate::links::is_gateway(node) {
+            names.insert(resource::EAST_WEST.to_string());
         }
         names
     }

@@ -10,11 +10,14 @@
 //! - `security`: Mesh mTLS default, PeerAuthentication,
 //!   AuthorizationPolicy and RequestAuthentication → per-namespace
 //!   security resources.
+//! - `links`: ClusterLink → the east-west gateway's peers and the linked
+//!   clusters' trust bundles.
 //! - Problems found on the way (a policy naming a missing service, two
 //!   policies for one service) are returned as `Problem`s, which become
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
 //!   configuration is unaffected.
 
+pub mod links;
 pub mod proxy;
 pub mod routes;
 pub mod security;
@@ -60,6 +63,7 @@ pub fn translate_shells<'a>(
     let (mut catalog, endpoints) = services::catalog_shells(snap, workloads);
     routes::attach(&mut catalog, snap);
     catalog.security = security::translate(snap, &mut catalog.problems);
+    catalog.links = links::translate(snap, &mut catalog.problems);
     (catalog, endpoints)
 }
 
@@ -72,5 +76,6 @@ pub fn translate_with(
     let mut catalog = services::catalog_with(snap, workloads);
     routes::attach(&mut catalog, snap);
     catalog.security = security::translate(snap, &mut catalog.problems);
+    catalog.links = links::translate(snap, &mut catalog.problems);
     catalog
 }

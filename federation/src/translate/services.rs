@@ -28,6 +28,9 @@ pub struct Catalog {
     pub route_defaults: BTreeMap<String, RouteDefaults>,
     /// Mesh-wide and per-namespace security (`translate::security`).
     pub security: super::security::SecurityCatalog,
+    /// Linked clusters: the east-west gateway's peers, their trust
+    /// (`translate::links`).
+    pub links: super::links::Links,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -39,6 +39,7 @@ pub fn conditions(
             Resource::PeerAuthentication(x) => (&x.metadata, false),
             Resource::RequestAuthentication(x) => (&x.metadata, false),
             Resource::FaultInjection(x) => (&x.metadata, false),
+            Resource::ClusterLink(x) => (&x.metadata, false),
             _ => continue,
         };
         let mine = by_object.get(&(*kind, key)).map_or(&[][..], Vec::as_slice);
@@ -119,6 +120,17 @@ kind: DestinationPolicy
 metadata: {name: ghost, namespace: shop}
 spec: {targetRef: {name: nowhere}}
 ---
+apiVersion: isthmus.dev/v1alpha1
+kind: ClusterLink
+metadata: {name: us-east}
+spec:
+  peer: us-east
+  region: us-east1
+  gateway: {quic: "gw.example.com:15443"}
+  trustDomain: us-east.isthmus.local
+  trustBundle: ""
+  credentialsSecretRef: {name: link-us-east}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: not-a-policy, namespace: shop}
@@ -160,6 +172,16 @@ spec: {ports: [{port: 80}]}
             name: "good".into(),
         };
         assert_eq!(all[&("HTTPRoute", good)][0].observed_generation, Some(3));
-        assert_eq!(all.len(), 3, "Services get no conditions from us");
+        let link = ObjectKey {
+            namespace: None,
+            name: "us-east".into(),
+        };
+        let c = &all[&("ClusterLink", link)][0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "InvalidGatewayAddress")
+        );
+        assert!(c.message.contains("gw.example.com"), "{}", c.message);
+        assert_eq!(all.len(), 4, "Services get no conditions from us");
     }
 }

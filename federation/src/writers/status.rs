@@ -114,6 +114,10 @@ impl StatusWriter {
                 Resource::FaultInjection(p) => {
                     apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }
+                Resource::ClusterLink(l) => {
+                    let current = l.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                    apply_policy(&api, kind, key, keep_times(conds.clone(), current)).await
+                }
                 Resource::HttpRoute(r) => {
                     let current = r.status.as_ref().map_or(&[][..], |s| &s.parents[..]);
                     merge_route(&api, key, &r.metadata, &r.spec.parent_refs, current, conds).await

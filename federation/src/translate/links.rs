@@ -1,0 +1,285 @@
+//! ClusterLink → what this cluster's east-west gateway links to (its
+//! `eastWest.peers`, the `eastwest/peers` resource) and the trust bundles
+//! of the linked clusters' domains (SPIFFE federation: a sidecar here then
+//! verifies a caller from a linked cluster, and authorization names its
+//! principals with their cluster).
+//!
+//! A link the gateway could not use (an address that is not `ip:port`, no
+//! trust domain, a bundle without a certificate, a second link to the same
+//! peer) is left out with a `Problem` on it; the other links are kept.
+
+use isthmus_api::model;
+
+use super::Problem;
+use crate::resources::ClusterLink;
+use crate::store::{Resource, Snapshot};
+
+/// Where the peer's east-west gateway runs, and as whom: its SPIFFE ID is
+/// `spiffe://<trustDomain>/ns/isthmus-system/sa/isthmus-eastwest`.
+pub const GATEWAY_NAMESPACE: &str = "isthmus-system";
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "isthmus-eastwest";
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Links {
+    /// The peer gateways, by peer name.
+    pub east_west: model::EastWest,
+    /// The linked clusters' trust bundles.
+    pub trust: Vec<model::TrustBundle>,
+}
+
+/// The SPIFFE ID of the east-west gateway of trust domain `td`.
+pub fn gateway_identity(td: &str) -> String {
+    format!("spiffe://{td}/ns/{GATEWAY_NAMESPACE}/sa/{GATEWAY_SERVICE_ACCOUNT}")
+}
+
+/// Whether a proxy is an east-west gateway (it gets the peers).
+pub fn is_gateway(node: &model::Node) -> bool {
+    node.service_account == GATEWAY_SERVICE_ACCOUNT
+}
+
+pub fn translate(snap: &Snapshot, problems: &mut Vec<Problem>) -> Links {
+    let mut links = Links::default();
+    for (key, r) in snap.of_kind("ClusterLink") {
+        let Resource::ClusterLink(link) = r else {
+            continue;
+        };
+        let mut problem = |reason: &'static str, message: String| {
+            problems.push(Problem {
+                kind: "ClusterLink",
+                key: key.clone(),
+                reason,
+                message,
+            })
+        };
+        match peer(link) {
+            Err((reason, message)) => problem(reason, message),
+            Ok(_)
+                if links
+                    .east_west
+                    .peers
+                    .iter()
+                    .any(|p| p.cluster == link.spec.peer) =>
+            {
+                problem(
+                    "Conflict",
+                    format!(
+                        "another ClusterLink already links to {}; this one is ignored (one link per peer)",
+                        link.spec.peer
+                    ),
+                )
+            }
+            Ok((gateway, bundle)) => {
+                links.east_west.peers.push(gateway);
+                links.trust.push(bundle);
+            }
+        }
+    }
+    links
+}
+
+type Refusal = (&'static str, String);
+
+/// One link as the gateway's peer and the trust of its domain.
+fn peer(link: &ClusterLink) -> Result<(model::PeerGateway, model::TrustBundle), Refusal> {
+    let s = &link.spec;
+    let addr = |field: &str, v: &str| {
+        v.parse::<std::net::SocketAddr>()
+            .map(|a| a.to_string())
+            .map_err(|_| {
+                (
+                    "InvalidGatewayAddress",
+                    format!(
+                        "gateway.{field} {v:?} is not ip:port (names are not resolved: give the address of the peer's east-west gateway service)"
+                    ),
+                )
+            })
+    };
+    let udp = addr("quic", &s.gateway.quic)?;
+    let tcp = match &s.gateway.tcp {
+        Some(t) => addr("tcp", t)?,
+        None => udp.clone(),
+    };
+    let td = s.trust_domain.trim();
+    if td.is_empty()
+        || !td
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+    {
+        return Err((
+            "InvalidTrustDomain",
+            format!(
+                "trustDomain {:?} is not a SPIFFE trust domain (lowercase letters, digits, '-', '.', '_')",
+                s.trust_domain
+            ),
+        ));
+    }
+    // Proxies would refuse the whole mesh security resource over a bad
+    // bundle: check it here, on the link.
+    if let Err(why) = check_bundle(&s.trust_bundle) {
+        return Err((
+            "InvalidTrustBundle",
+            format!(
+                "trustBundle: {why}; give the peer's CA bundle (isthmusctl link create writes it)"
+            ),
+        ));
+    }
+    Ok((
+        model::PeerGateway {
+            cluster: s.peer.clone(),
+            udp,
+            tcp,
+            identity: gateway_identity(td),
+        },
+        model::TrustBundle {
+            trust_domain: td.to_string(),
+            roots_pem: s.trust_bundle.clone(),
+            cluster: s.peer.clone(),
+        },
+    ))
+}
+
+/// PEM certificates, at least one, each a parsable X.509 certificate.
+fn check_bundle(pem: &str) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut n = 0;
+    for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let der = der.map_err(|e| format!("not PEM certificates ({e})"))?;
+        x509_parser::parse_x509_certificate(&der)
+            .map_err(|e| format!("certificate {} does not parse ({e})", n + 1))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("no PEM certificate in it".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::files::{merge, parse_file};
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn link(
+        name: &str,
+        peer: &str,
+        quic: &str,
+        tcp: Option<&str>,
+        td: &str,
+        bundle: &str,
+    ) -> String {
+        let tcp = tcp
+            .map(|t| format!("\n    tcp: \"{t}\""))
+            .unwrap_or_default();
+        let bundle = bundle.replace('\n', "\\n");
+        format!(
+            "apiVersion: isthmus.dev/v1alpha1\nkind: ClusterLink\nmetadata: {{name: {name}}}\nspec:\n  peer: {peer}\n  region: us-east1\n  gateway:\n    quic: \"{quic}\"{tcp}\n  trustDomain: \"{td}\"\n  trustBundle: \"{bundle}\"\n  credentialsSecretRef: {{name: link-{peer}}}\n---\n"
+        )
+    }
+
+    fn translated(yaml: &str) -> (Links, Vec<Problem>) {
+        let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let mut problems = Vec::new();
+        (translate(&snap, &mut problems), problems)
+    }
+
+    #[test]
+    fn a_link_is_a_peer_gateway_and_a_trusted_domain() {
+        let pem = ca_pem();
+        let (links, problems) = translated(&link(
+            "us-east",
+            "us-east",
+            "10.0.2.1:15443",
+            None,
+            "us-east.isthmus.local",
+            &pem,
+        ));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            links.east_west.peers,
+            vec![model::PeerGateway {
+                cluster: "us-east".into(),
+                udp: "10.0.2.1:15443".into(),
+                tcp: "10.0.2.1:15443".into(),
+                identity: "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest"
+                    .into(),
+            }]
+        );
+        assert_eq!(links.trust.len(), 1);
+        assert_eq!(links.trust[0].trust_domain, "us-east.isthmus.local");
+        assert_eq!(links.trust[0].cluster, "us-east");
+        assert_eq!(links.trust[0].roots_pem, pem);
+    }
+
+    #[test]
+    fn unusable_links_are_left_out_with_a_reason_and_the_rest_kept() {
+        let pem = &ca_pem();
+        let junk = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let yaml = [
+            link("a", "a", "gw.example.com:15443", None, "a.local", pem),
+            link("b", "b", "10.0.0.2:15443", Some("nope"), "b.local", pem),
+            link("c", "c", "10.0.0.3:15443", None, "C Domain", pem),
+            link("d", "d", "10.0.0.4:15443", None, "d.local", "not a pem"),
+            link("d2", "d2", "10.0.0.4:15443", None, "d2.local", junk),
+            link(
+                "e",
+                "e",
+                "10.0.0.5:15443",
+                Some("10.0.0.5:443"),
+                "e.local",
+                pem,
+            ),
+            link("e-again", "e", "10.0.0.6:15443", None, "e.local", pem),
+        ]
+        .concat();
+        let (links, problems) = translated(&yaml);
+        let reasons: Vec<(&str, &str)> = problems
+            .iter()
+            .map(|p| (p.key.name.as_str(), p.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("a", "InvalidGatewayAddress"),
+                ("b", "InvalidGatewayAddress"),
+                ("c", "InvalidTrustDomain"),
+                ("d", "InvalidTrustBundle"),
+                ("d2", "InvalidTrustBundle"),
+                ("e-again", "Conflict"),
+            ]
+        );
+        assert!(
+            problems[0].message.contains("gw.example.com"),
+            "{}",
+            problems[0].message
+        );
+        let peers: Vec<(&str, &str)> = links
+            .east_west
+            .peers
+            .iter()
+            .map(|p| (p.cluster.as_str(), p.tcp.as_str()))
+            .collect();
+        assert_eq!(peers, [("e", "10.0.0.5:443")]);
+        assert_eq!(links.trust.len(), 1);
+    }
+
+    #[test]
+    fn only_the_east_west_gateway_is_a_gateway() {
+        let mut node = model::Node {
+            service_account: GATEWAY_SERVICE_ACCOUNT.into(),
+            ..Default::default()
+        };
+        assert!(is_gateway(&node));
+        node.service_account = "frontend".into();
+        assert!(!is_gateway(&node));
+    }
+}
