@@ -149,46 +149,47 @@ impl H2Recv {
 }
 
 impl H2Send {
-    /// Window for up to `want` bytes: how many may be sent now.
-    fn poll_window(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        if self.send.capacity() == 0 {
-            // Reserve only with bytes to send: a reservation pins the
-            // connection's window.
-            self.send.reserve_capacity(want);
-            loop {
-                match ready!(self.send.poll_capacity(cx)) {
-                    Some(Ok(0)) => {}
-                    Some(Ok(_)) => break,
-                    Some(Err(_)) | None => return write_error(&mut self.send, cx).map(Err),
-                }
+    /// Waits until h2 takes more data: its window is open and its send
+    /// buffer not full. Then a whole chunk goes in at once (h2 frames it as
+    /// the window allows; its buffer holds at most one chunk beyond its
+    /// limit), rather than the few bytes of capacity there may be, which
+    /// cut bulk transfers into small frames.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.send.capacity() > 0 {
+            return Poll::Ready(Ok(()));
+        }
+        // Reserve only with bytes to send: a reservation pins the
+        // connection's window.
+        self.send.reserve_capacity(1);
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => {}
+                Some(Ok(_)) => return Poll::Ready(Ok(())),
+                Some(Err(_)) | None => return write_error(&mut self.send, cx).map(Err),
             }
         }
-        Poll::Ready(Ok(self.send.capacity().min(want)))
     }
 
-    /// Hands up to `buf.len()` bytes to h2 as its flow control allows;
-    /// how many it took.
+    /// Hands `buf` to h2 once it takes data; how many bytes it took (all).
     pub fn poll_send(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = ready!(self.poll_window(cx, buf.len()))?;
-        match self
-            .send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-        {
-            Ok(()) => Poll::Ready(Ok(n)),
+        ready!(self.poll_ready(cx))?;
+        match self.send.send_data(Bytes::copy_from_slice(buf), false) {
+            Ok(()) => Poll::Ready(Ok(buf.len())),
             Err(_) => write_error(&mut self.send, cx).map(Err),
         }
     }
 
-    /// Sends all of `data` without copying, waiting for window as needed.
-    pub async fn send(&mut self, mut data: Bytes) -> io::Result<()> {
-        while !data.is_empty() {
-            let n = std::future::poll_fn(|cx| self.poll_window(cx, data.len())).await?;
-            if self.send.send_data(data.split_to(n), false).is_err() {
-                return Err(std::future::poll_fn(|cx| write_error(&mut self.send, cx)).await);
-            }
+    /// Sends `data` without copying, once h2 takes data.
+    pub async fn send(&mut self, data: Bytes) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        std::future::poll_fn(|cx| self.poll_ready(cx)).await?;
+        if self.send.send_data(data, false).is_err() {
+            return Err(std::future::poll_fn(|cx| write_error(&mut self.send, cx)).await);
         }
         Ok(())
     }
