@@ -11,7 +11,8 @@
 //! stream. Each figure: BENCH_MB MiB (default 256) through 1 stream, and
 //! through 16 streams at once (BENCH_MB/16 each); median of BENCH_ROUNDS
 //! (default 3). BENCH_CC: QUIC's congestion control (bbr, the default, or
-//! cubic). The WAN figures are `benches/wan.rs`.
+//! cubic). BENCH_ONLY=quic (or fallback, direct) runs one path, for a
+//! profile (no ratio then). The WAN figures are `benches/wan.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -173,6 +174,16 @@ async fn main() {
         "QUIC (HTTP/3 CONNECT)",
         "TCP fallback (HTTP/2 CONNECT over TLS)",
     ] {
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let key = match name {
+            "direct TCP" => "direct",
+            n if n.starts_with("QUIC") => "quic",
+            _ => "fallback",
+        };
+        if !only.is_empty() && only != key {
+            results.push((name, f64::NAN, f64::NAN));
+            continue;
+        }
         let (mut one, mut many) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let t = Instant::now();
