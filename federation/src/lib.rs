@@ -10,6 +10,7 @@
 //! - `translate`: snapshots to proxy configuration, pure.
 //! - `discovery`: the gRPC stream that sends each proxy its configuration.
 //! - `identity`: SPIFFE IDs and the cluster's CA (SVIDs from CSRs).
+//! - `link`: `isthmusctl link create` (the manifests that link two clusters).
 //! - `writers`: status conditions written back to Kubernetes, by the Lease
 //!   holder only.
 //! - `server`: the running control plane: store → translation → discovery
@@ -19,6 +20,7 @@
 pub mod crdgen;
 pub mod discovery;
 pub mod identity;
+pub mod link;
 pub mod resources;
 pub mod server;
 pub mod store;

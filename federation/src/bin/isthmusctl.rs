@@ -1,0 +1,102 @@
+//! `isthmusctl`: the operator's command line. Today: `link create`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use isthmus_federation::link::{Options, create};
+use isthmus_federation::resources::link::{PartitionMode, PartitionPolicy};
+
+#[derive(Parser)]
+#[command(name = "isthmusctl", version, about = "Isthmus operator commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Links between clusters.
+    Link {
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    isthmus_federation::resources::duration::parse(s).map_err(|e| e.to_string())
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Writes the manifests that link cluster FROM with cluster TO (a
+    /// ClusterLink and the Secret with TO's join token), to apply in FROM.
+    Create {
+        /// The linking cluster's `files` store directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The linked cluster's `files` store directory (its Mesh and CA).
+        #[arg(long)]
+        to: PathBuf,
+        /// TO's east-west gateway, QUIC (UDP) `ip:port`.
+        #[arg(long)]
+        gateway: SocketAddr,
+        /// TO's TCP fallback, when not on the same address.
+        #[arg(long)]
+        gateway_tcp: Option<SocketAddr>,
+        /// How long the join token is good for (1m to 24h).
+        #[arg(long, default_value = "1h", value_parser = duration)]
+        ttl: Duration,
+        /// When TO is unreachable: keep its imports until the TTL
+        /// (fail-static) or drop them at once (fail-closed).
+        #[arg(long, default_value = "fail-static", value_parser = ["fail-static", "fail-closed"])]
+        partition: String,
+        #[arg(long, default_value = "5m")]
+        staleness_ttl: String,
+        /// Write here (e.g. into FROM's store directory) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Link {
+            command:
+                LinkCommand::Create {
+                    from,
+                    to,
+                    gateway,
+                    gateway_tcp,
+                    ttl,
+                    partition,
+                    staleness_ttl,
+                    out,
+                },
+        } => {
+            duration(&staleness_ttl).map_err(|e| anyhow::anyhow!("--staleness-ttl: {e}"))?;
+            let options = Options {
+                gateway,
+                gateway_tcp,
+                ttl,
+                partition: PartitionPolicy {
+                    mode: match partition.as_str() {
+                        "fail-closed" => PartitionMode::FailClosed,
+                        _ => PartitionMode::FailStatic,
+                    },
+                    staleness_ttl: staleness_ttl.as_str().into(),
+                },
+            };
+            let yaml = create(&from, &to, &options, std::time::SystemTime::now())?;
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, yaml)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{yaml}"),
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! `isthmusctl link create --from A --to B`: what cluster A needs to link
+//! with cluster B, read from B's `files` store directory — B's name,
+//! locality and trust domain (its Mesh), its CA bundle (`<dir>/ca/`, made
+//! by B's control plane on first start) and a join token B's control plane
+//! issued for A (short-lived; B checks it when A's control plane connects) —
+//! written as the manifests to apply in A: a Secret holding the token and
+//! the ClusterLink naming it.
+//!
+//! (A kubeconfig context in place of a directory comes with the link sync,
+//! which also checks the token.)
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::identity::token::TokenKey;
+use crate::resources::link::{
+    ClusterLink, ClusterLinkSpec, GatewayAddresses, PartitionPolicy, SecretRef,
+};
+use crate::resources::mesh::Mesh;
+use crate::store::{Resource, Snapshot};
+use crate::translate::links::GATEWAY_NAMESPACE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "{dir}: no Mesh resource: a linked cluster needs a name and a trust domain (kind: Mesh)"
+    )]
+    NoMesh { dir: PathBuf },
+    #[error(
+        "{dir}/ca/root-cert.pem is missing: start that cluster's control plane once (it makes its CA there), then link"
+    )]
+    NoCa { dir: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("both directories are cluster {0}: link two different clusters")]
+    SameCluster(String),
+    #[error(
+        "clusters {a} and {b} share the trust domain {td}: each cluster needs its own (a linked domain is trusted for that cluster's workloads only)"
+    )]
+    SameTrustDomain { a: String, b: String, td: String },
+    #[error("the join token lifetime must be between 1 minute and 24 hours, not {0:?}")]
+    Ttl(Duration),
+}
+
+/// What to write, besides what the two directories say.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// B's east-west gateway: QUIC (UDP) and the TCP fallback.
+    pub gateway: SocketAddr,
+    pub gateway_tcp: Option<SocketAddr>,
+    /// How long the join token is good for.
+    pub ttl: Duration,
+    pub partition: PartitionPolicy,
+}
+
+/// One cluster as its store directory describes it.
+struct Cluster {
+    name: String,
+    trust_domain: String,
+    region: String,
+    zone: String,
+}
+
+fn cluster(dir: &Path) -> Result<Cluster, LinkError> {
+    let (loaded, errors) = crate::store::files::load_dir(dir);
+    let (snap, _) = crate::store::files::merge(&Snapshot::default(), loaded, errors);
+    let mesh: &Mesh = snap
+        .of_kind("Mesh")
+        .find_map(|(_, r)| match r {
+            Resource::Mesh(m) => Some(&**m),
+            _ => None,
+        })
+        .ok_or_else(|| LinkError::NoMesh { dir: dir.into() })?;
+    Ok(Cluster {
+        name: mesh.spec.cluster_name.clone(),
+        trust_domain: mesh.spec.trust_domain.clone(),
+        region: mesh.spec.locality.region.clone(),
+        zone: mesh.spec.locality.zone.clone(),
+    })
+}
+
+/// The service account a join token for cluster `a` names (in the
+/// control plane's namespace of the cluster that issued it).
+pub fn token_subject(a: &str) -> String {
+    format!("link-{a}")
+}
+
+/// The manifests (YAML) to apply in cluster `from` to link it with `to`.
+pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<String, LinkError> {
+    if o.ttl < Duration::from_secs(60) || o.ttl > Duration::from_secs(24 * 3600) {
+        return Err(LinkError::Ttl(o.ttl));
+    }
+    let (a, b) = (cluster(from)?, cluster(to)?);
+    if a.name == b.name {
+        return Err(LinkError::SameCluster(a.name));
+    }
+    if a.trust_domain == b.trust_domain {
+        return Err(LinkError::SameTrustDomain {
+            a: a.name,
+            b: b.name,
+            td: b.trust_domain,
+        });
+    }
+    let bundle_path = to.join("ca").join("root-cert.pem");
+    let bundle = match std::fs::read_to_string(&bundle_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(LinkError::NoCa { dir: to.into() });
+        }
+        Err(source) => {
+            return Err(LinkError::Read {
+                path: bundle_path,
+                source,
+            });
+        }
+    };
+    let key = TokenKey::load_or_create(to, &b.trust_domain).map_err(|source| LinkError::Read {
+        path: to.join("ca").join("token-key"),
+        source,
+    })?;
+    let token = key.issue(GATEWAY_NAMESPACE, &token_subject(&a.name), now, o.ttl);
+    let secret_name = format!("isthmus-link-{}", b.name);
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret_name, "namespace": GATEWAY_NAMESPACE},
+        "type": "Opaque",
+        "stringData": {"token": token},
+    });
+    let mut link = ClusterLink::new(
+        &b.name,
+        ClusterLinkSpec {
+            peer: b.name.clone(),
+            region: b.region,
+            zone: b.zone,
+            gateway: GatewayAddresses {
+                quic: o.gateway.to_string(),
+                tcp: o.gateway_tcp.map(|t| t.to_string()),
+            },
+            trust_domain: b.trust_domain,
+            trust_bundle: bundle,
+            credentials_secret_ref: SecretRef {
+                name: secret_name,
+                namespace: Some(GATEWAY_NAMESPACE.into()),
+            },
+            partition: o.partition.clone(),
+        },
+    );
+    let a_name = a.name;
+    link.metadata.labels = Some([("isthmus.dev/linked-from".to_string(), a_name.clone())].into());
+    let until = (now + o.ttl)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| k8s_openapi::jiff::Timestamp::from_second(d.as_secs() as i64).ok())
+        .map_or_else(String::new, |t| t.to_string());
+    let mut out = format!(
+        "# Apply in cluster {}: links it with cluster {} (the join token is good until {until}).\n",
+        a_name, b.name,
+    );
+    for doc in [
+        secret,
+        serde_json::to_value(&link).expect("a ClusterLink serializes"),
+    ] {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&doc).expect("JSON values serialize as YAML"));
+    }
+    Ok(out)
+}
