@@ -476,12 +476,14 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
     if e.tunnel_port > 65535 {
         c.fail(format!("{path}.tunnelPort"), "port must be 1-65535");
     }
+    if e.via_cluster.is_empty() && !e.via_service.is_empty() {
+        c.fail(
+            format!("{path}.viaService"),
+            "viaService names a service in another cluster: set viaCluster too",
+        );
+    }
     if !e.via_cluster.is_empty() {
-        let label_ok = e.via_cluster.len() <= 63
-            && e.via_cluster
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !label_ok {
+        if !dns_label(&e.via_cluster) {
             c.fail(
                 format!("{path}.viaCluster"),
                 format!(
@@ -502,6 +504,21 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
                 "an endpoint via another cluster needs the remote sidecars' identity \
                  (spiffe://<their trust domain>[/ns/<ns>/sa/<sa>])",
             );
+        }
+        if !e.via_service.is_empty() {
+            let ok = e
+                .via_service
+                .split_once('.')
+                .is_some_and(|(n, ns)| dns_label(n) && dns_label(ns));
+            if !ok {
+                c.fail(
+                    format!("{path}.viaService"),
+                    format!(
+                        "{:?} is not a service name in the other cluster (<name>.<namespace>)",
+                        e.via_service
+                    ),
+                );
+            }
         }
         if !e.ports.is_empty() || e.address.parse::<std::net::SocketAddr>().is_ok() {
             c.fail(
@@ -685,4 +702,13 @@ fn check_fault(c: &mut Checker, path: &str, f: &FaultInjection) {
             _ => {}
         }
     }
+}
+
+/// A DNS label as Kubernetes names use it: 1-63 lowercase letters,
+/// digits and '-'.
+fn dns_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

@@ -143,6 +143,33 @@ fn endpoints_via_another_cluster_need_the_gateway_port_and_the_remote_identity()
     );
     let c = parse_yaml(&good).unwrap();
     assert_eq!(c.services[0].endpoints[0].via_cluster, "us-east");
+    // Standing for a service named otherwise there (`reviews-us-east`
+    // stands for `reviews.shop` in us-east).
+    let renamed = good.replace(
+        "viaCluster: us-east,",
+        "viaCluster: us-east, viaService: reviews.shop,",
+    );
+    let c = parse_yaml(&renamed).unwrap();
+    assert_eq!(c.services[0].endpoints[0].via_service, "reviews.shop");
+    for (yaml, path) in [
+        (
+            good.replace(
+                "viaCluster: us-east,",
+                "viaCluster: us-east, viaService: reviews,",
+            ),
+            "services[0].endpoints[0].viaService",
+        ),
+        (
+            GOOD.replace(
+                "endpoints: [{address: 127.0.0.1:8080}]",
+                "endpoints: [{address: 127.0.0.1:8080, viaService: reviews.shop}]",
+            ),
+            "services[0].endpoints[0].viaService",
+        ),
+    ] {
+        let e = parse_yaml(&yaml).unwrap_err();
+        assert!(e.issues.iter().any(|i| i.path == path), "{path}: {e}");
+    }
     let bad = GOOD.replace(
         "endpoints: [{address: 127.0.0.1:8080}]",
         "endpoints: [{address: \"10.0.0.9:80\", viaCluster: US_East}]",

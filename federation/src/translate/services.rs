@@ -446,6 +446,7 @@ fn add_workloads(
             },
             // Local endpoints; imported ones come with federation.
             via_cluster: String::new(),
+            via_service: String::new(),
         });
     }
 }

@@ -596,7 +596,11 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
                 via: (!e.via_cluster.is_empty()).then(|| {
                     Arc::new(Via {
                         cluster: e.via_cluster.as_str().into(),
-                        service: name.clone(),
+                        service: if e.via_service.is_empty() {
+                            name.clone()
+                        } else {
+                            e.via_service.as_str().into()
+                        },
                         ports: ports.iter().map(|p| (p.target_port, p.port)).collect(),
                     })
                 }),

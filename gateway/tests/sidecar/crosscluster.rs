@@ -139,14 +139,16 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
     }
     let (entry_port, fallback_entry_port) = (gateways[0].1, gateways[1].1);
 
-    // us-east's client sidecar: catalog and echo are endpoints via eu-west.
+    // us-east's client sidecar: catalog and echo are endpoints via eu-west;
+    // so is `echo-eu-west`, a per-cluster name for eu-west's `echo`
+    // (viaService), through the gateway on the fallback.
     let client = start_with_identity(
         &format!(
             "node: {{name: frontend-0, namespace: shop, cluster: us-east}}\n\
              listeners:\n\
              \x20 - {{name: out, address: \"127.0.0.1:0\", http: {{}}}}\n\
              \x20 - {{name: echo, address: \"127.0.0.1:0\", tcp: {{service: echo.shop}}}}\n\
-             \x20 - {{name: echo-fallback, address: \"127.0.0.1:0\", tcp: {{service: echo-fallback.shop}}}}\n\
+             \x20 - {{name: echo-fallback, address: \"127.0.0.1:0\", tcp: {{service: echo-eu-west.shop}}}}\n\
              services:\n\
              \x20 - name: catalog.shop\n\
              \x20   hosts: [catalog]\n\
@@ -155,9 +157,9 @@ async fn a_request_and_a_tcp_stream_cross_clusters_with_the_caller_identity() {
              \x20 - name: echo.shop\n\
              \x20   ports: [{{port: 9000, targetPort: {echo_port}, protocol: TCP}}]\n\
              \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {entry_port}, viaCluster: eu-west, identity: \"spiffe://{EU}\"}}]\n\
-             \x20 - name: echo-fallback.shop\n\
+             \x20 - name: echo-eu-west.shop\n\
              \x20   ports: [{{port: 9000, targetPort: {echo_port}, protocol: TCP}}]\n\
-             \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {fallback_entry_port}, viaCluster: eu-west, identity: \"spiffe://{EU}\"}}]\n"
+             \x20   endpoints: [{{address: \"127.0.0.1\", tunnelPort: {fallback_entry_port}, viaCluster: eu-west, viaService: echo.shop, identity: \"spiffe://{EU}\"}}]\n"
         ),
         Some(Identity::fixed(creds(&us, &eu, "shop", "frontend"))),
     )
