@@ -520,11 +520,19 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
                 );
             }
         }
-        if !e.ports.is_empty() || e.address.parse::<std::net::SocketAddr>().is_ok() {
+        if e.address.parse::<std::net::SocketAddr>().is_ok() {
+            c.fail(
+                format!("{path}.address"),
+                "an endpoint via another cluster is its gateway's IP, without a port \
+                 (the service's ports, or `ports` for that cluster's target ports)",
+            );
+        }
+        // Target ports name the service port in the CONNECT: one each.
+        let mut targets = std::collections::HashSet::new();
+        if e.ports.iter().any(|p| !targets.insert(p.target_port)) {
             c.fail(
                 format!("{path}.ports"),
-                "an endpoint via another cluster takes the service's ports as they are \
-                 (no port in its address, no port overrides)",
+                "an endpoint via another cluster needs a distinct target port per service port",
             );
         }
     }

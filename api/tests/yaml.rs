@@ -180,10 +180,29 @@ fn endpoints_via_another_cluster_need_the_gateway_port_and_the_remote_identity()
         "services[0].endpoints[0].viaCluster",
         "services[0].endpoints[0].tunnelPort",
         "services[0].endpoints[0].identity",
-        "services[0].endpoints[0].ports",
+        "services[0].endpoints[0].address",
     ] {
         assert!(paths.contains(&p), "{p} not in {paths:?}");
     }
+    // That cluster's own target ports are allowed, one per service port.
+    let own = good.replace(
+        "viaCluster: us-east,",
+        "viaCluster: us-east, ports: [{port: 80, targetPort: 9080}],",
+    );
+    assert!(parse_yaml(&own).is_ok());
+    let twice = GOOD
+        .replace("ports: [{port: 80", "ports: [{port: 81, targetPort: 9080}, {port: 80")
+        .replace(
+            "endpoints: [{address: 127.0.0.1:8080}]",
+            "endpoints: [{address: 10.0.0.9, tunnelPort: 15009, viaCluster: us-east, identity: \"spiffe://us-east.isthmus.local\", ports: [{port: 80, targetPort: 9080}, {port: 81, targetPort: 9080}]}]",
+        );
+    let e = parse_yaml(&twice).unwrap_err();
+    assert!(
+        e.issues
+            .iter()
+            .any(|i| i.path == "services[0].endpoints[0].ports"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -583,6 +583,26 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
         } else {
             locality::priority(&node.locality, &locality, &failover)
         });
+        let tunnel = opt_port(e.tunnel_port).map(|port| Tunnel {
+            port,
+            identity: (!e.identity.is_empty()).then(|| e.identity.as_str().into()),
+            via: (!e.via_cluster.is_empty()).then(|| {
+                Arc::new(Via {
+                    cluster: e.via_cluster.as_str().into(),
+                    service: if e.via_service.is_empty() {
+                        name.clone()
+                    } else {
+                        e.via_service.as_str().into()
+                    },
+                    // This endpoint's target ports (the cluster behind it
+                    // may run the service on other target ports).
+                    ports: ports
+                        .iter()
+                        .map(|p| (over.get(&p.port).copied().unwrap_or(p.target_port), p.port))
+                        .collect(),
+                })
+            }),
+        });
         endpoints.push(EndpointSpec {
             ip,
             fixed_port,
@@ -590,21 +610,7 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
             locality,
             weight: if e.weight == 0 { 1 } else { e.weight },
             healthy: !e.unhealthy,
-            tunnel: opt_port(e.tunnel_port).map(|port| Tunnel {
-                port,
-                identity: (!e.identity.is_empty()).then(|| e.identity.as_str().into()),
-                via: (!e.via_cluster.is_empty()).then(|| {
-                    Arc::new(Via {
-                        cluster: e.via_cluster.as_str().into(),
-                        service: if e.via_service.is_empty() {
-                            name.clone()
-                        } else {
-                            e.via_service.as_str().into()
-                        },
-                        ports: ports.iter().map(|p| (p.target_port, p.port)).collect(),
-                    })
-                }),
-            }),
+            tunnel,
         });
     }
     let policy = match lb_model.policy() {
@@ -903,6 +909,45 @@ services:
         );
         assert!(c.port(Some(1)).is_none());
         assert!(s.services.contains_key("inbound|8080"));
+    }
+
+    #[test]
+    fn endpoints_via_other_clusters_carry_that_clusters_name_and_target_ports() {
+        let s = cfg(r#"
+node: {name: fe, namespace: shop, locality: {region: eu-west}}
+services:
+  - name: catalog.shop.svc.clusterset.local
+    ports: [{port: 80, targetPort: 8080}, {port: 9090, protocol: GRPC}]
+    endpoints:
+      - {address: 127.0.0.1, locality: {region: eu-west}}
+      - {address: 10.0.0.9, tunnelPort: 15009, viaCluster: eu-central, viaService: catalog.shop,
+         identity: "spiffe://eu-central.isthmus.local", ports: [{port: 80, targetPort: 9080}],
+         locality: {region: eu-central}}
+"#);
+        let c = &s.services["catalog.shop.svc.clusterset.local"];
+        let (http, grpc) = (*c.port(Some(80)).unwrap(), *c.port(Some(9090)).unwrap());
+        // The local endpoint on the local target port, the gateway on the
+        // other cluster's.
+        assert_eq!(
+            c.endpoints[0].addr(&http),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(c.endpoints[1].addr(&http), "10.0.0.9:9080".parse().unwrap());
+        let via = c.endpoints[1]
+            .tunnel
+            .as_ref()
+            .unwrap()
+            .via
+            .as_ref()
+            .unwrap();
+        assert_eq!(&*via.cluster, "eu-central");
+        // The CONNECT names the service there, with the service port.
+        assert_eq!(via.authority(9080).as_deref(), Some("catalog.shop:80"));
+        assert_eq!(
+            via.authority(c.endpoints[1].addr(&grpc).port()).as_deref(),
+            Some("catalog.shop:9090")
+        );
+        assert_eq!(c.priorities, vec![0, 2], "another region comes after ours");
     }
 
     #[test]
