@@ -10,6 +10,8 @@
 //! - `security`: Mesh mTLS default, PeerAuthentication,
 //!   AuthorizationPolicy and RequestAuthentication → per-namespace
 //!   security resources.
+//! - `imports`: services linked clusters export → per-cluster and
+//!   clusterset services via this cluster's east-west gateway.
 //! - `links`: ClusterLink → the east-west gateway's peers and the linked
 //!   clusters' trust bundles.
 //! - Problems found on the way (a policy naming a missing service, two
@@ -17,6 +19,7 @@
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
 //!   configuration is unaffected.
 
+pub mod imports;
 pub mod links;
 pub mod proxy;
 pub mod routes;

@@ -28,7 +28,11 @@ impl NamespaceIndex {
     pub fn new(catalog: &Catalog) -> Self {
         let mut by_namespace: HashMap<String, Vec<String>> = HashMap::new();
         for name in catalog.services.keys() {
-            if let Some((_, ns)) = name.split_once('.')
+            // `<name>.<ns>`, or a clusterset `<name>.<ns>.svc.clusterset.local`.
+            let model = name
+                .strip_suffix(super::imports::CLUSTERSET)
+                .unwrap_or(name);
+            if let Some((_, ns)) = model.split_once('.')
                 && !ns.contains('.')
             {
                 by_namespace

@@ -76,6 +76,9 @@ pub struct Endpoints<'a> {
     /// Pods whose sidecar has a mesh transport (annotation
     /// `isthmus.dev/tunnel-port`), by pod IP: (port, identity).
     meshed_pods: std::collections::HashMap<std::net::IpAddr, (u32, String)>,
+    /// Services that also get another's local endpoints: a clusterset
+    /// service → the exported local Service (`imports`).
+    also: std::collections::HashMap<String, String>,
 }
 
 /// The annotation (set by the sidecar injector) saying a pod's sidecar
@@ -91,15 +94,19 @@ pub fn workload_identity(trust_domain: &str, namespace: &str, service_account: &
 }
 
 impl Endpoints<'_> {
-    /// Sets `service.endpoints` from its EndpointSlices and workloads.
+    /// `service` (a clusterset service) also gets `local`'s endpoints.
+    pub fn include(&mut self, service: &str, local: &str) {
+        self.also.insert(service.to_string(), local.to_string());
+    }
+
+    /// Sets `service.endpoints` from its EndpointSlices and workloads,
+    /// before the endpoints it already has (other clusters' gateways).
     pub fn fill(&self, service: &mut model::Service) {
-        let Some((ns, svc)) = self.services.get(&service.name) else {
+        let base = self.also.get(&service.name).unwrap_or(&service.name);
+        let Some((ns, svc)) = self.services.get(base) else {
             return;
         };
-        let name = service
-            .name
-            .strip_suffix(&format!(".{ns}"))
-            .unwrap_or(&service.name);
+        let name = base.strip_suffix(&format!(".{ns}")).unwrap_or(base);
         let slices = self
             .slices_of
             .get(&(*ns, name))
@@ -124,6 +131,7 @@ impl Endpoints<'_> {
         // EndpointSlices first (stable sort), then drop repeated addresses.
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints.dedup_by(|a, b| a.address == b.address);
+        endpoints.append(&mut service.endpoints);
         endpoints.shrink_to_fit();
         service.endpoints = endpoints;
     }
@@ -223,6 +231,7 @@ pub fn catalog_shells<'a>(
         workloads,
         trust_domain,
         meshed_pods,
+        also: Default::default(),
     };
     (out, endpoints)
 }

@@ -1,0 +1,385 @@
+//! Services imported from linked clusters → what this cluster's proxies
+//! call (MCS, KEP-1645): for each service a linked cluster exports,
+//!
+//! - `<svc>-<cluster>.<ns>`: that cluster only (canaries, pinning), one
+//!   endpoint — this cluster's east-west gateway entry, `viaCluster`, and
+//!   `viaService: <svc>.<ns>` since it is named `<svc>` there;
+//! - `<svc>.<ns>.svc.clusterset.local`: every cluster — the local
+//!   endpoints when the local Service is exported too (filled with the
+//!   other endpoints, `Endpoints::fill`), then one gateway endpoint per
+//!   exporting cluster, weighted by its healthy count, in its locality, so
+//!   locality-aware balancing keeps traffic local and fails over by region.
+//!
+//! The input is what the links report (`Summary`: the sync's unit, held in
+//! memory like registered workloads, not a resource). Problems land on the
+//! ClusterLink of the cluster they came from.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use isthmus_api::model;
+
+use super::Problem;
+use super::services::{Catalog, Endpoints, service_name};
+use crate::store::{ObjectKey, Snapshot};
+
+/// The DNS suffix of clusterset names (`<svc>.<ns>.svc.clusterset.local`).
+pub const CLUSTERSET: &str = ".svc.clusterset.local";
+
+/// What one linked cluster reports about one service it exports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub cluster: String,
+    pub namespace: String,
+    pub name: String,
+    /// Its service ports, with that cluster's target ports.
+    pub ports: Vec<model::ServicePort>,
+    /// Endpoints there that are ready.
+    pub healthy: u32,
+    pub locality: model::Locality,
+    /// Its workloads' trust domain (their sidecars must prove it).
+    pub trust_domain: String,
+}
+
+/// This cluster's east-west gateway, where sidecars send cross-cluster
+/// streams (its local entry, 15009).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+pub fn per_cluster_name(name: &str, ns: &str, cluster: &str) -> String {
+    format!("{name}-{cluster}.{ns}")
+}
+
+pub fn clusterset_name(name: &str, ns: &str) -> String {
+    format!("{name}.{ns}{CLUSTERSET}")
+}
+
+/// Adds the imported services to `catalog`; `endpoints` learns which
+/// clusterset services include local endpoints.
+pub fn attach(
+    catalog: &mut Catalog,
+    endpoints: &mut Endpoints<'_>,
+    snap: &Snapshot,
+    summaries: &[Summary],
+    entry: Option<Entry>,
+) {
+    let mut sorted: Vec<&Summary> = summaries.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.namespace, &a.name, &a.cluster).cmp(&(&b.namespace, &b.name, &b.cluster))
+    });
+    let mut reported = BTreeSet::new();
+    for s in sorted {
+        let mut problem = |reason: &'static str, message: String| {
+            catalog.problems.push(Problem {
+                kind: "ClusterLink",
+                key: ObjectKey {
+                    namespace: None,
+                    name: s.cluster.clone(),
+                },
+                reason,
+                message,
+            })
+        };
+        let Some(entry) = entry else {
+            if reported.insert(s.cluster.clone()) {
+                problem(
+                    "NoGateway",
+                    format!(
+                        "services imported from {} are not usable: this cluster has no east-west gateway entry",
+                        s.cluster
+                    ),
+                );
+            }
+            continue;
+        };
+        let gateway = |ports: Vec<model::EndpointPort>| model::Endpoint {
+            address: entry.ip.to_string(),
+            ports,
+            locality: Some(s.locality.clone()),
+            weight: s.healthy.max(1),
+            unhealthy: s.healthy == 0,
+            tunnel_port: u32::from(entry.port),
+            identity: format!("spiffe://{}", s.trust_domain),
+            via_cluster: s.cluster.clone(),
+            via_service: service_name(&s.name, &s.namespace),
+            ..Default::default()
+        };
+
+        // That cluster only.
+        let one = per_cluster_name(&s.name, &s.namespace, &s.cluster);
+        if catalog.services.contains_key(&one) {
+            problem(
+                "Conflict",
+                format!(
+                    "a local Service is named {one}: {}'s {} is not offered under that name",
+                    s.cluster,
+                    service_name(&s.name, &s.namespace)
+                ),
+            );
+        } else {
+            catalog.services.insert(
+                one.clone(),
+                model::Service {
+                    name: one,
+                    ports: s.ports.clone(),
+                    endpoints: vec![gateway(Vec::new())],
+                    ..Default::default()
+                },
+            );
+        }
+
+        // Every cluster: the ports are the local Service's when it is
+        // exported, else those of the first cluster to report.
+        let local = service_name(&s.name, &s.namespace);
+        let key = ObjectKey {
+            namespace: Some(s.namespace.clone()),
+            name: s.name.clone(),
+        };
+        let exported =
+            catalog.services.contains_key(&local) && snap.get("ServiceExport", &key).is_some();
+        let all = clusterset_name(&s.name, &s.namespace);
+        let first = if exported {
+            catalog.services[&local].ports.clone()
+        } else {
+            s.ports.clone()
+        };
+        let ports = catalog
+            .services
+            .entry(all.clone())
+            .or_insert_with(|| model::Service {
+                name: all.clone(),
+                ports: first,
+                ..Default::default()
+            })
+            .ports
+            .clone();
+        if exported {
+            endpoints.include(&all, &local);
+        }
+        // Each of the set's service ports must be one of theirs: their
+        // target port for it goes on their gateway endpoint.
+        let mut over = Vec::new();
+        let mut missing = Vec::new();
+        for p in &ports {
+            match s.ports.iter().find(|q| q.port == p.port) {
+                Some(q) => over.push(model::EndpointPort {
+                    port: p.port,
+                    target_port: if q.target_port == 0 {
+                        q.port
+                    } else {
+                        q.target_port
+                    },
+                }),
+                None => missing.push(p.port),
+            }
+        }
+        if !missing.is_empty() || s.ports.len() != ports.len() {
+            problem(
+                "PortConflict",
+                format!(
+                    "{}'s {local} does not have the ports of {all} ({}): it is left out of it (reachable as {})",
+                    s.cluster,
+                    ports
+                        .iter()
+                        .map(|p| p.port.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    per_cluster_name(&s.name, &s.namespace, &s.cluster)
+                ),
+            );
+            continue;
+        }
+        if let Some(set) = catalog.services.get_mut(&all) {
+            set.endpoints.push(gateway(over));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::files::{merge, parse_file};
+
+    const LOCAL: &str = r#"
+apiVersion: isthmus.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west, zone: eu-west-a}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: catalog-1, namespace: shop, labels: {kubernetes.io/service-name: catalog}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.1.7], zone: eu-west-a}]
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+spec: {}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cart-us-east, namespace: shop}
+spec: {ports: [{port: 80}]}
+"#;
+
+    fn summary(cluster: &str, name: &str, port: u32, target: u32, healthy: u32) -> Summary {
+        Summary {
+            cluster: cluster.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            ports: vec![model::ServicePort {
+                port,
+                target_port: target,
+                ..Default::default()
+            }],
+            healthy,
+            locality: model::Locality {
+                region: cluster.into(),
+                zone: format!("{cluster}-a"),
+            },
+            trust_domain: format!("{cluster}.isthmus.local"),
+        }
+    }
+
+    const ENTRY: Entry = Entry {
+        ip: IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2)),
+        port: 15009,
+    };
+
+    /// The catalog as the offer sends it: shells, imports, then endpoints.
+    fn imported(summaries: &[Summary], entry: Option<Entry>) -> Catalog {
+        let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), LOCAL);
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let (mut catalog, mut endpoints) = crate::translate::translate_shells(&snap, &[]);
+        attach(&mut catalog, &mut endpoints, &snap, summaries, entry);
+        for s in catalog.services.values_mut() {
+            endpoints.fill(s);
+        }
+        catalog
+    }
+
+    #[test]
+    fn each_cluster_and_the_clusterset_get_a_name_and_local_endpoints_come_first() {
+        let c = imported(
+            &[
+                summary("eu-central", "catalog", 80, 9080, 2),
+                summary("us-east", "reviews", 80, 8080, 3),
+            ],
+            Some(ENTRY),
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        // One cluster: its gateway endpoint, named as it is there.
+        let one = &c.services["catalog-eu-central.shop"];
+        let e = &one.endpoints[0];
+        assert_eq!(one.endpoints.len(), 1);
+        assert_eq!((e.address.as_str(), e.tunnel_port), ("10.0.0.2", 15009));
+        assert_eq!(
+            (e.via_cluster.as_str(), e.via_service.as_str()),
+            ("eu-central", "catalog.shop")
+        );
+        assert_eq!(e.identity, "spiffe://eu-central.isthmus.local");
+        assert_eq!(e.weight, 2);
+        assert_eq!(one.ports[0].target_port, 9080);
+        // Every cluster: the exported local endpoints, then eu-central's
+        // gateway on its own target port, in its own region.
+        let all = &c.services["catalog.shop.svc.clusterset.local"];
+        assert_eq!(all.ports[0].target_port, 8080, "the local Service's ports");
+        let addrs: Vec<&str> = all.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.1.7", "10.0.0.2"]);
+        assert_eq!(all.endpoints[1].ports[0].target_port, 9080);
+        assert_eq!(
+            all.endpoints[1].locality.as_ref().unwrap().region,
+            "eu-central"
+        );
+        // reviews is not exported here: its clusterset is us-east only.
+        let reviews = &c.services["reviews.shop.svc.clusterset.local"];
+        assert_eq!(reviews.endpoints.len(), 1);
+        assert_eq!(reviews.endpoints[0].via_cluster, "us-east");
+        // The local services are untouched.
+        assert_eq!(c.services["catalog.shop"].endpoints.len(), 1);
+        assert!(c.services["reviews.shop"].endpoints.is_empty());
+        // A proxy in shop is sent the clusterset services.
+        let index = crate::translate::proxy::NamespaceIndex::new(&c);
+        let node = model::Node {
+            name: "frontend".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        let wanted = crate::translate::proxy::wanted(&c, &index, &node);
+        assert!(
+            wanted.contains("catalog.shop.svc.clusterset.local"),
+            "{wanted:?}"
+        );
+        assert!(wanted.contains("catalog-eu-central.shop"));
+        // And a proxy takes them as they are.
+        let config = model::ProxyConfig {
+            services: c.services.values().cloned().collect(),
+            ..Default::default()
+        };
+        let issues = isthmus_api::validate::validate(&config);
+        assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    #[test]
+    fn conflicts_and_a_missing_gateway_are_reported_on_the_link() {
+        let c = imported(
+            &[
+                summary("us-east", "cart", 80, 80, 1),
+                summary("us-east", "catalog", 81, 81, 1),
+                summary("eu-central", "catalog", 80, 9080, 0),
+            ],
+            Some(ENTRY),
+        );
+        let got: Vec<(&str, &str)> = c
+            .problems
+            .iter()
+            .map(|p| (p.key.name.as_str(), p.reason))
+            .collect();
+        assert_eq!(got, [("us-east", "Conflict"), ("us-east", "PortConflict")]);
+        assert!(
+            c.problems[1].message.contains("catalog-us-east.shop"),
+            "{}",
+            c.problems[1].message
+        );
+        // The local cart-us-east stays ours; us-east's catalog keeps its
+        // own name but stays out of the clusterset; eu-central's gateway,
+        // with nothing healthy there, is in it but marked unhealthy.
+        assert!(c.services["cart-us-east.shop"].endpoints.is_empty());
+        assert_eq!(c.services["catalog-us-east.shop"].ports[0].port, 81);
+        let all = &c.services["catalog.shop.svc.clusterset.local"];
+        let clusters: Vec<&str> = all
+            .endpoints
+            .iter()
+            .map(|e| e.via_cluster.as_str())
+            .collect();
+        assert_eq!(clusters, ["", "eu-central"]);
+        assert!(all.endpoints[1].unhealthy);
+
+        let c = imported(
+            &[
+                summary("us-east", "cart", 80, 80, 1),
+                summary("us-east", "reviews", 80, 80, 1),
+            ],
+            None,
+        );
+        let got: Vec<&str> = c.problems.iter().map(|p| p.reason).collect();
+        assert_eq!(got, ["NoGateway"], "once per cluster");
+        assert!(!c.services.contains_key("reviews-us-east.shop"));
+    }
+}
