@@ -20,6 +20,27 @@ use super::Conditions;
 )]
 pub struct ServiceExportSpec {}
 
+/// A ServiceExport as users write it: usually no `spec` at all (it has no
+/// fields), which the derived type would refuse. Read through this.
+#[derive(Deserialize)]
+pub struct ServiceExportDoc {
+    pub metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default)]
+    pub status: Option<ServiceExportStatus>,
+}
+
+impl From<ServiceExportDoc> for ServiceExport {
+    fn from(d: ServiceExportDoc) -> Self {
+        let mut e = ServiceExport::new(
+            d.metadata.name.as_deref().unwrap_or_default(),
+            ServiceExportSpec {},
+        );
+        e.metadata = d.metadata;
+        e.status = d.status;
+        e
+    }
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 pub struct ServiceExportStatus {
     /// `Valid`, `Conflict` (MCS: the oldest export wins), `Ready`.

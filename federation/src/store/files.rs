@@ -186,7 +186,8 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         "PeerAuthentication" => typed(doc).map(|x| Resource::PeerAuthentication(Box::new(x))),
         "RequestAuthentication" => typed(doc).map(|x| Resource::RequestAuthentication(Box::new(x))),
         "FaultInjection" => typed(doc).map(|x| Resource::FaultInjection(Box::new(x))),
-        "ServiceExport" => typed(doc).map(|x| Resource::ServiceExport(Box::new(x))),
+        "ServiceExport" => typed::<crate::resources::mcs::ServiceExportDoc>(doc)
+            .map(|x| Resource::ServiceExport(Box::new(x.into()))),
         "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),
         "HTTPRoute" => typed(doc).map(|x| Resource::HttpRoute(Box::new(x))),
         "GRPCRoute" => typed(doc).map(|x| Resource::GrpcRoute(Box::new(x))),

@@ -90,7 +90,10 @@ pub fn convert(kind: &str, mut obj: DynamicObject) -> Result<Resource, String> {
         "PeerAuthentication" => Resource::PeerAuthentication(typed(v)?),
         "RequestAuthentication" => Resource::RequestAuthentication(typed(v)?),
         "FaultInjection" => Resource::FaultInjection(typed(v)?),
-        "ServiceExport" => Resource::ServiceExport(typed(v)?),
+        "ServiceExport" => {
+            let d: Box<crate::resources::mcs::ServiceExportDoc> = typed(v)?;
+            Resource::ServiceExport(Box::new((*d).into()))
+        }
         "ServiceImport" => Resource::ServiceImport(typed(v)?),
         "HTTPRoute" => Resource::HttpRoute(typed(v)?),
         "GRPCRoute" => Resource::GrpcRoute(typed(v)?),

@@ -224,7 +224,6 @@ endpoints: [{addresses: [10.0.1.7], zone: eu-west-a}]
 apiVersion: multicluster.x-k8s.io/v1alpha1
 kind: ServiceExport
 metadata: {name: catalog, namespace: shop}
-spec: {}
 ---
 apiVersion: v1
 kind: Service
