@@ -13,10 +13,6 @@ struct Cli {
     command: Command,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    isthmus_federation::resources::duration::parse(s).map_err(|e| e.to_string())
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Runs the control plane on a `files` store directory: watches it,
@@ -41,7 +37,7 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15020")]
         admin: SocketAddr,
         /// How long a registered workload outlives its dropped stream.
-        #[arg(long, default_value = "30s", value_parser = duration)]
+        #[arg(long, default_value = "30s", value_parser = isthmus_federation::resources::duration::parse_arg)]
         registration_grace: Duration,
         /// The trust domain of the CA (`files` mode; default: the Mesh's,
         /// else cluster.local).
@@ -51,7 +47,7 @@ enum Command {
         #[arg(long, env = "POD_NAME")]
         replica: Option<String>,
         /// How often the directory is looked at.
-        #[arg(long, default_value = "200ms", value_parser = duration)]
+        #[arg(long, default_value = "200ms", value_parser = isthmus_federation::resources::duration::parse_arg)]
         poll: Duration,
         /// Serve discovery and the CA without TLS (development only).
         #[arg(long)]
@@ -67,7 +63,7 @@ enum Command {
         #[arg(long, requires = "ca_cert")]
         ca_root_bundle: Option<PathBuf>,
         /// Quiet time after a change before it is applied.
-        #[arg(long, default_value = "100ms", value_parser = duration)]
+        #[arg(long, default_value = "100ms", value_parser = isthmus_federation::resources::duration::parse_arg)]
         debounce: Duration,
     },
     /// Prints a bootstrap token proving a workload identity to the CA of
@@ -79,7 +75,7 @@ enum Command {
         namespace: String,
         #[arg(long)]
         service_account: String,
-        #[arg(long, default_value = "24h", value_parser = duration)]
+        #[arg(long, default_value = "24h", value_parser = isthmus_federation::resources::duration::parse_arg)]
         ttl: Duration,
         /// Default: the Mesh's, else cluster.local.
         #[arg(long)]

@@ -24,10 +24,6 @@ enum Command {
     },
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    isthmus_federation::resources::duration::parse(s).map_err(|e| e.to_string())
-}
-
 #[derive(Subcommand)]
 enum LinkCommand {
     /// Writes the manifests that link cluster FROM with cluster TO (a
@@ -46,7 +42,7 @@ enum LinkCommand {
         #[arg(long)]
         gateway_tcp: Option<SocketAddr>,
         /// How long the join token is good for (1m to 24h).
-        #[arg(long, default_value = "1h", value_parser = duration)]
+        #[arg(long, default_value = "1h", value_parser = isthmus_federation::resources::duration::parse_arg)]
         ttl: Duration,
         /// When TO is unreachable: keep its imports until the TTL
         /// (fail-static) or drop them at once (fail-closed).
@@ -75,7 +71,8 @@ fn main() -> anyhow::Result<()> {
                     out,
                 },
         } => {
-            duration(&staleness_ttl).map_err(|e| anyhow::anyhow!("--staleness-ttl: {e}"))?;
+            isthmus_federation::resources::duration::parse_arg(&staleness_ttl)
+                .map_err(|e| anyhow::anyhow!("--staleness-ttl: {e}"))?;
             let options = Options {
                 gateway,
                 gateway_tcp,

@@ -65,6 +65,11 @@ impl schemars::JsonSchema for Duration {
 }
 
 /// Parses a GEP-2257 duration.
+/// `parse` for command-line flags (clap's `value_parser`).
+pub fn parse_arg(s: &str) -> Result<std::time::Duration, String> {
+    parse(s).map_err(|e| e.to_string())
+}
+
 pub fn parse(s: &str) -> Result<std::time::Duration, DurationError> {
     let err = || DurationError(s.to_string());
     let mut rest = s.as_bytes();

@@ -100,11 +100,7 @@ fn peer(link: &ClusterLink) -> Result<(model::PeerGateway, model::TrustBundle), 
         None => udp.clone(),
     };
     let td = s.trust_domain.trim();
-    if td.is_empty()
-        || !td
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
-    {
+    if !isthmus_api::validate::is_trust_domain(td) {
         return Err((
             "InvalidTrustDomain",
             format!(

@@ -64,9 +64,7 @@ pub fn translate_shells<'a>(
     workloads: &'a [&'a crate::store::registry::Workload],
 ) -> (services::Catalog, services::Endpoints<'a>) {
     let (mut catalog, endpoints) = services::catalog_shells(snap, workloads);
-    routes::attach(&mut catalog, snap);
-    catalog.security = security::translate(snap, &mut catalog.problems);
-    catalog.links = links::translate(snap, &mut catalog.problems);
+    attach_policies(&mut catalog, snap);
     (catalog, endpoints)
 }
 
@@ -77,8 +75,13 @@ pub fn translate_with(
     workloads: &[&crate::store::registry::Workload],
 ) -> services::Catalog {
     let mut catalog = services::catalog_with(snap, workloads);
-    routes::attach(&mut catalog, snap);
+    attach_policies(&mut catalog, snap);
+    catalog
+}
+
+/// Routes, security and links on top of the services, the same for both.
+fn attach_policies(catalog: &mut services::Catalog, snap: &crate::store::Snapshot) {
+    routes::attach(catalog, snap);
     catalog.security = security::translate(snap, &mut catalog.problems);
     catalog.links = links::translate(snap, &mut catalog.problems);
-    catalog
 }

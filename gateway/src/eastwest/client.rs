@@ -26,8 +26,14 @@ pub enum LinkError {
         got: String,
         expected: String,
     },
-    #[error("HTTP/3 with peer gateway {addr} failed: {reason}")]
+    #[error(
+        "HTTP/3 with peer gateway {addr} failed: {reason} (the link is remade for the next stream)"
+    )]
     Http3 { addr: SocketAddr, reason: String },
+    #[error(
+        "HTTP/2 on the TCP fallback with peer gateway {addr} failed: {reason} (the link is remade for the next stream)"
+    )]
+    Http2 { addr: SocketAddr, reason: String },
     #[error("peer gateway {addr} refused CONNECT {authority}: {status} {reason}")]
     Refused {
         addr: SocketAddr,
@@ -346,7 +352,7 @@ impl H2Link {
         let (conn, driver) =
             crate::connect::Client::handshake(s, &super::quic::fallback_settings())
                 .await
-                .map_err(|e| LinkError::Http3 {
+                .map_err(|e| LinkError::Http2 {
                     addr,
                     reason: e.to_string(),
                 })?;
@@ -371,7 +377,7 @@ impl H2Link {
             .parse()
             .map_err(|e: http::uri::InvalidUri| failed(StatusCode::BAD_REQUEST, e.to_string()))?;
         source.write(req.headers_mut());
-        let (resp, stream) = self.conn.open(req).await.map_err(|e| LinkError::Http3 {
+        let (resp, stream) = self.conn.open(req).await.map_err(|e| LinkError::Http2 {
             addr: self.addr,
             reason: e.to_string(),
         })?;

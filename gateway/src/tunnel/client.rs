@@ -174,21 +174,14 @@ impl Connector {
         connect_timeout: Duration,
     ) -> Result<TunnelStream, TunnelError> {
         let sender = self.sender(addr, expect, connect_timeout).await?;
-        let mut req = Request::new(());
-        *req.method_mut() = Method::CONNECT;
-        *req.uri_mut() = target
-            .to_string()
-            .parse()
-            .expect("a socket address is a valid authority");
-        if let Some(own) = self.tls.own_id()
-            && let Ok(v) = own.as_str().parse()
-        {
-            req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
-        }
-        let (resp, io) = sender.open(req).await.map_err(|e| TunnelError::Http2 {
-            addr,
-            reason: e.to_string(),
-        })?;
+        let (resp, io) =
+            sender
+                .open(self.mesh_connect(target))
+                .await
+                .map_err(|e| TunnelError::Http2 {
+                    addr,
+                    reason: e.to_string(),
+                })?;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 addr,
@@ -284,16 +277,7 @@ impl Connector {
         let inner = self.h2_handshake(tls, gateway).await?;
         // The remote sidecar serves one workload: only the port counts.
         let target = SocketAddr::new(gateway.ip(), target_port);
-        let mut req = Request::new(());
-        *req.method_mut() = Method::CONNECT;
-        *req.uri_mut() = target
-            .to_string()
-            .parse()
-            .expect("a socket address is a valid authority");
-        if let Ok(v) = own.as_str().parse() {
-            req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
-        }
-        let (resp, io) = inner.open(req).await.map_err(h2)?;
+        let (resp, io) = inner.open(self.mesh_connect(target)).await.map_err(h2)?;
         if resp.status() != StatusCode::OK {
             return Err(TunnelError::Refused {
                 addr: gateway,
@@ -306,6 +290,22 @@ impl Connector {
             _conn: inner,
             _outer: Some(outer),
         })
+    }
+
+    /// The mesh transport's CONNECT for `target`, saying who we are.
+    fn mesh_connect(&self, target: SocketAddr) -> Request<()> {
+        let mut req = Request::new(());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = target
+            .to_string()
+            .parse()
+            .expect("a socket address is a valid authority");
+        if let Some(own) = self.tls.own_id()
+            && let Ok(v) = own.as_str().parse()
+        {
+            req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
+        }
+        req
     }
 
     /// A ready HTTP/2 connection to `addr`, made now if there is none, the
