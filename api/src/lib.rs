@@ -37,6 +37,15 @@ pub mod ca {
     }
 }
 
+/// Generated federation service (control plane to control plane).
+pub mod federation {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/isthmus.federation.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/isthmus.federation.v1.serde.rs"));
+    }
+}
+
 pub use config::v1 as model;
 pub use validate::{Issue, validate};
 
