@@ -551,7 +551,12 @@ async fn run_sidecar(
     }
     let stop_eastwest = tokio_util::sync::CancellationToken::new();
     if let Some(ew) = eastwest {
-        start_eastwest(&sidecar, ew, stop_eastwest.clone()).await?;
+        let ew =
+            isthmus_gateway::eastwest::role::start(&sidecar, ew, stop_eastwest.clone()).await?;
+        eprintln!(
+            "east-west: QUIC on udp {}, fallback on tcp {}, local entry on {}",
+            ew.quic, ew.tcp, ew.local
+        );
     }
     eprintln!(
         "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
@@ -565,62 +570,6 @@ async fn run_sidecar(
     stop_eastwest.cancel();
     sidecar.shutdown(a.drain_timeout).await;
     stop_identity.cancel();
-    Ok(())
-}
-
-/// The east-west role on top of a started sidecar (its store, identity,
-/// metrics): QUIC and TCP-fallback tunnel servers, and the local entry
-/// with links to the peers.
-async fn start_eastwest(
-    sidecar: &Sidecar,
-    ew: isthmus_gateway::eastwest::config::EastWestConfig,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    use isthmus_gateway::eastwest::{gateway::Gateway, quic, server};
-    let proxy = sidecar.proxy.clone();
-    let proxy_store = proxy.store.clone();
-    let tls = proxy
-        .mesh
-        .clone()
-        .context("the east-west gateway needs an identity: --ca-token or --cert-file")?;
-    let endpoint = quic::endpoint_with(&tls, ew.quic, ew.congestion)?;
-    let tcp = tokio::net::TcpListener::bind(ew.tcp)
-        .await
-        .with_context(|| format!("listening on TCP {} (fallback)", ew.tcp))?;
-    let local = tokio::net::TcpListener::bind(ew.local)
-        .await
-        .with_context(|| format!("listening on {} (local entry)", ew.local))?;
-    eprintln!(
-        "east-west: QUIC on udp {}, fallback on tcp {}, local entry on {}",
-        endpoint.local_addr()?,
-        tcp.local_addr()?,
-        local.local_addr()?
-    );
-    let peers = std::sync::Arc::new(server::Peers {
-        allowed: ew.admit.clone(),
-        exports: ew.exports.clone(),
-    });
-    tokio::spawn(server::serve_tcp(
-        tcp,
-        proxy.clone(),
-        peers.clone(),
-        stop.clone(),
-    ));
-    tokio::spawn(server::serve(endpoint.clone(), proxy, peers, stop.clone()));
-    let mut gw = Gateway::new(
-        tls,
-        endpoint,
-        ew.peer_configs(),
-        sidecar.proxy.metrics.clone(),
-    );
-    gw.cluster = ew.cluster.clone();
-    let gw = std::sync::Arc::new(gw);
-    gw.clone()
-        .follow_config(proxy_store, ew.peer_configs(), stop.clone());
-    let view = gw.clone();
-    sidecar.add_admin_view("/eastwest", std::sync::Arc::new(move || view.status()));
-    gw.spawn_stats(std::time::Duration::from_secs(1), stop.clone());
-    tokio::spawn(gw.serve_local(local, stop));
     Ok(())
 }
 

@@ -29,9 +29,15 @@ impl Incoming {
     }
 
     /// Answers 200: the stream is the connection from here on.
-    pub fn accept(mut self) -> io::Result<H2Stream> {
+    pub fn accept(self) -> io::Result<H2Stream> {
+        self.accept_with(http::HeaderMap::new())
+    }
+
+    /// `accept`, with these headers on the 200.
+    pub fn accept_with(mut self, headers: http::HeaderMap) -> io::Result<H2Stream> {
         let mut ok = Response::new(());
         *ok.status_mut() = StatusCode::OK;
+        *ok.headers_mut() = headers;
         let send = self
             .respond
             .send_response(ok, false)

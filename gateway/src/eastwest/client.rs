@@ -20,6 +20,17 @@ pub enum LinkError {
         transport: &'static str,
         reason: String,
     },
+    /// The handshake got through but one side does not trust the other's
+    /// certificate: the link's trust bundle is not the peer's (or ours is
+    /// not in the peer's). Decisive: the fallback would fail the same way.
+    #[error(
+        "peer gateway {addr} and this one do not trust each other over {transport}: {reason} (check the trust bundle of the link on both sides)"
+    )]
+    Untrusted {
+        addr: SocketAddr,
+        transport: &'static str,
+        reason: String,
+    },
     #[error("peer gateway {addr} is {got}, expected {expected}")]
     WrongPeer {
         addr: SocketAddr,
@@ -41,6 +52,34 @@ pub enum LinkError {
         status: StatusCode,
         reason: String,
     },
+}
+
+/// TLS alerts that say a certificate was not accepted (RFC 8446 6.2).
+const CERTIFICATE_ALERTS: [u8; 6] = [42, 43, 44, 45, 46, 48];
+
+/// Whether a QUIC handshake failed on trust: our verifier refused the
+/// peer's certificate, or the peer sent a certificate alert.
+pub fn quic_trust_failure(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    CERTIFICATE_ALERTS
+        .iter()
+        .any(|a| code == quinn::TransportErrorCode::crypto(*a))
+}
+
+/// Whether a TLS (TCP) handshake failed on trust, either side.
+pub fn tls_trust_failure(e: &std::io::Error) -> bool {
+    let Some(e) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return false;
+    };
+    match e {
+        rustls::Error::InvalidCertificate(_) => true,
+        rustls::Error::AlertReceived(a) => CERTIFICATE_ALERTS.contains(&u8::from(*a)),
+        _ => false,
+    }
 }
 
 /// The TLS server name for a peer: our verifier checks SPIFFE IDs, not
@@ -188,7 +227,17 @@ impl PeerLink {
                             "no QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)"
                         ))
                     })?
-                    .map_err(|e| fail(e.to_string()))?;
+                    .map_err(|e| {
+                        if quic_trust_failure(&e) {
+                            LinkError::Untrusted {
+                                addr,
+                                transport: "QUIC (UDP)",
+                                reason: e.to_string(),
+                            }
+                        } else {
+                            fail(e.to_string())
+                        }
+                    })?;
                 let got = peer_id(&conn).map(|i| i.to_string()).unwrap_or_default();
                 if got != expected {
                     conn.close(0x0101u32.into(), b"wrong peer");
@@ -338,7 +387,17 @@ impl H2Link {
         let s = tokio_rustls::TlsConnector::from(tls.client.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| {
+                if tls_trust_failure(&e) {
+                    LinkError::Untrusted {
+                        addr,
+                        transport: "the TCP fallback",
+                        reason: e.to_string(),
+                    }
+                } else {
+                    fail(e.to_string())
+                }
+            })?;
         let got = crate::tls::peer_id(s.get_ref().1)
             .map(|i| i.to_string())
             .unwrap_or_default();
@@ -528,6 +587,9 @@ impl Link {
             biased;
             r = &mut quic => match r {
                 Ok(l) => return Ok(Link::Quic(l)),
+                // UDP got through and the certificates did not: the
+                // fallback cannot help.
+                Err(e @ LinkError::Untrusted { .. }) => return Err(e),
                 Err(e) => {
                     tracing::info!(%udp, "QUIC to the peer failed, trying the TCP fallback: {e}");
                     quic_failed = true;
@@ -543,13 +605,14 @@ impl Link {
             biased;
             r = &mut quic => match r {
                 Ok(l) => Ok(Link::Quic(l)),
+                Err(e @ LinkError::Untrusted { .. }) => Err(e),
                 Err(_) => h2.await.map(Link::H2),
             },
             r = &mut h2 => match r {
                 Ok(l) => Ok(Link::H2(l)),
-                // The peer is not who we link with: decisive, whatever
-                // QUIC would say.
-                Err(e @ LinkError::WrongPeer { .. }) => Err(e),
+                // The peer is not who we link with, or not trusted:
+                // decisive, whatever QUIC would say.
+                Err(e @ (LinkError::WrongPeer { .. } | LinkError::Untrusted { .. })) => Err(e),
                 Err(e) => quic.await.map(Link::Quic).map_err(|_| e),
             },
         }
@@ -582,5 +645,50 @@ impl Link {
                 Ok((LinkSend::H2(w, l.conn.clone()), LinkRecv::H2(r)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_failures_are_told_from_outages() {
+        let closed = |code| {
+            quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+                error_code: code,
+                frame_type: None,
+                reason: Default::default(),
+            })
+        };
+        // unknown_ca, bad_certificate: trust.
+        assert!(quic_trust_failure(&closed(
+            quinn::TransportErrorCode::crypto(48)
+        )));
+        assert!(quic_trust_failure(&closed(
+            quinn::TransportErrorCode::crypto(42)
+        )));
+        // handshake_failure (no common cipher), a protocol error, a timeout: not.
+        assert!(!quic_trust_failure(&closed(
+            quinn::TransportErrorCode::crypto(40)
+        )));
+        assert!(!quic_trust_failure(&closed(
+            quinn::TransportErrorCode::PROTOCOL_VIOLATION
+        )));
+        assert!(!quic_trust_failure(&quinn::ConnectionError::TimedOut));
+
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert!(tls_trust_failure(&io(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer
+        ))));
+        assert!(tls_trust_failure(&io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA
+        ))));
+        assert!(!tls_trust_failure(&io(rustls::Error::AlertReceived(
+            rustls::AlertDescription::HandshakeFailure
+        ))));
+        assert!(!tls_trust_failure(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        )));
     }
 }

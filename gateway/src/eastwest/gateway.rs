@@ -22,6 +22,14 @@ use crate::telemetry::metrics::{
 use crate::tls::{MeshTls, SpiffeId};
 
 /// The header naming the peer cluster a CONNECT is for.
+/// On the local entry's 200: the transport the stream rides (`quic`/`h2`).
+pub const TRANSPORT_HEADER: &str = "isthmus-transport";
+
+/// Header on a refused CONNECT: what kind of failure the link to the peer
+/// had, when the caller should tell it apart (only `untrusted` today).
+pub const LINK_FAILURE_HEADER: &str = "isthmus-link-failure";
+/// `LINK_FAILURE_HEADER` value: the gateways do not trust each other.
+pub const UNTRUSTED: &str = "untrusted";
 pub const CLUSTER_HEADER: &str = "isthmus-cluster";
 /// How long QUIC gets before the TCP fallback races it.
 pub const HEAD_START: Duration = Duration::from_millis(300);
@@ -42,6 +50,8 @@ struct PeerState {
     link: tokio::sync::Mutex<Option<Arc<Link>>>,
     /// The last failure to link, and when the current link was made.
     last_error: Mutex<Option<String>>,
+    /// Whether that failure was one of trust (certificates refused).
+    last_untrusted: std::sync::atomic::AtomicBool,
     /// Failed attempts in a row, and when the next may be made.
     retry: Mutex<(u32, Option<Instant>)>,
     linked_at: Mutex<Option<std::time::SystemTime>>,
@@ -70,6 +80,7 @@ impl PeerState {
             cfg,
             link: tokio::sync::Mutex::new(None),
             last_error: Mutex::new(None),
+            last_untrusted: std::sync::atomic::AtomicBool::new(false),
             retry: Mutex::new((0, None)),
             linked_at: Mutex::new(None),
             probed: Mutex::new(Instant::now()),
@@ -189,6 +200,9 @@ impl Gateway {
                     .expect("peer status lock")
                     .clone()
                     .unwrap_or_default(),
+                untrusted: peer
+                    .last_untrusted
+                    .load(std::sync::atomic::Ordering::Relaxed),
             });
         }
         *peer.probed.lock().expect("probe lock") = Instant::now();
@@ -221,6 +235,10 @@ impl Gateway {
             match &made {
                 Err(e) => {
                     *peer.last_error.lock().expect("peer status lock") = Some(e.to_string());
+                    peer.last_untrusted.store(
+                        matches!(e, LinkError::Untrusted { .. }),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     let failures = retry.0.saturating_add(1);
                     let wait = backoff(failures, rand::random::<f64>());
                     tracing::info!(cluster, ?wait, "cannot link to the peer gateway: {e}");
@@ -259,7 +277,20 @@ impl Gateway {
         authority: &str,
         source: &super::Source,
     ) -> Result<(super::client::LinkSend, super::client::LinkRecv), GatewayError> {
+        self.open_on(cluster, authority, source)
+            .await
+            .map(|(s, r, _)| (s, r))
+    }
+
+    /// `open`, saying which transport the stream went over.
+    pub async fn open_on(
+        &self,
+        cluster: &str,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<(super::client::LinkSend, super::client::LinkRecv, Transport), GatewayError> {
         let link = self.link(cluster).await?;
+        let with = |l: &Link, (s, r)| (s, r, l.transport());
         match link.open_from(authority, source).await {
             Err(e @ LinkError::Http3 { .. })
                 if matches!(&*link, Link::Quic(q) if q.early() != super::client::Early::None
@@ -270,9 +301,9 @@ impl Gateway {
                     q.close();
                 }
                 let link = self.link(cluster).await?;
-                Ok(link.open_from(authority, source).await?)
+                Ok(with(&link, link.open_from(authority, source).await?))
             }
-            r => Ok(r?),
+            r => Ok(with(&link, r?)),
         }
     }
 
@@ -394,21 +425,36 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };
-        let link = match self.open(&cluster, &authority, &source).await {
+        let (send, recv, transport) = match self.open_on(&cluster, &authority, &source).await {
             Ok(x) => x,
             Err(GatewayError::Link(LinkError::Refused { status, reason, .. })) => {
                 count(status);
                 return inc.refuse(super::refused(status, &reason));
             }
-            Err(e @ (GatewayError::NoPeer(_) | GatewayError::Backoff { .. })) => {
-                return inc.refuse(super::refused(e.status(), &e.to_string()));
-            }
             Err(e) => {
-                count(StatusCode::BAD_GATEWAY);
-                return inc.refuse(super::refused(StatusCode::BAD_GATEWAY, &e.to_string()));
+                if matches!(e, GatewayError::Link(_)) {
+                    count(e.status());
+                }
+                let mut r = super::refused(e.status(), &e.to_string());
+                if e.untrusted() {
+                    // The caller tells a trust failure from an outage.
+                    r.headers_mut().insert(
+                        LINK_FAILURE_HEADER,
+                        http::HeaderValue::from_static(UNTRUSTED),
+                    );
+                }
+                return inc.refuse(r);
             }
         };
-        let local = match inc.accept() {
+        let link = (send, recv);
+        // The caller learns which transport carries it (the control plane
+        // shows it on the ClusterLink).
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            TRANSPORT_HEADER,
+            http::HeaderValue::from_static(transport.as_str()),
+        );
+        let local = match inc.accept_with(headers) {
             Ok(s) => s.into_split(),
             Err(e) => return tracing::debug!("local CONNECT not established: {e}"),
         };
@@ -579,12 +625,27 @@ pub enum GatewayError {
         cluster: String,
         retry_in: Duration,
         last: String,
+        /// The last failure was one of trust.
+        untrusted: bool,
     },
     #[error(transparent)]
     Link(#[from] LinkError),
 }
 
 impl GatewayError {
+    /// Whether the link failed because the gateways do not trust each
+    /// other's certificates (now, or on the last attempt).
+    pub fn untrusted(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Link(LinkError::Untrusted { .. })
+                | GatewayError::Backoff {
+                    untrusted: true,
+                    ..
+                }
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NoPeer(_) => StatusCode::NOT_FOUND,

@@ -25,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod gateway;
 pub mod quic;
+pub mod role;
 pub mod server;
 pub mod splice;
 pub mod transport;

@@ -27,10 +27,18 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn admits(&self, id: &SpiffeId) -> bool {
+    /// Whether `id` may connect: listed here (`--eastwest-config`), or the
+    /// gateway of a cluster we link with (the control plane's peers, from
+    /// ClusterLinks), as the configuration in force says now.
+    pub fn admits(&self, id: &SpiffeId, config: &crate::config::compile::Snapshot) -> bool {
         self.allowed
             .iter()
             .any(|a| crate::authz::Pattern::new(a).matches(id.as_str()))
+            || config
+                .source
+                .east_west
+                .as_ref()
+                .is_some_and(|ew| ew.peers.iter().any(|p| p.identity == id.as_str()))
     }
 }
 
@@ -60,7 +68,7 @@ pub async fn serve(
                     return;
                 }
             };
-            let Some(id) = peer_id(&conn).filter(|id| peers.admits(id)) else {
+            let Some(id) = peer_id(&conn).filter(|id| peers.admits(id, &proxy.store.load())) else {
                 proxy.metrics.error("eastwest_unknown_peer");
                 tracing::warn!(%remote, peer = ?peer_id(&conn), "peer gateway is not one we link with; closing");
                 conn.close(0x0101u32.into(), b"unknown peer");
@@ -252,7 +260,8 @@ pub async fn serve_tcp(
                 proxy.metrics.error("eastwest_handshake");
                 return;
             };
-            let Some(id) = crate::tls::peer_id(tls.get_ref().1).filter(|id| peers.admits(id))
+            let Some(id) = crate::tls::peer_id(tls.get_ref().1)
+                .filter(|id| peers.admits(id, &proxy.store.load()))
             else {
                 proxy.metrics.error("eastwest_unknown_peer");
                 tracing::warn!(%remote, "peer gateway (TCP fallback) is not one we link with");

@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use rustls_pki_types::ServerName;
 use tokio_util::task::TaskTracker;
 
-use super::TunnelStream;
+use super::{RemoteSession, TunnelStream};
 use crate::config::compile::Via;
 use crate::connect::{Client, Settings};
 use crate::pool::{PoolError, SocketOptions, dial};
@@ -47,6 +47,14 @@ pub enum TunnelError {
         cluster: String,
         authority: String,
         status: StatusCode,
+        reason: String,
+    },
+    #[error(
+        "the east-west gateway at {gateway} cannot link to cluster {cluster}: the gateways do not trust each other ({reason})"
+    )]
+    PeerUntrusted {
+        gateway: SocketAddr,
+        cluster: String,
         reason: String,
     },
     #[error(
@@ -189,11 +197,7 @@ impl Connector {
                 status: resp.status(),
             });
         }
-        Ok(TunnelStream {
-            io,
-            _conn: sender,
-            _outer: None,
-        })
+        Ok(TunnelStream { io, _conn: sender })
     }
 
     /// Opens a stream to the service `via` names in a linked cluster: a
@@ -218,44 +222,104 @@ impl Connector {
                 service: via.service.to_string(),
                 target_port,
             })?;
+        let tls = self
+            .connect_remote(gateway, &via.cluster, &authority, expect, connect_timeout)
+            .await?;
+        let inner = self.h2_handshake(tls, gateway).await?;
+        // The remote sidecar serves one workload: only the port counts.
+        let target = SocketAddr::new(gateway.ip(), target_port);
+        // The session (and with it the gateway connection) lives in the
+        // inner connection's driver for as long as that connection does.
+        let (resp, io) =
+            inner
+                .open(self.mesh_connect(target))
+                .await
+                .map_err(|e| TunnelError::Http2 {
+                    addr: gateway,
+                    reason: e.to_string(),
+                })?;
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::Refused {
+                addr: gateway,
+                target,
+                status: resp.status(),
+            });
+        }
+        Ok(TunnelStream { io, _conn: inner })
+    }
+
+    /// Our own mTLS session with whatever answers `authority` (`name.ns:port`)
+    /// in the linked cluster `cluster`: a CONNECT to this cluster's east-west
+    /// gateway entry at `gateway` (pooled like any sidecar connection), and
+    /// inside that stream a TLS handshake (ALPN h2) with the remote end, which
+    /// must prove `expect`. The gateways see only ciphertext. What runs on
+    /// the session is the caller's: the mesh transport for a sidecar, gRPC
+    /// for the control planes' federation channel.
+    pub async fn connect_remote(
+        &self,
+        gateway: SocketAddr,
+        cluster: &str,
+        authority: &str,
+        expect: Expect,
+        connect_timeout: Duration,
+    ) -> Result<RemoteSession, TunnelError> {
         let own = self
             .tls
             .own_id()
             .ok_or(TunnelError::NoIdentity { addr: gateway })?;
         let local = Expect::Domain(own.trust_domain().into());
         let outer = self.sender(gateway, local, connect_timeout).await?;
+        let refused = |status: StatusCode, reason: String| TunnelError::GatewayRefused {
+            gateway,
+            cluster: cluster.to_string(),
+            authority: authority.to_string(),
+            status,
+            reason,
+        };
         let mut req = Request::new(());
         *req.method_mut() = Method::CONNECT;
-        *req.uri_mut() = authority.parse().map_err(|_| TunnelError::ViaPort {
-            cluster: via.cluster.to_string(),
-            service: via.service.to_string(),
-            target_port,
+        *req.uri_mut() = authority.parse().map_err(|_| {
+            refused(
+                StatusCode::BAD_REQUEST,
+                "not a valid CONNECT authority".into(),
+            )
         })?;
         let headers = req.headers_mut();
-        if let Ok(v) = via.cluster.parse() {
+        if let Ok(v) = cluster.parse() {
             headers.insert(crate::eastwest::gateway::CLUSTER_HEADER, v);
         }
         if let Ok(v) = own.as_str().parse() {
             headers.insert(super::SOURCE_ID_HEADER, v);
         }
-        let h2 = |e: h2::Error| TunnelError::Http2 {
+        let (resp, through) = outer.open(req).await.map_err(|e| TunnelError::Http2 {
             addr: gateway,
             reason: e.to_string(),
-        };
-        let (resp, through) = outer.open(req).await.map_err(h2)?;
+        })?;
         if resp.status() != StatusCode::OK {
-            return Err(TunnelError::GatewayRefused {
-                gateway,
-                cluster: via.cluster.to_string(),
-                authority,
-                status: resp.status(),
-                reason: crate::eastwest::refusal_reason(resp.headers()),
-            });
+            let untrusted = resp
+                .headers()
+                .get(crate::eastwest::gateway::LINK_FAILURE_HEADER)
+                .is_some_and(|v| v == crate::eastwest::gateway::UNTRUSTED);
+            if untrusted {
+                return Err(TunnelError::PeerUntrusted {
+                    gateway,
+                    cluster: cluster.to_string(),
+                    reason: crate::eastwest::refusal_reason(resp.headers()),
+                });
+            }
+            return Err(refused(
+                resp.status(),
+                crate::eastwest::refusal_reason(resp.headers()),
+            ));
         }
-        // The end-to-end session, inside the gateway's stream.
+        let transport = resp
+            .headers()
+            .get(crate::eastwest::gateway::TRANSPORT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let tls_failed = |reason: String| TunnelError::Handshake {
             addr: gateway,
-            reason: format!("with the sidecar in {} behind it: {reason}", via.cluster),
+            reason: format!("with {authority} in {cluster} behind it: {reason}"),
         };
         let tls = tokio::time::timeout(
             connect_timeout.max(Duration::from_secs(1)),
@@ -274,21 +338,11 @@ impl Connector {
                 expected: expect.to_string(),
             });
         }
-        let inner = self.h2_handshake(tls, gateway).await?;
-        // The remote sidecar serves one workload: only the port counts.
-        let target = SocketAddr::new(gateway.ip(), target_port);
-        let (resp, io) = inner.open(self.mesh_connect(target)).await.map_err(h2)?;
-        if resp.status() != StatusCode::OK {
-            return Err(TunnelError::Refused {
-                addr: gateway,
-                target,
-                status: resp.status(),
-            });
-        }
-        Ok(TunnelStream {
-            io,
-            _conn: inner,
-            _outer: Some(outer),
+        Ok(RemoteSession {
+            peer,
+            transport,
+            io: tls,
+            _outer: outer,
         })
     }
 

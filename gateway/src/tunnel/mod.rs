@@ -23,6 +23,39 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connect::{Abort, Client, H2Stream};
 
+/// AsyncRead + AsyncWrite for a type by its `io` field.
+macro_rules! delegate_io {
+    ($t:ty) => {
+        impl AsyncRead for $t {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+            }
+        }
+
+        impl AsyncWrite for $t {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 pub use client::{Connector, Expect, TunnelError};
 
 /// One CONNECT stream of the client side, as a byte stream. It holds its
@@ -31,10 +64,22 @@ pub use client::{Connector, Expect, TunnelError};
 pub struct TunnelStream {
     io: H2Stream,
     _conn: Client,
-    /// Through an east-west gateway: the connection to the gateway, which
-    /// carries `_conn`'s.
-    _outer: Option<Client>,
 }
+
+/// An mTLS session with a service in a linked cluster, inside a CONNECT
+/// stream through this cluster's east-west gateway (`Connector::connect_remote`).
+/// It holds the connection to the gateway open.
+pub struct RemoteSession {
+    /// Who answered, as its certificate proved.
+    pub peer: crate::tls::SpiffeId,
+    /// What carries it between the gateways (`quic`, `h2`), as our
+    /// gateway said.
+    pub transport: Option<String>,
+    io: tokio_rustls::client::TlsStream<H2Stream>,
+    _outer: Client,
+}
+
+delegate_io!(RemoteSession);
 
 /// An abort resets the stream (the destination's connection is reset).
 impl Abort for TunnelStream {
@@ -43,33 +88,7 @@ impl Abort for TunnelStream {
     }
 }
 
-impl AsyncRead for TunnelStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TunnelStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
+delegate_io!(TunnelStream);
 
 /// Header naming the client's own SPIFFE ID as it claims it, for logs
 /// only: identity comes from the verified certificate.
