@@ -127,7 +127,11 @@ pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<St
     let secret = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": secret_name, "namespace": GATEWAY_NAMESPACE},
+        "metadata": {
+            "name": secret_name,
+            "namespace": GATEWAY_NAMESPACE,
+            "labels": {crate::store::LINK_CREDENTIALS_LABEL: b.name},
+        },
         "type": "Opaque",
         "stringData": {"token": token},
     });

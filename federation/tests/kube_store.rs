@@ -79,6 +79,7 @@ fn cluster() -> BTreeMap<&'static str, Vec<Value>> {
         "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports",
         "/apis/gateway.networking.k8s.io/v1/httproutes",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "/api/v1/namespaces/isthmus-system/secrets",
     ] {
         m.insert(p, Vec::new());
     }
@@ -143,6 +144,13 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
                 let Some(items) = fixtures.get(path.as_str()) else {
                     panic!("unexpected request {path}?{query}");
                 };
+                if path.ends_with("/secrets") {
+                    // Link credentials only, never every Secret.
+                    assert!(
+                        query.contains("labelSelector=isthmus.dev%2Flink-credentials"),
+                        "{path}?{query}"
+                    );
+                }
                 if query.contains("watch=true") {
                     let (tx, b) = open_body();
                     let _ = watch_tx.send((path.clone(), tx.clone()));
@@ -160,6 +168,7 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
         client,
         debounce: Duration::from_millis(10),
         sync_timeout: Duration::from_secs(30),
+        namespace: "isthmus-system".into(),
     }
     .start(stop.clone())
     .await

@@ -191,6 +191,24 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),
         "HTTPRoute" => typed(doc).map(|x| Resource::HttpRoute(Box::new(x))),
         "GRPCRoute" => typed(doc).map(|x| Resource::GrpcRoute(Box::new(x))),
+        "Secret" => typed::<k8s_openapi::api::core::v1::Secret>(doc).and_then(|x| {
+            let labelled = x
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(super::LINK_CREDENTIALS_LABEL));
+            if labelled {
+                Ok(Resource::Secret(Box::new(x)))
+            } else {
+                Err((
+                    None,
+                    format!(
+                        "only link credentials are read (Secrets labelled {}); keep other Secrets out of the store directory",
+                        super::LINK_CREDENTIALS_LABEL
+                    ),
+                ))
+            }
+        }),
         _ => unreachable!("every entry of KINDS is matched"),
     }
     .map_err(|(pos, msg)| fail(pos, msg))?;

@@ -61,6 +61,7 @@ pub fn api_resource(kind: &str) -> ApiResource {
         "ServiceImport" => ApiResource::erase::<ServiceImport>(&()),
         "HTTPRoute" => ApiResource::erase::<HTTPRoute>(&()),
         "GRPCRoute" => ApiResource::erase::<GRPCRoute>(&()),
+        "Secret" => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
         _ => unreachable!("every entry of KINDS has an API resource"),
     }
 }
@@ -97,6 +98,7 @@ pub fn convert(kind: &str, mut obj: DynamicObject) -> Result<Resource, String> {
         "ServiceImport" => Resource::ServiceImport(typed(v)?),
         "HTTPRoute" => Resource::HttpRoute(typed(v)?),
         "GRPCRoute" => Resource::GrpcRoute(typed(v)?),
+        "Secret" => Resource::Secret(typed(v)?),
         other => return Err(format!("kind {other} is not read by this store")),
     })
 }
@@ -164,6 +166,9 @@ pub struct KubeStore {
     pub debounce: Duration,
     /// How long to wait for the first list of every kind.
     pub sync_timeout: Duration,
+    /// The control plane's namespace: the only one whose Secrets (the
+    /// link credentials) are read, so RBAC grants Secrets there alone.
+    pub namespace: String,
 }
 
 impl KubeStore {
@@ -178,7 +183,11 @@ impl KubeStore {
         let mut watchers = Vec::new();
         for &(_, kind, namespaced) in KINDS {
             let ar = api_resource(kind);
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let api: Api<DynamicObject> = if kind == "Secret" {
+                Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+            } else {
+                Api::all_with(self.client.clone(), &ar)
+            };
             watchers.push(tokio::spawn(watch_kind(
                 api,
                 kind,
@@ -283,7 +292,12 @@ async fn watch_kind(
         },
         name: o.meta().name.clone().unwrap_or_default(),
     };
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let config = match kind {
+        // Link credentials only: the control plane holds no other Secret.
+        "Secret" => watcher::Config::default().labels(super::LINK_CREDENTIALS_LABEL),
+        _ => watcher::Config::default(),
+    };
+    let stream = watcher::watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut buffer: Option<Objects> = None;
     let mut warned = false;

@@ -60,7 +60,15 @@ pub enum Resource {
     ServiceImport(Box<ServiceImport>),
     HttpRoute(Box<HTTPRoute>),
     GrpcRoute(Box<GRPCRoute>),
+    /// Only link credentials (`LINK_CREDENTIALS_LABEL`): the join tokens
+    /// ClusterLinks refer to. No other Secret is read.
+    Secret(Box<k8s_openapi::api::core::v1::Secret>),
 }
+
+/// The label every Secret the control plane reads carries (`isthmusctl link
+/// create` sets it; in `kube` mode Secrets are watched with this selector
+/// only, so the control plane never holds other Secrets).
+pub const LINK_CREDENTIALS_LABEL: &str = "isthmus.dev/link-credentials";
 
 /// Kind names as written in YAML, with their apiVersion and whether they
 /// are namespaced.
@@ -81,6 +89,7 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("multicluster.x-k8s.io/v1alpha1", "ServiceImport", true),
     ("gateway.networking.k8s.io/v1", "HTTPRoute", true),
     ("gateway.networking.k8s.io/v1", "GRPCRoute", true),
+    ("v1", "Secret", true),
 ];
 
 impl Resource {
@@ -102,6 +111,7 @@ impl Resource {
             Resource::ServiceImport(_) => "ServiceImport",
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
+            Resource::Secret(_) => "Secret",
         }
     }
 }
