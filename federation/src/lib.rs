@@ -11,6 +11,8 @@
 //! - `discovery`: the gRPC stream that sends each proxy its configuration.
 //! - `identity`: SPIFFE IDs and the cluster's CA (SVIDs from CSRs).
 //! - `link`: `isthmusctl link create` (the manifests that link two clusters).
+//! - `sync`: federation with linked clusters' control planes (exports,
+//!   imports, partitions) through the east-west gateways.
 //! - `writers`: status conditions written back to Kubernetes, by the Lease
 //!   holder only.
 //! - `server`: the running control plane: store → translation → discovery
@@ -24,5 +26,6 @@ pub mod link;
 pub mod resources;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod translate;
 pub mod writers;

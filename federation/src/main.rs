@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "isthmus-federation", version, about = "Isthmus control plane")]
@@ -18,54 +18,7 @@ enum Command {
     /// Runs the control plane on a `files` store directory: watches it,
     /// translates every change, streams it to proxies (discovery), serves
     /// /config_dump, /proxy_config, /healthz, /readyz.
-    Run {
-        /// Directory of Kubernetes YAML (the files store).
-        #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
-        store_dir: Option<PathBuf>,
-        /// Read the cluster through the Kubernetes API (in-cluster config or
-        /// KUBECONFIG) instead of a directory; write status as the leader.
-        #[arg(long)]
-        kube: bool,
-        /// Namespace of the leader-election Lease (`kube` mode).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "isthmus-system")]
-        lease_namespace: String,
-        #[arg(long, default_value = "isthmus-federation")]
-        lease_name: String,
-        /// Discovery (gRPC) address proxies subscribe to.
-        #[arg(long, default_value = "127.0.0.1:15010")]
-        discovery: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:15020")]
-        admin: SocketAddr,
-        /// How long a registered workload outlives its dropped stream.
-        #[arg(long, default_value = "30s", value_parser = isthmus_federation::resources::duration::parse_arg)]
-        registration_grace: Duration,
-        /// The trust domain of the CA (`files` mode; default: the Mesh's,
-        /// else cluster.local).
-        #[arg(long)]
-        trust_domain: Option<String>,
-        /// This replica's name, sent to proxies (default: from the pid).
-        #[arg(long, env = "POD_NAME")]
-        replica: Option<String>,
-        /// How often the directory is looked at.
-        #[arg(long, default_value = "200ms", value_parser = isthmus_federation::resources::duration::parse_arg)]
-        poll: Duration,
-        /// Serve discovery and the CA without TLS (development only).
-        #[arg(long)]
-        insecure_plaintext: bool,
-        /// A plugged-in CA (PEM): the operator's root, or an intermediate
-        /// with --ca-root-bundle; instead of the generated root.
-        #[arg(long, requires = "ca_key")]
-        ca_cert: Option<PathBuf>,
-        #[arg(long, requires = "ca_cert")]
-        ca_key: Option<PathBuf>,
-        /// The roots an intermediate --ca-cert chains to (sent to proxies
-        /// as the trust bundle).
-        #[arg(long, requires = "ca_cert")]
-        ca_root_bundle: Option<PathBuf>,
-        /// Quiet time after a change before it is applied.
-        #[arg(long, default_value = "100ms", value_parser = isthmus_federation::resources::duration::parse_arg)]
-        debounce: Duration,
-    },
+    Run(Box<RunArgs>),
     /// Prints a bootstrap token proving a workload identity to the CA of
     /// the control plane on this store directory (`files` mode).
     Token {
@@ -92,6 +45,69 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// Directory of Kubernetes YAML (the files store).
+    #[arg(long, required_unless_present = "kube", conflicts_with = "kube")]
+    store_dir: Option<PathBuf>,
+    /// Read the cluster through the Kubernetes API (in-cluster config or
+    /// KUBECONFIG) instead of a directory; write status as the leader.
+    #[arg(long)]
+    kube: bool,
+    /// Namespace of the leader-election Lease (`kube` mode).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "isthmus-system")]
+    lease_namespace: String,
+    #[arg(long, default_value = "isthmus-federation")]
+    lease_name: String,
+    /// Discovery (gRPC) address proxies subscribe to.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    discovery: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    admin: SocketAddr,
+    /// How long a registered workload outlives its dropped stream.
+    #[arg(long, default_value = "30s", value_parser = isthmus_federation::resources::duration::parse_arg)]
+    registration_grace: Duration,
+    /// The trust domain of the CA (`files` mode; default: the Mesh's,
+    /// else cluster.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// This replica's name, sent to proxies (default: from the pid).
+    #[arg(long, env = "POD_NAME")]
+    replica: Option<String>,
+    /// How often the directory is looked at.
+    #[arg(long, default_value = "200ms", value_parser = isthmus_federation::resources::duration::parse_arg)]
+    poll: Duration,
+    /// Serve discovery and the CA without TLS (development only).
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// A plugged-in CA (PEM): the operator's root, or an intermediate
+    /// with --ca-root-bundle; instead of the generated root.
+    #[arg(long, requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    #[arg(long, requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// The roots an intermediate --ca-cert chains to (sent to proxies
+    /// as the trust bundle).
+    #[arg(long, requires = "ca_cert")]
+    ca_root_bundle: Option<PathBuf>,
+    /// Quiet time after a change before it is applied.
+    #[arg(long, default_value = "100ms", value_parser = isthmus_federation::resources::duration::parse_arg)]
+    debounce: Duration,
+    /// Federation port: linked clusters' control planes subscribe here
+    /// to our exports, through our east-west gateway (e.g.
+    /// 127.0.0.1:15012). Off when not given.
+    #[arg(long)]
+    federation: Option<SocketAddr>,
+    /// The address our gateway dials for the federation port (default:
+    /// the --federation address, when it is not a wildcard).
+    #[arg(long)]
+    federation_advertise: Option<SocketAddr>,
+    /// This cluster's east-west gateway entry (its 15009): sidecars
+    /// reach imported services through it, and so do our links.
+    #[arg(long)]
+    gateway_entry: Option<SocketAddr>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -103,23 +119,27 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run {
-            store_dir,
-            kube,
-            lease_namespace,
-            lease_name,
-            trust_domain,
-            discovery,
-            admin,
-            registration_grace,
-            replica,
-            poll,
-            debounce,
-            insecure_plaintext,
-            ca_cert,
-            ca_key,
-            ca_root_bundle,
-        } => {
+        Command::Run(args) => {
+            let RunArgs {
+                store_dir,
+                kube,
+                lease_namespace,
+                lease_name,
+                trust_domain,
+                discovery,
+                admin,
+                registration_grace,
+                replica,
+                poll,
+                debounce,
+                insecure_plaintext,
+                ca_cert,
+                ca_key,
+                ca_root_bundle,
+                federation,
+                federation_advertise,
+                gateway_entry,
+            } = *args;
             if let Some(dir) = store_dir.as_ref().filter(|d| !d.is_dir()) {
                 anyhow::bail!(
                     "store directory {} does not exist: create it or pass --store-dir",
@@ -136,8 +156,30 @@ async fn main() -> anyhow::Result<()> {
                 None => "kubernetes".into(),
             };
             tracing::info!(%admin, %discovery, store = %source, "control plane starting");
+            let federation_listener =
+                match federation {
+                    Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                        anyhow::anyhow!("cannot listen on {addr} for federation: {e}")
+                    })?),
+                    None => None,
+                };
             let mut opts =
                 isthmus_federation::server::Options::new(store_dir.clone().unwrap_or_default());
+            opts.namespace = lease_namespace.clone();
+            opts.gateway_entry = gateway_entry;
+            opts.federation_address = match (&federation_listener, federation_advertise) {
+                (_, Some(a)) => Some(a),
+                (Some(l), None) => {
+                    let a = l.local_addr()?;
+                    if a.ip().is_unspecified() {
+                        tracing::warn!(%a, "--federation listens on a wildcard address: give --federation-advertise so the gateway can reach it");
+                        None
+                    } else {
+                        Some(a)
+                    }
+                }
+                (None, None) => None,
+            };
             opts.poll = poll;
             opts.debounce = debounce;
             opts.registration_grace = registration_grace;
@@ -231,6 +273,27 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let ca = std::sync::Arc::new(ca);
+            if let Some(listener) = federation_listener {
+                // Join tokens are checked with the same key that signs them
+                // (`files` mode; `kube` mode issues none yet).
+                let tokens = match &store_dir {
+                    Some(dir) => Some(std::sync::Arc::new(
+                        isthmus_federation::identity::token::TokenKey::load_or_create(dir, &td)
+                            .map_err(|e| {
+                                anyhow::anyhow!("token key in {}/ca: {e}", dir.display())
+                            })?,
+                    )),
+                    None => None,
+                };
+                let at = listener.local_addr()?;
+                let settings = isthmus_federation::sync::client::Settings {
+                    entry: gateway_entry,
+                    namespace: lease_namespace.clone(),
+                    ..Default::default()
+                };
+                let tls = cp.serve_federation(listener, ca.clone(), tokens, settings)?;
+                tracing::info!(%at, identity = %tls.id, gateway_entry = ?gateway_entry, "federation served");
+            }
             if insecure_plaintext {
                 tracing::warn!(trust_domain = %td, "discovery and CA served in PLAINTEXT (--insecure-plaintext): development only");
                 cp.set_trust_bundles(vec![isthmus_api::model::TrustBundle {

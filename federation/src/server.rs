@@ -41,6 +41,16 @@ pub struct Options {
     /// Trust bundles sent to every proxy (`security/mesh`): this cluster's
     /// CA root, and with federation the linked clusters' roots.
     pub trust_bundles: Vec<model::TrustBundle>,
+    /// This cluster's east-west gateway entry (its 15009): where sidecars
+    /// send streams for imported services, and the federation channel's
+    /// way out. None: nothing is imported (ClusterLinks say NoGateway).
+    pub gateway_entry: Option<std::net::SocketAddr>,
+    /// Where our gateway reaches this control plane's federation port (the
+    /// `isthmus-federation.isthmus-system:15012` service it routes peers'
+    /// channels to), when no Service of that name is in the store.
+    pub federation_address: Option<std::net::SocketAddr>,
+    /// The control plane's namespace.
+    pub namespace: String,
 }
 
 impl Options {
@@ -52,6 +62,9 @@ impl Options {
             registration_grace: Duration::from_secs(30),
             replica: format!("isthmus-federation-{}", std::process::id()),
             trust_bundles: Vec::new(),
+            gateway_entry: None,
+            federation_address: None,
+            namespace: "isthmus-system".into(),
         }
     }
 }
@@ -79,6 +92,9 @@ pub struct ControlPlane {
     tasks: TaskTracker,
     stop: CancellationToken,
     trust: watch::Sender<Vec<model::TrustBundle>>,
+    /// What linked clusters export to us, as the link tasks hold it.
+    pub peers: Arc<crate::sync::peers::Peers>,
+    opts: Options,
 }
 
 impl ControlPlane {
@@ -119,6 +135,7 @@ impl ControlPlane {
             client: client.clone(),
             debounce: opts.debounce,
             sync_timeout: Duration::from_secs(120),
+            namespace: lease_namespace.to_string(),
         }
         .start(stop.clone())
         .await?;
@@ -180,24 +197,37 @@ impl ControlPlane {
     ) -> Self {
         let tasks = TaskTracker::new();
         let registry = Arc::new(registry::Shared::new(opts.registration_grace));
+        let peers = Arc::new(crate::sync::peers::Peers::default());
         let mut generation = 1;
         let (trust_tx, mut trust) = watch::channel(opts.trust_bundles.clone());
+        let inputs = Inputs {
+            registry: &registry,
+            peers: &peers,
+            opts: &opts,
+        };
         let first = publish(
             generation,
             &states.borrow_and_update(),
-            &registry,
+            &inputs,
             &trust.borrow_and_update(),
         );
         let (tx, published) = watch::channel(first);
         let (reg, stop2, debounce) = (registry.clone(), stop.clone(), opts.debounce);
+        let (imports, loop_opts) = (peers.clone(), opts.clone());
+        let mut imported = imports.watch_imports();
         tasks.spawn(async move {
             let _watcher = watcher;
             loop {
                 let expiry = reg.next_expiry();
+                let withdrawal = imports.next_expiry();
                 tokio::select! {
                     _ = stop2.cancelled() => return,
                     r = states.changed() => if r.is_err() { return },
                     r = trust.changed() => if r.is_err() { return },
+                    r = imported.changed() => if r.is_err() { return },
+                    _ = sleep_until_wall(withdrawal) => {
+                        if !imports.expire(std::time::SystemTime::now()) { continue; }
+                    }
                     _ = reg.changed() => {
                         if !reg.take_dirty() {
                             continue; // a disconnect: only the expiry timer moves
@@ -215,10 +245,16 @@ impl ControlPlane {
                     }
                 }
                 generation += 1;
+                imported.borrow_and_update();
+                let inputs = Inputs {
+                    registry: &reg,
+                    peers: &imports,
+                    opts: &loop_opts,
+                };
                 let next = publish(
                     generation,
                     &states.borrow_and_update(),
-                    &reg,
+                    &inputs,
                     &trust.borrow_and_update(),
                 );
                 tx.send_replace(next);
@@ -228,10 +264,12 @@ impl ControlPlane {
             published,
             subscribers: Arc::new(Subscribers::default()),
             registry,
-            replica: opts.replica,
+            replica: opts.replica.clone(),
             tasks,
             stop,
             trust: trust_tx,
+            peers,
+            opts,
         }
     }
 
@@ -301,10 +339,82 @@ impl ControlPlane {
         Ok(tls)
     }
 
+    /// Federation with linked clusters: serves our exports on `listener`
+    /// (the federation port, TLS with the control plane's SVID from `ca`,
+    /// client certificates required) to the ClusterLinks' peers holding a
+    /// join token from `tokens`, and runs a link task per ClusterLink that
+    /// imports from its peer through our gateway entry. Linked trust
+    /// bundles follow the ClusterLinks.
+    pub fn serve_federation(
+        &self,
+        listener: TcpListener,
+        ca: Arc<crate::identity::Ca>,
+        tokens: Option<Arc<crate::identity::token::TokenKey>>,
+        settings: crate::sync::client::Settings,
+    ) -> Result<Arc<crate::sync::identity::FederationTls>, crate::identity::CaError> {
+        let tls = Arc::new(crate::sync::identity::FederationTls::new(
+            ca,
+            &self.opts.namespace,
+        )?);
+        let renewal = tls.spawn_renewal(self.stop.clone());
+        self.tasks.spawn(async move {
+            let _ = renewal.await;
+        });
+        // Linked domains are trusted as the ClusterLinks say.
+        let (mut published, fed, stop) = (self.published.clone(), tls.clone(), self.stop.clone());
+        fed.set_linked(&published.borrow_and_update().catalog.links.trust);
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = published.changed() => if r.is_err() { return },
+                }
+                fed.set_linked(&published.borrow_and_update().catalog.links.trust);
+            }
+        });
+        let svc = crate::sync::server::SyncService::new(
+            self.published.clone(),
+            tokens,
+            self.stop.clone(),
+        );
+        let config = Arc::new(tls.mesh.server.as_ref().clone());
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = crate::sync::server::serve(svc, listener, config, stop).await {
+                tracing::error!("federation server failed: {e}");
+            }
+        });
+        let connector = Arc::new(isthmus_gateway::tunnel::client::Connector::new(
+            tls.mesh.clone(),
+            Default::default(),
+            self.tasks.clone(),
+            Arc::new(isthmus_gateway::telemetry::metrics::Metrics::new()),
+        ));
+        let links = crate::sync::client::run(
+            self.published.clone(),
+            connector,
+            self.peers.clone(),
+            settings,
+            self.stop.clone(),
+        );
+        self.tasks.spawn(async move {
+            let _ = links.await;
+        });
+        Ok(tls)
+    }
+
+    /// Each ClusterLink's status as the link tasks see it now.
+    pub fn link_statuses(
+        &self,
+    ) -> std::collections::BTreeMap<String, crate::resources::link::ClusterLinkStatus> {
+        link_statuses(&self.published.borrow(), &self.peers)
+    }
+
     /// Serves the admin endpoints on `listener` until `shutdown`.
     pub fn serve_admin(&self, listener: TcpListener) {
         let published = self.published.clone();
         let subscribers = self.subscribers.clone();
+        let peers = self.peers.clone();
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
         self.tasks.spawn(async move {
@@ -318,10 +428,11 @@ impl ControlPlane {
                 };
                 let published = published.clone();
                 let subscribers = subscribers.clone();
+                let peers = peers.clone();
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let r = admin(&req, &published.borrow(), &subscribers);
+                        let r = admin(&req, &published.borrow(), &subscribers, &peers);
                         async move { Ok::<_, Infallible>(r) }
                     });
                     let builder =
@@ -340,6 +451,30 @@ impl ControlPlane {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Each ClusterLink of `p`'s store, by name, with its status from `peers`.
+pub fn link_statuses(
+    p: &Published,
+    peers: &crate::sync::peers::Peers,
+) -> std::collections::BTreeMap<String, crate::resources::link::ClusterLinkStatus> {
+    let now = std::time::SystemTime::now();
+    p.store
+        .snapshot
+        .of_kind("ClusterLink")
+        .filter_map(|(key, r)| match r {
+            crate::store::Resource::ClusterLink(l) => {
+                let generation = l.metadata.generation.unwrap_or(0);
+                let status = crate::sync::status::link_status(
+                    peers.get(&l.spec.peer).as_ref(),
+                    generation,
+                    now,
+                );
+                Some((key.name.clone(), status))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Every status condition of the generation: translation's (`Accepted`,
@@ -378,6 +513,19 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Sleeps until the wall-clock time `at`, or forever.
+async fn sleep_until_wall(at: Option<std::time::SystemTime>) {
+    match at {
+        Some(at) => {
+            let wait = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            tokio::time::sleep(wait).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `at`, or forever.
 async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
@@ -386,15 +534,39 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     }
 }
 
+/// What a publication reads besides the store.
+struct Inputs<'a> {
+    registry: &'a registry::Shared,
+    peers: &'a crate::sync::peers::Peers,
+    opts: &'a Options,
+}
+
 fn publish(
     generation: u64,
     state: &State,
-    registry: &registry::Shared,
+    inputs: &Inputs<'_>,
     trust: &[model::TrustBundle],
 ) -> Arc<Published> {
-    let workloads = registry.workloads();
+    let workloads = inputs.registry.workloads();
     let refs: Vec<&registry::Workload> = workloads.iter().collect();
-    let (mut catalog, endpoints) = translate_shells(&state.snapshot, &refs);
+    let (mut catalog, mut endpoints) = translate_shells(&state.snapshot, &refs);
+    let entry = inputs
+        .opts
+        .gateway_entry
+        .map(|a| crate::translate::imports::Entry {
+            ip: a.ip(),
+            port: a.port(),
+        });
+    crate::translate::imports::attach(
+        &mut catalog,
+        &mut endpoints,
+        &state.snapshot,
+        &inputs.peers.summaries(),
+        entry,
+    );
+    if let Some(addr) = inputs.opts.federation_address {
+        crate::translate::links::federation_service(&mut catalog, &inputs.opts.namespace, addr);
+    }
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);
     }
@@ -421,6 +593,7 @@ fn admin(
     req: &Request<hyper::body::Incoming>,
     p: &Published,
     subscribers: &Subscribers,
+    peers: &crate::sync::peers::Peers,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
@@ -432,6 +605,12 @@ fn admin(
         ),
         // What a proxy in a namespace would be sent: /proxy_config?namespace=shop
         "/proxy_config" => proxy_config(req.uri().query().unwrap_or(""), p),
+        // Each ClusterLink's status (what `isthmusctl status` shows).
+        "/links" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&link_statuses(p, peers)).unwrap_or_default() + "\n",
+        ),
         "/config_dump" => {
             let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
             for (kind, _) in p.store.snapshot.objects.keys() {
@@ -476,6 +655,7 @@ fn admin(
                     "message": x.message,
                 })).collect::<Vec<_>>(),
                 "conditions": conditions,
+                "links": link_statuses(p, peers),
                 "proxies": proxies,
                 "endpoints": p.offer.endpoints(),
                 "services": p.catalog.services.keys()
@@ -491,7 +671,7 @@ fn admin(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /proxy_config?namespace=NS, /healthz, /readyz\n"
+            "not found: try /config_dump, /links, /proxy_config?namespace=NS, /healthz, /readyz\n"
                 .to_string(),
         ),
     };

@@ -117,16 +117,10 @@ impl ApiTls {
     /// Re-issues the certificate at half its lifetime until `stop`.
     pub fn spawn_renewal(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(SERVING_TTL / 2) => {}
-                }
-                match issue(&me.ca, &me.id, &me.provider) {
-                    Ok(k) => me.resolver.0.store(Arc::new(k)),
-                    Err(e) => tracing::error!("cannot renew the control plane's certificate: {e}"),
-                }
+        every(SERVING_TTL / 2, stop, move || {
+            match issue(&me.ca, &me.id, &me.provider) {
+                Ok(k) => me.resolver.0.store(Arc::new(k)),
+                Err(e) => tracing::error!("cannot renew the control plane's certificate: {e}"),
             }
         })
     }
@@ -138,49 +132,60 @@ impl ApiTls {
         listener: TcpListener,
         stop: CancellationToken,
     ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
-        tokio::spawn(async move {
-            loop {
-                let (tcp, remote) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = listener.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!("accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let tls =
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::info!(%remote, "TLS handshake refused: {e}");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::info!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    let peer = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| spiffe_of(c));
-                    let info = TlsConnectInfo { remote, peer };
-                    let _ = tx.send(Ok(TlsConn { io: tls, info })).await;
-                });
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
+        incoming(self.config.clone(), listener, stop)
     }
+}
+
+/// Accepts TLS connections with `config` on `listener` until `stop`:
+/// handshakes run concurrently, failures are logged and dropped; each
+/// connection carries the client's verified SPIFFE ID, if it presented one.
+pub fn incoming(
+    config: Arc<rustls::ServerConfig>,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, "TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| spiffe_of(c));
+                let info = TlsConnectInfo { remote, peer };
+                let _ = tx.send(Ok(TlsConn { io: tls, info })).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 fn issue(
@@ -271,4 +276,20 @@ impl AsyncWrite for TlsConn {
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
+}
+
+/// Runs `renew` every `period` until `stop` (certificate renewal).
+pub fn every(
+    period: std::time::Duration,
+    stop: CancellationToken,
+    renew: impl Fn() + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(period) => renew(),
+            }
+        }
+    })
 }

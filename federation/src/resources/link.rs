@@ -106,6 +106,10 @@ pub struct ClusterLinkStatus {
     pub last_sync: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imported_services: Vec<String>,
+    /// While disconnected and the imports are still used (fail-static):
+    /// seconds since the peer was last heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,
 }

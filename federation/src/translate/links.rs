@@ -32,6 +32,39 @@ pub fn gateway_identity(td: &str) -> String {
     format!("spiffe://{td}/ns/{GATEWAY_NAMESPACE}/sa/{GATEWAY_SERVICE_ACCOUNT}")
 }
 
+/// The federation channel's service, for our gateway to route linked
+/// clusters' control planes to (`isthmus-federation.<ns>:15012`): the
+/// control plane at `addr`, unless the store has a Service of that name
+/// (`kube` mode: the Deployment's Service).
+pub fn federation_service(
+    catalog: &mut super::services::Catalog,
+    namespace: &str,
+    addr: std::net::SocketAddr,
+) {
+    let name = super::services::service_name(crate::sync::SERVICE, namespace);
+    catalog
+        .services
+        .entry(name.clone())
+        .or_insert_with(|| model::Service {
+            name,
+            ports: vec![model::ServicePort {
+                port: u32::from(crate::sync::SYNC_PORT),
+                protocol: model::Protocol::Tcp as i32,
+                target_port: u32::from(addr.port()),
+                name: "federation".into(),
+            }],
+            endpoints: vec![model::Endpoint {
+                address: addr.ip().to_string(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    catalog.exported.insert(super::services::service_name(
+        crate::sync::SERVICE,
+        namespace,
+    ));
+}
+
 /// Whether a proxy is an east-west gateway (it gets the peers).
 pub fn is_gateway(node: &model::Node) -> bool {
     node.service_account == GATEWAY_SERVICE_ACCOUNT

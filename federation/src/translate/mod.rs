@@ -84,4 +84,13 @@ fn attach_policies(catalog: &mut services::Catalog, snap: &crate::store::Snapsho
     routes::attach(catalog, snap);
     catalog.security = security::translate(snap, &mut catalog.problems);
     catalog.links = links::translate(snap, &mut catalog.problems);
+    for (key, _) in snap.of_kind("ServiceExport") {
+        if let Some(ns) = &key.namespace
+            && snap.get("Service", key).is_some()
+        {
+            catalog
+                .exported
+                .insert(services::service_name(&key.name, ns));
+        }
+    }
 }

@@ -64,6 +64,12 @@ pub fn wanted<'c>(
     for name in index.of(&node.namespace) {
         add(name, &mut wanted);
     }
+    // The east-west gateway routes linked clusters to what we export.
+    if super::links::is_gateway(node) {
+        for name in &catalog.exported {
+            add(name, &mut wanted);
+        }
+    }
     if let Some(calls) = node.labels.get(CALLS) {
         for c in calls.split(',').map(str::trim) {
             add(c, &mut wanted);

@@ -31,6 +31,10 @@ pub struct Catalog {
     /// Linked clusters: the east-west gateway's peers, their trust
     /// (`translate::links`).
     pub links: super::links::Links,
+    /// Local services linked clusters may reach through our east-west
+    /// gateway (ServiceExports of existing Services, and the federation
+    /// channel): what the gateway is sent.
+    pub exported: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,0 +1,366 @@
+//! The exporting side of the federation channel: linked clusters' control
+//! planes subscribe here (reached through our east-west gateway as
+//! `isthmus-federation.isthmus-system:15012`, inside their own mTLS session
+//! with us). A subscriber is admitted when its certificate names a
+//! control plane of the trust domain our ClusterLink to its cluster says,
+//! and its join token (issued by us for `link-<cluster>`) is valid. It then
+//! gets our exports: the full state, then a delta per change.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::federation::v1::cluster_sync_server::{ClusterSync, ClusterSyncServer};
+use isthmus_api::federation::v1::{
+    Exports, Pong, SyncRequest, SyncResponse, sync_request, sync_response,
+};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::exports::{ExportMap, delta, exports};
+use super::{Reason, SyncError};
+use crate::identity::SpiffeId;
+use crate::identity::token::{TokenError, TokenKey};
+use crate::server::Published;
+use crate::store::{Resource, Snapshot};
+
+/// How long a subscriber has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Our exports as of one generation, computed once for every subscriber.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Exported {
+    pub cluster: String,
+    pub trust_domain: String,
+    pub services: ExportMap,
+}
+
+/// Keeps `Exported` current with the published generations until `stop`.
+pub fn follow_exports(
+    mut published: watch::Receiver<Arc<Published>>,
+    stop: CancellationToken,
+) -> watch::Receiver<Arc<Exported>> {
+    let compute = |p: &Published| {
+        let snap = &p.store.snapshot;
+        Arc::new(Exported {
+            cluster: crate::identity::mesh_cluster_name(snap).unwrap_or_default(),
+            trust_domain: crate::identity::mesh_trust_domain(snap).unwrap_or_default(),
+            services: exports(snap, |n| p.offer.service(n)),
+        })
+    };
+    let first = compute(&published.borrow_and_update());
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = published.changed() => if r.is_err() { return },
+            }
+            let next = compute(&published.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                let changed = **cur != *next;
+                if changed {
+                    *cur = next;
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
+
+/// Whether the subscriber `peer` (its certificate's identity), saying it is
+/// cluster `cluster` with `token`, may import from us.
+pub fn admit(
+    snap: &Snapshot,
+    tokens: Option<&TokenKey>,
+    peer: &SpiffeId,
+    cluster: &str,
+    token: &str,
+    now: SystemTime,
+) -> Result<(), SyncError> {
+    let refuse = |reason, message: String| Err(SyncError::Refused { reason, message });
+    let link = snap.of_kind("ClusterLink").find_map(|(_, r)| match r {
+        Resource::ClusterLink(l) if l.spec.peer == cluster => Some(l),
+        _ => None,
+    });
+    let Some(link) = link else {
+        return refuse(
+            Reason::UnknownPeer,
+            format!(
+                "this cluster has no ClusterLink to {cluster}: links go both ways (isthmusctl link create --from <this cluster> --to {cluster})"
+            ),
+        );
+    };
+    if peer.trust_domain != link.spec.trust_domain
+        || peer.service_account != crate::identity::tls::SERVICE_ACCOUNT
+    {
+        return refuse(
+            Reason::TrustMismatch,
+            format!(
+                "{peer} is not {cluster}'s control plane: the ClusterLink to {cluster} names trust domain {}",
+                link.spec.trust_domain
+            ),
+        );
+    }
+    let Some(tokens) = tokens else {
+        return refuse(
+            Reason::TokenInvalid,
+            "this control plane issues no join tokens (it runs without a token key)".into(),
+        );
+    };
+    match tokens.verify(token, now) {
+        Ok(id) if id.service_account == crate::link::token_subject(cluster) => Ok(()),
+        Ok(id) => refuse(
+            Reason::TokenInvalid,
+            format!(
+                "the join token is for {}, not {}: issue one for this link (isthmusctl link create --from {cluster})",
+                id.service_account,
+                crate::link::token_subject(cluster)
+            ),
+        ),
+        Err(TokenError::Expired(s)) => refuse(
+            Reason::TokenExpired,
+            format!(
+                "the join token expired {s} s ago: issue a new one (isthmusctl link create --from {cluster}) and apply its Secret"
+            ),
+        ),
+        Err(e) => refuse(Reason::TokenInvalid, format!("the join token: {e}")),
+    }
+}
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct SyncService {
+    published: watch::Receiver<Arc<Published>>,
+    exported: watch::Receiver<Arc<Exported>>,
+    tokens: Option<Arc<TokenKey>>,
+    stop: CancellationToken,
+}
+
+impl SyncService {
+    pub fn new(
+        published: watch::Receiver<Arc<Published>>,
+        tokens: Option<Arc<TokenKey>>,
+        stop: CancellationToken,
+    ) -> Self {
+        let exported = follow_exports(published.clone(), stop.clone());
+        Self {
+            published,
+            exported,
+            tokens,
+            stop,
+        }
+    }
+}
+
+fn message(e: &Exported, version: u64, full: bool, sent: &ExportMap) -> Option<SyncResponse> {
+    let (services, removed) = if full {
+        (e.services.values().cloned().collect(), Vec::new())
+    } else {
+        delta(sent, &e.services)
+    };
+    if !full && services.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(SyncResponse {
+        kind: Some(sync_response::Kind::Exports(Exports {
+            version,
+            full,
+            cluster: e.cluster.clone(),
+            trust_domain: e.trust_domain.clone(),
+            services,
+            removed,
+        })),
+    })
+}
+
+#[tonic::async_trait]
+impl ClusterSync for SyncService {
+    type SyncStream = ReceiverStream<Result<SyncResponse, Status>>;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<SyncRequest>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = match crate::identity::tls::peer_of(&request) {
+            Some(Some(id)) => id.clone(),
+            _ => {
+                return Err(Status::unauthenticated(format!(
+                    "{}: present the control plane's certificate",
+                    Reason::UnknownPeer.as_str()
+                )));
+            }
+        };
+        let mut incoming = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, incoming.message()).await {
+            Ok(Ok(Some(SyncRequest {
+                kind: Some(sync_request::Kind::Hello(h)),
+            }))) => h,
+            _ => return Err(Status::invalid_argument("say hello first")),
+        };
+        let snap = self.published.borrow().store.snapshot.clone();
+        if let Err(e) = admit(
+            &snap,
+            self.tokens.as_deref(),
+            &peer,
+            &hello.cluster,
+            &hello.token,
+            SystemTime::now(),
+        ) {
+            tracing::warn!(%peer, cluster = %hello.cluster, "federation subscriber refused: {e}");
+            return Err(Status::permission_denied(e.to_string()));
+        }
+        tracing::info!(%peer, cluster = %hello.cluster, "linked cluster subscribed to our exports");
+        let (tx, rx) = mpsc::channel(16);
+        let mut exported = self.exported.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut version = 1;
+            let first = exported.borrow_and_update().clone();
+            let Some(m) = message(&first, version, true, &ExportMap::new()) else {
+                return;
+            };
+            if tx.send(Ok(m)).await.is_err() {
+                return;
+            }
+            let mut sent = first.services.clone();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = exported.changed() => {
+                        if r.is_err() { return }
+                        let now = exported.borrow_and_update().clone();
+                        if let Some(m) = message(&now, version + 1, false, &sent) {
+                            version += 1;
+                            if tx.send(Ok(m)).await.is_err() { return }
+                        }
+                        sent = now.services.clone();
+                    }
+                    m = incoming.message() => match m {
+                        Ok(Some(SyncRequest { kind: Some(sync_request::Kind::Ping(p)) })) => {
+                            let pong = SyncResponse {
+                                kind: Some(sync_response::Kind::Pong(Pong { nonce: p.nonce })),
+                            };
+                            if tx.send(Ok(pong)).await.is_err() { return }
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => {
+                            tracing::info!(cluster = %hello.cluster, "linked cluster unsubscribed");
+                            return;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Serves the channel on `listener` (TLS with `config`: the federation
+/// identity, client certificates required and verified) until `stop`.
+pub async fn serve(
+    svc: SyncService,
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = crate::identity::tls::incoming(config, listener, stop.clone());
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .serve_with_incoming_shutdown(
+            ClusterSyncServer::new(svc),
+            incoming,
+            stop.cancelled_owned(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::files::{merge, parse_file};
+
+    const STORE: &str = r#"
+apiVersion: isthmus.dev/v1alpha1
+kind: ClusterLink
+metadata: {name: eu-west}
+spec:
+  peer: eu-west
+  region: eu-west
+  gateway: {quic: "127.0.0.1:15443"}
+  trustDomain: eu-west.isthmus.local
+  trustBundle: ""
+  credentialsSecretRef: {name: isthmus-link-eu-west}
+"#;
+
+    fn check(peer: &str, cluster: &str, token: &str) -> Result<(), Reason> {
+        let (loaded, errors) = parse_file("s.yaml".as_ref(), STORE);
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let key = TokenKey::new(
+            b"0123456789abcdef0123456789abcdef",
+            "eu-central.isthmus.local",
+        );
+        let now = SystemTime::now();
+        let token = match token {
+            "good" => key.issue(
+                "isthmus-system",
+                "link-eu-west",
+                now,
+                Duration::from_secs(60),
+            ),
+            "expired" => key.issue(
+                "isthmus-system",
+                "link-eu-west",
+                now - Duration::from_secs(120),
+                Duration::from_secs(60),
+            ),
+            "other" => key.issue(
+                "isthmus-system",
+                "link-us-east",
+                now,
+                Duration::from_secs(60),
+            ),
+            t => t.to_string(),
+        };
+        let peer: SpiffeId = peer.parse().unwrap();
+        admit(&snap, Some(&key), &peer, cluster, &token, now)
+            .map_err(|SyncError::Refused { reason, .. }| reason)
+    }
+
+    const CP: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-federation";
+
+    #[test]
+    fn subscribers_need_a_link_the_right_identity_and_a_valid_token() {
+        assert_eq!(check(CP, "eu-west", "good"), Ok(()));
+        assert_eq!(check(CP, "eu-west", "expired"), Err(Reason::TokenExpired));
+        assert_eq!(check(CP, "eu-west", "other"), Err(Reason::TokenInvalid));
+        assert_eq!(
+            check(CP, "eu-west", "v1.garbage"),
+            Err(Reason::TokenInvalid)
+        );
+        assert_eq!(check(CP, "us-east", "good"), Err(Reason::UnknownPeer));
+        assert_eq!(
+            check(
+                "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-federation",
+                "eu-west",
+                "good"
+            ),
+            Err(Reason::TrustMismatch),
+            "a certificate of another domain than the link's"
+        );
+        assert_eq!(
+            check(
+                "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend",
+                "eu-west",
+                "good"
+            ),
+            Err(Reason::TrustMismatch),
+            "a workload is not the control plane"
+        );
+    }
+}

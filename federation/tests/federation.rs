@@ -1,0 +1,459 @@
+//! Federation between two clusters, each a real control plane (files
+//! store, CA, discovery over TLS, federation port) with a real east-west
+//! gateway (its SVID from its CA, its peers and services from discovery,
+//! QUIC tunnels): linked both ways with `isthmusctl link create`'s
+//! manifests, the control planes sync through the gateways. Checked: an
+//! export in eu-central becomes services in eu-west's catalog and the link
+//! says Connected over QUIC with an RTT; changes arrive as deltas; with
+//! the exporter's control plane gone the imports stay (fail-static,
+//! marked stale) until the TTL, are withdrawn, and come back when it
+//! returns; an expired join token and a mismatched trust bundle are
+//! refused with conditions saying so.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::model;
+use isthmus_federation::identity::Ca;
+use isthmus_federation::identity::service::Authenticator;
+use isthmus_federation::identity::token::TokenKey;
+use isthmus_federation::resources::link::{ClusterLinkStatus, PartitionMode, PartitionPolicy};
+use isthmus_federation::server::{ControlPlane, Options};
+use isthmus_gateway::eastwest::config::EastWestConfig;
+use isthmus_gateway::identity::{Identity, Options as IdOptions};
+use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
+use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_gateway::tls::control::ControlPlaneConnector;
+use isthmus_gateway::tls::{MeshTls, Trust};
+use tokio_util::sync::CancellationToken;
+
+mod support;
+use support::{eventually, temp_dir};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn mesh(name: &str) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{clusterName: {name}, trustDomain: {name}.isthmus.local, locality: {{region: {name}, zone: {name}-a}}}}\n"
+    )
+}
+
+/// One cluster: its directory and fixed addresses (so a restarted control
+/// plane is found where it was).
+struct Cluster {
+    name: &'static str,
+    dir: PathBuf,
+    discovery: SocketAddr,
+    federation: SocketAddr,
+    entry: SocketAddr,
+    cp: Option<ControlPlane>,
+    gateway: Option<(Sidecar, isthmus_gateway::eastwest::role::EastWest)>,
+    stop: CancellationToken,
+}
+
+impl Cluster {
+    fn new(test: &str, name: &'static str) -> Self {
+        let dir = temp_dir(&format!("federation-{test}-{name}"));
+        std::fs::write(dir.join("mesh.yaml"), mesh(name)).unwrap();
+        let td = format!("{name}.isthmus.local");
+        Ca::load_or_create(&dir, &td).unwrap();
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Self {
+            name,
+            dir,
+            discovery: at(free_port()),
+            federation: at(free_port()),
+            entry: at(free_port()),
+            cp: None,
+            gateway: None,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    fn td(&self) -> String {
+        format!("{}.isthmus.local", self.name)
+    }
+
+    fn start_control_plane(&mut self) {
+        let mut opts = Options::new(&self.dir);
+        opts.poll = Duration::from_millis(20);
+        opts.debounce = Duration::from_millis(20);
+        opts.gateway_entry = Some(self.entry);
+        opts.federation_address = Some(self.federation);
+        let cp = ControlPlane::start(opts);
+        let td = self.td();
+        let ca = Arc::new(Ca::load_or_create(&self.dir, &td).unwrap());
+        let tokens = || TokenKey::load_or_create(&self.dir, &td).unwrap();
+        cp.serve_secure(
+            isthmus_federation::server::bind(self.discovery).unwrap(),
+            ca.clone(),
+            Authenticator::Bootstrap(Box::new(tokens())),
+            "isthmus-system",
+        )
+        .unwrap();
+        let fed = std::net::TcpListener::bind(self.federation).unwrap();
+        fed.set_nonblocking(true).unwrap();
+        cp.serve_federation(
+            tokio::net::TcpListener::from_std(fed).unwrap(),
+            ca,
+            Some(Arc::new(tokens())),
+            isthmus_federation::sync::client::Settings {
+                entry: Some(self.entry),
+                ping: Duration::from_millis(200),
+                backoff_max: Duration::from_millis(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        self.cp = Some(cp);
+    }
+
+    async fn stop_control_plane(&mut self) {
+        if let Some(cp) = self.cp.take() {
+            cp.shutdown().await;
+        }
+    }
+
+    /// The east-west gateway: an `isthmus-eastwest` proxy of this cluster
+    /// (identity from its CA, configuration from discovery) with the role.
+    async fn start_gateway(&mut self) {
+        let td = self.td();
+        let identity = Identity::empty();
+        let mesh = Arc::new(MeshTls::new(identity.clone()));
+        let pem = std::fs::read_to_string(self.dir.join("ca/root-cert.pem")).unwrap();
+        mesh.set_bootstrap_trust(Trust::from_self_describing_pem(&pem).unwrap());
+        let connector = ControlPlaneConnector::new(
+            mesh.clone(),
+            format!("spiffe://{td}/ns/isthmus-system/sa/isthmus-federation"),
+        );
+        let tokens = TokenKey::load_or_create(&self.dir, &td).unwrap();
+        tokio::spawn(identity.run(
+            IdOptions {
+                address: self.discovery.to_string(),
+                token: tokens.issue(
+                    "isthmus-system",
+                    "isthmus-eastwest",
+                    SystemTime::now(),
+                    Duration::from_secs(600),
+                ),
+                ttl: Duration::from_secs(3600),
+                renew_at: 0.5,
+                tls: Some(connector.clone()),
+            },
+            self.stop.clone(),
+        ));
+        let node = model::Node {
+            name: "isthmus-eastwest-0".into(),
+            namespace: "isthmus-system".into(),
+            service_account: "isthmus-eastwest".into(),
+            cluster: self.name.into(),
+            ..Default::default()
+        };
+        let mut d = isthmus_gateway::discovery::Options::new(self.discovery.to_string(), node);
+        d.tls = Some(connector);
+        d.backoff_initial = Duration::from_millis(50);
+        d.backoff_max = Duration::from_millis(300);
+        let sidecar = Sidecar::start(sidecar::Options {
+            config: ConfigSource::ControlPlane(Box::new(d)),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            access_log: Sink::Off,
+            socket: Default::default(),
+            mesh: Some(mesh.clone()),
+        })
+        .await
+        .expect("gateway sidecar starts");
+        eventually("the gateway's certificate", || {
+            let m = mesh.clone();
+            async move { m.ready().then_some(()) }
+        })
+        .await;
+        let ew = EastWestConfig::parse(
+            "ew.yaml",
+            &format!(
+                "quic: 127.0.0.1:0\ntcp: 127.0.0.1:0\nlocal: {}\ncluster: {}\n",
+                self.entry, self.name
+            ),
+        )
+        .unwrap();
+        let role = isthmus_gateway::eastwest::role::start(&sidecar, ew, self.stop.clone())
+            .await
+            .expect("east-west role starts");
+        self.gateway = Some((sidecar, role));
+    }
+
+    fn quic(&self) -> SocketAddr {
+        self.gateway.as_ref().expect("gateway started").1.quic
+    }
+
+    fn statuses(&self) -> std::collections::BTreeMap<String, ClusterLinkStatus> {
+        self.cp.as_ref().expect("control plane").link_statuses()
+    }
+
+    fn status(&self, peer: &str) -> ClusterLinkStatus {
+        self.statuses().remove(peer).unwrap_or_default()
+    }
+
+    fn service(&self, name: &str) -> Option<model::Service> {
+        let cp = self.cp.as_ref()?;
+        cp.published.borrow().offer.service(name)
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.dir.join(file)).unwrap();
+    }
+}
+
+/// `isthmusctl link create --from a --to b`, dropped in a's directory.
+fn link(a: &Cluster, b: &Cluster, ttl: Duration, staleness: &str) {
+    let yaml = isthmus_federation::link::create(
+        &a.dir,
+        &b.dir,
+        &isthmus_federation::link::Options {
+            gateway: b.quic(),
+            gateway_tcp: None,
+            ttl,
+            partition: PartitionPolicy {
+                mode: PartitionMode::FailStatic,
+                staleness_ttl: staleness.into(),
+            },
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+    a.write(&format!("link-{}.yaml", b.name), &yaml);
+}
+
+const CATALOG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: catalog-1, namespace: shop, labels: {kubernetes.io/service-name: catalog}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.1.0.7], zone: eu-central-a}
+  - {addresses: [10.1.0.8], zone: eu-central-a}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+"#;
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_sync_through_the_gateways_and_survive_a_partition() {
+    init_tracing();
+    let mut west = Cluster::new("sync", "eu-west");
+    let mut central = Cluster::new("sync", "eu-central");
+    for c in [&mut west, &mut central] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    central.write("catalog.yaml", CATALOG);
+    link(&west, &central, Duration::from_secs(600), "3s");
+    link(&central, &west, Duration::from_secs(600), "3s");
+
+    // The export becomes eu-west's services, via eu-west's gateway entry.
+    let one = eventually("catalog-eu-central.shop in eu-west", || {
+        let s = west.service("catalog-eu-central.shop");
+        async move { s }
+    })
+    .await;
+    let ep = &one.endpoints[0];
+    assert_eq!(ep.address, "127.0.0.1");
+    assert_eq!(ep.tunnel_port, u32::from(west.entry.port()));
+    assert_eq!(ep.via_cluster, "eu-central");
+    assert_eq!(ep.via_service, "catalog.shop");
+    assert_eq!(ep.weight, 2, "eu-central's healthy count");
+    assert_eq!(ep.identity, "spiffe://eu-central.isthmus.local");
+    assert_eq!(
+        ep.locality.as_ref().map(|l| l.region.as_str()),
+        Some("eu-central")
+    );
+    assert!(west.service("catalog.shop.svc.clusterset.local").is_some());
+    let s = eventually("the link's RTT", || {
+        let s = west.status("eu-central");
+        async move { s.rtt_millis.is_some().then_some(s) }
+    })
+    .await;
+    assert!(s.connected, "{s:?}");
+    assert_eq!(s.transport.as_deref(), Some("quic"));
+    assert_eq!(s.imported_services, ["catalog.shop"]);
+    assert_eq!(s.conditions[0].reason, "Connected");
+    assert!(s.last_sync.is_some());
+    // eu-central imports nothing (eu-west exports nothing) but is linked.
+    eventually("eu-central's link to eu-west", || {
+        let s = central.status("eu-west");
+        async move { s.connected.then_some(()) }
+    })
+    .await;
+
+    // A change is a delta: a third endpoint raises the weight.
+    central.write(
+        "catalog.yaml",
+        &CATALOG.replace(
+            "  - {addresses: [10.1.0.8], zone: eu-central-a}",
+            "  - {addresses: [10.1.0.8], zone: eu-central-a}\n  - {addresses: [10.1.0.9], zone: eu-central-a}",
+        ),
+    );
+    eventually("weight 3 in eu-west", || {
+        let s = west.service("catalog-eu-central.shop");
+        async move { s.filter(|s| s.endpoints[0].weight == 3) }
+    })
+    .await;
+
+    // Partition: eu-central's control plane goes. Fail-static keeps the
+    // imports, marked stale, until the 3 s TTL; then they are withdrawn.
+    central.stop_control_plane().await;
+    let s = eventually("the link noticed", || {
+        let s = west.status("eu-central");
+        async move { (!s.connected).then_some(s) }
+    })
+    .await;
+    assert!(s.stale_seconds.is_some(), "{s:?}");
+    assert_eq!(s.imported_services, ["catalog.shop"]);
+    assert!(west.service("catalog-eu-central.shop").is_some(), "kept");
+    eventually("withdrawn after the TTL", || {
+        let gone = west.service("catalog-eu-central.shop").is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let s = west.status("eu-central");
+    assert!(s.imported_services.is_empty());
+    assert!(
+        s.conditions[0].message.contains("withdrawn"),
+        "{:?}",
+        s.conditions
+    );
+
+    // It returns: a full resync brings the imports back, exactly once.
+    central.start_control_plane();
+    let back = eventually("resynced", || {
+        let s = west.service("catalog-eu-central.shop");
+        async move { s }
+    })
+    .await;
+    assert_eq!(back.endpoints.len(), 1);
+    assert_eq!(back.endpoints[0].weight, 3);
+    let set = west.service("catalog.shop.svc.clusterset.local").unwrap();
+    assert_eq!(set.endpoints.len(), 1, "no duplicates: {set:?}");
+    eventually("connected again", || {
+        let s = west.status("eu-central");
+        async move { s.connected.then_some(()) }
+    })
+    .await;
+
+    west.stop.cancel();
+    central.stop.cancel();
+    central.stop_control_plane().await;
+    west.stop_control_plane().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_and_mismatched_trust_are_refused_by_name() {
+    init_tracing();
+    let mut west = Cluster::new("refused", "eu-west");
+    let mut central = Cluster::new("refused", "eu-central");
+    let mut east = Cluster::new("refused", "us-east");
+    for c in [&mut west, &mut central, &mut east] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    // eu-west → eu-central with a token that is already expired.
+    let yaml = isthmus_federation::link::create(
+        &west.dir,
+        &central.dir,
+        &isthmus_federation::link::Options {
+            gateway: central.quic(),
+            gateway_tcp: None,
+            ttl: Duration::from_secs(60),
+            partition: PartitionPolicy::default(),
+        },
+        SystemTime::now() - Duration::from_secs(3600),
+    )
+    .unwrap();
+    west.write("link-eu-central.yaml", &yaml);
+    link(&central, &west, Duration::from_secs(600), "5m");
+    let s = eventually("TokenExpired", || {
+        let s = west.status("eu-central");
+        async move { (s.conditions.first()?.reason == "TokenExpired").then_some(s) }
+    })
+    .await;
+    assert!(!s.connected);
+    assert!(s.conditions[0].message.contains("expired"), "{s:?}");
+
+    // us-east → eu-central, with us-east's link naming eu-west's bundle
+    // for eu-central: eu-central's certificates do not chain to it.
+    let wrong = std::fs::read_to_string(west.dir.join("ca/root-cert.pem")).unwrap();
+    let mut yaml = isthmus_federation::link::create(
+        &east.dir,
+        &central.dir,
+        &isthmus_federation::link::Options {
+            gateway: central.quic(),
+            gateway_tcp: None,
+            ttl: Duration::from_secs(600),
+            partition: PartitionPolicy::default(),
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+    let right = std::fs::read_to_string(central.dir.join("ca/root-cert.pem")).unwrap();
+    yaml = replace_bundle(&yaml, &right, &wrong);
+    east.write("link-eu-central.yaml", &yaml);
+    link(&central, &east, Duration::from_secs(600), "5m");
+    let s = eventually("TrustMismatch", || {
+        let s = east.status("eu-central");
+        async move { (s.conditions.first()?.reason == "TrustMismatch").then_some(s) }
+    })
+    .await;
+    assert!(!s.connected, "{s:?}");
+
+    for c in [&mut west, &mut central, &mut east] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+/// The manifests with one PEM bundle swapped for another, however the
+/// YAML writer quoted it.
+fn replace_bundle(yaml: &str, from: &str, to: &str) -> String {
+    let mut docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    for d in &mut docs {
+        if d["kind"] == "ClusterLink" {
+            assert_eq!(
+                d["spec"]["trustBundle"].as_str().map(str::trim),
+                Some(from.trim())
+            );
+            d["spec"]["trustBundle"] = to.into();
+        }
+    }
+    docs.iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
