@@ -196,6 +196,7 @@ mod tests {
                 identity: "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest"
                     .into(),
             }],
+            exports: vec!["catalog.shop".into()],
         };
         let r = east_west(&ew);
         assert_eq!(r.name, EAST_WEST);

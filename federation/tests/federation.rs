@@ -1,4 +1,4 @@
-//! Federation between two clusters, each a real control plane (files
+//! Federation between clusters, each a real control plane (files
 //! store, CA, discovery over TLS, federation port) with a real east-west
 //! gateway (its SVID from its CA, its peers and services from discovery,
 //! QUIC tunnels): linked both ways with `isthmusctl link create`'s
@@ -8,7 +8,9 @@
 //! the exporter's control plane gone the imports stay (fail-static,
 //! marked stale) until the TTL, are withdrawn, and come back when it
 //! returns; an expired join token and a mismatched trust bundle are
-//! refused with conditions saying so.
+//! refused with conditions saying so; a frontend sidecar in eu-west calls
+//! eu-central's catalog sidecar through both gateways with its identity
+//! intact, and us-east's frontend is refused by eu-central's policy.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,15 +24,12 @@ use isthmus_federation::identity::token::TokenKey;
 use isthmus_federation::resources::link::{ClusterLinkStatus, PartitionMode, PartitionPolicy};
 use isthmus_federation::server::{ControlPlane, Options};
 use isthmus_gateway::eastwest::config::EastWestConfig;
-use isthmus_gateway::identity::{Identity, Options as IdOptions};
-use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
-use isthmus_gateway::telemetry::accesslog::Sink;
-use isthmus_gateway::tls::control::ControlPlaneConnector;
-use isthmus_gateway::tls::{MeshTls, Trust};
+use isthmus_gateway::sample::{self, SampleApp};
+use isthmus_gateway::sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 
 mod support;
-use support::{eventually, temp_dir};
+use support::{MeshSidecar, eventually, http, temp_dir};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -127,50 +126,19 @@ impl Cluster {
     /// (identity from its CA, configuration from discovery) with the role.
     async fn start_gateway(&mut self) {
         let td = self.td();
-        let identity = Identity::empty();
-        let mesh = Arc::new(MeshTls::new(identity.clone()));
-        let pem = std::fs::read_to_string(self.dir.join("ca/root-cert.pem")).unwrap();
-        mesh.set_bootstrap_trust(Trust::from_self_describing_pem(&pem).unwrap());
-        let connector = ControlPlaneConnector::new(
-            mesh.clone(),
-            format!("spiffe://{td}/ns/isthmus-system/sa/isthmus-federation"),
-        );
-        let tokens = TokenKey::load_or_create(&self.dir, &td).unwrap();
-        tokio::spawn(identity.run(
-            IdOptions {
-                address: self.discovery.to_string(),
-                token: tokens.issue(
-                    "isthmus-system",
-                    "isthmus-eastwest",
-                    SystemTime::now(),
-                    Duration::from_secs(600),
-                ),
-                ttl: Duration::from_secs(3600),
-                renew_at: 0.5,
-                tls: Some(connector.clone()),
-            },
-            self.stop.clone(),
-        ));
-        let node = model::Node {
-            name: "isthmus-eastwest-0".into(),
-            namespace: "isthmus-system".into(),
-            service_account: "isthmus-eastwest".into(),
-            cluster: self.name.into(),
-            ..Default::default()
-        };
-        let mut d = isthmus_gateway::discovery::Options::new(self.discovery.to_string(), node);
-        d.tls = Some(connector);
-        d.backoff_initial = Duration::from_millis(50);
-        d.backoff_max = Duration::from_millis(300);
-        let sidecar = Sidecar::start(sidecar::Options {
-            config: ConfigSource::ControlPlane(Box::new(d)),
-            admin: "127.0.0.1:0".parse().unwrap(),
-            access_log: Sink::Off,
-            socket: Default::default(),
-            mesh: Some(mesh.clone()),
-        })
-        .await
-        .expect("gateway sidecar starts");
+        let (sidecar, mesh) = MeshSidecar {
+            discovery: self.discovery,
+            dir: &self.dir,
+            trust_domain: &td,
+            cluster: self.name,
+            namespace: "isthmus-system",
+            service_account: "isthmus-eastwest",
+            labels: &[],
+            listeners: Vec::new(),
+            workload: None,
+        }
+        .start(&self.stop)
+        .await;
         eventually("the gateway's certificate", || {
             let m = mesh.clone();
             async move { m.ready().then_some(()) }
@@ -253,6 +221,164 @@ apiVersion: multicluster.x-k8s.io/v1alpha1
 kind: ServiceExport
 metadata: {name: catalog, namespace: shop}
 "#;
+
+/// eu-central's catalog: a workload behind a sidecar, exported, with a
+/// policy refusing us-east's frontend by its principal.
+const SHOP_CENTRAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: not-us-east-frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: catalog}}
+  action: DENY
+  rules:
+    - from: [{principals: ["spiffe://us-east.isthmus.local/ns/shop/sa/frontend"]}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy() {
+    init_tracing();
+    let mut west = Cluster::new("call", "eu-west");
+    let mut central = Cluster::new("call", "eu-central");
+    let mut east = Cluster::new("call", "us-east");
+    for c in [&mut west, &mut central, &mut east] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    central.write("shop.yaml", SHOP_CENTRAL);
+    for c in [&west, &east] {
+        link(c, &central, Duration::from_secs(600), "5m");
+        link(&central, c, Duration::from_secs(600), "5m");
+    }
+
+    // The catalog app in eu-central, its sidecar registering it.
+    let app = SampleApp::new("catalog", "eu-central", "v1");
+    let running = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let app_port = running.addr.port();
+    let tunnel_port = free_port();
+    let inbound = model::Inbound {
+        app_address: "127.0.0.1".into(),
+        ports: vec![model::InboundPort {
+            port: app_port.into(),
+            ..Default::default()
+        }],
+    };
+    use isthmus_api::discovery::v1::{Workload, WorkloadPort};
+    use model::listener::Kind;
+    let listener = |name: &str, address: String, kind| model::Listener {
+        name: name.into(),
+        address,
+        kind: Some(kind),
+    };
+    let central_td = central.td();
+    let (catalog, _) = MeshSidecar {
+        discovery: central.discovery,
+        dir: &central.dir,
+        trust_domain: &central_td,
+        cluster: central.name,
+        namespace: "shop",
+        service_account: "catalog",
+        labels: &[("app", "catalog")],
+        listeners: vec![listener(
+            "tunnel",
+            format!("127.0.0.1:{tunnel_port}"),
+            Kind::Tunnel(inbound),
+        )],
+        workload: Some(Workload {
+            address: "127.0.0.1".into(),
+            ports: vec![WorkloadPort {
+                name: "http".into(),
+                port: app_port.into(),
+            }],
+            tunnel_port: tunnel_port.into(),
+        }),
+    }
+    .start(&central.stop)
+    .await;
+
+    // A frontend in each of the other clusters.
+    let mut frontends: Vec<Sidecar> = Vec::new();
+    for c in [&west, &east] {
+        let td = c.td();
+        let (f, _) = MeshSidecar {
+            discovery: c.discovery,
+            dir: &c.dir,
+            trust_domain: &td,
+            cluster: c.name,
+            namespace: "shop",
+            service_account: "frontend",
+            labels: &[("app", "frontend")],
+            listeners: vec![listener(
+                "out",
+                "127.0.0.1:0".into(),
+                Kind::Http(model::HttpOutbound {}),
+            )],
+            workload: None,
+        }
+        .start(&c.stop)
+        .await;
+        frontends.push(f);
+    }
+    let outs: Vec<SocketAddr> = {
+        let mut v = Vec::new();
+        for f in &frontends {
+            v.push(eventually("frontend listener", || async { f.listener_addr("out") }).await);
+        }
+        v
+    };
+
+    // eu-west → its gateway → QUIC → eu-central's gateway → the catalog's
+    // sidecar: the app learns the caller eu-west's frontend, verified
+    // end to end across trust domains.
+    for host in [
+        "catalog-eu-central.shop",
+        "catalog.shop.svc.clusterset.local",
+    ] {
+        let (status, body) = eventually(&format!("eu-west reaches {host}"), || async {
+            http(outs[0], host, "/items")
+                .await
+                .filter(|(s, _)| *s == 200)
+        })
+        .await;
+        assert_eq!(status, 200);
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            j["caller"], "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend",
+            "{body}"
+        );
+        assert_eq!(j["cluster"], "eu-central", "{body}");
+    }
+    // us-east's frontend is named by eu-central's policy: refused there.
+    let (status, body) = eventually("us-east gets an answer from eu-central", || async {
+        http(outs[1], "catalog-eu-central.shop", "/items")
+            .await
+            .filter(|(s, _)| *s == 403 || *s == 200)
+    })
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(app.hits(), 2, "only eu-west's requests reached the app");
+
+    for f in frontends {
+        f.shutdown(Duration::from_millis(200)).await;
+    }
+    catalog.shutdown(Duration::from_millis(200)).await;
+    running.stop().await;
+    for c in [&mut west, &mut central, &mut east] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
 
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()

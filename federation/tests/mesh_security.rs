@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
 use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription, Workload, WorkloadPort};
@@ -17,15 +17,14 @@ use isthmus_federation::identity::Ca;
 use isthmus_federation::identity::service::Authenticator;
 use isthmus_federation::identity::token::TokenKey;
 use isthmus_federation::server::{ControlPlane, Options};
-use isthmus_gateway::identity::{Identity, Options as IdOptions};
+use isthmus_gateway::identity::Identity;
 use isthmus_gateway::sample::{self, SampleApp};
-use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
-use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_gateway::sidecar::Sidecar;
 use isthmus_gateway::tls::control::{ControlPlaneConnector, channel};
 use isthmus_gateway::tls::{MeshTls, Trust};
 
 mod support;
-use support::{eventually, http, temp_dir};
+use support::{MeshSidecar, eventually, http, temp_dir};
 
 const TD: &str = "eu-west.isthmus.local";
 const CP_ID: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-federation";
@@ -70,51 +69,25 @@ struct Proxy {
 async fn secure_sidecar(
     cp: SocketAddr,
     dir: &Path,
-    tokens: &TokenKey,
     name: &str,
     labels: &[(&str, &str)],
     listeners: Vec<model::Listener>,
     workload: Option<Workload>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Proxy {
-    let (identity, mesh) = bootstrap_mesh(dir);
-    let connector = ControlPlaneConnector::new(mesh.clone(), CP_ID);
-    tokio::spawn(identity.run(
-        IdOptions {
-            address: cp.to_string(),
-            token: tokens.issue("shop", name, SystemTime::now(), Duration::from_secs(600)),
-            ttl: Duration::from_secs(3600),
-            renew_at: 0.5,
-            tls: Some(connector.clone()),
-        },
-        stop.clone(),
-    ));
-    let node = model::Node {
-        name: format!("{name}-0"),
-        namespace: "shop".into(),
-        service_account: name.into(),
-        cluster: "eu-west".into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Default::default()
-    };
-    let mut d = isthmus_gateway::discovery::Options::new(cp.to_string(), node);
-    d.listeners = listeners;
-    d.workload = workload;
-    d.tls = Some(connector);
-    d.backoff_initial = Duration::from_millis(50);
-    d.backoff_max = Duration::from_millis(300);
-    let sidecar = Sidecar::start(sidecar::Options {
-        config: ConfigSource::ControlPlane(Box::new(d)),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        access_log: Sink::Off,
-        socket: Default::default(),
-        mesh: Some(mesh.clone()),
-    })
-    .await
-    .expect("sidecar starts");
+    let (sidecar, mesh) = MeshSidecar {
+        discovery: cp,
+        dir,
+        trust_domain: TD,
+        cluster: "eu-west",
+        namespace: "shop",
+        service_account: name,
+        labels,
+        listeners,
+        workload,
+    }
+    .start(stop)
+    .await;
     Proxy { sidecar, mesh }
 }
 
@@ -182,7 +155,6 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
     opts.debounce = Duration::from_millis(20);
     let cp = ControlPlane::start(opts);
     let ca = Arc::new(Ca::load_or_create(&dir, TD).unwrap());
-    let tokens = TokenKey::load_or_create(&dir, TD).unwrap();
     let l = isthmus_federation::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let cp_addr = l.local_addr().unwrap();
     let tls = cp
@@ -214,7 +186,6 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
     let catalog = secure_sidecar(
         cp_addr,
         &dir,
-        &tokens,
         "catalog",
         &[("app", "catalog")],
         vec![
@@ -240,7 +211,6 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
     let frontend = secure_sidecar(
         cp_addr,
         &dir,
-        &tokens,
         "frontend",
         &[("app", "frontend")],
         vec![out()],
@@ -251,7 +221,6 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
     let ops = secure_sidecar(
         cp_addr,
         &dir,
-        &tokens,
         "ops",
         &[("app", "ops")],
         vec![out()],

@@ -1008,7 +1008,10 @@ async fn peers_come_and_go_with_the_configuration() {
     ));
     // The config stream (here: the store it feeds) names the peer.
     let with = |peers: Vec<model::PeerGateway>| model::ProxyConfig {
-        east_west: Some(model::EastWest { peers }),
+        east_west: Some(model::EastWest {
+            peers,
+            exports: Vec::new(),
+        }),
         ..Default::default()
     };
     store

@@ -64,7 +64,9 @@ impl Offer {
             let r = resource::security(resource::security_ns_name(ns), s);
             resources.insert(r.name.clone(), r);
         }
-        let r = resource::east_west(&catalog.links.east_west);
+        let mut east_west = catalog.links.east_west.clone();
+        east_west.exports = catalog.exported.iter().cloned().collect();
+        let r = resource::east_west(&east_west);
         resources.insert(r.name.clone(), r);
         Self {
             generation,

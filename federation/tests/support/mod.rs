@@ -76,3 +76,92 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A pod's sidecar in `files` mode: it verifies the control plane with
+/// the bootstrap root in `dir`, proves `namespace/service_account` with a
+/// bootstrap token, and subscribes over TLS.
+pub struct MeshSidecar<'a> {
+    pub discovery: SocketAddr,
+    pub dir: &'a Path,
+    pub trust_domain: &'a str,
+    pub cluster: &'a str,
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
+    pub listeners: Vec<isthmus_api::model::Listener>,
+    pub workload: Option<isthmus_api::discovery::v1::Workload>,
+}
+
+impl MeshSidecar<'_> {
+    pub async fn start(
+        self,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> (
+        isthmus_gateway::sidecar::Sidecar,
+        std::sync::Arc<isthmus_gateway::tls::MeshTls>,
+    ) {
+        use isthmus_gateway::identity::{Identity, Options as IdOptions};
+        use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
+        use isthmus_gateway::tls::control::ControlPlaneConnector;
+        use isthmus_gateway::tls::{MeshTls, Trust};
+        let identity = Identity::empty();
+        let mesh = std::sync::Arc::new(MeshTls::new(identity.clone()));
+        let pem = std::fs::read_to_string(self.dir.join("ca/root-cert.pem")).unwrap();
+        mesh.set_bootstrap_trust(Trust::from_self_describing_pem(&pem).unwrap());
+        let connector = ControlPlaneConnector::new(
+            mesh.clone(),
+            format!(
+                "spiffe://{}/ns/isthmus-system/sa/isthmus-federation",
+                self.trust_domain
+            ),
+        );
+        let tokens = isthmus_federation::identity::token::TokenKey::load_or_create(
+            self.dir,
+            self.trust_domain,
+        )
+        .unwrap();
+        tokio::spawn(identity.run(
+            IdOptions {
+                address: self.discovery.to_string(),
+                token: tokens.issue(
+                    self.namespace,
+                    self.service_account,
+                    std::time::SystemTime::now(),
+                    Duration::from_secs(600),
+                ),
+                ttl: Duration::from_secs(3600),
+                renew_at: 0.5,
+                tls: Some(connector.clone()),
+            },
+            stop.clone(),
+        ));
+        let node = isthmus_api::model::Node {
+            name: format!("{}-0", self.service_account),
+            namespace: self.namespace.into(),
+            service_account: self.service_account.into(),
+            cluster: self.cluster.into(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut d = isthmus_gateway::discovery::Options::new(self.discovery.to_string(), node);
+        d.listeners = self.listeners;
+        d.workload = self.workload;
+        d.tls = Some(connector);
+        d.backoff_initial = Duration::from_millis(50);
+        d.backoff_max = Duration::from_millis(300);
+        let sidecar = Sidecar::start(sidecar::Options {
+            config: ConfigSource::ControlPlane(Box::new(d)),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            access_log: isthmus_gateway::telemetry::accesslog::Sink::Off,
+            socket: Default::default(),
+            mesh: Some(mesh.clone()),
+        })
+        .await
+        .expect("sidecar starts");
+        (sidecar, mesh)
+    }
+}

@@ -134,6 +134,8 @@ impl Early {
 /// One CONNECT stream to the peer, as send and receive halves.
 pub struct TunnelStream {
     pub stream: h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    /// The application port the peer joined the stream to, when it said.
+    pub target_port: Option<u16>,
 }
 
 impl TunnelStream {
@@ -327,7 +329,10 @@ impl PeerLink {
                 reason: super::refusal_reason(resp.headers()),
             });
         }
-        Ok(TunnelStream { stream })
+        Ok(TunnelStream {
+            stream,
+            target_port: super::target_port(resp.headers()),
+        })
     }
 
     pub fn rtt(&self) -> std::time::Duration {
@@ -424,6 +429,15 @@ impl H2Link {
         authority: &str,
         source: &super::Source,
     ) -> Result<crate::connect::H2Stream, LinkError> {
+        self.open_target(authority, source).await.map(|(s, _)| s)
+    }
+
+    /// `open`, with the application port the peer said it joined.
+    pub async fn open_target(
+        &self,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<(crate::connect::H2Stream, Option<u16>), LinkError> {
         let failed = |status: StatusCode, reason: String| LinkError::Refused {
             addr: self.addr,
             authority: authority.into(),
@@ -443,12 +457,21 @@ impl H2Link {
         if resp.status() != StatusCode::OK {
             return Err(failed(resp.status(), super::refusal_reason(resp.headers())));
         }
-        Ok(stream)
+        Ok((stream, super::target_port(resp.headers())))
     }
 
     pub fn is_closed(&self) -> bool {
         self.conn.is_closed()
     }
+}
+
+/// A stream opened on a link.
+pub struct Opened {
+    pub send: LinkSend,
+    pub recv: LinkRecv,
+    pub transport: Transport,
+    /// The application port the peer joined the stream to, when it said.
+    pub target_port: Option<u16>,
 }
 
 /// A link to a peer gateway on whichever transport got through.
@@ -635,14 +658,38 @@ impl Link {
         authority: &str,
         source: &super::Source,
     ) -> Result<(LinkSend, LinkRecv), LinkError> {
+        self.open_target(authority, source)
+            .await
+            .map(|o| (o.send, o.recv))
+    }
+
+    /// `open_from`, with the application port the peer joined the stream
+    /// to, when it said.
+    pub async fn open_target(
+        &self,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<Opened, LinkError> {
         match self {
             Link::Quic(l) => {
-                let (s, r) = l.open_from(authority, source).await?.stream.split();
-                Ok((LinkSend::Quic(Box::new(s)), LinkRecv::Quic(Box::new(r))))
+                let t = l.open_from(authority, source).await?;
+                let (s, r) = t.stream.split();
+                Ok(Opened {
+                    send: LinkSend::Quic(Box::new(s)),
+                    recv: LinkRecv::Quic(Box::new(r)),
+                    transport: Transport::Quic,
+                    target_port: t.target_port,
+                })
             }
             Link::H2(l) => {
-                let (w, r) = l.open(authority, source).await?.into_split();
-                Ok((LinkSend::H2(w, l.conn.clone()), LinkRecv::H2(r)))
+                let (s, target_port) = l.open_target(authority, source).await?;
+                let (w, r) = s.into_split();
+                Ok(Opened {
+                    send: LinkSend::H2(w, l.conn.clone()),
+                    recv: LinkRecv::H2(r),
+                    transport: Transport::H2,
+                    target_port,
+                })
             }
         }
     }

@@ -279,19 +279,19 @@ impl Gateway {
     ) -> Result<(super::client::LinkSend, super::client::LinkRecv), GatewayError> {
         self.open_on(cluster, authority, source)
             .await
-            .map(|(s, r, _)| (s, r))
+            .map(|o| (o.send, o.recv))
     }
 
-    /// `open`, saying which transport the stream went over.
+    /// `open`, saying which transport the stream went over and the
+    /// application port the peer joined it to.
     pub async fn open_on(
         &self,
         cluster: &str,
         authority: &str,
         source: &super::Source,
-    ) -> Result<(super::client::LinkSend, super::client::LinkRecv, Transport), GatewayError> {
+    ) -> Result<super::client::Opened, GatewayError> {
         let link = self.link(cluster).await?;
-        let with = |l: &Link, (s, r)| (s, r, l.transport());
-        match link.open_from(authority, source).await {
+        match link.open_target(authority, source).await {
             Err(e @ LinkError::Http3 { .. })
                 if matches!(&*link, Link::Quic(q) if q.early() != super::client::Early::None
                     && q.early() != super::client::Early::Accepted) =>
@@ -301,9 +301,9 @@ impl Gateway {
                     q.close();
                 }
                 let link = self.link(cluster).await?;
-                Ok(with(&link, link.open_from(authority, source).await?))
+                Ok(link.open_target(authority, source).await?)
             }
-            r => Ok(with(&link, r?)),
+            r => Ok(r?),
         }
     }
 
@@ -425,7 +425,7 @@ impl Gateway {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };
-        let (send, recv, transport) = match self.open_on(&cluster, &authority, &source).await {
+        let opened = match self.open_on(&cluster, &authority, &source).await {
             Ok(x) => x,
             Err(GatewayError::Link(LinkError::Refused { status, reason, .. })) => {
                 count(status);
@@ -446,14 +446,15 @@ impl Gateway {
                 return inc.refuse(r);
             }
         };
-        let link = (send, recv);
+        let link = (opened.send, opened.recv);
         // The caller learns which transport carries it (the control plane
-        // shows it on the ClusterLink).
+        // shows it on the ClusterLink), and the port the peer joined.
         let mut headers = http::HeaderMap::new();
         headers.insert(
             TRANSPORT_HEADER,
-            http::HeaderValue::from_static(transport.as_str()),
+            http::HeaderValue::from_static(opened.transport.as_str()),
         );
+        super::set_target_port(&mut headers, opened.target_port);
         let local = match inc.accept_with(headers) {
             Ok(s) => s.into_split(),
             Err(e) => return tracing::debug!("local CONNECT not established: {e}"),
@@ -689,6 +690,7 @@ mod tests {
                     ..Default::default()
                 },
             ],
+            exports: Vec::new(),
         };
         assert_eq!(
             merge_peers(&fixed, Some(&cfg)),

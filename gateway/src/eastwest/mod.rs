@@ -88,6 +88,30 @@ pub fn refused(status: http::StatusCode, why: &str) -> http::Response<()> {
     r
 }
 
+/// Header on a CONNECT's 200: the application port behind the sidecar
+/// the stream was joined to. A sidecar of another cluster reached through
+/// the gateways asks its peer for this port (a Service's named target
+/// port resolves per workload, so only the receiving side knows it).
+pub const TARGET_PORT_HEADER: &str = "isthmus-target-port";
+
+/// The target port a 200 carries, if any.
+pub fn target_port(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get(TARGET_PORT_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+}
+
+/// Sets `TARGET_PORT_HEADER` when there is a port to say.
+pub fn set_target_port(headers: &mut http::HeaderMap, port: Option<u16>) {
+    if let Some(p) = port {
+        headers.insert(TARGET_PORT_HEADER, http::HeaderValue::from(p));
+    }
+}
+
 /// Header: why a CONNECT was refused (with a non-200 status).
 pub const REFUSAL_HEADER: &str = "isthmus-refusal";
 
@@ -177,6 +201,27 @@ pub fn exported(rules: &[ExportRule], service: &str, peer: &str) -> bool {
         })
 }
 
+/// Whether `peer` may reach `service` through this gateway (pure): a
+/// linked cluster's gateway the control plane named (`east_west.peers`)
+/// reaches what the control plane says is exported, and what the static
+/// rules grant it when there are any; other peers what the static rules
+/// grant.
+pub fn may_reach(
+    rules: &[ExportRule],
+    control_plane: Option<&isthmus_api::model::EastWest>,
+    service: &str,
+    peer: &str,
+) -> bool {
+    let linked = control_plane.filter(|ew| ew.peers.iter().any(|p| p.identity == peer));
+    match linked {
+        Some(ew) => {
+            ew.exports.iter().any(|s| s == service)
+                || (!rules.is_empty() && exported(rules, service, peer))
+        }
+        None => exported(rules, service, peer),
+    }
+}
+
 /// Parses a CONNECT authority `<service>.<namespace>:<port>` (pure).
 pub fn parse_authority(authority: Option<&str>) -> Result<(String, u16), ConnectRefusal> {
     let a = authority.ok_or(ConnectRefusal::NoAuthority)?;
@@ -228,6 +273,36 @@ mod tests {
             ConnectRefusal::NoService("x.y".into()).status(),
             http::StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn linked_peers_reach_what_the_control_plane_exports() {
+        let us = "spiffe://us-east.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+        let other = "spiffe://ap-south.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest";
+        let ew = isthmus_api::model::EastWest {
+            peers: vec![isthmus_api::model::PeerGateway {
+                cluster: "us-east".into(),
+                identity: us.into(),
+                ..Default::default()
+            }],
+            exports: vec!["catalog.shop".into()],
+        };
+        // A linked peer: only the exports (no static rules means no
+        // blanket grant for it).
+        assert!(may_reach(&[], Some(&ew), "catalog.shop", us));
+        assert!(!may_reach(&[], Some(&ew), "cart.shop", us));
+        // Static rules add to it.
+        let rules = vec![ExportRule {
+            peers: vec![us.into()],
+            services: vec!["cart.shop".into()],
+        }];
+        assert!(may_reach(&rules, Some(&ew), "cart.shop", us));
+        assert!(!may_reach(&rules, Some(&ew), "ledger.shop", us));
+        // A statically allowed peer the control plane does not name: the
+        // static rules, as before (none: everything).
+        assert!(may_reach(&[], Some(&ew), "cart.shop", other));
+        assert!(!may_reach(&rules, Some(&ew), "cart.shop", other));
+        assert!(may_reach(&[], None, "cart.shop", us));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use http::{Method, Response};
 use tokio_util::sync::CancellationToken;
 
 use super::splice::{Side, splice_tcp};
-use super::{ConnectRefusal, Source, exported, parse_authority, quic::peer_id};
+use super::{ConnectRefusal, Source, parse_authority, quic::peer_id};
 use crate::pool::dial;
 use crate::proxy::Proxy;
 use crate::tls::SpiffeId;
@@ -124,7 +124,7 @@ async fn serve_connection(
                 }
             };
             let log = StreamLog::new("quic", remote, peer.clone(), &req);
-            let target = match route(
+            let (target, app_port) = match route(
                 &proxy,
                 &peers,
                 &peer,
@@ -144,10 +144,11 @@ async fn serve_connection(
                     return;
                 }
             };
-            let ok = Response::builder()
+            let mut ok = Response::builder()
                 .status(200)
                 .body(())
                 .expect("a status makes a response");
+            super::set_target_port(ok.headers_mut(), app_port);
             if stream.send_response(ok).await.is_err() {
                 return;
             }
@@ -160,8 +161,9 @@ async fn serve_connection(
 
 /// Validates the CONNECT and opens the connection to a healthy endpoint of
 /// the named service: its sidecar's mesh transport port when it has one
-/// (the payload is then the client sidecar's own mTLS session), else the
-/// endpoint's port.
+/// (the payload is then the client sidecar's own mTLS session, and the
+/// application port behind that sidecar is returned for the caller to
+/// ask it for), else the endpoint's port.
 async fn route(
     proxy: &Proxy,
     peers: &Peers,
@@ -169,7 +171,7 @@ async fn route(
     method: &Method,
     authority: Option<&str>,
     source: &Source,
-) -> Result<tokio::net::TcpStream, ConnectRefusal> {
+) -> Result<(tokio::net::TcpStream, Option<u16>), ConnectRefusal> {
     if method != Method::CONNECT {
         return Err(ConnectRefusal::NotConnect(method.to_string()));
     }
@@ -182,13 +184,18 @@ async fn route(
         traceparent = source.traceparent.as_deref().unwrap_or("-"),
         "cross-cluster CONNECT"
     );
-    if !exported(&peers.exports, &name, peer.as_str()) {
+    let snap = proxy.store.load();
+    if !super::may_reach(
+        &peers.exports,
+        snap.source.east_west.as_ref(),
+        &name,
+        peer.as_str(),
+    ) {
         return Err(ConnectRefusal::NotExported {
             service: name,
             peer: peer.to_string(),
         });
     }
-    let snap = proxy.store.load();
     let service = snap
         .services
         .get(&name)
@@ -210,12 +217,15 @@ async fn route(
         let Some(idx) = idx else { break };
         tried.push(idx);
         let ep = &service.endpoints[idx];
-        let addr = match &ep.tunnel {
-            Some(t) => std::net::SocketAddr::new(ep.ip, t.port),
-            None => ep.addr(&p),
+        let (addr, app_port) = match &ep.tunnel {
+            Some(t) => (
+                std::net::SocketAddr::new(ep.ip, t.port),
+                Some(ep.addr(&p).port()),
+            ),
+            None => (ep.addr(&p), None),
         };
         match dial(addr, service.pool.connect_timeout, proxy.socket).await {
-            Ok(s) => return Ok(s),
+            Ok(s) => return Ok((s, app_port)),
             Err(e) => {
                 last = Some(ConnectRefusal::EndpointFailed {
                     service: name.clone(),
@@ -281,8 +291,12 @@ pub async fn serve_tcp(
                             log.write(&proxy, refusal.status(), Some(&refusal), None, (0, 0));
                             inc.refuse(refusal.response());
                         }
-                        Ok(target) => {
-                            let Ok(stream) = inc.accept() else { return };
+                        Ok((target, app_port)) => {
+                            let mut headers = http::HeaderMap::new();
+                            super::set_target_port(&mut headers, app_port);
+                            let Ok(stream) = inc.accept_with(headers) else {
+                                return;
+                            };
                             let upstream = target.peer_addr().ok();
                             let bytes =
                                 spliced(splice_tcp(stream.into_split(), target).await, &peer);

@@ -225,9 +225,11 @@ impl Connector {
         let tls = self
             .connect_remote(gateway, &via.cluster, &authority, expect, connect_timeout)
             .await?;
+        // The remote sidecar serves one workload: only the port counts,
+        // the one its gateway joined us to (a named target port differs
+        // per workload), else the one the import carries.
+        let target = SocketAddr::new(gateway.ip(), tls.target_port.unwrap_or(target_port));
         let inner = self.h2_handshake(tls, gateway).await?;
-        // The remote sidecar serves one workload: only the port counts.
-        let target = SocketAddr::new(gateway.ip(), target_port);
         // The session (and with it the gateway connection) lives in the
         // inner connection's driver for as long as that connection does.
         let (resp, io) =
@@ -317,6 +319,7 @@ impl Connector {
             .get(crate::eastwest::gateway::TRANSPORT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let target_port = crate::eastwest::target_port(resp.headers());
         let tls_failed = |reason: String| TunnelError::Handshake {
             addr: gateway,
             reason: format!("with {authority} in {cluster} behind it: {reason}"),
@@ -341,6 +344,7 @@ impl Connector {
         Ok(RemoteSession {
             peer,
             transport,
+            target_port,
             io: tls,
             _outer: outer,
         })

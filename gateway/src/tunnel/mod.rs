@@ -75,6 +75,9 @@ pub struct RemoteSession {
     /// What carries it between the gateways (`quic`, `h2`), as our
     /// gateway said.
     pub transport: Option<String>,
+    /// The application port behind the remote sidecar the peer gateway
+    /// joined us to, when it said.
+    pub target_port: Option<u16>,
     io: tokio_rustls::client::TlsStream<H2Stream>,
     _outer: Client,
 }
