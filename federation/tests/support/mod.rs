@@ -165,3 +165,4 @@ impl MeshSidecar<'_> {
         (sidecar, mesh)
     }
 }
+pub mod cluster;

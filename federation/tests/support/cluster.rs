@@ -1,0 +1,192 @@
+//! A local cluster for the federation tests and benchmarks: a real
+//! control plane (files store, CA, discovery over TLS, federation port)
+//! and a real east-west gateway (its SVID from the CA, its peers and
+//! services from discovery, QUIC tunnels), on fixed loopback ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::model;
+use isthmus_federation::identity::Ca;
+use isthmus_federation::identity::service::Authenticator;
+use isthmus_federation::identity::token::TokenKey;
+use isthmus_federation::resources::link::{ClusterLinkStatus, PartitionMode, PartitionPolicy};
+use isthmus_federation::server::{ControlPlane, Options};
+use isthmus_gateway::eastwest::config::EastWestConfig;
+use isthmus_gateway::sidecar::Sidecar;
+use tokio_util::sync::CancellationToken;
+
+use super::{MeshSidecar, eventually, temp_dir};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn mesh(name: &str) -> String {
+    format!(
+        "apiVersion: isthmus.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: default}}\n\
+         spec: {{clusterName: {name}, trustDomain: {name}.isthmus.local, locality: {{region: {name}, zone: {name}-a}}}}\n"
+    )
+}
+
+/// One cluster: its directory and fixed addresses (so a restarted control
+/// plane is found where it was).
+pub struct Cluster {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    pub discovery: SocketAddr,
+    pub federation: SocketAddr,
+    pub entry: SocketAddr,
+    pub cp: Option<ControlPlane>,
+    pub gateway: Option<(Sidecar, isthmus_gateway::eastwest::role::EastWest)>,
+    pub stop: CancellationToken,
+}
+
+impl Cluster {
+    pub fn new(test: &str, name: &'static str) -> Self {
+        let dir = temp_dir(&format!("federation-{test}-{name}"));
+        std::fs::write(dir.join("mesh.yaml"), mesh(name)).unwrap();
+        let td = format!("{name}.isthmus.local");
+        Ca::load_or_create(&dir, &td).unwrap();
+        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Self {
+            name,
+            dir,
+            discovery: at(free_port()),
+            federation: at(free_port()),
+            entry: at(free_port()),
+            cp: None,
+            gateway: None,
+            stop: CancellationToken::new(),
+        }
+    }
+
+    pub fn td(&self) -> String {
+        format!("{}.isthmus.local", self.name)
+    }
+
+    pub fn start_control_plane(&mut self) {
+        let mut opts = Options::new(&self.dir);
+        opts.poll = Duration::from_millis(20);
+        opts.debounce = Duration::from_millis(20);
+        opts.gateway_entry = Some(self.entry);
+        opts.federation_address = Some(self.federation);
+        let cp = ControlPlane::start(opts);
+        let td = self.td();
+        let ca = Arc::new(Ca::load_or_create(&self.dir, &td).unwrap());
+        let tokens = || TokenKey::load_or_create(&self.dir, &td).unwrap();
+        cp.serve_secure(
+            isthmus_federation::server::bind(self.discovery).unwrap(),
+            ca.clone(),
+            Authenticator::Bootstrap(Box::new(tokens())),
+            "isthmus-system",
+        )
+        .unwrap();
+        let fed = std::net::TcpListener::bind(self.federation).unwrap();
+        fed.set_nonblocking(true).unwrap();
+        cp.serve_federation(
+            tokio::net::TcpListener::from_std(fed).unwrap(),
+            ca,
+            Some(Arc::new(tokens())),
+            isthmus_federation::sync::client::Settings {
+                entry: Some(self.entry),
+                ping: Duration::from_millis(200),
+                backoff_max: Duration::from_millis(300),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        self.cp = Some(cp);
+    }
+
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(cp) = self.cp.take() {
+            cp.shutdown().await;
+        }
+    }
+
+    /// The east-west gateway: an `isthmus-eastwest` proxy of this cluster
+    /// (identity from its CA, configuration from discovery) with the role.
+    pub async fn start_gateway(&mut self) {
+        let td = self.td();
+        let (sidecar, mesh) = MeshSidecar {
+            discovery: self.discovery,
+            dir: &self.dir,
+            trust_domain: &td,
+            cluster: self.name,
+            namespace: "isthmus-system",
+            service_account: "isthmus-eastwest",
+            labels: &[],
+            listeners: Vec::new(),
+            workload: None,
+        }
+        .start(&self.stop)
+        .await;
+        eventually("the gateway's certificate", || {
+            let m = mesh.clone();
+            async move { m.ready().then_some(()) }
+        })
+        .await;
+        let ew = EastWestConfig::parse(
+            "ew.yaml",
+            &format!(
+                "quic: 127.0.0.1:0\ntcp: 127.0.0.1:0\nlocal: {}\ncluster: {}\n",
+                self.entry, self.name
+            ),
+        )
+        .unwrap();
+        let role = isthmus_gateway::eastwest::role::start(&sidecar, ew, self.stop.clone())
+            .await
+            .expect("east-west role starts");
+        self.gateway = Some((sidecar, role));
+    }
+
+    pub fn quic(&self) -> SocketAddr {
+        self.gateway.as_ref().expect("gateway started").1.quic
+    }
+
+    pub fn statuses(&self) -> std::collections::BTreeMap<String, ClusterLinkStatus> {
+        self.cp.as_ref().expect("control plane").link_statuses()
+    }
+
+    pub fn status(&self, peer: &str) -> ClusterLinkStatus {
+        self.statuses().remove(peer).unwrap_or_default()
+    }
+
+    pub fn service(&self, name: &str) -> Option<model::Service> {
+        let cp = self.cp.as_ref()?;
+        cp.published.borrow().offer.service(name)
+    }
+
+    pub fn write(&self, file: &str, text: &str) {
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(tmp, self.dir.join(file)).unwrap();
+    }
+}
+
+/// `isthmusctl link create --from a --to b`, dropped in a's directory.
+pub fn link(a: &Cluster, b: &Cluster, ttl: Duration, staleness: &str) {
+    let yaml = isthmus_federation::link::create(
+        &a.dir,
+        &b.dir,
+        &isthmus_federation::link::Options {
+            gateway: b.quic(),
+            gateway_tcp: None,
+            ttl,
+            partition: PartitionPolicy {
+                mode: PartitionMode::FailStatic,
+                staleness_ttl: staleness.into(),
+            },
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+    a.write(&format!("link-{}.yaml", b.name), &yaml);
+}
