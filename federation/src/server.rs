@@ -24,7 +24,7 @@ use isthmus_api::model;
 use crate::discovery::{self, Offer, Subscribers};
 use crate::store::files::{FileWatcher, State};
 use crate::store::registry;
-use crate::translate::{services::Catalog, translate_shells};
+use crate::translate::{services::Catalog, translate_shells_importing};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -549,7 +549,6 @@ fn publish(
 ) -> Arc<Published> {
     let workloads = inputs.registry.workloads();
     let refs: Vec<&registry::Workload> = workloads.iter().collect();
-    let (mut catalog, mut endpoints) = translate_shells(&state.snapshot, &refs);
     let entry = inputs
         .opts
         .gateway_entry
@@ -557,13 +556,18 @@ fn publish(
             ip: a.ip(),
             port: a.port(),
         });
-    crate::translate::imports::attach(
-        &mut catalog,
-        &mut endpoints,
-        &state.snapshot,
-        &inputs.peers.summaries(),
-        entry,
-    );
+    let summaries = inputs.peers.summaries();
+    // Imports first: routes and policies may name imported services.
+    let (mut catalog, endpoints) =
+        translate_shells_importing(&state.snapshot, &refs, |catalog, endpoints| {
+            crate::translate::imports::attach(
+                catalog,
+                endpoints,
+                &state.snapshot,
+                &summaries,
+                entry,
+            )
+        });
     if let Some(addr) = inputs.opts.federation_address {
         crate::translate::links::federation_service(&mut catalog, &inputs.opts.namespace, addr);
     }

@@ -249,6 +249,9 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(&app.version) {
         resp.headers_mut().insert("x-sample-version", v);
     }
+    if let Ok(v) = HeaderValue::from_str(&app.cluster) {
+        resp.headers_mut().insert("x-sample-cluster", v);
+    }
     Ok(resp)
 }
 

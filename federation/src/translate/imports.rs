@@ -262,15 +262,50 @@ spec: {ports: [{port: 80}]}
 
     /// The catalog as the offer sends it: shells, imports, then endpoints.
     fn imported(summaries: &[Summary], entry: Option<Entry>) -> Catalog {
-        let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), LOCAL);
+        imported_with("", summaries, entry)
+    }
+
+    /// `imported`, with more local YAML (routes, policies) beside LOCAL.
+    fn imported_with(extra: &str, summaries: &[Summary], entry: Option<Entry>) -> Catalog {
+        let text = format!("{LOCAL}---\n{extra}");
+        let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
-        let (mut catalog, mut endpoints) = crate::translate::translate_shells(&snap, &[]);
-        attach(&mut catalog, &mut endpoints, &snap, summaries, entry);
+        let (mut catalog, endpoints) =
+            crate::translate::translate_shells_importing(&snap, &[], |catalog, endpoints| {
+                attach(catalog, endpoints, &snap, summaries, entry)
+            });
+        let mut endpoints = endpoints;
         for s in catalog.services.values_mut() {
             endpoints.fill(s);
         }
         catalog
+    }
+
+    #[test]
+    fn routes_can_name_imported_services() {
+        // SCENARIOS.md 3: eu-west's canary to reviews v2 in us-east.
+        let c = imported_with(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews-canary, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules:
+    - backendRefs:
+        - {name: reviews, port: 80, weight: 90}
+        - {name: reviews-us-east, port: 80, weight: 10}
+"#,
+            &[summary("us-east", "reviews", 80, 8080, 3)],
+            Some(ENTRY),
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let split: Vec<(&str, u32)> = c.services["reviews.shop"].routes[0]
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.weight))
+            .collect();
+        assert_eq!(split, [("reviews.shop", 90), ("reviews-us-east.shop", 10)]);
     }
 
     #[test]

@@ -63,7 +63,19 @@ pub fn translate_shells<'a>(
     snap: &'a crate::store::Snapshot,
     workloads: &'a [&'a crate::store::registry::Workload],
 ) -> (services::Catalog, services::Endpoints<'a>) {
-    let (mut catalog, endpoints) = services::catalog_shells(snap, workloads);
+    translate_shells_importing(snap, workloads, |_, _| {})
+}
+
+/// `translate_shells`, with `import` adding services from elsewhere
+/// (linked clusters) before routes and policies are attached, so an
+/// HTTPRoute or a DestinationPolicy can name an imported service.
+pub fn translate_shells_importing<'a>(
+    snap: &'a crate::store::Snapshot,
+    workloads: &'a [&'a crate::store::registry::Workload],
+    import: impl FnOnce(&mut services::Catalog, &mut services::Endpoints<'a>),
+) -> (services::Catalog, services::Endpoints<'a>) {
+    let (mut catalog, mut endpoints) = services::catalog_shells(snap, workloads);
+    import(&mut catalog, &mut endpoints);
     attach_policies(&mut catalog, snap);
     (catalog, endpoints)
 }
