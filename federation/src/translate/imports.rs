@@ -196,6 +196,27 @@ pub fn attach(
             set.endpoints.push(gateway(over));
         }
     }
+    // An exported Service has its clusterset name here too, even while no
+    // linked cluster exports it: then it is the local endpoints alone.
+    for (key, _) in snap.of_kind("ServiceExport") {
+        let Some(ns) = &key.namespace else { continue };
+        let (local, all) = (service_name(&key.name, ns), clusterset_name(&key.name, ns));
+        if catalog.services.contains_key(&all) {
+            continue;
+        }
+        let Some(ports) = catalog.services.get(&local).map(|s| s.ports.clone()) else {
+            continue;
+        };
+        catalog.services.insert(
+            all.clone(),
+            model::Service {
+                name: all.clone(),
+                ports,
+                ..Default::default()
+            },
+        );
+        endpoints.include(&all, &local);
+    }
 }
 
 #[cfg(test)]
@@ -280,6 +301,18 @@ spec: {ports: [{port: 80}]}
             endpoints.fill(s);
         }
         catalog
+    }
+
+    #[test]
+    fn an_export_nobody_else_has_keeps_its_clusterset_name_here() {
+        let c = imported(&[], Some(ENTRY));
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let all = &c.services["catalog.shop.svc.clusterset.local"];
+        let addrs: Vec<&str> = all.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.1.7"], "the local endpoints");
+        assert_eq!(all.ports, c.services["catalog.shop"].ports);
+        // Not exported: no clusterset name.
+        assert!(!c.services.contains_key("reviews.shop.svc.clusterset.local"));
     }
 
     #[test]

@@ -1,4 +1,8 @@
-//! `isthmusctl`: the operator's command line. Today: `link create`.
+//! `isthmusctl`: the operator's command line: `link create`, and `demo`
+//! (three local clusters, linked, with traffic and scenarios).
+#![forbid(unsafe_code)]
+
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -17,6 +21,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Three local clusters (eu-west, eu-central, us-east) as real
+    /// processes, linked, with the sample mesh, traffic and a live table.
+    Demo(demo::Args),
     /// Links between clusters.
     Link {
         #[command(subcommand)]
@@ -58,6 +65,18 @@ enum LinkCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Demo(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()),
+                ))
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(demo::run(args))
+        }
         Command::Link {
             command:
                 LinkCommand::Create {

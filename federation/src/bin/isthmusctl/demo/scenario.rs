@@ -1,0 +1,279 @@
+//! The scenarios `--scenario` runs by itself while the traffic flows:
+//! the cross-cluster canary (SCENARIOS.md 3) and failover across regions
+//! (2). Each step changes one thing (a file in a store, a process), then
+//! waits on the answers the frontends see (never on a timer) and says
+//! what happened and how long it took. A step whose outcome is wrong
+//! fails the scenario (the demo then exits non-zero).
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+use super::Demo;
+use super::mesh::{self, Cluster};
+use super::traffic::{self, Answer, Window};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// eu-west shifts reviews to v2 in us-east step by step (10, 50, 100 %),
+    /// checks `x-canary: always`, then rolls back.
+    Canary,
+    /// eu-west's catalog stops (eu-central takes over), then eu-central's
+    /// gateway (nothing left: fast errors), then both come back.
+    Failover,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Answers of `frontend` to `service` from now on.
+struct Watch {
+    feed: broadcast::Receiver<Answer>,
+    frontend: &'static str,
+    service: &'static str,
+}
+
+impl Watch {
+    fn new(demo: &Demo, frontend: &'static str, service: &'static str) -> Self {
+        Self {
+            feed: demo.stats.feed.subscribe(),
+            frontend,
+            service,
+        }
+    }
+
+    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Answer> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.feed.recv()).await {
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Ok(a)) if a.frontend == self.frontend && a.service == self.service => {
+                    return Some(a);
+                }
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Waits until `n` answers in a row satisfy `pred`; returns the
+    /// answers seen until then, and the first of the run (None: deadline).
+    async fn until_run(
+        &mut self,
+        n: usize,
+        within: Duration,
+        pred: impl Fn(&Answer) -> bool,
+    ) -> (Window, Option<Instant>) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut seen = Window::default();
+        let mut run: Vec<Instant> = Vec::new();
+        while let Some(a) = self.next(deadline).await {
+            seen.record(&a);
+            if pred(&a) {
+                run.push(a.at);
+                if run.len() >= n {
+                    return (seen, Some(run[0]));
+                }
+            } else {
+                run.clear();
+            }
+        }
+        (seen, None)
+    }
+
+    /// Everything seen during `period`.
+    async fn during(&mut self, period: Duration) -> Window {
+        let deadline = tokio::time::Instant::now() + period;
+        let mut w = Window::default();
+        while let Some(a) = self.next(deadline).await {
+            w.record(&a);
+        }
+        w
+    }
+}
+
+fn served(w: &Window, cluster: &str) -> u64 {
+    w.served.get(cluster).copied().unwrap_or(0)
+}
+
+pub async fn run(demo: &Demo, scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
+        Scenario::Canary => canary(demo).await,
+        Scenario::Failover => failover(demo).await,
+    }
+}
+
+async fn canary(demo: &Demo) -> anyhow::Result<()> {
+    let west = Cluster::by_name("eu-west").expect("sample mesh");
+    let route = demo.store(&west).join("reviews-canary.yaml");
+    demo.say(format!(
+        "canary: eu-west's frontend calls reviews (v1 here); an HTTPRoute in {} sends a share to reviews-us-east (v2)",
+        route.display()
+    ));
+    let mut watch = Watch::new(demo, "eu-west", "reviews");
+    for weight in [10u32, 50, 100] {
+        let written = Instant::now();
+        demo.write(&route, &mesh::canary_route(weight))?;
+        let (_, first) = watch
+            .until_run(1, Duration::from_secs(30), |a| {
+                a.served_by.as_deref() == Some("us-east")
+            })
+            .await;
+        let first = first.ok_or_else(|| {
+            anyhow::anyhow!("weight {weight}: no answer from us-east within 30 s")
+        })?;
+        let w = watch.during(Duration::from_secs(3)).await;
+        let n = w.requests().max(1);
+        let share = served(&w, "us-east") * 100 / n;
+        demo.say(format!(
+            "  weights {}/{weight}: first answer from us-east {} after the write; next 3 s: eu-west {}, us-east {} ({share} % us-east), {} errors",
+            100 - weight,
+            secs(first.duration_since(written)),
+            served(&w, "eu-west"),
+            served(&w, "us-east"),
+            w.errors,
+        ));
+        let ok = if weight == 100 {
+            share == 100
+        } else {
+            share.abs_diff(u64::from(weight)) <= 20
+        };
+        anyhow::ensure!(
+            ok && w.errors == 0,
+            "weight {weight}: observed {share} % on us-east with {} errors",
+            w.errors
+        );
+    }
+    // Back to 10 %: a header still sends everything to the canary.
+    demo.write(&route, &mesh::canary_route(10))?;
+    let target = mesh::targets(&west).remove(1);
+    let mut always = Window::default();
+    for _ in 0..20 {
+        let r = traffic::once(west.frontend(), &target, &[("x-canary", "always")]).await;
+        always.record(&Answer {
+            at: Instant::now(),
+            frontend: "eu-west",
+            service: "reviews",
+            served_by: r.as_ref().ok().cloned(),
+            latency: Duration::ZERO,
+            error: r.err(),
+        });
+    }
+    demo.say(format!(
+        "  x-canary: always -> us-east {} of 20 requests",
+        served(&always, "us-east")
+    ));
+    anyhow::ensure!(
+        served(&always, "us-east") == 20,
+        "x-canary: always did not reach us-east every time: {:?}",
+        always
+    );
+    let removed = Instant::now();
+    std::fs::remove_file(&route)?;
+    let (_, home) = watch
+        .until_run(20, Duration::from_secs(30), |a| {
+            a.served_by.as_deref() == Some("eu-west")
+        })
+        .await;
+    let home = home.ok_or_else(|| {
+        anyhow::anyhow!("rollback: reviews did not come back to eu-west within 30 s")
+    })?;
+    demo.say(format!(
+        "  rolled back (route deleted): every answer from eu-west v1 again {} after the delete",
+        secs(home.saturating_duration_since(removed))
+    ));
+    Ok(())
+}
+
+async fn failover(demo: &Demo) -> anyhow::Result<()> {
+    demo.say(
+        "failover: eu-west's frontend calls catalog.shop.svc.clusterset.local (eu-west's own first, then eu-central's)"
+            .into(),
+    );
+    let mut watch = Watch::new(demo, "eu-west", "catalog");
+    let (_, home) = watch
+        .until_run(10, Duration::from_secs(30), |a| {
+            a.served_by.as_deref() == Some("eu-west")
+        })
+        .await;
+    anyhow::ensure!(
+        home.is_some(),
+        "catalog was not served by eu-west to begin with"
+    );
+
+    // 1. eu-west's catalog stops: app and sidecar, as a pod's node dies.
+    let stopped = Instant::now();
+    demo.kill(&["eu-west/catalog", "eu-west/catalog-sidecar"])
+        .await?;
+    let (seen, steady) = watch
+        .until_run(20, Duration::from_secs(30), |a| {
+            a.served_by.as_deref() == Some("eu-central")
+        })
+        .await;
+    let steady = steady.ok_or_else(|| {
+        anyhow::anyhow!("eu-central did not take catalog over within 30 s: {seen:?}")
+    })?;
+    demo.say(format!(
+        "  1. eu-west's catalog killed: all answers from eu-central {} later; meanwhile {} requests, {} failed{}",
+        secs(steady.duration_since(stopped)),
+        seen.requests(),
+        seen.errors,
+        seen.last_error
+            .as_ref()
+            .map(|e| format!(" (last: {e})"))
+            .unwrap_or_default()
+    ));
+
+    // 2. eu-central's gateway stops too: no catalog is left anywhere.
+    let stopped = Instant::now();
+    demo.kill(&["eu-central/gateway"]).await?;
+    let (seen, failing) = watch
+        .until_run(10, Duration::from_secs(30), |a| a.error.is_some())
+        .await;
+    let failing = failing.ok_or_else(|| {
+        anyhow::anyhow!("with eu-central's gateway down, catalog still answered: {seen:?}")
+    })?;
+    let errors = watch.during(Duration::from_secs(2)).await;
+    demo.say(format!(
+        "  2. eu-central's gateway killed: no catalog left; requests fail {} later, in {} (p50) with: {}",
+        secs(failing.duration_since(stopped)),
+        errors
+            .percentile(50.0)
+            .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+            .unwrap_or_else(|| "-".into()),
+        errors.last_error.as_deref().unwrap_or("-"),
+    ));
+
+    // 3. The gateway returns: eu-central serves again.
+    let restarted = Instant::now();
+    demo.restart(&["eu-central/gateway"])?;
+    let (_, back) = watch
+        .until_run(10, Duration::from_secs(60), |a| {
+            a.served_by.as_deref() == Some("eu-central")
+        })
+        .await;
+    let back = back.ok_or_else(|| {
+        anyhow::anyhow!("eu-central did not serve again within 60 s of its gateway's restart")
+    })?;
+    demo.say(format!(
+        "  3. eu-central's gateway restarted: eu-central answers again {} later",
+        secs(back.duration_since(restarted))
+    ));
+
+    // 4. eu-west's catalog returns: traffic goes home.
+    let restarted = Instant::now();
+    demo.restart(&["eu-west/catalog", "eu-west/catalog-sidecar"])?;
+    let (seen, home) = watch
+        .until_run(20, Duration::from_secs(60), |a| {
+            a.served_by.as_deref() == Some("eu-west")
+        })
+        .await;
+    let home =
+        home.ok_or_else(|| anyhow::anyhow!("catalog did not come back to eu-west within 60 s"))?;
+    demo.say(format!(
+        "  4. eu-west's catalog restarted: traffic back in eu-west {} later ({} failed meanwhile)",
+        secs(home.duration_since(restarted)),
+        seen.errors
+    ));
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The demo's traffic: the demo plays each cluster's frontend application,
+//! calling every target through that cluster's frontend sidecar at a steady
+//! rate (HTTP/1.1 keep-alive, gRPC over h2c); each answer is recorded by
+//! the cluster that served it (`x-sample-cluster`), its latency and
+//! whether it failed. Scenarios watch the same answers as they happen.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::mesh::Target;
+
+/// One answer (or failure) seen by a frontend.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub at: Instant,
+    pub frontend: &'static str,
+    pub service: &'static str,
+    /// The cluster whose app answered.
+    pub served_by: Option<String>,
+    pub latency: Duration,
+    /// Why it failed: "HTTP 503 (...)", "grpc-status 14", "timeout", ...
+    pub error: Option<String>,
+}
+
+/// The answers of one frontend to one service over a period.
+#[derive(Debug, Default, Clone)]
+pub struct Window {
+    pub served: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+    pub latencies: Vec<Duration>,
+}
+
+impl Window {
+    pub fn record(&mut self, a: &Answer) {
+        match (&a.error, &a.served_by) {
+            (None, Some(by)) => *self.served.entry(by.clone()).or_default() += 1,
+            (None, None) => *self.served.entry("?".into()).or_default() += 1,
+            (Some(e), _) => {
+                self.errors += 1;
+                self.last_error = Some(e.clone());
+            }
+        }
+        self.latencies.push(a.latency);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.served.values().sum::<u64>() + self.errors
+    }
+
+    /// The `p`th percentile (0–100) of the latencies, nearest rank.
+    pub fn percentile(&self, p: f64) -> Option<Duration> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let mut v = self.latencies.clone();
+        v.sort_unstable();
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        Some(v[rank.clamp(1, v.len()) - 1])
+    }
+}
+
+/// Every frontend's windows (the current second's) and the live feed.
+pub struct Stats {
+    windows: Mutex<BTreeMap<(&'static str, &'static str), Window>>,
+    pub feed: broadcast::Sender<Answer>,
+}
+
+impl Stats {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            windows: Mutex::new(BTreeMap::new()),
+            feed: broadcast::channel(16 * 1024).0,
+        })
+    }
+
+    fn record(&self, a: Answer) {
+        if let Ok(mut w) = self.windows.lock() {
+            w.entry((a.frontend, a.service)).or_default().record(&a);
+        }
+        let _ = self.feed.send(a);
+    }
+
+    /// The windows since the last call, emptied.
+    pub fn take(&self) -> BTreeMap<(&'static str, &'static str), Window> {
+        self.windows
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+    }
+}
+
+enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
+    let tcp = tokio::net::TcpStream::connect(sidecar)
+        .await
+        .map_err(|e| format!("frontend sidecar {sidecar}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let io = TokioIo::new(tcp);
+    if grpc {
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Conn::H2(send))
+    } else {
+        let (send, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("http/1.1 handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Conn::H1(send))
+    }
+}
+
+/// One request on `conn`: the cluster that answered, or why it failed.
+async fn call(
+    conn: &mut Conn,
+    target: &Target,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    let response = match conn {
+        Conn::H1(send) => {
+            let mut req = http::Request::get("/").header("host", &target.host);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::default()).map_err(|e| e.to_string())?;
+            send.ready().await.map_err(|e| format!("connection: {e}"))?;
+            send.send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?
+        }
+        Conn::H2(send) => {
+            // A unary gRPC call: one length-prefixed message.
+            let mut msg = vec![0u8, 0, 0, 0, 5];
+            msg.extend_from_slice(b"stock");
+            let mut req =
+                http::Request::post(format!("http://{}/shop.Inventory/Check", target.host))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req
+                .body(Full::new(Bytes::from(msg)))
+                .map_err(|e| e.to_string())?;
+            send.ready().await.map_err(|e| format!("connection: {e}"))?;
+            send.send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))?
+        }
+    };
+    let status = response.status();
+    let served_by = response
+        .headers()
+        .get("x-sample-cluster")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let grpc_in_headers = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("response body: {e}"))?;
+    if !status.is_success() {
+        let text = body.to_bytes();
+        let first = String::from_utf8_lossy(&text);
+        let first = first.lines().next().unwrap_or("").trim();
+        return Err(format!("HTTP {} {first}", status.as_u16())
+            .trim()
+            .to_string());
+    }
+    if target.grpc {
+        let code = body
+            .trailers()
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or(grpc_in_headers)
+            .unwrap_or_else(|| "missing".into());
+        if code != "0" {
+            return Err(format!("grpc-status {code}"));
+        }
+    }
+    served_by.ok_or_else(|| "answer without x-sample-cluster".into())
+}
+
+/// Calls `target` through `sidecar` `rate` times a second until `stop`.
+pub async fn run(
+    frontend: &'static str,
+    sidecar: SocketAddr,
+    target: Target,
+    rate: u32,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let start = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(2), async {
+            if conn.is_none() {
+                conn = Some(connect(sidecar, target.grpc).await?);
+            }
+            call(conn.as_mut().expect("connected"), &target, &[]).await
+        })
+        .await
+        .unwrap_or_else(|_| Err("timeout (2 s)".into()));
+        let (served_by, error) = match result {
+            Ok(by) => (Some(by), None),
+            Err(e) => {
+                conn = None; // a fresh connection next time
+                (None, Some(e))
+            }
+        };
+        stats.record(Answer {
+            at: Instant::now(),
+            frontend,
+            service: target.service,
+            served_by,
+            latency: start.elapsed(),
+            error,
+        });
+    }
+}
+
+/// One request on a fresh connection (readiness checks).
+pub async fn once(
+    sidecar: SocketAddr,
+    target: &Target,
+    headers: &[(&str, &str)],
+) -> Result<String, String> {
+    tokio::time::timeout(Duration::from_secs(2), async {
+        let mut conn = connect(sidecar, target.grpc).await?;
+        call(&mut conn, target, headers).await
+    })
+    .await
+    .unwrap_or_else(|_| Err("timeout (2 s)".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(by: Option<&str>, ms: u64, error: Option<&str>) -> Answer {
+        Answer {
+            at: Instant::now(),
+            frontend: "eu-west",
+            service: "catalog",
+            served_by: by.map(str::to_string),
+            latency: Duration::from_millis(ms),
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn windows_count_by_cluster_and_errors() {
+        let mut w = Window::default();
+        for ms in 1..=100 {
+            let by = if ms % 10 == 0 { "us-east" } else { "eu-west" };
+            w.record(&answer(Some(by), ms, None));
+        }
+        w.record(&answer(None, 2000, Some("timeout (2 s)")));
+        assert_eq!(w.requests(), 101);
+        assert_eq!(w.served["eu-west"], 90);
+        assert_eq!(w.served["us-east"], 10);
+        assert_eq!(w.errors, 1);
+        assert_eq!(w.last_error.as_deref(), Some("timeout (2 s)"));
+        assert_eq!(w.percentile(50.0), Some(Duration::from_millis(51)));
+        assert_eq!(w.percentile(99.0), Some(Duration::from_millis(100)));
+        assert_eq!(w.percentile(100.0), Some(Duration::from_millis(2000)));
+        assert_eq!(Window::default().percentile(50.0), None);
+    }
+
+    #[test]
+    fn taking_the_windows_empties_them() {
+        let s = Stats::new();
+        let mut feed = s.feed.subscribe();
+        s.record(answer(Some("eu-west"), 1, None));
+        assert_eq!(
+            feed.try_recv().unwrap().served_by.as_deref(),
+            Some("eu-west")
+        );
+        assert_eq!(s.take()[&("eu-west", "catalog")].requests(), 1);
+        assert!(s.take().is_empty());
+    }
+}
