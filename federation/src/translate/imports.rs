@@ -296,7 +296,6 @@ spec: {ports: [{port: 80}]}
             crate::translate::translate_shells_importing(&snap, &[], |catalog, endpoints| {
                 attach(catalog, endpoints, &snap, summaries, entry)
             });
-        let mut endpoints = endpoints;
         for s in catalog.services.values_mut() {
             endpoints.fill(s);
         }

@@ -31,6 +31,12 @@ pub enum LinkError {
         transport: &'static str,
         reason: String,
     },
+    /// Nothing listens on the peer's TCP fallback port (connection
+    /// refused): its gateway is most likely down.
+    #[error(
+        "nothing listens at peer gateway {addr} (TCP fallback: connection refused): is that cluster's gateway running?"
+    )]
+    NotListening { addr: SocketAddr },
     #[error("peer gateway {addr} is {got}, expected {expected}")]
     WrongPeer {
         addr: SocketAddr,
@@ -53,6 +59,10 @@ pub enum LinkError {
         reason: String,
     },
 }
+
+/// How much longer QUIC may take once the peer's TCP fallback refused
+/// the connection (`Link::race_with`).
+pub const REFUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// TLS alerts that say a certificate was not accepted (RFC 8446 6.2).
 const CERTIFICATE_ALERTS: [u8; 6] = [42, 43, 44, 45, 46, 48];
@@ -104,6 +114,8 @@ pub struct PeerLink {
     send: h3::client::SendRequest<OpenStreams, Bytes>,
     conn: quinn::Connection,
     early: Arc<std::sync::atomic::AtomicU8>,
+    /// Closed because the peer went silent (`close_silent`).
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What became of a link's 0-RTT (`PeerLink::early`).
@@ -267,16 +279,26 @@ impl PeerLink {
             send,
             conn,
             early,
+            silent: Default::default(),
         })
     }
 
     /// Whether the connection ended because the path went silent (idle
     /// timeout): the next link should not assume UDP gets through.
     pub fn timed_out(&self) -> bool {
-        matches!(
-            self.conn.close_reason(),
-            Some(quinn::ConnectionError::TimedOut)
-        )
+        self.silent.load(std::sync::atomic::Ordering::Acquire)
+            || matches!(
+                self.conn.close_reason(),
+                Some(quinn::ConnectionError::TimedOut)
+            )
+    }
+
+    /// Closes the connection because the peer stopped answering: like an
+    /// idle timeout, the next link will not try 0-RTT.
+    pub fn close_silent(&self) {
+        self.silent
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.close();
     }
 
     /// Closes the connection (its streams end).
@@ -347,6 +369,11 @@ impl PeerLink {
     pub fn stats(&self) -> quinn::ConnectionStats {
         self.conn.stats()
     }
+
+    /// Datagrams received so far: unchanged while the peer is silent.
+    pub fn heard(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
+    }
 }
 
 /// Which transport a link runs on.
@@ -384,9 +411,13 @@ impl H2Link {
             transport: "the TCP fallback",
             reason,
         };
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                LinkError::NotListening { addr }
+            } else {
+                fail(e.to_string())
+            }
+        })?;
         let _ = tcp.set_nodelay(true);
         let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
         let s = tokio_rustls::TlsConnector::from(tls.client.clone())
@@ -636,6 +667,15 @@ impl Link {
                 // The peer is not who we link with, or not trusted:
                 // decisive, whatever QUIC would say.
                 Err(e @ (LinkError::WrongPeer { .. } | LinkError::Untrusted { .. })) => Err(e),
+                // Refused: the peer's gateway is most likely down; QUIC
+                // gets a little longer (the fallback may just not be
+                // exposed), not its whole handshake timeout.
+                Err(e @ LinkError::NotListening { .. }) => {
+                    match tokio::time::timeout(REFUSED_GRACE, quic).await {
+                        Ok(Ok(l)) => Ok(Link::Quic(l)),
+                        _ => Err(e),
+                    }
+                }
                 Err(e) => quic.await.map(Link::Quic).map_err(|_| e),
             },
         }
@@ -645,6 +685,24 @@ impl Link {
         match self {
             Link::Quic(_) => Transport::Quic,
             Link::H2(_) => Transport::H2,
+        }
+    }
+
+    /// Datagrams heard from the peer (QUIC); None on the TCP fallback,
+    /// where TCP itself tells a dead peer.
+    pub fn heard(&self) -> Option<u64> {
+        match self {
+            Link::Quic(q) => Some(q.heard()),
+            Link::H2(_) => None,
+        }
+    }
+
+    /// Closes a QUIC link whose peer went silent: its streams end, the
+    /// next open links anew. (The fallback's TCP connection ends by itself
+    /// when the peer dies.)
+    pub fn close_silent(&self) {
+        if let Link::Quic(q) = self {
+            q.close_silent();
         }
     }
 

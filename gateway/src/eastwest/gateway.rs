@@ -181,29 +181,26 @@ impl Gateway {
             .get(cluster)
             .cloned()
             .ok_or_else(|| GatewayError::NoPeer(cluster.to_string()))?;
-        let mut slot = peer.link.lock().await;
+        let mut slot = match peer.link.try_lock() {
+            Ok(slot) => slot,
+            // Another stream is linking: wait for it, unless the peer is
+            // known unreachable; then fail at once, not queue behind it.
+            Err(_) if peer.retry.lock().expect("retry lock").0 > 0 => {
+                return Err(self.backoff_error(cluster, &peer, Duration::ZERO));
+            }
+            Err(_) => peer.link.lock().await,
+        };
         if let Some(l) = slot.as_ref().filter(|l| !l.is_closed()) {
             if l.transport() == Transport::H2 {
                 self.maybe_reprobe(&peer);
             }
             return Ok(l.clone());
         }
-        if let (_, Some(at)) = *peer.retry.lock().expect("retry lock")
+        let retry_at = peer.retry.lock().expect("retry lock").1;
+        if let Some(at) = retry_at
             && let Some(wait) = at.checked_duration_since(Instant::now())
         {
-            return Err(GatewayError::Backoff {
-                cluster: cluster.to_string(),
-                retry_in: wait,
-                last: peer
-                    .last_error
-                    .lock()
-                    .expect("peer status lock")
-                    .clone()
-                    .unwrap_or_default(),
-                untrusted: peer
-                    .last_untrusted
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            });
+            return Err(self.backoff_error(cluster, &peer, wait));
         }
         *peer.probed.lock().expect("probe lock") = Instant::now();
         let c = &peer.cfg;
@@ -230,22 +227,16 @@ impl Gateway {
                 result: result.into(),
             })
             .inc();
-        {
-            let mut retry = peer.retry.lock().expect("retry lock");
-            match &made {
-                Err(e) => {
-                    *peer.last_error.lock().expect("peer status lock") = Some(e.to_string());
-                    peer.last_untrusted.store(
-                        matches!(e, LinkError::Untrusted { .. }),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                    let failures = retry.0.saturating_add(1);
-                    let wait = backoff(failures, rand::random::<f64>());
-                    tracing::info!(cluster, ?wait, "cannot link to the peer gateway: {e}");
-                    *retry = (failures, Some(Instant::now() + wait));
-                }
-                Ok(_) => *retry = (0, None),
+        match &made {
+            Err(e) => {
+                let wait = Self::failed(
+                    &peer,
+                    e.to_string(),
+                    matches!(e, LinkError::Untrusted { .. }),
+                );
+                tracing::info!(cluster, ?wait, "cannot link to the peer gateway: {e}");
             }
+            Ok(_) => *peer.retry.lock().expect("retry lock") = (0, None),
         }
         let link = Arc::new(made?);
         *peer.linked_at.lock().expect("peer status lock") = Some(std::time::SystemTime::now());
@@ -265,6 +256,35 @@ impl Gateway {
         set_transport(&self.metrics, cluster, link.transport());
         *slot = Some(link.clone());
         Ok(link)
+    }
+
+    /// Records a failure to reach the peer: the next attempt waits for the
+    /// backoff (returned), streams meanwhile fail at once.
+    fn failed(peer: &PeerState, error: String, untrusted: bool) -> Duration {
+        *peer.last_error.lock().expect("peer status lock") = Some(error);
+        peer.last_untrusted
+            .store(untrusted, std::sync::atomic::Ordering::Relaxed);
+        let mut retry = peer.retry.lock().expect("retry lock");
+        let failures = retry.0.saturating_add(1);
+        let wait = backoff(failures, rand::random::<f64>());
+        *retry = (failures, Some(Instant::now() + wait));
+        wait
+    }
+
+    fn backoff_error(&self, cluster: &str, peer: &PeerState, retry_in: Duration) -> GatewayError {
+        GatewayError::Backoff {
+            cluster: cluster.to_string(),
+            retry_in,
+            last: peer
+                .last_error
+                .lock()
+                .expect("peer status lock")
+                .clone()
+                .unwrap_or_default(),
+            untrusted: peer
+                .last_untrusted
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Opens a stream to `authority` in `cluster` on the link to it. A link
@@ -291,8 +311,8 @@ impl Gateway {
         source: &super::Source,
     ) -> Result<super::client::Opened, GatewayError> {
         let link = self.link(cluster).await?;
-        match link.open_target(authority, source).await {
-            Err(e @ LinkError::Http3 { .. })
+        match self.open_heard(cluster, &link, authority, source).await {
+            Err(GatewayError::Link(e @ LinkError::Http3 { .. }))
                 if matches!(&*link, Link::Quic(q) if q.early() != super::client::Early::None
                     && q.early() != super::client::Early::Accepted) =>
             {
@@ -301,9 +321,51 @@ impl Gateway {
                     q.close();
                 }
                 let link = self.link(cluster).await?;
-                Ok(link.open_target(authority, source).await?)
+                self.open_heard(cluster, &link, authority, source).await
             }
-            r => Ok(r?),
+            r => r,
+        }
+    }
+
+    /// `link.open_target`, unless the peer stays silent: a QUIC link on
+    /// which nothing at all is heard for `SILENCE` after a CONNECT went
+    /// out is dead (the peer's gateway stopped, or the path is black-holed)
+    /// long before the idle timeout says so; it is closed, so the next
+    /// stream links anew (or fails fast while the peer is unreachable).
+    async fn open_heard(
+        &self,
+        cluster: &str,
+        link: &Link,
+        authority: &str,
+        source: &super::Source,
+    ) -> Result<super::client::Opened, GatewayError> {
+        let heard = link.heard();
+        let open = link.open_target(authority, source);
+        tokio::pin!(open);
+        if heard.is_none() {
+            return Ok(open.await?);
+        }
+        loop {
+            match tokio::time::timeout(SILENCE, &mut open).await {
+                Ok(r) => return Ok(r?),
+                Err(_) if link.heard() == heard => {
+                    let e = GatewayError::Silent {
+                        cluster: cluster.to_string(),
+                        after: SILENCE,
+                    };
+                    // Closed once: concurrent streams all saw the silence.
+                    if !link.is_closed() {
+                        link.close_silent();
+                        if let Some(peer) = self.peers.lock().expect("peers lock").get(cluster) {
+                            Self::failed(peer, e.to_string(), false);
+                        }
+                        tracing::info!(cluster, "the peer gateway is silent: link closed");
+                    }
+                    return Err(e);
+                }
+                // Heard from: slow, not dead (its dial to the workload).
+                Err(_) => {}
+            }
         }
     }
 
@@ -602,6 +664,11 @@ impl Gateway {
     }
 }
 
+/// How long a QUIC link may stay silent after a CONNECT before it is
+/// taken for dead: a live peer acknowledges within a round trip (and
+/// its keep-alives come every `quic::KEEP_ALIVE`).
+pub const SILENCE: Duration = Duration::from_secs(2);
+
 /// First and longest wait between attempts to link to an unreachable peer.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -629,6 +696,10 @@ pub enum GatewayError {
         /// The last failure was one of trust.
         untrusted: bool,
     },
+    #[error(
+        "the peer gateway of {cluster} was silent for {after:?} after a CONNECT: the link is closed and made anew on the next stream"
+    )]
+    Silent { cluster: String, after: Duration },
     #[error(transparent)]
     Link(#[from] LinkError),
 }
@@ -651,7 +722,7 @@ impl GatewayError {
         match self {
             GatewayError::NoPeer(_) => StatusCode::NOT_FOUND,
             GatewayError::Backoff { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Link(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::Silent { .. } | GatewayError::Link(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -58,6 +58,15 @@ pub enum TunnelError {
         reason: String,
     },
     #[error(
+        "the east-west gateway at {gateway} did not answer CONNECT {authority} to cluster {cluster} within {after:?} (the connect timeout)"
+    )]
+    GatewayTimeout {
+        gateway: SocketAddr,
+        cluster: String,
+        authority: String,
+        after: Duration,
+    },
+    #[error(
         "service {service} in cluster {cluster} has no port with target port {target_port} (the endpoint via that cluster does not match the service's ports)"
     )]
     ViaPort {
@@ -293,10 +302,20 @@ impl Connector {
         if let Ok(v) = own.as_str().parse() {
             headers.insert(super::SOURCE_ID_HEADER, v);
         }
-        let (resp, through) = outer.open(req).await.map_err(|e| TunnelError::Http2 {
-            addr: gateway,
-            reason: e.to_string(),
-        })?;
+        // The connect timeout covers the whole way to the remote end: our
+        // gateway answers once the peer's has joined the workload.
+        let (resp, through) = tokio::time::timeout(connect_timeout, outer.open(req))
+            .await
+            .map_err(|_| TunnelError::GatewayTimeout {
+                gateway,
+                cluster: cluster.to_string(),
+                authority: authority.to_string(),
+                after: connect_timeout,
+            })?
+            .map_err(|e| TunnelError::Http2 {
+                addr: gateway,
+                reason: e.to_string(),
+            })?;
         if resp.status() != StatusCode::OK {
             let untrusted = resp
                 .headers()

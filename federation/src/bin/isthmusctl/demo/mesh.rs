@@ -435,7 +435,11 @@ mod tests {
         let east = Cluster::by_name("us-east").unwrap();
         assert_eq!(east.app("reviews").unwrap().version, "v2");
         assert_eq!(targets(&west)[1].host, "reviews.shop");
-        assert_eq!(targets(&east)[1].host, "reviews.shop.svc.clusterset.local");
+        let central = Cluster::by_name("eu-central").unwrap();
+        assert_eq!(
+            targets(&central)[1].host,
+            "reviews.shop.svc.clusterset.local"
+        );
     }
 
     #[test]

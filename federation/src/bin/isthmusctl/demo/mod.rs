@@ -39,10 +39,11 @@ pub struct Args {
     /// directory under the system's temp dir). Kept afterwards.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Run a scenario by itself while the traffic flows.
-    #[arg(long, value_enum)]
-    pub scenario: Option<Scenario>,
-    /// Stop when the scenario is done (exit status: whether it went as
+    /// Run scenarios by themselves while the traffic flows, one after
+    /// the other (`canary,failover`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenario: Vec<Scenario>,
+    /// Stop when the scenarios are done (exit status: whether they went as
     /// expected), instead of running on until Ctrl-C.
     #[arg(long, requires = "scenario")]
     pub exit_after_scenario: bool,
@@ -412,17 +413,20 @@ async fn drive(demo: &Demo, args: &Args) -> anyhow::Result<()> {
         })
     };
     let scenario = async {
-        match args.scenario {
-            Some(s) => {
-                let r = scenario::run(demo, s).await;
-                match &r {
-                    Ok(()) => demo.say(format!("scenario {s:?}: done, as expected")),
-                    Err(e) => demo.say(format!("scenario {s:?}: FAILED: {e:#}")),
-                }
-                Some(r)
-            }
-            None => None,
+        if args.scenario.is_empty() {
+            return None;
         }
+        for s in &args.scenario {
+            let r = scenario::run(demo, *s).await;
+            match &r {
+                Ok(()) => demo.say(format!("scenario {s:?}: done, as expected")),
+                Err(e) => demo.say(format!("scenario {s:?}: FAILED: {e:#}")),
+            }
+            if r.is_err() {
+                return Some(r);
+            }
+        }
+        Some(Ok(()))
     };
     let table = table_loop(demo, args, started, &stop);
     tokio::pin!(scenario);

@@ -32,6 +32,8 @@ struct Watch {
     feed: broadcast::Receiver<Answer>,
     frontend: &'static str,
     service: &'static str,
+    /// Answers to requests sent before this are old news.
+    since: Instant,
 }
 
 impl Watch {
@@ -40,6 +42,7 @@ impl Watch {
             feed: demo.stats.feed.subscribe(),
             frontend,
             service,
+            since: Instant::now(),
         }
     }
 
@@ -48,7 +51,11 @@ impl Watch {
             match tokio::time::timeout_at(deadline, self.feed.recv()).await {
                 Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
-                Ok(Ok(a)) if a.frontend == self.frontend && a.service == self.service => {
+                Ok(Ok(a))
+                    if a.frontend == self.frontend
+                        && a.service == self.service
+                        && a.at.checked_sub(a.latency).unwrap_or(a.at) >= self.since =>
+                {
                     return Some(a);
                 }
                 Ok(Ok(_)) => continue,
@@ -114,21 +121,15 @@ async fn canary(demo: &Demo) -> anyhow::Result<()> {
     for weight in [10u32, 50, 100] {
         let written = Instant::now();
         demo.write(&route, &mesh::canary_route(weight))?;
-        let (_, first) = watch
-            .until_run(1, Duration::from_secs(30), |a| {
-                a.served_by.as_deref() == Some("us-east")
-            })
-            .await;
-        let first = first.ok_or_else(|| {
-            anyhow::anyhow!("weight {weight}: no answer from us-east within 30 s")
-        })?;
+        let applied = split_applied(west, weight).await?;
+        watch.since = applied;
         let w = watch.during(Duration::from_secs(3)).await;
         let n = w.requests().max(1);
         let share = served(&w, "us-east") * 100 / n;
         demo.say(format!(
-            "  weights {}/{weight}: first answer from us-east {} after the write; next 3 s: eu-west {}, us-east {} ({share} % us-east), {} errors",
+            "  weights {}/{weight}: in eu-west's frontend sidecar {} after the write; next 3 s: eu-west {}, us-east {} ({share} % us-east), {} errors",
             100 - weight,
-            secs(first.duration_since(written)),
+            secs(applied.duration_since(written)),
             served(&w, "eu-west"),
             served(&w, "us-east"),
             w.errors,
@@ -143,46 +144,119 @@ async fn canary(demo: &Demo) -> anyhow::Result<()> {
             "weight {weight}: observed {share} % on us-east with {} errors",
             w.errors
         );
+        if weight == 10 {
+            // At 10 %, a header still sends everything to the canary.
+            let target = mesh::targets(&west).remove(1);
+            let mut always = Window::default();
+            for _ in 0..20 {
+                let r = traffic::once(west.frontend(), &target, &[("x-canary", "always")]).await;
+                always.record(&Answer {
+                    at: Instant::now(),
+                    frontend: "eu-west",
+                    service: "reviews",
+                    served_by: r.as_ref().ok().cloned(),
+                    latency: Duration::ZERO,
+                    error: r.err(),
+                });
+            }
+            demo.say(format!(
+                "  x-canary: always -> us-east {} of 20 requests",
+                served(&always, "us-east")
+            ));
+            anyhow::ensure!(
+                served(&always, "us-east") == 20,
+                "x-canary: always did not reach us-east every time: {:?}",
+                always
+            );
+        }
     }
-    // Back to 10 %: a header still sends everything to the canary.
-    demo.write(&route, &mesh::canary_route(10))?;
-    let target = mesh::targets(&west).remove(1);
-    let mut always = Window::default();
-    for _ in 0..20 {
-        let r = traffic::once(west.frontend(), &target, &[("x-canary", "always")]).await;
-        always.record(&Answer {
-            at: Instant::now(),
-            frontend: "eu-west",
-            service: "reviews",
-            served_by: r.as_ref().ok().cloned(),
-            latency: Duration::ZERO,
-            error: r.err(),
-        });
-    }
-    demo.say(format!(
-        "  x-canary: always -> us-east {} of 20 requests",
-        served(&always, "us-east")
-    ));
-    anyhow::ensure!(
-        served(&always, "us-east") == 20,
-        "x-canary: always did not reach us-east every time: {:?}",
-        always
-    );
+    // From 100 % on us-east, deleting the route brings everything home.
     let removed = Instant::now();
     std::fs::remove_file(&route)?;
-    let (_, home) = watch
-        .until_run(20, Duration::from_secs(30), |a| {
-            a.served_by.as_deref() == Some("eu-west")
-        })
-        .await;
-    let home = home.ok_or_else(|| {
-        anyhow::anyhow!("rollback: reviews did not come back to eu-west within 30 s")
-    })?;
+    let applied = split_applied(west, 0).await?;
+    watch.since = applied;
+    let w = watch.during(Duration::from_secs(3)).await;
     demo.say(format!(
-        "  rolled back (route deleted): every answer from eu-west v1 again {} after the delete",
-        secs(home.saturating_duration_since(removed))
+        "  rolled back (route deleted): in eu-west's frontend sidecar {} after the delete; next 3 s: eu-west {}, us-east {}",
+        secs(applied.duration_since(removed)),
+        served(&w, "eu-west"),
+        served(&w, "us-east"),
     ));
+    anyhow::ensure!(
+        served(&w, "us-east") == 0 && w.errors == 0 && w.requests() > 0,
+        "rollback: {w:?}"
+    );
     Ok(())
+}
+
+/// The share of reviews' traffic the frontend sidecar of `c` sends to
+/// us-east, from its /config_dump: the weights of its last route.
+fn canary_share(dump: &serde_json::Value) -> Option<u32> {
+    let services = dump["config"]["services"].as_array()?;
+    let reviews = services.iter().find(|s| s["name"] == "reviews.shop")?;
+    let Some(route) = reviews["routes"].as_array().and_then(|r| r.last()) else {
+        return Some(0);
+    };
+    let backends = route["backends"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // A zero weight is left out of the JSON (proto3 default).
+    let weight = |b: &serde_json::Value| b["weight"].as_u64().unwrap_or(0);
+    let total: u64 = backends.iter().map(weight).sum();
+    if total == 0 {
+        return Some(0);
+    }
+    let canary: u64 = backends
+        .iter()
+        .filter(|b| b["service"] == "reviews-us-east.shop")
+        .map(weight)
+        .sum();
+    u32::try_from(canary * 100 / total).ok()
+}
+
+/// When the frontend sidecar of `c` has the canary at `weight` percent.
+async fn split_applied(c: Cluster, weight: u32) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(dump) = super::admin_get(c.frontend_admin(), "/config_dump").await
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&dump)
+            && canary_share(&v) == Some(weight)
+        {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the frontend sidecar in {} did not get the canary at {weight} % within 30 s",
+            c.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_share_is_read_from_the_last_route() {
+        let dump = |routes: serde_json::Value| {
+            serde_json::json!({"config": {"services": [
+                {"name": "catalog.shop", "routes": []},
+                {"name": "reviews.shop", "routes": routes},
+            ]}})
+        };
+        let split = serde_json::json!([
+            {"name": "header", "backends": [{"service": "reviews-us-east.shop", "weight": 1}]},
+            {"name": "split", "backends": [
+                {"service": "reviews.shop", "weight": 90},
+                {"service": "reviews-us-east.shop", "weight": 10}
+            ]}
+        ]);
+        assert_eq!(canary_share(&dump(split)), Some(10));
+        assert_eq!(canary_share(&dump(serde_json::json!([]))), Some(0));
+        assert_eq!(canary_share(&serde_json::json!({})), None);
+    }
 }
 
 async fn failover(demo: &Demo) -> anyhow::Result<()> {
@@ -203,6 +277,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
 
     // 1. eu-west's catalog stops: app and sidecar, as a pod's node dies.
     let stopped = Instant::now();
+    watch.since = stopped;
     demo.kill(&["eu-west/catalog", "eu-west/catalog-sidecar"])
         .await?;
     let (seen, steady) = watch
@@ -226,6 +301,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
 
     // 2. eu-central's gateway stops too: no catalog is left anywhere.
     let stopped = Instant::now();
+    watch.since = stopped;
     demo.kill(&["eu-central/gateway"]).await?;
     let (seen, failing) = watch
         .until_run(10, Duration::from_secs(30), |a| a.error.is_some())
@@ -233,7 +309,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     let failing = failing.ok_or_else(|| {
         anyhow::anyhow!("with eu-central's gateway down, catalog still answered: {seen:?}")
     })?;
-    let errors = watch.during(Duration::from_secs(2)).await;
+    let errors = watch.during(Duration::from_secs(3)).await;
     demo.say(format!(
         "  2. eu-central's gateway killed: no catalog left; requests fail {} later, in {} (p50) with: {}",
         secs(failing.duration_since(stopped)),
@@ -246,6 +322,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
 
     // 3. The gateway returns: eu-central serves again.
     let restarted = Instant::now();
+    watch.since = restarted;
     demo.restart(&["eu-central/gateway"])?;
     let (_, back) = watch
         .until_run(10, Duration::from_secs(60), |a| {
@@ -262,6 +339,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
 
     // 4. eu-west's catalog returns: traffic goes home.
     let restarted = Instant::now();
+    watch.since = restarted;
     demo.restart(&["eu-west/catalog", "eu-west/catalog-sidecar"])?;
     let (seen, home) = watch
         .until_run(20, Duration::from_secs(60), |a| {
