@@ -234,31 +234,6 @@ async fn split_applied(c: Cluster, weight: u32) -> anyhow::Result<Instant> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_canary_share_is_read_from_the_last_route() {
-        let dump = |routes: serde_json::Value| {
-            serde_json::json!({"config": {"services": [
-                {"name": "catalog.shop", "routes": []},
-                {"name": "reviews.shop", "routes": routes},
-            ]}})
-        };
-        let split = serde_json::json!([
-            {"name": "header", "backends": [{"service": "reviews-us-east.shop", "weight": 1}]},
-            {"name": "split", "backends": [
-                {"service": "reviews.shop", "weight": 90},
-                {"service": "reviews-us-east.shop", "weight": 10}
-            ]}
-        ]);
-        assert_eq!(canary_share(&dump(split)), Some(10));
-        assert_eq!(canary_share(&dump(serde_json::json!([]))), Some(0));
-        assert_eq!(canary_share(&serde_json::json!({})), None);
-    }
-}
-
 async fn failover(demo: &Demo) -> anyhow::Result<()> {
     demo.say(
         "failover: eu-west's frontend calls catalog.shop.svc.clusterset.local (eu-west's own first, then eu-central's)"
@@ -354,4 +329,29 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
         seen.errors
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_share_is_read_from_the_last_route() {
+        let dump = |routes: serde_json::Value| {
+            serde_json::json!({"config": {"services": [
+                {"name": "catalog.shop", "routes": []},
+                {"name": "reviews.shop", "routes": routes},
+            ]}})
+        };
+        let split = serde_json::json!([
+            {"name": "header", "backends": [{"service": "reviews-us-east.shop", "weight": 1}]},
+            {"name": "split", "backends": [
+                {"service": "reviews.shop", "weight": 90},
+                {"service": "reviews-us-east.shop", "weight": 10}
+            ]}
+        ]);
+        assert_eq!(canary_share(&dump(split)), Some(10));
+        assert_eq!(canary_share(&dump(serde_json::json!([]))), Some(0));
+        assert_eq!(canary_share(&serde_json::json!({})), None);
+    }
 }
