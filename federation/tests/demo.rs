@@ -1,7 +1,8 @@
 //! `isthmusctl demo` end to end: the real binaries as processes, three
 //! clusters on 127.0.1-3.0/24. One test (the demo's addresses are fixed):
-//! both scenarios run and go as expected, then a demo without scenario is
-//! stopped with SIGINT and leaves nothing running.
+//! both scenarios run and go as expected, then a demo without scenario
+//! shows its links in `isthmusctl status` and, stopped with SIGINT, leaves
+//! nothing running.
 //!
 //! Needs `isthmus-gateway` beside `isthmusctl`: `cargo test --workspace`
 //! builds it (the gateway's own tests use it).
@@ -101,6 +102,21 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
             }
             _ => panic!("the demo ended before its first table:\n{seen}"),
         }
+    }
+    // `isthmusctl status` on eu-west's control plane: both links up.
+    let status = Command::new(&ctl)
+        .args(["status", "--admin", "127.0.1.1:15030"])
+        .output()
+        .expect("isthmusctl status runs");
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{table}");
+    for peer in ["eu-central", "us-east"] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(peer))
+            .unwrap_or_else(|| panic!("no {peer} in:\n{table}"));
+        assert!(line.contains("Connected     quic"), "{table}");
+        assert!(line.contains(".shop"), "imports listed: {table}");
     }
     let pid = rustix::process::Pid::from_raw(demo.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();

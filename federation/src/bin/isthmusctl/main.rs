@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,16 @@ enum Command {
     /// Three local clusters (eu-west, eu-central, us-east) as real
     /// processes, linked, with the sample mesh, traffic and a live table.
     Demo(demo::Args),
+    /// A control plane's links: connected, transport, RTT, last sync,
+    /// imported services, and why a link is not connected.
+    Status {
+        /// The control plane's admin address (its --admin).
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        admin: SocketAddr,
+        /// Print the statuses as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Links between clusters.
     Link {
         #[command(subcommand)]
@@ -65,6 +76,21 @@ enum LinkCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Status { admin, json } => {
+            let links = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(status::fetch(admin))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&links)?);
+            } else {
+                print!(
+                    "{}",
+                    status::render(&admin.to_string(), &links, status::now())
+                );
+            }
+            Ok(())
+        }
         Command::Demo(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(

@@ -1,0 +1,147 @@
+//! `isthmusctl status`: a control plane's links, as its admin port serves
+//! them (`/links`): connected or why not, transport, RTT, last sync, what
+//! is imported and how stale it is.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use isthmus_federation::resources::link::ClusterLinkStatus;
+
+/// The table (pure): one line per link, `now` in unix seconds.
+pub fn render(cluster: &str, links: &BTreeMap<String, ClusterLinkStatus>, now: i64) -> String {
+    if links.is_empty() {
+        return format!("{cluster}: no ClusterLinks (make one with `isthmusctl link create`)\n");
+    }
+    let mut out = format!(
+        "{:<14} {:<13} {:<9} {:>9} {:>10}  {}\n",
+        "LINK", "STATE", "TRANSPORT", "RTT", "LAST SYNC", "IMPORTED"
+    );
+    for (peer, st) in links {
+        let state = match (st.connected, st.stale_seconds) {
+            (true, _) => "Connected".to_string(),
+            (false, Some(s)) => format!("Stale {s}s"),
+            (false, None) => "NotConnected".to_string(),
+        };
+        let synced = st
+            .last_sync
+            .as_ref()
+            .map(|t| format!("{}s ago", (now - t.0.as_second()).max(0)))
+            .unwrap_or_else(|| "never".into());
+        out.push_str(&format!(
+            "{:<14} {:<13} {:<9} {:>9} {:>10}  {}\n",
+            peer,
+            state,
+            st.transport.as_deref().unwrap_or("-"),
+            st.rtt_millis
+                .map(|r| format!("{r:.2} ms"))
+                .unwrap_or_else(|| "-".into()),
+            synced,
+            if st.imported_services.is_empty() {
+                "-".to_string()
+            } else {
+                st.imported_services.join(", ")
+            }
+        ));
+        for c in st.conditions.iter().filter(|c| c.status != "True") {
+            out.push_str(&format!(
+                "{:<14} {}: {} ({})\n",
+                "", c.type_, c.reason, c.message
+            ));
+        }
+    }
+    out
+}
+
+/// Reads `/links` from the control plane's admin address.
+pub async fn fetch(admin: SocketAddr) -> anyhow::Result<BTreeMap<String, ClusterLinkStatus>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        s.write_all(b"GET /links HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        anyhow::Ok(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .with_context(|| {
+            format!("the control plane's admin port {admin} did not answer within 5 s")
+        })?
+        .with_context(|| format!("reading /links from the control plane's admin port {admin}"))?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .context("not an HTTP answer: is this a control plane's admin port?")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "{admin}/links answered {}",
+        head.lines().next().unwrap_or("")
+    );
+    serde_json::from_str(body).context("/links is not a map of link statuses")
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    #[test]
+    fn links_with_their_state_and_why_not() {
+        let at = |s: i64| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap());
+        let links = BTreeMap::from([
+            (
+                "eu-central".to_string(),
+                ClusterLinkStatus {
+                    connected: true,
+                    transport: Some("quic".into()),
+                    rtt_millis: Some(0.4),
+                    last_sync: Some(at(1_000)),
+                    imported_services: vec!["catalog.shop".into(), "inventory.shop".into()],
+                    ..Default::default()
+                },
+            ),
+            (
+                "us-east".to_string(),
+                ClusterLinkStatus {
+                    conditions: vec![Condition {
+                        type_: "Connected".into(),
+                        status: "False".into(),
+                        reason: "TokenExpired".into(),
+                        message: "issue a new join token".into(),
+                        last_transition_time: at(900),
+                        observed_generation: None,
+                    }],
+                    ..Default::default()
+                },
+            ),
+        ]);
+        let t = render("eu-west", &links, 1_003);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(
+            lines[1].starts_with("eu-central     Connected     quic"),
+            "{t}"
+        );
+        assert!(lines[1].contains("0.40 ms"), "{t}");
+        assert!(
+            lines[1].contains("3s ago  catalog.shop, inventory.shop"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("us-east        NotConnected  -"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("Connected: TokenExpired (issue a new join token)"),
+            "{t}"
+        );
+        assert!(render("eu-west", &BTreeMap::new(), 0).contains("no ClusterLinks"));
+    }
+}
