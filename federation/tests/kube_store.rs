@@ -410,6 +410,10 @@ status:
     - parentRef: {group: gateway.networking.k8s.io, kind: Gateway, name: edge}
       controllerName: example.com/other
       conditions: []
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
 "#;
     let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
     assert!(errors.is_empty(), "{errors:?}");
@@ -445,7 +449,7 @@ status:
     let mut writer = StatusWriter::new(client);
     let (n, errors) = writer.write(&snap, &conditions).await;
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
     let reqs = requests.lock().unwrap().clone();
     let (m, uri, ctype, b) = reqs
         .iter()
@@ -502,10 +506,30 @@ status:
         .collect();
     assert_eq!(types, ["Accepted", "ResolvedRefs"]);
 
+    // MCS conditions on the ServiceExport, applied like a policy's.
+    let (_, uri, ctype, b) = reqs
+        .iter()
+        .find(|r| r.1.contains("serviceexports"))
+        .expect("export status written");
+    assert!(
+        uri.starts_with(
+            "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop/serviceexports/catalog/status?"
+        ),
+        "{uri}"
+    );
+    assert_eq!(ctype, "application/apply-patch+yaml");
+    let types: Vec<(&str, &str)> = b["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(types, [("Valid", "True"), ("Conflict", "False")]);
+
     // Nothing changed: nothing written again.
     let (n, _) = writer.write(&snap, &conditions).await;
     assert_eq!(n, 0);
-    assert_eq!(requests.lock().unwrap().len(), 2);
+    assert_eq!(requests.lock().unwrap().len(), 3);
     server.abort();
 }
 

@@ -29,7 +29,7 @@ pub fn exports(snap: &Snapshot, service: impl Fn(&str) -> Option<model::Service>
         .unwrap_or_default();
     let mut out = ExportMap::new();
     for (key, r) in snap.of_kind("ServiceExport") {
-        let Resource::ServiceExport(export) = r else {
+        let Resource::ServiceExport(_) = r else {
             continue;
         };
         let Some(ns) = key.namespace.as_deref() else {
@@ -43,11 +43,7 @@ pub fn exports(snap: &Snapshot, service: impl Fn(&str) -> Option<model::Service>
             continue;
         };
         let healthy = svc.endpoints.iter().filter(|e| !e.unhealthy).count();
-        let exported_at = export
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(0, |t| t.0.as_second());
+        let exported_at = crate::translate::imports::export_age(r);
         out.insert(
             name,
             wire::ExportedService {

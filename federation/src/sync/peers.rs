@@ -163,6 +163,7 @@ impl Peer {
                 healthy: s.healthy,
                 locality: s.locality.clone().unwrap_or_else(model::Locality::default),
                 trust_domain: self.trust_domain.clone(),
+                exported_at: s.exported_at,
             })
             .collect()
     }

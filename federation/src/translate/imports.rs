@@ -14,7 +14,7 @@
 //! memory like registered workloads, not a resource). Problems land on the
 //! ClusterLink of the cluster they came from.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use isthmus_api::model;
@@ -39,6 +39,63 @@ pub struct Summary {
     pub locality: model::Locality,
     /// Its workloads' trust domain (their sidecars must prove it).
     pub trust_domain: String,
+    /// When its ServiceExport was made (unix seconds; 0: unknown): the
+    /// oldest export decides the clusterset service's ports (MCS).
+    pub exported_at: i64,
+}
+
+/// Whether two exports of a service agree on what MCS compares: the
+/// service ports and their protocols (target ports are each cluster's).
+fn same_ports(a: &[model::ServicePort], b: &[model::ServicePort]) -> bool {
+    let shape = |ports: &[model::ServicePort]| {
+        let mut v: Vec<(u32, i32)> = ports.iter().map(|p| (p.port, p.protocol)).collect();
+        v.sort_unstable();
+        v
+    };
+    shape(a) == shape(b)
+}
+
+/// The oldest export of one service across the clusterset: its cluster
+/// (None: this one) and ports. Unknown ages count as newest; ties go to
+/// the cluster name, so every cluster picks the same.
+struct Oldest<'a> {
+    cluster: Option<&'a str>,
+    at: i64,
+    ports: &'a [model::ServicePort],
+}
+
+fn age_key(at: i64, cluster: &str) -> (i64, &str) {
+    (if at <= 0 { i64::MAX } else { at }, cluster)
+}
+
+fn oldest<'a>(
+    local: Option<(i64, &'a str, &'a [model::ServicePort])>,
+    summaries: &[&'a Summary],
+) -> Option<Oldest<'a>> {
+    let mut best: Option<(Oldest<'a>, (i64, &'a str))> = local.map(|(at, name, ports)| {
+        (
+            Oldest {
+                cluster: None,
+                at,
+                ports,
+            },
+            age_key(at, name),
+        )
+    });
+    for s in summaries {
+        let key = age_key(s.exported_at, &s.cluster);
+        if best.as_ref().is_none_or(|(_, k)| key < *k) {
+            best = Some((
+                Oldest {
+                    cluster: Some(&s.cluster),
+                    at: s.exported_at,
+                    ports: &s.ports,
+                },
+                key,
+            ));
+        }
+    }
+    best.map(|(o, _)| o)
 }
 
 /// This cluster's east-west gateway, where sidecars send cross-cluster
@@ -47,6 +104,18 @@ pub struct Summary {
 pub struct Entry {
     pub ip: IpAddr,
     pub port: u16,
+}
+
+/// When a ServiceExport was made (unix seconds; 0: unknown).
+pub fn export_age(export: &crate::store::Resource) -> i64 {
+    match export {
+        crate::store::Resource::ServiceExport(e) => e
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+        _ => 0,
+    }
 }
 
 pub fn per_cluster_name(name: &str, ns: &str, cluster: &str) -> String {
@@ -70,6 +139,42 @@ pub fn attach(
     sorted.sort_by(|a, b| {
         (&a.namespace, &a.name, &a.cluster).cmp(&(&b.namespace, &b.name, &b.cluster))
     });
+    // Per clusterset service, the oldest export's ports (MCS conflict
+    // resolution), this cluster's own export included.
+    let own_cluster = snap
+        .of_kind("Mesh")
+        .find_map(|(_, r)| match r {
+            crate::store::Resource::Mesh(m) => Some(m.spec.cluster_name.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut decided: BTreeMap<String, (Option<String>, i64, Vec<model::ServicePort>)> =
+        BTreeMap::new();
+    for group in sorted.chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name)) {
+        let (name, ns) = (&group[0].name, &group[0].namespace);
+        let local = service_name(name, ns);
+        let key = ObjectKey {
+            namespace: Some(ns.clone()),
+            name: name.clone(),
+        };
+        let local_export = match (
+            catalog.services.get(&local),
+            snap.get("ServiceExport", &key),
+        ) {
+            (Some(svc), Some(export)) => {
+                Some((export_age(export), own_cluster.as_str(), &svc.ports[..]))
+            }
+            _ => None,
+        };
+        if let Some(o) = oldest(local_export, group) {
+            decided.insert(
+                clusterset_name(name, ns),
+                (o.cluster.map(str::to_string), o.at, o.ports.to_vec()),
+            );
+        }
+    }
+    let mut local_conflicts = BTreeSet::new();
+    let mut export_problems = Vec::new();
     let mut reported = BTreeSet::new();
     for s in sorted {
         let mut problem = |reason: &'static str, message: String| {
@@ -131,8 +236,8 @@ pub fn attach(
             );
         }
 
-        // Every cluster: the ports are the local Service's when it is
-        // exported, else those of the first cluster to report.
+        // Every cluster: the ports are those of the oldest export (MCS);
+        // an export that disagrees stays out of the set.
         let local = service_name(&s.name, &s.namespace);
         let key = ObjectKey {
             namespace: Some(s.namespace.clone()),
@@ -141,23 +246,51 @@ pub fn attach(
         let exported =
             catalog.services.contains_key(&local) && snap.get("ServiceExport", &key).is_some();
         let all = clusterset_name(&s.name, &s.namespace);
-        let first = if exported {
-            catalog.services[&local].ports.clone()
-        } else {
-            s.ports.clone()
+        let Some((winner, winner_at, ports)) = decided.get(&all).cloned() else {
+            continue;
         };
-        let ports = catalog
-            .services
-            .entry(all.clone())
-            .or_insert_with(|| model::Service {
-                name: all.clone(),
-                ports: first,
-                ..Default::default()
-            })
-            .ports
-            .clone();
-        if exported {
-            endpoints.include(&all, &local);
+        let winner_name = winner.clone().unwrap_or_else(|| "this cluster".into());
+        let set_ports = |ports: &[model::ServicePort]| {
+            ports
+                .iter()
+                .map(|p| p.port.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !catalog.services.contains_key(&all) {
+            // Ours when they agree: our endpoints need our target ports.
+            let compatible = exported && same_ports(&catalog.services[&local].ports, &ports);
+            let set = if compatible {
+                catalog.services[&local].ports.clone()
+            } else {
+                ports.clone()
+            };
+            catalog.services.insert(
+                all.clone(),
+                model::Service {
+                    name: all.clone(),
+                    ports: set,
+                    ..Default::default()
+                },
+            );
+            if exported {
+                let mine = &catalog.services[&local].ports;
+                if winner.is_none() || same_ports(mine, &ports) {
+                    endpoints.include(&all, &local);
+                } else {
+                    local_conflicts.insert(key.clone());
+                    export_problems.push(Problem {
+                        kind: "ServiceExport",
+                        key: key.clone(),
+                        reason: "PortConflict",
+                        message: format!(
+                            "this export's ports ({}) differ from those of the oldest export, in {winner_name} (exported at {winner_at}): {all} has that one's ports ({}), so this cluster's endpoints are left out of it (still reachable as {local})",
+                            set_ports(mine),
+                            set_ports(&ports),
+                        ),
+                    });
+                }
+            }
         }
         // Each of the set's service ports must be one of theirs: their
         // target port for it goes on their gateway endpoint.
@@ -176,17 +309,13 @@ pub fn attach(
                 None => missing.push(p.port),
             }
         }
-        if !missing.is_empty() || s.ports.len() != ports.len() {
+        if !missing.is_empty() || !same_ports(&s.ports, &ports) {
             problem(
                 "PortConflict",
                 format!(
-                    "{}'s {local} does not have the ports of {all} ({}): it is left out of it (reachable as {})",
+                    "{}'s {local} does not have the ports of {all} ({}, from the oldest export, in {winner_name}): it is left out of it (reachable as {})",
                     s.cluster,
-                    ports
-                        .iter()
-                        .map(|p| p.port.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    set_ports(&ports),
                     per_cluster_name(&s.name, &s.namespace, &s.cluster)
                 ),
             );
@@ -196,10 +325,14 @@ pub fn attach(
             set.endpoints.push(gateway(over));
         }
     }
+    catalog.problems.extend(export_problems);
     // An exported Service has its clusterset name here too, even while no
     // linked cluster exports it: then it is the local endpoints alone.
     for (key, _) in snap.of_kind("ServiceExport") {
         let Some(ns) = &key.namespace else { continue };
+        if local_conflicts.contains(key) {
+            continue;
+        }
         let (local, all) = (service_name(&key.name, ns), clusterset_name(&key.name, ns));
         if catalog.services.contains_key(&all) {
             continue;
@@ -273,6 +406,7 @@ spec: {ports: [{port: 80}]}
                 zone: format!("{cluster}-a"),
             },
             trust_domain: format!("{cluster}.isthmus.local"),
+            exported_at: 0,
         }
     }
 
@@ -400,6 +534,107 @@ spec:
         };
         let issues = isthmus_api::validate::validate(&config);
         assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    #[test]
+    fn the_oldest_export_decides_the_clusterset_ports() {
+        let at = |mut s: Summary, t: i64| {
+            s.exported_at = t;
+            s
+        };
+        // eu-central exported first (port 80, as ours): us-east's 8080 is
+        // the conflict, though it comes before ours too.
+        let c = imported(
+            &[
+                at(summary("us-east", "catalog", 8080, 8080, 1), 200),
+                at(summary("eu-central", "catalog", 80, 9080, 1), 100),
+            ],
+            Some(ENTRY),
+        );
+        let got: Vec<(&str, &str, &str)> = c
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.key.name.as_str(), p.reason))
+            .collect();
+        assert_eq!(got, [("ClusterLink", "us-east", "PortConflict")]);
+        assert!(
+            c.problems[0]
+                .message
+                .contains("oldest export, in eu-central")
+        );
+        let all = &c.services["catalog.shop.svc.clusterset.local"];
+        assert_eq!(all.ports[0].port, 80);
+        let via: Vec<&str> = all
+            .endpoints
+            .iter()
+            .map(|e| e.via_cluster.as_str())
+            .collect();
+        assert_eq!(via, ["", "eu-central"], "ours and eu-central's");
+
+        // The oldest export has other ports than ours (whose age is not
+        // known, so it counts as newest): ours is the conflict, named on
+        // our ServiceExport, and our endpoints leave the set.
+        let c = imported(
+            &[at(summary("eu-central", "catalog", 9999, 9999, 2), 100)],
+            Some(ENTRY),
+        );
+        let got: Vec<(&str, &str, &str)> = c
+            .problems
+            .iter()
+            .map(|p| (p.kind, p.key.name.as_str(), p.reason))
+            .collect();
+        assert_eq!(got, [("ServiceExport", "catalog", "PortConflict")]);
+        assert!(
+            c.problems[0]
+                .message
+                .contains("in eu-central (exported at 100)")
+        );
+        let all = &c.services["catalog.shop.svc.clusterset.local"];
+        assert_eq!(all.ports[0].port, 9999);
+        let via: Vec<&str> = all
+            .endpoints
+            .iter()
+            .map(|e| e.via_cluster.as_str())
+            .collect();
+        assert_eq!(via, ["eu-central"]);
+        assert_eq!(
+            c.services["catalog.shop"].endpoints.len(),
+            1,
+            "ours, by its own name"
+        );
+    }
+
+    #[test]
+    fn oldest_known_age_wins_then_the_cluster_name() {
+        let ports = [model::ServicePort {
+            port: 80,
+            ..Default::default()
+        }];
+        let s = |cluster: &str, at: i64| {
+            let mut s = summary(cluster, "catalog", 80, 80, 1);
+            s.exported_at = at;
+            s
+        };
+        let (a, b, z) = (s("a", 300), s("b", 100), s("z", 0));
+        let pick = |local: Option<i64>, peers: &[&Summary]| {
+            oldest(local.map(|at| (at, "m", &ports[..])), peers)
+                .map(|o| o.cluster.map(str::to_string))
+        };
+        assert_eq!(pick(None, &[&a, &b, &z]), Some(Some("b".into())));
+        assert_eq!(pick(Some(50), &[&a, &b]), Some(None), "ours is older");
+        assert_eq!(pick(Some(0), &[&z]), Some(None), "both unknown: m < z");
+        assert_eq!(
+            pick(Some(0), &[&a]),
+            Some(Some("a".into())),
+            "a known age wins"
+        );
+        let (b2, a2) = (s("b", 100), s("a", 100));
+        assert_eq!(
+            pick(None, &[&b2, &a2]),
+            Some(Some("a".into())),
+            "a tie: by name"
+        );
+        assert_eq!(pick(None, &[]), None);
     }
 
     #[test]

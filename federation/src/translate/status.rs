@@ -31,6 +31,14 @@ pub fn conditions(
         let Some(r) = snap.get(kind, key) else {
             continue;
         };
+        if let Resource::ServiceExport(e) = r {
+            let mine = by_object.get(&(*kind, key)).map_or(&[][..], Vec::as_slice);
+            out.insert(
+                (*kind, key.clone()),
+                export_conditions(snap, key, &e.metadata, mine, now),
+            );
+            continue;
+        }
         let (meta, is_route): (&ObjectMeta, bool) = match r {
             Resource::HttpRoute(x) => (&x.metadata, true),
             Resource::GrpcRoute(x) => (&x.metadata, true),
@@ -84,6 +92,46 @@ pub fn conditions(
         out.insert((*kind, key.clone()), list);
     }
     out
+}
+
+/// A ServiceExport's conditions as MCS (KEP-1645) names them: `Valid`
+/// (its Service exists) and `Conflict` (True when this export disagrees
+/// with the oldest export of the service in the clusterset, which wins).
+fn export_conditions(
+    snap: &Snapshot,
+    key: &ObjectKey,
+    meta: &ObjectMeta,
+    problems: &[&Problem],
+    now: &Time,
+) -> Vec<Condition> {
+    let condition = |type_: &str, status: &str, reason: &str, message: String| Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: meta.generation,
+        last_transition_time: now.clone(),
+    };
+    let valid = if snap.get("Service", key).is_some() {
+        condition("Valid", "True", "Valid", String::new())
+    } else {
+        condition(
+            "Valid",
+            "False",
+            "NoService",
+            format!("there is no Service {key} to export"),
+        )
+    };
+    let conflicts: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.reason.ends_with("Conflict"))
+        .map(|p| p.message.as_str())
+        .collect();
+    let conflict = match problems.iter().find(|p| p.reason.ends_with("Conflict")) {
+        Some(p) => condition("Conflict", "True", p.reason, conflicts.join("; ")),
+        None => condition("Conflict", "False", "NoConflicts", String::new()),
+    };
+    vec![valid, conflict]
 }
 
 #[cfg(test)]
@@ -183,5 +231,58 @@ spec: {ports: [{port: 80}]}
         );
         assert!(c.message.contains("gw.example.com"), "{}", c.message);
         assert_eq!(all.len(), 4, "Services get no conditions from us");
+    }
+
+    #[test]
+    fn service_exports_say_valid_and_conflict_as_mcs_names_them() {
+        let yaml = r#"apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: ghost, namespace: shop}
+"#;
+        let (loaded, errors) = parse_file(Path::new("t.yaml"), yaml);
+        assert!(errors.is_empty());
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let key = |name: &str| ObjectKey {
+            namespace: Some("shop".into()),
+            name: name.into(),
+        };
+        let problems = [Problem {
+            kind: "ServiceExport",
+            key: key("catalog"),
+            reason: "PortConflict",
+            message: "ports differ from the oldest export's".into(),
+        }];
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1).unwrap());
+        let c = conditions(&snap, &problems, &now);
+        let of = |name: &str| -> Vec<(String, String, String)> {
+            c[&("ServiceExport", key(name))]
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect()
+        };
+        let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(
+            of("catalog"),
+            [
+                t("Valid", "True", "Valid"),
+                t("Conflict", "True", "PortConflict")
+            ]
+        );
+        assert_eq!(
+            of("ghost"),
+            [
+                t("Valid", "False", "NoService"),
+                t("Conflict", "False", "NoConflicts")
+            ]
+        );
     }
 }

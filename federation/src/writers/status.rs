@@ -114,6 +114,10 @@ impl StatusWriter {
                 Resource::FaultInjection(p) => {
                     apply_policy(&api, kind, key, policy(p.status.as_ref())).await
                 }
+                Resource::ServiceExport(e) => {
+                    let current = e.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
+                    apply_policy(&api, kind, key, keep_times(conds.clone(), current)).await
+                }
                 Resource::ClusterLink(l) => {
                     let current = l.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
                     apply_policy(&api, kind, key, keep_times(conds.clone(), current)).await
