@@ -449,6 +449,44 @@ spec: {ports: [{port: 80}]}
     }
 
     #[test]
+    fn destination_policies_govern_clusterset_and_imported_names() {
+        let c = imported_with(
+            r#"apiVersion: isthmus.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: catalog, namespace: shop}
+spec:
+  targetRef: {name: catalog}
+  locality: {failover: [eu-central, us-east]}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: reviews-us-east, namespace: shop}
+spec:
+  targetRef: {name: reviews-us-east}
+  retry: {attempts: 3}
+"#,
+            &[
+                summary("eu-central", "catalog", 80, 9080, 1),
+                summary("us-east", "reviews", 80, 8080, 3),
+            ],
+            Some(ENTRY),
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let failover = |name: &str| {
+            c.services[name]
+                .load_balancer
+                .as_ref()
+                .and_then(|lb| lb.locality.as_ref())
+                .map(|l| l.failover_regions.clone())
+        };
+        let order = Some(vec!["eu-central".to_string(), "us-east".to_string()]);
+        assert_eq!(failover("catalog.shop"), order);
+        assert_eq!(failover("catalog.shop.svc.clusterset.local"), order);
+        let imported = &c.services["reviews-us-east.shop"];
+        assert_eq!(imported.routes[0].retry.as_ref().unwrap().attempts, 3);
+    }
+
+    #[test]
     fn routes_can_name_imported_services() {
         // SCENARIOS.md 3: eu-west's canary to reviews v2 in us-east.
         let c = imported_with(

@@ -76,6 +76,7 @@ pub fn translate_shells_importing<'a>(
 ) -> (services::Catalog, services::Endpoints<'a>) {
     let (mut catalog, mut endpoints) = services::catalog_shells(snap, workloads);
     import(&mut catalog, &mut endpoints);
+    services::apply_policies_to_imports(&mut catalog, snap);
     attach_policies(&mut catalog, snap);
     (catalog, endpoints)
 }

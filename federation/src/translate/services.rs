@@ -240,6 +240,48 @@ pub fn catalog_shells<'a>(
     (out, endpoints)
 }
 
+/// DestinationPolicies on imported services (after `imports::attach`): a
+/// policy on `catalog` also governs `catalog.<ns>.svc.clusterset.local`
+/// (the same service, clusterset-wide: its locality failover can name
+/// other clusters' regions), and one may target an imported name such as
+/// `reviews-us-east`, which is then no missing target.
+pub fn apply_policies_to_imports(catalog: &mut Catalog, snap: &Snapshot) {
+    let mut ignored = Vec::new();
+    let policies = policies_by_service(snap, &mut ignored);
+    let mut applied = std::collections::BTreeSet::new();
+    for ((ns, name), p) in &policies {
+        let mut targets = vec![super::imports::clusterset_name(name, ns)];
+        let local = snap.objects.contains_key(&(
+            "Service",
+            ObjectKey {
+                namespace: Some(ns.clone()),
+                name: name.clone(),
+            },
+        ));
+        if !local {
+            targets.push(service_name(name, ns)); // an imported name
+        }
+        for t in targets {
+            let Some(s) = catalog.services.get_mut(&t) else {
+                continue;
+            };
+            apply_policy(s, p);
+            let defaults = route_defaults(p, &mut ignored);
+            if defaults != RouteDefaults::default() {
+                catalog.route_defaults.insert(t.clone(), defaults);
+            }
+            if !local {
+                applied.insert(key_of(p));
+            }
+        }
+    }
+    catalog.problems.retain(|pr| {
+        !(pr.kind == "DestinationPolicy"
+            && pr.reason == "TargetNotFound"
+            && applied.contains(&pr.key))
+    });
+}
+
 fn key_of(p: &DestinationPolicy) -> ObjectKey {
     ObjectKey {
         namespace: p.metadata.namespace.clone(),
