@@ -150,20 +150,24 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    /// Writes status conditions while leading: on every new generation and
-    /// on changes of proxies' refusals, at most once a second.
+    /// Writes status while leading: on every new generation, on changes of
+    /// proxies' refusals and of the links' state, at most once a second.
     fn write_status(&self, client: kube::Client, elector: crate::writers::leader::Elector) {
         let stop = self.stop.clone();
         let mut published = self.published.clone();
         let subscribers = self.subscribers.clone();
+        let peers = self.peers.clone();
         self.tasks.spawn(async move {
             // The elector's task ends with `stop`, like this one.
             let (mut leading, _elector) = elector.run(stop.clone());
             let mut changes = subscribers.watch();
+            let mut links = peers.watch_status();
             let mut writer = crate::writers::status::StatusWriter::new(client);
             loop {
                 if *leading.borrow_and_update() {
                     let p = published.borrow_and_update().clone();
+                    links.borrow_and_update();
+                    writer.set_links(link_statuses(&p, &peers));
                     let conditions = all_conditions(&p, &subscribers);
                     let (n, errors) = writer.write(&p.store.snapshot, &conditions).await;
                     if n > 0 {
@@ -180,6 +184,7 @@ impl ControlPlane {
                     _ = leading.changed() => {}
                     _ = published.changed() => {}
                     _ = changes.changed() => {}
+                    _ = links.changed() => {}
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

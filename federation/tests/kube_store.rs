@@ -534,6 +534,97 @@ metadata: {name: catalog, namespace: shop}
 }
 
 #[tokio::test]
+async fn cluster_links_get_their_runtime_status_beside_their_conditions() {
+    use isthmus_federation::resources::link::ClusterLinkStatus;
+    use isthmus_federation::store::files::{merge, parse_file};
+    use isthmus_federation::writers::status::StatusWriter;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    let yaml = r#"apiVersion: isthmus.dev/v1alpha1
+kind: ClusterLink
+metadata: {name: eu-central, generation: 4}
+spec:
+  peer: eu-central
+  region: eu-central
+  gateway: {quic: "10.0.0.2:15443"}
+  trustDomain: eu-central.isthmus.local
+  trustBundle: ""
+  credentialsSecretRef: {name: link-eu-central}
+"#;
+    let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (snap, _) = merge(&Default::default(), loaded, Vec::new());
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let conditions = isthmus_federation::translate::status::conditions(&snap, &[], &now);
+    let status = |rtt: f64| ClusterLinkStatus {
+        connected: true,
+        transport: Some("quic".into()),
+        rtt_millis: Some(rtt),
+        last_sync: Some(now.clone()),
+        imported_services: vec!["catalog.shop".into()],
+        stale_seconds: None,
+        conditions: vec![Condition {
+            type_: "Connected".into(),
+            status: "True".into(),
+            reason: "Connected".into(),
+            message: "importing 1 services from eu-central".into(),
+            observed_generation: Some(4),
+            last_transition_time: now.clone(),
+        }],
+    };
+
+    let (client, mut handle) = client();
+    let requests = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+    let server = {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let uri = req.uri().to_string();
+                let b = body_json(req).await;
+                requests.lock().unwrap().push((uri, b.clone()));
+                send.send_response(respond(StatusCode::OK, body(&b)));
+            }
+        })
+    };
+    let mut writer = StatusWriter::new(client);
+    let links = |rtt| BTreeMap::from([("eu-central".to_string(), status(rtt))]);
+    writer.set_links(links(0.42));
+    let (n, errors) = writer.write(&snap, &conditions).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(n, 1);
+    let (uri, b) = requests.lock().unwrap()[0].clone();
+    assert!(
+        uri.starts_with("/apis/isthmus.dev/v1alpha1/clusterlinks/eu-central/status?"),
+        "{uri}"
+    );
+    let st = &b["status"];
+    assert_eq!(st["connected"], true);
+    assert_eq!(st["transport"], "quic");
+    assert_eq!(st["rttMillis"], 0.42);
+    assert_eq!(st["importedServices"], json!(["catalog.shop"]));
+    let types: Vec<&str> = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Accepted", "Connected"]);
+
+    // An RTT that moves by microseconds is not worth a write; a
+    // disconnection is.
+    writer.set_links(links(0.43));
+    assert_eq!(writer.write(&snap, &conditions).await.0, 0);
+    let mut down = status(0.43);
+    down.connected = false;
+    down.stale_seconds = Some(3);
+    writer.set_links(BTreeMap::from([("eu-central".to_string(), down)]));
+    assert_eq!(writer.write(&snap, &conditions).await.0, 1);
+    let (_, b) = requests.lock().unwrap()[1].clone();
+    assert_eq!(b["status"]["connected"], false);
+    assert_eq!(b["status"]["staleSeconds"], 3);
+    server.abort();
+}
+
+#[tokio::test]
 async fn service_account_tokens_are_reviewed_by_the_api_server() {
     use isthmus_federation::identity::service::{AUDIENCE, Authenticator};
     let (client, mut handle) = client();

@@ -11,6 +11,9 @@
 //!   our `controllerName`, keep the others, and send the object's
 //!   resourceVersion so a concurrent writer makes ours a 409, retried on
 //!   the next round, never a lost update.
+//! - ClusterLinks get their whole status: the sync's (connected, transport,
+//!   RTT, last sync, imports, staleness, `Connected`) with translation's
+//!   conditions; the RTT is rewritten when it moves by a millisecond.
 //! - Other kinds (core Services) are not written: their conditions show in
 //!   /config_dump.
 
@@ -22,6 +25,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::json;
 
 use crate::resources::gateway_api::{ParentReference, RouteParentStatus};
+use crate::resources::link::ClusterLinkStatus;
 use crate::store::{ObjectKey, Resource, Snapshot};
 
 pub const FIELD_MANAGER: &str = "isthmus-federation";
@@ -62,6 +66,26 @@ fn keep_times(mut new: Vec<Condition>, old: &[Condition]) -> Vec<Condition> {
 pub struct StatusWriter {
     client: Client,
     written: HashMap<(&'static str, ObjectKey), Seen>,
+    /// Each ClusterLink's runtime status (the sync's), by name.
+    links: BTreeMap<String, ClusterLinkStatus>,
+}
+
+/// What of a link's runtime status is worth a write: its state, imports
+/// and conditions, the RTT to the millisecond, the last sync to 30 s and
+/// staleness to 10 s (an RTT that moves by microseconds is not news).
+fn link_seen(l: &ClusterLinkStatus) -> (String, String, String, String, Option<i64>) {
+    (
+        "link".into(),
+        format!("{} {:?}", l.connected, l.transport),
+        format!("{:?}", l.imported_services),
+        format!(
+            "{:?} {:?} {:?}",
+            l.rtt_millis.map(|r| r.round() as i64),
+            l.last_sync.as_ref().map(|t| t.0.as_second() / 30),
+            l.stale_seconds.map(|s| s / 10),
+        ),
+        None,
+    )
 }
 
 impl StatusWriter {
@@ -69,7 +93,14 @@ impl StatusWriter {
         Self {
             client,
             written: HashMap::new(),
+            links: BTreeMap::new(),
         }
+    }
+
+    /// The links' runtime status for the next `write`: ClusterLinks get it
+    /// with their conditions (`Connected` beside `Accepted`).
+    pub fn set_links(&mut self, links: BTreeMap<String, ClusterLinkStatus>) {
+        self.links = links;
     }
 
     /// Forgets what was written (after losing and regaining leadership,
@@ -87,7 +118,14 @@ impl StatusWriter {
     ) -> (usize, Vec<String>) {
         let (mut written, mut errors) = (0, Vec::new());
         for ((kind, key), conds) in conditions {
-            let s = seen(conds);
+            let link = (*kind == "ClusterLink")
+                .then(|| self.links.get(&key.name).cloned())
+                .flatten();
+            let mut s = seen(conds);
+            if let Some(l) = &link {
+                s.extend(seen(&l.conditions));
+                s.push(link_seen(l));
+            }
             if self.written.get(&(*kind, key.clone())) == Some(&s) {
                 continue;
             }
@@ -120,7 +158,11 @@ impl StatusWriter {
                 }
                 Resource::ClusterLink(l) => {
                     let current = l.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-                    apply_policy(&api, kind, key, keep_times(conds.clone(), current)).await
+                    let mut all = conds.clone();
+                    let mut status = link.clone().unwrap_or_default();
+                    all.append(&mut status.conditions);
+                    status.conditions = keep_times(all, current);
+                    apply_link(&api, key, status).await
                 }
                 Resource::HttpRoute(r) => {
                     let current = r.status.as_ref().map_or(&[][..], |s| &s.parents[..]);
@@ -166,6 +208,29 @@ async fn apply_policy(
         "kind": ar.kind,
         "metadata": {"name": key.name, "namespace": key.namespace},
         "status": {"conditions": conditions},
+    });
+    api.patch_status(
+        &key.name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Server-side apply of a ClusterLink's whole status (runtime and
+/// conditions), forced, as ours.
+async fn apply_link(
+    api: &Api<DynamicObject>,
+    key: &ObjectKey,
+    status: ClusterLinkStatus,
+) -> Result<(), kube::Error> {
+    let ar = crate::store::kube::api_resource("ClusterLink");
+    let patch = json!({
+        "apiVersion": ar.api_version,
+        "kind": ar.kind,
+        "metadata": {"name": key.name},
+        "status": status,
     });
     api.patch_status(
         &key.name,
