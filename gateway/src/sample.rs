@@ -105,6 +105,9 @@ where
                 _ = s.cancelled() => return,
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
             };
+            // Headers, body and trailers go out as separate writes: with
+            // Nagle on, the last waits for the peer's delayed ACK (40 ms).
+            let _ = stream.set_nodelay(true);
             let (s2, work) = (s.clone(), conn(stream, peer, addr, t.clone()));
             t.spawn(async move {
                 tokio::select! {
