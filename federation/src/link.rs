@@ -6,8 +6,10 @@
 //! written as the manifests to apply in A: a Secret holding the token and
 //! the ClusterLink naming it.
 //!
-//! (A kubeconfig context in place of a directory comes with the link sync,
-//! which also checks the token.)
+//! In `kube` mode the same comes from B's API server (`--to-context`): its
+//! Mesh, the CA root in the Secret `isthmus-ca` and the join token key in
+//! `isthmus-join-token-key`, both made by B's control plane on first start
+//! in its namespace.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,25 @@ pub enum LinkError {
     SameTrustDomain { a: String, b: String, td: String },
     #[error("the join token lifetime must be between 1 minute and 24 hours, not {0:?}")]
     Ttl(Duration),
+    #[error(
+        "cluster {context}: no Mesh resource (kubectl get meshes): a linked cluster needs a name and a trust domain"
+    )]
+    NoMeshInCluster { context: String },
+    #[error(
+        "cluster {context}: no Secret {namespace}/{name} with {field}: start that cluster's control plane (with --federation) once, it makes it"
+    )]
+    NoSecret {
+        context: String,
+        namespace: String,
+        name: String,
+        field: String,
+    },
+    #[error("cluster {context}: reading {what} from the API server: {reason}")]
+    Kube {
+        context: String,
+        what: String,
+        reason: String,
+    },
 }
 
 /// What to write, besides what the two directories say.
@@ -57,12 +78,21 @@ pub struct Options {
     pub partition: PartitionPolicy,
 }
 
-/// One cluster as its store directory describes it.
+/// One cluster as its store directory (or API server) describes it.
 struct Cluster {
     name: String,
     trust_domain: String,
     region: String,
     zone: String,
+}
+
+fn of_mesh(mesh: &Mesh) -> Cluster {
+    Cluster {
+        name: mesh.spec.cluster_name.clone(),
+        trust_domain: mesh.spec.trust_domain.clone(),
+        region: mesh.spec.locality.region.clone(),
+        zone: mesh.spec.locality.zone.clone(),
+    }
 }
 
 fn cluster(dir: &Path) -> Result<Cluster, LinkError> {
@@ -75,12 +105,95 @@ fn cluster(dir: &Path) -> Result<Cluster, LinkError> {
             _ => None,
         })
         .ok_or_else(|| LinkError::NoMesh { dir: dir.into() })?;
-    Ok(Cluster {
-        name: mesh.spec.cluster_name.clone(),
-        trust_domain: mesh.spec.trust_domain.clone(),
-        region: mesh.spec.locality.region.clone(),
-        zone: mesh.spec.locality.zone.clone(),
-    })
+    Ok(of_mesh(mesh))
+}
+
+/// One cluster as its API server describes it (`context` names it in
+/// errors): its Mesh, and what `secret` finds in its control plane's
+/// namespace.
+async fn cluster_kube(client: &kube::Client, context: &str) -> Result<Cluster, LinkError> {
+    let err = |what: &str, e: kube::Error| LinkError::Kube {
+        context: context.into(),
+        what: what.into(),
+        reason: e.to_string(),
+    };
+    let meshes: kube::Api<Mesh> = kube::Api::all(client.clone());
+    let list = meshes
+        .list(&Default::default())
+        .await
+        .map_err(|e| err("meshes.isthmus.dev", e))?;
+    let mesh = list
+        .items
+        .first()
+        .ok_or_else(|| LinkError::NoMeshInCluster {
+            context: context.into(),
+        })?;
+    Ok(of_mesh(mesh))
+}
+
+/// A field of a Secret in cluster `context`, or why not.
+async fn secret_field(
+    client: &kube::Client,
+    context: &str,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<Vec<u8>, LinkError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let missing = || LinkError::NoSecret {
+        context: context.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        field: field.into(),
+    };
+    let secret = api
+        .get_opt(name)
+        .await
+        .map_err(|e| LinkError::Kube {
+            context: context.into(),
+            what: format!("Secret {namespace}/{name}"),
+            reason: e.to_string(),
+        })?
+        .ok_or_else(missing)?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(field))
+        .map(|b| b.0)
+        .filter(|b| !b.is_empty())
+        .ok_or_else(missing)
+}
+
+/// `create` with both clusters read from their API servers (`from` and
+/// `to` clients, their kubeconfig contexts named for errors); `namespace`
+/// is the control planes' (isthmus-system).
+pub async fn create_kube(
+    from: (&kube::Client, &str),
+    to: (&kube::Client, &str),
+    namespace: &str,
+    o: &Options,
+    now: SystemTime,
+) -> Result<String, LinkError> {
+    let a = cluster_kube(from.0, from.1).await?;
+    let b = cluster_kube(to.0, to.1).await?;
+    let bundle = secret_field(to.0, to.1, namespace, "isthmus-ca", "ca.crt").await?;
+    let key = secret_field(
+        to.0,
+        to.1,
+        namespace,
+        crate::identity::token::SECRET_NAME,
+        crate::identity::token::SECRET_FIELD,
+    )
+    .await?;
+    let key = TokenKey::new(&key, &b.trust_domain);
+    manifests(
+        a,
+        b,
+        String::from_utf8_lossy(&bundle).into_owned(),
+        &key,
+        o,
+        now,
+    )
 }
 
 /// The service account a join token for cluster `a` names (in the
@@ -97,13 +210,6 @@ pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<St
     let (a, b) = (cluster(from)?, cluster(to)?);
     if a.name == b.name {
         return Err(LinkError::SameCluster(a.name));
-    }
-    if a.trust_domain == b.trust_domain {
-        return Err(LinkError::SameTrustDomain {
-            a: a.name,
-            b: b.name,
-            td: b.trust_domain,
-        });
     }
     let bundle_path = to.join("ca").join("root-cert.pem");
     let bundle = match std::fs::read_to_string(&bundle_path) {
@@ -122,6 +228,32 @@ pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<St
         path: to.join("ca").join("token-key"),
         source,
     })?;
+    manifests(a, b, bundle, &key, o, now)
+}
+
+/// The manifests to apply in `a` to link it with `b`: a Secret with a join
+/// token from `b`'s `key`, and the ClusterLink carrying `b`'s `bundle`.
+fn manifests(
+    a: Cluster,
+    b: Cluster,
+    bundle: String,
+    key: &TokenKey,
+    o: &Options,
+    now: SystemTime,
+) -> Result<String, LinkError> {
+    if o.ttl < Duration::from_secs(60) || o.ttl > Duration::from_secs(24 * 3600) {
+        return Err(LinkError::Ttl(o.ttl));
+    }
+    if a.name == b.name {
+        return Err(LinkError::SameCluster(a.name));
+    }
+    if a.trust_domain == b.trust_domain {
+        return Err(LinkError::SameTrustDomain {
+            a: a.name,
+            b: b.name,
+            td: b.trust_domain,
+        });
+    }
     let token = key.issue(GATEWAY_NAMESPACE, &token_subject(&a.name), now, o.ttl);
     let secret_name = format!("isthmus-link-{}", b.name);
     let secret = serde_json::json!({

@@ -274,17 +274,25 @@ async fn main() -> anyhow::Result<()> {
             };
             let ca = std::sync::Arc::new(ca);
             if let Some(listener) = federation_listener {
-                // Join tokens are checked with the same key that signs them
-                // (`files` mode; `kube` mode issues none yet).
+                // Join tokens are checked with the same key that signs them:
+                // a file in the store directory, or a Secret beside the Lease
+                // (`isthmusctl link create --to-context` reads either).
+                use isthmus_federation::identity::token::{SECRET_NAME, TokenKey};
                 let tokens = match &store_dir {
-                    Some(dir) => Some(std::sync::Arc::new(
-                        isthmus_federation::identity::token::TokenKey::load_or_create(dir, &td)
+                    Some(dir) => TokenKey::load_or_create(dir, &td)
+                        .map_err(|e| anyhow::anyhow!("token key in {}/ca: {e}", dir.display()))?,
+                    None => {
+                        let client = ::kube::Client::try_default().await?;
+                        TokenKey::load_or_create_secret(client, &lease_namespace, SECRET_NAME, &td)
+                            .await
                             .map_err(|e| {
-                                anyhow::anyhow!("token key in {}/ca: {e}", dir.display())
-                            })?,
-                    )),
-                    None => None,
+                                anyhow::anyhow!(
+                                    "join token key in Secret {lease_namespace}/{SECRET_NAME}: {e}"
+                                )
+                            })?
+                    }
                 };
+                let tokens = Some(std::sync::Arc::new(tokens));
                 let at = listener.local_addr()?;
                 let settings = isthmus_federation::sync::client::Settings {
                     entry: gateway_entry,

@@ -202,3 +202,222 @@ fn the_command_line_writes_the_manifests() {
     let _ = std::fs::remove_dir_all(&a);
     let _ = std::fs::remove_dir_all(&b);
 }
+
+/// A mocked API server answering GETs by path (404 for the rest) and
+/// POSTs with what was sent; the requests are recorded.
+mod api {
+    use std::collections::BTreeMap;
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use kube::client::Body;
+    use serde_json::{Value, json};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    type RespBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+    pub fn serve(routes: BTreeMap<String, Value>) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = asked.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let path = req.uri().path().to_string();
+                let method = req.method().clone();
+                log.lock().unwrap().push(format!("{method} {path}"));
+                let posted = if method == http::Method::POST {
+                    let b = req.into_body().collect_bytes().await.unwrap();
+                    serde_json::from_slice::<Value>(&b).ok()
+                } else {
+                    None
+                };
+                let (status, v) = match (posted, routes.get(&path)) {
+                    // Created as sent.
+                    (Some(body), _) => (201, body),
+                    (None, Some(v)) => (200, v.clone()),
+                    (None, None) => (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404, "message": "not found"}),
+                    ),
+                };
+                let (tx, rx) = mpsc::channel(1);
+                tx.try_send(Ok(Frame::data(Bytes::from(v.to_string()))))
+                    .unwrap();
+                send.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(StreamBody::new(ReceiverStream::new(rx)))
+                        .unwrap(),
+                );
+            }
+        });
+        (kube::Client::new(mock, "default"), asked)
+    }
+
+    pub fn meshes(name: &str) -> Value {
+        json!({"apiVersion": "isthmus.dev/v1alpha1", "kind": "MeshList", "metadata": {},
+               "items": [{"apiVersion": "isthmus.dev/v1alpha1", "kind": "Mesh",
+                          "metadata": {"name": "default"},
+                          "spec": {"clusterName": name, "trustDomain": format!("{name}.isthmus.local"),
+                                   "locality": {"region": name, "zone": format!("{name}-a")}}}]})
+    }
+
+    pub fn secret(name: &str, field: &str, value: &[u8]) -> Value {
+        use base64::Engine;
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": name, "namespace": "isthmus-system"},
+               "data": {field: base64::engine::general_purpose::STANDARD.encode(value)}})
+    }
+}
+
+#[tokio::test]
+async fn link_create_reads_both_clusters_from_their_api_servers() {
+    use std::collections::BTreeMap;
+    const MESHES: &str = "/apis/isthmus.dev/v1alpha1/meshes";
+    const SECRETS: &str = "/api/v1/namespaces/isthmus-system/secrets";
+    let dir = temp_dir("link-kube-ca");
+    let ca = Ca::load_or_create(&dir, "eu-central.isthmus.local").unwrap();
+    let key_bytes = [7u8; 32];
+    let (a, _) = api::serve(BTreeMap::from([(
+        MESHES.to_string(),
+        api::meshes("eu-west"),
+    )]));
+    let central = |with_key: bool| {
+        let mut routes = BTreeMap::from([
+            (MESHES.to_string(), api::meshes("eu-central")),
+            (
+                format!("{SECRETS}/isthmus-ca"),
+                api::secret("isthmus-ca", "ca.crt", ca.bundle_pem().as_bytes()),
+            ),
+        ]);
+        if with_key {
+            routes.insert(
+                format!("{SECRETS}/isthmus-join-token-key"),
+                api::secret("isthmus-join-token-key", "token-key", &key_bytes),
+            );
+        }
+        api::serve(routes)
+    };
+    let (b, asked) = central(true);
+    let now = SystemTime::now();
+    let yaml = isthmus_federation::link::create_kube(
+        (&a, "kind-eu-west"),
+        (&b, "kind-eu-central"),
+        "isthmus-system",
+        &options(),
+        now,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [
+            format!("GET {MESHES}"),
+            format!("GET {SECRETS}/isthmus-ca"),
+            format!("GET {SECRETS}/isthmus-join-token-key"),
+        ],
+        "B's Mesh, CA root and token key, nothing else"
+    );
+    let (loaded, errors) = parse_file(Path::new("link.yaml"), &yaml);
+    let (snap, _) = merge(&Snapshot::default(), loaded, errors);
+    let mut problems = Vec::new();
+    let links = isthmus_federation::translate::links::translate(&snap, &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(links.east_west.peers[0].cluster, "eu-central");
+    assert_eq!(links.trust[0].roots_pem, ca.bundle_pem());
+    let docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .skip(1)
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    let token = docs.iter().find(|d| d["kind"] == "Secret").unwrap()["stringData"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // eu-central's control plane checks it with the key in its Secret.
+    let key = TokenKey::new(&key_bytes, "eu-central.isthmus.local");
+    assert!(key.verify(&token, now).is_ok());
+
+    // No join token key yet: said by name, with what to do.
+    let (b, _) = central(false);
+    let err = isthmus_federation::link::create_kube(
+        (&a, "kind-eu-west"),
+        (&b, "kind-eu-central"),
+        "isthmus-system",
+        &options(),
+        now,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, LinkError::NoSecret { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("isthmus-system/isthmus-join-token-key"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_join_token_key_secret_is_made_once_and_read_back() {
+    use isthmus_federation::identity::token::{SECRET_NAME, TokenKey};
+    use std::collections::BTreeMap;
+    const SECRETS: &str = "/api/v1/namespaces/isthmus-system/secrets";
+    // Absent: made (POST) with 32 random bytes.
+    let (client, asked) = api::serve(BTreeMap::new());
+    let key = TokenKey::load_or_create_secret(
+        client,
+        "isthmus-system",
+        SECRET_NAME,
+        "eu-central.isthmus.local",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [
+            format!("GET {SECRETS}/{SECRET_NAME}"),
+            format!("POST {SECRETS}")
+        ]
+    );
+    let token = key.issue(
+        "isthmus-system",
+        "link-eu-west",
+        SystemTime::now(),
+        Duration::from_secs(60),
+    );
+    // Present: read, not made again, and it checks the same tokens.
+    let bytes = [9u8; 32];
+    let (client, asked) = api::serve(BTreeMap::from([(
+        format!("{SECRETS}/{SECRET_NAME}"),
+        api::secret(SECRET_NAME, "token-key", &bytes),
+    )]));
+    let read = TokenKey::load_or_create_secret(
+        client,
+        "isthmus-system",
+        SECRET_NAME,
+        "eu-central.isthmus.local",
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked.lock().unwrap().len(), 1);
+    let theirs = TokenKey::new(&bytes, "eu-central.isthmus.local");
+    let t = theirs.issue(
+        "isthmus-system",
+        "link-eu-west",
+        SystemTime::now(),
+        Duration::from_secs(60),
+    );
+    assert!(read.verify(&t, SystemTime::now()).is_ok());
+    assert!(
+        read.verify(&token, SystemTime::now()).is_err(),
+        "a different key"
+    );
+}

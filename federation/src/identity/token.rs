@@ -29,6 +29,11 @@ pub enum TokenError {
     Identity(String),
 }
 
+/// `kube` mode: the Secret (in the control plane's namespace) holding the
+/// key that signs join tokens, and its field.
+pub const SECRET_NAME: &str = "isthmus-join-token-key";
+pub const SECRET_FIELD: &str = "token-key";
+
 pub struct TokenKey {
     key: hmac::Key,
     trust_domain: String,
@@ -63,6 +68,67 @@ impl TokenKey {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// `kube` mode: the key in the Secret `namespace/name` (field
+    /// `token-key`), created (32 random bytes) by the first control plane
+    /// replica to start; `link create` reads it from there.
+    pub async fn load_or_create_secret(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        trust_domain: &str,
+    ) -> Result<Self, kube::Error> {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::core::v1::Secret;
+        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+        for _ in 0..2 {
+            if let Some(key) =
+                Self::load_secret(client.clone(), namespace, name, trust_domain).await?
+            {
+                return Ok(key);
+            }
+            let secret: [u8; 32] = rand::random();
+            let object = Secret {
+                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(namespace.into()),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some([(SECRET_FIELD.to_string(), ByteString(secret.to_vec()))].into()),
+                ..Default::default()
+            };
+            match api.create(&kube::api::PostParams::default(), &object).await {
+                Ok(_) => return Ok(Self::new(&secret, trust_domain)),
+                // Another replica made it first: load theirs.
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Self::load_secret(client, namespace, name, trust_domain)
+            .await?
+            .ok_or_else(|| {
+                kube::Error::Service(
+                    format!("Secret {namespace}/{name} was made and is gone again").into(),
+                )
+            })
+    }
+
+    /// The key in the Secret `namespace/name`, if it is there.
+    pub async fn load_secret(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        trust_domain: &str,
+    ) -> Result<Option<Self>, kube::Error> {
+        use k8s_openapi::api::core::v1::Secret;
+        let api: kube::Api<Secret> = kube::Api::namespaced(client, namespace);
+        Ok(api.get_opt(name).await?.and_then(|s| {
+            let data = s.data.unwrap_or_default();
+            let key = data.get(SECRET_FIELD)?;
+            (!key.0.is_empty()).then(|| Self::new(&key.0, trust_domain))
+        }))
     }
 
     /// What the MAC covers.

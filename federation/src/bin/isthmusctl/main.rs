@@ -48,11 +48,29 @@ enum LinkCommand {
     /// ClusterLink and the Secret with TO's join token), to apply in FROM.
     Create {
         /// The linking cluster's `files` store directory.
-        #[arg(long)]
-        from: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "from_context",
+            conflicts_with = "from_context"
+        )]
+        from: Option<PathBuf>,
         /// The linked cluster's `files` store directory (its Mesh and CA).
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "to_context",
+            conflicts_with = "to_context"
+        )]
+        to: Option<PathBuf>,
+        /// The linking cluster's kubeconfig context (instead of --from).
+        #[arg(long, requires = "to_context")]
+        from_context: Option<String>,
+        /// The linked cluster's kubeconfig context (instead of --to): its
+        /// Mesh, CA root and join token key are read from its API server.
+        #[arg(long, requires = "from_context")]
+        to_context: Option<String>,
+        /// The control planes' namespace (with contexts).
+        #[arg(long, default_value = "isthmus-system")]
+        namespace: String,
         /// TO's east-west gateway, QUIC (UDP) `ip:port`.
         #[arg(long)]
         gateway: SocketAddr,
@@ -108,6 +126,9 @@ fn main() -> anyhow::Result<()> {
                 LinkCommand::Create {
                     from,
                     to,
+                    from_context,
+                    to_context,
+                    namespace,
                     gateway,
                     gateway_tcp,
                     ttl,
@@ -130,7 +151,39 @@ fn main() -> anyhow::Result<()> {
                     staleness_ttl: staleness_ttl.as_str().into(),
                 },
             };
-            let yaml = create(&from, &to, &options, std::time::SystemTime::now())?;
+            let now = std::time::SystemTime::now();
+            let yaml = match (from, to, from_context, to_context) {
+                (Some(from), Some(to), _, _) => create(&from, &to, &options, now)?,
+                (_, _, Some(a), Some(b)) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async {
+                        let client = |ctx: String| async move {
+                            let config =
+                                kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                                    context: Some(ctx.clone()),
+                                    ..Default::default()
+                                })
+                                .await
+                                .map_err(|e| anyhow::anyhow!("kubeconfig context {ctx}: {e}"))?;
+                            anyhow::Ok(kube::Client::try_from(config)?)
+                        };
+                        let (ca, cb) = (client(a.clone()).await?, client(b.clone()).await?);
+                        anyhow::Ok(
+                            isthmus_federation::link::create_kube(
+                                (&ca, &a),
+                                (&cb, &b),
+                                &namespace,
+                                &options,
+                                now,
+                            )
+                            .await?,
+                        )
+                    })?,
+                _ => anyhow::bail!(
+                    "give --from and --to (store directories) or --from-context and --to-context"
+                ),
+            };
             match out {
                 Some(path) => {
                     std::fs::write(&path, yaml)?;
