@@ -162,7 +162,8 @@ impl ControlPlane {
             let (mut leading, _elector) = elector.run(stop.clone());
             let mut changes = subscribers.watch();
             let mut links = peers.watch_status();
-            let mut writer = crate::writers::status::StatusWriter::new(client);
+            let mut writer = crate::writers::status::StatusWriter::new(client.clone());
+            let mut imports = crate::writers::imports::ImportWriter::new(client);
             loop {
                 if *leading.borrow_and_update() {
                     let p = published.borrow_and_update().clone();
@@ -173,11 +174,18 @@ impl ControlPlane {
                     if n > 0 {
                         tracing::info!(objects = n, "status written");
                     }
-                    for e in errors {
+                    let own = own_cluster(&p.store.snapshot);
+                    let wanted = crate::writers::imports::desired(&p.catalog, &own);
+                    let (m, more) = imports.write(&wanted, &p.store.snapshot).await;
+                    if m > 0 {
+                        tracing::info!(objects = m, "ServiceImports written");
+                    }
+                    for e in errors.into_iter().chain(more) {
                         tracing::warn!("{e}");
                     }
                 } else {
                     writer.forget();
+                    imports.forget();
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -456,6 +464,16 @@ impl ControlPlane {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// This cluster's name (its Mesh's), or "" without one.
+fn own_cluster(snap: &crate::store::Snapshot) -> String {
+    snap.of_kind("Mesh")
+        .find_map(|(_, r)| match r {
+            crate::store::Resource::Mesh(m) => Some(m.spec.cluster_name.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// Each ClusterLink of `p`'s store, by name, with its status from `peers`.

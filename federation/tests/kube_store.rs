@@ -625,6 +625,116 @@ spec:
 }
 
 #[tokio::test]
+async fn imports_are_written_as_service_imports_and_stale_ones_deleted() {
+    use isthmus_api::model;
+    use isthmus_federation::store::files::{merge, parse_file};
+    use isthmus_federation::translate::imports::{Entry, Summary, attach};
+    use isthmus_federation::writers::imports::{ImportWriter, desired};
+    let local = r#"apiVersion: isthmus.dev/v1alpha1
+kind: Mesh
+metadata: {name: default}
+spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west, zone: eu-west-a}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+"#;
+    let stale = r#"---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceImport
+metadata: {name: old, namespace: shop, labels: {isthmus.dev/managed-by: isthmus-federation}}
+spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceImport
+metadata: {name: someone-elses, namespace: shop}
+spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
+"#;
+    let snapshot = |yaml: &str| {
+        let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        merge(&Default::default(), loaded, Vec::new()).0
+    };
+    let snap = snapshot(&format!("{local}{stale}"));
+    let summary = Summary {
+        cluster: "eu-central".into(),
+        namespace: "shop".into(),
+        name: "catalog".into(),
+        ports: vec![model::ServicePort {
+            port: 80,
+            target_port: 9080,
+            ..Default::default()
+        }],
+        healthy: 2,
+        locality: model::Locality {
+            region: "eu-central".into(),
+            zone: "eu-central-a".into(),
+        },
+        trust_domain: "eu-central.isthmus.local".into(),
+        exported_at: 0,
+    };
+    let entry = Entry {
+        ip: "10.0.0.2".parse().unwrap(),
+        port: 15009,
+    };
+    let (mut catalog, endpoints) =
+        isthmus_federation::translate::translate_shells_importing(&snap, &[], |c, e| {
+            attach(c, e, &snap, std::slice::from_ref(&summary), Some(entry))
+        });
+    for s in catalog.services.values_mut() {
+        endpoints.fill(s);
+    }
+    let wanted = desired(&catalog, "eu-west");
+
+    let (client, mut handle) = client();
+    let requests = Arc::new(Mutex::new(Vec::<(String, String, Value)>::new()));
+    let server = {
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let (method, uri) = (req.method().to_string(), req.uri().path().to_string());
+                let b = body_json(req).await;
+                requests.lock().unwrap().push((method, uri, b.clone()));
+                send.send_response(respond(StatusCode::OK, body(&b)));
+            }
+        })
+    };
+    let mut writer = ImportWriter::new(client);
+    let (n, errors) = writer.write(&wanted, &snap).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(n, 2, "catalog written, old deleted");
+    let reqs = requests.lock().unwrap().clone();
+    let base = "/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop/serviceimports";
+    let seen: Vec<(&str, &str)> = reqs
+        .iter()
+        .map(|(m, u, _)| (m.as_str(), u.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("PATCH", format!("{base}/catalog").as_str()),
+            ("PATCH", format!("{base}/catalog/status").as_str()),
+            ("DELETE", format!("{base}/old").as_str()),
+        ],
+        "someone else's ServiceImport is left alone"
+    );
+    assert_eq!(reqs[0].2["spec"]["ports"][0]["port"], 80);
+    assert_eq!(
+        reqs[1].2["status"]["clusters"],
+        json!([{"cluster": "eu-central"}, {"cluster": "eu-west"}])
+    );
+    // Written once: nothing again while the imports stay the same.
+    let (n, _) = writer.write(&wanted, &snapshot(local)).await;
+    assert_eq!(n, 0);
+    server.abort();
+}
+
+#[tokio::test]
 async fn service_account_tokens_are_reviewed_by_the_api_server() {
     use isthmus_federation::identity::service::{AUDIENCE, Authenticator};
     let (client, mut handle) = client();

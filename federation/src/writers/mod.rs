@@ -1,7 +1,9 @@
 //! What the control plane writes back to Kubernetes (`kube` mode): status
-//! conditions on the resources it read (`status`), and, later, the CA root.
+//! on the resources it read (`status`) and the MCS ServiceImports of what
+//! it imports (`imports`).
 //! Every replica reads and serves discovery; only the holder of the Lease
 //! (`leader`) writes, so replicas never fight over a status.
 
+pub mod imports;
 pub mod leader;
 pub mod status;
