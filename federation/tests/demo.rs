@@ -73,6 +73,20 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
     }
     // The live table (every 5 s when not on a terminal) and its links.
     assert!(stdout.contains("eu-west     catalog"), "{stdout}");
+    // Every HTTP answer, local or from another cluster, saw the calling
+    // frontend's own SPIFFE ID (end-to-end mTLS through both gateways).
+    let mut checked = 0;
+    for line in stdout
+        .lines()
+        .filter(|l| l.contains(" catalog ") || l.contains(" reviews "))
+    {
+        let Some((ok, told)) = line.rsplit(' ').next().and_then(|c| c.split_once('/')) else {
+            continue;
+        };
+        assert_eq!(ok, told, "an answer saw another caller: {line}");
+        checked += 1;
+    }
+    assert!(checked >= 6, "caller columns in the table:\n{stdout}");
     assert!(stdout.contains("-> eu-central  quic"), "{stdout}");
     assert!(
         stderr.contains("killed after 5 s") && stderr.contains(" 0 killed after"),

@@ -154,8 +154,9 @@ async fn canary(demo: &Demo) -> anyhow::Result<()> {
                     at: Instant::now(),
                     frontend: "eu-west",
                     service: "reviews",
-                    served_by: r.as_ref().ok().cloned(),
+                    served_by: r.as_ref().ok().map(|s| s.cluster.clone()),
                     latency: Duration::ZERO,
+                    verified: None,
                     error: r.err(),
                 });
             }

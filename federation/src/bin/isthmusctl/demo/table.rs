@@ -27,7 +27,7 @@ pub fn render(
 ) -> String {
     let per_s = |n: u64| n as f64 / period.as_secs_f64().max(0.001);
     let mut out = format!(
-        "isthmus demo, {}s  (last {:.0} s; Ctrl-C stops)\n{:<11} {:<10} {:>6}  {:<34} {:>9} {:>9} {:>7}\n",
+        "isthmus demo, {}s  (last {:.0} s; Ctrl-C stops)\n{:<11} {:<10} {:>6}  {:<34} {:>9} {:>9} {:>7}  {}\n",
         elapsed.as_secs(),
         period.as_secs_f64(),
         "frontend",
@@ -36,19 +36,26 @@ pub fn render(
         "served by",
         "p50",
         "p99",
-        "errors"
+        "errors",
+        "caller = frontend (mTLS)"
     );
     for ((frontend, service), w) in windows {
         let served: Vec<String> = w.served.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let caller = if w.told_caller == 0 {
+            "-".to_string()
+        } else {
+            format!("{}/{}", w.caller_verified, w.told_caller)
+        };
         out.push_str(&format!(
-            "{:<11} {:<10} {:>6.0}  {:<34} {:>9} {:>9} {:>7}\n",
+            "{:<11} {:<10} {:>6.0}  {:<34} {:>9} {:>9} {:>7}  {}\n",
             frontend,
             service,
             per_s(w.requests()),
             served.join(", "),
             ms(w.percentile(50.0)),
             ms(w.percentile(99.0)),
-            w.errors
+            w.errors,
+            caller
         ));
         if let Some(e) = &w.last_error {
             out.push_str(&format!("{:<23}last error: {e}\n", ""));
@@ -117,6 +124,7 @@ mod tests {
                 served_by: Some(if i < 18 { "eu-west" } else { "us-east" }.into()),
                 latency: Duration::from_millis(i + 1),
                 error: None,
+                verified: Some(i != 0),
             });
         }
         let windows = BTreeMap::from([(("eu-west", "reviews"), w)]);
@@ -150,6 +158,7 @@ mod tests {
         assert!(t.contains("eu-west     reviews"), "{t}");
         assert!(t.contains("eu-west 18, us-east 2"), "{t}");
         assert!(t.contains("10.0 ms"), "p50 of 1..20 ms: {t}");
+        assert!(t.contains("0  19/20\n"), "callers verified: {t}");
         assert!(
             t.contains("-> us-east     quic  rtt  0.42 ms  1 imported"),
             "{t}"

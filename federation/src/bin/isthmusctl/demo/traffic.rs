@@ -28,6 +28,9 @@ pub struct Answer {
     pub latency: Duration,
     /// Why it failed: "HTTP 503 (...)", "grpc-status 14", "timeout", ...
     pub error: Option<String>,
+    /// Whether the app saw the frontend's own SPIFFE ID as the caller
+    /// (end-to-end mTLS); None where the answer does not say (gRPC).
+    pub verified: Option<bool>,
 }
 
 /// The answers of one frontend to one service over a period.
@@ -37,6 +40,9 @@ pub struct Window {
     pub errors: u64,
     pub last_error: Option<String>,
     pub latencies: Vec<Duration>,
+    /// Answers saying who called, and those naming the frontend.
+    pub told_caller: u64,
+    pub caller_verified: u64,
 }
 
 impl Window {
@@ -50,6 +56,10 @@ impl Window {
             }
         }
         self.latencies.push(a.latency);
+        if let Some(v) = a.verified {
+            self.told_caller += 1;
+            self.caller_verified += u64::from(v);
+        }
     }
 
     pub fn requests(&self) -> u64 {
@@ -124,12 +134,19 @@ async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
     }
 }
 
-/// One request on `conn`: the cluster that answered, or why it failed.
+/// What answered a request: its cluster, and the caller it saw (HTTP).
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub cluster: String,
+    pub caller: Option<String>,
+}
+
+/// One request on `conn`: who answered, or why it failed.
 async fn call(
     conn: &mut Conn,
     target: &Target,
     headers: &[(&str, &str)],
-) -> Result<String, String> {
+) -> Result<Served, String> {
     let response = match conn {
         Conn::H1(send) => {
             let mut req = http::Request::get("/").header("host", &target.host);
@@ -198,7 +215,13 @@ async fn call(
             return Err(format!("grpc-status {code}"));
         }
     }
-    served_by.ok_or_else(|| "answer without x-sample-cluster".into())
+    // The sample app's JSON names the caller its sidecar verified.
+    let caller = (!target.grpc)
+        .then(|| serde_json::from_slice::<serde_json::Value>(&body.to_bytes()).ok())
+        .flatten()
+        .and_then(|v| v["caller"].as_str().map(str::to_string));
+    let cluster = served_by.ok_or_else(|| "answer without x-sample-cluster".to_string())?;
+    Ok(Served { cluster, caller })
 }
 
 /// Calls `target` through `sidecar` `rate` times a second until `stop`.
@@ -210,6 +233,7 @@ pub async fn run(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
+    let expected = frontend_id(frontend);
     let mut conn: Option<Conn> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -227,11 +251,14 @@ pub async fn run(
         })
         .await
         .unwrap_or_else(|_| Err("timeout (2 s)".into()));
-        let (served_by, error) = match result {
-            Ok(by) => (Some(by), None),
+        let (served_by, error, verified) = match result {
+            Ok(s) => {
+                let verified = s.caller.map(|c| c == expected);
+                (Some(s.cluster), None, verified)
+            }
             Err(e) => {
                 conn = None; // a fresh connection next time
-                (None, Some(e))
+                (None, Some(e), None)
             }
         };
         stats.record(Answer {
@@ -241,8 +268,14 @@ pub async fn run(
             served_by,
             latency: start.elapsed(),
             error,
+            verified,
         });
     }
+}
+
+/// The SPIFFE ID of the frontend of `cluster` (the demo's caller).
+pub fn frontend_id(cluster: &str) -> String {
+    format!("spiffe://{cluster}.isthmus.local/ns/shop/sa/frontend")
 }
 
 /// One request on a fresh connection (readiness checks).
@@ -250,7 +283,7 @@ pub async fn once(
     sidecar: SocketAddr,
     target: &Target,
     headers: &[(&str, &str)],
-) -> Result<String, String> {
+) -> Result<Served, String> {
     tokio::time::timeout(Duration::from_secs(2), async {
         let mut conn = connect(sidecar, target.grpc).await?;
         call(&mut conn, target, headers).await
@@ -271,6 +304,7 @@ mod tests {
             served_by: by.map(str::to_string),
             latency: Duration::from_millis(ms),
             error: error.map(str::to_string),
+            verified: by.map(|_| true),
         }
     }
 
@@ -291,6 +325,7 @@ mod tests {
         assert_eq!(w.percentile(99.0), Some(Duration::from_millis(100)));
         assert_eq!(w.percentile(100.0), Some(Duration::from_millis(2000)));
         assert_eq!(Window::default().percentile(50.0), None);
+        assert_eq!((w.told_caller, w.caller_verified), (100, 100));
     }
 
     #[test]
