@@ -87,6 +87,14 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
         checked += 1;
     }
     assert!(checked >= 6, "caller columns in the table:\n{stdout}");
+    // us-east has no catalog: both other regions serve it, balanced (one
+    // gateway entry stands for both, yet their connections are apart).
+    assert!(
+        stdout.lines().any(|l| l.starts_with("us-east     catalog")
+            && l.contains("eu-central")
+            && l.contains("eu-west")),
+        "us-east's catalog traffic should split between eu-west and eu-central:\n{stdout}"
+    );
     assert!(stdout.contains("-> eu-central  quic"), "{stdout}");
     assert!(
         stderr.contains("killed after 5 s") && stderr.contains(" 0 killed after"),

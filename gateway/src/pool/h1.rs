@@ -1138,7 +1138,7 @@ mod wire_tests {
         .await;
         let pool = pool();
         exchange(&pool, addr, get()).await.unwrap();
-        let ep = pool.endpoint(addr);
+        let ep = pool.endpoint(addr, None);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ep.idle.lock().unwrap()[0].conn.is_stale() {
             assert!(

@@ -89,7 +89,10 @@ pub struct Pool {
     connections: Arc<AtomicUsize>,
     pending: AtomicUsize,
     released: Arc<Notify>,
-    endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointConns>>>,
+    /// By endpoint: its address and, for an endpoint via a linked cluster,
+    /// that cluster (endpoints of several clusters share our gateway's
+    /// address and may share a target port: their connections must not).
+    endpoints: Mutex<HashMap<(SocketAddr, Option<Arc<str>>), Arc<EndpointConns>>>,
     tracker: TaskTracker,
     socket: SocketOptions,
     /// isthmus_upstream_connections of this service.
@@ -209,14 +212,17 @@ impl Pool {
         self.endpoints
             .lock()
             .expect("pool lock")
-            .retain(|a, _| live.contains(a));
+            .retain(|(a, _), _| live.contains(a));
     }
 
-    fn endpoint(&self, addr: SocketAddr) -> Arc<EndpointConns> {
+    fn endpoint(&self, addr: SocketAddr, tunnel: Option<&Tunnel>) -> Arc<EndpointConns> {
+        let via = tunnel
+            .and_then(|t| t.via.as_ref())
+            .map(|v| v.cluster.clone());
         self.endpoints
             .lock()
             .expect("pool lock")
-            .entry(addr)
+            .entry((addr, via))
             .or_default()
             .clone()
     }
@@ -337,7 +343,7 @@ impl Pool {
         tunnel: Option<&Tunnel>,
         version: Version,
     ) -> Result<Lease, PoolError> {
-        let ep = self.endpoint(addr);
+        let ep = self.endpoint(addr, tunnel);
         let limits = self.limits();
         match version {
             Version::Http1 => loop {
@@ -449,5 +455,53 @@ pub async fn dial(
         Ok(Ok(s)) => Ok(s),
         Ok(Err(source)) => Err(PoolError::Connect { addr, source }),
         Err(_) => Err(PoolError::ConnectTimeout { addr, timeout }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::compile::Via;
+
+    #[test]
+    fn endpoints_via_different_clusters_never_share_connections() {
+        let pool = Pool::new(
+            PoolLimits::default(),
+            TaskTracker::new(),
+            SocketOptions::default(),
+            Gauge::default(),
+            None,
+        );
+        // Two clusters' catalog behind our gateway entry: same address,
+        // same target port; only the cluster tells them apart.
+        let addr: SocketAddr = "10.0.0.2:8080".parse().unwrap();
+        let via = |cluster: &str| Tunnel {
+            port: 15009,
+            identity: None,
+            via: Some(Arc::new(Via {
+                cluster: cluster.into(),
+                service: "catalog.shop".into(),
+                ports: vec![(8080, 80)],
+            })),
+        };
+        let (west, central) = (via("eu-west"), via("eu-central"));
+        let a = pool.endpoint(addr, Some(&west));
+        let b = pool.endpoint(addr, Some(&central));
+        assert!(!Arc::ptr_eq(&a, &b), "one pool per cluster");
+        assert!(Arc::ptr_eq(&a, &pool.endpoint(addr, Some(&via("eu-west")))));
+        assert!(
+            !Arc::ptr_eq(&a, &pool.endpoint(addr, None)),
+            "a local endpoint is another"
+        );
+        pool.retain(&[addr]);
+        assert!(
+            Arc::ptr_eq(&b, &pool.endpoint(addr, Some(&central))),
+            "kept while live"
+        );
+        pool.retain(&[]);
+        assert!(
+            !Arc::ptr_eq(&b, &pool.endpoint(addr, Some(&central))),
+            "dropped when gone"
+        );
     }
 }
