@@ -84,6 +84,9 @@ pub struct SocketOptions {
     pub mark: Option<u32>,
 }
 
+/// An endpoint's address and the linked cluster it stands for, if any.
+type EndpointKey = (SocketAddr, Option<Arc<str>>);
+
 pub struct Pool {
     limits: Mutex<PoolLimits>,
     connections: Arc<AtomicUsize>,
@@ -92,7 +95,7 @@ pub struct Pool {
     /// By endpoint: its address and, for an endpoint via a linked cluster,
     /// that cluster (endpoints of several clusters share our gateway's
     /// address and may share a target port: their connections must not).
-    endpoints: Mutex<HashMap<(SocketAddr, Option<Arc<str>>), Arc<EndpointConns>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointConns>>>,
     tracker: TaskTracker,
     socket: SocketOptions,
     /// isthmus_upstream_connections of this service.
