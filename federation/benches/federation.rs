@@ -27,7 +27,6 @@ use isthmus_gateway::config::store::Store;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
-use support::MeshSidecar;
 use support::cluster::{Cluster, link};
 
 fn service(name: &str, endpoints: usize, export: bool) -> String {
@@ -92,24 +91,6 @@ fn row(what: &str, v: &[Duration]) {
     );
 }
 
-async fn frontend(c: &Cluster) -> isthmus_gateway::sidecar::Sidecar {
-    let td = format!("{}.isthmus.local", c.name);
-    let (sidecar, _) = MeshSidecar {
-        discovery: c.discovery,
-        dir: &c.dir,
-        trust_domain: &td,
-        cluster: c.name,
-        namespace: "shop",
-        service_account: "frontend",
-        labels: &[("app", "frontend")],
-        listeners: Vec::new(),
-        workload: None,
-    }
-    .start(&c.stop)
-    .await;
-    sidecar
-}
-
 async fn two_clusters(rounds: usize) {
     let mut west = Cluster::new("bench", "eu-west");
     let mut central = Cluster::new("bench", "eu-central");
@@ -119,7 +100,7 @@ async fn two_clusters(rounds: usize) {
     }
     link(&west, &central, Duration::from_secs(600), "5m");
     link(&central, &west, Duration::from_secs(600), "5m");
-    let sidecar = frontend(&west).await;
+    let sidecar = west.start_frontend(Vec::new()).await;
     let store = sidecar.store().clone();
     let (mut local, mut export, mut endpoint, mut rtts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -234,7 +215,7 @@ async fn many_links(rounds: usize) {
     for links in [1usize, 255] {
         let mut c = Cluster::new(&format!("bench-{links}"), "eu-west");
         c.start_control_plane();
-        let sidecar = frontend(&c).await;
+        let sidecar = c.start_frontend(Vec::new()).await;
         let store = sidecar.store().clone();
         let t0 = Instant::now();
         let d = deltas(&c, &store, links, rounds).await;

@@ -174,7 +174,8 @@ impl ControlPlane {
                     if n > 0 {
                         tracing::info!(objects = n, "status written");
                     }
-                    let own = own_cluster(&p.store.snapshot);
+                    let own =
+                        crate::identity::mesh_cluster_name(&p.store.snapshot).unwrap_or_default();
                     let wanted = crate::writers::imports::desired(&p.catalog, &own);
                     let (m, more) = imports.write(&wanted, &p.store.snapshot).await;
                     if m > 0 {
@@ -464,16 +465,6 @@ impl ControlPlane {
         self.tasks.close();
         self.tasks.wait().await;
     }
-}
-
-/// This cluster's name (its Mesh's), or "" without one.
-fn own_cluster(snap: &crate::store::Snapshot) -> String {
-    snap.of_kind("Mesh")
-        .find_map(|(_, r)| match r {
-            crate::store::Resource::Mesh(m) => Some(m.spec.cluster_name.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// Each ClusterLink of `p`'s store, by name, with its status from `peers`.

@@ -17,12 +17,11 @@ use std::time::{Duration, SystemTime};
 
 use isthmus_api::model;
 use isthmus_federation::resources::link::PartitionPolicy;
-use isthmus_gateway::sample::{self, SampleApp};
 use isthmus_gateway::sidecar::Sidecar;
 
 mod support;
-use support::cluster::{Cluster, free_port, link};
-use support::{MeshSidecar, eventually, http};
+use support::cluster::{Cluster, link};
+use support::{MeshSidecar, MeshedApp, eventually, http};
 
 const CATALOG: &str = r#"
 apiVersion: v1
@@ -83,26 +82,7 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
     }
 
     // The catalog app in eu-central, its sidecar registering it.
-    let app = SampleApp::new("catalog", "eu-central", "v1");
-    let running = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let app_port = running.addr.port();
-    let tunnel_port = free_port();
-    let inbound = model::Inbound {
-        app_address: "127.0.0.1".into(),
-        ports: vec![model::InboundPort {
-            port: app_port.into(),
-            ..Default::default()
-        }],
-    };
-    use isthmus_api::discovery::v1::{Workload, WorkloadPort};
-    use model::listener::Kind;
-    let listener = |name: &str, address: String, kind| model::Listener {
-        name: name.into(),
-        address,
-        kind: Some(kind),
-    };
+    let meshed = MeshedApp::start("catalog", "eu-central").await;
     let central_td = central.td();
     let (catalog, _) = MeshSidecar {
         discovery: central.discovery,
@@ -112,44 +92,29 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
         namespace: "shop",
         service_account: "catalog",
         labels: &[("app", "catalog")],
-        listeners: vec![listener(
-            "tunnel",
-            format!("127.0.0.1:{tunnel_port}"),
-            Kind::Tunnel(inbound),
-        )],
-        workload: Some(Workload {
-            address: "127.0.0.1".into(),
-            ports: vec![WorkloadPort {
-                name: "http".into(),
-                port: app_port.into(),
-            }],
-            tunnel_port: tunnel_port.into(),
-        }),
+        listeners: vec![meshed.tunnel_listener()],
+        workload: Some(meshed.workload.clone()),
     }
     .start(&central.stop)
     .await;
+    let (app, running) = (meshed.app.clone(), meshed.running);
+    use model::listener::Kind;
+    let listener = |name: &str, address: String, kind| model::Listener {
+        name: name.into(),
+        address,
+        kind: Some(kind),
+    };
 
     // A frontend in each of the other clusters.
     let mut frontends: Vec<Sidecar> = Vec::new();
     for c in [&west, &east] {
-        let td = c.td();
-        let (f, _) = MeshSidecar {
-            discovery: c.discovery,
-            dir: &c.dir,
-            trust_domain: &td,
-            cluster: c.name,
-            namespace: "shop",
-            service_account: "frontend",
-            labels: &[("app", "frontend")],
-            listeners: vec![listener(
+        let f = c
+            .start_frontend(vec![listener(
                 "out",
                 "127.0.0.1:0".into(),
                 Kind::Http(model::HttpOutbound {}),
-            )],
-            workload: None,
-        }
-        .start(&c.stop)
-        .await;
+            )])
+            .await;
         frontends.push(f);
     }
     let outs: Vec<SocketAddr> = {

@@ -11,20 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
-use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription, Workload, WorkloadPort};
+use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription, Workload};
 use isthmus_api::model;
 use isthmus_federation::identity::Ca;
 use isthmus_federation::identity::service::Authenticator;
 use isthmus_federation::identity::token::TokenKey;
 use isthmus_federation::server::{ControlPlane, Options};
 use isthmus_gateway::identity::Identity;
-use isthmus_gateway::sample::{self, SampleApp};
 use isthmus_gateway::sidecar::Sidecar;
 use isthmus_gateway::tls::control::{ControlPlaneConnector, channel};
 use isthmus_gateway::tls::{MeshTls, Trust};
 
 mod support;
-use support::{MeshSidecar, eventually, http, temp_dir};
+use support::{MeshSidecar, MeshedApp, eventually, http, temp_dir};
 
 const TD: &str = "eu-west.isthmus.local";
 const CP_ID: &str = "spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-federation";
@@ -99,14 +98,6 @@ fn listener(name: &str, address: &str, kind: model::listener::Kind) -> model::Li
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn subscribe_as(
     cp: SocketAddr,
     connector: &ControlPlaneConnector,
@@ -169,19 +160,8 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
     let stop = tokio_util::sync::CancellationToken::new();
 
     // catalog: app + sidecar with the mesh transport, registered.
-    let app = SampleApp::new("catalog", "eu-west", "v1");
-    let running = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let app_port = running.addr.port();
-    let tunnel_port = free_port();
-    let inbound = model::Inbound {
-        app_address: "127.0.0.1".into(),
-        ports: vec![model::InboundPort {
-            port: app_port.into(),
-            ..Default::default()
-        }],
-    };
+    let meshed = MeshedApp::start("catalog", "eu-west").await;
+    let (app, running) = (meshed.app.clone(), meshed.running);
     use model::listener::Kind;
     let catalog = secure_sidecar(
         cp_addr,
@@ -189,21 +169,10 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
         "catalog",
         &[("app", "catalog")],
         vec![
-            listener(
-                "tunnel",
-                &format!("127.0.0.1:{tunnel_port}"),
-                Kind::Tunnel(inbound.clone()),
-            ),
-            listener("inbound", "127.0.0.1:0", Kind::Inbound(inbound)),
+            MeshedApp::tunnel_listener_of(meshed.tunnel_port, &meshed.inbound),
+            listener("inbound", "127.0.0.1:0", Kind::Inbound(meshed.inbound)),
         ],
-        Some(Workload {
-            address: "127.0.0.1".into(),
-            ports: vec![WorkloadPort {
-                name: "http".into(),
-                port: app_port.into(),
-            }],
-            tunnel_port: tunnel_port.into(),
-        }),
+        Some(meshed.workload),
         &stop,
     )
     .await;

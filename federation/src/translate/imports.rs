@@ -14,7 +14,7 @@
 //! memory like registered workloads, not a resource). Problems land on the
 //! ClusterLink of the cluster they came from.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use isthmus_api::model;
@@ -56,8 +56,8 @@ fn same_ports(a: &[model::ServicePort], b: &[model::ServicePort]) -> bool {
 }
 
 /// The oldest export of one service across the clusterset: its cluster
-/// (None: this one) and ports. Unknown ages count as newest; ties go to
-/// the cluster name, so every cluster picks the same.
+/// (None: this one), when, and its ports. Unknown ages count as newest;
+/// ties go to the cluster name, so every cluster picks the same.
 struct Oldest<'a> {
     cluster: Option<&'a str>,
     at: i64,
@@ -68,34 +68,31 @@ fn age_key(at: i64, cluster: &str) -> (i64, &str) {
     (if at <= 0 { i64::MAX } else { at }, cluster)
 }
 
+/// `local`: our own export (when, our cluster's name, its ports).
 fn oldest<'a>(
     local: Option<(i64, &'a str, &'a [model::ServicePort])>,
     summaries: &[&'a Summary],
 ) -> Option<Oldest<'a>> {
-    let mut best: Option<(Oldest<'a>, (i64, &'a str))> = local.map(|(at, name, ports)| {
-        (
-            Oldest {
-                cluster: None,
-                at,
-                ports,
-            },
-            age_key(at, name),
-        )
+    let ours = local.map(|(at, name, ports)| {
+        let o = Oldest {
+            cluster: None,
+            at,
+            ports,
+        };
+        (age_key(at, name), o)
     });
-    for s in summaries {
-        let key = age_key(s.exported_at, &s.cluster);
-        if best.as_ref().is_none_or(|(_, k)| key < *k) {
-            best = Some((
-                Oldest {
-                    cluster: Some(&s.cluster),
-                    at: s.exported_at,
-                    ports: &s.ports,
-                },
-                key,
-            ));
-        }
-    }
-    best.map(|(o, _)| o)
+    let theirs = summaries.iter().map(|s| {
+        let o = Oldest {
+            cluster: Some(&s.cluster),
+            at: s.exported_at,
+            ports: &s.ports,
+        };
+        (age_key(s.exported_at, &s.cluster), o)
+    });
+    ours.into_iter()
+        .chain(theirs)
+        .min_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, o)| o)
 }
 
 /// This cluster's east-west gateway, where sidecars send cross-cluster
@@ -139,200 +136,32 @@ pub fn attach(
     sorted.sort_by(|a, b| {
         (&a.namespace, &a.name, &a.cluster).cmp(&(&b.namespace, &b.name, &b.cluster))
     });
-    // Per clusterset service, the oldest export's ports (MCS conflict
-    // resolution), this cluster's own export included.
-    let own_cluster = snap
-        .of_kind("Mesh")
-        .find_map(|(_, r)| match r {
-            crate::store::Resource::Mesh(m) => Some(m.spec.cluster_name.clone()),
-            _ => None,
-        })
-        .unwrap_or_default();
-    let mut decided: BTreeMap<String, (Option<String>, i64, Vec<model::ServicePort>)> =
-        BTreeMap::new();
-    for group in sorted.chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name)) {
-        let (name, ns) = (&group[0].name, &group[0].namespace);
-        let local = service_name(name, ns);
-        let key = ObjectKey {
-            namespace: Some(ns.clone()),
-            name: name.clone(),
-        };
-        let local_export = match (
-            catalog.services.get(&local),
-            snap.get("ServiceExport", &key),
-        ) {
-            (Some(svc), Some(export)) => {
-                Some((export_age(export), own_cluster.as_str(), &svc.ports[..]))
+    match entry {
+        Some(entry) => {
+            let own = crate::identity::mesh_cluster_name(snap).unwrap_or_default();
+            for service in
+                sorted.chunk_by(|a, b| (&a.namespace, &a.name) == (&b.namespace, &b.name))
+            {
+                attach_service(catalog, endpoints, snap, service, entry, &own);
             }
-            _ => None,
-        };
-        if let Some(o) = oldest(local_export, group) {
-            decided.insert(
-                clusterset_name(name, ns),
-                (o.cluster.map(str::to_string), o.at, o.ports.to_vec()),
-            );
         }
-    }
-    let mut local_conflicts = BTreeSet::new();
-    let mut export_problems = Vec::new();
-    let mut reported = BTreeSet::new();
-    for s in sorted {
-        let mut problem = |reason: &'static str, message: String| {
-            catalog.problems.push(Problem {
-                kind: "ClusterLink",
-                key: ObjectKey {
-                    namespace: None,
-                    name: s.cluster.clone(),
-                },
-                reason,
-                message,
-            })
-        };
-        let Some(entry) = entry else {
-            if reported.insert(s.cluster.clone()) {
-                problem(
+        None => {
+            let clusters: BTreeSet<&str> = sorted.iter().map(|s| s.cluster.as_str()).collect();
+            for cluster in clusters {
+                catalog.problems.push(link_problem(
+                    cluster,
                     "NoGateway",
                     format!(
-                        "services imported from {} are not usable: this cluster has no east-west gateway entry",
-                        s.cluster
+                        "services imported from {cluster} are not usable: this cluster has no east-west gateway entry"
                     ),
-                );
+                ));
             }
-            continue;
-        };
-        let gateway = |ports: Vec<model::EndpointPort>| model::Endpoint {
-            address: entry.ip.to_string(),
-            ports,
-            locality: Some(s.locality.clone()),
-            weight: s.healthy.max(1),
-            unhealthy: s.healthy == 0,
-            tunnel_port: u32::from(entry.port),
-            identity: format!("spiffe://{}", s.trust_domain),
-            via_cluster: s.cluster.clone(),
-            via_service: service_name(&s.name, &s.namespace),
-            ..Default::default()
-        };
-
-        // That cluster only.
-        let one = per_cluster_name(&s.name, &s.namespace, &s.cluster);
-        if catalog.services.contains_key(&one) {
-            problem(
-                "Conflict",
-                format!(
-                    "a local Service is named {one}: {}'s {} is not offered under that name",
-                    s.cluster,
-                    service_name(&s.name, &s.namespace)
-                ),
-            );
-        } else {
-            catalog.services.insert(
-                one.clone(),
-                model::Service {
-                    name: one,
-                    ports: s.ports.clone(),
-                    endpoints: vec![gateway(Vec::new())],
-                    ..Default::default()
-                },
-            );
-        }
-
-        // Every cluster: the ports are those of the oldest export (MCS);
-        // an export that disagrees stays out of the set.
-        let local = service_name(&s.name, &s.namespace);
-        let key = ObjectKey {
-            namespace: Some(s.namespace.clone()),
-            name: s.name.clone(),
-        };
-        let exported =
-            catalog.services.contains_key(&local) && snap.get("ServiceExport", &key).is_some();
-        let all = clusterset_name(&s.name, &s.namespace);
-        let Some((winner, winner_at, ports)) = decided.get(&all).cloned() else {
-            continue;
-        };
-        let winner_name = winner.clone().unwrap_or_else(|| "this cluster".into());
-        let set_ports = |ports: &[model::ServicePort]| {
-            ports
-                .iter()
-                .map(|p| p.port.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if !catalog.services.contains_key(&all) {
-            // Ours when they agree: our endpoints need our target ports.
-            let compatible = exported && same_ports(&catalog.services[&local].ports, &ports);
-            let set = if compatible {
-                catalog.services[&local].ports.clone()
-            } else {
-                ports.clone()
-            };
-            catalog.services.insert(
-                all.clone(),
-                model::Service {
-                    name: all.clone(),
-                    ports: set,
-                    ..Default::default()
-                },
-            );
-            if exported {
-                let mine = &catalog.services[&local].ports;
-                if winner.is_none() || same_ports(mine, &ports) {
-                    endpoints.include(&all, &local);
-                } else {
-                    local_conflicts.insert(key.clone());
-                    export_problems.push(Problem {
-                        kind: "ServiceExport",
-                        key: key.clone(),
-                        reason: "PortConflict",
-                        message: format!(
-                            "this export's ports ({}) differ from those of the oldest export, in {winner_name} (exported at {winner_at}): {all} has that one's ports ({}), so this cluster's endpoints are left out of it (still reachable as {local})",
-                            set_ports(mine),
-                            set_ports(&ports),
-                        ),
-                    });
-                }
-            }
-        }
-        // Each of the set's service ports must be one of theirs: their
-        // target port for it goes on their gateway endpoint.
-        let mut over = Vec::new();
-        let mut missing = Vec::new();
-        for p in &ports {
-            match s.ports.iter().find(|q| q.port == p.port) {
-                Some(q) => over.push(model::EndpointPort {
-                    port: p.port,
-                    target_port: if q.target_port == 0 {
-                        q.port
-                    } else {
-                        q.target_port
-                    },
-                }),
-                None => missing.push(p.port),
-            }
-        }
-        if !missing.is_empty() || !same_ports(&s.ports, &ports) {
-            problem(
-                "PortConflict",
-                format!(
-                    "{}'s {local} does not have the ports of {all} ({}, from the oldest export, in {winner_name}): it is left out of it (reachable as {})",
-                    s.cluster,
-                    set_ports(&ports),
-                    per_cluster_name(&s.name, &s.namespace, &s.cluster)
-                ),
-            );
-            continue;
-        }
-        if let Some(set) = catalog.services.get_mut(&all) {
-            set.endpoints.push(gateway(over));
         }
     }
-    catalog.problems.extend(export_problems);
     // An exported Service has its clusterset name here too, even while no
     // linked cluster exports it: then it is the local endpoints alone.
     for (key, _) in snap.of_kind("ServiceExport") {
         let Some(ns) = &key.namespace else { continue };
-        if local_conflicts.contains(key) {
-            continue;
-        }
         let (local, all) = (service_name(&key.name, ns), clusterset_name(&key.name, ns));
         if catalog.services.contains_key(&all) {
             continue;
@@ -349,6 +178,155 @@ pub fn attach(
             },
         );
         endpoints.include(&all, &local);
+    }
+}
+
+/// A problem with what `cluster` exports, reported on its ClusterLink.
+fn link_problem(cluster: &str, reason: &'static str, message: String) -> Problem {
+    Problem {
+        kind: "ClusterLink",
+        key: ObjectKey {
+            namespace: None,
+            name: cluster.to_string(),
+        },
+        reason,
+        message,
+    }
+}
+
+fn port_list(ports: &[model::ServicePort]) -> String {
+    let v: Vec<String> = ports.iter().map(|p| p.port.to_string()).collect();
+    v.join(", ")
+}
+
+/// One service as the linked clusters in `exports` (sorted by cluster)
+/// export it: a per-cluster name for each, and the clusterset service with
+/// the oldest export's ports, ours included when we export it too.
+fn attach_service(
+    catalog: &mut Catalog,
+    endpoints: &mut Endpoints<'_>,
+    snap: &Snapshot,
+    exports: &[&Summary],
+    entry: Entry,
+    own: &str,
+) {
+    let (name, ns) = (&exports[0].name, &exports[0].namespace);
+    let (local, all) = (service_name(name, ns), clusterset_name(name, ns));
+    let key = ObjectKey {
+        namespace: Some(ns.clone()),
+        name: name.clone(),
+    };
+    // Our export: when, and our Service's ports.
+    let ours: Option<(i64, Vec<model::ServicePort>)> = match (
+        catalog.services.get(&local),
+        snap.get("ServiceExport", &key),
+    ) {
+        (Some(svc), Some(export)) => Some((export_age(export), svc.ports.clone())),
+        _ => None,
+    };
+    let Some(oldest) = oldest(ours.as_ref().map(|(at, p)| (*at, own, &p[..])), exports) else {
+        return;
+    };
+    let winner = oldest.cluster.unwrap_or("this cluster");
+    let (winner_at, ports) = (oldest.at, oldest.ports.to_vec());
+
+    // Every cluster: the oldest export's ports (ours when they agree: our
+    // endpoints need our target ports); a disagreeing export stays out.
+    let ours_fit = ours.as_ref().map(|(_, mine)| same_ports(mine, &ports));
+    let set_ports = match (&ours, ours_fit) {
+        (Some((_, mine)), Some(true)) => mine.clone(),
+        _ => ports.clone(),
+    };
+    catalog.services.insert(
+        all.clone(),
+        model::Service {
+            name: all.clone(),
+            ports: set_ports,
+            ..Default::default()
+        },
+    );
+    match (&ours, ours_fit) {
+        (Some(_), Some(true)) => endpoints.include(&all, &local),
+        (Some((_, mine)), _) => catalog.problems.push(Problem {
+            kind: "ServiceExport",
+            key: key.clone(),
+            reason: "PortConflict",
+            message: format!(
+                "this export's ports ({}) differ from those of the oldest export, in {winner} (exported at {winner_at}): {all} has that one's ports ({}), so this cluster's endpoints are left out of it (still reachable as {local})",
+                port_list(mine),
+                port_list(&ports),
+            ),
+        }),
+        (None, _) => {}
+    }
+
+    for s in exports {
+        let gateway = |ports: Vec<model::EndpointPort>| model::Endpoint {
+            address: entry.ip.to_string(),
+            ports,
+            locality: Some(s.locality.clone()),
+            weight: s.healthy.max(1),
+            unhealthy: s.healthy == 0,
+            tunnel_port: u32::from(entry.port),
+            identity: format!("spiffe://{}", s.trust_domain),
+            via_cluster: s.cluster.clone(),
+            via_service: local.clone(),
+            ..Default::default()
+        };
+        // That cluster only.
+        let one = per_cluster_name(name, ns, &s.cluster);
+        if catalog.services.contains_key(&one) {
+            catalog.problems.push(link_problem(
+                &s.cluster,
+                "Conflict",
+                format!(
+                    "a local Service is named {one}: {}'s {local} is not offered under that name",
+                    s.cluster
+                ),
+            ));
+        } else {
+            catalog.services.insert(
+                one.clone(),
+                model::Service {
+                    name: one.clone(),
+                    ports: s.ports.clone(),
+                    endpoints: vec![gateway(Vec::new())],
+                    ..Default::default()
+                },
+            );
+        }
+        // In the set when it agrees: their target port for each of the
+        // set's ports goes on their gateway endpoint.
+        if !same_ports(&s.ports, &ports) {
+            catalog.problems.push(link_problem(
+                &s.cluster,
+                "PortConflict",
+                format!(
+                    "{}'s {local} does not have the ports of {all} ({}, from the oldest export, in {winner}): it is left out of it (reachable as {one})",
+                    s.cluster,
+                    port_list(&ports),
+                ),
+            ));
+            continue;
+        }
+        let over = ports
+            .iter()
+            .filter_map(|p| {
+                let q = s.ports.iter().find(|q| q.port == p.port)?;
+                let target_port = if q.target_port == 0 {
+                    q.port
+                } else {
+                    q.target_port
+                };
+                Some(model::EndpointPort {
+                    port: p.port,
+                    target_port,
+                })
+            })
+            .collect();
+        if let Some(set) = catalog.services.get_mut(&all) {
+            set.endpoints.push(gateway(over));
+        }
     }
 }
 
@@ -574,6 +552,23 @@ spec:
         assert!(issues.is_empty(), "{issues:?}");
     }
 
+    /// (kind, object, reason) of each problem.
+    fn problems(c: &Catalog) -> Vec<(&str, &str, &str)> {
+        c.problems
+            .iter()
+            .map(|p| (p.kind, p.key.name.as_str(), p.reason))
+            .collect()
+    }
+
+    /// The cluster of each endpoint of `service` ("" for ours).
+    fn via<'a>(c: &'a Catalog, service: &str) -> Vec<&'a str> {
+        c.services[service]
+            .endpoints
+            .iter()
+            .map(|e| e.via_cluster.as_str())
+            .collect()
+    }
+
     #[test]
     fn the_oldest_export_decides_the_clusterset_ports() {
         let at = |mut s: Summary, t: i64| {
@@ -589,25 +584,15 @@ spec:
             ],
             Some(ENTRY),
         );
-        let got: Vec<(&str, &str, &str)> = c
-            .problems
-            .iter()
-            .map(|p| (p.kind, p.key.name.as_str(), p.reason))
-            .collect();
-        assert_eq!(got, [("ClusterLink", "us-east", "PortConflict")]);
+        assert_eq!(problems(&c), [("ClusterLink", "us-east", "PortConflict")]);
         assert!(
             c.problems[0]
                 .message
                 .contains("oldest export, in eu-central")
         );
-        let all = &c.services["catalog.shop.svc.clusterset.local"];
-        assert_eq!(all.ports[0].port, 80);
-        let via: Vec<&str> = all
-            .endpoints
-            .iter()
-            .map(|e| e.via_cluster.as_str())
-            .collect();
-        assert_eq!(via, ["", "eu-central"], "ours and eu-central's");
+        let all = "catalog.shop.svc.clusterset.local";
+        assert_eq!(c.services[all].ports[0].port, 80);
+        assert_eq!(via(&c, all), ["", "eu-central"], "ours and eu-central's");
 
         // The oldest export has other ports than ours (whose age is not
         // known, so it counts as newest): ours is the conflict, named on
@@ -616,25 +601,15 @@ spec:
             &[at(summary("eu-central", "catalog", 9999, 9999, 2), 100)],
             Some(ENTRY),
         );
-        let got: Vec<(&str, &str, &str)> = c
-            .problems
-            .iter()
-            .map(|p| (p.kind, p.key.name.as_str(), p.reason))
-            .collect();
-        assert_eq!(got, [("ServiceExport", "catalog", "PortConflict")]);
+        assert_eq!(problems(&c), [("ServiceExport", "catalog", "PortConflict")]);
         assert!(
             c.problems[0]
                 .message
                 .contains("in eu-central (exported at 100)")
         );
-        let all = &c.services["catalog.shop.svc.clusterset.local"];
-        assert_eq!(all.ports[0].port, 9999);
-        let via: Vec<&str> = all
-            .endpoints
-            .iter()
-            .map(|e| e.via_cluster.as_str())
-            .collect();
-        assert_eq!(via, ["eu-central"]);
+        let all = "catalog.shop.svc.clusterset.local";
+        assert_eq!(c.services[all].ports[0].port, 9999);
+        assert_eq!(via(&c, all), ["eu-central"]);
         assert_eq!(
             c.services["catalog.shop"].endpoints.len(),
             1,

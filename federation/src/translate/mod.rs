@@ -76,7 +76,6 @@ pub fn translate_shells_importing<'a>(
 ) -> (services::Catalog, services::Endpoints<'a>) {
     let (mut catalog, mut endpoints) = services::catalog_shells(snap, workloads);
     import(&mut catalog, &mut endpoints);
-    services::apply_policies_to_imports(&mut catalog, snap);
     attach_policies(&mut catalog, snap);
     (catalog, endpoints)
 }
@@ -94,6 +93,7 @@ pub fn translate_with(
 
 /// Routes, security and links on top of the services, the same for both.
 fn attach_policies(catalog: &mut services::Catalog, snap: &crate::store::Snapshot) {
+    services::apply_policies_beyond_services(catalog, snap);
     routes::attach(catalog, snap);
     catalog.security = security::translate(snap, &mut catalog.problems);
     catalog.links = links::translate(snap, &mut catalog.problems);

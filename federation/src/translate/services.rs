@@ -210,24 +210,6 @@ pub fn catalog_shells<'a>(
         }
         out.services.insert(service.name.clone(), service);
     }
-    for ((ns, name), p) in &policies {
-        if !snap.objects.contains_key(&(
-            "Service",
-            ObjectKey {
-                namespace: Some(ns.clone()),
-                name: name.clone(),
-            },
-        )) {
-            out.problems.push(Problem {
-                kind: "DestinationPolicy",
-                key: key_of(p),
-                reason: "TargetNotFound",
-                message: format!(
-                    "Service {ns}/{name} does not exist; the policy applies when it does"
-                ),
-            });
-        }
-    }
     let endpoints = Endpoints {
         region,
         slices_of,
@@ -240,46 +222,52 @@ pub fn catalog_shells<'a>(
     (out, endpoints)
 }
 
-/// DestinationPolicies on imported services (after `imports::attach`): a
-/// policy on `catalog` also governs `catalog.<ns>.svc.clusterset.local`
-/// (the same service, clusterset-wide: its locality failover can name
-/// other clusters' regions), and one may target an imported name such as
-/// `reviews-us-east`, which is then no missing target.
-pub fn apply_policies_to_imports(catalog: &mut Catalog, snap: &Snapshot) {
-    let mut ignored = Vec::new();
-    let policies = policies_by_service(snap, &mut ignored);
-    let mut applied = std::collections::BTreeSet::new();
-    for ((ns, name), p) in &policies {
-        let mut targets = vec![super::imports::clusterset_name(name, ns)];
-        let local = snap.objects.contains_key(&(
+/// DestinationPolicies beyond the local Services (once imports are in the
+/// catalog): a policy on `catalog` also governs
+/// `catalog.<ns>.svc.clusterset.local` (the same service, clusterset-wide:
+/// its locality failover can name other clusters' regions), and one may
+/// target an imported name such as `reviews-us-east`. A policy whose target
+/// is neither is reported.
+pub fn apply_policies_beyond_services(catalog: &mut Catalog, snap: &Snapshot) {
+    let mut ignored = Vec::new(); // conflicts: reported by `catalog_shells`
+    for ((ns, name), p) in policies_by_service(snap, &mut ignored) {
+        let local = service_name(&name, &ns);
+        let local_service = snap.objects.contains_key(&(
             "Service",
             ObjectKey {
                 namespace: Some(ns.clone()),
                 name: name.clone(),
             },
         ));
-        if !local {
-            targets.push(service_name(name, ns)); // an imported name
+        // The local Service got it in `catalog_shells`; an imported name
+        // (no such Service here) gets it now.
+        let mut targets = vec![super::imports::clusterset_name(&name, &ns)];
+        if !local_service {
+            targets.push(local);
         }
+        let mut found = local_service;
         for t in targets {
             let Some(s) = catalog.services.get_mut(&t) else {
                 continue;
             };
+            found = true;
             apply_policy(s, p);
             let defaults = route_defaults(p, &mut ignored);
             if defaults != RouteDefaults::default() {
-                catalog.route_defaults.insert(t.clone(), defaults);
-            }
-            if !local {
-                applied.insert(key_of(p));
+                catalog.route_defaults.insert(t, defaults);
             }
         }
+        if !found {
+            catalog.problems.push(Problem {
+                kind: "DestinationPolicy",
+                key: key_of(p),
+                reason: "TargetNotFound",
+                message: format!(
+                    "Service {ns}/{name} does not exist (here or imported); the policy applies when it does"
+                ),
+            });
+        }
     }
-    catalog.problems.retain(|pr| {
-        !(pr.kind == "DestinationPolicy"
-            && pr.reason == "TargetNotFound"
-            && applied.contains(&pr.key))
-    });
 }
 
 fn key_of(p: &DestinationPolicy) -> ObjectKey {
@@ -749,7 +737,9 @@ spec:\n  targetRef: {{name: catalog}}\n  loadBalancer: {{policy: RingHash, hashK
 apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\n\
 metadata: {{name: ghost, namespace: shop}}\nspec: {{targetRef: {{name: nowhere}}}}\n"
         );
-        let c = catalog(&snapshot(&yaml));
+        // The whole translation: a target may also be an imported name,
+        // so missing targets are known once imports are in.
+        let c = crate::translate::translate(&snapshot(&yaml));
         let s = &c.services["catalog.shop"];
         let lb = s.load_balancer.as_ref().unwrap();
         assert_eq!(

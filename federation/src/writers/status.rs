@@ -162,7 +162,7 @@ impl StatusWriter {
                     let mut status = link.clone().unwrap_or_default();
                     all.append(&mut status.conditions);
                     status.conditions = keep_times(all, current);
-                    apply_link(&api, key, status).await
+                    apply_status(&api, kind, key, json!(status)).await
                 }
                 Resource::HttpRoute(r) => {
                     let current = r.status.as_ref().map_or(&[][..], |s| &s.parents[..]);
@@ -202,34 +202,21 @@ async fn apply_policy(
     key: &ObjectKey,
     conditions: Vec<Condition>,
 ) -> Result<(), kube::Error> {
+    apply_status(api, kind, key, json!({"conditions": conditions})).await
+}
+
+/// Server-side apply of an object's whole `status`, forced, as ours.
+async fn apply_status(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    key: &ObjectKey,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
     let ar = crate::store::kube::api_resource(kind);
     let patch = json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
         "metadata": {"name": key.name, "namespace": key.namespace},
-        "status": {"conditions": conditions},
-    });
-    api.patch_status(
-        &key.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await
-    .map(|_| ())
-}
-
-/// Server-side apply of a ClusterLink's whole status (runtime and
-/// conditions), forced, as ours.
-async fn apply_link(
-    api: &Api<DynamicObject>,
-    key: &ObjectKey,
-    status: ClusterLinkStatus,
-) -> Result<(), kube::Error> {
-    let ar = crate::store::kube::api_resource("ClusterLink");
-    let patch = json!({
-        "apiVersion": ar.api_version,
-        "kind": ar.kind,
-        "metadata": {"name": key.name},
         "status": status,
     });
     api.patch_status(

@@ -18,15 +18,8 @@ use isthmus_gateway::eastwest::config::EastWestConfig;
 use isthmus_gateway::sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 
+pub use super::free_port;
 use super::{MeshSidecar, eventually, temp_dir};
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub fn mesh(name: &str) -> String {
     format!(
@@ -145,6 +138,26 @@ impl Cluster {
             .await
             .expect("east-west role starts");
         self.gateway = Some((sidecar, role));
+    }
+
+    /// A frontend sidecar of this cluster (`shop/frontend`) with
+    /// `listeners`; `listener_addr(name)` says where each is bound.
+    pub async fn start_frontend(&self, listeners: Vec<model::Listener>) -> Sidecar {
+        let td = self.td();
+        let (sidecar, _) = MeshSidecar {
+            discovery: self.discovery,
+            dir: &self.dir,
+            trust_domain: &td,
+            cluster: self.name,
+            namespace: "shop",
+            service_account: "frontend",
+            labels: &[("app", "frontend")],
+            listeners,
+            workload: None,
+        }
+        .start(&self.stop)
+        .await;
+        sidecar
     }
 
     pub fn quic(&self) -> SocketAddr {

@@ -166,3 +166,72 @@ impl MeshSidecar<'_> {
     }
 }
 pub mod cluster;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A sample app on a free loopback port, and what a sidecar in front of
+/// it needs: the mesh transport's inbound, its port and the registration.
+pub struct MeshedApp {
+    pub app: std::sync::Arc<isthmus_gateway::sample::SampleApp>,
+    pub running: isthmus_gateway::sample::Running,
+    pub inbound: isthmus_api::model::Inbound,
+    pub tunnel_port: u16,
+    pub workload: isthmus_api::discovery::v1::Workload,
+}
+
+impl MeshedApp {
+    pub async fn start(service: &str, cluster: &str) -> Self {
+        use isthmus_api::discovery::v1::{Workload, WorkloadPort};
+        use isthmus_gateway::sample::{self, SampleApp};
+        let app = SampleApp::new(service, cluster, "v1");
+        let running = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let app_port = running.addr.port();
+        let tunnel_port = free_port();
+        let inbound = isthmus_api::model::Inbound {
+            app_address: "127.0.0.1".into(),
+            ports: vec![isthmus_api::model::InboundPort {
+                port: app_port.into(),
+                ..Default::default()
+            }],
+        };
+        let workload = Workload {
+            address: "127.0.0.1".into(),
+            ports: vec![WorkloadPort {
+                name: "http".into(),
+                port: app_port.into(),
+            }],
+            tunnel_port: tunnel_port.into(),
+        };
+        Self {
+            app,
+            running,
+            inbound,
+            tunnel_port,
+            workload,
+        }
+    }
+
+    /// The sidecar's mesh transport listener in front of the app.
+    pub fn tunnel_listener(&self) -> isthmus_api::model::Listener {
+        Self::tunnel_listener_of(self.tunnel_port, &self.inbound)
+    }
+
+    pub fn tunnel_listener_of(
+        port: u16,
+        inbound: &isthmus_api::model::Inbound,
+    ) -> isthmus_api::model::Listener {
+        isthmus_api::model::Listener {
+            name: "tunnel".into(),
+            address: format!("127.0.0.1:{port}"),
+            kind: Some(isthmus_api::model::listener::Kind::Tunnel(inbound.clone())),
+        }
+    }
+}
