@@ -1132,3 +1132,108 @@ async fn a_relink_resumes_in_0rtt_and_a_refused_0rtt_costs_no_stream() {
     );
     restarted.cancel();
 }
+
+/// A UDP relay in front of `to` that can go silent (drop everything both
+/// ways, as a dead host or a black-holed path would), unlike a stopped
+/// peer whose kernel or QUIC stack still answers.
+async fn udp_relay(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let silent = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
+    {
+        let (front, back, silent, client) =
+            (front.clone(), back.clone(), silent.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                if !silent.load(Ordering::Relaxed) {
+                    let _ = back.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+    }
+    {
+        let silent = silent.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                let dest = *client.lock().unwrap();
+                if let Some(c) = dest
+                    && !silent.load(Ordering::Relaxed)
+                {
+                    let _ = front.send_to(&buf[..n], c).await;
+                }
+            }
+        });
+    }
+    (addr, silent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_given_up_on_and_then_fails_streams_at_once() {
+    use isthmus_gateway::eastwest::client::LinkError;
+    use isthmus_gateway::eastwest::gateway::{Gateway, GatewayError, PeerConfig};
+    use isthmus_gateway::eastwest::transport::LinkTransport;
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let (relay, silent) = udp_relay(peer.addr).await;
+    // Nothing listens on the fallback port: the peer's gateway is "down"
+    // as far as TCP can tell once UDP goes silent too.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = closed.local_addr().unwrap();
+    drop(closed);
+    let tls = gateway_identity(&us, &[&eu]);
+    let gw = Gateway::new(
+        tls.clone(),
+        us_endpoint(&tls),
+        vec![PeerConfig {
+            cluster: "eu-west".into(),
+            udp: relay,
+            tcp,
+            identity: EU_GW.into(),
+        }],
+        Arc::new(Metrics::new()),
+    );
+    let link = gw.link("eu-west").await.unwrap();
+    assert_eq!(link.transport(), Transport::Quic);
+    assert_eq!(
+        echo_link(&link, Bytes::from_static(b"up")).await,
+        Bytes::from_static(b"up")
+    );
+
+    // The path goes silent: the next CONNECT hears nothing back, and the
+    // link is given up on long before QUIC's idle timeout.
+    silent.store(true, std::sync::atomic::Ordering::Relaxed);
+    let source = isthmus_gateway::eastwest::Source::default();
+    let err = gw
+        .open_on("eu-west", "echo.shop:9000", &source)
+        .await
+        .err()
+        .expect("no stream over a silent path");
+    assert!(matches!(err, GatewayError::Silent { .. }), "{err}");
+    assert!(link.is_closed(), "the silent link is closed");
+    assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
+
+    // Then the peer counts as unreachable: a stream fails at once (in
+    // backoff) or after one relink attempt that names the dead fallback,
+    // never by hanging on the dead link.
+    let err = gw
+        .open_on("eu-west", "echo.shop:9000", &source)
+        .await
+        .err()
+        .expect("still unreachable");
+    assert!(
+        matches!(
+            err,
+            GatewayError::Backoff { .. } | GatewayError::Link(LinkError::NotListening { .. })
+        ),
+        "{err}"
+    );
+    peer.stop.cancel();
+}

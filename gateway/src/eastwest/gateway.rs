@@ -186,7 +186,7 @@ impl Gateway {
             // Another stream is linking: wait for it, unless the peer is
             // known unreachable; then fail at once, not queue behind it.
             Err(_) if peer.retry.lock().expect("retry lock").0 > 0 => {
-                return Err(self.backoff_error(cluster, &peer, Duration::ZERO));
+                return Err(Self::backoff_error(cluster, &peer, Duration::ZERO));
             }
             Err(_) => peer.link.lock().await,
         };
@@ -200,7 +200,7 @@ impl Gateway {
         if let Some(at) = retry_at
             && let Some(wait) = at.checked_duration_since(Instant::now())
         {
-            return Err(self.backoff_error(cluster, &peer, wait));
+            return Err(Self::backoff_error(cluster, &peer, wait));
         }
         *peer.probed.lock().expect("probe lock") = Instant::now();
         let c = &peer.cfg;
@@ -271,7 +271,7 @@ impl Gateway {
         wait
     }
 
-    fn backoff_error(&self, cluster: &str, peer: &PeerState, retry_in: Duration) -> GatewayError {
+    fn backoff_error(cluster: &str, peer: &PeerState, retry_in: Duration) -> GatewayError {
         GatewayError::Backoff {
             cluster: cluster.to_string(),
             retry_in,

@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             let links = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(status::fetch(admin))?;
+                .block_on(status::fetch(admin, std::time::Duration::from_secs(5)))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&links)?);
             } else {

@@ -54,32 +54,40 @@ pub fn render(cluster: &str, links: &BTreeMap<String, ClusterLinkStatus>, now: i
     out
 }
 
-/// Reads `/links` from the control plane's admin address.
-pub async fn fetch(admin: SocketAddr) -> anyhow::Result<BTreeMap<String, ClusterLinkStatus>> {
+/// GET `path` on an admin port (a control plane's or a proxy's): the
+/// body of its 200, or what went wrong.
+pub async fn admin_get(admin: SocketAddr, path: &str, within: Duration) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let read = async {
         let mut s = tokio::net::TcpStream::connect(admin).await?;
-        s.write_all(b"GET /links HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .await?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
         let mut out = String::new();
         s.read_to_string(&mut out).await?;
         anyhow::Ok(out)
     };
-    let out = tokio::time::timeout(Duration::from_secs(5), read)
+    let out = tokio::time::timeout(within, read)
         .await
-        .with_context(|| {
-            format!("the control plane's admin port {admin} did not answer within 5 s")
-        })?
-        .with_context(|| format!("reading /links from the control plane's admin port {admin}"))?;
+        .with_context(|| format!("the admin port {admin} did not answer within {within:?}"))?
+        .with_context(|| format!("reading {path} from the admin port {admin}"))?;
     let (head, body) = out
         .split_once("\r\n\r\n")
-        .context("not an HTTP answer: is this a control plane's admin port?")?;
+        .context("not an HTTP answer: is this an admin port?")?;
     anyhow::ensure!(
         head.starts_with("HTTP/1.1 200"),
-        "{admin}/links answered {}",
+        "{admin}{path} answered {}",
         head.lines().next().unwrap_or("")
     );
-    serde_json::from_str(body).context("/links is not a map of link statuses")
+    Ok(body.to_string())
+}
+
+/// Reads `/links` from the control plane's admin address.
+pub async fn fetch(
+    admin: SocketAddr,
+    within: Duration,
+) -> anyhow::Result<BTreeMap<String, ClusterLinkStatus>> {
+    let body = admin_get(admin, "/links", within).await?;
+    serde_json::from_str(&body).context("/links is not a map of link statuses")
 }
 
 pub fn now() -> i64 {

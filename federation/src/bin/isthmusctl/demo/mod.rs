@@ -26,7 +26,6 @@ use anyhow::Context;
 use isthmus_federation::identity::Ca;
 use isthmus_federation::identity::token::TokenKey;
 use isthmus_federation::resources::link::{ClusterLinkStatus, PartitionMode, PartitionPolicy};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use mesh::{CLUSTERS, Cluster};
@@ -101,8 +100,8 @@ impl Demo {
         Ok(())
     }
 
-    fn restart(&self, names: &[&str]) -> anyhow::Result<()> {
-        let mut p = self.procs.try_lock().context("processes busy")?;
+    async fn restart(&self, names: &[&str]) -> anyhow::Result<()> {
+        let mut p = self.procs.lock().await;
         for n in names {
             p.restart(n)?;
             self.say(format!("     started {n} again"));
@@ -125,27 +124,17 @@ fn clock() -> String {
     )
 }
 
-/// GET `path` on an admin port: the body of a 200.
+/// GET `path` on an admin port: the body of a 200 (None: no answer yet).
 async fn admin_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    tokio::time::timeout(Duration::from_millis(800), async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
+    crate::status::admin_get(addr, path, Duration::from_millis(800))
         .await
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-    })
-    .await
-    .ok()
-    .flatten()
+        .ok()
 }
 
 async fn links_of(c: &Cluster) -> Option<std::collections::BTreeMap<String, ClusterLinkStatus>> {
-    serde_json::from_str(&admin_get(c.control_plane_admin(), "/links").await?).ok()
+    crate::status::fetch(c.control_plane_admin(), Duration::from_millis(800))
+        .await
+        .ok()
 }
 
 /// Polls `check` until it holds (or the deadline), saying what it waits for.
@@ -368,22 +357,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// scenario until the end.
 async fn drive(demo: &Demo, args: &Args) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let interrupted = {
+    // Ctrl-C or SIGTERM, from the start; the guard ends the watch on return.
+    let _end = stop.clone().drop_guard();
+    let signals = {
         let stop = stop.clone();
-        async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                () = interrupted() => stop.cancel(),
+                () = stop.cancelled() => {}
             }
-            stop.cancel();
-            anyhow::Ok(())
-        }
+        })
     };
     tokio::select! {
         r = start(demo) => r?,
-        r = interrupted => { r?; anyhow::bail!("interrupted while starting"); }
+        () = stop.cancelled() => anyhow::bail!("interrupted while starting"),
     }
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
@@ -399,19 +386,6 @@ async fn drive(demo: &Demo, args: &Args) -> anyhow::Result<()> {
             ));
         }
     }
-    let signals = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-                _ = stop.cancelled() => {}
-            }
-            stop.cancel();
-        })
-    };
     let scenario = async {
         if args.scenario.is_empty() {
             return None;
@@ -450,6 +424,22 @@ async fn drive(demo: &Demo, args: &Args) -> anyhow::Result<()> {
         Some(r) => r,
         None if args.exit_after_scenario => anyhow::bail!("interrupted before the scenario ended"),
         None => Ok(()),
+    }
+}
+
+/// Ctrl-C or SIGTERM (only Ctrl-C where SIGTERM cannot be watched).
+async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut t) => {
+                t.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
     }
 }
 

@@ -299,7 +299,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     // 3. The gateway returns: eu-central serves again.
     let restarted = Instant::now();
     watch.since = restarted;
-    demo.restart(&["eu-central/gateway"])?;
+    demo.restart(&["eu-central/gateway"]).await?;
     let (_, back) = watch
         .until_run(10, Duration::from_secs(60), |a| {
             a.served_by.as_deref() == Some("eu-central")
@@ -316,7 +316,8 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     // 4. eu-west's catalog returns: traffic goes home.
     let restarted = Instant::now();
     watch.since = restarted;
-    demo.restart(&["eu-west/catalog", "eu-west/catalog-sidecar"])?;
+    demo.restart(&["eu-west/catalog", "eu-west/catalog-sidecar"])
+        .await?;
     let (seen, home) = watch
         .until_run(20, Duration::from_secs(60), |a| {
             a.served_by.as_deref() == Some("eu-west")
