@@ -21,7 +21,7 @@ use isthmus_gateway::sidecar::Sidecar;
 
 mod support;
 use support::cluster::{Cluster, link};
-use support::{MeshSidecar, MeshedApp, eventually, http};
+use support::{MeshedApp, eventually, http};
 
 const CATALOG: &str = r#"
 apiVersion: v1
@@ -83,20 +83,15 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
 
     // The catalog app in eu-central, its sidecar registering it.
     let meshed = MeshedApp::start("catalog", "eu-central").await;
-    let central_td = central.td();
-    let (catalog, _) = MeshSidecar {
-        discovery: central.discovery,
-        dir: &central.dir,
-        trust_domain: &central_td,
-        cluster: central.name,
-        namespace: "shop",
-        service_account: "catalog",
-        labels: &[("app", "catalog")],
-        listeners: vec![meshed.tunnel_listener()],
-        workload: Some(meshed.workload.clone()),
-    }
-    .start(&central.stop)
-    .await;
+    let (catalog, _) = central
+        .start_sidecar(
+            "shop",
+            "catalog",
+            &[("app", "catalog")],
+            vec![meshed.tunnel_listener()],
+            Some(meshed.workload.clone()),
+        )
+        .await;
     let (app, running) = (meshed.app.clone(), meshed.running);
     use model::listener::Kind;
     let listener = |name: &str, address: String, kind| model::Listener {

@@ -305,17 +305,22 @@ async fn link_create_reads_both_clusters_from_their_api_servers() {
         }
         api::serve(routes)
     };
-    let (b, asked) = central(true);
     let now = SystemTime::now();
-    let yaml = isthmus_federation::link::create_kube(
-        (&a, "kind-eu-west"),
-        (&b, "kind-eu-central"),
-        "isthmus-system",
-        &options(),
-        now,
-    )
-    .await
-    .unwrap();
+    let create = |b: kube::Client| {
+        let a = a.clone();
+        async move {
+            isthmus_federation::link::create_kube(
+                (&a, "kind-eu-west"),
+                (&b, "kind-eu-central"),
+                "isthmus-system",
+                &options(),
+                now,
+            )
+            .await
+        }
+    };
+    let (b, asked) = central(true);
+    let yaml = create(b).await.unwrap();
     assert_eq!(
         *asked.lock().unwrap(),
         [
@@ -346,16 +351,7 @@ async fn link_create_reads_both_clusters_from_their_api_servers() {
     assert!(key.verify(&token, now).is_ok());
 
     // No join token key yet: said by name, with what to do.
-    let (b, _) = central(false);
-    let err = isthmus_federation::link::create_kube(
-        (&a, "kind-eu-west"),
-        (&b, "kind-eu-central"),
-        "isthmus-system",
-        &options(),
-        now,
-    )
-    .await
-    .unwrap_err();
+    let err = create(central(false).0).await.unwrap_err();
     assert!(matches!(err, LinkError::NoSecret { .. }), "{err}");
     assert!(
         err.to_string()

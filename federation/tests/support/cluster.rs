@@ -104,23 +104,38 @@ impl Cluster {
         }
     }
 
-    /// The east-west gateway: an `isthmus-eastwest` proxy of this cluster
-    /// (identity from its CA, configuration from discovery) with the role.
-    pub async fn start_gateway(&mut self) {
+    /// A proxy of this cluster as `namespace/service_account`: identity
+    /// from its CA, configuration from its discovery.
+    pub async fn start_sidecar(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+        listeners: Vec<model::Listener>,
+        workload: Option<isthmus_api::discovery::v1::Workload>,
+    ) -> (Sidecar, Arc<isthmus_gateway::tls::MeshTls>) {
         let td = self.td();
-        let (sidecar, mesh) = MeshSidecar {
+        MeshSidecar {
             discovery: self.discovery,
             dir: &self.dir,
             trust_domain: &td,
             cluster: self.name,
-            namespace: "isthmus-system",
-            service_account: "isthmus-eastwest",
-            labels: &[],
-            listeners: Vec::new(),
-            workload: None,
+            namespace,
+            service_account,
+            labels,
+            listeners,
+            workload,
         }
         .start(&self.stop)
-        .await;
+        .await
+    }
+
+    /// The east-west gateway: an `isthmus-eastwest` proxy of this cluster
+    /// (identity from its CA, configuration from discovery) with the role.
+    pub async fn start_gateway(&mut self) {
+        let (sidecar, mesh) = self
+            .start_sidecar("isthmus-system", "isthmus-eastwest", &[], Vec::new(), None)
+            .await;
         eventually("the gateway's certificate", || {
             let m = mesh.clone();
             async move { m.ready().then_some(()) }
@@ -143,21 +158,9 @@ impl Cluster {
     /// A frontend sidecar of this cluster (`shop/frontend`) with
     /// `listeners`; `listener_addr(name)` says where each is bound.
     pub async fn start_frontend(&self, listeners: Vec<model::Listener>) -> Sidecar {
-        let td = self.td();
-        let (sidecar, _) = MeshSidecar {
-            discovery: self.discovery,
-            dir: &self.dir,
-            trust_domain: &td,
-            cluster: self.name,
-            namespace: "shop",
-            service_account: "frontend",
-            labels: &[("app", "frontend")],
-            listeners,
-            workload: None,
-        }
-        .start(&self.stop)
-        .await;
-        sidecar
+        self.start_sidecar("shop", "frontend", &[("app", "frontend")], listeners, None)
+            .await
+            .0
     }
 
     pub fn quic(&self) -> SocketAddr {

@@ -88,6 +88,17 @@ impl Watch {
         (seen, None)
     }
 
+    /// `until_run` of answers from `cluster`.
+    async fn until_served_by(
+        &mut self,
+        n: usize,
+        within: Duration,
+        cluster: &str,
+    ) -> (Window, Option<Instant>) {
+        self.until_run(n, within, |a| a.served_by.as_deref() == Some(cluster))
+            .await
+    }
+
     /// Everything seen during `period`.
     async fn during(&mut self, period: Duration) -> Window {
         let deadline = tokio::time::Instant::now() + period;
@@ -242,9 +253,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     );
     let mut watch = Watch::new(demo, "eu-west", "catalog");
     let (_, home) = watch
-        .until_run(10, Duration::from_secs(30), |a| {
-            a.served_by.as_deref() == Some("eu-west")
-        })
+        .until_served_by(10, Duration::from_secs(30), "eu-west")
         .await;
     anyhow::ensure!(
         home.is_some(),
@@ -257,9 +266,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     demo.kill(&["eu-west/catalog", "eu-west/catalog-sidecar"])
         .await?;
     let (seen, steady) = watch
-        .until_run(20, Duration::from_secs(30), |a| {
-            a.served_by.as_deref() == Some("eu-central")
-        })
+        .until_served_by(20, Duration::from_secs(30), "eu-central")
         .await;
     let steady = steady.ok_or_else(|| {
         anyhow::anyhow!("eu-central did not take catalog over within 30 s: {seen:?}")
@@ -301,9 +308,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     watch.since = restarted;
     demo.restart(&["eu-central/gateway"]).await?;
     let (_, back) = watch
-        .until_run(10, Duration::from_secs(60), |a| {
-            a.served_by.as_deref() == Some("eu-central")
-        })
+        .until_served_by(10, Duration::from_secs(60), "eu-central")
         .await;
     let back = back.ok_or_else(|| {
         anyhow::anyhow!("eu-central did not serve again within 60 s of its gateway's restart")
@@ -319,9 +324,7 @@ async fn failover(demo: &Demo) -> anyhow::Result<()> {
     demo.restart(&["eu-west/catalog", "eu-west/catalog-sidecar"])
         .await?;
     let (seen, home) = watch
-        .until_run(20, Duration::from_secs(60), |a| {
-            a.served_by.as_deref() == Some("eu-west")
-        })
+        .until_served_by(20, Duration::from_secs(60), "eu-west")
         .await;
     let home =
         home.ok_or_else(|| anyhow::anyhow!("catalog did not come back to eu-west within 60 s"))?;
