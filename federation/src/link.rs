@@ -176,6 +176,7 @@ pub async fn create_kube(
 ) -> Result<String, LinkError> {
     let a = cluster_kube(from.0, from.1).await?;
     let b = cluster_kube(to.0, to.1).await?;
+    check(&a, &b, o)?;
     let bundle = secret_field(to.0, to.1, namespace, "isthmus-ca", "ca.crt").await?;
     let key = secret_field(
         to.0,
@@ -204,13 +205,8 @@ pub fn token_subject(a: &str) -> String {
 
 /// The manifests (YAML) to apply in cluster `from` to link it with `to`.
 pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<String, LinkError> {
-    if o.ttl < Duration::from_secs(60) || o.ttl > Duration::from_secs(24 * 3600) {
-        return Err(LinkError::Ttl(o.ttl));
-    }
     let (a, b) = (cluster(from)?, cluster(to)?);
-    if a.name == b.name {
-        return Err(LinkError::SameCluster(a.name));
-    }
+    check(&a, &b, o)?;
     let bundle_path = to.join("ca").join("root-cert.pem");
     let bundle = match std::fs::read_to_string(&bundle_path) {
         Ok(b) => b,
@@ -231,6 +227,25 @@ pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<St
     manifests(a, b, bundle, &key, o, now)
 }
 
+/// What makes a link impossible whatever B's CA and key say: checked
+/// before anything is read from B (or made there).
+fn check(a: &Cluster, b: &Cluster, o: &Options) -> Result<(), LinkError> {
+    if o.ttl < Duration::from_secs(60) || o.ttl > Duration::from_secs(24 * 3600) {
+        return Err(LinkError::Ttl(o.ttl));
+    }
+    if a.name == b.name {
+        return Err(LinkError::SameCluster(a.name.clone()));
+    }
+    if a.trust_domain == b.trust_domain {
+        return Err(LinkError::SameTrustDomain {
+            a: a.name.clone(),
+            b: b.name.clone(),
+            td: b.trust_domain.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// The manifests to apply in `a` to link it with `b`: a Secret with a join
 /// token from `b`'s `key`, and the ClusterLink carrying `b`'s `bundle`.
 fn manifests(
@@ -241,19 +256,6 @@ fn manifests(
     o: &Options,
     now: SystemTime,
 ) -> Result<String, LinkError> {
-    if o.ttl < Duration::from_secs(60) || o.ttl > Duration::from_secs(24 * 3600) {
-        return Err(LinkError::Ttl(o.ttl));
-    }
-    if a.name == b.name {
-        return Err(LinkError::SameCluster(a.name));
-    }
-    if a.trust_domain == b.trust_domain {
-        return Err(LinkError::SameTrustDomain {
-            a: a.name,
-            b: b.name,
-            td: b.trust_domain,
-        });
-    }
     let token = key.issue(GATEWAY_NAMESPACE, &token_subject(&a.name), now, o.ttl);
     let secret_name = format!("isthmus-link-{}", b.name);
     let secret = serde_json::json!({

@@ -251,7 +251,7 @@ async fn main() -> anyhow::Result<()> {
                 // kube mode: the root in a Secret beside the Lease, callers
                 // authenticated by their ServiceAccount tokens.
                 None => {
-                    let client = client.expect("kube mode has a client");
+                    let client = client.clone().expect("kube mode has a client");
                     let ca = match plugged.take() {
                         Some(ca) => ca,
                         None => {
@@ -282,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
                     Some(dir) => TokenKey::load_or_create(dir, &td)
                         .map_err(|e| anyhow::anyhow!("token key in {}/ca: {e}", dir.display()))?,
                     None => {
-                        let client = ::kube::Client::try_default().await?;
+                        let client = client.clone().expect("kube mode has a client");
                         TokenKey::load_or_create_secret(client, &lease_namespace, SECRET_NAME, &td)
                             .await
                             .map_err(|e| {

@@ -81,38 +81,39 @@ impl TokenKey {
     ) -> Result<Self, kube::Error> {
         use k8s_openapi::ByteString;
         use k8s_openapi::api::core::v1::Secret;
-        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-        for _ in 0..2 {
-            if let Some(key) =
-                Self::load_secret(client.clone(), namespace, name, trust_domain).await?
-            {
-                return Ok(key);
-            }
-            let secret: [u8; 32] = rand::random();
-            let object = Secret {
-                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some([(SECRET_FIELD.to_string(), ByteString(secret.to_vec()))].into()),
-                ..Default::default()
-            };
-            match api.create(&kube::api::PostParams::default(), &object).await {
-                Ok(_) => return Ok(Self::new(&secret, trust_domain)),
-                // Another replica made it first: load theirs.
-                Err(kube::Error::Api(e)) if e.code == 409 => continue,
-                Err(e) => return Err(e),
-            }
+        if let Some(key) = Self::load_secret(client.clone(), namespace, name, trust_domain).await? {
+            return Ok(key);
         }
-        Self::load_secret(client, namespace, name, trust_domain)
-            .await?
-            .ok_or_else(|| {
-                kube::Error::Service(
-                    format!("Secret {namespace}/{name} was made and is gone again").into(),
-                )
-            })
+        let secret: [u8; 32] = rand::random();
+        let object = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some([(SECRET_FIELD.to_string(), ByteString(secret.to_vec()))].into()),
+            ..Default::default()
+        };
+        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+        match api.create(&kube::api::PostParams::default(), &object).await {
+            Ok(_) => Ok(Self::new(&secret, trust_domain)),
+            // Another replica made it first (load theirs), or it is there
+            // without a key (say what to do).
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                Self::load_secret(client, namespace, name, trust_domain)
+                    .await?
+                    .ok_or_else(|| {
+                        kube::Error::Service(
+                            format!(
+                                "Secret {namespace}/{name} has no {SECRET_FIELD}: delete it and restart the control plane, which makes a new one (links then need new join tokens)"
+                            )
+                            .into(),
+                        )
+                    })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The key in the Secret `namespace/name`, if it is there.
