@@ -227,7 +227,12 @@ pub fn parse_authority(authority: Option<&str>) -> Result<(String, u16), Connect
     let a = authority.ok_or(ConnectRefusal::NoAuthority)?;
     let bad = || ConnectRefusal::BadAuthority(a.to_string());
     let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
-    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    // Digits only, no leading zero: one spelling per port (`+80` and
+    // `080` would parse as 80 and slip past checks on the text).
+    if port.is_empty() || port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let port: u16 = port.parse().map_err(|_| bad())?;
     let ok = host.contains('.')
         && !host.starts_with('.')
         && !host.ends_with('.')
@@ -259,6 +264,9 @@ mod tests {
             ".shop:80",
             "Catalog.shop:80",
             "catalog.shop:http",
+            "catalog.shop:+80",
+            "catalog.shop:080",
+            "catalog.shop: 80",
             "",
         ] {
             assert!(

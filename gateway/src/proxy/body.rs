@@ -37,12 +37,10 @@ struct Recorded {
 /// (gRPC, streams) are streamed.
 pub const COALESCE_MAX: u64 = 64 * 1024;
 
-/// True when the headers announce a body of at most COALESCE_MAX bytes.
-pub fn small_known_length(h: &HeaderMap) -> bool {
-    h.get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|n| n > 0 && n <= COALESCE_MAX)
+/// True when a body is known to hold between 1 and COALESCE_MAX bytes (its
+/// size as its framing says, not as a header claims).
+pub fn small_known_length(hint: &SizeHint) -> bool {
+    hint.exact().is_some_and(|n| n > 0 && n <= COALESCE_MAX)
 }
 
 /// Reads a whole body: its bytes and trailers.

@@ -3,7 +3,8 @@
 //! protocol.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Uri, Version};
+use http::{Request, StatusCode, Uri, Version};
+use http_body::SizeHint;
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -37,6 +38,28 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::TE);
     if te_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Frames a response for downstream (RFC 9112 §6.3): Transfer-Encoding is
+/// the hop's own business and goes, and Content-Length is written anew
+/// from what the body is (`body`, known from its framing upstream), so a
+/// stale or conflicting length from upstream can never describe a
+/// different body. A response to HEAD, and a 304, keep a valid
+/// Content-Length (it describes the representation); 1xx and 204 have none.
+pub fn frame_response(h: &mut HeaderMap, status: StatusCode, body: &SizeHint, head_request: bool) {
+    h.remove(header::TRANSFER_ENCODING);
+    let declared = crate::pool::h1::codec::content_length(h).ok().flatten();
+    h.remove(header::CONTENT_LENGTH);
+    let length = if head_request || status == StatusCode::NOT_MODIFIED {
+        declared
+    } else if status.is_informational() || status == StatusCode::NO_CONTENT {
+        None
+    } else {
+        body.exact()
+    };
+    if let Some(n) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
 }
 

@@ -25,7 +25,7 @@ use super::body::{
 use super::cluster::{Cluster, EndpointState};
 use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
 use super::headers::{
-    authority, is_upgrade, shape_for_upstream, split_host_port, strip_hop_by_hop,
+    authority, frame_response, is_upgrade, shape_for_upstream, split_host_port, strip_hop_by_hop,
 };
 use super::{ConnInfo, Proxy, Target};
 use crate::balance::hash_str;
@@ -551,7 +551,8 @@ async fn handle(
     }
 
     let (parts, body) = req.into_parts();
-    let (body, recording) = if small_known_length(&parts.headers) {
+    let head_request = parts.method == http::Method::HEAD;
+    let (body, recording) = if small_known_length(&http_body::Body::size_hint(&body)) {
         match read_whole(body).await {
             Ok((b, r)) => {
                 rec.bytes_received = http_body::Body::size_hint(&b).exact().unwrap_or(0);
@@ -611,12 +612,14 @@ async fn handle(
         None => attempts.await,
     };
     match result {
-        Ok(up) => respond(up, rec).await,
+        Ok(up) => respond(up, head_request, rec).await,
         Err(e) => rec.local_reply(&e),
     }
 }
 
-async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
+/// Forwards an upstream response. Its framing downstream comes from its
+/// body, never from a length header copied from upstream (`frame_response`).
+async fn respond(up: Upstream, head_request: bool, rec: Record) -> Response<RespBody> {
     let Upstream {
         response,
         lease,
@@ -624,9 +627,15 @@ async fn respond(up: Upstream, rec: Record) -> Response<RespBody> {
     } = up;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    frame_response(
+        &mut parts.headers,
+        parts.status,
+        &http_body::Body::size_hint(&body),
+        head_request,
+    );
     let status = parts.status;
     let header_grpc = grpc_status_of(&parts.headers);
-    let (body, held) = if small_known_length(&parts.headers) {
+    let (body, held) = if small_known_length(&http_body::Body::size_hint(&body)) {
         // Small body: read it whole, give the connection back at once, and
         // answer head and body in one write.
         let whole = match read_all(body).await {
@@ -820,14 +829,15 @@ async fn attempt_once(
         })?;
     match lease.sender() {
         Sender::H1(conn) => match conn.send(head, body).await {
-            Ok((head, upload)) => Ok(Upstream {
+            Ok(mut exchange) => Ok(Upstream {
                 response: {
-                    let body = if head.upgraded {
-                        H1Body::upgraded(lease)
+                    let response = std::mem::take(&mut exchange.head.response);
+                    let body = if exchange.head.upgraded {
+                        H1Body::upgraded(lease, exchange)
                     } else {
-                        H1Body::new(lease, &head, upload)
+                        H1Body::new(lease, exchange)
                     };
-                    head.response.map(|()| UpBody::H1(body))
+                    response.map(|()| UpBody::H1(body))
                 },
                 lease: None,
                 in_flight,
@@ -893,7 +903,7 @@ async fn forward_upgrade(
         Err(e) => return rec.local_reply(&e),
     };
     if up.response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return respond(up, rec).await;
+        return respond(up, false, rec).await;
     }
     let Upstream {
         response,

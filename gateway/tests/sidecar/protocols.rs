@@ -330,3 +330,126 @@ async fn malformed_http_gets_400_and_a_metric() {
     let (st, _, _) = get(env.addr("out"), "catalog", "/", &[]).await;
     assert_eq!(st, 200);
 }
+
+/// An upstream that answers every request on a connection with `wire`,
+/// verbatim, and counts requests.
+async fn scripted_upstream(wire: &'static [u8]) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind(LOCAL).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if s.write_all(wire).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Two GETs, one after the other, on one keep-alive connection to the
+/// sidecar, read by hyper's client: each response's headers and body.
+async fn two_requests_on_one_connection(
+    out: std::net::SocketAddr,
+    host: &str,
+) -> Vec<Result<(http::HeaderMap, Bytes), String>> {
+    let stream = TcpStream::connect(out).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for path in ["/first", "/second"] {
+        let req = Request::get(path)
+            .header("host", host)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let answer = async {
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let headers = resp.headers().clone();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((headers, body.to_bytes()))
+        };
+        answers.push(
+            tokio::time::timeout(Duration::from_secs(10), answer)
+                .await
+                .unwrap_or_else(|_| Err("no answer within 10 s".into())),
+        );
+    }
+    driver.abort();
+    answers
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_forge_a_second_response_with_conflicting_framing() {
+    // Transfer-Encoding and Content-Length together: the chunked body
+    // carries what would be read as a whole second response under the
+    // stale Content-Length. RFC 9112 §6.3: Transfer-Encoding wins and the
+    // Content-Length is removed before forwarding.
+    let forged = "hello HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-forged: 1\r\n\r\nforged";
+    let wire: &'static [u8] = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{forged}\r\n0\r\n\r\n",
+        forged.len()
+    )
+    .leak()
+    .as_bytes();
+    let up = scripted_upstream(wire).await;
+    let env = start(&config(&[service("smuggler", "HTTP", &[up], "")])).await;
+    for answer in two_requests_on_one_connection(env.addr("out"), "smuggler").await {
+        let (headers, body) = answer.expect("both requests answered on one connection");
+        assert!(
+            !headers.contains_key("x-forged"),
+            "a forged response reached the client"
+        );
+        assert_eq!(
+            body, forged,
+            "the whole decoded body, under its own framing"
+        );
+        assert_ne!(
+            headers.get("content-length").map(|v| v.as_bytes()),
+            Some(&b"5"[..])
+        );
+    }
+}
+
+#[tokio::test]
+async fn unparseable_upstream_framing_is_a_502_not_a_guess() {
+    for wire in [
+        // A transfer coding we cannot decode.
+        &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx"[..],
+        // Transfer-Encoding on HTTP/1.0 (RFC 9112 §6.1: faulty framing).
+        b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        // `+5` is not a length.
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+        // Chunked twice.
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let up = scripted_upstream(wire).await;
+        let env = start(&config(&[service("odd", "HTTP", &[up], "")])).await;
+        let (status, _, body) = tokio::time::timeout(
+            Duration::from_secs(10),
+            get(env.addr("out"), "odd", "/", &[]),
+        )
+        .await
+        .expect("an answer, not a body read until a close that never comes");
+        assert_eq!(status, 502, "{}: {body}", String::from_utf8_lossy(wire));
+        assert!(body.contains("malformed upstream response"), "{body}");
+    }
+}
