@@ -1,7 +1,7 @@
 //! Semantic checks of a [`ProxyConfig`] beyond what its schema enforces:
 //! references between objects, address syntax, ranges, regular expressions.
-//! Pure: the same checks run on a YAML file the sidecar loads and, later, in
-//! the control plane before a configuration is pushed.
+//! Pure: the same checks run on a YAML file the sidecar loads and on every
+//! configuration a proxy receives from the control plane.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};

@@ -1,6 +1,6 @@
 //! isthmus-gateway: the Isthmus data plane. One binary, two roles: the
-//! sidecar beside each workload (this crate today) and, later, the
-//! east-west gateway. See ARCHITECTURE.md for the map of modules.
+//! sidecar beside each workload and the east-west gateway at the cluster
+//! edge. See ARCHITECTURE.md for the map of modules.
 #![forbid(unsafe_code)]
 
 pub mod admin;
