@@ -122,21 +122,26 @@ async fn sidecar(
         mesh.clone(),
         format!("spiffe://{TD}/ns/isthmus-system/sa/isthmus-federation"),
     );
-    tokio::spawn(identity.run(
-        isthmus_gateway::identity::Options {
-            address: "127.0.0.1:15010".into(),
-            token: boot.tokens.issue(
-                &node.namespace,
-                &node.service_account,
-                std::time::SystemTime::now(),
-                Duration::from_secs(600),
-            ),
-            ttl: Duration::from_secs(3600),
-            renew_at: 0.5,
-            tls: Some(tls.clone()),
-        },
-        boot.stop.clone(),
-    ));
+    tokio::spawn(
+        identity.run(
+            isthmus_gateway::identity::Options {
+                address: "127.0.0.1:15010".into(),
+                token: boot
+                    .tokens
+                    .issue(
+                        &node.namespace,
+                        &node.service_account,
+                        std::time::SystemTime::now(),
+                        Duration::from_secs(600),
+                    )
+                    .into(),
+                ttl: Duration::from_secs(3600),
+                renew_at: 0.5,
+                tls: Some(tls.clone()),
+            },
+            boot.stop.clone(),
+        ),
+    );
     let mut d = isthmus_gateway::discovery::Options::new("127.0.0.1:15010", node);
     d.listeners = listeners;
     d.workload = workload;

@@ -413,9 +413,15 @@ async fn a_sidecar_obtains_and_rotates_its_certificate() {
         .unwrap();
     assert!(matches!(e, IdentityError::Refused { .. }), "{e}");
 
-    let (identity, task) = Identity::start(IdOptions { token, ..opts }, stop.clone())
-        .await
-        .unwrap();
+    let (identity, task) = Identity::start(
+        IdOptions {
+            token: token.into(),
+            ..opts
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let first = identity.current().unwrap();
     assert_eq!(
         first.spiffe_id,

@@ -10,12 +10,18 @@ use isthmus_gateway::iptables::{self, CaptureSettings};
 use isthmus_gateway::pool::SocketOptions;
 use isthmus_gateway::sidecar::{ConfigSource, Options, Sidecar};
 use isthmus_gateway::telemetry::accesslog::Sink;
+use secrecy::{ExposeSecret, SecretString};
+
+/// A secret argument: kept out of Debug output (the arguments are logged).
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(s.into())
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "isthmus-gateway",
     version,
-    about = "Isthmus data plane: sidecar proxy (and, later, east-west gateway)"
+    about = "Isthmus data plane: sidecar proxy and east-west gateway"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -86,8 +92,8 @@ struct SidecarArgs {
     /// Credential for the CA (a bootstrap token from `isthmus-federation
     /// token`, or a ServiceAccount token): enables the workload identity and
     /// the mesh mTLS transport.
-    #[arg(long, env = "ISTHMUS_CA_TOKEN", hide_env_values = true)]
-    ca_token: Option<String>,
+    #[arg(long, env = "ISTHMUS_CA_TOKEN", hide_env_values = true, value_parser = secret)]
+    ca_token: Option<SecretString>,
     /// The same, read from a file (a projected ServiceAccount token).
     #[arg(long, env = "ISTHMUS_CA_TOKEN_FILE", conflicts_with = "ca_token")]
     ca_token_file: Option<PathBuf>,
@@ -377,26 +383,30 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Sample(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(run_sample(a))
-        }
-        Command::Sidecar(a) => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(run_sidecar(*a, None))
-        }
+        Command::Sample(a) => runtime(None)?.block_on(run_sample(a)),
+        Command::Sidecar(a) => runtime(a.worker_threads)?.block_on(run_sidecar(*a, None)),
         Command::Eastwest(a) => {
             let ew = isthmus_gateway::eastwest::config::EastWestConfig::load(&a.eastwest_config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(run_sidecar(a.sidecar, Some(ew)))
+            runtime(a.sidecar.worker_threads)?.block_on(run_sidecar(a.sidecar, Some(ew)))
         }
     }
+}
+
+/// The runtime for `--worker-threads`: 1 is a current-thread runtime (no
+/// cross-thread wakeups), N a multi-thread one with N workers, none the
+/// CPUs this process may use.
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = match workers {
+        Some(0) => anyhow::bail!("--worker-threads must be at least 1"),
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    Ok(b.enable_all().build()?)
 }
 
 async fn run_sidecar(
@@ -447,12 +457,12 @@ async fn run_sidecar(
         (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDR"),
     };
     let token = match (&a.ca_token, &a.ca_token_file) {
-        (Some(t), _) => Some(t.trim().to_string()),
+        (Some(t), _) => Some(SecretString::from(t.expose_secret().trim())),
         (None, Some(path)) => Some(
             std::fs::read_to_string(path)
                 .with_context(|| format!("reading the CA token {}", path.display()))?
                 .trim()
-                .to_string(),
+                .into(),
         ),
         (None, None) => None,
     };
@@ -630,6 +640,34 @@ mod cli_tests {
             Command::Sidecar(a) => *a,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_the_logged_arguments() {
+        let a = sidecar_args(&["--config=x.yaml", "--ca-token=s3cr3t-bootstrap-token"]);
+        let logged = format!("{a:?}");
+        assert!(!logged.contains("s3cr3t"), "{logged}");
+        assert_eq!(
+            a.ca_token.as_ref().map(|t| t.expose_secret()),
+            Some("s3cr3t-bootstrap-token")
+        );
+    }
+
+    #[test]
+    fn worker_threads_choose_the_runtime() {
+        use tokio::runtime::RuntimeFlavor;
+        let flavor = |w| runtime(w).unwrap().handle().runtime_flavor();
+        assert_eq!(flavor(Some(1)), RuntimeFlavor::CurrentThread);
+        assert_eq!(flavor(Some(2)), RuntimeFlavor::MultiThread);
+        assert_eq!(flavor(None), RuntimeFlavor::MultiThread);
+        assert_eq!(
+            runtime(Some(3)).unwrap().metrics().num_workers(),
+            3,
+            "as many workers as asked"
+        );
+        assert!(runtime(Some(0)).is_err());
+        let a = sidecar_args(&["--config=x.yaml", "--worker-threads=1"]);
+        assert_eq!(a.worker_threads, Some(1));
     }
 
     #[test]

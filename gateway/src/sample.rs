@@ -37,7 +37,7 @@ pub struct SampleApp {
     /// Added delay for every request, in milliseconds.
     pub delay_ms: AtomicU64,
     /// Headers of the last request, for assertions.
-    pub last_headers: std::sync::Mutex<Option<HeaderMap>>,
+    pub last_headers: parking_lot::Mutex<Option<HeaderMap>>,
 }
 
 impl SampleApp {
@@ -57,7 +57,6 @@ impl SampleApp {
     pub fn last_header(&self, name: &str) -> Option<String> {
         self.last_headers
             .lock()
-            .ok()?
             .as_ref()?
             .get(name)?
             .to_str()
@@ -167,7 +166,8 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     app.hits.fetch_add(1, Ordering::SeqCst);
-    if let Ok(mut h) = app.last_headers.lock() {
+    {
+        let mut h = app.last_headers.lock();
         *h = Some(req.headers().clone());
     }
     let delay = app.delay_ms.load(Ordering::SeqCst);

@@ -187,11 +187,7 @@ impl Sidecar {
 
     /// Adds a JSON view at `path` on the admin port (a role's status).
     pub fn add_admin_view(&self, path: &'static str, view: crate::admin::View) {
-        self.admin
-            .views
-            .write()
-            .expect("admin views lock")
-            .push((path, view));
+        self.admin.views.write().push((path, view));
     }
 
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {

@@ -4,8 +4,8 @@
 //! shapes it `Programmed=False` (reason `RejectedByProxy`) with the proxy's
 //! message, until a later version is accepted.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde::Serialize;
@@ -77,34 +77,33 @@ impl Subscribers {
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        self.streams.lock().expect("subscribers lock").insert(id, s);
+        self.streams.lock().insert(id, s);
         self.changes.send_modify(|c| *c += 1);
         id
     }
 
     pub fn update(&self, id: u64, f: impl FnOnce(&mut Subscriber)) {
-        if let Some(s) = self.streams.lock().expect("subscribers lock").get_mut(&id) {
+        if let Some(s) = self.streams.lock().get_mut(&id) {
             f(s);
         }
         self.changes.send_modify(|c| *c += 1);
     }
 
     pub fn remove(&self, id: u64) {
-        self.streams.lock().expect("subscribers lock").remove(&id);
+        self.streams.lock().remove(&id);
         self.changes.send_modify(|c| *c += 1);
     }
 
     pub fn list(&self) -> Vec<(u64, Subscriber)> {
         self.streams
             .lock()
-            .expect("subscribers lock")
             .iter()
             .map(|(id, s)| (*id, s.clone()))
             .collect()
     }
 
     pub fn len(&self) -> usize {
-        self.streams.lock().expect("subscribers lock").len()
+        self.streams.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,7 +114,6 @@ impl Subscribers {
     pub fn synced_at_least(&self, generation: u64) -> usize {
         self.streams
             .lock()
-            .expect("subscribers lock")
             .values()
             .filter(|s| s.synced_generation.is_some_and(|g| g >= generation))
             .count()
@@ -129,7 +127,7 @@ impl Subscribers {
     /// Refused resources: name -> (proxy, message), over all streams.
     pub fn refusals(&self) -> BTreeMap<String, Vec<(String, String)>> {
         let mut out: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        for s in self.streams.lock().expect("subscribers lock").values() {
+        for s in self.streams.lock().values() {
             for (name, r) in &s.refused {
                 out.entry(name.clone())
                     .or_default()

@@ -773,18 +773,13 @@ impl FileWatcher {
         let this = Arc::new(self);
         // The first look above seeds it: the first poll does not re-read
         // every file.
-        let printer = Arc::new(std::sync::Mutex::new(printer));
+        let printer = Arc::new(parking_lot::Mutex::new(printer));
         let task = tokio::spawn(async move {
             // Reading and parsing are blocking work: off the runtime's
             // threads, so discovery streams never wait behind a reload.
             let look = |this: &Arc<Self>| {
                 let (this, printer) = (this.clone(), printer.clone());
-                tokio::task::spawn_blocking(move || {
-                    printer
-                        .lock()
-                        .expect("fingerprinter lock")
-                        .fingerprint(&this.dir)
-                })
+                tokio::task::spawn_blocking(move || printer.lock().fingerprint(&this.dir))
             };
             loop {
                 tokio::select! {

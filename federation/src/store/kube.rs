@@ -11,8 +11,9 @@
 //! installed (404) counts as listed and empty, with a warning; its watcher
 //! keeps retrying, so installing the CRD later just works.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -200,7 +201,7 @@ impl KubeStore {
         let waited = tokio::time::timeout(self.sync_timeout, async {
             loop {
                 let notified = shared.changed.notified();
-                if shared.objects.lock().expect("store lock").synced.len() == KINDS.len() {
+                if shared.objects.lock().synced.len() == KINDS.len() {
                     return;
                 }
                 notified.await;
@@ -208,7 +209,7 @@ impl KubeStore {
         })
         .await;
         if waited.is_err() {
-            let o = shared.objects.lock().expect("store lock");
+            let o = shared.objects.lock();
             let missing: Vec<&str> = KINDS
                 .iter()
                 .map(|(_, k, _)| *k)
@@ -221,7 +222,7 @@ impl KubeStore {
             });
         }
         let first = {
-            let o = shared.objects.lock().expect("store lock");
+            let o = shared.objects.lock();
             State {
                 generation: 1,
                 snapshot: Arc::new(o.snapshot()),
@@ -245,7 +246,7 @@ impl KubeStore {
                 }
                 generation += 1;
                 let next = {
-                    let o = shared.objects.lock().expect("store lock");
+                    let o = shared.objects.lock();
                     State {
                         generation,
                         snapshot: Arc::new(o.snapshot()),
@@ -309,7 +310,7 @@ async fn watch_kind(
                 None => return,
             },
         };
-        let mut o = shared.objects.lock().expect("store lock");
+        let mut o = shared.objects.lock();
         match event {
             Ok(Event::Init) => buffer = Some(Objects::default()),
             Ok(Event::InitApply(obj)) => {

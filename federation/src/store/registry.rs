@@ -107,7 +107,7 @@ impl Registry {
 /// leave; the publisher is told when what the mesh sees changed.
 #[derive(Debug)]
 pub struct Shared {
-    registry: std::sync::Mutex<Registry>,
+    registry: parking_lot::Mutex<Registry>,
     changed: tokio::sync::Notify,
     /// Set when what the mesh sees changed since the last `take_dirty`.
     dirty: std::sync::atomic::AtomicBool,
@@ -160,8 +160,8 @@ impl Shared {
         self.lock().workloads().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().expect("registry lock")
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Registry> {
+        self.registry.lock()
     }
 }
 

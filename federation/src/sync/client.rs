@@ -5,9 +5,10 @@
 //! Which links exist, and with which token and partition policy, follows
 //! the store (`targets`, pure).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use isthmus_api::federation::v1::cluster_sync_client::ClusterSyncClient;
@@ -22,14 +23,25 @@ use super::{Reason, SyncError};
 use crate::server::Published;
 use crate::store::{ObjectKey, Resource, Snapshot};
 
-/// What one link needs, from the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one link needs, from the store. Debug output leaves the token out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Target {
     pub peer: String,
     pub trust_domain: String,
     /// The join token from the link's Secret (None: missing, and why).
     pub token: Result<String, String>,
     pub partition: Partition,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("peer", &self.peer)
+            .field("trust_domain", &self.trust_domain)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("partition", &self.partition)
+            .finish()
+    }
 }
 
 /// The links of `snap` that translated cleanly (`valid`: their peer names).
@@ -410,10 +422,28 @@ impl tower_service::Service<http::Uri> for Once {
     }
 
     fn call(&mut self, _: http::Uri) -> Self::Future {
-        let s = self.0.lock().expect("once lock").take();
+        let s = self.0.lock().take();
         std::future::ready(
             s.map(hyper_util::rt::TokioIo::new)
                 .ok_or_else(|| std::io::Error::other("the federation session was used")),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_targets_debug_output_leaves_its_join_token_out() {
+        let t = Target {
+            peer: "eu-central".into(),
+            trust_domain: "eu-central.isthmus.local".into(),
+            token: Ok("v1.secret-join-token".into()),
+            partition: Partition::DEFAULT,
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("secret-join-token"), "{shown}");
+        assert!(shown.contains("eu-central"), "{shown}");
     }
 }

@@ -25,7 +25,7 @@ pub struct FederationTls {
     pub id: SpiffeId,
     identity: Arc<Identity>,
     ca: Arc<Ca>,
-    linked: std::sync::Mutex<Vec<model::TrustBundle>>,
+    linked: parking_lot::Mutex<Vec<model::TrustBundle>>,
 }
 
 impl FederationTls {
@@ -39,14 +39,14 @@ impl FederationTls {
             id,
             identity,
             ca,
-            linked: std::sync::Mutex::new(Vec::new()),
+            linked: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
     /// Trusts the linked clusters' bundles (besides our own), as the
     /// ClusterLinks say now.
     pub fn set_linked(&self, bundles: &[model::TrustBundle]) {
-        let mut held = self.linked.lock().expect("linked lock");
+        let mut held = self.linked.lock();
         if *held == bundles {
             return;
         }

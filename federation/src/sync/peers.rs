@@ -5,8 +5,8 @@
 //! times passed in); `Peers` shares them between the link tasks and the
 //! translation loop.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use isthmus_api::federation::v1 as wire;
@@ -193,7 +193,7 @@ impl Peers {
     /// Changes one peer (made on first use); wakes the translation when
     /// its imports as used changed.
     pub fn update<R>(&self, cluster: &str, f: impl FnOnce(&mut Peer) -> R) -> R {
-        let mut peers = self.peers.lock().expect("peers lock");
+        let mut peers = self.peers.lock();
         let peer = peers.entry(cluster.to_string()).or_insert_with(|| Peer {
             cluster: cluster.to_string(),
             ..Default::default()
@@ -211,13 +211,7 @@ impl Peers {
 
     /// Forgets a peer (its ClusterLink is gone): its imports go at once.
     pub fn remove(&self, cluster: &str) {
-        if self
-            .peers
-            .lock()
-            .expect("peers lock")
-            .remove(cluster)
-            .is_some()
-        {
+        if self.peers.lock().remove(cluster).is_some() {
             self.imports.send_modify(|v| *v += 1);
             self.status.send_modify(|v| *v += 1);
         }
@@ -226,7 +220,7 @@ impl Peers {
     /// Withdraws the imports whose time has come; whether any was.
     pub fn expire(&self, now: SystemTime) -> bool {
         let mut any = false;
-        for p in self.peers.lock().expect("peers lock").values_mut() {
+        for p in self.peers.lock().values_mut() {
             if p.withdraw_at().is_some_and(|at| at <= now) {
                 p.withdrawn = true;
                 any = true;
@@ -243,30 +237,23 @@ impl Peers {
     pub fn next_expiry(&self) -> Option<SystemTime> {
         self.peers
             .lock()
-            .expect("peers lock")
             .values()
             .filter_map(Peer::withdraw_at)
             .min()
     }
 
     pub fn get(&self, cluster: &str) -> Option<Peer> {
-        self.peers.lock().expect("peers lock").get(cluster).cloned()
+        self.peers.lock().get(cluster).cloned()
     }
 
     pub fn all(&self) -> Vec<Peer> {
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .values()
-            .cloned()
-            .collect()
+        self.peers.lock().values().cloned().collect()
     }
 
     /// The imports of every peer, as the translation takes them.
     pub fn summaries(&self) -> Vec<Summary> {
         self.peers
             .lock()
-            .expect("peers lock")
             .values()
             .flat_map(Peer::summaries)
             .collect()

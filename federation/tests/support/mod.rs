@@ -120,21 +120,25 @@ impl MeshSidecar<'_> {
             self.trust_domain,
         )
         .unwrap();
-        tokio::spawn(identity.run(
-            IdOptions {
-                address: self.discovery.to_string(),
-                token: tokens.issue(
-                    self.namespace,
-                    self.service_account,
-                    std::time::SystemTime::now(),
-                    Duration::from_secs(600),
-                ),
-                ttl: Duration::from_secs(3600),
-                renew_at: 0.5,
-                tls: Some(connector.clone()),
-            },
-            stop.clone(),
-        ));
+        tokio::spawn(
+            identity.run(
+                IdOptions {
+                    address: self.discovery.to_string(),
+                    token: tokens
+                        .issue(
+                            self.namespace,
+                            self.service_account,
+                            std::time::SystemTime::now(),
+                            Duration::from_secs(600),
+                        )
+                        .into(),
+                    ttl: Duration::from_secs(3600),
+                    renew_at: 0.5,
+                    tls: Some(connector.clone()),
+                },
+                stop.clone(),
+            ),
+        );
         let node = isthmus_api::model::Node {
             name: format!("{}-0", self.service_account),
             namespace: self.namespace.into(),

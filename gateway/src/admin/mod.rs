@@ -23,7 +23,7 @@ pub struct Admin {
     pub listeners: Arc<Listeners>,
     pub tasks: tokio_util::task::TaskTracker,
     /// Extra views by path.
-    pub views: std::sync::RwLock<Vec<(&'static str, View)>>,
+    pub views: parking_lot::RwLock<Vec<(&'static str, View)>>,
 }
 
 impl Admin {
@@ -92,7 +92,6 @@ impl Admin {
         let view = self
             .views
             .read()
-            .expect("admin views lock")
             .iter()
             .find(|(p, _)| *p == req.uri().path())
             .map(|(_, v)| v.clone());

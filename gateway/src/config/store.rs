@@ -3,7 +3,8 @@
 //! request (lock-free); listeners watch it for changes. A refused update
 //! leaves the snapshot untouched and is remembered for /config_dump.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use isthmus_api::model::ProxyConfig;
@@ -59,16 +60,16 @@ impl Store {
 
     pub fn install(&self, snapshot: Snapshot) {
         self.current.store(Arc::new(snapshot));
-        *self.last_error.lock().expect("store lock") = None;
+        *self.last_error.lock() = None;
         self.generation.send_modify(|g| *g += 1);
     }
 
     /// Records why an update was refused.
     pub fn reject(&self, why: String) {
-        *self.last_error.lock().expect("store lock") = Some(why);
+        *self.last_error.lock() = Some(why);
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("store lock").clone()
+        self.last_error.lock().clone()
     }
 }

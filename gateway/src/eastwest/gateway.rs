@@ -6,9 +6,10 @@
 //! TCP fallback) and joins the two streams. Links are made on first use
 //! and remade when they close.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
@@ -120,7 +121,7 @@ impl Gateway {
     /// first use, removed or changed ones are forgotten (streams open on
     /// their links finish there), unchanged ones keep their link.
     pub fn set_peers(&self, peers: Vec<PeerConfig>) {
-        let mut map = self.peers.lock().expect("peers lock");
+        let mut map = self.peers.lock();
         map.retain(|name, st| peers.iter().any(|p| &p.cluster == name && *p == st.cfg));
         for p in peers {
             if !map.contains_key(&p.cluster) {
@@ -177,7 +178,6 @@ impl Gateway {
         let peer = self
             .peers
             .lock()
-            .expect("peers lock")
             .get(cluster)
             .cloned()
             .ok_or_else(|| GatewayError::NoPeer(cluster.to_string()))?;
@@ -185,7 +185,7 @@ impl Gateway {
             Ok(slot) => slot,
             // Another stream is linking: wait for it, unless the peer is
             // known unreachable; then fail at once, not queue behind it.
-            Err(_) if peer.retry.lock().expect("retry lock").0 > 0 => {
+            Err(_) if peer.retry.lock().0 > 0 => {
                 return Err(Self::backoff_error(cluster, &peer, Duration::ZERO));
             }
             Err(_) => peer.link.lock().await,
@@ -196,13 +196,13 @@ impl Gateway {
             }
             return Ok(l.clone());
         }
-        let retry_at = peer.retry.lock().expect("retry lock").1;
+        let retry_at = peer.retry.lock().1;
         if let Some(at) = retry_at
             && let Some(wait) = at.checked_duration_since(Instant::now())
         {
             return Err(Self::backoff_error(cluster, &peer, wait));
         }
-        *peer.probed.lock().expect("probe lock") = Instant::now();
+        *peer.probed.lock() = Instant::now();
         let c = &peer.cfg;
         // 0-RTT only after a QUIC link that did not die of silence.
         let allow_early = matches!(slot.as_deref(), Some(Link::Quic(q)) if !q.timed_out());
@@ -236,10 +236,10 @@ impl Gateway {
                 );
                 tracing::info!(cluster, ?wait, "cannot link to the peer gateway: {e}");
             }
-            Ok(_) => *peer.retry.lock().expect("retry lock") = (0, None),
+            Ok(_) => *peer.retry.lock() = (0, None),
         }
         let link = Arc::new(made?);
-        *peer.linked_at.lock().expect("peer status lock") = Some(std::time::SystemTime::now());
+        *peer.linked_at.lock() = Some(std::time::SystemTime::now());
         tracing::info!(
             cluster,
             transport = link.transport().as_str(),
@@ -261,10 +261,10 @@ impl Gateway {
     /// Records a failure to reach the peer: the next attempt waits for the
     /// backoff (returned), streams meanwhile fail at once.
     fn failed(peer: &PeerState, error: String, untrusted: bool) -> Duration {
-        *peer.last_error.lock().expect("peer status lock") = Some(error);
+        *peer.last_error.lock() = Some(error);
         peer.last_untrusted
             .store(untrusted, std::sync::atomic::Ordering::Relaxed);
-        let mut retry = peer.retry.lock().expect("retry lock");
+        let mut retry = peer.retry.lock();
         let failures = retry.0.saturating_add(1);
         let wait = backoff(failures, rand::random::<f64>());
         *retry = (failures, Some(Instant::now() + wait));
@@ -275,12 +275,7 @@ impl Gateway {
         GatewayError::Backoff {
             cluster: cluster.to_string(),
             retry_in,
-            last: peer
-                .last_error
-                .lock()
-                .expect("peer status lock")
-                .clone()
-                .unwrap_or_default(),
+            last: peer.last_error.lock().clone().unwrap_or_default(),
             untrusted: peer
                 .last_untrusted
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -356,7 +351,7 @@ impl Gateway {
                     // Closed once: concurrent streams all saw the silence.
                     if !link.is_closed() {
                         link.close_silent();
-                        if let Some(peer) = self.peers.lock().expect("peers lock").get(cluster) {
+                        if let Some(peer) = self.peers.lock().get(cluster) {
                             Self::failed(peer, e.to_string(), false);
                         }
                         tracing::info!(cluster, "the peer gateway is silent: link closed");
@@ -375,7 +370,7 @@ impl Gateway {
     fn maybe_reprobe(&self, peer: &Arc<PeerState>) {
         use std::sync::atomic::Ordering;
         {
-            let mut at = peer.probed.lock().expect("probe lock");
+            let mut at = peer.probed.lock();
             if at.elapsed() < self.reprobe || peer.probing.swap(true, Ordering::AcqRel) {
                 return;
             }
@@ -388,8 +383,7 @@ impl Gateway {
                 Ok(l) => {
                     tracing::info!(cluster = %c.cluster, "QUIC gets through again: leaving the TCP fallback");
                     *peer.link.lock().await = Some(Arc::new(Link::Quic(l)));
-                    *peer.linked_at.lock().expect("peer status lock") =
-                        Some(std::time::SystemTime::now());
+                    *peer.linked_at.lock() = Some(std::time::SystemTime::now());
                     set_transport(&metrics, &c.cluster, Transport::Quic);
                 }
                 Err(e) => tracing::debug!(cluster = %c.cluster, "QUIC still unavailable: {e}"),
@@ -571,12 +565,7 @@ fn set_transport(metrics: &Metrics, peer: &str, transport: Transport) {
 impl Gateway {
     /// The peers now configured (a snapshot; the lock is not held).
     fn peer_states(&self) -> Vec<Arc<PeerState>> {
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .values()
-            .cloned()
-            .collect()
+        self.peers.lock().values().cloned().collect()
     }
 
     /// Each peer's state for the admin port's /eastwest view: transport in
@@ -607,10 +596,10 @@ impl Gateway {
                     "tcp": c.tcp.to_string(),
                     "transport": link.as_ref().map(|l| l.transport().as_str()),
                     "openStreams": open,
-                    "linkedAt": p.linked_at.lock().expect("peer status lock")
+                    "linkedAt": p.linked_at.lock()
                         .filter(|_| link.is_some())
                         .map(crate::telemetry::accesslog::rfc3339),
-                    "lastError": *p.last_error.lock().expect("peer status lock"),
+                    "lastError": *p.last_error.lock(),
                 });
                 if let Some(l) = &link
                     && let Link::Quic(q) = &**l

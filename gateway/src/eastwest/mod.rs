@@ -1,4 +1,4 @@
-//! The east-west gateway (issue 5, first part): HTTP/3 over QUIC between
+//! The east-west gateway: HTTP/3 over QUIC between
 //! the gateways of linked clusters. Each cross-cluster connection is one
 //! HTTP/3 CONNECT stream (RFC 9114 §4.4) whose authority names the target
 //! service and port in the peer cluster (`<name>.<namespace>:<port>`); the

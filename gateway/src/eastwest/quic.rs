@@ -136,7 +136,7 @@ type Sessions = std::collections::HashMap<Vec<u8>, (std::time::Instant, Vec<u8>)
 pub struct SessionCache {
     max: usize,
     ttl: Duration,
-    map: std::sync::Mutex<Sessions>,
+    map: parking_lot::Mutex<Sessions>,
 }
 
 impl SessionCache {
@@ -151,7 +151,7 @@ impl SessionCache {
 
 impl rustls::server::StoresServerSessions for SessionCache {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        let mut map = self.map.lock().expect("session cache lock");
+        let mut map = self.map.lock();
         let now = std::time::Instant::now();
         map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
         if map.len() >= self.max
@@ -167,14 +167,14 @@ impl rustls::server::StoresServerSessions for SessionCache {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let map = self.map.lock().expect("session cache lock");
+        let map = self.map.lock();
         map.get(key)
             .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, v)| v.clone())
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        let mut map = self.map.lock().expect("session cache lock");
+        let mut map = self.map.lock();
         map.remove(key)
             .filter(|(at, _)| at.elapsed() < self.ttl)
             .map(|(_, v)| v)

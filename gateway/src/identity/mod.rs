@@ -18,8 +18,8 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// One issued identity.
-#[derive(Debug, Clone)]
+/// One issued identity. Its Debug output leaves the private key out.
+#[derive(Clone)]
 pub struct Credentials {
     pub spiffe_id: String,
     pub cert_pem: String,
@@ -32,12 +32,25 @@ pub struct Credentials {
     pub trust_bundles: BTreeMap<String, String>,
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("key_pem", &"[REDACTED]")
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .field("trust_domains", &self.trust_bundles.keys())
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The control plane's CA (`host:port`, the discovery port).
     pub address: String,
-    /// `Bearer` credential: a bootstrap token or a ServiceAccount token.
-    pub token: String,
+    /// `Bearer` credential: a bootstrap token or a ServiceAccount token
+    /// (redacted in Debug output).
+    pub token: secrecy::SecretString,
     pub ttl: Duration,
     /// Renew after this fraction of the lifetime (0.5: at half life).
     pub renew_at: f64,
@@ -79,9 +92,12 @@ pub async fn fetch(opts: &Options) -> Result<Credentials, IdentityError> {
             nanos: opts.ttl.subsec_nanos() as i32,
         }),
     });
-    let bearer = format!("Bearer {}", opts.token)
-        .parse()
-        .map_err(|_| IdentityError::Key("the token is not a valid header value".into()))?;
+    let bearer = format!(
+        "Bearer {}",
+        secrecy::ExposeSecret::expose_secret(&opts.token)
+    )
+    .parse()
+    .map_err(|_| IdentityError::Key("the token is not a valid header value".into()))?;
     req.metadata_mut().insert("authorization", bearer);
     let started = SystemTime::now();
     let resp = CertificatesClient::new(channel)
@@ -343,5 +359,29 @@ mod tests {
         assert_eq!(renew_time(t0, t1, 0.5), t0 + Duration::from_secs(12 * 3600));
         assert_eq!(renew_time(t0, t1, 2.0), t1, "never after expiry");
         assert_eq!(renew_time(t1, t0, 0.5), t1, "already expired: now");
+    }
+
+    #[test]
+    fn debug_output_leaves_secrets_out() {
+        let c = Credentials {
+            spiffe_id: "spiffe://td/ns/shop/sa/frontend".into(),
+            cert_pem: String::new(),
+            chain_pem: String::new(),
+            key_pem: "-----BEGIN PRIVATE KEY-----\nsecret-key-material".into(),
+            not_before: UNIX_EPOCH,
+            not_after: UNIX_EPOCH,
+            trust_bundles: Default::default(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-key-material"), "{shown}");
+        let o = Options {
+            address: "cp:15010".into(),
+            token: "secret-bootstrap-token".into(),
+            ttl: Duration::from_secs(60),
+            renew_at: 0.5,
+            tls: None,
+        };
+        let shown = format!("{o:?}");
+        assert!(!shown.contains("secret-bootstrap-token"), "{shown}");
     }
 }

@@ -13,9 +13,10 @@
 
 pub mod issuer;
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
@@ -165,7 +166,7 @@ impl RuleSpec {
                 })
                 .cloned()
         };
-        let mut keys = self.keys.lock().ok()?;
+        let mut keys = self.keys.lock();
         if let Some(k) = find(&keys) {
             return Some(k);
         }

@@ -185,8 +185,7 @@ fn a_jwks_file_is_reread_for_an_unknown_key_id() {
     // Make the last read old enough.
     for pol in &a.policies {
         for r in &pol.rules {
-            r.keys.lock().unwrap().read_at =
-                Instant::now() - FILE_REREAD - Duration::from_millis(1);
+            r.keys.lock().read_at = Instant::now() - FILE_REREAD - Duration::from_millis(1);
         }
     }
     assert!(matches!(auth(&a, "/", Some(&t)), Outcome::Verified(_)));

@@ -5,10 +5,11 @@
 //! per service across its endpoints, as in Envoy; a request beyond them is
 //! refused at once with `PoolError::Overflow` (the caller sheds with 503).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod h1;
@@ -150,7 +151,8 @@ impl Lease {
         if let Some(Sender::H1(conn)) = self.sender.take()
             && self.max_uses.is_none_or(|m| self.uses < m)
         {
-            if let Ok(mut idle) = self.ep.idle.lock() {
+            {
+                let mut idle = self.ep.idle.lock();
                 idle.push(IdleH1 {
                     conn,
                     since: Instant::now(),
@@ -199,11 +201,11 @@ impl Pool {
     }
 
     pub fn set_limits(&self, limits: PoolLimits) {
-        *self.limits.lock().expect("pool lock") = limits;
+        *self.limits.lock() = limits;
     }
 
     pub fn limits(&self) -> PoolLimits {
-        *self.limits.lock().expect("pool lock")
+        *self.limits.lock()
     }
 
     pub fn open_connections(&self) -> usize {
@@ -212,10 +214,7 @@ impl Pool {
 
     /// Drops idle state of endpoints no longer in the service.
     pub fn retain(&self, live: &[SocketAddr]) {
-        self.endpoints
-            .lock()
-            .expect("pool lock")
-            .retain(|(a, _), _| live.contains(a));
+        self.endpoints.lock().retain(|(a, _), _| live.contains(a));
     }
 
     fn endpoint(&self, addr: SocketAddr, tunnel: Option<&Tunnel>) -> Arc<EndpointConns> {
@@ -224,7 +223,6 @@ impl Pool {
             .map(|v| v.cluster.clone());
         self.endpoints
             .lock()
-            .expect("pool lock")
             .entry((addr, via))
             .or_default()
             .clone()
@@ -268,7 +266,7 @@ impl Pool {
             if let Some(g) = self.try_reserve() {
                 break Ok(Some(g));
             }
-            if counted && ep.idle.lock().is_ok_and(|i| !i.is_empty()) {
+            if counted && !ep.idle.lock().is_empty() {
                 break Ok(None);
             }
             if !counted {
@@ -421,7 +419,7 @@ impl Pool {
     /// The most recently used idle connection that is still open.
     fn take_idle(&self, ep: &Arc<EndpointConns>, limits: &PoolLimits) -> Option<Lease> {
         loop {
-            let mut c = ep.idle.lock().ok()?.pop()?;
+            let mut c = ep.idle.lock().pop()?;
             if c.since.elapsed() > limits.idle_timeout || c.conn.is_stale() {
                 continue; // dropping it closes the connection
             }

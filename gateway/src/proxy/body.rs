@@ -4,9 +4,10 @@
 //! it ended (bytes, gRPC status from trailers, error) for metrics and the
 //! access log.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -61,7 +62,8 @@ where
 {
     let (data, trailers) = read_all(body).await?;
     let rec = Recording::default();
-    if let Ok(mut r) = rec.inner.lock() {
+    {
+        let mut r = rec.inner.lock();
         r.len = data.len();
         r.chunks.push(data.clone());
         r.trailers = trailers.clone();
@@ -87,7 +89,7 @@ impl Recording {
     /// A body that replays the recorded request, if it was read to the end
     /// and fit under the cap.
     pub fn replay(&self) -> Option<ReqBody> {
-        let r = self.inner.lock().ok()?;
+        let r = self.inner.lock();
         (r.complete && !r.overflow).then(|| ReqBody::Replay {
             chunks: r.chunks.iter().cloned().collect(),
             trailers: r.trailers.clone(),
@@ -102,7 +104,7 @@ impl Recording {
             tokio::pin!(notified);
             notified.as_mut().enable();
             {
-                let r = self.inner.lock().ok()?;
+                let r = self.inner.lock();
                 if r.overflow {
                     return None;
                 }
@@ -116,7 +118,8 @@ impl Recording {
     }
 
     fn finish(&self, overflow: bool) {
-        if let Ok(mut r) = self.inner.lock() {
+        {
+            let mut r = self.inner.lock();
             if overflow {
                 r.overflow = true;
                 r.chunks.clear();
@@ -187,7 +190,8 @@ impl Body for ReqBody {
                     match &frame {
                         Some(Ok(f)) => {
                             let mut over = false;
-                            if let Ok(mut g) = r.inner.lock() {
+                            {
+                                let mut g = r.inner.lock();
                                 if let Some(d) = f.data_ref() {
                                     if !g.overflow && g.len + d.len() <= REPLAY_CAP {
                                         g.len += d.len();

@@ -4,9 +4,10 @@
 //! and retry budgets. Keyed by name, so a reload that keeps a service keeps
 //! its state; a removed service's state is dropped.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rand::Rng;
@@ -38,7 +39,7 @@ impl RouteState {
         let Some(rl) = &route.rate_limit else {
             return true;
         };
-        let mut b = self.bucket.lock().expect("bucket lock");
+        let mut b = self.bucket.lock();
         match b.as_mut() {
             Some(bucket) if bucket.has_limits(rl.per_second, rl.burst) => bucket.try_take(now),
             _ => {
@@ -51,7 +52,7 @@ impl RouteState {
     }
 
     pub fn deposit(&self, settings: BudgetSettings, now: Instant) {
-        let mut b = self.budget.lock().expect("budget lock");
+        let mut b = self.budget.lock();
         if b.settings() != settings {
             *b = RetryBudget::new(settings);
         }
@@ -59,7 +60,7 @@ impl RouteState {
     }
 
     pub fn withdraw(&self, now: Instant) -> bool {
-        self.budget.lock().expect("budget lock").try_withdraw(now)
+        self.budget.lock().try_withdraw(now)
     }
 }
 
@@ -95,7 +96,6 @@ impl Cluster {
     pub fn endpoint_state(&self, e: &EndpointSpec) -> Arc<EndpointState> {
         self.endpoints
             .lock()
-            .expect("cluster lock")
             .entry(endpoint_key(e))
             .or_default()
             .clone()
@@ -103,7 +103,7 @@ impl Cluster {
 
     /// Endpoint states aligned with `spec.endpoints`.
     pub fn states(&self, spec: &Arc<ServiceSpec>) -> Arc<Vec<Arc<EndpointState>>> {
-        let mut a = self.aligned.lock().expect("cluster lock");
+        let mut a = self.aligned.lock();
         if std::ptr::eq(a.spec.as_ptr(), Arc::as_ptr(spec)) {
             return a.states.clone();
         }
@@ -118,7 +118,7 @@ impl Cluster {
     }
 
     pub fn route_state(&self, route: &Route) -> Arc<RouteState> {
-        let mut routes = self.routes.lock().expect("cluster lock");
+        let mut routes = self.routes.lock();
         if let Some(r) = routes.get(&*route.name) {
             return r.clone();
         }
@@ -149,7 +149,7 @@ impl Cluster {
             .zip(&spec.priorities)
             .zip(states.iter())
             .map(|((e, prio), st)| {
-                let ejected = st.outlier.lock().expect("outlier lock").is_ejected(now);
+                let ejected = st.outlier.lock().is_ejected(now);
                 EndpointView {
                     priority: *prio,
                     available: e.healthy && !ejected,
@@ -193,15 +193,13 @@ impl Cluster {
             let ejected = states
                 .iter()
                 .enumerate()
-                .filter(|(i, s)| *i != idx && s.outlier.try_lock().is_ok_and(|o| o.is_ejected(now)))
+                .filter(|(i, s)| {
+                    *i != idx && s.outlier.try_lock().is_some_and(|o| o.is_ejected(now))
+                })
                 .count();
             ejected < spec.outlier.max_ejected(states.len())
         };
-        let newly =
-            st.outlier
-                .lock()
-                .expect("outlier lock")
-                .observe(o, now, &spec.outlier, may_eject);
+        let newly = st.outlier.lock().observe(o, now, &spec.outlier, may_eject);
         if newly {
             let labels = ServiceLabels {
                 direction: dir,
@@ -218,10 +216,9 @@ impl Cluster {
         let eps: serde_json::Map<String, serde_json::Value> = self
             .endpoints
             .lock()
-            .expect("cluster lock")
             .iter()
             .map(|(k, s)| {
-                let o = s.outlier.lock().expect("outlier lock");
+                let o = s.outlier.lock();
                 (
                     k.clone(),
                     serde_json::json!({
@@ -266,7 +263,7 @@ impl Clusters {
     }
 
     pub fn get(&self, spec: &ServiceSpec) -> Arc<Cluster> {
-        let mut map = self.map.lock().expect("clusters lock");
+        let mut map = self.map.lock();
         if let Some(c) = map.get(&*spec.name) {
             return c.clone();
         }
@@ -307,16 +304,13 @@ impl Clusters {
 
     /// Aligns state with a new snapshot: drops what is gone, updates limits.
     pub fn refresh(&self, snap: &Snapshot) {
-        let mut map = self.map.lock().expect("clusters lock");
+        let mut map = self.map.lock();
         map.retain(|name, _| snap.services.contains_key(name));
         for (name, c) in map.iter() {
             let spec = &snap.services[name];
             c.pool.set_limits(spec.pool);
             let keys: Vec<String> = spec.endpoints.iter().map(endpoint_key).collect();
-            c.endpoints
-                .lock()
-                .expect("cluster lock")
-                .retain(|k, _| keys.contains(k));
+            c.endpoints.lock().retain(|k, _| keys.contains(k));
             let mut addrs = Vec::new();
             for e in &spec.endpoints {
                 for p in &spec.ports {
@@ -330,15 +324,68 @@ impl Clusters {
                 .map(|r| &*r.name)
                 .chain(std::iter::once(&*spec.default_route.name))
                 .collect();
-            c.routes
-                .lock()
-                .expect("cluster lock")
-                .retain(|k, _| routes.contains(&&**k));
+            c.routes.lock().retain(|k, _| routes.contains(&&**k));
         }
     }
 
     pub fn dump(&self) -> serde_json::Value {
-        let map = self.map.lock().expect("clusters lock");
+        let map = self.map.lock();
         serde_json::Value::Object(map.iter().map(|(k, c)| (k.clone(), c.dump())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic while a lock of the request path is held (a bug, an
+    /// allocation failure) must not poison it: every later request to that
+    /// service would panic too.
+    #[test]
+    fn a_panic_under_a_lock_does_not_break_later_requests() {
+        let snap = crate::config::compile::compile(
+            &isthmus_api::parse_yaml(
+                "services:\n  - name: catalog\n    ports: [{port: 80, protocol: HTTP}]\n    endpoints:\n      - {address: \"127.0.0.1:9\"}\n",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let spec = snap.services["catalog"].clone();
+        let clusters = Arc::new(Clusters::new(
+            TaskTracker::new(),
+            SocketOptions::default(),
+            Arc::new(Metrics::default()),
+            None,
+        ));
+        let cluster = clusters.get(&spec);
+        let held = cluster.clone();
+        let panicked = std::thread::spawn(move || {
+            let _endpoints = held.endpoints.lock();
+            let _aligned = held.aligned.lock();
+            let _routes = held.routes.lock();
+            panic!("a bug while the cluster's state is locked");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let held = clusters.clone();
+        assert!(
+            std::thread::spawn(move || {
+                let _map = held.map.lock();
+                panic!("a bug while the cluster map is locked");
+            })
+            .join()
+            .is_err()
+        );
+        let again = clusters.get(&spec);
+        let mut rng = rand::rng();
+        assert_eq!(again.pick(&spec, &[], None, &mut rng), Some(0));
+        cluster.observe(
+            &spec,
+            0,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            Direction::Outbound,
+        );
+        assert!(again.dump().is_object());
     }
 }

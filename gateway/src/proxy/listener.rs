@@ -5,9 +5,10 @@
 //! port) or proxied as opaque TCP, by the listener's kind and, for captured
 //! connections, their original destination.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -56,18 +57,13 @@ impl Listeners {
 
     /// The address a listener is bound to (resolves port 0).
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
-        self.active
-            .lock()
-            .expect("listeners lock")
-            .get(name)
-            .map(|a| a.bound)
+        self.active.lock().get(name).map(|a| a.bound)
     }
 
     pub fn bound(&self) -> Vec<(String, SocketAddr)> {
         let mut v: Vec<_> = self
             .active
             .lock()
-            .expect("listeners lock")
             .iter()
             .map(|(n, a)| (n.clone(), a.bound))
             .collect();
@@ -85,7 +81,7 @@ impl Listeners {
             .map(|l| (l.name.as_str(), l))
             .collect();
         {
-            let mut active = self.active.lock().expect("listeners lock");
+            let mut active = self.active.lock();
             active.retain(|name, a| {
                 let keep = wanted.get(name.as_str()).is_some_and(|w| **w == a.spec);
                 if !keep {
@@ -95,12 +91,7 @@ impl Listeners {
             });
         }
         for spec in &snap.listeners {
-            if self
-                .active
-                .lock()
-                .expect("listeners lock")
-                .contains_key(&spec.name)
-            {
+            if self.active.lock().contains_key(&spec.name) {
                 continue;
             }
             let listener = match bind(spec.address).await {
@@ -123,7 +114,7 @@ impl Listeners {
                 listener,
                 stop.clone(),
             ));
-            self.active.lock().expect("listeners lock").insert(
+            self.active.lock().insert(
                 spec.name.clone(),
                 Active {
                     spec: spec.clone(),

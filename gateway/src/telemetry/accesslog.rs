@@ -1,8 +1,8 @@
 //! The access log: one JSON object per line per request (or TCP
 //! connection), written when the response completes.
 
+use parking_lot::Mutex;
 use std::io::Write;
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -105,7 +105,8 @@ impl Sink {
             Self::File(f) => {
                 if let Ok(mut line) = serde_json::to_vec(&e) {
                     line.push(b'\n');
-                    if let Ok(mut f) = f.lock() {
+                    {
+                        let mut f = f.lock();
                         let _ = f.write_all(&line);
                     }
                 }

@@ -1,9 +1,10 @@
 //! The client side of the mesh transport: pooled mTLS HTTP/2 connections to
 //! destination sidecars, one CONNECT stream per upstream connection.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, StatusCode};
@@ -396,7 +397,6 @@ impl Connector {
         let slot = self
             .conns
             .lock()
-            .expect("tunnel pool lock")
             .entry(Key {
                 addr,
                 expect: expect.clone(),

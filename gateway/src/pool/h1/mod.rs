@@ -656,7 +656,7 @@ mod wire_tests {
         exchange(&pool, addr, get()).await.unwrap();
         let ep = pool.endpoint(addr, None);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ep.idle.lock().unwrap()[0].conn.is_stale() {
+        while !ep.idle.lock()[0].conn.is_stale() {
             assert!(
                 Instant::now() < deadline,
                 "the upstream's FIN was never noticed"

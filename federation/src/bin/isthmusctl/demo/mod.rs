@@ -17,9 +17,10 @@ mod scenario;
 mod table;
 mod traffic;
 
+use parking_lot::Mutex;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
@@ -78,7 +79,8 @@ impl Demo {
         if !self.tty {
             println!("{stamped}");
         }
-        if let Ok(mut n) = self.narration.lock() {
+        {
+            let mut n = self.narration.lock();
             n.push(stamped);
         }
     }
@@ -469,7 +471,7 @@ async fn table_loop(demo: &Demo, args: &Args, started: Instant, stop: &Cancellat
         }
         let text = table::render(started.elapsed(), period, &windows, &links);
         if demo.tty {
-            let narration = demo.narration.lock().map(|n| n.clone()).unwrap_or_default();
+            let narration = demo.narration.lock().clone();
             let tail: Vec<&String> = narration.iter().rev().take(14).rev().collect();
             let mut screen = format!("\x1b[H\x1b[2J{text}");
             for l in tail {

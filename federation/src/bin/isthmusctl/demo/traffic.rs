@@ -4,9 +4,10 @@
 //! the cluster that served it (`x-sample-cluster`), its latency and
 //! whether it failed. Scenarios watch the same answers as they happen.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -93,7 +94,8 @@ impl Stats {
     }
 
     fn record(&self, a: Answer) {
-        if let Ok(mut w) = self.windows.lock() {
+        {
+            let mut w = self.windows.lock();
             w.entry((a.frontend, a.service)).or_default().record(&a);
         }
         let _ = self.feed.send(a);
@@ -101,10 +103,7 @@ impl Stats {
 
     /// The windows since the last call, emptied.
     pub fn take(&self) -> BTreeMap<(&'static str, &'static str), Window> {
-        self.windows
-            .lock()
-            .map(|mut w| std::mem::take(&mut *w))
-            .unwrap_or_default()
+        std::mem::take(&mut *self.windows.lock())
     }
 }
 
