@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     // As the request arrives: an authority-form CONNECT target, or none.
-    let uri = std::str::from_utf8(authority).ok().and_then(|a| a.parse::<http::Uri>().ok());
+    let uri = std::str::from_utf8(authority)
+        .ok()
+        .and_then(|a| a.parse::<http::Uri>().ok());
     let mut req = Request::builder().method(Method::CONNECT);
     if let Some(uri) = uri {
         req = req.uri(uri);
@@ -40,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
     *req.headers_mut() = headers;
     let authority = req.uri().authority().map(|a| a.as_str());
     if let Ok((host, port)) = eastwest::parse_authority(authority) {
-        assert_eq!(format!("{host}:{port}"), authority.unwrap(), "not canonical");
+        assert_eq!(
+            format!("{host}:{port}"),
+            authority.unwrap(),
+            "not canonical"
+        );
     }
     // The mesh transport (15008) takes an `ip:port` authority.
     let _ = authority.and_then(|a| a.parse::<std::net::SocketAddr>().ok());
@@ -49,7 +55,10 @@ fuzz_target!(|data: &[u8]| {
     source.write(&mut written);
     assert_eq!(Source::read(&written), source, "source headers round-trip");
     if let Some(p) = eastwest::target_port(req.headers()) {
-        assert_eq!(req.headers()[eastwest::TARGET_PORT_HEADER].as_bytes(), p.to_string().as_bytes());
+        assert_eq!(
+            req.headers()[eastwest::TARGET_PORT_HEADER].as_bytes(),
+            p.to_string().as_bytes()
+        );
     }
     let _ = eastwest::refusal_reason(req.headers());
 });

@@ -12,7 +12,8 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     // Fields separated by 0xff: method, target, size, then name/value pairs.
     let mut parts = data.split(|&b| b == 0xff);
-    let (Some(method), Some(target), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(size)) = (parts.next(), parts.next(), parts.next())
+    else {
         return;
     };
     let Ok(method) = Method::from_bytes(method) else {
@@ -39,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
     let size = match size.first() {
         None => BodySize::Empty,
         Some(0) => BodySize::Unknown,
-        Some(_) => BodySize::Exact(size.iter().fold(0u64, |n, &b| n.wrapping_mul(31) + u64::from(b))),
+        Some(_) => BodySize::Exact(
+            size.iter()
+                .fold(0u64, |n, &b| n.wrapping_mul(31) + u64::from(b)),
+        ),
     };
     let (parts, ()) = req.into_parts();
     let mut out = BytesMut::new();
@@ -49,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
     let mut parsed = httparse::Request::new(&mut fields);
     match parsed.parse(&out) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "bytes after the head"),
-        other => panic!("our head does not parse: {other:?}: {:?}", String::from_utf8_lossy(&out)),
+        other => panic!(
+            "our head does not parse: {other:?}: {:?}",
+            String::from_utf8_lossy(&out)
+        ),
     }
     assert_eq!(parsed.method, Some(method.as_str()));
     let expect_target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -59,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .filter(|h| {
             h.name.eq_ignore_ascii_case(header::CONTENT_LENGTH.as_str())
-                || h.name.eq_ignore_ascii_case(header::TRANSFER_ENCODING.as_str())
+                || h.name
+                    .eq_ignore_ascii_case(header::TRANSFER_ENCODING.as_str())
         })
         .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
         .collect();
