@@ -340,6 +340,7 @@ impl Gateway {
         if heard.is_none() {
             return Ok(open.await?);
         }
+        let mut heard = heard;
         loop {
             match tokio::time::timeout(SILENCE, &mut open).await {
                 Ok(r) => return Ok(r?),
@@ -359,7 +360,10 @@ impl Gateway {
                     return Err(e);
                 }
                 // Heard from: slow, not dead (its dial to the workload).
-                Err(_) => {}
+                // The next window is judged on its own: a datagram that
+                // was in flight when the path died must not make every
+                // later window look alive until the idle timeout.
+                Err(_) => heard = link.heard(),
             }
         }
     }
