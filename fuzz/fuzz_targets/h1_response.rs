@@ -23,7 +23,8 @@ fn run(wire: &[u8], piece: usize, head_only: bool) -> (Vec<u8>, String) {
                 body.extend_from_slice(&x)
             }
             Ok(Event::Trailers(_)) | Ok(Event::End) => {
-                return (body, format!("{status:?} ended, {} left", buf.len()));
+                let left = buf.len() + wire.len() - fed;
+                return (body, format!("{status:?} ended, {left} left"));
             }
             Ok(Event::NeedMore) if fed == wire.len() => {
                 let clean = status.is_some() && d.eof();
@@ -36,7 +37,8 @@ fn run(wire: &[u8], piece: usize, head_only: bool) -> (Vec<u8>, String) {
             }
         }
         if status.is_some() && d.is_done() {
-            return (body, format!("{status:?} done, {} left", buf.len()));
+            let left = buf.len() + wire.len() - fed;
+            return (body, format!("{status:?} done, {left} left"));
         }
         assert!(body.len() <= wire.len(), "more body than bytes");
     }
