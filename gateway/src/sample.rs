@@ -166,10 +166,7 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     app.hits.fetch_add(1, Ordering::SeqCst);
-    {
-        let mut h = app.last_headers.lock();
-        *h = Some(req.headers().clone());
-    }
+    *app.last_headers.lock() = Some(req.headers().clone());
     let delay = app.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

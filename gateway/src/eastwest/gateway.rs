@@ -334,13 +334,12 @@ impl Gateway {
         authority: &str,
         source: &super::Source,
     ) -> Result<super::client::Opened, GatewayError> {
-        let heard = link.heard();
+        let mut heard = link.heard();
         let open = link.open_target(authority, source);
         tokio::pin!(open);
         if heard.is_none() {
             return Ok(open.await?);
         }
-        let mut heard = heard;
         loop {
             match tokio::time::timeout(SILENCE, &mut open).await {
                 Ok(r) => return Ok(r?),

@@ -151,14 +151,11 @@ impl Lease {
         if let Some(Sender::H1(conn)) = self.sender.take()
             && self.max_uses.is_none_or(|m| self.uses < m)
         {
-            {
-                let mut idle = self.ep.idle.lock();
-                idle.push(IdleH1 {
-                    conn,
-                    since: Instant::now(),
-                    uses: self.uses,
-                });
-            }
+            self.ep.idle.lock().push(IdleH1 {
+                conn,
+                since: Instant::now(),
+                uses: self.uses,
+            });
             self.released.notify_waiters();
         }
     }

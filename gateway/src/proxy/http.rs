@@ -627,15 +627,11 @@ async fn respond(up: Upstream, head_request: bool, rec: Record) -> Response<Resp
     } = up;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    frame_response(
-        &mut parts.headers,
-        parts.status,
-        &http_body::Body::size_hint(&body),
-        head_request,
-    );
+    let size = http_body::Body::size_hint(&body);
+    frame_response(&mut parts.headers, parts.status, &size, head_request);
     let status = parts.status;
     let header_grpc = grpc_status_of(&parts.headers);
-    let (body, held) = if small_known_length(&http_body::Body::size_hint(&body)) {
+    let (body, held) = if small_known_length(&size) {
         // Small body: read it whole, give the connection back at once, and
         // answer head and body in one write.
         let whole = match read_all(body).await {

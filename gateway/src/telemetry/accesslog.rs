@@ -105,10 +105,7 @@ impl Sink {
             Self::File(f) => {
                 if let Ok(mut line) = serde_json::to_vec(&e) {
                     line.push(b'\n');
-                    {
-                        let mut f = f.lock();
-                        let _ = f.write_all(&line);
-                    }
+                    let _ = f.lock().write_all(&line);
                 }
             }
         }

@@ -85,11 +85,9 @@ pub enum Chunk {
 /// A response head and what the connection may do after its body.
 #[derive(Debug)]
 pub struct ResponseHead {
-    /// Status, version and headers. Content-Length and Transfer-Encoding
-    /// are removed: the length a response is forwarded with comes from its
-    /// body, never from a header copied from the upstream. A HEAD or 304
-    /// response keeps a valid Content-Length (it describes the
-    /// representation, not this message).
+    /// Status, version and headers as received. How the body is delimited
+    /// is `framing`; forwarding writes the framing headers anew from the
+    /// body (`proxy::headers::frame_response`), never copies them.
     pub response: Response<()>,
     pub framing: Framing,
     /// The connection may carry another request once the body has ended.
@@ -179,12 +177,9 @@ impl ResponseDecoder {
         let event = match framing {
             Framing::Empty | Framing::Length(0) => Event::End,
             Framing::Length(n) => {
-                if buf.is_empty() {
+                let Some(data) = take_upto(n, buf) else {
                     return Ok(Event::NeedMore);
-                }
-                let k = (*n).min(buf.len() as u64);
-                *n -= k;
-                let data = buf.split_to(k as usize).freeze();
+                };
                 if *n == 0 {
                     // The last bytes end the body at once: a consumer may
                     // stop polling once the body says it ended.
@@ -257,12 +252,9 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Event, CodecError> {
                 };
             }
             Chunk::Data(n) => {
-                if buf.is_empty() {
+                let Some(data) = take_upto(n, buf) else {
                     return Ok(Event::NeedMore);
-                }
-                let k = (*n).min(buf.len() as u64);
-                *n -= k;
-                let data = buf.split_to(k as usize).freeze();
+                };
                 if *n == 0 {
                     *state = Chunk::DataEnd;
                 }
@@ -284,6 +276,17 @@ fn chunked(state: &mut Chunk, buf: &mut BytesMut) -> Result<Event, CodecError> {
             Chunk::Trailers => return trailers(buf),
         }
     }
+}
+
+/// Up to `n` bytes of what `buf` holds (None when it holds none), taken
+/// off `n`.
+fn take_upto(n: &mut u64, buf: &mut BytesMut) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let k = (*n).min(buf.len() as u64);
+    *n -= k;
+    Some(buf.split_to(k as usize).freeze())
 }
 
 fn trailers(buf: &mut BytesMut) -> Result<Event, CodecError> {
@@ -401,7 +404,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ResponseHead
     } else {
         connection_has(&map, "keep-alive")
     };
-    let (framing, delimited) = framing_of(code, minor, head_only, &mut map)?;
+    let (framing, delimited) = framing_of(code, minor, head_only, &map)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = if minor >= 1 {
@@ -419,13 +422,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ResponseHead
 }
 
 /// The body's framing, and whether its end is known without a close.
-/// Removes the framing headers from `h` (a HEAD or 304 response keeps a
-/// valid Content-Length, normalised to one value).
 fn framing_of(
     code: u16,
     minor: u8,
     head_only: bool,
-    h: &mut HeaderMap,
+    h: &HeaderMap,
 ) -> Result<(Framing, bool), CodecError> {
     let te = h.contains_key(header::TRANSFER_ENCODING);
     if te && minor == 0 {
@@ -437,10 +438,9 @@ fn framing_of(
         if codings.len() != 1 || !codings[0].eq_ignore_ascii_case("chunked") {
             return Err(CodecError::TransferCoding(codings.join(", ")));
         }
-        h.remove(header::TRANSFER_ENCODING);
         // Transfer-Encoding wins; with a Content-Length as well the
         // message is suspect and the connection is not reused.
-        let clean = h.remove(header::CONTENT_LENGTH).is_none();
+        let clean = !h.contains_key(header::CONTENT_LENGTH);
         return Ok(if no_body {
             (Framing::Empty, clean)
         } else {
@@ -448,16 +448,8 @@ fn framing_of(
         });
     }
     let length = content_length(h)?;
-    h.remove(header::CONTENT_LENGTH);
-    if no_body {
-        if let Some(n) = length
-            && (head_only || code == 304)
-        {
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-        }
-        return Ok((Framing::Empty, true));
-    }
     Ok(match length {
+        _ if no_body => (Framing::Empty, true),
         Some(0) => (Framing::Empty, true),
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),

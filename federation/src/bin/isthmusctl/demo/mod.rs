@@ -79,10 +79,7 @@ impl Demo {
         if !self.tty {
             println!("{stamped}");
         }
-        {
-            let mut n = self.narration.lock();
-            n.push(stamped);
-        }
+        self.narration.lock().push(stamped);
     }
 
     /// Replaces a store file at once (no half-written file is ever read).

@@ -94,10 +94,11 @@ impl Stats {
     }
 
     fn record(&self, a: Answer) {
-        {
-            let mut w = self.windows.lock();
-            w.entry((a.frontend, a.service)).or_default().record(&a);
-        }
+        self.windows
+            .lock()
+            .entry((a.frontend, a.service))
+            .or_default()
+            .record(&a);
         let _ = self.feed.send(a);
     }
 

@@ -77,6 +77,20 @@ fn decode(wire: &[u8], piece: usize, head_only: bool) -> Result<Decoded, Failed>
     }
 }
 
+/// The headers a decoded head is forwarded with: hop-by-hop fields gone,
+/// the framing written anew from the body (what the proxy does).
+fn forwarded(h: &ResponseHead, head_request: bool) -> HeaderMap {
+    let mut headers = h.response.headers().clone();
+    let size = match h.framing {
+        Framing::Empty => http_body::SizeHint::with_exact(0),
+        Framing::Length(n) => http_body::SizeHint::with_exact(n),
+        _ => http_body::SizeHint::default(),
+    };
+    crate::proxy::headers::strip_hop_by_hop(&mut headers);
+    crate::proxy::headers::frame_response(&mut headers, h.response.status(), &size, head_request);
+    headers
+}
+
 fn codec_error(wire: &[u8]) -> CodecError {
     match decode(wire, 64, false) {
         Err(Failed::Codec(e)) => e,
@@ -166,9 +180,10 @@ fn response_heads_decide_framing_and_reuse() {
     assert_eq!(h.response.headers()["x-a"], "b");
     assert_eq!(h.framing, Framing::Length(12));
     assert!(h.reusable);
-    assert!(
-        !h.response.headers().contains_key(header::CONTENT_LENGTH),
-        "framing headers are not forwarded"
+    assert_eq!(
+        forwarded(&h, false)[header::CONTENT_LENGTH],
+        "12",
+        "the length is the body's"
     );
 
     let h = head(
@@ -187,7 +202,7 @@ fn response_heads_decide_framing_and_reuse() {
     let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
     assert_eq!(h.framing, Framing::Empty, "a HEAD response has no body");
     assert_eq!(
-        h.response.headers()[header::CONTENT_LENGTH],
+        forwarded(&h, true)[header::CONTENT_LENGTH],
         "9",
         "a HEAD response's length describes the representation and is kept"
     );
@@ -196,13 +211,13 @@ fn response_heads_decide_framing_and_reuse() {
         false,
     );
     assert_eq!(h.framing, Framing::Empty);
-    assert_eq!(h.response.headers()[header::CONTENT_LENGTH], "9");
+    assert_eq!(forwarded(&h, false)[header::CONTENT_LENGTH], "9");
     let h = head(
         b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n",
         false,
     );
     assert_eq!(h.framing, Framing::Empty);
-    assert!(!h.response.headers().contains_key(header::CONTENT_LENGTH));
+    assert!(!forwarded(&h, false).contains_key(header::CONTENT_LENGTH));
 
     let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc", false);
     assert_eq!(h.framing, Framing::Length(3));
@@ -227,7 +242,7 @@ fn transfer_encoding_wins_over_content_length_and_the_connection_closes() {
     assert_eq!(d.body, b"hello ab");
     assert_eq!(d.head.framing, Framing::Chunked(Chunk::Size));
     assert!(!d.head.reusable, "a message with both framings is suspect");
-    let h = d.head.response.headers();
+    let h = forwarded(&d.head, false);
     assert!(
         !h.contains_key(header::CONTENT_LENGTH),
         "removed: RFC 9112 §6.3"
