@@ -518,6 +518,17 @@ pub enum BodySize {
     Unknown,
 }
 
+impl BodySize {
+    /// The length, when known (an empty body's is 0).
+    pub fn known(self) -> Option<u64> {
+        match self {
+            BodySize::Empty => Some(0),
+            BodySize::Exact(n) => Some(n),
+            BodySize::Unknown => None,
+        }
+    }
+}
+
 /// Request line and headers. The body's framing is ours to decide from
 /// what the body is, never from a header the client sent: Content-Length
 /// and Transfer-Encoding are dropped and written anew (a known size gets a

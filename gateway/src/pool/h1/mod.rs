@@ -120,16 +120,11 @@ impl H1Conn {
         // A client's Content-Length that is not its body's length is a lie
         // about the body (hyper checks what it reads; this catches a
         // header set apart from the body).
-        if let (Ok(Some(declared)), BodySize::Empty | BodySize::Exact(_)) =
-            (codec::content_length(&parts.headers), size)
+        if let (Ok(Some(declared)), Some(sent)) =
+            (codec::content_length(&parts.headers), size.known())
+            && declared != sent
         {
-            let sent = match size {
-                BodySize::Exact(n) => n,
-                _ => 0,
-            };
-            if declared != sent {
-                return Err(H1Error::BodyLength { declared, sent });
-            }
+            return Err(H1Error::BodyLength { declared, sent });
         }
         let mut out = BytesMut::with_capacity(512);
         let mode = codec::encode_request_head(parts, size, &mut out);
