@@ -96,13 +96,17 @@ pub const TARGET_PORT_HEADER: &str = "isthmus-target-port";
 
 /// The target port a 200 carries, if any.
 pub fn target_port(headers: &http::HeaderMap) -> Option<u16> {
-    headers
-        .get(TARGET_PORT_HEADER)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-        .filter(|p| *p != 0)
+    parse_port(headers.get(TARGET_PORT_HEADER)?.to_str().ok()?)
+}
+
+/// A port as the CONNECT authorities and headers spell it: digits only,
+/// no leading zero, 1-65535. One spelling per port (`+80`, `080` would
+/// parse as 80 and slip past checks on the text).
+pub fn parse_port(text: &str) -> Option<u16> {
+    if text.is_empty() || text.starts_with('0') || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Sets `TARGET_PORT_HEADER` when there is a port to say.
@@ -227,12 +231,7 @@ pub fn parse_authority(authority: Option<&str>) -> Result<(String, u16), Connect
     let a = authority.ok_or(ConnectRefusal::NoAuthority)?;
     let bad = || ConnectRefusal::BadAuthority(a.to_string());
     let (host, port) = a.rsplit_once(':').ok_or_else(bad)?;
-    // Digits only, no leading zero: one spelling per port (`+80` and
-    // `080` would parse as 80 and slip past checks on the text).
-    if port.is_empty() || port.starts_with('0') || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad());
-    }
-    let port: u16 = port.parse().map_err(|_| bad())?;
+    let port = parse_port(port).ok_or_else(bad)?;
     let ok = host.contains('.')
         && !host.starts_with('.')
         && !host.ends_with('.')
@@ -276,6 +275,17 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+        // The target port a peer's 200 says: one spelling (a fuzz finding:
+        // `02` was read as 2).
+        let said = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(TARGET_PORT_HEADER, http::HeaderValue::from_str(v).unwrap());
+            target_port(&h)
+        };
+        assert_eq!(said("8080"), Some(8080));
+        for bad in ["02", "+2", "0", "", "65536", " 80", "8o"] {
+            assert_eq!(said(bad), None, "{bad:?}");
         }
         assert_eq!(
             ConnectRefusal::NoService("x.y".into()).status(),
