@@ -134,6 +134,22 @@ pub async fn serve(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Run
     .await
 }
 
+/// Serves `app` over HTTP/1.1 only, as most servers in a mesh do: an h2c
+/// preface is a malformed request to it.
+pub async fn serve_http1(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Running> {
+    accept_loop(addr, move |stream, peer, me, tasks| {
+        let app = app.clone();
+        async move {
+            let svc = service_fn(move |req| handle(app.clone(), tasks.clone(), me, peer, req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
+        }
+    })
+    .await
+}
+
 /// A TCP server that echoes every byte back.
 pub async fn serve_tcp_echo(addr: SocketAddr) -> std::io::Result<Running> {
     accept_loop(addr, |mut stream, _, _, _| async move {

@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, StatusCode, Uri, Version};
 use http_body::SizeHint;
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -14,6 +14,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    // The settings of an `Upgrade: h2c` (RFC 7540 §3.2), a hop's own.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in
@@ -63,10 +65,17 @@ pub fn frame_response(h: &mut HeaderMap, status: StatusCode, body: &SizeHint, he
     }
 }
 
-/// An HTTP/1.1 upgrade request (WebSocket and the like).
+/// An HTTP/1.1 upgrade request (WebSocket and the like) to forward as one.
+/// `Upgrade: h2c` is not: it asks this hop to switch, and the request is
+/// answered over HTTP/1.1 with the header removed (as Envoy does), so the
+/// upstream never switches a connection the proxy cannot follow.
 pub fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::UPGRADE).iter().any(|v| {
+            v.to_str().map_or(true, |s| {
+                s.split(',').any(|p| !p.trim().eq_ignore_ascii_case("h2c"))
+            })
+        })
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
@@ -132,6 +141,11 @@ pub fn shape_for_upstream(
         {
             headers.insert(header::HOST, v);
         }
+        // On HTTP/1.1, TE is a connection option and is named as one
+        // (RFC 9110 §10.1.4); an h2 client sends it bare.
+        if !keep_upgrade && headers.contains_key(header::TE) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("te"));
+        }
         Ok(Uri::builder().path_and_query(pq).build()?)
     }
 }
@@ -187,6 +201,20 @@ mod tests {
             .body(())
             .unwrap();
         assert!(!is_upgrade(&plain));
+        let h2c = |offer: &str| {
+            Request::builder()
+                .header(header::CONNECTION, "Upgrade, HTTP2-Settings")
+                .header(header::UPGRADE, offer)
+                .header("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA")
+                .body(())
+                .unwrap()
+        };
+        assert!(!is_upgrade(&h2c("h2c")), "h2c is this hop's, not forwarded");
+        assert!(!is_upgrade(&h2c("H2C")));
+        assert!(is_upgrade(&h2c("h2c, websocket")));
+        let mut h = h2c("h2c").into_parts().0.headers;
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
@@ -199,5 +227,12 @@ mod tests {
         let u2 = shape_for_upstream(&uri, &mut h, "catalog:80", true, false).unwrap();
         assert_eq!(u2.to_string(), "http://catalog:80/a?b=1");
         assert!(!h.contains_key(header::HOST));
+        // An h2 client's bare `te: trailers` is named in Connection on
+        // HTTP/1.1.
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        shape_for_upstream(&uri, &mut h, "catalog:80", false, false).unwrap();
+        assert_eq!(h[header::CONNECTION], "te");
+        assert_eq!(h[header::TE], "trailers");
     }
 }

@@ -433,11 +433,15 @@ fn hash_key(spec: &ServiceSpec, req: &Request<Incoming>, peer: SocketAddr) -> Op
     }
 }
 
-fn upstream_version(protocol: Protocol, downstream: http::Version) -> Version {
+/// The protocol a service port is called in, whatever the client spoke (as
+/// Istio does): HTTP/2 only where the Service says so (`HTTP2`, `GRPC`,
+/// from `appProtocol` or the port name); plain `HTTP` is HTTP/1.1, which
+/// every HTTP server speaks. An h2c client of an HTTP/1.1 service is
+/// translated (`shape_for_upstream`, `frame_response`).
+pub(crate) fn upstream_version(protocol: Protocol) -> Version {
     match protocol {
         Protocol::Http2 | Protocol::Grpc => Version::Http2,
-        _ if downstream == http::Version::HTTP_2 => Version::Http2,
-        _ => Version::Http1,
+        Protocol::Http | Protocol::Tcp => Version::Http1,
     }
 }
 
@@ -545,8 +549,9 @@ async fn handle(
             port: port.port.to_string(),
         });
     };
-    let version = upstream_version(bport.protocol, req.version());
-    if is_upgrade(&req) {
+    let version = upstream_version(bport.protocol);
+    // HTTP/2 has no Upgrade; an HTTP/2 service gets the request without it.
+    if version == Version::Http1 && is_upgrade(&req) {
         return forward_upgrade(proxy, bspec, bport, authority, hash, req, rec).await;
     }
 
@@ -985,11 +990,7 @@ async fn mirror(
             None => format!("{host}-shadow"),
         };
         headers.remove(header::HOST);
-        let version = if matches!(port.protocol, Protocol::Http2 | Protocol::Grpc) {
-            Version::Http2
-        } else {
-            Version::Http1
-        };
+        let version = upstream_version(port.protocol);
         let uri = shape_for_upstream(
             &uri,
             &mut headers,

@@ -87,21 +87,97 @@ impl http_body::Body for Chunks {
 }
 
 #[tokio::test]
-async fn h2c_downstream_and_h2_upstream_multiplex() {
+async fn h2c_clients_reach_http1_only_services() {
+    // Most servers speak HTTP/1.1 only; a port of protocol HTTP is called
+    // in it whatever the client spoke (h2c before: a 502).
+    let app = SampleApp::new("catalog", "c", "v1");
+    let s = sample::serve_http1(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("catalog", "HTTP", &[s.addr], "")])).await;
+    let out = env.addr("out");
+    let (st, _, b, _) = h2_send(
+        out,
+        "catalog",
+        "/x?q=1",
+        &[("te", "trailers")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let b = json(&String::from_utf8_lossy(&b));
+    assert_eq!(b["protocol"], "HTTP/1.1");
+    assert_eq!(b["host"], "catalog", ":authority became Host");
+    assert_eq!(b["path"], "/x?q=1");
+    assert_eq!(
+        app.last_header("connection").as_deref(),
+        Some("te"),
+        "TE is named as a connection option on HTTP/1.1"
+    );
+    // A body larger than the replay buffer streams there and back.
+    let big = Bytes::from(vec![b'y'; 300 * 1024]);
+    let (st, _, echoed, _) = h2_send(out, "catalog", "/echo", &[], big.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(echoed, big);
+}
+
+#[tokio::test]
+async fn an_http1_response_is_translated_for_an_h2_client() {
+    // Connection-specific fields are illegal in HTTP/2 (RFC 9113 §8.2.2);
+    // chunked trailers become HTTP/2 trailers.
+    let up = scripted_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\n\
+          X-Hop: 1\r\nX-Kept: 1\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nx-sum: 7\r\n\r\n",
+    )
+    .await;
+    let env = start(&config(&[service("legacy", "HTTP", &[up], "")])).await;
+    let (st, h, body, trailers) = h2_send(
+        env.addr("out"),
+        "legacy",
+        "/",
+        &[("te", "trailers")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(body, "hello");
+    assert_eq!(h["x-kept"], "1");
+    for hop in ["connection", "keep-alive", "x-hop", "transfer-encoding"] {
+        assert!(!h.contains_key(hop), "{hop} reached an h2 client: {h:?}");
+    }
+    assert_eq!(trailers.expect("trailers")["x-sum"], "7");
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_offer_is_answered_over_http1() {
+    // curl --http2 offers `Upgrade: h2c`; that is a question for this hop.
+    // The upstream must not switch a connection the proxy would then only
+    // splice.
     let app = SampleApp::new("catalog", "c", "v1");
     let s = sample::serve(app.clone(), LOCAL).await.unwrap();
-    let env = start(&config(&[
-        service("catalog", "HTTP", &[s.addr], ""),
-        service("catalog-h2", "HTTP2", &[s.addr], ""),
-    ]))
+    let env = start(&config(&[service("catalog", "HTTP", &[s.addr], "")])).await;
+    let (st, _, b) = get(
+        env.addr("out"),
+        "catalog",
+        "/",
+        &[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ],
+    )
     .await;
-    let out = env.addr("out");
-    // h2c in, same protocol out.
-    let (st, _, b, _) = h2_send(out, "catalog", "/x", &[], Bytes::new()).await;
     assert_eq!(st, 200);
-    let b = String::from_utf8_lossy(&b);
-    assert_eq!(json(&b)["protocol"], "HTTP/2.0");
-    assert_eq!(json(&b)["host"], "catalog");
+    assert_eq!(json(&b)["protocol"], "HTTP/1.1");
+    assert_eq!(app.last_header("upgrade"), None);
+    assert_eq!(app.last_header("http2-settings"), None);
+}
+
+#[tokio::test]
+async fn http1_clients_of_an_http2_service_share_one_h2_connection() {
+    let app = SampleApp::new("catalog", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("catalog-h2", "HTTP2", &[s.addr], "")])).await;
+    let out = env.addr("out");
     // HTTP/1.1 in, HTTP2 service: h2 upstream; concurrent requests share
     // one upstream connection.
     let client = h1();
@@ -117,6 +193,7 @@ async fn h2c_downstream_and_h2_upstream_multiplex() {
         let (st, _, b) = t.await.unwrap();
         assert_eq!(st, 200);
         assert_eq!(json(&b)["protocol"], "HTTP/2.0");
+        assert_eq!(json(&b)["host"], "catalog-h2", "Host became :authority");
         peers.insert(json(&b)["peer"].as_str().unwrap().to_string());
     }
     assert_eq!(peers.len(), 1, "one multiplexed h2 connection: {peers:?}");
