@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod locate;
+pub mod protocol;
 pub mod resource;
 pub mod validate;
 

@@ -29,7 +29,7 @@ pub enum CrdgenError {
         source: std::io::Error,
     },
     #[error(
-        "{dir} is out of date with the resource types ({files}); run `cargo run -p isthmus-federation -- crdgen`"
+        "{dir} is out of date with the resource types ({files}); run `cargo run -p isthmus-federation --bin isthmus-federation -- crdgen`"
     )]
     Drift { dir: PathBuf, files: String },
 }

@@ -294,9 +294,21 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let tokens = Some(std::sync::Arc::new(tokens));
                 let at = listener.local_addr()?;
+                // The credentials peers issue us: under the store directory,
+                // or in one Secret beside the Lease.
+                let credentials = match &store_dir {
+                    Some(_) => None,
+                    None => Some(std::sync::Arc::new(
+                        isthmus_federation::sync::credentials::CredentialStore::secret(
+                            client.clone().expect("kube mode has a client"),
+                            &lease_namespace,
+                        ),
+                    )),
+                };
                 let settings = isthmus_federation::sync::client::Settings {
                     entry: gateway_entry,
                     namespace: lease_namespace.clone(),
+                    credentials,
                     ..Default::default()
                 };
                 let tls = cp.serve_federation(listener, ca.clone(), tokens, settings)?;

@@ -390,7 +390,8 @@ impl ControlPlane {
             self.published.clone(),
             tokens,
             self.stop.clone(),
-        );
+        )
+        .with_credentials(settings.credential_policy, settings.clock.clone());
         let config = Arc::new(tls.mesh.server.as_ref().clone());
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
@@ -404,10 +405,16 @@ impl ControlPlane {
             self.tasks.clone(),
             Arc::new(isthmus_gateway::telemetry::metrics::Metrics::new()),
         ));
+        let credentials = settings.credentials.clone().unwrap_or_else(|| {
+            Arc::new(crate::sync::credentials::CredentialStore::dir(
+                &self.opts.store_dir,
+            ))
+        });
         let links = crate::sync::client::run(
             self.published.clone(),
             connector,
             self.peers.clone(),
+            credentials,
             settings,
             self.stop.clone(),
         );

@@ -279,6 +279,101 @@ async fn exports_sync_through_the_gateways_and_survive_a_partition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_outlives_its_join_token_across_restarts() {
+    init_tracing();
+    let mut west = Cluster::new("outlives", "eu-west");
+    let mut central = Cluster::new("outlives", "eu-central");
+    for c in [&mut west, &mut central] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    central.write("catalog.yaml", CATALOG);
+    link(&west, &central, Duration::from_secs(60), "1s");
+    link(&central, &west, Duration::from_secs(60), "1s");
+    let s = eventually("eu-west holds a link credential from eu-central", || {
+        let s = west.status("eu-central");
+        async move { (s.connected && s.credential_expiry.is_some()).then_some(s) }
+    })
+    .await;
+    let expiry = s.credential_expiry.unwrap().0;
+    let days = (expiry - k8s_openapi::jiff::Timestamp::now()).get_seconds() / 86400;
+    assert!((29..=30).contains(&days), "good for 30 days: {expiry}");
+    assert!(
+        west.dir.join("ca/links/eu-central").is_file(),
+        "kept where a restarted control plane finds it"
+    );
+    eventually("eu-central holds one from eu-west", || {
+        let s = central.status("eu-west");
+        async move { s.credential_expiry.is_some().then_some(()) }
+    })
+    .await;
+
+    // Two hours on, the 60 s join tokens are long expired. Each restart
+    // in turn, and the link comes back after each without a new token.
+    for c in [&west, &central] {
+        c.advance_clock(Duration::from_secs(2 * 3600));
+    }
+    let down = |c: &Cluster, peer: &'static str| {
+        let s = c.status(peer);
+        async move { (!s.connected).then_some(()) }
+    };
+    let up = |c: &Cluster, peer: &'static str| {
+        let s = c.status(peer);
+        async move {
+            let reason = s.conditions.first().map(|c| c.reason.as_str());
+            assert_ne!(reason, Some("TokenExpired"), "{s:?}");
+            s.connected.then_some(())
+        }
+    };
+    for (who, gateway) in [
+        ("eu-central", true),
+        ("eu-west", true),
+        ("eu-central", false),
+        ("eu-west", false),
+    ] {
+        let (c, other) = if who == "eu-central" {
+            (&mut central, "eu-west")
+        } else {
+            (&mut west, "eu-central")
+        };
+        let what = if gateway { "gateway" } else { "control plane" };
+        if gateway {
+            c.stop_gateway().await;
+            eventually(&format!("{who}'s {what} gone"), || down(c, other)).await;
+            c.start_gateway().await;
+        } else {
+            c.stop_control_plane().await;
+            c.start_control_plane();
+        }
+        eventually(
+            &format!("the link back after {who}'s {what} restarted"),
+            || up(&west, "eu-central"),
+        )
+        .await;
+        eventually(
+            &format!("eu-central's link back after {who}'s {what} restarted"),
+            || up(&central, "eu-west"),
+        )
+        .await;
+    }
+    assert!(
+        eventually("the imports", || {
+            let s = west.service("catalog-eu-central.shop");
+            async move { s }
+        })
+        .await
+        .endpoints
+        .len()
+            == 1
+    );
+
+    for c in [&mut west, &mut central] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_and_mismatched_trust_are_refused_by_name() {
     init_tracing();
     let mut west = Cluster::new("refused", "eu-west");

@@ -561,6 +561,7 @@ spec:
         rtt_millis: Some(rtt),
         last_sync: Some(now.clone()),
         imported_services: vec!["catalog.shop".into()],
+        credential_expiry: None,
         stale_seconds: None,
         conditions: vec![Condition {
             type_: "Connected".into(),

@@ -274,7 +274,13 @@ fn default_listeners(
                 .iter()
                 .map(|p| InboundPort {
                     port: p.port,
-                    ..Default::default()
+                    // A named port says its protocol as a Service port's
+                    // name does (`grpc`, `http2-api`); an unnamed one is
+                    // HTTP, called in the version the caller's sidecar
+                    // chose from the Service.
+                    protocol: isthmus_api::protocol::of_port_name(&p.name)
+                        .unwrap_or(isthmus_api::model::Protocol::Http)
+                        as i32,
                 })
                 .collect(),
         };

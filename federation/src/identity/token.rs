@@ -29,6 +29,9 @@ pub enum TokenError {
     Identity(String),
 }
 
+/// The purpose of the key that signs link credentials (`for_purpose`).
+pub const LINK_CREDENTIAL: &str = "isthmus link credential v1";
+
 /// `kube` mode: the Secret (in the control plane's namespace) holding the
 /// key that signs join tokens, and its field.
 pub const SECRET_NAME: &str = "isthmus-join-token-key";
@@ -132,6 +135,15 @@ impl TokenKey {
         }))
     }
 
+    /// A key for another purpose (HMAC of `purpose` under this key): what
+    /// one signs, the other does not accept, and a new token key changes
+    /// both. Link credentials are signed with `for_purpose(LINK_CREDENTIAL)`
+    /// so none is a join token or a workload's bootstrap token.
+    pub fn for_purpose(&self, purpose: &str) -> Self {
+        let derived = hmac::sign(&self.key, purpose.as_bytes());
+        Self::new(derived.as_ref(), &self.trust_domain)
+    }
+
     /// What the MAC covers.
     fn message(&self, ns: &str, sa: &str, expiry: u64) -> String {
         format!("v1\n{}\n{ns}\n{sa}\n{expiry}", self.trust_domain)
@@ -179,6 +191,30 @@ impl TokenKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purpose_key_and_its_parent_accept_none_of_each_others_tokens() {
+        let k = TokenKey::new(b"0123456789abcdef0123456789abcdef", "eu-west.isthmus.local");
+        let c = k.for_purpose(LINK_CREDENTIAL);
+        let now = SystemTime::now();
+        let ttl = Duration::from_secs(60);
+        let join = k.issue("isthmus-system", "link-eu-central", now, ttl);
+        let credential = c.issue("isthmus-system", "link-eu-central", now, ttl);
+        assert!(k.verify(&join, now).is_ok());
+        assert!(c.verify(&credential, now).is_ok());
+        assert_eq!(c.verify(&join, now), Err(TokenError::BadMac));
+        assert_eq!(k.verify(&credential, now), Err(TokenError::BadMac));
+        // Derived the same way from the same key: the same key (a
+        // restarted control plane accepts what it issued before).
+        let again = k.for_purpose(LINK_CREDENTIAL);
+        assert!(again.verify(&credential, now).is_ok());
+        let other = TokenKey::new(b"another key, another control pl.", "eu-west.isthmus.local");
+        assert_eq!(
+            other.for_purpose(LINK_CREDENTIAL).verify(&credential, now),
+            Err(TokenError::BadMac),
+            "a new token key revokes the credentials"
+        );
+    }
 
     #[test]
     fn tokens_prove_one_identity_until_they_expire() {

@@ -33,7 +33,9 @@ pub struct ClusterLinkSpec {
     /// The peer's SPIFFE trust domain and its CA bundle (PEM).
     pub trust_domain: String,
     pub trust_bundle: String,
-    /// Secret holding this link's credentials (the join token).
+    /// Secret holding this link's join token (`token`). Once the peer
+    /// admitted it, the link uses the credential the peer issued instead
+    /// (`status.credentialExpiry`), and the join token may expire.
     pub credentials_secret_ref: SecretRef,
     #[serde(default)]
     pub partition: PartitionPolicy,
@@ -106,6 +108,11 @@ pub struct ClusterLinkStatus {
     pub last_sync: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub imported_services: Vec<String>,
+    /// When the link credential the peer issued this cluster expires: until
+    /// then the link comes back after any restart or outage without its
+    /// join token. Renewed while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_expiry: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// While disconnected and the imports are still used (fail-static):
     /// seconds since the peer was last heard.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,9 @@ use isthmus_gateway::tunnel::client::{Connector, Expect, TunnelError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::credentials::CredentialStore;
 use super::peers::{Partition, Peers};
+use super::server::{Clock, CredentialPolicy};
 use super::{Reason, SyncError};
 use crate::server::Published;
 use crate::store::{ObjectKey, Resource, Snapshot};
@@ -106,8 +108,8 @@ pub fn targets<'a>(
     out
 }
 
-/// How the link tasks behave.
-#[derive(Debug, Clone)]
+/// How the federation channel behaves, both sides.
+#[derive(Clone)]
 pub struct Settings {
     /// This cluster's east-west gateway entry (15009).
     pub entry: Option<SocketAddr>,
@@ -117,6 +119,27 @@ pub struct Settings {
     pub ping: Duration,
     pub connect_timeout: Duration,
     pub backoff_max: Duration,
+    /// Where the credentials peers issue us are kept (None: under the
+    /// store directory).
+    pub credentials: Option<Arc<CredentialStore>>,
+    /// The credentials we issue to our subscribers.
+    pub credential_policy: CredentialPolicy,
+    /// What tokens and credentials are checked and issued against.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("entry", &self.entry)
+            .field("namespace", &self.namespace)
+            .field("ping", &self.ping)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("backoff_max", &self.backoff_max)
+            .field("credentials", &self.credentials)
+            .field("credential_policy", &self.credential_policy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Settings {
@@ -127,6 +150,9 @@ impl Default for Settings {
             ping: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(5),
             backoff_max: Duration::from_secs(5),
+            credentials: None,
+            credential_policy: CredentialPolicy::DEFAULT,
+            clock: Arc::new(SystemTime::now),
         }
     }
 }
@@ -136,6 +162,7 @@ pub fn run(
     mut published: watch::Receiver<Arc<Published>>,
     connector: Arc<Connector>,
     peers: Arc<Peers>,
+    credentials: Arc<CredentialStore>,
     settings: Settings,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -177,6 +204,7 @@ pub fn run(
                     target: target.clone(),
                     connector: connector.clone(),
                     peers: peers.clone(),
+                    credentials: credentials.clone(),
                     settings: settings.clone(),
                 };
                 tokio::spawn(link.run(token.clone()));
@@ -195,6 +223,7 @@ struct Link {
     target: Target,
     connector: Arc<Connector>,
     peers: Arc<Peers>,
+    credentials: Arc<CredentialStore>,
     settings: Settings,
 }
 
@@ -237,12 +266,27 @@ impl Link {
         }
     }
 
+    /// The hello token: the link credential the peer issued us, else the
+    /// join token (whether it is the credential).
+    async fn token(&self) -> Result<(String, bool), SyncError> {
+        let t = &self.target;
+        match self.credentials.load(&t.peer).await {
+            Ok(Some(credential)) => return Ok((credential, true)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(peer = %t.peer, "{e}; trying the join token"),
+        }
+        match &t.token {
+            Ok(token) => Ok((token.clone(), false)),
+            Err(why) => Err(refused(Reason::NoCredentials, why.clone())),
+        }
+    }
+
     /// One connection, until it fails: why.
     async fn session(&self) -> SyncError {
         let t = &self.target;
-        let token = match &t.token {
-            Ok(token) => token.clone(),
-            Err(why) => return refused(Reason::NoCredentials, why.clone()),
+        let (token, with_credential) = match self.token().await {
+            Ok(t) => t,
+            Err(e) => return e,
         };
         let Some(entry) = self.settings.entry else {
             return refused(
@@ -299,7 +343,24 @@ impl Link {
         .await
         {
             Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return status_error(&t.peer, &status),
+            Ok(Err(status)) => {
+                let e = status_error(&t.peer, &status);
+                // A credential the peer no longer takes (its token key
+                // changed, or it expired) is dropped: the next attempt
+                // says hello with the join token.
+                if with_credential
+                    && let SyncError::Refused {
+                        reason: Reason::TokenExpired | Reason::TokenInvalid,
+                        ..
+                    } = &e
+                {
+                    tracing::info!(peer = %t.peer, "the peer refused our link credential ({e}); trying the join token");
+                    if let Err(e) = self.credentials.forget(&t.peer).await {
+                        tracing::warn!(peer = %t.peer, "{e}");
+                    }
+                }
+                return e;
+            }
             Err(_) => return refused(Reason::Unreachable, format!("{} did not answer", t.peer)),
         };
         let mut ping = tokio::time::interval(self.settings.ping);
@@ -328,6 +389,22 @@ impl Link {
                             }
                             tracing::debug!(peer = %t.peer, version = e.version, full = e.full,
                                 services = e.services.len(), removed = e.removed.len(), "exports received");
+                        }
+                        Some(sync_response::Kind::Credential(c)) => {
+                            // Kept before it is relied on; a store that
+                            // cannot write is said in the log and status
+                            // (the link works until a restart).
+                            let kept = self.credentials.save(&t.peer, &c.token).await;
+                            if let Err(e) = &kept {
+                                tracing::warn!(peer = %t.peer, "{e}");
+                            }
+                            let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(c.expires_unix);
+                            self.peers.update(&t.peer, |p| {
+                                p.credential = Some(super::peers::Credential {
+                                    expires,
+                                    not_kept: kept.as_ref().err().map(ToString::to_string),
+                                });
+                            });
                         }
                         Some(sync_response::Kind::Pong(p)) => {
                             if let Some((n, at)) = pinged.take_if(|(n, _)| *n == p.nonce) {

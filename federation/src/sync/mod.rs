@@ -2,7 +2,8 @@
 //! `sync/`). A cluster with a ClusterLink to a peer imports what the peer
 //! exports: its control plane (`client`) opens the channel through its own
 //! east-west gateway to the peer's control plane (`server`), presents the
-//! join token the peer issued, and holds what it receives (`peers`): a full
+//! join token the peer issued (then the link credential the peer sends
+//! once it admitted us), and holds what it receives (`peers`): a full
 //! state on every (re)connection, then versioned deltas. The translation
 //! takes the held imports as `translate::imports::Summary`s; the partition
 //! policy decides how long they are used once the peer goes silent.
@@ -11,10 +12,13 @@
 //! - `peers`: what we hold from each peer; partition decisions (pure).
 //! - `server`: the exporting side (gRPC `ClusterSync`, port 15012).
 //! - `client`: one task per ClusterLink, reconnecting with backoff.
+//! - `credentials`: the link credentials peers issued us, kept across
+//!   restarts (a link outlives its join token).
 //! - `identity`: the control plane's SVID and trust on the channel.
 //! - `status`: ClusterLink status from what the link tasks saw (pure).
 
 pub mod client;
+pub mod credentials;
 pub mod exports;
 pub mod identity;
 pub mod peers;
@@ -36,15 +40,18 @@ pub fn authority(ns: &str) -> String {
 /// Why a link is not connected: the reason of its `Connected` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The peer's join token expired: make a new link.
+    /// The peer's join token (or the link credential, after a long
+    /// outage) expired: make a new link.
     TokenExpired,
-    /// The join token is not one the peer issued for this cluster.
+    /// The join token or link credential is not one the peer issued for
+    /// this cluster.
     TokenInvalid,
     /// The peer has no ClusterLink back to us.
     UnknownPeer,
     /// A certificate did not chain to the trust bundle the link names.
     TrustMismatch,
-    /// The link's Secret is missing or has no token.
+    /// The link's Secret is missing or has no token, and no link
+    /// credential is held.
     NoCredentials,
     /// This control plane does not know its east-west gateway.
     NoGateway,

@@ -52,6 +52,14 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// The link credential a peer issued us (`sync::credentials`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub expires: SystemTime,
+    /// Why it could not be kept (a restart then needs the join token).
+    pub not_kept: Option<String>,
+}
+
 /// One linked cluster, as this one imports from it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Peer {
@@ -73,6 +81,8 @@ pub struct Peer {
     /// Set once the partition policy withdrew the imports.
     pub withdrawn: bool,
     pub partition: Option<Partition>,
+    /// The last link credential the peer sent.
+    pub credential: Option<Credential>,
 }
 
 impl Peer {

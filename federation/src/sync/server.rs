@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use isthmus_api::federation::v1::cluster_sync_server::{ClusterSync, ClusterSyncServer};
 use isthmus_api::federation::v1::{
-    Exports, Pong, SyncRequest, SyncResponse, sync_request, sync_response,
+    Exports, LinkCredential, Pong, SyncRequest, SyncResponse, sync_request, sync_response,
 };
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::exports::{ExportMap, delta, exports};
 use super::{Reason, SyncError};
 use crate::identity::SpiffeId;
-use crate::identity::token::{TokenError, TokenKey};
+use crate::identity::token::{LINK_CREDENTIAL, TokenError, TokenKey};
 use crate::server::Published;
 use crate::store::{Resource, Snapshot};
 
@@ -71,8 +71,39 @@ pub fn follow_exports(
     rx
 }
 
+/// How a subscriber proved itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// With the join token `isthmusctl link create` wrote (its first time,
+    /// or after losing its link credential).
+    JoinToken,
+    /// With a link credential we sent it on an earlier stream.
+    Credential,
+}
+
+/// How long a link credential lasts, and how often a connected subscriber
+/// gets a fresh one: a link may be down for `ttl - renew` and come back
+/// without a new join token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialPolicy {
+    pub ttl: Duration,
+    pub renew: Duration,
+}
+
+impl CredentialPolicy {
+    /// 30 days, renewed daily (and on every connection).
+    pub const DEFAULT: CredentialPolicy = CredentialPolicy {
+        ttl: Duration::from_secs(30 * 24 * 3600),
+        renew: Duration::from_secs(24 * 3600),
+    };
+}
+
+/// The clock admission and credentials are read against (tests move it).
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
 /// Whether the subscriber `peer` (its certificate's identity), saying it is
-/// cluster `cluster` with `token`, may import from us.
+/// cluster `cluster` with `token` (a join token or a link credential), may
+/// import from us.
 pub fn admit(
     snap: &Snapshot,
     tokens: Option<&TokenKey>,
@@ -80,7 +111,7 @@ pub fn admit(
     cluster: &str,
     token: &str,
     now: SystemTime,
-) -> Result<(), SyncError> {
+) -> Result<Admitted, SyncError> {
     let refuse = |reason, message: String| Err(SyncError::Refused { reason, message });
     let link = snap.of_kind("ClusterLink").find_map(|(_, r)| match r {
         Resource::ClusterLink(l) if l.spec.peer == cluster => Some(l),
@@ -111,23 +142,58 @@ pub fn admit(
             "this control plane issues no join tokens (it runs without a token key)".into(),
         );
     };
-    match tokens.verify(token, now) {
-        Ok(id) if id.service_account == crate::link::token_subject(cluster) => Ok(()),
+    let subject = crate::link::token_subject(cluster);
+    // A link credential first: it is what a linked peer presents.
+    let (admitted, verified) = match tokens.for_purpose(LINK_CREDENTIAL).verify(token, now) {
+        Err(TokenError::BadMac) => (Admitted::JoinToken, tokens.verify(token, now)),
+        r => (Admitted::Credential, r),
+    };
+    let what = match admitted {
+        Admitted::JoinToken => "join token",
+        Admitted::Credential => "link credential",
+    };
+    match verified {
+        Ok(id) if id.service_account == subject => Ok(admitted),
         Ok(id) => refuse(
             Reason::TokenInvalid,
             format!(
-                "the join token is for {}, not {}: issue one for this link (isthmusctl link create --from {cluster})",
+                "the {what} is for {}, not {subject}: issue a join token for this link (isthmusctl link create --from {cluster})",
                 id.service_account,
-                crate::link::token_subject(cluster)
             ),
         ),
         Err(TokenError::Expired(s)) => refuse(
             Reason::TokenExpired,
-            format!(
-                "the join token expired {s} s ago: issue a new one (isthmusctl link create --from {cluster}) and apply its Secret"
-            ),
+            match admitted {
+                Admitted::JoinToken => format!(
+                    "the join token expired {s} s ago: issue a new one (isthmusctl link create --from {cluster}) and apply its Secret"
+                ),
+                Admitted::Credential => format!(
+                    "the link credential expired {s} s ago (the link was down longer than a credential lasts): issue a new join token (isthmusctl link create --from {cluster}) and apply its Secret"
+                ),
+            },
         ),
-        Err(e) => refuse(Reason::TokenInvalid, format!("the join token: {e}")),
+        Err(e) => refuse(Reason::TokenInvalid, format!("the {what}: {e}")),
+    }
+}
+
+/// A fresh link credential for `cluster` at `now`.
+pub fn issue_credential(
+    tokens: &TokenKey,
+    cluster: &str,
+    now: SystemTime,
+    policy: CredentialPolicy,
+) -> LinkCredential {
+    let token = tokens.for_purpose(LINK_CREDENTIAL).issue(
+        crate::translate::links::GATEWAY_NAMESPACE,
+        &crate::link::token_subject(cluster),
+        now,
+        policy.ttl,
+    );
+    LinkCredential {
+        token,
+        expires_unix: (now + policy.ttl)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     }
 }
 
@@ -137,6 +203,8 @@ pub struct SyncService {
     published: watch::Receiver<Arc<Published>>,
     exported: watch::Receiver<Arc<Exported>>,
     tokens: Option<Arc<TokenKey>>,
+    credentials: CredentialPolicy,
+    clock: Clock,
     stop: CancellationToken,
 }
 
@@ -151,8 +219,18 @@ impl SyncService {
             published,
             exported,
             tokens,
+            credentials: CredentialPolicy::DEFAULT,
+            clock: Arc::new(SystemTime::now),
             stop,
         }
+    }
+
+    /// Credentials that last and renew as `policy` says, read against
+    /// `clock`.
+    pub fn with_credentials(mut self, policy: CredentialPolicy, clock: Clock) -> Self {
+        self.credentials = policy;
+        self.clock = clock;
+        self
     }
 }
 
@@ -202,21 +280,35 @@ impl ClusterSync for SyncService {
             _ => return Err(Status::invalid_argument("say hello first")),
         };
         let snap = self.published.borrow().store.snapshot.clone();
-        if let Err(e) = admit(
+        let admitted = match admit(
             &snap,
             self.tokens.as_deref(),
             &peer,
             &hello.cluster,
             &hello.token,
-            SystemTime::now(),
+            (self.clock)(),
         ) {
-            tracing::warn!(%peer, cluster = %hello.cluster, "federation subscriber refused: {e}");
-            return Err(Status::permission_denied(e.to_string()));
-        }
-        tracing::info!(%peer, cluster = %hello.cluster, "linked cluster subscribed to our exports");
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(%peer, cluster = %hello.cluster, "federation subscriber refused: {e}");
+                return Err(Status::permission_denied(e.to_string()));
+            }
+        };
+        tracing::info!(%peer, cluster = %hello.cluster, ?admitted, "linked cluster subscribed to our exports");
         let (tx, rx) = mpsc::channel(16);
         let mut exported = self.exported.clone();
         let stop = self.stop.clone();
+        // admit() checked there is a key.
+        let tokens = self.tokens.clone().expect("admitted with a token key");
+        let (policy, clock) = (self.credentials, self.clock.clone());
+        let credential = move || SyncResponse {
+            kind: Some(sync_response::Kind::Credential(issue_credential(
+                &tokens,
+                &hello.cluster,
+                clock(),
+                policy,
+            ))),
+        };
         tokio::spawn(async move {
             let mut version = 1;
             let first = exported.borrow_and_update().clone();
@@ -226,10 +318,15 @@ impl ClusterSync for SyncService {
             if tx.send(Ok(m)).await.is_err() {
                 return;
             }
+            // A fresh credential on every stream, then one per `renew`.
+            let mut renew = tokio::time::interval(policy.renew);
             let mut sent = first.services.clone();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = renew.tick() => {
+                        if tx.send(Ok(credential())).await.is_err() { return }
+                    }
                     r = exported.changed() => {
                         if r.is_err() { return }
                         let now = exported.borrow_and_update().clone();
@@ -248,7 +345,7 @@ impl ClusterSync for SyncService {
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => {
-                            tracing::info!(cluster = %hello.cluster, "linked cluster unsubscribed");
+                            tracing::info!(%peer, "linked cluster unsubscribed");
                             return;
                         }
                     },
@@ -297,7 +394,7 @@ spec:
   credentialsSecretRef: {name: isthmus-link-eu-west}
 "#;
 
-    fn check(peer: &str, cluster: &str, token: &str) -> Result<(), Reason> {
+    fn check(peer: &str, cluster: &str, token: &str) -> Result<Admitted, Reason> {
         let (loaded, errors) = parse_file("s.yaml".as_ref(), STORE);
         assert!(errors.is_empty(), "{errors:?}");
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
@@ -325,6 +422,26 @@ spec:
                 now,
                 Duration::from_secs(60),
             ),
+            "credential" => issue_credential(&key, "eu-west", now, CredentialPolicy::DEFAULT).token,
+            "old credential" => {
+                issue_credential(
+                    &key,
+                    "eu-west",
+                    now - CredentialPolicy::DEFAULT.ttl,
+                    CredentialPolicy::DEFAULT,
+                )
+                .token
+            }
+            "other's credential" => {
+                issue_credential(&key, "us-east", now, CredentialPolicy::DEFAULT).token
+            }
+            "foreign credential" => {
+                let other = TokenKey::new(
+                    b"another key, another control pl.",
+                    "eu-central.isthmus.local",
+                );
+                issue_credential(&other, "eu-west", now, CredentialPolicy::DEFAULT).token
+            }
             t => t.to_string(),
         };
         let peer: SpiffeId = peer.parse().unwrap();
@@ -336,7 +453,26 @@ spec:
 
     #[test]
     fn subscribers_need_a_link_the_right_identity_and_a_valid_token() {
-        assert_eq!(check(CP, "eu-west", "good"), Ok(()));
+        assert_eq!(check(CP, "eu-west", "good"), Ok(Admitted::JoinToken));
+        assert_eq!(check(CP, "eu-west", "credential"), Ok(Admitted::Credential));
+        assert_eq!(
+            check(CP, "eu-west", "old credential"),
+            Err(Reason::TokenExpired)
+        );
+        assert_eq!(
+            check(CP, "eu-west", "other's credential"),
+            Err(Reason::TokenInvalid)
+        );
+        assert_eq!(
+            check(CP, "eu-west", "foreign credential"),
+            Err(Reason::TokenInvalid),
+            "a credential signed with another (or a replaced) token key"
+        );
+        assert_eq!(
+            check(CP, "us-east", "credential"),
+            Err(Reason::UnknownPeer),
+            "a credential does not outlive the ClusterLink"
+        );
         assert_eq!(check(CP, "eu-west", "expired"), Err(Reason::TokenExpired));
         assert_eq!(check(CP, "eu-west", "other"), Err(Reason::TokenInvalid));
         assert_eq!(

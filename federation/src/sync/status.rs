@@ -33,7 +33,7 @@ pub fn link_status(peer: Option<&Peer>, generation: i64, now: SystemTime) -> Clu
         Vec::new()
     };
     let stale = p.stale_for(now);
-    let c = if p.connected {
+    let mut c = if p.connected {
         condition(
             "True",
             "Connected",
@@ -57,12 +57,18 @@ pub fn link_status(peer: Option<&Peer>, generation: i64, now: SystemTime) -> Clu
         };
         condition("False", &reason, format!("{why}{imports}"), generation, now)
     };
+    if let Some(why) = p.credential.as_ref().and_then(|c| c.not_kept.as_ref()) {
+        c.message.push_str(&format!(
+            "; the link credential could not be kept, a restart will need the join token: {why}"
+        ));
+    }
     ClusterLinkStatus {
         connected: p.connected,
         transport: p.transport.clone().filter(|_| p.connected),
         rtt_millis: p.rtt.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0),
         last_sync: p.last_sync.and_then(time),
         imported_services: imported,
+        credential_expiry: p.credential.as_ref().and_then(|c| time(c.expires)),
         stale_seconds: stale.map(|d| d.as_secs()),
         conditions: vec![c],
     }

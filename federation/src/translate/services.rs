@@ -323,22 +323,7 @@ fn policies_by_service<'a>(
     out
 }
 
-/// The protocol of a Service port: `appProtocol` first, then the port
-/// name's prefix (`http-web`, `grpc`, `h2c-api`), else opaque TCP.
-pub fn protocol_of(app_protocol: Option<&str>, name: Option<&str>) -> model::Protocol {
-    let by = |p: &str| match p.to_ascii_lowercase().as_str() {
-        "http" | "kubernetes.io/http" | "http1" => Some(model::Protocol::Http),
-        "http2" | "h2c" | "kubernetes.io/h2c" => Some(model::Protocol::Http2),
-        "grpc" | "grpc-web" => Some(model::Protocol::Grpc),
-        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(model::Protocol::Tcp),
-        _ => None,
-    };
-    if let Some(p) = app_protocol.and_then(by) {
-        return p;
-    }
-    name.and_then(|n| by(n.split('-').next().unwrap_or(n)))
-        .unwrap_or(model::Protocol::Tcp)
-}
+pub use isthmus_api::protocol::protocol_of;
 
 fn translate_service(name: &str, ns: &str, svc: &Service) -> model::Service {
     let spec = svc.spec.as_ref();

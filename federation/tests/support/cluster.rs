@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use isthmus_api::model;
@@ -38,6 +39,14 @@ pub struct Cluster {
     pub entry: SocketAddr,
     pub cp: Option<ControlPlane>,
     pub gateway: Option<(Sidecar, isthmus_gateway::eastwest::role::EastWest)>,
+    /// Stops the gateway alone.
+    gateway_stop: CancellationToken,
+    /// Where the gateway's QUIC and TCP listeners were bound first (a
+    /// restarted gateway binds them again, as a Service keeps its address).
+    gateway_at: Option<(SocketAddr, SocketAddr)>,
+    /// How far this cluster's control plane clock is ahead (seconds):
+    /// tokens and credentials are checked and issued against it.
+    clock_ahead: Arc<AtomicU64>,
     pub stop: CancellationToken,
 }
 
@@ -56,8 +65,16 @@ impl Cluster {
             entry: at(free_port()),
             cp: None,
             gateway: None,
+            gateway_stop: CancellationToken::new(),
+            gateway_at: None,
+            clock_ahead: Arc::new(AtomicU64::new(0)),
             stop: CancellationToken::new(),
         }
+    }
+
+    /// Moves this cluster's control plane clock `by` ahead.
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock_ahead.fetch_add(by.as_secs(), Ordering::SeqCst);
     }
 
     pub fn td(&self) -> String {
@@ -91,6 +108,12 @@ impl Cluster {
                 entry: Some(self.entry),
                 ping: Duration::from_millis(200),
                 backoff_max: Duration::from_millis(300),
+                clock: {
+                    let ahead = self.clock_ahead.clone();
+                    Arc::new(move || {
+                        SystemTime::now() + Duration::from_secs(ahead.load(Ordering::SeqCst))
+                    })
+                },
                 ..Default::default()
             },
         )
@@ -133,9 +156,21 @@ impl Cluster {
     /// The east-west gateway: an `isthmus-eastwest` proxy of this cluster
     /// (identity from its CA, configuration from discovery) with the role.
     pub async fn start_gateway(&mut self) {
-        let (sidecar, mesh) = self
-            .start_sidecar("isthmus-system", "isthmus-eastwest", &[], Vec::new(), None)
-            .await;
+        self.gateway_stop = self.stop.child_token();
+        let td = self.td();
+        let (sidecar, mesh) = MeshSidecar {
+            discovery: self.discovery,
+            dir: &self.dir,
+            trust_domain: &td,
+            cluster: self.name,
+            namespace: "isthmus-system",
+            service_account: "isthmus-eastwest",
+            labels: &[],
+            listeners: Vec::new(),
+            workload: None,
+        }
+        .start(&self.gateway_stop)
+        .await;
         eventually("the gateway's certificate", || {
             let m = mesh.clone();
             async move { m.ready().then_some(()) }
@@ -144,15 +179,40 @@ impl Cluster {
         let ew = EastWestConfig::parse(
             "ew.yaml",
             &format!(
-                "quic: 127.0.0.1:0\ntcp: 127.0.0.1:0\nlocal: {}\ncluster: {}\n",
-                self.entry, self.name
+                "quic: {}\ntcp: {}\nlocal: {}\ncluster: {}\n",
+                self.gateway_at
+                    .map_or("127.0.0.1:0".into(), |a| a.0.to_string()),
+                self.gateway_at
+                    .map_or("127.0.0.1:0".into(), |a| a.1.to_string()),
+                self.entry,
+                self.name
             ),
         )
         .unwrap();
-        let role = isthmus_gateway::eastwest::role::start(&sidecar, ew, self.stop.clone())
-            .await
-            .expect("east-west role starts");
+        // A stopped gateway's QUIC endpoint lets its socket go once its
+        // connections have drained (a process exiting would at once).
+        let role = eventually("the gateway's addresses free to bind again", || {
+            let (ew, stop) = (ew.clone(), self.gateway_stop.clone());
+            let sidecar = &sidecar;
+            async move {
+                match isthmus_gateway::eastwest::role::start(sidecar, ew, stop).await {
+                    Ok(role) => Some(role),
+                    Err(e) if e.to_string().contains("in use") => None,
+                    Err(e) => panic!("east-west role starts: {e}"),
+                }
+            }
+        })
+        .await;
+        self.gateway_at = Some((role.quic, role.tcp));
         self.gateway = Some((sidecar, role));
+    }
+
+    /// Stops the east-west gateway (its listeners close).
+    pub async fn stop_gateway(&mut self) {
+        self.gateway_stop.cancel();
+        if let Some((sidecar, _)) = self.gateway.take() {
+            sidecar.shutdown(Duration::from_millis(100)).await;
+        }
     }
 
     /// A frontend sidecar of this cluster (`shop/frontend`) with

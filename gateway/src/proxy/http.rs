@@ -438,9 +438,18 @@ fn hash_key(spec: &ServiceSpec, req: &Request<Incoming>, peer: SocketAddr) -> Op
 /// from `appProtocol` or the port name); plain `HTTP` is HTTP/1.1, which
 /// every HTTP server speaks. An h2c client of an HTTP/1.1 service is
 /// translated (`shape_for_upstream`, `frame_response`).
-pub(crate) fn upstream_version(protocol: Protocol) -> Version {
+///
+/// The local application behind an inbound port of protocol `HTTP` (an
+/// unnamed workload port) is called in the version the request came in:
+/// the caller's sidecar chose it from the Service's declared protocol.
+pub(crate) fn upstream_version(
+    protocol: Protocol,
+    inbound: bool,
+    came_in: http::Version,
+) -> Version {
     match protocol {
         Protocol::Http2 | Protocol::Grpc => Version::Http2,
+        Protocol::Http if inbound && came_in == http::Version::HTTP_2 => Version::Http2,
         Protocol::Http | Protocol::Tcp => Version::Http1,
     }
 }
@@ -549,7 +558,7 @@ async fn handle(
             port: port.port.to_string(),
         });
     };
-    let version = upstream_version(bport.protocol);
+    let version = upstream_version(bport.protocol, bspec.inbound, req.version());
     // HTTP/2 has no Upgrade; an HTTP/2 service gets the request without it.
     if version == Version::Http1 && is_upgrade(&req) {
         return forward_upgrade(proxy, bspec, bport, authority, hash, req, rec).await;
@@ -990,7 +999,7 @@ async fn mirror(
             None => format!("{host}-shadow"),
         };
         headers.remove(header::HOST);
-        let version = upstream_version(port.protocol);
+        let version = upstream_version(port.protocol, spec.inbound, http::Version::HTTP_11);
         let uri = shape_for_upstream(
             &uri,
             &mut headers,
@@ -1034,5 +1043,34 @@ async fn mirror(
     if let Err(e) = result {
         tracing::debug!(service = %m.service, "mirror request failed: {e}");
         proxy.metrics.error("mirror_failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_declared_protocol_picks_the_upstream_version() {
+        use http::Version as V;
+        let cases = [
+            // (protocol, inbound, came in) → upstream
+            (Protocol::Http, false, V::HTTP_11, Version::Http1),
+            (Protocol::Http, false, V::HTTP_2, Version::Http1),
+            (Protocol::Http2, false, V::HTTP_11, Version::Http2),
+            (Protocol::Grpc, false, V::HTTP_11, Version::Http2),
+            (Protocol::Http, true, V::HTTP_11, Version::Http1),
+            (Protocol::Http, true, V::HTTP_2, Version::Http2),
+            (Protocol::Http2, true, V::HTTP_11, Version::Http2),
+            (Protocol::Grpc, true, V::HTTP_2, Version::Http2),
+            (Protocol::Tcp, false, V::HTTP_2, Version::Http1),
+        ];
+        for (protocol, inbound, came_in, want) in cases {
+            assert_eq!(
+                upstream_version(protocol, inbound, came_in),
+                want,
+                "{protocol:?} inbound={inbound} {came_in:?}"
+            );
+        }
     }
 }
