@@ -7,9 +7,9 @@
 //! the ClusterLink naming it.
 //!
 //! In `kube` mode the same comes from B's API server (`--to-context`): its
-//! Mesh, the CA root in the Secret `isthmus-ca` and the join token key in
-//! `isthmus-join-token-key`, both made by B's control plane on first start
-//! in its namespace.
+//! Mesh and the CA root in the Secret `isthmus-ca` (made by B's control
+//! plane on first start in its namespace), and a join token B's control
+//! plane issues on request (`join`): the key that signs them is never read.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,11 @@ pub enum LinkError {
         name: String,
         field: String,
     },
+    #[error("cluster {context}: asking its control plane for a join token: {source}")]
+    Join {
+        context: String,
+        source: crate::join::JoinError,
+    },
     #[error("cluster {context}: reading {what} from the API server: {reason}")]
     Kube {
         context: String,
@@ -75,6 +80,9 @@ pub struct Options {
     pub gateway_tcp: Option<SocketAddr>,
     /// How long the join token is good for.
     pub ttl: Duration,
+    /// `kube` mode: how long to wait for the peer's control plane to issue
+    /// the join token.
+    pub join_wait: Duration,
     pub partition: PartitionPolicy,
 }
 
@@ -178,20 +186,24 @@ pub async fn create_kube(
     let b = cluster_kube(to.0, to.1).await?;
     check(&a, &b, o)?;
     let bundle = secret_field(to.0, to.1, namespace, "isthmus-ca", "ca.crt").await?;
-    let key = secret_field(
+    let token = crate::join::request(
         to.0,
-        to.1,
         namespace,
-        crate::identity::token::SECRET_NAME,
-        crate::identity::token::SECRET_FIELD,
+        &a.name,
+        o.ttl,
+        o.join_wait,
+        Duration::from_millis(200),
     )
-    .await?;
-    let key = TokenKey::new(&key, &b.trust_domain);
+    .await
+    .map_err(|source| LinkError::Join {
+        context: to.1.into(),
+        source,
+    })?;
     manifests(
         a,
         b,
         String::from_utf8_lossy(&bundle).into_owned(),
-        &key,
+        &token,
         o,
         now,
     )
@@ -224,7 +236,8 @@ pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<St
         path: to.join("ca").join("token-key"),
         source,
     })?;
-    manifests(a, b, bundle, &key, o, now)
+    let token = key.issue(GATEWAY_NAMESPACE, &token_subject(&a.name), now, o.ttl);
+    manifests(a, b, bundle, &token, o, now)
 }
 
 /// What makes a link impossible whatever B's CA and key say: checked
@@ -246,17 +259,16 @@ fn check(a: &Cluster, b: &Cluster, o: &Options) -> Result<(), LinkError> {
     Ok(())
 }
 
-/// The manifests to apply in `a` to link it with `b`: a Secret with a join
-/// token from `b`'s `key`, and the ClusterLink carrying `b`'s `bundle`.
+/// The manifests to apply in `a` to link it with `b`: a Secret with the
+/// join token `b` issued, and the ClusterLink carrying `b`'s `bundle`.
 fn manifests(
     a: Cluster,
     b: Cluster,
     bundle: String,
-    key: &TokenKey,
+    token: &str,
     o: &Options,
     now: SystemTime,
 ) -> Result<String, LinkError> {
-    let token = key.issue(GATEWAY_NAMESPACE, &token_subject(&a.name), now, o.ttl);
     let secret_name = format!("isthmus-link-{}", b.name);
     let secret = serde_json::json!({
         "apiVersion": "v1",

@@ -292,7 +292,14 @@ async fn main() -> anyhow::Result<()> {
                             })?
                     }
                 };
-                let tokens = Some(std::sync::Arc::new(tokens));
+                let tokens = std::sync::Arc::new(tokens);
+                // kube mode: `isthmusctl link create --to-context` asks us
+                // for join tokens through a Secret mailbox.
+                if store_dir.is_none() {
+                    let client = client.clone().expect("kube mode has a client");
+                    cp.serve_join_requests(client, tokens.clone());
+                }
+                let tokens = Some(tokens);
                 let at = listener.local_addr()?;
                 // The credentials peers issue us: under the store directory,
                 // or in one Secret beside the Lease.

@@ -424,6 +424,21 @@ impl ControlPlane {
         Ok(tls)
     }
 
+    /// `kube` mode: answers requests for join tokens (`join`) in the
+    /// control plane's namespace until shutdown.
+    pub fn serve_join_requests(
+        &self,
+        client: kube::Client,
+        tokens: Arc<crate::identity::token::TokenKey>,
+    ) {
+        self.tasks.spawn(crate::join::serve(
+            client,
+            self.opts.namespace.clone(),
+            tokens,
+            self.stop.clone(),
+        ));
+    }
+
     /// Each ClusterLink's status as the link tasks see it now.
     pub fn link_statuses(
         &self,

@@ -85,6 +85,31 @@ fn rbac_covers_every_watched_kind_and_written_status() {
             "Secrets must not be readable cluster-wide ({verb})"
         );
     }
+    // The Secrets written by name: the link credentials peers issue us,
+    // and the join token mailbox (watched by name).
+    let named = |name: &str, verb: &str| {
+        role.iter().any(|r| {
+            r.resources.iter().flatten().any(|x| x == "secrets")
+                && r.verbs.iter().any(|v| v == verb)
+                && r.resource_names
+                    .as_ref()
+                    .is_none_or(|n| n.iter().any(|n| n == name))
+        })
+    };
+    for (name, verbs) in [
+        (
+            isthmus_federation::sync::credentials::SECRET_NAME,
+            &["get", "patch"][..],
+        ),
+        (
+            isthmus_federation::join::SECRET_NAME,
+            &["get", "patch", "list", "watch"][..],
+        ),
+    ] {
+        for verb in verbs {
+            assert!(named(name, verb), "Secret {name}: {verb}");
+        }
+    }
     for verb in ["get", "create", "update"] {
         assert!(
             grants(&role, "coordination.k8s.io", "leases", verb),

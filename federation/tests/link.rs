@@ -5,6 +5,7 @@
 //! gateway's peer when applied. Mistakes are refused by name.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use isthmus_federation::identity::ca::Ca;
@@ -31,6 +32,7 @@ fn options() -> Options {
         gateway: "10.0.3.1:15443".parse().unwrap(),
         gateway_tcp: None,
         ttl: Duration::from_secs(3600),
+        join_wait: Duration::from_secs(5),
         partition: Default::default(),
     }
 }
@@ -203,8 +205,9 @@ fn the_command_line_writes_the_manifests() {
     let _ = std::fs::remove_dir_all(&b);
 }
 
-/// A mocked API server answering GETs by path (404 for the rest) and
-/// POSTs with what was sent; the requests are recorded.
+/// A mocked API server holding objects by path: GET answers them (404 for
+/// the rest), POST to a collection stores what was sent, a merge PATCH
+/// edits a held object (nulls remove fields); the requests are recorded.
 mod api {
     use std::collections::BTreeMap;
     use std::convert::Infallible;
@@ -221,30 +224,52 @@ mod api {
 
     type RespBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 
+    fn merge(into: &mut Value, patch: &Value) {
+        match (into.as_object_mut(), patch.as_object()) {
+            (Some(into), Some(patch)) => {
+                for (k, v) in patch {
+                    if v.is_null() {
+                        into.remove(k);
+                    } else {
+                        merge(into.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            _ => *into = patch.clone(),
+        }
+    }
+
     pub fn serve(routes: BTreeMap<String, Value>) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<RespBody>>();
         let asked = Arc::new(Mutex::new(Vec::new()));
         let log = asked.clone();
         tokio::spawn(async move {
+            let mut objects = routes;
             while let Some((req, send)) = handle.next_request().await {
                 let path = req.uri().path().to_string();
                 let method = req.method().clone();
                 log.lock().unwrap().push(format!("{method} {path}"));
-                let posted = if method == http::Method::POST {
-                    let b = req.into_body().collect_bytes().await.unwrap();
-                    serde_json::from_slice::<Value>(&b).ok()
-                } else {
-                    None
-                };
-                let (status, v) = match (posted, routes.get(&path)) {
-                    // Created as sent.
-                    (Some(body), _) => (201, body),
-                    (None, Some(v)) => (200, v.clone()),
-                    (None, None) => (
-                        404,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                               "reason": "NotFound", "code": 404, "message": "not found"}),
-                    ),
+                let b = req.into_body().collect_bytes().await.unwrap();
+                let sent = serde_json::from_slice::<Value>(&b).ok();
+                let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404, "message": "not found"});
+                let (status, v) = match (method.as_str(), sent) {
+                    ("POST", Some(body)) => {
+                        let name = body["metadata"]["name"].as_str().unwrap_or_default();
+                        objects.insert(format!("{path}/{name}"), body.clone());
+                        (201, body)
+                    }
+                    ("PATCH", Some(patch)) => match objects.get_mut(&path) {
+                        Some(held) => {
+                            merge(held, &patch);
+                            (200, held.clone())
+                        }
+                        None => (404, not_found),
+                    },
+                    _ => match objects.get(&path) {
+                        Some(v) => (200, v.clone()),
+                        None => (404, not_found),
+                    },
                 };
                 let (tx, rx) = mpsc::channel(1);
                 tx.try_send(Ok(Frame::data(Bytes::from(v.to_string()))))
@@ -278,32 +303,26 @@ mod api {
 }
 
 #[tokio::test]
-async fn link_create_reads_both_clusters_from_their_api_servers() {
+async fn link_create_asks_the_peers_control_plane_for_a_join_token() {
+    use isthmus_federation::join;
     use std::collections::BTreeMap;
     const MESHES: &str = "/apis/isthmus.dev/v1alpha1/meshes";
     const SECRETS: &str = "/api/v1/namespaces/isthmus-system/secrets";
     let dir = temp_dir("link-kube-ca");
     let ca = Ca::load_or_create(&dir, "eu-central.isthmus.local").unwrap();
-    let key_bytes = [7u8; 32];
+    let key = Arc::new(TokenKey::new(&[7u8; 32], "eu-central.isthmus.local"));
     let (a, _) = api::serve(BTreeMap::from([(
         MESHES.to_string(),
         api::meshes("eu-west"),
     )]));
-    let central = |with_key: bool| {
-        let mut routes = BTreeMap::from([
+    let central = || {
+        api::serve(BTreeMap::from([
             (MESHES.to_string(), api::meshes("eu-central")),
             (
                 format!("{SECRETS}/isthmus-ca"),
                 api::secret("isthmus-ca", "ca.crt", ca.bundle_pem().as_bytes()),
             ),
-        ]);
-        if with_key {
-            routes.insert(
-                format!("{SECRETS}/isthmus-join-token-key"),
-                api::secret("isthmus-join-token-key", "token-key", &key_bytes),
-            );
-        }
-        api::serve(routes)
+        ]))
     };
     let now = SystemTime::now();
     let create = |b: kube::Client| {
@@ -319,17 +338,35 @@ async fn link_create_reads_both_clusters_from_their_api_servers() {
             .await
         }
     };
-    let (b, asked) = central(true);
-    let yaml = create(b).await.unwrap();
-    assert_eq!(
-        *asked.lock().unwrap(),
-        [
-            format!("GET {MESHES}"),
-            format!("GET {SECRETS}/isthmus-ca"),
-            format!("GET {SECRETS}/isthmus-join-token-key"),
-        ],
-        "B's Mesh, CA root and token key, nothing else"
+    // eu-central's control plane answers its mailbox, as its watch would.
+    let (b, asked) = central();
+    let answering = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move {
+            loop {
+                join::serve_once(&b, "isthmus-system", &key, SystemTime::now())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let yaml = create(b.clone()).await.unwrap();
+    answering.abort();
+    let asked = asked.lock().unwrap().clone();
+    let mailbox = format!("{SECRETS}/{}", join::SECRET_NAME);
+    assert!(
+        asked.iter().all(|r| !r.contains("isthmus-join-token-key")),
+        "the signing key is never read: {asked:?}"
     );
+    for expected in [
+        format!("GET {MESHES}"),
+        format!("GET {SECRETS}/isthmus-ca"),
+        format!("POST {SECRETS}"),
+        format!("PATCH {mailbox}"),
+    ] {
+        assert!(asked.contains(&expected), "{expected} in {asked:?}");
+    }
     let (loaded, errors) = parse_file(Path::new("link.yaml"), &yaml);
     let (snap, _) = merge(&Snapshot::default(), loaded, errors);
     let mut problems = Vec::new();
@@ -346,16 +383,39 @@ async fn link_create_reads_both_clusters_from_their_api_servers() {
         .as_str()
         .unwrap()
         .to_string();
-    // eu-central's control plane checks it with the key in its Secret.
-    let key = TokenKey::new(&key_bytes, "eu-central.isthmus.local");
-    assert!(key.verify(&token, now).is_ok());
+    // eu-central's control plane checks it with its own key; the answer
+    // was taken out of the mailbox.
+    assert_eq!(
+        key.verify(&token, now).unwrap().service_account,
+        "link-eu-west"
+    );
+    let left = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(b, "isthmus-system")
+        .get(join::SECRET_NAME)
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{:?}", left.keys());
 
-    // No join token key yet: said by name, with what to do.
-    let err = create(central(false).0).await.unwrap_err();
-    assert!(matches!(err, LinkError::NoSecret { .. }), "{err}");
+    // Nobody answers (no control plane with --federation): said by name.
+    let (b, _) = central();
+    let quick = isthmus_federation::link::Options {
+        join_wait: Duration::from_millis(300),
+        ..options()
+    };
+    let err = isthmus_federation::link::create_kube(
+        (&a, "kind-eu-west"),
+        (&b, "kind-eu-central"),
+        "isthmus-system",
+        &quick,
+        now,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, LinkError::Join { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("isthmus-system/isthmus-join-token-key"),
+            .contains("isthmus-system/isthmus-join-tokens"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

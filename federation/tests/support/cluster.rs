@@ -256,6 +256,7 @@ pub fn link(a: &Cluster, b: &Cluster, ttl: Duration, staleness: &str) {
             gateway: b.quic(),
             gateway_tcp: None,
             ttl,
+            join_wait: Duration::from_secs(30),
             partition: PartitionPolicy {
                 mode: PartitionMode::FailStatic,
                 staleness_ttl: staleness.into(),

@@ -143,6 +143,7 @@ fn main() -> anyhow::Result<()> {
                 gateway,
                 gateway_tcp,
                 ttl,
+                join_wait: Duration::from_secs(30),
                 partition: PartitionPolicy {
                     mode: match partition.as_str() {
                         "fail-closed" => PartitionMode::FailClosed,

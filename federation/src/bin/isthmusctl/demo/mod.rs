@@ -263,6 +263,7 @@ fn link_all(dir: &Path) -> anyhow::Result<()> {
                     gateway: to.gateway(),
                     gateway_tcp: None,
                     ttl: Duration::from_secs(3600),
+                    join_wait: Duration::from_secs(30),
                     partition: PartitionPolicy {
                         mode: PartitionMode::FailStatic,
                         staleness_ttl: "30s".into(),
