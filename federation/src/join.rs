@@ -203,19 +203,14 @@ pub async fn request(
         .await
     {
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            let secret = Secret {
-                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                    name: Some(SECRET_NAME.into()),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(BTreeMap::from([(
+            let secret = crate::store::kube::opaque_secret(
+                namespace,
+                SECRET_NAME,
+                [(
                     field("request", cluster),
                     ByteString(ttl.as_secs().to_string().into_bytes()),
-                )])),
-                ..Default::default()
-            };
+                )],
+            );
             api.create(&PostParams::default(), &secret)
                 .await
                 .map_err(err)?;

@@ -248,25 +248,17 @@ impl Ca {
                 );
             }
             let (ca, key_pem) = Self::generate(trust_domain)?;
-            let secret = Secret {
-                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(
-                    [
-                        (
-                            "ca.crt".to_string(),
-                            ByteString(ca.bundle_pem.clone().into_bytes()),
-                        ),
-                        ("ca.key".to_string(), ByteString(key_pem.into_bytes())),
-                    ]
-                    .into(),
-                ),
-                ..Default::default()
-            };
+            let secret = crate::store::kube::opaque_secret(
+                namespace,
+                name,
+                [
+                    (
+                        "ca.crt".to_string(),
+                        ByteString(ca.bundle_pem.clone().into_bytes()),
+                    ),
+                    ("ca.key".to_string(), ByteString(key_pem.into_bytes())),
+                ],
+            );
             match api.create(&kube::api::PostParams::default(), &secret).await {
                 Ok(_) => {
                     tracing::info!(trust_domain, secret = %source.display(), "generated a new root CA");

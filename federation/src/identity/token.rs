@@ -88,16 +88,11 @@ impl TokenKey {
             return Ok(key);
         }
         let secret: [u8; 32] = rand::random();
-        let object = Secret {
-            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some([(SECRET_FIELD.to_string(), ByteString(secret.to_vec()))].into()),
-            ..Default::default()
-        };
+        let object = crate::store::kube::opaque_secret(
+            namespace,
+            name,
+            [(SECRET_FIELD.to_string(), ByteString(secret.to_vec()))],
+        );
         let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
         match api.create(&kube::api::PostParams::default(), &object).await {
             Ok(_) => Ok(Self::new(&secret, trust_domain)),

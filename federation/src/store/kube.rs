@@ -366,3 +366,23 @@ async fn watch_kind(
         }
     }
 }
+
+/// An Opaque Secret `namespace/name` holding `data`: what the control
+/// plane creates for its own state (CA, token key, link credentials, the
+/// join token mailbox).
+pub fn opaque_secret(
+    namespace: &str,
+    name: &str,
+    data: impl IntoIterator<Item = (String, k8s_openapi::ByteString)>,
+) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data.into_iter().collect()),
+        ..Default::default()
+    }
+}

@@ -211,16 +211,11 @@ async fn write_secret(
     {
         Err(kube::Error::Api(e)) if e.code == 404 => {
             let Some(value) = value else { return Ok(()) };
-            let secret = Secret {
-                metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                    name: Some(SECRET_NAME.into()),
-                    namespace: Some(namespace.into()),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some([(peer.to_string(), value)].into()),
-                ..Default::default()
-            };
+            let secret = crate::store::kube::opaque_secret(
+                namespace,
+                SECRET_NAME,
+                [(peer.to_string(), value)],
+            );
             match api.create(&PostParams::default(), &secret).await {
                 // Another link task made it first: patch it.
                 Err(kube::Error::Api(e)) if e.code == 409 => api
