@@ -152,6 +152,7 @@ async fn sidecar(
         access_log: Sink::Off,
         socket: Default::default(),
         mesh: Some(mesh),
+        prebound: Vec::new(),
     })
     .await?)
 }

@@ -141,6 +141,7 @@ async fn sidecar(
         access_log: Sink::Off,
         socket: Default::default(),
         mesh: None,
+        prebound: Vec::new(),
     })
     .await
     .expect("sidecar starts")

@@ -20,7 +20,7 @@ use isthmus_federation::resources::link::PartitionPolicy;
 use isthmus_gateway::sidecar::Sidecar;
 
 mod support;
-use support::cluster::{Cluster, link};
+use support::cluster::{Cluster, link, repoint_link};
 use support::{MeshedApp, eventually, http};
 
 const CATALOG: &str = r#"
@@ -82,7 +82,7 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
     }
 
     // The catalog app in eu-central, its sidecar registering it.
-    let meshed = MeshedApp::start("catalog", "eu-central").await;
+    let mut meshed = MeshedApp::start("catalog", "eu-central").await;
     let (catalog, _) = central
         .start_sidecar(
             "shop",
@@ -90,6 +90,7 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
             &[("app", "catalog")],
             vec![meshed.tunnel_listener()],
             Some(meshed.workload.clone()),
+            vec![meshed.take_tunnel_socket()],
         )
         .await;
     let (app, running) = (meshed.app.clone(), meshed.running);
@@ -338,9 +339,17 @@ async fn a_link_outlives_its_join_token_across_restarts() {
         };
         let what = if gateway { "gateway" } else { "control plane" };
         if gateway {
+            let was = c.quic();
             c.stop_gateway().await;
             eventually(&format!("{who}'s {what} gone"), || down(c, other)).await;
             c.start_gateway().await;
+            // The peer's link follows the gateway's new address.
+            let (c, peer) = if who == "eu-central" {
+                (&central, &west)
+            } else {
+                (&west, &central)
+            };
+            repoint_link(peer, c, was);
         } else {
             c.stop_control_plane().await;
             c.start_control_plane();

@@ -72,6 +72,7 @@ async fn secure_sidecar(
     labels: &[(&str, &str)],
     listeners: Vec<model::Listener>,
     workload: Option<Workload>,
+    prebound: Vec<std::net::TcpListener>,
     stop: &tokio_util::sync::CancellationToken,
 ) -> Proxy {
     let (sidecar, mesh) = MeshSidecar {
@@ -84,6 +85,7 @@ async fn secure_sidecar(
         labels,
         listeners,
         workload,
+        prebound,
     }
     .start(stop)
     .await;
@@ -160,7 +162,8 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
     let stop = tokio_util::sync::CancellationToken::new();
 
     // catalog: app + sidecar with the mesh transport, registered.
-    let meshed = MeshedApp::start("catalog", "eu-west").await;
+    let mut meshed = MeshedApp::start("catalog", "eu-west").await;
+    let tunnel_socket = meshed.take_tunnel_socket();
     let (app, running) = (meshed.app.clone(), meshed.running);
     use model::listener::Kind;
     let catalog = secure_sidecar(
@@ -173,6 +176,7 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
             listener("inbound", "127.0.0.1:0", Kind::Inbound(meshed.inbound)),
         ],
         Some(meshed.workload),
+        vec![tunnel_socket],
         &stop,
     )
     .await;
@@ -184,6 +188,7 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
         &[("app", "frontend")],
         vec![out()],
         None,
+        Vec::new(),
         &stop,
     )
     .await;
@@ -194,6 +199,7 @@ async fn sidecars_get_identities_over_tls_and_talk_mtls_under_policy() {
         &[("app", "ops")],
         vec![out()],
         None,
+        Vec::new(),
         &stop,
     )
     .await;

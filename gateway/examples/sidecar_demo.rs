@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         access_log: Sink::Stdout,
         socket: SocketOptions::default(),
         mesh: None,
+        prebound: Vec::new(),
     })
     .await?;
     let out = sidecar

@@ -560,6 +560,7 @@ async fn run_sidecar(
             .with_context(|| format!("opening access log {}", a.access_log))?,
         socket: SocketOptions { mark: a.mark },
         mesh,
+        prebound: Vec::new(),
     })
     .await?;
     for (name, addr) in sidecar.listeners.bound() {

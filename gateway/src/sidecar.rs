@@ -40,6 +40,10 @@ pub struct Options {
     /// The workload's identity and trust: enables the mesh transport (mTLS
     /// on 15008 inbound, to endpoints with a tunnel port outbound).
     pub mesh: Option<Arc<MeshTls>>,
+    /// Listening sockets bound beforehand: a configured listener at one of
+    /// their addresses serves it (nothing else can take the port between
+    /// choosing it and listening on it).
+    pub prebound: Vec<std::net::TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +97,7 @@ impl Sidecar {
             opts.socket,
             mesh,
         ));
-        let listeners = Arc::new(Listeners::new(proxy.clone()));
+        let listeners = Arc::new(Listeners::with_prebound(proxy.clone(), opts.prebound));
         let errors = listeners.reconcile(&store.load()).await;
         if !errors.is_empty() {
             proxy.drain.cancel();

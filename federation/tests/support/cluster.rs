@@ -19,7 +19,6 @@ use isthmus_gateway::eastwest::config::EastWestConfig;
 use isthmus_gateway::sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 
-pub use super::free_port;
 use super::{MeshSidecar, eventually, temp_dir};
 
 pub fn mesh(name: &str) -> String {
@@ -37,13 +36,13 @@ pub struct Cluster {
     pub discovery: SocketAddr,
     pub federation: SocketAddr,
     pub entry: SocketAddr,
+    /// The sockets of those addresses, bound once and held: each (re)start
+    /// serves a duplicate, so nothing else can take the ports meanwhile.
+    sockets: [std::net::TcpListener; 3],
     pub cp: Option<ControlPlane>,
     pub gateway: Option<(Sidecar, isthmus_gateway::eastwest::role::EastWest)>,
     /// Stops the gateway alone.
     gateway_stop: CancellationToken,
-    /// Where the gateway's QUIC and TCP listeners were bound first (a
-    /// restarted gateway binds them again, as a Service keeps its address).
-    gateway_at: Option<(SocketAddr, SocketAddr)>,
     /// How far this cluster's control plane clock is ahead (seconds):
     /// tokens and credentials are checked and issued against it.
     clock_ahead: Arc<AtomicU64>,
@@ -56,17 +55,19 @@ impl Cluster {
         std::fs::write(dir.join("mesh.yaml"), mesh(name)).unwrap();
         let td = format!("{name}.isthmus.local");
         Ca::load_or_create(&dir, &td).unwrap();
-        let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let bound = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sockets = [bound(), bound(), bound()];
+        let at = |i: usize| sockets[i].local_addr().unwrap();
         Self {
             name,
             dir,
-            discovery: at(free_port()),
-            federation: at(free_port()),
-            entry: at(free_port()),
+            discovery: at(0),
+            federation: at(1),
+            entry: at(2),
+            sockets,
             cp: None,
             gateway: None,
             gateway_stop: CancellationToken::new(),
-            gateway_at: None,
             clock_ahead: Arc::new(AtomicU64::new(0)),
             stop: CancellationToken::new(),
         }
@@ -75,6 +76,13 @@ impl Cluster {
     /// Moves this cluster's control plane clock `by` ahead.
     pub fn advance_clock(&self, by: Duration) {
         self.clock_ahead.fetch_add(by.as_secs(), Ordering::SeqCst);
+    }
+
+    /// A duplicate of socket `i` (0 discovery, 1 federation, 2 entry).
+    fn socket(&self, i: usize) -> std::net::TcpListener {
+        let s = self.sockets[i].try_clone().unwrap();
+        s.set_nonblocking(true).unwrap();
+        s
     }
 
     pub fn td(&self) -> String {
@@ -92,16 +100,14 @@ impl Cluster {
         let ca = Arc::new(Ca::load_or_create(&self.dir, &td).unwrap());
         let tokens = || TokenKey::load_or_create(&self.dir, &td).unwrap();
         cp.serve_secure(
-            isthmus_federation::server::bind(self.discovery).unwrap(),
+            tokio::net::TcpListener::from_std(self.socket(0)).unwrap(),
             ca.clone(),
             Authenticator::Bootstrap(Box::new(tokens())),
             "isthmus-system",
         )
         .unwrap();
-        let fed = std::net::TcpListener::bind(self.federation).unwrap();
-        fed.set_nonblocking(true).unwrap();
         cp.serve_federation(
-            tokio::net::TcpListener::from_std(fed).unwrap(),
+            tokio::net::TcpListener::from_std(self.socket(1)).unwrap(),
             ca,
             Some(Arc::new(tokens())),
             isthmus_federation::sync::client::Settings {
@@ -136,6 +142,7 @@ impl Cluster {
         labels: &[(&str, &str)],
         listeners: Vec<model::Listener>,
         workload: Option<isthmus_api::discovery::v1::Workload>,
+        prebound: Vec<std::net::TcpListener>,
     ) -> (Sidecar, Arc<isthmus_gateway::tls::MeshTls>) {
         let td = self.td();
         MeshSidecar {
@@ -148,6 +155,7 @@ impl Cluster {
             labels,
             listeners,
             workload,
+            prebound,
         }
         .start(&self.stop)
         .await
@@ -168,6 +176,7 @@ impl Cluster {
             labels: &[],
             listeners: Vec::new(),
             workload: None,
+            prebound: Vec::new(),
         }
         .start(&self.gateway_stop)
         .await;
@@ -179,31 +188,20 @@ impl Cluster {
         let ew = EastWestConfig::parse(
             "ew.yaml",
             &format!(
-                "quic: {}\ntcp: {}\nlocal: {}\ncluster: {}\n",
-                self.gateway_at
-                    .map_or("127.0.0.1:0".into(), |a| a.0.to_string()),
-                self.gateway_at
-                    .map_or("127.0.0.1:0".into(), |a| a.1.to_string()),
-                self.entry,
-                self.name
+                "quic: 127.0.0.1:0\ntcp: 127.0.0.1:0\nlocal: {}\ncluster: {}\n",
+                self.entry, self.name
             ),
         )
         .unwrap();
-        // A stopped gateway's QUIC endpoint lets its socket go once its
-        // connections have drained (a process exiting would at once).
-        let role = eventually("the gateway's addresses free to bind again", || {
-            let (ew, stop) = (ew.clone(), self.gateway_stop.clone());
-            let sidecar = &sidecar;
-            async move {
-                match isthmus_gateway::eastwest::role::start(sidecar, ew, stop).await {
-                    Ok(role) => Some(role),
-                    Err(e) if e.to_string().contains("in use") => None,
-                    Err(e) => panic!("east-west role starts: {e}"),
-                }
-            }
-        })
-        .await;
-        self.gateway_at = Some((role.quic, role.tcp));
+        let entry = Some(self.socket(2));
+        let role = isthmus_gateway::eastwest::role::start_with(
+            &sidecar,
+            ew,
+            entry,
+            self.gateway_stop.clone(),
+        )
+        .await
+        .expect("east-west role starts");
         self.gateway = Some((sidecar, role));
     }
 
@@ -218,9 +216,16 @@ impl Cluster {
     /// A frontend sidecar of this cluster (`shop/frontend`) with
     /// `listeners`; `listener_addr(name)` says where each is bound.
     pub async fn start_frontend(&self, listeners: Vec<model::Listener>) -> Sidecar {
-        self.start_sidecar("shop", "frontend", &[("app", "frontend")], listeners, None)
-            .await
-            .0
+        self.start_sidecar(
+            "shop",
+            "frontend",
+            &[("app", "frontend")],
+            listeners,
+            None,
+            Vec::new(),
+        )
+        .await
+        .0
     }
 
     pub fn quic(&self) -> SocketAddr {
@@ -245,6 +250,19 @@ impl Cluster {
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(tmp, self.dir.join(file)).unwrap();
     }
+}
+
+/// `a`'s link to `b` pointed at `b`'s gateway's current QUIC address (a
+/// restarted gateway listens on a new port; in a real cluster its Service
+/// keeps the address).
+pub fn repoint_link(a: &Cluster, b: &Cluster, from: SocketAddr) {
+    let file = format!("link-{}.yaml", b.name);
+    let yaml = std::fs::read_to_string(a.dir.join(&file)).unwrap();
+    assert!(yaml.contains(&from.to_string()), "{yaml}");
+    a.write(
+        &file,
+        &yaml.replace(&from.to_string(), &b.quic().to_string()),
+    );
 }
 
 /// `isthmusctl link create --from a --to b`, dropped in a's directory.

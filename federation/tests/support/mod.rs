@@ -90,6 +90,8 @@ pub struct MeshSidecar<'a> {
     pub labels: &'a [(&'a str, &'a str)],
     pub listeners: Vec<isthmus_api::model::Listener>,
     pub workload: Option<isthmus_api::discovery::v1::Workload>,
+    /// Sockets bound beforehand for some of `listeners`.
+    pub prebound: Vec<std::net::TcpListener>,
 }
 
 impl MeshSidecar<'_> {
@@ -163,6 +165,7 @@ impl MeshSidecar<'_> {
             access_log: isthmus_gateway::telemetry::accesslog::Sink::Off,
             socket: Default::default(),
             mesh: Some(mesh.clone()),
+            prebound: self.prebound,
         })
         .await
         .expect("sidecar starts");
@@ -171,14 +174,6 @@ impl MeshSidecar<'_> {
 }
 pub mod cluster;
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A sample app on a free loopback port, and what a sidecar in front of
 /// it needs: the mesh transport's inbound, its port and the registration.
 pub struct MeshedApp {
@@ -186,6 +181,9 @@ pub struct MeshedApp {
     pub running: isthmus_gateway::sample::Running,
     pub inbound: isthmus_api::model::Inbound,
     pub tunnel_port: u16,
+    /// The tunnel listener's socket, bound here (its port registered with
+    /// the workload) and handed to the sidecar (`take_tunnel_socket`).
+    tunnel_socket: Option<std::net::TcpListener>,
     pub workload: isthmus_api::discovery::v1::Workload,
 }
 
@@ -198,7 +196,8 @@ impl MeshedApp {
             .await
             .unwrap();
         let app_port = running.addr.port();
-        let tunnel_port = free_port();
+        let tunnel_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tunnel_port = tunnel_socket.local_addr().unwrap().port();
         let inbound = isthmus_api::model::Inbound {
             app_address: "127.0.0.1".into(),
             ports: vec![isthmus_api::model::InboundPort {
@@ -219,8 +218,16 @@ impl MeshedApp {
             running,
             inbound,
             tunnel_port,
+            tunnel_socket: Some(tunnel_socket),
             workload,
         }
+    }
+
+    /// The bound socket of `tunnel_listener()`, for the sidecar (once).
+    pub fn take_tunnel_socket(&mut self) -> std::net::TcpListener {
+        self.tunnel_socket
+            .take()
+            .expect("the tunnel socket is taken once")
     }
 
     /// The sidecar's mesh transport listener in front of the app.

@@ -45,6 +45,17 @@ pub async fn start(
     ew: EastWestConfig,
     stop: CancellationToken,
 ) -> Result<EastWest, StartError> {
+    start_with(sidecar, ew, None, stop).await
+}
+
+/// `start`, with the local entry's socket bound beforehand (`local`, at
+/// `ew.local`'s address) when given.
+pub async fn start_with(
+    sidecar: &Sidecar,
+    ew: EastWestConfig,
+    local: Option<std::net::TcpListener>,
+    stop: CancellationToken,
+) -> Result<EastWest, StartError> {
     let proxy = sidecar.proxy.clone();
     let tls = proxy.mesh.clone().ok_or(StartError::NoIdentity)?;
     let endpoint = quic::endpoint_with(&tls, ew.quic, ew.congestion)?;
@@ -54,7 +65,17 @@ pub async fn start(
             .map_err(|source| StartError::Bind { what, addr, source })
     };
     let tcp = bind("HTTP/2 fallback", ew.tcp).await?;
-    let local = bind("local entry", ew.local).await?;
+    let local = match local {
+        Some(l) => l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l))
+            .map_err(|source| StartError::Bind {
+                what: "local entry",
+                addr: ew.local,
+                source,
+            })?,
+        None => bind("local entry", ew.local).await?,
+    };
     let addr = |r: std::io::Result<SocketAddr>, what, addr| {
         r.map_err(|source| StartError::Bind { what, addr, source })
     };

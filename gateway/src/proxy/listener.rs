@@ -45,13 +45,39 @@ struct Active {
 pub struct Listeners {
     proxy: Arc<Proxy>,
     active: Mutex<HashMap<String, Active>>,
+    /// Sockets bound by whoever started us (socket activation, tests),
+    /// taken by the listener whose address they are bound to.
+    prebound: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
 }
 
 impl Listeners {
     pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self::with_prebound(proxy, Vec::new())
+    }
+
+    /// With listening sockets already bound: a listener whose configured
+    /// address is one of theirs serves it instead of binding anew.
+    pub fn with_prebound(proxy: Arc<Proxy>, prebound: Vec<std::net::TcpListener>) -> Self {
+        let prebound = prebound
+            .into_iter()
+            .filter_map(|l| Some((l.local_addr().ok()?, l)))
+            .collect();
         Self {
             proxy,
             active: Mutex::new(HashMap::new()),
+            prebound: Mutex::new(prebound),
+        }
+    }
+
+    /// The prebound socket for `addr`, or a new one bound there.
+    async fn bind(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        let held = self.prebound.lock().remove(&addr);
+        match held {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            }
+            None => bind(addr).await,
         }
     }
 
@@ -94,7 +120,7 @@ impl Listeners {
             if self.active.lock().contains_key(&spec.name) {
                 continue;
             }
-            let listener = match bind(spec.address).await {
+            let listener = match self.bind(spec.address).await {
                 Ok(l) => l,
                 Err(source) => {
                     errors.push(ListenerError::Bind {

@@ -55,6 +55,7 @@ pub async fn start_with_identity(
         access_log: Sink::Channel(tx),
         socket: SocketOptions::default(),
         mesh: identity.map(|i| std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(i))),
+        prebound: Vec::new(),
     })
     .await
     .unwrap_or_else(|e| panic!("sidecar failed to start: {e}"));
