@@ -39,10 +39,8 @@ mod pki;
 mod support;
 use common::*;
 
-const LOCAL: [u8; 4] = [127, 0, 0, 1];
-
 fn addr(port: u16) -> SocketAddr {
-    (LOCAL, port).into()
+    own(port)
 }
 
 fn spawn_sidecar(cfg: &std::path::Path, admin: u16, files: &[std::path::PathBuf; 3]) -> Proc {
@@ -55,7 +53,7 @@ fn spawn_sidecar(cfg: &std::path::Path, admin: u16, files: &[std::path::PathBuf;
                 "--config",
                 cfg.to_str().unwrap(),
                 "--admin",
-                &format!("127.0.0.1:{admin}"),
+                &addr(admin).to_string(),
                 "--access-log",
                 "off",
                 "--worker-threads",
@@ -217,7 +215,9 @@ async fn main() {
     std::fs::create_dir_all(&dir).unwrap();
 
     // Upstreams on core 0: the sample app, iperf3 and sockperf servers.
-    let (up, ip, sp) = (free_port(), free_port(), free_port());
+    // Every server at this benchmark's own address, a port per role.
+    let ip_own = own_ip();
+    let (up, ip, sp) = (20080, 20081, 20082);
     let _up = Proc(
         pinned(
             0,
@@ -237,14 +237,29 @@ async fn main() {
     let _servers = tools.then(|| {
         (
             Proc(
-                pinned(0, "iperf3", &["-s", "-p", &ip.to_string()])
-                    .spawn()
-                    .unwrap(),
+                pinned(
+                    0,
+                    "iperf3",
+                    &["-s", "-B", &ip_own.to_string(), "-p", &ip.to_string()],
+                )
+                .spawn()
+                .unwrap(),
             ),
             Proc(
-                pinned(0, "sockperf", &["server", "--tcp", "-p", &sp.to_string()])
-                    .spawn()
-                    .unwrap(),
+                pinned(
+                    0,
+                    "sockperf",
+                    &[
+                        "server",
+                        "--tcp",
+                        "-i",
+                        &ip_own.to_string(),
+                        "-p",
+                        &sp.to_string(),
+                    ],
+                )
+                .spawn()
+                .unwrap(),
             ),
         )
     });
@@ -258,34 +273,34 @@ async fn main() {
 
     // The server sidecar: a tunnel listener for all three ports, a
     // plaintext inbound listener per port.
-    let (tunnel, in_http, in_iperf, in_sock) = (free_port(), free_port(), free_port(), free_port());
+    let (tunnel, in_http, in_iperf, in_sock) = (20083, 20084, 20085, 20086);
     let server_cfg = dir.join("server.yaml");
     std::fs::write(
         &server_cfg,
         format!(
             "listeners:\n\
-             \x20 - {{name: tunnel, address: \"127.0.0.1:{tunnel}\", tunnel: {{ports: [{{port: {up}}}, {{port: {ip}, protocol: TCP}}, {{port: {sp}, protocol: TCP}}]}}}}\n\
-             \x20 - {{name: in-http, address: \"127.0.0.1:{in_http}\", inbound: {{ports: [{{port: {up}}}]}}}}\n\
-             \x20 - {{name: in-iperf, address: \"127.0.0.1:{in_iperf}\", inbound: {{ports: [{{port: {ip}, protocol: TCP}}]}}}}\n\
-             \x20 - {{name: in-sock, address: \"127.0.0.1:{in_sock}\", inbound: {{ports: [{{port: {sp}, protocol: TCP}}]}}}}\n\
+             \x20 - {{name: tunnel, address: \"{ip_own}:{tunnel}\", tunnel: {{appAddress: \"{ip_own}\", ports: [{{port: {up}}}, {{port: {ip}, protocol: TCP}}, {{port: {sp}, protocol: TCP}}]}}}}\n\
+             \x20 - {{name: in-http, address: \"{ip_own}:{in_http}\", inbound: {{appAddress: \"{ip_own}\", ports: [{{port: {up}}}]}}}}\n\
+             \x20 - {{name: in-iperf, address: \"{ip_own}:{in_iperf}\", inbound: {{appAddress: \"{ip_own}\", ports: [{{port: {ip}, protocol: TCP}}]}}}}\n\
+             \x20 - {{name: in-sock, address: \"{ip_own}:{in_sock}\", inbound: {{appAddress: \"{ip_own}\", ports: [{{port: {sp}, protocol: TCP}}]}}}}\n\
              services: []\n"
         ),
     )
     .unwrap();
-    let server_admin = free_port();
+    let server_admin = 20087;
     let server = spawn_sidecar(&server_cfg, server_admin, &server_files);
 
     // The client sidecars: plaintext to the inbound listeners, or mTLS
     // through the tunnel listener.
-    let client = |mode: &str, http: u16, iperf_l: u16, sock_l: u16| {
+    let client = |mode: &str, http: u16, iperf_l: u16, sock_l: u16, admin: u16| {
         let endpoint = |target: u16, plain: u16| {
             if mode == "plain" {
-                format!("{{address: \"127.0.0.1:{plain}\"}}")
+                format!("{{address: \"{ip_own}:{plain}\"}}")
             } else if mode == "single" {
-                format!("{{address: \"127.0.0.1:{target}\"}}")
+                format!("{{address: \"{ip_own}:{target}\"}}")
             } else {
                 format!(
-                    "{{address: \"127.0.0.1\", ports: [{{port: 80, targetPort: {target}}}], tunnelPort: {tunnel}, identity: \"{server_id}\"}}"
+                    "{{address: \"{ip_own}\", ports: [{{port: 80, targetPort: {target}}}], tunnelPort: {tunnel}, identity: \"{server_id}\"}}"
                 )
             }
         };
@@ -294,9 +309,9 @@ async fn main() {
             &cfg,
             format!(
                 "listeners:\n\
-                 \x20 - {{name: out, address: \"127.0.0.1:{http}\", http: {{}}}}\n\
-                 \x20 - {{name: iperf, address: \"127.0.0.1:{iperf_l}\", tcp: {{service: iperf}}}}\n\
-                 \x20 - {{name: sock, address: \"127.0.0.1:{sock_l}\", tcp: {{service: sock}}}}\n\
+                 \x20 - {{name: out, address: \"{ip_own}:{http}\", http: {{}}}}\n\
+                 \x20 - {{name: iperf, address: \"{ip_own}:{iperf_l}\", tcp: {{service: iperf}}}}\n\
+                 \x20 - {{name: sock, address: \"{ip_own}:{sock_l}\", tcp: {{service: sock}}}}\n\
                  services:\n\
                  \x20 - {{name: up, ports: [{{port: 80}}], endpoints: [{e_up}]}}\n\
                  \x20 - {{name: iperf, ports: [{{port: 80, protocol: TCP}}], endpoints: [{e_ip}]}}\n\
@@ -307,15 +322,14 @@ async fn main() {
             ),
         )
         .unwrap();
-        let admin = free_port();
         (spawn_sidecar(&cfg, admin, &client_files), admin)
     };
-    let (p_http, p_iperf, p_sock) = (free_port(), free_port(), free_port());
-    let (m_http, m_iperf, m_sock) = (free_port(), free_port(), free_port());
-    let (s_http, s_iperf, s_sock) = (free_port(), free_port(), free_port());
-    let (plain_client, _) = client("plain", p_http, p_iperf, p_sock);
-    let (mtls_client, _) = client("mtls", m_http, m_iperf, m_sock);
-    let (single, _) = client("single", s_http, s_iperf, s_sock);
+    let (p_http, p_iperf, p_sock) = (20090, 20091, 20092);
+    let (m_http, m_iperf, m_sock) = (20093, 20094, 20095);
+    let (s_http, s_iperf, s_sock) = (20096, 20097, 20098);
+    let (plain_client, _) = client("plain", p_http, p_iperf, p_sock, 20099);
+    let (mtls_client, _) = client("mtls", m_http, m_iperf, m_sock, 20100);
+    let (single, _) = client("single", s_http, s_iperf, s_sock, 20101);
     wait_ready(addr(p_http)).await;
     wait_ready(addr(m_http)).await;
     wait_ready(addr(s_http)).await;

@@ -43,8 +43,8 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("isthmus-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let up_port = free_port();
-    let upstream: SocketAddr = ([127, 0, 0, 1], up_port).into();
+    // Each server's port at this benchmark's own address.
+    let upstream = own(20080);
     let _up = Proc(
         pinned(
             0,
@@ -67,13 +67,13 @@ async fn main() {
     // BENCH_SIDECAR_THREADS: the sidecar's worker threads (1 = a
     // single-threaded runtime, the default for a one-core sidecar).
     let sidecar_threads = std::env::var("BENCH_SIDECAR_THREADS").unwrap_or_else(|_| "1".into());
-    let side_port = free_port();
-    let admin_port = free_port();
+    let sidecar_addr = own(20081);
+    let admin = own(20082);
     let cfg = dir.join("sidecar.yaml");
     write(
         &cfg,
         &format!(
-            "listeners:\n  - {{name: out, address: \"127.0.0.1:{side_port}\", http: {{}}}}\n\
+            "listeners:\n  - {{name: out, address: \"{sidecar_addr}\", http: {{}}}}\n\
              services:\n  - name: up\n    ports: [{{port: 80}}]\n    endpoints: [{{address: \"{upstream}\"}}]\n"
         ),
     );
@@ -85,7 +85,7 @@ async fn main() {
             "--config",
             cfg.to_str().unwrap(),
             "--admin",
-            &format!("127.0.0.1:{admin_port}"),
+            &admin.to_string(),
             "--access-log",
             "off",
             "--worker-threads",
@@ -96,7 +96,6 @@ async fn main() {
     .unwrap();
     let sidecar_pid = sidecar.id();
     let _sidecar = Proc(sidecar);
-    let sidecar_addr: SocketAddr = ([127, 0, 0, 1], side_port).into();
     // `taskset` execs the program, so the pid is the proxy's own.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = rss_kib(sidecar_pid);
@@ -107,14 +106,14 @@ async fn main() {
         ("isthmus sidecar", sidecar_addr, None),
     ];
     if have("haproxy") {
-        let port = free_port();
+        let addr = own(20083);
         let conf = dir.join("haproxy.cfg");
         write(
             &conf,
             &format!(
                 "global\n  nbthread 1\n  maxconn 4000\n\
                  defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n  http-reuse always\n\
-                 frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n\
+                 frontend f\n  bind {addr}\n  default_backend b\n\
                  backend b\n  server s1 {upstream}\n"
             ),
         );
@@ -123,14 +122,13 @@ async fn main() {
                 .spawn()
                 .unwrap(),
         );
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         wait_ready(addr).await;
         targets.push(("haproxy", addr, Some(p)));
     } else {
         eprintln!("haproxy not installed: apt-get install -y haproxy for the baseline");
     }
     if have("nginx") {
-        let port = free_port();
+        let addr = own(20084);
         let conf = dir.join("nginx.conf");
         let d = dir.display();
         write(
@@ -140,7 +138,7 @@ async fn main() {
                  events {{ worker_connections 4096; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
                  \x20 upstream up {{ server {upstream}; keepalive 128; }}\n\
-                 \x20 server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
+                 \x20 server {{ listen {addr}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n"
             ),
         );
         let p = Proc(
@@ -148,7 +146,6 @@ async fn main() {
                 .spawn()
                 .unwrap(),
         );
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         wait_ready(addr).await;
         targets.push(("nginx", addr, Some(p)));
     } else {

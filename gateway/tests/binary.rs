@@ -6,7 +6,7 @@
 mod pki;
 mod support;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -33,33 +33,29 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     let up = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let (port, admin) = (free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("isthmus-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("sidecar.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listeners:\n  - {{name: out, address: \"127.0.0.1:{port}\", http: {{}}}}\n\
+            "listeners:\n  - {{name: out, address: \"127.0.0.1:0\", http: {{}}}}\n\
              services:\n  - name: catalog\n    ports: [{{port: 80}}]\n    endpoints: [{{address: \"{}\"}}]\n",
             up.addr
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "sidecar",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--admin",
-            &format!("127.0.0.1:{admin}"),
-        ])
-        .args(["--access-log", "off", "--drain-timeout", "10s"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out: SocketAddr = ([127, 0, 0, 1], port).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "sidecar",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--admin",
+        "127.0.0.1:0",
+    ])
+    .args(["--access-log", "off", "--drain-timeout", "10s"]);
+    let mut sidecar = Started::spawn(cmd);
+    let (out, admin) = (sidecar.listener("out"), sidecar.admin);
     wait_ready(admin).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let slow = tokio::spawn(async move { get(out, "/delay/800").await });
@@ -67,6 +63,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         assert!(Instant::now() < deadline, "request never reached the app");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let child = &mut sidecar.child;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -121,15 +118,6 @@ fn invalid_config_refuses_to_start_naming_field_and_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn wait_ready(admin: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !get(admin, "/readyz")
@@ -154,53 +142,43 @@ async fn certificate_files_give_the_binary_its_identity_and_the_mesh_transport()
         .await
         .unwrap();
     let app_port = up.addr.port();
-    let (tunnel, out, admin_a, admin_b) = (free_port(), free_port(), free_port(), free_port());
+    let run = |cfg: &std::path::Path, files: &[std::path::PathBuf; 3]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["sidecar", "--config", cfg.to_str().unwrap()])
+            .args(["--admin", "127.0.0.1:0", "--access-log", "off"])
+            .args(["--cert-file", files[0].to_str().unwrap()])
+            .args(["--key-file", files[1].to_str().unwrap()])
+            .args(["--ca-roots", files[2].to_str().unwrap()]);
+        Started::spawn(cmd)
+    };
     let server_cfg = dir.join("server.yaml");
     std::fs::write(
         &server_cfg,
         format!(
-            "listeners:\n  - {{name: tunnel, address: \"127.0.0.1:{tunnel}\", tunnel: {{ports: [{{port: {app_port}}}]}}}}\n\
+            "listeners:\n  - {{name: tunnel, address: \"127.0.0.1:0\", tunnel: {{ports: [{{port: {app_port}}}]}}}}\n\
              services: []\nsecurity: {{defaultMtlsMode: STRICT}}\n"
         ),
     )
     .unwrap();
+    let server_files = ca.write_files(&ca.issue("shop", "catalog"), &dir, "server");
+    let b = run(&server_cfg, &server_files);
+    let tunnel = b.listener("tunnel").port();
     let client_cfg = dir.join("client.yaml");
     std::fs::write(
         &client_cfg,
         format!(
-            "listeners:\n  - {{name: out, address: \"127.0.0.1:{out}\", http: {{}}}}\n\
+            "listeners:\n  - {{name: out, address: \"127.0.0.1:0\", http: {{}}}}\n\
              services:\n  - name: catalog\n    ports: [{{port: 80, targetPort: {app_port}}}]\n    \
              endpoints: [{{address: \"127.0.0.1\", tunnelPort: {tunnel}, identity: \"spiffe://eu-west.isthmus.local/ns/shop/sa/catalog\"}}]\n"
         ),
     )
     .unwrap();
-    let run = |cfg: &std::path::Path, admin: u16, files: &[std::path::PathBuf; 3]| {
-        Command::new(BIN)
-            .args(["sidecar", "--config", cfg.to_str().unwrap()])
-            .args([
-                "--admin",
-                &format!("127.0.0.1:{admin}"),
-                "--access-log",
-                "off",
-            ])
-            .args(["--cert-file", files[0].to_str().unwrap()])
-            .args(["--key-file", files[1].to_str().unwrap()])
-            .args(["--ca-roots", files[2].to_str().unwrap()])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let server_files = ca.write_files(&ca.issue("shop", "catalog"), &dir, "server");
     let client_files = ca.write_files(&ca.issue("shop", "frontend"), &dir, "client");
-    let _b = Kill(run(&server_cfg, admin_b, &server_files));
-    let _a = Kill(run(&client_cfg, admin_a, &client_files));
-    let (admin_a, admin_b): (SocketAddr, SocketAddr) = (
-        ([127, 0, 0, 1], admin_a).into(),
-        ([127, 0, 0, 1], admin_b).into(),
-    );
+    let a = run(&client_cfg, &client_files);
+    let (admin_a, admin_b, out) = (a.admin, b.admin, a.listener("out"));
     wait_ready(admin_a).await;
     wait_ready(admin_b).await;
-    let resp = get(([127, 0, 0, 1], out).into(), "/items").await.unwrap();
+    let resp = get(out, "/items").await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(
         resp.contains("\"caller\":\"spiffe://eu-west.isthmus.local/ns/shop/sa/frontend\""),
@@ -237,13 +215,22 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
         [files[0].clone(), files[1].clone(), roots.clone()]
     };
     let (eu_files, us_files) = (gw_files(&eu, "eu"), gw_files(&us, "us"));
-    let (eu_port, us_port, us_local) = (free_port(), free_port(), free_port());
-    let (eu_admin, us_admin) = (free_port(), free_port());
     let write = |name: &str, text: String| {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     };
+    let run =
+        |services: &std::path::Path, ew: &std::path::Path, files: &[std::path::PathBuf; 3]| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["eastwest", "--eastwest-config", ew.to_str().unwrap()])
+                .args(["--config", services.to_str().unwrap()])
+                .args(["--admin", "127.0.0.1:0", "--access-log", "off"])
+                .args(["--cert-file", files[0].to_str().unwrap()])
+                .args(["--key-file", files[1].to_str().unwrap()])
+                .args(["--ca-roots", files[2].to_str().unwrap()]);
+            Started::spawn(cmd)
+        };
     let eu_services = write(
         "eu-services.yaml",
         format!(
@@ -253,47 +240,26 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
     );
     let eu_ew = write(
         "eu-ew.yaml",
-        format!(
-            "quic: \"127.0.0.1:{eu_port}\"\ntcp: \"127.0.0.1:{eu_port}\"\nlocal: \"127.0.0.1:{}\"\n\
-             admit: [\"spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*\"]\n",
-            free_port()
-        ),
+        "quic: \"127.0.0.1:0\"\ntcp: \"127.0.0.1:0\"\nlocal: \"127.0.0.1:0\"\n\
+         admit: [\"spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*\"]\n"
+            .into(),
     );
+    let eu_gw = run(&eu_services, &eu_ew, &eu_files);
+    let [eu_quic, eu_tcp, _] = eu_gw.eastwest.expect("eu-west's gateway addresses");
     let us_services = write("us-services.yaml", "listeners: []\nservices: []\n".into());
     let us_ew = write(
         "us-ew.yaml",
         format!(
-            "quic: \"127.0.0.1:{us_port}\"\ntcp: \"127.0.0.1:{us_port}\"\nlocal: \"127.0.0.1:{us_local}\"\n\
-             peers:\n  - {{cluster: eu-west, udp: \"127.0.0.1:{eu_port}\", tcp: \"127.0.0.1:{eu_port}\", \
+            "quic: \"127.0.0.1:0\"\ntcp: \"127.0.0.1:0\"\nlocal: \"127.0.0.1:0\"\n\
+             peers:\n  - {{cluster: eu-west, udp: \"{eu_quic}\", tcp: \"{eu_tcp}\", \
              identity: \"spiffe://eu-west.isthmus.local/ns/isthmus-system/sa/isthmus-eastwest\"}}\n"
         ),
     );
-    let run = |services: &std::path::Path,
-               ew: &std::path::Path,
-               admin: u16,
-               files: &[std::path::PathBuf; 3]| {
-        Kill(
-            Command::new(BIN)
-                .args(["eastwest", "--eastwest-config", ew.to_str().unwrap()])
-                .args(["--config", services.to_str().unwrap()])
-                .args([
-                    "--admin",
-                    &format!("127.0.0.1:{admin}"),
-                    "--access-log",
-                    "off",
-                ])
-                .args(["--cert-file", files[0].to_str().unwrap()])
-                .args(["--key-file", files[1].to_str().unwrap()])
-                .args(["--ca-roots", files[2].to_str().unwrap()])
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
-    let _eu = run(&eu_services, &eu_ew, eu_admin, &eu_files);
-    let _us = run(&us_services, &us_ew, us_admin, &us_files);
-    wait_ready(([127, 0, 0, 1], eu_admin).into()).await;
-    wait_ready(([127, 0, 0, 1], us_admin).into()).await;
+    let us_gw = run(&us_services, &us_ew, &us_files);
+    let [_, _, local] = us_gw.eastwest.expect("us-east's gateway addresses");
+    let us_admin = us_gw.admin;
+    wait_ready(eu_gw.admin).await;
+    wait_ready(us_admin).await;
 
     // A us-east workload: mTLS HTTP/2 CONNECT to its gateway's local entry.
     let mut creds = us.issue("shop", "frontend");
@@ -301,7 +267,6 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
         .trust_bundles
         .insert("eu-west.isthmus.local".into(), eu.pem.clone());
     let tls = isthmus_gateway::tls::MeshTls::new(isthmus_gateway::identity::Identity::fixed(creds));
-    let local: SocketAddr = ([127, 0, 0, 1], us_local).into();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut stream = loop {
         let attempt = async {
@@ -352,7 +317,7 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
         .unwrap();
     assert_eq!(got, b"through two gateway processes");
     // The status view: the link to eu-west, on QUIC, with its RTT.
-    let status = get(([127, 0, 0, 1], us_admin).into(), "/eastwest")
+    let status = get(us_admin, "/eastwest")
         .await
         .expect("the /eastwest view");
     let body = status.split_once("\r\n\r\n").expect("a response").1;

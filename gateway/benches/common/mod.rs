@@ -17,7 +17,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use super::support::{free_port, have};
+pub use super::support::have;
+
+/// This benchmark's own loopback address, 127.<from the process id>: every
+/// server it starts listens there on a port fixed per role (`own`), so no
+/// port is picked as "free" and hoped to stay so; the third-party servers
+/// (haproxy, nginx, iperf3, sockperf) cannot report a port they chose.
+pub fn own_ip() -> std::net::Ipv4Addr {
+    let p = std::process::id();
+    std::net::Ipv4Addr::new(127, 100 + ((p >> 16) & 0x7f) as u8, (p >> 8) as u8, p as u8)
+}
+
+/// `port` at `own_ip()`.
+pub fn own(port: u16) -> SocketAddr {
+    (own_ip(), port).into()
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
 
