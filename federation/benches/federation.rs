@@ -155,6 +155,7 @@ fn exports(cluster: &str, version: u64, full: bool, healthy: u32) -> wire::Expor
         full,
         cluster: cluster.into(),
         trust_domain: format!("{cluster}.isthmus.local"),
+        trust_bundle: String::new(),
         services: ["catalog", "cart", "orders", "payments"]
             .iter()
             .map(|n| wire::ExportedService {

@@ -81,6 +81,9 @@ pub struct Published {
     pub store: State,
     pub offer: Offer,
     pub workloads: usize,
+    /// This cluster's own trust bundles (its CA's roots), as proxies get
+    /// them and linked clusters are sent them.
+    pub own_trust: Vec<model::TrustBundle>,
 }
 
 /// A running control plane.
@@ -501,8 +504,16 @@ pub fn link_statuses(
         .filter_map(|(key, r)| match r {
             crate::store::Resource::ClusterLink(l) => {
                 let generation = l.metadata.generation.unwrap_or(0);
+                let trust = p
+                    .catalog
+                    .links
+                    .trust
+                    .iter()
+                    .find(|t| t.cluster == l.spec.peer)
+                    .map(|t| t.roots_pem.as_str());
                 let status = crate::sync::status::link_status(
                     peers.get(&l.spec.peer).as_ref(),
+                    trust,
                     generation,
                     now,
                 );
@@ -593,6 +604,7 @@ fn publish(
             port: a.port(),
         });
     let summaries = inputs.peers.summaries();
+    let synced = inputs.peers.trust_bundles();
     // Imports first: routes and policies may name imported services.
     let (mut catalog, endpoints) =
         translate_shells_importing(&state.snapshot, &refs, |catalog, endpoints| {
@@ -604,6 +616,9 @@ fn publish(
                 entry,
             )
         });
+    // A linked cluster's bundle as it last sent it replaces the one its
+    // ClusterLink was made with (a CA rotation needs no re-linking).
+    crate::translate::links::use_synced(&mut catalog.links.trust, &synced);
     if let Some(addr) = inputs.opts.federation_address {
         crate::translate::links::federation_service(&mut catalog, &inputs.opts.namespace, addr);
     }
@@ -626,6 +641,7 @@ fn publish(
         catalog,
         store: state.clone(),
         workloads: workloads.len(),
+        own_trust: trust.to_vec(),
     })
 }
 

@@ -20,7 +20,7 @@ use isthmus_federation::resources::link::PartitionPolicy;
 use isthmus_gateway::sidecar::Sidecar;
 
 mod support;
-use support::cluster::{Cluster, link, repoint_link};
+use support::cluster::{Cluster, link, linked_pair, repoint_link};
 use support::{MeshedApp, eventually, http};
 
 const CATALOG: &str = r#"
@@ -163,6 +163,200 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
     }
 }
 
+/// Roots that `sidecar` trusts for `domain` now.
+fn roots_of(sidecar: &Sidecar, domain: &str) -> usize {
+    sidecar
+        .store()
+        .load()
+        .security
+        .trust
+        .get(domain)
+        .map_or(0, |d| d.anchors.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_ca_rotation_reaches_linked_clusters_with_no_failed_request() {
+    use isthmus_federation::identity::Ca;
+    init_tracing();
+    let (mut west, mut central) = linked_pair(
+        "rotate",
+        &[("shop.yaml", SHOP_CENTRAL)],
+        Duration::from_secs(600),
+        "5m",
+    )
+    .await;
+    let mut meshed = MeshedApp::start("catalog", "eu-central").await;
+    let (catalog, catalog_tls) = central
+        .start_sidecar(
+            "shop",
+            "catalog",
+            &[("app", "catalog")],
+            vec![meshed.tunnel_listener()],
+            Some(meshed.workload.clone()),
+            vec![meshed.take_tunnel_socket()],
+        )
+        .await;
+    let frontend = west
+        .start_frontend(vec![model::Listener {
+            name: "out".into(),
+            address: "127.0.0.1:0".into(),
+            kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
+        }])
+        .await;
+    let out = eventually("frontend listener", || async {
+        frontend.listener_addr("out")
+    })
+    .await;
+    const HOST: &str = "catalog-eu-central.shop";
+    eventually("eu-west reaches eu-central's catalog", || async {
+        http(out, HOST, "/items").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    // Requests flow the whole time; every answer is counted.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let traffic = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.is_cancelled() {
+                match http(out, HOST, "/items").await {
+                    Some((200, _)) => {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failed
+        })
+    };
+    // Each step waits for requests answered after it.
+    let flowing = |what: &'static str| {
+        let answered = answered.clone();
+        async move {
+            let from = answered.load(std::sync::atomic::Ordering::SeqCst);
+            eventually(what, || {
+                let n = answered.load(std::sync::atomic::Ordering::SeqCst);
+                async move { (n >= from + 5).then_some(()) }
+            })
+            .await
+        }
+    };
+
+    let td = central.td();
+    let old_cert = std::fs::read_to_string(central.dir.join("ca/root-cert.pem")).unwrap();
+    let old_key = std::fs::read_to_string(central.dir.join("ca/root-key.pem")).unwrap();
+    let (new, new_key) = Ca::generate(&td).unwrap();
+    let new_cert = new.bundle_pem().to_string();
+    let both = format!("{old_cert}{new_cert}");
+    let fingerprints = |pem: &str| isthmus_federation::translate::links::fingerprints(pem);
+    let source = "ca-rotation";
+    let ca = |cert: &str, key: &str, roots: Option<&str>| {
+        Ca::from_pem(&td, cert, key, roots, std::path::Path::new(source)).unwrap()
+    };
+    let gateway_tls = |c: &Cluster| {
+        c.gateway
+            .as_ref()
+            .unwrap()
+            .0
+            .proxy
+            .mesh
+            .clone()
+            .expect("the gateway's identity")
+    };
+
+    // 1. eu-central trusts a new root beside the old one, still signing
+    //    with the old: eu-west learns both over the link, without relinking.
+    central
+        .restart_control_plane_with(ca(&old_cert, &old_key, Some(&both)))
+        .await;
+    let s = eventually("eu-west uses the bundle eu-central sent", || {
+        let s = west.status("eu-central");
+        async move {
+            let b = s.trust_bundle.clone()?;
+            (b.source == "Peer" && b.roots.len() == 2).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(s.roots, fingerprints(&both));
+    eventually("eu-west's proxies trust both roots", || {
+        let n = (
+            roots_of(&frontend, &td),
+            roots_of(&west.gateway.as_ref().unwrap().0, &td),
+        );
+        async move { (n == (2, 2)).then_some(()) }
+    })
+    .await;
+
+    // 2. eu-central signs with the new root; its workloads renew.
+    central
+        .restart_control_plane_with(ca(&new_cert, &new_key, Some(&both)))
+        .await;
+    for tls in [gateway_tls(&central), catalog_tls.clone()] {
+        let mut rotations = tls.identity().rotations();
+        rotations.borrow_and_update();
+        tls.identity().renew_now();
+        tokio::time::timeout(Duration::from_secs(30), rotations.changed())
+            .await
+            .expect("renewed under the new root")
+            .unwrap();
+    }
+    for _ in 0..20 {
+        let (status, body) = http(out, HOST, "/items").await.unwrap();
+        assert_eq!(
+            status, 200,
+            "a certificate from the new root is trusted: {body}"
+        );
+    }
+
+    // 3. The old root is retired: eu-west follows.
+    central
+        .restart_control_plane_with(ca(&new_cert, &new_key, None))
+        .await;
+    let s = eventually("eu-west drops the old root", || {
+        let s = west.status("eu-central");
+        async move {
+            let b = s.trust_bundle.clone()?;
+            (b.roots.len() == 1).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(s.roots, fingerprints(&new_cert));
+    eventually("eu-west's proxies trust the new root alone", || {
+        let n = (
+            roots_of(&frontend, &td),
+            roots_of(&west.gateway.as_ref().unwrap().0, &td),
+        );
+        async move { (n == (1, 1)).then_some(()) }
+    })
+    .await;
+    flowing("requests answered with the old root retired").await;
+    // eu-west's control plane keeps the bundle: a restart trusts the new
+    // root before it hears from eu-central again.
+    assert!(west.dir.join("ca/links/eu-central.bundle").is_file());
+
+    stop.cancel();
+    let failed = traffic.await.unwrap();
+    let ok = answered.load(std::sync::atomic::Ordering::SeqCst) as usize;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    frontend.shutdown(Duration::from_millis(200)).await;
+    catalog.shutdown(Duration::from_millis(200)).await;
+    meshed.running.stop().await;
+    for c in [&mut west, &mut central] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
@@ -173,15 +367,13 @@ fn init_tracing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_sync_through_the_gateways_and_survive_a_partition() {
     init_tracing();
-    let mut west = Cluster::new("sync", "eu-west");
-    let mut central = Cluster::new("sync", "eu-central");
-    for c in [&mut west, &mut central] {
-        c.start_control_plane();
-        c.start_gateway().await;
-    }
-    central.write("catalog.yaml", CATALOG);
-    link(&west, &central, Duration::from_secs(600), "3s");
-    link(&central, &west, Duration::from_secs(600), "3s");
+    let (mut west, mut central) = linked_pair(
+        "sync",
+        &[("catalog.yaml", CATALOG)],
+        Duration::from_secs(600),
+        "3s",
+    )
+    .await;
 
     // The export becomes eu-west's services, via eu-west's gateway entry.
     let one = eventually("catalog-eu-central.shop in eu-west", || {
@@ -282,15 +474,13 @@ async fn exports_sync_through_the_gateways_and_survive_a_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_outlives_its_join_token_across_restarts() {
     init_tracing();
-    let mut west = Cluster::new("outlives", "eu-west");
-    let mut central = Cluster::new("outlives", "eu-central");
-    for c in [&mut west, &mut central] {
-        c.start_control_plane();
-        c.start_gateway().await;
-    }
-    central.write("catalog.yaml", CATALOG);
-    link(&west, &central, Duration::from_secs(60), "1s");
-    link(&central, &west, Duration::from_secs(60), "1s");
+    let (mut west, mut central) = linked_pair(
+        "outlives",
+        &[("catalog.yaml", CATALOG)],
+        Duration::from_secs(60),
+        "1s",
+    )
+    .await;
     let s = eventually("eu-west holds a link credential from eu-central", || {
         let s = west.status("eu-central");
         async move { (s.connected && s.credential_expiry.is_some()).then_some(s) }

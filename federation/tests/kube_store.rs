@@ -562,6 +562,7 @@ spec:
         last_sync: Some(now.clone()),
         imported_services: vec!["catalog.shop".into()],
         credential_expiry: None,
+        trust_bundle: None,
         stale_seconds: None,
         conditions: vec![Condition {
             type_: "Connected".into(),

@@ -113,10 +113,29 @@ pub struct ClusterLinkStatus {
     /// join token. Renewed while connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_expiry: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The peer's trust bundle this cluster uses now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_bundle: Option<TrustBundleStatus>,
     /// While disconnected and the imports are still used (fail-static):
     /// seconds since the peer was last heard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_seconds: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Conditions,
+}
+
+/// Which trust bundle a link uses for its peer's domain.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustBundleStatus {
+    /// `ClusterLink` (`spec.trustBundle`, as linked) or `Peer` (as the
+    /// peer last sent it over the federation channel: its CA's current
+    /// roots, old and new during a rotation).
+    pub source: String,
+    /// SHA-256 fingerprints of its root certificates (hex, of the DER).
+    pub roots: Vec<String>,
+    /// When the peer sent it (source `Peer`; absent when it was read back
+    /// from where it was kept across a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }

@@ -237,10 +237,27 @@ fn refused(reason: Reason, message: impl Into<String>) -> SyncError {
 impl Link {
     async fn run(self, stop: CancellationToken) {
         let peer = self.target.peer.clone();
+        // The bundle the peer sent on an earlier stream, kept: trusted
+        // before the first connection (its ClusterLink's may be outdated).
+        let kept = match self.credentials.load(&bundle_key(&peer)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(peer = %peer, "{e}");
+                None
+            }
+        };
         self.peers.update(&peer, |p| {
             p.partition = Some(self.target.partition);
             if p.trust_domain.is_empty() {
                 p.trust_domain = self.target.trust_domain.clone();
+            }
+            if p.trust_bundle.is_none()
+                && let Some(pem) = kept
+            {
+                p.trust_bundle = Some(super::peers::SyncedBundle {
+                    pem,
+                    received: None,
+                });
             }
         });
         let mut backoff = Duration::from_millis(100);
@@ -379,6 +396,11 @@ impl Link {
                     heard = Instant::now();
                     match m.kind {
                         Some(sync_response::Kind::Exports(e)) => {
+                            if !e.trust_bundle.is_empty()
+                                && let Err(e) = self.credentials.save(&bundle_key(&t.peer), &e.trust_bundle).await
+                            {
+                                tracing::warn!(peer = %t.peer, "keeping its trust bundle: {e}");
+                            }
                             let transport = transport.clone();
                             let applied = self.peers.update(&t.peer, |p| {
                                 p.transport = transport;
@@ -438,6 +460,11 @@ impl Link {
             }
         }
     }
+}
+
+/// Where a peer's trust bundle is kept beside its credential.
+fn bundle_key(peer: &str) -> String {
+    format!("{peer}.bundle")
 }
 
 /// A failed CONNECT or handshake, as the link's condition says it.

@@ -1,7 +1,8 @@
 //! The link credentials this cluster holds: what each peer's control plane
 //! issued us once it admitted our join token (`server::issue_credential`),
 //! presented instead of the join token from then on, so a link outlives
-//! its join token. They are kept where a restarted control plane finds
+//! its join token; and each peer's trust bundle as it last sent it
+//! (`<peer>.bundle`), trusted from the start after a restart. They are kept where a restarted control plane finds
 //! them: a file per peer under the store directory (`ca/links/<peer>`,
 //! mode 0600) in `files` mode, or the fields of one Secret
 //! (`isthmus-link-credentials`, a field per peer) in the control plane's

@@ -60,6 +60,15 @@ pub struct Credential {
     pub not_kept: Option<String>,
 }
 
+/// A linked cluster's trust bundle as it sent it (or as we kept it from
+/// an earlier stream): trusted for its domain instead of the ClusterLink's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncedBundle {
+    pub pem: String,
+    /// When it was received; None: read back from where it was kept.
+    pub received: Option<SystemTime>,
+}
+
 /// One linked cluster, as this one imports from it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Peer {
@@ -83,6 +92,8 @@ pub struct Peer {
     pub partition: Option<Partition>,
     /// The last link credential the peer sent.
     pub credential: Option<Credential>,
+    /// The peer's trust bundle as it last sent it.
+    pub trust_bundle: Option<SyncedBundle>,
 }
 
 impl Peer {
@@ -109,6 +120,12 @@ impl Peer {
         }
         for r in &e.removed {
             self.services.remove(r);
+        }
+        if !e.trust_bundle.is_empty() {
+            self.trust_bundle = Some(SyncedBundle {
+                pem: e.trust_bundle.clone(),
+                received: Some(now),
+            });
         }
         self.connected = true;
         self.withdrawn = false;
@@ -208,9 +225,10 @@ impl Peers {
             cluster: cluster.to_string(),
             ..Default::default()
         });
-        let before = (peer.summaries(), peer.usable());
+        let pem = |p: &Peer| p.trust_bundle.as_ref().map(|b| b.pem.clone());
+        let before = (peer.summaries(), peer.usable(), pem(peer));
         let r = f(peer);
-        let changed = (peer.summaries(), peer.usable()) != before;
+        let changed = (peer.summaries(), peer.usable(), pem(peer)) != before;
         drop(peers);
         if changed {
             self.imports.send_modify(|v| *v += 1);
@@ -250,6 +268,16 @@ impl Peers {
             .values()
             .filter_map(Peer::withdraw_at)
             .min()
+    }
+
+    /// Each peer's trust bundle as it sent it (partitioned or not: a
+    /// silent peer's roots do not revert to its ClusterLink's).
+    pub fn trust_bundles(&self) -> BTreeMap<String, String> {
+        self.peers
+            .lock()
+            .values()
+            .filter_map(|p| Some((p.cluster.clone(), p.trust_bundle.as_ref()?.pem.clone())))
+            .collect()
     }
 
     pub fn get(&self, cluster: &str) -> Option<Peer> {
@@ -307,6 +335,7 @@ mod tests {
             trust_domain: "eu-central.isthmus.local".into(),
             services,
             removed: vec![],
+            trust_bundle: "ROOTS".into(),
         }
     }
 
@@ -365,6 +394,40 @@ mod tests {
         p.apply(&full(vec![svc("inventory", 1)]), t(4)).unwrap();
         assert_eq!(names(&p), ["inventory:1"]);
         assert_eq!(p.version, 1);
+    }
+
+    #[test]
+    fn the_peers_bundle_is_kept_through_deltas_and_partitions() {
+        let shared = Peers::default();
+        let woken = shared.watch_imports();
+        shared.update("eu-central", |p| {
+            p.partition = Some(Partition::DEFAULT);
+            p.apply(&full(vec![svc("catalog", 2)]), t(0)).unwrap();
+        });
+        assert!(woken.has_changed().unwrap());
+        assert_eq!(shared.trust_bundles()["eu-central"], "ROOTS");
+        // A delta without a bundle leaves it; one with a bundle (a CA
+        // rotation) replaces it and wakes the translation.
+        shared.update("eu-central", |p| {
+            p.apply(&delta(2, vec![], &[]), t(1)).unwrap()
+        });
+        assert_eq!(shared.trust_bundles()["eu-central"], "ROOTS");
+        let mut woken = shared.watch_imports();
+        woken.borrow_and_update();
+        shared.update("eu-central", |p| {
+            let rotated = wire::Exports {
+                trust_bundle: "ROOTS+NEW".into(),
+                ..delta(3, vec![], &[])
+            };
+            p.apply(&rotated, t(2)).unwrap()
+        });
+        assert!(woken.has_changed().unwrap(), "a new bundle is republished");
+        let b = shared.get("eu-central").unwrap().trust_bundle.unwrap();
+        assert_eq!((b.pem.as_str(), b.received), ("ROOTS+NEW", Some(t(2))));
+        // Partitioned: the imports go in time, the bundle stays.
+        shared.update("eu-central", |p| p.lost(None, t(1000)));
+        shared.expire(t(1000));
+        assert_eq!(shared.trust_bundles()["eu-central"], "ROOTS+NEW");
     }
 
     #[test]

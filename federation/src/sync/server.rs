@@ -35,6 +35,8 @@ pub struct Exported {
     pub cluster: String,
     pub trust_domain: String,
     pub services: ExportMap,
+    /// Our trust bundle now (PEM roots of our trust domain).
+    pub trust_bundle: String,
 }
 
 /// Keeps `Exported` current with the published generations until `stop`.
@@ -48,6 +50,12 @@ pub fn follow_exports(
             cluster: crate::identity::mesh_cluster_name(snap).unwrap_or_default(),
             trust_domain: crate::identity::mesh_trust_domain(snap).unwrap_or_default(),
             services: exports(snap, |n| p.offer.service(n)),
+            trust_bundle: p
+                .own_trust
+                .iter()
+                .map(|t| t.roots_pem.as_str())
+                .collect::<Vec<_>>()
+                .concat(),
         })
     };
     let first = compute(&published.borrow_and_update());
@@ -234,13 +242,25 @@ impl SyncService {
     }
 }
 
-fn message(e: &Exported, version: u64, full: bool, sent: &ExportMap) -> Option<SyncResponse> {
+/// The `exports` message taking a subscriber from what it was `sent` (its
+/// services and bundle) to `e`; None when nothing changed.
+fn message(
+    e: &Exported,
+    version: u64,
+    full: bool,
+    sent: (&ExportMap, &str),
+) -> Option<SyncResponse> {
     let (services, removed) = if full {
         (e.services.values().cloned().collect(), Vec::new())
     } else {
-        delta(sent, &e.services)
+        delta(sent.0, &e.services)
     };
-    if !full && services.is_empty() && removed.is_empty() {
+    let trust_bundle = if full || e.trust_bundle != sent.1 {
+        e.trust_bundle.clone()
+    } else {
+        String::new()
+    };
+    if !full && services.is_empty() && removed.is_empty() && trust_bundle.is_empty() {
         return None;
     }
     Some(SyncResponse {
@@ -251,6 +271,7 @@ fn message(e: &Exported, version: u64, full: bool, sent: &ExportMap) -> Option<S
             trust_domain: e.trust_domain.clone(),
             services,
             removed,
+            trust_bundle,
         })),
     })
 }
@@ -312,7 +333,7 @@ impl ClusterSync for SyncService {
         tokio::spawn(async move {
             let mut version = 1;
             let first = exported.borrow_and_update().clone();
-            let Some(m) = message(&first, version, true, &ExportMap::new()) else {
+            let Some(m) = message(&first, version, true, (&ExportMap::new(), "")) else {
                 return;
             };
             if tx.send(Ok(m)).await.is_err() {
@@ -320,7 +341,7 @@ impl ClusterSync for SyncService {
             }
             // A fresh credential on every stream, then one per `renew`.
             let mut renew = tokio::time::interval(policy.renew);
-            let mut sent = first.services.clone();
+            let mut sent = (first.services.clone(), first.trust_bundle.clone());
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -330,11 +351,11 @@ impl ClusterSync for SyncService {
                     r = exported.changed() => {
                         if r.is_err() { return }
                         let now = exported.borrow_and_update().clone();
-                        if let Some(m) = message(&now, version + 1, false, &sent) {
+                        if let Some(m) = message(&now, version + 1, false, (&sent.0, &sent.1)) {
                             version += 1;
                             if tx.send(Ok(m)).await.is_err() { return }
                         }
-                        sent = now.services.clone();
+                        sent = (now.services.clone(), now.trust_bundle.clone());
                     }
                     m = incoming.message() => match m {
                         Ok(Some(SyncRequest { kind: Some(sync_request::Kind::Ping(p)) })) => {
@@ -380,6 +401,38 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::store::files::{merge, parse_file};
+
+    #[test]
+    fn the_bundle_goes_in_the_full_state_and_in_a_delta_when_it_changed() {
+        let bundle = |m: &Option<SyncResponse>| match m.as_ref().and_then(|m| m.kind.as_ref()) {
+            Some(sync_response::Kind::Exports(e)) => Some(e.trust_bundle.clone()),
+            _ => None,
+        };
+        let e = Exported {
+            cluster: "eu-central".into(),
+            trust_domain: "eu-central.isthmus.local".into(),
+            services: ExportMap::new(),
+            trust_bundle: "OLD".into(),
+        };
+        let none = ExportMap::new();
+        assert_eq!(
+            bundle(&message(&e, 1, true, (&none, ""))).as_deref(),
+            Some("OLD")
+        );
+        assert!(
+            message(&e, 2, false, (&none, "OLD")).is_none(),
+            "nothing changed: no message"
+        );
+        let rotated = Exported {
+            trust_bundle: "OLDNEW".into(),
+            ..e.clone()
+        };
+        assert_eq!(
+            bundle(&message(&rotated, 2, false, (&none, "OLD"))).as_deref(),
+            Some("OLDNEW"),
+            "a rotation alone is a delta"
+        );
+    }
 
     const STORE: &str = r#"
 apiVersion: isthmus.dev/v1alpha1

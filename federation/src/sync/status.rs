@@ -7,16 +7,44 @@ use std::time::SystemTime;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::peers::Peer;
-use crate::resources::link::ClusterLinkStatus;
+use crate::resources::link::{ClusterLinkStatus, TrustBundleStatus};
 
 fn time(t: SystemTime) -> Option<Time> {
     k8s_openapi::jiff::Timestamp::try_from(t).ok().map(Time)
 }
 
-/// The status of the link to `peer` (`None`: not tried yet) at `now`.
-pub fn link_status(peer: Option<&Peer>, generation: i64, now: SystemTime) -> ClusterLinkStatus {
+/// Which bundle is trusted for the peer: `in_use` (the translation's,
+/// None when the link was not accepted), from the peer if it is the one
+/// the peer sent.
+fn trust_status(in_use: Option<&str>, peer: Option<&Peer>) -> Option<TrustBundleStatus> {
+    let pem = in_use?;
+    let synced = peer
+        .and_then(|p| p.trust_bundle.as_ref())
+        .filter(|b| b.pem == pem);
+    Some(TrustBundleStatus {
+        source: if synced.is_some() {
+            "Peer"
+        } else {
+            "ClusterLink"
+        }
+        .into(),
+        roots: crate::translate::links::fingerprints(pem),
+        received: synced.and_then(|b| b.received).and_then(time),
+    })
+}
+
+/// The status of the link to `peer` (`None`: not tried yet) at `now`;
+/// `trust` is the peer bundle in use.
+pub fn link_status(
+    peer: Option<&Peer>,
+    trust: Option<&str>,
+    generation: i64,
+    now: SystemTime,
+) -> ClusterLinkStatus {
+    let trust_bundle = trust_status(trust, peer);
     let Some(p) = peer else {
         return ClusterLinkStatus {
+            trust_bundle,
             conditions: vec![condition(
                 "False",
                 "Pending",
@@ -69,6 +97,7 @@ pub fn link_status(peer: Option<&Peer>, generation: i64, now: SystemTime) -> Clu
         last_sync: p.last_sync.and_then(time),
         imported_services: imported,
         credential_expiry: p.credential.as_ref().and_then(|c| time(c.expires)),
+        trust_bundle,
         stale_seconds: stale.map(|d| d.as_secs()),
         conditions: vec![c],
     }
@@ -104,7 +133,10 @@ mod tests {
 
     #[test]
     fn status_says_connected_stale_withdrawn_or_refused() {
-        assert_eq!(link_status(None, 1, t(0)).conditions[0].reason, "Pending");
+        assert_eq!(
+            link_status(None, None, 1, t(0)).conditions[0].reason,
+            "Pending"
+        );
         let mut p = Peer {
             cluster: "eu-central".into(),
             partition: Some(Partition::DEFAULT),
@@ -126,7 +158,7 @@ mod tests {
             t(0),
         )
         .unwrap();
-        let s = link_status(Some(&p), 3, t(1));
+        let s = link_status(Some(&p), None, 3, t(1));
         assert!(s.connected);
         assert_eq!(s.transport.as_deref(), Some("quic"));
         assert_eq!(s.rtt_millis, Some(1.2));
@@ -141,7 +173,7 @@ mod tests {
             }),
             t(10),
         );
-        let s = link_status(Some(&p), 3, t(40));
+        let s = link_status(Some(&p), None, 3, t(40));
         assert!(!s.connected);
         assert_eq!(s.transport, None);
         assert_eq!(s.stale_seconds, Some(40));
@@ -158,7 +190,7 @@ mod tests {
         );
 
         p.withdrawn = true;
-        let s = link_status(Some(&p), 3, t(400));
+        let s = link_status(Some(&p), None, 3, t(400));
         assert_eq!(s.stale_seconds, None);
         assert!(s.imported_services.is_empty());
         assert!(

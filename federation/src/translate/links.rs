@@ -9,6 +9,7 @@
 //! peer) is left out with a `Problem` on it; the other links are kept.
 
 use isthmus_api::model;
+use std::collections::BTreeMap;
 
 use super::Problem;
 use crate::resources::ClusterLink;
@@ -167,8 +168,37 @@ fn peer(link: &ClusterLink) -> Result<(model::PeerGateway, model::TrustBundle), 
     ))
 }
 
+/// Puts each linked cluster's bundle as it sent it over the federation
+/// channel (`synced`, by cluster) in place of its ClusterLink's, when it
+/// is a valid bundle; the ClusterLink's is the trust the link starts from.
+pub fn use_synced(trust: &mut [model::TrustBundle], synced: &BTreeMap<String, String>) {
+    for t in trust {
+        if let Some(pem) = synced.get(&t.cluster)
+            && check_bundle(pem).is_ok()
+        {
+            t.roots_pem = pem.clone();
+        }
+    }
+}
+
+/// SHA-256 fingerprints (hex) of the certificates of a PEM bundle.
+pub fn fingerprints(pem: &str) -> Vec<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|der| {
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der)
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .collect()
+}
+
 /// PEM certificates, at least one, each a parsable X.509 certificate.
-fn check_bundle(pem: &str) -> Result<(), String> {
+pub fn check_bundle(pem: &str) -> Result<(), String> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut n = 0;
@@ -310,5 +340,30 @@ mod tests {
         assert!(is_gateway(&node));
         node.service_account = "frontend".into();
         assert!(!is_gateway(&node));
+    }
+
+    #[test]
+    fn a_peers_synced_bundle_replaces_its_links_when_valid() {
+        let (linked, rotated) = (ca_pem(), format!("{}{}", ca_pem(), ca_pem()));
+        let bundle = |cluster: &str, pem: &str| model::TrustBundle {
+            trust_domain: format!("{cluster}.isthmus.local"),
+            roots_pem: pem.into(),
+            cluster: cluster.into(),
+        };
+        let mut trust = vec![bundle("eu-central", &linked), bundle("us-east", &linked)];
+        let synced = BTreeMap::from([
+            ("eu-central".to_string(), rotated.clone()),
+            ("us-east".to_string(), "not a bundle".to_string()),
+            ("ap-south".to_string(), rotated.clone()),
+        ]);
+        use_synced(&mut trust, &synced);
+        assert_eq!(
+            trust[0].roots_pem, rotated,
+            "the peer's own, old and new roots"
+        );
+        assert_eq!(trust[1].roots_pem, linked, "an invalid one is not used");
+        assert_eq!(trust.len(), 2, "no trust for a cluster without a link");
+        assert_eq!(fingerprints(&rotated).len(), 2);
+        assert_eq!(fingerprints(&linked)[0].len(), 64);
     }
 }

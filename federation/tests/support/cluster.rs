@@ -46,6 +46,9 @@ pub struct Cluster {
     /// How far this cluster's control plane clock is ahead (seconds):
     /// tokens and credentials are checked and issued against it.
     clock_ahead: Arc<AtomicU64>,
+    /// The CA the control plane runs with, when not the one in `dir/ca/`
+    /// (a rotation: new roots, a new signer).
+    pub ca: Option<Arc<Ca>>,
     pub stop: CancellationToken,
 }
 
@@ -69,6 +72,7 @@ impl Cluster {
             gateway: None,
             gateway_stop: CancellationToken::new(),
             clock_ahead: Arc::new(AtomicU64::new(0)),
+            ca: None,
             stop: CancellationToken::new(),
         }
     }
@@ -97,7 +101,10 @@ impl Cluster {
         opts.federation_address = Some(self.federation);
         let cp = ControlPlane::start(opts);
         let td = self.td();
-        let ca = Arc::new(Ca::load_or_create(&self.dir, &td).unwrap());
+        let ca = self
+            .ca
+            .clone()
+            .unwrap_or_else(|| Arc::new(Ca::load_or_create(&self.dir, &td).unwrap()));
         let tokens = || TokenKey::load_or_create(&self.dir, &td).unwrap();
         cp.serve_secure(
             tokio::net::TcpListener::from_std(self.socket(0)).unwrap(),
@@ -125,6 +132,13 @@ impl Cluster {
         )
         .unwrap();
         self.cp = Some(cp);
+    }
+
+    /// Restarts the control plane with `ca` (a CA rotation's step).
+    pub async fn restart_control_plane_with(&mut self, ca: Ca) {
+        self.ca = Some(Arc::new(ca));
+        self.stop_control_plane().await;
+        self.start_control_plane();
     }
 
     pub async fn stop_control_plane(&mut self) {
@@ -284,4 +298,27 @@ pub fn link(a: &Cluster, b: &Cluster, ttl: Duration, staleness: &str) {
     )
     .unwrap();
     a.write(&format!("link-{}.yaml", b.name), &yaml);
+}
+
+/// eu-west and eu-central, each with its control plane and gateway,
+/// `files` written into eu-central's store, linked both ways (join tokens
+/// good for `ttl`, imports kept `staleness` after a partition).
+pub async fn linked_pair(
+    test: &str,
+    files: &[(&str, &str)],
+    ttl: Duration,
+    staleness: &str,
+) -> (Cluster, Cluster) {
+    let mut west = Cluster::new(test, "eu-west");
+    let mut central = Cluster::new(test, "eu-central");
+    for c in [&mut west, &mut central] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    for (file, text) in files {
+        central.write(file, text);
+    }
+    link(&west, &central, ttl, staleness);
+    link(&central, &west, ttl, staleness);
+    (west, central)
 }

@@ -171,6 +171,8 @@ pub struct Identity {
     rotations: watch::Sender<u64>,
     /// True once credentials are held.
     held: watch::Sender<bool>,
+    /// Wakes the renewal loop before its time (`renew_now`).
+    nudge: tokio::sync::Notify,
 }
 
 impl Identity {
@@ -185,6 +187,7 @@ impl Identity {
             current: ArcSwapOption::from_pointee(first),
             rotations: watch::Sender::new(0),
             held: watch::Sender::new(true),
+            nudge: tokio::sync::Notify::new(),
         });
         let this = me.clone();
         let task = tokio::spawn(async move { this.renew(opts, stop).await });
@@ -252,6 +255,7 @@ impl Identity {
             current: ArcSwapOption::empty(),
             rotations: watch::Sender::new(0),
             held: watch::Sender::new(false),
+            nudge: tokio::sync::Notify::new(),
         })
     }
 
@@ -288,6 +292,7 @@ impl Identity {
             current: ArcSwapOption::from_pointee(creds),
             rotations: watch::Sender::new(0),
             held: watch::Sender::new(true),
+            nudge: tokio::sync::Notify::new(),
         })
     }
 
@@ -309,6 +314,12 @@ impl Identity {
         let _ = rx.wait_for(|h| *h).await;
     }
 
+    /// Renews the certificate now instead of at its time (the CA's signing
+    /// root changed, say); no effect on fixed or file credentials.
+    pub fn renew_now(&self) {
+        self.nudge.notify_one();
+    }
+
     /// Counts rotations.
     pub fn rotations(&self) -> watch::Receiver<u64> {
         self.rotations.subscribe()
@@ -323,6 +334,7 @@ impl Identity {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.nudge.notified() => {}
             }
             match fetch(&opts).await {
                 Ok(next) => {
