@@ -1237,3 +1237,58 @@ async fn a_silent_peer_is_given_up_on_and_then_fails_streams_at_once() {
     );
     peer.stop.cancel();
 }
+
+/// A peer refused for its certificate or identity learns why from the
+/// handshake (TLS alert / QUIC CRYPTO_ERROR), over either transport,
+/// instead of a connection dropped after it; the gateway counts each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_peers_learn_why_in_the_handshake_and_are_counted() {
+    use isthmus_gateway::eastwest::client::H2Link;
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &["spiffe://us-east.isthmus.local/ns/other/sa/*"]).await;
+    let source = isthmus_gateway::eastwest::Source::default();
+    for (case, tls) in [
+        ("not admitted", gateway_identity(&us, &[&eu])),
+        (
+            "untrusted",
+            gateway_identity(&pki::Ca::new("evil.example"), &[&eu]),
+        ),
+    ] {
+        // The refusal surfaces when the link is made or, at the latest,
+        // on its first stream; never as a timeout.
+        let quic = match PeerLink::connect(&us_endpoint(&tls), peer.addr, EU_GW).await {
+            Ok(link) => link.open("echo.shop:9000").await.err(),
+            Err(e) => Some(e),
+        };
+        let tcp = match H2Link::connect(&tls, peer.tcp, EU_GW).await {
+            Ok(link) => link.open("echo.shop:9000", &source).await.err(),
+            Err(e) => Some(e),
+        };
+        for (transport, e) in [("QUIC", quic), ("TCP", tcp)] {
+            let e = e.unwrap_or_else(|| panic!("{case} over {transport}: let through"));
+            match case {
+                "not admitted" => assert!(
+                    matches!(e, LinkError::NotAdmitted { .. }),
+                    "{case} over {transport}: {e}"
+                ),
+                _ => assert!(
+                    matches!(e, LinkError::Untrusted { .. }),
+                    "{case} over {transport}: {e}"
+                ),
+            }
+            assert!(e.is_refusal());
+        }
+    }
+    for kind in ["eastwest_unknown_peer", "eastwest_untrusted_peer"] {
+        assert_eq!(
+            metric(
+                &peer.proxy.metrics,
+                "isthmus_errors_total",
+                &[&format!("kind=\"{kind}\"")]
+            ),
+            2.0,
+            "{kind}: one per transport"
+        );
+    }
+    peer.stop.cancel();
+}

@@ -31,6 +31,15 @@ pub enum LinkError {
         transport: &'static str,
         reason: String,
     },
+    /// The peer trusts our certificate but does not admit our identity
+    /// (TLS alert access_denied). Decisive, like `Untrusted`.
+    #[error(
+        "peer gateway {addr} does not admit this gateway over {transport} (TLS alert access_denied): that cluster needs a ClusterLink to this one, or this gateway's identity in its admit list"
+    )]
+    NotAdmitted {
+        addr: SocketAddr,
+        transport: &'static str,
+    },
     /// Nothing listens on the peer's TCP fallback port (connection
     /// refused): its gateway is most likely down.
     #[error(
@@ -60,12 +69,46 @@ pub enum LinkError {
     },
 }
 
+impl LinkError {
+    /// The peers' certificates or identities were refused, one side or
+    /// the other: decisive, the other transport would fail the same way.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Untrusted { .. } | LinkError::NotAdmitted { .. }
+        )
+    }
+}
+
 /// How much longer QUIC may take once the peer's TCP fallback refused
 /// the connection (`Link::race_with`).
 pub const REFUSED_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// TLS alerts that say a certificate was not accepted (RFC 8446 6.2).
 const CERTIFICATE_ALERTS: [u8; 6] = [42, 43, 44, 45, 46, 48];
+
+/// The TLS alert of a peer that verified our certificate and does not
+/// admit its identity (RFC 8446 6.2: access_denied).
+const ACCESS_DENIED: u8 = 49;
+
+/// Whether a QUIC connection was closed because the peer does not admit us.
+fn quic_not_admitted(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(ACCESS_DENIED)
+}
+
+/// Whether a TLS (TCP) connection failed because the peer does not admit us.
+fn tls_not_admitted(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(
+            |e| matches!(e, rustls::Error::AlertReceived(a) if u8::from(*a) == ACCESS_DENIED),
+        )
+}
 
 /// Whether a QUIC handshake failed on trust: our verifier refused the
 /// peer's certificate, or the peer sent a certificate alert.
@@ -78,6 +121,40 @@ pub fn quic_trust_failure(e: &quinn::ConnectionError) -> bool {
     CERTIFICATE_ALERTS
         .iter()
         .any(|a| code == quinn::TransportErrorCode::crypto(*a))
+}
+
+/// A refusal of trust or admission over `transport`, if the error is one.
+fn refusal(
+    addr: SocketAddr,
+    transport: &'static str,
+    (not_admitted, untrusted): (bool, bool),
+    e: &dyn std::fmt::Display,
+) -> Option<LinkError> {
+    if not_admitted {
+        Some(LinkError::NotAdmitted { addr, transport })
+    } else if untrusted {
+        Some(LinkError::Untrusted {
+            addr,
+            transport,
+            reason: e.to_string(),
+        })
+    } else {
+        None
+    }
+}
+
+fn quic_refusal(addr: SocketAddr, e: &quinn::ConnectionError) -> Option<LinkError> {
+    let kind = (quic_not_admitted(e), quic_trust_failure(e));
+    refusal(addr, "QUIC (UDP)", kind, e)
+}
+
+fn tls_refusal(addr: SocketAddr, e: &std::io::Error) -> Option<LinkError> {
+    refusal(
+        addr,
+        "the TCP fallback",
+        (tls_not_admitted(e), tls_trust_failure(e)),
+        e,
+    )
 }
 
 /// Whether a TLS (TCP) handshake failed on trust, either side.
@@ -241,17 +318,7 @@ impl PeerLink {
                             "no QUIC handshake within {HANDSHAKE_TIMEOUT:?} (UDP blocked?)"
                         ))
                     })?
-                    .map_err(|e| {
-                        if quic_trust_failure(&e) {
-                            LinkError::Untrusted {
-                                addr,
-                                transport: "QUIC (UDP)",
-                                reason: e.to_string(),
-                            }
-                        } else {
-                            fail(e.to_string())
-                        }
-                    })?;
+                    .map_err(|e| quic_refusal(addr, &e).unwrap_or_else(|| fail(e.to_string())))?;
                 let got = peer_id(&conn).map(|i| i.to_string()).unwrap_or_default();
                 if got != expected {
                     conn.close(0x0101u32.into(), b"wrong peer");
@@ -264,11 +331,17 @@ impl PeerLink {
                 conn
             }
         };
+        // The peer verifies our certificate after our side of the
+        // handshake is done: its refusal closes the connection here.
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
             .await
-            .map_err(|e| LinkError::Http3 {
-                addr,
-                reason: e.to_string(),
+            .map_err(|e| {
+                conn.close_reason()
+                    .and_then(|r| quic_refusal(addr, &r))
+                    .unwrap_or_else(|| LinkError::Http3 {
+                        addr,
+                        reason: e.to_string(),
+                    })
             })?;
         tokio::spawn(async move {
             let e = driver.wait_idle().await;
@@ -326,9 +399,15 @@ impl PeerLink {
         authority: &str,
         source: &super::Source,
     ) -> Result<TunnelStream, LinkError> {
-        let h3err = |e: h3::error::StreamError| LinkError::Http3 {
-            addr: self.addr,
-            reason: e.to_string(),
+        // A refusal that closed the connection says why by name.
+        let h3err = |e: h3::error::StreamError| {
+            self.conn
+                .close_reason()
+                .and_then(|r| quic_refusal(self.addr, &r))
+                .unwrap_or_else(|| LinkError::Http3 {
+                    addr: self.addr,
+                    reason: e.to_string(),
+                })
         };
         let mut req = Request::builder()
             .method(Method::CONNECT)
@@ -423,17 +502,7 @@ impl H2Link {
         let s = tokio_rustls::TlsConnector::from(tls.client.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| {
-                if tls_trust_failure(&e) {
-                    LinkError::Untrusted {
-                        addr,
-                        transport: "the TCP fallback",
-                        reason: e.to_string(),
-                    }
-                } else {
-                    fail(e.to_string())
-                }
-            })?;
+            .map_err(|e| tls_refusal(addr, &e).unwrap_or_else(|| fail(e.to_string())))?;
         let got = crate::tls::peer_id(s.get_ref().1)
             .map(|i| i.to_string())
             .unwrap_or_default();
@@ -444,6 +513,12 @@ impl H2Link {
                 expected: expected.into(),
             });
         }
+        // TLS 1.3: the peer verifies our certificate after our side of the
+        // handshake is done. Its first bytes (HTTP/2 SETTINGS) say it
+        // accepted us; an alert says why not, here rather than on a stream.
+        let s = first_bytes(s, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| tls_refusal(addr, &e).unwrap_or_else(|| fail(e.to_string())))?;
         let (conn, driver) =
             crate::connect::Client::handshake(s, &super::quic::fallback_settings())
                 .await
@@ -643,7 +718,7 @@ impl Link {
                 Ok(l) => return Ok(Link::Quic(l)),
                 // UDP got through and the certificates did not: the
                 // fallback cannot help.
-                Err(e @ LinkError::Untrusted { .. }) => return Err(e),
+                Err(e) if e.is_refusal() => return Err(e),
                 Err(e) => {
                     tracing::info!(%udp, "QUIC to the peer failed, trying the TCP fallback: {e}");
                     quic_failed = true;
@@ -659,14 +734,14 @@ impl Link {
             biased;
             r = &mut quic => match r {
                 Ok(l) => Ok(Link::Quic(l)),
-                Err(e @ LinkError::Untrusted { .. }) => Err(e),
+                Err(e) if e.is_refusal() => Err(e),
                 Err(_) => h2.await.map(Link::H2),
             },
             r = &mut h2 => match r {
                 Ok(l) => Ok(Link::H2(l)),
                 // The peer is not who we link with, or not trusted:
                 // decisive, whatever QUIC would say.
-                Err(e @ (LinkError::WrongPeer { .. } | LinkError::Untrusted { .. })) => Err(e),
+                Err(e) if e.is_refusal() || matches!(e, LinkError::WrongPeer { .. }) => Err(e),
                 // Refused: the peer's gateway is most likely down; QUIC
                 // gets a little longer (the fallback may just not be
                 // exposed), not its whole handshake timeout.
@@ -750,6 +825,91 @@ impl Link {
                 })
             }
         }
+    }
+}
+
+/// Reads the peer's first bytes from `io` (within `wait`) and gives them
+/// back ahead of the rest: whether the peer accepted the connection is
+/// known once they arrive.
+async fn first_bytes<IO>(mut io: IO, wait: std::time::Duration) -> std::io::Result<Prefixed<IO>>
+where
+    IO: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(wait, io.read(&mut buf))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer sent nothing")
+        })??;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the peer closed the connection",
+        ));
+    }
+    buf.truncate(n);
+    Ok(Prefixed {
+        head: Bytes::from(buf),
+        io,
+    })
+}
+
+/// `io` with bytes already read from it put back in front.
+struct Prefixed<IO> {
+    head: Bytes,
+    io: IO,
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.head.is_empty() {
+            let n = self.head.len().min(buf.remaining());
+            let head = self.head.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 

@@ -229,11 +229,7 @@ impl Gateway {
             .inc();
         match &made {
             Err(e) => {
-                let wait = Self::failed(
-                    &peer,
-                    e.to_string(),
-                    matches!(e, LinkError::Untrusted { .. }),
-                );
+                let wait = Self::failed(&peer, e.to_string(), e.is_refusal());
                 tracing::info!(cluster, ?wait, "cannot link to the peer gateway: {e}");
             }
             Ok(_) => *peer.retry.lock() = (0, None),
@@ -700,14 +696,11 @@ impl GatewayError {
     /// Whether the link failed because the gateways do not trust each
     /// other's certificates (now, or on the last attempt).
     pub fn untrusted(&self) -> bool {
-        matches!(
-            self,
-            GatewayError::Link(LinkError::Untrusted { .. })
-                | GatewayError::Backoff {
-                    untrusted: true,
-                    ..
-                }
-        )
+        match self {
+            GatewayError::Link(e) => e.is_refusal(),
+            GatewayError::Backoff { untrusted, .. } => *untrusted,
+            _ => false,
+        }
     }
 
     pub fn status(&self) -> StatusCode {

@@ -114,8 +114,14 @@ pub const TICKET_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// only thing sent early is a CONNECT, whose payload is the client
 /// sidecar's own TLS session, which a replay cannot complete; and each
 /// ticket is good once (the server's cache hands it out by `take`).
-fn tunnel_tls(tls: &MeshTls) -> (rustls::ClientConfig, rustls::ServerConfig) {
-    let (mut client, mut server) = tls.configs_for(ALPN_H3);
+fn tunnel_tls(
+    tls: &MeshTls,
+    admit: Option<crate::tls::Admit>,
+) -> (rustls::ClientConfig, rustls::ServerConfig) {
+    let (mut client, mut server) = match admit {
+        Some(admit) => tls.configs_admitting(ALPN_H3, admit),
+        None => tls.configs_for(ALPN_H3),
+    };
     client.resumption = rustls::client::Resumption::in_memory_sessions(256);
     client.enable_early_data = true;
     server.session_storage = Arc::new(SessionCache::new(4096, TICKET_MAX_AGE));
@@ -190,8 +196,9 @@ impl rustls::server::StoresServerSessions for SessionCache {
 fn configs(
     tls: &MeshTls,
     cc: Congestion,
+    admit: Option<crate::tls::Admit>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), QuicError> {
-    let (client, server) = tunnel_tls(tls);
+    let (client, server) = tunnel_tls(tls, admit);
     let unusable = |e: &dyn std::fmt::Display| QuicError::Tls(e.to_string());
     let server = QuicServerConfig::try_from(server).map_err(|e| unusable(&e))?;
     let client = QuicClientConfig::try_from(client).map_err(|e| unusable(&e))?;
@@ -215,9 +222,20 @@ pub fn endpoint_with(
     addr: SocketAddr,
     cc: Congestion,
 ) -> Result<quinn::Endpoint, QuicError> {
+    endpoint_admitting(tls, addr, cc, None)
+}
+
+/// `endpoint_with`, refusing in the handshake the peers `admit` does not
+/// accept (`MeshTls::configs_admitting`).
+pub fn endpoint_admitting(
+    tls: &MeshTls,
+    addr: SocketAddr,
+    cc: Congestion,
+    admit: Option<crate::tls::Admit>,
+) -> Result<quinn::Endpoint, QuicError> {
     let bind = |source| QuicError::Bind { addr, source };
     let socket = udp_socket(addr).map_err(bind)?;
-    let (server, client) = configs(tls, cc)?;
+    let (server, client) = configs(tls, cc, admit)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind(std::io::Error::other("no async runtime for QUIC")))?;
     // Accept datagrams as large as MTU discovery may find (the peer's

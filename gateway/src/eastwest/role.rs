@@ -58,7 +58,12 @@ pub async fn start_with(
 ) -> Result<EastWest, StartError> {
     let proxy = sidecar.proxy.clone();
     let tls = proxy.mesh.clone().ok_or(StartError::NoIdentity)?;
-    let endpoint = quic::endpoint_with(&tls, ew.quic, ew.congestion)?;
+    let peers = Arc::new(server::Peers {
+        allowed: ew.admit.clone(),
+        exports: ew.exports.clone(),
+    });
+    let admit = server::admission(&peers, &proxy);
+    let endpoint = quic::endpoint_admitting(&tls, ew.quic, ew.congestion, Some(admit))?;
     let bind = |what, addr| async move {
         tokio::net::TcpListener::bind(addr)
             .await
@@ -84,10 +89,6 @@ pub async fn start_with(
         addr(tcp.local_addr(), "HTTP/2 fallback", ew.tcp)?,
         addr(local.local_addr(), "local entry", ew.local)?,
     );
-    let peers = Arc::new(server::Peers {
-        allowed: ew.admit.clone(),
-        exports: ew.exports.clone(),
-    });
     tokio::spawn(server::serve_tcp(
         tcp,
         proxy.clone(),

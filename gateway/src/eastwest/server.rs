@@ -42,6 +42,26 @@ impl Peers {
     }
 }
 
+/// The handshake-time admission of peer gateways (`Peers::admits` against
+/// the configuration in force at each handshake): a refused peer gets the
+/// TLS alert access_denied, QUIC CRYPTO_ERROR 0x131 (`MeshTls::configs_admitting`).
+pub fn admission(peers: &Arc<Peers>, proxy: &Arc<Proxy>) -> crate::tls::Admit {
+    let (peers, proxy) = (peers.clone(), proxy.clone());
+    Arc::new(move |id| peers.admits(id, &proxy.store.load()))
+}
+
+/// Why a peer's handshake failed, as the error metric counts it.
+fn handshake_failure(e: &impl std::fmt::Display) -> &'static str {
+    let e = e.to_string();
+    if e.contains("AccessDenied") || e.contains("ApplicationVerificationFailure") {
+        "eastwest_unknown_peer"
+    } else if e.contains("certificate") || e.contains("Certificate") {
+        "eastwest_untrusted_peer"
+    } else {
+        "eastwest_handshake"
+    }
+}
+
 /// Serves peers on `endpoint` until `stop`.
 pub async fn serve(
     endpoint: quinn::Endpoint,
@@ -63,7 +83,7 @@ pub async fn serve(
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    proxy.metrics.error("eastwest_handshake");
+                    proxy.metrics.error(handshake_failure(&e));
                     tracing::info!(%remote, "peer gateway handshake refused: {e}");
                     return;
                 }
@@ -250,7 +270,8 @@ pub async fn serve_tcp(
         tracing::error!("the TCP fallback needs the gateway's identity");
         return;
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server.clone());
+    let (_, server) = tls.configs_admitting(crate::tls::ALPN_H2, admission(&peers, &proxy));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     loop {
         let (tcp, remote) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -263,12 +284,22 @@ pub async fn serve_tcp(
         let (acceptor, proxy, peers, stop) =
             (acceptor.clone(), proxy.clone(), peers.clone(), stop.clone());
         tokio::spawn(async move {
-            let Ok(Ok(tls)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-            else {
-                proxy.metrics.error("eastwest_handshake");
-                return;
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    proxy.metrics.error(handshake_failure(&e));
+                    tracing::info!(%remote, "peer gateway (TCP fallback) handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    proxy.metrics.error("eastwest_handshake");
+                    return;
+                }
             };
             let Some(id) = crate::tls::peer_id(tls.get_ref().1)
                 .filter(|id| peers.admits(id, &proxy.store.load()))

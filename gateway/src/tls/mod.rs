@@ -339,6 +339,29 @@ impl MeshTls {
         configs(&self.state, alpn)
     }
 
+    /// `configs_for`, with a server that also refuses, in the handshake, a
+    /// client whose verified identity `admit` does not accept: TLS alert
+    /// `access_denied` (QUIC CRYPTO_ERROR 0x131), so the peer learns why at
+    /// once instead of seeing its connection dropped after the handshake.
+    pub fn configs_admitting(
+        &self,
+        alpn: &[u8],
+        admit: Admit,
+    ) -> (rustls::ClientConfig, rustls::ServerConfig) {
+        let (client, mut server) = configs(&self.state, alpn);
+        let verifier = Arc::new(Verifier(self.state.clone(), Some(admit)));
+        let mut admitting =
+            rustls::ServerConfig::builder_with_provider(self.state.provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("aws-lc-rs supports TLS 1.3")
+                .with_client_cert_verifier(verifier)
+                .with_cert_resolver(Arc::new(Resolver(self.state.clone())));
+        admitting.alpn_protocols = std::mem::take(&mut server.alpn_protocols);
+        admitting.session_storage = server.session_storage.clone();
+        admitting.send_tls13_tickets = server.send_tls13_tickets;
+        (client, admitting)
+    }
+
     /// Installs the configuration's trust bundles (on every config change;
     /// a no-op when they are the same `Arc`).
     pub fn set_config_trust(&self, trust: Arc<Trust>) {
@@ -390,14 +413,14 @@ fn configs(state: &Arc<State>, alpn: &[u8]) -> (rustls::ClientConfig, rustls::Se
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("aws-lc-rs supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Verifier(state.clone())))
+        .with_custom_certificate_verifier(Arc::new(Verifier(state.clone(), None)))
         .with_client_cert_resolver(Arc::new(Resolver(state.clone())));
     client.alpn_protocols = vec![alpn.to_vec()];
     client.resumption = rustls::client::Resumption::disabled();
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("aws-lc-rs supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(Verifier(state.clone())))
+        .with_client_cert_verifier(Arc::new(Verifier(state.clone(), None)))
         .with_cert_resolver(Arc::new(Resolver(state.clone())));
     server.alpn_protocols = vec![alpn.to_vec()];
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
@@ -411,8 +434,13 @@ pub fn peer_id(conn: &rustls::CommonState) -> Option<SpiffeId> {
     SpiffeId::from_cert(certs.first()?).ok()
 }
 
-struct Verifier(Arc<State>);
+/// SPIFFE verification against the trust in force; for clients, then
+/// admission of the identity when there is an `Admit`.
+struct Verifier(Arc<State>, Option<Admit>);
 struct Resolver(Arc<State>);
+
+/// Whether a verified peer identity may connect (east-west admission).
+pub type Admit = Arc<dyn Fn(&SpiffeId) -> bool + Send + Sync>;
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -523,7 +551,15 @@ impl ClientCertVerifier for Verifier {
             now,
             webpki::KeyUsage::client_auth(),
         )?;
-        Ok(ClientCertVerified::assertion())
+        match &self.1 {
+            Some(admit) if !SpiffeId::from_cert(end_entity).is_ok_and(|id| admit(&id)) => {
+                // rustls answers this with the alert access_denied.
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ))
+            }
+            _ => Ok(ClientCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(

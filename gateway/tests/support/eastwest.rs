@@ -97,7 +97,8 @@ pub async fn receiving_gateway(
         Some(tls.clone()),
     ));
     let peers = Arc::new(peers);
-    let endpoint = quic::endpoint_with(&tls, addr, cc).unwrap();
+    let admit = server::admission(&peers, &proxy);
+    let endpoint = quic::endpoint_admitting(&tls, addr, cc, Some(admit)).unwrap();
     let udp = endpoint.local_addr().unwrap();
     tokio::spawn(server::serve(
         endpoint,
