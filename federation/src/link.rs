@@ -275,7 +275,7 @@ fn manifests(
         "kind": "Secret",
         "metadata": {
             "name": secret_name,
-            "namespace": GATEWAY_NAMESPACE,
+            "namespace": crate::store::LINK_SECRETS_NAMESPACE,
             "labels": {crate::store::LINK_CREDENTIALS_LABEL: b.name},
         },
         "type": "Opaque",
@@ -295,7 +295,7 @@ fn manifests(
             trust_bundle: bundle,
             credentials_secret_ref: SecretRef {
                 name: secret_name,
-                namespace: Some(GATEWAY_NAMESPACE.into()),
+                namespace: Some(crate::store::LINK_SECRETS_NAMESPACE.into()),
             },
             partition: o.partition.clone(),
         },

@@ -138,7 +138,7 @@ impl ControlPlane {
             client: client.clone(),
             debounce: opts.debounce,
             sync_timeout: Duration::from_secs(120),
-            namespace: lease_namespace.to_string(),
+            link_secrets_namespace: crate::store::LINK_SECRETS_NAMESPACE.to_string(),
         }
         .start(stop.clone())
         .await?;

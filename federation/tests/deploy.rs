@@ -31,11 +31,19 @@ fn rbac_covers_every_watched_kind_and_written_status() {
     let text = std::fs::read_to_string(dir().join("rbac.yaml")).unwrap();
     let mut cluster_role = None;
     let mut role = None;
+    let mut links_role = None;
     for doc in text.split("\n---\n") {
         if doc.contains("\nkind: ClusterRole\n") {
             cluster_role = Some(serde_saphyr::from_str::<ClusterRole>(doc).unwrap());
         } else if doc.contains("\nkind: Role\n") {
-            role = Some(serde_saphyr::from_str::<Role>(doc).unwrap());
+            let r = serde_saphyr::from_str::<Role>(doc).unwrap();
+            match r.metadata.namespace.as_deref() {
+                Some("isthmus-system") => role = Some(r),
+                Some(ns) if ns == isthmus_federation::store::LINK_SECRETS_NAMESPACE => {
+                    links_role = Some(r)
+                }
+                ns => panic!("a Role in {ns:?}"),
+            }
         }
     }
     let rules = cluster_role
@@ -74,15 +82,29 @@ fn rbac_covers_every_watched_kind_and_written_status() {
     for verb in ["get", "create"] {
         assert!(grants(&role, "", "secrets", verb), "the CA Secret: {verb}");
     }
-    // Link credentials are read in the control plane's namespace only.
+    // Secrets are listed in the link Secrets' namespace alone; in the
+    // control plane's, only the ones it owns are read, by name.
+    let links_role = links_role
+        .expect("a Role for the link Secrets")
+        .rules
+        .unwrap_or_default();
     for verb in ["list", "watch"] {
         assert!(
-            grants(&role, "", "secrets", verb),
+            grants(&links_role, "", "secrets", verb),
             "link credential Secrets: {verb}"
         );
         assert!(
             !grants(&rules, "", "secrets", verb),
             "Secrets must not be readable cluster-wide ({verb})"
+        );
+    }
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            role.iter()
+                .filter(|r| r.resources.iter().flatten().any(|x| x == "secrets"))
+                .filter(|r| r.verbs.iter().any(|v| v == verb))
+                .all(|r| r.resource_names.as_ref().is_some_and(|n| !n.is_empty())),
+            "{verb} on Secrets in the control plane's namespace is by name only"
         );
     }
     // The Secrets written by name: the link credentials peers issue us,

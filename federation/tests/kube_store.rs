@@ -79,7 +79,7 @@ fn cluster() -> BTreeMap<&'static str, Vec<Value>> {
         "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports",
         "/apis/gateway.networking.k8s.io/v1/httproutes",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes",
-        "/api/v1/namespaces/isthmus-system/secrets",
+        "/api/v1/namespaces/isthmus-links/secrets",
     ] {
         m.insert(p, Vec::new());
     }
@@ -168,7 +168,7 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
         client,
         debounce: Duration::from_millis(10),
         sync_timeout: Duration::from_secs(30),
-        namespace: "isthmus-system".into(),
+        link_secrets_namespace: "isthmus-links".into(),
     }
     .start(stop.clone())
     .await

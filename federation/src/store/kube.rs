@@ -167,9 +167,10 @@ pub struct KubeStore {
     pub debounce: Duration,
     /// How long to wait for the first list of every kind.
     pub sync_timeout: Duration,
-    /// The control plane's namespace: the only one whose Secrets (the
-    /// link credentials) are read, so RBAC grants Secrets there alone.
-    pub namespace: String,
+    /// The only namespace whose Secrets (ClusterLinks' join tokens,
+    /// labelled) are listed and watched: `LINK_SECRETS_NAMESPACE`, which
+    /// holds nothing else.
+    pub link_secrets_namespace: String,
 }
 
 impl KubeStore {
@@ -185,7 +186,7 @@ impl KubeStore {
         for &(_, kind, namespaced) in KINDS {
             let ar = api_resource(kind);
             let api: Api<DynamicObject> = if kind == "Secret" {
-                Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+                Api::namespaced_with(self.client.clone(), &self.link_secrets_namespace, &ar)
             } else {
                 Api::all_with(self.client.clone(), &ar)
             };

@@ -70,6 +70,12 @@ pub enum Resource {
 /// only, so the control plane never holds other Secrets).
 pub const LINK_CREDENTIALS_LABEL: &str = "isthmus.dev/link-credentials";
 
+/// The namespace holding ClusterLinks' join-token Secrets and nothing else
+/// (`kube` mode): the control plane lists and watches Secrets there only,
+/// so that grant reads no other Secret (in its own namespace it may get
+/// only the Secrets it owns, by name).
+pub const LINK_SECRETS_NAMESPACE: &str = "isthmus-links";
+
 /// Kind names as written in YAML, with their apiVersion and whether they
 /// are namespaced.
 pub const KINDS: &[(&str, &str, bool)] = &[
