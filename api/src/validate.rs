@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::v1::{
     Endpoint, FaultInjection, HttpRoute, Listener, ProxyConfig, Security, Service, fault_injection,
-    hash_key, header_match, listener, path_match,
+    hash_key, header_match, listener, path_match, query_param_match,
 };
 
 /// One problem, located by the field path as written in YAML
@@ -560,6 +560,11 @@ fn check_duration(c: &mut Checker, path: &str, d: Option<&pbjson_types::Duration
     }
 }
 
+/// An HTTP status code as a retry condition: three digits, 100-599.
+fn is_status_code(s: &str) -> bool {
+    s.len() == 3 && s.parse::<u16>().is_ok_and(|c| (100..600).contains(&c))
+}
+
 fn check_percentage(c: &mut Checker, path: &str, p: f64) {
     if !(0.0..=100.0).contains(&p) {
         c.fail(path, format!("{p} is not a percentage (0-100)"));
@@ -606,6 +611,21 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
                 _ => {}
             }
         }
+        for (q, qm) in m.query_params.iter().enumerate() {
+            let qpath = format!("{mpath}.queryParams[{q}]");
+            if qm.name.is_empty() {
+                c.fail(format!("{qpath}.name"), "give the parameter's name");
+            }
+            match &qm.kind {
+                Some(query_param_match::Kind::Regex(re)) => {
+                    if let Err(e) = regex::Regex::new(re) {
+                        c.fail(format!("{qpath}.regex"), format!("invalid regex: {e}"));
+                    }
+                }
+                None => c.fail(&qpath, "give one of exact or regex"),
+                _ => {}
+            }
+        }
         if !m.method.is_empty() && !HTTP_METHODS.contains(&m.method.as_str()) {
             c.fail(
                 format!("{mpath}.method"),
@@ -632,13 +652,46 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
         );
     }
     check_duration(c, &format!("{path}.timeout"), r.timeout.as_ref());
+    for (k, p) in r.ports.iter().enumerate() {
+        if !(1..=65535).contains(p) {
+            c.fail(format!("{path}.ports[{k}]"), format!("{p} is not a port"));
+        }
+    }
+    for (which, hm) in [
+        ("requestHeaders", &r.request_headers),
+        ("responseHeaders", &r.response_headers),
+    ] {
+        let Some(hm) = hm else { continue };
+        let names = hm
+            .set
+            .iter()
+            .chain(&hm.add)
+            .map(|h| (h.name.as_str(), Some(h.value.as_str())))
+            .chain(hm.remove.iter().map(|n| (n.as_str(), None)));
+        for (name, value) in names {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                c.fail(
+                    format!("{path}.{which}"),
+                    format!("{name:?} is not a header name"),
+                );
+            }
+            if let Some(v) = value
+                && http::HeaderValue::from_str(v).is_err()
+            {
+                c.fail(
+                    format!("{path}.{which}"),
+                    format!("the value of {name} is not a header value"),
+                );
+            }
+        }
+    }
     if let Some(retry) = &r.retry {
         for (k, cond) in retry.retry_on.iter().enumerate() {
-            if !RETRY_ON.contains(&cond.as_str()) {
+            if !RETRY_ON.contains(&cond.as_str()) && !is_status_code(cond) {
                 c.fail(
                     format!("{path}.retry.retryOn[{k}]"),
                     format!(
-                        "unknown retry condition {cond:?}; known: {}",
+                        "unknown retry condition {cond:?}; known: {}, or an HTTP status code (\"503\")",
                         RETRY_ON.join(", ")
                     ),
                 );

@@ -2,8 +2,13 @@
 //! attached to Services as in GAMMA): `HTTPRoute` and `GRPCRoute`, the
 //! fields Isthmus acts on. The maintained `gateway-api` crate is built on
 //! an older kube and k8s-openapi than ours (two copies of each in one
-//! binary), so these are our own; unknown fields are ignored, not refused,
-//! so newer route versions still parse. Users install the upstream CRDs.
+//! binary), so these are our own. Fields we do not know are kept (`other`)
+//! so that translation can refuse them by name: a route is never taken as
+//! matching more than it says because a condition was not understood.
+//! Users install the upstream CRDs.
+
+/// Fields of an object that these types do not know, by name.
+pub type Unknown = std::collections::BTreeMap<String, serde_json::Value>;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -64,6 +69,9 @@ pub struct HttpRouteRule {
     /// GEP-1731 retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<Retry>,
+    /// `sessionPersistence` and whatever newer versions add.
+    #[serde(flatten)]
+    pub other: Unknown,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -73,8 +81,12 @@ pub struct HttpRouteMatch {
     pub path: Option<PathMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HeaderMatch>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    #[serde(flatten)]
+    pub other: Unknown,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -117,6 +129,11 @@ pub struct HttpRouteFilter {
     pub extension_ref: Option<LocalObjectReference>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header_modifier: Option<HeaderModifier>,
+    /// `requestRedirect`, `urlRewrite`, `cors`, ...: refused by name.
+    #[serde(flatten)]
+    pub other: Unknown,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -168,6 +185,9 @@ pub struct BackendRef {
     /// Relative weight; 1 when absent, 0 sends nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+    /// Per-backend `filters` and whatever newer versions add.
+    #[serde(flatten)]
+    pub other: Unknown,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -237,6 +257,8 @@ pub struct GrpcRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backend_refs: Vec<BackendRef>,
+    #[serde(flatten)]
+    pub other: Unknown,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
@@ -246,6 +268,8 @@ pub struct GrpcRouteMatch {
     pub method: Option<GrpcMethodMatch>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    #[serde(flatten)]
+    pub other: Unknown,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]

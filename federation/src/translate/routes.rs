@@ -37,6 +37,9 @@ struct AnyRoute<'a> {
 /// One rule: its matches (None = match everything) with their precedence.
 struct Rule<'a> {
     name: Option<&'a str>,
+    /// Fields and values this rule uses that Isthmus cannot honour: the
+    /// rule is left out (never widened) and the route says so.
+    unsupported: Vec<String>,
     matches: Vec<(Precedence, model::RouteMatch)>,
     backend_refs: &'a [BackendRef],
     filters: &'a [HttpRouteFilter],
@@ -68,6 +71,7 @@ fn http_route<'a>(key: &'a ObjectKey, h: &'a HTTPRoute) -> AnyRoute<'a> {
             .iter()
             .map(|r| Rule {
                 name: r.name.as_deref(),
+                unsupported: unsupported_http(r),
                 matches: or_catch_all(&r.matches, |m| {
                     (Precedence::of(Some(m)), translate_match(m))
                 }),
@@ -92,6 +96,7 @@ fn grpc_route<'a>(key: &'a ObjectKey, g: &'a GRPCRoute) -> AnyRoute<'a> {
             .iter()
             .map(|r| Rule {
                 name: r.name.as_deref(),
+                unsupported: unsupported_grpc(r),
                 matches: or_catch_all(&r.matches, grpc_match),
                 backend_refs: &r.backend_refs,
                 filters: &r.filters,
@@ -129,9 +134,8 @@ fn grpc_match(m: &GrpcRouteMatch) -> (Precedence, model::RouteMatch) {
         (false, None, None) => (None, false, 1),
     };
     let http = HttpRouteMatch {
-        path: None,
         headers: m.headers.clone(),
-        method: None,
+        ..Default::default()
     };
     let mut out = translate_match(&http);
     out.path = kind.map(|k| model::PathMatch { kind: Some(k) });
@@ -140,8 +144,90 @@ fn grpc_match(m: &GrpcRouteMatch) -> (Precedence, model::RouteMatch) {
         prefix_len: Reverse(prefix_len),
         no_method: true,
         headers: Reverse(m.headers.len()),
+        query: Reverse(0),
     };
     (precedence, out)
+}
+
+/// What an HTTPRoute rule asks that we cannot honour, by field.
+fn unsupported_http(r: &crate::resources::gateway_api::HttpRouteRule) -> Vec<String> {
+    let mut out: Vec<String> = r.other.keys().cloned().collect();
+    for (j, m) in r.matches.iter().enumerate() {
+        let at = format!("matches[{j}]");
+        out.extend(m.other.keys().map(|k| format!("{at}.{k}")));
+        if let Some(p) = &m.path
+            && !["Exact", "PathPrefix", "RegularExpression"].contains(&p.match_type.as_str())
+        {
+            out.push(format!("{at}.path.type {}", p.match_type));
+        }
+        for (what, list) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+            for (k, h) in list.iter().enumerate() {
+                if let Some(t) = &h.match_type
+                    && t != "Exact"
+                    && t != "RegularExpression"
+                {
+                    out.push(format!("{at}.{what}[{k}].type {t}"));
+                }
+            }
+        }
+    }
+    out.extend(unsupported_filters(&r.filters));
+    out.extend(unsupported_backends(&r.backend_refs));
+    out
+}
+
+/// What a GRPCRoute rule asks that we cannot honour, by field.
+fn unsupported_grpc(r: &crate::resources::gateway_api::GrpcRouteRule) -> Vec<String> {
+    let mut out: Vec<String> = r.other.keys().cloned().collect();
+    for (j, m) in r.matches.iter().enumerate() {
+        out.extend(m.other.keys().map(|k| format!("matches[{j}].{k}")));
+    }
+    out.extend(unsupported_filters(&r.filters));
+    out.extend(unsupported_backends(&r.backend_refs));
+    out
+}
+
+fn unsupported_filters(filters: &[HttpRouteFilter]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, f) in filters.iter().enumerate() {
+        let before = out.len();
+        let configured = match f.filter_type.as_str() {
+            "RequestHeaderModifier" => f.request_header_modifier.is_some(),
+            "ResponseHeaderModifier" => f.response_header_modifier.is_some(),
+            "RequestMirror" => f.request_mirror.is_some(),
+            "ExtensionRef" => match &f.extension_ref {
+                Some(e) if e.group == crate::resources::GROUP && e.kind == "FaultInjection" => true,
+                Some(e) => {
+                    out.push(format!("filters[{k}].extensionRef {}/{}", e.group, e.kind));
+                    true
+                }
+                None => false,
+            },
+            other => {
+                out.push(format!("filters[{k}].type {other}"));
+                true
+            }
+        };
+        if !configured {
+            out.push(format!(
+                "filters[{k}] ({} without its configuration)",
+                f.filter_type
+            ));
+        }
+        // An unsupported filter's own configuration goes unsaid.
+        if out.len() == before {
+            out.extend(f.other.keys().map(|x| format!("filters[{k}].{x}")));
+        }
+    }
+    out
+}
+
+fn unsupported_backends(backends: &[BackendRef]) -> Vec<String> {
+    backends
+        .iter()
+        .enumerate()
+        .flat_map(|(k, b)| b.other.keys().map(move |x| format!("backendRefs[{k}].{x}")))
+        .collect()
 }
 
 fn regex_escape(s: &str) -> String {
@@ -187,17 +273,39 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
             }
             let pns = parent.namespace.clone().unwrap_or_else(|| ns.clone());
             let target = service_name(&parent.name, &pns);
-            if !catalog.services.contains_key(&target) {
-                catalog.problems.push(problem(
-                    route.kind,
-                    key,
-                    "NoMatchingParent",
-                    format!("parent Service {pns}/{} does not exist", parent.name),
-                ));
-                continue;
-            }
+            // A port (or a port's name, sectionName) narrows the route to
+            // requests for that port of the Service.
+            let ports = match catalog.services.get(&target) {
+                None => Err("it does not exist".to_string()),
+                Some(service) => parent_ports(service, parent),
+            };
+            let ports = match ports {
+                Ok(p) => p,
+                Err(why) => {
+                    catalog.problems.push(problem(
+                        route.kind,
+                        key,
+                        "NoMatchingParent",
+                        format!("parent Service {pns}/{}: {why}", parent.name),
+                    ));
+                    continue;
+                }
+            };
             for (i, rule) in route.rules.iter().enumerate() {
-                let translated = translate_rule(catalog, snap, route.kind, key, &ns, i, rule);
+                if !rule.unsupported.is_empty() {
+                    catalog.problems.push(problem(
+                        route.kind,
+                        key,
+                        "UnsupportedValue",
+                        format!(
+                            "rule {i}: {} not supported; the rule is left out (its requests go to the other rules, or the Service itself)",
+                            rule.unsupported.join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+                let mut translated = translate_rule(catalog, snap, route.kind, key, &ns, i, rule);
+                translated.ports = ports.clone();
                 let several = rule.matches.len() > 1;
                 for (j, (precedence, m)) in rule.matches.iter().enumerate() {
                     let mut r = translated.clone();
@@ -227,8 +335,13 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
         let Some(s) = catalog.services.get_mut(service) else {
             continue;
         };
-        if s.routes.is_empty() {
-            // No route: one catch-all to the service itself carries them.
+        if !s
+            .routes
+            .iter()
+            .any(|r| r.matches.is_empty() && r.ports.is_empty())
+        {
+            // No route takes every request: a last catch-all to the
+            // service itself carries the defaults for the rest.
             s.routes.push(model::HttpRoute {
                 name: "default".into(),
                 ..Default::default()
@@ -242,6 +355,40 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
                 r.retry = d.retry.clone();
             }
         }
+    }
+}
+
+/// The ports of `service` a parentRef names (`port`, or the port named
+/// `sectionName`); empty: all of them.
+fn parent_ports(service: &model::Service, parent: &ParentReference) -> Result<Vec<u32>, String> {
+    let by_name = match parent.section_name.as_deref() {
+        Some(section) => Some(
+            service
+                .ports
+                .iter()
+                .find(|p| p.name == section)
+                .map(|p| p.port)
+                .ok_or_else(|| format!("it has no port named {section:?}"))?,
+        ),
+        None => None,
+    };
+    let by_number = match parent.port {
+        Some(port) => Some(
+            service
+                .ports
+                .iter()
+                .find(|p| p.port == u32::from(port))
+                .map(|p| p.port)
+                .ok_or_else(|| format!("it has no port {port}"))?,
+        ),
+        None => None,
+    };
+    match (by_name, by_number) {
+        (Some(a), Some(b)) if a != b => {
+            Err(format!("sectionName names port {a} and port says {b}"))
+        }
+        (Some(p), _) | (None, Some(p)) => Ok(vec![p]),
+        (None, None) => Ok(Vec::new()),
     }
 }
 
@@ -261,6 +408,7 @@ struct Precedence {
     prefix_len: Reverse<usize>,
     no_method: bool,
     headers: Reverse<usize>,
+    query: Reverse<usize>,
 }
 
 impl Precedence {
@@ -277,6 +425,7 @@ impl Precedence {
             prefix_len: Reverse(prefix_len),
             no_method: m.is_none_or(|m| m.method.is_none()),
             headers: Reverse(m.map_or(0, |m| m.headers.len())),
+            query: Reverse(m.map_or(0, |m| m.query_params.len())),
         }
     }
 }
@@ -304,6 +453,19 @@ fn translate_match(m: &HttpRouteMatch) -> model::RouteMatch {
             })
             .collect(),
         method: m.method.clone().unwrap_or_default(),
+        query_params: m
+            .query_params
+            .iter()
+            .map(|q| model::QueryParamMatch {
+                name: q.name.clone(),
+                kind: Some(match q.match_type.as_deref() {
+                    Some("RegularExpression") => {
+                        model::query_param_match::Kind::Regex(q.value.clone())
+                    }
+                    _ => model::query_param_match::Kind::Exact(q.value.clone()),
+                }),
+            })
+            .collect(),
     }
 }
 
@@ -324,10 +486,17 @@ fn translate_rule(
     let mut backends = Vec::new();
     let mut dropped = 0;
     for b in rule.backend_refs {
-        let kind_ok = b.kind.as_deref().unwrap_or("Service") == "Service"
-            && b.group.as_deref().unwrap_or("").is_empty();
         let bns = b.namespace.clone().unwrap_or_else(|| ns.to_string());
-        let target = service_name(&b.name, &bns);
+        // A Service, or a ServiceImport (GEP-1748): the clusterset service
+        // its imports make.
+        let (kind_ok, target) = match (b.group.as_deref().unwrap_or(""), b.kind.as_deref()) {
+            ("", None | Some("Service")) => (true, service_name(&b.name, &bns)),
+            ("multicluster.x-k8s.io", Some("ServiceImport")) => (
+                true,
+                format!("{}.svc.clusterset.local", service_name(&b.name, &bns)),
+            ),
+            _ => (false, service_name(&b.name, &bns)),
+        };
         let svc = catalog.services.get(&target);
         let port_ok = match (svc, b.port) {
             (Some(s), Some(p)) => s.ports.iter().any(|sp| sp.port == u32::from(p)),
@@ -355,8 +524,15 @@ fn translate_rule(
     }
     let mut fault = None;
     let mut mirror = None;
+    let (mut request_headers, mut response_headers) = (None, None);
     for f in rule.filters {
         match f.filter_type.as_str() {
+            "RequestHeaderModifier" => {
+                request_headers = f.request_header_modifier.as_ref().map(header_modifier)
+            }
+            "ResponseHeaderModifier" => {
+                response_headers = f.response_header_modifier.as_ref().map(header_modifier)
+            }
             "ExtensionRef" => {
                 let Some(ext) = &f.extension_ref else {
                     continue;
@@ -407,7 +583,7 @@ fn translate_rule(
                     ));
                 }
             }
-            _ => {} // header modifiers and the rest: not applied yet
+            _ => {} // refused before translation (`unsupported_filters`)
         }
     }
     let nothing_left = (dropped > 0 && backends.is_empty())
@@ -442,13 +618,9 @@ fn translate_rule(
         }
     }
     let retry = rule.retry.map(|r| {
-        let mut on = Vec::new();
-        if r.codes.iter().any(|c| (500..600).contains(c)) {
-            on.push("5xx".to_string());
-        }
-        if r.codes.contains(&409) {
-            on.push("retriable-4xx".to_string());
-        }
+        // GEP-1731: exactly the codes given (none: the gateway errors);
+        // connection failures are retried too.
+        let mut on: Vec<String> = r.codes.iter().map(|c| c.to_string()).collect();
         if on.is_empty() {
             on.push("gateway-error".to_string());
         }
@@ -477,6 +649,25 @@ fn translate_rule(
         fault,
         mirror,
         rate_limit: None,
+        request_headers,
+        response_headers,
+        ports: Vec::new(),
+    }
+}
+
+fn header_modifier(h: &crate::resources::gateway_api::HeaderModifier) -> model::HeaderModifier {
+    let values = |v: &[crate::resources::gateway_api::HeaderValue]| {
+        v.iter()
+            .map(|h| model::HeaderValue {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    model::HeaderModifier {
+        set: values(&h.set),
+        add: values(&h.add),
+        remove: h.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
     }
 }
 
@@ -586,7 +777,12 @@ spec:
         assert_eq!(split.timeout.unwrap().seconds, 2);
         let retry = split.retry.as_ref().unwrap();
         assert_eq!(retry.attempts, 2);
-        assert_eq!(retry.retry_on, ["5xx", "connect-failure"]);
+        assert_eq!(
+            retry.retry_on,
+            ["503", "connect-failure"],
+            "GEP-1731 codes kept exact (503 does not retry 500)"
+        );
+        assert_eq!(split.ports, [80], "parentRefs port 80");
         assert_eq!(retry.per_try_timeout.unwrap().nanos, 500_000_000);
         let fault = split.fault.as_ref().unwrap();
         assert_eq!(fault.abort.as_ref().unwrap().percentage, 5.0);
@@ -776,5 +972,182 @@ spec:
                 .iter()
                 .any(|p| p.reason == "UnsupportedValue" && p.message.contains("teapot"))
         );
+    }
+
+    /// Route YAML in the field layout of the Gateway API spec's HTTPRoute
+    /// (v1.2) examples, on a mesh parent.
+    const GAMMA: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs:
+    - {group: "", kind: Service, name: reviews, port: 80}
+  rules:
+    - matches:
+        - path: {type: PathPrefix, value: /api}
+          queryParams:
+            - {type: Exact, name: canary, value: "true"}
+            - {type: RegularExpression, name: user, value: "[0-9]+"}
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set: [{name: X-Env, value: canary}]
+            add: [{name: x-tag, value: gamma}]
+            remove: [x-internal]
+        - type: ResponseHeaderModifier
+          responseHeaderModifier:
+            add: [{name: x-served-by, value: canary}]
+      backendRefs:
+        - {group: multicluster.x-k8s.io, kind: ServiceImport, name: reviews, port: 80}
+      retry: {codes: [500, 429], attempts: 2}
+    - matches: [{path: {type: PathPrefix, value: /old}}]
+      filters:
+        - type: RequestRedirect
+          requestRedirect: {scheme: https, statusCode: 301}
+    - matches: [{path: {type: PathPrefix, value: /v1}}]
+      filters:
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    - matches: [{path: {type: PathPrefix, value: /future}, cookies: [{name: a, value: b}]}]
+    - sessionPersistence: {sessionName: s}
+    - matches: [{path: {type: PathPrefix, value: /ok}}]
+      backendRefs: [{name: reviews, port: 80}]
+"#;
+
+    #[test]
+    fn gamma_fields_are_honoured_or_the_rule_is_refused_by_name() {
+        let text = format!("{SERVICES}---\n{GAMMA}");
+        let (loaded, errors) = parse_file(Path::new("r.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let mut c = catalog(&snap);
+        // What the imports of reviews make (translate::imports).
+        c.services.insert(
+            "reviews.shop.svc.clusterset.local".into(),
+            model::Service {
+                name: "reviews.shop.svc.clusterset.local".into(),
+                ports: vec![model::ServicePort {
+                    port: 80,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        attach(&mut c, &snap);
+        let routes = &c.services["reviews.shop"].routes;
+        let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["shop/reviews/rule-0", "shop/reviews/rule-5"],
+            "the refused rules are left out, not widened"
+        );
+        let canary = &routes[0];
+        assert_eq!(canary.ports, [80]);
+        let q = &canary.matches[0].query_params;
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].name, "canary");
+        assert_eq!(
+            q[0].kind,
+            Some(model::query_param_match::Kind::Exact("true".into()))
+        );
+        assert_eq!(
+            q[1].kind,
+            Some(model::query_param_match::Kind::Regex("[0-9]+".into()))
+        );
+        let req = canary.request_headers.as_ref().unwrap();
+        assert_eq!(
+            (req.set[0].name.as_str(), req.set[0].value.as_str()),
+            ("x-env", "canary")
+        );
+        assert_eq!(req.add[0].name, "x-tag");
+        assert_eq!(req.remove, ["x-internal"]);
+        assert_eq!(
+            canary.response_headers.as_ref().unwrap().add[0].name,
+            "x-served-by"
+        );
+        assert_eq!(
+            canary.backends[0].service, "reviews.shop.svc.clusterset.local",
+            "a ServiceImport backend is the clusterset service (GEP-1748)"
+        );
+        assert_eq!(
+            canary.retry.as_ref().unwrap().retry_on,
+            ["500", "429", "connect-failure"]
+        );
+        let refused: Vec<&str> = c
+            .problems
+            .iter()
+            .filter(|p| p.reason == "UnsupportedValue")
+            .map(|p| p.message.as_str())
+            .collect();
+        for (rule, field) in [
+            (1, "filters[0].type RequestRedirect"),
+            (2, "filters[0].type URLRewrite"),
+            (3, "matches[0].cookies"),
+            (4, "sessionPersistence"),
+        ] {
+            assert!(
+                refused
+                    .iter()
+                    .any(|m| m.starts_with(&format!("rule {rule}: ")) && m.contains(field)),
+                "rule {rule} refused naming {field}: {refused:?}"
+            );
+        }
+        // The route is Accepted=False, with the reason and the fields.
+        let conditions = crate::translate::status::conditions(&snap, &c.problems, &now());
+        let accepted = &conditions[&(
+            "HTTPRoute",
+            ObjectKey {
+                namespace: Some("shop".into()),
+                name: "reviews".into(),
+            },
+        )][0];
+        assert_eq!(
+            (accepted.type_.as_str(), accepted.status.as_str()),
+            ("Accepted", "False")
+        );
+        assert_eq!(accepted.reason, "UnsupportedValue");
+    }
+
+    fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+    }
+
+    #[test]
+    fn a_parent_port_or_section_narrows_the_route_to_that_port() {
+        let svc = |ports: &[(&str, u32)]| model::Service {
+            ports: ports
+                .iter()
+                .map(|(n, p)| model::ServicePort {
+                    port: *p,
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let parent = |port: Option<u16>, section: Option<&str>| ParentReference {
+            name: "reviews".into(),
+            port,
+            section_name: section.map(str::to_string),
+            ..Default::default()
+        };
+        let two = svc(&[("http", 80), ("grpc", 9090)]);
+        assert_eq!(parent_ports(&two, &parent(None, None)), Ok(vec![]));
+        assert_eq!(
+            parent_ports(&two, &parent(Some(9090), None)),
+            Ok(vec![9090])
+        );
+        assert_eq!(
+            parent_ports(&two, &parent(None, Some("http"))),
+            Ok(vec![80])
+        );
+        assert_eq!(
+            parent_ports(&two, &parent(Some(80), Some("http"))),
+            Ok(vec![80])
+        );
+        assert!(parent_ports(&two, &parent(Some(81), None)).is_err());
+        assert!(parent_ports(&two, &parent(None, Some("admin"))).is_err());
+        assert!(parent_ports(&two, &parent(Some(9090), Some("http"))).is_err());
     }
 }

@@ -17,8 +17,8 @@ use crate::balance::{Policy, Ring};
 use crate::policy::fault::{AbortStatus, Fault};
 use crate::policy::retry::{BudgetSettings, RetryOn, RetrySettings};
 use crate::route::{
-    Backend, HeaderMatch, HeaderValueMatch, MirrorSettings, PathMatch, RateLimitSettings, Route,
-    RouteMatch,
+    Backend, HeaderMatch, HeaderModifier, HeaderValueMatch, MirrorSettings, PathMatch,
+    QueryParamMatch, QueryValueMatch, RateLimitSettings, Route, RouteMatch,
 };
 use crate::tls::Trust;
 
@@ -537,6 +537,9 @@ fn default_route(service: &Arc<str>) -> Route {
         fault: None,
         mirror: None,
         rate_limit: None,
+        request_headers: None,
+        response_headers: None,
+        ports: vec![],
     }
 }
 
@@ -744,10 +747,30 @@ fn compile_route(
                     .map_err(|_| CompileError::Invalid(format!("{name}: method")))?,
             )
         };
+        let mut query = Vec::new();
+        for q in &mm.query_params {
+            let value = match q.kind.clone() {
+                Some(m::query_param_match::Kind::Exact(v)) => QueryValueMatch::Exact(v),
+                Some(m::query_param_match::Kind::Regex(v)) => {
+                    QueryValueMatch::Regex(regex(&v, &name)?)
+                }
+                None => {
+                    return Err(CompileError::Invalid(format!(
+                        "{name}: query parameter {:?} without a value to match",
+                        q.name
+                    )));
+                }
+            };
+            query.push(QueryParamMatch {
+                name: q.name.clone(),
+                value,
+            });
+        }
         matches.push(RouteMatch {
             path,
             headers,
             method,
+            query,
         });
     }
     let backends = if r.backends.is_empty() {
@@ -827,6 +850,26 @@ fn compile_route(
             f64::from(rl.burst)
         },
     });
+    let request_headers = r
+        .request_headers
+        .as_ref()
+        .map(|h| header_modifier(h, &name))
+        .transpose()?;
+    let response_headers = r
+        .response_headers
+        .as_ref()
+        .map(|h| header_modifier(h, &name))
+        .transpose()?;
+    let ports = r
+        .ports
+        .iter()
+        .map(|p| {
+            u16::try_from(*p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| CompileError::Invalid(format!("{name}: port {p}")))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Route {
         name,
         matches,
@@ -836,6 +879,26 @@ fn compile_route(
         fault,
         mirror,
         rate_limit,
+        request_headers,
+        response_headers,
+        ports,
+    })
+}
+
+fn header_modifier(h: &m::HeaderModifier, route: &str) -> Result<HeaderModifier, CompileError> {
+    let name = |n: &str| {
+        http::HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| CompileError::Invalid(format!("{route}: header name {n:?}")))
+    };
+    let pair = |v: &m::HeaderValue| {
+        let value = http::HeaderValue::from_str(&v.value)
+            .map_err(|_| CompileError::Invalid(format!("{route}: the value of {}", v.name)))?;
+        Ok::<_, CompileError>((name(&v.name)?, value))
+    };
+    Ok(HeaderModifier {
+        set: h.set.iter().map(pair).collect::<Result<_, _>>()?,
+        add: h.add.iter().map(pair).collect::<Result<_, _>>()?,
+        remove: h.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
     })
 }
 

@@ -36,6 +36,8 @@ pub enum RetryOn {
     /// 409.
     Retriable4xx,
     Grpc(u32),
+    /// Exactly this HTTP status (Gateway API retry codes).
+    Status(u16),
 }
 
 impl RetryOn {
@@ -51,14 +53,20 @@ impl RetryOn {
             "resource-exhausted" => Self::Grpc(8),
             "internal" => Self::Grpc(13),
             "unavailable" => Self::Grpc(14),
-            _ => return None,
+            code => match code.parse::<u16>() {
+                Ok(c) if (100..600).contains(&c) && code.len() == 3 => Self::Status(c),
+                _ => return None,
+            },
         })
     }
 
     fn covers(self, o: Outcome) -> bool {
         use Outcome::*;
         match (self, o) {
-            (_, ConnectFailure) => !matches!(self, Self::Retriable4xx | Self::Grpc(_)),
+            (_, ConnectFailure) => {
+                !matches!(self, Self::Retriable4xx | Self::Grpc(_) | Self::Status(_))
+            }
+            (Self::Status(code), Response { status, .. }) => status.as_u16() == code,
             (Self::ServerError | Self::GatewayError | Self::Reset, Reset | Timeout) => true,
             (Self::ServerError, Response { status, .. }) => status.is_server_error(),
             (Self::GatewayError, Response { status, .. }) => {
@@ -232,6 +240,11 @@ mod tests {
             ("connect-failure", resp(503, None), false),
             ("reset", Outcome::Reset, true),
             ("reset", resp(502, None), false),
+            ("503", resp(503, None), true),
+            ("503", resp(500, None), false),
+            ("503", Outcome::ConnectFailure, false),
+            ("503", Outcome::Reset, false),
+            ("429", resp(429, None), true),
             ("retriable-4xx", resp(409, None), true),
             ("retriable-4xx", resp(400, None), false),
             ("retriable-4xx", Outcome::ConnectFailure, false),

@@ -480,12 +480,17 @@ async fn handle(
         }
     }
     let view = RequestView {
+        port: port.port,
         method: req.method(),
         path: req.uri().path(),
+        query: req.uri().query(),
         headers: req.headers(),
     };
     let route = route::select(&service.routes, &view).unwrap_or(&service.default_route);
     rec.route = Some(route.name.clone());
+    if let Some(m) = &route.request_headers {
+        m.apply(req.headers_mut());
+    }
     let home = proxy.clusters.get(&service);
     let rstate = home.route_state(route);
     if !rstate.admit(route, rec.start) {
@@ -626,7 +631,13 @@ async fn handle(
         None => attempts.await,
     };
     match result {
-        Ok(up) => respond(up, head_request, rec).await,
+        Ok(up) => {
+            let mut resp = respond(up, head_request, rec).await;
+            if let Some(m) = &route.response_headers {
+                m.apply(resp.headers_mut());
+            }
+            resp
+        }
         Err(e) => rec.local_reply(&e),
     }
 }

@@ -36,12 +36,48 @@ pub struct HeaderMatch {
     pub invert: bool,
 }
 
+/// A query parameter's first value, exact or by an anchored regex.
+#[derive(Debug, Clone)]
+pub struct QueryParamMatch {
+    pub name: String,
+    pub value: QueryValueMatch,
+}
+
+#[derive(Debug, Clone)]
+pub enum QueryValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
 /// All conditions must hold.
 #[derive(Debug, Clone, Default)]
 pub struct RouteMatch {
     pub path: Option<PathMatch>,
     pub headers: Vec<HeaderMatch>,
     pub method: Option<Method>,
+    pub query: Vec<QueryParamMatch>,
+}
+
+/// Header edits: remove, then set (replacing), then add (appending).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderModifier {
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderModifier {
+    pub fn apply(&self, h: &mut HeaderMap) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        for (n, v) in &self.set {
+            h.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            h.append(n.clone(), v.clone());
+        }
+    }
 }
 
 /// A backend of a weighted split: a service and its port (None = the port
@@ -78,13 +114,43 @@ pub struct Route {
     pub fault: Option<Fault>,
     pub mirror: Option<MirrorSettings>,
     pub rate_limit: Option<RateLimitSettings>,
+    pub request_headers: Option<HeaderModifier>,
+    pub response_headers: Option<HeaderModifier>,
+    /// The service ports it applies to; empty: all.
+    pub ports: Vec<u16>,
 }
 
 /// What route matching looks at.
 pub struct RequestView<'a> {
+    /// The service port the request is for.
+    pub port: u16,
     pub method: &'a Method,
     pub path: &'a str,
+    /// The query string (after `?`), if any.
+    pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+}
+
+/// The first value of parameter `name` in `query`, decoded as forms
+/// encode it (`%XX`, `+` for a space).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+impl QueryParamMatch {
+    pub fn matches(&self, query: Option<&str>) -> bool {
+        let Some(v) = query.and_then(|q| query_param(q, &self.name)) else {
+            return false;
+        };
+        match &self.value {
+            QueryValueMatch::Exact(want) => v == want.as_str(),
+            QueryValueMatch::Regex(re) => re
+                .find(&v)
+                .is_some_and(|m| m.start() == 0 && m.end() == v.len()),
+        }
+    }
 }
 
 impl PathMatch {
@@ -127,12 +193,14 @@ impl RouteMatch {
         self.method.as_ref().is_none_or(|m| m == req.method)
             && self.path.as_ref().is_none_or(|p| p.matches(req.path))
             && self.headers.iter().all(|h| h.matches(req.headers))
+            && self.query.iter().all(|q| q.matches(req.query))
     }
 }
 
 impl Route {
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+        (self.ports.is_empty() || self.ports.contains(&req.port))
+            && (self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req)))
     }
 }
 
@@ -169,8 +237,10 @@ mod tests {
 
     fn view<'a>(m: &'a Method, p: &'a str, h: &'a HeaderMap) -> RequestView<'a> {
         RequestView {
+            port: 80,
             method: m,
             path: p,
+            query: None,
             headers: h,
         }
     }
@@ -242,6 +312,9 @@ mod tests {
             fault: None,
             mirror: None,
             rate_limit: None,
+            request_headers: None,
+            response_headers: None,
+            ports: vec![],
         }
     }
 
@@ -251,6 +324,7 @@ mod tests {
             path: Some(PathMatch::Prefix("/api".into())),
             method: Some(Method::GET),
             headers: vec![],
+            query: vec![],
         };
         let canary = RouteMatch {
             headers: vec![HeaderMatch {
@@ -312,5 +386,89 @@ mod tests {
         );
         assert!(split(&[b("a", 0)], 0.5).is_none());
         assert!(split(&[], 0.5).is_none());
+    }
+
+    #[test]
+    fn query_params_match_their_first_decoded_value_and_all_must_hold() {
+        let canary = |value| QueryParamMatch {
+            name: "canary".into(),
+            value,
+        };
+        let exact = canary(QueryValueMatch::Exact("true".into()));
+        for (q, want) in [
+            (Some("canary=true"), true),
+            (Some("a=1&canary=true"), true),
+            (Some("canary=%74rue"), true),
+            (Some("canary=false&canary=true"), false),
+            (Some("canary=TRUE"), false),
+            (Some("Canary=true"), false),
+            (Some("canary"), false),
+            (Some(""), false),
+            (None, false),
+        ] {
+            assert_eq!(exact.matches(q), want, "{q:?}");
+        }
+        let re = canary(QueryValueMatch::Regex(Regex::new("t.*").unwrap()));
+        assert!(re.matches(Some("canary=true")));
+        assert!(!re.matches(Some("canary=xtrue")), "anchored");
+        let spaced = QueryParamMatch {
+            name: "q".into(),
+            value: QueryValueMatch::Exact("a b".into()),
+        };
+        assert!(spaced.matches(Some("q=a+b")) && spaced.matches(Some("q=a%20b")));
+
+        // A route on /api with the parameter does not take /api without it.
+        let m = RouteMatch {
+            path: Some(PathMatch::Prefix("/api".into())),
+            query: vec![exact],
+            ..Default::default()
+        };
+        let h = HeaderMap::new();
+        let get = Method::GET;
+        let view = |query| RequestView {
+            port: 80,
+            method: &get,
+            path: "/api/items",
+            query,
+            headers: &h,
+        };
+        assert!(m.matches(&view(Some("canary=true"))));
+        assert!(!m.matches(&view(None)));
+        assert!(!m.matches(&view(Some("canary=false"))));
+    }
+
+    #[test]
+    fn header_modifiers_remove_then_set_then_add() {
+        use http::HeaderName as N;
+        let m = HeaderModifier {
+            set: vec![(N::from_static("x-env"), HeaderValue::from_static("canary"))],
+            add: vec![(N::from_static("x-tag"), HeaderValue::from_static("b"))],
+            remove: vec![N::from_static("x-secret"), N::from_static("x-env")],
+        };
+        let mut h = HeaderMap::new();
+        h.append("x-env", HeaderValue::from_static("prod"));
+        h.append("x-env", HeaderValue::from_static("prod2"));
+        h.insert("x-tag", HeaderValue::from_static("a"));
+        h.insert("x-secret", HeaderValue::from_static("s"));
+        m.apply(&mut h);
+        assert_eq!(h.get_all("x-env").iter().collect::<Vec<_>>(), ["canary"]);
+        assert_eq!(h.get_all("x-tag").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(!h.contains_key("x-secret"));
+    }
+
+    #[test]
+    fn a_route_for_some_ports_leaves_the_others_alone() {
+        let mut r = route("grpc-only", vec![]);
+        r.ports = vec![9090];
+        let (h, get) = (HeaderMap::new(), Method::GET);
+        let at = |port| RequestView {
+            port,
+            method: &get,
+            path: "/",
+            query: None,
+            headers: &h,
+        };
+        assert!(r.matches(&at(9090)));
+        assert!(!r.matches(&at(80)));
     }
 }

@@ -64,6 +64,58 @@ async fn routes_by_host_path_header_and_method() {
 }
 
 #[tokio::test]
+async fn query_params_and_header_modifiers_end_to_end() {
+    // A canary for opted-in users (?canary=true on /api): the condition
+    // is kept, never widened to all of /api; headers edited both ways.
+    let v1 = SampleApp::new("catalog", "eu-west", "v1");
+    let v2 = SampleApp::new("catalog", "eu-west", "v2");
+    let s1 = sample::serve(v1.clone(), LOCAL).await.unwrap();
+    let s2 = sample::serve(v2.clone(), LOCAL).await.unwrap();
+    let routes = "    routes:\n\
+      \x20     - name: opted-in\n        matches: [{path: {prefix: /api}, queryParams: [{name: canary, exact: \"true\"}]}]\n        backends: [{service: catalog-v2, weight: 1}]\n\
+      \x20       requestHeaders: {set: [{name: x-env, value: canary}], add: [{name: x-tag, value: b}], remove: [x-debug]}\n\
+      \x20       responseHeaders: {add: [{name: x-served-by, value: canary}], remove: [content-type]}\n\
+      \x20     - name: stable\n        backends: [{service: catalog-v1, weight: 1}]\n";
+    let env = start(&config(&[
+        service("catalog", "HTTP", &[], routes),
+        service("catalog-v1", "HTTP", &[s1.addr], ""),
+        service("catalog-v2", "HTTP", &[s2.addr], ""),
+    ]))
+    .await;
+    let out = env.addr("out");
+    let version = |body: &str| json(body)["version"].as_str().unwrap().to_string();
+    for (path, want) in [
+        ("/api/items?canary=true", "v2"),
+        ("/api/items?x=1&canary=%74rue", "v2"),
+        ("/api/items", "v1"),
+        ("/api/items?canary=false", "v1"),
+        ("/other?canary=true", "v1"),
+    ] {
+        let (st, h, b) = get(
+            out,
+            "catalog",
+            path,
+            &[("x-env", "prod"), ("x-tag", "a"), ("x-debug", "1")],
+        )
+        .await;
+        assert_eq!(st, 200);
+        assert_eq!(version(&b), want, "{path}");
+        if want == "v2" {
+            assert_eq!(h["x-served-by"], "canary");
+            assert!(!h.contains_key("content-type"), "removed from the response");
+            assert_eq!(v2.last_header("x-env").as_deref(), Some("canary"));
+            assert_eq!(v2.last_header("x-debug"), None);
+            let tags = v2.last_headers.lock().clone().unwrap();
+            let tags: Vec<_> = tags.get_all("x-tag").iter().collect();
+            assert_eq!(tags, ["a", "b"], "added beside the caller's");
+        } else {
+            assert!(!h.contains_key("x-served-by"), "{path}");
+            assert_eq!(v1.last_header("x-env").as_deref(), Some("prod"));
+        }
+    }
+}
+
+#[tokio::test]
 async fn weighted_split_follows_weights_and_zero_gets_nothing() {
     let a = SampleApp::new("a", "c", "a");
     let b = SampleApp::new("b", "c", "b");
