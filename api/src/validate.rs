@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::v1::{
     Endpoint, FaultInjection, HttpRoute, Listener, ProxyConfig, Security, Service, fault_injection,
-    hash_key, header_match, listener, path_match, query_param_match,
+    hash_key, header_match, listener, path_match, path_rewrite, query_param_match,
 };
 
 /// One problem, located by the field path as written in YAML
@@ -652,6 +652,77 @@ fn check_route(c: &mut Checker, path: &str, r: &HttpRoute, services: &HashMap<&s
         );
     }
     check_duration(c, &format!("{path}.timeout"), r.timeout.as_ref());
+    let prefix_matched = !r.matches.is_empty()
+        && r.matches.iter().all(|m| {
+            matches!(
+                m.path.as_ref().and_then(|p| p.kind.as_ref()),
+                Some(path_match::Kind::Prefix(_))
+            )
+        });
+    let paths = [
+        (
+            "redirect.path",
+            r.redirect.as_ref().and_then(|x| x.path.as_ref()),
+        ),
+        (
+            "rewrite.path",
+            r.rewrite.as_ref().and_then(|x| x.path.as_ref()),
+        ),
+    ];
+    for (what, p) in paths {
+        match p.and_then(|p| p.kind.as_ref()) {
+            Some(path_rewrite::Kind::Full(v) | path_rewrite::Kind::Prefix(v))
+                if !v.starts_with('/') =>
+            {
+                c.fail(format!("{path}.{what}"), format!("{v:?} must start with /"));
+            }
+            Some(path_rewrite::Kind::Prefix(_)) if !prefix_matched => c.fail(
+                format!("{path}.{what}.prefix"),
+                "replacing the matched prefix needs a route whose matches are all path prefixes",
+            ),
+            _ => {}
+        }
+    }
+    if let Some(rd) = &r.redirect {
+        if !["", "http", "https"].contains(&rd.scheme.as_str()) {
+            c.fail(
+                format!("{path}.redirect.scheme"),
+                format!("{:?}: give http or https", rd.scheme),
+            );
+        }
+        if ![0, 301, 302, 303, 307, 308].contains(&rd.status_code) {
+            c.fail(
+                format!("{path}.redirect.statusCode"),
+                format!(
+                    "{} is not a redirect status (301, 302, 303, 307, 308)",
+                    rd.status_code
+                ),
+            );
+        }
+        if rd.port > 65535 {
+            c.fail(
+                format!("{path}.redirect.port"),
+                format!("{} is not a port", rd.port),
+            );
+        }
+    }
+    for (what, host) in [
+        (
+            "redirect.hostname",
+            r.redirect.as_ref().map(|x| &x.hostname),
+        ),
+        ("rewrite.hostname", r.rewrite.as_ref().map(|x| &x.hostname)),
+    ] {
+        if let Some(h) = host
+            && !h.is_empty()
+            && http::uri::Authority::try_from(h.as_str()).is_err()
+        {
+            c.fail(
+                format!("{path}.{what}"),
+                format!("{h:?} is not a host name"),
+            );
+        }
+    }
     for (k, p) in r.ports.iter().enumerate() {
         if !(1..=65535).contains(p) {
             c.fail(format!("{path}.ports[{k}]"), format!("{p} is not a port"));

@@ -20,8 +20,8 @@ use isthmus_api::model;
 use super::services::{Catalog, service_name};
 use super::{Problem, proto_duration};
 use crate::resources::gateway_api::{
-    BackendRef, GRPCRoute, GrpcRouteMatch, HTTPRoute, HttpRouteFilter, HttpRouteMatch,
-    ParentReference, Retry, Timeouts,
+    BackendRef, GRPCRoute, GrpcRouteMatch, HTTPRoute, HttpPathModifier, HttpRouteFilter,
+    HttpRouteMatch, ParentReference, Retry, Timeouts,
 };
 use crate::store::{ObjectKey, Resource, Snapshot};
 
@@ -173,6 +173,24 @@ fn unsupported_http(r: &crate::resources::gateway_api::HttpRouteRule) -> Vec<Str
     }
     out.extend(unsupported_filters(&r.filters));
     out.extend(unsupported_backends(&r.backend_refs));
+    let prefix_replaced = r.filters.iter().any(|f| {
+        [
+            f.request_redirect.as_ref().and_then(|x| x.path.as_ref()),
+            f.url_rewrite.as_ref().and_then(|x| x.path.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|p| p.modifier_type == "ReplacePrefixMatch")
+    });
+    if prefix_replaced
+        && r.matches.iter().any(|m| {
+            m.path
+                .as_ref()
+                .is_some_and(|p| p.match_type != "PathPrefix")
+        })
+    {
+        out.push("ReplacePrefixMatch with a path match that is not a PathPrefix".into());
+    }
     out
 }
 
@@ -195,6 +213,16 @@ fn unsupported_filters(filters: &[HttpRouteFilter]) -> Vec<String> {
             "RequestHeaderModifier" => f.request_header_modifier.is_some(),
             "ResponseHeaderModifier" => f.response_header_modifier.is_some(),
             "RequestMirror" => f.request_mirror.is_some(),
+            "RequestRedirect" => {
+                let r = f.request_redirect.as_ref();
+                let parts = r.map(|r| (&r.other, r.path.as_ref()));
+                path_filter_problems(&mut out, k, "requestRedirect", parts)
+            }
+            "URLRewrite" => {
+                let r = f.url_rewrite.as_ref();
+                let parts = r.map(|r| (&r.other, r.path.as_ref()));
+                path_filter_problems(&mut out, k, "urlRewrite", parts)
+            }
             "ExtensionRef" => match &f.extension_ref {
                 Some(e) if e.group == crate::resources::GROUP && e.kind == "FaultInjection" => true,
                 Some(e) => {
@@ -220,6 +248,64 @@ fn unsupported_filters(filters: &[HttpRouteFilter]) -> Vec<String> {
         }
     }
     out
+}
+
+/// The problems of a redirect or rewrite filter `k` (`field`, its unknown
+/// fields and path modifier) into `out`; whether it was configured.
+fn path_filter_problems(
+    out: &mut Vec<String>,
+    k: usize,
+    field: &str,
+    parts: Option<(
+        &crate::resources::gateway_api::Unknown,
+        Option<&HttpPathModifier>,
+    )>,
+) -> bool {
+    let Some((other, path)) = parts else {
+        return false;
+    };
+    out.extend(other.keys().map(|x| format!("filters[{k}].{field}.{x}")));
+    if let Some(why) = path.and_then(path_modifier_problem) {
+        out.push(format!("filters[{k}].{field}.path {why}"));
+    }
+    true
+}
+
+/// Whether a route replaces the prefix its match matched.
+fn replaces_prefix(r: &model::HttpRoute) -> bool {
+    let prefix = |p: Option<&model::PathRewrite>| {
+        matches!(
+            p.and_then(|p| p.kind.as_ref()),
+            Some(model::path_rewrite::Kind::Prefix(_))
+        )
+    };
+    prefix(r.redirect.as_ref().and_then(|x| x.path.as_ref()))
+        || prefix(r.rewrite.as_ref().and_then(|x| x.path.as_ref()))
+}
+
+/// Why a path modifier cannot be honoured, if it cannot.
+fn path_modifier_problem(p: &HttpPathModifier) -> Option<String> {
+    match (
+        p.modifier_type.as_str(),
+        &p.replace_full_path,
+        &p.replace_prefix_match,
+    ) {
+        ("ReplaceFullPath", Some(_), _) | ("ReplacePrefixMatch", _, Some(_)) => None,
+        ("ReplaceFullPath" | "ReplacePrefixMatch", _, _) => {
+            Some(format!("{} without its value", p.modifier_type))
+        }
+        (other, _, _) => Some(format!("type {other}")),
+    }
+}
+
+fn path_rewrite(p: &HttpPathModifier) -> Option<model::PathRewrite> {
+    use model::path_rewrite::Kind;
+    let kind = match p.modifier_type.as_str() {
+        "ReplaceFullPath" => Kind::Full(p.replace_full_path.clone()?),
+        "ReplacePrefixMatch" => Kind::Prefix(p.replace_prefix_match.clone()?),
+        _ => return None,
+    };
+    Some(model::PathRewrite { kind: Some(kind) })
 }
 
 fn unsupported_backends(backends: &[BackendRef]) -> Vec<String> {
@@ -315,6 +401,18 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
                     }
                     if *m != model::RouteMatch::default() {
                         r.matches = vec![m.clone()];
+                    }
+                    // A matched prefix to replace: the match without a path
+                    // is the spec's default, PathPrefix "/", said outright.
+                    if replaces_prefix(&r) {
+                        if r.matches.is_empty() {
+                            r.matches.push(model::RouteMatch::default());
+                        }
+                        for m in &mut r.matches {
+                            m.path.get_or_insert(model::PathMatch {
+                                kind: Some(model::path_match::Kind::Prefix("/".into())),
+                            });
+                        }
                     }
                     tables
                         .entry(target.clone())
@@ -525,6 +623,7 @@ fn translate_rule(
     let mut fault = None;
     let mut mirror = None;
     let (mut request_headers, mut response_headers) = (None, None);
+    let (mut redirect, mut rewrite) = (None, None);
     for f in rule.filters {
         match f.filter_type.as_str() {
             "RequestHeaderModifier" => {
@@ -532,6 +631,21 @@ fn translate_rule(
             }
             "ResponseHeaderModifier" => {
                 response_headers = f.response_header_modifier.as_ref().map(header_modifier)
+            }
+            "RequestRedirect" => {
+                redirect = f.request_redirect.as_ref().map(|r| model::Redirect {
+                    scheme: r.scheme.clone().unwrap_or_default(),
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    port: r.port.map_or(0, u32::from),
+                    path: r.path.as_ref().and_then(path_rewrite),
+                    status_code: r.status_code.map_or(0, u32::from),
+                })
+            }
+            "URLRewrite" => {
+                rewrite = f.url_rewrite.as_ref().map(|r| model::Rewrite {
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path: r.path.as_ref().and_then(path_rewrite),
+                })
             }
             "ExtensionRef" => {
                 let Some(ext) = &f.extension_ref else {
@@ -652,6 +766,8 @@ fn translate_rule(
         request_headers,
         response_headers,
         ports: Vec::new(),
+        redirect,
+        rewrite,
     }
 }
 
@@ -1013,6 +1129,13 @@ spec:
     - sessionPersistence: {sessionName: s}
     - matches: [{path: {type: PathPrefix, value: /ok}}]
       backendRefs: [{name: reviews, port: 80}]
+    - matches: [{path: {type: Exact, value: /exact}}]
+      filters:
+        - type: URLRewrite
+          urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /x}}
+    - filters:
+        - type: CORS
+          cors: {allowOrigins: ["*"]}
 "#;
 
     #[test]
@@ -1039,9 +1162,43 @@ spec:
         let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
-            ["shop/reviews/rule-0", "shop/reviews/rule-5"],
+            [
+                "shop/reviews/rule-0",
+                "shop/reviews/rule-1",
+                "shop/reviews/rule-2",
+                "shop/reviews/rule-5"
+            ],
             "the refused rules are left out, not widened"
         );
+        let redirect = routes[1].redirect.as_ref().unwrap();
+        assert_eq!(
+            (redirect.scheme.as_str(), redirect.status_code),
+            ("https", 301)
+        );
+        let rewrite = routes[2].rewrite.as_ref().unwrap();
+        assert_eq!(
+            rewrite.path.as_ref().unwrap().kind,
+            Some(model::path_rewrite::Kind::Prefix("/v2".into()))
+        );
+        // What the proxies get passes their validation.
+        for r in routes {
+            let cfg = model::ProxyConfig {
+                services: vec![model::Service {
+                    name: "reviews.shop".into(),
+                    ports: vec![model::ServicePort {
+                        port: 80,
+                        ..Default::default()
+                    }],
+                    routes: vec![model::HttpRoute {
+                        backends: Vec::new(),
+                        ..r.clone()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            assert_eq!(isthmus_api::validate(&cfg), vec![], "{}", r.name);
+        }
         let canary = &routes[0];
         assert_eq!(canary.ports, [80]);
         let q = &canary.matches[0].query_params;
@@ -1081,10 +1238,13 @@ spec:
             .map(|p| p.message.as_str())
             .collect();
         for (rule, field) in [
-            (1, "filters[0].type RequestRedirect"),
-            (2, "filters[0].type URLRewrite"),
             (3, "matches[0].cookies"),
             (4, "sessionPersistence"),
+            (
+                6,
+                "ReplacePrefixMatch with a path match that is not a PathPrefix",
+            ),
+            (7, "filters[0].type CORS"),
         ] {
             assert!(
                 refused

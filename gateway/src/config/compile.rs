@@ -17,8 +17,8 @@ use crate::balance::{Policy, Ring};
 use crate::policy::fault::{AbortStatus, Fault};
 use crate::policy::retry::{BudgetSettings, RetryOn, RetrySettings};
 use crate::route::{
-    Backend, HeaderMatch, HeaderModifier, HeaderValueMatch, MirrorSettings, PathMatch,
-    QueryParamMatch, QueryValueMatch, RateLimitSettings, Route, RouteMatch,
+    Backend, HeaderMatch, HeaderModifier, HeaderValueMatch, MirrorSettings, PathMatch, PathRewrite,
+    QueryParamMatch, QueryValueMatch, RateLimitSettings, Redirect, Rewrite, Route, RouteMatch,
 };
 use crate::tls::Trust;
 
@@ -540,6 +540,8 @@ fn default_route(service: &Arc<str>) -> Route {
         request_headers: None,
         response_headers: None,
         ports: vec![],
+        redirect: None,
+        rewrite: None,
     }
 }
 
@@ -870,6 +872,47 @@ fn compile_route(
                 .ok_or_else(|| CompileError::Invalid(format!("{name}: port {p}")))
         })
         .collect::<Result<_, _>>()?;
+    let path_rewrite = |p: Option<&m::PathRewrite>| match p.and_then(|p| p.kind.clone()) {
+        Some(m::path_rewrite::Kind::Full(v)) => Some(PathRewrite::Full(v)),
+        Some(m::path_rewrite::Kind::Prefix(v)) => Some(PathRewrite::Prefix(v)),
+        None => None,
+    };
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let redirect = match &r.redirect {
+        None => None,
+        Some(rd) => Some(Redirect {
+            scheme: nonempty(&rd.scheme),
+            hostname: nonempty(&rd.hostname),
+            port: match rd.port {
+                0 => None,
+                p => Some(
+                    u16::try_from(p)
+                        .map_err(|_| CompileError::Invalid(format!("{name}: redirect port {p}")))?,
+                ),
+            },
+            path: path_rewrite(rd.path.as_ref()),
+            status: match rd.status_code {
+                0 => http::StatusCode::FOUND,
+                c => u16::try_from(c)
+                    .ok()
+                    .and_then(|c| http::StatusCode::from_u16(c).ok())
+                    .filter(|c| c.is_redirection())
+                    .ok_or_else(|| CompileError::Invalid(format!("{name}: redirect status {c}")))?,
+            },
+        }),
+    };
+    let rewrite = match &r.rewrite {
+        None => None,
+        Some(rw) => Some(Rewrite {
+            hostname: match nonempty(&rw.hostname) {
+                None => None,
+                Some(h) => Some(http::HeaderValue::from_str(&h).map_err(|_| {
+                    CompileError::Invalid(format!("{name}: rewrite hostname {h:?}"))
+                })?),
+            },
+            path: path_rewrite(rw.path.as_ref()),
+        }),
+    };
     Ok(Route {
         name,
         matches,
@@ -882,6 +925,8 @@ fn compile_route(
         request_headers,
         response_headers,
         ports,
+        redirect,
+        rewrite,
     })
 }
 

@@ -491,6 +491,20 @@ async fn handle(
     if let Some(m) = &route.request_headers {
         m.apply(req.headers_mut());
     }
+    let mut authority = rec
+        .authority
+        .clone()
+        .unwrap_or_else(|| format!("{}:{}", service.name, port.port));
+    if let Some(r) = &route.redirect {
+        return redirect(r, route, &req, &authority, port.port, rec);
+    }
+    if let Some(rw) = &route.rewrite {
+        match rewrite(rw, route, &mut req) {
+            Ok(Some(host)) => authority = host,
+            Ok(None) => {}
+            Err(e) => return rec.local_reply(&ProxyError::Reset(e)),
+        }
+    }
     let home = proxy.clusters.get(&service);
     let rstate = home.route_state(route);
     if !rstate.admit(route, rec.start) {
@@ -532,10 +546,6 @@ async fn handle(
             );
         }
     }
-    let authority = rec
-        .authority
-        .clone()
-        .unwrap_or_else(|| format!("{}:{}", service.name, port.port));
     let hash = hash_key(&service, &req, conn.peer);
     let backend = {
         let r: f64 = rand::rng().random();
@@ -640,6 +650,64 @@ async fn handle(
         }
         Err(e) => rec.local_reply(&e),
     }
+}
+
+/// Answers a redirect route (Gateway API RequestRedirect): the Location
+/// keeps what the route does not change.
+fn redirect(
+    r: &route::Redirect,
+    route: &Route,
+    req: &Request<Incoming>,
+    authority: &str,
+    port: u16,
+    rec: Record,
+) -> Response<RespBody> {
+    let (host, asked_port) = split_host_port(authority);
+    let path = req.uri().path();
+    let location = route::redirect_location(
+        r,
+        "http",
+        host,
+        asked_port.or(Some(port)),
+        path,
+        req.uri().query(),
+        route.matched_prefix(path),
+    );
+    let mut resp = Response::new(super::body::empty());
+    *resp.status_mut() = r.status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    rec.finish(r.status, None, 0, "-", None);
+    resp
+}
+
+/// Rewrites the request for a URLRewrite route: its path (the query kept),
+/// and its Host; the new authority when the host changed.
+fn rewrite(
+    rw: &route::Rewrite,
+    route: &Route,
+    req: &mut Request<Incoming>,
+) -> Result<Option<String>, String> {
+    if let Some(p) = &rw.path {
+        let path = req.uri().path();
+        let mut new = route::rewrite_path(path, route.matched_prefix(path), p);
+        if let Some(q) = req.uri().query() {
+            new.push('?');
+            new.push_str(q);
+        }
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(
+            new.parse()
+                .map_err(|e| format!("the rewritten path {new:?}: {e}"))?,
+        );
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| e.to_string())?;
+    }
+    let Some(host) = &rw.hostname else {
+        return Ok(None);
+    };
+    req.headers_mut().insert(header::HOST, host.clone());
+    Ok(host.to_str().ok().map(str::to_string))
 }
 
 /// Forwards an upstream response. Its framing downstream comes from its

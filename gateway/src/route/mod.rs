@@ -118,6 +118,105 @@ pub struct Route {
     pub response_headers: Option<HeaderModifier>,
     /// The service ports it applies to; empty: all.
     pub ports: Vec<u16>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+}
+
+/// A new path: whole, or the matched prefix replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    Full(String),
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: http::StatusCode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub hostname: Option<http::HeaderValue>,
+    pub path: Option<PathRewrite>,
+}
+
+impl Route {
+    /// The path prefix this route matched `path` with, if it matched by one.
+    pub fn matched_prefix(&self, path: &str) -> Option<&str> {
+        self.matches.iter().find_map(|m| match &m.path {
+            Some(p @ PathMatch::Prefix(prefix)) if p.matches(path) => Some(prefix.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// `path` rewritten (Gateway API): a full replacement, or `prefix` (the
+/// matched one, whole segments) replaced, keeping one `/` between the new
+/// prefix and the rest: `/foo/x` with `/foo`→`/bar` is `/bar/x`, with
+/// `/foo`→`/` it is `/x`.
+pub fn rewrite_path(path: &str, matched: Option<&str>, rw: &PathRewrite) -> String {
+    match rw {
+        PathRewrite::Full(p) => p.clone(),
+        PathRewrite::Prefix(replacement) => {
+            let prefix = matched.unwrap_or("/").trim_end_matches('/');
+            let rest = path.get(prefix.len()..).unwrap_or("");
+            let rest = rest.trim_start_matches('/');
+            let head = replacement.trim_end_matches('/');
+            match (head.is_empty(), rest.is_empty()) {
+                (true, true) => "/".into(),
+                (true, false) => format!("/{rest}"),
+                (false, true) => {
+                    if replacement.ends_with('/') && replacement.len() > 1 {
+                        format!("{head}/")
+                    } else {
+                        head.to_string()
+                    }
+                }
+                (false, false) => format!("{head}/{rest}"),
+            }
+        }
+    }
+}
+
+/// The Location of a redirect for a request to `host[:port]` over
+/// `scheme` with `path` and `query`.
+pub fn redirect_location(
+    r: &Redirect,
+    scheme: &str,
+    host: &str,
+    port: Option<u16>,
+    path: &str,
+    query: Option<&str>,
+    matched: Option<&str>,
+) -> String {
+    let to_scheme = r.scheme.as_deref().unwrap_or(scheme);
+    let host = r.hostname.as_deref().unwrap_or(host);
+    // A changed scheme drops the request's port (the new scheme's default
+    // applies) unless one is given.
+    let port = r.port.or(if to_scheme == scheme { port } else { None });
+    let default = match to_scheme {
+        "https" => 443,
+        _ => 80,
+    };
+    let port = port.filter(|p| *p != default);
+    let path = r
+        .path
+        .as_ref()
+        .map_or_else(|| path.to_string(), |rw| rewrite_path(path, matched, rw));
+    let mut out = format!("{to_scheme}://{host}");
+    if let Some(p) = port {
+        out.push_str(&format!(":{p}"));
+    }
+    out.push_str(&path);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 /// What route matching looks at.
@@ -315,6 +414,8 @@ mod tests {
             request_headers: None,
             response_headers: None,
             ports: vec![],
+            redirect: None,
+            rewrite: None,
         }
     }
 
@@ -470,5 +571,69 @@ mod tests {
         };
         assert!(r.matches(&at(9090)));
         assert!(!r.matches(&at(80)));
+    }
+
+    #[test]
+    fn paths_are_rewritten_as_the_gateway_api_says() {
+        let prefix = |p: &str| PathRewrite::Prefix(p.into());
+        for (path, matched, to, want) in [
+            ("/foo/x", "/foo", "/bar", "/bar/x"),
+            ("/foo", "/foo", "/bar", "/bar"),
+            ("/foo/", "/foo", "/bar", "/bar"),
+            ("/foo/x", "/foo", "/", "/x"),
+            ("/foo", "/foo", "/", "/"),
+            ("/foo/x/y", "/foo/", "/bar/", "/bar/x/y"),
+            ("/foo/x", "/", "/bar", "/bar/foo/x"),
+        ] {
+            assert_eq!(
+                rewrite_path(path, Some(matched), &prefix(to)),
+                want,
+                "{path} {matched}->{to}"
+            );
+        }
+        assert_eq!(
+            rewrite_path("/a/b", None, &PathRewrite::Full("/c".into())),
+            "/c"
+        );
+    }
+
+    #[test]
+    fn redirects_keep_what_they_do_not_change() {
+        let base = Redirect {
+            scheme: None,
+            hostname: None,
+            port: None,
+            path: None,
+            status: http::StatusCode::FOUND,
+        };
+        let loc = |r: &Redirect, port| {
+            redirect_location(
+                r,
+                "http",
+                "shop.example",
+                port,
+                "/old/x",
+                Some("a=1"),
+                Some("/old"),
+            )
+        };
+        assert_eq!(loc(&base, None), "http://shop.example/old/x?a=1");
+        assert_eq!(loc(&base, Some(8080)), "http://shop.example:8080/old/x?a=1");
+        let https = Redirect {
+            scheme: Some("https".into()),
+            ..base.clone()
+        };
+        assert_eq!(
+            loc(&https, Some(8080)),
+            "https://shop.example/old/x?a=1",
+            "a new scheme drops the port"
+        );
+        let moved = Redirect {
+            hostname: Some("new.example".into()),
+            port: Some(8443),
+            path: Some(PathRewrite::Prefix("/new".into())),
+            ..https
+        };
+        assert_eq!(loc(&moved, None), "https://new.example:8443/new/x?a=1");
     }
 }

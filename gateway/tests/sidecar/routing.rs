@@ -116,6 +116,34 @@ async fn query_params_and_header_modifiers_end_to_end() {
 }
 
 #[tokio::test]
+async fn redirects_and_rewrites_end_to_end() {
+    let app = SampleApp::new("catalog", "eu-west", "v1");
+    let s1 = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let routes = "    routes:\n\
+      \x20     - name: moved\n        matches: [{path: {prefix: /old}}]\n\
+      \x20       redirect: {scheme: https, path: {prefix: /new}, statusCode: 301}\n\
+      \x20     - name: v1\n        matches: [{path: {prefix: /v1}}]\n        backends: [{service: catalog-v1, weight: 1}]\n\
+      \x20       rewrite: {hostname: catalog.internal, path: {prefix: /v2}}\n\
+      \x20     - name: rest\n        backends: [{service: catalog-v1, weight: 1}]\n";
+    let env = start(&config(&[
+        service("catalog", "HTTP", &[], routes),
+        service("catalog-v1", "HTTP", &[s1.addr], ""),
+    ]))
+    .await;
+    let out = env.addr("out");
+    let (st, h, _) = get(out, "catalog", "/old/items?page=2", &[]).await;
+    assert_eq!(st, 301);
+    assert_eq!(h["location"], "https://catalog/new/items?page=2");
+    assert_eq!(app.hits(), 0, "a redirect is answered by the sidecar");
+    let (st, _, b) = get(out, "catalog", "/v1/items?page=2", &[]).await;
+    assert_eq!(st, 200);
+    assert_eq!(json(&b)["path"], "/v2/items?page=2");
+    assert_eq!(json(&b)["host"], "catalog.internal");
+    let (_, _, b) = get(out, "catalog", "/v1x", &[]).await;
+    assert_eq!(json(&b)["path"], "/v1x", "whole segments only");
+}
+
+#[tokio::test]
 async fn weighted_split_follows_weights_and_zero_gets_nothing() {
     let a = SampleApp::new("a", "c", "a");
     let b = SampleApp::new("b", "c", "b");
