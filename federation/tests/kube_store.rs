@@ -79,6 +79,7 @@ fn cluster() -> BTreeMap<&'static str, Vec<Value>> {
         "/apis/multicluster.x-k8s.io/v1alpha1/serviceimports",
         "/apis/gateway.networking.k8s.io/v1/httproutes",
         "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
         "/api/v1/namespaces/isthmus-links/secrets",
     ] {
         m.insert(p, Vec::new());

@@ -191,6 +191,7 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),
         "HTTPRoute" => typed(doc).map(|x| Resource::HttpRoute(Box::new(x))),
         "GRPCRoute" => typed(doc).map(|x| Resource::GrpcRoute(Box::new(x))),
+        "ReferenceGrant" => typed(doc).map(|x| Resource::ReferenceGrant(Box::new(x))),
         "Secret" => typed::<k8s_openapi::api::core::v1::Secret>(doc).and_then(|x| {
             let labelled = x
                 .metadata

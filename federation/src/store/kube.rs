@@ -37,7 +37,7 @@ pub enum KubeStoreError {
 
 /// Where a kind lives in the API.
 pub fn api_resource(kind: &str) -> ApiResource {
-    use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
+    use crate::resources::gateway_api::{GRPCRoute, HTTPRoute, ReferenceGrant};
     use crate::resources::mcs::{ServiceExport, ServiceImport};
     use crate::resources::{
         AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh,
@@ -62,6 +62,7 @@ pub fn api_resource(kind: &str) -> ApiResource {
         "ServiceImport" => ApiResource::erase::<ServiceImport>(&()),
         "HTTPRoute" => ApiResource::erase::<HTTPRoute>(&()),
         "GRPCRoute" => ApiResource::erase::<GRPCRoute>(&()),
+        "ReferenceGrant" => ApiResource::erase::<ReferenceGrant>(&()),
         "Secret" => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
         _ => unreachable!("every entry of KINDS has an API resource"),
     }
@@ -99,6 +100,7 @@ pub fn convert(kind: &str, mut obj: DynamicObject) -> Result<Resource, String> {
         "ServiceImport" => Resource::ServiceImport(typed(v)?),
         "HTTPRoute" => Resource::HttpRoute(typed(v)?),
         "GRPCRoute" => Resource::GrpcRoute(typed(v)?),
+        "ReferenceGrant" => Resource::ReferenceGrant(typed(v)?),
         "Secret" => Resource::Secret(typed(v)?),
         other => return Err(format!("kind {other} is not read by this store")),
     })

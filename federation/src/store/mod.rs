@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 
-use crate::resources::gateway_api::{GRPCRoute, HTTPRoute};
+use crate::resources::gateway_api::{GRPCRoute, HTTPRoute, ReferenceGrant};
 use crate::resources::mcs::{ServiceExport, ServiceImport};
 use crate::resources::{
     AuthorizationPolicy, ClusterLink, DestinationPolicy, FaultInjection, Mesh, PeerAuthentication,
@@ -60,6 +60,7 @@ pub enum Resource {
     ServiceImport(Box<ServiceImport>),
     HttpRoute(Box<HTTPRoute>),
     GrpcRoute(Box<GRPCRoute>),
+    ReferenceGrant(Box<ReferenceGrant>),
     /// Only link credentials (`LINK_CREDENTIALS_LABEL`): the join tokens
     /// ClusterLinks refer to. No other Secret is read.
     Secret(Box<k8s_openapi::api::core::v1::Secret>),
@@ -95,6 +96,7 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("multicluster.x-k8s.io/v1alpha1", "ServiceImport", true),
     ("gateway.networking.k8s.io/v1", "HTTPRoute", true),
     ("gateway.networking.k8s.io/v1", "GRPCRoute", true),
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", true),
     ("v1", "Secret", true),
 ];
 
@@ -117,6 +119,7 @@ impl Resource {
             Resource::ServiceImport(_) => "ServiceImport",
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
+            Resource::ReferenceGrant(_) => "ReferenceGrant",
             Resource::Secret(_) => "Secret",
         }
     }

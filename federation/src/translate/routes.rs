@@ -271,6 +271,35 @@ fn path_filter_problems(
     true
 }
 
+/// Whether a `route_kind` in namespace `from` may refer to `(group, kind,
+/// name)` in namespace `to`: the same namespace, or a ReferenceGrant in
+/// `to` that lets it.
+fn granted(
+    snap: &Snapshot,
+    route_kind: &str,
+    from: &str,
+    (group, kind, name): (&str, &str, &str),
+    to: &str,
+) -> bool {
+    from == to
+        || snap.of_kind("ReferenceGrant").any(|(k, r)| {
+            let Resource::ReferenceGrant(g) = r else {
+                return false;
+            };
+            k.namespace.as_deref() == Some(to)
+                && g.spec.from.iter().any(|f| {
+                    f.group == "gateway.networking.k8s.io"
+                        && f.kind == route_kind
+                        && f.namespace == from
+                })
+                && g.spec.to.iter().any(|t| {
+                    t.group == group
+                        && t.kind == kind
+                        && t.name.as_deref().is_none_or(|n| n == name)
+                })
+        })
+}
+
 /// Whether a route replaces the prefix its match matched.
 fn replaces_prefix(r: &model::HttpRoute) -> bool {
     let prefix = |p: Option<&model::PathRewrite>| {
@@ -595,6 +624,22 @@ fn translate_rule(
             ),
             _ => (false, service_name(&b.name, &bns)),
         };
+        let (group, bkind) = (
+            b.group.as_deref().unwrap_or(""),
+            b.kind.as_deref().unwrap_or("Service"),
+        );
+        if kind_ok && !granted(snap, kind, ns, (group, bkind, &b.name), &bns) {
+            dropped += 1;
+            catalog.problems.push(problem(
+                key,
+                "RefNotPermitted",
+                format!(
+                    "rule {i}: backend {bns}/{} is in another namespace and no ReferenceGrant there lets {kind}s of {ns} refer to it; its share of traffic gets 500",
+                    b.name
+                ),
+            ));
+            continue;
+        }
         let svc = catalog.services.get(&target);
         let port_ok = match (svc, b.port) {
             (Some(s), Some(p)) => s.ports.iter().any(|sp| sp.port == u32::from(p)),
@@ -683,7 +728,15 @@ fn translate_rule(
                     .clone()
                     .unwrap_or_else(|| ns.to_string());
                 let target = service_name(&m.backend_ref.name, &mns);
-                if catalog.services.contains_key(&target) {
+                if !granted(snap, kind, ns, ("", "Service", &m.backend_ref.name), &mns) {
+                    catalog.problems.push(problem(
+                        key,
+                        "RefNotPermitted",
+                        format!(
+                            "rule {i}: mirror {target} is in another namespace and no ReferenceGrant there lets {kind}s of {ns} refer to it"
+                        ),
+                    ));
+                } else if catalog.services.contains_key(&target) {
                     mirror = Some(model::Mirror {
                         service: target,
                         port: m.backend_ref.port.map_or(0, u32::from),
@@ -1309,5 +1362,61 @@ spec:
         assert!(parent_ports(&two, &parent(Some(81), None)).is_err());
         assert!(parent_ports(&two, &parent(None, Some("admin"))).is_err());
         assert!(parent_ports(&two, &parent(Some(9090), Some("http"))).is_err());
+    }
+
+    #[test]
+    fn a_backend_in_another_namespace_needs_a_reference_grant() {
+        let route = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ledger, namespace: payments}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: reviews, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules:
+    - backendRefs: [{name: ledger, namespace: payments, port: 80}]
+"#;
+        let grant = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: shop-routes, namespace: payments}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: "", kind: Service}]
+"#;
+        let translate = |text: String| {
+            let (loaded, errors) = parse_file(Path::new("r.yaml"), &text);
+            assert!(errors.is_empty(), "{errors:?}");
+            let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+            let mut c = catalog(&snap);
+            attach(&mut c, &snap);
+            c
+        };
+        let refused = translate(format!("{SERVICES}---{route}"));
+        let r = &refused.services["reviews.shop"].routes[0];
+        assert!(r.backends.is_empty(), "{r:?}");
+        let abort = r.fault.as_ref().unwrap().abort.as_ref().unwrap();
+        assert_eq!(abort.percentage, 100.0, "its share answers 500");
+        assert!(
+            refused
+                .problems
+                .iter()
+                .any(|p| p.reason == "RefNotPermitted"),
+            "{:?}",
+            refused.problems
+        );
+        let granted = translate(format!("{SERVICES}---{route}{grant}"));
+        let r = &granted.services["reviews.shop"].routes[0];
+        assert_eq!(r.backends[0].service, "ledger.payments");
+        assert!(granted.problems.is_empty(), "{:?}", granted.problems);
+        // A grant for another kind, or to another namespace, does not do.
+        let other = grant.replace("kind: HTTPRoute", "kind: GRPCRoute");
+        let c = translate(format!("{SERVICES}---{route}{other}"));
+        assert!(c.services["reviews.shop"].routes[0].backends.is_empty());
     }
 }
