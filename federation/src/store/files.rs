@@ -172,6 +172,36 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
             }
         })
     }
+    // Our own kinds: a field we do not know is refused by name, never
+    // ignored (the API server prunes them in `kube` mode; a file has no
+    // such check). `metadata` and `status` are not ours to judge.
+    fn strict<T: DeserializeOwned>(doc: &str) -> Result<T, (Option<(usize, usize)>, String)> {
+        let value = typed::<T>(doc)?;
+        let Ok(raw) = serde_saphyr::from_str::<serde_json::Value>(doc) else {
+            return Ok(value);
+        };
+        let mut unknown = Vec::new();
+        let _: Result<T, _> = serde_ignored::deserialize(raw, |path| {
+            let path = field_path(&path.to_string());
+            let top = path.split(['.', '[']).next().unwrap_or("");
+            if !["apiVersion", "kind", "metadata", "status"].contains(&top) {
+                unknown.push(path);
+            }
+        });
+        let Some(first) = unknown.first() else {
+            return Ok(value);
+        };
+        let index = isthmus_api::locate::PathIndex::build(doc);
+        let pos = index.position(first).map(|p| (p.line, p.column));
+        Err((
+            pos,
+            format!(
+                "{}: unknown field{} (a misspelling? it would be ignored, so the object is refused)",
+                unknown.join(", "),
+                if unknown.len() > 1 { "s" } else { "" }
+            ),
+        ))
+    }
     let resource = match kind {
         "Namespace" => typed(doc).map(|x| Resource::Namespace(Box::new(x))),
         "Service" => typed(doc).map(|x| Resource::Service(Box::new(x))),
@@ -179,13 +209,13 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
             .map(|s| Resource::EndpointSlice(Box::new(super::slice::Slice::from(&s)))),
         "Pod" => typed(doc).map(|p| Resource::Pod(Box::new(p))),
         "ServiceAccount" => typed(doc).map(|x| Resource::ServiceAccount(Box::new(x))),
-        "Mesh" => typed(doc).map(|x| Resource::Mesh(Box::new(x))),
-        "ClusterLink" => typed(doc).map(|x| Resource::ClusterLink(Box::new(x))),
-        "DestinationPolicy" => typed(doc).map(|x| Resource::DestinationPolicy(Box::new(x))),
-        "AuthorizationPolicy" => typed(doc).map(|x| Resource::AuthorizationPolicy(Box::new(x))),
-        "PeerAuthentication" => typed(doc).map(|x| Resource::PeerAuthentication(Box::new(x))),
-        "RequestAuthentication" => typed(doc).map(|x| Resource::RequestAuthentication(Box::new(x))),
-        "FaultInjection" => typed(doc).map(|x| Resource::FaultInjection(Box::new(x))),
+        "Mesh" => strict(doc).map(|x| Resource::Mesh(Box::new(x))),
+        "ClusterLink" => strict(doc).map(|x| Resource::ClusterLink(Box::new(x))),
+        "DestinationPolicy" => strict(doc).map(|x| Resource::DestinationPolicy(Box::new(x))),
+        "AuthorizationPolicy" => strict(doc).map(|x| Resource::AuthorizationPolicy(Box::new(x))),
+        "PeerAuthentication" => strict(doc).map(|x| Resource::PeerAuthentication(Box::new(x))),
+        "RequestAuthentication" => strict(doc).map(|x| Resource::RequestAuthentication(Box::new(x))),
+        "FaultInjection" => strict(doc).map(|x| Resource::FaultInjection(Box::new(x))),
         "ServiceExport" => typed::<crate::resources::mcs::ServiceExportDoc>(doc)
             .map(|x| Resource::ServiceExport(Box::new(x.into()))),
         "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),
@@ -388,9 +418,49 @@ pub fn merge(
     (snap, errors)
 }
 
+/// A serde_ignored path (`spec.rules.0.name`) in our field-path style
+/// (`spec.rules[0].name`).
+fn field_path(dotted: &str) -> String {
+    let mut out = String::new();
+    for seg in dotted.split('.') {
+        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{seg}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(seg);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_our_kinds_do_not_know_is_refused_by_name_and_line() {
+        let text = "apiVersion: isthmus.dev/v1alpha1\nkind: DestinationPolicy\n\
+                    metadata: {name: catalog, namespace: shop}\nspec:\n  targetRef: {name: catalog}\n\
+                    \x20 timeout: 5s\n  retyr: {attempts: 3}\n";
+        let (loaded, errors) = parse_file(Path::new("p.yaml"), text);
+        assert!(loaded.is_empty(), "refused, not half-applied");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].line, 7, "{errors:?}");
+        assert!(
+            errors[0].message.starts_with("spec.retyr: unknown field"),
+            "{errors:?}"
+        );
+        let fine = text.replace("retyr", "retry");
+        let (loaded, errors) = parse_file(Path::new("p.yaml"), &fine);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            field_path("spec.rules.0.from.1.x"),
+            "spec.rules[0].from[1].x"
+        );
+    }
 
     #[test]
     fn fingerprints_reread_changed_or_recent_files_only() {

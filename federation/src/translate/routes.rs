@@ -199,6 +199,19 @@ fn unsupported_grpc(r: &crate::resources::gateway_api::GrpcRouteRule) -> Vec<Str
     let mut out: Vec<String> = r.other.keys().cloned().collect();
     for (j, m) in r.matches.iter().enumerate() {
         out.extend(m.other.keys().map(|k| format!("matches[{j}].{k}")));
+        let types = m
+            .method
+            .iter()
+            .map(|x| ("method", &x.match_type))
+            .chain(m.headers.iter().map(|h| ("headers", &h.match_type)));
+        for (what, t) in types {
+            if let Some(t) = t
+                && t != "Exact"
+                && t != "RegularExpression"
+            {
+                out.push(format!("matches[{j}].{what}.type {t}"));
+            }
+        }
     }
     out.extend(unsupported_filters(&r.filters));
     out.extend(unsupported_backends(&r.backend_refs));
