@@ -175,11 +175,10 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
     write(&dir, "services.yaml", &services(80, v2.addr.port()));
     write(&dir, "route.yaml", &route(100, 0));
 
-    // A free port for discovery, so the sidecar can start first.
-    let discovery_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Discovery's socket, bound (and held) first, so the sidecar can start
+    // before the control plane; each control plane serves a duplicate.
+    let discovery_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let discovery_addr = discovery_socket.local_addr().unwrap();
 
     // Sidecar A (frontend): explicit HTTP outbound, and a TCP listener of
     // its own that needs catalog port 80 (what makes it NACK later).
@@ -208,7 +207,7 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
 
     // The control plane comes up on that port.
     let cp = start_cp(&dir);
-    let cp_admin = serve(&cp, discovery_addr).await;
+    let cp_admin = serve(&cp, &discovery_socket).await;
 
     // Sidecar B beside catalog v1 registers it (no EndpointSlice for v1).
     let b = sidecar(
@@ -377,7 +376,7 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
     // resyncs both sidecars (B registers again) and traffic follows.
     write(&dir, "route.yaml", &route(100, 0));
     let cp = start_cp(&dir);
-    let cp_admin = serve(&cp, discovery_addr).await;
+    let cp_admin = serve(&cp, &discovery_socket).await;
     eventually("traffic back on v1 after the resync", || async {
         (version_via(outbound).await? == "v1").then_some(())
     })
@@ -404,14 +403,132 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Serves discovery on `addr` (retrying the bind briefly: the previous
-/// control plane's socket may still be closing) and admin on a free port.
-async fn serve(cp: &ControlPlane, addr: SocketAddr) -> SocketAddr {
-    let discovery = eventually("discovery port free", || async {
-        tokio::net::TcpListener::bind(addr).await.ok()
+/// A GAMMA route in the Gateway API's field layout, through the control
+/// plane to a sidecar: the opt-in canary takes only requests with its
+/// query parameter (never all of /api), edits headers both ways; a rule
+/// asking what is not supported is left out and the route says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gamma_route_reaches_the_sidecar_as_written_or_refused_by_name() {
+    let v1_app = SampleApp::new("catalog", "eu-west", "v1");
+    let v2_app = SampleApp::new("catalog", "eu-west", "v2");
+    let v1 = sample::serve(v1_app.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let v2 = sample::serve(v2_app.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let dir = temp_dir("discovery-gamma");
+    // catalog-v1 by EndpointSlice as well: no registering sidecar here.
+    let slice = |name: &str, port: u16| {
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-x\n  namespace: shop\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n  - {{addresses: [127.0.0.1], conditions: {{ready: true}}}}\n"
+        )
+    };
+    let svcs = services(80, v2.addr.port())
+        .replace(
+            "  selector: {app: catalog, version: v1}\n  ports: [{name: http, port: 80, targetPort: http}]",
+            &format!("  ports: [{{name: http, port: 80, targetPort: {}}}]", v1.addr.port()),
+        );
+    write(
+        &dir,
+        "services.yaml",
+        &(svcs + &slice("catalog-v1", v1.addr.port())),
+    );
+    write(
+        &dir,
+        "route.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: catalog-opt-in, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: catalog, port: 80}]
+  rules:
+    - matches:
+        - path: {type: PathPrefix, value: /api}
+          queryParams: [{type: Exact, name: canary, value: "true"}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier: {set: [{name: x-env, value: canary}]}
+        - type: ResponseHeaderModifier
+          responseHeaderModifier: {add: [{name: x-served-by, value: v2}]}
+      backendRefs: [{name: catalog-v2, port: 80}]
+    - matches: [{path: {type: PathPrefix, value: /ui}}]
+      filters: [{type: CORS, cors: {allowOrigins: ["*"]}}]
+      backendRefs: [{name: catalog-v2, port: 80}]
+    - backendRefs: [{name: catalog-v1, port: 80}]
+"#,
+    );
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cp = start_cp(&dir);
+    let cp_admin = serve(&cp, &socket).await;
+    use model::listener::Kind;
+    let a = sidecar(
+        socket.local_addr().unwrap(),
+        "frontend",
+        &[("app", "frontend")],
+        vec![listener("http", Kind::Http(model::HttpOutbound {}))],
+        None,
+    )
+    .await;
+    let out = eventually("the sidecar's listener", || async {
+        a.listener_addr("http")
     })
     .await;
-    cp.serve_discovery(discovery);
+    let raw = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(out).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: catalog\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.ok()?;
+        let version = text
+            .split("\"version\":\"")
+            .nth(1)?
+            .split('"')
+            .next()?
+            .to_string();
+        Some((
+            version,
+            text.to_ascii_lowercase().contains("x-served-by: v2"),
+        ))
+    };
+    eventually("the route in force", || async {
+        raw("/api/items?canary=true")
+            .await
+            .filter(|(v, _)| v == "v2")
+    })
+    .await;
+    assert_eq!(
+        raw("/api/items?canary=true").await,
+        Some(("v2".into(), true))
+    );
+    assert_eq!(v2_app.last_header("x-env").as_deref(), Some("canary"));
+    assert_eq!(
+        raw("/api/items").await,
+        Some(("v1".into(), false)),
+        "the query condition is kept: /api without it is not the canary's"
+    );
+    assert_eq!(
+        raw("/ui/").await,
+        Some(("v1".into(), false)),
+        "the refused rule is left out, not widened"
+    );
+    let d = dump(cp_admin).await;
+    let accepted = &d["conditions"]["HTTPRoute shop/catalog-opt-in"];
+    let text = accepted.to_string();
+    assert!(
+        text.contains("UnsupportedValue") && text.contains("filters[0].type CORS"),
+        "{text}"
+    );
+    a.shutdown(Duration::from_millis(200)).await;
+    cp.shutdown().await;
+}
+
+/// Serves discovery on a duplicate of `socket` and admin on port 0.
+async fn serve(cp: &ControlPlane, socket: &std::net::TcpListener) -> SocketAddr {
+    let dup = socket.try_clone().unwrap();
+    dup.set_nonblocking(true).unwrap();
+    cp.serve_discovery(tokio::net::TcpListener::from_std(dup).unwrap());
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = admin.local_addr().unwrap();
     cp.serve_admin(admin);
