@@ -1185,9 +1185,11 @@ async fn a_silent_peer_is_given_up_on_and_then_fails_streams_at_once() {
     let (relay, silent) = udp_relay(peer.addr).await;
     // Nothing listens on the fallback port: the peer's gateway is "down"
     // as far as TCP can tell once UDP goes silent too.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A socket bound and held but not listening: connections to its port
+    // are refused, and nothing else can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let tcp = closed.local_addr().unwrap();
-    drop(closed);
     let tls = gateway_identity(&us, &[&eu]);
     let gw = Gateway::new(
         tls.clone(),
