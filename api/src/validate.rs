@@ -483,7 +483,7 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
         );
     }
     if !e.via_cluster.is_empty() {
-        if !dns_label(&e.via_cluster) {
+        if !is_dns_label(&e.via_cluster) {
             c.fail(
                 format!("{path}.viaCluster"),
                 format!(
@@ -509,7 +509,7 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
             let ok = e
                 .via_service
                 .split_once('.')
-                .is_some_and(|(n, ns)| dns_label(n) && dns_label(ns));
+                .is_some_and(|(n, ns)| is_dns_label(n) && is_dns_label(ns));
             if !ok {
                 c.fail(
                     format!("{path}.viaService"),
@@ -836,11 +836,13 @@ fn check_fault(c: &mut Checker, path: &str, f: &FaultInjection) {
     }
 }
 
-/// A DNS label as Kubernetes names use it: 1-63 lowercase letters,
-/// digits and '-'.
-fn dns_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 63
-        && l.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+/// A DNS label as Kubernetes names use it (cluster names, namespaces):
+/// 1-63 lowercase letters, digits and '-', starting and ending with a
+/// letter or digit.
+pub fn is_dns_label(l: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=63).contains(&l.len())
+        && l.bytes().all(|b| alnum(b) || b == b'-')
+        && l.bytes().next().is_some_and(alnum)
+        && l.bytes().last().is_some_and(alnum)
 }

@@ -14,8 +14,6 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::token::TokenKey;
@@ -49,63 +47,53 @@ fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
         .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
 }
 
-fn b64(s: &str) -> Value {
-    use base64::Engine;
-    Value::String(base64::engine::general_purpose::STANDARD.encode(s))
-}
+/// Field edits of the mailbox: a value to set, or `None` to remove.
+pub type Edits = BTreeMap<String, Option<String>>;
 
 /// The control plane's answers to the requests in the mailbox's `data`
-/// (pure): a JSON merge patch writing a token (or why not) per request and
-/// removing it; None when nothing is asked.
-pub fn answer(
-    data: &BTreeMap<String, ByteString>,
-    key: &TokenKey,
-    now: SystemTime,
-) -> Option<Value> {
-    let mut patch = serde_json::Map::new();
+/// (pure): per request, a token (or why not) written and the request
+/// removed; empty when nothing is asked.
+pub fn answer(data: &BTreeMap<String, ByteString>, key: &TokenKey, now: SystemTime) -> Edits {
+    let mut edits = Edits::new();
     for (name, _) in data.iter().filter(|(k, _)| k.starts_with("request.")) {
         let cluster = &name["request.".len()..];
-        patch.insert(name.clone(), Value::Null);
+        edits.insert(name.clone(), None);
         let ttl = text(data, name).and_then(|t| t.parse::<u64>().ok());
-        let reply = if !is_cluster_name(cluster) {
-            Err(format!("{cluster:?} is not a cluster name"))
-        } else {
-            match ttl {
-                Some(s) if TTL_RANGE.contains(&s) => Ok(key.issue(
-                    GATEWAY_NAMESPACE,
-                    &crate::link::token_subject(cluster),
-                    now,
-                    Duration::from_secs(s),
-                )),
-                _ => Err(format!(
-                    "the lifetime asked for {cluster} is not {}..={} seconds",
-                    TTL_RANGE.start(),
-                    TTL_RANGE.end()
-                )),
+        let reply = match ttl {
+            _ if !isthmus_api::validate::is_dns_label(cluster) => {
+                Err(format!("{cluster:?} is not a cluster name"))
             }
+            Some(s) if TTL_RANGE.contains(&s) => Ok(key.issue(
+                GATEWAY_NAMESPACE,
+                &crate::link::token_subject(cluster),
+                now,
+                Duration::from_secs(s),
+            )),
+            _ => Err(format!(
+                "the lifetime asked for {cluster} is not {}..={} seconds",
+                TTL_RANGE.start(),
+                TTL_RANGE.end()
+            )),
         };
-        let (ok, err) = (field("token", cluster), field("error", cluster));
-        match reply {
-            Ok(token) => {
-                patch.insert(ok, b64(&token));
-                patch.insert(err, Value::Null);
-            }
-            Err(why) => {
-                patch.insert(err, b64(&why));
-                patch.insert(ok, Value::Null);
-            }
-        }
+        let (token, why) = match reply {
+            Ok(t) => (Some(t), None),
+            Err(w) => (None, Some(w)),
+        };
+        edits.insert(field("token", cluster), token);
+        edits.insert(field("error", cluster), why);
     }
-    (!patch.is_empty()).then(|| json!({ "data": patch }))
+    edits
 }
 
-/// A Mesh clusterName: a DNS label (what the ClusterLink's `peer` allows).
-fn is_cluster_name(s: &str) -> bool {
-    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (1..=63).contains(&s.len())
-        && s.bytes().all(|c| ok(c) || c == b'-')
-        && s.bytes().next().is_some_and(ok)
-        && s.bytes().last().is_some_and(ok)
+/// Applies `edits` to the mailbox in `namespace` (made on first use).
+async fn edit(client: &kube::Client, namespace: &str, edits: Edits) -> Result<(), JoinError> {
+    let fields = edits
+        .into_iter()
+        .map(|(k, v)| (k, v.map(|v| ByteString(v.into_bytes()))))
+        .collect();
+    crate::store::kube::patch_secret_fields(client, namespace, SECRET_NAME, fields)
+        .await
+        .map_err(|e| kube_error(namespace, e))
 }
 
 fn kube_error(namespace: &str, e: kube::Error) -> JoinError {
@@ -131,12 +119,11 @@ pub async fn serve_once(
     else {
         return Ok(false);
     };
-    let Some(patch) = answer(&secret.data.unwrap_or_default(), key, now) else {
+    let edits = answer(&secret.data.unwrap_or_default(), key, now);
+    if edits.is_empty() {
         return Ok(false);
-    };
-    api.patch(SECRET_NAME, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(|e| kube_error(namespace, e))?;
+    }
+    edit(client, namespace, edits).await?;
     Ok(true)
 }
 
@@ -193,32 +180,12 @@ pub async fn request(
 ) -> Result<String, JoinError> {
     let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
     let err = |e| kube_error(namespace, e);
-    let ask = json!({"data": {
-        field("request", cluster): b64(&ttl.as_secs().to_string()),
-        field("token", cluster): null,
-        field("error", cluster): null,
-    }});
-    match api
-        .patch(SECRET_NAME, &PatchParams::default(), &Patch::Merge(&ask))
-        .await
-    {
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            let secret = crate::store::kube::opaque_secret(
-                namespace,
-                SECRET_NAME,
-                [(
-                    field("request", cluster),
-                    ByteString(ttl.as_secs().to_string().into_bytes()),
-                )],
-            );
-            api.create(&PostParams::default(), &secret)
-                .await
-                .map_err(err)?;
-        }
-        r => {
-            r.map_err(err)?;
-        }
-    }
+    let ask = Edits::from([
+        (field("request", cluster), Some(ttl.as_secs().to_string())),
+        (field("token", cluster), None),
+        (field("error", cluster), None),
+    ]);
+    edit(client, namespace, ask).await?;
     let until = tokio::time::Instant::now() + wait;
     loop {
         let data = api
@@ -232,13 +199,11 @@ pub async fn request(
             text(&data, &field("error", cluster)),
         );
         if token.is_some() || why.is_some() {
-            let take = json!({"data": {
-                field("token", cluster): null,
-                field("error", cluster): null,
-            }});
-            api.patch(SECRET_NAME, &PatchParams::default(), &Patch::Merge(&take))
-                .await
-                .map_err(err)?;
+            let take = Edits::from([
+                (field("token", cluster), None),
+                (field("error", cluster), None),
+            ]);
+            edit(client, namespace, take).await?;
             return match (token, why) {
                 (Some(t), _) => Ok(t),
                 (None, why) => Err(JoinError::Refused(why.unwrap_or_default())),
@@ -265,11 +230,9 @@ mod tests {
             .collect()
     }
 
-    fn decoded(patch: &Value, field: &str) -> Option<String> {
-        use base64::Engine;
-        let v = patch["data"][field].as_str()?;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(v).unwrap();
-        Some(String::from_utf8(bytes).unwrap())
+    /// The value an edit sets.
+    fn set<'e>(e: &'e Edits, field: &str) -> Option<&'e str> {
+        e.get(field)?.as_deref()
     }
 
     #[test]
@@ -279,10 +242,10 @@ mod tests {
             "eu-central.isthmus.local",
         );
         let now = SystemTime::now();
-        assert_eq!(answer(&data(&[]), &key, now), None);
+        assert_eq!(answer(&data(&[]), &key, now), Edits::new());
         assert_eq!(
             answer(&data(&[("token.eu-west", "v1.x")]), &key, now),
-            None,
+            Edits::new(),
             "answers wait for their requester"
         );
         let p = answer(
@@ -294,27 +257,22 @@ mod tests {
             ]),
             &key,
             now,
-        )
-        .unwrap();
+        );
         for r in ["eu-west", "us-east", "Bad_Name", "ap-south"] {
-            assert_eq!(
-                p["data"][format!("request.{r}")],
-                Value::Null,
-                "{r} removed"
-            );
+            assert_eq!(p.get(&format!("request.{r}")), Some(&None), "{r} removed");
         }
-        let token = decoded(&p, "token.eu-west").unwrap();
-        let id = key.verify(&token, now).unwrap();
+        let token = set(&p, "token.eu-west").unwrap();
+        let id = key.verify(token, now).unwrap();
         assert_eq!(id.service_account, "link-eu-west");
-        assert!(key.verify(&token, now + Duration::from_secs(3601)).is_err());
-        assert_eq!(p["data"]["error.eu-west"], Value::Null);
-        assert!(decoded(&p, "error.us-east").unwrap().contains("60..=86400"));
-        assert_eq!(p["data"]["token.us-east"], Value::Null);
+        assert!(key.verify(token, now + Duration::from_secs(3601)).is_err());
+        assert_eq!(p.get("error.eu-west"), Some(&None), "a stale error removed");
+        assert!(set(&p, "error.us-east").unwrap().contains("60..=86400"));
+        assert_eq!(p.get("token.us-east"), Some(&None), "a stale token removed");
         assert!(
-            decoded(&p, "error.Bad_Name")
+            set(&p, "error.Bad_Name")
                 .unwrap()
                 .contains("not a cluster name")
         );
-        assert!(decoded(&p, "error.ap-south").is_some());
+        assert!(set(&p, "error.ap-south").is_some());
     }
 }

@@ -370,6 +370,47 @@ async fn watch_kind(
     }
 }
 
+/// Sets fields of the Opaque Secret `namespace/name` and removes others
+/// (`None`), with one JSON merge patch (other fields are left as they
+/// are); the Secret is made on first use, and a writer that made it first
+/// is patched after. Removing fields of a Secret that is not there is done.
+pub async fn patch_secret_fields(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    fields: Vec<(String, Option<k8s_openapi::ByteString>)>,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams, PostParams};
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let data: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default()))
+        .collect();
+    let patch = Patch::Merge(serde_json::json!({ "data": data }));
+    let params = PatchParams::default();
+    let apply = || api.patch(name, &params, &patch);
+    match apply().await {
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            let set: Vec<_> = fields
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            if set.is_empty() {
+                return Ok(());
+            }
+            match api
+                .create(&PostParams::default(), &opaque_secret(namespace, name, set))
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 409 => apply().await.map(drop),
+                r => r.map(drop),
+            }
+        }
+        r => r.map(drop),
+    }
+}
+
 /// An Opaque Secret `namespace/name` holding `data`: what the control
 /// plane creates for its own state (CA, token key, link credentials, the
 /// join token mailbox).

@@ -138,9 +138,14 @@ impl CredentialStore {
     async fn write(&self, peer: &str, token: Option<&str>) -> Result<(), CredentialError> {
         match &self.backing {
             Backing::Dir(dir) => write_file(dir, peer, token).await,
-            Backing::Secret { client, namespace } => write_secret(client, namespace, peer, token)
-                .await
-                .map_err(|e| kube_error(namespace, e)),
+            Backing::Secret { client, namespace } => {
+                // One field, patched alone: other peers' fields, written by
+                // other link tasks, are left as they are.
+                let fields = vec![(peer.to_string(), token.map(|t| ByteString(t.into())))];
+                crate::store::kube::patch_secret_fields(client, namespace, SECRET_NAME, fields)
+                    .await
+                    .map_err(|e| kube_error(namespace, e))
+            }
             Backing::Memory => Ok(()),
         }
     }
@@ -191,43 +196,6 @@ async fn write_file(
     .map_err(|e| io(&tmp)(std::io::Error::other(e)))?
     .map_err(io(&tmp))?;
     tokio::fs::rename(&tmp, &path).await.map_err(io(&path))
-}
-
-/// One field of the Secret, patched alone (other peers' fields, written by
-/// other link tasks, are left as they are); the Secret is made on first
-/// use.
-async fn write_secret(
-    client: &kube::Client,
-    namespace: &str,
-    peer: &str,
-    token: Option<&str>,
-) -> Result<(), kube::Error> {
-    use kube::api::{Patch, PatchParams, PostParams};
-    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-    let value = token.map(|t| ByteString(t.as_bytes().to_vec()));
-    let patch = serde_json::json!({"data": {peer: value}});
-    match api
-        .patch(SECRET_NAME, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            let Some(value) = value else { return Ok(()) };
-            let secret = crate::store::kube::opaque_secret(
-                namespace,
-                SECRET_NAME,
-                [(peer.to_string(), value)],
-            );
-            match api.create(&PostParams::default(), &secret).await {
-                // Another link task made it first: patch it.
-                Err(kube::Error::Api(e)) if e.code == 409 => api
-                    .patch(SECRET_NAME, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(drop),
-                r => r.map(drop),
-            }
-        }
-        r => r.map(drop),
-    }
 }
 
 #[cfg(test)]
