@@ -27,7 +27,9 @@ pub const TTL_RANGE: std::ops::RangeInclusive<u64> = 60..=24 * 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("Secret {namespace}/{SECRET_NAME}: {reason}")]
+    #[error(
+        "Secret {namespace}/{SECRET_NAME}: {reason} (asking for a join token needs get and patch on that Secret, and create on Secrets the first time, in the peer cluster's control-plane namespace)"
+    )]
     Kube { namespace: String, reason: String },
     #[error("the control plane refused the join token: {0}")]
     Refused(String),
@@ -136,10 +138,11 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     use futures_util::StreamExt;
-    use kube::runtime::watcher;
+    use kube::runtime::{WatchStreamExt, watcher};
     let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={SECRET_NAME}"));
-    let mut events = std::pin::pin!(watcher(api, config));
+    // Errors are retried with backoff by the watcher itself.
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
@@ -149,11 +152,6 @@ pub async fn serve(
             None => return,
             Some(Err(e)) => {
                 tracing::warn!("join token requests (Secret {namespace}/{SECRET_NAME}): {e}");
-                // The watcher retries; do not spin on a failing API.
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
             }
             Some(Ok(watcher::Event::Apply(_) | watcher::Event::InitDone)) => {
                 match serve_once(&client, &namespace, &key, SystemTime::now()).await {

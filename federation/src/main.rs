@@ -294,24 +294,23 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let tokens = std::sync::Arc::new(tokens);
                 // kube mode: `isthmusctl link create --to-context` asks us
-                // for join tokens through a Secret mailbox.
-                if store_dir.is_none() {
-                    let client = client.clone().expect("kube mode has a client");
-                    cp.serve_join_requests(client, tokens.clone());
-                }
+                // for join tokens through a Secret mailbox, and the
+                // credentials peers issue us are kept in a Secret beside the
+                // Lease (files mode: under the store directory, the default).
+                let credentials = match (&store_dir, client.clone()) {
+                    (None, Some(client)) => {
+                        cp.serve_join_requests(client.clone(), tokens.clone());
+                        Some(std::sync::Arc::new(
+                            isthmus_federation::sync::credentials::CredentialStore::secret(
+                                client,
+                                &lease_namespace,
+                            ),
+                        ))
+                    }
+                    _ => None,
+                };
                 let tokens = Some(tokens);
                 let at = listener.local_addr()?;
-                // The credentials peers issue us: under the store directory,
-                // or in one Secret beside the Lease.
-                let credentials = match &store_dir {
-                    Some(_) => None,
-                    None => Some(std::sync::Arc::new(
-                        isthmus_federation::sync::credentials::CredentialStore::secret(
-                            client.clone().expect("kube mode has a client"),
-                            &lease_namespace,
-                        ),
-                    )),
-                };
                 let settings = isthmus_federation::sync::client::Settings {
                     entry: gateway_entry,
                     namespace: lease_namespace.clone(),

@@ -121,29 +121,30 @@ where
 
 /// Serves `app` on `addr` (port 0 picks one).
 pub async fn serve(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Running> {
-    accept_loop(addr, move |stream, peer, me, tasks| {
-        let app = app.clone();
-        async move {
-            let svc = service_fn(move |req| handle(app.clone(), tasks.clone(), me, peer, req));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
-        }
-    })
-    .await
+    serve_with(app, addr, false).await
 }
 
 /// Serves `app` over HTTP/1.1 only, as most servers in a mesh do: an h2c
 /// preface is a malformed request to it.
 pub async fn serve_http1(app: Arc<SampleApp>, addr: SocketAddr) -> std::io::Result<Running> {
+    serve_with(app, addr, true).await
+}
+
+async fn serve_with(
+    app: Arc<SampleApp>,
+    addr: SocketAddr,
+    http1_only: bool,
+) -> std::io::Result<Running> {
     accept_loop(addr, move |stream, peer, me, tasks| {
         let app = app.clone();
         async move {
             let svc = service_fn(move |req| handle(app.clone(), tasks.clone(), me, peer, req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if http1_only {
+                builder = builder.http1_only();
+            }
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
         }
     })

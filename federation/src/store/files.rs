@@ -157,37 +157,38 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         |pos: Option<(usize, usize)>, message: String| err(at(pos), Some(kind), Some(&id), message);
     // Type errors name the field path as well as the line.
     fn typed<T: DeserializeOwned>(doc: &str) -> Result<T, (Option<(usize, usize)>, String)> {
-        serde_saphyr::from_str(doc).map_err(|e| {
-            let (pos, msg) = isthmus_api::yaml_error(&e);
-            let index = isthmus_api::locate::PathIndex::build(doc);
-            let path = pos.and_then(|(line, column)| {
-                index
-                    .path_at(isthmus_api::locate::Position { line, column })
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-            });
-            match path {
-                Some(p) => (pos, format!("{p}: {msg}")),
-                None => (pos, msg),
-            }
-        })
+        serde_saphyr::from_str(doc).map_err(|e| located(doc, &e))
+    }
+    /// A deserializer error with the field path it happened at.
+    fn located(doc: &str, e: &serde_saphyr::Error) -> (Option<(usize, usize)>, String) {
+        let (pos, msg) = isthmus_api::yaml_error(e);
+        let index = isthmus_api::locate::PathIndex::build(doc);
+        let path = pos.and_then(|(line, column)| {
+            index
+                .path_at(isthmus_api::locate::Position { line, column })
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+        });
+        match path {
+            Some(p) => (pos, format!("{p}: {msg}")),
+            None => (pos, msg),
+        }
     }
     // Our own kinds: a field we do not know is refused by name, never
     // ignored (the API server prunes them in `kube` mode; a file has no
     // such check). `metadata` and `status` are not ours to judge.
     fn strict<T: DeserializeOwned>(doc: &str) -> Result<T, (Option<(usize, usize)>, String)> {
-        let value = typed::<T>(doc)?;
-        let Ok(raw) = serde_saphyr::from_str::<serde_json::Value>(doc) else {
-            return Ok(value);
-        };
         let mut unknown = Vec::new();
-        let _: Result<T, _> = serde_ignored::deserialize(raw, |path| {
-            let path = field_path(&path.to_string());
-            let top = path.split(['.', '[']).next().unwrap_or("");
-            if !["apiVersion", "kind", "metadata", "status"].contains(&top) {
-                unknown.push(path);
-            }
-        });
+        let value = serde_saphyr::with_deserializer_from_str(doc, |de| {
+            serde_ignored::deserialize(de, |path| {
+                let path = field_path(&path.to_string());
+                let top = path.split(['.', '[']).next().unwrap_or("");
+                if !["apiVersion", "kind", "metadata", "status"].contains(&top) {
+                    unknown.push(path);
+                }
+            })
+        })
+        .map_err(|e| located(doc, &e))?;
         let Some(first) = unknown.first() else {
             return Ok(value);
         };
@@ -196,7 +197,7 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         Err((
             pos,
             format!(
-                "{}: unknown field{} (a misspelling? it would be ignored, so the object is refused)",
+                "{}: unknown field{}: correct or remove it (the object is refused rather than read without it)",
                 unknown.join(", "),
                 if unknown.len() > 1 { "s" } else { "" }
             ),

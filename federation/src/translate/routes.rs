@@ -705,21 +705,12 @@ fn translate_rule(
                     path: r.path.as_ref().and_then(path_rewrite),
                 })
             }
+            // Another kind of ExtensionRef left the rule out already
+            // (`unsupported_filters`).
             "ExtensionRef" => {
                 let Some(ext) = &f.extension_ref else {
                     continue;
                 };
-                if ext.group != crate::resources::GROUP || ext.kind != "FaultInjection" {
-                    catalog.problems.push(problem(
-                        key,
-                        "UnsupportedValue",
-                        format!(
-                            "rule {i}: ExtensionRef to {}/{} is not supported",
-                            ext.group, ext.kind
-                        ),
-                    ));
-                    continue;
-                }
                 let fkey = ObjectKey {
                     namespace: Some(ns.to_string()),
                     name: ext.name.clone(),

@@ -165,19 +165,12 @@ pub fn rewrite_path(path: &str, matched: Option<&str>, rw: &PathRewrite) -> Stri
             let prefix = matched.unwrap_or("/").trim_end_matches('/');
             let rest = path.get(prefix.len()..).unwrap_or("");
             let rest = rest.trim_start_matches('/');
-            let head = replacement.trim_end_matches('/');
-            match (head.is_empty(), rest.is_empty()) {
-                (true, true) => "/".into(),
-                (true, false) => format!("/{rest}"),
-                (false, true) => {
-                    if replacement.ends_with('/') && replacement.len() > 1 {
-                        format!("{head}/")
-                    } else {
-                        head.to_string()
-                    }
-                }
-                (false, false) => format!("{head}/{rest}"),
+            let mut out = format!("{}/{rest}", replacement.trim_end_matches('/'));
+            // Nothing after the prefix: the replacement as written.
+            if rest.is_empty() && !replacement.ends_with('/') && out.len() > 1 {
+                out.pop();
             }
+            out
         }
     }
 }

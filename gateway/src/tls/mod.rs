@@ -325,7 +325,7 @@ impl MeshTls {
             current: ArcSwapOption::empty(),
             provider: provider.clone(),
         });
-        let (client, server) = configs(&state, ALPN_H2);
+        let (client, server) = configs(&state, ALPN_H2, None);
         Self {
             state,
             client: Arc::new(client),
@@ -336,7 +336,7 @@ impl MeshTls {
     /// Configurations for another ALPN (`h3` for the east-west tunnels)
     /// sharing this identity and trust.
     pub fn configs_for(&self, alpn: &[u8]) -> (rustls::ClientConfig, rustls::ServerConfig) {
-        configs(&self.state, alpn)
+        configs(&self.state, alpn, None)
     }
 
     /// `configs_for`, with a server that also refuses, in the handshake, a
@@ -348,18 +348,7 @@ impl MeshTls {
         alpn: &[u8],
         admit: Admit,
     ) -> (rustls::ClientConfig, rustls::ServerConfig) {
-        let (client, mut server) = configs(&self.state, alpn);
-        let verifier = Arc::new(Verifier(self.state.clone(), Some(admit)));
-        let mut admitting =
-            rustls::ServerConfig::builder_with_provider(self.state.provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("aws-lc-rs supports TLS 1.3")
-                .with_client_cert_verifier(verifier)
-                .with_cert_resolver(Arc::new(Resolver(self.state.clone())));
-        admitting.alpn_protocols = std::mem::take(&mut server.alpn_protocols);
-        admitting.session_storage = server.session_storage.clone();
-        admitting.send_tls13_tickets = server.send_tls13_tickets;
-        (client, admitting)
+        configs(&self.state, alpn, Some(admit))
     }
 
     /// Installs the configuration's trust bundles (on every config change;
@@ -407,7 +396,11 @@ impl MeshTls {
 /// certificate held now (a resumed session would carry the identity, or
 /// the absence of one for a first CSR, of the connection that made the
 /// ticket).
-fn configs(state: &Arc<State>, alpn: &[u8]) -> (rustls::ClientConfig, rustls::ServerConfig) {
+fn configs(
+    state: &Arc<State>,
+    alpn: &[u8],
+    admit: Option<Admit>,
+) -> (rustls::ClientConfig, rustls::ServerConfig) {
     let provider = state.provider.clone();
     let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -420,7 +413,7 @@ fn configs(state: &Arc<State>, alpn: &[u8]) -> (rustls::ClientConfig, rustls::Se
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("aws-lc-rs supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(Verifier(state.clone(), None)))
+        .with_client_cert_verifier(Arc::new(Verifier(state.clone(), admit)))
         .with_cert_resolver(Arc::new(Resolver(state.clone())));
     server.alpn_protocols = vec![alpn.to_vec()];
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
