@@ -112,10 +112,10 @@ async fn sidecar(
     listeners: Vec<model::Listener>,
     workload: Option<Workload>,
 ) -> anyhow::Result<Sidecar> {
-    use isthmus_gateway::tls::{MeshTls, Trust, control::ControlPlaneConnector};
+    use isthmus_mesh::tls::{MeshTls, Trust, control::ControlPlaneConnector};
     let node = node(name, labels);
     // The identity: a key made here, a certificate from the CA over TLS.
-    let identity = isthmus_gateway::identity::Identity::empty();
+    let identity = isthmus_mesh::identity::Identity::empty();
     let mesh = std::sync::Arc::new(MeshTls::new(identity.clone()));
     mesh.set_bootstrap_trust(Trust::from_self_describing_pem(&boot.root_pem)?);
     let tls = ControlPlaneConnector::new(
@@ -124,7 +124,7 @@ async fn sidecar(
     );
     tokio::spawn(
         identity.run(
-            isthmus_gateway::identity::Options {
+            isthmus_mesh::identity::Options {
                 address: "127.0.0.1:15010".into(),
                 token: boot
                     .tokens

@@ -261,7 +261,7 @@ mod tests {
         }
         let token = set(&p, "token.eu-west").unwrap();
         let id = key.verify(token, now).unwrap();
-        assert_eq!(id.service_account, "link-eu-west");
+        assert_eq!(id.service_account(), Some("link-eu-west"));
         assert!(key.verify(token, now + Duration::from_secs(3601)).is_err());
         assert_eq!(p.get("error.eu-west"), Some(&None), "a stale error removed");
         assert!(set(&p, "error.us-east").unwrap().contains("60..=86400"));

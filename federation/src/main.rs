@@ -375,7 +375,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|| "cluster.local".into())
                 }
             };
-            isthmus_federation::identity::SpiffeId::new(&td, &namespace, &service_account)?;
+            isthmus_federation::identity::SpiffeId::workload(&td, &namespace, &service_account)?;
             let key =
                 isthmus_federation::identity::token::TokenKey::load_or_create(&store_dir, &td)?;
             println!(

@@ -402,11 +402,12 @@ impl ControlPlane {
                 tracing::error!("federation server failed: {e}");
             }
         });
-        let connector = Arc::new(isthmus_gateway::tunnel::client::Connector::new(
+        let connector = Arc::new(isthmus_mesh::transport::client::Connector::new(
             tls.mesh.clone(),
             Default::default(),
             self.tasks.clone(),
-            Arc::new(isthmus_gateway::telemetry::metrics::Metrics::new()),
+            // The control plane keeps no per-handshake metrics.
+            Arc::new(|_| {}),
         ));
         let credentials = settings.credentials.clone().unwrap_or_else(|| {
             Arc::new(crate::sync::credentials::CredentialStore::dir(

@@ -65,7 +65,7 @@ fn verify(bundle: &str, leaf: &str, chain: &str, at: SystemTime) -> Result<Vec<S
 }
 
 fn id(td: &str) -> SpiffeId {
-    SpiffeId::new(td, "shop", "catalog").unwrap()
+    SpiffeId::workload(td, "shop", "catalog").unwrap()
 }
 
 #[test]
@@ -395,7 +395,7 @@ async fn the_ca_service_signs_for_the_token_identity_and_refuses_by_name() {
 /// configured fraction of its lifetime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_obtains_and_rotates_its_certificate() {
-    use isthmus_gateway::identity::{Identity, IdentityError, Options as IdOptions};
+    use isthmus_mesh::identity::{Identity, IdentityError, Options as IdOptions};
 
     let td = "eu-west.isthmus.local";
     let (cp, addr, token, dir) = control_plane_with_ca("ca-rot").await;

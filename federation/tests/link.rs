@@ -386,8 +386,8 @@ async fn link_create_asks_the_peers_control_plane_for_a_join_token() {
     // eu-central's control plane checks it with its own key; the answer
     // was taken out of the mailbox.
     assert_eq!(
-        key.verify(&token, now).unwrap().service_account,
-        "link-eu-west"
+        key.verify(&token, now).unwrap().service_account(),
+        Some("link-eu-west")
     );
     let left = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(b, "isthmus-system")
         .get(join::SECRET_NAME)

@@ -17,10 +17,10 @@ use isthmus_federation::identity::Ca;
 use isthmus_federation::identity::service::Authenticator;
 use isthmus_federation::identity::token::TokenKey;
 use isthmus_federation::server::{ControlPlane, Options};
-use isthmus_gateway::identity::Identity;
 use isthmus_gateway::sidecar::Sidecar;
-use isthmus_gateway::tls::control::{ControlPlaneConnector, channel};
-use isthmus_gateway::tls::{MeshTls, Trust};
+use isthmus_mesh::identity::Identity;
+use isthmus_mesh::tls::control::{ControlPlaneConnector, channel};
+use isthmus_mesh::tls::{MeshTls, Trust};
 
 mod support;
 use support::{MeshSidecar, MeshedApp, eventually, http, temp_dir};

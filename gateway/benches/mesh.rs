@@ -410,8 +410,8 @@ async fn main() {
 
     // New connections per second.
     println!("\n== new connections, 16 at a time, {secs} s ==");
-    let identity = isthmus_gateway::identity::Identity::fixed(ca.issue("shop", "bench"));
-    let mesh = Arc::new(isthmus_gateway::tls::MeshTls::new(identity));
+    let identity = isthmus_mesh::identity::Identity::fixed(ca.issue("shop", "bench"));
+    let mesh = Arc::new(isthmus_mesh::tls::MeshTls::new(identity));
     let tls = mesh.client.clone();
     let before = cpu_ticks_tree(server.0.id()).unwrap_or(0);
     let t0 = Instant::now();

@@ -33,7 +33,7 @@ use isthmus_gateway::eastwest::quic::{self, Congestion};
 use isthmus_gateway::eastwest::server;
 use isthmus_gateway::eastwest::transport::{LinkTransport, StreamRecv, StreamSend};
 use isthmus_gateway::telemetry::accesslog::Sink;
-use isthmus_gateway::tls::MeshTls;
+use isthmus_mesh::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
 
 #[path = "../tests/support/pki.rs"]

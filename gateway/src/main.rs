@@ -473,8 +473,8 @@ async fn run_sidecar(
         (None, None) => None,
     };
     let stop_identity = tokio_util::sync::CancellationToken::new();
-    let identity = isthmus_gateway::identity::Identity::empty();
-    let mesh = std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(identity.clone()));
+    let identity = isthmus_mesh::identity::Identity::empty();
+    let mesh = std::sync::Arc::new(isthmus_mesh::tls::MeshTls::new(identity.clone()));
     let tls = match &a.ca_roots {
         Some(path) => {
             let pem = std::fs::read_to_string(path)
@@ -482,9 +482,9 @@ async fn run_sidecar(
             let fallback = a
                 .control_plane_id
                 .as_deref()
-                .and_then(|id| isthmus_gateway::tls::SpiffeId::parse(id).ok())
+                .and_then(|id| isthmus_mesh::SpiffeId::parse(id).ok())
                 .map(|id| id.trust_domain().to_string());
-            let trust = isthmus_gateway::tls::Trust::from_pem_for(&pem, fallback.as_deref())
+            let trust = isthmus_mesh::tls::Trust::from_pem_for(&pem, fallback.as_deref())
                 .with_context(|| format!("--ca-roots {}", path.display()))?;
             let expected = match &a.control_plane_id {
                 Some(id) => id.clone(),
@@ -496,7 +496,7 @@ async fn run_sidecar(
                 }
             };
             mesh.set_bootstrap_trust(trust);
-            Some(isthmus_gateway::tls::control::ControlPlaneConnector::new(
+            Some(isthmus_mesh::tls::control::ControlPlaneConnector::new(
                 mesh.clone(),
                 expected,
             ))
@@ -514,19 +514,19 @@ async fn run_sidecar(
                 a.key_file.clone().context("--cert-file needs --key-file")?,
                 a.ca_roots.clone().context("--cert-file needs --ca-roots")?,
             );
-            let files = isthmus_gateway::identity::Identity::watch_files(
+            let files = isthmus_mesh::identity::Identity::watch_files(
                 cert,
                 key,
                 roots,
                 Duration::from_secs(10),
                 stop_identity.clone(),
             )?;
-            let mesh = std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(files));
+            let mesh = std::sync::Arc::new(isthmus_mesh::tls::MeshTls::new(files));
             if let Some(t) = tls.as_ref() {
                 // The control plane connection presents the same identity.
                 let expected = t.expected().to_string();
                 if let ConfigSource::ControlPlane(d) = &mut config {
-                    d.tls = Some(isthmus_gateway::tls::control::ControlPlaneConnector::new(
+                    d.tls = Some(isthmus_mesh::tls::control::ControlPlaneConnector::new(
                         mesh.clone(),
                         expected,
                     ));
@@ -540,7 +540,7 @@ async fn run_sidecar(
                     .or_else(|| a.control_plane.clone())
                     .context("a CA token needs the CA's address: give --ca or --control-plane")?;
             tokio::spawn(identity.run(
-                isthmus_gateway::identity::Options {
+                isthmus_mesh::identity::Options {
                     address,
                     token,
                     ttl: a.cert_ttl,

@@ -20,7 +20,7 @@ use crate::proxy::Proxy;
 use crate::proxy::listener::{ListenerError, Listeners};
 use crate::telemetry::accesslog::Sink;
 use crate::telemetry::metrics::Metrics;
-use crate::tls::MeshTls;
+use isthmus_mesh::tls::MeshTls;
 
 pub enum ConfigSource {
     /// A YAML file, watched for changes.

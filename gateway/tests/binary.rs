@@ -266,7 +266,7 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
     creds
         .trust_bundles
         .insert("eu-west.isthmus.local".into(), eu.pem.clone());
-    let tls = isthmus_gateway::tls::MeshTls::new(isthmus_gateway::identity::Identity::fixed(creds));
+    let tls = isthmus_mesh::tls::MeshTls::new(isthmus_mesh::identity::Identity::fixed(creds));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut stream = loop {
         let attempt = async {

@@ -12,11 +12,11 @@ use isthmus_api::model;
 use isthmus_gateway::config::Store;
 use isthmus_gateway::eastwest::client::{Link, LinkError, PeerLink, Transport};
 use isthmus_gateway::eastwest::{quic, server};
-use isthmus_gateway::identity::Identity;
 use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::sample;
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
+use isthmus_mesh::identity::Identity;
 
 /// Sum of a metric's samples whose labels contain every `labels`.
 fn metric(m: &Metrics, name: &str, labels: &[&str]) -> f64 {
@@ -27,7 +27,7 @@ fn metric(m: &Metrics, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
-use isthmus_gateway::tls::MeshTls;
+use isthmus_mesh::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
 
 #[path = "support/pki.rs"]

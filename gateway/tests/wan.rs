@@ -21,7 +21,7 @@ use isthmus_gateway::eastwest::{quic, server};
 use isthmus_gateway::sample;
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
-use isthmus_gateway::tls::MeshTls;
+use isthmus_mesh::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
 
 #[path = "support/pki.rs"]

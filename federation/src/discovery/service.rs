@@ -198,7 +198,9 @@ pub fn authorize_subscription(
             "discovery needs a workload certificate: give the sidecar a CA token (--ca-token) so it gets one first",
         ));
     };
-    if node.namespace != id.namespace || node.service_account != id.service_account {
+    if Some(node.namespace.as_str()) != id.namespace()
+        || Some(node.service_account.as_str()) != id.service_account()
+    {
         return Err(Status::permission_denied(format!(
             "the subscription names namespace {:?}, service account {:?}, but the certificate is {id}",
             node.namespace, node.service_account

@@ -15,7 +15,7 @@ use rcgen::{
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use super::spiffe::SpiffeId;
+use super::SpiffeId;
 
 /// Shortest and longest SVID lifetimes accepted.
 pub const MIN_TTL: Duration = Duration::from_secs(60);
@@ -289,7 +289,7 @@ impl Ca {
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(CaError::Ttl(ttl));
         }
-        if id.trust_domain != self.trust_domain {
+        if id.trust_domain() != self.trust_domain {
             return Err(CaError::Foreign {
                 id: id.to_string(),
                 trust_domain: self.trust_domain.clone(),

@@ -7,12 +7,11 @@
 
 pub mod ca;
 pub mod service;
-pub mod spiffe;
 pub mod tls;
 pub mod token;
 
 pub use ca::{Ca, CaError, Svid};
-pub use spiffe::{SpiffeId, SpiffeIdError};
+pub use isthmus_mesh::spiffe::{SpiffeId, SpiffeIdError};
 
 /// The cluster name the store's Mesh declares.
 pub fn mesh_cluster_name(snap: &crate::store::Snapshot) -> Option<String> {

@@ -10,8 +10,8 @@ use isthmus_api::ca::v1::certificates_server::Certificates;
 use isthmus_api::ca::v1::{SignRequest, SignResponse};
 use tonic::{Request, Response, Status};
 
+use super::SpiffeId;
 use super::ca::{Ca, CaError};
-use super::spiffe::SpiffeId;
 use super::token::TokenKey;
 
 /// Default SVID lifetime.
@@ -93,7 +93,7 @@ pub fn identity_from_review(
     let (ns, sa) = rest
         .split_once(':')
         .ok_or_else(|| format!("unexpected ServiceAccount user name {user:?}"))?;
-    SpiffeId::new(trust_domain, ns, sa).map_err(|e| e.to_string())
+    SpiffeId::workload(trust_domain, ns, sa).map_err(|e| e.to_string())
 }
 
 #[derive(Clone)]

@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::SpiffeId;
 use super::ca::{Ca, CaError};
-use super::spiffe::SpiffeId;
 
 /// The control plane's service account (its SPIFFE ID's last segment).
 pub const SERVICE_ACCOUNT: &str = "isthmus-federation";
@@ -75,7 +75,7 @@ impl ApiTls {
     /// builds the server configuration.
     pub fn new(ca: Arc<Ca>, namespace: &str) -> Result<Self, CaError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let id = SpiffeId::new(ca.trust_domain(), namespace, SERVICE_ACCOUNT)
+        let id = SpiffeId::workload(ca.trust_domain(), namespace, SERVICE_ACCOUNT)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         let key = issue(&ca, &id, &provider)?;
         let resolver = Arc::new(Resolver(ArcSwap::from_pointee(key)));
@@ -219,7 +219,7 @@ fn spiffe_of(der: &CertificateDer<'_>) -> Option<SpiffeId> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) => u.parse::<SpiffeId>().ok(),
+        x509_parser::extensions::GeneralName::URI(u) => SpiffeId::parse_workload(u).ok(),
         _ => None,
     })
 }

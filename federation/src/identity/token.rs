@@ -13,7 +13,7 @@ use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::spiffe::SpiffeId;
+use super::SpiffeId;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -179,7 +179,8 @@ impl TokenKey {
         if now >= expiry {
             return Err(TokenError::Expired(now - expiry));
         }
-        SpiffeId::new(&self.trust_domain, ns, sa).map_err(|e| TokenError::Identity(e.to_string()))
+        SpiffeId::workload(&self.trust_domain, ns, sa)
+            .map_err(|e| TokenError::Identity(e.to_string()))
     }
 }
 

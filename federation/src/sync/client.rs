@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use isthmus_api::federation::v1::cluster_sync_client::ClusterSyncClient;
 use isthmus_api::federation::v1::{Hello, Ping, SyncRequest, sync_request, sync_response};
-use isthmus_gateway::tunnel::RemoteSession;
-use isthmus_gateway::tunnel::client::{Connector, Expect, TunnelError};
+use isthmus_mesh::transport::RemoteSession;
+use isthmus_mesh::transport::client::{Connector, Expect, TunnelError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use isthmus_api::model;
-use isthmus_gateway::identity::{Credentials, Identity};
-use isthmus_gateway::tls::{MeshTls, Trust};
+use isthmus_mesh::identity::{Credentials, Identity};
+use isthmus_mesh::tls::{MeshTls, Trust};
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::tls::SERVICE_ACCOUNT;
@@ -31,7 +31,7 @@ pub struct FederationTls {
 impl FederationTls {
     /// Issues the certificate (namespace `namespace`).
     pub fn new(ca: Arc<Ca>, namespace: &str) -> Result<Self, CaError> {
-        let id = SpiffeId::new(ca.trust_domain(), namespace, SERVICE_ACCOUNT)
+        let id = SpiffeId::workload(ca.trust_domain(), namespace, SERVICE_ACCOUNT)
             .map_err(|e| CaError::Sign(e.to_string()))?;
         let identity = Identity::fixed(issue(&ca, &id)?);
         Ok(Self {

@@ -133,8 +133,8 @@ pub fn admit(
             ),
         );
     };
-    if peer.trust_domain != link.spec.trust_domain
-        || peer.service_account != crate::identity::tls::SERVICE_ACCOUNT
+    if peer.trust_domain() != link.spec.trust_domain
+        || peer.service_account() != Some(crate::identity::tls::SERVICE_ACCOUNT)
     {
         return refuse(
             Reason::TrustMismatch,
@@ -161,12 +161,12 @@ pub fn admit(
         Admitted::Credential => "link credential",
     };
     match verified {
-        Ok(id) if id.service_account == subject => Ok(admitted),
+        Ok(id) if id.service_account() == Some(subject.as_str()) => Ok(admitted),
         Ok(id) => refuse(
             Reason::TokenInvalid,
             format!(
                 "the {what} is for {}, not {subject}: issue a join token for this link (isthmusctl link create --from {cluster})",
-                id.service_account,
+                id.service_account().unwrap_or_default(),
             ),
         ),
         Err(TokenError::Expired(s)) => refuse(

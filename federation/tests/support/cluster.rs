@@ -157,7 +157,7 @@ impl Cluster {
         listeners: Vec<model::Listener>,
         workload: Option<isthmus_api::discovery::v1::Workload>,
         prebound: Vec<std::net::TcpListener>,
-    ) -> (Sidecar, Arc<isthmus_gateway::tls::MeshTls>) {
+    ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>) {
         let td = self.td();
         MeshSidecar {
             discovery: self.discovery,

@@ -100,12 +100,12 @@ impl MeshSidecar<'_> {
         stop: &tokio_util::sync::CancellationToken,
     ) -> (
         isthmus_gateway::sidecar::Sidecar,
-        std::sync::Arc<isthmus_gateway::tls::MeshTls>,
+        std::sync::Arc<isthmus_mesh::tls::MeshTls>,
     ) {
-        use isthmus_gateway::identity::{Identity, Options as IdOptions};
         use isthmus_gateway::sidecar::{self, ConfigSource, Sidecar};
-        use isthmus_gateway::tls::control::ControlPlaneConnector;
-        use isthmus_gateway::tls::{MeshTls, Trust};
+        use isthmus_mesh::identity::{Identity, Options as IdOptions};
+        use isthmus_mesh::tls::control::ControlPlaneConnector;
+        use isthmus_mesh::tls::{MeshTls, Trust};
         let identity = Identity::empty();
         let mesh = std::sync::Arc::new(MeshTls::new(identity.clone()));
         let pem = std::fs::read_to_string(self.dir.join("ca/root-cert.pem")).unwrap();

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 use isthmus_api::model;
 
-use crate::tls::SpiffeId;
+use isthmus_mesh::SpiffeId;
 
 /// A string pattern: `*`, `prefix*`, `*suffix` or an exact value.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use crate::route::{
     Backend, HeaderMatch, HeaderModifier, HeaderValueMatch, MirrorSettings, PathMatch, PathRewrite,
     QueryParamMatch, QueryValueMatch, RateLimitSettings, Redirect, Rewrite, Route, RouteMatch,
 };
-use crate::tls::Trust;
+use isthmus_mesh::tls::Trust;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {

@@ -45,7 +45,7 @@ pub struct Options {
     pub backoff_max: Duration,
     /// TLS to the control plane (verified, with our certificate once held);
     /// None: plaintext, for development.
-    pub tls: Option<crate::tls::control::ControlPlaneConnector>,
+    pub tls: Option<isthmus_mesh::tls::control::ControlPlaneConnector>,
 }
 
 impl Options {
@@ -305,7 +305,7 @@ async fn stream(
     let channel = match &opts.tls {
         Some(connector) => {
             connector.wait_for_certificate().await;
-            crate::tls::control::channel(&address, Some(connector), Duration::from_secs(5))
+            isthmus_mesh::tls::control::channel(&address, Some(connector), Duration::from_secs(5))
                 .await
                 .map_err(|reason| DiscoveryError::Connect {
                     address: address.clone(),

@@ -476,12 +476,12 @@ impl Transport {
 /// The HTTP/2-over-TLS fallback connection to a peer gateway.
 pub struct H2Link {
     addr: SocketAddr,
-    conn: crate::connect::Client,
+    conn: isthmus_mesh::h2connect::Client,
 }
 
 impl H2Link {
     pub async fn connect(
-        tls: &crate::tls::MeshTls,
+        tls: &isthmus_mesh::tls::MeshTls,
         addr: SocketAddr,
         expected: &str,
     ) -> Result<Self, LinkError> {
@@ -503,7 +503,7 @@ impl H2Link {
             .connect(name, tcp)
             .await
             .map_err(|e| tls_refusal(addr, &e).unwrap_or_else(|| fail(e.to_string())))?;
-        let got = crate::tls::peer_id(s.get_ref().1)
+        let got = isthmus_mesh::tls::peer_id(s.get_ref().1)
             .map(|i| i.to_string())
             .unwrap_or_default();
         if got != expected {
@@ -520,7 +520,7 @@ impl H2Link {
             .await
             .map_err(|e| tls_refusal(addr, &e).unwrap_or_else(|| fail(e.to_string())))?;
         let (conn, driver) =
-            crate::connect::Client::handshake(s, &super::quic::fallback_settings())
+            isthmus_mesh::h2connect::Client::handshake(s, &super::quic::fallback_settings())
                 .await
                 .map_err(|e| LinkError::Http2 {
                     addr,
@@ -534,7 +534,7 @@ impl H2Link {
         &self,
         authority: &str,
         source: &super::Source,
-    ) -> Result<crate::connect::H2Stream, LinkError> {
+    ) -> Result<isthmus_mesh::h2connect::H2Stream, LinkError> {
         self.open_target(authority, source).await.map(|(s, _)| s)
     }
 
@@ -543,7 +543,7 @@ impl H2Link {
         &self,
         authority: &str,
         source: &super::Source,
-    ) -> Result<(crate::connect::H2Stream, Option<u16>), LinkError> {
+    ) -> Result<(isthmus_mesh::h2connect::H2Stream, Option<u16>), LinkError> {
         let failed = |status: StatusCode, reason: String| LinkError::Refused {
             addr: self.addr,
             authority: authority.into(),
@@ -591,12 +591,15 @@ pub enum LinkSend {
     Quic(Box<h3::client::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>>),
     /// The connection is kept while a stream of it lives (a link replaced
     /// by a QUIC one after a re-probe finishes its streams).
-    H2(crate::connect::H2Send, crate::connect::Client),
+    H2(
+        isthmus_mesh::h2connect::H2Send,
+        isthmus_mesh::h2connect::Client,
+    ),
 }
 
 pub enum LinkRecv {
     Quic(Box<h3::client::RequestStream<h3_quinn::RecvStream, Bytes>>),
-    H2(crate::connect::H2Recv),
+    H2(isthmus_mesh::h2connect::H2Recv),
 }
 
 impl LinkSend {
@@ -691,7 +694,7 @@ impl Link {
     /// first to succeed wins (QUIC when both are ready).
     pub async fn race(
         endpoint: &quinn::Endpoint,
-        tls: &crate::tls::MeshTls,
+        tls: &isthmus_mesh::tls::MeshTls,
         udp: SocketAddr,
         tcp: SocketAddr,
         expected: &str,
@@ -703,7 +706,7 @@ impl Link {
     /// `race`, letting QUIC resume in 0-RTT (`PeerLink::connect_with`).
     pub async fn race_with(
         endpoint: &quinn::Endpoint,
-        tls: &crate::tls::MeshTls,
+        tls: &isthmus_mesh::tls::MeshTls,
         udp: SocketAddr,
         tcp: SocketAddr,
         expected: &str,

@@ -76,7 +76,7 @@ impl EastWestConfig {
         };
         let c: Self = serde_saphyr::from_str(text).map_err(|e| invalid(e.to_string()))?;
         for p in &c.peers {
-            crate::tls::SpiffeId::parse(&p.identity)
+            isthmus_mesh::SpiffeId::parse(&p.identity)
                 .map_err(|e| invalid(format!("peer {}: identity: {e}", p.cluster)))?;
         }
         let mut names: Vec<&str> = c.peers.iter().map(|p| p.cluster.as_str()).collect();

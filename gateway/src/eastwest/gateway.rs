@@ -17,21 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{Link, LinkError, PeerLink, Transport};
 use super::transport::LinkTransport;
+use super::{CLUSTER_HEADER, LINK_FAILURE_HEADER, TRANSPORT_HEADER, UNTRUSTED};
 use crate::telemetry::metrics::{
     Metrics, PeerDirectionLabels, PeerLabels, PeerResultLabels, PeerTransportLabels,
 };
-use crate::tls::{MeshTls, SpiffeId};
+use isthmus_mesh::SpiffeId;
+use isthmus_mesh::tls::MeshTls;
 
-/// The header naming the peer cluster a CONNECT is for.
-/// On the local entry's 200: the transport the stream rides (`quic`/`h2`).
-pub const TRANSPORT_HEADER: &str = "isthmus-transport";
-
-/// Header on a refused CONNECT: what kind of failure the link to the peer
-/// had, when the caller should tell it apart (only `untrusted` today).
-pub const LINK_FAILURE_HEADER: &str = "isthmus-link-failure";
-/// `LINK_FAILURE_HEADER` value: the gateways do not trust each other.
-pub const UNTRUSTED: &str = "untrusted";
-pub const CLUSTER_HEADER: &str = "isthmus-cluster";
 /// How long QUIC gets before the TCP fallback races it.
 pub const HEAD_START: Duration = Duration::from_millis(300);
 
@@ -416,16 +408,16 @@ impl Gateway {
                     return;
                 };
                 let ours = me.tls.own_id().map(|i| i.trust_domain().to_string());
-                let Some(caller) = crate::tls::peer_id(tls.get_ref().1)
+                let Some(caller) = isthmus_mesh::tls::peer_id(tls.get_ref().1)
                     .filter(|id| Some(id.trust_domain()) == ours.as_deref())
                 else {
                     tracing::warn!(%remote, "local gateway entry refused: not a workload of this mesh");
                     return;
                 };
                 let caller = Arc::new(caller);
-                let served = crate::connect::server::serve(
+                let served = isthmus_mesh::h2connect::server::serve(
                     tls,
-                    &crate::connect::Settings::MESH,
+                    &isthmus_mesh::h2connect::Settings::MESH,
                     &stop,
                     |inc| {
                         let (me, caller) = (me.clone(), caller.clone());
@@ -440,7 +432,7 @@ impl Gateway {
     }
 
     /// Carries one stream of a workload to the peer cluster it names.
-    async fn forward(&self, inc: crate::connect::Incoming, caller: Arc<SpiffeId>) {
+    async fn forward(&self, inc: isthmus_mesh::h2connect::Incoming, caller: Arc<SpiffeId>) {
         let req = inc.request();
         if req.method() != Method::CONNECT {
             return inc.refuse(super::refused(

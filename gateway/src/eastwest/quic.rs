@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::tls::MeshTls;
+use isthmus_mesh::tls::MeshTls;
 
 pub const ALPN_H3: &[u8] = b"h3";
 /// Keep-alive well inside the idle timeout, so a quiet tunnel stays up.
@@ -23,8 +23,8 @@ pub const MTU_UPPER_BOUND: u16 = 4096;
 
 /// The TCP fallback's HTTP/2: the mesh transport's windows, pinged as
 /// often as QUIC's keep-alive and given up after its idle timeout.
-pub fn fallback_settings() -> crate::connect::Settings {
-    crate::connect::Settings::MESH.pinging(KEEP_ALIVE, IDLE_TIMEOUT)
+pub fn fallback_settings() -> isthmus_mesh::h2connect::Settings {
+    isthmus_mesh::h2connect::Settings::MESH.pinging(KEEP_ALIVE, IDLE_TIMEOUT)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +116,7 @@ pub const TICKET_MAX_AGE: Duration = Duration::from_secs(10 * 60);
 /// ticket is good once (the server's cache hands it out by `take`).
 fn tunnel_tls(
     tls: &MeshTls,
-    admit: Option<crate::tls::Admit>,
+    admit: Option<isthmus_mesh::tls::Admit>,
 ) -> (rustls::ClientConfig, rustls::ServerConfig) {
     let (mut client, mut server) = match admit {
         Some(admit) => tls.configs_admitting(ALPN_H3, admit),
@@ -196,7 +196,7 @@ impl rustls::server::StoresServerSessions for SessionCache {
 fn configs(
     tls: &MeshTls,
     cc: Congestion,
-    admit: Option<crate::tls::Admit>,
+    admit: Option<isthmus_mesh::tls::Admit>,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), QuicError> {
     let (client, server) = tunnel_tls(tls, admit);
     let unusable = |e: &dyn std::fmt::Display| QuicError::Tls(e.to_string());
@@ -231,7 +231,7 @@ pub fn endpoint_admitting(
     tls: &MeshTls,
     addr: SocketAddr,
     cc: Congestion,
-    admit: Option<crate::tls::Admit>,
+    admit: Option<isthmus_mesh::tls::Admit>,
 ) -> Result<quinn::Endpoint, QuicError> {
     let bind = |source| QuicError::Bind { addr, source };
     let socket = udp_socket(addr).map_err(bind)?;
@@ -270,12 +270,12 @@ pub fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 /// The SPIFFE ID a QUIC peer proved in its handshake.
-pub fn peer_id(conn: &quinn::Connection) -> Option<crate::tls::SpiffeId> {
+pub fn peer_id(conn: &quinn::Connection) -> Option<isthmus_mesh::SpiffeId> {
     let certs = conn
         .peer_identity()?
         .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
         .ok()?;
-    crate::tls::SpiffeId::from_cert(certs.first()?).ok()
+    isthmus_mesh::SpiffeId::from_cert(certs.first()?).ok()
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::splice::{Side, splice_tcp};
 use super::{ConnectRefusal, Source, parse_authority, quic::peer_id};
 use crate::pool::dial;
 use crate::proxy::Proxy;
-use crate::tls::SpiffeId;
+use isthmus_mesh::SpiffeId;
 
 /// Which peer gateways may connect: their SPIFFE IDs (`*` suffix allowed,
 /// e.g. `spiffe://us-east.isthmus.local/ns/isthmus-system/sa/*`).
@@ -45,7 +45,7 @@ impl Peers {
 /// The handshake-time admission of peer gateways (`Peers::admits` against
 /// the configuration in force at each handshake): a refused peer gets the
 /// TLS alert access_denied, QUIC CRYPTO_ERROR 0x131 (`MeshTls::configs_admitting`).
-pub fn admission(peers: &Arc<Peers>, proxy: &Arc<Proxy>) -> crate::tls::Admit {
+pub fn admission(peers: &Arc<Peers>, proxy: &Arc<Proxy>) -> isthmus_mesh::tls::Admit {
     let (peers, proxy) = (peers.clone(), proxy.clone());
     Arc::new(move |id| peers.admits(id, &proxy.store.load()))
 }
@@ -270,7 +270,7 @@ pub async fn serve_tcp(
         tracing::error!("the TCP fallback needs the gateway's identity");
         return;
     };
-    let (_, server) = tls.configs_admitting(crate::tls::ALPN_H2, admission(&peers, &proxy));
+    let (_, server) = tls.configs_admitting(isthmus_mesh::tls::ALPN_H2, admission(&peers, &proxy));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     loop {
         let (tcp, remote) = tokio::select! {
@@ -301,7 +301,7 @@ pub async fn serve_tcp(
                     return;
                 }
             };
-            let Some(id) = crate::tls::peer_id(tls.get_ref().1)
+            let Some(id) = isthmus_mesh::tls::peer_id(tls.get_ref().1)
                 .filter(|id| peers.admits(id, &proxy.store.load()))
             else {
                 proxy.metrics.error("eastwest_unknown_peer");
@@ -310,7 +310,7 @@ pub async fn serve_tcp(
             };
             let peer = Arc::new(id);
             let settings = super::quic::fallback_settings();
-            let served = crate::connect::server::serve(tls, &settings, &stop, |inc| {
+            let served = isthmus_mesh::h2connect::server::serve(tls, &settings, &stop, |inc| {
                 let (proxy, peer, peers) = (proxy.clone(), peer.clone(), peers.clone());
                 tokio::spawn(async move {
                     let log = StreamLog::new("h2-fallback", remote, peer.clone(), inc.request());

@@ -12,7 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::transport::{StreamRecv, StreamSend};
-use crate::connect::Abort;
+use isthmus_mesh::h2connect::Abort;
 
 const COALESCE: usize = 256 * 1024;
 
@@ -85,14 +85,6 @@ impl<W: AsyncWrite + Abort + Unpin + Send> StreamSend for IoSend<W> {
 impl<R: AsyncRead + Unpin + Send> StreamRecv for IoRecv<R> {
     async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
         self.1.read(&mut self.0).await
-    }
-}
-
-/// Closing the connection after this sends RST (the write half of a
-/// split `TcpStream` borrows it; the owner closes it).
-impl Abort for tokio::net::tcp::WriteHalf<'_> {
-    fn abort(&mut self) {
-        let _ = self.as_ref().set_zero_linger();
     }
 }
 

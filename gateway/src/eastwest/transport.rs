@@ -51,21 +51,21 @@ pub trait LinkTransport: Send + Sync {
 }
 
 /// The HTTP/2 CONNECT streams of the fallback and of the local entry.
-impl StreamSend for crate::connect::H2Send {
+impl StreamSend for isthmus_mesh::h2connect::H2Send {
     async fn send(&mut self, data: Bytes) -> io::Result<()> {
-        crate::connect::H2Send::send(self, data).await
+        isthmus_mesh::h2connect::H2Send::send(self, data).await
     }
     async fn finish(&mut self) -> io::Result<()> {
-        crate::connect::H2Send::finish(self)
+        isthmus_mesh::h2connect::H2Send::finish(self)
     }
     fn reset(&mut self) {
-        crate::connect::H2Send::reset(self)
+        isthmus_mesh::h2connect::H2Send::reset(self)
     }
 }
 
-impl StreamRecv for crate::connect::H2Recv {
+impl StreamRecv for isthmus_mesh::h2connect::H2Recv {
     async fn recv(&mut self) -> io::Result<Option<Bytes>> {
-        crate::connect::H2Recv::recv(self).await
+        isthmus_mesh::h2connect::H2Recv::recv(self).await
     }
 }
 
@@ -145,18 +145,42 @@ mod tests {
     }
 
     /// The local byte stream of these tests: a pipe, which cannot be reset.
-    impl crate::connect::Abort for tokio::io::WriteHalf<tokio::io::DuplexStream> {
+    struct Pipe(tokio::io::WriteHalf<tokio::io::DuplexStream>);
+
+    impl isthmus_mesh::h2connect::Abort for Pipe {
         fn abort(&mut self) {}
+    }
+
+    impl tokio::io::AsyncWrite for Pipe {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        }
     }
 
     fn local(
         io: tokio::io::DuplexStream,
     ) -> (
-        IoSend<tokio::io::WriteHalf<tokio::io::DuplexStream>>,
+        IoSend<Pipe>,
         IoRecv<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
     ) {
         let (r, w) = tokio::io::split(io);
-        (IoSend(w), IoRecv::new(r))
+        (IoSend(Pipe(w)), IoRecv::new(r))
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tunnel::TunnelStream;
+use isthmus_mesh::transport::TunnelStream;
 
 pub enum Io {
     Tcp(TcpStream),
@@ -45,7 +45,7 @@ impl Io {
     }
 }
 
-impl crate::connect::Abort for Io {
+impl isthmus_mesh::h2connect::Abort for Io {
     fn abort(&mut self) {
         match self {
             Io::Tcp(s) => s.abort(),

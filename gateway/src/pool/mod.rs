@@ -20,24 +20,19 @@ pub use io::Io;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PoolLimits;
 use crate::config::compile::Tunnel;
 use crate::proxy::body::ReqBody;
-use crate::tunnel::{Connector, TunnelError};
+pub use isthmus_mesh::dial::{DialError, SocketOptions, dial};
+use isthmus_mesh::transport::{Connector, TunnelError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("connection to {addr} failed: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("connection to {addr} timed out after {timeout:?}: is the endpoint up and reachable?")]
-    ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error(transparent)]
+    Dial(#[from] DialError),
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
@@ -76,13 +71,6 @@ struct H2Conn {
 struct EndpointConns {
     idle: Mutex<Vec<IdleH1>>,
     h2: tokio::sync::Mutex<Option<H2Conn>>,
-}
-
-/// Socket options for upstream connections.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SocketOptions {
-    /// SO_MARK, so iptables rules can exempt the proxy's own traffic.
-    pub mark: Option<u32>,
 }
 
 /// An endpoint's address and the linked cluster it stands for, if any.
@@ -314,7 +302,7 @@ impl Pool {
             .ok_or(PoolError::NoIdentity { addr })?;
         let sidecar = SocketAddr::new(addr.ip(), t.port);
         let tunnel_err = |e: TunnelError| match e {
-            TunnelError::Connect(e) => e,
+            TunnelError::Connect(e) => PoolError::Dial(e),
             e => PoolError::Tunnel(Box::new(e)),
         };
         let expect = connector
@@ -322,10 +310,28 @@ impl Pool {
             .map_err(tunnel_err)?;
         let stream = match &t.via {
             // `sidecar` is then our east-west gateway's local entry.
-            Some(via) => connector
-                .connect_via(sidecar, via, addr.port(), expect, timeout)
-                .await
-                .map_err(tunnel_err)?,
+            Some(via) => {
+                let target_port = addr.port();
+                let authority = via
+                    .authority(target_port)
+                    .ok_or_else(|| TunnelError::ViaPort {
+                        cluster: via.cluster.to_string(),
+                        service: via.service.to_string(),
+                        target_port,
+                    })
+                    .map_err(tunnel_err)?;
+                connector
+                    .connect_via(
+                        sidecar,
+                        &via.cluster,
+                        &authority,
+                        target_port,
+                        expect,
+                        timeout,
+                    )
+                    .await
+                    .map_err(tunnel_err)?
+            }
             None => connector
                 .connect(sidecar, expect, addr, timeout)
                 .await
@@ -432,30 +438,6 @@ impl Pool {
 }
 
 /// Connects with a timeout, TCP_NODELAY and the proxy's socket options.
-pub async fn dial(
-    addr: SocketAddr,
-    timeout: Duration,
-    opts: SocketOptions,
-) -> Result<TcpStream, PoolError> {
-    let connect = async {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }?;
-        if let Some(mark) = opts.mark {
-            socket2::SockRef::from(&socket).set_mark(mark)?;
-        }
-        socket.set_nodelay(true)?;
-        socket.connect(addr).await
-    };
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(source)) => Err(PoolError::Connect { addr, source }),
-        Err(_) => Err(PoolError::ConnectTimeout { addr, timeout }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

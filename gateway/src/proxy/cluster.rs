@@ -243,7 +243,7 @@ pub struct Clusters {
     tracker: TaskTracker,
     socket: SocketOptions,
     metrics: Arc<Metrics>,
-    connector: Option<Arc<crate::tunnel::Connector>>,
+    connector: Option<Arc<isthmus_mesh::transport::Connector>>,
 }
 
 impl Clusters {
@@ -251,7 +251,7 @@ impl Clusters {
         tracker: TaskTracker,
         socket: SocketOptions,
         metrics: Arc<Metrics>,
-        connector: Option<Arc<crate::tunnel::Connector>>,
+        connector: Option<Arc<isthmus_mesh::transport::Connector>>,
     ) -> Self {
         Self {
             connector,

@@ -305,7 +305,7 @@ async fn handle_connection(
             serve_inbound(proxy, conn, stream, port, protocol).await
         }
         ListenerKind::Tunnel { ports } => {
-            crate::tunnel::server::serve(proxy, listener, stream, peer, Arc::new(ports.clone()))
+            crate::transport::server::serve(proxy, listener, stream, peer, Arc::new(ports.clone()))
                 .await
         }
     }
@@ -349,10 +349,10 @@ pub async fn serve_inbound<S>(
     port: u16,
     protocol: Protocol,
 ) where
-    S: AsyncRead + AsyncWrite + crate::connect::Abort + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + isthmus_mesh::h2connect::Abort + Unpin + Send + 'static,
 {
     if protocol == Protocol::Tcp {
-        if conn.peer_id.is_none() && !crate::tunnel::server::authorize_tcp(&proxy, &conn, port) {
+        if conn.peer_id.is_none() && !crate::transport::server::authorize_tcp(&proxy, &conn, port) {
             return;
         }
         let snap = proxy.store.load();

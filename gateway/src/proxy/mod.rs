@@ -21,7 +21,8 @@ use crate::config::{Snapshot, Store};
 use crate::pool::SocketOptions;
 use crate::telemetry::accesslog::Sink;
 use crate::telemetry::metrics::{Direction, Metrics};
-use crate::tls::{MeshTls, SpiffeId};
+use isthmus_mesh::SpiffeId;
+use isthmus_mesh::tls::MeshTls;
 
 /// Shared by every connection of a proxy.
 pub struct Proxy {
@@ -53,11 +54,11 @@ impl Proxy {
         // so they are not tracked with the downstream work drain waits on.
         let upstream = TaskTracker::new();
         let connector = mesh.as_ref().map(|m| {
-            Arc::new(crate::tunnel::Connector::new(
+            Arc::new(isthmus_mesh::transport::Connector::new(
                 m.clone(),
                 socket,
                 upstream.clone(),
-                metrics.clone(),
+                metrics.handshake_observer(),
             ))
         });
         let clusters = cluster::Clusters::new(upstream, socket, metrics.clone(), connector);

@@ -12,10 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{ConnInfo, Proxy};
 use crate::balance::outlier::Observation;
 use crate::config::{PortSpec, ServiceSpec};
-use crate::connect::Abort;
 use crate::pool::{PoolError, dial};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::ServiceLabels;
+use isthmus_mesh::h2connect::Abort;
 
 /// Copy buffer per direction: bulk transfers move in few large writes (a
 /// mesh transport stream frames each write; 8 KiB, tokio's default, cost a

@@ -190,6 +190,18 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts the mesh transport's handshakes in `tunnel_handshakes`.
+    pub fn handshake_observer(&self) -> isthmus_mesh::transport::HandshakeObserver {
+        let counter = self.tunnel_handshakes.clone();
+        std::sync::Arc::new(move |h: isthmus_mesh::transport::Handshake| {
+            counter
+                .get_or_create(&ResultLabels {
+                    result: h.label().into(),
+                })
+                .inc();
+        })
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("isthmus");
         let requests = Family::default();

@@ -41,7 +41,7 @@ pub async fn start(yaml: &str) -> Env {
 /// A sidecar holding a workload identity (mesh transport enabled).
 pub async fn start_with_identity(
     yaml: &str,
-    identity: Option<std::sync::Arc<isthmus_gateway::identity::Identity>>,
+    identity: Option<std::sync::Arc<isthmus_mesh::identity::Identity>>,
 ) -> Env {
     let path = temp_path("sidecar.yaml");
     std::fs::write(&path, yaml).unwrap();
@@ -54,7 +54,7 @@ pub async fn start_with_identity(
         admin: LOCAL,
         access_log: Sink::Channel(tx),
         socket: SocketOptions::default(),
-        mesh: identity.map(|i| std::sync::Arc::new(isthmus_gateway::tls::MeshTls::new(i))),
+        mesh: identity.map(|i| std::sync::Arc::new(isthmus_mesh::tls::MeshTls::new(i))),
         prebound: Vec::new(),
     })
     .await

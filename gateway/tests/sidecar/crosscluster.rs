@@ -13,10 +13,10 @@ use isthmus_api::model;
 use isthmus_gateway::eastwest::client::Transport;
 use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
 use isthmus_gateway::eastwest::{quic, server};
-use isthmus_gateway::identity::{Credentials, Identity};
 use isthmus_gateway::sample::{self, SampleApp};
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
+use isthmus_mesh::identity::{Credentials, Identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use isthmus_gateway::identity::{Credentials, Identity};
 use isthmus_gateway::jwt::issuer::Issuer;
 use isthmus_gateway::sample::{self, SampleApp};
+use isthmus_mesh::identity::{Credentials, Identity};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

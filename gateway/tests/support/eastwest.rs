@@ -13,11 +13,11 @@ use isthmus_api::model;
 use isthmus_gateway::config::Store;
 use isthmus_gateway::eastwest::quic::{self, Congestion};
 use isthmus_gateway::eastwest::server;
-use isthmus_gateway::identity::Identity;
 use isthmus_gateway::proxy::Proxy;
 use isthmus_gateway::telemetry::accesslog::Sink;
 use isthmus_gateway::telemetry::metrics::Metrics;
-use isthmus_gateway::tls::MeshTls;
+use isthmus_mesh::identity::Identity;
+use isthmus_mesh::tls::MeshTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::pki::Ca;

@@ -83,6 +83,14 @@ impl Abort for tokio::net::TcpStream {
     }
 }
 
+/// Closing the connection after this sends RST (the write half of a
+/// split `TcpStream` borrows it; the owner closes it).
+impl Abort for tokio::net::tcp::WriteHalf<'_> {
+    fn abort(&mut self) {
+        let _ = self.as_ref().set_zero_linger();
+    }
+}
+
 /// The receiving half of a CONNECT stream.
 pub struct H2Recv {
     recv: RecvStream,

@@ -12,16 +12,16 @@ use rustls_pki_types::ServerName;
 use tokio_util::task::TaskTracker;
 
 use super::{RemoteSession, TunnelStream};
-use crate::config::compile::Via;
-use crate::connect::{Client, Settings};
-use crate::pool::{PoolError, SocketOptions, dial};
-use crate::telemetry::metrics::{Metrics, ResultLabels};
-use crate::tls::{MeshTls, SpiffeId, peer_id};
+use crate::dial::{DialError, SocketOptions, dial};
+use crate::h2connect::{Client, Settings};
+use crate::headers;
+use crate::spiffe::SpiffeId;
+use crate::tls::{MeshTls, peer_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
     #[error(transparent)]
-    Connect(#[from] PoolError),
+    Connect(#[from] DialError),
     #[error("mTLS handshake with the sidecar at {addr} failed: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
     #[error("the sidecar at {addr} is {got}, expected {expected}")]
@@ -135,13 +135,37 @@ struct Conn {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
 
+/// How a handshake with a sidecar went (the proxy counts them by kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    ConnectError,
+    WrongIdentity,
+    TlsError,
+}
+
+impl Handshake {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::ConnectError => "connect_error",
+            Handshake::WrongIdentity => "wrong_identity",
+            Handshake::TlsError => "tls_error",
+        }
+    }
+}
+
+/// Told of every handshake the connector makes.
+pub type HandshakeObserver = Arc<dyn Fn(Handshake) + Send + Sync>;
+
 pub struct Connector {
     tls: Arc<MeshTls>,
     connector: tokio_rustls::TlsConnector,
     conns: Mutex<HashMap<Key, Slot>>,
     socket: SocketOptions,
     tracker: TaskTracker,
-    metrics: Arc<Metrics>,
+    observe: HandshakeObserver,
 }
 
 impl Connector {
@@ -149,7 +173,7 @@ impl Connector {
         tls: Arc<MeshTls>,
         socket: SocketOptions,
         tracker: TaskTracker,
-        metrics: Arc<Metrics>,
+        observe: HandshakeObserver,
     ) -> Self {
         Self {
             connector: tokio_rustls::TlsConnector::from(tls.client.clone()),
@@ -157,7 +181,7 @@ impl Connector {
             conns: Mutex::new(HashMap::new()),
             socket,
             tracker,
-            metrics,
+            observe,
         }
     }
 
@@ -210,30 +234,25 @@ impl Connector {
         Ok(TunnelStream { io, _conn: sender })
     }
 
-    /// Opens a stream to the service `via` names in a linked cluster: a
-    /// CONNECT for `<service>:<port>` to this cluster's east-west gateway
-    /// at `gateway` (its local entry, pooled like any sidecar connection),
-    /// then, inside it, our own mTLS session with the remote sidecar, which
-    /// must prove `expect`, and the mesh transport's CONNECT to the
-    /// application port `target_port`. The gateways see only ciphertext;
-    /// the remote sidecar sees this workload's identity.
+    /// Opens a stream to a service in the linked cluster `cluster`: a
+    /// CONNECT for its `authority` (`<service>.<ns>:<port>`) to this
+    /// cluster's east-west gateway at `gateway` (its local entry, pooled
+    /// like any sidecar connection), then, inside it, our own mTLS session
+    /// with the remote sidecar, which must prove `expect`, and the mesh
+    /// transport's CONNECT to the application port `target_port`. The
+    /// gateways see only ciphertext; the remote sidecar sees this
+    /// workload's identity.
     pub async fn connect_via(
         &self,
         gateway: SocketAddr,
-        via: &Via,
+        cluster: &str,
+        authority: &str,
         target_port: u16,
         expect: Expect,
         connect_timeout: Duration,
     ) -> Result<TunnelStream, TunnelError> {
-        let authority = via
-            .authority(target_port)
-            .ok_or_else(|| TunnelError::ViaPort {
-                cluster: via.cluster.to_string(),
-                service: via.service.to_string(),
-                target_port,
-            })?;
         let tls = self
-            .connect_remote(gateway, &via.cluster, &authority, expect, connect_timeout)
+            .connect_remote(gateway, cluster, authority, expect, connect_timeout)
             .await?;
         // The remote sidecar serves one workload: only the port counts,
         // the one its gateway joined us to (a named target port differs
@@ -298,10 +317,10 @@ impl Connector {
         })?;
         let headers = req.headers_mut();
         if let Ok(v) = cluster.parse() {
-            headers.insert(crate::eastwest::gateway::CLUSTER_HEADER, v);
+            headers.insert(headers::CLUSTER_HEADER, v);
         }
         if let Ok(v) = own.as_str().parse() {
-            headers.insert(super::SOURCE_ID_HEADER, v);
+            headers.insert(headers::SOURCE_ID_HEADER, v);
         }
         // The connect timeout covers the whole way to the remote end: our
         // gateway answers once the peer's has joined the workload.
@@ -320,26 +339,26 @@ impl Connector {
         if resp.status() != StatusCode::OK {
             let untrusted = resp
                 .headers()
-                .get(crate::eastwest::gateway::LINK_FAILURE_HEADER)
-                .is_some_and(|v| v == crate::eastwest::gateway::UNTRUSTED);
+                .get(headers::LINK_FAILURE_HEADER)
+                .is_some_and(|v| v == headers::UNTRUSTED);
             if untrusted {
                 return Err(TunnelError::PeerUntrusted {
                     gateway,
                     cluster: cluster.to_string(),
-                    reason: crate::eastwest::refusal_reason(resp.headers()),
+                    reason: headers::refusal_reason(resp.headers()),
                 });
             }
             return Err(refused(
                 resp.status(),
-                crate::eastwest::refusal_reason(resp.headers()),
+                headers::refusal_reason(resp.headers()),
             ));
         }
         let transport = resp
             .headers()
-            .get(crate::eastwest::gateway::TRANSPORT_HEADER)
+            .get(headers::TRANSPORT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let target_port = crate::eastwest::target_port(resp.headers());
+        let target_port = headers::target_port(resp.headers());
         let tls_failed = |reason: String| TunnelError::Handshake {
             addr: gateway,
             reason: format!("with {authority} in {cluster} behind it: {reason}"),
@@ -381,7 +400,7 @@ impl Connector {
         if let Some(own) = self.tls.own_id()
             && let Ok(v) = own.as_str().parse()
         {
-            req.headers_mut().insert(super::SOURCE_ID_HEADER, v);
+            req.headers_mut().insert(headers::SOURCE_ID_HEADER, v);
         }
         req
     }
@@ -413,18 +432,12 @@ impl Connector {
         }
         *slot = None;
         let result = self.handshake(addr, &expect, connect_timeout).await;
-        let result_label = match &result {
-            Ok(_) => "ok",
-            Err(TunnelError::Connect(_)) => "connect_error",
-            Err(TunnelError::WrongIdentity { .. }) => "wrong_identity",
-            Err(_) => "tls_error",
-        };
-        self.metrics
-            .tunnel_handshakes
-            .get_or_create(&ResultLabels {
-                result: result_label.into(),
-            })
-            .inc();
+        (self.observe)(match &result {
+            Ok(_) => Handshake::Ok,
+            Err(TunnelError::Connect(_)) => Handshake::ConnectError,
+            Err(TunnelError::WrongIdentity { .. }) => Handshake::WrongIdentity,
+            Err(_) => Handshake::TlsError,
+        });
         let sender = result?;
         *slot = Some(Conn {
             sender: sender.clone(),

@@ -10,7 +10,6 @@
 //! our own, built on webpki.
 
 pub mod control;
-pub mod spiffe;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -25,7 +24,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor, UnixTime};
 
-pub use spiffe::{SpiffeError, SpiffeId};
+use crate::spiffe::{SpiffeId, SpiffeIdError};
 
 use crate::identity::{Credentials, Identity};
 
@@ -37,7 +36,7 @@ pub enum TrustError {
     #[error("trust bundle of {domain:?}: {reason}")]
     Bundle { domain: String, reason: String },
     #[error("peer identity: {0}")]
-    Spiffe(#[from] SpiffeError),
+    Spiffe(#[from] SpiffeIdError),
     #[error(
         "the peer's trust domain {0:?} has no trust bundle here (not this mesh, or not federated yet)"
     )]

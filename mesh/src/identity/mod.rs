@@ -139,7 +139,7 @@ pub fn from_files(
         .next()
         .ok_or_else(|| IdentityError::Key(format!("{}: no certificate", cert.display())))?
         .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;
-    let id = crate::tls::SpiffeId::from_cert(&leaf)
+    let id = crate::spiffe::SpiffeId::from_cert(&leaf)
         .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(&leaf)
         .map_err(|e| IdentityError::Key(format!("{}: {e}", cert.display())))?;

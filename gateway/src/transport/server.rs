@@ -16,10 +16,11 @@ use tokio::net::TcpStream;
 
 use crate::config::Protocol;
 use crate::config::compile::inbound_service_name;
-use crate::connect::{Incoming, Settings};
 use crate::proxy::{ConnInfo, Proxy, Target, listener};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
-use crate::tls::{SpiffeId, peer_id};
+use isthmus_mesh::SpiffeId;
+use isthmus_mesh::h2connect::{Incoming, Settings};
+use isthmus_mesh::tls::peer_id;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,9 +67,10 @@ pub async fn serve(
     };
     count("accepted");
     let id = Arc::new(id);
-    let served = crate::connect::server::serve(tls, &Settings::MESH, &proxy.drain, |inc| {
-        connect(&proxy, &listener, peer, &id, &ports, inc)
-    });
+    let served =
+        isthmus_mesh::h2connect::server::serve(tls, &Settings::MESH, &proxy.drain, |inc| {
+            connect(&proxy, &listener, peer, &id, &ports, inc)
+        });
     let result = tokio::select! {
         r = served => r,
         _ = proxy.hard_stop.cancelled() => Ok(()),

@@ -4,16 +4,16 @@
 //! connection, an opaque TCP connection) is one CONNECT stream whose
 //! authority is the endpoint's `ip:port`.
 //!
-//! `client`: one pooled, multiplexed HTTP/2 connection per destination
-//! sidecar and expected identity, made with the workload's current
-//! certificate; after a rotation new streams go to a new connection while
-//! the old one finishes its streams. `server`: the 15008 listener: TLS with
-//! client certificates verified against the peer's trust domain, then each
-//! CONNECT stream is served as an inbound connection carrying the peer's
-//! SPIFFE ID (authorization and metrics see it).
+//! This is the client side (`client`): one pooled, multiplexed HTTP/2
+//! connection per destination sidecar and expected identity, made with the
+//! workload's current certificate; after a rotation new streams go to a new
+//! connection while the old one finishes its streams. It also opens mTLS
+//! sessions with services of linked clusters through this cluster's
+//! east-west entry (`Connector::connect_remote`), which the control planes'
+//! federation channel rides. The 15008 listener is the proxy's
+//! (`isthmus_gateway::transport::server`).
 
 pub mod client;
-pub mod server;
 
 use std::io;
 use std::pin::Pin;
@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connect::{Abort, Client, H2Stream};
+use crate::h2connect::{Abort, Client, H2Stream};
 
 /// AsyncRead + AsyncWrite for a type by its `io` field.
 macro_rules! delegate_io {
@@ -56,7 +56,7 @@ macro_rules! delegate_io {
     };
 }
 
-pub use client::{Connector, Expect, TunnelError};
+pub use client::{Connector, Expect, Handshake, HandshakeObserver, TunnelError};
 
 /// One CONNECT stream of the client side, as a byte stream. It holds its
 /// HTTP/2 connection open: a connection retired from the pool (after a
@@ -71,7 +71,7 @@ pub struct TunnelStream {
 /// It holds the connection to the gateway open.
 pub struct RemoteSession {
     /// Who answered, as its certificate proved.
-    pub peer: crate::tls::SpiffeId,
+    pub peer: crate::spiffe::SpiffeId,
     /// What carries it between the gateways (`quic`, `h2`), as our
     /// gateway said.
     pub transport: Option<String>,
@@ -92,7 +92,3 @@ impl Abort for TunnelStream {
 }
 
 delegate_io!(TunnelStream);
-
-/// Header naming the client's own SPIFFE ID as it claims it, for logs
-/// only: identity comes from the verified certificate.
-pub const SOURCE_ID_HEADER: &str = "x-isthmus-source";
