@@ -310,7 +310,10 @@ fn memory_child(services: usize, endpoints: usize) {
             rss() / 1_000_000,
             live() / 1_000_000
         );
-        let catalog = isthmus_federation::translate::translate(&snap);
+        let catalog = isthmus_federation::translate::translate(
+            &isthmus_federation::translate::Inputs::new(&snap),
+        )
+        .filled();
         eprintln!(
             "stage catalog: rss {} MB live {} MB",
             rss() / 1_000_000,

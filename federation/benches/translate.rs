@@ -13,7 +13,7 @@ use isthmus_api::model;
 use isthmus_federation::store::Snapshot;
 use isthmus_federation::store::files::{merge, parse_file};
 use isthmus_federation::translate::proxy::{NamespaceIndex, for_proxy, wanted};
-use isthmus_federation::translate::translate;
+use isthmus_federation::translate::{Inputs, translate};
 
 mod common;
 use common::mesh;
@@ -43,10 +43,10 @@ fn main() {
         load.push(t.elapsed());
     }
     let mut full = Vec::new();
-    let mut catalog = translate(&snap);
+    let mut catalog = translate(&Inputs::new(&snap)).filled();
     for _ in 0..runs {
         let t = Instant::now();
-        catalog = translate(&snap);
+        catalog = translate(&Inputs::new(&snap)).filled();
         full.push(t.elapsed());
     }
     assert_eq!(catalog.services.len(), services);

@@ -24,7 +24,7 @@ use isthmus_api::model;
 use crate::discovery::{self, Offer, Subscribers};
 use crate::store::files::{FileWatcher, State};
 use crate::store::registry;
-use crate::translate::{services::Catalog, translate_shells_importing};
+use crate::translate::services::Catalog;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -606,23 +606,20 @@ fn publish(
         });
     let summaries = inputs.peers.summaries();
     let synced = inputs.peers.trust_bundles();
-    // Imports first: routes and policies may name imported services.
-    let (mut catalog, endpoints) =
-        translate_shells_importing(&state.snapshot, &refs, |catalog, endpoints| {
-            crate::translate::imports::attach(
-                catalog,
-                endpoints,
-                &state.snapshot,
-                &summaries,
-                entry,
-            )
-        });
-    // A linked cluster's bundle as it last sent it replaces the one its
-    // ClusterLink was made with (a CA rotation needs no re-linking).
-    crate::translate::links::use_synced(&mut catalog.links.trust, &synced);
-    if let Some(addr) = inputs.opts.federation_address {
-        crate::translate::links::federation_service(&mut catalog, &inputs.opts.namespace, addr);
-    }
+    let crate::translate::Output {
+        mut catalog,
+        endpoints,
+    } = crate::translate::translate(&crate::translate::Inputs {
+        snapshot: &state.snapshot,
+        workloads: &refs,
+        imports: &summaries,
+        gateway_entry: entry,
+        synced_trust: Some(&synced),
+        federation: inputs
+            .opts
+            .federation_address
+            .map(|addr| (inputs.opts.namespace.as_str(), addr)),
+    });
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);
     }

@@ -23,7 +23,10 @@ fn the_sample_mesh_translates_to_its_golden_catalog() {
         let (loaded, errors) = load_dir(&root.join(&cluster));
         assert!(errors.is_empty(), "{errors:?}");
         let (snap, _) = merge(&Snapshot::default(), loaded, errors);
-        let catalog = isthmus_federation::translate::translate(&snap);
+        let catalog = isthmus_federation::translate::translate(
+            &isthmus_federation::translate::Inputs::new(&snap),
+        )
+        .filled();
         let problems: Vec<String> = catalog
             .problems
             .iter()

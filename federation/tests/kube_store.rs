@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use isthmus_federation::translate::{Inputs, translate};
+
 type RespBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<RespBody>>;
 
@@ -208,7 +210,7 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
         err.starts_with("DestinationPolicy shop/bad: ") && err.contains("soon"),
         "named, without a file: {err}"
     );
-    let catalog = isthmus_federation::translate::translate(snap);
+    let catalog = translate(&Inputs::new(snap)).filled();
     let c = &catalog.services["catalog.shop"];
     assert_eq!(c.endpoints.len(), 1);
     assert_eq!(c.endpoints[0].address, "10.1.0.1");
@@ -419,7 +421,7 @@ metadata: {name: catalog, namespace: shop}
     let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
     assert!(errors.is_empty(), "{errors:?}");
     let (snap, _) = merge(&Default::default(), loaded, Vec::new());
-    let catalog = isthmus_federation::translate::translate(&snap);
+    let catalog = translate(&Inputs::new(&snap)).filled();
     let now =
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
     let conditions =
@@ -631,7 +633,7 @@ spec:
 async fn imports_are_written_as_service_imports_and_stale_ones_deleted() {
     use isthmus_api::model;
     use isthmus_federation::store::files::{merge, parse_file};
-    use isthmus_federation::translate::imports::{Entry, Summary, attach};
+    use isthmus_federation::translate::imports::{Entry, Summary};
     use isthmus_federation::writers::imports::{ImportWriter, desired};
     let local = r#"apiVersion: isthmus.dev/v1alpha1
 kind: Mesh
@@ -685,13 +687,12 @@ spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
         ip: "10.0.0.2".parse().unwrap(),
         port: 15009,
     };
-    let (mut catalog, endpoints) =
-        isthmus_federation::translate::translate_shells_importing(&snap, &[], |c, e| {
-            attach(c, e, &snap, std::slice::from_ref(&summary), Some(entry))
-        });
-    for s in catalog.services.values_mut() {
-        endpoints.fill(s);
-    }
+    let catalog = translate(&Inputs {
+        imports: std::slice::from_ref(&summary),
+        gateway_entry: Some(entry),
+        ..Inputs::new(&snap)
+    })
+    .filled();
     let wanted = desired(&catalog, "eu-west");
 
     let (client, mut handle) = client();

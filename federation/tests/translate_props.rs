@@ -8,7 +8,7 @@ use std::path::Path;
 use isthmus_api::model;
 use isthmus_federation::store::Snapshot;
 use isthmus_federation::store::files::{merge, parse_file};
-use isthmus_federation::translate::{proxy::for_proxy, translate};
+use isthmus_federation::translate::{Inputs, proxy::for_proxy, translate};
 use proptest::prelude::*;
 
 const NAMES: &[&str] = &["catalog", "reviews", "ratings", "frontend", "ghost"];
@@ -177,7 +177,7 @@ proptest! {
     ) {
         let yaml = render(&svcs, &routes, &policies);
         let snap = snapshot(&yaml);
-        let catalog = translate(&snap);
+        let catalog = translate(&Inputs::new(&snap)).filled();
         let all = model::ProxyConfig {
             services: catalog.services.values().cloned().collect(),
             ..Default::default()
@@ -190,6 +190,6 @@ proptest! {
             let issues = isthmus_api::validate(&cfg);
             prop_assert!(issues.is_empty(), "{ns}: {issues:?}\n{yaml}");
         }
-        prop_assert_eq!(translate(&snapshot(&yaml)), catalog, "deterministic");
+        prop_assert_eq!(translate(&Inputs::new(&snapshot(&yaml))).filled(), catalog, "deterministic");
     }
 }

@@ -404,14 +404,12 @@ spec: {ports: [{port: 80}]}
         let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
-        let (mut catalog, endpoints) =
-            crate::translate::translate_shells_importing(&snap, &[], |catalog, endpoints| {
-                attach(catalog, endpoints, &snap, summaries, entry)
-            });
-        for s in catalog.services.values_mut() {
-            endpoints.fill(s);
-        }
-        catalog
+        crate::translate::translate(&crate::translate::Inputs {
+            imports: summaries,
+            gateway_entry: entry,
+            ..crate::translate::Inputs::new(&snap)
+        })
+        .filled()
     }
 
     #[test]

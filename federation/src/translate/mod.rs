@@ -51,44 +51,85 @@ pub(crate) fn proto_duration(
     })
 }
 
-/// The whole cluster's configuration from a snapshot: the service catalog
-/// with route tables and policy defaults, and the problems found.
-pub fn translate(snap: &crate::store::Snapshot) -> services::Catalog {
-    translate_with(snap, &[])
+/// Everything a translation reads. `Inputs::new(snapshot)` is a cluster
+/// on its own; the running control plane adds its registered workloads,
+/// what linked clusters export and their trust bundles as they last sent
+/// them, its east-west entry and its federation port.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub snapshot: &'a crate::store::Snapshot,
+    /// Self-registered workloads, endpoints of the Services that select
+    /// them (files mode).
+    pub workloads: &'a [&'a crate::store::registry::Workload],
+    /// What linked clusters export, as the sync holds it.
+    pub imports: &'a [imports::Summary],
+    /// This cluster's east-west gateway entry: imported services are
+    /// reached through it (none: imports are reported, not sent).
+    pub gateway_entry: Option<imports::Entry>,
+    /// Linked clusters' trust bundles as they last sent them (replacing
+    /// the ones their ClusterLinks were made with).
+    pub synced_trust: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// The control plane's federation service: its namespace and address.
+    pub federation: Option<(&'a str, std::net::SocketAddr)>,
 }
 
-/// The catalog with routes and policies but no endpoints yet, and where
-/// to get each service's endpoints (see `services::Endpoints`).
-pub fn translate_shells<'a>(
-    snap: &'a crate::store::Snapshot,
-    workloads: &'a [&'a crate::store::registry::Workload],
-) -> (services::Catalog, services::Endpoints<'a>) {
-    translate_shells_importing(snap, workloads, |_, _| {})
+impl<'a> Inputs<'a> {
+    /// A snapshot and nothing else.
+    pub fn new(snapshot: &'a crate::store::Snapshot) -> Self {
+        Self {
+            snapshot,
+            workloads: &[],
+            imports: &[],
+            gateway_entry: None,
+            synced_trust: None,
+            federation: None,
+        }
+    }
 }
 
-/// `translate_shells`, with `import` adding services from elsewhere
-/// (linked clusters) before routes and policies are attached, so an
-/// HTTPRoute or a DestinationPolicy can name an imported service.
-pub fn translate_shells_importing<'a>(
-    snap: &'a crate::store::Snapshot,
-    workloads: &'a [&'a crate::store::registry::Workload],
-    import: impl FnOnce(&mut services::Catalog, &mut services::Endpoints<'a>),
-) -> (services::Catalog, services::Endpoints<'a>) {
-    let (mut catalog, mut endpoints) = services::catalog_shells(snap, workloads);
-    import(&mut catalog, &mut endpoints);
+/// A translation: the catalog with routes and policies but no endpoints
+/// yet, and where to get each service's endpoints (the discovery offer
+/// fills, encodes and drops them one service at a time).
+pub struct Output<'a> {
+    pub catalog: services::Catalog,
+    pub endpoints: services::Endpoints<'a>,
+}
+
+impl Output<'_> {
+    /// The catalog with every service's endpoints filled in.
+    pub fn filled(self) -> services::Catalog {
+        let Output {
+            mut catalog,
+            endpoints,
+        } = self;
+        for s in catalog.services.values_mut() {
+            endpoints.fill(s);
+        }
+        catalog
+    }
+}
+
+/// The one translation, for the running control plane and for tests:
+/// services (local, then imported, so routes and policies may name an
+/// imported service), routes, security, links, exports.
+pub fn translate<'a>(inputs: &Inputs<'a>) -> Output<'a> {
+    let snap = inputs.snapshot;
+    let (mut catalog, mut endpoints) = services::catalog_shells(snap, inputs.workloads);
+    imports::attach(
+        &mut catalog,
+        &mut endpoints,
+        snap,
+        inputs.imports,
+        inputs.gateway_entry,
+    );
     attach_policies(&mut catalog, snap);
-    (catalog, endpoints)
-}
-
-/// `translate`, with registered workloads as endpoints of the Services
-/// that select them.
-pub fn translate_with(
-    snap: &crate::store::Snapshot,
-    workloads: &[&crate::store::registry::Workload],
-) -> services::Catalog {
-    let mut catalog = services::catalog_with(snap, workloads);
-    attach_policies(&mut catalog, snap);
-    catalog
+    if let Some(synced) = inputs.synced_trust {
+        links::use_synced(&mut catalog.links.trust, synced);
+    }
+    if let Some((namespace, addr)) = inputs.federation {
+        links::federation_service(&mut catalog, namespace, addr);
+    }
+    Output { catalog, endpoints }
 }
 
 /// Routes, security and links on top of the services, the same for both.

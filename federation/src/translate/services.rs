@@ -48,16 +48,18 @@ pub fn service_name(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}")
 }
 
-/// Builds the catalog from a snapshot. `region` is the cluster's own (from
-/// its Mesh), given to endpoints, which only know their zone.
-pub fn catalog(snap: &Snapshot) -> Catalog {
+/// The services step alone, endpoints filled (unit tests of the later
+/// steps start from it; everything else calls `translate::translate`).
+#[cfg(test)]
+pub(crate) fn catalog(snap: &Snapshot) -> Catalog {
     catalog_with(snap, &[])
 }
 
 /// The catalog with registered workloads as endpoints too: a Service with
 /// a selector gets every workload of its namespace whose labels match (how
 /// endpoints exist in `files` mode, where no EndpointSlice controller runs).
-pub fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
+#[cfg(test)]
+pub(crate) fn catalog_with(snap: &Snapshot, workloads: &[&Workload]) -> Catalog {
     let (mut out, endpoints) = catalog_shells(snap, workloads);
     for s in out.services.values_mut() {
         endpoints.fill(s);
@@ -724,7 +726,8 @@ metadata: {{name: ghost, namespace: shop}}\nspec: {{targetRef: {{name: nowhere}}
         );
         // The whole translation: a target may also be an imported name,
         // so missing targets are known once imports are in.
-        let c = crate::translate::translate(&snapshot(&yaml));
+        let c =
+            crate::translate::translate(&crate::translate::Inputs::new(&snapshot(&yaml))).filled();
         let s = &c.services["catalog.shop"];
         let lb = s.load_balancer.as_ref().unwrap();
         assert_eq!(

@@ -140,7 +140,7 @@ mod tests {
 
     use super::*;
     use crate::store::files::{merge, parse_file};
-    use crate::translate::translate;
+    use crate::translate::{Inputs, translate};
 
     #[test]
     fn problems_become_false_conditions_and_the_rest_true() {
@@ -187,7 +187,7 @@ spec: {ports: [{port: 80}]}
         let (loaded, errors) = parse_file(Path::new("t.yaml"), yaml);
         assert!(errors.is_empty());
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
-        let catalog = translate(&snap);
+        let catalog = translate(&Inputs::new(&snap)).filled();
         let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
         let all = conditions(&snap, &catalog.problems, &now);
         let show = |kind: &'static str, name: &str| -> Vec<String> {
