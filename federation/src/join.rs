@@ -67,7 +67,7 @@ pub fn answer(data: &BTreeMap<String, ByteString>, key: &TokenKey, now: SystemTi
             }
             Some(s) if TTL_RANGE.contains(&s) => Ok(key.issue(
                 GATEWAY_NAMESPACE,
-                &crate::link::token_subject(cluster),
+                &token_subject(cluster),
                 now,
                 Duration::from_secs(s),
             )),
@@ -215,6 +215,12 @@ pub async fn request(
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The service account a join token for cluster `a` names (in the
+/// control plane's namespace of the cluster that issued it).
+pub fn token_subject(a: &str) -> String {
+    format!("link-{a}")
 }
 
 #[cfg(test)]

@@ -10,9 +10,9 @@
 //! - `translate`: snapshots to proxy configuration, pure.
 //! - `discovery`: the gRPC stream that sends each proxy its configuration.
 //! - `identity`: SPIFFE IDs and the cluster's CA (SVIDs from CSRs).
-//! - `link`: `isthmusctl link create` (the manifests that link two clusters).
 //! - `join`: join tokens asked of a control plane through a Secret
-//!   mailbox (`link create --to-context`), never minted from its key.
+//!   mailbox (`isthmusctl link create --to-context`), never minted from
+//!   its key. The CLI is its own crate (`ctl/`, `isthmus-ctl`).
 //! - `sync`: federation with linked clusters' control planes (exports,
 //!   imports, partitions) through the east-west gateways.
 //! - `writers`: status conditions written back to Kubernetes, by the Lease
@@ -25,7 +25,6 @@ pub mod crdgen;
 pub mod discovery;
 pub mod identity;
 pub mod join;
-pub mod link;
 pub mod resources;
 pub mod server;
 pub mod store;

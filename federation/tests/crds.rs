@@ -1,7 +1,6 @@
 //! The checked-in CRDs in `crds/` are exactly what the Rust types generate,
 //! and are valid Kubernetes CRDs with structural schemas.
 
-mod support;
 use std::path::PathBuf;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -130,7 +129,7 @@ fn checked_in_crds_are_valid_custom_resource_definitions() {
 /// crds/` would. Needs kubectl; CI sets ISTHMUS_REQUIRE_KUBECTL=1.
 #[test]
 fn kubectl_builds_the_crd_kustomization() {
-    let Some(stdout) = support::kubectl_kustomize(&crds_dir()) else {
+    let Some(stdout) = isthmus_testkit::kubectl_kustomize(&crds_dir()) else {
         return;
     };
     for crd in isthmus_federation::crdgen::crds() {

@@ -3,7 +3,6 @@
 //! kinds, so a new kind without RBAC fails here, not in a cluster), and
 //! `kubectl kustomize` builds it offline.
 
-mod support;
 use std::path::PathBuf;
 
 use isthmus_federation::store::KINDS;
@@ -142,7 +141,7 @@ fn rbac_covers_every_watched_kind_and_written_status() {
 
 #[test]
 fn kubectl_builds_the_control_plane_kustomization() {
-    let Some(stdout) = support::kubectl_kustomize(&dir()) else {
+    let Some(stdout) = isthmus_testkit::kubectl_kustomize(&dir()) else {
         return;
     };
     for kind in [

@@ -33,11 +33,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 mod common;
-#[path = "../tests/support/pki.rs"]
-mod pki;
-#[path = "../tests/support/mod.rs"]
-mod support;
 use common::*;
+use isthmus_testkit::pki;
 
 fn addr(port: u16) -> SocketAddr {
     own(port)
@@ -221,14 +218,8 @@ async fn main() {
     let _up = Proc(
         pinned(
             0,
-            BIN,
-            &[
-                "sample",
-                "--listen",
-                &addr(up).to_string(),
-                "--service",
-                "up",
-            ],
+            &sample_bin(),
+            &["--listen", &addr(up).to_string(), "--service", "up"],
         )
         .spawn()
         .unwrap(),

@@ -27,8 +27,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-#[path = "../tests/support/mod.rs"]
-mod support;
 use common::*;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -48,14 +46,8 @@ async fn main() {
     let _up = Proc(
         pinned(
             0,
-            BIN,
-            &[
-                "sample",
-                "--listen",
-                &upstream.to_string(),
-                "--service",
-                "up",
-            ],
+            &sample_bin(),
+            &["--listen", &upstream.to_string(), "--service", "up"],
         )
         .spawn()
         .unwrap(),

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use isthmus_gateway::pool::SocketOptions;
-use isthmus_gateway::sample::{self, SampleApp};
 use isthmus_gateway::sidecar::{ConfigSource, Options, Sidecar};
 use isthmus_gateway::telemetry::accesslog::Sink;
+use isthmus_sample::{self as sample, SampleApp};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -15,7 +15,6 @@ pub mod policy;
 pub mod pool;
 pub mod proxy;
 pub mod route;
-pub mod sample;
 pub mod sidecar;
 pub mod telemetry;
 pub mod transport;

@@ -41,25 +41,6 @@ enum Command {
     /// (identity, services from --config or --control-plane, admin) and
     /// --eastwest-config for listeners and peers.
     Eastwest(Box<EastWestArgs>),
-    /// Run the sample mesh's application (see SCENARIOS.md): answers with
-    /// its service, cluster and version; used by demos and e2e tests.
-    Sample(SampleArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct SampleArgs {
-    /// HTTP (HTTP/1.1 + h2c) address.
-    #[arg(long)]
-    listen: SocketAddr,
-    /// Also serve a TCP echo on this address.
-    #[arg(long)]
-    tcp_echo: Option<SocketAddr>,
-    #[arg(long, default_value = "sample")]
-    service: String,
-    #[arg(long, default_value = "local")]
-    cluster: String,
-    #[arg(long, default_value = "v1")]
-    version: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -389,7 +370,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Sample(a) => runtime(None)?.block_on(run_sample(a)),
         Command::Sidecar(a) => runtime(a.worker_threads)?.block_on(run_sidecar(*a, None)),
         Command::Eastwest(a) => {
             let ew = isthmus_gateway::eastwest::config::EastWestConfig::load(&a.eastwest_config)?;
@@ -587,35 +567,6 @@ async fn run_sidecar(
     stop_eastwest.cancel();
     sidecar.shutdown(a.drain_timeout).await;
     stop_identity.cancel();
-    Ok(())
-}
-
-async fn run_sample(a: SampleArgs) -> anyhow::Result<()> {
-    use isthmus_gateway::sample;
-    let app = sample::SampleApp::new(&a.service, &a.cluster, &a.version);
-    let http = sample::serve(app, a.listen)
-        .await
-        .with_context(|| format!("listening on {}", a.listen))?;
-    println!("listening on {} (http)", http.addr);
-    let echo = match a.tcp_echo {
-        Some(addr) => {
-            let e = sample::serve_tcp_echo(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?;
-            println!("listening on {} (tcp echo)", e.addr);
-            Some(e)
-        }
-        None => None,
-    };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    http.stop().await;
-    if let Some(e) = echo {
-        e.stop().await;
-    }
     Ok(())
 }
 

@@ -2,15 +2,13 @@
 //! and exits cleanly; an invalid config file refuses to start with the
 //! field and line at fault.
 
-#[path = "support/pki.rs"]
-mod pki;
-mod support;
+use isthmus_testkit::pki;
+use isthmus_testkit::*;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::*;
 
-use isthmus_gateway::sample::{self, SampleApp};
+use isthmus_sample::{self as sample, SampleApp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
 

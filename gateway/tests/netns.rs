@@ -8,11 +8,10 @@
 //! Needs root, `ip` and `iptables-restore`. Skipped without them, unless
 //! ISTHMUS_REQUIRE_NETNS=1 (CI), where it fails instead.
 
-mod support;
+use isthmus_testkit::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::*;
 
 fn run(args: &[&str]) {
     let out = Command::new(args[0])
@@ -85,6 +84,9 @@ fn transparent_capture_of_a_pods_connections() {
         return;
     }
     let bin = env!("CARGO_BIN_EXE_isthmus-gateway");
+    let sample = isthmus_testkit::workspace_bin("isthmus-sample")
+        .display()
+        .to_string();
     let id = std::process::id();
     let mut lab = Lab {
         pod: format!("isth{id}pod"),
@@ -133,8 +135,7 @@ fn transparent_capture_of_a_pods_connections() {
     let mut app = in_ns(
         &srv,
         &[
-            bin,
-            "sample",
+            &sample,
             "--listen",
             &format!("{srv_ip}:8080"),
             "--tcp-echo",

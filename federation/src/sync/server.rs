@@ -150,7 +150,7 @@ pub fn admit(
             "this control plane issues no join tokens (it runs without a token key)".into(),
         );
     };
-    let subject = crate::link::token_subject(cluster);
+    let subject = crate::join::token_subject(cluster);
     // A link credential first: it is what a linked peer presents.
     let (admitted, verified) = match tokens.for_purpose(LINK_CREDENTIAL).verify(token, now) {
         Err(TokenError::BadMac) => (Admitted::JoinToken, tokens.verify(token, now)),
@@ -193,7 +193,7 @@ pub fn issue_credential(
 ) -> LinkCredential {
     let token = tokens.for_purpose(LINK_CREDENTIAL).issue(
         crate::translate::links::GATEWAY_NAMESPACE,
-        &crate::link::token_subject(cluster),
+        &crate::join::token_subject(cluster),
         now,
         policy.ttl,
     );

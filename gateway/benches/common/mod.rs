@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-pub use super::support::have;
+pub use isthmus_testkit::have;
 
 /// This benchmark's own loopback address, 127.<from the process id>: every
 /// server it starts listens there on a port fixed per role (`own`), so no
@@ -34,6 +34,13 @@ pub fn own(port: u16) -> SocketAddr {
 }
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
+
+/// The sample app's binary (`cargo build --release -p isthmus-sample`).
+pub fn sample_bin() -> String {
+    isthmus_testkit::workspace_bin("isthmus-sample")
+        .display()
+        .to_string()
+}
 
 pub struct Proc(pub Child);
 

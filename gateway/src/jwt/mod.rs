@@ -11,8 +11,6 @@
 //! when the configuration is applied and again, at most every 5 s, when a
 //! token names a key id the file did not have (the usual key roll).
 
-pub mod issuer;
-
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

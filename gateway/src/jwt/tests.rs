@@ -1,8 +1,8 @@
 //! JWT cases: valid, expired, not yet valid, wrong issuer, wrong audience,
 //! missing, malformed, tampered, unknown key, excluded paths, key roll.
 
-use super::issuer::Issuer;
 use super::*;
+use isthmus_testkit::jwt::Issuer;
 
 const ISS: &str = "https://issuer.example";
 

@@ -1,0 +1,8 @@
+//! isthmus-ctl: the operator's side of Isthmus. `link` makes the manifests
+//! that link two clusters (from their store directories or API servers);
+//! the `isthmusctl` binary (`main.rs`) adds `status` (a control plane's
+//! links) and `demo` (three local clusters as processes, linked, with
+//! traffic and scenarios).
+#![forbid(unsafe_code)]
+
+pub mod link;

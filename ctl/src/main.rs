@@ -1,0 +1,198 @@
+//! `isthmusctl`: the operator's command line: `link create`, and `demo`
+//! (three local clusters, linked, with traffic and scenarios).
+#![forbid(unsafe_code)]
+
+mod demo;
+mod status;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use isthmus_ctl::link::{Options, create};
+use isthmus_federation::resources::link::{PartitionMode, PartitionPolicy};
+
+#[derive(Parser)]
+#[command(name = "isthmusctl", version, about = "Isthmus operator commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Three local clusters (eu-west, eu-central, us-east) as real
+    /// processes, linked, with the sample mesh, traffic and a live table.
+    Demo(demo::Args),
+    /// A control plane's links: connected, transport, RTT, last sync,
+    /// imported services, and why a link is not connected.
+    Status {
+        /// The control plane's admin address (its --admin).
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        admin: SocketAddr,
+        /// Print the statuses as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Links between clusters.
+    Link {
+        #[command(subcommand)]
+        command: LinkCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Writes the manifests that link cluster FROM with cluster TO (a
+    /// ClusterLink and the Secret with TO's join token), to apply in FROM.
+    Create {
+        /// The linking cluster's `files` store directory.
+        #[arg(
+            long,
+            required_unless_present = "from_context",
+            conflicts_with = "from_context"
+        )]
+        from: Option<PathBuf>,
+        /// The linked cluster's `files` store directory (its Mesh and CA).
+        #[arg(
+            long,
+            required_unless_present = "to_context",
+            conflicts_with = "to_context"
+        )]
+        to: Option<PathBuf>,
+        /// The linking cluster's kubeconfig context (instead of --from).
+        #[arg(long, requires = "to_context")]
+        from_context: Option<String>,
+        /// The linked cluster's kubeconfig context (instead of --to): its
+        /// Mesh, CA root and join token key are read from its API server.
+        #[arg(long, requires = "from_context")]
+        to_context: Option<String>,
+        /// The control planes' namespace (with contexts).
+        #[arg(long, default_value = "isthmus-system")]
+        namespace: String,
+        /// TO's east-west gateway, QUIC (UDP) `ip:port`.
+        #[arg(long)]
+        gateway: SocketAddr,
+        /// TO's TCP fallback, when not on the same address.
+        #[arg(long)]
+        gateway_tcp: Option<SocketAddr>,
+        /// How long the join token is good for (1m to 24h).
+        #[arg(long, default_value = "1h", value_parser = isthmus_federation::resources::duration::parse_arg)]
+        ttl: Duration,
+        /// When TO is unreachable: keep its imports until the TTL
+        /// (fail-static) or drop them at once (fail-closed).
+        #[arg(long, default_value = "fail-static", value_parser = ["fail-static", "fail-closed"])]
+        partition: String,
+        #[arg(long, default_value = "5m")]
+        staleness_ttl: String,
+        /// Write here (e.g. into FROM's store directory) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Status { admin, json } => {
+            let links = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(status::fetch(admin, std::time::Duration::from_secs(5)))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&links)?);
+            } else {
+                print!(
+                    "{}",
+                    status::render(&admin.to_string(), &links, status::now())
+                );
+            }
+            Ok(())
+        }
+        Command::Demo(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()),
+                ))
+                .with_writer(std::io::stderr)
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(demo::run(args))
+        }
+        Command::Link {
+            command:
+                LinkCommand::Create {
+                    from,
+                    to,
+                    from_context,
+                    to_context,
+                    namespace,
+                    gateway,
+                    gateway_tcp,
+                    ttl,
+                    partition,
+                    staleness_ttl,
+                    out,
+                },
+        } => {
+            isthmus_federation::resources::duration::parse_arg(&staleness_ttl)
+                .map_err(|e| anyhow::anyhow!("--staleness-ttl: {e}"))?;
+            let options = Options {
+                gateway,
+                gateway_tcp,
+                ttl,
+                join_wait: Duration::from_secs(30),
+                partition: PartitionPolicy {
+                    mode: match partition.as_str() {
+                        "fail-closed" => PartitionMode::FailClosed,
+                        _ => PartitionMode::FailStatic,
+                    },
+                    staleness_ttl: staleness_ttl.as_str().into(),
+                },
+            };
+            let now = std::time::SystemTime::now();
+            let yaml = match (from, to, from_context, to_context) {
+                (Some(from), Some(to), _, _) => create(&from, &to, &options, now)?,
+                (_, _, Some(a), Some(b)) => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(async {
+                        let client = |ctx: String| async move {
+                            let config =
+                                kube::Config::from_kubeconfig(&kube::config::KubeConfigOptions {
+                                    context: Some(ctx.clone()),
+                                    ..Default::default()
+                                })
+                                .await
+                                .map_err(|e| anyhow::anyhow!("kubeconfig context {ctx}: {e}"))?;
+                            anyhow::Ok(kube::Client::try_from(config)?)
+                        };
+                        let (ca, cb) = (client(a.clone()).await?, client(b.clone()).await?);
+                        anyhow::Ok(
+                            isthmus_ctl::link::create_kube(
+                                (&ca, &a),
+                                (&cb, &b),
+                                &namespace,
+                                &options,
+                                now,
+                            )
+                            .await?,
+                        )
+                    })?,
+                _ => anyhow::bail!(
+                    "give --from and --to (store directories) or --from-context and --to-context"
+                ),
+            };
+            match out {
+                Some(path) => {
+                    std::fs::write(&path, yaml)?;
+                    eprintln!("wrote {}", path.display());
+                }
+                None => print!("{yaml}"),
+            }
+            Ok(())
+        }
+    }
+}

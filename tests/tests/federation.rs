@@ -1,0 +1,663 @@
+//! Federation between clusters, each a real control plane (files
+//! store, CA, discovery over TLS, federation port) with a real east-west
+//! gateway (its SVID from its CA, its peers and services from discovery,
+//! QUIC tunnels): linked both ways with `isthmusctl link create`'s
+//! manifests, the control planes sync through the gateways. Checked: an
+//! export in eu-central becomes services in eu-west's catalog and the link
+//! says Connected over QUIC with an RTT; changes arrive as deltas; with
+//! the exporter's control plane gone the imports stay (fail-static,
+//! marked stale) until the TTL, are withdrawn, and come back when it
+//! returns; an expired join token and a mismatched trust bundle are
+//! refused with conditions saying so; a frontend sidecar in eu-west calls
+//! eu-central's catalog sidecar through both gateways with its identity
+//! intact, and us-east's frontend is refused by eu-central's policy.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use isthmus_api::model;
+use isthmus_federation::resources::link::PartitionPolicy;
+use isthmus_gateway::sidecar::Sidecar;
+
+use isthmus_testkit::{eventually, http};
+use isthmus_tests::cluster::{Cluster, link, linked_pair, repoint_link};
+use isthmus_tests::mesh::MeshedApp;
+
+const CATALOG: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: catalog-1, namespace: shop, labels: {kubernetes.io/service-name: catalog}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.1.0.7], zone: eu-central-a}
+  - {addresses: [10.1.0.8], zone: eu-central-a}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+"#;
+
+/// eu-central's catalog: a workload behind a sidecar, exported, with a
+/// policy refusing us-east's frontend by its principal.
+const SHOP_CENTRAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: not-us-east-frontend, namespace: shop}
+spec:
+  selector: {matchLabels: {app: catalog}}
+  action: DENY
+  rules:
+    - from: [{principals: ["spiffe://us-east.isthmus.local/ns/shop/sa/frontend"]}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy() {
+    init_tracing();
+    let mut west = Cluster::new("call", "eu-west");
+    let mut central = Cluster::new("call", "eu-central");
+    let mut east = Cluster::new("call", "us-east");
+    for c in [&mut west, &mut central, &mut east] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    central.write("shop.yaml", SHOP_CENTRAL);
+    for c in [&west, &east] {
+        link(c, &central, Duration::from_secs(600), "5m");
+        link(&central, c, Duration::from_secs(600), "5m");
+    }
+
+    // The catalog app in eu-central, its sidecar registering it.
+    let mut meshed = MeshedApp::start("catalog", "eu-central").await;
+    let (catalog, _) = central
+        .start_sidecar(
+            "shop",
+            "catalog",
+            &[("app", "catalog")],
+            vec![meshed.tunnel_listener()],
+            Some(meshed.workload.clone()),
+            vec![meshed.take_tunnel_socket()],
+        )
+        .await;
+    let (app, running) = (meshed.app.clone(), meshed.running);
+    use model::listener::Kind;
+    let listener = |name: &str, address: String, kind| model::Listener {
+        name: name.into(),
+        address,
+        kind: Some(kind),
+    };
+
+    // A frontend in each of the other clusters.
+    let mut frontends: Vec<Sidecar> = Vec::new();
+    for c in [&west, &east] {
+        let f = c
+            .start_frontend(vec![listener(
+                "out",
+                "127.0.0.1:0".into(),
+                Kind::Http(model::HttpOutbound {}),
+            )])
+            .await;
+        frontends.push(f);
+    }
+    let outs: Vec<SocketAddr> = {
+        let mut v = Vec::new();
+        for f in &frontends {
+            v.push(eventually("frontend listener", || async { f.listener_addr("out") }).await);
+        }
+        v
+    };
+
+    // eu-west → its gateway → QUIC → eu-central's gateway → the catalog's
+    // sidecar: the app learns the caller eu-west's frontend, verified
+    // end to end across trust domains.
+    for host in [
+        "catalog-eu-central.shop",
+        "catalog.shop.svc.clusterset.local",
+    ] {
+        let (status, body) = eventually(&format!("eu-west reaches {host}"), || async {
+            http(outs[0], host, "/items")
+                .await
+                .filter(|(s, _)| *s == 200)
+        })
+        .await;
+        assert_eq!(status, 200);
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            j["caller"], "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend",
+            "{body}"
+        );
+        assert_eq!(j["cluster"], "eu-central", "{body}");
+    }
+    // us-east's frontend is named by eu-central's policy: refused there.
+    let (status, body) = eventually("us-east gets an answer from eu-central", || async {
+        http(outs[1], "catalog-eu-central.shop", "/items")
+            .await
+            .filter(|(s, _)| *s == 403 || *s == 200)
+    })
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(app.hits(), 2, "only eu-west's requests reached the app");
+
+    for f in frontends {
+        f.shutdown(Duration::from_millis(200)).await;
+    }
+    catalog.shutdown(Duration::from_millis(200)).await;
+    running.stop().await;
+    for c in [&mut west, &mut central, &mut east] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+/// Roots that `sidecar` trusts for `domain` now.
+fn roots_of(sidecar: &Sidecar, domain: &str) -> usize {
+    sidecar
+        .store()
+        .load()
+        .security
+        .trust
+        .get(domain)
+        .map_or(0, |d| d.anchors.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_ca_rotation_reaches_linked_clusters_with_no_failed_request() {
+    use isthmus_federation::identity::Ca;
+    init_tracing();
+    let (mut west, mut central) = linked_pair(
+        "rotate",
+        &[("shop.yaml", SHOP_CENTRAL)],
+        Duration::from_secs(600),
+        "5m",
+    )
+    .await;
+    let mut meshed = MeshedApp::start("catalog", "eu-central").await;
+    let (catalog, catalog_tls) = central
+        .start_sidecar(
+            "shop",
+            "catalog",
+            &[("app", "catalog")],
+            vec![meshed.tunnel_listener()],
+            Some(meshed.workload.clone()),
+            vec![meshed.take_tunnel_socket()],
+        )
+        .await;
+    let frontend = west
+        .start_frontend(vec![model::Listener {
+            name: "out".into(),
+            address: "127.0.0.1:0".into(),
+            kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
+        }])
+        .await;
+    let out = eventually("frontend listener", || async {
+        frontend.listener_addr("out")
+    })
+    .await;
+    const HOST: &str = "catalog-eu-central.shop";
+    eventually("eu-west reaches eu-central's catalog", || async {
+        http(out, HOST, "/items").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    // Requests flow the whole time; every answer is counted.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let traffic = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.is_cancelled() {
+                match http(out, HOST, "/items").await {
+                    Some((200, _)) => {
+                        answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            failed
+        })
+    };
+    // Each step waits for requests answered after it.
+    let flowing = |what: &'static str| {
+        let answered = answered.clone();
+        async move {
+            let from = answered.load(std::sync::atomic::Ordering::SeqCst);
+            eventually(what, || {
+                let n = answered.load(std::sync::atomic::Ordering::SeqCst);
+                async move { (n >= from + 5).then_some(()) }
+            })
+            .await
+        }
+    };
+
+    let td = central.td();
+    let old_cert = std::fs::read_to_string(central.dir.join("ca/root-cert.pem")).unwrap();
+    let old_key = std::fs::read_to_string(central.dir.join("ca/root-key.pem")).unwrap();
+    let (new, new_key) = Ca::generate(&td).unwrap();
+    let new_cert = new.bundle_pem().to_string();
+    let both = format!("{old_cert}{new_cert}");
+    let fingerprints = |pem: &str| isthmus_federation::translate::links::fingerprints(pem);
+    let source = "ca-rotation";
+    let ca = |cert: &str, key: &str, roots: Option<&str>| {
+        Ca::from_pem(&td, cert, key, roots, std::path::Path::new(source)).unwrap()
+    };
+    let gateway_tls = |c: &Cluster| {
+        c.gateway
+            .as_ref()
+            .unwrap()
+            .0
+            .proxy
+            .mesh
+            .clone()
+            .expect("the gateway's identity")
+    };
+
+    // 1. eu-central trusts a new root beside the old one, still signing
+    //    with the old: eu-west learns both over the link, without relinking.
+    central
+        .restart_control_plane_with(ca(&old_cert, &old_key, Some(&both)))
+        .await;
+    let s = eventually("eu-west uses the bundle eu-central sent", || {
+        let s = west.status("eu-central");
+        async move {
+            let b = s.trust_bundle.clone()?;
+            (b.source == "Peer" && b.roots.len() == 2).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(s.roots, fingerprints(&both));
+    eventually("eu-west's proxies trust both roots", || {
+        let n = (
+            roots_of(&frontend, &td),
+            roots_of(&west.gateway.as_ref().unwrap().0, &td),
+        );
+        async move { (n == (2, 2)).then_some(()) }
+    })
+    .await;
+
+    // 2. eu-central signs with the new root; its workloads renew.
+    central
+        .restart_control_plane_with(ca(&new_cert, &new_key, Some(&both)))
+        .await;
+    for tls in [gateway_tls(&central), catalog_tls.clone()] {
+        let mut rotations = tls.identity().rotations();
+        rotations.borrow_and_update();
+        tls.identity().renew_now();
+        tokio::time::timeout(Duration::from_secs(30), rotations.changed())
+            .await
+            .expect("renewed under the new root")
+            .unwrap();
+    }
+    for _ in 0..20 {
+        let (status, body) = http(out, HOST, "/items").await.unwrap();
+        assert_eq!(
+            status, 200,
+            "a certificate from the new root is trusted: {body}"
+        );
+    }
+
+    // 3. The old root is retired: eu-west follows.
+    central
+        .restart_control_plane_with(ca(&new_cert, &new_key, None))
+        .await;
+    let s = eventually("eu-west drops the old root", || {
+        let s = west.status("eu-central");
+        async move {
+            let b = s.trust_bundle.clone()?;
+            (b.roots.len() == 1).then_some(b)
+        }
+    })
+    .await;
+    assert_eq!(s.roots, fingerprints(&new_cert));
+    eventually("eu-west's proxies trust the new root alone", || {
+        let n = (
+            roots_of(&frontend, &td),
+            roots_of(&west.gateway.as_ref().unwrap().0, &td),
+        );
+        async move { (n == (1, 1)).then_some(()) }
+    })
+    .await;
+    flowing("requests answered with the old root retired").await;
+    // eu-west's control plane keeps the bundle: a restart trusts the new
+    // root before it hears from eu-central again.
+    assert!(west.dir.join("ca/links/eu-central.bundle").is_file());
+
+    stop.cancel();
+    let failed = traffic.await.unwrap();
+    let ok = answered.load(std::sync::atomic::Ordering::SeqCst) as usize;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+
+    frontend.shutdown(Duration::from_millis(200)).await;
+    catalog.shutdown(Duration::from_millis(200)).await;
+    meshed.running.stop().await;
+    for c in [&mut west, &mut central] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_sync_through_the_gateways_and_survive_a_partition() {
+    init_tracing();
+    let (mut west, mut central) = linked_pair(
+        "sync",
+        &[("catalog.yaml", CATALOG)],
+        Duration::from_secs(600),
+        "3s",
+    )
+    .await;
+
+    // The export becomes eu-west's services, via eu-west's gateway entry.
+    let one = eventually("catalog-eu-central.shop in eu-west", || {
+        let s = west.service("catalog-eu-central.shop");
+        async move { s }
+    })
+    .await;
+    let ep = &one.endpoints[0];
+    assert_eq!(ep.address, "127.0.0.1");
+    assert_eq!(ep.tunnel_port, u32::from(west.entry.port()));
+    assert_eq!(ep.via_cluster, "eu-central");
+    assert_eq!(ep.via_service, "catalog.shop");
+    assert_eq!(ep.weight, 2, "eu-central's healthy count");
+    assert_eq!(ep.identity, "spiffe://eu-central.isthmus.local");
+    assert_eq!(
+        ep.locality.as_ref().map(|l| l.region.as_str()),
+        Some("eu-central")
+    );
+    assert!(west.service("catalog.shop.svc.clusterset.local").is_some());
+    let s = eventually("the link's RTT", || {
+        let s = west.status("eu-central");
+        async move { s.rtt_millis.is_some().then_some(s) }
+    })
+    .await;
+    assert!(s.connected, "{s:?}");
+    assert_eq!(s.transport.as_deref(), Some("quic"));
+    assert_eq!(s.imported_services, ["catalog.shop"]);
+    assert_eq!(s.conditions[0].reason, "Connected");
+    assert!(s.last_sync.is_some());
+    // eu-central imports nothing (eu-west exports nothing) but is linked.
+    eventually("eu-central's link to eu-west", || {
+        let s = central.status("eu-west");
+        async move { s.connected.then_some(()) }
+    })
+    .await;
+
+    // A change is a delta: a third endpoint raises the weight.
+    central.write(
+        "catalog.yaml",
+        &CATALOG.replace(
+            "  - {addresses: [10.1.0.8], zone: eu-central-a}",
+            "  - {addresses: [10.1.0.8], zone: eu-central-a}\n  - {addresses: [10.1.0.9], zone: eu-central-a}",
+        ),
+    );
+    eventually("weight 3 in eu-west", || {
+        let s = west.service("catalog-eu-central.shop");
+        async move { s.filter(|s| s.endpoints[0].weight == 3) }
+    })
+    .await;
+
+    // Partition: eu-central's control plane goes. Fail-static keeps the
+    // imports, marked stale, until the 3 s TTL; then they are withdrawn.
+    central.stop_control_plane().await;
+    let s = eventually("the link noticed", || {
+        let s = west.status("eu-central");
+        async move { (!s.connected).then_some(s) }
+    })
+    .await;
+    assert!(s.stale_seconds.is_some(), "{s:?}");
+    assert_eq!(s.imported_services, ["catalog.shop"]);
+    assert!(west.service("catalog-eu-central.shop").is_some(), "kept");
+    eventually("withdrawn after the TTL", || {
+        let gone = west.service("catalog-eu-central.shop").is_none();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let s = west.status("eu-central");
+    assert!(s.imported_services.is_empty());
+    assert!(
+        s.conditions[0].message.contains("withdrawn"),
+        "{:?}",
+        s.conditions
+    );
+
+    // It returns: a full resync brings the imports back, exactly once.
+    central.start_control_plane();
+    let back = eventually("resynced", || {
+        let s = west.service("catalog-eu-central.shop");
+        async move { s }
+    })
+    .await;
+    assert_eq!(back.endpoints.len(), 1);
+    assert_eq!(back.endpoints[0].weight, 3);
+    let set = west.service("catalog.shop.svc.clusterset.local").unwrap();
+    assert_eq!(set.endpoints.len(), 1, "no duplicates: {set:?}");
+    eventually("connected again", || {
+        let s = west.status("eu-central");
+        async move { s.connected.then_some(()) }
+    })
+    .await;
+
+    west.stop.cancel();
+    central.stop.cancel();
+    central.stop_control_plane().await;
+    west.stop_control_plane().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_outlives_its_join_token_across_restarts() {
+    init_tracing();
+    let (mut west, mut central) = linked_pair(
+        "outlives",
+        &[("catalog.yaml", CATALOG)],
+        Duration::from_secs(60),
+        "1s",
+    )
+    .await;
+    let s = eventually("eu-west holds a link credential from eu-central", || {
+        let s = west.status("eu-central");
+        async move { (s.connected && s.credential_expiry.is_some()).then_some(s) }
+    })
+    .await;
+    let expiry = s.credential_expiry.unwrap().0;
+    let days = (expiry - k8s_openapi::jiff::Timestamp::now()).get_seconds() / 86400;
+    assert!((29..=30).contains(&days), "good for 30 days: {expiry}");
+    assert!(
+        west.dir.join("ca/links/eu-central").is_file(),
+        "kept where a restarted control plane finds it"
+    );
+    eventually("eu-central holds one from eu-west", || {
+        let s = central.status("eu-west");
+        async move { s.credential_expiry.is_some().then_some(()) }
+    })
+    .await;
+
+    // Two hours on, the 60 s join tokens are long expired. Each restart
+    // in turn, and the link comes back after each without a new token.
+    for c in [&west, &central] {
+        c.advance_clock(Duration::from_secs(2 * 3600));
+    }
+    let down = |c: &Cluster, peer: &'static str| {
+        let s = c.status(peer);
+        async move { (!s.connected).then_some(()) }
+    };
+    let up = |c: &Cluster, peer: &'static str| {
+        let s = c.status(peer);
+        async move {
+            let reason = s.conditions.first().map(|c| c.reason.as_str());
+            assert_ne!(reason, Some("TokenExpired"), "{s:?}");
+            s.connected.then_some(())
+        }
+    };
+    for (who, gateway) in [
+        ("eu-central", true),
+        ("eu-west", true),
+        ("eu-central", false),
+        ("eu-west", false),
+    ] {
+        let (c, other) = if who == "eu-central" {
+            (&mut central, "eu-west")
+        } else {
+            (&mut west, "eu-central")
+        };
+        let what = if gateway { "gateway" } else { "control plane" };
+        if gateway {
+            let was = c.quic();
+            c.stop_gateway().await;
+            eventually(&format!("{who}'s {what} gone"), || down(c, other)).await;
+            c.start_gateway().await;
+            // The peer's link follows the gateway's new address.
+            let (c, peer) = if who == "eu-central" {
+                (&central, &west)
+            } else {
+                (&west, &central)
+            };
+            repoint_link(peer, c, was);
+        } else {
+            c.stop_control_plane().await;
+            c.start_control_plane();
+        }
+        eventually(
+            &format!("the link back after {who}'s {what} restarted"),
+            || up(&west, "eu-central"),
+        )
+        .await;
+        eventually(
+            &format!("eu-central's link back after {who}'s {what} restarted"),
+            || up(&central, "eu-west"),
+        )
+        .await;
+    }
+    assert!(
+        eventually("the imports", || {
+            let s = west.service("catalog-eu-central.shop");
+            async move { s }
+        })
+        .await
+        .endpoints
+        .len()
+            == 1
+    );
+
+    for c in [&mut west, &mut central] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_and_mismatched_trust_are_refused_by_name() {
+    init_tracing();
+    let mut west = Cluster::new("refused", "eu-west");
+    let mut central = Cluster::new("refused", "eu-central");
+    let mut east = Cluster::new("refused", "us-east");
+    for c in [&mut west, &mut central, &mut east] {
+        c.start_control_plane();
+        c.start_gateway().await;
+    }
+    // eu-west → eu-central with a token that is already expired.
+    let yaml = isthmus_ctl::link::create(
+        &west.dir,
+        &central.dir,
+        &isthmus_ctl::link::Options {
+            gateway: central.quic(),
+            gateway_tcp: None,
+            ttl: Duration::from_secs(60),
+            join_wait: Duration::from_secs(30),
+            partition: PartitionPolicy::default(),
+        },
+        SystemTime::now() - Duration::from_secs(3600),
+    )
+    .unwrap();
+    west.write("link-eu-central.yaml", &yaml);
+    link(&central, &west, Duration::from_secs(600), "5m");
+    let s = eventually("TokenExpired", || {
+        let s = west.status("eu-central");
+        async move { (s.conditions.first()?.reason == "TokenExpired").then_some(s) }
+    })
+    .await;
+    assert!(!s.connected);
+    assert!(s.conditions[0].message.contains("expired"), "{s:?}");
+
+    // us-east → eu-central, with us-east's link naming eu-west's bundle
+    // for eu-central: eu-central's certificates do not chain to it.
+    let wrong = std::fs::read_to_string(west.dir.join("ca/root-cert.pem")).unwrap();
+    let mut yaml = isthmus_ctl::link::create(
+        &east.dir,
+        &central.dir,
+        &isthmus_ctl::link::Options {
+            gateway: central.quic(),
+            gateway_tcp: None,
+            ttl: Duration::from_secs(600),
+            join_wait: Duration::from_secs(30),
+            partition: PartitionPolicy::default(),
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+    let right = std::fs::read_to_string(central.dir.join("ca/root-cert.pem")).unwrap();
+    yaml = replace_bundle(&yaml, &right, &wrong);
+    east.write("link-eu-central.yaml", &yaml);
+    link(&central, &east, Duration::from_secs(600), "5m");
+    let s = eventually("TrustMismatch", || {
+        let s = east.status("eu-central");
+        async move { (s.conditions.first()?.reason == "TrustMismatch").then_some(s) }
+    })
+    .await;
+    assert!(!s.connected, "{s:?}");
+
+    for c in [&mut west, &mut central, &mut east] {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+/// The manifests with one PEM bundle swapped for another, however the
+/// YAML writer quoted it.
+fn replace_bundle(yaml: &str, from: &str, to: &str) -> String {
+    let mut docs: Vec<serde_json::Value> = yaml
+        .split("\n---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| serde_saphyr::from_str(d).unwrap())
+        .collect();
+    for d in &mut docs {
+        if d["kind"] == "ClusterLink" {
+            assert_eq!(
+                d["spec"]["trustBundle"].as_str().map(str::trim),
+                Some(from.trim())
+            );
+            d["spec"]["trustBundle"] = to.into();
+        }
+    }
+    docs.iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
