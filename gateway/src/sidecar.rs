@@ -145,7 +145,7 @@ impl Sidecar {
                 if let Some(m) = &p.mesh {
                     m.set_config_trust(snap.security.trust.clone());
                 }
-                p.clusters.refresh(&snap);
+                p.services.refresh(&snap);
                 for e in l.reconcile(&snap).await {
                     p.metrics.error("listener_bind");
                     tracing::error!("{e}");

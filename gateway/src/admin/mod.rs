@@ -64,7 +64,7 @@ impl Admin {
                 .map(|(n, a)| (n, serde_json::Value::String(a.to_string())))
                 .collect::<serde_json::Map<_, _>>(),
             "config": serde_json::to_value(&snap.source).unwrap_or_default(),
-            "clusters": self.proxy.clusters.dump(),
+            "upstreams": self.proxy.services.dump(),
             "security": self.security_dump(&snap),
         })
     }

@@ -226,13 +226,13 @@ async fn route(
         service: name.clone(),
         port,
     })?;
-    let cluster = proxy.clusters.get(&service);
+    let state = proxy.services.get(&service);
     let mut tried = Vec::new();
     let mut last = None;
     for _ in 0..3 {
         let idx = {
             let mut rng = rand::rng();
-            cluster.pick(&service, &tried, None, &mut rng)
+            state.pick(&service, &tried, None, &mut rng)
         };
         let Some(idx) = idx else { break };
         tried.push(idx);

@@ -22,11 +22,11 @@ use super::body::{
     ObservedBody, ReqBody, RespBody, UpBody, grpc_status_of, read_all, read_whole,
     small_known_length,
 };
-use super::cluster::{Cluster, EndpointState};
 use super::errors::{ProxyError, grpc_for_http, grpc_status_name};
 use super::headers::{
     authority, frame_response, is_upgrade, shape_for_upstream, split_host_port, strip_hop_by_hop,
 };
+use super::service_state::{EndpointState, ServiceState};
 use super::{ConnInfo, Proxy, Target};
 use crate::balance::hash_str;
 use crate::balance::outlier::Observation;
@@ -222,13 +222,13 @@ impl Record {
 /// Decrements outstanding-request counters when the response is done.
 struct InFlight {
     endpoint: Arc<EndpointState>,
-    cluster: Arc<Cluster>,
+    state: Arc<ServiceState>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.cluster.active_requests.fetch_sub(1, Ordering::Relaxed);
+        self.state.active_requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -505,7 +505,7 @@ async fn handle(
             Err(e) => return rec.local_reply(&ProxyError::Reset(e)),
         }
     }
-    let home = proxy.clusters.get(&service);
+    let home = proxy.services.get(&service);
     let rstate = home.route_state(route);
     if !rstate.admit(route, rec.start) {
         proxy
@@ -609,17 +609,17 @@ async fn handle(
         proxy.tracker.spawn(task);
     }
 
-    let cluster = if Arc::ptr_eq(&bspec, &service) {
+    let state = if Arc::ptr_eq(&bspec, &service) {
         home.clone()
     } else {
-        proxy.clusters.get(&bspec)
+        proxy.services.get(&bspec)
     };
     if let Some(retry) = &route.retry {
         rstate.deposit(retry.budget, rec.start);
     }
     let attempts = attempts(
         &proxy,
-        &cluster,
+        &state,
         &bspec,
         &bport,
         route,
@@ -775,11 +775,11 @@ async fn respond(up: Upstream, head_request: bool, rec: Record) -> Response<Resp
 #[allow(clippy::too_many_arguments)] // the request's whole context, passed once
 async fn attempts(
     proxy: &Arc<Proxy>,
-    cluster: &Arc<Cluster>,
+    state: &Arc<ServiceState>,
     spec: &Arc<ServiceSpec>,
     port: &PortSpec,
     route: &Route,
-    rstate: &super::cluster::RouteState,
+    rstate: &super::service_state::RouteState,
     mut parts: http::request::Parts,
     body: ReqBody,
     recording: Option<&super::body::Recording>,
@@ -810,7 +810,7 @@ async fn attempts(
     while let Some(body) = next_body.take() {
         let idx = {
             let mut rng = rand::rng();
-            cluster.pick(spec, &tried, hash, &mut rng)
+            state.pick(spec, &tried, hash, &mut rng)
         };
         let Some(idx) = idx else {
             return Err(ProxyError::NoHealthy(spec.name.to_string()));
@@ -825,7 +825,7 @@ async fn attempts(
                 .insert("x-isthmus-attempt", HeaderValue::from(rec.attempts));
         }
         let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-        let once = attempt_once(cluster, spec, idx, addr, version, &parts, body);
+        let once = attempt_once(state, spec, idx, addr, version, &parts, body);
         let result = match per_try {
             Some(t) => match tokio::time::timeout(t, once).await {
                 Ok(r) => r,
@@ -848,7 +848,7 @@ async fn attempts(
             Outcome::Response { status, .. } => Observation::from_status(status.as_u16()),
             _ => Observation::GatewayError,
         };
-        cluster.observe(spec, idx, observation, &proxy.metrics, direction);
+        state.observe(spec, idx, observation, &proxy.metrics, direction);
         let Some(policy) = route.retry.as_ref() else {
             return result;
         };
@@ -882,7 +882,7 @@ async fn attempts(
 }
 
 async fn attempt_once(
-    cluster: &Arc<Cluster>,
+    state: &Arc<ServiceState>,
     spec: &Arc<ServiceSpec>,
     idx: usize,
     addr: SocketAddr,
@@ -891,27 +891,27 @@ async fn attempt_once(
     body: ReqBody,
 ) -> Result<Upstream, ProxyError> {
     let limit = spec.pool.max_requests;
-    if cluster.active_requests.fetch_add(1, Ordering::AcqRel) >= limit {
-        cluster.active_requests.fetch_sub(1, Ordering::AcqRel);
-        cluster.sheds.inc();
+    if state.active_requests.fetch_add(1, Ordering::AcqRel) >= limit {
+        state.active_requests.fetch_sub(1, Ordering::AcqRel);
+        state.sheds.inc();
         return Err(ProxyError::Overflow(crate::pool::PoolError::Overflow {
             what: "max requests",
             limit,
         }));
     }
-    let endpoint = cluster.states(spec)[idx].clone();
+    let endpoint = state.states(spec)[idx].clone();
     endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
     let in_flight = InFlight {
         endpoint,
-        cluster: cluster.clone(),
+        state: state.clone(),
     };
-    let mut lease = cluster
+    let mut lease = state
         .pool
         .acquire(addr, spec.endpoints[idx].tunnel.as_ref(), version)
         .await
         .map_err(|e| match e {
             e @ crate::pool::PoolError::Overflow { .. } => {
-                cluster.sheds.inc();
+                state.sheds.inc();
                 ProxyError::Overflow(e)
             }
             e => ProxyError::Connect(e),
@@ -969,10 +969,10 @@ async fn forward_upgrade(
     mut rec: Record,
 ) -> Response<RespBody> {
     let downstream = hyper::upgrade::on(&mut req);
-    let cluster = proxy.clusters.get(&spec);
+    let state = proxy.services.get(&spec);
     let idx = {
         let mut rng = rand::rng();
-        cluster.pick(&spec, &[], hash, &mut rng)
+        state.pick(&spec, &[], hash, &mut rng)
     };
     let Some(idx) = idx else {
         return rec.local_reply(&ProxyError::NoHealthy(spec.name.to_string()));
@@ -987,7 +987,7 @@ async fn forward_upgrade(
     };
     parts.uri = uri;
     let (body, _) = ReqBody::from_incoming(body, false);
-    let up = match attempt_once(&cluster, &spec, idx, addr, Version::Http1, &parts, body).await {
+    let up = match attempt_once(&state, &spec, idx, addr, Version::Http1, &parts, body).await {
         Ok(up) => up,
         Err(e) => return rec.local_reply(&e),
     };
@@ -1065,10 +1065,10 @@ async fn mirror(
             .and_then(|p| spec.port(Some(p)))
             .or_else(|| spec.port(None))
             .ok_or("mirror service has no matching port")?;
-        let cluster = proxy.clusters.get(&spec);
+        let state = proxy.services.get(&spec);
         let idx = {
             let mut rng = rand::rng();
-            cluster.pick(&spec, &[], None, &mut rng)
+            state.pick(&spec, &[], None, &mut rng)
         }
         .ok_or("no mirror endpoint")?;
         let addr = spec.endpoints[idx].addr(&port);
@@ -1094,7 +1094,7 @@ async fn mirror(
         if version == Version::Http2 {
             head.version = http::Version::HTTP_2;
         }
-        let once = attempt_once(&cluster, &spec, idx, addr, version, &head, body);
+        let once = attempt_once(&state, &spec, idx, addr, version, &head, body);
         let up = tokio::time::timeout(Duration::from_secs(30), once)
             .await
             .map_err(|_| "mirror timed out".to_string())?

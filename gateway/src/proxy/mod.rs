@@ -1,14 +1,14 @@
 //! The request path. `listener` accepts connections and hands them to the
 //! HTTP (`http`) or opaque TCP (`tcp`) proxy; both resolve the destination
 //! service from the snapshot in effect, choose an endpoint through
-//! `cluster` state and `balance`, and connect through `pool`.
+//! `service_state` and `balance`, and connect through `pool`.
 
 pub mod body;
-pub mod cluster;
 pub mod errors;
 pub mod headers;
 pub mod http;
 pub mod listener;
+pub mod service_state;
 pub mod tcp;
 
 use std::net::SocketAddr;
@@ -29,7 +29,7 @@ pub struct Proxy {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub access_log: Sink,
-    pub clusters: cluster::Clusters,
+    pub services: service_state::ServiceStates,
     /// Every connection and background task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled when draining starts: stop accepting, finish in-flight work.
@@ -61,13 +61,14 @@ impl Proxy {
                 metrics.handshake_observer(),
             ))
         });
-        let clusters = cluster::Clusters::new(upstream, socket, metrics.clone(), connector);
+        let services =
+            service_state::ServiceStates::new(upstream, socket, metrics.clone(), connector);
         Self {
             mesh,
             store,
             metrics,
             access_log,
-            clusters,
+            services,
             tracker,
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),

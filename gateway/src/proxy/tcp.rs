@@ -85,14 +85,14 @@ pub async fn proxy_to_service<S>(
         direction: conn.direction,
         destination_service: service.name.clone(),
     };
-    let cluster = proxy.clusters.get(&service);
+    let state = proxy.services.get(&service);
     let mut tried = Vec::new();
     let mut connected = None;
     let mut last_err = String::from("no endpoints");
     for _ in 0..CONNECT_ATTEMPTS {
         let idx = {
             let mut rng = rand::rng();
-            cluster.pick(&service, &tried, None, &mut rng)
+            state.pick(&service, &tried, None, &mut rng)
         };
         let Some(idx) = idx else { break };
         tried.push(idx);
@@ -100,9 +100,9 @@ pub async fn proxy_to_service<S>(
         let addr = ep.addr(&port);
         l.upstream = Some(addr);
         l.attempts += 1;
-        match cluster.pool.connect_tcp(addr, ep.tunnel.as_ref()).await {
+        match state.pool.connect_tcp(addr, ep.tunnel.as_ref()).await {
             Ok((s, guard)) => {
-                cluster.observe(
+                state.observe(
                     &service,
                     idx,
                     Observation::Success,
@@ -126,7 +126,7 @@ pub async fn proxy_to_service<S>(
                 return;
             }
             Err(e @ PoolError::Overflow { .. }) => {
-                cluster.sheds.inc();
+                state.sheds.inc();
                 proxy.metrics.error("circuit_breaker_overflow");
                 log(
                     &proxy,
@@ -140,7 +140,7 @@ pub async fn proxy_to_service<S>(
                 return;
             }
             Err(e) => {
-                cluster.observe(
+                state.observe(
                     &service,
                     idx,
                     Observation::GatewayError,
@@ -165,7 +165,7 @@ pub async fn proxy_to_service<S>(
         );
         return;
     };
-    let endpoint = cluster.endpoint_state(&service.endpoints[idx]);
+    let endpoint = state.endpoint_state(&service.endpoints[idx]);
     endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
     splice(&proxy, &conn, &labels, &l, &mut downstream, &mut upstream).await;
     endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -67,7 +67,7 @@ async fn local_zone_first_then_fail_over_when_ejected() {
         .await,
         1.0
     );
-    let dump = env.sidecar.proxy.clusters.dump();
+    let dump = env.sidecar.proxy.services.dump();
     assert_eq!(
         dump["catalog"]["endpoints"][sl.addr.to_string()]["ejected"],
         true

@@ -334,7 +334,7 @@ async fn circuit_breaker_pending_limit_with_one_connection() {
     // Second waits for the only connection (pending = 1); third is shed.
     let b = tokio::spawn(async move { get(out, "catalog", "/", &[]).await.0 });
     eventually("second request pending", || async {
-        env.sidecar.proxy.clusters.dump()["catalog"]["activeRequests"] == 2
+        env.sidecar.proxy.services.dump()["catalog"]["activeRequests"] == 2
     })
     .await;
     let (st, _, body) = get(out, "catalog", "/", &[]).await;

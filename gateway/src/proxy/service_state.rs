@@ -64,7 +64,7 @@ impl RouteState {
     }
 }
 
-pub struct Cluster {
+pub struct ServiceState {
     pub name: Arc<str>,
     pub pool: Pool,
     /// isthmus_circuit_breaker_sheds of this service.
@@ -92,7 +92,7 @@ pub fn endpoint_key(e: &EndpointSpec) -> String {
     }
 }
 
-impl Cluster {
+impl ServiceState {
     pub fn endpoint_state(&self, e: &EndpointSpec) -> Arc<EndpointState> {
         self.endpoints
             .lock()
@@ -238,15 +238,15 @@ impl Cluster {
 }
 
 /// All clusters of a proxy.
-pub struct Clusters {
-    map: Mutex<HashMap<String, Arc<Cluster>>>,
+pub struct ServiceStates {
+    map: Mutex<HashMap<String, Arc<ServiceState>>>,
     tracker: TaskTracker,
     socket: SocketOptions,
     metrics: Arc<Metrics>,
     connector: Option<Arc<isthmus_mesh::transport::Connector>>,
 }
 
-impl Clusters {
+impl ServiceStates {
     pub fn new(
         tracker: TaskTracker,
         socket: SocketOptions,
@@ -262,7 +262,7 @@ impl Clusters {
         }
     }
 
-    pub fn get(&self, spec: &ServiceSpec) -> Arc<Cluster> {
+    pub fn get(&self, spec: &ServiceSpec) -> Arc<ServiceState> {
         let mut map = self.map.lock();
         if let Some(c) = map.get(&*spec.name) {
             return c.clone();
@@ -275,7 +275,7 @@ impl Clusters {
             },
             destination_service: spec.name.clone(),
         };
-        let c = Arc::new(Cluster {
+        let c = Arc::new(ServiceState {
             name: spec.name.clone(),
             sheds: self
                 .metrics
@@ -351,35 +351,35 @@ mod tests {
         )
         .unwrap();
         let spec = snap.services["catalog"].clone();
-        let clusters = Arc::new(Clusters::new(
+        let states = Arc::new(ServiceStates::new(
             TaskTracker::new(),
             SocketOptions::default(),
             Arc::new(Metrics::default()),
             None,
         ));
-        let cluster = clusters.get(&spec);
-        let held = cluster.clone();
+        let state = states.get(&spec);
+        let held = state.clone();
         let panicked = std::thread::spawn(move || {
             let _endpoints = held.endpoints.lock();
             let _aligned = held.aligned.lock();
             let _routes = held.routes.lock();
-            panic!("a bug while the cluster's state is locked");
+            panic!("a bug while the service state is locked");
         })
         .join();
         assert!(panicked.is_err());
-        let held = clusters.clone();
+        let held = states.clone();
         assert!(
             std::thread::spawn(move || {
                 let _map = held.map.lock();
-                panic!("a bug while the cluster map is locked");
+                panic!("a bug while the state map is locked");
             })
             .join()
             .is_err()
         );
-        let again = clusters.get(&spec);
+        let again = states.get(&spec);
         let mut rng = rand::rng();
         assert_eq!(again.pick(&spec, &[], None, &mut rng), Some(0));
-        cluster.observe(
+        state.observe(
             &spec,
             0,
             crate::balance::outlier::Observation::GatewayError,
