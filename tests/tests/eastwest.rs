@@ -1291,3 +1291,60 @@ async fn refused_peers_learn_why_in_the_handshake_and_are_counted() {
     }
     peer.stop.cancel();
 }
+
+/// The receiving gateway joins a CONNECT to a local endpoint the way a
+/// sidecar connects TCP: a refused endpoint is told to outlier detection
+/// and another is tried, so the stream still succeeds and the dead
+/// endpoint is ejected (before issue 18 it was retried blindly, never
+/// ejected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_local_endpoint_is_skipped_and_ejected() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    // The echo listens on 127.0.0.1 only: 127.0.0.2 at its port refuses.
+    let echo = sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let mut flaky = tcp_service("flaky.shop", 9000, echo.addr);
+    flaky.endpoints.insert(
+        0,
+        model::Endpoint {
+            address: "127.0.0.2".into(),
+            ..Default::default()
+        },
+    );
+    flaky.outlier_detection = Some(model::OutlierDetection {
+        consecutive_gateway_errors: 1,
+        max_ejection_percent: 100,
+        ..Default::default()
+    });
+    let peer = eu_gateway_with(&eu, &us, &[US_GW], vec![], Sink::Off, vec![flaky]).await;
+    let tls = gateway_identity(&us, &[&eu]);
+    let endpoint = us_endpoint(&tls);
+    let link = PeerLink::connect(&endpoint, peer.addr, EU_GW)
+        .await
+        .unwrap();
+    for i in 0..8 {
+        let (s, r) = link
+            .open("flaky.shop:9000")
+            .await
+            .expect("CONNECT accepted: the live endpoint is tried next")
+            .stream
+            .split();
+        let msg = Bytes::from(format!("try {i}"));
+        let got = echo_halves(
+            isthmus_gateway::eastwest::client::LinkSend::Quic(Box::new(s)),
+            isthmus_gateway::eastwest::client::LinkRecv::Quic(Box::new(r)),
+            msg.clone(),
+        )
+        .await;
+        assert_eq!(got, msg);
+    }
+    let text = peer.proxy.metrics.encode();
+    let ejections: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("isthmus_outlier_ejections_total{") && l.contains("flaky.shop"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(ejections >= 1.0, "the dead endpoint was ejected:\n{text}");
+    peer.stop.cancel();
+}

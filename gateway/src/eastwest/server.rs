@@ -13,7 +13,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::splice::{Side, splice_tcp};
 use super::{ConnectRefusal, Source, parse_authority, quic::peer_id};
+use crate::balance::outlier::Observation;
+use crate::policy::attempts::{Action, Attempts, Plan};
+use crate::policy::retry::Outcome;
 use crate::pool::dial;
+use crate::telemetry::metrics::Direction;
+
+/// Endpoints tried per CONNECT before it is refused.
+const CONNECT_ATTEMPTS: u32 = 3;
 use crate::proxy::Proxy;
 use isthmus_mesh::SpiffeId;
 
@@ -229,7 +236,12 @@ async fn route(
     let state = proxy.services.get(&service);
     let mut tried = Vec::new();
     let mut last = None;
-    for _ in 0..3 {
+    // Like the sidecar's TCP connects: other endpoints after a failed
+    // connect, and every result told to outlier detection.
+    let mut plan = Attempts::new(Plan::Connect {
+        tries: CONNECT_ATTEMPTS,
+    });
+    loop {
         let idx = {
             let mut rng = rand::rng();
             state.pick(&service, &tried, None, &mut rng)
@@ -245,13 +257,33 @@ async fn route(
             None => (ep.addr(&p), None),
         };
         match dial(addr, service.pool.connect_timeout, proxy.socket).await {
-            Ok(s) => return Ok((s, app_port)),
+            Ok(s) => {
+                state.observe(
+                    &service,
+                    idx,
+                    Observation::Success,
+                    &proxy.metrics,
+                    Direction::Outbound,
+                );
+                return Ok((s, app_port));
+            }
             Err(e) => {
+                state.observe(
+                    &service,
+                    idx,
+                    Observation::GatewayError,
+                    &proxy.metrics,
+                    Direction::Outbound,
+                );
                 last = Some(ConnectRefusal::EndpointFailed {
                     service: name.clone(),
                     addr,
                     reason: e.to_string(),
-                })
+                });
+                let next = plan.next(Outcome::ConnectFailure, || true, || true, || 0.0);
+                if !matches!(next, Action::Retry { .. }) {
+                    break;
+                }
             }
         }
     }

@@ -48,7 +48,9 @@ pub enum Stop {
 pub enum Action {
     Stop(Stop),
     /// Try another endpoint after this long.
-    Retry { backoff: Duration },
+    Retry {
+        backoff: Duration,
+    },
 }
 
 /// Where a loop stands: its plan and the retries made so far.
@@ -194,10 +196,20 @@ mod tests {
                                 backoff: p.backoff(retries, 0.5),
                             }
                         };
-                        assert_eq!(got, want, "{outcome:?} retries={retries} replayable={replayable} budget={budget_left}");
+                        assert_eq!(
+                            got, want,
+                            "{outcome:?} retries={retries} replayable={replayable} budget={budget_left}"
+                        );
                         let up_to_replay = p.is_retriable(outcome) && retries < 2;
-                        assert_eq!(asked_replay, up_to_replay, "replay asked only when it decides");
-                        assert_eq!(asked, up_to_replay && replayable, "budget asked only when it decides");
+                        assert_eq!(
+                            asked_replay, up_to_replay,
+                            "replay asked only when it decides"
+                        );
+                        assert_eq!(
+                            asked,
+                            up_to_replay && replayable,
+                            "budget asked only when it decides"
+                        );
                         let counted = matches!(want, Action::Retry { .. });
                         assert_eq!(a.retries(), retries + u32::from(counted));
                     }
@@ -262,7 +274,10 @@ mod tests {
             }
             assert_eq!(made, tries, "{tries} tries in all");
         }
-        for outcome in OUTCOMES.into_iter().filter(|o| *o != Outcome::ConnectFailure) {
+        for outcome in OUTCOMES
+            .into_iter()
+            .filter(|o| *o != Outcome::ConnectFailure)
+        {
             let mut a = Attempts::new(Plan::Connect { tries: 3 });
             assert_eq!(
                 a.next(outcome, || true, || unreachable!(), || 0.5),

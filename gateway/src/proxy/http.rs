@@ -32,6 +32,7 @@ use crate::balance::hash_str;
 use crate::balance::outlier::Observation;
 use crate::config::{HashKeySpec, PortSpec, Protocol, ServiceSpec, Snapshot};
 use crate::jwt::Outcome as Authn;
+use crate::policy::attempts::{Action, Attempts, Plan, Stop};
 use crate::policy::fault::AbortStatus;
 use crate::policy::retry::Outcome;
 use crate::pool::h1::H1Body;
@@ -805,8 +806,7 @@ async fn attempts(
     };
     let mut next_body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
-    let max_retries = route.retry.as_ref().map_or(0, |r| r.attempts);
-    let mut retry_no = 0u32;
+    let mut plan = Attempts::new(Plan::Http(route.retry.as_ref()));
     while let Some(body) = next_body.take() {
         let idx = {
             let mut rng = rand::rng();
@@ -849,34 +849,38 @@ async fn attempts(
             _ => Observation::GatewayError,
         };
         state.observe(spec, idx, observation, &proxy.metrics, direction);
-        let Some(policy) = route.retry.as_ref() else {
-            return result;
-        };
-        if retry_no >= max_retries || !policy.is_retriable(outcome) {
-            return result;
-        }
         // A body too large to keep, or not yet fully sent, cannot be replayed.
-        let Some(replay) = recording.and_then(|r| r.replay()) else {
-            return result;
-        };
-        let labels = RouteLabels {
+        let mut replay = None;
+        let action = plan.next(
+            outcome,
+            || {
+                replay = recording.and_then(|r| r.replay());
+                replay.is_some()
+            },
+            || rstate.withdraw(Instant::now()),
+            || rand::rng().random(),
+        );
+        let labels = || RouteLabels {
             destination_service: spec.name.clone(),
             route: route.name.clone(),
         };
-        if !rstate.withdraw(Instant::now()) {
-            proxy
-                .metrics
-                .retry_budget_exhausted
-                .get_or_create(&labels)
-                .inc();
-            return result;
+        match action {
+            Action::Stop(Stop::BudgetExhausted) => {
+                proxy
+                    .metrics
+                    .retry_budget_exhausted
+                    .get_or_create(&labels())
+                    .inc();
+                return result;
+            }
+            Action::Stop(_) => return result,
+            Action::Retry { backoff } => {
+                proxy.metrics.retries.get_or_create(&labels()).inc();
+                drop(result);
+                tokio::time::sleep(backoff).await;
+                next_body = replay;
+            }
         }
-        proxy.metrics.retries.get_or_create(&labels).inc();
-        drop(result);
-        let backoff = policy.backoff(retry_no, rand::rng().random());
-        retry_no += 1;
-        tokio::time::sleep(backoff).await;
-        next_body = Some(replay);
     }
     Err(ProxyError::NoHealthy(spec.name.to_string()))
 }

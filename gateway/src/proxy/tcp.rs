@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{ConnInfo, Proxy};
 use crate::balance::outlier::Observation;
 use crate::config::{PortSpec, ServiceSpec};
+use crate::policy::attempts::{Action, Attempts, Plan};
+use crate::policy::retry::Outcome;
 use crate::pool::{PoolError, dial};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::ServiceLabels;
@@ -24,7 +26,7 @@ const COPY_BUFFER: usize = 64 * 1024;
 
 /// Connect attempts per downstream connection (each to another endpoint
 /// while there are others).
-const CONNECT_ATTEMPTS: usize = 3;
+const CONNECT_ATTEMPTS: u32 = 3;
 
 struct TcpLog {
     start: Instant,
@@ -89,7 +91,10 @@ pub async fn proxy_to_service<S>(
     let mut tried = Vec::new();
     let mut connected = None;
     let mut last_err = String::from("no endpoints");
-    for _ in 0..CONNECT_ATTEMPTS {
+    let mut plan = Attempts::new(Plan::Connect {
+        tries: CONNECT_ATTEMPTS,
+    });
+    loop {
         let idx = {
             let mut rng = rand::rng();
             state.pick(&service, &tried, None, &mut rng)
@@ -148,6 +153,10 @@ pub async fn proxy_to_service<S>(
                     conn.direction,
                 );
                 last_err = e.to_string();
+                let next = plan.next(Outcome::ConnectFailure, || true, || true, || 0.0);
+                if !matches!(next, Action::Retry { .. }) {
+                    break;
+                }
             }
         }
     }
