@@ -11,6 +11,7 @@ pub mod discovery;
 pub mod eastwest;
 pub mod iptables;
 pub mod jwt;
+pub mod launch;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -4,13 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
+use isthmus_gateway::eastwest::config::EastWestConfig;
 use isthmus_gateway::iptables::{self, CaptureSettings};
-use isthmus_gateway::pool::SocketOptions;
-use isthmus_gateway::sidecar::{ConfigSource, Options, Sidecar};
-use isthmus_gateway::telemetry::accesslog::Sink;
-use secrecy::{ExposeSecret, SecretString};
+use isthmus_gateway::launch::{NodeFlags, Settings, launch};
+use secrecy::SecretString;
 
 /// A secret argument: kept out of Debug output (the arguments are logged).
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -158,127 +156,45 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
-    /// The node (bootstrap's, overridden by flags) and the registration.
-    fn resolve(
-        &self,
-        base: isthmus_api::model::Node,
-    ) -> anyhow::Result<(
-        isthmus_api::model::Node,
-        Option<isthmus_api::discovery::v1::Workload>,
-    )> {
-        use isthmus_api::discovery::v1::{Workload, WorkloadPort};
-        let mut node = base;
-        let set = |field: &mut String, v: &Option<String>| {
-            if let Some(v) = v {
-                *field = v.clone();
-            }
-        };
-        set(&mut node.name, &self.name);
-        set(&mut node.namespace, &self.namespace);
-        set(&mut node.service_account, &self.service_account);
-        set(&mut node.cluster, &self.cluster);
-        let mut locality = node.locality.take().unwrap_or_default();
-        set(&mut locality.region, &self.region);
-        set(&mut locality.zone, &self.zone);
-        node.locality = Some(locality);
-        for kv in &self.labels {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("--label {kv:?}: write key=value"))?;
-            node.labels.insert(k.trim().into(), v.trim().into());
+    fn flags(&self) -> NodeFlags {
+        NodeFlags {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            cluster: self.cluster.clone(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            labels: self.labels.clone(),
+            calls: self.calls.clone(),
+            workload_address: self.workload_address,
+            workload_ports: self.workload_ports.clone(),
         }
-        if !self.calls.is_empty() {
-            node.labels
-                .insert("isthmus.dev/calls".into(), self.calls.join(","));
-        }
-        if node.name.is_empty() || node.namespace.is_empty() {
-            anyhow::bail!(
-                "with --control-plane the proxy must say who it runs for: --name and --namespace (or POD_NAME and POD_NAMESPACE, or node in the bootstrap file)"
-            );
-        }
-        let mut ports = Vec::new();
-        for p in &self.workload_ports {
-            let (name, port) = match p.split_once('=') {
-                Some((n, p)) => (n.trim().to_string(), p.trim()),
-                None => (String::new(), p.trim()),
-            };
-            let port: u16 = port.parse().ok().filter(|p| *p != 0).with_context(|| {
-                format!("--workload-port {p:?}: write [name=]port, port 1-65535")
-            })?;
-            ports.push(WorkloadPort {
-                name,
-                port: port.into(),
-            });
-        }
-        let workload = match self.workload_address {
-            Some(a) => Some(Workload {
-                address: a.to_string(),
-                ports,
-                tunnel_port: 0,
-            }),
-            None if !ports.is_empty() => {
-                anyhow::bail!("--workload-port needs --workload-address (the address to register)")
-            }
-            None => None,
-        };
-        Ok((node, workload))
     }
 }
 
-/// A pod's usual listeners when no bootstrap file names them: transparent
-/// outbound on 15001 and, with workload ports, inbound on 15006.
-/// The port of a mesh transport listener among `listeners`.
-fn tunnel_port_of(listeners: &[isthmus_api::model::Listener]) -> u32 {
-    use isthmus_api::model::listener::Kind;
-    listeners
-        .iter()
-        .filter(|l| matches!(l.kind, Some(Kind::Tunnel(_))))
-        .find_map(|l| l.address.parse::<SocketAddr>().ok())
-        .map_or(0, |a| u32::from(a.port()))
-}
-
-fn default_listeners(
-    workload: Option<&isthmus_api::discovery::v1::Workload>,
-    tunnel_port: Option<u16>,
-) -> Vec<isthmus_api::model::Listener> {
-    use isthmus_api::model::{Inbound, InboundPort, Listener, TransparentOutbound, listener::Kind};
-    let mut out = vec![Listener {
-        name: "outbound".into(),
-        address: "0.0.0.0:15001".into(),
-        kind: Some(Kind::Transparent(TransparentOutbound::default())),
-    }];
-    if let Some(w) = workload.filter(|w| !w.ports.is_empty()) {
-        let inbound = Inbound {
-            app_address: "127.0.0.1".into(),
-            ports: w
-                .ports
-                .iter()
-                .map(|p| InboundPort {
-                    port: p.port,
-                    // A named port says its protocol as a Service port's
-                    // name does (`grpc`, `http2-api`); an unnamed one is
-                    // HTTP, called in the version the caller's sidecar
-                    // chose from the Service.
-                    protocol: isthmus_api::protocol::of_port_name(&p.name)
-                        .unwrap_or(isthmus_api::model::Protocol::Http)
-                        as i32,
-                })
-                .collect(),
-        };
-        if let Some(port) = tunnel_port {
-            out.push(Listener {
-                name: "tunnel".into(),
-                address: format!("0.0.0.0:{port}"),
-                kind: Some(Kind::Tunnel(inbound.clone())),
-            });
+impl SidecarArgs {
+    fn settings(&self, eastwest: Option<EastWestConfig>) -> Settings {
+        Settings {
+            config: self.config.clone(),
+            control_plane: self.control_plane.clone(),
+            node: self.node.flags(),
+            admin: self.admin,
+            ca_token: self.ca_token.clone(),
+            ca_token_file: self.ca_token_file.clone(),
+            ca: self.ca.clone(),
+            ca_roots: self.ca_roots.clone(),
+            control_plane_id: self.control_plane_id.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            cert_ttl: self.cert_ttl,
+            tunnel_port: self.tunnel_port,
+            access_log: self.access_log.clone(),
+            drain_timeout: self.drain_timeout,
+            reload_interval: self.reload_interval,
+            mark: self.mark,
+            eastwest,
         }
-        out.push(Listener {
-            name: "inbound".into(),
-            address: "0.0.0.0:15006".into(),
-            kind: Some(Kind::Inbound(inbound)),
-        });
     }
-    out
 }
 
 #[derive(clap::Args, Debug)]
@@ -372,7 +288,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Sidecar(a) => runtime(a.worker_threads)?.block_on(run_sidecar(*a, None)),
         Command::Eastwest(a) => {
-            let ew = isthmus_gateway::eastwest::config::EastWestConfig::load(&a.eastwest_config)?;
+            let ew = EastWestConfig::load(&a.eastwest_config)?;
             runtime(a.sidecar.worker_threads)?.block_on(run_sidecar(a.sidecar, Some(ew)))
         }
     }
@@ -395,161 +311,14 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-async fn run_sidecar(
-    a: SidecarArgs,
-    eastwest: Option<isthmus_gateway::eastwest::config::EastWestConfig>,
-) -> anyhow::Result<()> {
+async fn run_sidecar(a: SidecarArgs, eastwest: Option<EastWestConfig>) -> anyhow::Result<()> {
     tracing::info!(?a, "starting sidecar");
-    let config = match (&a.control_plane, &a.config) {
-        (Some(cp), bootstrap) => {
-            let base = match bootstrap {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading bootstrap {}", path.display()))?;
-                    let cfg = isthmus_api::parse_bootstrap_yaml(&text)
-                        .with_context(|| format!("bootstrap {}", path.display()))?;
-                    if !cfg.services.is_empty() {
-                        anyhow::bail!(
-                            "bootstrap {}: services come from the control plane; keep only node and listeners",
-                            path.display()
-                        );
-                    }
-                    cfg
-                }
-                None => Default::default(),
-            };
-            let (node, workload) = a.node.resolve(base.node.unwrap_or_default())?;
-            let listeners = if bootstrap.is_some() {
-                base.listeners
-            } else {
-                let tunnel =
-                    (a.ca_token.is_some() || a.ca_token_file.is_some()).then_some(a.tunnel_port);
-                default_listeners(workload.as_ref(), tunnel)
-            };
-            let mut d = isthmus_gateway::discovery::Options::new(cp.clone(), node);
-            let mut workload = workload;
-            // Peers reach the workload through our mesh transport, if any.
-            if let Some(w) = workload.as_mut() {
-                w.tunnel_port = tunnel_port_of(&listeners);
-            }
-            d.workload = workload;
-            d.listeners = listeners;
-            ConfigSource::ControlPlane(Box::new(d))
-        }
-        (None, Some(path)) => ConfigSource::File {
-            path: path.clone(),
-            poll: a.reload_interval,
-        },
-        (None, None) => anyhow::bail!("give --config FILE or --control-plane ADDR"),
-    };
-    let token = match (&a.ca_token, &a.ca_token_file) {
-        (Some(t), _) => Some(SecretString::from(t.expose_secret().trim())),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the CA token {}", path.display()))?
-                .trim()
-                .into(),
-        ),
-        (None, None) => None,
-    };
-    let stop_identity = tokio_util::sync::CancellationToken::new();
-    let identity = isthmus_mesh::identity::Identity::empty();
-    let mesh = std::sync::Arc::new(isthmus_mesh::tls::MeshTls::new(identity.clone()));
-    let tls = match &a.ca_roots {
-        Some(path) => {
-            let pem = std::fs::read_to_string(path)
-                .with_context(|| format!("reading --ca-roots {}", path.display()))?;
-            let fallback = a
-                .control_plane_id
-                .as_deref()
-                .and_then(|id| isthmus_mesh::SpiffeId::parse(id).ok())
-                .map(|id| id.trust_domain().to_string());
-            let trust = isthmus_mesh::tls::Trust::from_pem_for(&pem, fallback.as_deref())
-                .with_context(|| format!("--ca-roots {}", path.display()))?;
-            let expected = match &a.control_plane_id {
-                Some(id) => id.clone(),
-                None => {
-                    let mut domains: Vec<&str> = trust.domains().collect();
-                    domains.sort();
-                    let td = domains.first().context("--ca-roots has no root")?;
-                    format!("spiffe://{td}/ns/isthmus-system/sa/isthmus-federation")
-                }
-            };
-            mesh.set_bootstrap_trust(trust);
-            Some(isthmus_mesh::tls::control::ControlPlaneConnector::new(
-                mesh.clone(),
-                expected,
-            ))
-        }
-        None => None,
-    };
-    let mut config = config;
-    if let ConfigSource::ControlPlane(d) = &mut config {
-        d.tls = tls.clone();
-    }
-    let mesh = match token {
-        None if a.cert_file.is_some() => {
-            let (cert, key, roots) = (
-                a.cert_file.clone().expect("checked"),
-                a.key_file.clone().context("--cert-file needs --key-file")?,
-                a.ca_roots.clone().context("--cert-file needs --ca-roots")?,
-            );
-            let files = isthmus_mesh::identity::Identity::watch_files(
-                cert,
-                key,
-                roots,
-                Duration::from_secs(10),
-                stop_identity.clone(),
-            )?;
-            let mesh = std::sync::Arc::new(isthmus_mesh::tls::MeshTls::new(files));
-            if let Some(t) = tls.as_ref() {
-                // The control plane connection presents the same identity.
-                let expected = t.expected().to_string();
-                if let ConfigSource::ControlPlane(d) = &mut config {
-                    d.tls = Some(isthmus_mesh::tls::control::ControlPlaneConnector::new(
-                        mesh.clone(),
-                        expected,
-                    ));
-                }
-            }
-            Some(mesh)
-        }
-        Some(token) => {
-            let address =
-                a.ca.clone()
-                    .or_else(|| a.control_plane.clone())
-                    .context("a CA token needs the CA's address: give --ca or --control-plane")?;
-            tokio::spawn(identity.run(
-                isthmus_mesh::identity::Options {
-                    address,
-                    token,
-                    ttl: a.cert_ttl,
-                    renew_at: 0.5,
-                    tls,
-                },
-                stop_identity.clone(),
-            ));
-            Some(mesh)
-        }
-        None => None,
-    };
-    let sidecar = Sidecar::start(Options {
-        config,
-        admin: a.admin,
-        access_log: Sink::from_arg(&a.access_log)
-            .with_context(|| format!("opening access log {}", a.access_log))?,
-        socket: SocketOptions { mark: a.mark },
-        mesh,
-        prebound: Vec::new(),
-    })
-    .await?;
-    for (name, addr) in sidecar.listeners.bound() {
+    let running = launch(a.settings(eastwest)).await?;
+    // Where it listens, on stderr before it serves (tests and scripts read these lines).
+    for (name, addr) in running.sidecar.listeners.bound() {
         eprintln!("listener {name} on {addr}");
     }
-    let stop_eastwest = tokio_util::sync::CancellationToken::new();
-    if let Some(ew) = eastwest {
-        let ew =
-            isthmus_gateway::eastwest::role::start(&sidecar, ew, stop_eastwest.clone()).await?;
+    if let Some(ew) = &running.eastwest {
         eprintln!(
             "east-west: QUIC on udp {}, fallback on tcp {}, local entry on {}",
             ew.quic, ew.tcp, ew.local
@@ -557,16 +326,14 @@ async fn run_sidecar(
     }
     eprintln!(
         "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
-        sidecar.admin_addr()
+        running.sidecar.admin_addr()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
-    stop_eastwest.cancel();
-    sidecar.shutdown(a.drain_timeout).await;
-    stop_identity.cancel();
+    running.shutdown().await;
     Ok(())
 }
 
@@ -590,6 +357,8 @@ mod tests {
 #[cfg(test)]
 mod cli_tests {
     use super::*;
+    use isthmus_gateway::launch::default_listeners;
+    use secrecy::ExposeSecret;
 
     fn sidecar_args(args: &[&str]) -> SidecarArgs {
         let mut all = vec!["isthmus-gateway", "sidecar"];
@@ -635,7 +404,12 @@ mod cli_tests {
             "--config or --control-plane"
         );
         let a = sidecar_args(&["--control-plane", "cp:15010"]);
-        let e = a.node.resolve(Default::default()).unwrap_err().to_string();
+        let e = a
+            .node
+            .flags()
+            .resolve(Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--name and --namespace"), "{e}");
 
         let a = sidecar_args(&[
@@ -648,7 +422,7 @@ mod cli_tests {
             "--workload-address=10.1.0.7",
             "--workload-port=http=8080,9090",
         ]);
-        let (node, w) = a.node.resolve(Default::default()).unwrap();
+        let (node, w) = a.node.flags().resolve(Default::default()).unwrap();
         assert_eq!(
             (node.name.as_str(), node.namespace.as_str()),
             ("catalog-0", "shop")
@@ -677,7 +451,12 @@ mod cli_tests {
             "--namespace=shop",
             "--workload-port=8080",
         ]);
-        let e = a.node.resolve(Default::default()).unwrap_err().to_string();
+        let e = a
+            .node
+            .flags()
+            .resolve(Default::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--workload-address"), "{e}");
         let a = sidecar_args(&[
             "--control-plane=cp:15010",
@@ -685,6 +464,6 @@ mod cli_tests {
             "--namespace=shop",
             "--label=novalue",
         ]);
-        assert!(a.node.resolve(Default::default()).is_err());
+        assert!(a.node.flags().resolve(Default::default()).is_err());
     }
 }

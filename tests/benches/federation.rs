@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use isthmus_api::federation::v1 as wire;
 use isthmus_api::model;
-use isthmus_gateway::config::compile::Snapshot;
+use isthmus_gateway::config::snapshot::Snapshot;
 use isthmus_gateway::config::store::Store;
 
 use isthmus_tests::cluster::{Cluster, link};

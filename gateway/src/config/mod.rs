@@ -4,10 +4,12 @@
 
 pub mod compile;
 pub mod file;
+pub mod snapshot;
 pub mod store;
 
-pub use compile::{
+pub use compile::{CompileError, compile};
+pub use snapshot::{
     EndpointSpec, HashKeySpec, LbSpec, ListenerKind, ListenerSpec, NodeInfo, PoolLimits, PortSpec,
-    Protocol, ServiceSpec, Snapshot, compile,
+    Protocol, ServiceSpec, Snapshot,
 };
 pub use store::Store;

@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use isthmus_api::model::ProxyConfig;
 use tokio::sync::watch;
 
-use super::compile::{CompileError, Snapshot, compile};
+use super::compile::{CompileError, compile};
+use super::snapshot::Snapshot;
 
 pub struct Store {
     current: ArcSwap<Snapshot>,

@@ -37,7 +37,7 @@ impl Peers {
     /// Whether `id` may connect: listed here (`--eastwest-config`), or the
     /// gateway of a cluster we link with (the control plane's peers, from
     /// ClusterLinks), as the configuration in force says now.
-    pub fn admits(&self, id: &SpiffeId, config: &crate::config::compile::Snapshot) -> bool {
+    pub fn admits(&self, id: &SpiffeId, config: &crate::config::snapshot::Snapshot) -> bool {
         self.allowed
             .iter()
             .any(|a| crate::authz::Pattern::new(a).matches(id.as_str()))

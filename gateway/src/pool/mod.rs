@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use crate::config::PoolLimits;
-use crate::config::compile::Tunnel;
+use crate::config::snapshot::Tunnel;
 use crate::proxy::body::ReqBody;
 pub use isthmus_mesh::dial::{DialError, SocketOptions, dial};
 use isthmus_mesh::transport::{Connector, TunnelError};
@@ -441,7 +441,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::compile::Via;
+    use crate::config::snapshot::Via;
 
     #[test]
     fn endpoints_via_different_clusters_never_share_connections() {

@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnInfo, Proxy, Target, http, tcp};
-use crate::config::compile::MtlsMode;
-use crate::config::compile::inbound_service_name;
+use crate::config::snapshot::MtlsMode;
+use crate::config::snapshot::inbound_service_name;
 use crate::config::{ListenerKind, ListenerSpec, Protocol, Snapshot};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
 use tokio::io::{AsyncRead, AsyncWrite};

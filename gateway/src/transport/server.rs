@@ -15,7 +15,7 @@ use http::{Method, Response, StatusCode};
 use tokio::net::TcpStream;
 
 use crate::config::Protocol;
-use crate::config::compile::inbound_service_name;
+use crate::config::snapshot::inbound_service_name;
 use crate::proxy::{ConnInfo, Proxy, Target, listener};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
 use isthmus_mesh::SpiffeId;

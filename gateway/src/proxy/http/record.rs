@@ -1,0 +1,174 @@
+//! The access record of one request: what the access log line and the
+//! metrics need, filled in as the request goes and written once when it
+//! ends (cheap clones; text is formatted only when a line is written).
+
+use super::*;
+
+/// What the access log and metrics need, filled in as the request goes.
+/// Kept as cheap clones; text is only formatted when a log line is written.
+pub(super) struct Record {
+    pub(super) proxy: Arc<Proxy>,
+    pub(super) conn: Arc<ConnInfo>,
+    pub(super) source: (Label, Label),
+    pub(super) start: Instant,
+    pub(super) start_wall: SystemTime,
+    pub(super) method: http::Method,
+    pub(super) uri: http::Uri,
+    pub(super) version: http::Version,
+    pub(super) authority: Option<String>,
+    pub(super) grpc: bool,
+    pub(super) trace: TraceParent,
+    pub(super) request_id: Option<HeaderValue>,
+    pub(super) service: Option<Arc<str>>,
+    pub(super) route: Option<Arc<str>>,
+    pub(super) upstream: Option<SocketAddr>,
+    pub(super) attempts: u32,
+    /// Request body bytes, when the body was read whole (streamed bodies
+    /// are not counted).
+    pub(super) bytes_received: u64,
+    pub(super) request_principal: Option<String>,
+    /// The authorization rule that decided, when a policy applied.
+    pub(super) authz: Option<String>,
+}
+
+pub(super) static UNKNOWN: LazyLock<Label> = LazyLock::new(|| "unknown".into());
+pub(super) static NO_ROUTE: LazyLock<Label> = LazyLock::new(|| "-".into());
+
+impl Record {
+    pub(super) fn finish(
+        self,
+        status: StatusCode,
+        grpc_status: Option<u32>,
+        bytes_sent: u64,
+        flags: &'static str,
+        reason: Option<String>,
+    ) {
+        let service = self.service.clone().unwrap_or_else(|| UNKNOWN.clone());
+        let route = self.route.clone().unwrap_or_else(|| NO_ROUTE.clone());
+        let grpc_label = match (self.grpc, grpc_status) {
+            (true, Some(s)) => grpc_status_name(s),
+            _ => "",
+        };
+        let m = &self.proxy.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                direction: self.conn.direction,
+                source_workload: self.source.0.clone(),
+                source_namespace: self.source.1.clone(),
+                destination_service: service.clone(),
+                route: route.clone(),
+                response_code: status.as_u16(),
+                grpc_status: grpc_label,
+                response_flags: flags,
+            })
+            .inc();
+        m.request_duration
+            .get_or_create(&DurationLabels {
+                direction: self.conn.direction,
+                destination_service: service,
+                route,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+        if !self.proxy.access_log.enabled() {
+            return;
+        }
+        self.proxy.access_log.write(Entry {
+            start_time: rfc3339(self.start_wall),
+            direction: self.conn.direction.as_str(),
+            listener: self.conn.listener.to_string(),
+            protocol: format!("{:?}", self.version),
+            method: Some(self.method.to_string()),
+            authority: self.authority,
+            path: Some(
+                self.uri
+                    .path_and_query()
+                    .map_or_else(|| "/".to_string(), |p| p.to_string()),
+            ),
+            response_code: status.as_u16(),
+            grpc_status,
+            response_flags: flags.to_string(),
+            reason,
+            duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+            source_address: self.conn.peer.to_string(),
+            upstream_host: self.upstream.map(|u| u.to_string()),
+            destination_service: self.service.map(|s| s.to_string()),
+            route: self.route.map(|r| r.to_string()),
+            attempts: self.attempts,
+            bytes_received: self.bytes_received,
+            bytes_sent,
+            source_principal: self.conn.peer_id.as_ref().map(|p| p.to_string()),
+            request_principal: self.request_principal,
+            authz: self.authz,
+            trace_id: Some(self.trace.trace_id_hex()),
+            request_id: self
+                .request_id
+                .and_then(|v| v.to_str().ok().map(str::to_string)),
+            source_cluster: None,
+            peer_gateway: None,
+        });
+    }
+
+    /// Answers the request locally (an error, a fault, a rate limit): plain
+    /// text for HTTP clients, a trailers-only response for gRPC clients.
+    pub(super) fn local_reply(self, err: &ProxyError) -> Response<RespBody> {
+        self.local_reply_with(
+            err.status(),
+            err.grpc_status(),
+            err.flag(),
+            err.to_string(),
+            err.kind(),
+        )
+    }
+
+    pub(super) fn local_reply_with(
+        self,
+        status: StatusCode,
+        grpc_status: u32,
+        flag: &'static str,
+        reason: String,
+        kind: &str,
+    ) -> Response<RespBody> {
+        self.proxy.metrics.error(kind);
+        let grpc = self.grpc;
+        let mut resp = if grpc {
+            let msg: String = reason
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            let mut r = Response::new(crate::proxy::body::empty());
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", HeaderValue::from(grpc_status));
+            if let Ok(v) = HeaderValue::from_str(&msg) {
+                h.insert("grpc-message", v);
+            }
+            r
+        } else {
+            let mut r = Response::new(crate::proxy::body::full(format!("{reason}\n")));
+            *r.status_mut() = status;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        };
+        if let Ok(v) = HeaderValue::from_str(flag) {
+            resp.headers_mut().insert("x-isthmus-flags", v);
+        }
+        let (code, gs) = if grpc {
+            (StatusCode::OK, Some(grpc_status))
+        } else {
+            (status, None)
+        };
+        let len = if grpc { 0 } else { reason.len() as u64 + 1 };
+        self.finish(code, gs, len, flag, Some(reason));
+        resp
+    }
+}
