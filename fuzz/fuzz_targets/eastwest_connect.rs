@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         eastwest::TRACEPARENT,
         eastwest::TARGET_PORT_HEADER,
         eastwest::REFUSAL_HEADER,
-        eastwest::gateway::CLUSTER_HEADER,
+        eastwest::CLUSTER_HEADER,
     ];
     for (name, value) in names.iter().zip(parts) {
         if let Ok(v) = HeaderValue::from_bytes(value) {

@@ -356,7 +356,7 @@ pub struct Launched {
     drain_timeout: Duration,
     stop_eastwest: CancellationToken,
     stop_identity: CancellationToken,
-    /// Fetching and renewing the SVID from the CA.
+    /// Fetching and renewing the SVID from the CA, or re-reading its files.
     identity_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -383,13 +383,14 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
             else {
                 return Err(LaunchError::CertFiles);
             };
-            let files = Identity::watch_files(
+            let (files, task) = Identity::watch_files(
                 cert,
                 key,
                 roots,
                 Duration::from_secs(10),
                 stop_identity.clone(),
             )?;
+            identity_task = Some(task);
             let mesh = Arc::new(MeshTls::new(files));
             if let Some(t) = tls.as_ref() {
                 // The control plane connection presents the same identity.
@@ -452,6 +453,9 @@ impl Launched {
     /// get the drain timeout), then stops renewing the identity.
     pub async fn shutdown(self) {
         self.stop_eastwest.cancel();
+        if let Some(ew) = &self.eastwest {
+            ew.drained(self.drain_timeout).await;
+        }
         self.sidecar.shutdown(self.drain_timeout).await;
         self.stop_identity.cancel();
         if let Some(task) = self.identity_task {

@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::mesh::Target;
 
@@ -108,9 +109,24 @@ impl Stats {
     }
 }
 
+/// A client connection to the frontend sidecar; its driver task is owned
+/// by it (aborted when the connection is dropped).
 enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    H1 {
+        send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        _driver: AbortOnDropHandle<()>,
+    },
+    H2 {
+        send: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        _driver: AbortOnDropHandle<()>,
+    },
+}
+
+/// A connection driver, owned by its connection.
+fn driver(conn: impl std::future::Future + Send + 'static) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = conn.await;
+    }))
 }
 
 async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
@@ -123,14 +139,18 @@ async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
         let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
             .map_err(|e| format!("h2 handshake: {e}"))?;
-        tokio::spawn(conn);
-        Ok(Conn::H2(send))
+        Ok(Conn::H2 {
+            send,
+            _driver: driver(conn),
+        })
     } else {
         let (send, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|e| format!("http/1.1 handshake: {e}"))?;
-        tokio::spawn(conn);
-        Ok(Conn::H1(send))
+        Ok(Conn::H1 {
+            send,
+            _driver: driver(conn),
+        })
     }
 }
 
@@ -148,7 +168,7 @@ async fn call(
     headers: &[(&str, &str)],
 ) -> Result<Served, String> {
     let response = match conn {
-        Conn::H1(send) => {
+        Conn::H1 { send, .. } => {
             let mut req = http::Request::get("/").header("host", &target.host);
             for (k, v) in headers {
                 req = req.header(*k, *v);
@@ -159,7 +179,7 @@ async fn call(
                 .await
                 .map_err(|e| format!("request: {e}"))?
         }
-        Conn::H2(send) => {
+        Conn::H2 { send, .. } => {
             // A unary gRPC call: one length-prefixed message.
             let mut msg = vec![0u8, 0, 0, 0, 5];
             msg.extend_from_slice(b"stock");

@@ -127,11 +127,7 @@ impl ApiTls {
 
     /// Accepts TLS connections on `listener` until `stop`: handshakes run
     /// concurrently, failures are logged and dropped.
-    pub fn incoming(
-        self: &Arc<Self>,
-        listener: TcpListener,
-        stop: CancellationToken,
-    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+    pub fn incoming(self: &Arc<Self>, listener: TcpListener, stop: CancellationToken) -> Incoming {
         incoming(self.config.clone(), listener, stop)
     }
 }
@@ -139,17 +135,22 @@ impl ApiTls {
 /// Accepts TLS connections with `config` on `listener` until `stop`:
 /// handshakes run concurrently, failures are logged and dropped; each
 /// connection carries the client's verified SPIFFE ID, if it presented one.
+/// The accepting task and its handshakes belong to the returned stream:
+/// dropping it (the server shutting down) stops them.
 pub fn incoming(
     config: Arc<rustls::ServerConfig>,
     listener: TcpListener,
     stop: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
+) -> Incoming {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
+        let mut handshakes = tokio::task::JoinSet::new();
         loop {
             let (tcp, remote) = tokio::select! {
                 _ = stop.cancelled() => return,
+                // Finished handshakes are reaped as they end.
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -161,7 +162,7 @@ pub fn incoming(
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
+            handshakes.spawn(async move {
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 {
                     Ok(Ok(s)) => s,
@@ -185,7 +186,27 @@ pub fn incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    Incoming {
+        rx: tokio_stream::wrappers::ReceiverStream::new(rx),
+        _task: tokio_util::task::AbortOnDropHandle::new(task),
+    }
+}
+
+/// The accepted connections of `incoming`, as a stream for tonic.
+pub struct Incoming {
+    rx: tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = std::io::Result<TlsConn>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.rx).poll_next(cx)
+    }
 }
 
 fn issue(

@@ -17,6 +17,7 @@ use isthmus_mesh::transport::RemoteSession;
 use isthmus_mesh::transport::client::{Connector, Expect, TunnelError};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::credentials::CredentialStore;
 use super::peers::{Partition, Peers};
@@ -157,7 +158,8 @@ impl Default for Settings {
     }
 }
 
-/// Runs a task per link of the published store until `stop`.
+/// Runs a task per link of the published store until `stop`, then waits
+/// for the link tasks (each stops with its token, a child of `stop`).
 pub fn run(
     mut published: watch::Receiver<Arc<Published>>,
     connector: Arc<Connector>,
@@ -167,6 +169,7 @@ pub fn run(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let links = TaskTracker::new();
         let mut running: BTreeMap<String, (Target, CancellationToken)> = BTreeMap::new();
         loop {
             let (own, wanted) = {
@@ -207,14 +210,19 @@ pub fn run(
                     credentials: credentials.clone(),
                     settings: settings.clone(),
                 };
-                tokio::spawn(link.run(token.clone()));
+                links.spawn(link.run(token.clone()));
                 running.insert(peer, (target, token));
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
-                r = published.changed() => if r.is_err() { return },
+                _ = stop.cancelled() => break,
+                r = published.changed() => if r.is_err() { break },
             }
         }
+        for (_, token) in running.values() {
+            token.cancel();
+        }
+        links.close();
+        links.wait().await;
     })
 }
 

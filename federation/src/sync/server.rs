@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::exports::{ExportMap, delta, exports};
@@ -39,10 +40,12 @@ pub struct Exported {
     pub trust_bundle: String,
 }
 
-/// Keeps `Exported` current with the published generations until `stop`.
+/// Keeps `Exported` current with the published generations until `stop`
+/// (a task of `tasks`).
 pub fn follow_exports(
     mut published: watch::Receiver<Arc<Published>>,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) -> watch::Receiver<Arc<Exported>> {
     let compute = |p: &Published| {
         let snap = &p.store.snapshot;
@@ -60,7 +63,7 @@ pub fn follow_exports(
     };
     let first = compute(&published.borrow_and_update());
     let (tx, rx) = watch::channel(first);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -214,6 +217,8 @@ pub struct SyncService {
     credentials: CredentialPolicy,
     clock: Clock,
     stop: CancellationToken,
+    /// Its tasks: following the exports, and one per subscribed peer.
+    tasks: TaskTracker,
 }
 
 impl SyncService {
@@ -222,7 +227,8 @@ impl SyncService {
         tokens: Option<Arc<TokenKey>>,
         stop: CancellationToken,
     ) -> Self {
-        let exported = follow_exports(published.clone(), stop.clone());
+        let tasks = TaskTracker::new();
+        let exported = follow_exports(published.clone(), stop.clone(), &tasks);
         Self {
             published,
             exported,
@@ -230,6 +236,7 @@ impl SyncService {
             credentials: CredentialPolicy::DEFAULT,
             clock: Arc::new(SystemTime::now),
             stop,
+            tasks,
         }
     }
 
@@ -330,7 +337,7 @@ impl ClusterSync for SyncService {
                 policy,
             ))),
         };
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut version = 1;
             let first = exported.borrow_and_update().clone();
             let Some(m) = message(&first, version, true, (&ExportMap::new(), "")) else {
@@ -378,15 +385,17 @@ impl ClusterSync for SyncService {
 }
 
 /// Serves the channel on `listener` (TLS with `config`: the federation
-/// identity, client certificates required and verified) until `stop`.
+/// identity, client certificates required and verified) until `stop`,
+/// then waits for the service's tasks (each ends on `stop`).
 pub async fn serve(
     svc: SyncService,
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let tasks = svc.tasks.clone();
     let incoming = crate::identity::tls::incoming(config, listener, stop.clone());
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .serve_with_incoming_shutdown(
@@ -394,7 +403,10 @@ pub async fn serve(
             incoming,
             stop.cancelled_owned(),
         )
-        .await
+        .await;
+    tasks.close();
+    tasks.wait().await;
+    served
 }
 
 #[cfg(test)]

@@ -39,6 +39,24 @@ pub struct EastWest {
     pub gateway: Arc<Gateway>,
 }
 
+impl EastWest {
+    /// After its `stop`: waits up to `deadline` for the role's tasks (the
+    /// servers close their connections; streams still open are cut when
+    /// the deadline passes and the runtime ends).
+    pub async fn drained(&self, deadline: Duration) {
+        self.gateway.tasks.close();
+        if tokio::time::timeout(deadline, self.gateway.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.gateway.tasks.len(),
+                "east-west streams still open after the drain deadline"
+            );
+        }
+    }
+}
+
 /// Starts the role on `sidecar` until `stop`.
 pub async fn start(
     sidecar: &Sidecar,
@@ -89,27 +107,28 @@ pub async fn start_with(
         addr(tcp.local_addr(), "HTTP/2 fallback", ew.tcp)?,
         addr(local.local_addr(), "local entry", ew.local)?,
     );
-    tokio::spawn(server::serve_tcp(
+    let mut gw = Gateway::new(
+        tls,
+        endpoint.clone(),
+        ew.peer_configs(),
+        proxy.metrics.clone(),
+    );
+    gw.cluster = ew.cluster.clone();
+    let gw = Arc::new(gw);
+    gw.tasks.spawn(server::serve_tcp(
         tcp,
         proxy.clone(),
         peers.clone(),
         stop.clone(),
     ));
-    tokio::spawn(server::serve(
-        endpoint.clone(),
-        proxy.clone(),
-        peers,
-        stop.clone(),
-    ));
-    let mut gw = Gateway::new(tls, endpoint, ew.peer_configs(), proxy.metrics.clone());
-    gw.cluster = ew.cluster.clone();
-    let gw = Arc::new(gw);
+    gw.tasks
+        .spawn(server::serve(endpoint, proxy.clone(), peers, stop.clone()));
     gw.clone()
         .follow_config(proxy.store.clone(), ew.peer_configs(), stop.clone());
     let view = gw.clone();
     sidecar.add_admin_view("/eastwest", Arc::new(move || view.status()));
     gw.spawn_stats(Duration::from_secs(1), stop.clone());
-    tokio::spawn(gw.clone().serve_local(local, stop));
+    gw.tasks.spawn(gw.clone().serve_local(local, stop));
     Ok(EastWest {
         quic: started.0,
         tcp: started.1,

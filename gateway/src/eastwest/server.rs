@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::splice::{Side, splice_tcp};
 use super::{ConnectRefusal, Source, parse_authority, quic::peer_id};
@@ -69,13 +70,15 @@ fn handshake_failure(e: &impl std::fmt::Display) -> &'static str {
     }
 }
 
-/// Serves peers on `endpoint` until `stop`.
+/// Serves peers on `endpoint` until `stop`, then closes the endpoint and
+/// waits for its connections' tasks (closing it ends their streams).
 pub async fn serve(
     endpoint: quinn::Endpoint,
     proxy: Arc<Proxy>,
     peers: Arc<Peers>,
     stop: CancellationToken,
 ) {
+    let tasks = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
             _ = stop.cancelled() => break,
@@ -84,8 +87,9 @@ pub async fn serve(
                 None => break,
             },
         };
-        let (proxy, peers, stop) = (proxy.clone(), peers.clone(), stop.clone());
-        tokio::spawn(async move {
+        let (proxy, peers, stop, streams) =
+            (proxy.clone(), peers.clone(), stop.clone(), tasks.clone());
+        tasks.spawn(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
@@ -102,10 +106,12 @@ pub async fn serve(
                 return;
             };
             tracing::info!(%remote, peer = %id, "peer gateway connected");
-            serve_connection(conn, remote, proxy, peers, Arc::new(id), stop).await;
+            serve_connection(conn, remote, proxy, peers, Arc::new(id), stop, &streams).await;
         });
     }
     endpoint.close(0u32.into(), b"shutting down");
+    tasks.close();
+    tasks.wait().await;
 }
 
 async fn serve_connection(
@@ -115,6 +121,7 @@ async fn serve_connection(
     peers: Arc<Peers>,
     peer: Arc<SpiffeId>,
     stop: CancellationToken,
+    tasks: &TaskTracker,
 ) {
     let mut h3 = match h3::server::builder()
         .max_field_section_size(16 * 1024)
@@ -140,7 +147,7 @@ async fn serve_connection(
             },
         };
         let (proxy, peer, peers) = (proxy.clone(), peer.clone(), peers.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let (req, mut stream) = match resolver.resolve_request().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -292,6 +299,7 @@ async fn route(
 
 /// The fallback: the same CONNECT streams as HTTP/2 over TLS on TCP, for
 /// peers whose UDP does not get through. Same authentication and routing.
+/// On `stop` its connections drain (GOAWAY) and are waited for.
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     proxy: Arc<Proxy>,
@@ -304,18 +312,24 @@ pub async fn serve_tcp(
     };
     let (_, server) = tls.configs_admitting(isthmus_mesh::tls::ALPN_H2, admission(&peers, &proxy));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let tasks = TaskTracker::new();
     loop {
         let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => continue,
             },
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, proxy, peers, stop) =
-            (acceptor.clone(), proxy.clone(), peers.clone(), stop.clone());
-        tokio::spawn(async move {
+        let (acceptor, proxy, peers, stop, streams) = (
+            acceptor.clone(),
+            proxy.clone(),
+            peers.clone(),
+            stop.clone(),
+            tasks.clone(),
+        );
+        tasks.spawn(async move {
             let tls = match tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 acceptor.accept(tcp),
@@ -344,7 +358,7 @@ pub async fn serve_tcp(
             let settings = super::quic::fallback_settings();
             let served = isthmus_mesh::h2connect::server::serve(tls, &settings, &stop, |inc| {
                 let (proxy, peer, peers) = (proxy.clone(), peer.clone(), peers.clone());
-                tokio::spawn(async move {
+                streams.spawn(async move {
                     let log = StreamLog::new("h2-fallback", remote, peer.clone(), inc.request());
                     let authority = log.authority.as_deref();
                     let method = inc.request().method().clone();
@@ -373,6 +387,8 @@ pub async fn serve_tcp(
             }
         });
     }
+    tasks.close();
+    tasks.wait().await;
 }
 
 /// The bytes a splice moved, or none when it was aborted (logged).

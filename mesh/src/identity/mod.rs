@@ -208,13 +208,14 @@ impl Identity {
 
     /// Credentials from files (`from_files`), re-read when a file changes
     /// (checked every `poll`) until `stop`: rotation by whoever writes them.
+    /// The task re-reading them is returned with the identity.
     pub fn watch_files(
         cert: std::path::PathBuf,
         key: std::path::PathBuf,
         roots: std::path::PathBuf,
         poll: Duration,
         stop: CancellationToken,
-    ) -> Result<Arc<Self>, IdentityError> {
+    ) -> Result<(Arc<Self>, tokio::task::JoinHandle<()>), IdentityError> {
         let me = Self::fixed(from_files(&cert, &key, &roots)?);
         let this = me.clone();
         let stamp = |paths: &[&std::path::Path; 3]| {
@@ -224,7 +225,7 @@ impl Identity {
                 .collect::<Vec<_>>()
         };
         let mut seen = stamp(&[&cert, &key, &roots]);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -246,7 +247,7 @@ impl Identity {
                 }
             }
         });
-        Ok(me)
+        Ok((me, task))
     }
 
     /// An identity without credentials yet (see `run`).

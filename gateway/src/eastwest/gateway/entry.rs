@@ -23,7 +23,7 @@ impl Gateway {
             };
             let _ = tcp.set_nodelay(true);
             let (me, acceptor, stop) = (self.clone(), acceptor.clone(), stop.clone());
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let Ok(Ok(tls)) =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                 else {
@@ -43,7 +43,9 @@ impl Gateway {
                     &stop,
                     |inc| {
                         let (me, caller) = (me.clone(), caller.clone());
-                        tokio::spawn(async move { me.forward(inc, caller).await });
+                        me.tasks
+                            .clone()
+                            .spawn(async move { me.forward(inc, caller).await });
                     },
                 );
                 if let Err(e) = served.await {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::client::{Link, LinkError, PeerLink, Transport};
 use super::transport::LinkTransport;
@@ -45,6 +46,9 @@ pub struct Gateway {
     pub reprobe: Duration,
     /// This cluster's name, sent as the source of every stream.
     pub cluster: Option<String>,
+    /// Every task of the gateway: its servers, the local entry's
+    /// connections and streams, re-probes, config and stats loops.
+    pub tasks: TaskTracker,
 }
 
 impl Gateway {
@@ -71,7 +75,8 @@ impl Gateway {
         stop: CancellationToken,
     ) {
         let mut changes = store.subscribe();
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        tasks.spawn(async move {
             loop {
                 let snap = store.load();
                 self.set_peers(merge_peers(&fixed, snap.source.east_west.as_ref()));
@@ -100,6 +105,7 @@ impl Gateway {
             peers: Mutex::new(peers),
             reprobe: REPROBE,
             cluster: None,
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -307,7 +313,7 @@ impl Gateway {
             *at = Instant::now();
         }
         let (peer, endpoint, metrics) = (peer.clone(), self.endpoint.clone(), self.metrics.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let c = &peer.cfg;
             match PeerLink::connect(&endpoint, c.udp, &c.identity).await {
                 Ok(l) => {

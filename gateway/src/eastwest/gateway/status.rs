@@ -75,7 +75,7 @@ impl Gateway {
     /// metrics every `every`, until `stop`.
     pub fn spawn_stats(self: &Arc<Self>, every: Duration, stop: CancellationToken) {
         let me = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
