@@ -120,6 +120,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            // Before anything says where it listens: a SIGTERM or SIGINT
+            // right after is a clean shutdown, not the default action.
+            use tokio::signal::unix::{SignalKind, signal};
+            let (mut term, mut int) = (
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            );
             let RunArgs {
                 store_dir,
                 kube,
@@ -346,10 +353,8 @@ async fn main() -> anyhow::Result<()> {
                     );
                 }
             }
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
             }
             tracing::info!("shutting down");

@@ -313,6 +313,13 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn run_sidecar(a: SidecarArgs, eastwest: Option<EastWestConfig>) -> anyhow::Result<()> {
     tracing::info!(?a, "starting sidecar");
+    // Before the start lines: a SIGTERM right after them is a drain, not
+    // the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let running = launch(a.settings(eastwest)).await?;
     // Where it listens, on stderr before it serves (tests and scripts read these lines).
     for (name, addr) in running.sidecar.listeners.bound() {
@@ -328,10 +335,9 @@ async fn run_sidecar(a: SidecarArgs, eastwest: Option<EastWestConfig>) -> anyhow
         "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
         running.sidecar.admin_addr()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
     running.shutdown().await;
     Ok(())

@@ -29,6 +29,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    // Before saying where it listens: a SIGTERM right after that line is
+    // a clean stop, not the default action.
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
     let app = isthmus_sample::SampleApp::new(&a.service, &a.cluster, &a.version);
     let http = isthmus_sample::serve(app, a.listen)
         .await
@@ -44,10 +51,9 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
     }
     http.stop().await;
     if let Some(e) = echo {
