@@ -1062,7 +1062,8 @@ async fn a_relink_resumes_in_0rtt_and_a_refused_0rtt_costs_no_stream() {
     );
     first.close();
     // Relinking resumes: the first CONNECT goes in 0-RTT, and is taken.
-    let again = PeerLink::connect_with(&endpoint, peer.addr, EU_GW, true)
+    let tasks = tokio_util::task::TaskTracker::new();
+    let again = PeerLink::connect_with(&endpoint, peer.addr, EU_GW, true, &tasks)
         .await
         .unwrap();
     assert_eq!(again.early(), Early::Pending, "resumed with 0-RTT");
@@ -1082,7 +1083,7 @@ async fn a_relink_resumes_in_0rtt_and_a_refused_0rtt_costs_no_stream() {
     again.close();
     // A ticket is good for its peer only: expecting another identity at
     // the same address is a full handshake, and refused.
-    let other = PeerLink::connect_with(&endpoint, peer.addr, US_GW, true).await;
+    let other = PeerLink::connect_with(&endpoint, peer.addr, US_GW, true, &tasks).await;
     assert!(matches!(other, Err(LinkError::WrongPeer { .. })));
 
     // Through a gateway: the peer restarts (its tickets are gone), the

@@ -16,6 +16,17 @@ impl H2Link {
         addr: SocketAddr,
         expected: &str,
     ) -> Result<Self, LinkError> {
+        Self::connect_with(tls, addr, expected, &TaskTracker::new()).await
+    }
+
+    /// `connect`, its connection driver in `tasks` (it ends when the
+    /// connection closes).
+    pub async fn connect_with(
+        tls: &isthmus_mesh::tls::MeshTls,
+        addr: SocketAddr,
+        expected: &str,
+        tasks: &TaskTracker,
+    ) -> Result<Self, LinkError> {
         let fail = |reason: String| LinkError::Connect {
             addr,
             transport: "the TCP fallback",
@@ -59,7 +70,7 @@ impl H2Link {
             addr,
             reason: e.to_string(),
         })?;
-        tokio::spawn(driver);
+        tasks.spawn(driver);
         Ok(Self { addr, conn })
     }
 

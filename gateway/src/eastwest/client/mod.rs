@@ -13,6 +13,7 @@ use h3_quinn::OpenStreams;
 use http::{Method, Request, StatusCode};
 
 use super::quic::peer_id;
+use tokio_util::task::TaskTracker;
 
 /// How long a QUIC handshake may take before the peer counts as
 /// unreachable over UDP.

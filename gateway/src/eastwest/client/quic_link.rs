@@ -73,7 +73,7 @@ impl PeerLink {
         addr: SocketAddr,
         expected: &str,
     ) -> Result<Self, LinkError> {
-        Self::connect_with(endpoint, addr, expected, false).await
+        Self::connect_with(endpoint, addr, expected, false, &TaskTracker::new()).await
     }
 
     /// `connect`, resuming in 0-RTT when `allow_early` and a ticket from
@@ -81,12 +81,15 @@ impl PeerLink {
     /// returned at once and its first streams go before the handshake
     /// completes. Only when the path is known good (the last link did not
     /// time out), since a 0-RTT link cannot tell the race that UDP is
-    /// blocked until its handshake fails.
+    /// blocked until its handshake fails. The connection's tasks (its
+    /// HTTP/3 driver, the 0-RTT check) go to `tasks`: they end when the
+    /// connection closes.
     pub async fn connect_with(
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
         expected: &str,
         allow_early: bool,
+        tasks: &TaskTracker,
     ) -> Result<Self, LinkError> {
         let fail = |reason: String| LinkError::Connect {
             addr,
@@ -110,7 +113,7 @@ impl PeerLink {
             Ok((conn, accepted)) => {
                 early.store(1, std::sync::atomic::Ordering::Release);
                 let (c, e, expected) = (conn.clone(), early.clone(), expected.to_string());
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let ok = tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted)
                         .await
                         .unwrap_or(false);
@@ -162,7 +165,7 @@ impl PeerLink {
                         reason: e.to_string(),
                     })
             })?;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let e = driver.wait_idle().await;
             tracing::debug!(%addr, "peer gateway connection closed: {e}");
         });

@@ -15,10 +15,13 @@ impl Link {
         expected: &str,
         head_start: std::time::Duration,
     ) -> Result<Link, LinkError> {
-        Self::race_with(endpoint, tls, udp, tcp, expected, head_start, false).await
+        let tasks = TaskTracker::new();
+        Self::race_with(endpoint, tls, udp, tcp, expected, head_start, false, &tasks).await
     }
 
-    /// `race`, letting QUIC resume in 0-RTT (`PeerLink::connect_with`).
+    /// `race`, letting QUIC resume in 0-RTT (`PeerLink::connect_with`),
+    /// the connections' tasks in `tasks`.
+    #[allow(clippy::too_many_arguments)] // the peer's addresses and identity, and the race's knobs
     pub async fn race_with(
         endpoint: &quinn::Endpoint,
         tls: &isthmus_mesh::tls::MeshTls,
@@ -27,8 +30,15 @@ impl Link {
         expected: &str,
         head_start: std::time::Duration,
         allow_early: bool,
+        tasks: &TaskTracker,
     ) -> Result<Link, LinkError> {
-        let mut quic = Box::pin(PeerLink::connect_with(endpoint, udp, expected, allow_early));
+        let mut quic = Box::pin(PeerLink::connect_with(
+            endpoint,
+            udp,
+            expected,
+            allow_early,
+            tasks,
+        ));
         let mut quic_failed = false;
         tokio::select! {
             biased;
@@ -44,7 +54,7 @@ impl Link {
             },
             _ = tokio::time::sleep(head_start) => {}
         }
-        let mut h2 = Box::pin(H2Link::connect(tls, tcp, expected));
+        let mut h2 = Box::pin(H2Link::connect_with(tls, tcp, expected, tasks));
         if quic_failed {
             return h2.await.map(Link::H2);
         }

@@ -151,6 +151,7 @@ impl Gateway {
             &c.identity,
             HEAD_START,
             allow_early,
+            &self.tasks,
         )
         .await;
         let result = match &made {
@@ -312,10 +313,15 @@ impl Gateway {
             }
             *at = Instant::now();
         }
-        let (peer, endpoint, metrics) = (peer.clone(), self.endpoint.clone(), self.metrics.clone());
+        let (peer, endpoint, metrics, tasks) = (
+            peer.clone(),
+            self.endpoint.clone(),
+            self.metrics.clone(),
+            self.tasks.clone(),
+        );
         self.tasks.spawn(async move {
             let c = &peer.cfg;
-            match PeerLink::connect(&endpoint, c.udp, &c.identity).await {
+            match PeerLink::connect_with(&endpoint, c.udp, &c.identity, false, &tasks).await {
                 Ok(l) => {
                     tracing::info!(cluster = %c.cluster, "QUIC gets through again: leaving the TCP fallback");
                     *peer.link.lock().await = Some(Arc::new(Link::Quic(l)));
