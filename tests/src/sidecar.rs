@@ -115,17 +115,18 @@ pub fn metric_value(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Polls `f` until it is true; panics after 10 s.
+/// Polls `f` until it is true (`isthmus_testkit::eventually`, for a
+/// condition rather than a value).
 pub async fn eventually<F, Fut>(what: &str, f: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    isthmus_testkit::eventually(what, || {
+        let fut = f();
+        async move { fut.await.then_some(()) }
+    })
+    .await
 }
 
 pub type Http = Client<HttpConnector, Full<Bytes>>;

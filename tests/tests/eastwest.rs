@@ -1341,11 +1341,11 @@ async fn a_dead_local_endpoint_is_skipped_and_ejected() {
         assert_eq!(got, msg);
     }
     let text = peer.proxy.metrics.encode();
-    let ejections: f64 = text
-        .lines()
-        .filter(|l| l.starts_with("isthmus_outlier_ejections_total{") && l.contains("flaky.shop"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let ejections = isthmus_tests::sidecar::metric_value(
+        &text,
+        "isthmus_outlier_ejections_total",
+        &["flaky.shop"],
+    );
     assert!(ejections >= 1.0, "the dead endpoint was ejected:\n{text}");
     peer.stop.cancel();
 }

@@ -15,13 +15,10 @@ use tokio_util::task::TaskTracker;
 use super::splice::{Side, splice_tcp};
 use super::{ConnectRefusal, Source, parse_authority, quic::peer_id};
 use crate::balance::outlier::Observation;
-use crate::policy::attempts::{Action, Attempts, Plan};
-use crate::policy::retry::Outcome;
+use crate::policy::attempts::{Attempts, CONNECT_TRIES, Plan};
 use crate::pool::dial;
 use crate::telemetry::metrics::Direction;
 
-/// Endpoints tried per CONNECT before it is refused.
-const CONNECT_ATTEMPTS: u32 = 3;
 use crate::proxy::Proxy;
 use isthmus_mesh::SpiffeId;
 
@@ -246,7 +243,7 @@ async fn route(
     // Like the sidecar's TCP connects: other endpoints after a failed
     // connect, and every result told to outlier detection.
     let mut plan = Attempts::new(Plan::Connect {
-        tries: CONNECT_ATTEMPTS,
+        tries: CONNECT_TRIES,
     });
     loop {
         let idx = {
@@ -287,8 +284,7 @@ async fn route(
                     addr,
                     reason: e.to_string(),
                 });
-                let next = plan.next(Outcome::ConnectFailure, || true, || true, || 0.0);
-                if !matches!(next, Action::Retry { .. }) {
+                if !plan.retry_connect() {
                     break;
                 }
             }

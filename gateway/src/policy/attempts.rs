@@ -21,6 +21,10 @@ use std::time::Duration;
 
 use super::retry::{Outcome, RetrySettings};
 
+/// Endpoints tried per TCP connection or east-west CONNECT before it is
+/// refused (each another endpoint while there are others).
+pub const CONNECT_TRIES: u32 = 3;
+
 /// What the loop retries, and how often.
 #[derive(Debug, Clone, Copy)]
 pub enum Plan<'a> {
@@ -63,6 +67,14 @@ pub struct Attempts<'a> {
 impl<'a> Attempts<'a> {
     pub fn new(plan: Plan<'a>) -> Self {
         Self { plan, retries: 0 }
+    }
+
+    /// After a failed connect: whether to try another endpoint.
+    pub fn retry_connect(&mut self) -> bool {
+        matches!(
+            self.next(Outcome::ConnectFailure, || true, || true, || 0.0),
+            Action::Retry { .. }
+        )
     }
 
     /// Retries decided so far.

@@ -12,8 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{ConnInfo, Proxy};
 use crate::balance::outlier::Observation;
 use crate::config::{PortSpec, ServiceSpec};
-use crate::policy::attempts::{Action, Attempts, Plan};
-use crate::policy::retry::Outcome;
+use crate::policy::attempts::{Attempts, CONNECT_TRIES, Plan};
 use crate::pool::{PoolError, dial};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::ServiceLabels;
@@ -23,10 +22,6 @@ use isthmus_mesh::h2connect::Abort;
 /// mesh transport stream frames each write; 8 KiB, tokio's default, cost a
 /// third of the throughput through a pair).
 const COPY_BUFFER: usize = 64 * 1024;
-
-/// Connect attempts per downstream connection (each to another endpoint
-/// while there are others).
-const CONNECT_ATTEMPTS: u32 = 3;
 
 struct TcpLog {
     start: Instant,
@@ -92,7 +87,7 @@ pub async fn proxy_to_service<S>(
     let mut connected = None;
     let mut last_err = String::from("no endpoints");
     let mut plan = Attempts::new(Plan::Connect {
-        tries: CONNECT_ATTEMPTS,
+        tries: CONNECT_TRIES,
     });
     loop {
         let idx = {
@@ -153,8 +148,7 @@ pub async fn proxy_to_service<S>(
                     conn.direction,
                 );
                 last_err = e.to_string();
-                let next = plan.next(Outcome::ConnectFailure, || true, || true, || 0.0);
-                if !matches!(next, Action::Retry { .. }) {
+                if !plan.retry_connect() {
                     break;
                 }
             }
