@@ -124,7 +124,79 @@ impl Via {
     }
 }
 
+/// What an endpoint is, across reloads and in every table that keeps
+/// state per endpoint (connection pool, outlier detection, in-flight
+/// counts, ring-hash points, `/config_dump`): its address, the port its
+/// address names (if any), and for an endpoint standing for a service in
+/// a linked cluster, that cluster and service. Every linked cluster's
+/// endpoint of a clusterset service is our gateway entry (one address, one
+/// port): only `via` tells them apart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+    /// (cluster, `name.ns` there).
+    pub via: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl EndpointKey {
+    /// The same endpoint at one port (connection pools are per port).
+    pub fn at(&self, port: u16) -> Self {
+        Self {
+            port: Some(port),
+            ..self.clone()
+        }
+    }
+
+    /// The linked cluster this endpoint stands for, if any.
+    pub fn cluster(&self) -> Option<&str> {
+        self.via.as_ref().map(|(c, _)| &**c)
+    }
+}
+
+/// `10.0.0.7:8080`, `10.0.0.7` (no port in the address), or
+/// `127.0.0.1:15009 via catalog.shop@eu-central`.
+impl std::fmt::Display for EndpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}", SocketAddr::new(self.ip, p))?,
+            None => write!(f, "{}", self.ip)?,
+        }
+        if let Some((cluster, service)) = &self.via {
+            write!(f, " via {service}@{cluster}")?;
+        }
+        Ok(())
+    }
+}
+
 impl EndpointSpec {
+    /// A plain endpoint at `addr`: healthy, weight 1, no locality, no
+    /// mesh transport.
+    pub fn at(addr: SocketAddr) -> Self {
+        Self {
+            ip: addr.ip(),
+            fixed_port: Some(addr.port()),
+            ports: HashMap::new(),
+            locality: Locality::default(),
+            weight: 1,
+            healthy: true,
+            tunnel: None,
+        }
+    }
+
+    /// This endpoint's identity (see `EndpointKey`).
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey {
+            ip: self.ip,
+            port: self.fixed_port,
+            via: self
+                .tunnel
+                .as_ref()
+                .and_then(|t| t.via.as_ref())
+                .map(|v| (v.cluster.clone(), v.service.clone())),
+        }
+    }
+
     /// The socket address of this endpoint for a service port.
     pub fn addr(&self, port: &PortSpec) -> SocketAddr {
         let p = self

@@ -6,7 +6,7 @@
 //! refused at once with `PoolError::Overflow` (the caller sheds with 503).
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,8 +23,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::config::PoolLimits;
 use crate::config::snapshot::Tunnel;
+use crate::config::{EndpointKey, EndpointSpec, PoolLimits};
 use crate::proxy::body::ReqBody;
 pub use isthmus_mesh::dial::{DialError, SocketOptions, dial};
 use isthmus_mesh::transport::{Connector, TunnelError};
@@ -73,17 +73,15 @@ struct EndpointConns {
     h2: tokio::sync::Mutex<Option<H2Conn>>,
 }
 
-/// An endpoint's address and the linked cluster it stands for, if any.
-type EndpointKey = (SocketAddr, Option<Arc<str>>);
 
 pub struct Pool {
     limits: Mutex<PoolLimits>,
     connections: Arc<AtomicUsize>,
     pending: AtomicUsize,
     released: Arc<Notify>,
-    /// By endpoint: its address and, for an endpoint via a linked cluster,
-    /// that cluster (endpoints of several clusters share our gateway's
-    /// address and may share a target port: their connections must not).
+    /// By endpoint at a port (`EndpointKey::at`): endpoints of several
+    /// linked clusters share our gateway's address and may share a target
+    /// port; their connections must not.
     endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointConns>>>,
     tracker: TaskTracker,
     socket: SocketOptions,
@@ -197,20 +195,13 @@ impl Pool {
         self.connections.load(Ordering::Acquire)
     }
 
-    /// Drops idle state of endpoints no longer in the service.
-    pub fn retain(&self, live: &[SocketAddr]) {
-        self.endpoints.lock().retain(|(a, _), _| live.contains(a));
+    /// Drops idle state of endpoints (at a port) no longer in the service.
+    pub fn retain(&self, live: &HashSet<EndpointKey>) {
+        self.endpoints.lock().retain(|k, _| live.contains(k));
     }
 
-    fn endpoint(&self, addr: SocketAddr, tunnel: Option<&Tunnel>) -> Arc<EndpointConns> {
-        let via = tunnel
-            .and_then(|t| t.via.as_ref())
-            .map(|v| v.cluster.clone());
-        self.endpoints
-            .lock()
-            .entry((addr, via))
-            .or_default()
-            .clone()
+    fn endpoint(&self, key: EndpointKey) -> Arc<EndpointConns> {
+        self.endpoints.lock().entry(key).or_default().clone()
     }
 
     fn try_reserve(&self) -> Option<ConnGuard> {
@@ -340,14 +331,16 @@ impl Pool {
         Ok(Io::Tunnel(Box::new(stream)))
     }
 
-    /// Checks out a connection to `addr` speaking `version`.
+    /// Checks out a connection to `endpoint` at `addr` (its address for
+    /// the request's port) speaking `version`.
     pub async fn acquire(
         &self,
+        endpoint: &EndpointSpec,
         addr: SocketAddr,
-        tunnel: Option<&Tunnel>,
         version: Version,
     ) -> Result<Lease, PoolError> {
-        let ep = self.endpoint(addr, tunnel);
+        let tunnel = endpoint.tunnel.as_ref();
+        let ep = self.endpoint(endpoint.key().at(addr.port()));
         let limits = self.limits();
         match version {
             Version::Http1 => loop {
@@ -464,23 +457,31 @@ mod tests {
                 ports: vec![(8080, 80)],
             })),
         };
-        let (west, central) = (via("eu-west"), via("eu-central"));
-        let a = pool.endpoint(addr, Some(&west));
-        let b = pool.endpoint(addr, Some(&central));
+        let ep = |tunnel: Option<Tunnel>| EndpointSpec {
+            tunnel,
+            ..EndpointSpec::at(addr)
+        };
+        let key = |tunnel: Option<Tunnel>| ep(tunnel).key().at(addr.port());
+        let a = pool.endpoint(key(Some(via("eu-west"))));
+        let b = pool.endpoint(key(Some(via("eu-central"))));
         assert!(!Arc::ptr_eq(&a, &b), "one pool per cluster");
-        assert!(Arc::ptr_eq(&a, &pool.endpoint(addr, Some(&via("eu-west")))));
+        assert!(Arc::ptr_eq(&a, &pool.endpoint(key(Some(via("eu-west"))))));
         assert!(
-            !Arc::ptr_eq(&a, &pool.endpoint(addr, None)),
+            !Arc::ptr_eq(&a, &pool.endpoint(key(None))),
             "a local endpoint is another"
         );
-        pool.retain(&[addr]);
+        pool.retain(&HashSet::from([key(Some(via("eu-central")))]));
         assert!(
-            Arc::ptr_eq(&b, &pool.endpoint(addr, Some(&central))),
+            Arc::ptr_eq(&b, &pool.endpoint(key(Some(via("eu-central"))))),
             "kept while live"
         );
-        pool.retain(&[]);
         assert!(
-            !Arc::ptr_eq(&b, &pool.endpoint(addr, Some(&central))),
+            !Arc::ptr_eq(&a, &pool.endpoint(key(Some(via("eu-west"))))),
+            "the other cluster's dropped"
+        );
+        pool.retain(&HashSet::new());
+        assert!(
+            !Arc::ptr_eq(&b, &pool.endpoint(key(Some(via("eu-central"))))),
             "dropped when gone"
         );
     }

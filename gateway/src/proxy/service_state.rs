@@ -5,7 +5,7 @@
 //! its state; a removed service's state is dropped.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::outlier::{Observation, OutlierState};
 use crate::balance::{self, EndpointView, PickInput};
-use crate::config::{EndpointSpec, ServiceSpec, Snapshot};
+use crate::config::{EndpointKey, EndpointSpec, ServiceSpec, Snapshot};
 use crate::policy::ratelimit::TokenBucket;
 use crate::policy::retry::{BudgetSettings, RetryBudget};
 use crate::pool::{Pool, SocketOptions};
@@ -70,7 +70,7 @@ pub struct ServiceState {
     /// isthmus_circuit_breaker_sheds of this service.
     pub sheds: prometheus_client::metrics::counter::Counter,
     pub active_requests: AtomicUsize,
-    endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Arc<EndpointState>>>,
     /// The states of the endpoints of the last spec seen, index-aligned
     /// with its `endpoints`, so the request path does no lookups by key.
     aligned: Mutex<Aligned>,
@@ -84,19 +84,11 @@ struct Aligned {
     states: Arc<Vec<Arc<EndpointState>>>,
 }
 
-/// Stable identity of an endpoint for state keyed across reloads.
-pub fn endpoint_key(e: &EndpointSpec) -> String {
-    match e.fixed_port {
-        Some(p) => std::net::SocketAddr::new(e.ip, p).to_string(),
-        None => e.ip.to_string(),
-    }
-}
-
 impl ServiceState {
     pub fn endpoint_state(&self, e: &EndpointSpec) -> Arc<EndpointState> {
         self.endpoints
             .lock()
-            .entry(endpoint_key(e))
+            .entry(e.key())
             .or_default()
             .clone()
     }
@@ -206,7 +198,7 @@ impl ServiceState {
                 destination_service: self.name.clone(),
             };
             metrics.ejections.get_or_create(&labels).inc();
-            tracing::warn!(service = %self.name, endpoint = %endpoint_key(&spec.endpoints[idx]), "endpoint ejected by outlier detection");
+            tracing::warn!(service = %self.name, endpoint = %spec.endpoints[idx].key(), "endpoint ejected by outlier detection");
         }
     }
 
@@ -220,7 +212,7 @@ impl ServiceState {
             .map(|(k, s)| {
                 let o = s.outlier.lock();
                 (
-                    k.clone(),
+                    k.to_string(),
                     serde_json::json!({
                         "inFlight": s.in_flight.load(Ordering::Relaxed),
                         "ejected": o.is_ejected(now),
@@ -309,15 +301,15 @@ impl ServiceStates {
         for (name, c) in map.iter() {
             let spec = &snap.services[name];
             c.pool.set_limits(spec.pool);
-            let keys: Vec<String> = spec.endpoints.iter().map(endpoint_key).collect();
+            let keys: HashSet<EndpointKey> = spec.endpoints.iter().map(|e| e.key()).collect();
             c.endpoints.lock().retain(|k, _| keys.contains(k));
-            let mut addrs = Vec::new();
+            let mut live = HashSet::new();
             for e in &spec.endpoints {
                 for p in &spec.ports {
-                    addrs.push(e.addr(p));
+                    live.insert(e.key().at(e.addr(p).port()));
                 }
             }
-            c.pool.retain(&addrs);
+            c.pool.retain(&live);
             let routes: Vec<&str> = spec
                 .routes
                 .iter()
@@ -337,6 +329,94 @@ impl ServiceStates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clusterset service whose two endpoints are two linked clusters
+    /// behind our gateway entry (one address, one port).
+    fn two_clusters(settings: &str) -> Arc<ServiceSpec> {
+        let yaml = format!(
+            r#"
+services:
+  - name: catalog.shop.svc.clusterset.local
+    ports: [{{port: 80, protocol: HTTP}}]
+    {settings}
+    endpoints:
+      - {{address: 10.0.0.9, tunnelPort: 15009, viaCluster: eu-central, viaService: catalog.shop,
+         identity: "spiffe://eu-central.isthmus.local", ports: [{{port: 80, targetPort: 8080}}]}}
+      - {{address: 10.0.0.9, tunnelPort: 15009, viaCluster: us-east, viaService: catalog.shop,
+         identity: "spiffe://us-east.isthmus.local", ports: [{{port: 80, targetPort: 8080}}]}}
+"#
+        );
+        let snap =
+            crate::config::compile::compile(&isthmus_api::parse_yaml(&yaml).unwrap()).unwrap();
+        snap.services["catalog.shop.svc.clusterset.local"].clone()
+    }
+
+    /// Ring-hash points come from endpoint keys: two clusters behind one
+    /// entry own points of their own (equal keys would give one of them
+    /// every point's tie, so all the traffic).
+    #[test]
+    fn clusters_behind_one_gateway_entry_share_a_ring() {
+        let spec = two_clusters("loadBalancer: {policy: RING_HASH, hashKey: {header: x-user}}");
+        let states = ServiceStates::new(
+            TaskTracker::new(),
+            SocketOptions::default(),
+            Arc::new(Metrics::default()),
+            None,
+        );
+        let state = states.get(&spec);
+        let mut rng = rand::rng();
+        let mut seen = [0usize; 2];
+        for h in 0..1000u64 {
+            let hash = h.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            seen[state.pick(&spec, &[], Some(hash), &mut rng).unwrap()] += 1;
+        }
+        assert!(seen[0] > 200 && seen[1] > 200, "{seen:?}");
+    }
+
+    /// Every linked cluster's endpoint of a clusterset service is our
+    /// gateway entry: one address and port. Outlier state, in-flight counts
+    /// and the dump keep them apart by the cluster they stand for, so a
+    /// failing cluster is ejected alone.
+    #[test]
+    fn clusters_behind_one_gateway_entry_are_ejected_apart() {
+        let spec =
+            two_clusters("outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}");
+        let states = ServiceStates::new(
+            TaskTracker::new(),
+            SocketOptions::default(),
+            Arc::new(Metrics::default()),
+            None,
+        );
+        let state = states.get(&spec);
+        let metrics = Metrics::default();
+        for _ in 0..2 {
+            state.observe(
+                &spec,
+                0,
+                crate::balance::outlier::Observation::GatewayError,
+                &metrics,
+                Direction::Outbound,
+            );
+        }
+        state.states(&spec)[1].in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut rng = rand::rng();
+        for _ in 0..50 {
+            assert_eq!(
+                state.pick(&spec, &[], None, &mut rng),
+                Some(1),
+                "eu-central is ejected, us-east is not"
+            );
+        }
+        let dump = state.dump();
+        let eps = dump["endpoints"].as_object().unwrap();
+        assert_eq!(eps.len(), 2, "{dump}");
+        let central = &eps["10.0.0.9 via catalog.shop@eu-central"];
+        let east = &eps["10.0.0.9 via catalog.shop@us-east"];
+        assert_eq!(central["ejected"], true);
+        assert_eq!(central["inFlight"], 0);
+        assert_eq!(east["ejected"], false);
+        assert_eq!(east["inFlight"], 1);
+    }
 
     /// A panic while a lock of the request path is held (a bug, an
     /// allocation failure) must not poison it: every later request to that

@@ -378,13 +378,7 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
         _ => HashKeySpec::SourceIp,
     };
     let ring = (policy == Policy::RingHash).then(|| {
-        let keys: Vec<String> = endpoints
-            .iter()
-            .map(|e| match e.fixed_port {
-                Some(p) => SocketAddr::new(e.ip, p).to_string(),
-                None => e.ip.to_string(),
-            })
-            .collect();
+        let keys: Vec<String> = endpoints.iter().map(|e| e.key().to_string()).collect();
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         Ring::build(&keys, &weights)
     });

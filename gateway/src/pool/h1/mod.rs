@@ -529,7 +529,7 @@ mod wire_tests {
         req: Request<ReqBody>,
     ) -> Result<(StatusCode, Bytes, Option<HeaderMap>), String> {
         let mut lease = pool
-            .acquire(addr, None, Version::Http1)
+            .acquire(&crate::config::EndpointSpec::at(addr), addr, Version::Http1)
             .await
             .map_err(|e| e.to_string())?;
         let conn = lease.h1_mut().unwrap();
@@ -649,7 +649,7 @@ mod wire_tests {
         .await;
         let pool = pool();
         exchange(&pool, addr, get()).await.unwrap();
-        let ep = pool.endpoint(addr, None);
+        let ep = pool.endpoint(crate::config::EndpointSpec::at(addr).key());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !ep.idle.lock()[0].conn.is_stale() {
             assert!(

@@ -165,7 +165,7 @@ pub(super) async fn attempt_once(
     };
     let mut lease = state
         .pool
-        .acquire(addr, spec.endpoints[idx].tunnel.as_ref(), version)
+        .acquire(&spec.endpoints[idx], addr, version)
         .await
         .map_err(|e| match e {
             e @ crate::pool::PoolError::Overflow { .. } => {
