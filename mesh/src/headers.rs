@@ -42,6 +42,15 @@ pub fn set_target_port(headers: &mut http::HeaderMap, port: Option<u16>) {
     }
 }
 
+/// Header on a sidecar's own answer to a request that came over the mesh
+/// transport and reached no application (its app refused the connection,
+/// had no healthy endpoint, or the sidecar was draining): the value is the
+/// response flag (`UF`, `UH`, `SI`). The calling sidecar sends such a
+/// request elsewhere whatever its method, and removes the header. Only
+/// believed from a sidecar reached over mTLS; removed from every answer an
+/// application gives, so no application can claim it.
+pub const UNPROCESSED_HEADER: &str = "isthmus-unprocessed";
+
 /// Header: why a CONNECT was refused (with a non-200 status).
 pub const REFUSAL_HEADER: &str = "isthmus-refusal";
 

@@ -19,7 +19,7 @@ use isthmus_gateway::eastwest::config::EastWestConfig;
 use isthmus_gateway::sidecar::Sidecar;
 use tokio_util::sync::CancellationToken;
 
-use crate::mesh::MeshSidecar;
+use crate::mesh::{MeshSidecar, MeshedApp};
 use isthmus_testkit::{eventually, temp_dir};
 
 pub fn mesh(name: &str) -> String {
@@ -174,6 +174,27 @@ impl Cluster {
         }
         .start(&self.stop)
         .await
+    }
+
+    /// The catalog of namespace `shop`: a sample app behind a sidecar of
+    /// this cluster (`shop/catalog`, labelled `app: catalog`) with the mesh
+    /// transport, registered as its workload. Returns the sidecar, its
+    /// mesh TLS and the app.
+    pub async fn start_meshed_catalog(
+        &self,
+    ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>, MeshedApp) {
+        let mut meshed = MeshedApp::start("catalog", self.name).await;
+        let (sidecar, tls) = self
+            .start_sidecar(
+                "shop",
+                "catalog",
+                &[("app", "catalog")],
+                vec![meshed.tunnel_listener()],
+                Some(meshed.workload.clone()),
+                vec![meshed.take_tunnel_socket()],
+            )
+            .await;
+        (sidecar, tls, meshed)
     }
 
     /// The east-west gateway: an `isthmus-eastwest` proxy of this cluster

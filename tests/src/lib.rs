@@ -7,6 +7,8 @@
 //!   and a sample app behind one (`MeshedApp`).
 //! - `cluster`: a whole cluster in-process (control plane, east-west
 //!   gateway, apps), and linking two.
+//! - `load`: steady open-loop traffic over keep-alive connections, every
+//!   result recorded with the cluster that answered; failover reports.
 //!
 //! Tests (`tests/`): the sidecar suite, east-west gateways and the WAN,
 //! control planes with sidecars, federation between clusters, mesh
@@ -17,5 +19,6 @@
 
 pub mod cluster;
 pub mod eastwest;
+pub mod load;
 pub mod mesh;
 pub mod sidecar;

@@ -21,7 +21,6 @@ use isthmus_gateway::sidecar::Sidecar;
 
 use isthmus_testkit::{eventually, http};
 use isthmus_tests::cluster::{Cluster, link, linked_pair, repoint_link};
-use isthmus_tests::mesh::MeshedApp;
 
 const CATALOG: &str = r#"
 apiVersion: v1
@@ -82,17 +81,7 @@ async fn cross_cluster_calls_keep_the_callers_identity_under_the_servers_policy(
     }
 
     // The catalog app in eu-central, its sidecar registering it.
-    let mut meshed = MeshedApp::start("catalog", "eu-central").await;
-    let (catalog, _) = central
-        .start_sidecar(
-            "shop",
-            "catalog",
-            &[("app", "catalog")],
-            vec![meshed.tunnel_listener()],
-            Some(meshed.workload.clone()),
-            vec![meshed.take_tunnel_socket()],
-        )
-        .await;
+    let (catalog, _, meshed) = central.start_meshed_catalog().await;
     let (app, running) = (meshed.app.clone(), meshed.running);
     use model::listener::Kind;
     let listener = |name: &str, address: String, kind| model::Listener {
@@ -185,17 +174,7 @@ async fn a_peers_ca_rotation_reaches_linked_clusters_with_no_failed_request() {
         "5m",
     )
     .await;
-    let mut meshed = MeshedApp::start("catalog", "eu-central").await;
-    let (catalog, catalog_tls) = central
-        .start_sidecar(
-            "shop",
-            "catalog",
-            &[("app", "catalog")],
-            vec![meshed.tunnel_listener()],
-            Some(meshed.workload.clone()),
-            vec![meshed.take_tunnel_socket()],
-        )
-        .await;
+    let (catalog, catalog_tls, meshed) = central.start_meshed_catalog().await;
     let frontend = west
         .start_frontend(vec![model::Listener {
             name: "out".into(),

@@ -9,7 +9,7 @@ pub mod store;
 
 pub use compile::{CompileError, compile};
 pub use snapshot::{
-    EndpointKey, EndpointSpec, HashKeySpec, LbSpec, ListenerKind, ListenerSpec, NodeInfo, PoolLimits, PortSpec,
-    Protocol, ServiceSpec, Snapshot,
+    EndpointKey, EndpointSpec, HashKeySpec, LbSpec, ListenerKind, ListenerSpec, NodeInfo,
+    PoolLimits, PortSpec, Protocol, ServiceSpec, Snapshot,
 };
 pub use store::Store;

@@ -17,10 +17,22 @@ pub enum Outcome {
     },
     /// The connection could not be established.
     ConnectFailure,
+    /// An answer that says no application saw the request: the remote
+    /// sidecar (over the mesh transport) could not reach its app, or was
+    /// draining (`isthmus-unprocessed`).
+    Unprocessed,
     /// The upstream reset or closed before sending response headers.
     Reset,
     /// The per-try timeout expired.
     Timeout,
+}
+
+impl Outcome {
+    /// No application saw the request: sending it elsewhere is safe for
+    /// any method.
+    pub fn reached_no_application(self) -> bool {
+        matches!(self, Self::ConnectFailure | Self::Unprocessed)
+    }
 }
 
 /// A condition from `retryOn`.
@@ -64,6 +76,12 @@ impl RetryOn {
         use Outcome::*;
         match (self, o) {
             (_, ConnectFailure) => {
+                !matches!(self, Self::Retriable4xx | Self::Grpc(_) | Self::Status(_))
+            }
+            // The remote sidecar's 503 (gRPC: unavailable) for a connect
+            // failure to its app.
+            (Self::Status(503) | Self::Grpc(14), Unprocessed) => true,
+            (_, Unprocessed) => {
                 !matches!(self, Self::Retriable4xx | Self::Grpc(_) | Self::Status(_))
             }
             (Self::Status(code), Response { status, .. }) => status.as_u16() == code,
@@ -128,6 +146,19 @@ impl Default for BudgetSettings {
             ttl: Duration::from_secs(10),
         }
     }
+}
+
+impl BudgetSettings {
+    /// The budget of moves (requests no application saw, sent to another
+    /// endpoint): one per request over the window, plus 10 a second, so
+    /// the loss of a cluster that carried half a route's traffic (half its
+    /// requests moved) is absorbed twice over, while a mesh where every
+    /// endpoint refuses sends at most twice its load.
+    pub const MOVES: Self = Self {
+        retry_ratio: 1.0,
+        min_retries_per_second: 10,
+        ttl: Duration::from_secs(10),
+    };
 }
 
 /// Counts requests and retries over a sliding window of `ttl` (in ten
@@ -240,6 +271,12 @@ mod tests {
             ("connect-failure", resp(503, None), false),
             ("reset", Outcome::Reset, true),
             ("reset", resp(502, None), false),
+            ("connect-failure", Outcome::Unprocessed, true),
+            ("gateway-error", Outcome::Unprocessed, true),
+            ("503", Outcome::Unprocessed, true),
+            ("500", Outcome::Unprocessed, false),
+            ("unavailable", Outcome::Unprocessed, true),
+            ("retriable-4xx", Outcome::Unprocessed, false),
             ("503", resp(503, None), true),
             ("503", resp(500, None), false),
             ("503", Outcome::ConnectFailure, false),

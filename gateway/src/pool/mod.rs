@@ -73,7 +73,6 @@ struct EndpointConns {
     h2: tokio::sync::Mutex<Option<H2Conn>>,
 }
 
-
 pub struct Pool {
     limits: Mutex<PoolLimits>,
     connections: Arc<AtomicUsize>,

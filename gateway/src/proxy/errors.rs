@@ -62,6 +62,12 @@ impl ProxyError {
         }
     }
 
+    /// The request reached no application: the upstream could not be
+    /// connected, had no healthy endpoint, or this proxy is draining.
+    pub fn reached_no_application(&self) -> bool {
+        matches!(self, Self::Connect(_) | Self::NoHealthy(_) | Self::Draining)
+    }
+
     /// Envoy response flag.
     pub fn flag(&self) -> &'static str {
         match self {

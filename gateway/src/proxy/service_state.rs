@@ -31,6 +31,8 @@ pub struct EndpointState {
 pub struct RouteState {
     bucket: Mutex<Option<TokenBucket>>,
     budget: Mutex<RetryBudget>,
+    /// Caps moves (requests no application saw, sent elsewhere).
+    moves: Mutex<RetryBudget>,
 }
 
 impl RouteState {
@@ -51,7 +53,11 @@ impl RouteState {
         }
     }
 
-    pub fn deposit(&self, settings: BudgetSettings, now: Instant) {
+    /// Counts a request in the moves budget and, with a retry policy
+    /// (`settings`), in the route's retry budget.
+    pub fn deposit(&self, settings: Option<BudgetSettings>, now: Instant) {
+        self.moves.lock().deposit(now);
+        let Some(settings) = settings else { return };
         let mut b = self.budget.lock();
         if b.settings() != settings {
             *b = RetryBudget::new(settings);
@@ -61,6 +67,10 @@ impl RouteState {
 
     pub fn withdraw(&self, now: Instant) -> bool {
         self.budget.lock().try_withdraw(now)
+    }
+
+    pub fn withdraw_move(&self, now: Instant) -> bool {
+        self.moves.lock().try_withdraw(now)
     }
 }
 
@@ -86,11 +96,7 @@ struct Aligned {
 
 impl ServiceState {
     pub fn endpoint_state(&self, e: &EndpointSpec) -> Arc<EndpointState> {
-        self.endpoints
-            .lock()
-            .entry(e.key())
-            .or_default()
-            .clone()
+        self.endpoints.lock().entry(e.key()).or_default().clone()
     }
 
     /// Endpoint states aligned with `spec.endpoints`.
@@ -120,6 +126,7 @@ impl ServiceState {
                 Arc::new(RouteState {
                     bucket: Mutex::new(None),
                     budget: Mutex::new(RetryBudget::new(BudgetSettings::default())),
+                    moves: Mutex::new(RetryBudget::new(BudgetSettings::MOVES)),
                 })
             })
             .clone()
@@ -379,8 +386,9 @@ services:
     /// failing cluster is ejected alone.
     #[test]
     fn clusters_behind_one_gateway_entry_are_ejected_apart() {
-        let spec =
-            two_clusters("outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}");
+        let spec = two_clusters(
+            "outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}",
+        );
         let states = ServiceStates::new(
             TaskTracker::new(),
             SocketOptions::default(),
@@ -398,7 +406,9 @@ services:
                 Direction::Outbound,
             );
         }
-        state.states(&spec)[1].in_flight.fetch_add(1, Ordering::Relaxed);
+        state.states(&spec)[1]
+            .in_flight
+            .fetch_add(1, Ordering::Relaxed);
         let mut rng = rand::rng();
         for _ in 0..50 {
             assert_eq!(

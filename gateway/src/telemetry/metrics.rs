@@ -152,6 +152,7 @@ pub struct Metrics {
     pub tcp_sent_bytes: Family<ServiceLabels, Counter>,
     pub tcp_received_bytes: Family<ServiceLabels, Counter>,
     pub retries: Family<RouteLabels, Counter>,
+    pub moves: Family<RouteLabels, Counter>,
     pub retry_budget_exhausted: Family<RouteLabels, Counter>,
     pub ejections: Family<ServiceLabels, Counter>,
     pub circuit_breaker_sheds: Family<ServiceLabels, Counter>,
@@ -236,6 +237,10 @@ impl Metrics {
                 "Bytes received from the downstream client on TCP connections"
             ),
             retries: reg!("retries", "Retried attempts"),
+            moves: reg!(
+                "moves",
+                "Requests no application saw (connect failure, unprocessed) sent at once to another endpoint"
+            ),
             retry_budget_exhausted: reg!(
                 "retry_budget_exhausted",
                 "Retries not made because the retry budget was spent"

@@ -108,9 +108,10 @@ async fn connect_failure_is_retried_then_reported_with_a_reason() {
     let e = env.log_entry(|e| e.response_code == 503).await;
     assert_eq!(e.response_flags, "UF");
     assert_eq!(
-        e.attempts, 3,
-        "default policy: 2 retries on connect failure"
+        e.attempts, 4,
+        "a move to the other endpoint (no application saw it), then the default policy's 2 retries"
     );
+    assert_eq!(env.metric("isthmus_moves_total", &[]).await, 1.0);
     assert!(e.reason.unwrap().contains("failed"));
     assert_eq!(
         env.metric(
@@ -346,4 +347,63 @@ async fn circuit_breaker_pending_limit_with_one_connection() {
         200,
         "the pending request got the connection when it was free"
     );
+}
+
+/// `isthmus-unprocessed` is believed only from a sidecar reached over
+/// mTLS: an application (here a plain upstream) that sends it gets no
+/// move (its 503 stands with no retry policy), and the header never
+/// reaches the client.
+#[tokio::test]
+async fn an_application_cannot_claim_its_request_reached_no_application() {
+    let listener = TcpListener::bind(LOCAL).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = s
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nisthmus-unprocessed: UF\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    let good = SampleApp::new("catalog", "c", "good");
+    let sg = sample::serve(good.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service(
+        "catalog",
+        "HTTP",
+        &[addr, sg.addr],
+        "    loadBalancer: {policy: ROUND_ROBIN}\n    outlierDetection: {disabled: true}\n    routes: [{name: r, retry: {attempts: 0}}]\n",
+    )]))
+    .await;
+    let out = env.addr("out");
+    let client = h1();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let (st, h, _) = send(&client, request(out, "catalog", "/", &[], "")).await;
+        assert!(!h.contains_key("isthmus-unprocessed"), "{h:?}");
+        if st == 503 {
+            refused += 1;
+        } else {
+            assert_eq!(st, 200);
+        }
+    }
+    assert_eq!(refused, 5, "round robin: every other request, not moved");
+    assert_eq!(hits.load(Ordering::SeqCst), 5);
+    assert_eq!(good.hits(), 5);
+    assert_eq!(env.metric("isthmus_moves_total", &[]).await, 0.0);
+    server.abort();
 }

@@ -60,11 +60,15 @@ pub(super) async fn attempts(
     };
     let mut next_body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
+    let mut moved_to = None;
     let mut plan = Attempts::new(Plan::Http(route.retry.as_ref()));
     while let Some(body) = next_body.take() {
-        let idx = {
-            let mut rng = rand::rng();
-            state.pick(spec, &tried, hash, &mut rng)
+        let idx = match moved_to.take() {
+            Some(idx) => Some(idx),
+            None => {
+                let mut rng = rand::rng();
+                state.pick(spec, &tried, hash, &mut rng)
+            }
         };
         let Some(idx) = idx else {
             return Err(ProxyError::NoHealthy(spec.name.to_string()));
@@ -88,6 +92,16 @@ pub(super) async fn attempts(
             None => once.await,
         };
         let outcome = match &result {
+            // Believed only from a sidecar reached over mTLS.
+            Ok(up)
+                if spec.endpoints[idx].tunnel.is_some()
+                    && up
+                        .response
+                        .headers()
+                        .contains_key(isthmus_mesh::headers::UNPROCESSED_HEADER) =>
+            {
+                Outcome::Unprocessed
+            }
             Ok(up) => Outcome::Response {
                 status: up.response.status(),
                 grpc_status: grpc_status_of(up.response.headers()),
@@ -103,17 +117,20 @@ pub(super) async fn attempts(
             _ => Observation::GatewayError,
         };
         state.observe(spec, idx, observation, &proxy.metrics, direction);
-        // A body too large to keep, or not yet fully sent, cannot be replayed.
-        let mut replay = None;
-        let action = plan.next(
-            outcome,
-            || {
-                replay = recording.and_then(|r| r.replay());
-                replay.is_some()
-            },
-            || rstate.withdraw(Instant::now()),
-            || rand::rng().random(),
-        );
+        let mut ask = LoopAsk {
+            state,
+            spec,
+            tried: &tried,
+            hash,
+            recording,
+            rstate,
+            replay: None,
+            another: None,
+        };
+        let action = plan.next(outcome, &mut ask);
+        let LoopAsk {
+            replay, another, ..
+        } = ask;
         let labels = || RouteLabels {
             destination_service: spec.name.clone(),
             route: route.name.clone(),
@@ -128,6 +145,12 @@ pub(super) async fn attempts(
                 return result;
             }
             Action::Stop(_) => return result,
+            Action::Move => {
+                proxy.metrics.moves.get_or_create(&labels()).inc();
+                drop(result);
+                moved_to = another;
+                next_body = replay;
+            }
             Action::Retry { backoff } => {
                 proxy.metrics.retries.get_or_create(&labels()).inc();
                 drop(result);
@@ -137,6 +160,53 @@ pub(super) async fn attempts(
         }
     }
     Err(ProxyError::NoHealthy(spec.name.to_string()))
+}
+
+/// What the attempt loop answers `policy::attempts` (each asked only when
+/// it decides).
+struct LoopAsk<'a> {
+    state: &'a ServiceState,
+    spec: &'a Arc<ServiceSpec>,
+    tried: &'a [usize],
+    hash: Option<u64>,
+    recording: Option<&'a crate::proxy::body::Recording>,
+    rstate: &'a crate::proxy::service_state::RouteState,
+    /// The body to send again, once asked for.
+    replay: Option<ReqBody>,
+    /// The endpoint a move goes to, once found.
+    another: Option<usize>,
+}
+
+impl Ask for LoopAsk<'_> {
+    fn replayable(&mut self) -> bool {
+        if self.replay.is_none() {
+            self.replay = self.recording.and_then(|r| r.replay());
+        }
+        self.replay.is_some()
+    }
+
+    fn another_endpoint(&mut self) -> bool {
+        let mut rng = rand::rng();
+        // `pick` falls back to tried endpoints when nothing else is left;
+        // a move never goes back to one.
+        self.another = self
+            .state
+            .pick(self.spec, self.tried, self.hash, &mut rng)
+            .filter(|i| !self.tried.contains(i));
+        self.another.is_some()
+    }
+
+    fn move_budget(&mut self) -> bool {
+        self.rstate.withdraw_move(Instant::now())
+    }
+
+    fn budget(&mut self) -> bool {
+        self.rstate.withdraw(Instant::now())
+    }
+
+    fn jitter(&mut self) -> f64 {
+        rand::rng().random()
+    }
 }
 
 pub(super) async fn attempt_once(

@@ -32,7 +32,7 @@ use crate::balance::hash_str;
 use crate::balance::outlier::Observation;
 use crate::config::{HashKeySpec, LbSpec, PortSpec, Protocol, ServiceSpec, Snapshot};
 use crate::jwt::Outcome as Authn;
-use crate::policy::attempts::{Action, Attempts, Plan, Stop};
+use crate::policy::attempts::{Action, Ask, Attempts, Plan, Stop};
 use crate::policy::fault::AbortStatus;
 use crate::policy::retry::Outcome;
 use crate::pool::h1::H1Body;
@@ -331,7 +331,9 @@ async fn handle(
             Err(e) => return rec.local_reply(&ProxyError::DownstreamBody(e.to_string())),
         }
     } else {
-        ReqBody::from_incoming(body, route.retry.is_some() || route.mirror.is_some())
+        // Kept (up to REPLAY_CAP) for retries, mirrors, and moves (any
+        // request that reached no application is sent elsewhere).
+        ReqBody::from_incoming(body, true)
     };
     if let Some(m) = &route.mirror
         && rand::rng().random::<f64>() * 100.0 < m.percentage
@@ -355,9 +357,7 @@ async fn handle(
     } else {
         proxy.services.get(&bspec)
     };
-    if let Some(retry) = &route.retry {
-        rstate.deposit(retry.budget, rec.start);
-    }
+    rstate.deposit(route.retry.as_ref().map(|r| r.budget), rec.start);
     let attempts = attempts(
         &proxy,
         &state,
@@ -461,6 +461,11 @@ async fn respond(up: Upstream, head_request: bool, rec: Record) -> Response<Resp
     } = up;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Said by a sidecar to the sidecar that called it, never by an
+    // application, and never passed on.
+    parts
+        .headers
+        .remove(isthmus_mesh::headers::UNPROCESSED_HEADER);
     let size = http_body::Body::size_hint(&body);
     frame_response(&mut parts.headers, parts.status, &size, head_request);
     let status = parts.status;

@@ -111,13 +111,25 @@ impl Record {
     /// Answers the request locally (an error, a fault, a rate limit): plain
     /// text for HTTP clients, a trailers-only response for gRPC clients.
     pub(super) fn local_reply(self, err: &ProxyError) -> Response<RespBody> {
-        self.local_reply_with(
+        // A caller's sidecar (over the mesh transport) may send a request
+        // no application saw elsewhere: say so.
+        let unprocessed = self.conn.direction == Direction::Inbound
+            && self.conn.peer_id.is_some()
+            && err.reached_no_application();
+        let mut resp = self.local_reply_with(
             err.status(),
             err.grpc_status(),
             err.flag(),
             err.to_string(),
             err.kind(),
-        )
+        );
+        if unprocessed {
+            resp.headers_mut().insert(
+                isthmus_mesh::headers::UNPROCESSED_HEADER,
+                HeaderValue::from_static(err.flag()),
+            );
+        }
+        resp
     }
 
     pub(super) fn local_reply_with(

@@ -1,0 +1,282 @@
+//! Failover across regions without losing a request (issue 19), with
+//! real clusters in-process (control plane, east-west gateway, sidecars
+//! and sample apps each): eu-west's frontend calls
+//! `catalog.shop.svc.clusterset.local`, served by eu-central and us-east,
+//! at 100 requests a second over keep-alive connections (GETs and POSTs),
+//! while a serving cluster loses its app or its sidecar. No request may
+//! fail: a request that reached no application (the remote sidecar could
+//! not connect to its app, the remote gateway found no endpoint) moves at
+//! once to the other cluster, whatever its method.
+
+use std::time::Duration;
+
+use isthmus_api::model;
+use isthmus_gateway::sidecar::Sidecar;
+use isthmus_testkit::eventually;
+use isthmus_tests::cluster::{Cluster, link};
+use isthmus_tests::load::{self, Load, Spec};
+
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: catalog, namespace: shop}
+"#;
+
+const CLUSTERSET: &str = "catalog.shop.svc.clusterset.local";
+
+/// eu-west's policy for the catalog it calls: no retries, no outlier
+/// detection. Only moves can keep requests from failing.
+const NO_RETRIES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: catalog, namespace: shop}
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: DestinationPolicy
+metadata: {name: catalog, namespace: shop}
+spec:
+  targetRef: {name: catalog}
+  outlierDetection: {disabled: true}
+  retry: {attempts: 0}
+"#;
+
+/// A serving cluster's catalog: the app and its sidecar, while they run.
+struct Catalog {
+    sidecar: Option<Sidecar>,
+    running: Option<isthmus_sample::Running>,
+}
+
+/// eu-west calling, eu-central and us-east serving the catalog; all
+/// linked both ways.
+struct Bed {
+    clusters: Vec<Cluster>,
+    frontend: Sidecar,
+    catalogs: Vec<Catalog>,
+}
+
+impl Bed {
+    /// `west` is written into eu-west's store (its policies).
+    async fn start(test: &str, west: &str) -> Self {
+        init_tracing();
+        let mut clusters = vec![
+            Cluster::new(test, "eu-west"),
+            Cluster::new(test, "eu-central"),
+            Cluster::new(test, "us-east"),
+        ];
+        for c in clusters.iter_mut() {
+            c.start_control_plane();
+            c.start_gateway().await;
+        }
+        if !west.is_empty() {
+            clusters[0].write("policy.yaml", west);
+        }
+        let mut catalogs = Vec::new();
+        for c in &clusters[1..] {
+            c.write("shop.yaml", SHOP);
+            link(&clusters[0], c, Duration::from_secs(600), "5m");
+            link(c, &clusters[0], Duration::from_secs(600), "5m");
+            let (sidecar, _, meshed) = c.start_meshed_catalog().await;
+            catalogs.push(Catalog {
+                sidecar: Some(sidecar),
+                running: Some(meshed.running),
+            });
+        }
+        let frontend = clusters[0]
+            .start_frontend(vec![model::Listener {
+                name: "out".into(),
+                address: "127.0.0.1:0".into(),
+                kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
+            }])
+            .await;
+        let bed = Self {
+            clusters,
+            frontend,
+            catalogs,
+        };
+        // Both clusters answer before the load starts.
+        let out = bed.out().await;
+        for cluster in ["eu-central", "us-east"] {
+            eventually(&format!("{cluster} answers eu-west"), || async {
+                let samples = one_burst(out).await;
+                samples
+                    .iter()
+                    .any(|s| s.cluster.as_deref() == Some(cluster))
+                    .then_some(())
+            })
+            .await;
+        }
+        bed
+    }
+
+    async fn out(&self) -> std::net::SocketAddr {
+        eventually("the frontend's listener", || async {
+            self.frontend.listener_addr("out")
+        })
+        .await
+    }
+
+    async fn frontend_dump(&self) -> serde_json::Value {
+        let admin = self.frontend.admin_addr();
+        let (_, body) = isthmus_testkit::http(admin, "admin", "/config_dump")
+            .await
+            .expect("the frontend's /config_dump");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn stop(self) {
+        self.frontend.shutdown(Duration::from_millis(200)).await;
+        for c in self.catalogs {
+            if let Some(s) = c.sidecar {
+                s.shutdown(Duration::from_millis(200)).await;
+            }
+            if let Some(r) = c.running {
+                r.stop().await;
+            }
+        }
+        for mut c in self.clusters {
+            c.stop.cancel();
+            c.stop_control_plane().await;
+        }
+    }
+}
+
+fn spec(out: std::net::SocketAddr, rate: u32) -> Spec {
+    Spec {
+        addr: out,
+        host: CLUSTERSET.into(),
+        path: "/items".into(),
+        rate,
+        workers: 4,
+        post_every: 3,
+    }
+}
+
+/// A short burst of requests (for waiting on the set-up).
+async fn one_burst(out: std::net::SocketAddr) -> Vec<load::Sample> {
+    let l = Load::start(spec(out, 200));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    l.stop().await
+}
+
+/// Runs the load, does `event` 1 s in, keeps the load 3 s more, and
+/// checks that no request failed and that the answers left eu-central.
+async fn no_request_lost(bed: &mut Bed, event: impl AsyncFnOnce(&mut Bed)) {
+    let out = bed.out().await;
+    let l = Load::start(spec(out, 100));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at = l.elapsed();
+    event(bed).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let samples = l.stop().await;
+    let r = load::report(&samples, at, "eu-central");
+    let count = |before: bool, c: &str| {
+        samples
+            .iter()
+            .filter(|s| (s.at < at) == before && s.cluster.as_deref() == Some(c))
+            .count()
+    };
+    eprintln!(
+        "before: eu-central {} us-east {}; after: eu-central {} us-east {}",
+        count(true, "eu-central"),
+        count(true, "us-east"),
+        count(false, "eu-central"),
+        count(false, "us-east")
+    );
+    let posts = samples
+        .iter()
+        .filter(|s| s.method == http::Method::POST)
+        .count();
+    eprintln!(
+        "{} requests ({posts} POST), {} failed, answers left eu-central after {:?}, latency after: p99 {:?} max {:?}",
+        r.sent,
+        r.failed.len(),
+        r.failover,
+        r.p99_after,
+        r.max_after
+    );
+    assert!(r.sent > 300, "the load ran: {}", r.sent);
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.at < at && s.cluster.as_deref() == Some("eu-central")),
+        "eu-central served before the event"
+    );
+    assert!(r.failed.is_empty(), "failed: {:#?}", r.failed);
+    assert!(r.failover.is_some(), "answers kept coming from eu-central");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_app_killed_loses_no_request() {
+    let mut bed = Bed::start("app-killed", "").await;
+    no_request_lost(&mut bed, async |bed: &mut Bed| {
+        // The app stops listening; its sidecar stays up and answers the
+        // callers' sidecars that it could not reach it.
+        let app = bed.catalogs[0].running.take().unwrap();
+        app.stop().await;
+    })
+    .await;
+    bed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_sidecar_stopped_loses_no_request() {
+    let mut bed = Bed::start("sidecar-stopped", "").await;
+    no_request_lost(&mut bed, async |bed: &mut Bed| {
+        // The sidecar drains and goes; eu-central's gateway finds no
+        // endpoint to join the callers' streams to.
+        let sidecar = bed.catalogs[0].sidecar.take().unwrap();
+        sidecar.shutdown(Duration::from_millis(200)).await;
+    })
+    .await;
+    bed.stop().await;
+}
+
+/// eu-central's east-west gateway goes: eu-west's gateway loses the
+/// peer and refuses streams to it at once; each such request moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_gateway_stopped_loses_no_request() {
+    let mut bed = Bed::start("gateway-stopped", "").await;
+    no_request_lost(&mut bed, async |bed: &mut Bed| {
+        bed.clusters[1].stop_gateway().await;
+    })
+    .await;
+    bed.stop().await;
+}
+
+/// With retries and outlier detection off, a request that reached no
+/// application still moves (GET or POST): nothing else sends it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_no_application_saw_move_without_a_retry_policy() {
+    let mut bed = Bed::start("no-retries", NO_RETRIES).await;
+    eventually("eu-west's policy at its frontend", || async {
+        let dump = bed.frontend_dump().await;
+        let svc = dump["config"]["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == CLUSTERSET)?
+            .clone();
+        (svc["outlierDetection"]["disabled"] == true
+            && svc["routes"][0]["retry"] == serde_json::json!({}))
+        .then_some(())
+    })
+    .await;
+    no_request_lost(&mut bed, async |bed: &mut Bed| {
+        let app = bed.catalogs[0].running.take().unwrap();
+        app.stop().await;
+    })
+    .await;
+    bed.stop().await;
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("ISTHMUS_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
