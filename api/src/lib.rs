@@ -47,6 +47,14 @@ pub mod federation {
     }
 }
 
+/// The standard gRPC health protocol (a sidecar checks a gRPC app with it).
+pub mod grpc_health {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+    }
+}
+
 pub use config::v1 as model;
 pub use validate::{Issue, validate};
 

@@ -44,6 +44,17 @@ pub struct NodeFlags {
     pub workload_address: Option<IpAddr>,
     /// The workload's ports, `[name=]port`.
     pub workload_ports: Vec<String>,
+    /// Health checks of the workload's app.
+    pub health: HealthFlags,
+}
+
+/// `--health-check PORT[=tcp|http:/PATH|grpc[:SERVICE]]` (a port not named
+/// gets a TCP check), the timing, or `--no-health-checks`.
+#[derive(Debug, Clone, Default)]
+pub struct HealthFlags {
+    pub checks: Vec<String>,
+    pub settings: crate::health::Settings,
+    pub off: bool,
 }
 
 /// Everything the proxy is started with.
@@ -207,6 +218,62 @@ impl NodeFlags {
         };
         Ok((node, workload))
     }
+
+    /// What the sidecar checks of its app at `app` (health at the source):
+    /// every registered port, by TCP unless `--health-check` says how.
+    pub fn health_plan(
+        &self,
+        workload: Option<&Workload>,
+        app: IpAddr,
+    ) -> Result<Option<crate::health::Plan>, LaunchError> {
+        let h = &self.health;
+        let Some(w) = workload.filter(|w| !h.off && !w.ports.is_empty()) else {
+            return Ok(None);
+        };
+        h.settings
+            .validate()
+            .map_err(|e| LaunchError::Flag(e.to_string()))?;
+        let mut checks: Vec<crate::health::Check> = Vec::new();
+        for text in &h.checks {
+            let c =
+                crate::health::Check::parse(text).map_err(|e| LaunchError::Flag(e.to_string()))?;
+            if !w.ports.iter().any(|p| p.port == u32::from(c.port)) {
+                return Err(LaunchError::Flag(format!(
+                    "--health-check {text:?}: port {} is not one of the --workload-port ports",
+                    c.port
+                )));
+            }
+            checks.retain(|k| k.port != c.port);
+            checks.push(c);
+        }
+        for p in &w.ports {
+            let port = u16::try_from(p.port).unwrap_or_default();
+            if !checks.iter().any(|c| c.port == port) {
+                checks.push(crate::health::Check {
+                    port,
+                    probe: crate::health::Probe::Tcp,
+                });
+            }
+        }
+        Ok(Some(crate::health::Plan {
+            app,
+            checks,
+            settings: h.settings,
+        }))
+    }
+}
+
+/// Where the inbound listeners reach the app (their `app_address`),
+/// 127.0.0.1 when none says.
+fn app_address_of(listeners: &[Listener]) -> IpAddr {
+    use model::listener::Kind;
+    listeners
+        .iter()
+        .find_map(|l| match &l.kind {
+            Some(Kind::Inbound(i) | Kind::Tunnel(i)) => i.app_address.parse().ok(),
+            _ => None,
+        })
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 /// The port of a mesh transport listener among `listeners` (0: none).
@@ -305,6 +372,9 @@ fn config_source(s: &Settings) -> Result<ConfigSource, LaunchError> {
         default_listeners(workload.as_ref(), tunnel)
     };
     let mut d = crate::discovery::Options::new(cp.clone(), node);
+    d.health = s
+        .node
+        .health_plan(workload.as_ref(), app_address_of(&listeners))?;
     // Peers reach the workload through our mesh transport, if any.
     if let Some(w) = workload.as_mut() {
         w.tunnel_port = tunnel_port_of(&listeners);

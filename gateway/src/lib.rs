@@ -9,6 +9,7 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod eastwest;
+pub mod health;
 pub mod iptables;
 pub mod jwt;
 pub mod launch;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use isthmus_gateway::eastwest::config::EastWestConfig;
 use isthmus_gateway::iptables::{self, CaptureSettings};
-use isthmus_gateway::launch::{NodeFlags, Settings, launch};
+use isthmus_gateway::launch::{HealthFlags, NodeFlags, Settings, launch};
 use secrecy::SecretString;
 
 /// A secret argument: kept out of Debug output (the arguments are logged).
@@ -153,6 +153,27 @@ struct NodeArgs {
     /// The workload's ports, [name=]port (repeat or comma separate).
     #[arg(long = "workload-port", value_delimiter = ',')]
     workload_ports: Vec<String>,
+    /// How a registered port's app is checked: PORT[=tcp|http:/PATH|grpc[:SERVICE]]
+    /// (repeat or comma separate); other registered ports get a TCP check.
+    /// The control plane takes a failing port's workload out of the
+    /// Services that reach it.
+    #[arg(long = "health-check", value_delimiter = ',')]
+    health_checks: Vec<String>,
+    /// How often each port is checked.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    health_interval: Duration,
+    /// How long a check may take.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    health_timeout: Duration,
+    /// Failures in a row that make a port unhealthy.
+    #[arg(long, default_value_t = 3)]
+    health_failures: u32,
+    /// Successes in a row that make it healthy again.
+    #[arg(long, default_value_t = 1)]
+    health_successes: u32,
+    /// Do not check the app (its endpoints stay healthy while registered).
+    #[arg(long)]
+    no_health_checks: bool,
 }
 
 impl NodeArgs {
@@ -168,6 +189,16 @@ impl NodeArgs {
             calls: self.calls.clone(),
             workload_address: self.workload_address,
             workload_ports: self.workload_ports.clone(),
+            health: HealthFlags {
+                checks: self.health_checks.clone(),
+                settings: isthmus_gateway::health::Settings {
+                    interval: self.health_interval,
+                    timeout: self.health_timeout,
+                    unhealthy_after: self.health_failures,
+                    healthy_after: self.health_successes,
+                },
+                off: self.no_health_checks,
+            },
         }
     }
 }
@@ -450,6 +481,77 @@ mod cli_tests {
         let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(names, ["outbound", "tunnel", "inbound"]);
         assert_eq!(listeners[1].address, "0.0.0.0:15008");
+
+        // Health at the source: every registered port is checked, by TCP
+        // unless --health-check says how, at the tightened defaults.
+        let app: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let plan = a.node.flags().health_plan(Some(&w), app).unwrap().unwrap();
+        let checks: Vec<(u16, isthmus_gateway::health::Probe)> = plan
+            .checks
+            .iter()
+            .map(|c| (c.port, c.probe.clone()))
+            .collect();
+        use isthmus_gateway::health::Probe;
+        assert_eq!(checks, [(8080, Probe::Tcp), (9090, Probe::Tcp)]);
+        assert_eq!(plan.settings, isthmus_gateway::health::Settings::default());
+        let with = |extra: &[&str]| {
+            let mut args = vec![
+                "--control-plane=cp:15010",
+                "--name=x",
+                "--namespace=shop",
+                "--workload-address=10.1.0.7",
+                "--workload-port=http=8080,9090",
+            ];
+            args.extend_from_slice(extra);
+            let f = sidecar_args(&args).node.flags();
+            let (_, w) = f.resolve(Default::default()).unwrap();
+            f.health_plan(w.as_ref(), app)
+        };
+        let plan = with(&[
+            "--health-check=9090=grpc,8080=http:/ready",
+            "--health-interval=1s",
+            "--health-timeout=500ms",
+            "--health-failures=2",
+        ])
+        .unwrap()
+        .unwrap();
+        let checks: Vec<(u16, Probe)> = plan
+            .checks
+            .iter()
+            .map(|c| (c.port, c.probe.clone()))
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                (
+                    9090,
+                    Probe::Grpc {
+                        service: String::new()
+                    }
+                ),
+                (
+                    8080,
+                    Probe::Http {
+                        path: "/ready".into()
+                    }
+                )
+            ]
+        );
+        assert_eq!(plan.settings.interval, Duration::from_secs(1));
+        assert_eq!(plan.settings.unhealthy_after, 2);
+        assert!(with(&["--no-health-checks"]).unwrap().is_none());
+        for (bad, says) in [
+            (
+                &["--health-check=7777"][..],
+                "not one of the --workload-port",
+            ),
+            (&["--health-check=8080=ftp"][..], "PORT[=tcp"),
+            (&["--health-timeout=2s"][..], "longer than the interval"),
+            (&["--health-failures=0"][..], "thresholds start at 1"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
 
         let a = sidecar_args(&[
             "--control-plane=cp:15010",

@@ -159,6 +159,30 @@ impl Cluster {
         workload: Option<isthmus_api::discovery::v1::Workload>,
         prebound: Vec<std::net::TcpListener>,
     ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>) {
+        self.start_checked_sidecar(
+            namespace,
+            service_account,
+            labels,
+            listeners,
+            workload,
+            prebound,
+            None,
+        )
+        .await
+    }
+
+    /// `start_sidecar` with health checks of the registered app.
+    #[allow(clippy::too_many_arguments)] // a pod's whole description
+    pub async fn start_checked_sidecar(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+        listeners: Vec<model::Listener>,
+        workload: Option<isthmus_api::discovery::v1::Workload>,
+        prebound: Vec<std::net::TcpListener>,
+        health: Option<isthmus_gateway::health::Plan>,
+    ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>) {
         let td = self.td();
         MeshSidecar {
             discovery: self.discovery,
@@ -171,6 +195,7 @@ impl Cluster {
             listeners,
             workload,
             prebound,
+            health,
         }
         .start(&self.stop)
         .await
@@ -178,20 +203,22 @@ impl Cluster {
 
     /// The catalog of namespace `shop`: a sample app behind a sidecar of
     /// this cluster (`shop/catalog`, labelled `app: catalog`) with the mesh
-    /// transport, registered as its workload. Returns the sidecar, its
+    /// transport, registered as its workload, its app health-checked.
+    /// Returns the sidecar, its
     /// mesh TLS and the app.
     pub async fn start_meshed_catalog(
         &self,
     ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>, MeshedApp) {
         let mut meshed = MeshedApp::start("catalog", self.name).await;
         let (sidecar, tls) = self
-            .start_sidecar(
+            .start_checked_sidecar(
                 "shop",
                 "catalog",
                 &[("app", "catalog")],
                 vec![meshed.tunnel_listener()],
                 Some(meshed.workload.clone()),
                 vec![meshed.take_tunnel_socket()],
+                Some(meshed.health_plan()),
             )
             .await;
         (sidecar, tls, meshed)
@@ -213,6 +240,7 @@ impl Cluster {
             listeners: Vec::new(),
             workload: None,
             prebound: Vec::new(),
+            health: None,
         }
         .start(&self.gateway_stop)
         .await;

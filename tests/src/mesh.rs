@@ -20,6 +20,8 @@ pub struct MeshSidecar<'a> {
     pub workload: Option<isthmus_api::discovery::v1::Workload>,
     /// Sockets bound beforehand for some of `listeners`.
     pub prebound: Vec<std::net::TcpListener>,
+    /// Health checks of the registered workload's app.
+    pub health: Option<isthmus_gateway::health::Plan>,
 }
 
 impl MeshSidecar<'_> {
@@ -85,6 +87,7 @@ impl MeshSidecar<'_> {
         d.listeners = self.listeners;
         d.workload = self.workload;
         d.tls = Some(connector);
+        d.health = self.health;
         d.backoff_initial = Duration::from_millis(50);
         d.backoff_max = Duration::from_millis(300);
         let sidecar = Sidecar::start(sidecar::Options {
@@ -160,6 +163,19 @@ impl MeshedApp {
     /// The sidecar's mesh transport listener in front of the app.
     pub fn tunnel_listener(&self) -> isthmus_api::model::Listener {
         Self::tunnel_listener_of(self.tunnel_port, &self.inbound)
+    }
+
+    /// Health at the source for this app: a TCP check of its port, at
+    /// the default timing.
+    pub fn health_plan(&self) -> isthmus_gateway::health::Plan {
+        isthmus_gateway::health::Plan {
+            app: "127.0.0.1".parse().unwrap(),
+            checks: vec![isthmus_gateway::health::Check {
+                port: self.running.addr.port(),
+                probe: isthmus_gateway::health::Probe::Tcp,
+            }],
+            settings: Default::default(),
+        }
     }
 
     pub fn tunnel_listener_of(

@@ -249,6 +249,75 @@ async fn a_remote_gateway_stopped_loses_no_request() {
     bed.stop().await;
 }
 
+/// Health at the source: eu-central's catalog app dies under load. Its
+/// sidecar's check fails, eu-central's control plane marks the workload
+/// unhealthy and exports a healthy count of 0, and eu-west stops sending
+/// there; the app returns on the same port and traffic comes back with the
+/// health (the outlier ejection its failures caused ends with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
+    let mut bed = Bed::start("health", "").await;
+    let central_health = |bed: &Bed| {
+        bed.clusters[0].service(CLUSTERSET).and_then(|s| {
+            s.endpoints
+                .iter()
+                .find(|e| e.via_cluster == "eu-central")
+                .map(|e| !e.unhealthy)
+        })
+    };
+    assert_eq!(central_health(&bed), Some(true));
+    let out = bed.out().await;
+    let l = Load::start(spec(out, 100));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let app = bed.catalogs[0].running.take().unwrap();
+    let addr = app.addr;
+    let killed = std::time::Instant::now();
+    app.stop().await;
+    eventually("eu-central's catalog unhealthy in eu-west", || async {
+        (central_health(&bed) == Some(false)).then_some(())
+    })
+    .await;
+    let detected = killed.elapsed();
+    let back_at = l.elapsed();
+    let returned = std::time::Instant::now();
+    bed.catalogs[0].running = Some(
+        isthmus_sample::serve(
+            isthmus_sample::SampleApp::new("catalog", "eu-central", "v1"),
+            addr,
+        )
+        .await
+        .unwrap(),
+    );
+    eventually("eu-central's catalog healthy again in eu-west", || async {
+        (central_health(&bed) == Some(true)).then_some(())
+    })
+    .await;
+    let healthy_again = returned.elapsed();
+    // Traffic returns with the health, not when an ejection ends (30 s).
+    eventually("answers from eu-central again", || async {
+        one_burst(out)
+            .await
+            .iter()
+            .any(|s| s.cluster.as_deref() == Some("eu-central"))
+            .then_some(())
+    })
+    .await;
+    let traffic_back = returned.elapsed();
+    let samples = l.stop().await;
+    let failed: Vec<_> = samples.iter().filter(|s| !s.ok()).collect();
+    let back = samples
+        .iter()
+        .filter(|s| s.at > back_at && s.cluster.as_deref() == Some("eu-central"))
+        .count();
+    eprintln!(
+        "{} requests, {} failed; unhealthy in eu-west {detected:?} after the kill; healthy {healthy_again:?} and answering {traffic_back:?} after the return ({back} answers of the load)",
+        samples.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    bed.stop().await;
+}
+
 /// With retries and outlier detection off, a request that reached no
 /// application still moves (GET or POST): nothing else sends it on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

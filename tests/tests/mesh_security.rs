@@ -86,6 +86,7 @@ async fn secure_sidecar(
         listeners,
         workload,
         prebound,
+        health: None,
     }
     .start(stop)
     .await;

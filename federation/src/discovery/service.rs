@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use isthmus_api::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
-use isthmus_api::discovery::v1::{DiscoveryRequest, DiscoveryResponse, Subscription};
+use isthmus_api::discovery::v1::{
+    DiscoveryRequest, DiscoveryResponse, Subscription, WorkloadHealth,
+};
 use isthmus_api::model;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -140,6 +142,15 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Api {
     }
 }
 
+/// The ports a health report names (ports out of range cannot be any of
+/// the workload's, and are dropped).
+fn unhealthy_ports(h: &WorkloadHealth) -> std::collections::BTreeSet<u16> {
+    h.unhealthy_ports
+        .iter()
+        .filter_map(|p| u16::try_from(*p).ok())
+        .collect()
+}
+
 /// What was wrong with a subscription, as the proxy is told.
 fn check(sub: &Subscription) -> Result<(model::Node, Option<Workload>), Status> {
     let node = sub.node.clone().unwrap_or_default();
@@ -182,6 +193,7 @@ fn check(sub: &Subscription) -> Result<(model::Node, Option<Workload>), Status> 
         region: locality.region,
         zone: locality.zone,
         tunnel_port: u16::try_from(w.tunnel_port).ok().filter(|p| *p != 0),
+        unhealthy_ports: Default::default(),
     };
     Ok((node, Some(workload)))
 }
@@ -232,7 +244,10 @@ impl Discovery for DiscoveryService {
                 "the first request of a stream must carry `subscribe`",
             ));
         };
-        let (node, workload) = check(&sub)?;
+        let (node, mut workload) = check(&sub)?;
+        if let (Some(w), Some(h)) = (workload.as_mut(), &first.health) {
+            w.unhealthy_ports = unhealthy_ports(h);
+        }
         if let Some(tls) = &tls {
             authorize_subscription(&node, tls.peer.as_ref())?;
         }
@@ -333,6 +348,18 @@ async fn run(
                 Ok(Some(req)) => {
                     if req.subscribe.is_some() {
                         tracing::warn!(%proxy, "ignoring a second subscription on one stream");
+                    }
+                    if let Some(h) = &req.health {
+                        if registered {
+                            let ports = unhealthy_ports(h);
+                            tracing::info!(%proxy, unhealthy = ?ports, "workload health");
+                            inner.registry.set_health(&node.namespace, &node.name, ports);
+                        } else {
+                            tracing::warn!(%proxy, "health from a proxy that registers no workload: ignored");
+                        }
+                    }
+                    if req.response_nonce.is_empty() && req.error.is_none() {
+                        continue; // health alone
                     }
                     match state.answer(&req.response_nonce, req.error.as_ref()) {
                         Answer::Acked { .. } => counts.0 += 1,

@@ -3,9 +3,11 @@
 //! labels, address, ports, locality); in `files` mode this is how endpoints
 //! exist. When its stream drops, the workload stays for a grace period (a
 //! restart or a control-plane blip must not empty a service), then goes.
-//! Time is passed in: the registry is plain data.
+//! Its sidecar also says which of its ports fail their health check
+//! (health at the source): the workload stays, unhealthy in the Services
+//! that target those ports. Time is passed in: the registry is plain data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,8 @@ pub struct Workload {
     pub zone: String,
     /// The sidecar's mesh transport port, when it has one.
     pub tunnel_port: Option<u16>,
+    /// Ports whose health check fails (its sidecar says so).
+    pub unhealthy_ports: BTreeSet<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +67,22 @@ impl Registry {
                 );
                 true
             }
+        }
+    }
+
+    /// Its sidecar says which ports fail their health check now; true if
+    /// that changed what the mesh sees. Unknown workloads are ignored (a
+    /// stream registers before it reports).
+    pub fn set_health(&mut self, namespace: &str, name: &str, unhealthy: BTreeSet<u16>) -> bool {
+        match self
+            .entries
+            .get_mut(&(namespace.to_string(), name.to_string()))
+        {
+            Some(e) if e.workload.unhealthy_ports != unhealthy => {
+                e.workload.unhealthy_ports = unhealthy;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -131,6 +151,13 @@ impl Shared {
         }
     }
 
+    pub fn set_health(&self, namespace: &str, name: &str, unhealthy: BTreeSet<u16>) {
+        if self.lock().set_health(namespace, name, unhealthy) {
+            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.changed.notify_one();
+        }
+    }
+
     pub fn disconnected(&self, namespace: &str, name: &str) {
         self.lock().disconnected(namespace, name, Instant::now());
         // Nothing changes yet; the publisher re-arms its expiry timer.
@@ -180,6 +207,7 @@ mod tests {
             region: "eu-west".into(),
             zone: "eu-west-a".into(),
             tunnel_port: None,
+            unhealthy_ports: BTreeSet::new(),
         }
     }
 
@@ -214,5 +242,27 @@ mod tests {
         assert!(r.register(w("catalog-2", "10.0.0.9")));
         assert!(!r.expire(t0 + Duration::from_secs(3600), grace));
         assert_eq!(r.next_expiry(grace), None);
+    }
+
+    #[test]
+    fn health_changes_are_changes_and_a_reregistration_carries_its_own() {
+        let mut r = Registry::default();
+        assert!(
+            !r.set_health("shop", "catalog-1", [8080].into()),
+            "unknown: ignored"
+        );
+        assert!(r.register(w("catalog-1", "10.0.0.1")));
+        assert!(r.set_health("shop", "catalog-1", [8080].into()));
+        assert!(!r.set_health("shop", "catalog-1", [8080].into()), "same");
+        assert_eq!(
+            r.workloads().next().unwrap().unhealthy_ports,
+            BTreeSet::from([8080])
+        );
+        assert!(r.set_health("shop", "catalog-1", BTreeSet::new()));
+        // A reconnecting sidecar registers with what it checks now.
+        let mut sick = w("catalog-1", "10.0.0.1");
+        sick.unhealthy_ports = [8080].into();
+        assert!(r.register(sick));
+        assert!(!r.workloads().next().unwrap().unhealthy_ports.is_empty());
     }
 }

@@ -437,7 +437,7 @@ fn add_workloads(
         }
         // Each service port → the workload's port: numeric target, or the
         // container port of that name.
-        let ports = kports
+        let ports: Vec<model::EndpointPort> = kports
             .iter()
             .filter_map(|sp| {
                 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -454,6 +454,11 @@ fn add_workloads(
                 })
             })
             .collect();
+        // Health at the source: one of the ports this Service reaches
+        // fails its sidecar's check.
+        let unhealthy = ports
+            .iter()
+            .any(|p| u16::try_from(p.target_port).is_ok_and(|t| w.unhealthy_ports.contains(&t)));
         endpoints.push(model::Endpoint {
             address: w.address.to_string(),
             ports,
@@ -467,7 +472,7 @@ fn add_workloads(
             }),
             labels: w.labels.clone().into_iter().collect(),
             weight: 1,
-            unhealthy: false,
+            unhealthy,
             tunnel_port: w.tunnel_port.map_or(0, u32::from),
             identity: if w.tunnel_port.is_some() {
                 workload_identity(trust_domain, &w.namespace, &w.service_account)
@@ -791,6 +796,7 @@ spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http
             region: String::new(),
             zone: "eu-west-b".into(),
             tunnel_port: (ns == "shop").then_some(15008),
+            unhealthy_ports: Default::default(),
         };
         let ws = [
             w("catalog-1", "shop", "catalog", "10.0.0.2"),
@@ -836,5 +842,21 @@ spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {regi
             "region from the Mesh"
         );
         assert_eq!(s.endpoints[0].labels["version"], "v1");
+        assert!(s.endpoints.iter().all(|e| !e.unhealthy));
+
+        // Health at the source: catalog-2's sidecar says 9901 fails. The
+        // Service reaches it there, so catalog-2 is unhealthy in it; a
+        // failing port no Service reaches changes nothing.
+        let mut sick = ws.clone();
+        sick[1].unhealthy_ports = [9901].into();
+        sick[0].unhealthy_ports = [7777].into();
+        let refs: Vec<&Workload> = sick.iter().collect();
+        let c = catalog_with(&snapshot(&format!("{mesh}---\n{yaml}")), &refs);
+        let health: Vec<(&str, bool)> = c.services["catalog.shop"]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.as_str(), e.unhealthy))
+            .collect();
+        assert_eq!(health, [("10.0.0.1", true), ("10.0.0.2", false)]);
     }
 }

@@ -74,6 +74,17 @@ impl OutlierState {
         self.times_ejected
     }
 
+    /// The endpoint's own health check says it is back (health at the
+    /// source, or a linked cluster's healthy count): the ejection ends now
+    /// and the error streaks start over, as Envoy un-ejects on a passing
+    /// active health check. The ejection count stays, so a flapping
+    /// endpoint is still ejected for longer each time.
+    pub fn health_returned(&mut self) {
+        self.ejected_until = None;
+        self.consecutive_5xx = 0;
+        self.consecutive_gateway = 0;
+    }
+
     /// Records an observation; returns true when it ejects the endpoint.
     /// `may_eject` says whether the service is below its ejection cap; it
     /// is asked only when this observation would eject.
@@ -220,5 +231,25 @@ mod tests {
         assert_eq!(Observation::from_status(503), Observation::GatewayError);
         assert_eq!(Observation::from_status(500), Observation::ServerError);
         assert_eq!(Observation::from_status(404), Observation::Success);
+    }
+
+    #[test]
+    fn a_returned_health_check_ends_the_ejection_but_keeps_the_count() {
+        let s = OutlierSettings {
+            consecutive_gateway_errors: 1,
+            ..OutlierSettings::default()
+        };
+        let t0 = Instant::now();
+        let mut o = OutlierState::default();
+        assert!(o.observe(Observation::GatewayError, t0, &s, || true));
+        assert!(o.is_ejected(t0));
+        o.health_returned();
+        assert!(!o.is_ejected(t0));
+        assert_eq!(o.times_ejected(), 1);
+        assert!(o.observe(Observation::GatewayError, t0, &s, || true));
+        assert!(
+            o.is_ejected(t0 + s.base_ejection_time),
+            "the second ejection lasts twice as long"
+        );
     }
 }

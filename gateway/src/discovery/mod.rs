@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
 use isthmus_api::discovery::v1::{
-    DiscoveryRequest, DiscoveryResponse, Rejection, Subscription, Workload,
+    DiscoveryRequest, DiscoveryResponse, Rejection, Subscription, Workload, WorkloadHealth,
 };
 use isthmus_api::model;
 use isthmus_api::resource::{self, Decoded};
@@ -46,6 +46,9 @@ pub struct Options {
     /// TLS to the control plane (verified, with our certificate once held);
     /// None: plaintext, for development.
     pub tls: Option<isthmus_mesh::tls::control::ControlPlaneConnector>,
+    /// Health checks of the registered workload's app, reported on the
+    /// stream (health at the source); None: no checks.
+    pub health: Option<crate::health::Plan>,
 }
 
 impl Options {
@@ -58,6 +61,7 @@ impl Options {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             tls: None,
+            health: None,
         }
     }
 
@@ -168,6 +172,7 @@ pub fn apply(
         subscribe: None,
         response_nonce: resp.nonce.clone(),
         error,
+        health: None,
     };
     if resp.resources.is_empty() && resp.removed_resources.is_empty() && store.is_loaded() {
         return answer(None);
@@ -265,11 +270,28 @@ fn at_fault(cfg: &model::ProxyConfig, changed: &BTreeSet<&str>, message: &str) -
 pub async fn run(opts: Options, store: Arc<Store>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut held = Held::default();
     let mut backoff = opts.backoff_initial;
+    // The app's health, checked for as long as this client runs.
+    let (_checker, mut health) = match (&opts.health, &opts.workload) {
+        (Some(plan), Some(_)) => {
+            let (tx, rx) = tokio::sync::watch::channel(Default::default());
+            let task = tokio::spawn(crate::health::run(
+                plan.app,
+                plan.checks.clone(),
+                plan.settings,
+                tx,
+            ));
+            (
+                Some(tokio_util::task::AbortOnDropHandle::new(task)),
+                Some(rx),
+            )
+        }
+        _ => (None, None),
+    };
     loop {
         let mut progressed = false;
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            r = stream(&opts, &mut held, &store, &metrics, &mut progressed) => r,
+            r = stream(&opts, &mut held, &store, &metrics, &mut progressed, health.as_mut()) => r,
         };
         metrics.control_plane_connected.set(0);
         if let Err(e) = result {
@@ -300,6 +322,7 @@ async fn stream(
     store: &Store,
     metrics: &Metrics,
     progressed: &mut bool,
+    mut health: Option<&mut tokio::sync::watch::Receiver<BTreeSet<u16>>>,
 ) -> Result<(), DiscoveryError> {
     let address = opts.address.clone();
     let channel = match &opts.tls {
@@ -333,6 +356,9 @@ async fn stream(
     };
     let mut client = DiscoveryClient::new(channel).max_decoding_message_size(256 << 20);
     let (tx, rx) = mpsc::channel(4);
+    let report = |failing: &BTreeSet<u16>| WorkloadHealth {
+        unhealthy_ports: failing.iter().map(|p| u32::from(*p)).collect(),
+    };
     let first = DiscoveryRequest {
         subscribe: Some(Subscription {
             node: Some(opts.node.clone()),
@@ -341,6 +367,7 @@ async fn stream(
         }),
         response_nonce: String::new(),
         error: None,
+        health: health.as_mut().map(|h| report(&h.borrow_and_update())),
     };
     // The channel has room: this cannot wait.
     let _ = tx.try_send(first);
@@ -355,7 +382,32 @@ async fn stream(
     metrics.control_plane_connected.set(1);
     tracing::info!(%address, holds = held.len(), "subscribed to the control plane");
     loop {
-        let resp = match responses.message().await {
+        let health_changed = async {
+            match health.as_mut() {
+                Some(h) => h.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let message = tokio::select! {
+            m = responses.message() => m,
+            alive = health_changed => {
+                if alive && let Some(h) = health.as_mut() {
+                    let failing = h.borrow_and_update().clone();
+                    tracing::info!(unhealthy = ?failing, "reporting the app's health");
+                    let update = DiscoveryRequest {
+                        health: Some(report(&failing)),
+                        ..Default::default()
+                    };
+                    if tx.send(update).await.is_err() {
+                        return Err(DiscoveryError::Closed { address });
+                    }
+                } else {
+                    health = None; // the checker is gone: nothing more to say
+                }
+                continue;
+            }
+        };
+        let resp = match message {
             Ok(Some(r)) => r,
             Ok(None) => return Err(DiscoveryError::Closed { address }),
             Err(status) => return Err(DiscoveryError::Stream { address, status }),

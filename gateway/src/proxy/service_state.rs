@@ -22,10 +22,21 @@ use crate::pool::{Pool, SocketOptions};
 use crate::route::Route;
 use crate::telemetry::metrics::{Direction, Metrics, ServiceLabels};
 
-#[derive(Default)]
 pub struct EndpointState {
     pub in_flight: AtomicUsize,
     outlier: Mutex<OutlierState>,
+    /// Its health in the last configuration (`EndpointSpec::healthy`).
+    healthy: std::sync::atomic::AtomicBool,
+}
+
+impl Default for EndpointState {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
 }
 
 pub struct RouteState {
@@ -309,7 +320,20 @@ impl ServiceStates {
             let spec = &snap.services[name];
             c.pool.set_limits(spec.pool);
             let keys: HashSet<EndpointKey> = spec.endpoints.iter().map(|e| e.key()).collect();
-            c.endpoints.lock().retain(|k, _| keys.contains(k));
+            let mut states = c.endpoints.lock();
+            states.retain(|k, _| keys.contains(k));
+            // An endpoint whose health returned (its sidecar's check, or a
+            // linked cluster's healthy count) is no longer ejected: it takes
+            // traffic with this configuration, not at the ejection's end.
+            for e in &spec.endpoints {
+                if let Some(st) = states.get(&e.key())
+                    && !st.healthy.swap(e.healthy, Ordering::Relaxed)
+                    && e.healthy
+                {
+                    st.outlier.lock().health_returned();
+                }
+            }
+            drop(states);
             let mut live = HashSet::new();
             for e in &spec.endpoints {
                 for p in &spec.ports {
@@ -426,6 +450,59 @@ services:
         assert_eq!(central["inFlight"], 0);
         assert_eq!(east["ejected"], false);
         assert_eq!(east["inFlight"], 1);
+    }
+
+    /// An ejected endpoint whose health check says it is back takes traffic
+    /// with that configuration, not 30 s later when the ejection ends.
+    #[test]
+    fn an_endpoint_whose_health_returns_is_no_longer_ejected() {
+        let snap = |unhealthy: bool| {
+            let yaml = format!(
+                "services:\n  - name: catalog\n    ports: [{{port: 80, protocol: HTTP}}]\n    outlierDetection: {{consecutiveGatewayErrors: 1, maxEjectionPercent: 100}}\n    endpoints:\n      - {{address: \"127.0.0.1:9\", unhealthy: {unhealthy}}}\n      - {{address: \"127.0.0.1:10\"}}\n"
+            );
+            crate::config::compile::compile(&isthmus_api::parse_yaml(&yaml).unwrap()).unwrap()
+        };
+        let states = ServiceStates::new(
+            TaskTracker::new(),
+            SocketOptions::default(),
+            Arc::new(Metrics::default()),
+            None,
+        );
+        let healthy = snap(false);
+        let spec = healthy.services["catalog"].clone();
+        let state = states.get(&spec);
+        state.observe(
+            &spec,
+            0,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            Direction::Outbound,
+        );
+        let ejected = |spec: &Arc<ServiceSpec>| {
+            state.states(spec)[0]
+                .outlier
+                .lock()
+                .is_ejected(Instant::now())
+        };
+        assert!(ejected(&spec));
+        // Its check fails (the control plane marks it), then passes again.
+        let sick = snap(true);
+        states.refresh(&sick);
+        assert!(ejected(&sick.services["catalog"]), "still ejected");
+        let back = snap(false);
+        states.refresh(&back);
+        assert!(!ejected(&back.services["catalog"]), "health returned");
+        // A reload with no change of health leaves ejections alone.
+        state.observe(
+            &back.services["catalog"],
+            0,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            Direction::Outbound,
+        );
+        let again = snap(false);
+        states.refresh(&again);
+        assert!(ejected(&again.services["catalog"]));
     }
 
     /// A panic while a lock of the request path is held (a bug, an
