@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/isthmus/discovery/v1/discovery.proto",
         "proto/isthmus/ca/v1/ca.proto",
         "proto/isthmus/federation/v1/sync.proto",
+        "proto/isthmus/eastwest/v1/liveness.proto",
         "proto/grpc/health/v1/health.proto",
     ];
     for p in protos {

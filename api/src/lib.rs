@@ -47,6 +47,15 @@ pub mod federation {
     }
 }
 
+/// Generated peer liveness (east-west gateway to its sidecars).
+pub mod eastwest {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)] // generated code
+        include!(concat!(env!("OUT_DIR"), "/isthmus.eastwest.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/isthmus.eastwest.v1.serde.rs"));
+    }
+}
+
 /// The standard gRPC health protocol (a sidecar checks a gRPC app with it).
 pub mod grpc_health {
     pub mod v1 {

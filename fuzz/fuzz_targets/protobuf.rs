@@ -1,8 +1,10 @@
 //! What a proxy and a control plane decode from the wire: discovery
 //! responses and their resources (then merged, validated and compiled as
 //! a proxy would), proxy configs, the discovery requests a control plane
-//! reads and the sync messages of a linked control plane. Never a panic:
-//! bad bytes are a named error.
+//! reads, the sync messages of a linked control plane, the peer liveness
+//! stream a sidecar reads from its gateway (in any read sizes: the same
+//! messages come out) and the gRPC health answers of an app. Never a
+//! panic: bad bytes are a named error.
 #![no_main]
 
 use isthmus_api::discovery::v1::{DiscoveryRequest, DiscoveryResponse};
@@ -16,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 5 {
+    match which % 7 {
         0 => {
             if let Ok(resp) = DiscoveryResponse::decode(bytes) {
                 for r in &resp.resources {
@@ -34,6 +36,31 @@ fuzz_target!(|data: &[u8]| {
         }
         3 => {
             let _ = sync::SyncRequest::decode(bytes);
+        }
+        4 => {
+            // Whole, then one byte at a time: the same messages, the same end.
+            let read = |step: usize| {
+                let mut buf = bytes::BytesMut::new();
+                let mut out = Vec::new();
+                for chunk in bytes.chunks(step.max(1)) {
+                    buf.extend_from_slice(chunk);
+                    loop {
+                        match isthmus_gateway::liveness::next_message(&mut buf) {
+                            Ok(Some(m)) => out.push(m),
+                            Ok(None) => break,
+                            Err(e) => return (out, Some(e)),
+                        }
+                    }
+                }
+                (out, None)
+            };
+            let (whole, whole_err) = read(bytes.len());
+            let (bytewise, bytewise_err) = read(1);
+            assert_eq!(whole, bytewise);
+            assert_eq!(whole_err.is_some(), bytewise_err.is_some());
+        }
+        5 => {
+            let _ = isthmus_api::grpc_health::v1::HealthCheckResponse::decode(bytes);
         }
         _ => {
             let _ = sync::SyncResponse::decode(bytes);

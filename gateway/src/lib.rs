@@ -13,6 +13,7 @@ pub mod health;
 pub mod iptables;
 pub mod jwt;
 pub mod launch;
+pub mod liveness;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

@@ -165,6 +165,15 @@ impl Sidecar {
                 }
             });
         }
+        // Which linked clusters' gateways answer, from our own gateway.
+        if let Some(connector) = proxy.services.connector() {
+            background.spawn(crate::liveness::follow(
+                store.clone(),
+                connector.clone(),
+                proxy.services.liveness.clone(),
+                stop_background.clone(),
+            ));
+        }
         if let ConfigSource::ControlPlane(d) = opts.config {
             background.spawn(crate::discovery::run(
                 *d,

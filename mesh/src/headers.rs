@@ -51,6 +51,10 @@ pub fn set_target_port(headers: &mut http::HeaderMap, port: Option<u16>) {
 /// application gives, so no application can claim it.
 pub const UNPROCESSED_HEADER: &str = "isthmus-unprocessed";
 
+/// The CONNECT authority of the local entry's peer liveness stream
+/// (`isthmus.eastwest.v1.PeerLiveness` messages, length-delimited).
+pub const PEERS_AUTHORITY: &str = "peers.isthmus.local:1";
+
 /// Header: why a CONNECT was refused (with a non-200 status).
 pub const REFUSAL_HEADER: &str = "isthmus-refusal";
 

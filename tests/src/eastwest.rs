@@ -157,3 +157,45 @@ pub async fn reporting_echo() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiv
     });
     (addr, ended)
 }
+
+/// A UDP relay in front of `to` that can go silent (drop everything both
+/// ways, as a dead host or a black-holed path would), unlike a stopped
+/// peer whose kernel or QUIC stack still answers.
+pub async fn udp_relay(
+    to: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    let silent = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(std::sync::Mutex::new(None::<std::net::SocketAddr>));
+    {
+        let (front, back, silent, client) =
+            (front.clone(), back.clone(), silent.clone(), client.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                *client.lock().unwrap() = Some(from);
+                if !silent.load(Ordering::Relaxed) {
+                    let _ = back.send_to(&buf[..n], to).await;
+                }
+            }
+        });
+    }
+    {
+        let silent = silent.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, _)) = back.recv_from(&mut buf).await {
+                let dest = *client.lock().unwrap();
+                if let Some(c) = dest
+                    && !silent.load(Ordering::Relaxed)
+                {
+                    let _ = front.send_to(&buf[..n], c).await;
+                }
+            }
+        });
+    }
+    (addr, silent)
+}

@@ -8,7 +8,9 @@
 //! not connect to its app, the remote gateway found no endpoint) moves at
 //! once to the other cluster, whatever its method.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use isthmus_api::model;
 use isthmus_gateway::sidecar::Sidecar;
@@ -58,11 +60,20 @@ struct Bed {
     clusters: Vec<Cluster>,
     frontend: Sidecar,
     catalogs: Vec<Catalog>,
+    /// Set: eu-west reaches eu-central's gateway through a UDP relay that
+    /// can drop everything (a partition, not a stopped process).
+    partition: Option<Arc<AtomicBool>>,
 }
 
 impl Bed {
     /// `west` is written into eu-west's store (its policies).
     async fn start(test: &str, west: &str) -> Self {
+        Self::start_with(test, west, false).await
+    }
+
+    /// `start`, eu-west's link to eu-central through a UDP relay when
+    /// `relay`.
+    async fn start_with(test: &str, west: &str, relay: bool) -> Self {
         init_tracing();
         let mut clusters = vec![
             Cluster::new(test, "eu-west"),
@@ -87,6 +98,19 @@ impl Bed {
                 running: Some(meshed.running),
             });
         }
+        let mut partition = None;
+        if relay {
+            let central = clusters[1].quic();
+            let (addr, silent) = isthmus_tests::eastwest::udp_relay(central).await;
+            let file = clusters[0].dir.join("link-eu-central.yaml");
+            let yaml = std::fs::read_to_string(&file).unwrap();
+            assert!(yaml.contains(&central.to_string()), "{yaml}");
+            clusters[0].write(
+                "link-eu-central.yaml",
+                &yaml.replace(&central.to_string(), &addr.to_string()),
+            );
+            partition = Some(silent);
+        }
         let frontend = clusters[0]
             .start_frontend(vec![model::Listener {
                 name: "out".into(),
@@ -98,6 +122,7 @@ impl Bed {
             clusters,
             frontend,
             catalogs,
+            partition,
         };
         // Both clusters answer before the load starts.
         let out = bed.out().await;
@@ -271,7 +296,7 @@ async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let app = bed.catalogs[0].running.take().unwrap();
     let addr = app.addr;
-    let killed = std::time::Instant::now();
+    let killed = Instant::now();
     app.stop().await;
     eventually("eu-central's catalog unhealthy in eu-west", || async {
         (central_health(&bed) == Some(false)).then_some(())
@@ -279,7 +304,7 @@ async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
     .await;
     let detected = killed.elapsed();
     let back_at = l.elapsed();
-    let returned = std::time::Instant::now();
+    let returned = Instant::now();
     bed.catalogs[0].running = Some(
         isthmus_sample::serve(
             isthmus_sample::SampleApp::new("catalog", "eu-central", "v1"),
@@ -315,6 +340,83 @@ async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
         failed.len()
     );
     assert!(failed.is_empty(), "{failed:#?}");
+    bed.stop().await;
+}
+
+/// eu-central's gateway becomes unreachable (its packets dropped: no
+/// reset, no close). eu-west's gateway hears nothing for 0.8 s, says the
+/// peer is down, and eu-west's sidecars stop choosing eu-central; requests
+/// already on the silent link are retried elsewhere. When the path
+/// returns, the link is made again and traffic comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_cluster_loses_no_request_and_comes_back() {
+    let bed = Bed::start_with("partition", "", true).await;
+    let central_up = |dump: &serde_json::Value| {
+        dump["peerLiveness"]
+            .as_object()?
+            .values()
+            .find_map(|peers| peers["eu-central"]["up"].as_bool().or(Some(false)))
+    };
+    eventually("eu-west's frontend hears eu-central is up", || async {
+        (central_up(&bed.frontend_dump().await) == Some(true)).then_some(())
+    })
+    .await;
+    let out = bed.out().await;
+    let l = Load::start(spec(out, 100));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let silent = bed.partition.clone().unwrap();
+    let at = l.elapsed();
+    let cut = Instant::now();
+    silent.store(true, Ordering::SeqCst);
+    eventually("eu-west's frontend hears eu-central is down", || async {
+        (central_up(&bed.frontend_dump().await) == Some(false)).then_some(())
+    })
+    .await;
+    let detected = cut.elapsed();
+    // The load runs on through the partition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let healed = Instant::now();
+    silent.store(false, Ordering::SeqCst);
+    eventually(
+        "eu-west's frontend hears eu-central is up again",
+        || async { (central_up(&bed.frontend_dump().await) == Some(true)).then_some(()) },
+    )
+    .await;
+    let up_again = healed.elapsed();
+    eventually("answers from eu-central again", || async {
+        one_burst(out)
+            .await
+            .iter()
+            .any(|s| s.cluster.as_deref() == Some("eu-central"))
+            .then_some(())
+    })
+    .await;
+    let traffic_back = healed.elapsed();
+    let samples = l.stop().await;
+    let r = load::report(&samples, at, "eu-central");
+    let from_central = |from: Duration, to: Duration| {
+        samples
+            .iter()
+            .filter(|s| s.at >= from && s.at < to && s.cluster.as_deref() == Some("eu-central"))
+            .count()
+    };
+    eprintln!(
+        "answers from eu-central: before the cut {}, in the first second after {}",
+        from_central(Duration::ZERO, at),
+        from_central(at, at + Duration::from_secs(1))
+    );
+    assert!(
+        from_central(Duration::ZERO, at) > 0,
+        "eu-central served before"
+    );
+    eprintln!(
+        "{} requests, {} failed; eu-central down at eu-west's frontend {detected:?} after the cut, up {up_again:?} and answering {traffic_back:?} after the heal; latency after the cut: p99 {:?} max {:?}",
+        r.sent,
+        r.failed.len(),
+        r.p99_after,
+        r.max_after
+    );
+    assert!(r.failed.is_empty(), "failed: {:#?}", r.failed);
     bed.stop().await;
 }
 

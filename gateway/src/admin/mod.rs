@@ -65,6 +65,7 @@ impl Admin {
                 .collect::<serde_json::Map<_, _>>(),
             "config": serde_json::to_value(&snap.source).unwrap_or_default(),
             "upstreams": self.proxy.services.dump(),
+            "peerLiveness": self.proxy.services.liveness.dump(),
             "security": self.security_dump(&snap),
         })
     }

@@ -11,8 +11,10 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use isthmus_mesh::tls::MeshTls;
 
 pub const ALPN_H3: &[u8] = b"h3";
-/// Keep-alive well inside the idle timeout, so a quiet tunnel stays up.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Keep-alive: a quiet tunnel stays up, and a live peer is heard from
+/// several times within `gateway::DEAD_AFTER` (peer liveness), at the cost
+/// of a PING and its ACK five times a second per peer.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(200);
 /// A path that answers nothing for this long is dead: the link closes and
 /// the next stream races QUIC and the fallback again. Short, for fast
 /// failover, yet many PTOs even at a 300 ms RTT (RFC 9000 §10.1).

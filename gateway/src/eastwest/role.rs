@@ -125,6 +125,7 @@ pub async fn start_with(
         .spawn(server::serve(endpoint, proxy.clone(), peers, stop.clone()));
     gw.clone()
         .follow_config(proxy.store.clone(), ew.peer_configs(), stop.clone());
+    gw.clone().watch_peers(stop.clone());
     let view = gw.clone();
     sidecar.add_admin_view("/eastwest", Arc::new(move || view.status()));
     gw.spawn_stats(Duration::from_secs(1), stop.clone());

@@ -97,6 +97,8 @@ pub struct ServiceState {
     aligned: Mutex<Aligned>,
     routes: Mutex<HashMap<Arc<str>, Arc<RouteState>>>,
     rr: AtomicUsize,
+    /// Linked clusters' gateways as this cluster's gateway says they fare.
+    liveness: Arc<crate::liveness::Liveness>,
 }
 
 #[derive(Default)]
@@ -160,9 +162,15 @@ impl ServiceState {
             .zip(states.iter())
             .map(|((e, prio), st)| {
                 let ejected = st.outlier.lock().is_ejected(now);
+                // A linked cluster whose gateway is down takes nothing.
+                let cluster_down = e
+                    .tunnel
+                    .as_ref()
+                    .and_then(|t| t.via.as_ref())
+                    .is_some_and(|v| self.liveness.down(&v.cluster));
                 EndpointView {
                     priority: *prio,
-                    available: e.healthy && !ejected,
+                    available: e.healthy && !ejected && !cluster_down,
                     weight: e.weight,
                     in_flight: st.in_flight.load(Ordering::Relaxed),
                 }
@@ -254,6 +262,8 @@ pub struct ServiceStates {
     socket: SocketOptions,
     metrics: Arc<Metrics>,
     connector: Option<Arc<isthmus_mesh::transport::Connector>>,
+    /// Peer liveness from this cluster's gateway (`liveness::follow`).
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
 
 impl ServiceStates {
@@ -269,7 +279,13 @@ impl ServiceStates {
             tracker,
             socket,
             metrics,
+            liveness: Default::default(),
         }
+    }
+
+    /// The mesh transport, when the proxy has an identity.
+    pub fn connector(&self) -> Option<&Arc<isthmus_mesh::transport::Connector>> {
+        self.connector.as_ref()
     }
 
     pub fn get(&self, spec: &ServiceSpec) -> Arc<ServiceState> {
@@ -307,6 +323,7 @@ impl ServiceStates {
             aligned: Mutex::new(Aligned::default()),
             routes: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
+            liveness: self.liveness.clone(),
         });
         map.insert(spec.name.to_string(), c.clone());
         c

@@ -279,6 +279,48 @@ impl Connector {
         Ok(TunnelStream { io, _conn: inner })
     }
 
+    /// The peer liveness stream of this cluster's east-west gateway entry at
+    /// `gateway` (`headers::PEERS_AUTHORITY`): length-delimited
+    /// `isthmus.eastwest.v1.PeerLiveness` messages, the whole state and then
+    /// every change, for as long as the stream is read.
+    pub async fn peer_liveness(
+        &self,
+        gateway: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<TunnelStream, TunnelError> {
+        let own = self
+            .tls
+            .own_id()
+            .ok_or(TunnelError::NoIdentity { addr: gateway })?;
+        let local = Expect::Domain(own.trust_domain().into());
+        let outer = self.sender(gateway, local, connect_timeout).await?;
+        let mut req = Request::new(());
+        *req.method_mut() = Method::CONNECT;
+        *req.uri_mut() = http::Uri::from_static(headers::PEERS_AUTHORITY);
+        let (resp, io) = tokio::time::timeout(connect_timeout, outer.open(req))
+            .await
+            .map_err(|_| TunnelError::GatewayTimeout {
+                gateway,
+                cluster: String::new(),
+                authority: headers::PEERS_AUTHORITY.into(),
+                after: connect_timeout,
+            })?
+            .map_err(|e| TunnelError::Http2 {
+                addr: gateway,
+                reason: e.to_string(),
+            })?;
+        if resp.status() != StatusCode::OK {
+            return Err(TunnelError::GatewayRefused {
+                gateway,
+                cluster: String::new(),
+                authority: headers::PEERS_AUTHORITY.into(),
+                status: resp.status(),
+                reason: headers::refusal_reason(resp.headers()),
+            });
+        }
+        Ok(TunnelStream { io, _conn: outer })
+    }
+
     /// Our own mTLS session with whatever answers `authority` (`name.ns:port`)
     /// in the linked cluster `cluster`: a CONNECT to this cluster's east-west
     /// gateway entry at `gateway` (pooled like any sidecar connection), and

@@ -70,6 +70,9 @@ impl Gateway {
                 "no authority",
             ));
         };
+        if authority == isthmus_mesh::headers::PEERS_AUTHORITY {
+            return self.serve_liveness(inc).await;
+        }
         let Some(cluster) = req
             .headers()
             .get(CLUSTER_HEADER)

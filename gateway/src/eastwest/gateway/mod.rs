@@ -26,9 +26,11 @@ use isthmus_mesh::SpiffeId;
 use isthmus_mesh::tls::MeshTls;
 
 mod entry;
+mod liveness;
 mod peers;
 mod status;
 
+pub use liveness::{DEAD_AFTER, Verdict, judge};
 use peers::PeerState;
 pub use peers::{
     BACKOFF_MAX, BACKOFF_MIN, HEAD_START, PeerConfig, REPROBE, SILENCE, backoff, merge_peers,
@@ -49,6 +51,8 @@ pub struct Gateway {
     /// Every task of the gateway: its servers, the local entry's
     /// connections and streams, re-probes, config and stats loops.
     pub tasks: TaskTracker,
+    /// Each peer's liveness, for this cluster's sidecars.
+    liveness: tokio::sync::watch::Sender<isthmus_api::eastwest::v1::PeerLiveness>,
 }
 
 impl Gateway {
@@ -106,6 +110,7 @@ impl Gateway {
             reprobe: REPROBE,
             cluster: None,
             tasks: TaskTracker::new(),
+            liveness: tokio::sync::watch::Sender::new(Default::default()),
         }
     }
 
@@ -428,7 +433,8 @@ mod tests {
         let mid = |n| backoff(n, 0.5);
         assert_eq!(mid(1), BACKOFF_MIN);
         assert_eq!(mid(2), BACKOFF_MIN * 2);
-        assert_eq!(mid(5), BACKOFF_MIN * 16);
+        assert_eq!(mid(3), BACKOFF_MIN * 4);
+        assert_eq!(mid(4), BACKOFF_MAX);
         assert_eq!(mid(20), BACKOFF_MAX);
         assert_eq!(mid(u32::MAX), BACKOFF_MAX);
         assert_eq!(backoff(1, 0.0), BACKOFF_MIN.mul_f64(0.8));

@@ -28,6 +28,7 @@ impl Gateway {
     pub fn status(&self) -> serde_json::Value {
         let mut peers = self.peer_states();
         peers.sort_by(|a, b| a.cfg.cluster.cmp(&b.cfg.cluster));
+        let live = self.liveness.borrow().clone();
         let peers: Vec<serde_json::Value> = peers
             .iter()
             .map(|p| {
@@ -55,6 +56,15 @@ impl Gateway {
                         .map(crate::telemetry::accesslog::rfc3339),
                     "lastError": *p.last_error.lock(),
                 });
+                // What this cluster's sidecars are told (not yet judged:
+                // absent).
+                if let Some(l) = live.peers.get(&c.cluster) {
+                    v["liveness"] = serde_json::json!({
+                        "up": l.up,
+                        "reason": l.reason,
+                        "sinceUnixMs": l.since_unix_ms,
+                    });
+                }
                 if let Some(l) = &link
                     && let Link::Quic(q) = &**l
                 {
