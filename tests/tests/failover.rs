@@ -127,14 +127,7 @@ impl Bed {
         // Both clusters answer before the load starts.
         let out = bed.out().await;
         for cluster in ["eu-central", "us-east"] {
-            eventually(&format!("{cluster} answers eu-west"), || async {
-                let samples = one_burst(out).await;
-                samples
-                    .iter()
-                    .any(|s| s.cluster.as_deref() == Some(cluster))
-                    .then_some(())
-            })
-            .await;
+            until_answered_by(out, cluster).await;
         }
         bed
     }
@@ -187,6 +180,18 @@ async fn one_burst(out: std::net::SocketAddr) -> Vec<load::Sample> {
     let l = Load::start(spec(out, 200));
     tokio::time::sleep(Duration::from_millis(100)).await;
     l.stop().await
+}
+
+/// Waits until a burst of requests gets an answer from `cluster`.
+async fn until_answered_by(out: std::net::SocketAddr, cluster: &str) {
+    eventually(&format!("answers from {cluster}"), || async {
+        one_burst(out)
+            .await
+            .iter()
+            .any(|s| s.cluster.as_deref() == Some(cluster))
+            .then_some(())
+    })
+    .await;
 }
 
 /// Runs the load, does `event` 1 s in, keeps the load 3 s more, and
@@ -319,14 +324,7 @@ async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
     .await;
     let healthy_again = returned.elapsed();
     // Traffic returns with the health, not when an ejection ends (30 s).
-    eventually("answers from eu-central again", || async {
-        one_burst(out)
-            .await
-            .iter()
-            .any(|s| s.cluster.as_deref() == Some("eu-central"))
-            .then_some(())
-    })
-    .await;
+    until_answered_by(out, "eu-central").await;
     let traffic_back = returned.elapsed();
     let samples = l.stop().await;
     let failed: Vec<_> = samples.iter().filter(|s| !s.ok()).collect();
@@ -383,14 +381,7 @@ async fn a_partitioned_cluster_loses_no_request_and_comes_back() {
     )
     .await;
     let up_again = healed.elapsed();
-    eventually("answers from eu-central again", || async {
-        one_burst(out)
-            .await
-            .iter()
-            .any(|s| s.cluster.as_deref() == Some("eu-central"))
-            .then_some(())
-    })
-    .await;
+    until_answered_by(out, "eu-central").await;
     let traffic_back = healed.elapsed();
     let samples = l.stop().await;
     let r = load::report(&samples, at, "eu-central");

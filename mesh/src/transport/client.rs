@@ -288,54 +288,22 @@ impl Connector {
         gateway: SocketAddr,
         connect_timeout: Duration,
     ) -> Result<TunnelStream, TunnelError> {
-        let own = self
-            .tls
-            .own_id()
-            .ok_or(TunnelError::NoIdentity { addr: gateway })?;
-        let local = Expect::Domain(own.trust_domain().into());
-        let outer = self.sender(gateway, local, connect_timeout).await?;
-        let mut req = Request::new(());
-        *req.method_mut() = Method::CONNECT;
-        *req.uri_mut() = http::Uri::from_static(headers::PEERS_AUTHORITY);
-        let (resp, io) = tokio::time::timeout(connect_timeout, outer.open(req))
-            .await
-            .map_err(|_| TunnelError::GatewayTimeout {
-                gateway,
-                cluster: String::new(),
-                authority: headers::PEERS_AUTHORITY.into(),
-                after: connect_timeout,
-            })?
-            .map_err(|e| TunnelError::Http2 {
-                addr: gateway,
-                reason: e.to_string(),
-            })?;
-        if resp.status() != StatusCode::OK {
-            return Err(TunnelError::GatewayRefused {
-                gateway,
-                cluster: String::new(),
-                authority: headers::PEERS_AUTHORITY.into(),
-                status: resp.status(),
-                reason: headers::refusal_reason(resp.headers()),
-            });
-        }
+        let (_, io, outer) = self
+            .entry_connect(gateway, "", headers::PEERS_AUTHORITY, connect_timeout)
+            .await?;
         Ok(TunnelStream { io, _conn: outer })
     }
 
-    /// Our own mTLS session with whatever answers `authority` (`name.ns:port`)
-    /// in the linked cluster `cluster`: a CONNECT to this cluster's east-west
-    /// gateway entry at `gateway` (pooled like any sidecar connection), and
-    /// inside that stream a TLS handshake (ALPN h2) with the remote end, which
-    /// must prove `expect`. The gateways see only ciphertext. What runs on
-    /// the session is the caller's: the mesh transport for a sidecar, gRPC
-    /// for the control planes' federation channel.
-    pub async fn connect_remote(
+    /// A CONNECT for `authority` (in the linked cluster `cluster`, when
+    /// named) to this cluster's east-west gateway entry at `gateway`, on our
+    /// pooled connection to it, saying who we are; a refusal is named.
+    async fn entry_connect(
         &self,
         gateway: SocketAddr,
         cluster: &str,
         authority: &str,
-        expect: Expect,
         connect_timeout: Duration,
-    ) -> Result<RemoteSession, TunnelError> {
+    ) -> Result<(http::Response<()>, crate::h2connect::H2Stream, Client), TunnelError> {
         let own = self
             .tls
             .own_id()
@@ -358,7 +326,9 @@ impl Connector {
             )
         })?;
         let headers = req.headers_mut();
-        if let Ok(v) = cluster.parse() {
+        if !cluster.is_empty()
+            && let Ok(v) = cluster.parse()
+        {
             headers.insert(headers::CLUSTER_HEADER, v);
         }
         if let Ok(v) = own.as_str().parse() {
@@ -395,6 +365,27 @@ impl Connector {
                 headers::refusal_reason(resp.headers()),
             ));
         }
+        Ok((resp, through, outer))
+    }
+
+    /// Our own mTLS session with whatever answers `authority` (`name.ns:port`)
+    /// in the linked cluster `cluster`: a CONNECT to this cluster's east-west
+    /// gateway entry at `gateway` (pooled like any sidecar connection), and
+    /// inside that stream a TLS handshake (ALPN h2) with the remote end, which
+    /// must prove `expect`. The gateways see only ciphertext. What runs on
+    /// the session is the caller's: the mesh transport for a sidecar, gRPC
+    /// for the control planes' federation channel.
+    pub async fn connect_remote(
+        &self,
+        gateway: SocketAddr,
+        cluster: &str,
+        authority: &str,
+        expect: Expect,
+        connect_timeout: Duration,
+    ) -> Result<RemoteSession, TunnelError> {
+        let (resp, through, outer) = self
+            .entry_connect(gateway, cluster, authority, connect_timeout)
+            .await?;
         let transport = resp
             .headers()
             .get(headers::TRANSPORT_HEADER)
