@@ -52,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         socket: SocketOptions::default(),
         mesh: None,
         prebound: Vec::new(),
+        peer_liveness: true,
     })
     .await?;
     let out = sidecar

@@ -501,6 +501,7 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         socket: SocketOptions { mark: s.mark },
         mesh,
         prebound: Vec::new(),
+        peer_liveness: true,
     })
     .await?;
     let stop_eastwest = CancellationToken::new();

@@ -44,6 +44,10 @@ pub struct Options {
     /// their addresses serves it (nothing else can take the port between
     /// choosing it and listening on it).
     pub prebound: Vec<std::net::TcpListener>,
+    /// Follow this cluster's east-west gateway's peer liveness (stop
+    /// choosing a linked cluster whose gateway is down). On in production;
+    /// off only to measure what it brings.
+    pub peer_liveness: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +170,7 @@ impl Sidecar {
             });
         }
         // Which linked clusters' gateways answer, from our own gateway.
-        if let Some(connector) = proxy.services.connector() {
+        if let Some(connector) = proxy.services.connector().filter(|_| opts.peer_liveness) {
             background.spawn(crate::liveness::follow(
                 store.clone(),
                 connector.clone(),

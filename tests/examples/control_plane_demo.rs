@@ -153,6 +153,7 @@ async fn sidecar(
         socket: Default::default(),
         mesh: Some(mesh),
         prebound: Vec::new(),
+        peer_liveness: true,
     })
     .await?)
 }

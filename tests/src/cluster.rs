@@ -51,6 +51,11 @@ pub struct Cluster {
     /// (a rotation: new roots, a new signer).
     pub ca: Option<Arc<Ca>>,
     pub stop: CancellationToken,
+    /// Sidecars started from now on follow the gateway's peer liveness,
+    /// and the meshed catalog's sidecar checks its app (both on by
+    /// default; off to measure what they bring).
+    pub peer_liveness: bool,
+    pub health_checks: bool,
 }
 
 impl Cluster {
@@ -75,6 +80,8 @@ impl Cluster {
             clock_ahead: Arc::new(AtomicU64::new(0)),
             ca: None,
             stop: CancellationToken::new(),
+            peer_liveness: true,
+            health_checks: true,
         }
     }
 
@@ -196,6 +203,7 @@ impl Cluster {
             workload,
             prebound,
             health,
+            peer_liveness: self.peer_liveness,
         }
         .start(&self.stop)
         .await
@@ -218,7 +226,7 @@ impl Cluster {
                 vec![meshed.tunnel_listener()],
                 Some(meshed.workload.clone()),
                 vec![meshed.take_tunnel_socket()],
-                Some(meshed.health_plan()),
+                self.health_checks.then(|| meshed.health_plan()),
             )
             .await;
         (sidecar, tls, meshed)
@@ -241,6 +249,7 @@ impl Cluster {
             workload: None,
             prebound: Vec::new(),
             health: None,
+            peer_liveness: false,
         }
         .start(&self.gateway_stop)
         .await;

@@ -17,6 +17,7 @@
 //! Support needing none of the crates under test is `isthmus-testkit`.
 #![forbid(unsafe_code)]
 
+pub mod bed;
 pub mod cluster;
 pub mod eastwest;
 pub mod load;

@@ -22,6 +22,8 @@ pub struct MeshSidecar<'a> {
     pub prebound: Vec<std::net::TcpListener>,
     /// Health checks of the registered workload's app.
     pub health: Option<isthmus_gateway::health::Plan>,
+    /// Follow the cluster's gateway's peer liveness.
+    pub peer_liveness: bool,
 }
 
 impl MeshSidecar<'_> {
@@ -97,6 +99,7 @@ impl MeshSidecar<'_> {
             socket: Default::default(),
             mesh: Some(mesh.clone()),
             prebound: self.prebound,
+            peer_liveness: self.peer_liveness,
         })
         .await
         .expect("sidecar starts");

@@ -57,6 +57,7 @@ pub async fn start_with_identity(
         socket: SocketOptions::default(),
         mesh: identity.map(|i| std::sync::Arc::new(isthmus_mesh::tls::MeshTls::new(i))),
         prebound: Vec::new(),
+        peer_liveness: true,
     })
     .await
     .unwrap_or_else(|e| panic!("sidecar failed to start: {e}"));

@@ -141,6 +141,7 @@ async fn sidecar(
         socket: Default::default(),
         mesh: None,
         prebound: Vec::new(),
+        peer_liveness: true,
     })
     .await
     .expect("sidecar starts")

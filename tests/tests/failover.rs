@@ -8,28 +8,12 @@
 //! not connect to its app, the remote gateway found no endpoint) moves at
 //! once to the other cluster, whatever its method.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use isthmus_api::model;
-use isthmus_gateway::sidecar::Sidecar;
 use isthmus_testkit::eventually;
-use isthmus_tests::cluster::{Cluster, link};
-use isthmus_tests::load::{self, Load, Spec};
-
-const SHOP: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: catalog, namespace: shop}
-spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
----
-apiVersion: multicluster.x-k8s.io/v1alpha1
-kind: ServiceExport
-metadata: {name: catalog, namespace: shop}
-"#;
-
-const CLUSTERSET: &str = "catalog.shop.svc.clusterset.local";
+use isthmus_tests::bed::{Bed, CLUSTERSET, spec, until_answered_by};
+use isthmus_tests::load::{self, Load};
 
 /// eu-west's policy for the catalog it calls: no retries, no outlier
 /// detection. Only moves can keep requests from failing.
@@ -47,152 +31,6 @@ spec:
   outlierDetection: {disabled: true}
   retry: {attempts: 0}
 "#;
-
-/// A serving cluster's catalog: the app and its sidecar, while they run.
-struct Catalog {
-    sidecar: Option<Sidecar>,
-    running: Option<isthmus_sample::Running>,
-}
-
-/// eu-west calling, eu-central and us-east serving the catalog; all
-/// linked both ways.
-struct Bed {
-    clusters: Vec<Cluster>,
-    frontend: Sidecar,
-    catalogs: Vec<Catalog>,
-    /// Set: eu-west reaches eu-central's gateway through a UDP relay that
-    /// can drop everything (a partition, not a stopped process).
-    partition: Option<Arc<AtomicBool>>,
-}
-
-impl Bed {
-    /// `west` is written into eu-west's store (its policies).
-    async fn start(test: &str, west: &str) -> Self {
-        Self::start_with(test, west, false).await
-    }
-
-    /// `start`, eu-west's link to eu-central through a UDP relay when
-    /// `relay`.
-    async fn start_with(test: &str, west: &str, relay: bool) -> Self {
-        init_tracing();
-        let mut clusters = vec![
-            Cluster::new(test, "eu-west"),
-            Cluster::new(test, "eu-central"),
-            Cluster::new(test, "us-east"),
-        ];
-        for c in clusters.iter_mut() {
-            c.start_control_plane();
-            c.start_gateway().await;
-        }
-        if !west.is_empty() {
-            clusters[0].write("policy.yaml", west);
-        }
-        let mut catalogs = Vec::new();
-        for c in &clusters[1..] {
-            c.write("shop.yaml", SHOP);
-            link(&clusters[0], c, Duration::from_secs(600), "5m");
-            link(c, &clusters[0], Duration::from_secs(600), "5m");
-            let (sidecar, _, meshed) = c.start_meshed_catalog().await;
-            catalogs.push(Catalog {
-                sidecar: Some(sidecar),
-                running: Some(meshed.running),
-            });
-        }
-        let mut partition = None;
-        if relay {
-            let central = clusters[1].quic();
-            let (addr, silent) = isthmus_tests::eastwest::udp_relay(central).await;
-            let file = clusters[0].dir.join("link-eu-central.yaml");
-            let yaml = std::fs::read_to_string(&file).unwrap();
-            assert!(yaml.contains(&central.to_string()), "{yaml}");
-            clusters[0].write(
-                "link-eu-central.yaml",
-                &yaml.replace(&central.to_string(), &addr.to_string()),
-            );
-            partition = Some(silent);
-        }
-        let frontend = clusters[0]
-            .start_frontend(vec![model::Listener {
-                name: "out".into(),
-                address: "127.0.0.1:0".into(),
-                kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
-            }])
-            .await;
-        let bed = Self {
-            clusters,
-            frontend,
-            catalogs,
-            partition,
-        };
-        // Both clusters answer before the load starts.
-        let out = bed.out().await;
-        for cluster in ["eu-central", "us-east"] {
-            until_answered_by(out, cluster).await;
-        }
-        bed
-    }
-
-    async fn out(&self) -> std::net::SocketAddr {
-        eventually("the frontend's listener", || async {
-            self.frontend.listener_addr("out")
-        })
-        .await
-    }
-
-    async fn frontend_dump(&self) -> serde_json::Value {
-        let admin = self.frontend.admin_addr();
-        let (_, body) = isthmus_testkit::http(admin, "admin", "/config_dump")
-            .await
-            .expect("the frontend's /config_dump");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    async fn stop(self) {
-        self.frontend.shutdown(Duration::from_millis(200)).await;
-        for c in self.catalogs {
-            if let Some(s) = c.sidecar {
-                s.shutdown(Duration::from_millis(200)).await;
-            }
-            if let Some(r) = c.running {
-                r.stop().await;
-            }
-        }
-        for mut c in self.clusters {
-            c.stop.cancel();
-            c.stop_control_plane().await;
-        }
-    }
-}
-
-fn spec(out: std::net::SocketAddr, rate: u32) -> Spec {
-    Spec {
-        addr: out,
-        host: CLUSTERSET.into(),
-        path: "/items".into(),
-        rate,
-        workers: 4,
-        post_every: 3,
-    }
-}
-
-/// A short burst of requests (for waiting on the set-up).
-async fn one_burst(out: std::net::SocketAddr) -> Vec<load::Sample> {
-    let l = Load::start(spec(out, 200));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    l.stop().await
-}
-
-/// Waits until a burst of requests gets an answer from `cluster`.
-async fn until_answered_by(out: std::net::SocketAddr, cluster: &str) {
-    eventually(&format!("answers from {cluster}"), || async {
-        one_burst(out)
-            .await
-            .iter()
-            .any(|s| s.cluster.as_deref() == Some(cluster))
-            .then_some(())
-    })
-    .await;
-}
 
 /// Runs the load, does `event` 1 s in, keeps the load 3 s more, and
 /// checks that no request failed and that the answers left eu-central.
@@ -243,6 +81,7 @@ async fn no_request_lost(bed: &mut Bed, event: impl AsyncFnOnce(&mut Bed)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_app_killed_loses_no_request() {
+    init_tracing();
     let mut bed = Bed::start("app-killed", "").await;
     no_request_lost(&mut bed, async |bed: &mut Bed| {
         // The app stops listening; its sidecar stays up and answers the
@@ -256,6 +95,7 @@ async fn a_remote_app_killed_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_sidecar_stopped_loses_no_request() {
+    init_tracing();
     let mut bed = Bed::start("sidecar-stopped", "").await;
     no_request_lost(&mut bed, async |bed: &mut Bed| {
         // The sidecar drains and goes; eu-central's gateway finds no
@@ -271,6 +111,7 @@ async fn a_remote_sidecar_stopped_loses_no_request() {
 /// peer and refuses streams to it at once; each such request moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_gateway_stopped_loses_no_request() {
+    init_tracing();
     let mut bed = Bed::start("gateway-stopped", "").await;
     no_request_lost(&mut bed, async |bed: &mut Bed| {
         bed.clusters[1].stop_gateway().await;
@@ -286,6 +127,7 @@ async fn a_remote_gateway_stopped_loses_no_request() {
 /// health (the outlier ejection its failures caused ends with it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
+    init_tracing();
     let mut bed = Bed::start("health", "").await;
     let central_health = |bed: &Bed| {
         bed.clusters[0].service(CLUSTERSET).and_then(|s| {
@@ -348,7 +190,8 @@ async fn a_dead_app_leaves_the_clusterset_and_comes_back_with_its_health() {
 /// returns, the link is made again and traffic comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_cluster_loses_no_request_and_comes_back() {
-    let bed = Bed::start_with("partition", "", true).await;
+    init_tracing();
+    let bed = Bed::start_with("partition", "", true, true).await;
     let central_up = |dump: &serde_json::Value| {
         dump["peerLiveness"]
             .as_object()?
@@ -415,6 +258,7 @@ async fn a_partitioned_cluster_loses_no_request_and_comes_back() {
 /// application still moves (GET or POST): nothing else sends it on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_no_application_saw_move_without_a_retry_policy() {
+    init_tracing();
     let mut bed = Bed::start("no-retries", NO_RETRIES).await;
     eventually("eu-west's policy at its frontend", || async {
         let dump = bed.frontend_dump().await;

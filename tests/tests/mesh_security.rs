@@ -87,6 +87,7 @@ async fn secure_sidecar(
         workload,
         prebound,
         health: None,
+        peer_liveness: true,
     }
     .start(stop)
     .await;

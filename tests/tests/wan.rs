@@ -4,7 +4,8 @@
 //! link falls back to HTTP/2 over TLS; when UDP gets through again the
 //! re-probe takes QUIC back; QUIC measures the emulated RTT; when UDP dies
 //! under a live QUIC link, the idle timeout closes it and the next link is
-//! the fallback.
+//! the fallback. Peer liveness: no false "down" at 50 ms RTT and 1 % loss,
+//! and a path that drops everything is seen.
 //!
 //! Needs root and /dev/net/tun; skipped without them unless
 //! ISTHMUS_REQUIRE_NETNS=1 (CI), where it fails instead.
@@ -165,6 +166,115 @@ fn udp_black_holed_on_the_path_falls_back_to_tcp_and_quic_comes_back() {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
                 assert_eq!(echo(&h2, b"over tcp again").await, b"over tcp again");
+            })
+        })
+        .unwrap();
+    let r = a.join();
+    stop.cancel();
+    let _ = b.join();
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// Peer liveness across the WAN emulator: on a path with 50 ms RTT and 1 %
+/// loss each way the peer is never judged down (30 s of keep-alives and
+/// nothing else), and when the path drops everything it is judged down,
+/// within `DEAD_AFTER` plus a look (printed), and stays down.
+#[test]
+fn liveness_has_no_false_positive_at_1_percent_loss_and_sees_a_partition() {
+    use isthmus_gateway::eastwest::gateway::DEAD_AFTER;
+    if !isthmus_e2e::netns_available() {
+        return;
+    }
+    let lossy = Impairment::wan(Duration::from_millis(50), 0.01);
+    let w = Arc::new(Wan::new(&format!("lv{}", std::process::id()), lossy).unwrap());
+    let (eu, us) = (
+        pki::Ca::new("eu-west.isthmus.local"),
+        pki::Ca::new("us-east.isthmus.local"),
+    );
+    let (eu_tls, us_tls) = (gateway_identity(&eu, &[&us]), gateway_identity(&us, &[&eu]));
+    let stop = CancellationToken::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = stop.clone();
+    let b = w
+        .b()
+        .spawn("eu-gateway", move || {
+            runtime().block_on(async move {
+                tx.send(eu_gateway(eu_tls, st.clone()).await).unwrap();
+                st.cancelled().await;
+            })
+        })
+        .unwrap();
+    let gw_addr = rx.recv().unwrap();
+    let wan = w.clone();
+    let st = stop.clone();
+    let a = w
+        .a()
+        .spawn("us-gateway", move || {
+            runtime().block_on(async move {
+                let ep = quic::endpoint(&us_tls, SocketAddr::new(wan::ADDR_A.into(), 0)).unwrap();
+                let gw = Arc::new(Gateway::new(
+                    us_tls,
+                    ep,
+                    vec![PeerConfig {
+                        cluster: "eu-west".into(),
+                        udp: gw_addr,
+                        tcp: gw_addr,
+                        identity: EU_GW.into(),
+                    }],
+                    Arc::new(Metrics::new()),
+                ));
+                gw.clone().watch_peers(st.clone());
+                let mut live = gw.liveness();
+                let up = |l: &isthmus_api::eastwest::v1::PeerLiveness| {
+                    l.peers.get("eu-west").map(|p| p.up)
+                };
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    live.wait_for(|l| up(l) == Some(true)),
+                )
+                .await
+                .expect("linked across the lossy path")
+                .unwrap();
+                // 30 s of a lossy, idle path: never down.
+                let went_down = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    live.wait_for(|l| up(l) != Some(true)),
+                )
+                .await
+                .is_ok();
+                let losses = wan.counts(Direction::AtoB).lost + wan.counts(Direction::BtoA).lost;
+                assert!(
+                    !went_down,
+                    "judged down on a live path: {:?}",
+                    live.borrow().peers.get("eu-west")
+                );
+                assert!(losses > 0, "the path lost packets meanwhile");
+                // The path drops everything: down, and stays down.
+                let cut = Instant::now();
+                wan.set(Impairment {
+                    loss: 1.0,
+                    ..Impairment::wan(Duration::from_millis(50), 0.0)
+                });
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    live.wait_for(|l| up(l) == Some(false)),
+                )
+                .await
+                .expect("a partition is seen")
+                .unwrap();
+                eprintln!(
+                    "partition seen after {:?} (DEAD_AFTER {DEAD_AFTER:?}); {losses} packets lost before it, none judged a partition",
+                    cut.elapsed()
+                );
+                let relinked = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    live.wait_for(|l| up(l) == Some(true)),
+                )
+                .await
+                .is_ok();
+                assert!(!relinked, "up again while the path drops everything");
             })
         })
         .unwrap();

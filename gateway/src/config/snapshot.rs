@@ -240,7 +240,9 @@ impl Default for PoolLimits {
             max_pending: 1024,
             max_requests_per_connection: None,
             max_requests: 1024,
-            connect_timeout: Duration::from_secs(5),
+            // Linkerd's default: inside a cluster a connect takes well under
+            // a millisecond; a silent endpoint is given up on in a second.
+            connect_timeout: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60),
         }
     }

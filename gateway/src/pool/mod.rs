@@ -299,8 +299,11 @@ impl Pool {
             .expect(t.identity.as_ref(), sidecar)
             .map_err(tunnel_err)?;
         let stream = match &t.via {
-            // `sidecar` is then our east-west gateway's local entry.
+            // `sidecar` is then our east-west gateway's local entry; the
+            // timeout covers the whole way (both gateways, the remote
+            // gateway's dials of its endpoints, the inner handshake).
             Some(via) => {
+                let timeout = timeout.max(VIA_CONNECT_TIMEOUT);
                 let target_port = addr.port();
                 let authority = via
                     .authority(target_port)
@@ -428,6 +431,11 @@ impl Pool {
         }
     }
 }
+
+/// The least connect timeout through a linked cluster's gateway: the
+/// remote gateway may try several endpoints, each within its own connect
+/// timeout, before it answers.
+pub const VIA_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects with a timeout, TCP_NODELAY and the proxy's socket options.
 #[cfg(test)]
