@@ -214,6 +214,19 @@ async fn a_partitioned_cluster_loses_no_request_and_comes_back() {
     })
     .await;
     let detected = cut.elapsed();
+    // eu-west's gateway says the same in its /config_dump.
+    let gateway = bed.clusters[0].gateway.as_ref().unwrap().0.admin_addr();
+    let (_, dump) = isthmus_testkit::http(gateway, "admin", "/config_dump")
+        .await
+        .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    let peer = dump["eastwest"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cluster"] == "eu-central")
+        .unwrap();
+    assert_eq!(peer["liveness"]["up"], false, "{peer}");
     // The load runs on through the partition.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let healed = Instant::now();

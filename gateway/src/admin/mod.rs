@@ -56,7 +56,7 @@ impl Admin {
 
     pub fn config_dump(&self) -> serde_json::Value {
         let snap = self.proxy.store.load();
-        serde_json::json!({
+        let mut dump = serde_json::json!({
             "version": snap.version,
             "generation": self.proxy.store.generation(),
             "lastRejected": self.proxy.store.last_error(),
@@ -67,7 +67,13 @@ impl Admin {
             "upstreams": self.proxy.services.dump(),
             "peerLiveness": self.proxy.services.liveness.dump(),
             "security": self.security_dump(&snap),
-        })
+        });
+        // A role's views are part of the dump too (the east-west gateway's
+        // peers and their liveness under "eastwest").
+        for (path, view) in self.views.read().iter() {
+            dump[path.trim_start_matches('/')] = view();
+        }
+        dump
     }
 
     fn security_dump(&self, snap: &crate::config::Snapshot) -> serde_json::Value {
