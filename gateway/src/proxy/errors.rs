@@ -26,6 +26,8 @@ pub enum ProxyError {
     Connect(PoolError),
     #[error("upstream reset before response headers: {0}")]
     Reset(String),
+    #[error("upstream refused the stream unprocessed (HTTP/2 REFUSED_STREAM): {0}")]
+    Refused(String),
     #[error("upstream did not answer within the per-try timeout of {0:?}")]
     PerTryTimeout(std::time::Duration),
     #[error("request timed out after {0:?} (route timeout)")]
@@ -49,9 +51,11 @@ impl ProxyError {
         match self {
             Self::NoHost | Self::DownstreamBody(_) => StatusCode::BAD_REQUEST,
             Self::NoService(_) | Self::NoPort { .. } => StatusCode::NOT_FOUND,
-            Self::NoBackend { .. } | Self::NoHealthy(_) | Self::Overflow(_) | Self::Connect(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoBackend { .. }
+            | Self::NoHealthy(_)
+            | Self::Overflow(_)
+            | Self::Connect(_)
+            | Self::Refused(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Reset(_) => StatusCode::BAD_GATEWAY,
             Self::PerTryTimeout(_) | Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -65,7 +69,10 @@ impl ProxyError {
     /// The request reached no application: the upstream could not be
     /// connected, had no healthy endpoint, or this proxy is draining.
     pub fn reached_no_application(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::NoHealthy(_) | Self::Draining)
+        matches!(
+            self,
+            Self::Connect(_) | Self::NoHealthy(_) | Self::Draining | Self::Refused(_)
+        )
     }
 
     /// Envoy response flag.
@@ -77,7 +84,7 @@ impl ProxyError {
             Self::NoHealthy(_) => "UH",
             Self::Overflow(_) => "UO",
             Self::Connect(_) => "UF",
-            Self::Reset(_) => "UR",
+            Self::Reset(_) | Self::Refused(_) => "UR",
             Self::PerTryTimeout(_) | Self::Timeout(_) => "UT",
             Self::RateLimited => "RL",
             Self::Fault => "FI",
@@ -99,6 +106,7 @@ impl ProxyError {
             Self::Overflow(_) => "circuit_breaker_overflow",
             Self::Connect(_) => "upstream_connect_failure",
             Self::Reset(_) => "upstream_reset",
+            Self::Refused(_) => "upstream_refused_stream",
             Self::PerTryTimeout(_) => "upstream_per_try_timeout",
             Self::Timeout(_) => "upstream_timeout",
             Self::RateLimited => "rate_limited",

@@ -407,3 +407,55 @@ async fn an_application_cannot_claim_its_request_reached_no_application() {
     assert_eq!(env.metric("isthmus_moves_total", &[]).await, 0.0);
     server.abort();
 }
+
+/// An HTTP/2 upstream that refuses a stream (RST_STREAM REFUSED_STREAM)
+/// did not process it (RFC 9113 §8.7): the request moves to another
+/// endpoint whatever the route's retry policy (here none).
+#[tokio::test]
+async fn a_refused_http2_stream_moves_to_another_endpoint() {
+    let listener = TcpListener::bind(LOCAL).await.unwrap();
+    let refuser = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = refused.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    let good = SampleApp::new("catalog", "c", "good");
+    let sg = sample::serve(good.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service(
+        "catalog",
+        "HTTP2",
+        &[refuser, sg.addr],
+        "    loadBalancer: {policy: ROUND_ROBIN}\n    outlierDetection: {disabled: true}\n    routes: [{name: r, retry: {attempts: 0}}]\n",
+    )]))
+    .await;
+    let out = env.addr("out");
+    let client = h1();
+    for _ in 0..10 {
+        let (st, _, body) = send(&client, request(out, "catalog", "/", &[], "")).await;
+        assert_eq!(st, 200, "{body}");
+    }
+    let refused = refused.load(Ordering::SeqCst);
+    assert!(
+        refused >= 3,
+        "round robin sent some first tries there: {refused}"
+    );
+    assert_eq!(good.hits(), 10);
+    assert_eq!(
+        env.metric("isthmus_moves_total", &[]).await,
+        refused as f64,
+        "each refused stream moved once"
+    );
+    server.abort();
+}

@@ -107,6 +107,7 @@ pub(super) async fn attempts(
                 grpc_status: grpc_status_of(up.response.headers()),
             },
             Err(ProxyError::Connect(_)) => Outcome::ConnectFailure,
+            Err(ProxyError::Refused(_)) => Outcome::Unprocessed,
             Err(ProxyError::PerTryTimeout(_)) => Outcome::Timeout,
             Err(ProxyError::Reset(_)) => Outcome::Reset,
             // Shedding is not the endpoint's fault, nor worth a retry.
@@ -270,9 +271,26 @@ pub(super) async fn attempt_once(
                 lease: Some(lease),
                 in_flight,
             }),
+            // RFC 9113 §8.7: a stream refused is one the server did not
+            // process.
+            Err(e) if refused_stream(&e) => Err(ProxyError::Refused(e.to_string())),
             Err(e) => Err(ProxyError::Reset(e.to_string())),
         },
     }
+}
+
+/// Whether an HTTP/2 request failed because the server refused its
+/// stream (RST_STREAM or GOAWAY with REFUSED_STREAM): nothing of it was
+/// processed, so it may go elsewhere whatever its method.
+pub(super) fn refused_stream(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// An owned copy of a request head with `body`, for hyper's HTTP/2 client.
