@@ -85,7 +85,7 @@ pub fn entries(snap: &Snapshot) -> HashSet<SocketAddr> {
 pub async fn follow(
     store: Arc<Store>,
     connector: Arc<Connector>,
-    liveness: Arc<crate::liveness::Liveness>,
+    liveness: Arc<Liveness>,
     stop: CancellationToken,
 ) {
     let mut changes = store.subscribe();
@@ -112,15 +112,22 @@ pub async fn follow(
     }
 }
 
-/// One entry's stream, opened again (with backoff) whenever it ends.
+/// One entry's stream, opened again whenever it ends: at once after a
+/// stream that said something, with a doubling wait (to 2 s) while none
+/// gets through.
 async fn subscribe(entry: SocketAddr, connector: Arc<Connector>, liveness: Arc<Liveness>) {
-    let mut backoff = Duration::from_millis(100);
+    const FIRST: Duration = Duration::from_millis(100);
+    let mut backoff = FIRST;
     loop {
-        match read_stream(entry, &connector, &liveness).await {
+        let mut heard = false;
+        match read_stream(entry, &connector, &liveness, &mut heard).await {
             Ok(()) => tracing::debug!(%entry, "liveness stream ended"),
             Err(e) => tracing::debug!(%entry, "liveness stream: {e}"),
         }
         liveness.forget(entry);
+        if heard {
+            backoff = FIRST;
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
@@ -140,6 +147,7 @@ async fn read_stream(
     entry: SocketAddr,
     connector: &Connector,
     liveness: &Liveness,
+    heard: &mut bool,
 ) -> Result<(), StreamError> {
     let mut stream = connector
         .peer_liveness(entry, Duration::from_secs(5))
@@ -155,6 +163,7 @@ async fn read_stream(
                 .collect();
             tracing::info!(%entry, ?down, "peer liveness");
             liveness.set(entry, peers);
+            *heard = true;
         }
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(());

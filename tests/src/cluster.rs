@@ -155,58 +155,31 @@ impl Cluster {
         }
     }
 
-    /// A proxy of this cluster as `namespace/service_account`: identity
-    /// from its CA, configuration from its discovery.
-    pub async fn start_sidecar(
-        &self,
-        namespace: &str,
-        service_account: &str,
-        labels: &[(&str, &str)],
-        listeners: Vec<model::Listener>,
-        workload: Option<isthmus_api::discovery::v1::Workload>,
-        prebound: Vec<std::net::TcpListener>,
-    ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>) {
-        self.start_checked_sidecar(
-            namespace,
-            service_account,
-            labels,
-            listeners,
-            workload,
-            prebound,
-            None,
-        )
-        .await
-    }
-
-    /// `start_sidecar` with health checks of the registered app.
-    #[allow(clippy::too_many_arguments)] // a pod's whole description
-    pub async fn start_checked_sidecar(
-        &self,
-        namespace: &str,
-        service_account: &str,
-        labels: &[(&str, &str)],
-        listeners: Vec<model::Listener>,
-        workload: Option<isthmus_api::discovery::v1::Workload>,
-        prebound: Vec<std::net::TcpListener>,
-        health: Option<isthmus_gateway::health::Plan>,
-    ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>) {
-        let td = self.td();
+    /// A pod's sidecar of this cluster as `namespace/service_account`:
+    /// identity from its CA, configuration from its discovery; no
+    /// listeners, workload or checks (set what the pod has), following
+    /// peer liveness as the cluster says.
+    fn pod<'a>(
+        &'a self,
+        trust_domain: &'a str,
+        namespace: &'a str,
+        service_account: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> MeshSidecar<'a> {
         MeshSidecar {
             discovery: self.discovery,
             dir: &self.dir,
-            trust_domain: &td,
+            trust_domain,
             cluster: self.name,
             namespace,
             service_account,
             labels,
-            listeners,
-            workload,
-            prebound,
-            health,
+            listeners: Vec::new(),
+            workload: None,
+            prebound: Vec::new(),
+            health: None,
             peer_liveness: self.peer_liveness,
         }
-        .start(&self.stop)
-        .await
     }
 
     /// The catalog of namespace `shop`: a sample app behind a sidecar of
@@ -218,17 +191,16 @@ impl Cluster {
         &self,
     ) -> (Sidecar, Arc<isthmus_mesh::tls::MeshTls>, MeshedApp) {
         let mut meshed = MeshedApp::start("catalog", self.name).await;
-        let (sidecar, tls) = self
-            .start_checked_sidecar(
-                "shop",
-                "catalog",
-                &[("app", "catalog")],
-                vec![meshed.tunnel_listener()],
-                Some(meshed.workload.clone()),
-                vec![meshed.take_tunnel_socket()],
-                self.health_checks.then(|| meshed.health_plan()),
-            )
-            .await;
+        let td = self.td();
+        let (sidecar, tls) = MeshSidecar {
+            listeners: vec![meshed.tunnel_listener()],
+            workload: Some(meshed.workload.clone()),
+            prebound: vec![meshed.take_tunnel_socket()],
+            health: self.health_checks.then(|| meshed.health_plan()),
+            ..self.pod(&td, "shop", "catalog", &[("app", "catalog")])
+        }
+        .start(&self.stop)
+        .await;
         (sidecar, tls, meshed)
     }
 
@@ -238,18 +210,8 @@ impl Cluster {
         self.gateway_stop = self.stop.child_token();
         let td = self.td();
         let (sidecar, mesh) = MeshSidecar {
-            discovery: self.discovery,
-            dir: &self.dir,
-            trust_domain: &td,
-            cluster: self.name,
-            namespace: "isthmus-system",
-            service_account: "isthmus-eastwest",
-            labels: &[],
-            listeners: Vec::new(),
-            workload: None,
-            prebound: Vec::new(),
-            health: None,
             peer_liveness: false,
+            ..self.pod(&td, "isthmus-system", "isthmus-eastwest", &[])
         }
         .start(&self.gateway_stop)
         .await;
@@ -289,14 +251,12 @@ impl Cluster {
     /// A frontend sidecar of this cluster (`shop/frontend`) with
     /// `listeners`; `listener_addr(name)` says where each is bound.
     pub async fn start_frontend(&self, listeners: Vec<model::Listener>) -> Sidecar {
-        self.start_sidecar(
-            "shop",
-            "frontend",
-            &[("app", "frontend")],
+        let td = self.td();
+        MeshSidecar {
             listeners,
-            None,
-            Vec::new(),
-        )
+            ..self.pod(&td, "shop", "frontend", &[("app", "frontend")])
+        }
+        .start(&self.stop)
         .await
         .0
     }

@@ -109,17 +109,20 @@ impl Settings {
     pub fn validate(&self) -> Result<(), HealthError> {
         if self.interval.is_zero() || self.timeout.is_zero() {
             return Err(HealthError::Settings(
-                "interval and timeout must be above zero".into(),
+                "interval and timeout must be above zero: give --health-interval and --health-timeout a duration such as 250ms".into(),
             ));
         }
         if self.timeout > self.interval {
             return Err(HealthError::Settings(format!(
-                "timeout {:?} is longer than the interval {:?}: checks would overlap",
+                "timeout {:?} is longer than the interval {:?}: checks would overlap; make --health-timeout at most --health-interval",
                 self.timeout, self.interval
             )));
         }
         if self.unhealthy_after == 0 || self.healthy_after == 0 {
-            return Err(HealthError::Settings("thresholds start at 1".into()));
+            return Err(HealthError::Settings(
+                "thresholds start at 1: give --health-failures and --health-successes 1 or more"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -336,27 +336,27 @@ impl ServiceStates {
         for (name, c) in map.iter() {
             let spec = &snap.services[name];
             c.pool.set_limits(spec.pool);
-            let keys: HashSet<EndpointKey> = spec.endpoints.iter().map(|e| e.key()).collect();
+            let keys: Vec<EndpointKey> = spec.endpoints.iter().map(|e| e.key()).collect();
+            let known: HashSet<&EndpointKey> = keys.iter().collect();
             let mut states = c.endpoints.lock();
-            states.retain(|k, _| keys.contains(k));
-            // An endpoint whose health returned (its sidecar's check, or a
-            // linked cluster's healthy count) is no longer ejected: it takes
-            // traffic with this configuration, not at the ejection's end.
-            for e in &spec.endpoints {
-                if let Some(st) = states.get(&e.key())
+            states.retain(|k, _| known.contains(k));
+            let mut live = HashSet::new();
+            for (e, key) in spec.endpoints.iter().zip(&keys) {
+                // An endpoint whose health returned (its sidecar's check,
+                // or a linked cluster's healthy count) is no longer
+                // ejected: it takes traffic with this configuration, not
+                // at the ejection's end.
+                if let Some(st) = states.get(key)
                     && !st.healthy.swap(e.healthy, Ordering::Relaxed)
                     && e.healthy
                 {
                     st.outlier.lock().health_returned();
                 }
-            }
-            drop(states);
-            let mut live = HashSet::new();
-            for e in &spec.endpoints {
                 for p in &spec.ports {
-                    live.insert(e.key().at(e.addr(p).port()));
+                    live.insert(key.at(e.addr(p).port()));
                 }
             }
+            drop(states);
             c.pool.retain(&live);
             let routes: Vec<&str> = spec
                 .routes
@@ -377,6 +377,16 @@ impl ServiceStates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A proxy's service states with no mesh transport.
+    fn states() -> ServiceStates {
+        ServiceStates::new(
+            TaskTracker::new(),
+            SocketOptions::default(),
+            Arc::new(Metrics::default()),
+            None,
+        )
+    }
 
     /// A clusterset service whose two endpoints are two linked clusters
     /// behind our gateway entry (one address, one port).
@@ -405,12 +415,7 @@ services:
     #[test]
     fn clusters_behind_one_gateway_entry_share_a_ring() {
         let spec = two_clusters("loadBalancer: {policy: RING_HASH, hashKey: {header: x-user}}");
-        let states = ServiceStates::new(
-            TaskTracker::new(),
-            SocketOptions::default(),
-            Arc::new(Metrics::default()),
-            None,
-        );
+        let states = states();
         let state = states.get(&spec);
         let mut rng = rand::rng();
         let mut seen = [0usize; 2];
@@ -430,12 +435,7 @@ services:
         let spec = two_clusters(
             "outlierDetection: {consecutiveGatewayErrors: 2, maxEjectionPercent: 100}",
         );
-        let states = ServiceStates::new(
-            TaskTracker::new(),
-            SocketOptions::default(),
-            Arc::new(Metrics::default()),
-            None,
-        );
+        let states = states();
         let state = states.get(&spec);
         let metrics = Metrics::default();
         for _ in 0..2 {
@@ -479,12 +479,7 @@ services:
             );
             crate::config::compile::compile(&isthmus_api::parse_yaml(&yaml).unwrap()).unwrap()
         };
-        let states = ServiceStates::new(
-            TaskTracker::new(),
-            SocketOptions::default(),
-            Arc::new(Metrics::default()),
-            None,
-        );
+        let states = states();
         let healthy = snap(false);
         let spec = healthy.services["catalog"].clone();
         let state = states.get(&spec);
@@ -535,12 +530,7 @@ services:
         )
         .unwrap();
         let spec = snap.services["catalog"].clone();
-        let states = Arc::new(ServiceStates::new(
-            TaskTracker::new(),
-            SocketOptions::default(),
-            Arc::new(Metrics::default()),
-            None,
-        ));
+        let states = Arc::new(states());
         let state = states.get(&spec);
         let held = state.clone();
         let panicked = std::thread::spawn(move || {

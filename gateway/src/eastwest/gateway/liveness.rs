@@ -70,12 +70,17 @@ impl Gateway {
     }
 
     /// Keeps one watcher per configured peer until `stop` (peers come and
-    /// go with the configuration).
+    /// go with the configuration: woken by `set_peers`).
     pub fn watch_peers(self: Arc<Self>, stop: CancellationToken) {
         let tasks = self.tasks.clone();
         tasks.spawn(async move {
             let mut watchers: HashMap<String, CancellationToken> = HashMap::new();
             loop {
+                // Armed before the peers are read: a change meanwhile is
+                // not missed.
+                let changed = self.peers_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
                 let configured: Vec<String> = self.peers.lock().keys().cloned().collect();
                 watchers.retain(|cluster, token| {
                     let keep = configured.contains(cluster);
@@ -100,7 +105,7 @@ impl Gateway {
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(TICK * 4) => {}
+                    _ = changed => {}
                 }
             }
         });

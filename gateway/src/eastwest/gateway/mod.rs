@@ -53,6 +53,8 @@ pub struct Gateway {
     pub tasks: TaskTracker,
     /// Each peer's liveness, for this cluster's sidecars.
     liveness: tokio::sync::watch::Sender<isthmus_api::eastwest::v1::PeerLiveness>,
+    /// Woken when the peers change (`set_peers`).
+    peers_changed: tokio::sync::Notify,
 }
 
 impl Gateway {
@@ -68,6 +70,8 @@ impl Gateway {
                 map.insert(p.cluster.clone(), PeerState::new(p));
             }
         }
+        drop(map);
+        self.peers_changed.notify_waiters();
     }
 
     /// Follows the peers of the proxy's configuration (the config stream
@@ -111,6 +115,7 @@ impl Gateway {
             cluster: None,
             tasks: TaskTracker::new(),
             liveness: tokio::sync::watch::Sender::new(Default::default()),
+            peers_changed: tokio::sync::Notify::new(),
         }
     }
 
