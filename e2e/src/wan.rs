@@ -1,9 +1,10 @@
-//! A packet-level WAN emulator between two network namespaces.
+//! A packet-level WAN emulator between network namespaces.
 //!
-//! Namespace A has a TUN device `wan0` with address 10.77.0.1 and the peer
-//! 10.77.0.2; namespace B the mirror image. A userspace loop reads each IP
-//! packet one side sends and writes it into the other side after the
-//! emulated link has treated it:
+//! `Sites` joins N namespaces: site `i` has a TUN device `wan0` with
+//! address 10.77.0.`i+1`/24. A userspace loop reads each IP packet a site
+//! sends and writes it into the site it is addressed to, after that
+//! (from, to) link has treated it; `Wan` is the two-site case (A is
+//! 10.77.0.1, B 10.77.0.2). Each link does:
 //!
 //! 1. UDP black-hole: UDP packets dropped (a firewall blocking QUIC);
 //! 2. random loss with probability `loss`;
@@ -11,11 +12,10 @@
 //!    its own serialization time; a drop-tail queue bounds the backlog;
 //! 4. one-way delay plus uniform jitter, never reordering.
 //!
-//! Each direction has its own `Impairment` and counters; both can be
-//! changed while traffic flows. The decision is the pure `Shaper`,
+//! Each link (each direction) has its own `Impairment` and counters; both
+//! can be changed while traffic flows. The decision is the pure `Shaper`,
 //! unit-tested; the loop around it only moves packets.
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -26,9 +26,9 @@ use rand::{Rng, SeedableRng, rngs::SmallRng};
 use crate::netns::{Netns, NetnsError};
 use crate::tun::{self, Tun};
 
-/// Namespace A's address on the emulated link.
+/// Namespace A's address on the emulated link (`site_addr(0)`).
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-/// Namespace B's address on the emulated link.
+/// Namespace B's address on the emulated link (`site_addr(1)`).
 pub const ADDR_B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// The TUN device's name in both namespaces.
 pub const DEVICE: &str = "wan0";
@@ -212,9 +212,28 @@ pub enum Direction {
     BtoA = 1,
 }
 
+impl Direction {
+    /// (from, to) site indexes.
+    fn sites(self) -> (usize, usize) {
+        match self {
+            Direction::AtoB => (0, 1),
+            Direction::BtoA => (1, 0),
+        }
+    }
+}
+
+/// The impairment and counters of every (from, to) pair, row-major.
 struct Shared {
-    impairment: [RwLock<Impairment>; 2],
-    counters: [Counters; 2],
+    n: usize,
+    impairment: Vec<RwLock<Impairment>>,
+    counters: Vec<Counters>,
+}
+
+impl Shared {
+    fn pair(&self, from: usize, to: usize) -> usize {
+        assert!(from < self.n && to < self.n, "no such site");
+        from * self.n + to
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,24 +244,57 @@ pub enum WanError {
     Tun { ns: String, source: std::io::Error },
     #[error("cannot start the emulator thread: {0}")]
     Thread(std::io::Error),
+    #[error("a WAN joins 2 to {MAX_SITES} sites, not {0}")]
+    Sites(usize),
 }
 
-/// Two namespaces joined by the emulated link; torn down on drop.
-pub struct Wan {
+/// The most sites one WAN joins (addresses 10.77.0.1 up).
+pub const MAX_SITES: usize = 200;
+
+/// Site `i`'s address on the WAN: 10.77.0.`i + 1` (A is 0, B is 1).
+pub fn site_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, (i + 1) as u8)
+}
+
+/// The site a packet is addressed to (None: not a WAN address).
+fn destination(packet: &[u8], n: usize) -> Option<usize> {
+    if packet.first()? >> 4 != 4 {
+        return None;
+    }
+    let dst = packet.get(16..20)?;
+    if dst[..3] != [10, 77, 0] || dst[3] == 0 {
+        return None;
+    }
+    let i = usize::from(dst[3]) - 1;
+    (i < n).then_some(i)
+}
+
+/// Namespaces ("sites") joined by one emulated WAN, torn down on drop.
+/// Site `i` has the TUN device `wan0` with `site_addr(i)`/24; a packet
+/// one site sends to another's address crosses the (from, to) link,
+/// impaired its own way.
+pub struct Sites {
     shared: Arc<Shared>,
     stop: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
-    a: Netns,
-    b: Netns,
+    namespaces: Vec<Netns>,
 }
 
-impl Wan {
-    /// Creates namespaces `<prefix>-a` and `<prefix>-b` and the link
-    /// between them, impaired the same way in both directions.
-    pub fn new(prefix: &str, impairment: Impairment) -> Result<Self, WanError> {
-        let a = Netns::create(&format!("{prefix}-a"))?;
-        let b = Netns::create(&format!("{prefix}-b"))?;
-        let open = |ns: &Netns, me: Ipv4Addr, peer: Ipv4Addr| -> Result<std::fs::File, WanError> {
+impl Sites {
+    /// Creates a namespace per name (as given) and the WAN between
+    /// them, every link impaired as `impairment(from, to)` says.
+    pub fn new(
+        names: &[String],
+        impairment: impl Fn(usize, usize) -> Impairment,
+    ) -> Result<Self, WanError> {
+        let n = names.len();
+        if !(2..=MAX_SITES).contains(&n) {
+            return Err(WanError::Sites(n));
+        }
+        let mut namespaces = Vec::new();
+        let mut devices = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let ns = Netns::create(name)?;
             let tun_err = |source| WanError::Tun {
                 ns: ns.name().into(),
                 source,
@@ -252,16 +304,23 @@ impl Wan {
                 .join()
                 .map_err(|_| tun_err(std::io::Error::other("the opening thread panicked")))?
                 .map_err(tun_err)?;
-            let (me, peer) = (me.to_string(), peer.to_string());
-            ns.ip(&["addr", "add", &me, "peer", &peer, "dev", DEVICE])?;
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", site_addr(i)),
+                "dev",
+                DEVICE,
+            ])?;
             ns.ip(&["link", "set", DEVICE, "txqueuelen", "10000", "up"])?;
-            Ok(f)
-        };
-        let fa = open(&a, ADDR_A, ADDR_B)?;
-        let fb = open(&b, ADDR_B, ADDR_A)?;
+            namespaces.push(ns);
+            devices.push(f);
+        }
         let shared = Arc::new(Shared {
-            impairment: [RwLock::new(impairment), RwLock::new(impairment)],
-            counters: Default::default(),
+            n,
+            impairment: (0..n * n)
+                .map(|p| RwLock::new(impairment(p / n, p % n)))
+                .collect(),
+            counters: (0..n * n).map(|_| Counters::default()).collect(),
         });
         let stop = Arc::new(tokio::sync::Notify::new());
         let (s, st) = (shared.clone(), stop.clone());
@@ -273,17 +332,29 @@ impl Wan {
                     .build()
                     .expect("a current-thread runtime");
                 rt.block_on(async move {
-                    let (Ok(ta), Ok(tb)) = (Tun::new(fa), Tun::new(fb)) else {
+                    let Ok(tuns) = devices
+                        .into_iter()
+                        .map(|f| Tun::new(f).map(Arc::new))
+                        .collect::<std::io::Result<Vec<_>>>()
+                    else {
                         return;
                     };
+                    let mut tasks = tokio::task::JoinSet::new();
+                    for from in 0..n {
+                        let mut links = Vec::new();
+                        for to in 0..n {
+                            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                            if to != from {
+                                tasks.spawn(deliver(rx, tuns[to].clone(), s.clone(), from, to));
+                            }
+                            links.push(tx);
+                        }
+                        tasks.spawn(route(tuns[from].clone(), links, s.clone(), from));
+                    }
                     tokio::select! {
                         _ = st.notified() => {}
-                        _ = async {
-                            tokio::join!(
-                                forward(&ta, &tb, &s, Direction::AtoB),
-                                forward(&tb, &ta, &s, Direction::BtoA),
-                            )
-                        } => {}
+                        // A device failed: the WAN is gone.
+                        _ = tasks.join_next() => {}
                     }
                 });
             })
@@ -292,40 +363,38 @@ impl Wan {
             shared,
             stop,
             thread: Some(thread),
-            a,
-            b,
+            namespaces,
         })
     }
 
-    pub fn a(&self) -> &Netns {
-        &self.a
+    /// Site `i`'s namespace.
+    pub fn ns(&self, i: usize) -> &Netns {
+        &self.namespaces[i]
     }
 
-    pub fn b(&self) -> &Netns {
-        &self.b
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
     }
 
-    /// Changes both directions.
-    pub fn set(&self, impairment: Impairment) {
-        for d in [Direction::AtoB, Direction::BtoA] {
-            self.set_direction(d, impairment);
-        }
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
     }
 
-    pub fn set_direction(&self, d: Direction, impairment: Impairment) {
-        *self.shared.impairment[d as usize]
+    /// Changes the link from site `from` to site `to`.
+    pub fn set(&self, from: usize, to: usize, impairment: Impairment) {
+        *self.shared.impairment[self.shared.pair(from, to)]
             .write()
             .expect("impairment lock") = impairment;
     }
 
-    pub fn impairment(&self, d: Direction) -> Impairment {
-        *self.shared.impairment[d as usize]
+    pub fn impairment(&self, from: usize, to: usize) -> Impairment {
+        *self.shared.impairment[self.shared.pair(from, to)]
             .read()
             .expect("impairment lock")
     }
 
-    pub fn counts(&self, d: Direction) -> Counts {
-        let c = &self.shared.counters[d as usize];
+    pub fn counts(&self, from: usize, to: usize) -> Counts {
+        let c = &self.shared.counters[self.shared.pair(from, to)];
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counts {
             delivered: l(&c.delivered),
@@ -337,7 +406,7 @@ impl Wan {
     }
 }
 
-impl Drop for Wan {
+impl Drop for Sites {
     fn drop(&mut self) {
         self.stop.notify_one();
         if let Some(t) = self.thread.take() {
@@ -347,41 +416,114 @@ impl Drop for Wan {
     }
 }
 
-/// Carries packets from `from` to `to` through the emulated link until
-/// a device fails (closed).
-async fn forward(from: &Tun, to: &Tun, shared: &Shared, d: Direction) {
-    let counters = &shared.counters[d as usize];
-    let mut shaper = Shaper::new(0x15_7e_u64 + d as u64, Instant::now());
-    let mut queue: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+/// Two namespaces joined by the emulated link (`Sites` of two, A and B);
+/// torn down on drop.
+pub struct Wan {
+    sites: Sites,
+}
+
+impl Wan {
+    /// Creates namespaces `<prefix>-a` and `<prefix>-b` and the link
+    /// between them, impaired the same way in both directions.
+    pub fn new(prefix: &str, impairment: Impairment) -> Result<Self, WanError> {
+        let names = [format!("{prefix}-a"), format!("{prefix}-b")];
+        Ok(Self {
+            sites: Sites::new(&names, |_, _| impairment)?,
+        })
+    }
+
+    pub fn a(&self) -> &Netns {
+        self.sites.ns(0)
+    }
+
+    pub fn b(&self) -> &Netns {
+        self.sites.ns(1)
+    }
+
+    /// Changes both directions.
+    pub fn set(&self, impairment: Impairment) {
+        for d in [Direction::AtoB, Direction::BtoA] {
+            self.set_direction(d, impairment);
+        }
+    }
+
+    pub fn set_direction(&self, d: Direction, impairment: Impairment) {
+        let (from, to) = d.sites();
+        self.sites.set(from, to, impairment);
+    }
+
+    pub fn impairment(&self, d: Direction) -> Impairment {
+        let (from, to) = d.sites();
+        self.sites.impairment(from, to)
+    }
+
+    pub fn counts(&self, d: Direction) -> Counts {
+        let (from, to) = d.sites();
+        self.sites.counts(from, to)
+    }
+}
+
+/// Reads every packet site `from` sends and hands it, with the instant
+/// its link delivers it, to the link toward its destination (packets to
+/// no site are dropped); returns when the device fails.
+async fn route(
+    tun: Arc<Tun>,
+    links: Vec<tokio::sync::mpsc::UnboundedSender<(Instant, Vec<u8>)>>,
+    shared: Arc<Shared>,
+    from: usize,
+) {
+    let mut shapers: Vec<Shaper> = (0..shared.n)
+        .map(|to| Shaper::new(0x15_7e_u64 + (from * shared.n + to) as u64, Instant::now()))
+        .collect();
     let mut buf = vec![0u8; 65536];
     loop {
-        let due = queue
-            .front()
-            .map(|(t, _)| tokio::time::Instant::from_std(*t));
-        tokio::select! {
-            r = from.recv(&mut buf) => {
-                let Ok(n) = r else { return };
-                let imp = *shared.impairment[d as usize].read().expect("impairment lock");
-                let packet = &buf[..n];
-                match shaper.admit(&imp, n, ip_protocol(packet), Instant::now()) {
-                    Verdict::Deliver(at) => queue.push_back((at, packet.to_vec())),
-                    Verdict::Lost => { counters.lost.fetch_add(1, Ordering::Relaxed); }
-                    Verdict::QueueFull => { counters.queue_full.fetch_add(1, Ordering::Relaxed); }
-                    Verdict::BlackHoled => { counters.black_holed.fetch_add(1, Ordering::Relaxed); }
-                }
+        let Ok(n) = tun.recv(&mut buf).await else {
+            return;
+        };
+        let packet = &buf[..n];
+        let Some(to) = destination(packet, shared.n).filter(|&to| to != from) else {
+            continue;
+        };
+        let pair = shared.pair(from, to);
+        let counters = &shared.counters[pair];
+        let imp = *shared.impairment[pair].read().expect("impairment lock");
+        match shapers[to].admit(&imp, n, ip_protocol(packet), Instant::now()) {
+            Verdict::Deliver(at) => {
+                let _ = links[to].send((at, packet.to_vec()));
             }
-            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                let now = Instant::now();
-                while queue.front().is_some_and(|(t, _)| *t <= now) {
-                    let (_, p) = queue.pop_front().expect("a front packet");
-                    if to.send(&p).await.is_err() {
-                        return;
-                    }
-                    counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    counters.bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
-                }
+            Verdict::Lost => {
+                counters.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::QueueFull => {
+                counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::BlackHoled => {
+                counters.black_holed.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Writes the packets of the (from, to) link into site `to` when due
+/// (in order: the shaper never reorders); returns when the device fails.
+async fn deliver(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    tun: Arc<Tun>,
+    shared: Arc<Shared>,
+    from: usize,
+    to: usize,
+) {
+    let counters = &shared.counters[shared.pair(from, to)];
+    while let Some((at, p)) = rx.recv().await {
+        // A packet already due goes at once (a timer would wait a tick).
+        if at > Instant::now() {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+        }
+        if tun.send(&p).await.is_err() {
+            return;
+        }
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        counters.bytes.fetch_add(p.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -580,6 +722,27 @@ mod tests {
         v6[6] = 17;
         assert_eq!(ip_protocol(&v6), Some(17));
         assert_eq!(ip_protocol(&[]), None);
+    }
+
+    #[test]
+    fn packets_go_to_the_site_they_are_addressed_to() {
+        let mut v4 = [0u8; 20];
+        v4[0] = 0x45;
+        let to = |v4: &mut [u8; 20], dst: [u8; 4]| {
+            v4[16..20].copy_from_slice(&dst);
+            destination(&v4[..], 3)
+        };
+        assert_eq!(to(&mut v4, [10, 77, 0, 1]), Some(0));
+        assert_eq!(to(&mut v4, [10, 77, 0, 3]), Some(2));
+        assert_eq!(site_addr(2).octets(), [10, 77, 0, 3]);
+        // Beyond the sites, outside the WAN's range, the network address.
+        assert_eq!(to(&mut v4, [10, 77, 0, 4]), None);
+        assert_eq!(to(&mut v4, [10, 78, 0, 1]), None);
+        assert_eq!(to(&mut v4, [10, 77, 0, 0]), None);
+        // Not IPv4, or cut short.
+        assert_eq!(destination(&[0x60; 40], 3), None);
+        assert_eq!(destination(&v4[..12], 3), None);
+        assert_eq!(destination(&[], 3), None);
     }
 
     #[test]

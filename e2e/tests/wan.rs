@@ -3,10 +3,11 @@
 //! ISTHMUS_REQUIRE_NETNS=1 (CI), where it fails instead.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use isthmus_e2e::wan::{ADDR_A, ADDR_B, Direction, Impairment, Wan};
+use isthmus_e2e::netns::Netns;
+use isthmus_e2e::wan::{ADDR_A, ADDR_B, Direction, Impairment, Sites, Wan, site_addr};
 
 fn lab(name: &str, imp: Impairment) -> Option<Wan> {
     if !isthmus_e2e::netns_available() {
@@ -17,9 +18,13 @@ fn lab(name: &str, imp: Impairment) -> Option<Wan> {
 
 /// A TCP echo server in B; returns its address.
 fn echo_in_b(w: &Wan) -> SocketAddr {
-    let l = w
-        .b()
-        .spawn("bind", || TcpListener::bind((ADDR_B, 0)).unwrap())
+    echo_in(w.b(), ADDR_B)
+}
+
+/// A TCP echo server on `ip` in `ns`; returns its address.
+fn echo_in(ns: &Netns, ip: Ipv4Addr) -> SocketAddr {
+    let l = ns
+        .spawn("bind", move || TcpListener::bind((ip, 0)).unwrap())
         .unwrap()
         .join()
         .unwrap();
@@ -166,4 +171,64 @@ fn a_capped_lossy_link_paces_and_drops_yet_tcp_delivers_everything() {
     let c = w.counts(Direction::AtoB);
     assert!(c.lost > 0, "1 % loss dropped nothing: {c}");
     assert!(c.bytes >= 1 << 20, "{c}");
+}
+
+/// Three sites: each pair's link has its own delay (a-b 20 ms RTT, a-c
+/// 80 ms, b-c 40 ms), and cutting one link (all lost) leaves the others.
+#[test]
+fn three_sites_each_pair_its_own_link() {
+    if !isthmus_e2e::netns_available() {
+        return;
+    }
+    let ms = Duration::from_millis;
+    let rtt = |a: usize, b: usize| match (a.min(b), a.max(b)) {
+        (0, 1) => ms(20),
+        (0, 2) => ms(80),
+        _ => ms(40),
+    };
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|s| format!("w3{}-{s}", std::process::id()))
+        .collect();
+    let sites = Sites::new(&names, |f, t| Impairment::wan(rtt(f, t), 0.0)).unwrap();
+    let echoes: Vec<SocketAddr> = (0..3).map(|i| echo_in(sites.ns(i), site_addr(i))).collect();
+    // One round trip from site `from` to the echo of site `to`.
+    let ping = |from: usize, to: usize| -> std::io::Result<Duration> {
+        let echo = echoes[to];
+        sites
+            .ns(from)
+            .spawn("client", move || {
+                let mut s = TcpStream::connect_timeout(&echo, Duration::from_secs(1))?;
+                s.set_nodelay(true)?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                let t = Instant::now();
+                s.write_all(b"x")?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+                Ok(t.elapsed())
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    for (from, to) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        let got = ping(from, to).unwrap();
+        let want = rtt(from, to);
+        assert!(
+            got >= want && got < want + ms(30),
+            "{from} -> {to}: {got:?}, the link's RTT is {want:?}"
+        );
+    }
+    // Cut a <-> c: b still reaches both.
+    let cut = Impairment {
+        loss: 1.0,
+        ..Impairment::default()
+    };
+    sites.set(0, 2, cut);
+    sites.set(2, 0, cut);
+    assert!(ping(0, 2).is_err(), "a reached c across the cut");
+    assert!(sites.counts(0, 2).lost > 0);
+    ping(1, 2).unwrap();
+    ping(1, 0).unwrap();
+    assert!(sites.counts(1, 2).delivered > 0 && sites.counts(2, 1).delivered > 0);
 }
