@@ -342,10 +342,10 @@ impl Sites {
                     let mut tasks = tokio::task::JoinSet::new();
                     for from in 0..n {
                         let mut links = Vec::new();
-                        for to in 0..n {
+                        for (to, tun) in tuns.iter().enumerate() {
                             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                             if to != from {
-                                tasks.spawn(deliver(rx, tuns[to].clone(), s.clone(), from, to));
+                                tasks.spawn(deliver(rx, tun.clone(), s.clone(), from, to));
                             }
                             links.push(tx);
                         }
