@@ -5,4 +5,5 @@
 //! traffic and scenarios).
 #![forbid(unsafe_code)]
 
+pub mod dial;
 pub mod link;

@@ -59,7 +59,7 @@ pub fn render(cluster: &str, links: &BTreeMap<String, ClusterLinkStatus>, now: i
 pub async fn admin_get(admin: SocketAddr, path: &str, within: Duration) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let read = async {
-        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        let mut s = isthmus_ctl::dial::connect(admin).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut out = String::new();

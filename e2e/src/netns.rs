@@ -89,30 +89,38 @@ impl Netns {
         name: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<std::thread::JoinHandle<T>, NetnsError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let ns = Netns {
-            name: self.name.clone(),
-        };
-        let h = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let entered = ns.enter();
-                std::mem::forget(ns); // not ours to delete
-                let ok = entered.is_ok();
-                let _ = tx.send(entered);
-                assert!(ok, "entering the namespace failed");
-                f()
-            })
-            .map_err(|e| NetnsError::Enter {
-                name: self.name.clone(),
-                source: e,
-            })?;
-        rx.recv().map_err(|_| NetnsError::Enter {
-            name: self.name.clone(),
-            source: std::io::Error::other("the thread ended before entering"),
-        })??;
-        Ok(h)
+        spawn_in(&self.name, name, f)
     }
+}
+
+/// Runs `f` on a new thread (`thread` its name) inside the namespace
+/// `ns`, which this process need not own.
+pub fn spawn_in<T: Send + 'static>(
+    ns: &str,
+    thread: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>, NetnsError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = Netns { name: ns.into() };
+    let h = std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let entered = target.enter();
+            std::mem::forget(target); // not ours to delete
+            let ok = entered.is_ok();
+            let _ = tx.send(entered);
+            assert!(ok, "entering the namespace failed");
+            f()
+        })
+        .map_err(|e| NetnsError::Enter {
+            name: ns.into(),
+            source: e,
+        })?;
+    rx.recv().map_err(|_| NetnsError::Enter {
+        name: ns.into(),
+        source: std::io::Error::other("the thread ended before entering"),
+    })??;
+    Ok(h)
 }
 
 impl Drop for Netns {

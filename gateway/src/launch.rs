@@ -87,6 +87,9 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub reload_interval: Duration,
     pub mark: Option<u32>,
+    /// TCP_USER_TIMEOUT of upstream connections inside the cluster (None:
+    /// the kernel's).
+    pub tcp_user_timeout: Option<Duration>,
     /// The east-west role on top of the proxy.
     pub eastwest: Option<EastWestConfig>,
 }
@@ -112,6 +115,7 @@ impl Settings {
             drain_timeout: Duration::from_secs(5),
             reload_interval: Duration::from_millis(500),
             mark: None,
+            tcp_user_timeout: Some(SocketOptions::USER_TIMEOUT),
             eastwest: None,
         }
     }
@@ -498,7 +502,10 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         config,
         admin: s.admin,
         access_log,
-        socket: SocketOptions { mark: s.mark },
+        socket: SocketOptions {
+            mark: s.mark,
+            user_timeout: s.tcp_user_timeout,
+        },
         mesh,
         prebound: Vec::new(),
         peer_liveness: true,

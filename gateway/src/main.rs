@@ -116,6 +116,13 @@ struct SidecarArgs {
     /// with `init-iptables --proxy-mark` skip them.
     #[arg(long, env = "ISTHMUS_SOCKET_MARK")]
     mark: Option<u32>,
+    /// A connection to an upstream inside the cluster whose sent data goes
+    /// unacknowledged this long is given up (a silent peer: packets
+    /// dropped, nothing resets); its requests are retried as after a
+    /// reset. `0s` leaves the kernel's (~15 minutes). Not applied to
+    /// passthrough destinations outside the mesh.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    tcp_user_timeout: Duration,
     /// Worker threads; default: the CPUs this process may use. With 1 the
     /// proxy runs on a single-threaded runtime (no cross-thread wakeups),
     /// the usual choice for a sidecar limited to one core.
@@ -223,6 +230,7 @@ impl SidecarArgs {
             drain_timeout: self.drain_timeout,
             reload_interval: self.reload_interval,
             mark: self.mark,
+            tcp_user_timeout: (!self.tcp_user_timeout.is_zero()).then_some(self.tcp_user_timeout),
             eastwest,
         }
     }

@@ -165,11 +165,12 @@ impl Cluster {
         out
     }
 
-    /// The east-west gateway's listeners (`--eastwest-config`).
-    pub fn eastwest_yaml(&self) -> String {
+    /// The east-west gateway's listeners (`--eastwest-config`): the
+    /// other clusters reach it on `public` (QUIC and TCP).
+    pub fn eastwest_yaml(&self, public: SocketAddr) -> String {
         format!(
             "quic: {gw}\ntcp: {gw}\nlocal: {entry}\ncluster: {name}\n",
-            gw = self.gateway(),
+            gw = public,
             entry = self.gateway_entry(),
             name = self.name
         )

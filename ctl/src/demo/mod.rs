@@ -6,13 +6,19 @@
 //! itself. Ctrl-C stops every process.
 //!
 //! - `mesh`: the sample mesh as data (addresses, YAML, arguments);
+//! - `net`: where the clusters live: this host's loopback, or network
+//!   namespaces joined by the WAN emulator (`--netns`);
 //! - `procs`: the child processes;
 //! - `traffic`: the frontends' requests and what they saw;
 //! - `table`: the live table;
-//! - `scenario`: the scripted scenarios.
+//! - `scenario`: the scripted scenarios (canary, failover), and
+//!   `regions` (every way a region fails) and `chaos` (random kills).
 
+mod chaos;
 mod mesh;
+mod net;
 mod procs;
+mod regions;
 mod scenario;
 mod table;
 mod traffic;
@@ -57,11 +63,36 @@ pub struct Args {
     /// isthmusctl, e.g. target/release).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Run each cluster in a network namespace of its own
+    /// (`isthmus-<cluster>`), joined by a packet-level WAN emulator: 20 ms
+    /// RTT within Europe, 80 ms to us-east. Needs root. Partitions and
+    /// silent endpoints (iptables) are only possible this way.
+    #[arg(long)]
+    pub netns: bool,
+    /// With --netns: the share of packets each WAN link loses, in percent.
+    #[arg(long, default_value_t = 0.0, requires = "netns")]
+    pub wan_loss: f64,
+    #[command(flatten)]
+    pub chaos: ChaosArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ChaosArgs {
+    /// `--scenario chaos`: how many processes to kill, one after the other.
+    #[arg(long = "chaos-rounds", default_value_t = 20)]
+    pub rounds: u32,
+    /// `--scenario chaos`: the seed of the random choices (default: the
+    /// time; the scenario prints it so that a run can be repeated).
+    #[arg(long = "chaos-seed")]
+    pub seed: Option<u64>,
 }
 
 /// The running demo, as the scenarios see it.
 pub struct Demo {
     dir: PathBuf,
+    /// The clusters run in network namespaces (`--netns`).
+    netns: bool,
+    chaos: ChaosArgs,
     stats: Arc<Stats>,
     procs: tokio::sync::Mutex<procs::Procs>,
     narration: Mutex<Vec<String>>,
@@ -164,7 +195,7 @@ where
 }
 
 /// Writes each cluster's store and run files; returns the processes to start.
-fn prepare(dir: &Path, bins: &Path) -> anyhow::Result<Vec<(String, procs::Spec)>> {
+fn prepare(dir: &Path, bins: &Path, netns: bool) -> anyhow::Result<Vec<(String, procs::Spec)>> {
     let gateway = procs::find(bins, "isthmus-gateway")?;
     let federation = procs::find(bins, "isthmus-federation")?;
     let sample = procs::find(bins, "isthmus-sample")?;
@@ -196,6 +227,7 @@ fn prepare(dir: &Path, bins: &Path) -> anyhow::Result<Vec<(String, procs::Spec)>
             program: program.clone(),
             args,
             log: logs.join(format!("{log}.log")),
+            netns: netns.then(|| net::namespace(&c)),
         };
         let name = |p: &str| format!("{}/{p}", c.name);
         specs.push((
@@ -206,7 +238,7 @@ fn prepare(dir: &Path, bins: &Path) -> anyhow::Result<Vec<(String, procs::Spec)>
                 c.control_plane_args(&store.display().to_string()),
             ),
         ));
-        let ew = file("eastwest.yaml", c.eastwest_yaml())?;
+        let ew = file("eastwest.yaml", c.eastwest_yaml(net::gateway(&c, netns)))?;
         let gw_boot = file("gateway.bootstrap.yaml", "listeners: []\n".into())?;
         specs.push((
             name("gateway"),
@@ -254,14 +286,14 @@ fn prepare(dir: &Path, bins: &Path) -> anyhow::Result<Vec<(String, procs::Spec)>
 
 /// Links every cluster with every other (`isthmusctl link create`, both
 /// ways), the manifests dropped in the linking cluster's store.
-fn link_all(dir: &Path) -> anyhow::Result<()> {
+fn link_all(dir: &Path, netns: bool) -> anyhow::Result<()> {
     for from in CLUSTERS {
         for to in CLUSTERS.iter().filter(|c| c.name != from.name) {
             let yaml = isthmus_ctl::link::create(
                 &dir.join(from.name).join("store"),
                 &dir.join(to.name).join("store"),
                 &isthmus_ctl::link::Options {
-                    gateway: to.gateway(),
+                    gateway: net::gateway(to, netns),
                     gateway_tcp: None,
                     ttl: Duration::from_secs(3600),
                     join_wait: Duration::from_secs(30),
@@ -296,20 +328,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
-    // Another demo on the same addresses would answer in our place.
-    for c in CLUSTERS {
-        std::net::TcpListener::bind(c.discovery()).with_context(|| {
-            format!(
-                "{} is taken (is another demo running?): the demo needs 127.0.{}.0/24",
-                c.discovery(),
-                c.index
-            )
-        })?;
-    }
-    let specs = prepare(&dir, &bins)?;
+    // Namespaces of their own, or this host's loopback, where another
+    // demo on the same addresses would answer in our place.
+    let namespaces = if args.netns {
+        Some(net::Namespaces::create(args.wan_loss)?)
+    } else {
+        for c in CLUSTERS {
+            std::net::TcpListener::bind(c.discovery()).with_context(|| {
+                format!(
+                    "{} is taken (is another demo running?): the demo needs 127.0.{}.0/24",
+                    c.discovery(),
+                    c.index
+                )
+            })?;
+        }
+        None
+    };
+    let specs = prepare(&dir, &bins, args.netns)?;
     let tty = std::io::stdout().is_terminal();
     let demo = Demo {
         dir: dir.clone(),
+        netns: args.netns,
+        chaos: args.chaos.clone(),
         stats: Stats::new(),
         procs: Default::default(),
         narration: Mutex::new(Vec::new()),
@@ -320,8 +360,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         dir.display()
     );
     for c in CLUSTERS {
+        let (place, run) = if args.netns {
+            let ns = net::namespace(&c);
+            (
+                format!("namespace {ns} (WAN {}), ", net::wan_ip(&c)),
+                format!("ip netns exec {ns} "),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         eprintln!(
-            "  {:<10} 127.0.{}.0/24  store {}  (edit it live)\n             control plane admin: curl -s {}/links   frontend: curl -s -H 'Host: catalog.shop.svc.clusterset.local' {}/",
+            "  {:<10} {place}127.0.{}.0/24  store {}  (edit it live)\n             control plane admin: {run}curl -s {}/links   frontend: {run}curl -s -H 'Host: catalog.shop.svc.clusterset.local' {}/",
             c.name,
             c.index,
             demo.store(&c).display(),
@@ -351,6 +400,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "stopped: {clean} exited cleanly, {killed} killed after 5 s; files kept in {}",
         dir.display()
     );
+    if let Some(n) = namespaces {
+        let (delivered, lost) = n.packets();
+        eprintln!("the WAN carried {delivered} packets and lost {lost}; its namespaces are deleted");
+    }
     result
 }
 
@@ -506,7 +559,7 @@ async fn start(demo: &Demo) -> anyhow::Result<()> {
         .await?;
     }
     eprintln!("linking every cluster with every other (isthmusctl link create, both ways)");
-    link_all(&demo.dir)?;
+    link_all(&demo.dir, demo.netns)?;
     for c in CLUSTERS {
         wait_for(
             &format!("{}'s links", c.name),

@@ -16,6 +16,8 @@ pub struct Spec {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub log: PathBuf,
+    /// The network namespace it runs in (None: this one).
+    pub netns: Option<String>,
 }
 
 struct Running {
@@ -35,7 +37,16 @@ fn spawn(spec: &Spec) -> anyhow::Result<Child> {
         .append(true)
         .open(&spec.log)
         .with_context(|| format!("opening {}", spec.log.display()))?;
-    Command::new(&spec.program)
+    let mut command = match &spec.netns {
+        // `ip netns exec` execs the program: the child's pid is its own.
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&spec.program);
+            c
+        }
+        None => Command::new(&spec.program),
+    };
+    command
         .args(&spec.args)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)

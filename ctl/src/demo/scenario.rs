@@ -21,23 +21,32 @@ pub enum Scenario {
     /// eu-west's catalog stops (eu-central takes over), then eu-central's
     /// gateway (nothing left: fast errors), then both come back.
     Failover,
+    /// Every way a region can fail, one after the other, each healed
+    /// before the next: a remote app, sidecar, gateway or control plane
+    /// killed, a remote endpoint silent and a remote gateway partitioned
+    /// (--netns), a local endpoint killed. No GET may fail.
+    Regions,
+    /// Random kills of apps, sidecars, gateways and control planes under
+    /// load (--chaos-rounds), then a table of failed requests and
+    /// recovery times.
+    Chaos,
 }
 
-fn secs(d: Duration) -> String {
+pub(super) fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
 /// Answers of `frontend` to `service` from now on.
-struct Watch {
+pub(super) struct Watch {
     feed: broadcast::Receiver<Answer>,
     frontend: &'static str,
     service: &'static str,
     /// Answers to requests sent before this are old news.
-    since: Instant,
+    pub(super) since: Instant,
 }
 
 impl Watch {
-    fn new(demo: &Demo, frontend: &'static str, service: &'static str) -> Self {
+    pub(super) fn new(demo: &Demo, frontend: &'static str, service: &'static str) -> Self {
         Self {
             feed: demo.stats.feed.subscribe(),
             frontend,
@@ -46,7 +55,7 @@ impl Watch {
         }
     }
 
-    async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Answer> {
+    pub(super) async fn next(&mut self, deadline: tokio::time::Instant) -> Option<Answer> {
         loop {
             match tokio::time::timeout_at(deadline, self.feed.recv()).await {
                 Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => return None,
@@ -65,7 +74,7 @@ impl Watch {
 
     /// Waits until `n` answers in a row satisfy `pred`; returns the
     /// answers seen until then, and the first of the run (None: deadline).
-    async fn until_run(
+    pub(super) async fn until_run(
         &mut self,
         n: usize,
         within: Duration,
@@ -89,7 +98,7 @@ impl Watch {
     }
 
     /// `until_run` of answers from `cluster`.
-    async fn until_served_by(
+    pub(super) async fn until_served_by(
         &mut self,
         n: usize,
         within: Duration,
@@ -100,7 +109,7 @@ impl Watch {
     }
 
     /// Everything seen during `period`.
-    async fn during(&mut self, period: Duration) -> Window {
+    pub(super) async fn during(&mut self, period: Duration) -> Window {
         let deadline = tokio::time::Instant::now() + period;
         let mut w = Window::default();
         while let Some(a) = self.next(deadline).await {
@@ -118,6 +127,8 @@ pub async fn run(demo: &Demo, scenario: Scenario) -> anyhow::Result<()> {
     match scenario {
         Scenario::Canary => canary(demo).await,
         Scenario::Failover => failover(demo).await,
+        Scenario::Regions => super::regions::run(demo).await,
+        Scenario::Chaos => super::chaos::run(demo).await,
     }
 }
 
@@ -165,6 +176,7 @@ async fn canary(demo: &Demo) -> anyhow::Result<()> {
                     at: Instant::now(),
                     frontend: "eu-west",
                     service: "reviews",
+                    idempotent: true,
                     served_by: r.as_ref().ok().map(|s| s.cluster.clone()),
                     latency: Duration::ZERO,
                     verified: None,

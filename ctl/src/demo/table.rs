@@ -121,6 +121,7 @@ mod tests {
                 at: Instant::now(),
                 frontend: "eu-west",
                 service: "reviews",
+                idempotent: true,
                 served_by: Some(if i < 18 { "eu-west" } else { "us-east" }.into()),
                 latency: Duration::from_millis(i + 1),
                 error: None,

@@ -25,6 +25,9 @@ pub struct Answer {
     pub at: Instant,
     pub frontend: &'static str,
     pub service: &'static str,
+    /// GET (idempotent: it must never fail while another cluster serves);
+    /// false for POSTs and gRPC calls.
+    pub idempotent: bool,
     /// The cluster whose app answered.
     pub served_by: Option<String>,
     pub latency: Duration,
@@ -130,7 +133,7 @@ fn driver(conn: impl std::future::Future + Send + 'static) -> AbortOnDropHandle<
 }
 
 async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
-    let tcp = tokio::net::TcpStream::connect(sidecar)
+    let tcp = isthmus_ctl::dial::connect(sidecar)
         .await
         .map_err(|e| format!("frontend sidecar {sidecar}: {e}"))?;
     let _ = tcp.set_nodelay(true);
@@ -165,15 +168,24 @@ pub struct Served {
 async fn call(
     conn: &mut Conn,
     target: &Target,
+    post: bool,
     headers: &[(&str, &str)],
 ) -> Result<Served, String> {
     let response = match conn {
         Conn::H1 { send, .. } => {
-            let mut req = http::Request::get("/").header("host", &target.host);
+            let (method, body) = if post {
+                (http::Method::POST, Bytes::from_static(b"{\"order\": 1}"))
+            } else {
+                (http::Method::GET, Bytes::new())
+            };
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", &target.host);
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
-            let req = req.body(Full::default()).map_err(|e| e.to_string())?;
+            let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
             send.ready().await.map_err(|e| format!("connection: {e}"))?;
             send.send_request(req)
                 .await
@@ -244,7 +256,13 @@ async fn call(
     Ok(Served { cluster, caller })
 }
 
-/// Calls `target` through `sidecar` `rate` times a second until `stop`.
+/// Every how many HTTP requests one is a POST (not idempotent).
+const POST_EVERY: u64 = 4;
+
+/// Calls `target` through `sidecar` `rate` times a second until `stop`,
+/// open loop: each request leaves on its tick whatever the ones before it
+/// are doing, on an idle keep-alive connection or a new one (so a slow
+/// path neither lowers the rate nor hides failures).
 pub async fn run(
     frontend: &'static str,
     sidecar: SocketAddr,
@@ -253,42 +271,52 @@ pub async fn run(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let expected = frontend_id(frontend);
-    let mut conn: Option<Conn> = None;
+    let expected = Arc::new(frontend_id(frontend));
+    let target = Arc::new(target);
+    let idle: Arc<Mutex<Vec<Conn>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
+    let mut in_flight = tokio::task::JoinSet::new();
+    for n in 0u64.. {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let start = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(2), async {
-            if conn.is_none() {
-                conn = Some(connect(sidecar, target.grpc).await?);
-            }
-            call(conn.as_mut().expect("connected"), &target, &[]).await
-        })
-        .await
-        .unwrap_or_else(|_| Err("timeout (2 s)".into()));
-        let (served_by, error, verified) = match result {
-            Ok(s) => {
-                let verified = s.caller.map(|c| c == expected);
-                (Some(s.cluster), None, verified)
-            }
-            Err(e) => {
-                conn = None; // a fresh connection next time
-                (None, Some(e), None)
-            }
-        };
-        stats.record(Answer {
-            at: Instant::now(),
-            frontend,
-            service: target.service,
-            served_by,
-            latency: start.elapsed(),
-            error,
-            verified,
+        while in_flight.try_join_next().is_some() {}
+        let post = !target.grpc && n % POST_EVERY == POST_EVERY - 1;
+        let (idle, target, stats, expected) =
+            (idle.clone(), target.clone(), stats.clone(), expected.clone());
+        in_flight.spawn(async move {
+            let start = Instant::now();
+            let mut conn = idle.lock().pop();
+            let result = tokio::time::timeout(Duration::from_secs(2), async {
+                if conn.is_none() {
+                    conn = Some(connect(sidecar, target.grpc).await?);
+                }
+                call(conn.as_mut().expect("connected"), &target, post, &[]).await
+            })
+            .await
+            .unwrap_or_else(|_| Err("timeout (2 s)".into()));
+            let (served_by, error, verified) = match result {
+                Ok(s) => {
+                    // Kept for the next request.
+                    idle.lock().extend(conn);
+                    let verified = s.caller.map(|c| c == *expected);
+                    (Some(s.cluster), None, verified)
+                }
+                // The connection is dropped: a fresh one next time.
+                Err(e) => (None, Some(e), None),
+            };
+            stats.record(Answer {
+                at: Instant::now(),
+                frontend,
+                service: target.service,
+                idempotent: !target.grpc && !post,
+                served_by,
+                latency: start.elapsed(),
+                error,
+                verified,
+            });
         });
     }
 }
@@ -306,7 +334,7 @@ pub async fn once(
 ) -> Result<Served, String> {
     tokio::time::timeout(Duration::from_secs(2), async {
         let mut conn = connect(sidecar, target.grpc).await?;
-        call(&mut conn, target, headers).await
+        call(&mut conn, target, false, headers).await
     })
     .await
     .unwrap_or_else(|_| Err("timeout (2 s)".into()))
@@ -321,6 +349,7 @@ mod tests {
             at: Instant::now(),
             frontend: "eu-west",
             service: "catalog",
+            idempotent: true,
             served_by: by.map(str::to_string),
             latency: Duration::from_millis(ms),
             error: error.map(str::to_string),
