@@ -67,6 +67,12 @@ struct RunArgs {
     /// How long a registered workload outlives its dropped stream.
     #[arg(long, default_value = "30s", value_parser = isthmus_federation::resources::duration::parse_arg)]
     registration_grace: Duration,
+    /// After a start, how long proxies get to come back and register
+    /// before anything is pushed to them or to linked clusters (until
+    /// then they keep what they had): a restarted control plane would
+    /// otherwise withdraw every endpoint it has not heard from yet.
+    #[arg(long, default_value = "3s", value_parser = isthmus_federation::resources::duration::parse_arg)]
+    warm_up: Duration,
     /// The trust domain of the CA (`files` mode; default: the Mesh's,
     /// else cluster.local).
     #[arg(long)]
@@ -136,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
                 discovery,
                 admin,
                 registration_grace,
+                warm_up,
                 replica,
                 poll,
                 debounce,
@@ -190,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
             opts.poll = poll;
             opts.debounce = debounce;
             opts.registration_grace = registration_grace;
+            opts.warm_up = warm_up;
             if let Some(r) = replica {
                 opts.replica = r;
             }

@@ -792,3 +792,93 @@ async fn cluster_links_become_the_gateways_peers_and_trusted_domains() {
     cp.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A control plane that (re)starts pushes nothing during its warm-up:
+/// the proxies that come back meanwhile register first, so the first
+/// configuration a caller gets already has their endpoints. Without it,
+/// a caller connecting first would be told catalog v1 has no endpoint
+/// (and a restarted control plane would take every endpoint away from
+/// its proxies and its linked clusters until their sidecars returned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_control_plane_waits_for_its_workloads_before_pushing() {
+    let v1 = sample::serve(
+        SampleApp::new("catalog", "eu-west", "v1"),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir("warm-up");
+    write(&dir, "services.yaml", &services(80, 1));
+    write(&dir, "route.yaml", &route(100, 0));
+    let discovery_socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let discovery_addr = discovery_socket.local_addr().unwrap();
+    let mut opts = Options::new(dir.to_path_buf());
+    opts.poll = Duration::from_millis(20);
+    opts.debounce = Duration::from_millis(20);
+    opts.warm_up = Duration::from_secs(2);
+    let cp = ControlPlane::start(opts);
+    assert!(!cp.published.borrow().warm, "warming up at the start");
+    serve(&cp, &discovery_socket).await;
+
+    // The caller subscribes first, then catalog v1's sidecar registers.
+    use isthmus_api::discovery::v1::discovery_client::DiscoveryClient;
+    use isthmus_api::discovery::v1::{DiscoveryRequest, Subscription};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{discovery_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        subscribe: Some(Subscription {
+            node: Some(model::Node {
+                name: "frontend".into(),
+                namespace: "shop".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses = DiscoveryClient::new(channel)
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    use model::listener::Kind;
+    let b = sidecar(
+        discovery_addr,
+        "catalog-v1-0",
+        &[("app", "catalog"), ("version", "v1")],
+        vec![listener("http", Kind::Http(model::HttpOutbound {}))],
+        Some(Workload {
+            address: "127.0.0.1".into(),
+            ports: vec![WorkloadPort {
+                name: "http".into(),
+                port: v1.addr.port().into(),
+            }],
+            tunnel_port: 0,
+        }),
+    )
+    .await;
+    // The caller's first configuration already has v1's endpoint.
+    let first = responses.message().await.unwrap().unwrap();
+    assert!(cp.published.borrow().warm);
+    let v1_subset = first
+        .resources
+        .iter()
+        .find(|r| r.name.contains("catalog-v1"))
+        .unwrap_or_else(|| panic!("no catalog-v1 in {:?}", first.resources));
+    let service = <model::Service as prost::Message>::decode(&*v1_subset.body).unwrap();
+    assert_eq!(
+        service.endpoints.len(),
+        1,
+        "the first configuration has the endpoint registered during the warm-up: {service:?}"
+    );
+    drop(tx);
+    b.shutdown(Duration::from_millis(100)).await;
+    cp.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

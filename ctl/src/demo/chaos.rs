@@ -89,7 +89,11 @@ pub(super) fn victims() -> Vec<Victim> {
 /// the service for a clusterset name, the frontend's own for a local
 /// one) whose app still runs, and, for another cluster, with both
 /// gateways on the way up.
-pub(super) fn paths_left(frontend: &Cluster, target: &Target, victim: &Victim) -> Vec<&'static str> {
+pub(super) fn paths_left(
+    frontend: &Cluster,
+    target: &Target,
+    victim: &Victim,
+) -> Vec<&'static str> {
     let clusterset = target.host.ends_with(".svc.clusterset.local");
     CLUSTERS
         .iter()
@@ -134,8 +138,10 @@ fn row(i: usize, r: &Round) -> String {
         r.lost_gets,
         r.lost_other,
         r.no_path,
-        r.recovered
-            .map_or("not within 60 s".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+        r.recovered.map_or("not within 60 s".into(), |d| format!(
+            "{:.2} s",
+            d.as_secs_f64()
+        ))
     )
 }
 
@@ -179,7 +185,10 @@ pub async fn run(demo: &Demo) -> anyhow::Result<()> {
         demo.say(format!("  {}", row(rounds.len(), &round)));
         rounds.push(round);
     }
-    let mut table = format!("chaos, {} rounds (seed {seed})\n{ROUNDS_HEADER}\n", rounds.len());
+    let mut table = format!(
+        "chaos, {} rounds (seed {seed})\n{ROUNDS_HEADER}\n",
+        rounds.len()
+    );
     for (i, r) in rounds.iter().enumerate() {
         table.push_str(&row(i, r));
         table.push('\n');
@@ -225,22 +234,30 @@ async fn one_round(demo: &Demo, victim: Victim, down: Duration) -> anyhow::Resul
     let restarted = Instant::now();
     demo.restart(&[&round.killed]).await?;
     let mut back = None;
-    drain(&mut feed, tokio::time::Instant::now() + Duration::from_secs(60), |a| {
-        if sent(a) >= killed {
-            judge(&mut round, a, &victim);
-        }
-        if sent(a) >= restarted && victim.serves_again(a) {
-            back = Some(sent(a).saturating_duration_since(restarted));
-        }
-        back.is_some()
-    })
+    drain(
+        &mut feed,
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        |a| {
+            if sent(a) >= killed {
+                judge(&mut round, a, &victim);
+            }
+            if sent(a) >= restarted && victim.serves_again(a) {
+                back = Some(sent(a).saturating_duration_since(restarted));
+            }
+            back.is_some()
+        },
+    )
     .await;
     round.recovered = back;
     // A second more: what the return itself costs.
-    drain(&mut feed, tokio::time::Instant::now() + Duration::from_secs(1), |a| {
-        judge(&mut round, a, &victim);
-        false
-    })
+    drain(
+        &mut feed,
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        |a| {
+            judge(&mut round, a, &victim);
+            false
+        },
+    )
     .await;
     Ok(round)
 }
@@ -343,6 +360,9 @@ mod tests {
         judge(&mut r, &answer("us-east", "inventory", false), &v);
         judge(&mut r, &answer("us-east", "catalog", true), &v);
         judge(&mut r, &answer("eu-west", "reviews", false), &v);
-        assert_eq!((r.no_path, r.lost_gets, r.lost_other, r.requests), (1, 1, 1, 3));
+        assert_eq!(
+            (r.no_path, r.lost_gets, r.lost_other, r.requests),
+            (1, 1, 1, 3)
+        );
     }
 }

@@ -222,7 +222,15 @@ impl Cluster {
 
     /// The flags every proxy of this cluster shares: its control plane,
     /// trust, identity token, locality.
-    fn proxy_args(&self, token: &str, roots: &str, sa: &str, ns: &str) -> Vec<String> {
+    /// `access_log`: "off", or "stdout" (into the process's log file).
+    fn proxy_args(
+        &self,
+        token: &str,
+        roots: &str,
+        sa: &str,
+        ns: &str,
+        access_log: &str,
+    ) -> Vec<String> {
         strings(&[
             "--control-plane",
             &self.discovery().to_string(),
@@ -241,7 +249,7 @@ impl Cluster {
             "--zone",
             &self.zone(),
             "--access-log",
-            "off",
+            access_log,
             "--worker-threads",
             "1",
             "--drain-timeout",
@@ -267,7 +275,7 @@ impl Cluster {
             "--admin",
             &self.gateway_admin().to_string(),
         ]);
-        a.extend(self.proxy_args(token, roots, "isthmus-eastwest", "isthmus-system"));
+        a.extend(self.proxy_args(token, roots, "isthmus-eastwest", "isthmus-system", "off"));
         a
     }
 
@@ -283,7 +291,9 @@ impl Cluster {
             "--admin",
             &self.frontend_admin().to_string(),
         ]);
-        a.extend(self.proxy_args(token, roots, "frontend", "shop"));
+        // The frontend's requests, each with its attempts, where it went
+        // and why it failed: in its log.
+        a.extend(self.proxy_args(token, roots, "frontend", "shop", "stdout"));
         a
     }
 
@@ -323,7 +333,7 @@ impl Cluster {
             "--admin",
             &SocketAddr::new(self.ip(app.host), 15020).to_string(),
         ]);
-        a.extend(self.proxy_args(token, roots, app.service, "shop"));
+        a.extend(self.proxy_args(token, roots, app.service, "shop", "off"));
         a
     }
 }

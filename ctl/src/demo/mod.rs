@@ -402,7 +402,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     if let Some(n) = namespaces {
         let (delivered, lost) = n.packets();
-        eprintln!("the WAN carried {delivered} packets and lost {lost}; its namespaces are deleted");
+        eprintln!(
+            "the WAN carried {delivered} packets and lost {lost}; its namespaces are deleted"
+        );
     }
     result
 }

@@ -57,7 +57,8 @@ fn run(mut c: Command) -> anyhow::Result<()> {
 /// `program args` inside cluster `c`'s namespace.
 fn in_cluster(c: &Cluster, program: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &namespace(c), program]).args(args);
+    cmd.args(["netns", "exec", &namespace(c), program])
+        .args(args);
     cmd
 }
 

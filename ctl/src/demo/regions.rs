@@ -96,7 +96,11 @@ fn steps() -> Vec<Step> {
             Fault::Partition(central),
             false,
         ),
-        remote("remote control plane killed", kill(&["control-plane"]), true),
+        remote(
+            "remote control plane killed",
+            kill(&["control-plane"]),
+            true,
+        ),
         Step {
             name: "local endpoint killed",
             frontend: west,
@@ -153,6 +157,14 @@ impl Seen {
                 a.error.is_some() || a.served_by.as_deref() == Some(broken) || a.latency > normal
             })
             .map(|a| sent(a).saturating_duration_since(from))
+            .max()
+            .unwrap_or_default()
+    }
+
+    fn max(&self) -> Duration {
+        self.answers
+            .iter()
+            .map(|a| a.latency)
             .max()
             .unwrap_or_default()
     }
@@ -275,16 +287,20 @@ async fn run_step(demo: &Demo, step: &Step) -> anyhow::Result<()> {
             during.served_by(broken)
         )
     } else {
-        format!("felt for {} (answers late, from {broken} or failed)", secs(left))
+        format!(
+            "felt for {} (answers late, from {broken} or failed)",
+            secs(left)
+        )
     };
     demo.say(format!(
-        "  {}: {} of {} GETs failed, {} of {} POSTs; {effect}; p99 {:.0} ms; back {}{}",
+        "  {}: {} of {} GETs failed, {} of {} POSTs; {effect}; p99 {:.0} ms, max {:.0} ms; back {}{}",
         step.name,
         lost_gets,
         during.count(true) + after.count(true),
         during.failed(false).len() + after.failed(false).len(),
         during.count(false) + after.count(false),
         during.p99().as_secs_f64() * 1000.0,
+        during.max().as_secs_f64() * 1000.0,
         back.map_or("never (60 s)".to_string(), |b| format!(
             "{} after it was healed",
             secs(b.saturating_duration_since(healed))
@@ -363,6 +379,9 @@ mod tests {
             .filter(|s| s.fault.needs_netns())
             .map(|s| s.name)
             .collect();
-        assert_eq!(netns, ["remote endpoint silent", "remote gateway partitioned"]);
+        assert_eq!(
+            netns,
+            ["remote endpoint silent", "remote gateway partitioned"]
+        );
     }
 }

@@ -132,6 +132,40 @@ fn driver(conn: impl std::future::Future + Send + 'static) -> AbortOnDropHandle<
     }))
 }
 
+impl Conn {
+    /// Ready for a request; an error when the connection closed (the
+    /// sidecar may close an idle keep-alive connection at any time).
+    async fn ready(&mut self) -> Result<(), String> {
+        match self {
+            Conn::H1 { send, .. } => send.ready().await,
+            Conn::H2 { send, .. } => send.ready().await,
+        }
+        .map_err(|e| format!("connection: {e}"))
+    }
+}
+
+/// An idle connection from `idle` that is still open, else a new one:
+/// as an HTTP client's pool does, a request never fails for having been
+/// given a connection the sidecar had closed while idle (nothing was
+/// sent on it).
+async fn checkout(
+    idle: &Mutex<Vec<Conn>>,
+    sidecar: SocketAddr,
+    grpc: bool,
+) -> Result<Conn, String> {
+    loop {
+        let Some(mut conn) = idle.lock().pop() else {
+            break;
+        };
+        if conn.ready().await.is_ok() {
+            return Ok(conn);
+        }
+    }
+    let mut conn = connect(sidecar, grpc).await?;
+    conn.ready().await?;
+    Ok(conn)
+}
+
 async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
     let tcp = isthmus_ctl::dial::connect(sidecar)
         .await
@@ -256,6 +290,11 @@ async fn call(
     Ok(Served { cluster, caller })
 }
 
+/// How long the demo, as the frontend application, waits for an answer
+/// before counting the request failed (a request the mesh delays across
+/// a failover is late, not lost: the scenarios report the latency too).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Every how many HTTP requests one is a POST (not idempotent).
 const POST_EVERY: u64 = 4;
 
@@ -284,19 +323,21 @@ pub async fn run(
         }
         while in_flight.try_join_next().is_some() {}
         let post = !target.grpc && n % POST_EVERY == POST_EVERY - 1;
-        let (idle, target, stats, expected) =
-            (idle.clone(), target.clone(), stats.clone(), expected.clone());
+        let (idle, target, stats, expected) = (
+            idle.clone(),
+            target.clone(),
+            stats.clone(),
+            expected.clone(),
+        );
         in_flight.spawn(async move {
             let start = Instant::now();
-            let mut conn = idle.lock().pop();
-            let result = tokio::time::timeout(Duration::from_secs(2), async {
-                if conn.is_none() {
-                    conn = Some(connect(sidecar, target.grpc).await?);
-                }
-                call(conn.as_mut().expect("connected"), &target, post, &[]).await
+            let mut conn = None;
+            let result = tokio::time::timeout(CLIENT_TIMEOUT, async {
+                let c = conn.insert(checkout(&idle, sidecar, target.grpc).await?);
+                call(c, &target, post, &[]).await
             })
             .await
-            .unwrap_or_else(|_| Err("timeout (2 s)".into()));
+            .unwrap_or_else(|_| Err(format!("timeout ({} s)", CLIENT_TIMEOUT.as_secs())));
             let (served_by, error, verified) = match result {
                 Ok(s) => {
                     // Kept for the next request.
@@ -332,12 +373,12 @@ pub async fn once(
     target: &Target,
     headers: &[(&str, &str)],
 ) -> Result<Served, String> {
-    tokio::time::timeout(Duration::from_secs(2), async {
+    tokio::time::timeout(CLIENT_TIMEOUT, async {
         let mut conn = connect(sidecar, target.grpc).await?;
         call(&mut conn, target, false, headers).await
     })
     .await
-    .unwrap_or_else(|_| Err("timeout (2 s)".into()))
+    .unwrap_or_else(|_| Err(format!("timeout ({} s)", CLIENT_TIMEOUT.as_secs())))
 }
 
 #[cfg(test)]

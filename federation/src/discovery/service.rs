@@ -313,7 +313,9 @@ async fn run(
     loop {
         let response = {
             let p = published.borrow_and_update().clone();
-            if (again || p.generation != computed_for) && state.in_flight().is_none() {
+            // Warming up: the proxy keeps what it has (or waits for its
+            // first configuration) until its peers had time to register.
+            if p.warm && (again || p.generation != computed_for) && state.in_flight().is_none() {
                 computed_for = p.generation;
                 again = false;
                 let wanted = p.offer.wanted(&p.catalog, &node);

@@ -46,6 +46,13 @@ pub struct Options {
     pub debounce: Duration,
     /// How long a registered workload outlives its dropped stream.
     pub registration_grace: Duration,
+    /// After a start, how long proxies get to come back and register
+    /// before anything is pushed: a control plane that just (re)started
+    /// has heard from none of its workloads, and its first view would
+    /// take their endpoints away from its own proxies and from every
+    /// linked cluster. Until then everyone keeps what they had. Zero
+    /// here; the binary's `--warm-up` is 3 s.
+    pub warm_up: Duration,
     /// This replica's name (in responses and logs).
     pub replica: String,
     /// Trust bundles sent to every proxy (`security/mesh`): this cluster's
@@ -70,6 +77,7 @@ impl Options {
             poll: Duration::from_millis(200),
             debounce: Duration::from_millis(100),
             registration_grace: Duration::from_secs(30),
+            warm_up: Duration::ZERO,
             replica: format!("isthmus-federation-{}", std::process::id()),
             trust_bundles: Vec::new(),
             gateway_entry: None,
@@ -91,6 +99,9 @@ pub struct Published {
     pub store: State,
     pub offer: Offer,
     pub workloads: usize,
+    /// The warm-up after the start is over (`Options::warm_up`): until
+    /// then nothing is pushed to proxies or linked clusters.
+    pub warm: bool,
     /// This cluster's own trust bundles (its CA's roots), as proxies get
     /// them and linked clusters are sent them.
     pub own_trust: Vec<model::TrustBundle>,

@@ -21,11 +21,14 @@ impl ControlPlane {
             peers: &peers,
             opts: &opts,
         };
+        let warm_at = tokio::time::Instant::now() + opts.warm_up;
+        let mut warm = opts.warm_up.is_zero();
         let first = publish(
             generation,
             &states.borrow_and_update(),
             &inputs,
             &trust.borrow_and_update(),
+            warm,
         );
         let (tx, published) = watch::channel(first);
         let (reg, stop2, debounce) = (registry.clone(), stop.clone(), opts.debounce);
@@ -59,6 +62,13 @@ impl ControlPlane {
                     _ = sleep_until(expiry) => {
                         if !reg.expire() { continue; }
                     }
+                    _ = tokio::time::sleep_until(warm_at), if !warm => {
+                        tracing::info!(
+                            workloads = reg.workloads().len(),
+                            "warm-up over: pushing to proxies and linked clusters"
+                        );
+                        warm = true;
+                    }
                 }
                 generation += 1;
                 imported.borrow_and_update();
@@ -72,6 +82,7 @@ impl ControlPlane {
                     &states.borrow_and_update(),
                     &inputs,
                     &trust.borrow_and_update(),
+                    warm,
                 );
                 tx.send_replace(next);
             }
@@ -123,6 +134,7 @@ fn publish(
     state: &State,
     inputs: &Inputs<'_>,
     trust: &[model::TrustBundle],
+    warm: bool,
 ) -> Arc<Published> {
     let workloads = inputs.registry.workloads();
     let refs: Vec<&registry::Workload> = workloads.iter().collect();
@@ -168,6 +180,7 @@ fn publish(
         catalog,
         store: state.clone(),
         workloads: workloads.len(),
+        warm,
         own_trust: trust.to_vec(),
     })
 }

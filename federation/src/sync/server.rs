@@ -38,6 +38,9 @@ pub struct Exported {
     pub services: ExportMap,
     /// Our trust bundle now (PEM roots of our trust domain).
     pub trust_bundle: String,
+    /// The control plane's warm-up is over: until then subscribers get
+    /// nothing and keep what they had (`Options::warm_up`).
+    pub warm: bool,
 }
 
 /// Keeps `Exported` current with the published generations until `stop`
@@ -59,6 +62,7 @@ pub fn follow_exports(
                 .map(|t| t.roots_pem.as_str())
                 .collect::<Vec<_>>()
                 .concat(),
+            warm: p.warm,
         })
     };
     let first = compute(&published.borrow_and_update());
@@ -339,7 +343,15 @@ impl ClusterSync for SyncService {
         };
         self.tasks.spawn(async move {
             let mut version = 1;
-            let first = exported.borrow_and_update().clone();
+            // Warming up: the subscriber keeps its imports of us meanwhile.
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                w = exported.wait_for(|e| e.warm) => match w {
+                    Ok(e) => e.clone(),
+                    Err(_) => return,
+                },
+            };
+            exported.borrow_and_update();
             let Some(m) = message(&first, version, true, (&ExportMap::new(), "")) else {
                 return;
             };
@@ -425,6 +437,7 @@ mod tests {
             trust_domain: "eu-central.isthmus.local".into(),
             services: ExportMap::new(),
             trust_bundle: "OLD".into(),
+            warm: true,
         };
         let none = ExportMap::new();
         assert_eq!(

@@ -59,7 +59,9 @@ impl Options {
             workload: None,
             listeners: Vec::new(),
             backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            // A control plane that comes back is rejoined within a second
+            // (it waits for its proxies before pushing: `--warm-up`).
+            backoff_max: Duration::from_secs(1),
             tls: None,
             health: None,
         }

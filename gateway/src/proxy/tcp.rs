@@ -235,7 +235,8 @@ pub async fn passthrough(
         direction: conn.direction,
         destination_service: "passthrough".into(),
     };
-    let mut upstream = match dial(dst, std::time::Duration::from_secs(5), proxy.socket.far()).await {
+    let mut upstream = match dial(dst, std::time::Duration::from_secs(5), proxy.socket.far()).await
+    {
         Ok(s) => s,
         Err(e) => {
             proxy.metrics.error("upstream_connect_failure");

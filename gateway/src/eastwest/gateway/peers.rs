@@ -85,13 +85,13 @@ pub const SILENCE: Duration = Duration::from_secs(2);
 
 /// First and longest wait between attempts to link to an unreachable peer.
 /// The longest is short: a peer that returns is linked with, and its
-/// cluster's traffic back, within about a second (a handshake attempt a
-/// second to a dead peer costs a few datagrams).
+/// cluster's traffic back, within a second (two handshake attempts a
+/// second to a dead peer cost a few datagrams).
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// The wait after `failures` failed attempts in a row (pure): 200 ms
-/// doubling up to 1 s, each spread by ±20 % (`jitter` in [0, 1)) so the
+/// doubling up to 500 ms, each spread by ±20 % (`jitter` in [0, 1)) so the
 /// gateways of a cluster do not retry in step.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
     let exp = BACKOFF_MIN.saturating_mul(1u32 << failures.saturating_sub(1).min(16));

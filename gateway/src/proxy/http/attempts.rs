@@ -148,19 +148,46 @@ pub(super) async fn attempts(
             Action::Stop(_) => return result,
             Action::Move => {
                 proxy.metrics.moves.get_or_create(&labels()).inc();
-                drop(result);
+                discard(result);
                 moved_to = another;
                 next_body = replay;
             }
             Action::Retry { backoff } => {
                 proxy.metrics.retries.get_or_create(&labels()).inc();
-                drop(result);
+                discard(result);
                 tokio::time::sleep(backoff).await;
                 next_body = replay;
             }
         }
     }
     Err(ProxyError::NoHealthy(spec.name.to_string()))
+}
+
+/// An answer not forwarded (its request moves or is retried). A small
+/// one is read to its end in the background and its connection goes back
+/// to the pool: an HTTP/1.1 connection dropped mid-answer is closed, and
+/// the next request to that endpoint would pay for a new one (through
+/// the gateways, a tunnel and a TLS handshake across the WAN).
+fn discard(result: Result<Upstream, ProxyError>) {
+    let Ok(Upstream {
+        response,
+        lease,
+        in_flight,
+    }) = result
+    else {
+        return;
+    };
+    drop(in_flight);
+    let body = response.into_body();
+    let Some(lease) = lease.filter(|_| small_known_length(&http_body::Body::size_hint(&body)))
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), read_all(body)).await {
+            lease.release();
+        }
+    });
 }
 
 /// What the attempt loop answers `policy::attempts` (each asked only when
