@@ -59,7 +59,9 @@ pub(crate) fn proto_duration(
 pub struct Inputs<'a> {
     pub snapshot: &'a crate::store::Snapshot,
     /// Self-registered workloads, endpoints of the Services that select
-    /// them (files mode).
+    /// them (files mode). In kube mode a pod its sidecar registers keeps
+    /// its EndpointSlice endpoint, unhealthy too when the sidecar's checks
+    /// fail (health at the source).
     pub workloads: &'a [&'a crate::store::registry::Workload],
     /// What linked clusters export, as the sync holds it.
     pub imports: &'a [imports::Summary],

@@ -134,9 +134,18 @@ impl Endpoints<'_> {
             &self.region,
             &self.trust_domain,
         );
-        // EndpointSlices first (stable sort), then drop repeated addresses.
+        // EndpointSlices first (stable sort), then drop repeated
+        // addresses: a pod both in a slice and registered by its sidecar
+        // (kube mode) keeps the slice's view, and is unhealthy if either
+        // says so (its conditions, or its sidecar's checks).
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-        endpoints.dedup_by(|a, b| a.address == b.address);
+        endpoints.dedup_by(|later, kept| {
+            let same = later.address == kept.address;
+            if same {
+                kept.unhealthy |= later.unhealthy;
+            }
+            same
+        });
         endpoints.append(&mut service.endpoints);
         endpoints.shrink_to_fit();
         service.endpoints = endpoints;
@@ -858,5 +867,46 @@ spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {regi
             .map(|e| (e.address.as_str(), e.unhealthy))
             .collect();
         assert_eq!(health, [("10.0.0.1", true), ("10.0.0.2", false)]);
+    }
+
+    /// Kube mode: a pod is in its Service's EndpointSlice and its sidecar
+    /// registers it too. One endpoint, as the slice has it; unhealthy when
+    /// its conditions say not ready or when its sidecar's check fails.
+    #[test]
+    fn a_sliced_pod_is_unhealthy_when_its_sidecar_says_so() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: catalog, namespace: shop}\n\
+spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+metadata: {name: catalog-1, namespace: shop, labels: {kubernetes.io/service-name: catalog}}\n\
+addressType: IPv4\nports: [{name: http, port: 8080}]\n\
+endpoints: [{addresses: [10.0.0.1], zone: a}, {addresses: [10.0.0.2], zone: a}]\n";
+        let pod = |ip: &str, unhealthy: &[u16]| Workload {
+            name: format!("catalog-{ip}"),
+            namespace: "shop".into(),
+            service_account: "catalog".into(),
+            labels: [("app".to_string(), "catalog".to_string())].into(),
+            address: ip.parse().unwrap(),
+            ports: vec![("http".into(), 8080)],
+            region: String::new(),
+            zone: "b".into(),
+            tunnel_port: None,
+            unhealthy_ports: unhealthy.iter().copied().collect(),
+        };
+        let ws = [pod("10.0.0.1", &[8080]), pod("10.0.0.2", &[])];
+        let refs: Vec<&Workload> = ws.iter().collect();
+        let c = catalog_with(&snapshot(yaml), &refs);
+        let eps: Vec<(&str, bool, &str)> = c.services["catalog.shop"]
+            .endpoints
+            .iter()
+            .map(|e| {
+                let zone = e.locality.as_ref().map_or("", |l| l.zone.as_str());
+                (e.address.as_str(), e.unhealthy, zone)
+            })
+            .collect();
+        assert_eq!(
+            eps,
+            [("10.0.0.1", true, "a"), ("10.0.0.2", false, "a")],
+            "one endpoint per pod, the slice's; its sidecar's failing check counts"
+        );
     }
 }

@@ -26,7 +26,10 @@ pub enum ProxyError {
     Connect(PoolError),
     #[error("upstream reset before response headers: {0}")]
     Reset(String),
-    #[error("upstream refused the stream unprocessed (HTTP/2 REFUSED_STREAM): {0}")]
+    /// The upstream did not process the request: an HTTP/2 stream refused
+    /// (REFUSED_STREAM), or an HTTP/1.1 connection that failed before any
+    /// byte of the request was written.
+    #[error("upstream did not process the request: {0}")]
     Refused(String),
     #[error("upstream did not answer within the per-try timeout of {0:?}")]
     PerTryTimeout(std::time::Duration),
@@ -106,7 +109,7 @@ impl ProxyError {
             Self::Overflow(_) => "circuit_breaker_overflow",
             Self::Connect(_) => "upstream_connect_failure",
             Self::Reset(_) => "upstream_reset",
-            Self::Refused(_) => "upstream_refused_stream",
+            Self::Refused(_) => "upstream_unprocessed",
             Self::PerTryTimeout(_) => "upstream_per_try_timeout",
             Self::Timeout(_) => "upstream_timeout",
             Self::RateLimited => "rate_limited",

@@ -40,6 +40,11 @@ const WRITE_BATCH: usize = 64 * 1024;
 pub enum H1Error {
     #[error("upstream I/O error: {0}")]
     Io(#[from] io::Error),
+    /// The connection failed before any byte of the request was written
+    /// (a keep-alive connection the upstream had reset): nothing reached
+    /// it, so the request may go elsewhere whatever its method.
+    #[error("the connection failed before any of the request was written: {0}")]
+    NotSent(io::Error),
     #[error("upstream closed the connection before sending a response")]
     Closed,
     #[error("upstream closed the connection in the middle of the response")]
@@ -65,6 +70,11 @@ pub struct H1Conn {
 }
 
 impl H1Error {
+    /// Nothing of the request reached the upstream.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, H1Error::NotSent(_))
+    }
+
     /// The client's side of the exchange failed, not the upstream.
     pub fn is_downstream(&self) -> bool {
         matches!(self, H1Error::RequestBody(_) | H1Error::BodyLength { .. })
@@ -134,6 +144,7 @@ impl H1Conn {
             out,
             sent: 0,
             body_done: false,
+            wrote: false,
         });
         let mut upload_error = None;
         let mut decoder = ResponseDecoder::new(parts.method == Method::HEAD);
@@ -212,6 +223,8 @@ pub struct Upload {
     out: BytesMut,
     sent: u64,
     body_done: bool,
+    /// Some byte of the request went into the socket.
+    wrote: bool,
 }
 
 impl Upload {
@@ -237,7 +250,11 @@ impl Upload {
             }
             match ready!(Pin::new(&mut *io).poll_write(cx, &self.out)) {
                 Ok(0) => return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into())),
-                Ok(n) => self.out.advance(n),
+                Ok(n) => {
+                    self.wrote = true;
+                    self.out.advance(n);
+                }
+                Err(e) if !self.wrote => return Poll::Ready(Err(H1Error::NotSent(e))),
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
@@ -547,6 +564,41 @@ mod wire_tests {
             .header("host", "up")
             .body(ReqBody::Empty)
             .unwrap()
+    }
+
+    /// A connection the upstream reset before the request went out: the
+    /// write fails with nothing written, and the error says so (the
+    /// request may then go elsewhere whatever its method).
+    #[tokio::test]
+    async fn a_reset_before_any_byte_is_written_is_not_sent() {
+        let (reset_tx, reset_rx) = tokio::sync::oneshot::channel();
+        let reset_tx = std::sync::Mutex::new(Some(reset_tx));
+        let (addr, _) = upstream(move |s| {
+            // Closed with SO_LINGER 0: an RST, not a FIN.
+            s.set_zero_linger().unwrap();
+            drop(s);
+            if let Some(tx) = reset_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            async {}
+        })
+        .await;
+        let pool = pool();
+        let mut lease = pool
+            .acquire(&crate::config::EndpointSpec::at(addr), addr, Version::Http1)
+            .await
+            .unwrap();
+        reset_rx.await.unwrap();
+        let (parts, body) = get().into_parts();
+        let err = match lease.h1_mut().unwrap().send(&parts, body).await {
+            Err(e) => e,
+            Ok(_) => panic!("a reset connection answered"),
+        };
+        assert!(err.not_sent(), "{err}");
+        assert!(
+            err.to_string()
+                .contains("before any of the request was written")
+        );
     }
 
     #[tokio::test]

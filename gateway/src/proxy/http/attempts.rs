@@ -290,6 +290,7 @@ pub(super) async fn attempt_once(
             // The client's body failing is not the endpoint's fault: no
             // retry, no outlier mark.
             Err(e) if e.is_downstream() => Err(ProxyError::DownstreamBody(e.to_string())),
+            Err(e) if e.not_sent() => Err(ProxyError::Refused(e.to_string())),
             Err(e) => Err(ProxyError::Reset(e.to_string())),
         },
         Sender::H2(s) => match s.send_request(clone_request(head, body)).await {
@@ -300,7 +301,9 @@ pub(super) async fn attempt_once(
             }),
             // RFC 9113 §8.7: a stream refused is one the server did not
             // process.
-            Err(e) if refused_stream(&e) => Err(ProxyError::Refused(e.to_string())),
+            Err(e) if refused_stream(&e) => {
+                Err(ProxyError::Refused(format!("HTTP/2 REFUSED_STREAM: {e}")))
+            }
             Err(e) => Err(ProxyError::Reset(e.to_string())),
         },
     }
