@@ -26,6 +26,18 @@ pub struct Env {
     pub sidecar: Sidecar,
     pub log: mpsc::UnboundedReceiver<Entry>,
     pub path: PathBuf,
+    /// Removes `path` when the test is done with it.
+    pub file: TempFile,
+}
+
+/// A file removed when dropped (tests left thousands of sidecar configs
+/// in the temp directory).
+pub struct TempFile(pub PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -61,7 +73,12 @@ pub async fn start_with_identity(
     })
     .await
     .unwrap_or_else(|e| panic!("sidecar failed to start: {e}"));
-    Env { sidecar, log, path }
+    Env {
+        sidecar,
+        log,
+        file: TempFile(path.clone()),
+        path,
+    }
 }
 
 impl Env {

@@ -117,9 +117,10 @@ async fn shutdown_drains_in_flight_requests_and_refuses_new_ones() {
     assert_eq!(get(admin, "admin", "/readyz", &[]).await.0, 200);
     let in_flight = tokio::spawn(async move { get(out, "catalog", "/", &[]).await.0 });
     eventually("request reached the app", || async { slow.hits() == 1 }).await;
-    let Env { sidecar, log, path } = env;
-    drop(log);
-    let _ = std::fs::remove_file(path);
+    let Env {
+        sidecar, log, file, ..
+    } = env;
+    drop((log, file));
     let shutdown = tokio::spawn(sidecar.shutdown(Duration::from_secs(10)));
     eventually("listener closed", || async {
         tokio::net::TcpStream::connect(out).await.is_err()
