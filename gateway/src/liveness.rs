@@ -33,19 +33,46 @@ const MAX_MESSAGE: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub struct Liveness {
     by_entry: RwLock<HashMap<SocketAddr, BTreeMap<String, PeerState>>>,
+    /// Per cluster, how many times it came back (down, then up).
+    returns: RwLock<HashMap<String, u64>>,
+}
+
+/// What liveness says of one cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClusterLiveness {
+    pub down: bool,
+    /// How many times it came back up: an endpoint that saw fewer was
+    /// ejected, if at all, before the cluster's last return.
+    pub returns: u64,
 }
 
 impl Liveness {
     /// Whether `cluster` is known down: every entry that speaks of it says
     /// so (unknown is up).
     pub fn down(&self, cluster: &str) -> bool {
-        let by = self.by_entry.read();
-        let mut said = by.values().filter_map(|m| m.get(cluster)).peekable();
-        said.peek().is_some() && said.all(|p| !p.up)
+        down_in(&self.by_entry.read(), cluster)
     }
 
-    fn set(&self, entry: SocketAddr, peers: BTreeMap<String, PeerState>) {
-        self.by_entry.write().insert(entry, peers);
+    /// `down`, and how many times the cluster came back.
+    pub fn cluster(&self, cluster: &str) -> ClusterLiveness {
+        ClusterLiveness {
+            down: self.down(cluster),
+            returns: self.returns.read().get(cluster).copied().unwrap_or(0),
+        }
+    }
+
+    pub(crate) fn set(&self, entry: SocketAddr, peers: BTreeMap<String, PeerState>) {
+        let mut by = self.by_entry.write();
+        let was_down: Vec<String> = peers.keys().filter(|c| down_in(&by, c)).cloned().collect();
+        by.insert(entry, peers);
+        let back: Vec<String> = was_down.into_iter().filter(|c| !down_in(&by, c)).collect();
+        drop(by);
+        if !back.is_empty() {
+            let mut returns = self.returns.write();
+            for c in back {
+                *returns.entry(c).or_default() += 1;
+            }
+        }
     }
 
     fn forget(&self, entry: SocketAddr) {
@@ -66,6 +93,11 @@ impl Liveness {
                 .collect(),
         )
     }
+}
+
+fn down_in(by: &HashMap<SocketAddr, BTreeMap<String, PeerState>>, cluster: &str) -> bool {
+    let mut said = by.values().filter_map(|m| m.get(cluster)).peekable();
+    said.peek().is_some() && said.all(|p| !p.up)
 }
 
 /// The gateway entries `snap` reaches linked clusters through.
@@ -212,6 +244,40 @@ mod tests {
             reason: if up { String::new() } else { "silent".into() },
             since_unix_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_cluster_that_comes_back_counts_a_return() {
+        let l = Liveness::default();
+        let entry: SocketAddr = "127.0.0.1:15009".parse().unwrap();
+        let say = |central: bool| {
+            [
+                ("eu-central".to_string(), state(central)),
+                ("us-east".to_string(), state(true)),
+            ]
+            .into()
+        };
+        assert_eq!(l.cluster("eu-central"), ClusterLiveness::default());
+        l.set(entry, say(true));
+        l.set(entry, say(false));
+        assert_eq!(
+            l.cluster("eu-central"),
+            ClusterLiveness {
+                down: true,
+                returns: 0
+            }
+        );
+        l.set(entry, say(true));
+        l.set(entry, say(true));
+        assert_eq!(
+            l.cluster("eu-central"),
+            ClusterLiveness {
+                down: false,
+                returns: 1
+            },
+            "one return, however often it is said up"
+        );
+        assert_eq!(l.cluster("us-east").returns, 0);
     }
 
     #[test]

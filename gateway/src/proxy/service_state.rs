@@ -27,6 +27,8 @@ pub struct EndpointState {
     outlier: Mutex<OutlierState>,
     /// Its health in the last configuration (`EndpointSpec::healthy`).
     healthy: std::sync::atomic::AtomicBool,
+    /// Its cluster's returns (peer liveness) seen so far.
+    returns: std::sync::atomic::AtomicU64,
 }
 
 impl Default for EndpointState {
@@ -35,6 +37,7 @@ impl Default for EndpointState {
             in_flight: AtomicUsize::new(0),
             outlier: Mutex::new(OutlierState::default()),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            returns: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -161,13 +164,22 @@ impl ServiceState {
             .zip(&spec.priorities)
             .zip(states.iter())
             .map(|((e, prio), st)| {
-                let ejected = st.outlier.lock().is_ejected(now);
-                // A linked cluster whose gateway is down takes nothing.
-                let cluster_down = e
+                // A linked cluster whose gateway is down takes nothing; one
+                // that came back is no longer ejected for the failures its
+                // loss caused (it takes traffic with its link, not when the
+                // ejection ends).
+                let cluster = e
                     .tunnel
                     .as_ref()
                     .and_then(|t| t.via.as_ref())
-                    .is_some_and(|v| self.liveness.down(&v.cluster));
+                    .map(|v| self.liveness.cluster(&v.cluster))
+                    .unwrap_or_default();
+                if cluster.returns > st.returns.load(Ordering::Relaxed) {
+                    st.returns.store(cluster.returns, Ordering::Relaxed);
+                    st.outlier.lock().health_returned();
+                }
+                let ejected = st.outlier.lock().is_ejected(now);
+                let cluster_down = cluster.down;
                 EndpointView {
                     priority: *prio,
                     available: e.healthy && !ejected && !cluster_down,
@@ -467,6 +479,59 @@ services:
         assert_eq!(central["inFlight"], 0);
         assert_eq!(east["ejected"], false);
         assert_eq!(east["inFlight"], 1);
+    }
+
+    /// A linked cluster lost, its endpoint ejected for the failures that
+    /// caused (streams reset when its gateway went): when its link is up
+    /// again it takes traffic at once, not when the ejection ends (which
+    /// grows with each ejection: a minute or more after a few).
+    #[test]
+    fn a_cluster_whose_link_returns_is_no_longer_ejected() {
+        use isthmus_api::eastwest::v1::PeerState;
+        let spec = two_clusters(
+            "outlierDetection: {consecutiveGatewayErrors: 1, maxEjectionPercent: 100}",
+        );
+        let states = states();
+        let state = states.get(&spec);
+        let entry: std::net::SocketAddr = "10.0.0.9:15009".parse().unwrap();
+        let say = |up: bool| {
+            [(
+                "eu-central".to_string(),
+                PeerState {
+                    up,
+                    reason: String::new(),
+                    since_unix_ms: 1,
+                },
+            )]
+            .into()
+        };
+        let mut rng = rand::rng();
+        let picks = |rng: &mut rand::rngs::ThreadRng| {
+            (0..50)
+                .filter(|_| state.pick(&spec, &[], None, rng) == Some(0))
+                .count()
+        };
+        assert!(picks(&mut rng) > 0);
+        states.liveness.set(entry, say(false));
+        state.observe(
+            &spec,
+            0,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            Direction::Outbound,
+        );
+        assert_eq!(picks(&mut rng), 0, "down, and ejected");
+        states.liveness.set(entry, say(true));
+        assert!(picks(&mut rng) > 0, "its link returned: no longer ejected");
+        // A later ejection, the link up all along, stands.
+        state.observe(
+            &spec,
+            0,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            Direction::Outbound,
+        );
+        assert_eq!(picks(&mut rng), 0);
     }
 
     /// An ejected endpoint whose health check says it is back takes traffic
