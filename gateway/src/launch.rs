@@ -90,6 +90,8 @@ pub struct Settings {
     /// TCP_USER_TIMEOUT of upstream connections inside the cluster (None:
     /// the kernel's).
     pub tcp_user_timeout: Option<Duration>,
+    /// Follow the local gateway's verdicts on linked clusters.
+    pub peer_liveness: bool,
     /// The east-west role on top of the proxy.
     pub eastwest: Option<EastWestConfig>,
 }
@@ -116,6 +118,7 @@ impl Settings {
             reload_interval: Duration::from_millis(500),
             mark: None,
             tcp_user_timeout: Some(SocketOptions::USER_TIMEOUT),
+            peer_liveness: true,
             eastwest: None,
         }
     }
@@ -508,7 +511,7 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         },
         mesh,
         prebound: Vec::new(),
-        peer_liveness: true,
+        peer_liveness: s.peer_liveness,
     })
     .await?;
     let stop_eastwest = CancellationToken::new();

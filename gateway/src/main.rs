@@ -123,6 +123,11 @@ struct SidecarArgs {
     /// passthrough destinations outside the mesh.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     tcp_user_timeout: Duration,
+    /// Do not follow this cluster's east-west gateway's verdicts on linked
+    /// clusters (a cluster whose gateway is gone is then chosen until its
+    /// requests fail): the baseline of the failover benchmarks.
+    #[arg(long)]
+    no_peer_liveness: bool,
     /// Worker threads; default: the CPUs this process may use. With 1 the
     /// proxy runs on a single-threaded runtime (no cross-thread wakeups),
     /// the usual choice for a sidecar limited to one core.
@@ -231,6 +236,7 @@ impl SidecarArgs {
             reload_interval: self.reload_interval,
             mark: self.mark,
             tcp_user_timeout: (!self.tcp_user_timeout.is_zero()).then_some(self.tcp_user_timeout),
+            peer_liveness: !self.no_peer_liveness,
             eastwest,
         }
     }

@@ -74,6 +74,11 @@ pub struct Args {
     pub wan_loss: f64,
     #[command(flatten)]
     pub chaos: ChaosArgs,
+    /// Run the sidecars without health at the source and without peer
+    /// liveness (`--no-health-checks --no-peer-liveness`): the baseline
+    /// the failover scenarios are measured against.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -195,7 +200,12 @@ where
 }
 
 /// Writes each cluster's store and run files; returns the processes to start.
-fn prepare(dir: &Path, bins: &Path, netns: bool) -> anyhow::Result<Vec<(String, procs::Spec)>> {
+fn prepare(
+    dir: &Path,
+    bins: &Path,
+    netns: bool,
+    baseline: bool,
+) -> anyhow::Result<Vec<(String, procs::Spec)>> {
     let gateway = procs::find(bins, "isthmus-gateway")?;
     let federation = procs::find(bins, "isthmus-federation")?;
     let sample = procs::find(bins, "isthmus-sample")?;
@@ -223,9 +233,14 @@ fn prepare(dir: &Path, bins: &Path, netns: bool) -> anyhow::Result<Vec<(String, 
             std::fs::write(&p, text)?;
             Ok(p.display().to_string())
         };
-        let spec = |program: &PathBuf, log: &str, args: Vec<String>| procs::Spec {
+        let spec = |program: &PathBuf, log: &str, mut args: Vec<String>| procs::Spec {
             program: program.clone(),
-            args,
+            args: {
+                if baseline && *program == gateway && args[0] == "sidecar" {
+                    args.extend(["--no-health-checks".into(), "--no-peer-liveness".into()]);
+                }
+                args
+            },
             log: logs.join(format!("{log}.log")),
             netns: netns.then(|| net::namespace(&c)),
         };
@@ -344,7 +359,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None
     };
-    let specs = prepare(&dir, &bins, args.netns)?;
+    let specs = prepare(&dir, &bins, args.netns, args.baseline)?;
     let tty = std::io::stdout().is_terminal();
     let demo = Demo {
         dir: dir.clone(),
