@@ -100,22 +100,3 @@ fn main() {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scenario_lines_are_found() {
-        let out = "[00:31:02.530]   remote app killed: 0 of 203 GETs failed, 0 of 68 POSTs; felt for 0.00 s\n\
-                   [00:31:02.531]   remote app killed: eu-central did not serve again\n\
-                   eu-west     catalog        20  eu-west 100";
-        assert_eq!(
-            steps(out),
-            [Step {
-                name: "remote app killed".into(),
-                summary: "0 of 203 GETs failed, 0 of 68 POSTs; felt for 0.00 s".into()
-            }]
-        );
-    }
-}
