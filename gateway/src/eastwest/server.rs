@@ -309,6 +309,12 @@ pub async fn serve_tcp(
     let (_, server) = tls.configs_admitting(isthmus_mesh::tls::ALPN_H2, admission(&peers, &proxy));
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let tasks = TaskTracker::new();
+    // No handshake before the gateway holds its certificate (it would
+    // fail with a misleading alert); callers wait in the backlog.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tls.identity().wait_held() => {}
+    }
     loop {
         let (tcp, remote) = tokio::select! {
             _ = stop.cancelled() => break,

@@ -13,6 +13,14 @@ impl Gateway {
         stop: CancellationToken,
     ) {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.server.clone());
+        // No handshake before the gateway holds its certificate: it would
+        // fail with the alert access_denied, which reads like a refusal of
+        // the caller (this cluster's control plane logged it at every
+        // gateway start). Callers wait in the backlog meanwhile.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = self.tls.identity().wait_held() => {}
+        }
         loop {
             let (tcp, remote) = tokio::select! {
                 _ = stop.cancelled() => return,
