@@ -361,8 +361,21 @@ async fn us_gateway(
     Arc<Metrics>,
     CancellationToken,
 ) {
+    us_gateway_as(peer, gateway_identity(us, &[eu]), cluster).await
+}
+
+/// `us_gateway` with the identity `tls` (held or not yet).
+async fn us_gateway_as(
+    peer: &Peer,
+    tls: Arc<MeshTls>,
+    cluster: Option<&str>,
+) -> (
+    Arc<isthmus_gateway::eastwest::gateway::Gateway>,
+    std::net::SocketAddr,
+    Arc<Metrics>,
+    CancellationToken,
+) {
     use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
-    let tls = gateway_identity(us, &[eu]);
     let metrics = Arc::new(Metrics::new());
     let mut gw = Gateway::new(
         tls.clone(),
@@ -407,6 +420,44 @@ async fn workload_exchange(workload: &MeshTls, entry: std::net::SocketAddr, msg:
         .unwrap()
         .unwrap();
     got
+}
+
+/// A gateway that starts before it holds its certificate (it is still
+/// asking the CA) does not handshake on its local entry meanwhile: a
+/// workload that calls then waits, and is served once the certificate
+/// comes (it used to be refused with the alert access_denied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_entry_waits_for_the_gateways_certificate() {
+    let (eu, us) = (pki::Ca::new(EU), pki::Ca::new(US));
+    let peer = eu_gateway(&eu, &us, &[US_GW]).await;
+    let identity = Identity::empty();
+    let tls = Arc::new(MeshTls::new(identity.clone()));
+    let (_gw, local_addr, _metrics, stop) = us_gateway_as(&peer, tls, None).await;
+    let workload = Arc::new(frontend(&us, &eu));
+    let w = workload.clone();
+    let mut call = tokio::spawn(async move {
+        via_local_gateway(&w, local_addr, "echo.shop:9000", "eu-west")
+            .await
+            .map(|_| ())
+    });
+    // Refused at once before; now it waits.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut call)
+            .await
+            .is_err(),
+        "the call ended before the gateway had a certificate"
+    );
+    let mut creds = us.issue("isthmus-system", "isthmus-eastwest");
+    creds
+        .trust_bundles
+        .insert(eu.trust_domain.clone(), eu.pem.clone());
+    identity.install(creds);
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("served once the certificate came")
+        .unwrap()
+        .expect("tunnelled to eu-west");
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -302,6 +302,8 @@ impl Identity {
     pub fn install(&self, creds: Credentials) {
         self.current.store(Some(Arc::new(creds)));
         self.rotations.send_modify(|n| *n += 1);
+        self.held
+            .send_if_modified(|held| !std::mem::replace(held, true));
     }
 
     /// The credentials in force (read per handshake).
