@@ -152,18 +152,27 @@ async fn checkout(
     idle: &Mutex<Vec<Conn>>,
     sidecar: SocketAddr,
     grpc: bool,
-) -> Result<Conn, String> {
+) -> Result<(Conn, bool), String> {
     loop {
         let Some(mut conn) = idle.lock().pop() else {
             break;
         };
         if conn.ready().await.is_ok() {
-            return Ok(conn);
+            return Ok((conn, true));
         }
     }
     let mut conn = connect(sidecar, grpc).await?;
     conn.ready().await?;
-    Ok(conn)
+    Ok((conn, false))
+}
+
+/// Whether a request that failed this way on a reused keep-alive
+/// connection is sent again on a new one, as HTTP clients do (RFC 9112
+/// §9.3.1; Go's http.Transport): the sidecar may close an idle
+/// connection just as a request leaves on it, and then never saw it. Only
+/// a GET (idempotent), and only when no answer came.
+fn resend(reused: bool, post: bool, grpc: bool, error: &str) -> bool {
+    reused && !post && !grpc && error.starts_with("request: ")
 }
 
 async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
@@ -333,8 +342,15 @@ pub async fn run(
             let start = Instant::now();
             let mut conn = None;
             let result = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                let c = conn.insert(checkout(&idle, sidecar, target.grpc).await?);
-                call(c, &target, post, &[]).await
+                let (c, reused) = checkout(&idle, sidecar, target.grpc).await?;
+                let c = conn.insert(c);
+                match call(c, &target, post, &[]).await {
+                    Err(e) if resend(reused, post, target.grpc, &e) => {
+                        let c = conn.insert(connect(sidecar, target.grpc).await?);
+                        call(c, &target, post, &[]).await
+                    }
+                    r => r,
+                }
             })
             .await
             .unwrap_or_else(|_| Err(format!("timeout ({} s)", CLIENT_TIMEOUT.as_secs())));
@@ -396,6 +412,17 @@ mod tests {
             error: error.map(str::to_string),
             verified: by.map(|_| true),
         }
+    }
+
+    #[test]
+    fn only_a_get_on_a_reused_connection_that_got_no_answer_is_sent_again() {
+        let lost = "request: connection error";
+        assert!(resend(true, false, false, lost));
+        assert!(!resend(false, false, false, lost), "a new connection");
+        assert!(!resend(true, true, false, lost), "a POST");
+        assert!(!resend(true, false, true, lost), "a gRPC call");
+        assert!(!resend(true, false, false, "HTTP 503 no healthy endpoint"));
+        assert!(!resend(true, false, false, "response body: closed"));
     }
 
     #[test]
