@@ -11,7 +11,7 @@
 //! `tunnel` with `via`); a stream that ends forgets what it said (unknown
 //! is up: a dead entry fails every via endpoint anyway) and is opened again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,9 +32,47 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// The liveness each gateway entry last said.
 #[derive(Debug, Default)]
 pub struct Liveness {
-    by_entry: RwLock<HashMap<SocketAddr, BTreeMap<String, PeerState>>>,
+    state: RwLock<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    by_entry: HashMap<SocketAddr, BTreeMap<String, PeerState>>,
     /// Per cluster, how many times it came back (down, then up).
-    returns: RwLock<HashMap<String, u64>>,
+    returns: HashMap<String, u64>,
+}
+
+impl State {
+    /// Whether `cluster` is known down: every entry that speaks of it says
+    /// so (unknown is up).
+    fn down(&self, cluster: &str) -> bool {
+        let mut said = self
+            .by_entry
+            .values()
+            .filter_map(|m| m.get(cluster))
+            .peekable();
+        said.peek().is_some() && said.all(|p| !p.up)
+    }
+
+    /// Applies `change` to what the entries said; a cluster down before and
+    /// not after counts a return.
+    fn change(
+        &mut self,
+        change: impl FnOnce(&mut HashMap<SocketAddr, BTreeMap<String, PeerState>>),
+    ) {
+        let clusters: BTreeSet<String> = self
+            .by_entry
+            .values()
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        let was_down: Vec<String> = clusters.into_iter().filter(|c| self.down(c)).collect();
+        change(&mut self.by_entry);
+        for c in was_down {
+            if !self.down(&c) {
+                *self.returns.entry(c).or_default() += 1;
+            }
+        }
+    }
 }
 
 /// What liveness says of one cluster.
@@ -50,38 +88,35 @@ impl Liveness {
     /// Whether `cluster` is known down: every entry that speaks of it says
     /// so (unknown is up).
     pub fn down(&self, cluster: &str) -> bool {
-        down_in(&self.by_entry.read(), cluster)
+        self.state.read().down(cluster)
     }
 
-    /// `down`, and how many times the cluster came back.
+    /// `down`, and how many times the cluster came back (one read, on the
+    /// request path).
     pub fn cluster(&self, cluster: &str) -> ClusterLiveness {
+        let st = self.state.read();
         ClusterLiveness {
-            down: self.down(cluster),
-            returns: self.returns.read().get(cluster).copied().unwrap_or(0),
+            down: st.down(cluster),
+            returns: st.returns.get(cluster).copied().unwrap_or(0),
         }
     }
 
     pub(crate) fn set(&self, entry: SocketAddr, peers: BTreeMap<String, PeerState>) {
-        let mut by = self.by_entry.write();
-        let was_down: Vec<String> = peers.keys().filter(|c| down_in(&by, c)).cloned().collect();
-        by.insert(entry, peers);
-        let back: Vec<String> = was_down.into_iter().filter(|c| !down_in(&by, c)).collect();
-        drop(by);
-        if !back.is_empty() {
-            let mut returns = self.returns.write();
-            for c in back {
-                *returns.entry(c).or_default() += 1;
-            }
-        }
+        self.state.write().change(|by| {
+            by.insert(entry, peers);
+        });
     }
 
     fn forget(&self, entry: SocketAddr) {
-        self.by_entry.write().remove(&entry);
+        self.state.write().change(|by| {
+            by.remove(&entry);
+        });
     }
 
     /// For /config_dump: per gateway entry, each peer cluster's state.
     pub fn dump(&self) -> serde_json::Value {
-        let by = self.by_entry.read();
+        let st = self.state.read();
+        let by = &st.by_entry;
         serde_json::Value::Object(
             by.iter()
                 .map(|(entry, peers)| {
@@ -93,11 +128,6 @@ impl Liveness {
                 .collect(),
         )
     }
-}
-
-fn down_in(by: &HashMap<SocketAddr, BTreeMap<String, PeerState>>, cluster: &str) -> bool {
-    let mut said = by.values().filter_map(|m| m.get(cluster)).peekable();
-    said.peek().is_some() && said.all(|p| !p.up)
 }
 
 /// The gateway entries `snap` reaches linked clusters through.
@@ -278,6 +308,16 @@ mod tests {
             "one return, however often it is said up"
         );
         assert_eq!(l.cluster("us-east").returns, 0);
+        // The only entry that said it was down goes: unknown is up.
+        l.set(entry, say(false));
+        l.forget(entry);
+        assert_eq!(
+            l.cluster("eu-central"),
+            ClusterLiveness {
+                down: false,
+                returns: 2
+            }
+        );
     }
 
     #[test]

@@ -33,6 +33,26 @@ fn one_demo() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// `isthmusctl demo <args> --dir <dir>` to its end: its status, stdout
+/// and stderr.
+fn demo(
+    ctl: &std::path::Path,
+    dir: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Output, String, String) {
+    let out = Command::new(ctl)
+        .arg("demo")
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("isthmusctl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("isthmus-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -46,22 +66,17 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
     let dir = temp_dir("demo");
 
     // 1. Both scenarios, by themselves; the exit status says how they went.
-    let out = Command::new(&ctl)
-        .args([
-            "demo",
+    let (out, stdout, stderr) = demo(
+        &ctl,
+        &dir,
+        &[
             "--scenario",
             "canary,failover",
             "--exit-after-scenario",
             "--rate",
             "20",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("isthmusctl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ],
+    );
     assert!(
         out.status.success(),
         "the scenarios failed:\n{stdout}\n{stderr}\n(logs in {})",
@@ -184,9 +199,10 @@ fn every_way_a_region_fails_loses_no_get_across_a_wan() {
     let _one = one_demo();
     let ctl = isthmusctl();
     let dir = temp_dir("demo-netns");
-    let out = Command::new(&ctl)
-        .args([
-            "demo",
+    let (out, stdout, stderr) = demo(
+        &ctl,
+        &dir,
+        &[
             "--netns",
             "--scenario",
             "regions,chaos",
@@ -195,14 +211,8 @@ fn every_way_a_region_fails_loses_no_get_across_a_wan() {
             "--exit-after-scenario",
             "--rate",
             "20",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .expect("isthmusctl runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ],
+    );
     let narration: Vec<&str> = stdout.lines().filter(|l| l.starts_with('[')).collect();
     eprintln!("{}", narration.join("\n"));
     assert!(

@@ -147,6 +147,26 @@ async fn sidecar(
     .expect("sidecar starts")
 }
 
+/// catalog v1's sidecar, registering the app on 127.0.0.1:`port`.
+async fn catalog_v1_sidecar(cp: SocketAddr, port: u16) -> Sidecar {
+    use model::listener::Kind;
+    sidecar(
+        cp,
+        "catalog-v1-0",
+        &[("app", "catalog"), ("version", "v1")],
+        vec![listener("http", Kind::Http(model::HttpOutbound {}))],
+        Some(Workload {
+            address: "127.0.0.1".into(),
+            ports: vec![WorkloadPort {
+                name: "http".into(),
+                port: port.into(),
+            }],
+            tunnel_port: 0,
+        }),
+    )
+    .await
+}
+
 fn listener(name: &str, kind: model::listener::Kind) -> model::Listener {
     model::Listener {
         name: name.into(),
@@ -210,21 +230,7 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
     let cp_admin = serve(&cp, &discovery_socket).await;
 
     // Sidecar B beside catalog v1 registers it (no EndpointSlice for v1).
-    let b = sidecar(
-        discovery_addr,
-        "catalog-v1-0",
-        &[("app", "catalog"), ("version", "v1")],
-        vec![listener("http", Kind::Http(model::HttpOutbound {}))],
-        Some(Workload {
-            address: "127.0.0.1".into(),
-            ports: vec![WorkloadPort {
-                name: "http".into(),
-                port: v1.addr.port().into(),
-            }],
-            tunnel_port: 0,
-        }),
-    )
-    .await;
+    let b = catalog_v1_sidecar(discovery_addr, v1.addr.port()).await;
 
     eventually("sidecar A ready", || async {
         (http(a_admin, "a", "/readyz").await?.0 == 200).then_some(())
@@ -815,7 +821,7 @@ async fn a_starting_control_plane_waits_for_its_workloads_before_pushing() {
     let mut opts = Options::new(dir.to_path_buf());
     opts.poll = Duration::from_millis(20);
     opts.debounce = Duration::from_millis(20);
-    opts.warm_up = Duration::from_secs(2);
+    opts.warm_up = Duration::from_secs(5);
     let cp = ControlPlane::start(opts);
     assert!(!cp.published.borrow().warm, "warming up at the start");
     serve(&cp, &discovery_socket).await;
@@ -847,22 +853,7 @@ async fn a_starting_control_plane_waits_for_its_workloads_before_pushing() {
         .await
         .unwrap()
         .into_inner();
-    use model::listener::Kind;
-    let b = sidecar(
-        discovery_addr,
-        "catalog-v1-0",
-        &[("app", "catalog"), ("version", "v1")],
-        vec![listener("http", Kind::Http(model::HttpOutbound {}))],
-        Some(Workload {
-            address: "127.0.0.1".into(),
-            ports: vec![WorkloadPort {
-                name: "http".into(),
-                port: v1.addr.port().into(),
-            }],
-            tunnel_port: 0,
-        }),
-    )
-    .await;
+    let b = catalog_v1_sidecar(discovery_addr, v1.addr.port()).await;
     // The caller's first configuration already has v1's endpoint.
     let first = responses.message().await.unwrap().unwrap();
     assert!(cp.published.borrow().warm);

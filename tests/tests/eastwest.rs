@@ -348,33 +348,22 @@ async fn via_local_gateway(
     Ok(hyper_util::rt::TokioIo::new(up))
 }
 
-/// The us-east gateway linked to `peer` (eu-west), serving its local entry:
-/// (gateway, entry address, metrics, stop).
-async fn us_gateway(
-    peer: &Peer,
-    us: &pki::Ca,
-    eu: &pki::Ca,
-    cluster: Option<&str>,
-) -> (
+/// A gateway, its local entry's address, its metrics and its stop.
+type UsGateway = (
     Arc<isthmus_gateway::eastwest::gateway::Gateway>,
     std::net::SocketAddr,
     Arc<Metrics>,
     CancellationToken,
-) {
+);
+
+/// The us-east gateway linked to `peer` (eu-west), serving its local entry:
+/// (gateway, entry address, metrics, stop).
+async fn us_gateway(peer: &Peer, us: &pki::Ca, eu: &pki::Ca, cluster: Option<&str>) -> UsGateway {
     us_gateway_as(peer, gateway_identity(us, &[eu]), cluster).await
 }
 
 /// `us_gateway` with the identity `tls` (held or not yet).
-async fn us_gateway_as(
-    peer: &Peer,
-    tls: Arc<MeshTls>,
-    cluster: Option<&str>,
-) -> (
-    Arc<isthmus_gateway::eastwest::gateway::Gateway>,
-    std::net::SocketAddr,
-    Arc<Metrics>,
-    CancellationToken,
-) {
+async fn us_gateway_as(peer: &Peer, tls: Arc<MeshTls>, cluster: Option<&str>) -> UsGateway {
     use isthmus_gateway::eastwest::gateway::{Gateway, PeerConfig};
     let metrics = Arc::new(Metrics::new());
     let mut gw = Gateway::new(

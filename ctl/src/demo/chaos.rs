@@ -223,9 +223,8 @@ async fn one_round(demo: &Demo, victim: Victim, down: Duration) -> anyhow::Resul
     };
     let killed = Instant::now();
     demo.kill(&[&round.killed]).await?;
-    let sent = |a: &Answer| a.at.checked_sub(a.latency).unwrap_or(a.at);
     drain(&mut feed, tokio::time::Instant::now() + down, |a| {
-        if sent(a) >= killed {
+        if a.sent() >= killed {
             judge(&mut round, a, &victim);
         }
         false
@@ -238,11 +237,11 @@ async fn one_round(demo: &Demo, victim: Victim, down: Duration) -> anyhow::Resul
         &mut feed,
         tokio::time::Instant::now() + Duration::from_secs(60),
         |a| {
-            if sent(a) >= killed {
+            if a.sent() >= killed {
                 judge(&mut round, a, &victim);
             }
-            if sent(a) >= restarted && victim.serves_again(a) {
-                back = Some(sent(a).saturating_duration_since(restarted));
+            if a.sent() >= restarted && victim.serves_again(a) {
+                back = Some(a.sent().saturating_duration_since(restarted));
             }
             back.is_some()
         },

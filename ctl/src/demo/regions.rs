@@ -114,11 +114,6 @@ fn steps() -> Vec<Step> {
     ]
 }
 
-/// When the request of an answer left.
-fn sent(a: &Answer) -> Instant {
-    a.at.checked_sub(a.latency).unwrap_or(a.at)
-}
-
 /// The answers of one period, as the step judges them.
 #[derive(Debug, Default)]
 struct Seen {
@@ -156,7 +151,7 @@ impl Seen {
             .filter(|a| {
                 a.error.is_some() || a.served_by.as_deref() == Some(broken) || a.latency > normal
             })
-            .map(|a| sent(a).saturating_duration_since(from))
+            .map(|a| a.sent().saturating_duration_since(from))
             .max()
             .unwrap_or_default()
     }
@@ -206,7 +201,7 @@ async fn until_back(watch: &mut Watch, cluster: &str, within: Duration) -> (Seen
     let mut seen = Seen::default();
     while let Some(a) = watch.next(deadline).await {
         let back = a.served_by.as_deref() == Some(cluster);
-        let at = sent(&a);
+        let at = a.sent();
         seen.answers.push(a);
         if back {
             return (seen, Some(at));
@@ -251,11 +246,19 @@ async fn run_step(demo: &Demo, step: &Step) -> anyhow::Result<()> {
     let (_, steady) = watch
         .until_run(20, Duration::from_secs(60), |a| a.error.is_none())
         .await;
-    anyhow::ensure!(steady.is_some(), "no steady traffic to begin with");
+    anyhow::ensure!(
+        steady.is_some(),
+        "{frontend}'s calls to catalog did not succeed 20 times in a row within 60 s, before anything \
+         was broken: see {frontend}'s frontend-sidecar.log (its access log) in the demo's directory"
+    );
     let (_, serving) = watch
         .until_served_by(1, Duration::from_secs(30), broken)
         .await;
-    anyhow::ensure!(serving.is_some(), "{broken} did not serve to begin with");
+    anyhow::ensure!(
+        serving.is_some(),
+        "{broken} did not serve {frontend}'s calls to catalog within 30 s, before anything was broken: \
+         is it still out after the previous step? See {frontend}'s /config_dump (endpoint state)"
+    );
     let before = collect(&mut watch, Duration::from_secs(1)).await;
     let normal = (before.p99() * 2).max(before.p99() + Duration::from_millis(100));
 
@@ -278,7 +281,7 @@ async fn run_step(demo: &Demo, step: &Step) -> anyhow::Result<()> {
     let late_posts = during
         .failed(false)
         .iter()
-        .filter(|a| sent(a) > broke + left)
+        .filter(|a| a.sent() > broke + left)
         .count()
         + after.failed(false).len();
     let effect = if step.no_effect {

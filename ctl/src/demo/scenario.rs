@@ -63,7 +63,7 @@ impl Watch {
                 Ok(Ok(a))
                     if a.frontend == self.frontend
                         && a.service == self.service
-                        && a.at.checked_sub(a.latency).unwrap_or(a.at) >= self.since =>
+                        && a.sent() >= self.since =>
                 {
                     return Some(a);
                 }

@@ -38,6 +38,13 @@ pub struct Answer {
     pub verified: Option<bool>,
 }
 
+impl Answer {
+    /// When its request left.
+    pub fn sent(&self) -> Instant {
+        self.at.checked_sub(self.latency).unwrap_or(self.at)
+    }
+}
+
 /// The answers of one frontend to one service over a period.
 #[derive(Debug, Default, Clone)]
 pub struct Window {

@@ -400,6 +400,17 @@ mod tests {
         )
     }
 
+    /// A gateway error of endpoint `idx`, as outlier detection sees it.
+    fn gateway_error(state: &ServiceState, spec: &Arc<ServiceSpec>, idx: usize) {
+        state.observe(
+            spec,
+            idx,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            Direction::Outbound,
+        );
+    }
+
     /// A clusterset service whose two endpoints are two linked clusters
     /// behind our gateway entry (one address, one port).
     fn two_clusters(settings: &str) -> Arc<ServiceSpec> {
@@ -449,15 +460,8 @@ services:
         );
         let states = states();
         let state = states.get(&spec);
-        let metrics = Metrics::default();
         for _ in 0..2 {
-            state.observe(
-                &spec,
-                0,
-                crate::balance::outlier::Observation::GatewayError,
-                &metrics,
-                Direction::Outbound,
-            );
+            gateway_error(&state, &spec, 0);
         }
         state.states(&spec)[1]
             .in_flight
@@ -513,24 +517,12 @@ services:
         };
         assert!(picks(&mut rng) > 0);
         states.liveness.set(entry, say(false));
-        state.observe(
-            &spec,
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            Direction::Outbound,
-        );
+        gateway_error(&state, &spec, 0);
         assert_eq!(picks(&mut rng), 0, "down, and ejected");
         states.liveness.set(entry, say(true));
         assert!(picks(&mut rng) > 0, "its link returned: no longer ejected");
         // A later ejection, the link up all along, stands.
-        state.observe(
-            &spec,
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            Direction::Outbound,
-        );
+        gateway_error(&state, &spec, 0);
         assert_eq!(picks(&mut rng), 0);
     }
 
@@ -548,13 +540,7 @@ services:
         let healthy = snap(false);
         let spec = healthy.services["catalog"].clone();
         let state = states.get(&spec);
-        state.observe(
-            &spec,
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            Direction::Outbound,
-        );
+        gateway_error(&state, &spec, 0);
         let ejected = |spec: &Arc<ServiceSpec>| {
             state.states(spec)[0]
                 .outlier
@@ -570,13 +556,7 @@ services:
         states.refresh(&back);
         assert!(!ejected(&back.services["catalog"]), "health returned");
         // A reload with no change of health leaves ejections alone.
-        state.observe(
-            &back.services["catalog"],
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            Direction::Outbound,
-        );
+        gateway_error(&state, &back.services["catalog"], 0);
         let again = snap(false);
         states.refresh(&again);
         assert!(ejected(&again.services["catalog"]));
@@ -618,13 +598,7 @@ services:
         let again = states.get(&spec);
         let mut rng = rand::rng();
         assert_eq!(again.pick(&spec, &[], None, &mut rng), Some(0));
-        state.observe(
-            &spec,
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            Direction::Outbound,
-        );
+        gateway_error(&state, &spec, 0);
         assert!(again.dump().is_object());
     }
 }
