@@ -109,9 +109,52 @@ struct RunArgs {
     #[arg(long)]
     federation_advertise: Option<SocketAddr>,
     /// This cluster's east-west gateway entry (its 15009): sidecars
-    /// reach imported services through it, and so do our links.
+    /// reach imported services through it, and so do our links. An
+    /// address, or HOST:PORT resolved at start (in a cluster, the entry's
+    /// ClusterIP Service: `isthmus-eastwest-local.isthmus-system.svc:15009`).
     #[arg(long)]
-    gateway_entry: Option<SocketAddr>,
+    gateway_entry: Option<String>,
+}
+
+/// How long `--gateway-entry HOST:PORT` may take to resolve at start (a
+/// Service just created is in DNS within seconds).
+const ENTRY_RESOLVE_FOR: Duration = Duration::from_secs(60);
+
+/// `--gateway-entry`: an address as given, or a name resolved (the first
+/// address), retried for `ENTRY_RESOLVE_FOR` while the name is unknown.
+async fn resolve_entry(entry: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = entry.parse() {
+        return Ok(addr);
+    }
+    if entry
+        .rsplit_once(':')
+        .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+    {
+        anyhow::bail!(
+            "--gateway-entry {entry}: give HOST:PORT or IP:PORT (e.g. isthmus-eastwest-local.isthmus-system.svc:15009)"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + ENTRY_RESOLVE_FOR;
+    loop {
+        let error = match tokio::net::lookup_host(entry).await {
+            Ok(mut addrs) => match addrs.next() {
+                Some(addr) => {
+                    tracing::info!(%entry, %addr, "gateway entry resolved");
+                    return Ok(addr);
+                }
+                None => "no address".to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "--gateway-entry {entry} did not resolve in {}s ({error}): is the east-west gateway's local Service installed (isthmusctl install)?",
+                ENTRY_RESOLVE_FOR.as_secs()
+            );
+        }
+        tracing::warn!(%entry, "gateway entry does not resolve yet ({error}); retrying");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 #[tokio::main]
@@ -177,6 +220,10 @@ async fn main() -> anyhow::Result<()> {
                     })?),
                     None => None,
                 };
+            let gateway_entry = match gateway_entry {
+                Some(entry) => Some(resolve_entry(&entry).await?),
+                None => None,
+            };
             let mut opts =
                 isthmus_federation::server::Options::new(store_dir.clone().unwrap_or_default());
             opts.namespace = lease_namespace.clone();
@@ -185,7 +232,11 @@ async fn main() -> anyhow::Result<()> {
                 (_, Some(a)) => Some(a),
                 (Some(l), None) => {
                     let a = l.local_addr()?;
-                    if a.ip().is_unspecified() {
+                    if a.ip().is_unspecified() && kube {
+                        // The Service isthmus-federation (port 15012) is
+                        // where the gateway sends peers' channels.
+                        None
+                    } else if a.ip().is_unspecified() {
                         tracing::warn!(%a, "--federation listens on a wildcard address: give --federation-advertise so the gateway can reach it");
                         None
                     } else {

@@ -441,8 +441,15 @@ pub struct Launched {
 pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
     let mut config = config_source(&s)?;
     let token = match (&s.ca_token, &s.ca_token_file) {
-        (Some(t), _) => Some(SecretString::from(t.expose_secret().trim())),
-        (None, Some(path)) => Some(read("the CA token", path)?.trim().into()),
+        (Some(t), _) => Some(isthmus_mesh::identity::Bearer::Value(SecretString::from(
+            t.expose_secret().trim(),
+        ))),
+        // Read now (a missing file is a start error), and again for every
+        // renewal: the kubelet rotates projected tokens.
+        (None, Some(path)) => {
+            read("the CA token", path)?;
+            Some(isthmus_mesh::identity::Bearer::File(path.clone()))
+        }
         (None, None) => None,
     };
     let stop_identity = CancellationToken::new();

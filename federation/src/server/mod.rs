@@ -181,13 +181,15 @@ impl ControlPlane {
         let mut published = self.published.clone();
         let subscribers = self.subscribers.clone();
         let peers = self.peers.clone();
+        let namespace = self.opts.namespace.clone();
         self.tasks.spawn(async move {
             // The elector's task ends with `stop`, like this one.
             let (mut leading, _elector) = elector.run(stop.clone());
             let mut changes = subscribers.watch();
             let mut links = peers.watch_status();
             let mut writer = crate::writers::status::StatusWriter::new(client.clone());
-            let mut imports = crate::writers::imports::ImportWriter::new(client);
+            let mut imports = crate::writers::imports::ImportWriter::new(client.clone());
+            let mut roots = crate::writers::ca_root::RootWriter::new(client);
             loop {
                 if *leading.borrow_and_update() {
                     let p = published.borrow_and_update().clone();
@@ -205,12 +207,20 @@ impl ControlPlane {
                     if m > 0 {
                         tracing::info!(objects = m, "ServiceImports written");
                     }
-                    for e in errors.into_iter().chain(more) {
+                    let pem: String = p.own_trust.iter().map(|b| b.roots_pem.as_str()).collect();
+                    let namespaces =
+                        crate::writers::ca_root::namespaces(&p.store.snapshot, &namespace);
+                    let (r, failed) = roots.write(&pem, &namespaces).await;
+                    if r > 0 {
+                        tracing::info!(namespaces = r, "CA root ConfigMaps written");
+                    }
+                    for e in errors.into_iter().chain(more).chain(failed) {
                         tracing::warn!("{e}");
                     }
                 } else {
                     writer.forget();
                     imports.forget();
+                    roots.forget();
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -50,7 +50,7 @@ pub struct Options {
     pub address: String,
     /// `Bearer` credential: a bootstrap token or a ServiceAccount token
     /// (redacted in Debug output).
-    pub token: secrecy::SecretString,
+    pub token: Bearer,
     pub ttl: Duration,
     /// Renew after this fraction of the lifetime (0.5: at half life).
     pub renew_at: f64,
@@ -58,8 +58,50 @@ pub struct Options {
     pub tls: Option<crate::tls::control::ControlPlaneConnector>,
 }
 
+/// The CA credential: given once, or a file read again for every request
+/// (a projected ServiceAccount token, which the kubelet replaces before it
+/// expires: a token read once would be refused a day later).
+#[derive(Debug, Clone)]
+pub enum Bearer {
+    Value(secrecy::SecretString),
+    File(std::path::PathBuf),
+}
+
+impl From<&str> for Bearer {
+    fn from(s: &str) -> Self {
+        Bearer::Value(s.into())
+    }
+}
+
+impl From<String> for Bearer {
+    fn from(s: String) -> Self {
+        Bearer::Value(s.into())
+    }
+}
+
+impl Bearer {
+    fn read(&self) -> Result<secrecy::SecretString, IdentityError> {
+        match self {
+            Bearer::Value(v) => Ok(v.clone()),
+            Bearer::File(path) => std::fs::read_to_string(path)
+                .map(|t| t.trim().into())
+                .map_err(|e| IdentityError::Token {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    #[error(
+        "cannot read the CA token {path}: {reason} (is the projected ServiceAccount token mounted?)"
+    )]
+    Token {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("cannot reach the CA at {address}: {reason}")]
     Connect { address: String, reason: String },
     #[error("the CA at {address} refused: {status}")]
@@ -92,12 +134,10 @@ pub async fn fetch(opts: &Options) -> Result<Credentials, IdentityError> {
             nanos: opts.ttl.subsec_nanos() as i32,
         }),
     });
-    let bearer = format!(
-        "Bearer {}",
-        secrecy::ExposeSecret::expose_secret(&opts.token)
-    )
-    .parse()
-    .map_err(|_| IdentityError::Key("the token is not a valid header value".into()))?;
+    let token = opts.token.read()?;
+    let bearer = format!("Bearer {}", secrecy::ExposeSecret::expose_secret(&token))
+        .parse()
+        .map_err(|_| IdentityError::Key("the token is not a valid header value".into()))?;
     req.metadata_mut().insert("authorization", bearer);
     let started = SystemTime::now();
     let resp = CertificatesClient::new(channel)
@@ -366,6 +406,22 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_is_read_again_for_every_request() {
+        use secrecy::ExposeSecret;
+        let path = std::env::temp_dir().join(format!("isthmus-bearer-{}", std::process::id()));
+        std::fs::write(&path, "first\n").unwrap();
+        let b = Bearer::File(path.clone());
+        assert_eq!(b.read().unwrap().expose_secret(), "first");
+        // The kubelet replaced the projected token.
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(b.read().unwrap().expose_secret(), "second");
+        std::fs::remove_file(&path).unwrap();
+        let e = b.read().unwrap_err().to_string();
+        assert!(e.contains("cannot read the CA token"), "{e}");
+        assert!(!format!("{b:?}").contains("second"));
+    }
 
     #[test]
     fn renewal_is_at_the_fraction_of_the_lifetime() {
