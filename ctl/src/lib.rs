@@ -1,4 +1,5 @@
-//! isthmus-ctl: the operator's side of Isthmus. `link` makes the manifests
+//! isthmus-ctl: the operator's side of Isthmus. `install` renders (and
+//! applies) everything a cluster runs; `link` makes the manifests
 //! that link two clusters (from their store directories or API servers);
 //! the `isthmusctl` binary (`main.rs`) adds `status` (a control plane's
 //! links) and `demo` (three local clusters as processes, linked, with
@@ -6,4 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod dial;
+pub mod install;
 pub mod link;

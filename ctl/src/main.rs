@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod install_cmd;
 mod status;
 
 use std::net::SocketAddr;
@@ -12,6 +13,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use isthmus_ctl::link::{Options, create};
 use isthmus_federation::resources::link::{PartitionMode, PartitionPolicy};
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
 
 #[derive(Parser)]
 #[command(name = "isthmusctl", version, about = "Isthmus operator commands")]
@@ -34,6 +41,23 @@ enum Command {
         /// Print the statuses as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Everything a cluster runs (control plane, east-west gateway, RBAC,
+    /// Mesh), printed for `kubectl apply -f -` or applied with --context.
+    /// CRDs first: `isthmusctl install --crds | kubectl apply -f -`.
+    Install(Box<install_cmd::InstallArgs>),
+    /// Removes what `install` made (`--crds`: the CRDs, and with them
+    /// every object of those kinds).
+    Uninstall(install_cmd::UninstallArgs),
+    /// Writes deploy/ (kustomize bases) from what `install` renders
+    /// (`--check`: fail if it is out of date).
+    #[command(hide = true)]
+    GenDeploy {
+        /// The repository root.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        #[arg(long)]
+        check: bool,
     },
     /// Links between clusters.
     Link {
@@ -121,6 +145,9 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(demo::run(args))
         }
+        Command::Install(a) => current_thread()?.block_on(install_cmd::install(*a)),
+        Command::Uninstall(a) => current_thread()?.block_on(install_cmd::uninstall(a)),
+        Command::GenDeploy { root, check } => install_cmd::gen_deploy(&root, check),
         Command::Link {
             command:
                 LinkCommand::Create {

@@ -333,7 +333,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Sidecar(a) => runtime(a.worker_threads)?.block_on(run_sidecar(*a, None)),
         Command::Eastwest(a) => {
-            let ew = EastWestConfig::load(&a.eastwest_config)?;
+            let mut ew = EastWestConfig::load(&a.eastwest_config)?;
+            // The file may leave the cluster's name to --cluster
+            // (ISTHMUS_CLUSTER): one config for every cluster.
+            if ew.cluster.is_none() {
+                ew.cluster = a.sidecar.node.cluster.clone();
+            }
             runtime(a.sidecar.worker_threads)?.block_on(run_sidecar(a.sidecar, Some(ew)))
         }
     }

@@ -28,7 +28,8 @@ pub struct EastWestConfig {
     pub admit: Vec<String>,
     #[serde(default)]
     pub peers: Vec<Peer>,
-    /// This cluster's name, sent to peers as the source of its streams.
+    /// This cluster's name, sent to peers as the source of its streams
+    /// (default: the gateway's `--cluster`).
     #[serde(default)]
     pub cluster: Option<String>,
     /// Which services each peer may reach (none: all).

@@ -1,0 +1,209 @@
+//! The control plane: its namespaces, the cluster's Mesh (name, trust
+//! domain, locality) and settings, and `isthmus-federation` itself: a
+//! Deployment (every replica serves discovery and federation, the Lease
+//! holder writes), its Service (discovery, federation) and, with more
+//! than one replica, a PodDisruptionBudget.
+
+use serde_json::{Value, json};
+
+use super::rbac::SERVICE_ACCOUNT;
+use super::{
+    ADMIN_PORT, DISCOVERY_PORT, FEDERATION_PORT, LOCAL_ENTRY_PORT, NAMESPACE, Options, labels, meta,
+};
+use isthmus_federation::store::LINK_SECRETS_NAMESPACE;
+
+pub const NAME: &str = "isthmus-federation";
+/// The cluster's name and locality, read by the gateway (and injected
+/// sidecars) through their environment.
+pub const CLUSTER_CONFIG: &str = "isthmus-cluster";
+/// The ClusterIP Service of the gateway's local entry.
+pub const LOCAL_ENTRY_SERVICE: &str = "isthmus-eastwest-local";
+
+/// `isthmus-system`, and `isthmus-links` (link Secrets, nothing else).
+pub fn namespaces() -> Vec<Value> {
+    [NAMESPACE, LINK_SECRETS_NAMESPACE]
+        .into_iter()
+        .map(|ns| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(ns, None)}))
+        .collect()
+}
+
+/// The address every proxy in the cluster dials for discovery and the CA.
+pub fn discovery_address() -> String {
+    format!("{NAME}.{NAMESPACE}.svc:{DISCOVERY_PORT}")
+}
+
+/// The container hardening every Isthmus container shares, as `uid`
+/// (the image's own user).
+pub fn container_security(uid: u32) -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+/// Spread replicas over nodes when there are several.
+pub fn anti_affinity(app: &str) -> Value {
+    json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": app}},
+        },
+    }]}})
+}
+
+/// Probes on the admin port: started (a first list of the cluster can
+/// take a while), live, ready.
+pub fn probes() -> (Value, Value, Value) {
+    let get = |path: &str| json!({"path": path, "port": ADMIN_PORT});
+    (
+        json!({"httpGet": get("/healthz"), "periodSeconds": 5, "failureThreshold": 36}),
+        json!({"httpGet": get("/healthz"), "periodSeconds": 10, "failureThreshold": 3}),
+        json!({"httpGet": get("/readyz"), "periodSeconds": 5, "failureThreshold": 2}),
+    )
+}
+
+pub fn pod_labels(app: &str) -> Value {
+    let mut l = labels(app);
+    l["app"] = json!(app);
+    l
+}
+
+/// A PodDisruptionBudget keeping one of `app`'s pods up (none for one
+/// replica: it would block every node drain).
+pub fn disruption_budget(app: &str, replicas: u16) -> Option<Value> {
+    (replicas > 1).then(|| {
+        json!({
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": meta(app, Some(NAMESPACE)),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": app}}},
+        })
+    })
+}
+
+/// The control plane's arguments (a test checks each is a flag of
+/// `isthmus-federation run`).
+pub fn args() -> Vec<String> {
+    vec![
+        "run".into(),
+        "--kube".into(),
+        format!("--discovery=0.0.0.0:{DISCOVERY_PORT}"),
+        format!("--admin=0.0.0.0:{ADMIN_PORT}"),
+        format!("--federation=0.0.0.0:{FEDERATION_PORT}"),
+        format!("--gateway-entry={LOCAL_ENTRY_SERVICE}.{NAMESPACE}.svc:{LOCAL_ENTRY_PORT}"),
+        format!("--lease-name={NAME}"),
+    ]
+}
+
+fn mesh(o: &Options) -> Value {
+    let mut locality = json!({"region": o.region});
+    if let Some(z) = &o.zone {
+        locality["zone"] = json!(z);
+    }
+    json!({
+        "apiVersion": "isthmus.dev/v1alpha1",
+        "kind": "Mesh",
+        "metadata": {"name": "default", "labels": labels("isthmus")},
+        "spec": {"clusterName": o.cluster, "trustDomain": o.trust_domain, "locality": locality},
+    })
+}
+
+/// The cluster's settings for the gateway's (and sidecars') environment.
+fn cluster_config(o: &Options) -> Value {
+    let mut data = json!({"cluster": o.cluster, "region": o.region});
+    if let Some(z) = &o.zone {
+        data["zone"] = json!(z);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(CLUSTER_CONFIG, Some(NAMESPACE)),
+        "data": data,
+    })
+}
+
+fn deployment(o: &Options) -> Value {
+    let (startup, liveness, readiness) = probes();
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(NAME, Some(NAMESPACE)),
+        "spec": {
+            "replicas": o.replicas,
+            "selector": {"matchLabels": {"app": NAME}},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels(NAME),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": ADMIN_PORT.to_string(),
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": SERVICE_ACCOUNT,
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "affinity": anti_affinity(NAME),
+                    "containers": [{
+                        "name": "federation",
+                        "image": o.image("isthmus-federation"),
+                        "imagePullPolicy": o.pull_policy,
+                        "args": args(),
+                        "env": [
+                            // The Lease holder's identity and the Lease's
+                            // (and its Secrets') namespace.
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                        ],
+                        "ports": [
+                            {"name": "grpc-discovery", "containerPort": DISCOVERY_PORT},
+                            {"name": "tcp-federation", "containerPort": FEDERATION_PORT},
+                            {"name": "http-admin", "containerPort": ADMIN_PORT},
+                        ],
+                        "startupProbe": startup,
+                        "livenessProbe": liveness,
+                        "readinessProbe": readiness,
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "128Mi"},
+                            "limits": {"memory": "1Gi"},
+                        },
+                        "securityContext": container_security(65532),
+                    }],
+                },
+            },
+        },
+    })
+}
+
+fn service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(NAME, Some(NAMESPACE)),
+        "spec": {
+            "selector": {"app": NAME},
+            "ports": [
+                {"name": "grpc-discovery", "port": DISCOVERY_PORT, "targetPort": DISCOVERY_PORT, "appProtocol": "grpc"},
+                // Linked clusters' control planes, through our gateway
+                // (it routes to this Service by name).
+                {"name": "tcp-federation", "port": FEDERATION_PORT, "targetPort": FEDERATION_PORT},
+            ],
+        },
+    })
+}
+
+/// What differs between clusters: the Mesh and the cluster settings.
+pub fn cluster_objects(o: &Options) -> Vec<Value> {
+    vec![mesh(o), cluster_config(o)]
+}
+
+/// The control plane.
+pub fn objects(o: &Options) -> Vec<Value> {
+    let mut out = vec![service(), deployment(o)];
+    out.extend(disruption_budget(NAME, o.replicas));
+    out
+}
