@@ -4,6 +4,8 @@
 //!
 //! - `pki`: test CAs per trust domain issuing SPIFFE certificates.
 //! - `jwt`: a JWT issuer publishing its JWKS.
+//! - `kube_api`: a fake Kubernetes API server that records every call as
+//!   RBAC sees it.
 //! - here: `eventually` (poll with a deadline, never a sleep as
 //!   synchronisation), temporary directories, one-shot HTTP/1.1,
 //!   `kubectl kustomize`, the workspace's binaries and `Started` (a gateway
@@ -11,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod jwt;
+pub mod kube_api;
 pub mod pki;
 
 use std::net::SocketAddr;

@@ -31,8 +31,9 @@ pub enum ApplyError {
     NotEstablished { name: String, secs: u64 },
 }
 
-/// The API resource of an object (the kinds `install` renders; a plural
-/// is the lowercase kind with `s`, or `es` after `s`/`sh`).
+/// The API resource of an object (the kinds `install` renders and ours;
+/// a plural is the lowercase kind with `s`, `es` after `s`/`sh`, `ies`
+/// for a final `y`).
 pub fn api_resource(object: &Value) -> Option<(ApiResource, bool)> {
     let api_version = object["apiVersion"].as_str()?;
     let kind = object["kind"].as_str()?;
@@ -40,6 +41,8 @@ pub fn api_resource(object: &Value) -> Option<(ApiResource, bool)> {
     let lower = kind.to_ascii_lowercase();
     let plural = if lower.ends_with('s') || lower.ends_with("sh") {
         format!("{lower}es")
+    } else if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
     } else {
         format!("{lower}s")
     };
@@ -199,4 +202,36 @@ pub async fn delete_made_at_run_time(client: &Client) -> Result<Vec<String>, App
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals_of_the_kinds_we_write() {
+        let plural = |api_version: &str, kind: &str| {
+            let o = serde_json::json!({"apiVersion": api_version, "kind": kind, "metadata": {}});
+            api_resource(&o).unwrap().0.plural
+        };
+        assert_eq!(plural("isthmus.dev/v1alpha1", "Mesh"), "meshes");
+        assert_eq!(
+            plural("isthmus.dev/v1alpha1", "DestinationPolicy"),
+            "destinationpolicies"
+        );
+        assert_eq!(
+            plural("policy/v1", "PodDisruptionBudget"),
+            "poddisruptionbudgets"
+        );
+        assert_eq!(plural("v1", "Namespace"), "namespaces");
+        assert_eq!(
+            plural(
+                "admissionregistration.k8s.io/v1",
+                "MutatingWebhookConfiguration"
+            ),
+            "mutatingwebhookconfigurations"
+        );
+        let o = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {}});
+        assert_eq!(api_resource(&o).unwrap().0.group, "apps");
+    }
 }

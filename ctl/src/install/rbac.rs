@@ -77,7 +77,6 @@ fn cluster_role() -> Value {
         rule(
             &["isthmus.dev"],
             &[
-                "meshes/status",
                 "clusterlinks/status",
                 "destinationpolicies/status",
                 "authorizationpolicies/status",

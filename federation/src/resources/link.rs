@@ -56,7 +56,8 @@ pub struct GatewayAddresses {
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     pub name: String,
-    /// Defaults to the control plane's namespace.
+    /// Defaults to `isthmus-links`, the only namespace whose Secrets a
+    /// control plane on Kubernetes reads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }

@@ -51,7 +51,6 @@ impl std::fmt::Debug for Target {
 pub fn targets<'a>(
     snap: &Snapshot,
     valid: impl IntoIterator<Item = &'a str>,
-    namespace: &str,
 ) -> BTreeMap<String, Target> {
     let valid: std::collections::BTreeSet<&str> = valid.into_iter().collect();
     let mut out = BTreeMap::new();
@@ -68,7 +67,7 @@ pub fn targets<'a>(
                 secret
                     .namespace
                     .clone()
-                    .unwrap_or_else(|| namespace.to_string()),
+                    .unwrap_or_else(|| crate::store::LINK_SECRETS_NAMESPACE.to_string()),
             ),
             name: secret.name.clone(),
         };
@@ -184,7 +183,7 @@ pub fn run(
                     .map(|g| g.cluster.as_str());
                 (
                     crate::identity::mesh_cluster_name(snap).unwrap_or_default(),
-                    targets(snap, valid, &settings.namespace),
+                    targets(snap, valid),
                 )
             };
             running.retain(|peer, (target, token)| {
