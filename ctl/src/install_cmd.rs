@@ -37,6 +37,11 @@ pub struct InstallArgs {
     /// How linked clusters reach the gateway: LoadBalancer or NodePort.
     #[arg(long, default_value = "LoadBalancer")]
     gateway_service_type: String,
+    /// When the injection webhook cannot be reached: Fail (pods in
+    /// injected namespaces wait for it) or Ignore (they start without a
+    /// sidecar).
+    #[arg(long, default_value = "Fail")]
+    injector_failure_policy: String,
     #[command(flatten)]
     common: Common,
 }
@@ -101,6 +106,7 @@ pub async fn install(a: InstallArgs) -> anyhow::Result<()> {
     o.replicas = a.replicas;
     o.gateway_replicas = a.gateway_replicas;
     o.gateway_service_type = a.gateway_service_type;
+    o.injector_failure_policy = a.injector_failure_policy;
     let crds = crds::objects(a.common.which())?;
     let rest = install::render(&o)?;
     match a.common.context {

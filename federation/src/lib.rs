@@ -24,6 +24,7 @@
 pub mod crdgen;
 pub mod discovery;
 pub mod identity;
+pub mod inject;
 pub mod join;
 pub mod resources;
 pub mod server;

@@ -114,6 +114,20 @@ struct RunArgs {
     /// ClusterIP Service: `isthmus-eastwest-local.isthmus-system.svc:15009`).
     #[arg(long)]
     gateway_entry: Option<String>,
+    /// Serve the sidecar injection webhook here over TLS (`kube` mode;
+    /// e.g. 0.0.0.0:15017); the leader writes the CA's root into the
+    /// caBundle of the MutatingWebhookConfiguration isthmus-injector.
+    #[arg(long, requires = "kube")]
+    injector: Option<SocketAddr>,
+    /// The image of injected sidecars (isthmus-gateway).
+    #[arg(long, default_value = "ghcr.io/isthmus-mesh/isthmus-gateway:latest")]
+    proxy_image: String,
+    #[arg(long, default_value = "IfNotPresent")]
+    proxy_pull_policy: String,
+    /// Where injected sidecars reach discovery and the CA (default:
+    /// isthmus-federation.<namespace>.svc:<the --discovery port>).
+    #[arg(long)]
+    proxy_control_plane: Option<String>,
 }
 
 /// How long `--gateway-entry HOST:PORT` may take to resolve at start (a
@@ -196,6 +210,10 @@ async fn main() -> anyhow::Result<()> {
                 federation,
                 federation_advertise,
                 gateway_entry,
+                injector,
+                proxy_image,
+                proxy_pull_policy,
+                proxy_control_plane,
             } = *args;
             if let Some(dir) = store_dir.as_ref().filter(|d| !d.is_dir()) {
                 anyhow::bail!(
@@ -249,6 +267,7 @@ async fn main() -> anyhow::Result<()> {
             opts.debounce = debounce;
             opts.registration_grace = registration_grace;
             opts.warm_up = warm_up;
+            opts.injector = injector.is_some();
             if let Some(r) = replica {
                 opts.replica = r;
             }
@@ -385,6 +404,37 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let tls = cp.serve_federation(listener, ca.clone(), tokens, settings)?;
                 tracing::info!(%at, identity = %tls.id, gateway_entry = ?gateway_entry, "federation served");
+            }
+            if let Some(addr) = injector {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {addr} for the injector: {e}")
+                })?;
+                let service = format!("{}.{lease_namespace}", isthmus_federation::sync::SERVICE);
+                let dns = vec![
+                    service.clone(),
+                    format!("{service}.svc"),
+                    format!("{service}.svc.cluster.local"),
+                ];
+                let tls = std::sync::Arc::new(isthmus_federation::identity::tls::ServingTls::new(
+                    ca.clone(),
+                    &lease_namespace,
+                    dns,
+                )?);
+                tls.spawn_renewal(cp.stop_token());
+                let settings = isthmus_federation::inject::webhook::Settings {
+                    image: proxy_image,
+                    pull_policy: proxy_pull_policy,
+                    control_plane: proxy_control_plane
+                        .unwrap_or_else(|| format!("{service}.svc:{}", discovery.port())),
+                };
+                isthmus_federation::inject::webhook::serve(
+                    listener,
+                    tls,
+                    cp.published.clone(),
+                    settings,
+                    cp.stop_token(),
+                );
+                tracing::info!(%addr, "sidecar injection webhook served");
             }
             if insecure_plaintext {
                 tracing::warn!(trust_domain = %td, "discovery and CA served in PLAINTEXT (--insecure-plaintext): development only");

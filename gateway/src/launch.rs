@@ -92,6 +92,8 @@ pub struct Settings {
     pub tcp_user_timeout: Option<Duration>,
     /// Follow the local gateway's verdicts on linked clusters.
     pub peer_liveness: bool,
+    /// The app's probes served at /app-health (JSON, `--app-probes`).
+    pub app_probes: Option<String>,
     /// The east-west role on top of the proxy.
     pub eastwest: Option<EastWestConfig>,
 }
@@ -119,6 +121,7 @@ impl Settings {
             mark: None,
             tcp_user_timeout: Some(SocketOptions::USER_TIMEOUT),
             peer_liveness: true,
+            app_probes: None,
             eastwest: None,
         }
     }
@@ -504,6 +507,13 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         }
         None => None,
     };
+    // The app is reached on loopback, as the inbound listeners reach it.
+    let app_probes = s
+        .app_probes
+        .as_deref()
+        .map(|json| crate::health::AppProbes::parse(std::net::Ipv4Addr::LOCALHOST.into(), json))
+        .transpose()
+        .map_err(|e| LaunchError::Flag(e.to_string()))?;
     let access_log = Sink::from_arg(&s.access_log).map_err(|source| LaunchError::AccessLog {
         path: s.access_log.clone(),
         source,
@@ -521,6 +531,9 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         peer_liveness: s.peer_liveness,
     })
     .await?;
+    if let Some(p) = app_probes {
+        sidecar.set_app_probes(p);
+    }
     let stop_eastwest = CancellationToken::new();
     let eastwest = match s.eastwest {
         Some(ew) => Some(role::start(&sidecar, ew, stop_eastwest.clone()).await?),

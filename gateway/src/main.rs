@@ -128,6 +128,12 @@ struct SidecarArgs {
     /// requests fail): the baseline of the failover benchmarks.
     #[arg(long)]
     no_peer_liveness: bool,
+    /// The app's probes, served on the admin port at
+    /// /app-health/<container>/<probe> (JSON object of "container/probe":
+    /// "PORT=tcp|http:/PATH|grpc[:SERVICE]"; the injector writes it and
+    /// points the pod's probes there).
+    #[arg(long, env = "ISTHMUS_APP_PROBES")]
+    app_probes: Option<String>,
     /// Worker threads; default: the CPUs this process may use. With 1 the
     /// proxy runs on a single-threaded runtime (no cross-thread wakeups),
     /// the usual choice for a sidecar limited to one core.
@@ -237,6 +243,7 @@ impl SidecarArgs {
             mark: self.mark,
             tcp_user_timeout: (!self.tcp_user_timeout.is_zero()).then_some(self.tcp_user_timeout),
             peer_liveness: !self.no_peer_liveness,
+            app_probes: self.app_probes.clone(),
             eastwest,
         }
     }

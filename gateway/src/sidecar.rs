@@ -123,6 +123,7 @@ impl Sidecar {
             listeners: listeners.clone(),
             tasks: admin_tasks.clone(),
             views: Default::default(),
+            app_probes: Default::default(),
         });
         background.spawn(admin.clone().serve(admin_listener));
         if let Some((path, poll, text)) = watch_from {
@@ -200,6 +201,11 @@ impl Sidecar {
 
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Serves the app's probes at /app-health on the admin port.
+    pub fn set_app_probes(&self, probes: crate::health::AppProbes) {
+        *self.admin.app_probes.write() = Some(Arc::new(probes));
     }
 
     /// Adds a JSON view at `path` on the admin port (a role's status).

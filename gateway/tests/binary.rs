@@ -12,6 +12,14 @@ use isthmus_sample::{self as sample, SampleApp};
 
 const BIN: &str = env!("CARGO_BIN_EXE_isthmus-gateway");
 
+/// `isthmus-gateway sidecar` on a config file, admin on any port.
+fn sidecar_on(cfg: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["sidecar", "--config", cfg.to_str().unwrap()])
+        .args(["--admin", "127.0.0.1:0"]);
+    cmd
+}
+
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -97,14 +105,7 @@ fn invalid_config_refuses_to_start_naming_field_and_line() {
         "listeners:\n  - {name: out, address: \"127.0.0.1:0\", http: {}}\nservices:\n  - name: catalog\n    ports: [{port: 80}]\n    routes:\n      - timeout: 5ms\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "sidecar",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--admin",
-            "127.0.0.1:0",
-        ])
+    let out = sidecar_on(&cfg)
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
@@ -330,4 +331,65 @@ async fn two_eastwest_gateway_processes_carry_a_workload_stream() {
         "a first link is a full handshake: {status}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The injector points a pod's probes at the sidecar's admin port
+/// (`/app-health/<container>/<probe>`); the sidecar runs each against the
+/// app (HTTP status, TCP connect) and answers 200, 503 with why, or 404
+/// for a probe it was not given.
+#[tokio::test]
+async fn app_probes_are_run_against_the_app_from_the_admin_port() {
+    let app = SampleApp::new("catalog", "c", "v1");
+    let up = sample::serve(app.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir("app-probes");
+    let cfg = dir.join("sidecar.yaml");
+    std::fs::write(&cfg, "listeners: []\n").unwrap();
+    let port = up.addr.port();
+    let probes = format!(
+        r#"{{"catalog/readyz": "{port}=http:/status/200", "catalog/livez": "{port}=tcp",
+            "catalog/startupz": "{port}=http:/status/503", "other/livez": "{closed}=tcp"}}"#
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args(["sidecar", "--config", cfg.to_str().unwrap()])
+        .args(["--admin", "127.0.0.1:0", "--access-log", "off"])
+        .env("ISTHMUS_APP_PROBES", &probes);
+    let sidecar = Started::spawn(cmd);
+    let status = |resp: Option<String>| {
+        let resp = resp.expect("an answer");
+        resp.split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (path, want) in [
+        ("/app-health/catalog/readyz", "200"),
+        ("/app-health/catalog/livez", "200"),
+        ("/app-health/catalog/startupz", "503"),
+        ("/app-health/other/livez", "503"),
+        ("/app-health/nobody/livez", "404"),
+    ] {
+        assert_eq!(status(get(sidecar.admin, path).await), want, "{path}");
+    }
+    let why = get(sidecar.admin, "/app-health/other/livez").await.unwrap();
+    assert!(why.contains(&format!("127.0.0.1:{closed}")), "{why}");
+    drop(sidecar);
+    // A table it cannot read stops the start with the flag's name.
+    let out = sidecar_on(&cfg)
+        .env("ISTHMUS_APP_PROBES", r#"{"a/livez": "http:/x"}"#)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--app-probes") && err.contains("a/livez"),
+        "{err}"
+    );
+    up.stop().await;
 }

@@ -148,6 +148,31 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Server-side apply, as far as these tests need it: objects merge,
+/// lists of objects with a `name` merge by name (containers, webhooks,
+/// ports), other lists and values are replaced.
+pub fn apply_merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                apply_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(t), Value::Array(p))
+            if p.iter().all(|x| x["name"].is_string())
+                && t.iter().all(|x| x["name"].is_string()) =>
+        {
+            for item in p {
+                match t.iter_mut().find(|x| x["name"] == item["name"]) {
+                    Some(existing) => apply_merge(existing, item),
+                    None => t.push(item.clone()),
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
 /// RFC 7386 JSON merge patch.
 pub fn merge(target: &mut Value, patch: &Value) {
     match (target.as_object_mut(), patch.as_object()) {
@@ -481,7 +506,11 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
                 Some("status") => merge(&mut obj["status"], &body["status"]),
                 _ => {
                     let status = obj.get("status").cloned();
-                    merge(&mut obj, &body);
+                    if apply {
+                        apply_merge(&mut obj, &body);
+                    } else {
+                        merge(&mut obj, &body);
+                    }
                     // The main resource does not change status.
                     if let Some(st) = status {
                         obj["status"] = st;

@@ -8,7 +8,7 @@
 //!   RBAC sees it.
 //! - here: `eventually` (poll with a deadline, never a sleep as
 //!   synchronisation), temporary directories, one-shot HTTP/1.1,
-//!   `kubectl kustomize`, the workspace's binaries and `Started` (a gateway
+//!   `kubectl kustomize`, `kubernetes-validate`, the workspace's binaries and `Started` (a gateway
 //!   process started at port 0, and where it says it listens).
 #![forbid(unsafe_code)]
 
@@ -202,6 +202,28 @@ impl Drop for Started {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `kubernetes-validate --strict` (the PyPI package; offline schemas) of
+/// `yaml` for Kubernetes `version`: whether it passed and what it said;
+/// None when the tool is missing.
+pub fn kubernetes_validate(yaml: &str, version: &str, tag: &str) -> Option<(bool, String)> {
+    if !have("kubernetes-validate") {
+        return None;
+    }
+    let path = temp_dir(tag).join("manifests.yaml");
+    std::fs::write(&path, yaml).ok()?;
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "-k", version])
+        .arg(&path)
+        .output()
+        .ok()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some((out.status.success() && !text.contains("ERROR"), text))
 }
 
 /// Whether `cmd` is on PATH.

@@ -68,27 +68,6 @@ fn each_overlay_builds_to_what_install_renders_for_its_cluster() {
     }
 }
 
-/// `kubernetes-validate --strict` over `yaml` for Kubernetes `version`;
-/// None when the tool is missing.
-fn validate(yaml: &str, version: &str, tag: &str) -> Option<(bool, String)> {
-    if !isthmus_testkit::have("kubernetes-validate") {
-        return None;
-    }
-    let path = isthmus_testkit::temp_dir(tag).join("manifests.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--quiet", "-k", version])
-        .arg(&path)
-        .output()
-        .ok()?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some((out.status.success() && !text.contains("ERROR"), text))
-}
-
 #[test]
 fn install_validates_against_the_kubernetes_schemas() {
     let required = std::env::var_os("ISTHMUS_REQUIRE_KUBERNETES_VALIDATE").is_some();
@@ -101,7 +80,7 @@ fn install_validates_against_the_kubernetes_schemas() {
     .concat();
     // Native sidecars need 1.29; the newest the tool knows.
     for version in ["1.29.0", "1.34.0"] {
-        match validate(&all, version, "install-validate") {
+        match isthmus_testkit::kubernetes_validate(&all, version, "install-validate") {
             None => {
                 assert!(
                     !required,
@@ -115,7 +94,8 @@ fn install_validates_against_the_kubernetes_schemas() {
     }
     // And it does catch a misspelt field.
     let bad = all.replacen("readOnlyRootFilesystem", "readOnlyRootFilesytem", 1);
-    let (ok, text) = validate(&bad, "1.29.0", "install-validate-bad").unwrap();
+    let (ok, text) =
+        isthmus_testkit::kubernetes_validate(&bad, "1.29.0", "install-validate-bad").unwrap();
     assert!(!ok, "a misspelt field passed:\n{text}");
 }
 
@@ -187,7 +167,7 @@ fn every_flag_and_variable_given_to_a_binary_is_one_it_takes() {
     }
     // The control plane runs in kube mode, federating, with the gateway's
     // entry: the manifest that could not federate is not back.
-    let args = control_plane::args();
+    let args = control_plane::args(&Options::new("eu-west"));
     for needed in [
         "--kube",
         "--federation=",
@@ -321,7 +301,7 @@ fn every_port_a_binary_listens_on_is_declared_and_reached() {
         .collect();
     assert_eq!(protocols, BTreeSet::from(["TCP", "UDP"]));
     // The gateway entry the control plane is given is the local Service.
-    let entry = control_plane::args()
+    let entry = control_plane::args(&Options::new("eu-west"))
         .into_iter()
         .find_map(|a| a.strip_prefix("--gateway-entry=").map(str::to_string))
         .unwrap();

@@ -33,6 +33,50 @@ fn isthmusctl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
     )
 }
 
+fn root_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// POSTs `review` to the webhook at `addr` as the API server does: TLS
+/// verified with `ca_bundle` for the Service's DNS name.
+async fn admission_call(addr: SocketAddr, ca_bundle: &[u8], review: &str) -> Value {
+    use http_body_util::BodyExt;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls_pki_types::CertificateDer::pem_slice_iter(ca_bundle) {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name =
+        rustls_pki_types::ServerName::try_from("isthmus-federation.isthmus-system.svc").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("the webhook's certificate verifies for its Service name");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/inject?timeout=10s")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            review.to_string(),
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -244,6 +288,7 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
         .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == control_plane::NAME)
         .unwrap();
     let discovery = free_port();
+    let webhook = free_port();
     let mut args: Vec<String> = Vec::new();
     for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -252,6 +297,7 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
         let a = a.as_str().unwrap();
         args.push(match a.split_once('=') {
             Some(("--discovery", _)) => format!("--discovery={discovery}"),
+            Some(("--injector", _)) => format!("--injector={webhook}"),
             Some(("--gateway-entry", _)) => "--gateway-entry=127.0.0.1:15009".into(),
             Some((flag, v)) if v.starts_with("0.0.0.0:") => format!("{flag}={}", free_port()),
             _ => a.to_string(),
@@ -361,6 +407,45 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
         made("update", "leases", control_plane::NAME),
     )
     .await;
+    // The injector: the caBundle is written into the installed
+    // configuration, and the API server's call (TLS verified against it,
+    // for the Service's name) gets a pod with its sidecar.
+    isthmus_testkit::eventually(
+        &watch("the injector's caBundle"),
+        made(
+            "patch",
+            "mutatingwebhookconfigurations",
+            isthmus_federation::inject::webhook::CONFIGURATION,
+        ),
+    )
+    .await;
+    let config = api
+        .get(
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            None,
+            isthmus_federation::inject::webhook::CONFIGURATION,
+        )
+        .unwrap();
+    let hook = &config["webhooks"][0];
+    assert_eq!(
+        hook["rules"][0]["resources"][0], "pods",
+        "install's fields kept"
+    );
+    let bundle = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(hook["clientConfig"]["caBundle"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(String::from_utf8(bundle.clone()).unwrap(), root_pem);
+    let review = std::fs::read_to_string(
+        root_dir().join("federation/tests/fixtures/admission/deployment-pod.json"),
+    )
+    .unwrap();
+    let answer = admission_call(webhook, &bundle, &review).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
     drop(guard);
 
     // Every call allowed by what was installed...

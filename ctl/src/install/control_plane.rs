@@ -1,15 +1,18 @@
 //! The control plane: its namespaces, the cluster's Mesh (name, trust
 //! domain, locality) and settings, and `isthmus-federation` itself: a
-//! Deployment (every replica serves discovery and federation, the Lease
-//! holder writes), its Service (discovery, federation) and, with more
-//! than one replica, a PodDisruptionBudget.
+//! Deployment (every replica serves discovery, federation and the
+//! injection webhook; the Lease holder writes), its Service, the
+//! MutatingWebhookConfiguration of the injector and, with more than one
+//! replica, a PodDisruptionBudget.
 
 use serde_json::{Value, json};
 
 use super::rbac::SERVICE_ACCOUNT;
 use super::{
-    ADMIN_PORT, DISCOVERY_PORT, FEDERATION_PORT, LOCAL_ENTRY_PORT, NAMESPACE, Options, labels, meta,
+    ADMIN_PORT, DISCOVERY_PORT, FEDERATION_PORT, INJECTOR_PORT, LOCAL_ENTRY_PORT, NAMESPACE,
+    Options, labels, meta,
 };
+use isthmus_federation::inject::webhook as injector;
 use isthmus_federation::store::LINK_SECRETS_NAMESPACE;
 
 pub const NAME: &str = "isthmus-federation";
@@ -88,7 +91,7 @@ pub fn disruption_budget(app: &str, replicas: u16) -> Option<Value> {
 
 /// The control plane's arguments (a test checks each is a flag of
 /// `isthmus-federation run`).
-pub fn args() -> Vec<String> {
+pub fn args(o: &Options) -> Vec<String> {
     vec![
         "run".into(),
         "--kube".into(),
@@ -97,7 +100,42 @@ pub fn args() -> Vec<String> {
         format!("--federation=0.0.0.0:{FEDERATION_PORT}"),
         format!("--gateway-entry={LOCAL_ENTRY_SERVICE}.{NAMESPACE}.svc:{LOCAL_ENTRY_PORT}"),
         format!("--lease-name={NAME}"),
+        format!("--injector=0.0.0.0:{INJECTOR_PORT}"),
+        format!("--proxy-image={}", o.image("isthmus-gateway")),
+        format!("--proxy-pull-policy={}", o.pull_policy),
     ]
+}
+
+/// The injection webhook: pods created in namespaces labelled
+/// `isthmus.dev/inject=enabled` (and not labelled out themselves) go to
+/// the control plane's Service; the control plane writes the caBundle.
+fn webhook_configuration(o: &Options) -> Value {
+    let inject = isthmus_federation::writers::ca_root::INJECT_LABEL;
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": meta(injector::CONFIGURATION, None),
+        "webhooks": [{
+            "name": injector::WEBHOOK,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": o.injector_failure_policy,
+            "timeoutSeconds": 10,
+            "reinvocationPolicy": "Never",
+            "matchPolicy": "Equivalent",
+            "clientConfig": {"service": {
+                "name": NAME, "namespace": NAMESPACE, "path": injector::PATH, "port": 443,
+            }},
+            "rules": [{
+                "operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["pods"], "scope": "Namespaced",
+            }],
+            "namespaceSelector": {"matchLabels": {inject: "enabled"}},
+            "objectSelector": {"matchExpressions": [
+                {"key": inject, "operator": "NotIn", "values": ["false", "disabled"]},
+            ]},
+        }],
+    })
 }
 
 fn mesh(o: &Options) -> Value {
@@ -152,7 +190,7 @@ fn deployment(o: &Options) -> Value {
                         "name": "federation",
                         "image": o.image("isthmus-federation"),
                         "imagePullPolicy": o.pull_policy,
-                        "args": args(),
+                        "args": args(o),
                         "env": [
                             // The Lease holder's identity and the Lease's
                             // (and its Secrets') namespace.
@@ -162,6 +200,7 @@ fn deployment(o: &Options) -> Value {
                         "ports": [
                             {"name": "grpc-discovery", "containerPort": DISCOVERY_PORT},
                             {"name": "tcp-federation", "containerPort": FEDERATION_PORT},
+                            {"name": "https-webhook", "containerPort": INJECTOR_PORT},
                             {"name": "http-admin", "containerPort": ADMIN_PORT},
                         ],
                         "startupProbe": startup,
@@ -191,6 +230,8 @@ fn service() -> Value {
                 // Linked clusters' control planes, through our gateway
                 // (it routes to this Service by name).
                 {"name": "tcp-federation", "port": FEDERATION_PORT, "targetPort": FEDERATION_PORT},
+                // The API server calls the injection webhook here.
+                {"name": "https-webhook", "port": 443, "targetPort": INJECTOR_PORT},
             ],
         },
     })
@@ -203,7 +244,7 @@ pub fn cluster_objects(o: &Options) -> Vec<Value> {
 
 /// The control plane.
 pub fn objects(o: &Options) -> Vec<Value> {
-    let mut out = vec![service(), deployment(o)];
+    let mut out = vec![service(), deployment(o), webhook_configuration(o)];
     out.extend(disruption_budget(NAME, o.replicas));
     out
 }

@@ -29,6 +29,8 @@ pub const NAMESPACE: &str = isthmus_federation::translate::links::GATEWAY_NAMESP
 pub const DISCOVERY_PORT: u16 = 15010;
 /// Federation: linked control planes' sync channels, through the gateway.
 pub const FEDERATION_PORT: u16 = isthmus_federation::sync::SYNC_PORT;
+/// The sidecar injection webhook (TLS), behind the Service's 443.
+pub const INJECTOR_PORT: u16 = isthmus_federation::inject::webhook::PORT;
 /// Admin: /healthz, /readyz, /metrics (control plane and gateway).
 pub const ADMIN_PORT: u16 = 15020;
 /// The east-west gateway's tunnels: QUIC (UDP) and the HTTP/2-over-TLS
@@ -59,6 +61,10 @@ pub struct Options {
     pub gateway_replicas: u16,
     /// How linked clusters reach the gateway: `LoadBalancer` or `NodePort`.
     pub gateway_service_type: String,
+    /// When the injector cannot be reached: `Fail` (pods in injected
+    /// namespaces are not created without their sidecar) or `Ignore`
+    /// (they are, without it).
+    pub injector_failure_policy: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,8 @@ pub enum InstallError {
     TrustDomain(String),
     #[error("--gateway-service-type {0:?}: LoadBalancer or NodePort")]
     ServiceType(String),
+    #[error("--injector-failure-policy {0:?}: Fail or Ignore")]
+    FailurePolicy(String),
     #[error("--replicas and --gateway-replicas must be at least 1")]
     Replicas,
     #[error("cannot render {what} as YAML: {reason}")]
@@ -92,6 +100,7 @@ impl Options {
             replicas: 2,
             gateway_replicas: 2,
             gateway_service_type: "LoadBalancer".into(),
+            injector_failure_policy: "Fail".into(),
         }
     }
 
@@ -120,6 +129,11 @@ impl Options {
             "LoadBalancer" | "NodePort"
         ) {
             return Err(InstallError::ServiceType(self.gateway_service_type.clone()));
+        }
+        if !matches!(self.injector_failure_policy.as_str(), "Fail" | "Ignore") {
+            return Err(InstallError::FailurePolicy(
+                self.injector_failure_policy.clone(),
+            ));
         }
         if self.replicas == 0 || self.gateway_replicas == 0 {
             return Err(InstallError::Replicas);

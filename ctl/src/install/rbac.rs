@@ -114,6 +114,13 @@ fn cluster_role() -> Value {
             &[isthmus_federation::writers::ca_root::CONFIG_MAP],
             &["patch"],
         ),
+        // The injector's caBundle, in the configuration install wrote.
+        named(
+            &["admissionregistration.k8s.io"],
+            &["mutatingwebhookconfigurations"],
+            &[isthmus_federation::inject::webhook::CONFIGURATION],
+            &["get", "patch"],
+        ),
     ]);
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",

@@ -286,6 +286,19 @@ impl Ca {
 
     /// Signs `csr_pem` for `id`, valid from a minute ago for `ttl`.
     pub fn sign(&self, csr_pem: &str, id: &SpiffeId, ttl: Duration) -> Result<Svid, CaError> {
+        self.sign_with_dns(csr_pem, id, &[], ttl)
+    }
+
+    /// The same, with DNS names beside the SPIFFE ID: the control plane's
+    /// own certificate for clients that verify a host name (the API
+    /// server calling the injection webhook).
+    pub fn sign_with_dns(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        dns: &[String],
+        ttl: Duration,
+    ) -> Result<Svid, CaError> {
         if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
             return Err(CaError::Ttl(ttl));
         }
@@ -305,6 +318,13 @@ impl Ca {
                 .try_into()
                 .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
         )];
+        for name in dns {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|e: rcgen::Error| CaError::Sign(format!("{name}: {e}")))?,
+            ));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

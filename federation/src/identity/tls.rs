@@ -132,6 +132,58 @@ impl ApiTls {
     }
 }
 
+/// The injection webhook's TLS: a certificate from the CA naming the
+/// control plane's Service by its DNS names (the API server checks them
+/// against the webhook's caBundle, the CA's root), no client
+/// certificates, HTTP/2 or HTTP/1.1.
+pub struct ServingTls {
+    ca: Arc<Ca>,
+    id: SpiffeId,
+    dns: Vec<String>,
+    resolver: Arc<Resolver>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl ServingTls {
+    pub fn new(ca: Arc<Ca>, namespace: &str, dns: Vec<String>) -> Result<Self, CaError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let id = SpiffeId::workload(ca.trust_domain(), namespace, SERVICE_ACCOUNT)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let key = issue_with_dns(&ca, &id, &dns, &provider)?;
+        let resolver = Arc::new(Resolver(ArcSwap::from_pointee(key)));
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CaError::Sign(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Self {
+            ca,
+            id,
+            dns,
+            resolver,
+            provider,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Re-issues the certificate at half its lifetime until `stop`.
+    pub fn spawn_renewal(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        every(SERVING_TTL / 2, stop, move || {
+            match issue_with_dns(&me.ca, &me.id, &me.dns, &me.provider) {
+                Ok(k) => me.resolver.0.store(Arc::new(k)),
+                Err(e) => tracing::error!("cannot renew the webhook's certificate: {e}"),
+            }
+        })
+    }
+
+    pub fn incoming(self: &Arc<Self>, listener: TcpListener, stop: CancellationToken) -> Incoming {
+        incoming(self.config.clone(), listener, stop)
+    }
+}
+
 /// Accepts TLS connections with `config` on `listener` until `stop`:
 /// handshakes run concurrently, failures are logged and dropped; each
 /// connection carries the client's verified SPIFFE ID, if it presented one.
@@ -214,12 +266,22 @@ fn issue(
     id: &SpiffeId,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<CertifiedKey, CaError> {
+    issue_with_dns(ca, id, &[], provider)
+}
+
+/// A serving key and certificate from `ca` for `id` and the `dns` names.
+pub fn issue_with_dns(
+    ca: &Ca,
+    id: &SpiffeId,
+    dns: &[String],
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, CaError> {
     let key = rcgen::KeyPair::generate().map_err(|e| CaError::Sign(e.to_string()))?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .and_then(|c| c.pem())
         .map_err(|e| CaError::Sign(e.to_string()))?;
-    let svid = ca.sign(&csr, id, SERVING_TTL)?;
+    let svid = ca.sign_with_dns(&csr, id, dns, SERVING_TTL)?;
     let mut chain = Vec::new();
     for pem in [&svid.cert_pem, &svid.chain_pem] {
         for der in CertificateDer::pem_slice_iter(pem.as_bytes()) {

@@ -68,6 +68,9 @@ pub struct Options {
     pub federation_address: Option<std::net::SocketAddr>,
     /// The control plane's namespace.
     pub namespace: String,
+    /// The injection webhook runs: the leader writes the CA's root into
+    /// its configuration's caBundle.
+    pub injector: bool,
 }
 
 impl Options {
@@ -83,6 +86,7 @@ impl Options {
             gateway_entry: None,
             federation_address: None,
             namespace: "isthmus-system".into(),
+            injector: false,
         }
     }
 }
@@ -130,6 +134,12 @@ impl ControlPlane {
             *t = bundles;
             changed
         });
+    }
+
+    /// Cancelled when the control plane shuts down (for tasks started
+    /// beside it).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
     }
 
     /// Loads the store, translates, and keeps doing so on every change of
@@ -182,6 +192,7 @@ impl ControlPlane {
         let subscribers = self.subscribers.clone();
         let peers = self.peers.clone();
         let namespace = self.opts.namespace.clone();
+        let injector = self.opts.injector;
         self.tasks.spawn(async move {
             // The elector's task ends with `stop`, like this one.
             let (mut leading, _elector) = elector.run(stop.clone());
@@ -189,7 +200,8 @@ impl ControlPlane {
             let mut links = peers.watch_status();
             let mut writer = crate::writers::status::StatusWriter::new(client.clone());
             let mut imports = crate::writers::imports::ImportWriter::new(client.clone());
-            let mut roots = crate::writers::ca_root::RootWriter::new(client);
+            let mut roots = crate::writers::ca_root::RootWriter::new(client.clone());
+            let mut bundle = crate::inject::webhook::BundleWriter::new(client);
             loop {
                 if *leading.borrow_and_update() {
                     let p = published.borrow_and_update().clone();
@@ -210,9 +222,16 @@ impl ControlPlane {
                     let pem: String = p.own_trust.iter().map(|b| b.roots_pem.as_str()).collect();
                     let namespaces =
                         crate::writers::ca_root::namespaces(&p.store.snapshot, &namespace);
-                    let (r, failed) = roots.write(&pem, &namespaces).await;
+                    let (r, mut failed) = roots.write(&pem, &namespaces).await;
                     if r > 0 {
                         tracing::info!(namespaces = r, "CA root ConfigMaps written");
+                    }
+                    if injector {
+                        match bundle.write(&pem).await {
+                            Ok(true) => tracing::info!("injection webhook caBundle written"),
+                            Ok(false) => {}
+                            Err(e) => failed.push(e),
+                        }
                     }
                     for e in errors.into_iter().chain(more).chain(failed) {
                         tracing::warn!("{e}");
@@ -221,6 +240,7 @@ impl ControlPlane {
                     writer.forget();
                     imports.forget();
                     roots.forget();
+                    bundle.forget();
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

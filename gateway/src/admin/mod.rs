@@ -1,6 +1,8 @@
 //! The admin port (15020): /metrics, /healthz, /readyz and /config_dump,
-//! plus views a role adds (the east-west gateway's /eastwest). Read-only
-//! views of the proxy's state; nothing here changes it.
+//! plus views a role adds (the east-west gateway's /eastwest), and the
+//! app's own probes at /app-health/<container>/<probe> (the injector
+//! points the kubelet's probes here). Read-only views of the proxy's
+//! state; nothing here changes it.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +26,13 @@ pub struct Admin {
     pub tasks: tokio_util::task::TaskTracker,
     /// Extra views by path.
     pub views: parking_lot::RwLock<Vec<(&'static str, View)>>,
+    /// The app's probes, served at /app-health/<container>/<probe>.
+    pub app_probes: parking_lot::RwLock<Option<Arc<crate::health::AppProbes>>>,
 }
+
+/// How long an app probe may take (the kubelet gives up at its own
+/// timeoutSeconds, 1 s by default).
+const APP_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Admin {
     /// Ready: a configuration is loaded, its listeners are bound, and the
@@ -140,6 +148,27 @@ impl Admin {
         r
     }
 
+    /// `/app-health/<key>`: the app's probe, run now.
+    async fn app_health(&self, key: &str) -> Response<RespBody> {
+        let probes = self.app_probes.read().clone();
+        let result = match probes {
+            Some(p) => p.run(key, APP_PROBE_TIMEOUT).await,
+            None => None,
+        };
+        let (status, body) = match result {
+            Some(Ok(())) => (StatusCode::OK, "ok\n".to_string()),
+            Some(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+            None => (StatusCode::NOT_FOUND, format!("no app probe {key:?}\n")),
+        };
+        let mut r = Response::new(full(body));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        r
+    }
+
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let stop = self.proxy.hard_stop.clone();
         loop {
@@ -155,9 +184,15 @@ impl Admin {
             // Admin connections are not part of the drain: probes must keep
             // working (and see 503 on /readyz) until the very end.
             self.tasks.spawn(async move {
-                let svc = service_fn(move |req| {
-                    let r = admin.handle(&req);
-                    async move { Ok::<_, Infallible>(r) }
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move {
+                        let r = match req.uri().path().strip_prefix("/app-health/") {
+                            Some(key) => admin.app_health(key).await,
+                            None => admin.handle(&req),
+                        };
+                        Ok::<_, Infallible>(r)
+                    }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);

@@ -77,6 +77,10 @@ pub enum HealthError {
     Syntax(String),
     #[error("health check settings: {0}")]
     Settings(String),
+    #[error(
+        "--app-probes: {0} (a JSON object of \"container/probe\": \"PORT=tcp|http:/PATH|grpc[:SERVICE]\")"
+    )]
+    AppProbes(String),
 }
 
 impl Check {
@@ -213,6 +217,44 @@ pub async fn run(app: IpAddr, checks: Vec<Check>, s: Settings, tx: watch::Sender
                 .collect();
             tx.send_replace(failing);
         }
+    }
+}
+
+/// The app's probes the kubelet sends to the admin port instead
+/// (`/app-health/<container>/<probe>`, rewritten by the injector): each
+/// key's check, run against the app when asked. With capture and STRICT
+/// mTLS the kubelet's own plaintext probes could not reach the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppProbes {
+    pub app: IpAddr,
+    pub checks: std::collections::BTreeMap<String, Check>,
+}
+
+impl AppProbes {
+    /// `{"catalog/readyz": "8080=http:/healthz", ...}` (`--app-probes`).
+    pub fn parse(app: IpAddr, json: &str) -> Result<Self, HealthError> {
+        let table: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(json).map_err(|e| HealthError::AppProbes(e.to_string()))?;
+        let mut checks = std::collections::BTreeMap::new();
+        for (key, text) in table {
+            let check = Check::parse(&text)
+                .map_err(|_| HealthError::AppProbes(format!("{key}: {text:?} is not a check")))?;
+            checks.insert(key, check);
+        }
+        Ok(Self { app, checks })
+    }
+
+    /// Runs the probe `key` once: Ok, or why it failed (None: no such
+    /// probe).
+    pub async fn run(&self, key: &str, timeout: Duration) -> Option<Result<(), String>> {
+        let check = self.checks.get(key)?;
+        let addr = SocketAddr::new(self.app, check.port);
+        Some(
+            match tokio::time::timeout(timeout, probe(addr, &check.probe)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer from {addr} in {timeout:?}")),
+            },
+        )
     }
 }
 
