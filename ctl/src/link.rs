@@ -64,6 +64,21 @@ pub enum LinkError {
         context: String,
         source: isthmus_federation::join::JoinError,
     },
+    #[error("give --gateway: the address (ip:port or host:port) of {cluster}'s east-west gateway")]
+    NoGateway { cluster: String },
+    #[error(
+        "--gateway {0:?} is neither ip:port nor host:port: give the address or DNS name of the peer's east-west gateway service"
+    )]
+    BadGateway(String),
+    #[error(
+        "cluster {context}: the Service {namespace}/{service} has no load balancer address yet ({reason}): wait for it (kubectl --context {context} -n {namespace} get svc {service} -w), or give --gateway"
+    )]
+    NoLoadBalancer {
+        context: String,
+        namespace: String,
+        service: String,
+        reason: String,
+    },
     #[error("cluster {context}: reading {what} from the API server: {reason}")]
     Kube {
         context: String,
@@ -75,15 +90,84 @@ pub enum LinkError {
 /// What to write, besides what the two directories say.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// B's east-west gateway: QUIC (UDP) and the TCP fallback.
-    pub gateway: SocketAddr,
-    pub gateway_tcp: Option<SocketAddr>,
+    /// B's east-west gateway: QUIC (UDP) and the TCP fallback, each
+    /// `ip:port` or `host:port`. Needed with store directories; with
+    /// contexts the default is what B's LoadBalancer Service says.
+    pub gateway: Option<String>,
+    pub gateway_tcp: Option<String>,
     /// How long the join token is good for.
     pub ttl: Duration,
     /// `kube` mode: how long to wait for the peer's control plane to issue
     /// the join token.
     pub join_wait: Duration,
     pub partition: PartitionPolicy,
+}
+
+/// The east-west gateway's Service (`isthmusctl install` makes it).
+pub const GATEWAY_SERVICE: &str = "isthmus-eastwest";
+
+fn valid_gateway(v: &str) -> Result<String, LinkError> {
+    if v.parse::<SocketAddr>().is_ok() || isthmus_federation::translate::links::is_name(v) {
+        Ok(v.to_string())
+    } else {
+        Err(LinkError::BadGateway(v.to_string()))
+    }
+}
+
+/// Where linked clusters reach `context`'s gateway, as its LoadBalancer
+/// Service `namespace/isthmus-eastwest` says: the first ingress address
+/// (an IP, or the hostname a cloud load balancer gives) and the port of
+/// its QUIC (UDP) port.
+pub async fn gateway_of(
+    client: &kube::Client,
+    context: &str,
+    namespace: &str,
+) -> Result<String, LinkError> {
+    use k8s_openapi::api::core::v1::Service;
+    let api: kube::Api<Service> = kube::Api::namespaced(client.clone(), namespace);
+    let svc = api
+        .get_opt(GATEWAY_SERVICE)
+        .await
+        .map_err(|e| LinkError::Kube {
+            context: context.into(),
+            what: format!("Service {namespace}/{GATEWAY_SERVICE}"),
+            reason: e.to_string(),
+        })?;
+    let none = |reason: &str| LinkError::NoLoadBalancer {
+        context: context.into(),
+        namespace: namespace.into(),
+        service: GATEWAY_SERVICE.into(),
+        reason: reason.into(),
+    };
+    let svc =
+        svc.ok_or_else(|| none("no such Service: install Isthmus there (isthmusctl install)"))?;
+    let port = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|ports| {
+            ports
+                .iter()
+                .find(|p| p.protocol.as_deref() == Some("UDP"))
+                .map(|p| p.port)
+        })
+        .ok_or_else(|| none("it has no UDP port for QUIC"))?;
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|i| i.first())
+        .ok_or_else(|| none("status.loadBalancer.ingress is empty"))?;
+    let host = ingress
+        .ip
+        .clone()
+        .or_else(|| ingress.hostname.clone())
+        .ok_or_else(|| none("its ingress has neither ip nor hostname"))?;
+    Ok(match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, u16::try_from(port).unwrap_or(15443)).to_string(),
+        Err(_) => format!("{host}:{port}"),
+    })
 }
 
 /// One cluster as its store directory (or API server) describes it.
@@ -185,6 +269,11 @@ pub async fn create_kube(
     let a = cluster_kube(from.0, from.1).await?;
     let b = cluster_kube(to.0, to.1).await?;
     check(&a, &b, o)?;
+    let mut o = o.clone();
+    if o.gateway.is_none() {
+        o.gateway = Some(gateway_of(to.0, to.1, namespace).await?);
+    }
+    let o = &o;
     let bundle = secret_field(to.0, to.1, namespace, "isthmus-ca", "ca.crt").await?;
     let token = isthmus_federation::join::request(
         to.0,
@@ -213,6 +302,9 @@ pub async fn create_kube(
 pub fn create(from: &Path, to: &Path, o: &Options, now: SystemTime) -> Result<String, LinkError> {
     let (a, b) = (cluster(from)?, cluster(to)?);
     check(&a, &b, o)?;
+    if o.gateway.is_none() {
+        return Err(LinkError::NoGateway { cluster: b.name });
+    }
     let bundle_path = to.join("ca").join("root-cert.pem");
     let bundle = match std::fs::read_to_string(&bundle_path) {
         Ok(b) => b,
@@ -287,8 +379,8 @@ fn manifests(
             region: b.region,
             zone: b.zone,
             gateway: GatewayAddresses {
-                quic: o.gateway.to_string(),
-                tcp: o.gateway_tcp.map(|t| t.to_string()),
+                quic: valid_gateway(o.gateway.as_deref().unwrap_or_default())?,
+                tcp: o.gateway_tcp.as_deref().map(valid_gateway).transpose()?,
             },
             trust_domain: b.trust_domain,
             trust_bundle: bundle,
@@ -318,4 +410,136 @@ fn manifests(
         out.push_str(&serde_saphyr::to_string(&doc).expect("JSON values serialize as YAML"));
     }
     Ok(out)
+}
+
+/// One ClusterLink as `link list` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkRow {
+    pub name: String,
+    pub peer: String,
+    pub gateway: String,
+    pub connected: bool,
+    pub transport: Option<String>,
+    pub rtt_millis: Option<f64>,
+    pub last_sync: Option<String>,
+    pub imported_services: usize,
+    /// Why it is not accepted or not connected (a False condition's
+    /// message), empty when all is well.
+    pub problem: String,
+}
+
+/// A row per ClusterLink (pure).
+pub fn rows(links: &[ClusterLink]) -> Vec<LinkRow> {
+    let mut out: Vec<LinkRow> = links
+        .iter()
+        .map(|l| {
+            let status = l.status.clone().unwrap_or_default();
+            let problem = status
+                .conditions
+                .iter()
+                .find(|c| c.status == "False")
+                .map(|c| format!("{}: {}", c.reason, c.message))
+                .unwrap_or_default();
+            LinkRow {
+                name: l.metadata.name.clone().unwrap_or_default(),
+                peer: l.spec.peer.clone(),
+                gateway: l.spec.gateway.quic.clone(),
+                connected: status.connected,
+                transport: status.transport.clone(),
+                rtt_millis: status.rtt_millis,
+                last_sync: status.last_sync.as_ref().map(|t| t.0.to_string()),
+                imported_services: status.imported_services.len(),
+                problem,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// `link list` as a table.
+pub fn table(rows: &[LinkRow]) -> String {
+    let mut out = format!(
+        "{:<16} {:<16} {:<28} {:<10} {:<9} {:>8} {:>7}  {}\n",
+        "NAME", "PEER", "GATEWAY", "CONNECTED", "TRANSPORT", "RTT", "IMPORTS", "PROBLEM"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<16} {:<16} {:<28} {:<10} {:<9} {:>8} {:>7}  {}\n",
+            r.name,
+            r.peer,
+            r.gateway,
+            if r.connected { "yes" } else { "no" },
+            r.transport.as_deref().unwrap_or("-"),
+            r.rtt_millis
+                .map(|m| format!("{m:.1}ms"))
+                .unwrap_or_else(|| "-".into()),
+            r.imported_services,
+            r.problem
+        ));
+    }
+    out
+}
+
+/// The ClusterLinks of the cluster behind `client`.
+pub async fn list(client: &kube::Client, context: &str) -> Result<Vec<LinkRow>, LinkError> {
+    let api: kube::Api<ClusterLink> = kube::Api::all(client.clone());
+    let links = api
+        .list(&Default::default())
+        .await
+        .map_err(|e| LinkError::Kube {
+            context: context.into(),
+            what: "ClusterLinks".into(),
+            reason: e.to_string(),
+        })?;
+    Ok(rows(&links.items))
+}
+
+/// Deletes the link to `peer` in the cluster behind `client`: its
+/// ClusterLink and the Secret holding its join token. Returns what was
+/// deleted; a link that is not there is an error that says so.
+pub async fn delete(
+    client: &kube::Client,
+    context: &str,
+    peer: &str,
+) -> Result<Vec<String>, LinkError> {
+    let kube_err = |what: String| {
+        let context = context.to_string();
+        move |e: kube::Error| LinkError::Kube {
+            context,
+            what,
+            reason: e.to_string(),
+        }
+    };
+    let api: kube::Api<ClusterLink> = kube::Api::all(client.clone());
+    let links = api
+        .list(&Default::default())
+        .await
+        .map_err(kube_err("ClusterLinks".into()))?;
+    let Some(link) = links.items.into_iter().find(|l| l.spec.peer == peer) else {
+        return Err(LinkError::Kube {
+            context: context.into(),
+            what: format!("the ClusterLink to {peer}"),
+            reason: "there is none (isthmusctl link list)".into(),
+        });
+    };
+    let name = link.metadata.name.clone().unwrap_or_default();
+    api.delete(&name, &Default::default())
+        .await
+        .map_err(kube_err(format!("ClusterLink {name}")))?;
+    let mut done = vec![format!("ClusterLink {name}")];
+    let secret = &link.spec.credentials_secret_ref;
+    let ns = secret
+        .namespace
+        .clone()
+        .unwrap_or_else(|| isthmus_federation::store::LINK_SECRETS_NAMESPACE.into());
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &ns);
+    match secrets.delete(&secret.name, &Default::default()).await {
+        Ok(_) => done.push(format!("Secret {ns}/{}", secret.name)),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(kube_err(format!("Secret {ns}/{}", secret.name))(e)),
+    }
+    Ok(done)
 }

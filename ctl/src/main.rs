@@ -95,12 +95,14 @@ enum LinkCommand {
         /// The control planes' namespace (with contexts).
         #[arg(long, default_value = "isthmus-system")]
         namespace: String,
-        /// TO's east-west gateway, QUIC (UDP) `ip:port`.
+        /// TO's east-west gateway, QUIC (UDP): `ip:port` or `host:port`.
+        /// With contexts, default: the address of TO's LoadBalancer
+        /// Service isthmus-eastwest.
         #[arg(long)]
-        gateway: SocketAddr,
+        gateway: Option<String>,
         /// TO's TCP fallback, when not on the same address.
         #[arg(long)]
-        gateway_tcp: Option<SocketAddr>,
+        gateway_tcp: Option<String>,
         /// How long the join token is good for (1m to 24h).
         #[arg(long, default_value = "1h", value_parser = isthmus_federation::resources::duration::parse_arg)]
         ttl: Duration,
@@ -113,6 +115,25 @@ enum LinkCommand {
         /// Write here (e.g. into FROM's store directory) instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The links of a cluster: peer, gateway, connected, transport, RTT,
+    /// imports, and what is wrong.
+    List {
+        /// The cluster's kubeconfig context.
+        #[arg(long)]
+        context: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unlinks a cluster from PEER: deletes its ClusterLink and the Secret
+    /// with the join token (run it in both clusters to unlink both ways).
+    Delete {
+        /// The cluster's kubeconfig context.
+        #[arg(long)]
+        context: String,
+        /// The linked cluster's name.
+        peer: String,
     },
 }
 
@@ -148,6 +169,27 @@ fn main() -> anyhow::Result<()> {
         Command::Install(a) => current_thread()?.block_on(install_cmd::install(*a)),
         Command::Uninstall(a) => current_thread()?.block_on(install_cmd::uninstall(a)),
         Command::GenDeploy { root, check } => install_cmd::gen_deploy(&root, check),
+        Command::Link {
+            command: LinkCommand::List { context, json },
+        } => current_thread()?.block_on(async {
+            let client = install_cmd::client(&context).await?;
+            let rows = isthmus_ctl::link::list(&client, &context).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", isthmus_ctl::link::table(&rows));
+            }
+            Ok(())
+        }),
+        Command::Link {
+            command: LinkCommand::Delete { context, peer },
+        } => current_thread()?.block_on(async {
+            let client = install_cmd::client(&context).await?;
+            for d in isthmus_ctl::link::delete(&client, &context, &peer).await? {
+                eprintln!("deleted {d}");
+            }
+            Ok(())
+        }),
         Command::Link {
             command:
                 LinkCommand::Create {

@@ -29,7 +29,7 @@ fn cluster_dir(tag: &str, golden: &str) -> std::path::PathBuf {
 
 fn options() -> Options {
     Options {
-        gateway: "10.0.3.1:15443".parse().unwrap(),
+        gateway: Some("10.0.3.1:15443".into()),
         gateway_tcp: None,
         ttl: Duration::from_secs(3600),
         join_wait: Duration::from_secs(5),
@@ -52,7 +52,7 @@ fn link_create_writes_a_link_and_a_token_the_peer_accepts() {
     let (loaded, errors) = parse_file(Path::new("link.yaml"), &yaml);
     let (snap, _) = merge(&Snapshot::default(), loaded, errors);
     let mut problems = Vec::new();
-    let links = isthmus_federation::translate::links::translate(&snap, &mut problems);
+    let links = isthmus_federation::translate::links::translate(&snap, None, &mut problems);
     assert!(problems.is_empty(), "{problems:?}");
     let peer = &links.east_west.peers[0];
     assert_eq!(peer.cluster, "eu-central");
@@ -322,7 +322,22 @@ async fn link_create_asks_the_peers_control_plane_for_a_join_token() {
                 format!("{SECRETS}/isthmus-ca"),
                 api::secret("isthmus-ca", "ca.crt", ca.bundle_pem().as_bytes()),
             ),
+            // Its gateway's LoadBalancer, as cloud-provider-kind fills it.
+            (
+                "/api/v1/namespaces/isthmus-system/services/isthmus-eastwest".to_string(),
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "isthmus-eastwest", "namespace": "isthmus-system"},
+                    "spec": {"type": "LoadBalancer", "ports": [
+                        {"name": "quic", "port": 15443, "protocol": "UDP"},
+                        {"name": "tls", "port": 15443, "protocol": "TCP"}]},
+                    "status": {"loadBalancer": {"ingress": [{"ip": "172.18.0.7"}]}}}),
+            ),
         ]))
+    };
+    // No --gateway: it comes from eu-central's LoadBalancer Service.
+    let options = || isthmus_ctl::link::Options {
+        gateway: None,
+        ..options()
     };
     let now = SystemTime::now();
     let create = |b: kube::Client| {
@@ -370,9 +385,10 @@ async fn link_create_asks_the_peers_control_plane_for_a_join_token() {
     let (loaded, errors) = parse_file(Path::new("link.yaml"), &yaml);
     let (snap, _) = merge(&Snapshot::default(), loaded, errors);
     let mut problems = Vec::new();
-    let links = isthmus_federation::translate::links::translate(&snap, &mut problems);
+    let links = isthmus_federation::translate::links::translate(&snap, None, &mut problems);
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(links.east_west.peers[0].cluster, "eu-central");
+    assert_eq!(links.east_west.peers[0].udp, "172.18.0.7:15443");
     assert_eq!(links.trust[0].roots_pem, ca.bundle_pem());
     let docs: Vec<serde_json::Value> = yaml
         .split("\n---\n")

@@ -304,7 +304,7 @@ pub fn link(a: &Cluster, b: &Cluster, ttl: Duration, staleness: &str) {
         &a.dir,
         &b.dir,
         &isthmus_ctl::link::Options {
-            gateway: b.quic(),
+            gateway: Some(b.quic().to_string()),
             gateway_tcp: None,
             ttl,
             join_wait: Duration::from_secs(30),

@@ -566,7 +566,7 @@ async fn expired_tokens_and_mismatched_trust_are_refused_by_name() {
         &west.dir,
         &central.dir,
         &isthmus_ctl::link::Options {
-            gateway: central.quic(),
+            gateway: Some(central.quic().to_string()),
             gateway_tcp: None,
             ttl: Duration::from_secs(60),
             join_wait: Duration::from_secs(30),
@@ -592,7 +592,7 @@ async fn expired_tokens_and_mismatched_trust_are_refused_by_name() {
         &east.dir,
         &central.dir,
         &isthmus_ctl::link::Options {
-            gateway: central.quic(),
+            gateway: Some(central.quic().to_string()),
             gateway_tcp: None,
             ttl: Duration::from_secs(600),
             join_wait: Duration::from_secs(30),

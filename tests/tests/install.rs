@@ -182,6 +182,57 @@ fn every_flag_and_variable_given_to_a_binary_is_one_it_takes() {
 }
 
 #[test]
+fn what_the_injector_adds_is_what_the_gateway_takes() {
+    use isthmus_federation::inject;
+    let review: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("federation/tests/fixtures/admission/grpc-pod-annotated.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
+    let t = inject::Template {
+        image: "i".into(),
+        pull_policy: "IfNotPresent".into(),
+        control_plane: control_plane::discovery_address(),
+        cluster: "eu-west".into(),
+        region: "eu-west".into(),
+        zone: "eu-west-1a".into(),
+    };
+    let out = inject::mutate(&pod, &t).unwrap().unwrap();
+    let init = serde_json::to_value(&out.pod.spec.unwrap().init_containers).unwrap();
+    for c in init.as_array().unwrap().iter().take(2) {
+        let args: Vec<String> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let text = help("isthmus-gateway", &args);
+        if c["env"].is_array() {
+            for var in env_names(c) {
+                assert!(
+                    text.contains(&format!("[env: {var}")),
+                    "{}: {var} is set but is no flag's variable",
+                    c["name"]
+                );
+            }
+        }
+    }
+    // The sidecar reaches the control plane where install puts it.
+    assert_eq!(
+        t.control_plane,
+        format!(
+            "{}.{}.svc:{}",
+            control_plane::NAME,
+            install::NAMESPACE,
+            install::DISCOVERY_PORT
+        )
+    );
+}
+
+#[test]
 fn the_east_west_settings_are_ones_the_gateway_parses() {
     let objects = rendered("eu-west");
     let cm = find(&objects, "ConfigMap", eastwest::NAME);

@@ -5,7 +5,8 @@
 //! with the flags the Deployment gives it, does its work (leader election,
 //! its CA and join-token key, the CA root in an injected namespace, status,
 //! a join token asked through the mailbox, a certificate for a
-//! ServiceAccount token), and every API call it made is checked against
+//! ServiceAccount token, a ClusterLink's gateway given by name looked up,
+//! the injection webhook), and every API call it made is checked against
 //! the RBAC that was installed: each allowed, and each granted rule used.
 //! `isthmusctl uninstall --context` then removes everything.
 
@@ -179,7 +180,7 @@ spec:
         "isthmus.dev",
         "clusterlinks",
         json!({"metadata": {"name": "us-east"}, "spec": {
-            "peer": "us-east", "region": "us-east", "gateway": {"quic": "127.0.0.1:9"},
+            "peer": "us-east", "region": "us-east", "gateway": {"quic": "localhost:9"},
             "trustDomain": "us-east.isthmus.local", "trustBundle": peer.pem,
             "credentialsSecretRef": {"name": "link-us-east"},
         }}),
@@ -396,6 +397,18 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
         &watch("status on the ClusterLink"),
         made("patch", "clusterlinks/status", "us-east"),
     )
+    .await;
+    // Its gateway is given by name: looked up, and the link accepted.
+    isthmus_testkit::eventually(&watch("the ClusterLink accepted"), || {
+        let link = api.get("isthmus.dev", "clusterlinks", None, "us-east");
+        async move {
+            let conditions = link?["status"]["conditions"].as_array()?.clone();
+            conditions
+                .iter()
+                .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+                .then_some(())
+        }
+    })
     .await;
     isthmus_testkit::eventually(
         &watch("the stale ServiceImport deleted"),

@@ -308,7 +308,7 @@ fn link_all(dir: &Path, netns: bool) -> anyhow::Result<()> {
                 &dir.join(from.name).join("store"),
                 &dir.join(to.name).join("store"),
                 &isthmus_ctl::link::Options {
-                    gateway: net::gateway(to, netns),
+                    gateway: Some(net::gateway(to, netns).to_string()),
                     gateway_tcp: None,
                     ttl: Duration::from_secs(3600),
                     join_wait: Duration::from_secs(30),

@@ -188,7 +188,8 @@ pub fn iptables_args(pod: &Pod) -> Result<Vec<String>, InjectError> {
 fn security(uid: i64, caps: &[&str]) -> Value {
     let mut s = json!({
         "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
+        // iptables takes its lock under /run: the init container writes.
+        "readOnlyRootFilesystem": uid != 0,
         "runAsUser": uid,
         "runAsGroup": uid,
         "runAsNonRoot": uid != 0,

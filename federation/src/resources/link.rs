@@ -44,7 +44,9 @@ pub struct ClusterLinkSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayAddresses {
-    /// `host:port` of the QUIC listener (UDP 15443).
+    /// The QUIC listener (UDP 15443): `ip:port`, or `host:port` (a cloud
+    /// load balancer's name), looked up by the control plane and again
+    /// every 30 s.
     pub quic: String,
     /// `host:port` of the HTTP/2-over-TLS fallback (TCP 15443); the QUIC
     /// address is used when absent.

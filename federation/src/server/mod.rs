@@ -32,6 +32,7 @@ use crate::store::registry;
 use crate::translate::services::Catalog;
 
 mod admin;
+pub mod resolver;
 mod translate_loop;
 
 pub use admin::{all_conditions, link_statuses};

@@ -12,6 +12,7 @@ impl ControlPlane {
         stop: CancellationToken,
     ) -> Self {
         let tasks = TaskTracker::new();
+        let (mut resolved, resolver) = super::resolver::spawn(states.clone(), stop.clone());
         let registry = Arc::new(registry::Shared::new(opts.registration_grace));
         let peers = Arc::new(crate::sync::peers::Peers::default());
         let mut generation = 1;
@@ -20,6 +21,7 @@ impl ControlPlane {
             registry: &registry,
             peers: &peers,
             opts: &opts,
+            resolved: &resolved.borrow_and_update().clone(),
         };
         let warm_at = tokio::time::Instant::now() + opts.warm_up;
         let mut warm = opts.warm_up.is_zero();
@@ -35,7 +37,7 @@ impl ControlPlane {
         let (imports, loop_opts) = (peers.clone(), opts.clone());
         let mut imported = imports.watch_imports();
         tasks.spawn(async move {
-            let _watcher = watcher;
+            let (_watcher, _resolver) = (watcher, resolver);
             loop {
                 let expiry = reg.next_expiry();
                 let withdrawal = imports.next_expiry();
@@ -44,6 +46,7 @@ impl ControlPlane {
                     r = states.changed() => if r.is_err() { return },
                     r = trust.changed() => if r.is_err() { return },
                     r = imported.changed() => if r.is_err() { return },
+                    r = resolved.changed() => if r.is_err() { return },
                     _ = sleep_until_wall(withdrawal) => {
                         if !imports.expire(std::time::SystemTime::now()) { continue; }
                     }
@@ -72,10 +75,12 @@ impl ControlPlane {
                 }
                 generation += 1;
                 imported.borrow_and_update();
+                let names = resolved.borrow_and_update().clone();
                 let inputs = Inputs {
                     registry: &reg,
                     peers: &imports,
                     opts: &loop_opts,
+                    resolved: &names,
                 };
                 let next = publish(
                     generation,
@@ -127,6 +132,7 @@ struct Inputs<'a> {
     registry: &'a registry::Shared,
     peers: &'a crate::sync::peers::Peers,
     opts: &'a Options,
+    resolved: &'a crate::translate::links::Resolved,
 }
 
 fn publish(
@@ -160,6 +166,7 @@ fn publish(
             .opts
             .federation_address
             .map(|addr| (inputs.opts.namespace.as_str(), addr)),
+        resolved: Some(inputs.resolved),
     });
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);

@@ -71,7 +71,52 @@ pub fn is_gateway(node: &model::Node) -> bool {
     node.service_account == GATEWAY_SERVICE_ACCOUNT
 }
 
-pub fn translate(snap: &Snapshot, problems: &mut Vec<Problem>) -> Links {
+/// ClusterLink gateway names (`host:port`) → the address they resolved
+/// to, or why not (`server::resolver` keeps it fresh).
+pub type Resolved = BTreeMap<String, Result<std::net::SocketAddr, String>>;
+
+/// Whether `v` is `host:port` with a DNS name for a host (not an address).
+pub fn is_name(v: &str) -> bool {
+    if v.parse::<std::net::SocketAddr>().is_ok() {
+        return false;
+    }
+    let Some((host, port)) = v.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok_and(|p| p != 0)
+        && !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The gateway names every ClusterLink of `snap` gives (to resolve).
+pub fn names(snap: &Snapshot) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (_, r) in snap.of_kind("ClusterLink") {
+        if let Resource::ClusterLink(l) = r {
+            for v in std::iter::once(&l.spec.gateway.quic).chain(&l.spec.gateway.tcp) {
+                if is_name(v) {
+                    out.insert(v.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn translate(
+    snap: &Snapshot,
+    resolved: Option<&Resolved>,
+    problems: &mut Vec<Problem>,
+) -> Links {
     let mut links = Links::default();
     for (key, r) in snap.of_kind("ClusterLink") {
         let Resource::ClusterLink(link) = r else {
@@ -85,7 +130,7 @@ pub fn translate(snap: &Snapshot, problems: &mut Vec<Problem>) -> Links {
                 message,
             })
         };
-        match peer(link) {
+        match peer(link, resolved) {
             Err((reason, message)) => problem(reason, message),
             Ok(_)
                 if links
@@ -114,19 +159,34 @@ pub fn translate(snap: &Snapshot, problems: &mut Vec<Problem>) -> Links {
 type Refusal = (&'static str, String);
 
 /// One link as the gateway's peer and the trust of its domain.
-fn peer(link: &ClusterLink) -> Result<(model::PeerGateway, model::TrustBundle), Refusal> {
+fn peer(
+    link: &ClusterLink,
+    resolved: Option<&Resolved>,
+) -> Result<(model::PeerGateway, model::TrustBundle), Refusal> {
     let s = &link.spec;
     let addr = |field: &str, v: &str| {
-        v.parse::<std::net::SocketAddr>()
-            .map(|a| a.to_string())
-            .map_err(|_| {
-                (
-                    "InvalidGatewayAddress",
-                    format!(
-                        "gateway.{field} {v:?} is not ip:port (names are not resolved: give the address of the peer's east-west gateway service)"
-                    ),
-                )
-            })
+        if let Ok(a) = v.parse::<std::net::SocketAddr>() {
+            return Ok(a.to_string());
+        }
+        if !is_name(v) {
+            return Err((
+                "InvalidGatewayAddress",
+                format!(
+                    "gateway.{field} {v:?} is neither ip:port nor host:port: give the address or DNS name of the peer's east-west gateway service (its LoadBalancer)"
+                ),
+            ));
+        }
+        match resolved.and_then(|r| r.get(v)) {
+            Some(Ok(a)) => Ok(a.to_string()),
+            Some(Err(why)) => Err((
+                "GatewayUnresolved",
+                format!("gateway.{field} {v}: {why} (it is looked up again every 30 s)"),
+            )),
+            None => Err((
+                "GatewayUnresolved",
+                format!("gateway.{field} {v}: not resolved yet"),
+            )),
+        }
     };
     let udp = addr("quic", &s.gateway.quic)?;
     let tcp = match &s.gateway.tcp {
@@ -244,11 +304,79 @@ mod tests {
     }
 
     fn translated(yaml: &str) -> (Links, Vec<Problem>) {
+        translated_with(yaml, None)
+    }
+
+    fn translated_with(yaml: &str, resolved: Option<&Resolved>) -> (Links, Vec<Problem>) {
         let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
         assert!(errors.is_empty(), "{errors:?}");
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
         let mut problems = Vec::new();
-        (translate(&snap, &mut problems), problems)
+        (translate(&snap, resolved, &mut problems), problems)
+    }
+
+    #[test]
+    fn a_gateway_named_by_host_goes_to_the_address_it_resolved_to() {
+        let pem = ca_pem();
+        let yaml = link(
+            "us-east",
+            "us-east",
+            "gw-1234.elb.example.com:15443",
+            Some("10.0.2.9:15443"),
+            "us-east.isthmus.local",
+            &pem,
+        );
+        let (loaded, _) = parse_file(std::path::Path::new("t.yaml"), &yaml);
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        assert_eq!(
+            names(&snap).into_iter().collect::<Vec<_>>(),
+            ["gw-1234.elb.example.com:15443"]
+        );
+        // Not looked up yet, or not resolving: a named condition, no peer.
+        for resolved in [
+            None,
+            Some(Resolved::from([(
+                "gw-1234.elb.example.com:15443".to_string(),
+                Err("does not resolve (NXDOMAIN)".to_string()),
+            )])),
+        ] {
+            let (links, problems) = translated_with(&yaml, resolved.as_ref());
+            assert!(links.east_west.peers.is_empty());
+            assert_eq!(problems[0].reason, "GatewayUnresolved");
+            assert!(
+                problems[0]
+                    .message
+                    .contains("gw-1234.elb.example.com:15443")
+            );
+        }
+        let resolved = Resolved::from([(
+            "gw-1234.elb.example.com:15443".to_string(),
+            Ok("203.0.113.7:15443".parse().unwrap()),
+        )]);
+        let (links, problems) = translated_with(&yaml, Some(&resolved));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(links.east_west.peers[0].udp, "203.0.113.7:15443");
+        assert_eq!(links.east_west.peers[0].tcp, "10.0.2.9:15443");
+    }
+
+    #[test]
+    fn gateway_names_are_host_and_port() {
+        for ok in ["gw.example.com:15443", "a-b.c:1", "localhost:15443"] {
+            assert!(is_name(ok), "{ok}");
+        }
+        for bad in [
+            "10.0.0.1:15443",
+            "[::1]:15443",
+            "gw.example.com",
+            "gw.example.com:0",
+            "gw.example.com:http",
+            "-gw.example.com:1",
+            "gw..example.com:1",
+            "gw_x.example.com:1",
+            ":15443",
+        ] {
+            assert!(!is_name(bad), "{bad}");
+        }
     }
 
     #[test]
@@ -284,7 +412,7 @@ mod tests {
         let pem = &ca_pem();
         let junk = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         let yaml = [
-            link("a", "a", "gw.example.com:15443", None, "a.local", pem),
+            link("a", "a", "gw.example.com", None, "a.local", pem),
             link("b", "b", "10.0.0.2:15443", Some("nope"), "b.local", pem),
             link("c", "c", "10.0.0.3:15443", None, "C Domain", pem),
             link("d", "d", "10.0.0.4:15443", None, "d.local", "not a pem"),

@@ -73,6 +73,8 @@ pub struct Inputs<'a> {
     pub synced_trust: Option<&'a std::collections::BTreeMap<String, String>>,
     /// The control plane's federation service: its namespace and address.
     pub federation: Option<(&'a str, std::net::SocketAddr)>,
+    /// ClusterLink gateway names (`host:port`) as last resolved.
+    pub resolved: Option<&'a links::Resolved>,
 }
 
 impl<'a> Inputs<'a> {
@@ -85,6 +87,7 @@ impl<'a> Inputs<'a> {
             gateway_entry: None,
             synced_trust: None,
             federation: None,
+            resolved: None,
         }
     }
 }
@@ -124,7 +127,7 @@ pub fn translate<'a>(inputs: &Inputs<'a>) -> Output<'a> {
         inputs.imports,
         inputs.gateway_entry,
     );
-    attach_policies(&mut catalog, snap);
+    attach_policies(&mut catalog, snap, inputs.resolved);
     if let Some(synced) = inputs.synced_trust {
         links::use_synced(&mut catalog.links.trust, synced);
     }
@@ -135,11 +138,15 @@ pub fn translate<'a>(inputs: &Inputs<'a>) -> Output<'a> {
 }
 
 /// Routes, security and links on top of the services, the same for both.
-fn attach_policies(catalog: &mut services::Catalog, snap: &crate::store::Snapshot) {
+fn attach_policies(
+    catalog: &mut services::Catalog,
+    snap: &crate::store::Snapshot,
+    resolved: Option<&links::Resolved>,
+) {
     services::apply_policies_beyond_services(catalog, snap);
     routes::attach(catalog, snap);
     catalog.security = security::translate(snap, &mut catalog.problems);
-    catalog.links = links::translate(snap, &mut catalog.problems);
+    catalog.links = links::translate(snap, resolved, &mut catalog.problems);
     for (key, _) in snap.of_kind("ServiceExport") {
         if let Some(ns) = &key.namespace
             && snap.get("Service", key).is_some()
