@@ -66,56 +66,59 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct CreateArgs {
+    /// The linking cluster's `files` store directory.
+    #[arg(
+        long,
+        required_unless_present = "from_context",
+        conflicts_with = "from_context"
+    )]
+    from: Option<PathBuf>,
+    /// The linked cluster's `files` store directory (its Mesh and CA).
+    #[arg(
+        long,
+        required_unless_present = "to_context",
+        conflicts_with = "to_context"
+    )]
+    to: Option<PathBuf>,
+    /// The linking cluster's kubeconfig context (instead of --from).
+    #[arg(long, requires = "to_context")]
+    from_context: Option<String>,
+    /// The linked cluster's kubeconfig context (instead of --to): its
+    /// Mesh, CA root and join token key are read from its API server.
+    #[arg(long, requires = "from_context")]
+    to_context: Option<String>,
+    /// The control planes' namespace (with contexts).
+    #[arg(long, default_value = "isthmus-system")]
+    namespace: String,
+    /// TO's east-west gateway, QUIC (UDP): `ip:port` or `host:port`.
+    /// With contexts, default: the address of TO's LoadBalancer
+    /// Service isthmus-eastwest.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// TO's TCP fallback, when not on the same address.
+    #[arg(long)]
+    gateway_tcp: Option<String>,
+    /// How long the join token is good for (1m to 24h).
+    #[arg(long, default_value = "1h", value_parser = isthmus_federation::resources::duration::parse_arg)]
+    ttl: Duration,
+    /// When TO is unreachable: keep its imports until the TTL
+    /// (fail-static) or drop them at once (fail-closed).
+    #[arg(long, default_value = "fail-static", value_parser = ["fail-static", "fail-closed"])]
+    partition: String,
+    #[arg(long, default_value = "5m")]
+    staleness_ttl: String,
+    /// Write here (e.g. into FROM's store directory) instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum LinkCommand {
     /// Writes the manifests that link cluster FROM with cluster TO (a
     /// ClusterLink and the Secret with TO's join token), to apply in FROM.
-    Create {
-        /// The linking cluster's `files` store directory.
-        #[arg(
-            long,
-            required_unless_present = "from_context",
-            conflicts_with = "from_context"
-        )]
-        from: Option<PathBuf>,
-        /// The linked cluster's `files` store directory (its Mesh and CA).
-        #[arg(
-            long,
-            required_unless_present = "to_context",
-            conflicts_with = "to_context"
-        )]
-        to: Option<PathBuf>,
-        /// The linking cluster's kubeconfig context (instead of --from).
-        #[arg(long, requires = "to_context")]
-        from_context: Option<String>,
-        /// The linked cluster's kubeconfig context (instead of --to): its
-        /// Mesh, CA root and join token key are read from its API server.
-        #[arg(long, requires = "from_context")]
-        to_context: Option<String>,
-        /// The control planes' namespace (with contexts).
-        #[arg(long, default_value = "isthmus-system")]
-        namespace: String,
-        /// TO's east-west gateway, QUIC (UDP): `ip:port` or `host:port`.
-        /// With contexts, default: the address of TO's LoadBalancer
-        /// Service isthmus-eastwest.
-        #[arg(long)]
-        gateway: Option<String>,
-        /// TO's TCP fallback, when not on the same address.
-        #[arg(long)]
-        gateway_tcp: Option<String>,
-        /// How long the join token is good for (1m to 24h).
-        #[arg(long, default_value = "1h", value_parser = isthmus_federation::resources::duration::parse_arg)]
-        ttl: Duration,
-        /// When TO is unreachable: keep its imports until the TTL
-        /// (fail-static) or drop them at once (fail-closed).
-        #[arg(long, default_value = "fail-static", value_parser = ["fail-static", "fail-closed"])]
-        partition: String,
-        #[arg(long, default_value = "5m")]
-        staleness_ttl: String,
-        /// Write here (e.g. into FROM's store directory) instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Create(Box<CreateArgs>),
     /// The links of a cluster: peer, gateway, connected, transport, RTT,
     /// imports, and what is wrong.
     List {
@@ -191,21 +194,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Link {
-            command:
-                LinkCommand::Create {
-                    from,
-                    to,
-                    from_context,
-                    to_context,
-                    namespace,
-                    gateway,
-                    gateway_tcp,
-                    ttl,
-                    partition,
-                    staleness_ttl,
-                    out,
-                },
+            command: LinkCommand::Create(args),
         } => {
+            let CreateArgs {
+                from,
+                to,
+                from_context,
+                to_context,
+                namespace,
+                gateway,
+                gateway_tcp,
+                ttl,
+                partition,
+                staleness_ttl,
+                out,
+            } = *args;
             isthmus_federation::resources::duration::parse_arg(&staleness_ttl)
                 .map_err(|e| anyhow::anyhow!("--staleness-ttl: {e}"))?;
             let options = Options {

@@ -174,7 +174,7 @@ metadata: {name: us-east}
 spec:
   peer: us-east
   region: us-east1
-  gateway: {quic: "gw.example.com:15443"}
+  gateway: {quic: "gw.example.com"}
   trustDomain: us-east.isthmus.local
   trustBundle: ""
   credentialsSecretRef: {name: link-us-east}
