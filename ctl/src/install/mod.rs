@@ -259,7 +259,13 @@ mod tests {
             );
             let cluster_scoped = matches!(
                 o["kind"].as_str(),
-                Some("Namespace" | "ClusterRole" | "ClusterRoleBinding" | "Mesh")
+                Some(
+                    "Namespace"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Mesh"
+                        | "MutatingWebhookConfiguration"
+                )
             );
             assert_eq!(
                 o["metadata"]["namespace"].is_string(),
