@@ -19,15 +19,8 @@ pub struct InstallArgs {
     /// <cluster>.isthmus.local; each cluster needs its own).
     #[arg(long)]
     trust_domain: Option<String>,
-    /// Images are <registry>/isthmus-federation:<tag> and
-    /// <registry>/isthmus-gateway:<tag>.
-    #[arg(long, default_value = "ghcr.io/isthmus-mesh")]
-    registry: String,
-    /// Default: this isthmusctl's version.
-    #[arg(long)]
-    tag: Option<String>,
-    #[arg(long, default_value = "IfNotPresent")]
-    pull_policy: String,
+    #[command(flatten)]
+    images: ImageArgs,
     /// Control plane replicas.
     #[arg(long, default_value_t = 2)]
     replicas: u16,
@@ -44,6 +37,29 @@ pub struct InstallArgs {
     injector_failure_policy: String,
     #[command(flatten)]
     common: Common,
+}
+
+/// Which images: `<registry>/isthmus-<name>:<tag>`.
+#[derive(clap::Args)]
+pub struct ImageArgs {
+    #[arg(long, default_value = "ghcr.io/isthmus-mesh")]
+    registry: String,
+    /// Default: this isthmusctl's version.
+    #[arg(long)]
+    tag: Option<String>,
+    #[arg(long, default_value = "IfNotPresent")]
+    pull_policy: String,
+}
+
+impl ImageArgs {
+    /// Sets the images of `o`.
+    pub fn apply(self, o: &mut Options) {
+        o.registry = self.registry;
+        if let Some(t) = self.tag {
+            o.tag = t;
+        }
+        o.pull_policy = self.pull_policy;
+    }
 }
 
 #[derive(clap::Args)]
@@ -98,11 +114,7 @@ pub async fn install(a: InstallArgs) -> anyhow::Result<()> {
     if let Some(td) = a.trust_domain {
         o.trust_domain = td;
     }
-    o.registry = a.registry;
-    if let Some(t) = a.tag {
-        o.tag = t;
-    }
-    o.pull_policy = a.pull_policy;
+    a.images.apply(&mut o);
     o.replicas = a.replicas;
     o.gateway_replicas = a.gateway_replicas;
     o.gateway_service_type = a.gateway_service_type;

@@ -49,6 +49,20 @@ enum Command {
     /// Removes what `install` made (`--crds`: the CRDs, and with them
     /// every object of those kinds).
     Uninstall(install_cmd::UninstallArgs),
+    /// The demo's sample mesh for a Kubernetes cluster (namespace shop,
+    /// labelled for injection; the apps of that cluster in the demo, each
+    /// exported; a frontend proxy for traffic): `isthmusctl sample
+    /// --cluster eu-west | kubectl apply -f -`. With --canary W, the
+    /// canary scenario's HTTPRoute at weight W instead.
+    Sample {
+        /// eu-west, eu-central or us-east.
+        #[arg(long)]
+        cluster: String,
+        #[command(flatten)]
+        images: install_cmd::ImageArgs,
+        #[arg(long)]
+        canary: Option<u32>,
+    },
     /// Writes deploy/ (kustomize bases) from what `install` renders
     /// (`--check`: fail if it is out of date).
     #[command(hide = true)]
@@ -172,6 +186,29 @@ fn main() -> anyhow::Result<()> {
         Command::Install(a) => current_thread()?.block_on(install_cmd::install(*a)),
         Command::Uninstall(a) => current_thread()?.block_on(install_cmd::uninstall(a)),
         Command::GenDeploy { root, check } => install_cmd::gen_deploy(&root, check),
+        Command::Sample {
+            cluster,
+            images,
+            canary,
+        } => {
+            if let Some(w) = canary {
+                anyhow::ensure!(w <= 100, "--canary is a percentage (0 to 100)");
+                print!("{}", demo::kube::canary(w));
+                return Ok(());
+            }
+            let c = demo::mesh::Cluster::by_name(&cluster).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--cluster {cluster}: the sample mesh has eu-west, eu-central and us-east"
+                )
+            })?;
+            let mut o = isthmus_ctl::install::Options::new(c.name);
+            images.apply(&mut o);
+            print!(
+                "{}",
+                isthmus_ctl::install::to_yaml(&demo::kube::objects(&c, &o))?
+            );
+            Ok(())
+        }
         Command::Link {
             command: LinkCommand::List { context, json },
         } => current_thread()?.block_on(async {

@@ -73,11 +73,24 @@ fn install_validates_against_the_kubernetes_schemas() {
     let required = std::env::var_os("ISTHMUS_REQUIRE_KUBERNETES_VALIDATE").is_some();
     let mut o = Options::new("eu-west");
     o.zone = Some("eu-west-1a".into());
-    let all = [
+    let mut all = [
         install::to_yaml(&crds::objects(crds::Which::default()).unwrap()).unwrap(),
         install::to_yaml(&install::render(&o).unwrap()).unwrap(),
     ]
     .concat();
+    // The kind walkthrough's sample mesh, as `isthmusctl sample` renders it.
+    for cluster in kustomize::CLUSTERS {
+        let out = Command::new(isthmus_testkit::workspace_bin("isthmusctl"))
+            .args(["sample", "--cluster", cluster])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        all.push_str(&String::from_utf8(out.stdout).unwrap());
+    }
     // Native sidecars need 1.29; the newest the tool knows.
     for version in ["1.29.0", "1.34.0"] {
         match isthmus_testkit::kubernetes_validate(&all, version, "install-validate") {

@@ -15,7 +15,8 @@
 //!   `regions` (every way a region fails) and `chaos` (random kills).
 
 mod chaos;
-mod mesh;
+pub mod kube;
+pub mod mesh;
 mod net;
 mod procs;
 mod regions;

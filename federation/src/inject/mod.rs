@@ -315,7 +315,10 @@ fn workload_ports(pod: &Pod) -> Vec<String> {
     out
 }
 
-fn proxy_container(t: &Template, pod: &Pod, probes: &BTreeMap<String, String>) -> Value {
+/// The sidecar container for `pod` (its labels and ports), with the
+/// app probes it serves; also the base of a pod that runs only a proxy
+/// (the kind walkthrough's traffic client).
+pub fn proxy_container(t: &Template, pod: &Pod, probes: &BTreeMap<String, String>) -> Value {
     let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
     let value = |name: &str, v: &str| json!({"name": name, "value": v});
     let labels: Vec<String> = pod
@@ -393,7 +396,8 @@ fn init_container(t: &Template, args: Vec<String>) -> Value {
     })
 }
 
-fn volumes() -> Vec<Value> {
+/// The volumes the sidecar mounts: the CA root and its CA token.
+pub fn volumes() -> Vec<Value> {
     vec![
         json!({"name": "isthmus-ca-root", "configMap": {"name": crate::writers::ca_root::CONFIG_MAP}}),
         json!({"name": "isthmus-token", "projected": {"sources": [{"serviceAccountToken": {
