@@ -46,6 +46,20 @@ enum Command {
     /// Mesh), printed for `kubectl apply -f -` or applied with --context.
     /// CRDs first: `isthmusctl install --crds | kubectl apply -f -`.
     Install(Box<install_cmd::InstallArgs>),
+    /// Whether clusters are ready for Isthmus (--pre) or run it well:
+    /// each check with a fix; exit status 1 when one fails. Several
+    /// --context values are checked together (their clocks compared).
+    Check {
+        /// kubeconfig contexts (repeat for linked clusters).
+        #[arg(long, required = true)]
+        context: Vec<String>,
+        /// Before installing: version, permissions, CRDs, LoadBalancer.
+        #[arg(long)]
+        pre: bool,
+        /// Output: table or json.
+        #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+    },
     /// Removes what `install` made (`--crds`: the CRDs, and with them
     /// every object of those kinds).
     Uninstall(install_cmd::UninstallArgs),
@@ -185,6 +199,44 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Install(a) => current_thread()?.block_on(install_cmd::install(*a)),
         Command::Uninstall(a) => current_thread()?.block_on(install_cmd::uninstall(a)),
+        Command::Check {
+            context,
+            pre,
+            output,
+        } => {
+            let checks = current_thread()?.block_on(async {
+                use isthmus_ctl::check;
+                let mut all = Vec::new();
+                let mut facts = Vec::new();
+                for ctx in &context {
+                    let f = match install_cmd::client(ctx).await {
+                        Ok(client) => check::gather::gather(&client, ctx, pre).await,
+                        Err(e) => check::Facts {
+                            context: ctx.clone(),
+                            version: Some(Err(e.to_string())),
+                            ..Default::default()
+                        },
+                    };
+                    all.extend(if pre {
+                        check::pre(&f)
+                    } else {
+                        check::installed(&f)
+                    });
+                    facts.push(f);
+                }
+                all.extend(check::across(&facts));
+                anyhow::Ok(all)
+            })?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", isthmus_ctl::check::table(&checks));
+            }
+            if isthmus_ctl::check::failed(&checks) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::GenDeploy { root, check } => install_cmd::gen_deploy(&root, check),
         Command::Sample {
             cluster,

@@ -61,6 +61,9 @@ done
 
 say "== install"
 for c in "${CLUSTERS[@]}"; do
+  run "$ISTHMUSCTL" check --pre --context "$(ctx "$c")"
+done
+for c in "${CLUSTERS[@]}"; do
   run "$ISTHMUSCTL" install --cluster "$c" --registry "$REGISTRY" --tag "$TAG" --context "$(ctx "$c")"
 done
 for c in "${CLUSTERS[@]}"; do
@@ -95,5 +98,8 @@ for c in "${CLUSTERS[@]}"; do
     "\"$ISTHMUSCTL\" link list --context $(ctx "$c") --json | grep -q '\"connected\": true' && ! \"$ISTHMUSCTL\" link list --context $(ctx "$c") --json | grep -q '\"connected\": false'"
   run "$ISTHMUSCTL" link list --context "$(ctx "$c")"
 done
+
+say "== check (all three together: clocks compared)"
+run "$ISTHMUSCTL" check --context "$(ctx eu-west)" --context "$(ctx eu-central)" --context "$(ctx us-east)"
 
 say "linked: now run e2e/kind/scenarios.sh (and e2e/kind/down.sh to remove it all)"

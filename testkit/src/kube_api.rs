@@ -10,7 +10,9 @@
 //! update, delete, patch (server-side apply creates, and is then recorded
 //! as a create as well, as the API server authorizes it; merge semantics
 //! for the rest; `/status` patches the status), TokenReviews of the tokens
-//! it was told, and CRDs established as soon as they are written.
+//! it was told, SelfSubjectAccessReviews (allowed unless denied), pods
+//! created with `dryRun` through an admission function, `/version`, and
+//! CRDs established as soon as they are written.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -64,6 +66,9 @@ impl std::fmt::Display for Call {
 /// group, resource (without subresource), namespace, name.
 type Key = (String, String, Option<String>, String);
 
+/// What a dry-run pod creation answers (an admission chain's result).
+pub type PodAdmission = Box<dyn Fn(Value) -> Value + Send + Sync>;
+
 #[derive(Default)]
 struct State {
     objects: BTreeMap<Key, Value>,
@@ -71,6 +76,10 @@ struct State {
     version: u64,
     /// TokenReview: token → (namespace, service account).
     tokens: BTreeMap<String, (String, String)>,
+    /// SelfSubjectAccessReviews of these resources are denied.
+    denied: std::collections::BTreeSet<String>,
+    /// Pods created with dryRun go through this (an injector).
+    admission: Option<PodAdmission>,
 }
 
 /// The running fake; stops when dropped.
@@ -312,6 +321,19 @@ impl FakeApi {
         s.tokens.insert(token.into(), (ns.into(), sa.into()));
     }
 
+    /// SelfSubjectAccessReviews for `resource` answer not allowed.
+    pub fn deny(&self, resource: &str) {
+        let mut s = self.state.lock().expect("fake API state");
+        s.denied.insert(resource.into());
+    }
+
+    /// Pods created with `dryRun` come back as `admit` makes them (what
+    /// the API server's admission chain, a webhook, would do).
+    pub fn admit_pods(&self, admit: PodAdmission) {
+        let mut s = self.state.lock().expect("fake API state");
+        s.admission = Some(admit);
+    }
+
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
         self.state.lock().expect("fake API state").calls.clone()
@@ -367,6 +389,12 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if path == "/version" {
+        return reply(
+            StatusCode::OK,
+            &json!({"major": "1", "minor": "33", "gitVersion": "v1.33.1", "platform": "linux/amd64"}),
+        );
+    }
     let Some(t) = parse_path(&path) else {
         return status(
             StatusCode::NOT_FOUND,
@@ -449,6 +477,28 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
                 Some(o) => reply(StatusCode::OK, o),
                 None => not_found(&name),
             }
+        }
+        "create" if t.resource == "selfsubjectaccessreviews" => {
+            let resource = body["spec"]["resourceAttributes"]["resource"]
+                .as_str()
+                .unwrap_or_default();
+            let mut review = body.clone();
+            review["status"] = json!({"allowed": !s.denied.contains(resource)});
+            reply(StatusCode::CREATED, &review)
+        }
+        "create"
+            if t.resource == "pods"
+                && query_param(&query, "dryRun").is_some_and(|d| d == "All") =>
+        {
+            let mut pod = body.clone();
+            if let Some(admit) = &s.admission {
+                pod = admit(pod);
+            }
+            pod["metadata"]["name"] = json!(format!(
+                "{}dryrun",
+                pod["metadata"]["generateName"].as_str().unwrap_or_default()
+            ));
+            reply(StatusCode::CREATED, &pod)
         }
         "create" if t.resource == "tokenreviews" => {
             let token = body["spec"]["token"].as_str().unwrap_or_default();

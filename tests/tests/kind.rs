@@ -77,10 +77,12 @@ fn up_creates_installs_links_and_deploys_in_order() {
         "cloud-provider-kind",
         "docker build --target gateway",
         "kind load docker-image",
+        "check --pre --context kind-eu-west",
         "install --cluster eu-west",
         "link create",
         "sample --cluster eu-west",
         "link list --context kind-us-east",
+        "check --context kind-eu-west --context kind-eu-central --context kind-us-east",
     ];
     let at: Vec<usize> = steps.iter().map(|s| position(&lines, s)).collect();
     assert!(
