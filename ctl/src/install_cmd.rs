@@ -7,9 +7,10 @@ use isthmus_ctl::install::{self, Options, apply, crds, kustomize};
 
 #[derive(clap::Args)]
 pub struct InstallArgs {
-    /// This cluster's name among linked clusters (e.g. eu-west).
-    #[arg(long)]
-    cluster: String,
+    /// This cluster's name among linked clusters (e.g. eu-west); not
+    /// needed with --crds.
+    #[arg(long, required_unless_present = "crds")]
+    cluster: Option<String>,
     /// Its region (default: the cluster's name).
     #[arg(long)]
     region: Option<String>,
@@ -106,7 +107,8 @@ pub async fn client(context: &str) -> anyhow::Result<kube::Client> {
 }
 
 pub async fn install(a: InstallArgs) -> anyhow::Result<()> {
-    let mut o = Options::new(&a.cluster);
+    let cluster = a.cluster.unwrap_or_else(|| kustomize::BASE_CLUSTER.into());
+    let mut o = Options::new(&cluster);
     if let Some(r) = a.region {
         o.region = r;
     }
