@@ -26,6 +26,7 @@ pub mod routes;
 pub mod security;
 pub mod services;
 pub mod status;
+pub mod vips;
 
 use crate::store::ObjectKey;
 
