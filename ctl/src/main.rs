@@ -245,7 +245,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             if let Some(w) = canary {
                 anyhow::ensure!(w <= 100, "--canary is a percentage (0 to 100)");
-                print!("{}", demo::kube::canary(w));
+                print!("{}", demo::mesh::canary_route(w));
                 return Ok(());
             }
             let c = demo::mesh::Cluster::by_name(&cluster).ok_or_else(|| {

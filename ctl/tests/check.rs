@@ -114,12 +114,8 @@ fn running(api: &FakeApi, ready: i32) {
         use isthmus_federation::inject;
         let p = serde_json::from_value(pod.clone()).unwrap();
         let t = inject::Template {
-            image: "i".into(),
-            pull_policy: "IfNotPresent".into(),
-            control_plane: "cp:15010".into(),
             cluster: "eu-west".into(),
-            region: "eu-west".into(),
-            zone: String::new(),
+            ..Default::default()
         };
         match inject::mutate(&p, &t) {
             Ok(Ok(i)) => serde_json::to_value(i.pod).unwrap(),

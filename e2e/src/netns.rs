@@ -65,6 +65,37 @@ impl Netns {
         ip(&all)
     }
 
+    /// Joins this namespace and `other` with a veth pair (`dev` here,
+    /// `peer` there), each end given its address (`10.1.0.1/30`) and up.
+    pub fn veth(
+        &self,
+        dev: &str,
+        addr: &str,
+        other: &Netns,
+        peer: &str,
+        peer_addr: &str,
+    ) -> Result<(), NetnsError> {
+        ip(&[
+            "link",
+            "add",
+            dev,
+            "netns",
+            &self.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            &other.name,
+        ])?;
+        for (ns, d, a) in [(self, dev, addr), (other, peer, peer_addr)] {
+            ns.ip(&["addr", "add", a, "dev", d])?;
+            ns.ip(&["link", "set", d, "up"])?;
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside this namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

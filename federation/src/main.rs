@@ -230,6 +230,15 @@ async fn main() -> anyhow::Result<()> {
                 Some(d) => d.display().to_string(),
                 None => "kubernetes".into(),
             };
+            // Where each port is bound (port 0 is a port the kernel picks):
+            // one plain line each, for people and for tests.
+            let bound = |what: &str, l: &tokio::net::TcpListener| -> anyhow::Result<SocketAddr> {
+                let at = l.local_addr()?;
+                eprintln!("{what} on {at}");
+                Ok(at)
+            };
+            let admin = bound("admin", &listener)?;
+            let discovery = bound("discovery", &discovery_listener)?;
             tracing::info!(%admin, %discovery, store = %source, "control plane starting");
             let federation_listener =
                 match federation {
@@ -238,6 +247,9 @@ async fn main() -> anyhow::Result<()> {
                     })?),
                     None => None,
                 };
+            if let Some(l) = &federation_listener {
+                bound("federation", l)?;
+            }
             let gateway_entry = match gateway_entry {
                 Some(entry) => Some(resolve_entry(&entry).await?),
                 None => None,
@@ -409,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
                 let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                     anyhow::anyhow!("cannot listen on {addr} for the injector: {e}")
                 })?;
+                let addr = bound("injector", &listener)?;
                 let service = format!("{}.{lease_namespace}", isthmus_federation::sync::SERVICE);
                 let dns = vec![
                     service.clone(),

@@ -9,12 +9,8 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let t = Template {
-        image: "i".into(),
-        pull_policy: "IfNotPresent".into(),
-        control_plane: "cp:15010".into(),
         cluster: "eu-west".into(),
-        region: "eu-west".into(),
-        zone: String::new(),
+        ..Default::default()
     };
     let answer = webhook::review(data, &t);
     let response = &answer["response"];

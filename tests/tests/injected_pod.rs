@@ -11,50 +11,29 @@
 //! Needs root, `ip`, `iptables-restore`, `curl` and `setpriv`. Skipped
 //! without them, unless ISTHMUS_REQUIRE_NETNS=1 (CI).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use isthmus_e2e::netns::Netns;
 use isthmus_federation::inject;
 
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+/// Child processes, stopped before the namespaces they run in go.
+struct Children(Vec<Child>);
 
-struct Lab {
-    namespaces: Vec<String>,
-    children: Vec<Child>,
-}
-
-impl Drop for Lab {
+impl Drop for Children {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
 }
 
-fn in_ns(ns: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).args(args);
-    c
-}
-
 /// The HTTP status of GET `url` from namespace `ns` ("000": no answer).
-fn status(ns: &str, url: &str) -> String {
-    let out = in_ns(
-        ns,
-        &[
-            "curl",
+fn status(ns: &Netns, url: &str) -> String {
+    let out = ns
+        .command("curl")
+        .args([
             "-s",
             "-m",
             "3",
@@ -63,10 +42,9 @@ fn status(ns: &str, url: &str) -> String {
             "-w",
             "%{http_code}",
             url,
-        ],
-    )
-    .output()
-    .unwrap();
+        ])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -102,12 +80,8 @@ fn the_kubelet_reaches_an_injected_pods_app_through_its_rewritten_probe() {
     .unwrap();
     let pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
     let t = inject::Template {
-        image: "i".into(),
-        pull_policy: "IfNotPresent".into(),
-        control_plane: "cp:15010".into(),
         cluster: "eu-west".into(),
-        region: "eu-west".into(),
-        zone: String::new(),
+        ..Default::default()
     };
     let injected = inject::mutate(&pod, &t).unwrap().unwrap().pod;
     let spec = injected.spec.unwrap();
@@ -130,51 +104,30 @@ fn the_kubelet_reaches_an_injected_pods_app_through_its_rewritten_probe() {
     let probe_path = readiness.path.unwrap();
 
     let id = std::process::id();
-    let mut lab = Lab {
-        namespaces: vec![format!("isth{id}ipod"), format!("isth{id}node")],
-        children: vec![],
-    };
-    let (podns, node) = (lab.namespaces[0].clone(), lab.namespaces[1].clone());
+    let podns = Netns::create(&format!("isth{id}ipod")).unwrap();
+    let node = Netns::create(&format!("isth{id}node")).unwrap();
     let net = 230 + (id % 10) as u8;
-    let (pod_ip, node_ip) = (format!("10.{net}.1.1"), format!("10.{net}.1.2"));
-    run(&["ip", "netns", "add", &podns]);
-    run(&["ip", "netns", "add", &node]);
-    let (vp, vn) = (format!("ip{id}"), format!("in{id}"));
-    run(&[
-        "ip", "link", "add", &vp, "netns", &podns, "type", "veth", "peer", "name", &vn, "netns",
-        &node,
-    ]);
-    for (ns, dev, ip) in [(&podns, &vp, &pod_ip), (&node, &vn, &node_ip)] {
-        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip}/30"),
-            "dev",
-            dev,
-        ]);
-        run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-    }
+    let pod_ip = format!("10.{net}.1.1");
+    podns
+        .veth(
+            &format!("ip{id}"),
+            &format!("{pod_ip}/30"),
+            &node,
+            &format!("in{id}"),
+            &format!("10.{net}.1.2/30"),
+        )
+        .unwrap();
 
     // The app, on every address of the pod, as a container listens.
     let sample = isthmus_testkit::workspace_bin("isthmus-sample");
-    let app = in_ns(
-        &podns,
-        &[
-            sample.to_str().unwrap(),
-            "--listen",
-            "0.0.0.0:8080",
-            "--service",
-            "catalog",
-        ],
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
-    lab.children.push(app);
+    let app = podns
+        .command(sample.to_str().unwrap())
+        .args(["--listen", "0.0.0.0:8080", "--service", "catalog"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Dropped before the namespaces (declared after them).
+    let mut children = Children(vec![app]);
     // The sidecar as the injector runs it: uid 1337, admin on every
     // address, the probe table; no listeners of its own here.
     let dir = isthmus_testkit::temp_dir("injected-pod");
@@ -183,28 +136,17 @@ fn the_kubelet_reaches_an_injected_pods_app_through_its_rewritten_probe() {
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let gateway = isthmus_testkit::workspace_bin("isthmus-gateway");
-    let sidecar = in_ns(
-        &podns,
-        &[
-            "setpriv",
-            "--reuid=1337",
-            "--regid=1337",
-            "--clear-groups",
-            gateway.to_str().unwrap(),
-            "sidecar",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--admin",
-            "0.0.0.0:15020",
-            "--access-log",
-            "off",
-        ],
-    )
-    .env("ISTHMUS_APP_PROBES", &probes)
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    lab.children.push(sidecar);
+    let sidecar = podns
+        .command("setpriv")
+        .args(["--reuid=1337", "--regid=1337", "--clear-groups"])
+        .arg(&gateway)
+        .args(["sidecar", "--config", cfg.to_str().unwrap()])
+        .args(["--admin", "0.0.0.0:15020", "--access-log", "off"])
+        .env("ISTHMUS_APP_PROBES", &probes)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    children.0.push(sidecar);
     poll("the sidecar's admin", || {
         status(&node, &format!("http://{pod_ip}:15020/healthz")) == "200"
     });
@@ -213,9 +155,11 @@ fn the_kubelet_reaches_an_injected_pods_app_through_its_rewritten_probe() {
     });
 
     // The init container's rules, with its exact arguments.
-    let mut args: Vec<&str> = vec![gateway.to_str().unwrap()];
-    args.extend(iptables_args.iter().map(String::as_str));
-    let out = in_ns(&podns, &args).output().unwrap();
+    let out = podns
+        .command(gateway.to_str().unwrap())
+        .args(&iptables_args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -234,7 +178,7 @@ fn the_kubelet_reaches_an_injected_pods_app_through_its_rewritten_probe() {
     let probe = format!("http://{pod_ip}:15020{probe_path}");
     assert_eq!(status(&node, &probe), "200", "{probe}");
     // The app goes away: the probe says so.
-    let mut app = lab.children.remove(0);
+    let mut app = children.0.remove(0);
     app.kill().unwrap();
     app.wait().unwrap();
     poll("the probe failing", || status(&node, &probe) == "503");

@@ -78,13 +78,6 @@ async fn admission_call(addr: SocketAddr, ca_bundle: &[u8], review: &str) -> Val
     serde_json::from_slice(&body).unwrap()
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// What a user has in the cluster besides Isthmus: a namespace labelled
 /// for injection with a Service, its endpoints, an export, a route and a
 /// policy; a link to a peer; a stale ServiceImport of ours; and a request
@@ -282,14 +275,12 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
     api.accept_token("catalog-token", "shop", "catalog");
 
     // The control plane, with the Deployment's arguments (listening on
-    // loopback ports of this test, the gateway entry an address: no DNS
-    // here).
+    // loopback ports the kernel picks, the gateway entry an address: no
+    // DNS here).
     let deployment = rendered
         .iter()
         .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == control_plane::NAME)
         .unwrap();
-    let discovery = free_port();
-    let webhook = free_port();
     let mut args: Vec<String> = Vec::new();
     for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -297,14 +288,12 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
     {
         let a = a.as_str().unwrap();
         args.push(match a.split_once('=') {
-            Some(("--discovery", _)) => format!("--discovery={discovery}"),
-            Some(("--injector", _)) => format!("--injector={webhook}"),
             Some(("--gateway-entry", _)) => "--gateway-entry=127.0.0.1:15009".into(),
-            Some((flag, v)) if v.starts_with("0.0.0.0:") => format!("{flag}={}", free_port()),
+            Some((flag, v)) if v.starts_with("0.0.0.0:") => format!("{flag}=127.0.0.1:0"),
             _ => a.to_string(),
         });
     }
-    let mut child = Command::new(isthmus_testkit::workspace_bin("isthmus-federation"))
+    let child = Command::new(isthmus_testkit::workspace_bin("isthmus-federation"))
         .args(&args)
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAME", "isthmus-federation-0")
@@ -321,9 +310,27 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
             let _ = self.0.wait();
         }
     }
-    let _ = child.stdin.take();
     let guard = Kill(child);
     let log = dir.join("federation.log");
+    // Where it listens, as it says (`<what> on <address>`).
+    let port = |what: &'static str| {
+        let log = log.clone();
+        async move {
+            isthmus_testkit::eventually(&format!("the control plane's {what} port"), || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let at = text.lines().find_map(|l| {
+                    l.strip_prefix(what)?
+                        .strip_prefix(" on ")?
+                        .parse::<SocketAddr>()
+                        .ok()
+                });
+                async move { at }
+            })
+            .await
+        }
+    };
+    let discovery = port("discovery").await;
+    let webhook = port("injector").await;
     let calls_of = |api: &FakeApi| -> Vec<Call> {
         api.calls()
             .into_iter()

@@ -150,11 +150,6 @@ pub fn objects(c: &Cluster, o: &Options) -> Vec<Value> {
     out
 }
 
-/// The canary route of the local demo's scenario, as a manifest.
-pub fn canary(weight: u32) -> String {
-    super::mesh::canary_route(weight)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +184,5 @@ mod tests {
         let pod = &fe["spec"]["template"];
         assert_eq!(pod["metadata"]["labels"][INJECT_LABEL], "false");
         assert!(pod["spec"]["containers"][0].get("restartPolicy").is_none());
-        assert!(canary(10).contains("weight: 10"));
     }
 }

@@ -17,7 +17,9 @@ pub const FIELD_MANAGER: &str = "isthmusctl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{object}: {what} failed: {source}")]
+    #[error(
+        "{object}: {what} failed: {source} (does this context's user have the rights? `isthmusctl check --pre --context …` lists what is missing)"
+    )]
     Api {
         object: String,
         what: &'static str,

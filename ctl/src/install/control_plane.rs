@@ -48,34 +48,6 @@ pub fn container_security(uid: u32) -> Value {
     })
 }
 
-/// Spread replicas over nodes when there are several.
-pub fn anti_affinity(app: &str) -> Value {
-    json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-        "weight": 100,
-        "podAffinityTerm": {
-            "topologyKey": "kubernetes.io/hostname",
-            "labelSelector": {"matchLabels": {"app": app}},
-        },
-    }]}})
-}
-
-/// Probes on the admin port: started (a first list of the cluster can
-/// take a while), live, ready.
-pub fn probes() -> (Value, Value, Value) {
-    let get = |path: &str| json!({"path": path, "port": ADMIN_PORT});
-    (
-        json!({"httpGet": get("/healthz"), "periodSeconds": 5, "failureThreshold": 36}),
-        json!({"httpGet": get("/healthz"), "periodSeconds": 10, "failureThreshold": 3}),
-        json!({"httpGet": get("/readyz"), "periodSeconds": 5, "failureThreshold": 2}),
-    )
-}
-
-pub fn pod_labels(app: &str) -> Value {
-    let mut l = labels(app);
-    l["app"] = json!(app);
-    l
-}
-
 /// A PodDisruptionBudget keeping one of `app`'s pods up (none for one
 /// replica: it would block every node drain).
 pub fn disruption_budget(app: &str, replicas: u16) -> Option<Value> {
@@ -166,53 +138,79 @@ fn cluster_config(o: &Options) -> Value {
 }
 
 fn deployment(o: &Options) -> Value {
-    let (startup, liveness, readiness) = probes();
+    let pod = json!({"serviceAccountName": SERVICE_ACCOUNT});
+    let container = json!({
+        "name": "federation",
+        "image": o.image("isthmus-federation"),
+        "imagePullPolicy": o.pull_policy,
+        "args": args(o),
+        "env": [
+            // The Lease holder's identity and the Lease's (and its
+            // Secrets') namespace.
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "ports": [
+            {"name": "grpc-discovery", "containerPort": DISCOVERY_PORT},
+            {"name": "tcp-federation", "containerPort": FEDERATION_PORT},
+            {"name": "https-webhook", "containerPort": INJECTOR_PORT},
+            {"name": "http-admin", "containerPort": ADMIN_PORT},
+        ],
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "128Mi"},
+            "limits": {"memory": "1Gi"},
+        },
+        // distroless nonroot's user.
+        "securityContext": container_security(65532),
+    });
+    one_container_deployment(NAME, o.replicas, pod, container)
+}
+
+/// A Deployment of one Isthmus `container` as `app`: `replicas` of it,
+/// spread over nodes, probed (startup, liveness, readiness) and scraped on
+/// the admin port; `pod` is the rest of the pod spec (service account,
+/// volumes).
+pub fn one_container_deployment(
+    app: &str,
+    replicas: u16,
+    mut pod: Value,
+    mut container: Value,
+) -> Value {
+    let get = |path: &str| json!({"path": path, "port": ADMIN_PORT});
+    // A first list of the cluster can take a while: started within 3 min.
+    container["startupProbe"] =
+        json!({"httpGet": get("/healthz"), "periodSeconds": 5, "failureThreshold": 36});
+    container["livenessProbe"] =
+        json!({"httpGet": get("/healthz"), "periodSeconds": 10, "failureThreshold": 3});
+    container["readinessProbe"] =
+        json!({"httpGet": get("/readyz"), "periodSeconds": 5, "failureThreshold": 2});
+    pod["securityContext"] = json!({"seccompProfile": {"type": "RuntimeDefault"}});
+    pod["affinity"] = json!({"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 100,
+        "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"app": app}},
+        },
+    }]}});
+    pod["containers"] = json!([container]);
+    let mut labels = labels(app);
+    labels["app"] = json!(app);
     json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(NAME, Some(NAMESPACE)),
+        "metadata": meta(app, Some(NAMESPACE)),
         "spec": {
-            "replicas": o.replicas,
-            "selector": {"matchLabels": {"app": NAME}},
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": app}},
             "template": {
                 "metadata": {
-                    "labels": pod_labels(NAME),
+                    "labels": labels,
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": ADMIN_PORT.to_string(),
                     },
                 },
-                "spec": {
-                    "serviceAccountName": SERVICE_ACCOUNT,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                    "affinity": anti_affinity(NAME),
-                    "containers": [{
-                        "name": "federation",
-                        "image": o.image("isthmus-federation"),
-                        "imagePullPolicy": o.pull_policy,
-                        "args": args(o),
-                        "env": [
-                            // The Lease holder's identity and the Lease's
-                            // (and its Secrets') namespace.
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                        ],
-                        "ports": [
-                            {"name": "grpc-discovery", "containerPort": DISCOVERY_PORT},
-                            {"name": "tcp-federation", "containerPort": FEDERATION_PORT},
-                            {"name": "https-webhook", "containerPort": INJECTOR_PORT},
-                            {"name": "http-admin", "containerPort": ADMIN_PORT},
-                        ],
-                        "startupProbe": startup,
-                        "livenessProbe": liveness,
-                        "readinessProbe": readiness,
-                        "resources": {
-                            "requests": {"cpu": "100m", "memory": "128Mi"},
-                            "limits": {"memory": "1Gi"},
-                        },
-                        "securityContext": container_security(65532),
-                    }],
-                },
+                "spec": pod,
             },
         },
     })

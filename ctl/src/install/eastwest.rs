@@ -12,8 +12,8 @@
 use serde_json::{Value, json};
 
 use super::control_plane::{
-    CLUSTER_CONFIG, LOCAL_ENTRY_SERVICE, anti_affinity, container_security, discovery_address,
-    disruption_budget, pod_labels,
+    CLUSTER_CONFIG, LOCAL_ENTRY_SERVICE, container_security, discovery_address, disruption_budget,
+    one_container_deployment,
 };
 use super::rbac::GATEWAY_SERVICE_ACCOUNT;
 use super::{ADMIN_PORT, LOCAL_ENTRY_PORT, NAMESPACE, Options, TUNNEL_PORT, meta};
@@ -80,70 +80,46 @@ pub fn env() -> Vec<Value> {
 }
 
 fn deployment(o: &Options) -> Value {
-    let (startup, liveness, readiness) = super::control_plane::probes();
-    // uid 1337: the one transparent capture exempts (the image's user).
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": meta(NAME, Some(NAMESPACE)),
-        "spec": {
-            "replicas": o.gateway_replicas,
-            "selector": {"matchLabels": {"app": NAME}},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels(NAME),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": ADMIN_PORT.to_string(),
-                    },
-                },
-                "spec": {
-                    "serviceAccountName": GATEWAY_SERVICE_ACCOUNT,
-                    // It never calls the API: no API token in the pod.
-                    "automountServiceAccountToken": false,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
-                    "affinity": anti_affinity(NAME),
-                    "containers": [{
-                        "name": "eastwest",
-                        "image": o.image("isthmus-gateway"),
-                        "imagePullPolicy": o.pull_policy,
-                        "args": args(),
-                        "env": env(),
-                        "ports": [
-                            {"name": "quic", "containerPort": TUNNEL_PORT, "protocol": "UDP"},
-                            {"name": "tls", "containerPort": TUNNEL_PORT, "protocol": "TCP"},
-                            {"name": "tcp-local", "containerPort": LOCAL_ENTRY_PORT},
-                            {"name": "http-admin", "containerPort": ADMIN_PORT},
-                        ],
-                        "startupProbe": startup,
-                        "livenessProbe": liveness,
-                        "readinessProbe": readiness,
-                        "resources": {
-                            "requests": {"cpu": "200m", "memory": "64Mi"},
-                            "limits": {"memory": "512Mi"},
-                        },
-                        "securityContext": container_security(1337),
-                        "volumeMounts": [
-                            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
-                            {"name": "ca-root", "mountPath": CA_ROOT_DIR, "readOnly": true},
-                            {"name": "isthmus-token", "mountPath": TOKEN_DIR, "readOnly": true},
-                        ],
-                    }],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": NAME}},
-                        // Written by the control plane once it runs: the
-                        // pod waits for it.
-                        {"name": "ca-root", "configMap": {"name": ca_root::CONFIG_MAP}},
-                        {"name": "isthmus-token", "projected": {"sources": [{"serviceAccountToken": {
-                            "audience": isthmus_federation::identity::service::AUDIENCE,
-                            "expirationSeconds": TOKEN_SECONDS,
-                            "path": "token",
-                        }}]}},
-                    ],
-                },
-            },
+    let pod = json!({
+        "serviceAccountName": GATEWAY_SERVICE_ACCOUNT,
+        // It never calls the API: no API token in the pod.
+        "automountServiceAccountToken": false,
+        "volumes": [
+            {"name": "config", "configMap": {"name": NAME}},
+            // Written by the control plane once it runs: the pod waits for it.
+            {"name": "ca-root", "configMap": {"name": ca_root::CONFIG_MAP}},
+            {"name": "isthmus-token", "projected": {"sources": [{"serviceAccountToken": {
+                "audience": isthmus_federation::identity::service::AUDIENCE,
+                "expirationSeconds": TOKEN_SECONDS,
+                "path": "token",
+            }}]}},
+        ],
+    });
+    let container = json!({
+        "name": "eastwest",
+        "image": o.image("isthmus-gateway"),
+        "imagePullPolicy": o.pull_policy,
+        "args": args(),
+        "env": env(),
+        "ports": [
+            {"name": "quic", "containerPort": TUNNEL_PORT, "protocol": "UDP"},
+            {"name": "tls", "containerPort": TUNNEL_PORT, "protocol": "TCP"},
+            {"name": "tcp-local", "containerPort": LOCAL_ENTRY_PORT},
+            {"name": "http-admin", "containerPort": ADMIN_PORT},
+        ],
+        "resources": {
+            "requests": {"cpu": "200m", "memory": "64Mi"},
+            "limits": {"memory": "512Mi"},
         },
-    })
+        // uid 1337: the one transparent capture exempts (the image's user).
+        "securityContext": container_security(1337),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": true},
+            {"name": "ca-root", "mountPath": CA_ROOT_DIR, "readOnly": true},
+            {"name": "isthmus-token", "mountPath": TOKEN_DIR, "readOnly": true},
+        ],
+    });
+    one_container_deployment(NAME, o.gateway_replicas, pod, container)
 }
 
 fn services(o: &Options) -> Vec<Value> {

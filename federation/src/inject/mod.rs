@@ -82,7 +82,7 @@ pub enum ListKind {
 
 /// What the injector puts in: the proxy image and where the control plane
 /// is, and this cluster's name and locality (from the Mesh).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Template {
     pub image: String,
     pub pull_policy: String,

@@ -43,9 +43,10 @@ pub async fn lookup(name: &str) -> Result<std::net::SocketAddr, String> {
 /// The next answers: each name looked up, a failure keeping the last
 /// address it had.
 async fn resolve_all(names: &BTreeSet<String>, last: &Resolved) -> Resolved {
+    // All at once: one slow name does not hold the others up.
+    let answers = futures_util::future::join_all(names.iter().map(|n| lookup(n))).await;
     let mut out = Resolved::new();
-    for name in names {
-        let now = lookup(name).await;
+    for (name, now) in names.iter().zip(answers) {
         let kept = match (&now, last.get(name)) {
             (Err(why), Some(Ok(addr))) => {
                 tracing::warn!(%name, %addr, "gateway name {why}; keeping its last address");
