@@ -88,3 +88,94 @@ async fn translates_the_store_and_follows_changes() {
     cp.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ClusterSet IPs outlive a restart in `files` mode: what the state file
+/// holds is used (even where a name's hash would give another address),
+/// and what was handed out is there for the next start.
+#[tokio::test]
+async fn clusterset_ips_survive_a_restart() {
+    use isthmus_api::federation::v1 as wire;
+    use isthmus_api::model;
+    let dir = isthmus_testkit::temp_dir("cp-vips");
+    let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/eu-west");
+    for f in ["mesh.yaml", "services.yaml"] {
+        std::fs::copy(golden.join(f), dir.join(f)).unwrap();
+    }
+    let state = isthmus_federation::store::vip_state::path(&dir);
+    let chosen: std::net::Ipv4Addr = "240.240.77.1".parse().unwrap();
+    isthmus_federation::store::vip_state::save(
+        &state,
+        &[("reviews-eu-central.shop".to_string(), chosen)].into(),
+    )
+    .unwrap();
+    let exports = wire::Exports {
+        version: 1,
+        full: true,
+        cluster: "eu-central".into(),
+        trust_domain: "eu-central.isthmus.local".into(),
+        services: ["catalog", "reviews"]
+            .map(|name| wire::ExportedService {
+                name: name.into(),
+                namespace: "shop".into(),
+                ports: vec![model::ServicePort {
+                    port: 80,
+                    target_port: 8080,
+                    ..Default::default()
+                }],
+                healthy: 1,
+                locality: Some(model::Locality {
+                    region: "eu-central".into(),
+                    zone: "eu-central-a".into(),
+                }),
+                exported_at: 0,
+            })
+            .to_vec(),
+        ..Default::default()
+    };
+    // Starts a control plane, imports, and returns every imported name's
+    // VIP once they are all there.
+    let run = |dir: std::path::PathBuf| {
+        let exports = exports.clone();
+        async move {
+            let mut opts = Options::new(dir);
+            opts.poll = Duration::from_millis(20);
+            opts.debounce = Duration::from_millis(20);
+            opts.gateway_entry = Some("10.0.0.2:15009".parse().unwrap());
+            let cp = ControlPlane::start(opts);
+            cp.peers.update("eu-central", |p| {
+                p.apply(&exports, std::time::SystemTime::now()).unwrap()
+            });
+            let mut published = cp.published.clone();
+            let names = [
+                "catalog.shop.svc.clusterset.local",
+                "catalog-eu-central.shop",
+                "reviews.shop.svc.clusterset.local",
+                "reviews-eu-central.shop",
+            ];
+            let vips = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    let p = published.borrow_and_update().clone();
+                    let got: std::collections::BTreeMap<&str, Vec<String>> = names
+                        .iter()
+                        .filter_map(|n| Some((*n, p.catalog.services.get(*n)?.vips.clone())))
+                        .filter(|(_, v)| !v.is_empty())
+                        .collect();
+                    if got.len() == names.len() {
+                        return got;
+                    }
+                    published.changed().await.unwrap();
+                }
+            })
+            .await
+            .expect("imported names with VIPs");
+            cp.shutdown().await;
+            vips
+        }
+    };
+    let first = run(dir.clone()).await;
+    assert_eq!(first["reviews-eu-central.shop"], [chosen.to_string()]);
+    let kept = isthmus_federation::store::vip_state::load(&state).unwrap();
+    assert_eq!(kept.len(), 4, "every name written: {kept:?}");
+    let again = run(dir.clone()).await;
+    assert_eq!(first, again, "the same addresses after a restart");
+}

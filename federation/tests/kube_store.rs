@@ -172,6 +172,7 @@ async fn lists_and_watches_every_kind_and_reports_bad_objects() {
         debounce: Duration::from_millis(10),
         sync_timeout: Duration::from_secs(30),
         link_secrets_namespace: "isthmus-links".into(),
+        mcs: Default::default(),
     }
     .start(stop.clone())
     .await
@@ -735,6 +736,85 @@ spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
     // Written once: nothing again while the imports stay the same.
     let (n, _) = writer.write(&wanted, &snapshot(local)).await;
     assert_eq!(n, 0);
+    server.abort();
+}
+
+/// A cluster serving MCS v1beta1 (MCS v0.5 and later) is read and written
+/// in v1beta1: discovery decides, and the body's apiVersion follows.
+#[tokio::test]
+async fn mcs_v1beta1_is_used_where_the_cluster_serves_it() {
+    use isthmus_federation::store::kube::Mcs;
+    use isthmus_federation::writers::imports::ImportWriter;
+    let (client, mut handle) = client();
+    let requests = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+    let served = Arc::new(Mutex::new(vec!["v1beta1", "v1alpha1"]));
+    let server = {
+        let (requests, served) = (requests.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let path = req.uri().path().to_string();
+                let b = body_json(req).await;
+                requests.lock().unwrap().push((path.clone(), b.clone()));
+                let versions = served.lock().unwrap().clone();
+                if path == "/apis/multicluster.x-k8s.io" {
+                    if versions.is_empty() {
+                        send.send_response(respond(StatusCode::NOT_FOUND, body(&not_found(&path))));
+                        continue;
+                    }
+                    let vs: Vec<Value> = versions
+                        .iter()
+                        .map(|v| json!({"groupVersion": format!("multicluster.x-k8s.io/{v}"), "version": v}))
+                        .collect();
+                    send.send_response(respond(
+                        StatusCode::OK,
+                        body(&json!({"kind": "APIGroup", "apiVersion": "v1", "name": "multicluster.x-k8s.io",
+                                     "versions": vs, "preferredVersion": vs[0]})),
+                    ));
+                } else {
+                    send.send_response(respond(StatusCode::OK, body(&b)));
+                }
+            }
+        })
+    };
+    assert_eq!(Mcs::discover(&client).await, Mcs::V1beta1);
+    *served.lock().unwrap() = vec!["v1alpha1"];
+    assert_eq!(Mcs::discover(&client).await, Mcs::V1alpha1);
+    served.lock().unwrap().clear();
+    assert_eq!(Mcs::discover(&client).await, Mcs::V1alpha1, "not installed");
+
+    let wanted = std::collections::BTreeMap::from([(
+        isthmus_federation::store::ObjectKey {
+            namespace: Some("shop".into()),
+            name: "catalog".into(),
+        },
+        json!({"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
+               "metadata": {"name": "catalog", "namespace": "shop"},
+               "spec": {"type": "ClusterSetIP", "ips": ["240.240.0.1"], "ports": [{"port": 80, "protocol": "TCP"}]},
+               "status": {"clusters": [{"cluster": "eu-central"}]}}),
+    )]);
+    let mut writer = ImportWriter::new(client).with_mcs(Mcs::V1beta1);
+    let (n, errors) = writer
+        .write(&wanted, &isthmus_federation::store::Snapshot::default())
+        .await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(n, 1);
+    let reqs = requests.lock().unwrap().clone();
+    let writes: Vec<(&str, &Value)> = reqs[3..]
+        .iter()
+        .map(|(p, b)| (p.as_str(), &b["apiVersion"]))
+        .collect();
+    let base = "/apis/multicluster.x-k8s.io/v1beta1/namespaces/shop/serviceimports/catalog";
+    assert_eq!(
+        writes,
+        [
+            (base, &json!("multicluster.x-k8s.io/v1beta1")),
+            (
+                format!("{base}/status").as_str(),
+                &json!("multicluster.x-k8s.io/v1beta1")
+            ),
+        ]
+    );
+    assert_eq!(reqs[3].1["spec"]["ips"], json!(["240.240.0.1"]));
     server.abort();
 }
 

@@ -72,12 +72,21 @@ pub struct Options {
     /// The injection webhook runs: the leader writes the CA's root into
     /// its configuration's caBundle.
     pub injector: bool,
+    /// The ClusterSet IP range and the ranges never handed out (`kept` is
+    /// filled from `vip_state` and as the control plane runs).
+    pub clusterset_ips: crate::translate::vips::Settings,
+    /// `files` mode: the ClusterSet IP state file (`store::vip_state`).
+    /// None: addresses live in ServiceImports (`kube`) or in memory.
+    pub vip_state: Option<PathBuf>,
 }
 
 impl Options {
     pub fn new(store_dir: impl Into<PathBuf>) -> Self {
+        let store_dir = store_dir.into();
         Self {
-            store_dir: store_dir.into(),
+            vip_state: (!store_dir.as_os_str().is_empty())
+                .then(|| crate::store::vip_state::path(&store_dir)),
+            store_dir,
             poll: Duration::from_millis(200),
             debounce: Duration::from_millis(100),
             registration_grace: Duration::from_secs(30),
@@ -88,6 +97,7 @@ impl Options {
             federation_address: None,
             namespace: "isthmus-system".into(),
             injector: false,
+            clusterset_ips: Default::default(),
         }
     }
 }
@@ -166,7 +176,10 @@ impl ControlPlane {
         lease: &str,
     ) -> Result<Self, crate::store::kube::KubeStoreError> {
         let stop = CancellationToken::new();
+        let mcs = crate::store::kube::Mcs::discover(&client).await;
+        tracing::info!(version = mcs.version(), "Multi-Cluster Services API");
         let (states, task) = crate::store::kube::KubeStore {
+            mcs,
             client: client.clone(),
             debounce: opts.debounce,
             sync_timeout: Duration::from_secs(120),
@@ -181,13 +194,18 @@ impl ControlPlane {
             identity: cp.replica.clone(),
             duration: Duration::from_secs(15),
         };
-        cp.write_status(client, elector);
+        cp.write_status(client, elector, mcs);
         Ok(cp)
     }
 
     /// Writes status while leading: on every new generation, on changes of
     /// proxies' refusals and of the links' state, at most once a second.
-    fn write_status(&self, client: kube::Client, elector: crate::writers::leader::Elector) {
+    fn write_status(
+        &self,
+        client: kube::Client,
+        elector: crate::writers::leader::Elector,
+        mcs: crate::store::kube::Mcs,
+    ) {
         let stop = self.stop.clone();
         let mut published = self.published.clone();
         let subscribers = self.subscribers.clone();
@@ -199,8 +217,10 @@ impl ControlPlane {
             let (mut leading, _elector) = elector.run(stop.clone());
             let mut changes = subscribers.watch();
             let mut links = peers.watch_status();
-            let mut writer = crate::writers::status::StatusWriter::new(client.clone());
-            let mut imports = crate::writers::imports::ImportWriter::new(client.clone());
+            let mut writer =
+                crate::writers::status::StatusWriter::new(client.clone()).with_mcs(mcs);
+            let mut imports =
+                crate::writers::imports::ImportWriter::new(client.clone()).with_mcs(mcs);
             let mut roots = crate::writers::ca_root::RootWriter::new(client.clone());
             let mut bundle = crate::inject::webhook::BundleWriter::new(client);
             loop {
@@ -215,8 +235,16 @@ impl ControlPlane {
                     }
                     let own =
                         crate::identity::mesh_cluster_name(&p.store.snapshot).unwrap_or_default();
-                    let wanted = crate::writers::imports::desired(&p.catalog, &own);
-                    let (m, more) = imports.write(&wanted, &p.store.snapshot).await;
+                    // Not before the warm-up is over: a control plane that
+                    // just started has not heard from its links yet, and
+                    // would delete every ServiceImport (and the ClusterSet
+                    // IPs they keep).
+                    let (m, more) = if p.warm {
+                        let wanted = crate::writers::imports::desired(&p.catalog, &own);
+                        imports.write(&wanted, &p.store.snapshot).await
+                    } else {
+                        (0, Vec::new())
+                    };
                     if m > 0 {
                         tracing::info!(objects = m, "ServiceImports written");
                     }

@@ -17,11 +17,19 @@ impl ControlPlane {
         let peers = Arc::new(crate::sync::peers::Peers::default());
         let mut generation = 1;
         let (trust_tx, mut trust) = watch::channel(opts.trust_bundles.clone());
+        let mut vips = opts.clusterset_ips.clone();
+        if let Some(path) = &opts.vip_state {
+            match crate::store::vip_state::load(path) {
+                Ok(kept) => vips.kept = kept,
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         let inputs = Inputs {
             registry: &registry,
             peers: &peers,
             opts: &opts,
             resolved: &resolved.borrow_and_update().clone(),
+            vips: &vips,
         };
         let warm_at = tokio::time::Instant::now() + opts.warm_up;
         let mut warm = opts.warm_up.is_zero();
@@ -31,6 +39,12 @@ impl ControlPlane {
             &inputs,
             &trust.borrow_and_update(),
             warm,
+        );
+        keep_vips(
+            &mut vips,
+            &first.store.snapshot,
+            &first.catalog,
+            opts.vip_state.as_deref(),
         );
         let (tx, published) = watch::channel(first);
         let (reg, stop2, debounce) = (registry.clone(), stop.clone(), opts.debounce);
@@ -81,6 +95,7 @@ impl ControlPlane {
                     peers: &imports,
                     opts: &loop_opts,
                     resolved: &names,
+                    vips: &vips,
                 };
                 let next = publish(
                     generation,
@@ -88,6 +103,12 @@ impl ControlPlane {
                     &inputs,
                     &trust.borrow_and_update(),
                     warm,
+                );
+                keep_vips(
+                    &mut vips,
+                    &next.store.snapshot,
+                    &next.catalog,
+                    loop_opts.vip_state.as_deref(),
                 );
                 tx.send_replace(next);
             }
@@ -104,6 +125,28 @@ impl ControlPlane {
             opts,
         }
     }
+}
+
+/// Remembers the ClusterSet IPs `catalog` was given, for the next
+/// translation, and writes them to the state file when they changed.
+fn keep_vips(
+    vips: &mut crate::translate::vips::Settings,
+    snapshot: &crate::store::Snapshot,
+    catalog: &Catalog,
+    state: Option<&std::path::Path>,
+) {
+    let mut before = vips.kept.clone();
+    before.extend(crate::translate::vips::persisted(snapshot));
+    let now = crate::translate::vips::remember(&before, &crate::translate::vips::assigned(catalog));
+    if now == vips.kept {
+        return;
+    }
+    if let Some(path) = state
+        && let Err(e) = crate::store::vip_state::save(path, &now)
+    {
+        tracing::warn!("{e}");
+    }
+    vips.kept = now;
 }
 
 /// Sleeps until the wall-clock time `at`, or forever.
@@ -133,6 +176,7 @@ struct Inputs<'a> {
     peers: &'a crate::sync::peers::Peers,
     opts: &'a Options,
     resolved: &'a crate::translate::links::Resolved,
+    vips: &'a crate::translate::vips::Settings,
 }
 
 fn publish(
@@ -167,6 +211,7 @@ fn publish(
             .federation_address
             .map(|addr| (inputs.opts.namespace.as_str(), addr)),
         resolved: Some(inputs.resolved),
+        clusterset_ips: Some(inputs.vips),
     });
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);

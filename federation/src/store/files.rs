@@ -124,9 +124,12 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
             "apiVersion and kind are required".into(),
         ));
     };
+    let also = super::ALSO_READ
+        .iter()
+        .any(|(v, k)| *v == api_version && *k == kind_name);
     let Some(&(_, kind, namespaced)) = KINDS
         .iter()
-        .find(|(v, k, _)| *v == api_version && *k == kind_name)
+        .find(|(v, k, _)| (*v == api_version || also) && *k == kind_name)
     else {
         let known: Vec<String> = KINDS.iter().map(|(v, k, _)| format!("{k} ({v})")).collect();
         return Err(err(
@@ -613,6 +616,30 @@ spec:
             panic!("not a route")
         };
         assert_eq!(route.spec.rules[1].backend_refs[1].weight, Some(10));
+    }
+
+    #[test]
+    fn mcs_v1beta1_reads_as_v1alpha1() {
+        let text = "apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\n\
+                    metadata: {name: catalog, namespace: shop}\n---\n\
+                    apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceImport\n\
+                    metadata: {name: catalog, namespace: shop}\n\
+                    spec: {type: ClusterSetIP, ips: [240.240.0.9], ports: [{port: 80}]}\n---\n\
+                    apiVersion: multicluster.x-k8s.io/v2\nkind: ServiceImport\n\
+                    metadata: {name: other, namespace: shop}\n";
+        let (loaded, errors) = parse_file(&file(), text);
+        let kinds: Vec<&str> = loaded.iter().map(|l| l.kind).collect();
+        assert_eq!(kinds, ["ServiceExport", "ServiceImport"]);
+        let Resource::ServiceImport(si) = loaded[1].resource.as_ref() else {
+            panic!("not an import")
+        };
+        assert_eq!(si.spec.ips, ["240.240.0.9"]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("unsupported apiVersion/kind multicluster.x-k8s.io/v2/ServiceImport")
+        );
     }
 
     #[test]

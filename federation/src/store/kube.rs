@@ -35,7 +35,59 @@ pub enum KubeStoreError {
     NotSynced { waited: Duration, kinds: String },
 }
 
-/// Where a kind lives in the API.
+/// The version of the Multi-Cluster Services API a cluster serves: MCS
+/// v0.5 serves v1beta1 (its storage version) beside v1alpha1; older
+/// releases only v1alpha1, later ones may drop it. The schemas agree, so
+/// only the path and `apiVersion` differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mcs {
+    #[default]
+    V1alpha1,
+    V1beta1,
+}
+
+impl Mcs {
+    pub const GROUP: &'static str = "multicluster.x-k8s.io";
+
+    pub fn version(self) -> &'static str {
+        match self {
+            Mcs::V1alpha1 => "v1alpha1",
+            Mcs::V1beta1 => "v1beta1",
+        }
+    }
+
+    /// Asks the API server (group discovery): v1beta1 when it is served,
+    /// else v1alpha1 (also when the group is not installed at all: the
+    /// store then says the CRDs are missing, by name).
+    pub async fn discover(client: &Client) -> Self {
+        let req = http::Request::get(format!("/apis/{}", Self::GROUP))
+            .body(Vec::new())
+            .expect("a static request");
+        match client
+            .request::<k8s_openapi::apimachinery::pkg::apis::meta::v1::APIGroup>(req)
+            .await
+        {
+            Ok(g) if g.versions.iter().any(|v| v.version == "v1beta1") => Mcs::V1beta1,
+            Ok(_) => Mcs::V1alpha1,
+            Err(e) => {
+                tracing::debug!("MCS API discovery: {e}; using v1alpha1");
+                Mcs::V1alpha1
+            }
+        }
+    }
+}
+
+/// Where a kind lives in the API, with MCS kinds in version `mcs`.
+pub fn api_resource_in(kind: &str, mcs: Mcs) -> ApiResource {
+    let mut ar = api_resource(kind);
+    if ar.group == Mcs::GROUP {
+        ar.version = mcs.version().to_string();
+        ar.api_version = format!("{}/{}", Mcs::GROUP, mcs.version());
+    }
+    ar
+}
+
+/// Where a kind lives in the API (MCS kinds in v1alpha1).
 pub fn api_resource(kind: &str) -> ApiResource {
     use crate::resources::gateway_api::{GRPCRoute, HTTPRoute, ReferenceGrant};
     use crate::resources::mcs::{ServiceExport, ServiceImport};
@@ -173,6 +225,8 @@ pub struct KubeStore {
     /// labelled) are listed and watched: `LINK_SECRETS_NAMESPACE`, which
     /// holds nothing else.
     pub link_secrets_namespace: String,
+    /// The MCS version to read (`Mcs::discover`).
+    pub mcs: Mcs,
 }
 
 impl KubeStore {
@@ -186,7 +240,7 @@ impl KubeStore {
         let shared = Arc::new(Shared::default());
         let mut watchers = Vec::new();
         for &(_, kind, namespaced) in KINDS {
-            let ar = api_resource(kind);
+            let ar = api_resource_in(kind, self.mcs);
             let api: Api<DynamicObject> = if kind == "Secret" {
                 Api::namespaced_with(self.client.clone(), &self.link_secrets_namespace, &ar)
             } else {

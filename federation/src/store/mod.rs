@@ -7,6 +7,7 @@ pub mod files;
 pub mod kube;
 pub mod registry;
 pub mod slice;
+pub mod vip_state;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,6 +99,13 @@ pub const KINDS: &[(&str, &str, bool)] = &[
     ("gateway.networking.k8s.io/v1", "GRPCRoute", true),
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", true),
     ("v1", "Secret", true),
+];
+
+/// Other API versions read as the same kind (the schemas agree): MCS
+/// v1beta1 beside v1alpha1.
+pub const ALSO_READ: &[(&str, &str)] = &[
+    ("multicluster.x-k8s.io/v1beta1", "ServiceExport"),
+    ("multicluster.x-k8s.io/v1beta1", "ServiceImport"),
 ];
 
 impl Resource {

@@ -21,6 +21,7 @@ use isthmus_api::model;
 
 use super::Problem;
 use super::services::{Catalog, Endpoints, service_name};
+use super::vips::Imported;
 use crate::store::{ObjectKey, Snapshot};
 
 /// The DNS suffix of clusterset names (`<svc>.<ns>.svc.clusterset.local`).
@@ -177,7 +178,18 @@ pub fn attach(
                 ..Default::default()
             },
         );
+        catalog
+            .imported
+            .insert(all.clone(), imported(&key.name, ns, None));
         endpoints.include(&all, &local);
+    }
+}
+
+fn imported(service: &str, namespace: &str, cluster: Option<&str>) -> Imported {
+    Imported {
+        namespace: namespace.to_string(),
+        service: service.to_string(),
+        cluster: cluster.map(str::to_string),
     }
 }
 
@@ -245,6 +257,9 @@ fn attach_service(
             ..Default::default()
         },
     );
+    catalog
+        .imported
+        .insert(all.clone(), imported(name, ns, None));
     match (&ours, ours_fit) {
         (Some(_), Some(true)) => endpoints.include(&all, &local),
         (Some((_, mine)), _) => catalog.problems.push(Problem {
@@ -294,6 +309,9 @@ fn attach_service(
                     ..Default::default()
                 },
             );
+            catalog
+                .imported
+                .insert(one.clone(), imported(name, ns, Some(&s.cluster)));
         }
         // In the set when it agrees: their target port for each of the
         // set's ports goes on their gateway endpoint.
@@ -693,5 +711,71 @@ spec:
         let got: Vec<&str> = c.problems.iter().map(|p| p.reason).collect();
         assert_eq!(got, ["NoGateway"], "once per cluster");
         assert!(!c.services.contains_key("reviews-us-east.shop"));
+    }
+
+    #[test]
+    fn imported_names_get_clusterset_ips_that_what_the_store_keeps_decides() {
+        let exports = [
+            summary("eu-central", "catalog", 80, 9080, 1),
+            summary("us-east", "catalog", 80, 9080, 1),
+            summary("us-east", "reviews", 80, 8080, 1),
+        ];
+        let c = imported(&exports, Some(ENTRY));
+        let vip = |c: &Catalog, n: &str| -> std::net::Ipv4Addr {
+            let s = &c.services[n];
+            assert_eq!(s.vips.len(), 1, "{n}: {:?}", s.vips);
+            s.vips[0].parse().unwrap()
+        };
+        let names = [
+            "catalog.shop.svc.clusterset.local",
+            "catalog-eu-central.shop",
+            "catalog-us-east.shop",
+            "reviews.shop.svc.clusterset.local",
+            "reviews-us-east.shop",
+        ];
+        let ips: BTreeSet<_> = names.iter().map(|n| vip(&c, n)).collect();
+        assert_eq!(ips.len(), names.len(), "one address each");
+        assert!(
+            ips.iter()
+                .all(|ip| super::super::vips::Range::DEFAULT.contains(*ip))
+        );
+        // Local Services keep their own (none here); same inputs, same
+        // addresses.
+        assert!(c.services["catalog.shop"].vips.is_empty());
+        assert_eq!(imported(&exports, Some(ENTRY)).services, c.services);
+
+        // What a ServiceImport holds wins, and a local ClusterIP is never
+        // handed out.
+        let taken = vip(&c, "reviews-us-east.shop");
+        let c2 = imported_with(
+            &format!(
+                r#"apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceImport
+metadata:
+  name: catalog
+  namespace: shop
+  annotations: {{isthmus.dev/cluster-ips: '{{"eu-central": "240.240.7.7"}}'}}
+spec: {{type: ClusterSetIP, ips: [240.240.7.6], ports: [{{port: 80}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: local-one, namespace: shop}}
+spec: {{clusterIP: {taken}, ports: [{{port: 80}}]}}
+"#
+            ),
+            &exports,
+            Some(ENTRY),
+        );
+        assert!(c2.problems.is_empty(), "{:?}", c2.problems);
+        assert_eq!(
+            vip(&c2, "catalog.shop.svc.clusterset.local").to_string(),
+            "240.240.7.6"
+        );
+        assert_eq!(
+            vip(&c2, "catalog-eu-central.shop").to_string(),
+            "240.240.7.7"
+        );
+        assert_ne!(vip(&c2, "reviews-us-east.shop"), taken);
+        assert_eq!(c2.services["local-one.shop"].vips, [taken.to_string()]);
     }
 }

@@ -76,6 +76,9 @@ pub struct Inputs<'a> {
     pub federation: Option<(&'a str, std::net::SocketAddr)>,
     /// ClusterLink gateway names (`host:port`) as last resolved.
     pub resolved: Option<&'a links::Resolved>,
+    /// The ClusterSet IP range and what names had (none: the default
+    /// range, and only what the store's ServiceImports hold).
+    pub clusterset_ips: Option<&'a vips::Settings>,
 }
 
 impl<'a> Inputs<'a> {
@@ -89,6 +92,7 @@ impl<'a> Inputs<'a> {
             synced_trust: None,
             federation: None,
             resolved: None,
+            clusterset_ips: None,
         }
     }
 }
@@ -127,6 +131,12 @@ pub fn translate<'a>(inputs: &Inputs<'a>) -> Output<'a> {
         snap,
         inputs.imports,
         inputs.gateway_entry,
+    );
+    let default_ips = vips::Settings::default();
+    vips::assign(
+        &mut catalog,
+        snap,
+        inputs.clusterset_ips.unwrap_or(&default_ips),
     );
     attach_policies(&mut catalog, snap, inputs.resolved);
     if let Some(synced) = inputs.synced_trust {

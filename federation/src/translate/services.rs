@@ -35,6 +35,9 @@ pub struct Catalog {
     /// gateway (ServiceExports of existing Services, and the federation
     /// channel): what the gateway is sent.
     pub exported: std::collections::BTreeSet<String>,
+    /// The names `imports::attach` made (clusterset and per-cluster), by
+    /// proxy name: they get ClusterSet IPs (`vips::assign`).
+    pub imported: BTreeMap<String, super::vips::Imported>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

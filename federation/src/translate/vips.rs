@@ -14,10 +14,64 @@
 //!
 //! The range defaults to 240.240.0.0/16, as Istio's auto-allocated VIPs
 //! (class E: never a real destination), and addresses inside `reserved`
-//! (the cluster's Service and Pod ranges) are never handed out.
+//! (the cluster's Service and Pod ranges, and every local Service's
+//! ClusterIP) are never handed out.
+//!
+//! `assign` gives the imported names of a catalog their addresses (the
+//! proxies index them as VIPs, like a local Service's ClusterIP);
+//! `persisted` reads back what the ServiceImports hold.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+
+use super::Problem;
+use super::services::Catalog;
+use crate::store::{ObjectKey, Resource, Snapshot};
+
+/// On a ServiceImport: the ClusterSet IPs of its per-cluster names, as
+/// JSON `{"<cluster>": "<ip>"}` (its clusterset name's is `spec.ips`).
+pub const CLUSTER_IPS_ANNOTATION: &str = "isthmus.dev/cluster-ips";
+
+/// A name that gets a ClusterSet IP: a clusterset service
+/// (`cluster: None`) or one cluster's export of it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Imported {
+    pub namespace: String,
+    pub service: String,
+    pub cluster: Option<String>,
+}
+
+impl Imported {
+    /// Its name in the proxies' configuration.
+    pub fn proxy_name(&self) -> String {
+        match &self.cluster {
+            None => super::imports::clusterset_name(&self.service, &self.namespace),
+            Some(c) => super::imports::per_cluster_name(&self.service, &self.namespace, c),
+        }
+    }
+}
+
+/// Where ClusterSet IPs come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub range: Range,
+    /// Never handed out (the cluster's Service and Pod CIDRs).
+    pub reserved: Vec<Range>,
+    /// Addresses names had before (this process's last translation, or the
+    /// files mode's state file), by proxy name; what the store's
+    /// ServiceImports say wins over these.
+    pub kept: BTreeMap<String, Ipv4Addr>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            range: Range::DEFAULT,
+            reserved: Vec::new(),
+            kept: BTreeMap::new(),
+        }
+    }
+}
 
 /// An IPv4 range: its first address and prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +173,116 @@ fn reserved_size(range: Range, reserved: &[Range]) -> u64 {
         .sum()
 }
 
+/// The ClusterSet IPs the store's ServiceImports hold, by proxy name:
+/// `spec.ips` for the clusterset name, the annotation for per-cluster ones.
+pub fn persisted(snap: &Snapshot) -> BTreeMap<String, Ipv4Addr> {
+    let mut out = BTreeMap::new();
+    for (key, r) in snap.of_kind("ServiceImport") {
+        let (Resource::ServiceImport(si), Some(ns)) = (r, &key.namespace) else {
+            continue;
+        };
+        if let Some(ip) = si.spec.ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok()) {
+            out.insert(super::imports::clusterset_name(&key.name, ns), ip);
+        }
+        let per_cluster = si
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CLUSTER_IPS_ANNOTATION))
+            .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
+            .unwrap_or_default();
+        for (cluster, ip) in per_cluster {
+            if let Ok(ip) = ip.parse() {
+                out.insert(
+                    super::imports::per_cluster_name(&key.name, ns, &cluster),
+                    ip,
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Gives every imported name of `catalog` its ClusterSet IP as the
+/// service's VIP. Local Services' ClusterIPs are reserved too. A range
+/// too small is a problem on the Mesh; the names then have no VIP (they
+/// are still reachable by Host header).
+pub fn assign(catalog: &mut Catalog, snap: &Snapshot, settings: &Settings) {
+    if catalog.imported.is_empty() {
+        return;
+    }
+    let mut kept = settings.kept.clone();
+    kept.extend(persisted(snap));
+    let mut reserved = settings.reserved.clone();
+    for (name, s) in &catalog.services {
+        if catalog.imported.contains_key(name) {
+            continue;
+        }
+        reserved.extend(
+            s.vips
+                .iter()
+                .filter_map(|v| v.parse::<Ipv4Addr>().ok())
+                .map(|base| Range { base, prefix: 32 }),
+        );
+    }
+    let names: BTreeSet<String> = catalog.imported.keys().cloned().collect();
+    match allocate(settings.range, &reserved, &names, &kept) {
+        Ok(ips) => {
+            for (name, ip) in ips {
+                if let Some(s) = catalog.services.get_mut(&name) {
+                    s.vips = vec![ip.to_string()];
+                }
+            }
+        }
+        Err(e) => {
+            let key = snap
+                .of_kind("Mesh")
+                .map(|(k, _)| k.clone())
+                .next()
+                .unwrap_or(ObjectKey {
+                    namespace: None,
+                    name: "default".into(),
+                });
+            catalog.problems.push(Problem {
+                kind: "Mesh",
+                key,
+                reason: "ClusterSetIPsExhausted",
+                message: format!(
+                    "{e}; imported services have no ClusterSet IP (reachable by Host header only)"
+                ),
+            });
+        }
+    }
+}
+
+/// The ClusterSet IP of each imported name of `catalog`, by proxy name.
+pub fn assigned(catalog: &Catalog) -> BTreeMap<String, Ipv4Addr> {
+    catalog
+        .imported
+        .keys()
+        .filter_map(|n| {
+            let ip = catalog.services.get(n)?.vips.first()?.parse().ok()?;
+            Some((n.clone(), ip))
+        })
+        .collect()
+}
+
+/// What to keep for the next allocation: the addresses handed out now,
+/// and the ones names absent now had, while no present name holds them.
+pub fn remember(
+    before: &BTreeMap<String, Ipv4Addr>,
+    now: &BTreeMap<String, Ipv4Addr>,
+) -> BTreeMap<String, Ipv4Addr> {
+    let held: BTreeSet<Ipv4Addr> = now.values().copied().collect();
+    let mut out = now.clone();
+    for (name, ip) in before {
+        if !now.contains_key(name) && !held.contains(ip) {
+            out.insert(name.clone(), *ip);
+        }
+    }
+    out
+}
+
 /// Where a new name starts looking: a hash of the name.
 fn slot(name: &str) -> u64 {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, name.as_bytes());
@@ -128,7 +292,9 @@ fn slot(name: &str) -> u64 {
 }
 
 /// The address of each of `names` in `range` (none in `reserved`),
-/// keeping the ones in `kept` that are still valid. Deterministic.
+/// keeping the ones in `kept` that are still valid, and giving new names
+/// addresses kept for absent names only when nothing else is free.
+/// Deterministic.
 pub fn allocate(
     range: Range,
     reserved: &[Range],
@@ -159,14 +325,28 @@ pub fn allocate(
             wanted,
         });
     }
+    // Addresses kept for names not here now (a link down for a while)
+    // are not handed to new names while others are free: the name may
+    // come back, and clients may still have the address cached.
+    let absent: BTreeSet<Ipv4Addr> = kept
+        .iter()
+        .filter(|(n, ip)| !names.contains(*n) && usable(**ip))
+        .map(|(_, ip)| *ip)
+        .collect();
     for name in names {
         if out.contains_key(name) {
             continue;
         }
         let start = slot(name);
-        let ip = (0..range.size())
-            .map(|i| range.at(start.wrapping_add(i)))
-            .find(|ip| usable(*ip) && !taken.contains(ip))
+        let free = |avoid_absent: bool| {
+            (0..range.size())
+                .map(|i| range.at(start.wrapping_add(i)))
+                .find(|ip| {
+                    usable(*ip) && !taken.contains(ip) && !(avoid_absent && absent.contains(ip))
+                })
+        };
+        let ip = free(true)
+            .or_else(|| free(false))
             .expect("counted free above");
         taken.insert(ip);
         out.insert(name.clone(), ip);
@@ -257,6 +437,32 @@ mod tests {
             e.to_string(),
             "the ClusterSet IP range 10.0.0.0/30 has 2 free addresses for 3 names: give a larger range"
         );
+    }
+
+    #[test]
+    fn an_absent_names_address_waits_for_it() {
+        let tiny = Range::parse("10.0.0.0/30").unwrap();
+        let first = allocate(tiny, &[], &names(&["a", "b"]), &BTreeMap::new()).unwrap();
+        // "a" goes away; "c" and "d" come: they take the two addresses
+        // nobody had, not a's.
+        let kept = remember(
+            &first,
+            &allocate(tiny, &[], &names(&["b"]), &first).unwrap(),
+        );
+        assert_eq!(kept, first, "a is remembered while away");
+        let later = allocate(tiny, &[], &names(&["b", "c", "d"]), &kept).unwrap();
+        assert!(!later.values().any(|ip| *ip == first["a"]), "{later:?}");
+        // "a" comes back: its address again.
+        let kept = remember(&kept, &later);
+        let back = allocate(tiny, &[], &names(&["a", "b", "c"]), &kept).unwrap();
+        assert_eq!(back["a"], first["a"]);
+        assert_eq!(back["b"], first["b"]);
+        // When nothing else is free, an absent name's address is used, and
+        // forgotten for it.
+        let full = allocate(tiny, &[], &names(&["b", "c", "d", "e"]), &kept).unwrap();
+        assert_eq!(full.len(), 4);
+        let kept = remember(&kept, &full);
+        assert!(!kept.contains_key("a"), "{kept:?}");
     }
 
     proptest! {

@@ -1,9 +1,12 @@
 //! `kube` mode: what this cluster imports, as MCS `ServiceImport` objects
 //! (`kubectl get serviceimports -A`), one per clusterset service, in its
-//! namespace: its ports and the clusters that serve it. They are labelled
-//! ours; the translation does not read them back (imports live in memory,
-//! from the sync), so they are a view, rewritten when the imports change
-//! and deleted when a service is no longer imported.
+//! namespace: its ports, its ClusterSet IP (`spec.ips`, what CoreDNS's
+//! `multicluster` plugin answers), the clusters that serve it, and the
+//! per-cluster names' ClusterSet IPs (annotation `isthmus.dev/cluster-ips`).
+//! They are labelled ours. Imports themselves live in memory (from the
+//! sync); the translation reads back only the addresses, so that they
+//! outlive a restart (`translate::vips::persisted`). Rewritten when the
+//! imports change, deleted when a service is no longer imported.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +19,7 @@ use super::status::FIELD_MANAGER;
 use crate::store::{ObjectKey, Resource, Snapshot};
 use crate::translate::imports::CLUSTERSET;
 use crate::translate::services::Catalog;
+use crate::translate::vips::CLUSTER_IPS_ANNOTATION;
 
 /// Marks the ServiceImports this control plane owns.
 pub const MANAGED_LABEL: &str = "isthmus.dev/managed-by";
@@ -71,6 +75,28 @@ pub fn desired(catalog: &Catalog, own: &str) -> BTreeMap<ObjectKey, Value> {
         }
         clusters.sort_unstable();
         clusters.dedup();
+        let mut spec = json!({"type": "ClusterSetIP", "ports": ports});
+        if !s.vips.is_empty() {
+            spec["ips"] = json!(s.vips);
+        }
+        // The per-cluster names' addresses, kept with the clusterset one
+        // (`vips::persisted` reads them back).
+        let per_cluster: BTreeMap<&str, &str> = catalog
+            .imported
+            .iter()
+            .filter(|(_, i)| i.namespace == ns && i.service == svc)
+            .filter_map(|(n, i)| {
+                let vip = catalog.services.get(n)?.vips.first()?;
+                Some((i.cluster.as_deref()?, vip.as_str()))
+            })
+            .collect();
+        let mut metadata =
+            json!({"name": svc, "namespace": ns, "labels": {MANAGED_LABEL: MANAGER}});
+        if !per_cluster.is_empty() {
+            metadata["annotations"] = json!({
+                CLUSTER_IPS_ANNOTATION: serde_json::to_string(&per_cluster).expect("strings"),
+            });
+        }
         out.insert(
             ObjectKey {
                 namespace: Some(ns.to_string()),
@@ -79,8 +105,8 @@ pub fn desired(catalog: &Catalog, own: &str) -> BTreeMap<ObjectKey, Value> {
             json!({
                 "apiVersion": "multicluster.x-k8s.io/v1alpha1",
                 "kind": "ServiceImport",
-                "metadata": {"name": svc, "namespace": ns, "labels": {MANAGED_LABEL: MANAGER}},
-                "spec": {"type": "ClusterSetIP", "ports": ports},
+                "metadata": metadata,
+                "spec": spec,
                 "status": {"clusters": clusters.iter().map(|c| json!({"cluster": c})).collect::<Vec<_>>()},
             }),
         );
@@ -92,6 +118,7 @@ pub fn desired(catalog: &Catalog, own: &str) -> BTreeMap<ObjectKey, Value> {
 pub struct ImportWriter {
     client: Client,
     written: BTreeMap<ObjectKey, Value>,
+    mcs: crate::store::kube::Mcs,
 }
 
 impl ImportWriter {
@@ -99,7 +126,14 @@ impl ImportWriter {
         Self {
             client,
             written: BTreeMap::new(),
+            mcs: Default::default(),
         }
+    }
+
+    /// Writes ServiceImports in this version (`Mcs::discover`).
+    pub fn with_mcs(mut self, mcs: crate::store::kube::Mcs) -> Self {
+        self.mcs = mcs;
+        self
     }
 
     /// Forgets what was written (leadership changed hands).
@@ -108,7 +142,7 @@ impl ImportWriter {
     }
 
     fn api(&self, ns: &str) -> Api<DynamicObject> {
-        let ar = crate::store::kube::api_resource("ServiceImport");
+        let ar = crate::store::kube::api_resource_in("ServiceImport", self.mcs);
         Api::namespaced_with(self.client.clone(), ns, &ar)
     }
 
@@ -129,6 +163,11 @@ impl ImportWriter {
             let ns = key.namespace.as_deref().unwrap_or("default");
             let api = self.api(ns);
             let mut object = obj.clone();
+            object["apiVersion"] = json!(format!(
+                "{}/{}",
+                crate::store::kube::Mcs::GROUP,
+                self.mcs.version()
+            ));
             let status = object
                 .as_object_mut()
                 .and_then(|o| o.remove("status"))
@@ -199,14 +238,31 @@ mod tests {
                     target_port: 8080,
                 }],
                 endpoints: vec![ep(""), ep("eu-central"), ep("eu-central")],
+                vips: vec!["240.240.0.1".into()],
                 ..Default::default()
             },
+        );
+        let imported = |cluster: Option<&str>| crate::translate::vips::Imported {
+            namespace: "shop".into(),
+            service: "catalog".into(),
+            cluster: cluster.map(str::to_string),
+        };
+        c.imported
+            .insert("catalog.shop.svc.clusterset.local".into(), imported(None));
+        c.imported.insert(
+            "catalog-eu-central.shop".into(),
+            imported(Some("eu-central")),
         );
         c.services
             .insert("catalog.shop".into(), model::Service::default());
         c.exported.insert("catalog.shop".into());
-        c.services
-            .insert("catalog-eu-central.shop".into(), model::Service::default());
+        c.services.insert(
+            "catalog-eu-central.shop".into(),
+            model::Service {
+                vips: vec!["240.240.0.2".into()],
+                ..Default::default()
+            },
+        );
         let d = desired(&c, "eu-west");
         assert_eq!(d.len(), 1, "only clusterset names: {d:?}");
         let (key, si) = d.iter().next().unwrap();
@@ -220,6 +276,11 @@ mod tests {
             json!([{"port": 80, "protocol": "TCP", "name": "http", "appProtocol": "http"}])
         );
         assert_eq!(si["spec"]["type"], "ClusterSetIP");
+        assert_eq!(si["spec"]["ips"], json!(["240.240.0.1"]));
+        assert_eq!(
+            si["metadata"]["annotations"][CLUSTER_IPS_ANNOTATION],
+            r#"{"eu-central":"240.240.0.2"}"#
+        );
         assert_eq!(
             si["status"]["clusters"],
             json!([{"cluster": "eu-central"}, {"cluster": "eu-west"}])

@@ -68,6 +68,7 @@ pub struct StatusWriter {
     written: HashMap<(&'static str, ObjectKey), Seen>,
     /// Each ClusterLink's runtime status (the sync's), by name.
     links: BTreeMap<String, ClusterLinkStatus>,
+    mcs: crate::store::kube::Mcs,
 }
 
 /// What of a link's runtime status is worth a write: its state, imports
@@ -94,7 +95,14 @@ impl StatusWriter {
             client,
             written: HashMap::new(),
             links: BTreeMap::new(),
+            mcs: Default::default(),
         }
+    }
+
+    /// Writes MCS kinds' status in this version (`Mcs::discover`).
+    pub fn with_mcs(mut self, mcs: crate::store::kube::Mcs) -> Self {
+        self.mcs = mcs;
+        self
     }
 
     /// The links' runtime status for the next `write`: ClusterLinks get it
@@ -138,23 +146,30 @@ impl StatusWriter {
             let api = self.api(kind, key);
             let result = match obj {
                 Resource::DestinationPolicy(p) => {
-                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                    apply_policy(&api, self.mcs, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::AuthorizationPolicy(p) => {
-                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                    apply_policy(&api, self.mcs, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::PeerAuthentication(p) => {
-                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                    apply_policy(&api, self.mcs, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::RequestAuthentication(p) => {
-                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                    apply_policy(&api, self.mcs, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::FaultInjection(p) => {
-                    apply_policy(&api, kind, key, policy(p.status.as_ref())).await
+                    apply_policy(&api, self.mcs, kind, key, policy(p.status.as_ref())).await
                 }
                 Resource::ServiceExport(e) => {
                     let current = e.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
-                    apply_policy(&api, kind, key, keep_times(conds.clone(), current)).await
+                    apply_policy(
+                        &api,
+                        self.mcs,
+                        kind,
+                        key,
+                        keep_times(conds.clone(), current),
+                    )
+                    .await
                 }
                 Resource::ClusterLink(l) => {
                     let current = l.status.as_ref().map_or(&[][..], |s| &s.conditions[..]);
@@ -162,7 +177,7 @@ impl StatusWriter {
                     let mut status = link.clone().unwrap_or_default();
                     all.append(&mut status.conditions);
                     status.conditions = keep_times(all, current);
-                    apply_status(&api, kind, key, json!(status)).await
+                    apply_status(&api, self.mcs, kind, key, json!(status)).await
                 }
                 Resource::HttpRoute(r) => {
                     let current = r.status.as_ref().map_or(&[][..], |s| &s.parents[..]);
@@ -187,7 +202,7 @@ impl StatusWriter {
 
     /// The status API of `kind` in the object's namespace.
     fn api(&self, kind: &str, key: &ObjectKey) -> Api<DynamicObject> {
-        let ar = crate::store::kube::api_resource(kind);
+        let ar = crate::store::kube::api_resource_in(kind, self.mcs);
         match &key.namespace {
             Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
             None => Api::all_with(self.client.clone(), &ar),
@@ -198,21 +213,23 @@ impl StatusWriter {
 /// Server-side apply of a policy's `status.conditions`, forced, as ours.
 async fn apply_policy(
     api: &Api<DynamicObject>,
+    mcs: crate::store::kube::Mcs,
     kind: &str,
     key: &ObjectKey,
     conditions: Vec<Condition>,
 ) -> Result<(), kube::Error> {
-    apply_status(api, kind, key, json!({"conditions": conditions})).await
+    apply_status(api, mcs, kind, key, json!({"conditions": conditions})).await
 }
 
 /// Server-side apply of an object's whole `status`, forced, as ours.
 async fn apply_status(
     api: &Api<DynamicObject>,
+    mcs: crate::store::kube::Mcs,
     kind: &str,
     key: &ObjectKey,
     status: serde_json::Value,
 ) -> Result<(), kube::Error> {
-    let ar = crate::store::kube::api_resource(kind);
+    let ar = crate::store::kube::api_resource_in(kind, mcs);
     let patch = json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
