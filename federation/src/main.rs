@@ -124,10 +124,23 @@ struct RunArgs {
     proxy_image: String,
     #[arg(long, default_value = "IfNotPresent")]
     proxy_pull_policy: String,
+    /// Where ClusterSet IPs (the virtual IPs of imported services) come
+    /// from.
+    #[arg(long, default_value = "240.240.0.0/16", value_parser = parse_range)]
+    clusterset_ip_range: isthmus_federation::translate::vips::Range,
+    /// A range never handed out as a ClusterSet IP (the cluster's Service
+    /// and Pod CIDRs where they overlap the range); repeatable. Local
+    /// Services' ClusterIPs are never handed out either.
+    #[arg(long, value_parser = parse_range)]
+    reserved_range: Vec<isthmus_federation::translate::vips::Range>,
     /// Where injected sidecars reach discovery and the CA (default:
     /// isthmus-federation.<namespace>.svc:<the --discovery port>).
     #[arg(long)]
     proxy_control_plane: Option<String>,
+}
+
+fn parse_range(s: &str) -> Result<isthmus_federation::translate::vips::Range, String> {
+    isthmus_federation::translate::vips::Range::parse(s).map_err(|e| e.to_string())
 }
 
 /// How long `--gateway-entry HOST:PORT` may take to resolve at start (a
@@ -214,6 +227,8 @@ async fn main() -> anyhow::Result<()> {
                 proxy_image,
                 proxy_pull_policy,
                 proxy_control_plane,
+                clusterset_ip_range,
+                reserved_range,
             } = *args;
             if let Some(dir) = store_dir.as_ref().filter(|d| !d.is_dir()) {
                 anyhow::bail!(
@@ -280,6 +295,13 @@ async fn main() -> anyhow::Result<()> {
             opts.registration_grace = registration_grace;
             opts.warm_up = warm_up;
             opts.injector = injector.is_some();
+            opts.clusterset_ips.range = clusterset_ip_range;
+            opts.clusterset_ips.reserved = reserved_range;
+            if kube {
+                // The ServiceImports keep them (the root file system is
+                // read-only in a pod).
+                opts.vip_state = None;
+            }
             if let Some(r) = replica {
                 opts.replica = r;
             }

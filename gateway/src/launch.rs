@@ -96,6 +96,8 @@ pub struct Settings {
     pub app_probes: Option<String>,
     /// The east-west role on top of the proxy.
     pub eastwest: Option<EastWestConfig>,
+    /// The DNS proxy (`--dns`).
+    pub dns: Option<crate::dns::DnsSettings>,
 }
 
 impl Settings {
@@ -123,12 +125,18 @@ impl Settings {
             peer_liveness: true,
             app_probes: None,
             eastwest: None,
+            dns: None,
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    #[error("cannot listen on {at} for DNS (udp and tcp): {source}")]
+    Dns {
+        at: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("reading {what} {path}: {source}")]
     Read {
         what: &'static str,
@@ -433,6 +441,8 @@ fn control_plane_tls(
 pub struct Launched {
     pub sidecar: Sidecar,
     pub eastwest: Option<EastWest>,
+    /// The DNS proxy, serving until dropped.
+    pub dns: Option<crate::dns::DnsProxy>,
     drain_timeout: Duration,
     stop_eastwest: CancellationToken,
     stop_identity: CancellationToken,
@@ -534,6 +544,17 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
     if let Some(p) = app_probes {
         sidecar.set_app_probes(p);
     }
+    let dns = match s.dns {
+        Some(d) => {
+            let at = d.address;
+            Some(
+                crate::dns::DnsProxy::start(d, sidecar.store().clone())
+                    .await
+                    .map_err(|source| LaunchError::Dns { at, source })?,
+            )
+        }
+        None => None,
+    };
     let stop_eastwest = CancellationToken::new();
     let eastwest = match s.eastwest {
         Some(ew) => Some(role::start(&sidecar, ew, stop_eastwest.clone()).await?),
@@ -542,6 +563,7 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
     Ok(Launched {
         sidecar,
         eastwest,
+        dns,
         drain_timeout: s.drain_timeout,
         stop_eastwest,
         stop_identity,

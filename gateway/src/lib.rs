@@ -8,6 +8,7 @@ pub mod authz;
 pub mod balance;
 pub mod config;
 pub mod discovery;
+pub mod dns;
 pub mod eastwest;
 pub mod health;
 pub mod iptables;

@@ -134,6 +134,19 @@ struct SidecarArgs {
     /// points the pod's probes there).
     #[arg(long, env = "ISTHMUS_APP_PROBES")]
     app_probes: Option<String>,
+    /// Serve DNS here (UDP and TCP; 127.0.0.1:15053 in a pod, where
+    /// `init-iptables --dns-port` sends the pod's queries): the mesh's
+    /// names, clusterset ones included, are answered from their virtual
+    /// IPs; the rest is forwarded to --dns-resolv-conf's servers.
+    #[arg(long, env = "ISTHMUS_DNS")]
+    dns: Option<SocketAddr>,
+    /// The resolvers the DNS proxy forwards to, and the search list.
+    #[arg(
+        long,
+        default_value = "/etc/resolv.conf",
+        env = "ISTHMUS_DNS_RESOLV_CONF"
+    )]
+    dns_resolv_conf: PathBuf,
     /// Worker threads; default: the CPUs this process may use. With 1 the
     /// proxy runs on a single-threaded runtime (no cross-thread wakeups),
     /// the usual choice for a sidecar limited to one core.
@@ -245,6 +258,10 @@ impl SidecarArgs {
             peer_liveness: !self.no_peer_liveness,
             app_probes: self.app_probes.clone(),
             eastwest,
+            dns: self.dns.map(|address| isthmus_gateway::dns::DnsSettings {
+                address,
+                resolv_conf: self.dns_resolv_conf.clone(),
+            }),
         }
     }
 }
@@ -273,6 +290,11 @@ struct IptablesArgs {
     exclude_outbound_cidrs: Vec<String>,
     #[arg(long, value_delimiter = ',')]
     exclude_outbound_ports: Vec<u16>,
+    /// Send the pod's DNS queries (UDP and TCP 53) to the sidecar's DNS
+    /// proxy on this port (`sidecar --dns 127.0.0.1:PORT`); the proxy's
+    /// own queries are exempt by --proxy-uid / --proxy-mark.
+    #[arg(long)]
+    dns_port: Option<u16>,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -326,6 +348,7 @@ fn main() -> anyhow::Result<()> {
                 include_outbound_cidrs: a.include_outbound_cidrs,
                 exclude_outbound_cidrs: a.exclude_outbound_cidrs,
                 exclude_outbound_ports: a.exclude_outbound_ports,
+                dns_port: a.dns_port,
             };
             if a.dry_run {
                 print!("{}", iptables::rules(&s)?);
@@ -381,6 +404,9 @@ async fn run_sidecar(a: SidecarArgs, eastwest: Option<EastWestConfig>) -> anyhow
     // Where it listens, on stderr before it serves (tests and scripts read these lines).
     for (name, addr) in running.sidecar.listeners.bound() {
         eprintln!("listener {name} on {addr}");
+    }
+    if let Some(d) = &running.dns {
+        eprintln!("dns on udp {} and tcp {}", d.udp, d.tcp);
     }
     if let Some(ew) = &running.eastwest {
         eprintln!(

@@ -35,6 +35,11 @@ pub const PROXY_CONTAINER: &str = "isthmus-proxy";
 pub const STATUS_ANNOTATION: &str = "isthmus.dev/status";
 pub const INJECT_ANNOTATION: &str = "isthmus.dev/inject";
 pub const REWRITE_PROBES_ANNOTATION: &str = "isthmus.dev/rewrite-app-probes";
+/// `"false"`: the pod's DNS is not sent to the sidecar (clusterset names
+/// then need CoreDNS's multicluster plugin).
+pub const DNS_CAPTURE_ANNOTATION: &str = "isthmus.dev/dns-capture";
+/// The sidecar's DNS proxy (UDP and TCP, on loopback).
+pub const DNS_PORT: u16 = 15053;
 /// The proxy's uid: exempt from capture.
 pub const PROXY_UID: i64 = 1337;
 /// The sidecar's admin port: probes, metrics; never captured.
@@ -114,6 +119,20 @@ pub enum InjectError {
     },
     #[error("the pod has a container named {0}, which the injector adds: rename it")]
     NameTaken(String),
+    #[error("annotation {annotation}: {value:?} is neither \"true\" nor \"false\"")]
+    NotABool { annotation: String, value: String },
+}
+
+/// Whether the pod's DNS goes to the sidecar (the default).
+fn dns_capture(pod: &Pod) -> Result<bool, InjectError> {
+    match annotation(pod, DNS_CAPTURE_ANNOTATION) {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(v) => Err(InjectError::NotABool {
+            annotation: DNS_CAPTURE_ANNOTATION.into(),
+            value: v.into(),
+        }),
+    }
 }
 
 /// The injected pod and what the user should know.
@@ -182,6 +201,9 @@ pub fn iptables_args(pod: &Pod) -> Result<Vec<String>, InjectError> {
         }
     }
     args.push(format!("--exclude-inbound-ports={excluded_inbound}"));
+    if dns_capture(pod)? {
+        args.push(format!("--dns-port={DNS_PORT}"));
+    }
     Ok(args)
 }
 
@@ -358,6 +380,9 @@ pub fn proxy_container(t: &Template, pod: &Pod, probes: &BTreeMap<String, String
             "ISTHMUS_APP_PROBES",
             &serde_json::to_string(probes).unwrap_or_default(),
         ));
+    }
+    if dns_capture(pod).unwrap_or(false) {
+        env.push(value("ISTHMUS_DNS", &format!("127.0.0.1:{DNS_PORT}")));
     }
     let ports = workload_ports(pod);
     let mut args = vec!["sidecar".to_string()];

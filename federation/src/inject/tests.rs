@@ -65,7 +65,8 @@ fn a_deployments_pod_gets_capture_a_native_sidecar_and_its_probes_through_it() {
         [
             "init-iptables",
             "--proxy-uid=1337",
-            "--exclude-inbound-ports=15008,15020,15021"
+            "--exclude-inbound-ports=15008,15020,15021",
+            "--dns-port=15053",
         ]
     );
     let proxy = &init[1];
@@ -182,8 +183,35 @@ fn capture_annotations_become_flags_and_bad_ones_are_refused_by_name() {
             "--exclude-outbound-ports=5432",
             "--exclude-outbound-cidrs=169.254.169.254/32,10.96.0.1",
             "--exclude-inbound-ports=15008,15020,15021,9091",
+            "--dns-port=15053",
         ]
     );
+    // DNS capture opted out: neither the rules nor the proxy.
+    let mut no_dns = p.clone();
+    no_dns
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .insert(DNS_CAPTURE_ANNOTATION.into(), "false".into());
+    let out = injected(&no_dns);
+    let init = out
+        .pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .clone()
+        .unwrap();
+    assert!(
+        !init[0]
+            .args
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|a| a.contains("dns"))
+    );
+    assert_eq!(env(&init[1], "ISTHMUS_DNS"), None);
     // The pod's own init container runs after capture and the proxy.
     assert_eq!(init[2].name, "migrate");
     for (key, value) in [
@@ -191,6 +219,7 @@ fn capture_annotations_become_flags_and_bad_ones_are_refused_by_name() {
         ("isthmus.dev/exclude-outbound-cidrs", "10.0.0.0/33"),
         ("isthmus.dev/include-inbound-ports", ""),
         ("isthmus.dev/exclude-outbound-ports", "0"),
+        (DNS_CAPTURE_ANNOTATION, "yes"),
     ] {
         let mut bad = p.clone();
         bad.metadata

@@ -128,7 +128,11 @@ fn answer(req: &AdmissionRequest<Pod>, t: &Template) -> AdmissionResponse {
             tracing::debug!(pod = %format!("{ns}/{who}"), why, "not injected");
             allowed
         }
-        Err(e @ (InjectError::Annotation { .. } | InjectError::NameTaken(_))) => {
+        Err(
+            e @ (InjectError::Annotation { .. }
+            | InjectError::NameTaken(_)
+            | InjectError::NotABool { .. }),
+        ) => {
             tracing::info!(pod = %format!("{ns}/{who}"), "injection refused: {e}");
             AdmissionResponse::from(req).deny(format!("isthmus injector: {e}"))
         }

@@ -23,6 +23,10 @@ pub struct CaptureSettings {
     pub include_outbound_cidrs: Vec<String>,
     pub exclude_outbound_cidrs: Vec<String>,
     pub exclude_outbound_ports: Vec<u16>,
+    /// DNS capture: the pod's queries (UDP and TCP port 53, to any
+    /// server) go to the sidecar's DNS proxy on this port; the proxy's own
+    /// (by uid or mark) go out.
+    pub dns_port: Option<u16>,
 }
 
 impl Default for CaptureSettings {
@@ -38,6 +42,7 @@ impl Default for CaptureSettings {
             include_outbound_cidrs: vec![],
             exclude_outbound_cidrs: vec![],
             exclude_outbound_ports: vec![],
+            dns_port: None,
         }
     }
 }
@@ -88,6 +93,25 @@ pub fn rules(s: &CaptureSettings) -> Result<String, IptablesError> {
                 "-A ISTHMUS_INBOUND -p tcp --dport {p} -j ISTHMUS_IN_REDIRECT"
             ));
         }
+    }
+    // DNS, before the TCP capture: the proxy's own queries return.
+    if let Some(port) = s.dns_port {
+        r.insert(1, ":ISTHMUS_DNS - [0:0]".into());
+        if let Some(mark) = s.proxy_mark {
+            r.push(format!("-A ISTHMUS_DNS -m mark --mark {mark:#x} -j RETURN"));
+        }
+        if let Some(uid) = s.proxy_uid {
+            r.push(format!(
+                "-A ISTHMUS_DNS -m owner --uid-owner {uid} -j RETURN"
+            ));
+        }
+        for proto in ["udp", "tcp"] {
+            r.push(format!(
+                "-A ISTHMUS_DNS -p {proto} -j REDIRECT --to-ports {port}"
+            ));
+        }
+        r.push("-A OUTPUT -p udp --dport 53 -j ISTHMUS_DNS".into());
+        r.push("-A OUTPUT -p tcp --dport 53 -j ISTHMUS_DNS".into());
     }
     // Outbound.
     r.push("-A OUTPUT -p tcp -j ISTHMUS_OUTPUT".into());
@@ -180,6 +204,36 @@ mod tests {
             .position(|l| *l == "-A ISTHMUS_OUTPUT -j ISTHMUS_REDIRECT")
             .unwrap();
         assert!(exempt < redirect);
+    }
+
+    #[test]
+    fn dns_capture_sends_the_pods_queries_to_the_proxy_but_not_its_own() {
+        let r = rules(&CaptureSettings {
+            dns_port: Some(15053),
+            ..Default::default()
+        })
+        .unwrap();
+        let lines: Vec<&str> = r.lines().collect();
+        let at = |l: &str| {
+            lines
+                .iter()
+                .position(|x| *x == l)
+                .unwrap_or_else(|| panic!("{l} missing:\n{r}"))
+        };
+        assert!(
+            at(":ISTHMUS_DNS - [0:0]") < at("-A ISTHMUS_DNS -m owner --uid-owner 1337 -j RETURN")
+        );
+        let exempt = at("-A ISTHMUS_DNS -m owner --uid-owner 1337 -j RETURN");
+        assert!(exempt < at("-A ISTHMUS_DNS -p udp -j REDIRECT --to-ports 15053"));
+        assert!(exempt < at("-A ISTHMUS_DNS -p tcp -j REDIRECT --to-ports 15053"));
+        // TCP 53 meets the DNS chain before the outbound capture.
+        assert!(
+            at("-A OUTPUT -p tcp --dport 53 -j ISTHMUS_DNS")
+                < at("-A OUTPUT -p tcp -j ISTHMUS_OUTPUT")
+        );
+        at("-A OUTPUT -p udp --dport 53 -j ISTHMUS_DNS");
+        // Without it: no DNS rules at all.
+        assert!(!rules(&CaptureSettings::default()).unwrap().contains("DNS"));
     }
 
     #[test]

@@ -1,0 +1,246 @@
+//! Forwarding to the pod's resolvers (`/etc/resolv.conf`, read with the
+//! `resolv-conf` crate): over UDP, one fresh connected socket per query
+//! (only the server's datagrams are read, and only a response with the
+//! query's ID is taken), each server in turn with a per-try timeout;
+//! over TCP when the UDP answer was truncated (kept whole when it fits
+//! the client's UDP limit, else passed on truncated so the client asks
+//! again over TCP) or when the client asked over TCP.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot read the resolvers' configuration {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid resolv.conf: {message}")]
+    Syntax { path: String, message: String },
+    #[error(
+        "{path} names no nameserver: names the proxy does not know cannot be resolved (give the pod a DNS server)"
+    )]
+    NoServers { path: String },
+    #[error("no upstream resolver answered ({0}): is the cluster's DNS reachable from the pod?")]
+    Unanswered(String),
+}
+
+/// The resolvers to forward to.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub servers: Vec<SocketAddr>,
+    /// Per try and server.
+    pub timeout: Duration,
+    /// Rounds over all servers.
+    pub attempts: u32,
+}
+
+/// What a resolv.conf says that the proxy uses.
+#[derive(Debug, Clone)]
+pub struct ResolvConf {
+    pub upstream: Upstream,
+    /// The search list (`shop.svc.cluster.local svc.cluster.local ...`).
+    pub search: Vec<String>,
+}
+
+/// A try is never longer than this, whatever resolv.conf says: the
+/// client's own resolver gives up after its timeout (5 s by default), and
+/// the next server must be asked before that.
+const MAX_TRY: Duration = Duration::from_secs(2);
+
+impl ResolvConf {
+    pub fn read(path: &Path) -> Result<Self, UpstreamError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| UpstreamError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&shown, &bytes)
+    }
+
+    pub fn parse(path: &str, bytes: &[u8]) -> Result<Self, UpstreamError> {
+        let c = resolv_conf::Config::parse(bytes).map_err(|e| UpstreamError::Syntax {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        let servers: Vec<SocketAddr> = c
+            .nameservers
+            .iter()
+            .map(|ip| SocketAddr::new(IpAddr::from(ip), 53))
+            .collect();
+        if servers.is_empty() {
+            return Err(UpstreamError::NoServers {
+                path: path.to_string(),
+            });
+        }
+        Ok(Self {
+            upstream: Upstream {
+                servers,
+                timeout: Duration::from_secs(u64::from(c.timeout.max(1))).min(MAX_TRY),
+                attempts: c.attempts.clamp(1, 5),
+            },
+            search: c.get_search().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// The cluster's DNS domain, from the search list's `svc.<domain>`
+    /// (or `<ns>.svc.<domain>`) entry (`cluster.local` when there is none).
+    pub fn cluster_domain(&self) -> String {
+        self.search
+            .iter()
+            .find_map(|s| {
+                s.strip_prefix("svc.")
+                    .or_else(|| s.split_once(".svc.").map(|(_, d)| d))
+            })
+            .unwrap_or("cluster.local")
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+fn id(b: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.first()?, *b.get(1)?]))
+}
+
+fn is_response_to(reply: &[u8], query: &[u8]) -> bool {
+    reply.len() >= 12 && id(reply) == id(query) && reply[2] & 0x80 != 0
+}
+
+fn truncated(reply: &[u8]) -> bool {
+    reply[2] & 0x02 != 0
+}
+
+impl Upstream {
+    /// Forwards a query that came over UDP; the reply fits `max_udp`.
+    pub async fn udp(&self, query: &[u8], max_udp: usize) -> Result<Vec<u8>, UpstreamError> {
+        let mut failures = Vec::new();
+        for _ in 0..self.attempts {
+            for server in &self.servers {
+                match self.udp_once(*server, query).await {
+                    Ok(reply) if truncated(&reply) => {
+                        // The whole answer over TCP, when it fits.
+                        match self.tcp_once(*server, query).await {
+                            Ok(full) if full.len() <= max_udp => return Ok(full),
+                            _ => return Ok(reply),
+                        }
+                    }
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => failures.push(format!("{server}: {e}")),
+                }
+            }
+        }
+        Err(UpstreamError::Unanswered(failures.join("; ")))
+    }
+
+    /// Forwards a query that came over TCP.
+    pub async fn tcp(&self, query: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        let mut failures = Vec::new();
+        for _ in 0..self.attempts {
+            for server in &self.servers {
+                match self.tcp_once(*server, query).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => failures.push(format!("{server}: {e}")),
+                }
+            }
+        }
+        Err(UpstreamError::Unanswered(failures.join("; ")))
+    }
+
+    async fn udp_once(&self, server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+        let local: SocketAddr = if server.is_ipv4() {
+            (Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(local).await?;
+        socket.connect(server).await?;
+        socket.send(query).await?;
+        let mut buf = vec![0u8; 65_535];
+        tokio::time::timeout(self.timeout, async {
+            loop {
+                let n = socket.recv(&mut buf).await?;
+                if is_response_to(&buf[..n], query) {
+                    return Ok(buf[..n].to_vec());
+                }
+            }
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+    }
+
+    async fn tcp_once(&self, server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+        tokio::time::timeout(self.timeout, async {
+            let mut s = TcpStream::connect(server).await?;
+            s.set_nodelay(true)?;
+            write_frame(&mut s, query).await?;
+            loop {
+                let reply = read_frame(&mut s)
+                    .await?
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                if is_response_to(&reply, query) {
+                    return Ok(reply);
+                }
+            }
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+    }
+}
+
+/// One DNS-over-TCP message (RFC 1035 §4.2.2: a two-byte length first).
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "message over 64 KiB"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    w.write_all(&out).await
+}
+
+/// The next message, or None at a clean end of the stream.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    r.read_exact(&mut msg).await?;
+    Ok(Some(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_gives_servers_search_and_bounded_timeouts() {
+        let c = ResolvConf::parse(
+            "/etc/resolv.conf",
+            b"search shop.svc.cluster.local svc.cluster.local cluster.local\n\
+              nameserver 10.96.0.10\nnameserver fd00::10\noptions ndots:5 timeout:30 attempts:9\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.upstream.servers,
+            [
+                "10.96.0.10:53".parse().unwrap(),
+                "[fd00::10]:53".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.upstream.timeout, MAX_TRY);
+        assert_eq!(c.upstream.attempts, 5);
+        assert_eq!(c.cluster_domain(), "cluster.local");
+        let c =
+            ResolvConf::parse("x", b"search a.svc.corp.example\nnameserver 10.0.0.1\n").unwrap();
+        assert_eq!(c.cluster_domain(), "corp.example");
+        let e = ResolvConf::parse("/etc/resolv.conf", b"search x\n").unwrap_err();
+        assert!(e.to_string().contains("names no nameserver"), "{e}");
+    }
+}
