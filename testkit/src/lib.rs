@@ -121,6 +121,8 @@ pub struct Started {
     pub listeners: std::collections::HashMap<String, std::net::SocketAddr>,
     /// QUIC (udp), fallback (tcp), local entry: `eastwest` only.
     pub eastwest: Option<[std::net::SocketAddr; 3]>,
+    /// The DNS proxy (udp and tcp share it): with `--dns` only.
+    pub dns: Option<std::net::SocketAddr>,
     pub admin: std::net::SocketAddr,
 }
 
@@ -142,6 +144,7 @@ impl Started {
         let mut seen = String::new();
         let mut listeners = std::collections::HashMap::new();
         let mut eastwest = None;
+        let mut dns = None;
         let addr = |s: &str| -> std::net::SocketAddr {
             s.trim_start_matches("http://")
                 .trim_end_matches('/')
@@ -179,11 +182,13 @@ impl Started {
                 ] => {
                     eastwest = Some([addr(quic), addr(tcp), addr(local)]);
                 }
+                ["dns", "on", "udp", at, "and", "tcp", _] => dns = Some(addr(at)),
                 ["admin", "on", at, ..] => {
                     return Self {
                         child,
                         listeners,
                         eastwest,
+                        dns,
                         admin: addr(at),
                     };
                 }

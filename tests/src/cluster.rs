@@ -60,11 +60,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(test: &str, name: &'static str) -> Self {
+        Self::new_at(test, name, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A cluster whose discovery, federation port and gateway entry listen
+    /// on `ip` (an address in a network namespace, for pods in another).
+    pub fn new_at(test: &str, name: &'static str, ip: std::net::IpAddr) -> Self {
         let dir = temp_dir(&format!("federation-{test}-{name}"));
         std::fs::write(dir.join("mesh.yaml"), mesh(name)).unwrap();
         let td = format!("{name}.isthmus.local");
         Ca::load_or_create(&dir, &td).unwrap();
-        let bound = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bound = || std::net::TcpListener::bind((ip, 0)).unwrap();
         let sockets = [bound(), bound(), bound()];
         let at = |i: usize| sockets[i].local_addr().unwrap();
         Self {

@@ -22,4 +22,5 @@ pub mod cluster;
 pub mod eastwest;
 pub mod load;
 pub mod mesh;
+pub mod pod;
 pub mod sidecar;

@@ -15,7 +15,6 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use isthmus_e2e::netns::Netns;
-use isthmus_federation::inject;
 
 /// Child processes, stopped before the namespaces they run in go.
 struct Children(Vec<Child>);
@@ -58,42 +57,15 @@ fn poll(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn the_kubelet_reaches_an_injected_pods_app_through_its_rewritten_probe() {
-    let required = std::env::var("ISTHMUS_REQUIRE_NETNS").is_ok_and(|v| v == "1");
-    let missing: Vec<&str> = ["ip", "iptables-restore", "curl", "setpriv"]
-        .into_iter()
-        .filter(|c| !isthmus_testkit::have(c))
-        .collect();
-    if !isthmus_e2e::is_root() || !missing.is_empty() {
-        let why = format!("needs root and {missing:?}");
-        assert!(!required, "ISTHMUS_REQUIRE_NETNS=1 but {why}");
-        eprintln!("skipping: {why}");
+    if !isthmus_tests::pod::can_run(&["curl", "setpriv"]) {
         return;
     }
     // What the injector makes of a pod with an HTTP readiness probe.
-    let review: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../federation/tests/fixtures/admission/deployment-pod.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let pod = serde_json::from_value(review["request"]["object"].clone()).unwrap();
-    let t = inject::Template {
-        cluster: "eu-west".into(),
-        ..Default::default()
-    };
-    let injected = inject::mutate(&pod, &t).unwrap().unwrap().pod;
+    let injected = isthmus_tests::pod::injected("eu-west");
     let spec = injected.spec.unwrap();
     let init = spec.init_containers.unwrap();
     let iptables_args = init[0].args.clone().unwrap();
-    let probes = init[1]
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "ISTHMUS_APP_PROBES")
-        .and_then(|e| e.value.clone())
-        .expect("the probe table");
+    let probes = isthmus_tests::pod::env(&init[1], "ISTHMUS_APP_PROBES").expect("the probe table");
     let readiness = spec.containers[0]
         .readiness_probe
         .as_ref()

@@ -218,6 +218,104 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        q.to_vec().unwrap()
+    }
+
+    /// `n` answers to `q`, truncated (no answers, TC) when `tc`.
+    fn reply(q: &[u8], n: u8, tc: bool) -> Vec<u8> {
+        let q = Message::from_vec(q).unwrap();
+        let mut r = Message::response(q.metadata.id, q.metadata.op_code);
+        r.add_queries(q.queries.clone());
+        r.metadata.truncation = tc;
+        if !tc {
+            for i in 0..n {
+                r.add_answer(Record::from_rdata(
+                    q.queries[0].name.clone(),
+                    5,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, i))),
+                ));
+            }
+        }
+        r.to_vec().unwrap()
+    }
+
+    /// A resolver on loopback whose UDP answers are truncated (after a
+    /// stray datagram with the wrong ID) and whose TCP answers hold `n`
+    /// records.
+    async fn truncating_server(n: u8) -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let at = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(at).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((len, from)) = udp.recv_from(&mut buf).await {
+                let mut stray = reply(&buf[..len], 1, false);
+                stray[0] ^= 0xff;
+                let _ = udp.send_to(&stray, from).await;
+                let _ = udp.send_to(&reply(&buf[..len], 0, true), from).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                tokio::spawn(async move {
+                    while let Ok(Some(q)) = read_frame(&mut s).await {
+                        let _ = write_frame(&mut s, &reply(&q, n, false)).await;
+                    }
+                });
+            }
+        });
+        at
+    }
+
+    fn upstream(servers: Vec<SocketAddr>) -> Upstream {
+        Upstream {
+            servers,
+            timeout: Duration::from_millis(300),
+            attempts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_fetched_over_tcp_when_the_client_takes_it() {
+        let server = truncating_server(3).await;
+        let up = upstream(vec![server]);
+        let q = query("many.example.");
+        let full = Message::from_vec(&up.udp(&q, 4096).await.unwrap()).unwrap();
+        assert!(!full.metadata.truncation);
+        assert_eq!(full.answers.len(), 3);
+        // Too big for a client without EDNS: passed on truncated.
+        let big = truncating_server(40).await;
+        let r = upstream(vec![big]).udp(&q, 512).await.unwrap();
+        let r = Message::from_vec(&r).unwrap();
+        assert!(r.metadata.truncation && r.answers.is_empty());
+        // Asked over TCP: over TCP.
+        let r = Message::from_vec(&up.tcp(&q).await.unwrap()).unwrap();
+        assert_eq!(r.answers.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_passed_over_and_none_answering_is_named() {
+        // Bound, never answering.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let good = truncating_server(1).await;
+        let up = upstream(vec![silent.local_addr().unwrap(), good]);
+        let r = up.udp(&query("a.example."), 4096).await.unwrap();
+        assert_eq!(Message::from_vec(&r).unwrap().answers.len(), 1);
+        let e = upstream(vec![silent.local_addr().unwrap()])
+            .udp(&query("a.example."), 4096)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("no upstream resolver answered"), "{e}");
+        assert!(e.contains("timed out"), "{e}");
+    }
 
     #[test]
     fn resolv_conf_gives_servers_search_and_bounded_timeouts() {
