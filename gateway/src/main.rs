@@ -147,6 +147,10 @@ struct SidecarArgs {
         env = "ISTHMUS_DNS_RESOLV_CONF"
     )]
     dns_resolv_conf: PathBuf,
+    /// Forward to these resolvers (IP:PORT, comma separated) instead of
+    /// --dns-resolv-conf's nameservers.
+    #[arg(long, value_delimiter = ',')]
+    dns_upstream: Vec<SocketAddr>,
     /// Worker threads; default: the CPUs this process may use. With 1 the
     /// proxy runs on a single-threaded runtime (no cross-thread wakeups),
     /// the usual choice for a sidecar limited to one core.
@@ -261,6 +265,7 @@ impl SidecarArgs {
             dns: self.dns.map(|address| isthmus_gateway::dns::DnsSettings {
                 address,
                 resolv_conf: self.dns_resolv_conf.clone(),
+                upstream: (!self.dns_upstream.is_empty()).then(|| self.dns_upstream.clone()),
             }),
         }
     }

@@ -21,6 +21,9 @@ pub struct DnsSettings {
     pub address: SocketAddr,
     /// The resolvers to forward to, and the search list.
     pub resolv_conf: PathBuf,
+    /// Forward to these instead of resolv.conf's servers (a node-local
+    /// cache, say); the search list still comes from resolv.conf.
+    pub upstream: Option<Vec<SocketAddr>>,
 }
 
 /// Queries answered or forwarded at once over UDP; more wait.
@@ -65,9 +68,17 @@ impl DnsProxy {
                 "cluster.local".to_string()
             }
         };
+        let upstream = match settings.upstream {
+            Some(servers) if !servers.is_empty() => Ok(Upstream {
+                servers,
+                timeout: Duration::from_secs(2),
+                attempts: 2,
+            }),
+            _ => conf.map(|c| c.upstream),
+        };
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(Table::build(&store.load().source, &domain)),
-            upstream: conf.map(|c| c.upstream),
+            upstream,
         });
         let stop = CancellationToken::new();
         tokio::spawn(keep_table(store, shared.clone(), domain, stop.clone()));
