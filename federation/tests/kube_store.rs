@@ -695,6 +695,30 @@ spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
     })
     .filled();
     let wanted = desired(&catalog, "eu-west");
+    // What the API server would keep of them: everything, in both served
+    // versions of the pinned MCS CRD (nothing pruned, nothing refused).
+    let crd = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../crds/third-party/mcs-api-v0.5.0/serviceimports.yaml"),
+    )
+    .unwrap();
+    for version in ["v1alpha1", "v1beta1"] {
+        let schema = isthmus_testkit::crd_schema::schema(&crd, version);
+        for si in wanted.values() {
+            let p = isthmus_testkit::crd_schema::problems(&schema, si);
+            assert!(p.is_empty(), "{version}: {p:?}\n{si:#}");
+        }
+    }
+    let si = &wanted.values().next().unwrap();
+    let ip: std::net::Ipv4Addr = si["spec"]["ips"][0].as_str().unwrap().parse().unwrap();
+    assert!(ip.octets()[..2] == [240, 240], "a ClusterSet IP: {si}");
+    assert!(
+        si["metadata"]["annotations"]["isthmus.dev/cluster-ips"]
+            .as_str()
+            .unwrap()
+            .contains("eu-central"),
+        "{si}"
+    );
 
     let (client, mut handle) = client();
     let requests = Arc::new(Mutex::new(Vec::<(String, String, Value)>::new()));

@@ -12,6 +12,7 @@
 //!   process started at port 0, and where it says it listens).
 #![forbid(unsafe_code)]
 
+pub mod crd_schema;
 pub mod jwt;
 pub mod kube_api;
 pub mod pki;

@@ -354,9 +354,12 @@ async fn the_control_plane_runs_on_what_install_applied_with_exactly_the_rbac_it
         made("patch", "configmaps", "isthmus-ca-root"),
     )
     .await;
-    let root = api
-        .get("", "configmaps", Some("shop"), "isthmus-ca-root")
-        .expect("the CA root in shop");
+    // One namespace after the other: wait for the injected one.
+    let root = isthmus_testkit::eventually(&watch("the CA root in shop"), || {
+        let got = api.get("", "configmaps", Some("shop"), "isthmus-ca-root");
+        async move { got }
+    })
+    .await;
     let root_pem = root["data"]["root-cert.pem"].as_str().unwrap().to_string();
     assert!(
         api.get(

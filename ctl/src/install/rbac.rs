@@ -12,6 +12,11 @@
 //!
 //! The east-west gateway's ServiceAccount has no role: it talks to the
 //! control plane, not to the API.
+//!
+//! One role is for someone else: CoreDNS (`kube-system/coredns`) may read
+//! ServiceImports, so that its `multicluster` plugin can answer
+//! `clusterset.local` from their ClusterSet IPs (README, "DNS without the
+//! sidecar"); it grants nothing until the plugin is enabled.
 
 use serde_json::{Value, json};
 
@@ -184,6 +189,29 @@ fn service_account(name: &str) -> Value {
     })
 }
 
+/// CoreDNS's ServiceAccount, where kubeadm and kind put it.
+pub const COREDNS: (&str, &str) = ("kube-system", "coredns");
+pub const COREDNS_ROLE: &str = "isthmus-coredns-multicluster";
+
+/// Read access to ServiceImports for CoreDNS's `multicluster` plugin.
+pub fn coredns_objects() -> Vec<Value> {
+    vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": meta(COREDNS_ROLE, None),
+            "rules": [rule(&["multicluster.x-k8s.io"], &["serviceimports"], &["get", "list", "watch"])],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": meta(COREDNS_ROLE, None),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": COREDNS_ROLE},
+            "subjects": [{"kind": "ServiceAccount", "name": COREDNS.1, "namespace": COREDNS.0}],
+        }),
+    ]
+}
+
 /// The ServiceAccounts, roles and bindings.
 pub fn objects() -> Vec<Value> {
     vec![
@@ -196,4 +224,7 @@ pub fn objects() -> Vec<Value> {
         links_role(),
         binding("Role", Some(LINK_SECRETS_NAMESPACE)),
     ]
+    .into_iter()
+    .chain(coredns_objects())
+    .collect()
 }
