@@ -3,6 +3,10 @@
 //! --netns`): it then says which loopback range lives in which namespace,
 //! and a socket toward that range is made inside it (a socket belongs to
 //! the namespace it was made in, wherever it is used afterwards).
+//!
+//! `marked` makes sockets inside a namespace with an SO_MARK: there the
+//! demo plays an application whose traffic capture rules send to its
+//! sidecar (by that mark, as a pod's rules do by namespace).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::OnceLock;
@@ -41,4 +45,33 @@ pub async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
         .join()
         .map_err(|_| std::io::Error::other("the socket-making thread panicked"))??;
     socket.connect(addr).await
+}
+
+/// A socket of `kind` made inside namespace `ns`, carrying SO_MARK `mark`,
+/// non-blocking.
+fn marked(ns: &str, kind: socket2::Type, mark: u32) -> std::io::Result<socket2::Socket> {
+    isthmus_e2e::netns::spawn_in(ns, "dial", move || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, kind, None)?;
+        s.set_mark(mark)?;
+        s.set_nonblocking(true)?;
+        Ok(s)
+    })
+    .map_err(std::io::Error::other)?
+    .join()
+    .map_err(|_| std::io::Error::other("the socket-making thread panicked"))?
+}
+
+/// A TCP connection to `addr` from inside `ns`, marked `mark`.
+pub async fn connect_marked(ns: &str, addr: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
+    let s = marked(ns, socket2::Type::STREAM, mark)?;
+    TcpSocket::from_std_stream(std::net::TcpStream::from(s))
+        .connect(addr)
+        .await
+}
+
+/// A UDP socket inside `ns`, marked `mark`, bound to any port.
+pub fn udp_marked(ns: &str, mark: u32) -> std::io::Result<tokio::net::UdpSocket> {
+    let s = marked(ns, socket2::Type::DGRAM, mark)?;
+    s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+    tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(s))
 }

@@ -43,6 +43,12 @@ pub struct App {
     pub grpc: bool,
 }
 
+/// With `--netns`: where a cluster namespace's capture rules send the
+/// demo's connections (the frontend's transparent listener, on 127.0.0.1)
+/// and its DNS queries (the frontend's DNS proxy).
+pub const CAPTURE_PORT: u16 = 15001;
+pub const DNS_PORT: u16 = 15053;
+
 /// The application port (behind the sidecar) and the sidecar's mesh
 /// transport port, the same for every app.
 pub const APP_PORT: u16 = 8080;
@@ -141,6 +147,12 @@ impl Cluster {
         )
     }
 
+    /// The ClusterIP of an app's Service, as Kubernetes would give it one
+    /// (10.96.<cluster>.<host>): what its local name resolves to.
+    pub fn cluster_ip(&self, app: &App) -> std::net::Ipv4Addr {
+        Ipv4Addr::new(10, 96, self.index, app.host)
+    }
+
     /// The store's Services (one per app here, selecting it by label),
     /// each exported to the linked clusters.
     pub fn services_yaml(&self) -> String {
@@ -156,10 +168,11 @@ impl Cluster {
             };
             out.push_str(&format!(
                 "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: shop}}\n\
-                 spec:\n  selector: {{app: {svc}}}\n  ports: [{{name: {name}, port: {port}, targetPort: {name}}}]\n\
+                 spec:\n  selector: {{app: {svc}}}\n  clusterIP: {ip}\n  ports: [{{name: {name}, port: {port}, targetPort: {name}}}]\n\
                  ---\napiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceExport\n\
                  metadata: {{name: {svc}, namespace: shop}}\n",
                 svc = app.service,
+                ip = self.cluster_ip(&app),
             ));
         }
         out
@@ -177,12 +190,20 @@ impl Cluster {
     }
 
     /// The frontend sidecar's listeners: explicit HTTP (and h2c, gRPC)
-    /// outbound, where the demo sends its requests.
-    pub fn frontend_bootstrap(&self) -> String {
-        format!(
+    /// outbound, where the demo sends its requests on loopback; with
+    /// `capture` (in a namespace) also the transparent outbound listener
+    /// the capture rules send the demo's connections to.
+    pub fn frontend_bootstrap(&self, capture: bool) -> String {
+        let mut b = format!(
             "listeners:\n  - {{name: outbound-http, address: \"{}\", http: {{}}}}\n",
             self.frontend()
-        )
+        );
+        if capture {
+            b.push_str(&format!(
+                "  - {{name: outbound-transparent, address: \"127.0.0.1:{CAPTURE_PORT}\", transparent: {{}}}}\n"
+            ));
+        }
+        b
     }
 
     /// An app sidecar's listeners: the mTLS transport in front of the app.
@@ -279,7 +300,16 @@ impl Cluster {
         a
     }
 
-    pub fn frontend_args(&self, token: &str, roots: &str, bootstrap: &str) -> Vec<String> {
+    /// The frontend sidecar; with `capture`, its DNS proxy answers the
+    /// demo's queries (names it does not know go nowhere: `--dns-upstream`
+    /// is a closed port, so this host's resolver is never asked).
+    pub fn frontend_args(
+        &self,
+        token: &str,
+        roots: &str,
+        bootstrap: &str,
+        capture: bool,
+    ) -> Vec<String> {
         let mut a = strings(&[
             "sidecar",
             "--config",
@@ -291,6 +321,14 @@ impl Cluster {
             "--admin",
             &self.frontend_admin().to_string(),
         ]);
+        if capture {
+            a.extend(strings(&[
+                "--dns",
+                &format!("127.0.0.1:{DNS_PORT}"),
+                "--dns-upstream",
+                "127.0.0.1:9",
+            ]));
+        }
         // The frontend's requests, each with its attempts, where it went
         // and why it failed: in its log.
         a.extend(self.proxy_args(token, roots, "frontend", "shop", "stdout"));
@@ -347,6 +385,8 @@ fn strings(a: &[&str]) -> Vec<String> {
 pub struct Target {
     pub service: &'static str,
     pub host: String,
+    /// The service port (80 for HTTP, 9090 for gRPC).
+    pub port: u16,
     pub grpc: bool,
 }
 
@@ -364,16 +404,19 @@ pub fn targets(c: &Cluster) -> Vec<Target> {
         Target {
             service: "catalog",
             host: clusterset("catalog"),
+            port: 80,
             grpc: false,
         },
         Target {
             service: "reviews",
             host: reviews,
+            port: 80,
             grpc: false,
         },
         Target {
             service: "inventory",
             host: clusterset("inventory"),
+            port: 9090,
             grpc: true,
         },
     ]
@@ -472,7 +515,7 @@ mod tests {
     #[test]
     fn proxy_bootstraps_parse() {
         for c in CLUSTERS {
-            let mut texts = vec![c.frontend_bootstrap()];
+            let mut texts = vec![c.frontend_bootstrap(false)];
             texts.extend(c.apps().iter().map(|a| c.app_bootstrap(a)));
             for t in texts {
                 let cfg = isthmus_api::parse_bootstrap_yaml(&t).unwrap();

@@ -110,6 +110,21 @@ impl Demo {
         self.dir.join(c.name).join("store")
     }
 
+    /// How the demo, as `c`'s frontend application, reaches its sidecar:
+    /// by name through capture in the cluster's namespace (`--netns`),
+    /// else at the explicit listener with a Host header.
+    fn via(&self, c: &Cluster) -> traffic::Via {
+        if self.netns {
+            traffic::Via::Capture {
+                ns: net::namespace(c),
+                mark: net::APP_MARK,
+                dns: net::DNS_SERVER,
+            }
+        } else {
+            traffic::Via::Listener(c.frontend())
+        }
+    }
+
     /// Says what happened: printed now, and kept under the live table.
     fn say(&self, line: String) {
         let stamped = format!("[{}] {line}", clock());
@@ -269,13 +284,13 @@ fn prepare(
                 ),
             ),
         ));
-        let fe_boot = file("frontend.bootstrap.yaml", c.frontend_bootstrap())?;
+        let fe_boot = file("frontend.bootstrap.yaml", c.frontend_bootstrap(netns))?;
         specs.push((
             name("frontend"),
             spec(
                 &gateway,
                 "frontend-sidecar",
-                c.frontend_args(&token("shop", "frontend"), &roots, &fe_boot),
+                c.frontend_args(&token("shop", "frontend"), &roots, &fe_boot, netns),
             ),
         ));
         for app in c.apps() {
@@ -450,7 +465,7 @@ async fn drive(demo: &Demo, args: &Args) -> anyhow::Result<()> {
         for t in mesh::targets(&c) {
             workers.spawn(traffic::run(
                 c.name,
-                c.frontend(),
+                demo.via(&c),
                 t,
                 args.rate,
                 demo.stats.clone(),
@@ -603,7 +618,7 @@ async fn start(demo: &Demo) -> anyhow::Result<()> {
             let what = format!("{} frontend -> {}", c.name, t.host);
             let t = &t;
             wait_for(&what, Duration::from_secs(60), || async move {
-                traffic::once(c.frontend(), t, &[]).await.map(|_| ())
+                traffic::once(&demo.via(&c), t, &[]).await.map(|_| ())
             })
             .await?;
         }

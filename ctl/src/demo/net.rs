@@ -103,6 +103,9 @@ impl Namespaces {
                 })
                 .collect(),
         );
+        for c in CLUSTERS {
+            capture_app(&c).with_context(|| format!("capture rules in {}", namespace(&c)))?;
+        }
         Ok(Self { sites })
     }
 
@@ -118,6 +121,75 @@ impl Namespaces {
         }
         (delivered, lost)
     }
+}
+
+/// The SO_MARK of the demo's own application sockets in a cluster's
+/// namespace: what its capture rules match.
+pub const APP_MARK: u32 = 0x77;
+/// Where the demo sends its DNS queries (the cluster DNS's usual address;
+/// the query is captured before it leaves).
+pub const DNS_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 96, 0, 10)), 53);
+
+/// Capture in cluster `c`'s namespace for the demo playing its frontend
+/// application: its sockets (marked `APP_MARK`) have their DNS queries
+/// sent to the frontend sidecar's DNS proxy and their TCP connections to
+/// its transparent listener, as a pod's rules would; ClusterSet IPs and
+/// ClusterIPs are routed (to loopback: they are captured before they
+/// leave). Nothing else in the namespace is captured.
+pub fn capture_app(c: &Cluster) -> anyhow::Result<()> {
+    for range in ["240.240.0.0/16", "10.96.0.0/16"] {
+        run(in_cluster(c, "ip", &["route", "add", range, "dev", "lo"]))?;
+    }
+    let mark = format!("{APP_MARK:#x}");
+    let dns = super::mesh::DNS_PORT.to_string();
+    let tcp = super::mesh::CAPTURE_PORT.to_string();
+    for rule in [
+        vec![
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "-m",
+            "mark",
+            "--mark",
+            &mark,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &dns,
+        ],
+        vec![
+            "-p",
+            "tcp",
+            "--dport",
+            "53",
+            "-m",
+            "mark",
+            "--mark",
+            &mark,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &dns,
+        ],
+        vec![
+            "-p",
+            "tcp",
+            "-m",
+            "mark",
+            "--mark",
+            &mark,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &tcp,
+        ],
+    ] {
+        let mut args = vec!["-t", "nat", "-A", "OUTPUT"];
+        args.extend(rule);
+        run(in_cluster(c, "iptables", &args))?;
+    }
+    Ok(())
 }
 
 /// Cuts cluster `c` off the WAN (`on`), or heals the cut: iptables in its

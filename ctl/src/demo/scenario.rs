@@ -171,7 +171,7 @@ async fn canary(demo: &Demo) -> anyhow::Result<()> {
             let target = mesh::targets(&west).remove(1);
             let mut always = Window::default();
             for _ in 0..20 {
-                let r = traffic::once(west.frontend(), &target, &[("x-canary", "always")]).await;
+                let r = traffic::once(&demo.via(&west), &target, &[("x-canary", "always")]).await;
                 always.record(&Answer {
                     at: Instant::now(),
                     frontend: "eu-west",

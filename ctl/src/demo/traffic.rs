@@ -3,6 +3,13 @@
 //! rate (HTTP/1.1 keep-alive, gRPC over h2c); each answer is recorded by
 //! the cluster that served it (`x-sample-cluster`), its latency and
 //! whether it failed. Scenarios watch the same answers as they happen.
+//!
+//! How it reaches the sidecar (`Via`): on this host's loopback, at the
+//! sidecar's explicit listener with the name in the Host header; with
+//! `--netns`, as an application in a pod: it resolves the name (a DNS
+//! query the capture rules send to the sidecar's DNS proxy, which answers
+//! the ClusterSet IP or ClusterIP) and connects to that address, and the
+//! capture rules send the connection to the sidecar.
 
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -157,8 +164,8 @@ impl Conn {
 /// sent on it).
 async fn checkout(
     idle: &Mutex<Vec<Conn>>,
-    sidecar: SocketAddr,
-    grpc: bool,
+    via: &Via,
+    target: &Target,
 ) -> Result<(Conn, bool), String> {
     loop {
         let Some(mut conn) = idle.lock().pop() else {
@@ -168,7 +175,7 @@ async fn checkout(
             return Ok((conn, true));
         }
     }
-    let mut conn = connect(sidecar, grpc).await?;
+    let mut conn = connect(via, target).await?;
     conn.ready().await?;
     Ok((conn, false))
 }
@@ -182,10 +189,9 @@ fn resend(reused: bool, post: bool, grpc: bool, error: &str) -> bool {
     reused && !post && !grpc && error.starts_with("request: ")
 }
 
-async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
-    let tcp = isthmus_ctl::dial::connect(sidecar)
-        .await
-        .map_err(|e| format!("frontend sidecar {sidecar}: {e}"))?;
+async fn connect(via: &Via, target: &Target) -> Result<Conn, String> {
+    let grpc = target.grpc;
+    let tcp = via.dial(target).await?;
     let _ = tcp.set_nodelay(true);
     let io = TokioIo::new(tcp);
     if grpc {
@@ -205,6 +211,77 @@ async fn connect(sidecar: SocketAddr, grpc: bool) -> Result<Conn, String> {
             _driver: driver(conn),
         })
     }
+}
+
+/// How the demo's requests reach a frontend sidecar.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// Its explicit listener, the name in the Host header.
+    Listener(SocketAddr),
+    /// As an application in `ns` whose sockets carry `mark`, which the
+    /// namespace's capture rules send to the sidecar: by name, through
+    /// DNS (any server: the query is captured).
+    Capture {
+        ns: String,
+        mark: u32,
+        dns: SocketAddr,
+    },
+}
+
+impl Via {
+    /// A TCP connection for `target`.
+    async fn dial(&self, target: &Target) -> Result<tokio::net::TcpStream, String> {
+        match self {
+            Via::Listener(at) => isthmus_ctl::dial::connect(*at)
+                .await
+                .map_err(|e| format!("frontend sidecar {at}: {e}")),
+            Via::Capture { ns, mark, dns } => {
+                let ip = resolve(ns, *mark, *dns, &target.host).await?;
+                let at = SocketAddr::new(ip.into(), target.port);
+                isthmus_ctl::dial::connect_marked(ns, at, *mark)
+                    .await
+                    .map_err(|e| format!("{} ({at}): {e}", target.host))
+            }
+        }
+    }
+}
+
+/// The first IPv4 address of `name`, as a stub resolver asks for it.
+async fn resolve(
+    ns: &str,
+    mark: u32,
+    server: SocketAddr,
+    name: &str,
+) -> Result<std::net::Ipv4Addr, String> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let fail = |e: String| format!("dns {name}: {e}");
+    let mut q = Message::query();
+    q.metadata.recursion_desired = true;
+    let qname = Name::from_ascii(format!("{name}.")).map_err(|e| fail(e.to_string()))?;
+    q.add_query(Query::query(qname, RecordType::A));
+    let bytes = q.to_vec().map_err(|e| fail(e.to_string()))?;
+    let socket = isthmus_ctl::dial::udp_marked(ns, mark).map_err(|e| fail(e.to_string()))?;
+    socket
+        .send_to(&bytes, server)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let mut buf = [0u8; 1500];
+    let n = tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf))
+        .await
+        .map_err(|_| fail("no answer in 2 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let r = Message::from_vec(&buf[..n]).map_err(|e| fail(e.to_string()))?;
+    if r.metadata.id != q.metadata.id {
+        return Err(fail("an answer to another query".into()));
+    }
+    r.answers
+        .iter()
+        .find_map(|a| match &a.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .ok_or_else(|| fail(format!("{} with no address", r.metadata.response_code)))
 }
 
 /// What answered a request: its cluster, and the caller it saw (HTTP).
@@ -320,14 +397,14 @@ const POST_EVERY: u64 = 4;
 /// path neither lowers the rate nor hides failures).
 pub async fn run(
     frontend: &'static str,
-    sidecar: SocketAddr,
+    via: Via,
     target: Target,
     rate: u32,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
     let expected = Arc::new(frontend_id(frontend));
-    let target = Arc::new(target);
+    let (target, via) = (Arc::new(target), Arc::new(via));
     let idle: Arc<Mutex<Vec<Conn>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -339,21 +416,22 @@ pub async fn run(
         }
         while in_flight.try_join_next().is_some() {}
         let post = !target.grpc && n % POST_EVERY == POST_EVERY - 1;
-        let (idle, target, stats, expected) = (
+        let (idle, target, stats, expected, via) = (
             idle.clone(),
             target.clone(),
             stats.clone(),
             expected.clone(),
+            via.clone(),
         );
         in_flight.spawn(async move {
             let start = Instant::now();
             let mut conn = None;
             let result = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                let (c, reused) = checkout(&idle, sidecar, target.grpc).await?;
+                let (c, reused) = checkout(&idle, &via, &target).await?;
                 let c = conn.insert(c);
                 match call(c, &target, post, &[]).await {
                     Err(e) if resend(reused, post, target.grpc, &e) => {
-                        let c = conn.insert(connect(sidecar, target.grpc).await?);
+                        let c = conn.insert(connect(&via, &target).await?);
                         call(c, &target, post, &[]).await
                     }
                     r => r,
@@ -391,13 +469,9 @@ pub fn frontend_id(cluster: &str) -> String {
 }
 
 /// One request on a fresh connection (readiness checks).
-pub async fn once(
-    sidecar: SocketAddr,
-    target: &Target,
-    headers: &[(&str, &str)],
-) -> Result<Served, String> {
+pub async fn once(via: &Via, target: &Target, headers: &[(&str, &str)]) -> Result<Served, String> {
     tokio::time::timeout(CLIENT_TIMEOUT, async {
-        let mut conn = connect(sidecar, target.grpc).await?;
+        let mut conn = connect(via, target).await?;
         call(&mut conn, target, false, headers).await
     })
     .await
