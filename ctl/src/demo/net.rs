@@ -141,14 +141,14 @@ pub fn capture_app(c: &Cluster) -> anyhow::Result<()> {
         run(in_cluster(c, "ip", &["route", "add", range, "dev", "lo"]))?;
     }
     let mark = format!("{APP_MARK:#x}");
-    let dns = super::mesh::DNS_PORT.to_string();
-    let tcp = super::mesh::CAPTURE_PORT.to_string();
-    for rule in [
-        vec![
-            "-p",
-            "udp",
-            "--dport",
-            "53",
+    let (dns, tcp) = (super::mesh::DNS_PORT, super::mesh::CAPTURE_PORT);
+    for (proto, port, to) in [("udp", "53", dns), ("tcp", "53", dns), ("tcp", "", tcp)] {
+        let mut args = vec!["-t", "nat", "-A", "OUTPUT", "-p", proto];
+        if !port.is_empty() {
+            args.extend(["--dport", port]);
+        }
+        let to = to.to_string();
+        args.extend([
             "-m",
             "mark",
             "--mark",
@@ -156,37 +156,8 @@ pub fn capture_app(c: &Cluster) -> anyhow::Result<()> {
             "-j",
             "REDIRECT",
             "--to-ports",
-            &dns,
-        ],
-        vec![
-            "-p",
-            "tcp",
-            "--dport",
-            "53",
-            "-m",
-            "mark",
-            "--mark",
-            &mark,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &dns,
-        ],
-        vec![
-            "-p",
-            "tcp",
-            "-m",
-            "mark",
-            "--mark",
-            &mark,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &tcp,
-        ],
-    ] {
-        let mut args = vec!["-t", "nat", "-A", "OUTPUT"];
-        args.extend(rule);
+            &to,
+        ]);
         run(in_cluster(c, "iptables", &args))?;
     }
     Ok(())
