@@ -548,9 +548,13 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         Some(d) => {
             let at = d.address;
             Some(
-                crate::dns::DnsProxy::start(d, sidecar.store().clone())
-                    .await
-                    .map_err(|source| LaunchError::Dns { at, source })?,
+                crate::dns::DnsProxy::start(
+                    d,
+                    sidecar.store().clone(),
+                    sidecar.proxy.metrics.clone(),
+                )
+                .await
+                .map_err(|source| LaunchError::Dns { at, source })?,
             )
         }
         None => None,

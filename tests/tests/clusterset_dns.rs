@@ -355,6 +355,14 @@ async fn in_node(pod: String, node_ip: IpAddr) {
     });
     assert!(ok && out.contains("192.0.2.7"), "{out}");
 
+    // The sidecar counts what became of the queries.
+    let (ok, metrics) = run(pod.curl("http://127.0.0.1:15020/metrics"));
+    assert!(ok, "{metrics}");
+    for result in ["answered", "nxdomain", "forwarded"] {
+        let line = format!("isthmus_dns_queries_total{{result=\"{result}\"}}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+
     drop(sidecar);
     catalog.shutdown(Duration::from_millis(200)).await;
     ledger.shutdown(Duration::from_millis(200)).await;

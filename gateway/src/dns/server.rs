@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::table::{self, Reply, Table};
 use super::upstream::{self, ResolvConf, Upstream, UpstreamError};
 use crate::config::store::Store;
+use crate::telemetry::metrics::{Metrics, ResultLabels};
 
 #[derive(Debug, Clone)]
 pub struct DnsSettings {
@@ -49,13 +50,40 @@ impl Drop for DnsProxy {
 struct Shared {
     table: ArcSwap<Table>,
     upstream: Result<Upstream, UpstreamError>,
+    metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn count(&self, result: &str) {
+        self.metrics
+            .dns_queries
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// What an answer made here says, for the metrics.
+fn outcome(reply: &[u8]) -> &'static str {
+    match reply.get(3).map(|b| b & 0x0f) {
+        Some(0) => "answered",
+        Some(1) => "formerr",
+        Some(3) => "nxdomain",
+        Some(4) => "notimp",
+        _ => "answered",
+    }
 }
 
 impl DnsProxy {
     /// Binds both listeners and serves until dropped. A resolv.conf that
     /// cannot be read is reported; names the proxy knows are still
     /// answered, others get SERVFAIL.
-    pub async fn start(settings: DnsSettings, store: Arc<Store>) -> std::io::Result<Self> {
+    pub async fn start(
+        settings: DnsSettings,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let udp = UdpSocket::bind(settings.address).await?;
         let at = udp.local_addr()?;
         // The same port for TCP (a port 0 was chosen by the UDP bind).
@@ -79,6 +107,7 @@ impl DnsProxy {
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(Table::build(&store.load().source, &domain)),
             upstream,
+            metrics,
         });
         let stop = CancellationToken::new();
         tokio::spawn(keep_table(store, shared.clone(), domain, stop.clone()));
@@ -114,8 +143,14 @@ async fn keep_table(
 async fn resolve(shared: &Shared, query: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
     let table = shared.table.load();
     match table::answer(&table, query) {
-        Reply::Answer(b) => Some(b),
-        Reply::Drop => None,
+        Reply::Answer(b) => {
+            shared.count(outcome(&b));
+            Some(b)
+        }
+        Reply::Drop => {
+            shared.count("dropped");
+            None
+        }
         Reply::Forward { max_udp } => {
             drop(table);
             let forwarded = match &shared.upstream {
@@ -124,8 +159,12 @@ async fn resolve(shared: &Shared, query: &[u8], over_tcp: bool) -> Option<Vec<u8
                 Err(e) => Err(UpstreamError::Unanswered(e.to_string())),
             };
             match forwarded {
-                Ok(b) => Some(b),
+                Ok(b) => {
+                    shared.count("forwarded");
+                    Some(b)
+                }
                 Err(e) => {
+                    shared.count("servfail");
                     tracing::warn!("DNS proxy: {e}");
                     table::servfail(query)
                 }

@@ -182,6 +182,10 @@ pub struct Metrics {
     pub eastwest_bytes: Family<PeerDirectionLabels, Counter>,
     /// CONNECT answers from each peer gateway, by status.
     pub eastwest_connects: Family<PeerResultLabels, Counter>,
+    /// Queries to the DNS proxy, by what became of them: answered,
+    /// nxdomain, formerr, notimp (answered here), forwarded, servfail (no
+    /// upstream answered), dropped (not a query).
+    pub dns_queries: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -321,6 +325,10 @@ impl Metrics {
             eastwest_connects: reg!(
                 "eastwest_connect_responses",
                 "CONNECT responses from each peer gateway, by status"
+            ),
+            dns_queries: reg!(
+                "dns_queries",
+                "DNS queries to the sidecar's DNS proxy, by result"
             ),
             control_plane_connected: {
                 let g = Gauge::default();
