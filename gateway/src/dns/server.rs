@@ -97,11 +97,9 @@ impl DnsProxy {
             }
         };
         let upstream = match settings.upstream {
-            Some(servers) if !servers.is_empty() => Ok(Upstream {
-                servers,
-                timeout: Duration::from_secs(2),
-                attempts: 2,
-            }),
+            Some(servers) if !servers.is_empty() => {
+                Ok(Upstream::new(servers, Duration::from_secs(2), 2))
+            }
             _ => conf.map(|c| c.upstream),
         };
         let shared = Arc::new(Shared {

@@ -1,7 +1,9 @@
 //! Forwarding to the pod's resolvers (`/etc/resolv.conf`, read with the
-//! `resolv-conf` crate): over UDP, one fresh connected socket per query
-//! (only the server's datagrams are read, and only a response with the
-//! query's ID is taken), each server in turn with a per-try timeout;
+//! `resolv-conf` crate): over UDP, on a connected socket per server taken
+//! from a small pool (one query at a time on each; only the server's
+//! datagrams are read, and only a response with the query's ID is taken;
+//! a socket that timed out is closed, not pooled), each server in turn
+//! with a per-try timeout;
 //! over TCP when the UDP answer was truncated (kept whole when it fits
 //! the client's UDP limit, else passed on truncated so the client asks
 //! again over TCP) or when the client asked over TCP.
@@ -10,6 +12,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -38,6 +44,29 @@ pub struct Upstream {
     pub timeout: Duration,
     /// Rounds over all servers.
     pub attempts: u32,
+    /// Idle sockets connected to each server.
+    pub idle: Arc<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>,
+}
+
+/// Idle sockets kept per server: enough for the bursts of one pod.
+const IDLE_PER_SERVER: usize = 16;
+
+/// A connected UDP socket to one server and its receive buffer.
+#[derive(Debug)]
+pub struct Pooled {
+    socket: UdpSocket,
+    buf: Box<[u8]>,
+}
+
+impl Upstream {
+    pub fn new(servers: Vec<SocketAddr>, timeout: Duration, attempts: u32) -> Self {
+        Self {
+            servers,
+            timeout,
+            attempts,
+            idle: Arc::default(),
+        }
+    }
 }
 
 /// What a resolv.conf says that the proxy uses.
@@ -79,11 +108,11 @@ impl ResolvConf {
             });
         }
         Ok(Self {
-            upstream: Upstream {
+            upstream: Upstream::new(
                 servers,
-                timeout: Duration::from_secs(u64::from(c.timeout.max(1))).min(MAX_TRY),
-                attempts: c.attempts.clamp(1, 5),
-            },
+                Duration::from_secs(u64::from(c.timeout.max(1))).min(MAX_TRY),
+                c.attempts.clamp(1, 5),
+            ),
             search: c.get_search().cloned().unwrap_or_default(),
         })
     }
@@ -107,8 +136,35 @@ fn id(b: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*b.first()?, *b.get(1)?]))
 }
 
+/// The question section of a message with one question (header excluded).
+fn question(m: &[u8]) -> Option<&[u8]> {
+    let mut at = 12;
+    loop {
+        let len = usize::from(*m.get(at)?);
+        if len == 0 {
+            break;
+        }
+        if len & 0xc0 != 0 {
+            return None; // compressed: not how a stub asks
+        }
+        at += 1 + len;
+    }
+    m.get(12..at + 5)
+}
+
+/// Whether `reply` answers `query`: a response with its ID and, unless it
+/// is an error without one, its question (a pooled socket may still hold
+/// a duplicate answer to an earlier query that had the same ID).
 fn is_response_to(reply: &[u8], query: &[u8]) -> bool {
-    reply.len() >= 12 && id(reply) == id(query) && reply[2] & 0x80 != 0
+    if reply.len() < 12 || id(reply) != id(query) || reply[2] & 0x80 == 0 {
+        return false;
+    }
+    let error_without_question = reply[3] & 0x0f != 0 && reply[4..6] == [0, 0];
+    error_without_question
+        || match question(query) {
+            Some(q) => reply.get(12..12 + q.len()) == Some(q),
+            None => true,
+        }
 }
 
 fn truncated(reply: &[u8]) -> bool {
@@ -152,25 +208,41 @@ impl Upstream {
     }
 
     async fn udp_once(&self, server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
-        let local: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
+        let pooled = self.idle.lock().get_mut(&server).and_then(Vec::pop);
+        let mut p = match pooled {
+            Some(p) => p,
+            None => {
+                let local: SocketAddr = if server.is_ipv4() {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let socket = UdpSocket::bind(local).await?;
+                socket.connect(server).await?;
+                Pooled {
+                    socket,
+                    buf: vec![0u8; 65_535].into_boxed_slice(),
+                }
+            }
         };
-        let socket = UdpSocket::bind(local).await?;
-        socket.connect(server).await?;
-        socket.send(query).await?;
-        let mut buf = vec![0u8; 65_535];
-        tokio::time::timeout(self.timeout, async {
+        p.socket.send(query).await?;
+        let got = tokio::time::timeout(self.timeout, async {
             loop {
-                let n = socket.recv(&mut buf).await?;
-                if is_response_to(&buf[..n], query) {
-                    return Ok(buf[..n].to_vec());
+                let n = p.socket.recv(&mut p.buf).await?;
+                if is_response_to(&p.buf[..n], query) {
+                    return Ok::<_, std::io::Error>(p.buf[..n].to_vec());
                 }
             }
         })
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+        // Answered: the socket is clean for the next query.
+        let mut idle = self.idle.lock();
+        let list = idle.entry(server).or_default();
+        if list.len() < IDLE_PER_SERVER {
+            list.push(p);
+        }
+        Ok(got)
     }
 
     async fn tcp_once(&self, server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -275,11 +347,7 @@ mod tests {
     }
 
     fn upstream(servers: Vec<SocketAddr>) -> Upstream {
-        Upstream {
-            servers,
-            timeout: Duration::from_millis(300),
-            attempts: 1,
-        }
+        Upstream::new(servers, Duration::from_millis(300), 1)
     }
 
     #[tokio::test]
@@ -298,6 +366,35 @@ mod tests {
         // Asked over TCP: over TCP.
         let r = Message::from_vec(&up.tcp(&q).await.unwrap()).unwrap();
         assert_eq!(r.answers.len(), 3);
+    }
+
+    #[test]
+    fn only_an_answer_to_the_question_asked_is_taken() {
+        let q = query("a.example.");
+        let r = reply(&q, 1, false);
+        assert!(is_response_to(&r, &q));
+        // The same ID, another question: an old duplicate.
+        let mut other = query("b.example.");
+        other[..2].copy_from_slice(&q[..2]);
+        assert!(!is_response_to(&reply(&other, 1, false), &q));
+        assert!(!is_response_to(&q, &q), "a query is not a response");
+        assert!(!is_response_to(&r[..11], &q));
+        // An error with no question section is an answer.
+        let mut formerr = r[..12].to_vec();
+        formerr[3] = 0x81;
+        formerr[4..12].fill(0);
+        assert!(is_response_to(&formerr, &q));
+    }
+
+    #[tokio::test]
+    async fn sockets_are_reused_and_answers_never_mixed_up() {
+        let server = truncating_server(1).await;
+        let up = upstream(vec![server]);
+        for name in ["a.example.", "b.example.", "c.example."] {
+            let r = Message::from_vec(&up.udp(&query(name), 4096).await.unwrap()).unwrap();
+            assert_eq!(r.queries[0].name.to_ascii(), name);
+        }
+        assert_eq!(up.idle.lock()[&server].len(), 1, "one socket, reused");
     }
 
     #[tokio::test]
