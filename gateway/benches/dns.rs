@@ -17,8 +17,11 @@
 //! - a forwarded name, through the sidecar to dnsmasq;
 //! - the same name asked of dnsmasq directly (the baseline).
 //!
-//! Memory: the sidecar's RSS with the same configuration with and without
-//! `--dns` (the difference is the DNS table), and with no services.
+//! Memory: the DNS table's own heap for those names (built in this process
+//! under a counting allocator), and the sidecar's RSS with the same
+//! configuration with and without `--dns`, and with no services (RSS moves
+//! with what the allocator kept from parsing, so the table's bytes are
+//! the figure; the RSS says what a sidecar with that many services takes).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -28,6 +31,39 @@ use hickory_proto::rr::{Name, RecordType};
 
 mod common;
 use common::*;
+
+/// Counts the bytes live on the heap (for the table's size).
+struct Counting;
+
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: defers to the system allocator; only counts.
+#[allow(unsafe_code)] // a GlobalAlloc is an unsafe trait; this one forwards to System
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is System's.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The heap bytes of the DNS table for `cfg_yaml`'s services.
+fn table_bytes(cfg_yaml: &str) -> isize {
+    let cfg = isthmus_api::parse_yaml(cfg_yaml).expect("the configuration parses");
+    let before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+    let t = isthmus_gateway::dns::table::Table::build(&cfg, "cluster.local");
+    let after = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(!t.is_empty());
+    after - before
+}
 
 fn query(name: &str, id: u16) -> Vec<u8> {
     let mut q = Message::query();
@@ -210,6 +246,12 @@ async fn main() {
             percentile(&mut p99, 0.5)
         );
     }
+    let bytes = table_bytes(&config(names));
+    println!(
+        "DNS table: {} KiB for {names} names ({} bytes a name, its three forms included)",
+        bytes / 1024,
+        bytes / names as isize
+    );
     println!("sidecar RSS:");
     println!("  {names} names, DNS on:   {proxy_rss} KiB");
     println!(
