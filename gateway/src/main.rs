@@ -266,6 +266,7 @@ impl SidecarArgs {
                 address,
                 resolv_conf: self.dns_resolv_conf.clone(),
                 upstream: (!self.dns_upstream.is_empty()).then(|| self.dns_upstream.clone()),
+                mark: self.mark,
             }),
         }
     }

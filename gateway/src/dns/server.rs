@@ -25,6 +25,8 @@ pub struct DnsSettings {
     /// Forward to these instead of resolv.conf's servers (a node-local
     /// cache, say); the search list still comes from resolv.conf.
     pub upstream: Option<Vec<SocketAddr>>,
+    /// The proxy's SO_MARK (`--mark`), put on forwarded queries.
+    pub mark: Option<u32>,
 }
 
 /// Queries answered or forwarded at once over UDP; more wait.
@@ -101,7 +103,8 @@ impl DnsProxy {
                 Ok(Upstream::new(servers, Duration::from_secs(2), 2))
             }
             _ => conf.map(|c| c.upstream),
-        };
+        }
+        .map(|u| u.with_mark(settings.mark));
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(Table::build(&store.load().source, &domain)),
             upstream,

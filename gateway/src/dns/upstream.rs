@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -46,6 +46,10 @@ pub struct Upstream {
     pub attempts: u32,
     /// Idle sockets connected to each server.
     pub idle: Arc<Mutex<HashMap<SocketAddr, Vec<Pooled>>>>,
+    /// SO_MARK on every socket (capture exempts the proxy by this mark
+    /// when not by its uid: without it the forwarded query would come
+    /// back to the proxy).
+    pub mark: Option<u32>,
 }
 
 /// Idle sockets kept per server: enough for the bursts of one pod.
@@ -65,6 +69,20 @@ impl Upstream {
             timeout,
             attempts,
             idle: Arc::default(),
+            mark: None,
+        }
+    }
+
+    /// Marks every socket with `mark`.
+    pub fn with_mark(mut self, mark: Option<u32>) -> Self {
+        self.mark = mark;
+        self
+    }
+
+    fn marked<S: std::os::fd::AsFd>(&self, s: &S) -> std::io::Result<()> {
+        match self.mark {
+            Some(m) => socket2::SockRef::from(s).set_mark(m),
+            None => Ok(()),
         }
     }
 }
@@ -218,6 +236,7 @@ impl Upstream {
                     (Ipv6Addr::UNSPECIFIED, 0).into()
                 };
                 let socket = UdpSocket::bind(local).await?;
+                self.marked(&socket)?;
                 socket.connect(server).await?;
                 Pooled {
                     socket,
@@ -247,7 +266,13 @@ impl Upstream {
 
     async fn tcp_once(&self, server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
         tokio::time::timeout(self.timeout, async {
-            let mut s = TcpStream::connect(server).await?;
+            let socket = if server.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            self.marked(&socket)?;
+            let mut s = socket.connect(server).await?;
             s.set_nodelay(true)?;
             write_frame(&mut s, query).await?;
             loop {
@@ -395,6 +420,25 @@ mod tests {
             assert_eq!(r.queries[0].name.to_ascii(), name);
         }
         assert_eq!(up.idle.lock()[&server].len(), 1, "one socket, reused");
+    }
+
+    /// With a mark (capture exempting the proxy by mark, not uid), its
+    /// forwarded queries carry it. Setting a mark needs CAP_NET_ADMIN.
+    #[tokio::test]
+    async fn forwarded_queries_carry_the_proxys_mark() {
+        let server = truncating_server(1).await;
+        let up = upstream(vec![server]).with_mark(Some(1337));
+        match up.udp(&query("a.example."), 4096).await {
+            Ok(_) => {
+                let idle = up.idle.lock();
+                let s = &idle[&server][0].socket;
+                assert_eq!(socket2::SockRef::from(s).mark().unwrap(), 1337);
+            }
+            Err(e) => assert!(
+                e.to_string().contains("ermission") || e.to_string().contains("not permitted"),
+                "only a missing capability may stop it: {e}"
+            ),
+        }
     }
 
     #[tokio::test]
