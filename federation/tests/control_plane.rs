@@ -127,7 +127,7 @@ async fn clusterset_ips_survive_a_restart() {
                     region: "eu-central".into(),
                     zone: "eu-central-a".into(),
                 }),
-                exported_at: 0,
+                ..Default::default()
             })
             .to_vec(),
         ..Default::default()

@@ -683,6 +683,8 @@ spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
         },
         trust_domain: "eu-central.isthmus.local".into(),
         exported_at: 0,
+        headless: false,
+        hostnames: Vec::new(),
     };
     let entry = Entry {
         ip: "10.0.0.2".parse().unwrap(),

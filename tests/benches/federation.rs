@@ -170,7 +170,7 @@ fn exports(cluster: &str, version: u64, full: bool, healthy: u32) -> wire::Expor
                     region: cluster.into(),
                     ..Default::default()
                 }),
-                exported_at: 0,
+                ..Default::default()
             })
             .collect(),
         removed: Vec::new(),

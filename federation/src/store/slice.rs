@@ -39,6 +39,9 @@ pub struct SliceEndpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
+    /// `hostname` (a StatefulSet pod's name, behind a headless Service):
+    /// its per-pod clusterset name when exported.
+    pub hostname: Option<Box<str>>,
 }
 
 impl From<&EndpointSlice> for Slice {
@@ -86,6 +89,7 @@ impl From<&EndpointSlice> for Slice {
                         ready: c.ready.unwrap_or(true),
                         serving: c.serving.unwrap_or(false),
                         terminating: c.terminating.unwrap_or(false),
+                        hostname: e.hostname.as_deref().map(Box::from),
                     })
                 })
                 .collect(),

@@ -35,9 +35,10 @@ pub fn exports(snap: &Snapshot, service: impl Fn(&str) -> Option<model::Service>
         let Some(ns) = key.namespace.as_deref() else {
             continue;
         };
-        if snap.get("Service", key).is_none() {
+        let Some(Resource::Service(k8s)) = snap.get("Service", key) else {
             continue; // MCS: an export of a missing Service exports nothing
-        }
+        };
+        let headless = k8s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
         let name = service_name(&key.name, ns);
         let Some(svc) = service(&name) else {
             continue;
@@ -53,9 +54,34 @@ pub fn exports(snap: &Snapshot, service: impl Fn(&str) -> Option<model::Service>
                 healthy: u32::try_from(healthy).unwrap_or(u32::MAX),
                 locality: Some(locality.clone()),
                 exported_at,
+                headless,
+                hostnames: if headless {
+                    hostnames(snap, ns, &key.name)
+                } else {
+                    Vec::new()
+                },
             },
         );
     }
+    out
+}
+
+/// The hostnames of the ready endpoints of Service `ns/name` (sorted,
+/// once each).
+fn hostnames(snap: &Snapshot, ns: &str, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = snap
+        .of_kind("EndpointSlice")
+        .filter(|(k, _)| k.namespace.as_deref() == Some(ns))
+        .filter_map(|(_, r)| match r {
+            Resource::EndpointSlice(s) if s.service.as_deref() == Some(name) => Some(s),
+            _ => None,
+        })
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.ready)
+        .filter_map(|e| e.hostname.as_deref().map(str::to_string))
+        .collect();
+    out.sort();
+    out.dedup();
     out
 }
 
@@ -148,6 +174,41 @@ spec: {ports: [{port: 80}]}
             })
         );
         assert_eq!(c.exported_at, 1_767_323_045);
+    }
+
+    #[test]
+    fn a_headless_export_names_its_ready_pods() {
+        let text = format!(
+            "{STORE}---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\n\
+             spec: {{clusterIP: None, ports: [{{port: 5432}}]}}\n---\n\
+             apiVersion: multicluster.x-k8s.io/v1beta1\nkind: ServiceExport\n\
+             metadata: {{name: db, namespace: shop}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: db-a, namespace: shop, labels: {{kubernetes.io/service-name: db}}}}\n\
+             addressType: IPv4\nports: [{{port: 5432}}]\nendpoints:\n\
+             \x20 - {{addresses: [10.0.0.2], hostname: db-1}}\n\
+             \x20 - {{addresses: [10.0.0.1], hostname: db-0}}\n\
+             \x20 - {{addresses: [10.0.0.3], hostname: db-2, conditions: {{ready: false}}}}\n\
+             \x20 - {{addresses: [10.0.0.4]}}\n"
+        );
+        let (loaded, errors) = parse_file("s.yaml".as_ref(), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let e = exports(&snap, |name| {
+            (name == "db.shop" || name == "catalog.shop").then(|| model::Service {
+                name: name.into(),
+                ..Default::default()
+            })
+        });
+        assert!(e["db.shop"].headless);
+        assert_eq!(
+            e["db.shop"].hostnames,
+            ["db-0", "db-1"],
+            "ready ones, sorted"
+        );
+        assert!(!e["catalog.shop"].headless);
+        assert!(e["catalog.shop"].hostnames.is_empty());
     }
 
     #[test]

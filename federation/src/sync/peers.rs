@@ -191,6 +191,8 @@ impl Peer {
                 locality: s.locality.clone().unwrap_or_else(model::Locality::default),
                 trust_domain: self.trust_domain.clone(),
                 exported_at: s.exported_at,
+                headless: s.headless,
+                hostnames: s.hostnames.clone(),
             })
             .collect()
     }
@@ -323,7 +325,7 @@ mod tests {
                 region: "eu-central".into(),
                 zone: String::new(),
             }),
-            exported_at: 0,
+            ..Default::default()
         }
     }
 

@@ -43,6 +43,9 @@ pub struct Summary {
     /// When its ServiceExport was made (unix seconds; 0: unknown): the
     /// oldest export decides the clusterset service's ports (MCS).
     pub exported_at: i64,
+    /// A headless Service there, and its ready pods' hostnames.
+    pub headless: bool,
+    pub hostnames: Vec<String>,
 }
 
 /// Whether two exports of a service agree on what MCS compares: the
@@ -403,6 +406,8 @@ spec: {ports: [{port: 80}]}
             },
             trust_domain: format!("{cluster}.isthmus.local"),
             exported_at: 0,
+            headless: false,
+            hostnames: Vec::new(),
         }
     }
 
