@@ -22,6 +22,20 @@ pub struct Slice {
     pub ip: bool,
     pub ports: Box<[SlicePort]>,
     pub endpoints: Box<[SliceEndpoint]>,
+    /// Endpoints with a `hostname` (StatefulSet pods behind a headless
+    /// Service: their per-pod clusterset names), by index into
+    /// `endpoints`; kept aside so the common endpoint stays small.
+    pub hostnames: Box<[(u32, Box<str>)]>,
+}
+
+impl Slice {
+    /// An endpoint's hostname.
+    pub fn hostname(&self, index: usize) -> Option<&str> {
+        self.hostnames
+            .iter()
+            .find(|(i, _)| *i as usize == index)
+            .map(|(_, h)| &**h)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,9 +53,6 @@ pub struct SliceEndpoint {
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    /// `hostname` (a StatefulSet pod's name, behind a headless Service):
-    /// its per-pod clusterset name when exported.
-    pub hostname: Option<Box<str>>,
 }
 
 impl From<&EndpointSlice> for Slice {
@@ -57,6 +68,27 @@ impl From<&EndpointSlice> for Slice {
                 }
             }
         };
+        let mut endpoints = Vec::new();
+        let mut hostnames = Vec::new();
+        // The first address is the endpoint's (the API allows one per
+        // endpoint for IP slices); one that is not an IP is not an
+        // address we can proxy to.
+        for e in s.endpoints.iter() {
+            let Some(address) = e.addresses.first().and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            if let Some(h) = e.hostname.as_deref() {
+                hostnames.push((endpoints.len() as u32, Box::from(h)));
+            }
+            let c = e.conditions.clone().unwrap_or_default();
+            endpoints.push(SliceEndpoint {
+                address,
+                zone: e.zone.as_deref().map(&mut zone),
+                ready: c.ready.unwrap_or(true),
+                serving: c.serving.unwrap_or(false),
+                terminating: c.terminating.unwrap_or(false),
+            });
+        }
         Slice {
             service: s
                 .metadata
@@ -74,25 +106,8 @@ impl From<&EndpointSlice> for Slice {
                     port: p.port.and_then(|p| u16::try_from(p).ok()),
                 })
                 .collect(),
-            endpoints: s
-                .endpoints
-                .iter()
-                // The first address is the endpoint's (the API allows one
-                // per endpoint for IP slices); one that is not an IP is
-                // not an address we can proxy to.
-                .filter_map(|e| {
-                    let address = e.addresses.first()?.parse().ok()?;
-                    let c = e.conditions.clone().unwrap_or_default();
-                    Some(SliceEndpoint {
-                        address,
-                        zone: e.zone.as_deref().map(&mut zone),
-                        ready: c.ready.unwrap_or(true),
-                        serving: c.serving.unwrap_or(false),
-                        terminating: c.terminating.unwrap_or(false),
-                        hostname: e.hostname.as_deref().map(Box::from),
-                    })
-                })
-                .collect(),
+            endpoints: endpoints.into(),
+            hostnames: hostnames.into(),
         }
     }
 }
@@ -112,9 +127,9 @@ ports: [{name: http, port: 8080}, {port: 70000}]
 endpoints:
   - {addresses: [10.0.0.1], zone: a}
   - {addresses: [10.0.0.2], zone: a, conditions: {ready: false, serving: true, terminating: true}}
-  - {addresses: [not-an-ip], zone: b}
+  - {addresses: [not-an-ip], zone: b, hostname: skipped}
   - {addresses: [], zone: b}
-  - {addresses: ["fd00::1"]}
+  - {addresses: ["fd00::1"], hostname: pod-2}
 "#,
         )
         .unwrap();
@@ -144,6 +159,10 @@ endpoints:
         );
         assert!(Arc::ptr_eq(z0, z1), "one zone string per slice");
         assert_eq!(s.endpoints[2].zone, None);
+        // Hostnames aside, by index among the kept endpoints.
+        assert_eq!(s.hostname(2), Some("pod-2"));
+        assert_eq!(s.hostname(0), None);
+        assert_eq!(s.hostnames.len(), 1);
         assert!(
             std::mem::size_of::<SliceEndpoint>() <= 40,
             "{}",

@@ -76,9 +76,12 @@ fn hostnames(snap: &Snapshot, ns: &str, name: &str) -> Vec<String> {
             Resource::EndpointSlice(s) if s.service.as_deref() == Some(name) => Some(s),
             _ => None,
         })
-        .flat_map(|s| s.endpoints.iter())
-        .filter(|e| e.ready)
-        .filter_map(|e| e.hostname.as_deref().map(str::to_string))
+        .flat_map(|s| {
+            s.hostnames
+                .iter()
+                .filter(|(i, _)| s.endpoints.get(*i as usize).is_some_and(|e| e.ready))
+                .map(|(_, h)| h.to_string())
+        })
         .collect();
     out.sort();
     out.dedup();
