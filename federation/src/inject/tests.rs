@@ -29,6 +29,15 @@ fn injected(p: &Pod) -> Injected {
     mutate(p, &template()).unwrap().unwrap()
 }
 
+/// The injected pod's init containers (capture first, then the proxy).
+fn init_containers(out: &Injected) -> &[Container] {
+    out.pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.init_containers.as_deref())
+        .expect("init containers")
+}
+
 fn env<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
     c.env
         .iter()
@@ -167,14 +176,7 @@ fn host_network_and_opted_out_pods_are_left_alone() {
 fn capture_annotations_become_flags_and_bad_ones_are_refused_by_name() {
     let p = pod("grpc-pod-annotated.json");
     let out = injected(&p);
-    let init = out
-        .pod
-        .spec
-        .as_ref()
-        .unwrap()
-        .init_containers
-        .as_ref()
-        .unwrap();
+    let init = init_containers(&out);
     assert_eq!(
         init[0].args.as_deref().unwrap(),
         [
@@ -195,14 +197,7 @@ fn capture_annotations_become_flags_and_bad_ones_are_refused_by_name() {
         .unwrap()
         .insert(DNS_CAPTURE_ANNOTATION.into(), "false".into());
     let out = injected(&no_dns);
-    let init = out
-        .pod
-        .spec
-        .as_ref()
-        .unwrap()
-        .init_containers
-        .clone()
-        .unwrap();
+    let init = init_containers(&out);
     assert!(
         !init[0]
             .args

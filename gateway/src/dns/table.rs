@@ -20,6 +20,11 @@ use isthmus_api::model as m;
 /// The zone of clusterset names (MCS): `<svc>.<ns>.svc.clusterset.local`.
 pub const CLUSTERSET_ZONE: &str = "svc.clusterset.local";
 
+/// The zone as a suffix, and as it appears inside a search expansion
+/// (no allocation on the query path).
+const DOT_ZONE: &str = ".svc.clusterset.local";
+const DOT_ZONE_DOT: &str = ".svc.clusterset.local.";
+
 /// How long clients may cache our answers: virtual IPs are stable.
 pub const TTL: u32 = 30;
 
@@ -58,7 +63,7 @@ impl Table {
             }
             let name = s.name.to_ascii_lowercase();
             let mut forms = vec![name.clone()];
-            if !name.ends_with(&format!(".{CLUSTERSET_ZONE}")) && name.matches('.').count() == 1 {
+            if !name.ends_with(DOT_ZONE) && name.matches('.').count() == 1 {
                 forms.push(format!("{name}.svc"));
                 forms.push(format!("{name}.svc.{cluster_domain}"));
             }
@@ -90,14 +95,10 @@ impl Table {
         if let Some(ips) = self.names.get(name) {
             return Lookup::Known(ips);
         }
-        let zone = CLUSTERSET_ZONE;
-        let in_zone = name == zone
-            || name
-                .strip_suffix(zone)
-                .is_some_and(|rest| rest.ends_with('.'));
+        let in_zone = name == CLUSTERSET_ZONE || name.ends_with(DOT_ZONE);
         // `catalog.shop.svc.clusterset.local.shop.svc.cluster.local`: a
         // resolver walking its search list; it exists nowhere.
-        let expanded = name.contains(&format!(".{zone}."));
+        let expanded = name.contains(DOT_ZONE_DOT);
         if in_zone || expanded {
             Lookup::NxDomain
         } else {
