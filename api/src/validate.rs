@@ -513,15 +513,15 @@ fn check_endpoint(c: &mut Checker, path: &str, e: &Endpoint, s: &Service) {
             );
         }
         if !e.via_service.is_empty() {
-            let ok = e
-                .via_service
-                .split_once('.')
-                .is_some_and(|(n, ns)| is_dns_label(n) && is_dns_label(ns));
+            // `<name>.<namespace>`, or `<pod>.<name>.<namespace>`: one pod
+            // of a headless service there.
+            let labels: Vec<&str> = e.via_service.split('.').collect();
+            let ok = (2..=3).contains(&labels.len()) && labels.iter().all(|l| is_dns_label(l));
             if !ok {
                 c.fail(
                     format!("{path}.viaService"),
                     format!(
-                        "{:?} is not a service name in the other cluster (<name>.<namespace>)",
+                        "{:?} is not a service name in the other cluster (<name>.<namespace>, or <pod>.<name>.<namespace>)",
                         e.via_service
                     ),
                 );

@@ -151,11 +151,27 @@ fn endpoints_via_another_cluster_need_the_gateway_port_and_the_remote_identity()
     );
     let c = parse_yaml(&renamed).unwrap();
     assert_eq!(c.services[0].endpoints[0].via_service, "reviews.shop");
+    // One pod of a headless service there.
+    let pod = good.replace(
+        "viaCluster: us-east,",
+        "viaCluster: us-east, viaService: db-0.db.shop,",
+    );
+    assert_eq!(
+        parse_yaml(&pod).unwrap().services[0].endpoints[0].via_service,
+        "db-0.db.shop"
+    );
     for (yaml, path) in [
         (
             good.replace(
                 "viaCluster: us-east,",
                 "viaCluster: us-east, viaService: reviews,",
+            ),
+            "services[0].endpoints[0].viaService",
+        ),
+        (
+            good.replace(
+                "viaCluster: us-east,",
+                "viaCluster: us-east, viaService: a.db-0.db.shop,",
             ),
             "services[0].endpoints[0].viaService",
         ),

@@ -711,6 +711,30 @@ spec: {type: ClusterSetIP, ports: [{port: 80, protocol: TCP}]}
             assert!(p.is_empty(), "{version}: {p:?}\n{si:#}");
         }
     }
+    // A headless import (a StatefulSet's pods named) fits them too.
+    let headless = Summary {
+        name: "db".into(),
+        headless: true,
+        hostnames: vec!["db-0".into(), "db-1".into()],
+        ..summary.clone()
+    };
+    let with_db = translate(&Inputs {
+        imports: &[summary.clone(), headless],
+        gateway_entry: Some(entry),
+        ..Inputs::new(&snap)
+    })
+    .filled();
+    let db = desired(&with_db, "eu-west");
+    let db = &db[&isthmus_federation::store::ObjectKey {
+        namespace: Some("shop".into()),
+        name: "db".into(),
+    }];
+    assert_eq!(db["spec"]["type"], "Headless", "{db}");
+    for version in ["v1alpha1", "v1beta1"] {
+        let schema = isthmus_testkit::crd_schema::schema(&crd, version);
+        let p = isthmus_testkit::crd_schema::problems(&schema, db);
+        assert!(p.is_empty(), "{version}: {p:?}\n{db:#}");
+    }
     let si = &wanted.values().next().unwrap();
     let ip: std::net::Ipv4Addr = si["spec"]["ips"][0].as_str().unwrap().parse().unwrap();
     assert!(ip.octets()[..2] == [240, 240], "a ClusterSet IP: {si}");

@@ -180,6 +180,7 @@ impl Cluster {
             namespace,
             service_account,
             labels,
+            name: None,
             listeners: Vec::new(),
             workload: None,
             prebound: Vec::new(),

@@ -16,6 +16,8 @@ pub struct MeshSidecar<'a> {
     pub namespace: &'a str,
     pub service_account: &'a str,
     pub labels: &'a [(&'a str, &'a str)],
+    /// The workload's name (None: `<service account>-0`).
+    pub name: Option<&'a str>,
     pub listeners: Vec<isthmus_api::model::Listener>,
     pub workload: Option<isthmus_api::discovery::v1::Workload>,
     /// Sockets bound beforehand for some of `listeners`.
@@ -74,7 +76,9 @@ impl MeshSidecar<'_> {
             ),
         );
         let node = isthmus_api::model::Node {
-            name: format!("{}-0", self.service_account),
+            name: self
+                .name
+                .map_or_else(|| format!("{}-0", self.service_account), str::to_string),
             namespace: self.namespace.into(),
             service_account: self.service_account.into(),
             cluster: self.cluster.into(),
@@ -187,7 +191,8 @@ impl MeshedApp {
     ) -> isthmus_api::model::Listener {
         isthmus_api::model::Listener {
             name: "tunnel".into(),
-            address: format!("127.0.0.1:{port}"),
+            // On the pod's address (the app's).
+            address: format!("{}:{port}", inbound.app_address),
             kind: Some(isthmus_api::model::listener::Kind::Tunnel(inbound.clone())),
         }
     }

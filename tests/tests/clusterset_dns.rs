@@ -14,7 +14,10 @@
 //! are served by eu-central's catalog, which sees the pod's SPIFFE
 //! identity (mTLS from the pod's sidecar to eu-central's); a TCP service
 //! likewise. An unknown clusterset name is NXDOMAIN, answered in the pod;
-//! other names reach the cluster's DNS through the sidecar.
+//! other names reach the cluster's DNS through the sidecar. eu-central's
+//! headless `db` (two pods, a StatefulSet's as far as names go): its
+//! clusterset name resolves to both pods' addresses, and each pod's name,
+//! `db-<n>.eu-central.db.shop.svc.clusterset.local`, reaches that pod.
 //!
 //! Needs root, `ip`, `iptables-restore`, `curl`, `setpriv`, `python3`.
 //! Skipped without them, unless ISTHMUS_REQUIRE_NETNS=1 (CI).
@@ -53,6 +56,15 @@ spec: {selector: {app: ledger}, ports: [{name: tcp, port: 9000, targetPort: tcp}
 apiVersion: multicluster.x-k8s.io/v1alpha1
 kind: ServiceExport
 metadata: {name: ledger, namespace: shop}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: None, selector: {app: db}, ports: [{name: tcp, port: 5432, targetPort: tcp}]}
+---
+apiVersion: multicluster.x-k8s.io/v1beta1
+kind: ServiceExport
+metadata: {name: db, namespace: shop}
 "#;
 
 /// The cluster's DNS, as far as the pod is concerned: `www.example.test`
@@ -125,13 +137,17 @@ else:
 print(r[3] & 0x0f, struct.unpack('>H', r[6:8])[0])
 "#;
 
-/// getaddrinfo, then an HTTP GET over a plain socket to what it gave.
-const GETADDRINFO_HTTP: &str = r#"
+/// getaddrinfo for `name port`, then a plain connection to what it gave:
+/// with `http`, a GET; prints the address, then what the server said
+/// before it closed (with `http`, the body).
+const GETADDRINFO_READ: &str = r#"
 import socket, sys
-name = sys.argv[1]
-addr = socket.getaddrinfo(name, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+name, port = sys.argv[1], int(sys.argv[2])
+http = len(sys.argv) > 3 and sys.argv[3] == 'http'
+addr = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
 s = socket.create_connection(addr, timeout=5)
-s.sendall(b'GET /items HTTP/1.1\r\nHost: ' + name.encode() + b'\r\nConnection: close\r\n\r\n')
+if http:
+    s.sendall(b'GET /items HTTP/1.1\r\nHost: ' + name.encode() + b'\r\nConnection: close\r\n\r\n')
 out = b''
 while True:
     b = s.recv(65536)
@@ -139,7 +155,7 @@ while True:
         break
     out += b
 print(addr[0])
-print(out.split(b'\r\n\r\n', 1)[1].decode())
+print((out.split(b'\r\n\r\n', 1)[1] if http else out).decode())
 "#;
 
 /// getaddrinfo, then bytes through an opaque TCP connection.
@@ -224,7 +240,18 @@ async fn in_node(pod: String, node_ip: IpAddr) {
     link(&west, &central, Duration::from_secs(600), "5m");
     link(&central, &west, Duration::from_secs(600), "5m");
     let (catalog, _, meshed) = central.start_meshed_catalog().await;
-    let (ledger, echo) = start_meshed_echo(&central).await;
+    let echo = isthmus_sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let ledger = start_meshed_tcp(&central, "ledger", "ledger-0", echo.addr).await;
+    // The headless db's pods, each on an address of its own, saying who
+    // they are.
+    let mut pods = Vec::new();
+    for (n, ip) in [(0, "127.0.0.2"), (1, "127.0.0.3")] {
+        let name = format!("db-{n}");
+        let app = whoami(SocketAddr::new(ip.parse().unwrap(), 0), &name).await;
+        pods.push(start_meshed_tcp(&central, "db", &name, app).await);
+    }
 
     // The pod's sidecar as injected: its capture rules and environment.
     let init = isthmus_tests::pod::injected("eu-west")
@@ -313,7 +340,10 @@ async fn in_node(pod: String, node_ip: IpAddr) {
             "{name}: {body}"
         );
     }
-    let (ok, out) = run(pod.python(GETADDRINFO_HTTP, &["catalog.shop.svc.clusterset.local"]));
+    let (ok, out) = run(pod.python(
+        GETADDRINFO_READ,
+        &["catalog.shop.svc.clusterset.local", "80", "http"],
+    ));
     assert!(ok, "{out}");
     let (addr, body) = out.split_once('\n').unwrap();
     assert_eq!(addr, clusterset_vip, "getaddrinfo gave the ClusterSet IP");
@@ -325,13 +355,56 @@ async fn in_node(pod: String, node_ip: IpAddr) {
     let (ok, out) = run(pod.python(GETADDRINFO_TCP, &["ledger.shop.svc.clusterset.local"]));
     assert!(ok && out.trim() == "through the mesh", "{out}");
 
+    // A headless service: its clusterset name is every pod's address, and
+    // each pod's name reaches that pod.
+    let mut pod_vips = Vec::new();
+    for n in 0..2 {
+        let west = &west;
+        let name = format!("db-{n}.eu-central.db.shop.svc.clusterset.local");
+        let what = format!("{name} has a ClusterSet IP");
+        pod_vips.push(
+            eventually(&what, move || {
+                let name = name.clone();
+                async move { west.service(&name)?.vips.first().cloned() }
+            })
+            .await,
+        );
+    }
+    let all = until("the headless set resolves to both pods", || {
+        let (ok, out) = run({
+            let mut c = pod.command("getent");
+            c.args(["ahostsv4", "db.shop.svc.clusterset.local"]);
+            c
+        });
+        if ok && pod_vips.iter().all(|v| out.contains(v.as_str())) {
+            Ok(out)
+        } else {
+            Err(out)
+        }
+    })
+    .await;
+    assert!(!all.contains(&clusterset_vip), "{all}");
+    for (n, vip) in pod_vips.iter().enumerate() {
+        let name = format!("db-{n}.eu-central.db.shop.svc.clusterset.local");
+        let (ok, out) = run(pod.python(GETADDRINFO_READ, &[&name, "5432"]));
+        assert!(ok, "{name}: {out}");
+        let (addr, said) = out.split_once('\n').unwrap();
+        assert_eq!(addr, vip, "{name}");
+        assert_eq!(said.trim(), format!("db-{n}"), "{name}");
+    }
+
     // Names in the clusterset zone nobody exports: NXDOMAIN from the pod's
     // sidecar (the cluster's DNS is not asked); other names are forwarded.
     let before = asked.load(Ordering::SeqCst);
     let server = node_ip.to_string();
-    let (ok, out) = run(pod.python(RAW_QUERY, &["ghost.shop.svc.clusterset.local", &server]));
-    assert!(ok, "{out}");
-    assert_eq!(out.trim(), "3 0", "NXDOMAIN, no answer");
+    for ghost in [
+        "ghost.shop.svc.clusterset.local",
+        "db-7.eu-central.db.shop.svc.clusterset.local",
+    ] {
+        let (ok, out) = run(pod.python(RAW_QUERY, &[ghost, &server]));
+        assert!(ok, "{out}");
+        assert_eq!(out.trim(), "3 0", "{ghost}: NXDOMAIN, no answer");
+    }
     let (ok, out) = run(pod.python(
         RAW_QUERY,
         &["catalog-eu-central.shop.svc.cluster.local", &server],
@@ -366,6 +439,9 @@ async fn in_node(pod: String, node_ip: IpAddr) {
     drop(sidecar);
     catalog.shutdown(Duration::from_millis(200)).await;
     ledger.shutdown(Duration::from_millis(200)).await;
+    for p in pods {
+        p.shutdown(Duration::from_millis(200)).await;
+    }
     meshed.running.stop().await;
     echo.stop().await;
     for c in [&mut west, &mut central] {
@@ -375,20 +451,22 @@ async fn in_node(pod: String, node_ip: IpAddr) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// eu-central's `ledger`: a TCP echo behind a sidecar registering it.
-async fn start_meshed_echo(
+/// A TCP app of eu-central at `app` behind a sidecar registering it as
+/// workload `name` of service account `sa` (labelled `app: <sa>`), on the
+/// app's address.
+async fn start_meshed_tcp(
     c: &Cluster,
-) -> (isthmus_gateway::sidecar::Sidecar, isthmus_sample::Running) {
+    sa: &str,
+    name: &str,
+    app: SocketAddr,
+) -> isthmus_gateway::sidecar::Sidecar {
     use isthmus_api::discovery::v1::{Workload, WorkloadPort};
-    let echo = isthmus_sample::serve_tcp_echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let tunnel = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tunnel = std::net::TcpListener::bind(SocketAddr::new(app.ip(), 0)).unwrap();
     let tunnel_port = tunnel.local_addr().unwrap().port();
     let inbound = model::Inbound {
-        app_address: "127.0.0.1".into(),
+        app_address: app.ip().to_string(),
         ports: vec![model::InboundPort {
-            port: echo.addr.port().into(),
+            port: app.port().into(),
             protocol: model::Protocol::Tcp as i32,
         }],
     };
@@ -399,14 +477,15 @@ async fn start_meshed_echo(
         trust_domain: &td,
         cluster: c.name,
         namespace: "shop",
-        service_account: "ledger",
-        labels: &[("app", "ledger")],
+        service_account: sa,
+        labels: &[("app", sa)],
+        name: Some(name),
         listeners: vec![MeshedApp::tunnel_listener_of(tunnel_port, &inbound)],
         workload: Some(Workload {
-            address: "127.0.0.1".into(),
+            address: app.ip().to_string(),
             ports: vec![WorkloadPort {
                 name: "tcp".into(),
-                port: echo.addr.port().into(),
+                port: app.port().into(),
             }],
             tunnel_port: tunnel_port.into(),
         }),
@@ -416,7 +495,22 @@ async fn start_meshed_echo(
     }
     .start(&c.stop)
     .await;
-    (sidecar, echo)
+    sidecar
+}
+
+/// A TCP server at `at` that says `name` to whoever connects, then closes.
+async fn whoami(at: SocketAddr, name: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let name = name.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(name.as_bytes()).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    addr
 }
 
 /// Runs programs in the pod namespace.

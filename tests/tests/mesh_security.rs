@@ -83,6 +83,7 @@ async fn secure_sidecar(
         namespace: "shop",
         service_account: name,
         labels,
+        name: None,
         listeners,
         workload,
         prebound,

@@ -38,10 +38,15 @@ pub fn exports(snap: &Snapshot, service: impl Fn(&str) -> Option<model::Service>
         let Some(Resource::Service(k8s)) = snap.get("Service", key) else {
             continue; // MCS: an export of a missing Service exports nothing
         };
-        let headless = k8s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+        let headless = crate::translate::services::is_headless(k8s);
         let name = service_name(&key.name, ns);
         let Some(svc) = service(&name) else {
             continue;
+        };
+        let hostnames = if headless {
+            hostnames(&svc)
+        } else {
+            Vec::new()
         };
         let healthy = svc.endpoints.iter().filter(|e| !e.unhealthy).count();
         let exported_at = crate::translate::imports::export_age(r);
@@ -55,33 +60,20 @@ pub fn exports(snap: &Snapshot, service: impl Fn(&str) -> Option<model::Service>
                 locality: Some(locality.clone()),
                 exported_at,
                 headless,
-                hostnames: if headless {
-                    hostnames(snap, ns, &key.name)
-                } else {
-                    Vec::new()
-                },
+                hostnames,
             },
         );
     }
     out
 }
 
-/// The hostnames of the ready endpoints of Service `ns/name` (sorted,
-/// once each).
-fn hostnames(snap: &Snapshot, ns: &str, name: &str) -> Vec<String> {
-    let mut out: Vec<String> = snap
-        .of_kind("EndpointSlice")
-        .filter(|(k, _)| k.namespace.as_deref() == Some(ns))
-        .filter_map(|(_, r)| match r {
-            Resource::EndpointSlice(s) if s.service.as_deref() == Some(name) => Some(s),
-            _ => None,
-        })
-        .flat_map(|s| {
-            s.hostnames
-                .iter()
-                .filter(|(i, _)| s.endpoints.get(*i as usize).is_some_and(|e| e.ready))
-                .map(|(_, h)| h.to_string())
-        })
+/// The hostnames of the ready endpoints of `svc` (sorted, once each).
+fn hostnames(svc: &model::Service) -> Vec<String> {
+    let mut out: Vec<String> = svc
+        .endpoints
+        .iter()
+        .filter(|e| !e.unhealthy && !e.hostname.is_empty())
+        .map(|e| e.hostname.clone())
         .collect();
     out.sort();
     out.dedup();
@@ -198,12 +190,9 @@ spec: {ports: [{port: 80}]}
         let (loaded, errors) = parse_file("s.yaml".as_ref(), &text);
         assert!(errors.is_empty(), "{errors:?}");
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
-        let e = exports(&snap, |name| {
-            (name == "db.shop" || name == "catalog.shop").then(|| model::Service {
-                name: name.into(),
-                ..Default::default()
-            })
-        });
+        // The hostnames come with the translated endpoints.
+        let c = crate::translate::translate(&crate::translate::Inputs::new(&snap)).filled();
+        let e = exports(&snap, |name| c.services.get(name).cloned());
         assert!(e["db.shop"].headless);
         assert_eq!(
             e["db.shop"].hostnames,

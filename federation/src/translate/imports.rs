@@ -10,6 +10,8 @@
 //!   exporting cluster, weighted by its healthy count, in its locality, so
 //!   locality-aware balancing keeps traffic local and fails over by region.
 //!
+//! A headless service's pods get names of their own (`headless`).
+//!
 //! The input is what the links report (`Summary`: the sync's unit, held in
 //! memory like registered workloads, not a resource). Problems land on the
 //! ClusterLink of the cluster they came from.
@@ -66,22 +68,25 @@ struct Oldest<'a> {
     cluster: Option<&'a str>,
     at: i64,
     ports: &'a [model::ServicePort],
+    headless: bool,
 }
+
+/// Our own export of a service: when, our cluster's name, its ports, and
+/// whether it is headless.
+type Ours<'a> = (i64, &'a str, &'a [model::ServicePort], bool);
 
 fn age_key(at: i64, cluster: &str) -> (i64, &str) {
     (if at <= 0 { i64::MAX } else { at }, cluster)
 }
 
 /// `local`: our own export (when, our cluster's name, its ports).
-fn oldest<'a>(
-    local: Option<(i64, &'a str, &'a [model::ServicePort])>,
-    summaries: &[&'a Summary],
-) -> Option<Oldest<'a>> {
-    let ours = local.map(|(at, name, ports)| {
+fn oldest<'a>(local: Option<Ours<'a>>, summaries: &[&'a Summary]) -> Option<Oldest<'a>> {
+    let ours = local.map(|(at, name, ports, headless)| {
         let o = Oldest {
             cluster: None,
             at,
             ports,
+            headless,
         };
         (age_key(at, name), o)
     });
@@ -90,6 +95,7 @@ fn oldest<'a>(
             cluster: Some(&s.cluster),
             at: s.exported_at,
             ports: &s.ports,
+            headless: s.headless,
         };
         (age_key(s.exported_at, &s.cluster), o)
     });
@@ -164,9 +170,14 @@ pub fn attach(
     }
     // An exported Service has its clusterset name here too, even while no
     // linked cluster exports it: then it is the local endpoints alone.
+    let own = crate::identity::mesh_cluster_name(snap).unwrap_or_default();
     for (key, _) in snap.of_kind("ServiceExport") {
         let Some(ns) = &key.namespace else { continue };
         let (local, all) = (service_name(&key.name, ns), clusterset_name(&key.name, ns));
+        let headless = local_headless(snap, &key.name, ns);
+        if headless == Some(true) {
+            super::headless::export_pods(catalog, endpoints, &key.name, ns);
+        }
         if catalog.services.contains_key(&all) {
             continue;
         }
@@ -181,10 +192,35 @@ pub fn attach(
                 ..Default::default()
             },
         );
+        set_name(catalog, &all, &key.name, ns, headless == Some(true));
+        endpoints.include(&all, &local);
+        if headless == Some(true) {
+            super::headless::own_pods(catalog, endpoints, &key.name, ns, &own);
+        }
+    }
+}
+
+/// Whether the local Service `ns/name` is headless (None: there is none).
+fn local_headless(snap: &Snapshot, name: &str, ns: &str) -> Option<bool> {
+    let key = ObjectKey {
+        namespace: Some(ns.to_string()),
+        name: name.to_string(),
+    };
+    match snap.get("Service", &key) {
+        Some(crate::store::Resource::Service(svc)) => Some(super::services::is_headless(svc)),
+        _ => None,
+    }
+}
+
+/// Records the clusterset name `all` of `ns/service`: it gets a ClusterSet
+/// IP, unless the service is headless (its pods' names have them).
+fn set_name(catalog: &mut Catalog, all: &str, service: &str, ns: &str, headless: bool) {
+    if headless {
+        catalog.headless.insert(all.to_string());
+    } else {
         catalog
             .imported
-            .insert(all.clone(), imported(&key.name, ns, None));
-        endpoints.include(&all, &local);
+            .insert(all.to_string(), imported(service, ns, None));
     }
 }
 
@@ -193,11 +229,35 @@ fn imported(service: &str, namespace: &str, cluster: Option<&str>) -> Imported {
         namespace: namespace.to_string(),
         service: service.to_string(),
         cluster: cluster.map(str::to_string),
+        pod: None,
+    }
+}
+
+/// The endpoint standing for `s`'s cluster: our gateway `entry`, in its
+/// locality, weighted by its ready endpoints, CONNECTing to `via_service`
+/// there.
+pub(super) fn gateway_endpoint(
+    s: &Summary,
+    entry: Entry,
+    via_service: String,
+    ports: Vec<model::EndpointPort>,
+) -> model::Endpoint {
+    model::Endpoint {
+        address: entry.ip.to_string(),
+        ports,
+        locality: Some(s.locality.clone()),
+        weight: s.healthy.max(1),
+        unhealthy: s.healthy == 0,
+        tunnel_port: u32::from(entry.port),
+        identity: format!("spiffe://{}", s.trust_domain),
+        via_cluster: s.cluster.clone(),
+        via_service,
+        ..Default::default()
     }
 }
 
 /// A problem with what `cluster` exports, reported on its ClusterLink.
-fn link_problem(cluster: &str, reason: &'static str, message: String) -> Problem {
+pub(super) fn link_problem(cluster: &str, reason: &'static str, message: String) -> Problem {
     Problem {
         kind: "ClusterLink",
         key: ObjectKey {
@@ -231,25 +291,42 @@ fn attach_service(
         namespace: Some(ns.clone()),
         name: name.clone(),
     };
-    // Our export: when, and our Service's ports.
-    let ours: Option<(i64, Vec<model::ServicePort>)> = match (
+    // Our export: when, our Service's ports, whether it is headless.
+    let ours: Option<(i64, Vec<model::ServicePort>, bool)> = match (
         catalog.services.get(&local),
         snap.get("ServiceExport", &key),
     ) {
-        (Some(svc), Some(export)) => Some((export_age(export), svc.ports.clone())),
+        (Some(svc), Some(export)) => Some((
+            export_age(export),
+            svc.ports.clone(),
+            local_headless(snap, name, ns) == Some(true),
+        )),
         _ => None,
     };
-    let Some(oldest) = oldest(ours.as_ref().map(|(at, p)| (*at, own, &p[..])), exports) else {
+    let Some(oldest) = oldest(
+        ours.as_ref().map(|(at, p, h)| (*at, own, &p[..], *h)),
+        exports,
+    ) else {
         return;
     };
     let winner = oldest.cluster.unwrap_or("this cluster");
-    let (winner_at, ports) = (oldest.at, oldest.ports.to_vec());
+    let (winner_at, ports, headless) = (oldest.at, oldest.ports.to_vec(), oldest.headless);
+    let kind = |h: bool| {
+        if h {
+            "headless"
+        } else {
+            "a ClusterSetIP service"
+        }
+    };
 
     // Every cluster: the oldest export's ports (ours when they agree: our
-    // endpoints need our target ports); a disagreeing export stays out.
-    let ours_fit = ours.as_ref().map(|(_, mine)| same_ports(mine, &ports));
+    // endpoints need our target ports) and type (MCS: headless or not); a
+    // disagreeing export stays out.
+    let ours_fit = ours
+        .as_ref()
+        .map(|(_, mine, h)| same_ports(mine, &ports) && *h == headless);
     let set_ports = match (&ours, ours_fit) {
-        (Some((_, mine)), Some(true)) => mine.clone(),
+        (Some((_, mine, _)), Some(true)) => mine.clone(),
         _ => ports.clone(),
     };
     catalog.services.insert(
@@ -260,12 +337,25 @@ fn attach_service(
             ..Default::default()
         },
     );
-    catalog
-        .imported
-        .insert(all.clone(), imported(name, ns, None));
+    set_name(catalog, &all, name, ns, headless);
     match (&ours, ours_fit) {
-        (Some(_), Some(true)) => endpoints.include(&all, &local),
-        (Some((_, mine)), _) => catalog.problems.push(Problem {
+        (Some(_), Some(true)) => {
+            endpoints.include(&all, &local);
+            if headless {
+                super::headless::own_pods(catalog, endpoints, name, ns, own);
+            }
+        }
+        (Some((_, _, h)), _) if *h != headless => catalog.problems.push(Problem {
+            kind: "ServiceExport",
+            key: key.clone(),
+            reason: "TypeConflict",
+            message: format!(
+                "this export is {} but the oldest export, in {winner} (exported at {winner_at}), is {}: {all} is that type, so this cluster's endpoints are left out of it (still reachable as {local})",
+                kind(*h),
+                kind(headless),
+            ),
+        }),
+        (Some((_, mine, _)), _) => catalog.problems.push(Problem {
             kind: "ServiceExport",
             key: key.clone(),
             reason: "PortConflict",
@@ -279,18 +369,7 @@ fn attach_service(
     }
 
     for s in exports {
-        let gateway = |ports: Vec<model::EndpointPort>| model::Endpoint {
-            address: entry.ip.to_string(),
-            ports,
-            locality: Some(s.locality.clone()),
-            weight: s.healthy.max(1),
-            unhealthy: s.healthy == 0,
-            tunnel_port: u32::from(entry.port),
-            identity: format!("spiffe://{}", s.trust_domain),
-            via_cluster: s.cluster.clone(),
-            via_service: local.clone(),
-            ..Default::default()
-        };
+        let gateway = |ports| gateway_endpoint(s, entry, local.clone(), ports);
         // That cluster only.
         let one = per_cluster_name(name, ns, &s.cluster);
         if catalog.services.contains_key(&one) {
@@ -318,6 +397,19 @@ fn attach_service(
         }
         // In the set when it agrees: their target port for each of the
         // set's ports goes on their gateway endpoint.
+        if s.headless != headless {
+            catalog.problems.push(link_problem(
+                &s.cluster,
+                "TypeConflict",
+                format!(
+                    "{}'s {local} is {} but {all} is {} (the oldest export, in {winner}): it is left out of it (reachable as {one})",
+                    s.cluster,
+                    kind(s.headless),
+                    kind(headless),
+                ),
+            ));
+            continue;
+        }
         if !same_ports(&s.ports, &ports) {
             catalog.problems.push(link_problem(
                 &s.cluster,
@@ -347,6 +439,9 @@ fn attach_service(
             .collect();
         if let Some(set) = catalog.services.get_mut(&all) {
             set.endpoints.push(gateway(over));
+        }
+        if headless {
+            super::headless::imported_pods(catalog, s, entry);
         }
     }
 }
@@ -552,13 +647,7 @@ spec:
         assert_eq!(c.services["catalog.shop"].endpoints.len(), 1);
         assert!(c.services["reviews.shop"].endpoints.is_empty());
         // A proxy in shop is sent the clusterset services.
-        let index = crate::translate::proxy::NamespaceIndex::new(&c);
-        let node = model::Node {
-            name: "frontend".into(),
-            namespace: "shop".into(),
-            ..Default::default()
-        };
-        let wanted = crate::translate::proxy::wanted(&c, &index, &node);
+        let wanted = wanted_in_shop(&c);
         assert!(
             wanted.contains("catalog.shop.svc.clusterset.local"),
             "{wanted:?}"
@@ -571,6 +660,17 @@ spec:
         };
         let issues = isthmus_api::validate::validate(&config);
         assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    /// The services a proxy in namespace shop is sent.
+    fn wanted_in_shop(c: &Catalog) -> BTreeSet<&str> {
+        let index = crate::translate::proxy::NamespaceIndex::new(c);
+        let node = model::Node {
+            name: "frontend".into(),
+            namespace: "shop".into(),
+            ..Default::default()
+        };
+        crate::translate::proxy::wanted(c, &index, &node)
     }
 
     /// (kind, object, reason) of each problem.
@@ -651,7 +751,7 @@ spec:
         };
         let (a, b, z) = (s("a", 300), s("b", 100), s("z", 0));
         let pick = |local: Option<i64>, peers: &[&Summary]| {
-            oldest(local.map(|at| (at, "m", &ports[..])), peers)
+            oldest(local.map(|at| (at, "m", &ports[..], false)), peers)
                 .map(|o| o.cluster.map(str::to_string))
         };
         assert_eq!(pick(None, &[&a, &b, &z]), Some(Some("b".into())));
@@ -782,5 +882,218 @@ spec: {{clusterIP: {taken}, ports: [{{port: 80}}]}}
         );
         assert_ne!(vip(&c2, "reviews-us-east.shop"), taken);
         assert_eq!(c2.services["local-one.shop"].vips, [taken.to_string()]);
+    }
+
+    fn headless_summary(cluster: &str, at: i64, hostnames: &[&str]) -> Summary {
+        let mut s = summary(cluster, "db", 5432, 5432, hostnames.len() as u32);
+        s.ports[0].protocol = model::Protocol::Tcp as i32; // as ours: unnamed
+        s.headless = true;
+        s.exported_at = at;
+        s.hostnames = hostnames.iter().map(|h| h.to_string()).collect();
+        s
+    }
+
+    /// Our own headless `db` (two pods, one not ready), exported.
+    const OWN_DB: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: shop}
+spec: {clusterIP: None, ports: [{port: 5432}]}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {name: db, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{port: 5432}]
+endpoints:
+  - {addresses: [10.0.2.1], hostname: db-0}
+  - {addresses: [10.0.2.2], hostname: db-1, conditions: {ready: false}}
+  - {addresses: [10.0.2.3]}
+"#;
+
+    #[test]
+    fn a_headless_service_names_each_pod_in_each_cluster() {
+        let c = imported_with(
+            OWN_DB,
+            &[headless_summary("eu-central", 0, &["db-0", "db-1"])],
+            Some(ENTRY),
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        // The set: no ClusterSet IP of its own, marked headless.
+        let set = "db.shop.svc.clusterset.local";
+        assert!(c.services[set].vips.is_empty());
+        assert!(c.headless.contains(set) && !c.imported.contains_key(set));
+        // eu-central's pods: through our gateway, each CONNECT naming the
+        // pod's own service there.
+        let pod = &c.services["db-1.eu-central.db.shop.svc.clusterset.local"];
+        assert_eq!(pod.endpoints.len(), 1);
+        let e = &pod.endpoints[0];
+        assert_eq!((e.address.as_str(), e.tunnel_port), ("10.0.0.2", 15009));
+        assert_eq!(
+            (e.via_cluster.as_str(), e.via_service.as_str()),
+            ("eu-central", "db-1.db.shop")
+        );
+        assert_eq!(e.identity, "spiffe://eu-central.isthmus.local");
+        // Our pods: their own endpoint (the unready one too, unhealthy);
+        // the endpoint without a hostname has no name.
+        let ours = |h: &str| &c.services[&format!("{h}.eu-west.db.shop.svc.clusterset.local")];
+        let addrs = |s: &model::Service| -> Vec<(String, bool)> {
+            s.endpoints
+                .iter()
+                .map(|e| (e.address.clone(), e.unhealthy))
+                .collect()
+        };
+        assert_eq!(addrs(ours("db-0")), [("10.0.2.1".to_string(), false)]);
+        assert_eq!(addrs(ours("db-1")), [("10.0.2.2".to_string(), true)]);
+        // Every pod's name has an address, each its own.
+        let names: Vec<&String> = c
+            .services
+            .keys()
+            .filter(|n| n.ends_with(".db.shop.svc.clusterset.local"))
+            .collect();
+        assert_eq!(names.len(), 4, "{names:?}");
+        let ips: BTreeSet<&String> = names
+            .iter()
+            .map(|n| {
+                assert_eq!(c.services[*n].vips.len(), 1, "{n}");
+                &c.services[*n].vips[0]
+            })
+            .collect();
+        assert_eq!(ips.len(), 4);
+        // What our east-west gateway admits for linked clusters: each of
+        // our pods by its own service.
+        for h in ["db-0", "db-1"] {
+            let name = format!("{h}.db.shop");
+            assert!(c.exported.contains(&name), "{name}");
+            assert_eq!(c.services[&name].endpoints.len(), 1, "{name}");
+        }
+        // The per-cluster name stays one service, balanced there.
+        assert_eq!(c.services["db-eu-central.shop"].vips.len(), 1);
+        // A proxy in shop is sent the pods' clusterset names, not our
+        // pods' own services (the gateway's).
+        let wanted = wanted_in_shop(&c);
+        assert!(wanted.contains("db-1.eu-central.db.shop.svc.clusterset.local"));
+        assert!(wanted.contains("db-0.eu-west.db.shop.svc.clusterset.local"));
+        assert!(wanted.contains("db.shop.svc.clusterset.local"));
+        assert!(!wanted.contains("db-0.db.shop"), "{wanted:?}");
+        // A proxy takes them as they are.
+        let config = model::ProxyConfig {
+            services: c.services.values().cloned().collect(),
+            ..Default::default()
+        };
+        let issues = isthmus_api::validate::validate(&config);
+        assert!(issues.is_empty(), "{issues:?}");
+    }
+
+    #[test]
+    fn the_oldest_export_decides_whether_a_service_is_headless() {
+        // Ours (headless, 2026-01-01) is older than us-east's ClusterSetIP
+        // db: us-east is left out of the set and of the pods' names.
+        let mut plain = summary("us-east", "db", 5432, 5432, 1);
+        plain.ports[0].protocol = model::Protocol::Tcp as i32;
+        plain.exported_at = 1_800_000_000;
+        let c = imported_with(OWN_DB, std::slice::from_ref(&plain), Some(ENTRY));
+        assert_eq!(problems(&c), [("ClusterLink", "us-east", "TypeConflict")]);
+        assert!(
+            c.problems[0]
+                .message
+                .contains("oldest export, in this cluster")
+        );
+        assert!(c.headless.contains("db.shop.svc.clusterset.local"));
+        assert_eq!(via(&c, "db.shop.svc.clusterset.local"), ["", "", ""]);
+        assert!(
+            c.services.contains_key("db-us-east.shop"),
+            "still by its own name"
+        );
+
+        // An older ClusterSetIP export: ours is the conflict, named on our
+        // ServiceExport; the set has a ClusterSet IP and no pods' names.
+        plain.exported_at = 1_000;
+        let c = imported_with(OWN_DB, &[plain], Some(ENTRY));
+        assert_eq!(problems(&c), [("ServiceExport", "db", "TypeConflict")]);
+        let set = "db.shop.svc.clusterset.local";
+        assert_eq!(c.services[set].vips.len(), 1);
+        assert_eq!(via(&c, set), ["us-east"]);
+        assert!(
+            !c.services
+                .keys()
+                .any(|n| n.ends_with(".db.shop.svc.clusterset.local"))
+        );
+        // Our gateway still admits our pods: the export is ours to make.
+        assert!(c.exported.contains("db-0.db.shop"));
+    }
+
+    #[test]
+    fn a_pod_name_that_is_not_a_dns_label_is_refused() {
+        let c = imported(
+            &[headless_summary("eu-central", 0, &["db-0", "Bad.Name", ""])],
+            Some(ENTRY),
+        );
+        assert_eq!(
+            problems(&c),
+            [
+                ("ClusterLink", "eu-central", "BadHostname"),
+                ("ClusterLink", "eu-central", "BadHostname")
+            ]
+        );
+        assert!(
+            c.services
+                .contains_key("db-0.eu-central.db.shop.svc.clusterset.local")
+        );
+        assert_eq!(
+            c.services
+                .keys()
+                .filter(|n| n.ends_with(".db.shop.svc.clusterset.local"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_headless_service_import_keeps_its_pods_addresses() {
+        let exports = [headless_summary("eu-central", 0, &["db-0", "db-1"])];
+        let c = imported_with(OWN_DB, &exports, Some(ENTRY));
+        let d = crate::writers::imports::desired(&c, "eu-west");
+        let si = &d[&ObjectKey {
+            namespace: Some("shop".into()),
+            name: "db".into(),
+        }];
+        assert_eq!(si["spec"]["type"], "Headless");
+        assert!(si["spec"].get("ips").is_none(), "{si}");
+        assert_eq!(
+            si["status"]["clusters"],
+            serde_json::json!([{"cluster": "eu-central"}, {"cluster": "eu-west"}])
+        );
+        let annotation = si["metadata"]["annotations"][super::super::vips::CLUSTER_IPS_ANNOTATION]
+            .as_str()
+            .unwrap();
+        let held: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(annotation).unwrap();
+        let keys: Vec<&str> = held.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "eu-central",
+                "eu-central/db-0",
+                "eu-central/db-1",
+                "eu-west/db-0",
+                "eu-west/db-1"
+            ]
+        );
+        // Read back as the store holds it after the write: every name's
+        // address, as assigned.
+        let text = serde_json::to_string(si).unwrap();
+        let (loaded, errors) = parse_file(std::path::Path::new("si.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
+        let assigned = super::super::vips::assigned(&c);
+        let back = super::super::vips::persisted(&snap);
+        assert_eq!(back.len(), 5);
+        for (name, ip) in &back {
+            assert_eq!(assigned.get(name), Some(ip), "{name}");
+        }
     }
 }

@@ -19,6 +19,7 @@
 //!   status conditions (`kube`) or log lines (`files`); the rest of the
 //!   configuration is unaffected.
 
+pub mod headless;
 pub mod imports;
 pub mod links;
 pub mod proxy;

@@ -28,11 +28,15 @@ impl NamespaceIndex {
     pub fn new(catalog: &Catalog) -> Self {
         let mut by_namespace: HashMap<String, Vec<String>> = HashMap::new();
         for name in catalog.services.keys() {
-            // `<name>.<ns>`, or a clusterset `<name>.<ns>.svc.clusterset.local`.
-            let model = name
-                .strip_suffix(super::imports::CLUSTERSET)
-                .unwrap_or(name);
-            if let Some((_, ns)) = model.split_once('.')
+            // `<name>.<ns>`, or a clusterset `<name>.<ns>.svc.clusterset.local`
+            // or `<pod>.<cluster>.<name>.<ns>.svc.clusterset.local`. A
+            // pod's own service, `<pod>.<name>.<ns>`, is the east-west
+            // gateway's alone (`exported`).
+            let ns = match name.strip_suffix(super::imports::CLUSTERSET) {
+                Some(set) => set.rsplit_once('.').map(|(_, ns)| ns),
+                None => name.split_once('.').map(|(_, ns)| ns),
+            };
+            if let Some(ns) = ns
                 && !ns.contains('.')
             {
                 by_namespace

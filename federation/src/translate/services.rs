@@ -38,6 +38,9 @@ pub struct Catalog {
     /// The names `imports::attach` made (clusterset and per-cluster), by
     /// proxy name: they get ClusterSet IPs (`vips::assign`).
     pub imported: BTreeMap<String, super::vips::Imported>,
+    /// Clusterset names of headless services: no ClusterSet IP of their
+    /// own (their pods' names have them, `headless`).
+    pub headless: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -88,6 +91,9 @@ pub struct Endpoints<'a> {
     /// Services that also get another's local endpoints: a clusterset
     /// service → the exported local Service (`imports`).
     also: std::collections::HashMap<String, String>,
+    /// One pod of a headless Service (`headless`): its service → the
+    /// local Service and the pod's hostname.
+    pods: std::collections::HashMap<String, (String, String)>,
 }
 
 /// The annotation (set by the sidecar injector) saying a pod's sidecar
@@ -108,10 +114,42 @@ impl Endpoints<'_> {
         self.also.insert(service.to_string(), local.to_string());
     }
 
+    /// `service` gets the endpoint of `local` whose hostname is `hostname`
+    /// (one pod of a headless Service).
+    pub fn pod(&mut self, service: &str, local: &str, hostname: &str) {
+        self.pods.insert(
+            service.to_string(),
+            (local.to_string(), hostname.to_string()),
+        );
+    }
+
+    /// The hostnames of `local`'s endpoints (sorted, once each), and
+    /// whether that endpoint is healthy.
+    pub fn hostnames(&self, local: &str) -> Vec<(String, bool)> {
+        let mut s = model::Service {
+            name: local.to_string(),
+            ..Default::default()
+        };
+        self.fill(&mut s);
+        let mut out: Vec<(String, bool)> = s
+            .endpoints
+            .into_iter()
+            .filter(|e| !e.hostname.is_empty())
+            .map(|e| (e.hostname, !e.unhealthy))
+            .collect();
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+
     /// Sets `service.endpoints` from its EndpointSlices and workloads,
     /// before the endpoints it already has (other clusters' gateways).
     pub fn fill(&self, service: &mut model::Service) {
-        let base = self.also.get(&service.name).unwrap_or(&service.name);
+        let pod = self.pods.get(&service.name);
+        let base = match pod {
+            Some((local, _)) => local,
+            None => self.also.get(&service.name).unwrap_or(&service.name),
+        };
         let Some((ns, svc)) = self.services.get(base) else {
             return;
         };
@@ -129,18 +167,8 @@ impl Endpoints<'_> {
                 e.identity = id.clone();
             }
         }
-        add_workloads(
-            &mut endpoints,
-            ns,
-            svc,
-            self.workloads,
-            &self.region,
-            &self.trust_domain,
-        );
-        // EndpointSlices first (stable sort), then drop repeated
-        // addresses: a pod both in a slice and registered by its sidecar
-        // (kube mode) keeps the slice's view, and is unhealthy if either
-        // says so (its conditions, or its sidecar's checks).
+        // A slice may repeat an address (a pod moving between slices):
+        // once, unhealthy if either says so.
         endpoints.sort_by(|a, b| a.address.cmp(&b.address));
         endpoints.dedup_by(|later, kept| {
             let same = later.address == kept.address;
@@ -149,6 +177,37 @@ impl Endpoints<'_> {
             }
             same
         });
+        let mut registered = Vec::new();
+        add_workloads(
+            &mut registered,
+            ns,
+            svc,
+            self.workloads,
+            &self.region,
+            &self.trust_domain,
+        );
+        // A pod both in a slice and registered by its sidecar (kube mode)
+        // keeps the slice's view, and is unhealthy if either says so (its
+        // conditions, or its sidecar's checks). Registered workloads are
+        // distinct however they are addressed (files mode: several on one
+        // host's loopback).
+        if !registered.is_empty() {
+            let sliced: std::collections::HashMap<String, usize> = endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.address.clone(), i))
+                .collect();
+            for w in registered {
+                match sliced.get(&w.address) {
+                    Some(&i) => endpoints[i].unhealthy |= w.unhealthy,
+                    None => endpoints.push(w),
+                }
+            }
+            endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+        }
+        if let Some((_, hostname)) = pod {
+            endpoints.retain(|e| e.hostname == *hostname);
+        }
         endpoints.append(&mut service.endpoints);
         endpoints.shrink_to_fit();
         service.endpoints = endpoints;
@@ -232,6 +291,7 @@ pub fn catalog_shells<'a>(
         trust_domain,
         meshed_pods,
         also: Default::default(),
+        pods: Default::default(),
     };
     (out, endpoints)
 }
@@ -401,7 +461,7 @@ fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model:
                 })
             })
             .collect();
-        for ep in &slice.endpoints {
+        for (i, ep) in slice.endpoints.iter().enumerate() {
             // Ready unset means ready (EndpointSlice semantics); a
             // terminating endpoint still serving is kept, unhealthy.
             if !ep.ready && !ep.serving && ep.terminating {
@@ -417,6 +477,7 @@ fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model:
                 labels: Default::default(),
                 weight: 1,
                 unhealthy: !ep.ready,
+                hostname: slice.hostname(i).unwrap_or_default().to_string(),
                 ..Default::default()
             });
         }
@@ -441,6 +502,9 @@ fn add_workloads(
         return;
     };
     let kports = tcp_ports(svc);
+    // Behind a headless Service a workload is named by its own name, as
+    // a StatefulSet's pods are (their hostname is the pod's name).
+    let headless = is_headless(svc);
     for w in workloads {
         let selected =
             w.namespace == ns && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v));
@@ -494,8 +558,19 @@ fn add_workloads(
             // Local endpoints; imported ones come with federation.
             via_cluster: String::new(),
             via_service: String::new(),
+            hostname: if headless {
+                w.name.clone()
+            } else {
+                String::new()
+            },
         });
     }
+}
+
+/// A headless Service (`clusterIP: None`): no virtual IP, its pods are
+/// named (StatefulSets).
+pub fn is_headless(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
 }
 
 /// The Service's TCP ports (UDP and SCTP are not proxied).
@@ -911,5 +986,42 @@ endpoints: [{addresses: [10.0.0.1], zone: a}, {addresses: [10.0.0.2], zone: a}]\
             [("10.0.0.1", true, "a"), ("10.0.0.2", false, "a")],
             "one endpoint per pod, the slice's; its sidecar's failing check counts"
         );
+    }
+
+    /// Files mode: a registered workload behind a headless Service is
+    /// named by its own name, as a StatefulSet's pod is; not elsewhere.
+    #[test]
+    fn workloads_behind_a_headless_service_are_named() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\n\
+spec: {clusterIP: None, selector: {app: db}, ports: [{port: 5432}]}\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {name: db-read, namespace: shop}\n\
+spec: {selector: {app: db}, ports: [{port: 5432}]}\n";
+        let w = Workload {
+            name: "db-0".into(),
+            namespace: "shop".into(),
+            service_account: "db".into(),
+            labels: [("app".to_string(), "db".to_string())].into(),
+            address: "10.0.0.1".parse().unwrap(),
+            ports: vec![],
+            region: String::new(),
+            zone: String::new(),
+            tunnel_port: None,
+            unhealthy_ports: Default::default(),
+        };
+        // A second one on the same address (files mode: one host's
+        // loopback) is an endpoint of its own.
+        let w1 = Workload {
+            name: "db-1".into(),
+            ports: vec![("tcp".into(), 5433)],
+            ..w.clone()
+        };
+        let c = catalog_with(&snapshot(yaml), &[&w, &w1]);
+        let named: Vec<&str> = c.services["db.shop"]
+            .endpoints
+            .iter()
+            .map(|e| e.hostname.as_str())
+            .collect();
+        assert_eq!(named, ["db-0", "db-1"]);
+        assert_eq!(c.services["db-read.shop"].endpoints[0].hostname, "");
     }
 }

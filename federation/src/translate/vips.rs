@@ -28,25 +28,41 @@ use super::Problem;
 use super::services::Catalog;
 use crate::store::{ObjectKey, Resource, Snapshot};
 
-/// On a ServiceImport: the ClusterSet IPs of its per-cluster names, as
-/// JSON `{"<cluster>": "<ip>"}` (its clusterset name's is `spec.ips`).
+/// On a ServiceImport: the ClusterSet IPs of its per-cluster names and of
+/// a headless service's pods, as JSON `{"<cluster>": "<ip>",
+/// "<cluster>/<pod>": "<ip>"}` (its clusterset name's is `spec.ips`).
 pub const CLUSTER_IPS_ANNOTATION: &str = "isthmus.dev/cluster-ips";
 
 /// A name that gets a ClusterSet IP: a clusterset service
-/// (`cluster: None`) or one cluster's export of it.
+/// (`cluster: None`), one cluster's export of it, or one pod of a
+/// headless service in one cluster (`pod`, with `cluster`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Imported {
     pub namespace: String,
     pub service: String,
     pub cluster: Option<String>,
+    pub pod: Option<String>,
 }
 
 impl Imported {
     /// Its name in the proxies' configuration.
     pub fn proxy_name(&self) -> String {
-        match &self.cluster {
-            None => super::imports::clusterset_name(&self.service, &self.namespace),
-            Some(c) => super::imports::per_cluster_name(&self.service, &self.namespace, c),
+        match (&self.cluster, &self.pod) {
+            (Some(c), Some(pod)) => {
+                super::headless::clusterset_pod_name(pod, c, &self.service, &self.namespace)
+            }
+            (Some(c), None) => super::imports::per_cluster_name(&self.service, &self.namespace, c),
+            (None, _) => super::imports::clusterset_name(&self.service, &self.namespace),
+        }
+    }
+
+    /// Its key in the ServiceImport's annotation (`CLUSTER_IPS_ANNOTATION`);
+    /// None for the clusterset name (`spec.ips`).
+    pub fn annotation_key(&self) -> Option<String> {
+        match (&self.cluster, &self.pod) {
+            (Some(c), Some(pod)) => Some(format!("{c}/{pod}")),
+            (Some(c), None) => Some(c.clone()),
+            (None, _) => None,
         }
     }
 }
@@ -191,13 +207,15 @@ pub fn persisted(snap: &Snapshot) -> BTreeMap<String, Ipv4Addr> {
             .and_then(|a| a.get(CLUSTER_IPS_ANNOTATION))
             .and_then(|v| serde_json::from_str::<BTreeMap<String, String>>(v).ok())
             .unwrap_or_default();
-        for (cluster, ip) in per_cluster {
-            if let Ok(ip) = ip.parse() {
-                out.insert(
-                    super::imports::per_cluster_name(&key.name, ns, &cluster),
-                    ip,
-                );
-            }
+        for (k, ip) in per_cluster {
+            let Ok(ip) = ip.parse() else { continue };
+            let name = match k.split_once('/') {
+                Some((cluster, pod)) => {
+                    super::headless::clusterset_pod_name(pod, cluster, &key.name, ns)
+                }
+                None => super::imports::per_cluster_name(&key.name, ns, &k),
+            };
+            out.insert(name, ip);
         }
     }
     out

@@ -39,9 +39,12 @@ fn app_protocol(p: i32) -> Option<&'static str> {
 pub fn desired(catalog: &Catalog, own: &str) -> BTreeMap<ObjectKey, Value> {
     let mut out = BTreeMap::new();
     for (name, s) in &catalog.services {
+        // `<svc>.<ns>.svc.clusterset.local` (a headless service's pods'
+        // names have more labels: they go in its annotation).
         let Some((svc, ns)) = name
             .strip_suffix(CLUSTERSET)
             .and_then(|n| n.split_once('.'))
+            .filter(|(_, ns)| !ns.contains('.'))
         else {
             continue;
         };
@@ -75,19 +78,24 @@ pub fn desired(catalog: &Catalog, own: &str) -> BTreeMap<ObjectKey, Value> {
         }
         clusters.sort_unstable();
         clusters.dedup();
-        let mut spec = json!({"type": "ClusterSetIP", "ports": ports});
+        let kind = if catalog.headless.contains(name) {
+            "Headless"
+        } else {
+            "ClusterSetIP"
+        };
+        let mut spec = json!({"type": kind, "ports": ports});
         if !s.vips.is_empty() {
             spec["ips"] = json!(s.vips);
         }
-        // The per-cluster names' addresses, kept with the clusterset one
-        // (`vips::persisted` reads them back).
-        let per_cluster: BTreeMap<&str, &str> = catalog
+        // The per-cluster and per-pod names' addresses, kept with the
+        // clusterset one (`vips::persisted` reads them back).
+        let per_cluster: BTreeMap<String, &str> = catalog
             .imported
             .iter()
             .filter(|(_, i)| i.namespace == ns && i.service == svc)
             .filter_map(|(n, i)| {
                 let vip = catalog.services.get(n)?.vips.first()?;
-                Some((i.cluster.as_deref()?, vip.as_str()))
+                Some((i.annotation_key()?, vip.as_str()))
             })
             .collect();
         let mut metadata =
@@ -246,6 +254,7 @@ mod tests {
             namespace: "shop".into(),
             service: "catalog".into(),
             cluster: cluster.map(str::to_string),
+            pod: None,
         };
         c.imported
             .insert("catalog.shop.svc.clusterset.local".into(), imported(None));

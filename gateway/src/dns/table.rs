@@ -54,14 +54,21 @@ impl Table {
     /// name as it is; `<name>.<ns>` also as `<name>.<ns>.svc` and
     /// `<name>.<ns>.svc.<cluster_domain>` (what a pod's search path turns
     /// `<name>`, `<name>.<ns>` into); and the service's other host names.
+    /// A headless service's clusterset name (it has no address of its
+    /// own) answers with the addresses of all its pods' names,
+    /// `<pod>.<cluster>.<svc>.<ns>.svc.clusterset.local` (MCS).
     pub fn build(cfg: &m::ProxyConfig, cluster_domain: &str) -> Self {
         let mut names: HashMap<Box<str>, Arc<[IpAddr]>> = HashMap::new();
+        let mut headless: HashMap<String, Vec<IpAddr>> = HashMap::new();
         for s in &cfg.services {
             let ips: Arc<[IpAddr]> = s.vips.iter().filter_map(|v| v.parse().ok()).collect();
             if ips.is_empty() {
                 continue;
             }
             let name = s.name.to_ascii_lowercase();
+            if let Some(set) = headless_set(&name) {
+                headless.entry(set).or_default().extend(ips.iter().copied());
+            }
             let mut forms = vec![name.clone()];
             if !name.ends_with(DOT_ZONE) && name.matches('.').count() == 1 {
                 forms.push(format!("{name}.svc"));
@@ -78,6 +85,13 @@ impl Table {
                     .entry(f.into_boxed_str())
                     .or_insert_with(|| ips.clone());
             }
+        }
+        for (set, mut ips) in headless {
+            ips.sort_unstable();
+            ips.dedup();
+            names
+                .entry(set.into_boxed_str())
+                .or_insert_with(|| ips.into());
         }
         Self { names }
     }
@@ -105,6 +119,18 @@ impl Table {
             Lookup::Forward
         }
     }
+}
+
+/// The clusterset name a pod's clusterset name belongs to:
+/// `<pod>.<cluster>.<svc>.<ns>.svc.clusterset.local` →
+/// `<svc>.<ns>.svc.clusterset.local` (the last two labels before the zone;
+/// a cluster name may hold dots).
+fn headless_set(name: &str) -> Option<String> {
+    let prefix = name.strip_suffix(DOT_ZONE)?;
+    let mut labels = prefix.rsplitn(3, '.');
+    let (ns, svc, rest) = (labels.next()?, labels.next()?, labels.next()?);
+    // `rest` is `<pod>.<cluster>`.
+    rest.contains('.').then(|| format!("{svc}.{ns}{DOT_ZONE}"))
 }
 
 /// What to do with a query.

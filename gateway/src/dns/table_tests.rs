@@ -185,3 +185,64 @@ fn bad_queries_get_formerr_or_nothing_never_a_panic() {
     bad_response[2] |= 0x80;
     assert_eq!(answer(&t, &bad_response), Reply::Drop);
 }
+
+#[test]
+fn a_headless_clusterset_name_answers_with_all_its_pods() {
+    let svc = |name: &str, vips: &[&str]| m::Service {
+        name: name.into(),
+        vips: vips.iter().map(|v| v.to_string()).collect(),
+        ..Default::default()
+    };
+    let cfg = m::ProxyConfig {
+        services: vec![
+            // The set itself has no address; its pods in two clusters do
+            // (a cluster name may hold dots).
+            svc("db.shop.svc.clusterset.local", &[]),
+            svc(
+                "db-1.eu-central.db.shop.svc.clusterset.local",
+                &["240.240.3.2"],
+            ),
+            svc(
+                "db-0.eu-central.db.shop.svc.clusterset.local",
+                &["240.240.3.1"],
+            ),
+            svc(
+                "db-0.us.east.db.shop.svc.clusterset.local",
+                &["240.240.3.9"],
+            ),
+            // Another set's pod, and a service with the same name in
+            // another namespace.
+            svc(
+                "web-0.eu-central.web.shop.svc.clusterset.local",
+                &["240.240.4.1"],
+            ),
+            svc("db.other.svc.clusterset.local", &["240.240.5.1"]),
+        ],
+        ..Default::default()
+    };
+    let t = Table::build(&cfg, "cluster.local");
+    let known = |n: &str| match t.lookup(n) {
+        Lookup::Known(ips) => ips.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        other => panic!("{n}: {other:?}"),
+    };
+    assert_eq!(
+        known("db.shop.svc.clusterset.local"),
+        ["240.240.3.1", "240.240.3.2", "240.240.3.9"]
+    );
+    assert_eq!(
+        known("db-1.eu-central.db.shop.svc.clusterset.local"),
+        ["240.240.3.2"]
+    );
+    assert_eq!(known("web.shop.svc.clusterset.local"), ["240.240.4.1"]);
+    assert_eq!(known("db.other.svc.clusterset.local"), ["240.240.5.1"]);
+    assert_eq!(
+        t.lookup("db-2.eu-central.db.shop.svc.clusterset.local"),
+        Lookup::NxDomain,
+        "a pod nobody named"
+    );
+    // The set's name as a client asks it: every pod, one A record each.
+    let r = reply(&t, &query("db.shop.svc.clusterset.local.", RecordType::A));
+    assert_eq!(addrs(&r), ["240.240.3.1", "240.240.3.2", "240.240.3.9"]);
+    assert!(headless_set("x.shop.svc.clusterset.local").is_none());
+    assert!(headless_set("a.b.shop.svc.clusterset.local").is_none());
+}
