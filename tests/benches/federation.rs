@@ -174,6 +174,7 @@ fn exports(cluster: &str, version: u64, full: bool, healthy: u32) -> wire::Expor
             })
             .collect(),
         removed: Vec::new(),
+        ..Default::default()
     }
 }
 

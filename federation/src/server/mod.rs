@@ -120,6 +120,9 @@ pub struct Published {
     /// This cluster's own trust bundles (its CA's roots), as proxies get
     /// them and linked clusters are sent them.
     pub own_trust: Vec<model::TrustBundle>,
+    /// The policies linked clusters share with us: which apply, and what
+    /// each origin is told (`translate::received`).
+    pub received: crate::translate::received::Outcome,
 }
 
 /// A running control plane.
@@ -133,6 +136,8 @@ pub struct ControlPlane {
     trust: watch::Sender<Vec<model::TrustBundle>>,
     /// What linked clusters export to us, as the link tasks hold it.
     pub peers: Arc<crate::sync::peers::Peers>,
+    /// What linked clusters say of the policies we share with them.
+    pub reports: Arc<crate::sync::policies::Reports>,
     opts: Options,
 }
 
@@ -390,7 +395,8 @@ impl ControlPlane {
             tokens,
             self.stop.clone(),
         )
-        .with_credentials(settings.credential_policy, settings.clock.clone());
+        .with_credentials(settings.credential_policy, settings.clock.clone())
+        .with_reports(self.reports.clone());
         let config = Arc::new(tls.mesh.server.as_ref().clone());
         let stop = self.stop.clone();
         self.tasks.spawn(async move {

@@ -122,6 +122,7 @@ impl ControlPlane {
             stop,
             trust: trust_tx,
             peers,
+            reports: Default::default(),
             opts,
         }
     }
@@ -197,11 +198,15 @@ fn publish(
         });
     let summaries = inputs.peers.summaries();
     let synced = inputs.peers.trust_bundles();
+    // Policies linked clusters share: translated with ours, never kept in
+    // the store (status writers see only this cluster's resources).
+    let shared = inputs.peers.received();
+    let (overlaid, mut received) = crate::translate::received::overlay(&state.snapshot, &shared);
     let crate::translate::Output {
         mut catalog,
         endpoints,
     } = crate::translate::translate(&crate::translate::Inputs {
-        snapshot: &state.snapshot,
+        snapshot: overlaid.as_ref().unwrap_or(&state.snapshot),
         workloads: &refs,
         imports: &summaries,
         gateway_entry: entry,
@@ -213,6 +218,7 @@ fn publish(
         resolved: Some(inputs.resolved),
         clusterset_ips: Some(inputs.vips),
     });
+    crate::translate::received::settle(&mut received, &mut catalog.problems);
     for p in &catalog.problems {
         tracing::warn!(kind = p.kind, object = %p.key, reason = p.reason, "{}", p.message);
     }
@@ -234,5 +240,6 @@ fn publish(
         workloads: workloads.len(),
         warm,
         own_trust: trust.to_vec(),
+        received,
     })
 }

@@ -360,6 +360,14 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 /// `prev` stays in force. A second definition of an object is an error and
 /// the first one wins. Returns the snapshot and the errors (with the
 /// duplicate ones added).
+/// The snapshot of one YAML text that must parse cleanly (unit tests).
+#[cfg(test)]
+pub(crate) fn snapshot_of(text: &str) -> Snapshot {
+    let (loaded, errors) = parse_file(Path::new("test.yaml"), text);
+    assert!(errors.is_empty(), "{errors:?}");
+    merge(&Snapshot::default(), loaded, Vec::new()).0
+}
+
 pub fn merge(
     prev: &Snapshot,
     loaded: Vec<Loaded>,

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use isthmus_api::federation::v1::cluster_sync_client::ClusterSyncClient;
-use isthmus_api::federation::v1::{Hello, Ping, SyncRequest, sync_request, sync_response};
+use isthmus_api::federation::v1::{
+    Hello, Ping, PolicyStatus, SyncRequest, sync_request, sync_response,
+};
 use isthmus_mesh::transport::RemoteSession;
 use isthmus_mesh::transport::client::{Connector, Expect, TunnelError};
 use tokio::sync::{mpsc, watch};
@@ -202,6 +204,7 @@ pub fn run(
                 }
                 let token = stop.child_token();
                 let link = Link {
+                    published: published.clone(),
                     own: own.clone(),
                     target: target.clone(),
                     connector: connector.clone(),
@@ -226,6 +229,8 @@ pub fn run(
 }
 
 struct Link {
+    /// For what became of the policies the peer shares with us.
+    published: watch::Receiver<Arc<Published>>,
     own: String,
     target: Target,
     connector: Arc<Connector>,
@@ -392,8 +397,29 @@ impl Link {
         let mut nonce = 0u64;
         let mut pinged: Option<(u64, Instant)> = None;
         let mut heard = Instant::now();
+        // What the peer was last told of its policies (None: nothing on
+        // this stream yet); checked once its full state is applied.
+        let mut published = self.published.clone();
+        published.mark_changed();
+        let mut told: Option<Vec<isthmus_api::federation::v1::PolicyResult>> = None;
+        let mut synced = false;
         loop {
             tokio::select! {
+                r = published.changed(), if synced => {
+                    if r.is_err() {
+                        return refused(Reason::Unreachable, "the control plane is stopping");
+                    }
+                    let results = published.borrow_and_update().received.for_cluster(&t.peer);
+                    if told.as_ref() != Some(&results) {
+                        let req = SyncRequest {
+                            kind: Some(sync_request::Kind::PolicyStatus(PolicyStatus { results: results.clone() })),
+                        };
+                        if tx.send(req).await.is_err() {
+                            return refused(Reason::Unreachable, "the channel closed");
+                        }
+                        told = Some(results);
+                    }
+                }
                 m = stream.message() => {
                     let m = match m {
                         Ok(Some(m)) => m,
@@ -416,6 +442,7 @@ impl Link {
                             if let Err(gap) = applied {
                                 return refused(Reason::Resync, gap.to_string());
                             }
+                            synced = true;
                             tracing::debug!(peer = %t.peer, version = e.version, full = e.full,
                                 services = e.services.len(), removed = e.removed.len(), "exports received");
                         }

@@ -80,9 +80,12 @@ fn hostnames(svc: &model::Service) -> Vec<String> {
     out
 }
 
-/// What changed from `sent` to `now`: services added or changed, and the
-/// names of those withdrawn.
-pub fn delta(sent: &ExportMap, now: &ExportMap) -> (Vec<wire::ExportedService>, Vec<String>) {
+/// What changed from `sent` to `now`: entries added or changed, and the
+/// keys of those withdrawn (services here, shared policies too).
+pub fn delta<V: Clone + PartialEq>(
+    sent: &BTreeMap<String, V>,
+    now: &BTreeMap<String, V>,
+) -> (Vec<V>, Vec<String>) {
     let changed = now
         .iter()
         .filter(|(k, v)| sent.get(*k) != Some(v))

@@ -10,6 +10,8 @@
 //!
 //! - `exports`: our ServiceExports as summaries, and deltas (pure).
 //! - `peers`: what we hold from each peer; partition decisions (pure).
+//! - `policies`: the policies we share with the cluster set, and reading
+//!   what peers share (pure).
 //! - `server`: the exporting side (gRPC `ClusterSync`, port 15012).
 //! - `client`: one task per ClusterLink, reconnecting with backoff.
 //! - `credentials`: the link credentials peers issued us, kept across
@@ -22,6 +24,7 @@ pub mod credentials;
 pub mod exports;
 pub mod identity;
 pub mod peers;
+pub mod policies;
 pub mod server;
 pub mod status;
 

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::exports::ExportMap;
 use crate::resources::link::PartitionMode;
 use crate::translate::imports::Summary;
+use crate::translate::received::Received;
 use crate::translate::services::service_name;
 
 /// A delta that does not follow the last version: something was lost, and
@@ -94,6 +95,8 @@ pub struct Peer {
     pub credential: Option<Credential>,
     /// The peer's trust bundle as it last sent it.
     pub trust_bundle: Option<SyncedBundle>,
+    /// The policies it shares with us, by wire key, as read on arrival.
+    pub policies: BTreeMap<String, Received>,
 }
 
 impl Peer {
@@ -103,6 +106,7 @@ impl Peer {
     pub fn apply(&mut self, e: &wire::Exports, now: SystemTime) -> Result<(), Gap> {
         if e.full {
             self.services.clear();
+            self.policies.clear();
             self.last_resync = Some(now);
         } else if e.version != self.version + 1 {
             return Err(Gap {
@@ -120,6 +124,14 @@ impl Peer {
         }
         for r in &e.removed {
             self.services.remove(r);
+        }
+        for p in &e.policies {
+            let key = super::policies::wire_key(&p.kind, &p.namespace, &p.name);
+            self.policies
+                .insert(key, Received::read(&self.cluster, p.clone()));
+        }
+        for r in &e.removed_policies {
+            self.policies.remove(r);
         }
         if !e.trust_bundle.is_empty() {
             self.trust_bundle = Some(SyncedBundle {
@@ -175,6 +187,19 @@ impl Peer {
         now.duration_since(self.last_sync?).ok()
     }
 
+    /// The policies the translation applies: all while the imports are
+    /// used; once they are withdrawn (fail-closed at once, fail-static
+    /// after the TTL) only the security ones, until the peer is heard again
+    /// or its link is deleted (`policies::is_security`).
+    pub fn received(&self) -> Vec<Received> {
+        let usable = self.usable();
+        self.policies
+            .values()
+            .filter(|r| usable || super::policies::is_security(&r.policy.kind))
+            .cloned()
+            .collect()
+    }
+
     /// The imports as the translation takes them (none once withdrawn).
     pub fn summaries(&self) -> Vec<Summary> {
         if !self.usable() {
@@ -228,9 +253,10 @@ impl Peers {
             ..Default::default()
         });
         let pem = |p: &Peer| p.trust_bundle.as_ref().map(|b| b.pem.clone());
-        let before = (peer.summaries(), peer.usable(), pem(peer));
+        let used = |p: &Peer| (p.summaries(), p.usable(), pem(p), p.received());
+        let before = used(peer);
         let r = f(peer);
-        let changed = (peer.summaries(), peer.usable(), pem(peer)) != before;
+        let changed = used(peer) != before;
         drop(peers);
         if changed {
             self.imports.send_modify(|v| *v += 1);
@@ -290,6 +316,15 @@ impl Peers {
         self.peers.lock().values().cloned().collect()
     }
 
+    /// The policies of every peer, as the translation takes them.
+    pub fn received(&self) -> Vec<Received> {
+        self.peers
+            .lock()
+            .values()
+            .flat_map(Peer::received)
+            .collect()
+    }
+
     /// The imports of every peer, as the translation takes them.
     pub fn summaries(&self) -> Vec<Summary> {
         self.peers
@@ -338,6 +373,7 @@ mod tests {
             services,
             removed: vec![],
             trust_bundle: "ROOTS".into(),
+            ..Default::default()
         }
     }
 
@@ -481,6 +517,98 @@ mod tests {
         assert!(!p.usable());
         assert!(p.summaries().is_empty());
         assert_eq!(p.withdraw_at(), None);
+    }
+
+    /// A full state sharing a route and a DENY policy.
+    fn with_policies() -> wire::Exports {
+        let policy = |kind: &str, name: &str, object: serde_json::Value| wire::SharedPolicy {
+            kind: kind.into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            object: object.to_string(),
+            ..Default::default()
+        };
+        wire::Exports {
+            policies: vec![
+                policy(
+                    "HTTPRoute",
+                    "canary",
+                    serde_json::json!({
+                        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                        "metadata": {"name": "canary", "namespace": "shop"},
+                        "spec": {"rules": [{"backendRefs": [{"name": "reviews", "port": 80}]}]},
+                    }),
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "deny-batch",
+                    serde_json::json!({
+                        "apiVersion": "isthmus.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                        "metadata": {"name": "deny-batch", "namespace": "shop"},
+                        "spec": {"action": "DENY", "rules": [{"from": [{"namespaces": ["batch"]}]}]},
+                    }),
+                ),
+            ],
+            ..full(vec![svc("catalog", 1)])
+        }
+    }
+
+    fn kinds(p: &Peer) -> Vec<String> {
+        p.received().iter().map(|r| r.policy.kind.clone()).collect()
+    }
+
+    #[test]
+    fn received_policies_follow_the_partition_but_security_ones_stay() {
+        // Fail-closed: routing goes at once, the DENY stays.
+        let mut p = peer(PartitionMode::FailClosed);
+        p.apply(&with_policies(), t(0)).unwrap();
+        assert!(
+            p.received().iter().all(|r| r.read.is_ok()),
+            "{:?}",
+            p.received()
+        );
+        assert_eq!(kinds(&p), ["AuthorizationPolicy", "HTTPRoute"]);
+        p.lost(None, t(1));
+        assert_eq!(kinds(&p), ["AuthorizationPolicy"]);
+        // Fail-static: everything until the TTL, then the DENY alone, and
+        // it stays past it, until the peer is heard again.
+        let shared = Peers::default();
+        shared.update("eu-central", |x| {
+            *x = peer(PartitionMode::FailStatic);
+            x.apply(&with_policies(), t(0)).unwrap();
+            x.lost(None, t(1));
+        });
+        assert_eq!(shared.received().len(), 2);
+        let mut imports = shared.watch_imports();
+        imports.borrow_and_update();
+        assert!(shared.expire(t(60)));
+        assert!(imports.has_changed().unwrap());
+        let left: Vec<String> = shared
+            .received()
+            .iter()
+            .map(|r| r.policy.name.clone())
+            .collect();
+        assert_eq!(left, ["deny-batch"]);
+        // Heard again: its full state decides (here: no policy at all).
+        shared.update("eu-central", |x| x.apply(&full(vec![]), t(500)).unwrap());
+        assert!(shared.received().is_empty());
+        // A deleted link takes its security policies with it.
+        shared.update("eu-central", |x| {
+            x.apply(&with_policies(), t(600)).unwrap();
+            x.lost(None, t(601));
+        });
+        shared.remove("eu-central");
+        assert!(shared.received().is_empty());
+    }
+
+    #[test]
+    fn policy_deltas_patch_what_is_held() {
+        let mut p = peer(PartitionMode::FailStatic);
+        p.apply(&with_policies(), t(0)).unwrap();
+        let mut d = delta(2, vec![], &[]);
+        d.removed_policies = vec!["HTTPRoute/shop/canary".into()];
+        p.apply(&d, t(1)).unwrap();
+        assert_eq!(kinds(&p), ["AuthorizationPolicy"]);
     }
 
     #[test]

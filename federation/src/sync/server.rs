@@ -38,6 +38,8 @@ pub struct Exported {
     pub services: ExportMap,
     /// Our trust bundle now (PEM roots of our trust domain).
     pub trust_bundle: String,
+    /// The policies we share with the cluster set (`policies`).
+    pub policies: super::policies::PolicyMap,
     /// The control plane's warm-up is over: until then subscribers get
     /// nothing and keep what they had (`Options::warm_up`).
     pub warm: bool,
@@ -62,6 +64,7 @@ pub fn follow_exports(
                 .map(|t| t.roots_pem.as_str())
                 .collect::<Vec<_>>()
                 .concat(),
+            policies: super::policies::shared(snap),
             warm: p.warm,
         })
     };
@@ -223,6 +226,8 @@ pub struct SyncService {
     stop: CancellationToken,
     /// Its tasks: following the exports, and one per subscribed peer.
     tasks: TaskTracker,
+    /// What subscribers say of the policies we share.
+    reports: Arc<super::policies::Reports>,
 }
 
 impl SyncService {
@@ -241,7 +246,14 @@ impl SyncService {
             clock: Arc::new(SystemTime::now),
             stop,
             tasks,
+            reports: Default::default(),
         }
+    }
+
+    /// Subscribers' policy reports go to `reports`.
+    pub fn with_reports(mut self, reports: Arc<super::policies::Reports>) -> Self {
+        self.reports = reports;
+        self
     }
 
     /// Credentials that last and renew as `policy` says, read against
@@ -253,28 +265,53 @@ impl SyncService {
     }
 }
 
-/// The `exports` message taking a subscriber from what it was `sent` (its
-/// services and bundle) to `e`; None when nothing changed.
+/// What a subscriber was last sent.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Sent {
+    services: ExportMap,
+    bundle: String,
+    policies: std::collections::BTreeMap<String, isthmus_api::federation::v1::SharedPolicy>,
+}
+
+/// The `exports` message taking the subscriber `peer` from what it was
+/// `sent` to `e` (None when nothing changed), and what it has then.
 fn message(
     e: &Exported,
+    peer: &str,
     version: u64,
     full: bool,
-    sent: (&ExportMap, &str),
-) -> Option<SyncResponse> {
-    let (services, removed) = if full {
-        (e.services.values().cloned().collect(), Vec::new())
-    } else {
-        delta(sent.0, &e.services)
+    sent: &Sent,
+) -> (Option<SyncResponse>, Sent) {
+    let now = Sent {
+        services: e.services.clone(),
+        bundle: e.trust_bundle.clone(),
+        policies: super::policies::for_peer(&e.policies, peer),
     };
-    let trust_bundle = if full || e.trust_bundle != sent.1 {
+    let ((services, removed), (policies, removed_policies)) = if full {
+        (
+            (e.services.values().cloned().collect(), Vec::new()),
+            (now.policies.values().cloned().collect(), Vec::new()),
+        )
+    } else {
+        (
+            delta(&sent.services, &e.services),
+            delta(&sent.policies, &now.policies),
+        )
+    };
+    let trust_bundle = if full || e.trust_bundle != sent.bundle {
         e.trust_bundle.clone()
     } else {
         String::new()
     };
-    if !full && services.is_empty() && removed.is_empty() && trust_bundle.is_empty() {
-        return None;
+    let nothing = services.is_empty()
+        && removed.is_empty()
+        && trust_bundle.is_empty()
+        && policies.is_empty()
+        && removed_policies.is_empty();
+    if !full && nothing {
+        return (None, now);
     }
-    Some(SyncResponse {
+    let m = SyncResponse {
         kind: Some(sync_response::Kind::Exports(Exports {
             version,
             full,
@@ -283,8 +320,11 @@ fn message(
             services,
             removed,
             trust_bundle,
+            policies,
+            removed_policies,
         })),
-    })
+    };
+    (Some(m), now)
 }
 
 #[tonic::async_trait]
@@ -333,6 +373,8 @@ impl ClusterSync for SyncService {
         // admit() checked there is a key.
         let tokens = self.tokens.clone().expect("admitted with a token key");
         let (policy, clock) = (self.credentials, self.clock.clone());
+        let subscriber = hello.cluster.clone();
+        let reports = self.reports.clone();
         let credential = move || SyncResponse {
             kind: Some(sync_response::Kind::Credential(issue_credential(
                 &tokens,
@@ -352,7 +394,8 @@ impl ClusterSync for SyncService {
                 },
             };
             exported.borrow_and_update();
-            let Some(m) = message(&first, version, true, (&ExportMap::new(), "")) else {
+            let (Some(m), mut sent) = message(&first, &subscriber, version, true, &Sent::default())
+            else {
                 return;
             };
             if tx.send(Ok(m)).await.is_err() {
@@ -360,7 +403,6 @@ impl ClusterSync for SyncService {
             }
             // A fresh credential on every stream, then one per `renew`.
             let mut renew = tokio::time::interval(policy.renew);
-            let mut sent = (first.services.clone(), first.trust_bundle.clone());
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
@@ -370,11 +412,12 @@ impl ClusterSync for SyncService {
                     r = exported.changed() => {
                         if r.is_err() { return }
                         let now = exported.borrow_and_update().clone();
-                        if let Some(m) = message(&now, version + 1, false, (&sent.0, &sent.1)) {
+                        let (m, next) = message(&now, &subscriber, version + 1, false, &sent);
+                        sent = next;
+                        if let Some(m) = m {
                             version += 1;
                             if tx.send(Ok(m)).await.is_err() { return }
                         }
-                        sent = (now.services.clone(), now.trust_bundle.clone());
                     }
                     m = incoming.message() => match m {
                         Ok(Some(SyncRequest { kind: Some(sync_request::Kind::Ping(p)) })) => {
@@ -382,6 +425,10 @@ impl ClusterSync for SyncService {
                                 kind: Some(sync_response::Kind::Pong(Pong { nonce: p.nonce })),
                             };
                             if tx.send(Ok(pong)).await.is_err() { return }
+                        }
+                        Ok(Some(SyncRequest { kind: Some(sync_request::Kind::PolicyStatus(s)) })) => {
+                            tracing::debug!(cluster = %subscriber, results = s.results.len(), "policy status received");
+                            reports.set(&subscriber, s.results);
                         }
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => {
@@ -435,17 +482,14 @@ mod tests {
         let e = Exported {
             cluster: "eu-central".into(),
             trust_domain: "eu-central.isthmus.local".into(),
-            services: ExportMap::new(),
             trust_bundle: "OLD".into(),
             warm: true,
+            ..Default::default()
         };
-        let none = ExportMap::new();
-        assert_eq!(
-            bundle(&message(&e, 1, true, (&none, ""))).as_deref(),
-            Some("OLD")
-        );
+        let (m, sent) = message(&e, "eu-west", 1, true, &Sent::default());
+        assert_eq!(bundle(&m).as_deref(), Some("OLD"));
         assert!(
-            message(&e, 2, false, (&none, "OLD")).is_none(),
+            message(&e, "eu-west", 2, false, &sent).0.is_none(),
             "nothing changed: no message"
         );
         let rotated = Exported {
@@ -453,10 +497,73 @@ mod tests {
             ..e.clone()
         };
         assert_eq!(
-            bundle(&message(&rotated, 2, false, (&none, "OLD"))).as_deref(),
+            bundle(&message(&rotated, "eu-west", 2, false, &sent).0).as_deref(),
             Some("OLDNEW"),
             "a rotation alone is a delta"
         );
+    }
+
+    #[test]
+    fn shared_policies_go_to_the_clusters_they_name_full_then_deltas() {
+        let policies = |m: &Option<SyncResponse>| match m.as_ref().and_then(|m| m.kind.as_ref()) {
+            Some(sync_response::Kind::Exports(e)) => {
+                let names: Vec<String> = e.policies.iter().map(|p| p.name.clone()).collect();
+                (names, e.removed_policies.clone())
+            }
+            _ => panic!("no exports: {m:?}"),
+        };
+        let shared = |name: &str, clusters: Option<&[&str]>, generation: i64| {
+            let policy = isthmus_api::federation::v1::SharedPolicy {
+                kind: "HTTPRoute".into(),
+                namespace: "shop".into(),
+                name: name.into(),
+                generation,
+                ..Default::default()
+            };
+            let clusters = clusters.map(|c| c.iter().map(|c| c.to_string()).collect());
+            (
+                super::super::policies::wire_key("HTTPRoute", "shop", name),
+                super::super::policies::Shared { policy, clusters },
+            )
+        };
+        let mut e = Exported {
+            policies: [
+                shared("everywhere", None, 1),
+                shared("us-only", Some(&["us-east"]), 1),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let (m, sent) = message(&e, "eu-west", 1, true, &Sent::default());
+        assert_eq!(policies(&m), (vec!["everywhere".to_string()], vec![]));
+        e.policies = [shared("everywhere", None, 2)].into();
+        let (m, sent) = message(&e, "eu-west", 2, false, &sent);
+        assert_eq!(
+            policies(&m),
+            (vec!["everywhere".to_string()], vec![]),
+            "changed"
+        );
+        e.policies.clear();
+        let (m, _) = message(&e, "eu-west", 3, false, &sent);
+        assert_eq!(
+            policies(&m),
+            (vec![], vec!["HTTPRoute/shop/everywhere".to_string()]),
+            "withdrawn"
+        );
+        // us-east gets both; a change to what it does not get is no message
+        // for eu-west.
+        let e = Exported {
+            policies: [shared("us-only", Some(&["us-east"]), 1)].into(),
+            ..Default::default()
+        };
+        let (m, _) = message(&e, "us-east", 1, true, &Sent::default());
+        assert_eq!(policies(&m).0, ["us-only"]);
+        let (_, sent) = message(&e, "eu-west", 1, true, &Sent::default());
+        let later = Exported {
+            policies: [shared("us-only", Some(&["us-east"]), 2)].into(),
+            ..Default::default()
+        };
+        assert!(message(&later, "eu-west", 2, false, &sent).0.is_none());
     }
 
     const STORE: &str = r#"

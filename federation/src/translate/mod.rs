@@ -23,6 +23,7 @@ pub mod headless;
 pub mod imports;
 pub mod links;
 pub mod proxy;
+pub mod received;
 pub mod routes;
 pub mod security;
 pub mod services;

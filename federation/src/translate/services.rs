@@ -673,15 +673,10 @@ fn apply_policy(s: &mut model::Service, p: &DestinationPolicy) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::store::files::{merge, parse_file};
 
-    fn snapshot(yaml: &str) -> Snapshot {
-        let (loaded, errors) = parse_file(Path::new("test.yaml"), yaml);
-        assert!(errors.is_empty(), "{errors:?}");
-        merge(&Snapshot::default(), loaded, Vec::new()).0
+    fn snapshot(text: &str) -> Snapshot {
+        crate::store::files::snapshot_of(text)
     }
 
     const CATALOG: &str = r#"
