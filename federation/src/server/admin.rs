@@ -10,6 +10,7 @@ impl ControlPlane {
         let published = self.published.clone();
         let subscribers = self.subscribers.clone();
         let peers = self.peers.clone();
+        let reports = self.reports.clone();
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
         self.tasks.spawn(async move {
@@ -23,11 +24,11 @@ impl ControlPlane {
                 };
                 let published = published.clone();
                 let subscribers = subscribers.clone();
-                let peers = peers.clone();
+                let (peers, reports) = (peers.clone(), reports.clone());
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let r = admin(&req, &published.borrow(), &subscribers, &peers);
+                        let r = admin(&req, &published.borrow(), &subscribers, &peers, &reports);
                         async move { Ok::<_, Infallible>(r) }
                     });
                     let builder =
@@ -75,10 +76,13 @@ pub fn link_statuses(
 }
 
 /// Every status condition of the generation: translation's (`Accepted`,
-/// `ResolvedRefs`) and the proxies' refusals (`Programmed`).
+/// `ResolvedRefs`), the proxies' refusals (`Programmed`), and what linked
+/// clusters made of the policies we share (`<cluster>.clusters.isthmus.dev/
+/// Accepted`, `.../ResolvedRefs`).
 pub fn all_conditions(
     p: &Published,
     subscribers: &Subscribers,
+    reports: &crate::sync::policies::Reports,
 ) -> std::collections::BTreeMap<
     (&'static str, crate::store::ObjectKey),
     Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
@@ -92,7 +96,33 @@ pub fn all_conditions(
     {
         conditions.entry(k).or_default().push(c);
     }
+    for (k, mut c) in crate::sync::policies::conditions(&p.store.snapshot, &reports.all(), &now) {
+        conditions.entry(k).or_default().append(&mut c);
+    }
     conditions
+}
+
+/// The policies linked clusters share with us, as applied here:
+/// `<Kind> <ns>/<name>` → the origin, its state and what was found.
+fn received(p: &Published) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (cluster, results) in &p.received.results {
+        for r in results.values() {
+            let state = isthmus_api::federation::v1::PolicyState::try_from(r.state)
+                .map_or("Unknown", |s| s.as_str_name());
+            out.insert(
+                format!("{} {}/{} from {cluster}", r.kind, r.namespace, r.name),
+                serde_json::json!({
+                    "cluster": cluster,
+                    "state": state.trim_start_matches("POLICY_STATE_"),
+                    "reason": r.reason,
+                    "message": r.message,
+                    "generation": r.generation,
+                }),
+            );
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 fn admin(
@@ -100,6 +130,7 @@ fn admin(
     p: &Published,
     subscribers: &Subscribers,
     peers: &crate::sync::peers::Peers,
+    reports: &crate::sync::policies::Reports,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
@@ -122,23 +153,11 @@ fn admin(
             for (kind, _) in p.store.snapshot.objects.keys() {
                 *kinds.entry(kind).or_default() += 1;
             }
-            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            );
-            let mut conditions: std::collections::BTreeMap<String, Vec<_>> =
-                crate::translate::status::conditions(&p.store.snapshot, &p.catalog.problems, &now)
+            let conditions: std::collections::BTreeMap<String, Vec<_>> =
+                all_conditions(p, subscribers, reports)
                     .into_iter()
                     .map(|((kind, key), c)| (format!("{kind} {key}"), c))
                     .collect();
-            let refusals = subscribers.refusals();
-            for ((kind, key), c) in
-                discovery::subscribers::programmed_conditions(&p.store.snapshot, &refusals, &now)
-            {
-                conditions
-                    .entry(format!("{kind} {key}"))
-                    .or_default()
-                    .push(c);
-            }
             let proxies: Vec<serde_json::Value> = subscribers
                 .list()
                 .into_iter()
@@ -162,6 +181,7 @@ fn admin(
                 })).collect::<Vec<_>>(),
                 "conditions": conditions,
                 "links": link_statuses(p, peers),
+                "received": received(p),
                 "proxies": proxies,
                 "endpoints": p.offer.endpoints(),
                 "services": p.catalog.services.keys()

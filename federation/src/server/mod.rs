@@ -215,6 +215,7 @@ impl ControlPlane {
         let mut published = self.published.clone();
         let subscribers = self.subscribers.clone();
         let peers = self.peers.clone();
+        let reports = self.reports.clone();
         let namespace = self.opts.namespace.clone();
         let injector = self.opts.injector;
         self.tasks.spawn(async move {
@@ -222,6 +223,7 @@ impl ControlPlane {
             let (mut leading, _elector) = elector.run(stop.clone());
             let mut changes = subscribers.watch();
             let mut links = peers.watch_status();
+            let mut told = reports.watch();
             let mut writer =
                 crate::writers::status::StatusWriter::new(client.clone()).with_mcs(mcs);
             let mut imports =
@@ -232,8 +234,9 @@ impl ControlPlane {
                 if *leading.borrow_and_update() {
                     let p = published.borrow_and_update().clone();
                     links.borrow_and_update();
+                    told.borrow_and_update();
                     writer.set_links(link_statuses(&p, &peers));
-                    let conditions = all_conditions(&p, &subscribers);
+                    let conditions = all_conditions(&p, &subscribers, &reports);
                     let (n, errors) = writer.write(&p.store.snapshot, &conditions).await;
                     if n > 0 {
                         tracing::info!(objects = n, "status written");
@@ -282,6 +285,7 @@ impl ControlPlane {
                     _ = published.changed() => {}
                     _ = changes.changed() => {}
                     _ = links.changed() => {}
+                    _ = told.changed() => {}
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,

@@ -227,7 +227,8 @@ impl Peer {
 #[derive(Debug)]
 pub struct Peers {
     peers: Mutex<BTreeMap<String, Peer>>,
-    /// Bumped when what proxies get changes (imports, withdrawal).
+    /// Bumped when what proxies get changes (imports, withdrawal), or when
+    /// it will next (a withdrawal time set).
     imports: watch::Sender<u64>,
     /// Bumped on any change (status: RTT, connection, refusals).
     status: watch::Sender<u64>,
@@ -253,7 +254,12 @@ impl Peers {
             ..Default::default()
         });
         let pem = |p: &Peer| p.trust_bundle.as_ref().map(|b| b.pem.clone());
-        let used = |p: &Peer| (p.summaries(), p.usable(), pem(p), p.received());
+        // What proxies get, and when that changes next (a link that just
+        // dropped arms the translation loop's withdrawal timer).
+        let used = |p: &Peer| {
+            let when = p.withdraw_at();
+            (p.summaries(), p.usable(), pem(p), p.received(), when)
+        };
         let before = used(peer);
         let r = f(peer);
         let changed = used(peer) != before;
@@ -491,11 +497,21 @@ mod tests {
         assert_eq!(q.withdraw_at(), None);
 
         let shared = Peers::default();
-        shared.update("eu-central", |x| *x = p.clone());
+        shared.update("eu-central", |x| {
+            *x = p.clone();
+            x.connected = true;
+        });
+        // The drop alone wakes the translation loop: it arms its timer.
+        let mut imports = shared.watch_imports();
+        imports.borrow_and_update();
+        shared.update("eu-central", |x| x.lost(None, t(10)));
+        assert!(
+            imports.has_changed().unwrap(),
+            "the withdrawal timer is armed"
+        );
         assert_eq!(shared.next_expiry(), Some(t(60)));
         assert!(!shared.expire(t(59)));
         assert_eq!(shared.summaries().len(), 1);
-        let mut imports = shared.watch_imports();
         imports.borrow_and_update();
         assert!(shared.expire(t(60)));
         assert!(imports.has_changed().unwrap(), "the translation is woken");

@@ -224,6 +224,88 @@ pub fn read(
     Ok((l.kind, l.key, l.resource))
 }
 
+/// The domain of the per-cluster condition types on a shared policy:
+/// `<cluster>.clusters.isthmus.dev/Accepted` (and `/ResolvedRefs` on
+/// routes), so the author sees every cluster's verdict on the object.
+pub const CLUSTER_CONDITION_DOMAIN: &str = "clusters.isthmus.dev";
+
+/// The cluster a per-cluster condition type names, and the type within
+/// (`eu-central.clusters.isthmus.dev/Accepted` → (`eu-central`, `Accepted`)).
+pub fn cluster_condition(type_: &str) -> Option<(&str, &str)> {
+    let (prefix, t) = type_.split_once('/')?;
+    let cluster = prefix
+        .strip_suffix(CLUSTER_CONDITION_DOMAIN)?
+        .strip_suffix('.')?;
+    Some((cluster, t))
+}
+
+/// Reasons of an accepted policy that concern its references (a backend
+/// missing in that cluster): `ResolvedRefs` False, `Accepted` True.
+const REF_REASONS: &[&str] = &["BackendNotFound", "RefNotPermitted", "InvalidKind"];
+
+/// Per-cluster conditions on the policies of `snap` that `reports` speak
+/// of (what each linked cluster made of them), by kind and key.
+pub fn conditions(
+    snap: &Snapshot,
+    reports: &BTreeMap<String, Vec<wire::PolicyResult>>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) -> BTreeMap<
+    (&'static str, ObjectKey),
+    Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+    let mut out: BTreeMap<(&'static str, ObjectKey), Vec<Condition>> = BTreeMap::new();
+    for (cluster, results) in reports {
+        for r in results {
+            let Some(kind) = KINDS.iter().find(|k| **k == r.kind) else {
+                continue;
+            };
+            let key = ObjectKey {
+                namespace: Some(r.namespace.clone()),
+                name: r.name.clone(),
+            };
+            // Ours still, and still shared (a report outlives a delete
+            // until the cluster sends the next).
+            let shared = snap
+                .get(kind, &key)
+                .and_then(meta)
+                .and_then(|m| m.labels.as_ref()?.get(CLUSTERSET_LABEL))
+                .is_some_and(|v| v == "true");
+            if !shared {
+                continue;
+            }
+            let state = wire::PolicyState::try_from(r.state).unwrap_or(wire::PolicyState::Refused);
+            let by_ref = REF_REASONS.contains(&r.reason.as_str());
+            let (accepted, reason) = match state {
+                wire::PolicyState::Accepted if by_ref || r.reason.is_empty() => (true, "Accepted"),
+                wire::PolicyState::Accepted => (false, r.reason.as_str()),
+                wire::PolicyState::Overridden => (false, "Overridden"),
+                wire::PolicyState::Conflicted => (false, "Conflicted"),
+                wire::PolicyState::Refused => (false, "Refused"),
+            };
+            let condition = |t: &str, ok: bool, reason: &str| Condition {
+                type_: format!("{cluster}.{CLUSTER_CONDITION_DOMAIN}/{t}"),
+                status: if ok { "True" } else { "False" }.into(),
+                reason: reason.into(),
+                message: r.message.clone(),
+                observed_generation: Some(r.generation),
+                last_transition_time: now.clone(),
+            };
+            let list = out.entry((*kind, key)).or_default();
+            list.push(condition("Accepted", accepted, reason));
+            if matches!(*kind, "HTTPRoute" | "GRPCRoute") {
+                let (ok, why) = if by_ref {
+                    (false, r.reason.as_str())
+                } else {
+                    (true, "ResolvedRefs")
+                };
+                list.push(condition("ResolvedRefs", ok, why));
+            }
+        }
+    }
+    out
+}
+
 /// What each linked cluster said it made of the policies we share with
 /// it (its `PolicyStatus`, the last one each sent), shared between the
 /// sync server, the status writers and the admin port.
@@ -416,6 +498,94 @@ spec:
             p.object = p.object.replace("\"weight\":10", "\"weight\":-5");
         });
         assert!(matches!(e, ReadError::Invalid(_)), "{e:?}");
+    }
+
+    #[test]
+    fn each_clusters_verdict_is_a_condition_on_the_shared_policy() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let result =
+            |kind: &str, name: &str, state: wire::PolicyState, reason: &str| wire::PolicyResult {
+                kind: kind.into(),
+                namespace: "shop".into(),
+                name: name.into(),
+                generation: 3,
+                state: state as i32,
+                reason: reason.into(),
+                message: "m".into(),
+            };
+        use wire::PolicyState::*;
+        let reports: BTreeMap<String, Vec<wire::PolicyResult>> = [
+            (
+                "us-east".to_string(),
+                vec![
+                    result("HTTPRoute", "reviews-canary", Accepted, "BackendNotFound"),
+                    result("AuthorizationPolicy", "deny-batch", Refused, "Invalid"),
+                    // Not shared (any more): no condition.
+                    result("HTTPRoute", "local-only", Accepted, ""),
+                ],
+            ),
+            (
+                "eu-central".to_string(),
+                vec![
+                    result("HTTPRoute", "reviews-canary", Overridden, "LocalOverride"),
+                    result("AuthorizationPolicy", "deny-batch", Accepted, ""),
+                ],
+            ),
+        ]
+        .into();
+        let now = Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let c = conditions(&snap(STORE), &reports, &now);
+        let of = |kind: &'static str, name: &str| -> Vec<(String, String, String)> {
+            let key = ObjectKey {
+                namespace: Some("shop".into()),
+                name: name.into(),
+            };
+            c.get(&(kind, key))
+                .into_iter()
+                .flatten()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+                .collect()
+        };
+        let t = |a: &str, b: &str, d: &str| (a.to_string(), b.to_string(), d.to_string());
+        assert_eq!(
+            of("HTTPRoute", "reviews-canary"),
+            [
+                t(
+                    "eu-central.clusters.isthmus.dev/Accepted",
+                    "False",
+                    "Overridden"
+                ),
+                t(
+                    "eu-central.clusters.isthmus.dev/ResolvedRefs",
+                    "True",
+                    "ResolvedRefs"
+                ),
+                t("us-east.clusters.isthmus.dev/Accepted", "True", "Accepted"),
+                t(
+                    "us-east.clusters.isthmus.dev/ResolvedRefs",
+                    "False",
+                    "BackendNotFound"
+                ),
+            ]
+        );
+        assert_eq!(
+            of("AuthorizationPolicy", "deny-batch"),
+            [
+                t(
+                    "eu-central.clusters.isthmus.dev/Accepted",
+                    "True",
+                    "Accepted"
+                ),
+                t("us-east.clusters.isthmus.dev/Accepted", "False", "Refused"),
+            ]
+        );
+        assert!(of("HTTPRoute", "local-only").is_empty());
+        assert_eq!(
+            cluster_condition("us-east.clusters.isthmus.dev/Accepted"),
+            Some(("us-east", "Accepted"))
+        );
+        assert_eq!(cluster_condition("Accepted"), None);
+        assert_eq!(cluster_condition("example.com/Accepted"), None);
     }
 
     #[test]

@@ -210,6 +210,64 @@ impl StatusWriter {
     }
 }
 
+/// The controllerName of a linked cluster's entries in a shared route's
+/// `status.parents`.
+pub const CLUSTER_CONTROLLER_PREFIX: &str = "isthmus.dev/cluster/";
+
+/// A route's `status.parents` with ours replaced (pure): ours, then each
+/// cluster's, for every Service parent.
+fn route_parents(
+    parent_refs: &[ParentReference],
+    current: &[RouteParentStatus],
+    conditions: &[Condition],
+) -> Vec<RouteParentStatus> {
+    let ours = |c: &str| c == CONTROLLER_NAME || c.starts_with(CLUSTER_CONTROLLER_PREFIX);
+    let mut by_controller: BTreeMap<String, Vec<Condition>> = BTreeMap::new();
+    for c in conditions {
+        match crate::sync::policies::cluster_condition(&c.type_) {
+            Some((cluster, t)) => by_controller
+                .entry(format!("{CLUSTER_CONTROLLER_PREFIX}{cluster}"))
+                .or_default()
+                .push(Condition {
+                    type_: t.to_string(),
+                    ..c.clone()
+                }),
+            None => by_controller
+                .entry(CONTROLLER_NAME.to_string())
+                .or_default()
+                .push(c.clone()),
+        }
+    }
+    let mut parents: Vec<RouteParentStatus> = current
+        .iter()
+        .filter(|p| !ours(&p.controller_name))
+        .cloned()
+        .collect();
+    for (controller, conds) in &by_controller {
+        for parent in parent_refs
+            .iter()
+            .filter(|p| p.kind.as_deref() == Some("Service"))
+        {
+            let old = current
+                .iter()
+                .find(|p| &p.controller_name == controller && &p.parent_ref == parent)
+                .map_or(&[][..], |p| &p.conditions[..]);
+            parents.push(RouteParentStatus {
+                parent_ref: parent.clone(),
+                controller_name: controller.clone(),
+                conditions: keep_times(conds.clone(), old),
+            });
+        }
+    }
+    // The Gateway API allows 32 entries: ours first, then clusters in name
+    // order; a cluster set larger than that is seen in /config_dump.
+    parents.truncate(MAX_PARENTS);
+    parents
+}
+
+/// `status.parents` holds at most this many entries (Gateway API).
+const MAX_PARENTS: usize = 32;
+
 /// Server-side apply of a policy's `status.conditions`, forced, as ours.
 async fn apply_policy(
     api: &Api<DynamicObject>,
@@ -246,7 +304,10 @@ async fn apply_status(
 }
 
 /// Our entries in a route's `status.parents` (one per Service parent),
-/// the other controllers' kept, guarded by the resourceVersion read.
+/// and, for a route shared with the cluster set, one per Service parent
+/// and linked cluster with that cluster's verdict (controllerName
+/// `isthmus.dev/cluster/<cluster>`); the other controllers' kept, guarded
+/// by the resourceVersion read.
 async fn merge_route(
     api: &Api<DynamicObject>,
     key: &ObjectKey,
@@ -255,25 +316,7 @@ async fn merge_route(
     current: &[RouteParentStatus],
     conditions: &[Condition],
 ) -> Result<(), kube::Error> {
-    let mut parents: Vec<RouteParentStatus> = current
-        .iter()
-        .filter(|p| p.controller_name != CONTROLLER_NAME)
-        .cloned()
-        .collect();
-    for parent in parent_refs
-        .iter()
-        .filter(|p| p.kind.as_deref() == Some("Service"))
-    {
-        let old = current
-            .iter()
-            .find(|p| p.controller_name == CONTROLLER_NAME && &p.parent_ref == parent)
-            .map_or(&[][..], |p| &p.conditions[..]);
-        parents.push(RouteParentStatus {
-            parent_ref: parent.clone(),
-            controller_name: CONTROLLER_NAME.into(),
-            conditions: keep_times(conditions.to_vec(), old),
-        });
-    }
+    let parents = route_parents(parent_refs, current, conditions);
     let patch = json!({
         "metadata": {"resourceVersion": meta.resource_version},
         "status": {"parents": parents},
@@ -281,4 +324,85 @@ async fn merge_route(
     api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn condition(type_: &str, status: &str) -> Condition {
+        Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }
+    }
+
+    #[test]
+    fn a_shared_route_gets_an_entry_per_cluster_beside_ours_and_others() {
+        let service = ParentReference {
+            group: Some(String::new()),
+            kind: Some("Service".into()),
+            name: "reviews".into(),
+            ..Default::default()
+        };
+        let entry = |controller: &str| RouteParentStatus {
+            parent_ref: service.clone(),
+            controller_name: controller.into(),
+            conditions: vec![],
+        };
+        // Another controller's entry stays; a cluster no longer reporting
+        // loses its entry.
+        let current = [
+            entry("example.com/gateway"),
+            entry("isthmus.dev/cluster/ap-south"),
+        ];
+        let conditions = [
+            condition("Accepted", "True"),
+            condition("ResolvedRefs", "True"),
+            condition("us-east.clusters.isthmus.dev/Accepted", "True"),
+            condition("us-east.clusters.isthmus.dev/ResolvedRefs", "False"),
+            condition("eu-central.clusters.isthmus.dev/Accepted", "False"),
+        ];
+        let parents = route_parents(std::slice::from_ref(&service), &current, &conditions);
+        let seen: Vec<(&str, Vec<(&str, &str)>)> = parents
+            .iter()
+            .map(|p| {
+                let c = p
+                    .conditions
+                    .iter()
+                    .map(|c| (c.type_.as_str(), c.status.as_str()))
+                    .collect();
+                (p.controller_name.as_str(), c)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("example.com/gateway", vec![]),
+                (
+                    "isthmus.dev/cluster/eu-central",
+                    vec![("Accepted", "False")]
+                ),
+                (
+                    "isthmus.dev/cluster/us-east",
+                    vec![("Accepted", "True"), ("ResolvedRefs", "False")]
+                ),
+                (
+                    "isthmus.dev/mesh",
+                    vec![("Accepted", "True"), ("ResolvedRefs", "True")]
+                ),
+            ]
+        );
+        // At most 32 entries.
+        let many: Vec<Condition> = (0..40)
+            .map(|i| condition(&format!("c{i:02}.clusters.isthmus.dev/Accepted"), "True"))
+            .collect();
+        assert_eq!(route_parents(&[service], &[], &many).len(), MAX_PARENTS);
+    }
 }
