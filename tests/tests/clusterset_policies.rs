@@ -3,7 +3,8 @@
 //! eu-west writes a canary route and a DENY policy once, labelled
 //! `isthmus.dev/clusterset: "true"`; both take effect in eu-central and
 //! us-east (the route with each cluster's own services: `reviews-us-east`
-//! does not exist in us-east, which reports it to eu-west and only there);
+//! is us-east's own reviews there too; `ratings` does not exist in
+//! us-east, which reports it to eu-west, and only us-east does);
 //! eu-central's catalog sidecar enforces the DENY on us-east's frontend;
 //! each cluster's verdict reaches eu-west; a route made in eu-central wins
 //! there; between two clusters' routes of one name the oldest wins in the
@@ -30,6 +31,14 @@ kind: ServiceExport
 metadata: {name: reviews, namespace: shop}
 "#;
 
+/// eu-west and eu-central (not us-east): a local `ratings`.
+const RATINGS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+"#;
+
 /// eu-central: its catalog, exported.
 const CATALOG: &str = r#"
 apiVersion: v1
@@ -42,8 +51,8 @@ kind: ServiceExport
 metadata: {name: catalog, namespace: shop}
 "#;
 
-/// What eu-west shares: a canary of reviews to us-east's, and a DENY of
-/// us-east's frontend on the catalog.
+/// What eu-west shares: a canary of reviews to us-east's and to the local
+/// ratings, and a DENY of us-east's frontend on the catalog.
 const SHARED: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -56,8 +65,9 @@ spec:
   parentRefs: [{group: "", kind: Service, name: reviews}]
   rules:
     - backendRefs:
-        - {name: reviews, port: 80, weight: 90}
+        - {name: reviews, port: 80, weight: 80}
         - {name: reviews-us-east, port: 80, weight: 10}
+        - {name: ratings, port: 80, weight: 10}
 ---
 apiVersion: isthmus.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -134,6 +144,9 @@ async fn a_policy_written_once_applies_in_every_cluster() {
         c.write("reviews.yaml", REVIEWS);
     }
     central.write("catalog.yaml", CATALOG);
+    for c in [&west, &central] {
+        c.write("ratings.yaml", RATINGS);
+    }
     for (a, b) in [(&west, &central), (&west, &east), (&central, &east)] {
         link(a, b, Duration::from_secs(600), "5m");
         link(b, a, Duration::from_secs(600), "5m");
@@ -173,12 +186,13 @@ async fn a_policy_written_once_applies_in_every_cluster() {
     let written = Instant::now();
     west.write("shared.yaml", SHARED);
     let canary = vec![
-        ("reviews.shop".to_string(), 90),
+        ("reviews.shop".to_string(), 80),
         ("reviews-us-east.shop".to_string(), 10),
+        ("ratings.shop".to_string(), 10),
     ];
-    // In us-east, reviews-us-east is not a name (it is its own reviews):
-    // that share answers as a missing backend does (500).
-    let missing = vec![("reviews.shop".to_string(), 90)];
+    // us-east has no ratings: that share answers as a missing backend
+    // does (500); reviews-us-east is its own reviews.
+    let missing = canary[..2].to_vec();
     let mut took = Vec::new();
     for (c, want) in [(&central, canary.clone()), (&east, missing)] {
         eventually(&format!("{} applies eu-west's canary", c.name), || {
@@ -189,18 +203,15 @@ async fn a_policy_written_once_applies_in_every_cluster() {
         took.push((c.name, written.elapsed()));
     }
     eprintln!("propagated (write in eu-west → route in the control plane): {took:?}");
-    // us-east has no reviews-us-east (it is that cluster's own reviews):
-    // reported to eu-west by us-east, and by no one else.
+    // us-east has no ratings: reported to eu-west by us-east, and by no
+    // one else.
     let east_says = eventually("us-east's verdict reaches eu-west", || async {
         report(&west, "HTTPRoute", "reviews-canary", "us-east")
     })
     .await;
     assert_eq!(state(&east_says), PolicyState::Accepted);
     assert_eq!(east_says.reason, "BackendNotFound", "{east_says:?}");
-    assert!(
-        east_says.message.contains("reviews-us-east"),
-        "{east_says:?}"
-    );
+    assert!(east_says.message.contains("ratings"), "{east_says:?}");
     let central_says = eventually("eu-central's verdict reaches eu-west", || async {
         report(&west, "HTTPRoute", "reviews-canary", "eu-central")
     })

@@ -178,6 +178,7 @@ pub fn attach(
         if headless == Some(true) {
             super::headless::export_pods(catalog, endpoints, &key.name, ns);
         }
+        own_name(catalog, endpoints, &key.name, ns, &own);
         if catalog.services.contains_key(&all) {
             continue;
         }
@@ -198,6 +199,53 @@ pub fn attach(
             super::headless::own_pods(catalog, endpoints, &key.name, ns, &own);
         }
     }
+}
+
+/// Our own export under its per-cluster name, `<svc>-<own>.<ns>`: the
+/// local endpoints. So that a name such as `reviews-us-east` means the
+/// same everywhere, us-east included (a route shared with the cluster set
+/// names it in every cluster). A local Service of that name keeps it.
+fn own_name(
+    catalog: &mut Catalog,
+    endpoints: &mut Endpoints<'_>,
+    service: &str,
+    ns: &str,
+    own: &str,
+) {
+    let local = service_name(service, ns);
+    let Some(ports) = catalog.services.get(&local).map(|s| s.ports.clone()) else {
+        return;
+    };
+    if own.is_empty() {
+        return;
+    }
+    let name = per_cluster_name(service, ns, own);
+    if catalog.services.contains_key(&name) {
+        catalog.problems.push(Problem {
+            kind: "ServiceExport",
+            key: ObjectKey {
+                namespace: Some(ns.to_string()),
+                name: service.to_string(),
+            },
+            reason: "NameTaken",
+            message: format!(
+                "a local Service is named {name}: this export is not offered under that name here (linked clusters still have it)"
+            ),
+        });
+        return;
+    }
+    catalog.services.insert(
+        name.clone(),
+        model::Service {
+            name: name.clone(),
+            ports,
+            ..Default::default()
+        },
+    );
+    catalog
+        .imported
+        .insert(name.clone(), imported(service, ns, Some(own)));
+    endpoints.include(&name, &local);
 }
 
 /// Whether the local Service `ns/name` is headless (None: there is none).
@@ -607,6 +655,43 @@ spec:
     }
 
     #[test]
+    fn a_route_on_the_service_import_splits_the_clusterset_by_cluster() {
+        // What a cluster set's canary looks like (GEP-1748 parent): the
+        // same names in every cluster, ours included.
+        let c = imported_with(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: catalog-canary, namespace: shop}
+spec:
+  parentRefs: [{group: multicluster.x-k8s.io, kind: ServiceImport, name: catalog}]
+  rules:
+    - backendRefs:
+        - {name: catalog-eu-west, port: 80, weight: 90}
+        - {name: catalog-eu-central, port: 80, weight: 10}
+"#,
+            &[summary("eu-central", "catalog", 80, 9080, 1)],
+            Some(ENTRY),
+        );
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        let split: Vec<(&str, u32)> = c.services["catalog.shop.svc.clusterset.local"].routes[0]
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.weight))
+            .collect();
+        assert_eq!(
+            split,
+            [
+                ("catalog-eu-west.shop", 90),
+                ("catalog-eu-central.shop", 10)
+            ]
+        );
+        assert!(
+            c.services["catalog.shop"].routes.is_empty(),
+            "the local name is not the parent"
+        );
+    }
+
+    #[test]
     fn each_cluster_and_the_clusterset_get_a_name_and_local_endpoints_come_first() {
         let c = imported(
             &[
@@ -643,6 +728,16 @@ spec:
         let reviews = &c.services["reviews.shop.svc.clusterset.local"];
         assert_eq!(reviews.endpoints.len(), 1);
         assert_eq!(reviews.endpoints[0].via_cluster, "us-east");
+        // Our own export has its per-cluster name too (the same meaning
+        // everywhere): our endpoints.
+        let ours = &c.services["catalog-eu-west.shop"];
+        let addrs: Vec<&str> = ours.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["10.0.1.7"]);
+        assert_eq!(ours.vips.len(), 1);
+        assert!(
+            !c.services.contains_key("reviews-eu-west.shop"),
+            "not exported"
+        );
         // The local services are untouched.
         assert_eq!(c.services["catalog.shop"].endpoints.len(), 1);
         assert!(c.services["reviews.shop"].endpoints.is_empty());
@@ -1079,6 +1174,7 @@ endpoints:
                 "eu-central",
                 "eu-central/db-0",
                 "eu-central/db-1",
+                "eu-west",
                 "eu-west/db-0",
                 "eu-west/db-1"
             ]
@@ -1091,7 +1187,7 @@ endpoints:
         let snap = merge(&Snapshot::default(), loaded, Vec::new()).0;
         let assigned = super::super::vips::assigned(&c);
         let back = super::super::vips::persisted(&snap);
-        assert_eq!(back.len(), 5);
+        assert_eq!(back.len(), 6);
         for (name, ip) in &back {
             assert_eq!(assigned.get(name), Some(ip), "{name}");
         }

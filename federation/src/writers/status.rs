@@ -246,7 +246,7 @@ fn route_parents(
     for (controller, conds) in &by_controller {
         for parent in parent_refs
             .iter()
-            .filter(|p| p.kind.as_deref() == Some("Service"))
+            .filter(|p| matches!(p.kind.as_deref(), Some("Service" | "ServiceImport")))
         {
             let old = current
                 .iter()

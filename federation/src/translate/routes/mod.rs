@@ -239,13 +239,18 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
         let key = route.key;
         let ns = key.namespace.clone().unwrap_or_else(|| "default".into());
         for parent in route.parents {
-            let is_service = parent.kind.as_deref().unwrap_or("Gateway") == "Service"
-                && parent.group.as_deref().unwrap_or("").is_empty();
-            if !is_service {
-                continue; // attached to a Gateway: not the mesh's business
-            }
             let pns = parent.namespace.clone().unwrap_or_else(|| ns.clone());
-            let target = service_name(&parent.name, &pns);
+            // A Service (GAMMA), or a ServiceImport: the clusterset service,
+            // what callers of `<svc>.<ns>.svc.clusterset.local` reach
+            // (GEP-1748).
+            let kind = parent.kind.as_deref().unwrap_or("Gateway");
+            let target = match (parent.group.as_deref().unwrap_or(""), kind) {
+                ("", "Service") => service_name(&parent.name, &pns),
+                ("multicluster.x-k8s.io", "ServiceImport") => {
+                    super::imports::clusterset_name(&parent.name, &pns)
+                }
+                _ => continue, // attached to a Gateway: not the mesh's business
+            };
             // A port (or a port's name, sectionName) narrows the route to
             // requests for that port of the Service.
             let ports = match catalog.services.get(&target) {
@@ -259,7 +264,7 @@ pub fn attach(catalog: &mut Catalog, snap: &Snapshot) {
                         route.kind,
                         key,
                         "NoMatchingParent",
-                        format!("parent Service {pns}/{}: {why}", parent.name),
+                        format!("parent {kind} {pns}/{}: {why}", parent.name),
                     ));
                     continue;
                 }
