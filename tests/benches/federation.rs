@@ -16,7 +16,17 @@
 //!    one cluster's healthy count changes (a delta) → the weight in a real
 //!    subscribed sidecar. Baseline in the same run: the same with 1 link.
 //!
-//! `cargo bench -p isthmus-federation --bench federation` (BENCH_ROUNDS).
+//! 3. A policy shared with the cluster set (issue 22): three real clusters
+//!    linked every way, a frontend sidecar in each of eu-central and
+//!    us-east. Per round eu-west rewrites its shared HTTPRoute with a new
+//!    weight → the weight in both sidecars; baseline in the same run: the
+//!    same route rewritten in eu-central's own store → its sidecar.
+//! 4. One control plane, N linked clusters each sharing a route (on a
+//!    Service of its own), simulated where the sync streams deliver; per
+//!    round one cluster's route changes weight (a delta) → the sidecar.
+//!    Baseline in the same run: 1 link.
+//!
+//! `cargo bench -p isthmus-tests --bench federation` (BENCH_ROUNDS).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -236,6 +246,195 @@ async fn many_links(rounds: usize) {
     }
 }
 
+/// An HTTPRoute on Service `parent` sending `weight` to it and the rest
+/// to `other` (shared with the cluster set when `shared`).
+fn route(name: &str, parent: &str, other: &str, weight: u32, shared: bool) -> String {
+    let labels = if shared {
+        "{isthmus.dev/clusterset: \"true\"}"
+    } else {
+        "{}"
+    };
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {{name: {name}, namespace: shop, labels: {labels}}}\n\
+         spec:\n  parentRefs: [{{group: \"\", kind: Service, name: {parent}}}]\n\
+         \x20 rules:\n  - backendRefs:\n\
+         \x20   - {{name: {parent}, port: 80, weight: {weight}}}\n\
+         \x20   - {{name: {other}, port: 80, weight: {}}}\n",
+        1000 - weight
+    )
+}
+
+/// The weight the sidecar's route `name` on `service` gives `service`.
+fn route_weight(s: &Snapshot, service: &str, name: &str) -> Option<u32> {
+    let svc = s.services.get(service)?;
+    let r = svc.routes.iter().find(|r| r.name.contains(name))?;
+    r.backends
+        .iter()
+        .find(|b| b.service == service)
+        .map(|b| b.weight)
+}
+
+async fn shared_policy(rounds: usize) {
+    let mut clusters = [
+        Cluster::new("bench-policy", "eu-west"),
+        Cluster::new("bench-policy", "eu-central"),
+        Cluster::new("bench-policy", "us-east"),
+    ];
+    for c in &mut clusters {
+        c.start_control_plane();
+        c.start_gateway().await;
+        c.write("reviews.yaml", &service("reviews", 2, true));
+        c.write("ratings.yaml", &service("ratings", 2, false));
+    }
+    let [west, central, east] = &clusters;
+    for (a, b) in [(west, central), (west, east), (central, east)] {
+        link(a, b, Duration::from_secs(600), "5m");
+        link(b, a, Duration::from_secs(600), "5m");
+    }
+    let (sc, se) = (
+        central.start_frontend(Vec::new()).await,
+        east.start_frontend(Vec::new()).await,
+    );
+    let (store_c, store_e) = (sc.store().clone(), se.store().clone());
+    let (mut local, mut to_central, mut to_east, mut rtts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let w = 100 + i as u32;
+        // Baseline: eu-central's own route (not shared).
+        let t0 = Instant::now();
+        central.write("own.yaml", &route("own", "ratings", "reviews", w, false));
+        local.push(until(&store_c, |s| route_weight(s, "ratings.shop", "own") == Some(w)).await - t0);
+        // eu-west's shared route, in both other clusters' sidecars.
+        let t0 = Instant::now();
+        west.write("shared.yaml", &route("canary", "reviews", "ratings", w, true));
+        let (a, b) = tokio::join!(
+            until(&store_c, |s| route_weight(s, "reviews.shop", "canary") == Some(w)),
+            until(&store_e, |s| route_weight(s, "reviews.shop", "canary") == Some(w)),
+        );
+        to_central.push(a - t0);
+        to_east.push(b - t0);
+        for peer in ["eu-central", "us-east"] {
+            if let Some(ms) = west.status(peer).rtt_millis {
+                rtts.push(ms);
+            }
+        }
+        if let Some(ms) = central.status("eu-west").rtt_millis {
+            rtts.push(ms);
+        }
+    }
+    println!(
+        "\n## 3. A route shared with the cluster set, three clusters over QUIC, {rounds} rounds (file write → sidecars)\n"
+    );
+    println!("| change | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---|---|");
+    row("baseline: eu-central's own route → its sidecar", &local);
+    row("eu-west's shared route → eu-central's sidecar", &to_central);
+    row("eu-west's shared route → us-east's sidecar", &to_east);
+    println!(
+        "\nlink RTT (status, max over the rounds): {:.2} ms",
+        rtts.iter().copied().fold(0.0f64, f64::max)
+    );
+    for s in [sc, se] {
+        s.shutdown(Duration::from_millis(100)).await;
+    }
+    for c in &mut clusters {
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+}
+
+/// Link `k`'s state: its exports, and a route on its own Service
+/// `svc-<k>` giving it `weight` (of 1000; the rest to reviews).
+fn shared_by(cluster: &str, k: usize, version: u64, full: bool, weight: u32) -> wire::Exports {
+    let name = format!("svc-{k}");
+    let object = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": format!("route-{k}"), "namespace": "shop",
+                     "labels": {"isthmus.dev/clusterset": "true"}},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": name}],
+            "rules": [{"backendRefs": [
+                {"name": name, "port": 80, "weight": weight},
+                {"name": "reviews", "port": 80, "weight": 1000 - weight},
+            ]}],
+        },
+    });
+    wire::Exports {
+        policies: vec![wire::SharedPolicy {
+            kind: "HTTPRoute".into(),
+            namespace: "shop".into(),
+            name: format!("route-{k}"),
+            generation: version as i64,
+            object: object.to_string(),
+            ..Default::default()
+        }],
+        ..exports(cluster, version, full, 2)
+    }
+}
+
+/// Rounds of one linked cluster's route change → the sidecar.
+async fn policy_deltas(c: &Cluster, store: &Store, links: usize, rounds: usize) -> Vec<Duration> {
+    let cp = c.cp.as_ref().expect("control plane");
+    let name = |k: usize| format!("c{k:03}");
+    // A local Service for each route's parent, and reviews.
+    let mut yaml = service("reviews", 1, false);
+    for k in 0..links {
+        yaml.push_str("---\n");
+        yaml.push_str(&service(&format!("svc-{k}"), 1, false));
+    }
+    c.write("services.yaml", &yaml);
+    let last = format!("svc-{}.shop", links - 1);
+    until(store, |s| s.services.contains_key(&last)).await;
+    for k in 0..links {
+        cp.peers
+            .update(&name(k), |p| {
+                p.apply(&shared_by(&name(k), k, 1, true, 100), SystemTime::now())
+            })
+            .expect("a full state applies");
+    }
+    until(store, |s| route_weight(s, &last, "route-") == Some(100)).await;
+    let mut out = Vec::new();
+    for r in 0..rounds {
+        let k = r % links;
+        let version = 2 + (r / links) as u64;
+        let w = 100 + version as u32;
+        let svc = format!("svc-{k}.shop");
+        let t0 = Instant::now();
+        cp.peers
+            .update(&name(k), |p| {
+                p.apply(&shared_by(&name(k), k, version, false, w), SystemTime::now())
+            })
+            .expect("a delta in order applies");
+        out.push(until(store, |s| route_weight(s, &svc, "route-") == Some(w)).await - t0);
+    }
+    out
+}
+
+async fn many_sharing(rounds: usize) {
+    let mut results = Vec::new();
+    for links in [1usize, 255] {
+        let mut c = Cluster::new(&format!("bench-share-{links}"), "eu-west");
+        c.start_control_plane();
+        let sidecar = c.start_frontend(Vec::new()).await;
+        let store = sidecar.store().clone();
+        let d = policy_deltas(&c, &store, links, rounds).await;
+        let routes: usize = store.load().services.values().map(|s| s.routes.len()).sum();
+        results.push((links, d, routes));
+        sidecar.shutdown(Duration::from_millis(100)).await;
+        c.stop.cancel();
+        c.stop_control_plane().await;
+    }
+    println!(
+        "\n## 4. One control plane, N linked clusters each sharing a route, {rounds} rounds (a route delta applied → a sidecar)\n"
+    );
+    println!(
+        "| linked clusters (routes in the sidecar) | p50 (ms) | p99 (ms) | max (ms) |\n|---|---|---|---|"
+    );
+    for (links, d, routes) in &results {
+        row(&format!("{links} ({routes})"), d);
+    }
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -250,7 +449,19 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        two_clusters(rounds).await;
-        many_links(rounds).await;
+        let only = std::env::var("BENCH_PARTS").unwrap_or_default();
+        let run = |p: &str| only.is_empty() || only.split(',').any(|x| x == p);
+        if run("1") {
+            two_clusters(rounds).await;
+        }
+        if run("2") {
+            many_links(rounds).await;
+        }
+        if run("3") {
+            shared_policy(rounds).await;
+        }
+        if run("4") {
+            many_sharing(rounds).await;
+        }
     });
 }

@@ -83,11 +83,12 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
         dir.display()
     );
     for expected in [
-        "weights 90/10: in eu-west's frontend sidecar",
-        "weights 0/100: in eu-west's frontend sidecar",
-        "(100 % us-east), 0 errors",
-        "x-canary: always -> us-east 20 of 20 requests",
-        "rolled back (route deleted): in eu-west's frontend sidecar",
+        "an HTTPRoute written once in eu-west",
+        "weights 90/10: in each frontend sidecar",
+        "weights 0/100: in each frontend sidecar",
+        "(100 % v2, 0 errors); eu-central ",
+        "x-canary: always -> us-east, of 20 requests each: eu-west 20, eu-central 20, us-east 20",
+        "rolled back (one file deleted in eu-west): eu-west ",
         "scenario Canary: done, as expected",
         "1. eu-west's catalog killed: all answers from eu-central",
         "2. eu-central's gateway killed: no catalog left",

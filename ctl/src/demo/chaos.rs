@@ -323,9 +323,10 @@ mod tests {
         assert_eq!(left("us-east", "reviews", v), ["us-east"]);
         let v = victim("eu-west", Kind::Gateway);
         assert_eq!(left("eu-west", "catalog", v), ["eu-west"]);
-        // eu-west calls reviews by its local name: only its own v1.
+        // reviews runs in eu-west and us-east, called by its clusterset
+        // name: eu-west's v1 down leaves us-east's v2 to everyone.
         let v = victim("eu-west", Kind::App("reviews"));
-        assert!(left("eu-west", "reviews", v).is_empty());
+        assert_eq!(left("eu-west", "reviews", v), ["us-east"]);
         assert_eq!(left("eu-central", "reviews", v), ["us-east"]);
         // A control plane takes no path away.
         let v = victim("eu-central", Kind::ControlPlane);

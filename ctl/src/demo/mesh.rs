@@ -390,16 +390,11 @@ pub struct Target {
     pub grpc: bool,
 }
 
-/// Each frontend calls catalog and inventory by their clusterset names
-/// (local first, then the other regions), and reviews by its local name
-/// where it runs (the canary's parent) and its clusterset name elsewhere.
-pub fn targets(c: &Cluster) -> Vec<Target> {
+/// Each frontend calls every service by its clusterset name (local
+/// endpoints first, then the other regions): reviews too, whose
+/// clusterset service is the parent of the cluster set's canary.
+pub fn targets(_c: &Cluster) -> Vec<Target> {
     let clusterset = |s: &str| format!("{s}.shop.svc.clusterset.local");
-    let reviews = if c.app("reviews").is_some() {
-        "reviews.shop".to_string()
-    } else {
-        clusterset("reviews")
-    };
     vec![
         Target {
             service: "catalog",
@@ -409,7 +404,7 @@ pub fn targets(c: &Cluster) -> Vec<Target> {
         },
         Target {
             service: "reviews",
-            host: reviews,
+            host: clusterset("reviews"),
             port: 80,
             grpc: false,
         },
@@ -422,21 +417,24 @@ pub fn targets(c: &Cluster) -> Vec<Target> {
     ]
 }
 
-/// The canary of SCENARIOS.md 3, in eu-west: `weight` percent of reviews
-/// to v2 in us-east, the rest to the local v1; `x-canary: always` sends
-/// everything there.
+/// The canary of SCENARIOS.md 3, written once in eu-west and shared with
+/// the cluster set (issue 22): on reviews' clusterset service, every
+/// cluster's frontend sends `weight` percent to v2 in us-east and the rest
+/// to v1 in eu-west; `x-canary: always` sends everything to v2.
 pub fn canary_route(weight: u32) -> String {
     format!(
-        "# isthmusctl demo --scenario canary: reviews' cross-cluster canary.\n\
+        "# isthmusctl demo --scenario canary: reviews' cross-cluster canary,\n\
+         # written here once and applied by every linked cluster.\n\
          apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
-         metadata: {{name: reviews-canary, namespace: shop}}\n\
-         spec:\n  parentRefs: [{{group: \"\", kind: Service, name: reviews}}]\n  rules:\n\
+         metadata:\n  name: reviews-canary\n  namespace: shop\n\
+         \x20 labels: {{isthmus.dev/clusterset: \"true\"}}\n\
+         spec:\n  parentRefs: [{{group: multicluster.x-k8s.io, kind: ServiceImport, name: reviews}}]\n  rules:\n\
          \x20   - matches: [{{headers: [{{name: x-canary, value: always}}]}}]\n\
          \x20     backendRefs: [{{name: reviews-us-east, port: 80}}]\n\
          \x20   - backendRefs:\n\
-         \x20       - {{name: reviews, port: 80, weight: {local}}}\n\
+         \x20       - {{name: reviews-eu-west, port: 80, weight: {v1}}}\n\
          \x20       - {{name: reviews-us-east, port: 80, weight: {weight}}}\n",
-        local = 100 - weight.min(100),
+        v1 = 100 - weight.min(100),
     )
 }
 
@@ -487,12 +485,14 @@ mod tests {
         assert_eq!(west.app("reviews").unwrap().version, "v1");
         let east = Cluster::by_name("us-east").unwrap();
         assert_eq!(east.app("reviews").unwrap().version, "v2");
-        assert_eq!(targets(&west)[1].host, "reviews.shop");
-        let central = Cluster::by_name("eu-central").unwrap();
-        assert_eq!(
-            targets(&central)[1].host,
-            "reviews.shop.svc.clusterset.local"
-        );
+        for c in CLUSTERS {
+            assert_eq!(
+                targets(&c)[1].host,
+                "reviews.shop.svc.clusterset.local",
+                "{}",
+                c.name
+            );
+        }
     }
 
     #[test]

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use super::Demo;
-use super::mesh::{self, Cluster};
+use super::mesh::{self, CLUSTERS, Cluster};
 use super::traffic::{self, Answer, Window};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// eu-west shifts reviews to v2 in us-east step by step (10, 50, 100 %),
-    /// checks `x-canary: always`, then rolls back.
+    /// A canary written once in eu-west and shared with the cluster set
+    /// shifts every cluster's reviews to v2 in us-east step by step (10,
+    /// 50, 100 %), checks `x-canary: always`, then rolls back.
     Canary,
     /// eu-west's catalog stops (eu-central takes over), then eu-central's
     /// gateway (nothing left: fast errors), then both come back.
@@ -136,88 +137,142 @@ async fn canary(demo: &Demo) -> anyhow::Result<()> {
     let west = Cluster::by_name("eu-west").expect("sample mesh");
     let route = demo.store(&west).join("reviews-canary.yaml");
     demo.say(format!(
-        "canary: eu-west's frontend calls reviews (v1 here); an HTTPRoute in {} sends a share to reviews-us-east (v2)",
+        "canary: every frontend calls reviews.shop.svc.clusterset.local; an HTTPRoute written once in eu-west ({}), shared with the cluster set, sends a share to v2 in us-east (reviews-us-east) and the rest to v1 in eu-west (reviews-eu-west)",
         route.display()
     ));
-    let mut watch = Watch::new(demo, "eu-west", "reviews");
+    let mut watches: Vec<Watch> = CLUSTERS
+        .iter()
+        .map(|c| Watch::new(demo, c.name, "reviews"))
+        .collect();
     for weight in [10u32, 50, 100] {
         let written = Instant::now();
         demo.write(&route, &mesh::canary_route(weight))?;
-        let applied = split_applied(west, weight).await?;
-        watch.since = applied;
-        let w = watch.during(Duration::from_secs(3)).await;
-        let n = w.requests().max(1);
-        let share = served(&w, "us-east") * 100 / n;
-        demo.say(format!(
-            "  weights {}/{weight}: in eu-west's frontend sidecar {} after the write; next 3 s: eu-west {}, us-east {} ({share} % us-east), {} errors",
-            100 - weight,
-            secs(applied.duration_since(written)),
-            served(&w, "eu-west"),
-            served(&w, "us-east"),
-            w.errors,
-        ));
-        let ok = if weight == 100 {
-            share == 100
-        } else {
-            share.abs_diff(u64::from(weight)) <= 20
-        };
-        anyhow::ensure!(
-            ok && w.errors == 0,
-            "weight {weight}: observed {share} % on us-east with {} errors",
-            w.errors
-        );
-        if weight == 10 {
-            // At 10 %, a header still sends everything to the canary.
-            let target = mesh::targets(&west).remove(1);
-            let mut always = Window::default();
-            for _ in 0..20 {
-                let r = traffic::once(&demo.via(&west), &target, &[("x-canary", "always")]).await;
-                always.record(&Answer {
-                    at: Instant::now(),
-                    frontend: "eu-west",
-                    service: "reviews",
-                    idempotent: true,
-                    served_by: r.as_ref().ok().map(|s| s.cluster.clone()),
-                    latency: Duration::ZERO,
-                    verified: None,
-                    error: r.err(),
-                });
-            }
-            demo.say(format!(
-                "  x-canary: always -> us-east {} of 20 requests",
-                served(&always, "us-east")
+        let mut applied = Vec::new();
+        for c in CLUSTERS {
+            applied.push(split_applied(c, weight).await?);
+        }
+        let last = applied.iter().max().copied().unwrap_or(written);
+        let mut seen = Vec::new();
+        for w in &mut watches {
+            w.since = last;
+        }
+        // The three frontends side by side, over the same 3 s.
+        let windows = futures_util::future::join_all(
+            watches.iter_mut().map(|w| w.during(Duration::from_secs(3))),
+        )
+        .await;
+        for (c, (w, at)) in CLUSTERS.iter().zip(windows.iter().zip(&applied)) {
+            let n = w.requests().max(1);
+            let share = served(w, "us-east") * 100 / n;
+            seen.push(format!(
+                "{} {} ({share} % v2, {} errors)",
+                c.name,
+                secs(at.duration_since(written)),
+                w.errors
             ));
+            let ok = if weight == 100 {
+                share == 100
+            } else {
+                share.abs_diff(u64::from(weight)) <= 20
+            };
             anyhow::ensure!(
-                served(&always, "us-east") == 20,
-                "x-canary: always did not reach us-east every time: {:?}",
-                always
+                ok && w.errors == 0 && w.requests() > 0,
+                "weight {weight}: {}'s frontend saw {share} % on us-east with {} errors in {} requests",
+                c.name,
+                w.errors,
+                w.requests()
             );
         }
+        demo.say(format!(
+            "  weights {}/{weight}: in each frontend sidecar after the write, and the next 3 s: {}",
+            100 - weight,
+            seen.join("; "),
+        ));
+        if weight == 10 {
+            // At 10 %, a header still sends everything to the canary,
+            // from every cluster.
+            let mut said = Vec::new();
+            for c in CLUSTERS {
+                let target = mesh::targets(&c).remove(1);
+                let mut always = Window::default();
+                for _ in 0..20 {
+                    let r = traffic::once(&demo.via(&c), &target, &[("x-canary", "always")]).await;
+                    always.record(&Answer {
+                        at: Instant::now(),
+                        frontend: c.name,
+                        service: "reviews",
+                        idempotent: true,
+                        served_by: r.as_ref().ok().map(|s| s.cluster.clone()),
+                        latency: Duration::ZERO,
+                        verified: None,
+                        error: r.err(),
+                    });
+                }
+                anyhow::ensure!(
+                    served(&always, "us-east") == 20,
+                    "x-canary: always from {} did not reach us-east every time: {:?}",
+                    c.name,
+                    always
+                );
+                said.push(format!("{} {}", c.name, served(&always, "us-east")));
+            }
+            demo.say(format!(
+                "  x-canary: always -> us-east, of 20 requests each: {}",
+                said.join(", ")
+            ));
+        }
     }
-    // From 100 % on us-east, deleting the route brings everything home.
+    // From 100 % on us-east, deleting the one file brings every cluster
+    // back to its nearest reviews.
     let removed = Instant::now();
     std::fs::remove_file(&route)?;
-    let applied = split_applied(west, 0).await?;
-    watch.since = applied;
-    let w = watch.during(Duration::from_secs(3)).await;
-    demo.say(format!(
-        "  rolled back (route deleted): in eu-west's frontend sidecar {} after the delete; next 3 s: eu-west {}, us-east {}",
-        secs(applied.duration_since(removed)),
-        served(&w, "eu-west"),
-        served(&w, "us-east"),
-    ));
+    let mut applied = Vec::new();
+    for c in CLUSTERS {
+        applied.push(split_applied(c, 0).await?);
+    }
+    let last = applied.iter().max().copied().unwrap_or(removed);
+    for w in &mut watches {
+        w.since = last;
+    }
+    let windows = futures_util::future::join_all(
+        watches.iter_mut().map(|w| w.during(Duration::from_secs(3))),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for (c, (w, at)) in CLUSTERS.iter().zip(windows.iter().zip(&applied)) {
+        seen.push(format!(
+            "{} {} (eu-west {}, us-east {})",
+            c.name,
+            secs(at.duration_since(removed)),
+            served(w, "eu-west"),
+            served(w, "us-east")
+        ));
+        anyhow::ensure!(
+            w.errors == 0 && w.requests() > 0,
+            "rollback: {}'s frontend: {w:?}",
+            c.name
+        );
+    }
+    let home = &windows[0];
     anyhow::ensure!(
-        served(&w, "us-east") == 0 && w.errors == 0 && w.requests() > 0,
-        "rollback: {w:?}"
+        served(home, "us-east") == 0,
+        "rollback: eu-west's frontend still reaches us-east: {home:?}"
     );
+    demo.say(format!(
+        "  rolled back (one file deleted in eu-west): {}",
+        seen.join("; ")
+    ));
     Ok(())
 }
 
 /// The share of reviews' traffic the frontend sidecar of `c` sends to
-/// us-east, from its /config_dump: the weights of its last route.
+/// us-east, from its /config_dump: the weights of its last route on
+/// reviews' clusterset service.
 fn canary_share(dump: &serde_json::Value) -> Option<u32> {
     let services = dump["config"]["services"].as_array()?;
-    let reviews = services.iter().find(|s| s["name"] == "reviews.shop")?;
+    let reviews = services
+        .iter()
+        .find(|s| s["name"] == "reviews.shop.svc.clusterset.local")?;
     let Some(route) = reviews["routes"].as_array().and_then(|r| r.last()) else {
         return Some(0);
     };
@@ -357,13 +412,13 @@ mod tests {
         let dump = |routes: serde_json::Value| {
             serde_json::json!({"config": {"services": [
                 {"name": "catalog.shop", "routes": []},
-                {"name": "reviews.shop", "routes": routes},
+                {"name": "reviews.shop.svc.clusterset.local", "routes": routes},
             ]}})
         };
         let split = serde_json::json!([
             {"name": "header", "backends": [{"service": "reviews-us-east.shop", "weight": 1}]},
             {"name": "split", "backends": [
-                {"service": "reviews.shop", "weight": 90},
+                {"service": "reviews-eu-west.shop", "weight": 90},
                 {"service": "reviews-us-east.shop", "weight": 10}
             ]}
         ]);
