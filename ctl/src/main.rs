@@ -171,16 +171,24 @@ enum LinkCommand {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Status { admin, json } => {
-            let links = tokio::runtime::Builder::new_current_thread()
+            let within = std::time::Duration::from_secs(5);
+            let (links, policies) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(status::fetch(admin, std::time::Duration::from_secs(5)))?;
+                .block_on(async {
+                    anyhow::Ok((
+                        status::fetch(admin, within).await?,
+                        status::fetch_policies(admin, within).await?,
+                    ))
+                })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&links)?);
+                let both = serde_json::json!({"links": links, "policies": policies});
+                println!("{}", serde_json::to_string_pretty(&both)?);
             } else {
                 print!(
-                    "{}",
-                    status::render(&admin.to_string(), &links, status::now())
+                    "{}{}",
+                    status::render(&admin.to_string(), &links, status::now()),
+                    status::render_policies(&policies)
                 );
             }
             Ok(())

@@ -1,6 +1,7 @@
 //! `isthmusctl status`: a control plane's links, as its admin port serves
 //! them (`/links`): connected or why not, transport, RTT, last sync, what
-//! is imported and how stale it is.
+//! is imported and how stale it is; then the policies it shares with the
+//! cluster set and receives from it (`/policies`), each cluster's verdict.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use isthmus_federation::resources::link::ClusterLinkStatus;
+use isthmus_federation::sync::policies::{Verdict, View};
 
 /// The table (pure): one line per link, `now` in unix seconds.
 pub fn render(cluster: &str, links: &BTreeMap<String, ClusterLinkStatus>, now: i64) -> String {
@@ -90,6 +92,51 @@ pub async fn fetch(
     serde_json::from_str(&body).context("/links is not a map of link statuses")
 }
 
+/// Reads `/policies` from the control plane's admin address.
+pub async fn fetch_policies(admin: SocketAddr, within: Duration) -> anyhow::Result<View> {
+    let body = admin_get(admin, "/policies", within).await?;
+    serde_json::from_str(&body).context("/policies is not the policies' view")
+}
+
+/// The shared and received policies (pure): one line per policy and
+/// cluster; nothing when there are none.
+pub fn render_policies(v: &View) -> String {
+    let mut out = String::new();
+    let mut table = |title: &str, who: &str, rows: &BTreeMap<String, BTreeMap<String, Verdict>>| {
+        if rows.is_empty() {
+            return;
+        }
+        out.push_str(&format!(
+            "\n{:<40} {:<14} {:<11} {}\n",
+            title, who, "STATE", "WHY"
+        ));
+        for (policy, by_cluster) in rows {
+            if by_cluster.is_empty() {
+                out.push_str(&format!(
+                    "{policy:<40} {:<14} {:<11} no linked cluster has said yet\n",
+                    "-", "Pending"
+                ));
+            }
+            for (i, (cluster, verdict)) in by_cluster.iter().enumerate() {
+                let why = match (verdict.reason.as_str(), verdict.message.as_str()) {
+                    ("", "") => "-".to_string(),
+                    (r, "") => r.to_string(),
+                    ("", m) => m.to_string(),
+                    (r, m) => format!("{r}: {m}"),
+                };
+                let name = if i == 0 { policy.as_str() } else { "" };
+                out.push_str(&format!(
+                    "{name:<40} {cluster:<14} {:<11} {why}\n",
+                    verdict.state
+                ));
+            }
+        }
+    };
+    table("SHARED POLICY", "CLUSTER", &v.shared);
+    table("RECEIVED POLICY", "FROM", &v.received);
+    out
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -151,5 +198,60 @@ mod tests {
             "{t}"
         );
         assert!(render("eu-west", &BTreeMap::new(), 0).contains("no ClusterLinks"));
+    }
+
+    #[test]
+    fn shared_and_received_policies_with_each_clusters_verdict() {
+        let verdict = |state: &str, reason: &str, message: &str| Verdict {
+            state: state.into(),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        let v = View {
+            shared: BTreeMap::from([
+                (
+                    "HTTPRoute shop/reviews-canary".to_string(),
+                    BTreeMap::from([
+                        ("eu-central".to_string(), verdict("Accepted", "", "")),
+                        (
+                            "us-east".to_string(),
+                            verdict("Accepted", "BackendNotFound", "ratings does not exist"),
+                        ),
+                    ]),
+                ),
+                ("AuthorizationPolicy shop/deny".to_string(), BTreeMap::new()),
+            ]),
+            received: BTreeMap::from([(
+                "HTTPRoute shop/canary".to_string(),
+                BTreeMap::from([(
+                    "us-east".to_string(),
+                    verdict("Overridden", "LocalOverride", ""),
+                )]),
+            )]),
+        };
+        let t = render_policies(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].starts_with("SHARED POLICY"), "{t}");
+        assert!(
+            lines[2].contains("AuthorizationPolicy shop/deny") && lines[2].contains("Pending"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("HTTPRoute shop/reviews-canary")
+                && lines[3].contains("eu-central     Accepted    -"),
+            "{t}"
+        );
+        assert!(
+            lines[4]
+                .trim_start()
+                .starts_with("us-east        Accepted    BackendNotFound: ratings does not exist"),
+            "{t}"
+        );
+        assert!(lines[6].starts_with("RECEIVED POLICY"), "{t}");
+        assert!(
+            lines[7].contains("us-east        Overridden  LocalOverride"),
+            "{t}"
+        );
+        assert!(render_policies(&View::default()).is_empty());
     }
 }

@@ -119,6 +119,32 @@ fn cluster() -> BTreeMap<&'static str, Vec<Value>> {
     m
 }
 
+/// What a mock API server saw: (method, URI, content type, body).
+type Recorded = Arc<Mutex<Vec<(String, String, String, Value)>>>;
+
+/// A mock API server that answers every request 200 with the body it was
+/// sent, and records each.
+fn echoing_api() -> (kube::Client, Recorded, tokio::task::JoinHandle<()>) {
+    let (client, mut handle) = client();
+    let requests = Recorded::default();
+    let seen = requests.clone();
+    let server = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let uri = req.uri().to_string();
+            let ctype = req
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            let b = body_json(req).await;
+            seen.lock().unwrap().push((method, uri, ctype, b.clone()));
+            send.send_response(respond(StatusCode::OK, body(&b)));
+        }
+    });
+    (client, requests, server)
+}
+
 fn list_of(path: &str, items: &[Value]) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "100", "_path": path}, "items": items})
 }
@@ -428,28 +454,7 @@ metadata: {name: catalog, namespace: shop}
     let conditions =
         isthmus_federation::translate::status::conditions(&snap, &catalog.problems, &now);
 
-    let (client, mut handle) = client();
-    let requests = Arc::new(Mutex::new(Vec::<(String, String, String, Value)>::new()));
-    let server = {
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            while let Some((req, send)) = handle.next_request().await {
-                let method = req.method().to_string();
-                let uri = req.uri().to_string();
-                let ctype = req
-                    .headers()
-                    .get("content-type")
-                    .map(|v| v.to_str().unwrap().to_string())
-                    .unwrap_or_default();
-                let b = body_json(req).await;
-                requests
-                    .lock()
-                    .unwrap()
-                    .push((method, uri, ctype, b.clone()));
-                send.send_response(respond(StatusCode::OK, body(&b)));
-            }
-        })
-    };
+    let (client, requests, server) = echoing_api();
     let mut writer = StatusWriter::new(client);
     let (n, errors) = writer.write(&snap, &conditions).await;
     assert!(errors.is_empty(), "{errors:?}");
@@ -964,4 +969,163 @@ async fn the_root_ca_is_kept_in_a_secret_and_a_creation_race_is_lost_gracefully(
         "one root for all replicas"
     );
     server.await.unwrap();
+}
+
+/// A policy shared with the cluster set: each linked cluster's verdict
+/// is written where its author looks — one `status.parents` entry per
+/// cluster on a route, per-cluster conditions on our policies — in shapes
+/// the CRDs accept.
+#[tokio::test]
+async fn each_clusters_verdict_is_written_on_the_shared_policy() {
+    use isthmus_api::federation::v1::{PolicyResult, PolicyState};
+    use isthmus_federation::store::files::{merge, parse_file};
+    use isthmus_federation::writers::status::StatusWriter;
+    let yaml = r#"apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: canary, namespace: shop, resourceVersion: "7", generation: 2, labels: {isthmus.dev/clusterset: "true"}}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules: [{backendRefs: [{name: reviews, port: 80}]}]
+---
+apiVersion: isthmus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-batch, namespace: shop, generation: 1, labels: {isthmus.dev/clusterset: "true"}}
+spec:
+  action: DENY
+  rules: [{from: [{namespaces: [batch]}]}]
+"#;
+    let (loaded, errors) = parse_file(std::path::Path::new("t.yaml"), yaml);
+    assert!(errors.is_empty(), "{errors:?}");
+    let (snap, _) = merge(&Default::default(), loaded, Vec::new());
+    let catalog = translate(&Inputs::new(&snap)).filled();
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let result = |kind: &str, name: &str, state: PolicyState, reason: &str| PolicyResult {
+        kind: kind.into(),
+        namespace: "shop".into(),
+        name: name.into(),
+        generation: 2,
+        state: state as i32,
+        reason: reason.into(),
+        message: "said by that cluster".into(),
+    };
+    let reports = BTreeMap::from([
+        (
+            "us-east".to_string(),
+            vec![
+                result(
+                    "HTTPRoute",
+                    "canary",
+                    PolicyState::Accepted,
+                    "BackendNotFound",
+                ),
+                result(
+                    "AuthorizationPolicy",
+                    "deny-batch",
+                    PolicyState::Accepted,
+                    "",
+                ),
+            ],
+        ),
+        (
+            "eu-central".to_string(),
+            vec![result(
+                "HTTPRoute",
+                "canary",
+                PolicyState::Overridden,
+                "LocalOverride",
+            )],
+        ),
+    ]);
+    let mut conditions =
+        isthmus_federation::translate::status::conditions(&snap, &catalog.problems, &now);
+    for (k, mut c) in isthmus_federation::sync::policies::conditions(&snap, &reports, &now) {
+        conditions.entry(k).or_default().append(&mut c);
+    }
+
+    let (client, requests, server) = echoing_api();
+    let (n, errors) = StatusWriter::new(client).write(&snap, &conditions).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(n, 2);
+    let reqs = requests.lock().unwrap().clone();
+    let body_of = |what: &str| {
+        reqs.iter()
+            .find(|r| r.1.contains(what))
+            .map(|r| r.3.clone())
+            .unwrap_or_else(|| panic!("{what} not written: {reqs:?}"))
+    };
+    let crd = |file: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+            .unwrap()
+    };
+
+    // The route: ours, then one entry per cluster.
+    let route = body_of("httproutes/canary");
+    let parents = route["status"]["parents"].as_array().unwrap();
+    let by: Vec<(&str, Vec<(&str, &str)>)> = parents
+        .iter()
+        .map(|p| {
+            let c = p["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap()))
+                .collect();
+            (p["controllerName"].as_str().unwrap(), c)
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            (
+                "isthmus.dev/cluster/eu-central",
+                vec![("Accepted", "False"), ("ResolvedRefs", "True")]
+            ),
+            (
+                "isthmus.dev/cluster/us-east",
+                vec![("Accepted", "True"), ("ResolvedRefs", "False")]
+            ),
+            (
+                "isthmus.dev/mesh",
+                vec![("Accepted", "True"), ("ResolvedRefs", "True")]
+            ),
+        ]
+    );
+    let schema = isthmus_testkit::crd_schema::schema(
+        &crd("../crds/third-party/gateway-api-v1.6.1/httproutes.yaml"),
+        "v1",
+    );
+    let object = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "canary", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}]},
+        "status": route["status"],
+    });
+    let p = isthmus_testkit::crd_schema::problems(&schema, &object);
+    assert!(p.is_empty(), "{p:?}\n{object:#}");
+
+    // Our policy: per-cluster condition types beside its own.
+    let policy = body_of("authorizationpolicies/deny-batch");
+    let types: Vec<&str> = policy["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Accepted", "us-east.clusters.isthmus.dev/Accepted"]);
+    let schema = isthmus_testkit::crd_schema::schema(
+        &crd("../crds/authorizationpolicies.isthmus.dev.yaml"),
+        "v1alpha1",
+    );
+    // (The generated schema leaves apiVersion, kind and metadata to the
+    // API server.)
+    let object = json!({"spec": {"action": "DENY"}, "status": policy["status"]});
+    let p = isthmus_testkit::crd_schema::problems(&schema, &object);
+    assert!(p.is_empty(), "{p:?}\n{object:#}");
+    server.abort();
 }

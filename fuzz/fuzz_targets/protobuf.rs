@@ -1,7 +1,8 @@
 //! What a proxy and a control plane decode from the wire: discovery
 //! responses and their resources (then merged, validated and compiled as
 //! a proxy would), proxy configs, the discovery requests a control plane
-//! reads, the sync messages of a linked control plane, the peer liveness
+//! reads, the sync messages of a linked control plane (the policies it
+//! shares read and translated as ours are), the peer liveness
 //! stream a sidecar reads from its gateway (in any read sizes: the same
 //! messages come out) and the gRPC health answers of an app. Never a
 //! panic: bad bytes are a named error.
@@ -63,7 +64,29 @@ fuzz_target!(|data: &[u8]| {
             let _ = isthmus_api::grpc_health::v1::HealthCheckResponse::decode(bytes);
         }
         _ => {
-            let _ = sync::SyncResponse::decode(bytes);
+            // A linked cluster's exports, with the policies it shares: read
+            // as our own resources are, applied over an empty cluster, and
+            // translated.
+            let Ok(sync::SyncResponse {
+                kind: Some(sync::sync_response::Kind::Exports(e)),
+            }) = sync::SyncResponse::decode(bytes)
+            else {
+                return;
+            };
+            let mut peer = isthmus_federation::sync::peers::Peer {
+                cluster: "fuzz".into(),
+                ..Default::default()
+            };
+            if peer.apply(&e, std::time::SystemTime::UNIX_EPOCH).is_err() {
+                return;
+            }
+            let local = isthmus_federation::store::Snapshot::default();
+            let (overlaid, _) =
+                isthmus_federation::translate::received::overlay(&local, &peer.received());
+            if let Some(snap) = overlaid {
+                let inputs = isthmus_federation::translate::Inputs::new(&snap);
+                let _ = isthmus_federation::translate::translate(&inputs).filled();
+            }
         }
     }
 });

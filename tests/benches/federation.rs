@@ -304,13 +304,24 @@ async fn shared_policy(rounds: usize) {
         // Baseline: eu-central's own route (not shared).
         let t0 = Instant::now();
         central.write("own.yaml", &route("own", "ratings", "reviews", w, false));
-        local.push(until(&store_c, |s| route_weight(s, "ratings.shop", "own") == Some(w)).await - t0);
+        local.push(
+            until(&store_c, |s| {
+                route_weight(s, "ratings.shop", "own") == Some(w)
+            })
+            .await
+                - t0,
+        );
         // eu-west's shared route, in both other clusters' sidecars.
         let t0 = Instant::now();
-        west.write("shared.yaml", &route("canary", "reviews", "ratings", w, true));
+        west.write(
+            "shared.yaml",
+            &route("canary", "reviews", "ratings", w, true),
+        );
         let (a, b) = tokio::join!(
-            until(&store_c, |s| route_weight(s, "reviews.shop", "canary") == Some(w)),
-            until(&store_e, |s| route_weight(s, "reviews.shop", "canary") == Some(w)),
+            until(&store_c, |s| route_weight(s, "reviews.shop", "canary")
+                == Some(w)),
+            until(&store_e, |s| route_weight(s, "reviews.shop", "canary")
+                == Some(w)),
         );
         to_central.push(a - t0);
         to_east.push(b - t0);
@@ -402,7 +413,10 @@ async fn policy_deltas(c: &Cluster, store: &Store, links: usize, rounds: usize) 
         let t0 = Instant::now();
         cp.peers
             .update(&name(k), |p| {
-                p.apply(&shared_by(&name(k), k, version, false, w), SystemTime::now())
+                p.apply(
+                    &shared_by(&name(k), k, version, false, w),
+                    SystemTime::now(),
+                )
             })
             .expect("a delta in order applies");
         out.push(until(store, |s| route_weight(s, &svc, "route-") == Some(w)).await - t0);

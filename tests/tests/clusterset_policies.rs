@@ -261,6 +261,17 @@ async fn a_policy_written_once_applies_in_every_cluster() {
             ),
         ]
     );
+    // What `isthmusctl status` shows on each side (/policies).
+    let view = |c: &Cluster| {
+        let cp = c.cp.as_ref().unwrap();
+        let p = cp.published.borrow().clone();
+        isthmus_federation::server::policies(&p, &cp.reports)
+    };
+    let shared = &view(&west).shared["HTTPRoute shop/reviews-canary"];
+    assert_eq!(shared["us-east"].reason, "BackendNotFound", "{shared:?}");
+    assert_eq!(shared["eu-central"].state, "Accepted", "{shared:?}");
+    let received = &view(&central).received["HTTPRoute shop/reviews-canary"];
+    assert_eq!(received["eu-west"].state, "Accepted", "{received:?}");
     // Received policies are not eu-central's problems.
     let problems = central
         .cp

@@ -1,6 +1,8 @@
 //! The admin port: /healthz, /readyz, /config_dump (objects, store
-//! errors, problems, conditions, proxies, links), /proxy_config?namespace=
-//! and /links (each ClusterLink's status, as `isthmusctl status` shows).
+//! errors, problems, conditions, proxies, links, policies), /proxy_config?
+//! namespace=, /links (each ClusterLink's status, as `isthmusctl status`
+//! shows) and /policies (shared with the cluster set and received, with
+//! each cluster's verdict).
 
 use super::*;
 
@@ -102,27 +104,17 @@ pub fn all_conditions(
     conditions
 }
 
-/// The policies linked clusters share with us, as applied here:
-/// `<Kind> <ns>/<name>` → the origin, its state and what was found.
-fn received(p: &Published) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    for (cluster, results) in &p.received.results {
-        for r in results.values() {
-            let state = isthmus_api::federation::v1::PolicyState::try_from(r.state)
-                .map_or("Unknown", |s| s.as_str_name());
-            out.insert(
-                format!("{} {}/{} from {cluster}", r.kind, r.namespace, r.name),
-                serde_json::json!({
-                    "cluster": cluster,
-                    "state": state.trim_start_matches("POLICY_STATE_"),
-                    "reason": r.reason,
-                    "message": r.message,
-                    "generation": r.generation,
-                }),
-            );
-        }
-    }
-    serde_json::Value::Object(out)
+/// What this control plane shares with the cluster set and what it
+/// received, with every cluster's verdict (`/policies`).
+pub fn policies(
+    p: &Published,
+    reports: &crate::sync::policies::Reports,
+) -> crate::sync::policies::View {
+    crate::sync::policies::view(
+        &crate::sync::policies::shared(&p.store.snapshot),
+        &reports.all(),
+        &p.received.results,
+    )
 }
 
 fn admin(
@@ -147,6 +139,12 @@ fn admin(
             StatusCode::OK,
             "application/json",
             serde_json::to_string_pretty(&link_statuses(p, peers)).unwrap_or_default() + "\n",
+        ),
+        // Policies shared with the cluster set and received from it.
+        "/policies" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&policies(p, reports)).unwrap_or_default() + "\n",
         ),
         "/config_dump" => {
             let mut kinds = std::collections::BTreeMap::<&str, usize>::new();
@@ -181,7 +179,7 @@ fn admin(
                 })).collect::<Vec<_>>(),
                 "conditions": conditions,
                 "links": link_statuses(p, peers),
-                "received": received(p),
+                "policies": policies(p, reports),
                 "proxies": proxies,
                 "endpoints": p.offer.endpoints(),
                 "services": p.catalog.services.keys()
@@ -197,7 +195,7 @@ fn admin(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /links, /proxy_config?namespace=NS, /healthz, /readyz\n"
+            "not found: try /config_dump, /links, /policies, /proxy_config?namespace=NS, /healthz, /readyz\n"
                 .to_string(),
         ),
     };

@@ -35,7 +35,7 @@ mod admin;
 pub mod resolver;
 mod translate_loop;
 
-pub use admin::{all_conditions, link_statuses};
+pub use admin::{all_conditions, link_statuses, policies};
 
 #[derive(Debug, Clone)]
 pub struct Options {

@@ -306,6 +306,77 @@ pub fn conditions(
     out
 }
 
+/// One cluster's verdict on one policy, as `/policies` serves it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Verdict {
+    /// Accepted, Overridden, Conflicted, Refused (or Pending: not heard yet).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl From<&wire::PolicyResult> for Verdict {
+    fn from(r: &wire::PolicyResult) -> Self {
+        let state = wire::PolicyState::try_from(r.state).map_or("Unknown", |s| match s {
+            wire::PolicyState::Accepted => "Accepted",
+            wire::PolicyState::Overridden => "Overridden",
+            wire::PolicyState::Conflicted => "Conflicted",
+            wire::PolicyState::Refused => "Refused",
+        });
+        Self {
+            state: state.into(),
+            reason: r.reason.clone(),
+            message: r.message.clone(),
+        }
+    }
+}
+
+/// The policies a control plane shares and receives (`/policies`, what
+/// `isthmusctl status` shows): by `<Kind> <ns>/<name>`, each cluster's
+/// verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct View {
+    /// Ours, shared: by linked cluster, what it made of it.
+    pub shared: BTreeMap<String, BTreeMap<String, Verdict>>,
+    /// Theirs: by origin cluster, what we made of it.
+    pub received: BTreeMap<String, BTreeMap<String, Verdict>>,
+}
+
+/// The view of what we share (`ours`, with `reports` from the clusters)
+/// and what we received (`received`, by origin then wire key).
+pub fn view(
+    ours: &PolicyMap,
+    reports: &BTreeMap<String, Vec<wire::PolicyResult>>,
+    received: &BTreeMap<String, BTreeMap<String, wire::PolicyResult>>,
+) -> View {
+    let label = |kind: &str, ns: &str, name: &str| format!("{kind} {ns}/{name}");
+    let mut out = View::default();
+    for s in ours.values() {
+        let p = &s.policy;
+        out.shared
+            .entry(label(&p.kind, &p.namespace, &p.name))
+            .or_default();
+    }
+    for (cluster, results) in reports {
+        for r in results {
+            if let Some(v) = out.shared.get_mut(&label(&r.kind, &r.namespace, &r.name)) {
+                v.insert(cluster.clone(), r.into());
+            }
+        }
+    }
+    for (cluster, results) in received {
+        for r in results.values() {
+            out.received
+                .entry(label(&r.kind, &r.namespace, &r.name))
+                .or_default()
+                .insert(cluster.clone(), r.into());
+        }
+    }
+    out
+}
+
 /// What each linked cluster said it made of the policies we share with
 /// it (its `PolicyStatus`, the last one each sent), shared between the
 /// sync server, the status writers and the admin port.
