@@ -52,8 +52,20 @@ pub fn follow_exports(
     stop: CancellationToken,
     tasks: &TaskTracker,
 ) -> watch::Receiver<Arc<Exported>> {
-    let compute = |p: &Published| {
+    // The shared policies change only with the store: kept while the
+    // snapshot is the same (a registration or an import makes a new
+    // generation, not a new snapshot).
+    let mut policies: Option<(Arc<crate::store::Snapshot>, super::policies::PolicyMap)> = None;
+    let mut compute = move |p: &Published| {
         let snap = &p.store.snapshot;
+        let shared = match &policies {
+            Some((at, map)) if Arc::ptr_eq(at, snap) => map.clone(),
+            _ => {
+                let map = super::policies::shared(snap);
+                policies = Some((snap.clone(), map.clone()));
+                map
+            }
+        };
         Arc::new(Exported {
             cluster: crate::identity::mesh_cluster_name(snap).unwrap_or_default(),
             trust_domain: crate::identity::mesh_trust_domain(snap).unwrap_or_default(),
@@ -64,7 +76,7 @@ pub fn follow_exports(
                 .map(|t| t.roots_pem.as_str())
                 .collect::<Vec<_>>()
                 .concat(),
-            policies: super::policies::shared(snap),
+            policies: shared,
             warm: p.warm,
         })
     };
