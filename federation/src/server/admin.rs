@@ -98,7 +98,8 @@ pub fn all_conditions(
     {
         conditions.entry(k).or_default().push(c);
     }
-    for (k, mut c) in crate::sync::policies::conditions(&p.store.snapshot, &reports.all(), &now) {
+    let told = reports.linked(&p.store.snapshot);
+    for (k, mut c) in crate::sync::policies::conditions(&p.store.snapshot, &told, &now) {
         conditions.entry(k).or_default().append(&mut c);
     }
     conditions
@@ -112,7 +113,7 @@ pub fn policies(
 ) -> crate::sync::policies::View {
     crate::sync::policies::view(
         &crate::sync::policies::shared(&p.store.snapshot),
-        &reports.all(),
+        &reports.linked(&p.store.snapshot),
         &p.received.results,
     )
 }

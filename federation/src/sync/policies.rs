@@ -407,9 +407,22 @@ impl Reports {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Every cluster's last report.
-    pub fn all(&self) -> BTreeMap<String, Vec<wire::PolicyResult>> {
-        self.by_cluster.lock().clone()
+    /// The last reports of the clusters `snap` still has a ClusterLink to
+    /// (a deleted link's verdicts leave the objects with it).
+    pub fn linked(&self, snap: &Snapshot) -> BTreeMap<String, Vec<wire::PolicyResult>> {
+        let peers: BTreeSet<&str> = snap
+            .of_kind("ClusterLink")
+            .filter_map(|(_, r)| match r {
+                Resource::ClusterLink(l) => Some(l.spec.peer.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.by_cluster
+            .lock()
+            .iter()
+            .filter(|(c, _)| peers.contains(c.as_str()))
+            .map(|(c, r)| (c.clone(), r.clone()))
+            .collect()
     }
 
     /// What the clusters said of one of our policies, by cluster.
@@ -657,6 +670,28 @@ spec:
         );
         assert_eq!(cluster_condition("Accepted"), None);
         assert_eq!(cluster_condition("example.com/Accepted"), None);
+    }
+
+    #[test]
+    fn reports_count_while_their_cluster_is_linked() {
+        let reports = Reports::default();
+        let mut changed = reports.watch();
+        reports.set("eu-central", vec![wire::PolicyResult::default()]);
+        reports.set("gone", vec![wire::PolicyResult::default()]);
+        assert!(changed.has_changed().unwrap());
+        changed.borrow_and_update();
+        reports.set("gone", vec![wire::PolicyResult::default()]);
+        assert!(
+            !changed.has_changed().unwrap(),
+            "the same report again: no change"
+        );
+        let links = snap(
+            "apiVersion: isthmus.dev/v1alpha1\nkind: ClusterLink\nmetadata: {name: eu-central}\n\
+             spec: {peer: eu-central, region: eu-central, gateway: {quic: \"127.0.0.1:15443\"}, \
+             trustDomain: eu-central.isthmus.local, trustBundle: \"\", credentialsSecretRef: {name: l}}\n",
+        );
+        let linked: Vec<String> = reports.linked(&links).into_keys().collect();
+        assert_eq!(linked, ["eu-central"]);
     }
 
     #[test]
