@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use isthmus_ctl::link::{Options, create};
 use isthmus_federation::resources::link::{PartitionMode, PartitionPolicy};
@@ -32,8 +33,20 @@ enum Command {
     /// Three local clusters (eu-west, eu-central, us-east) as real
     /// processes, linked, with the sample mesh, traffic and a live table.
     Demo(demo::Args),
+    /// Every proxy of a control plane (its cluster): the generation it
+    /// holds, and whether it is in sync, stale or refused a resource (with
+    /// the proxy's message), as `istioctl proxy-status`.
+    ProxyStatus {
+        /// The control plane's admin address (its --admin).
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        admin: SocketAddr,
+        /// Print the statuses as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A control plane's links: connected, transport, RTT, last sync,
-    /// imported services, and why a link is not connected.
+    /// imported services, and why a link is not connected; the policies it
+    /// shares with the cluster set and receives, each cluster's verdict.
     Status {
         /// The control plane's admin address (its --admin).
         #[arg(long, default_value = "127.0.0.1:15020")]
@@ -170,6 +183,21 @@ enum LinkCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::ProxyStatus { admin, json } => {
+            let within = std::time::Duration::from_secs(5);
+            let body = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(status::admin_get(admin, "/proxies", within))?;
+            if json {
+                print!("{body}");
+            } else {
+                let v: status::Proxies =
+                    serde_json::from_str(&body).context("/proxies is not the proxies' status")?;
+                print!("{}", status::render_proxies(&v));
+            }
+            Ok(())
+        }
         Command::Status { admin, json } => {
             let within = std::time::Duration::from_secs(5);
             let (links, policies) = tokio::runtime::Builder::new_current_thread()

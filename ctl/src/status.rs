@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use isthmus_federation::discovery::subscribers::ProxyStatus;
 use isthmus_federation::resources::link::ClusterLinkStatus;
 use isthmus_federation::sync::policies::{Verdict, View};
 
@@ -137,6 +138,41 @@ pub fn render_policies(v: &View) -> String {
     out
 }
 
+/// What `/proxies` serves.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Proxies {
+    pub generation: u64,
+    pub proxies: Vec<ProxyStatus>,
+}
+
+/// `isthmusctl proxy-status` (pure): one line per proxy, then why.
+pub fn render_proxies(v: &Proxies) -> String {
+    if v.proxies.is_empty() {
+        return format!("no proxy is connected (generation {})\n", v.generation);
+    }
+    let mut out = format!(
+        "{:<32} {:<12} {:<8} {:>10} {:>9}\n",
+        "PROXY", "CLUSTER", "STATE", "GENERATION", "ACK/NACK"
+    );
+    for p in &v.proxies {
+        let generation = p
+            .synced_generation
+            .map_or("-".to_string(), |g| g.to_string());
+        out.push_str(&format!(
+            "{:<32} {:<12} {:<8} {:>10} {:>9}\n",
+            p.proxy,
+            p.cluster,
+            p.state,
+            format!("{generation}/{}", v.generation),
+            format!("{}/{}", p.acks, p.nacks),
+        ));
+        for why in &p.why {
+            out.push_str(&format!("{:<32} {why}\n", ""));
+        }
+    }
+    out
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -253,5 +289,58 @@ mod tests {
             "{t}"
         );
         assert!(render_policies(&View::default()).is_empty());
+    }
+
+    #[test]
+    fn proxies_with_their_state_generation_and_why() {
+        let p = |proxy: &str, state: &str, g: Option<u64>, nacks: u64, why: &[&str]| ProxyStatus {
+            proxy: proxy.into(),
+            cluster: "eu-west".into(),
+            state: state.into(),
+            synced_generation: g,
+            acks: 5,
+            nacks,
+            why: why.iter().map(|w| w.to_string()).collect(),
+        };
+        let v = Proxies {
+            generation: 9,
+            proxies: vec![
+                p(
+                    "shop/frontend-0",
+                    "Refused",
+                    Some(8),
+                    1,
+                    &["service/catalog.shop v9: port 80 is gone"],
+                ),
+                p("shop/catalog-0", "Synced", Some(9), 0, &[]),
+            ],
+        };
+        let t = render_proxies(&v);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("PROXY"), "{t}");
+        assert!(
+            lines[1].starts_with("shop/frontend-0")
+                && lines[1].contains("Refused")
+                && lines[1].contains("8/9")
+                && lines[1].contains("5/1"),
+            "{t}"
+        );
+        assert!(
+            lines[2]
+                .trim_start()
+                .starts_with("service/catalog.shop v9: port 80 is gone"),
+            "{t}"
+        );
+        assert!(
+            lines[3].contains("Synced") && lines[3].contains("9/9"),
+            "{t}"
+        );
+        assert!(
+            render_proxies(&Proxies {
+                generation: 1,
+                proxies: vec![]
+            })
+            .contains("no proxy")
+        );
     }
 }

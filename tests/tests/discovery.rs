@@ -315,6 +315,34 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
         refused["message"].as_str().unwrap().contains("port 80"),
         "the proxy's reason travels: {refused}"
     );
+    // As an operator sees it: `isthmusctl proxy-status` names A refused,
+    // with its message, and B in sync.
+    let table = eventually("proxy-status shows A refused and B in sync", || async {
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(isthmus_testkit::workspace_bin("isthmusctl"))
+                .args(["proxy-status", "--admin", &cp_admin.to_string()])
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        let refused = lines
+            .iter()
+            .position(|l| l.starts_with("shop/frontend ") && l.contains(" Refused "))?;
+        let why = lines.get(refused + 1)?;
+        let synced = lines
+            .iter()
+            .any(|l| l.starts_with("shop/catalog-v1-0 ") && l.contains(" Synced "));
+        (out.status.success()
+            && why.contains("service/catalog.shop")
+            && why.contains("port 80")
+            && synced)
+            .then_some(text)
+    })
+    .await;
+    eprintln!("{table}");
     let condition = &d["conditions"]["Service shop/catalog"][0];
     assert_eq!(condition["type"], "Programmed", "{d}");
     assert_eq!(condition["status"], "False");

@@ -1,4 +1,6 @@
-//! The live discovery streams, for /config_dump and for waiting on ACKs,
+//! The live discovery streams, for /config_dump, /proxies (each proxy
+//! synced, stale or refused: `isthmusctl proxy-status`) and for waiting
+//! on ACKs,
 //! and the conditions their refusals put on resources: a NACK of
 //! `service/<name>.<ns>` marks the Service and every route and policy that
 //! shapes it `Programmed=False` (reason `RejectedByProxy`) with the proxy's
@@ -138,6 +140,63 @@ impl Subscribers {
     }
 }
 
+/// Where one proxy stands against the control plane's current
+/// generation (`/proxies`, what `isthmusctl proxy-status` shows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyStatus {
+    pub proxy: String,
+    pub cluster: String,
+    /// `Synced`: up to date with the current generation; `Stale`: behind
+    /// (an answer awaited, or never synced); `Refused`: it NACKed a
+    /// resource and keeps its last good one.
+    pub state: String,
+    pub synced_generation: Option<u64>,
+    pub acks: u64,
+    pub nacks: u64,
+    /// Why, when not Synced: the refusals (`<resource> <version>:
+    /// <message>`) or what it is behind on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub why: Vec<String>,
+}
+
+/// The proxies as of `generation` (pure), by proxy name.
+pub fn proxy_status(generation: u64, streams: &[(u64, Subscriber)]) -> Vec<ProxyStatus> {
+    let mut out: Vec<ProxyStatus> = streams
+        .iter()
+        .map(|(_, s)| {
+            let (state, why) = if !s.refused.is_empty() {
+                let why = s
+                    .refused
+                    .iter()
+                    .map(|(name, r)| format!("{name} {}: {}", r.version, r.message))
+                    .collect();
+                ("Refused", why)
+            } else if s.synced_generation == Some(generation) && s.in_flight.is_none() {
+                ("Synced", Vec::new())
+            } else {
+                let why = match (&s.in_flight, s.synced_generation) {
+                    (Some((_, g)), _) => format!("awaiting its answer to generation {g}"),
+                    (None, Some(g)) => format!("at generation {g} of {generation}"),
+                    (None, None) => "never synced".to_string(),
+                };
+                ("Stale", vec![why])
+            };
+            ProxyStatus {
+                proxy: s.proxy.clone(),
+                cluster: s.cluster.clone(),
+                state: state.into(),
+                synced_generation: s.synced_generation,
+                acks: s.acks,
+                nacks: s.nacks,
+                why,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.proxy.cmp(&b.proxy));
+    out
+}
+
 /// `Programmed=False` conditions for the objects behind refused resources.
 pub fn programmed_conditions(
     snap: &Snapshot,
@@ -220,4 +279,72 @@ fn shaping(snap: &Snapshot, svc: &str, ns: &str) -> Vec<(&'static str, ObjectKey
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(proxy: &str, synced: Option<u64>, in_flight: Option<u64>) -> (u64, Subscriber) {
+        (
+            0,
+            Subscriber {
+                proxy: proxy.into(),
+                cluster: "eu-west".into(),
+                peer: None,
+                connected_at: 0,
+                synced_generation: synced,
+                in_flight: in_flight.map(|g| ("n".to_string(), g)),
+                resources: 3,
+                acks: 4,
+                nacks: 0,
+                refused: BTreeMap::new(),
+            },
+        )
+    }
+
+    #[test]
+    fn each_proxy_is_synced_stale_or_refused_and_says_why() {
+        let mut nacked = stream("shop/a", Some(6), None);
+        nacked.1.nacks = 1;
+        nacked.1.refused.insert(
+            "service/catalog.shop".into(),
+            RefusalView {
+                version: "v7".into(),
+                message: "port 80 is gone".into(),
+            },
+        );
+        let all = [
+            stream("shop/d", Some(7), None),
+            stream("shop/c", Some(6), None),
+            stream("shop/b", Some(6), Some(7)),
+            nacked,
+            stream("shop/e", None, None),
+        ];
+        let seen: Vec<(String, String, Vec<String>)> = proxy_status(7, &all)
+            .into_iter()
+            .map(|p| (p.proxy, p.state, p.why))
+            .collect();
+        let row = |p: &str, s: &str, why: &[&str]| {
+            (
+                p.to_string(),
+                s.to_string(),
+                why.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            seen,
+            [
+                row(
+                    "shop/a",
+                    "Refused",
+                    &["service/catalog.shop v7: port 80 is gone"]
+                ),
+                row("shop/b", "Stale", &["awaiting its answer to generation 7"]),
+                row("shop/c", "Stale", &["at generation 6 of 7"]),
+                row("shop/d", "Synced", &[]),
+                row("shop/e", "Stale", &["never synced"]),
+            ]
+        );
+    }
 }

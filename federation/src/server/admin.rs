@@ -1,8 +1,8 @@
 //! The admin port: /healthz, /readyz, /config_dump (objects, store
 //! errors, problems, conditions, proxies, links, policies), /proxy_config?
 //! namespace=, /links (each ClusterLink's status, as `isthmusctl status`
-//! shows) and /policies (shared with the cluster set and received, with
-//! each cluster's verdict).
+//! shows), /policies (shared with the cluster set and received, with
+//! each cluster's verdict) and /proxies (`isthmusctl proxy-status`).
 
 use super::*;
 
@@ -141,6 +141,17 @@ fn admin(
             "application/json",
             serde_json::to_string_pretty(&link_statuses(p, peers)).unwrap_or_default() + "\n",
         ),
+        // Every proxy: synced, stale or refused (`isthmusctl proxy-status`).
+        "/proxies" => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "generation": p.generation,
+                "proxies": discovery::subscribers::proxy_status(p.generation, &subscribers.list()),
+            }))
+            .unwrap_or_default()
+                + "\n",
+        ),
         // Policies shared with the cluster set and received from it.
         "/policies" => (
             StatusCode::OK,
@@ -196,7 +207,7 @@ fn admin(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /links, /policies, /proxy_config?namespace=NS, /healthz, /readyz\n"
+            "not found: try /config_dump, /links, /policies, /proxies, /proxy_config?namespace=NS, /healthz, /readyz\n"
                 .to_string(),
         ),
     };
