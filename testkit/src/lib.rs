@@ -16,6 +16,7 @@ pub mod crd_schema;
 pub mod jwt;
 pub mod kube_api;
 pub mod pki;
+pub mod prometheus;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

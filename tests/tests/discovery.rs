@@ -343,6 +343,72 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
     })
     .await;
     eprintln!("{table}");
+    // The control plane's /metrics, read by Prometheus' own parser: the
+    // pushes, the NACK among the answers, the proxies by state, the build.
+    let (status, text) = http(cp_admin, "cp", "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    if let Some(m) = isthmus_testkit::prometheus::parse(&text) {
+        let value = |family: &str, sample: &str, label: Option<(&str, &str)>| -> f64 {
+            let f = m
+                .get(family)
+                .unwrap_or_else(|| panic!("{family} missing:\n{text}"));
+            f.samples
+                .iter()
+                .filter(|(n, l, _)| {
+                    n == sample
+                        && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v))
+                })
+                .map(|(_, _, v)| *v)
+                .sum()
+        };
+        assert_eq!(m["isthmus_control_plane_pushes"].kind, "counter");
+        assert!(
+            value(
+                "isthmus_control_plane_pushes",
+                "isthmus_control_plane_pushes_total",
+                None
+            ) >= 3.0
+        );
+        assert!(
+            value(
+                "isthmus_control_plane_answers",
+                "isthmus_control_plane_answers_total",
+                Some(("result", "nack"))
+            ) >= 1.0
+        );
+        assert!(
+            value(
+                "isthmus_control_plane_answers",
+                "isthmus_control_plane_answers_total",
+                Some(("result", "ack"))
+            ) >= 2.0
+        );
+        assert_eq!(m["isthmus_control_plane_push_seconds"].kind, "histogram");
+        assert!(
+            value(
+                "isthmus_control_plane_push_seconds",
+                "isthmus_control_plane_push_seconds_count",
+                None
+            ) >= 3.0
+        );
+        assert_eq!(
+            value(
+                "isthmus_control_plane_proxies",
+                "isthmus_control_plane_proxies",
+                Some(("state", "refused"))
+            ),
+            1.0
+        );
+        assert_eq!(m["isthmus_build_info"].kind, "gauge");
+        assert_eq!(
+            value(
+                "isthmus_build_info",
+                "isthmus_build_info",
+                Some(("component", "control-plane"))
+            ),
+            1.0
+        );
+    }
     let condition = &d["conditions"]["Service shop/catalog"][0];
     assert_eq!(condition["type"], "Programmed", "{d}");
     assert_eq!(condition["status"], "False");
@@ -403,6 +469,26 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
     .await;
     for _ in 0..20 {
         assert_eq!(version_via(outbound).await.as_deref(), Some("v2"));
+    }
+    // The sidecar's /metrics, read by the same parser: its requests are a
+    // counter with the labels dashboards group by.
+    let (_, text) = http(a_metrics, "a", "/metrics").await.expect("metrics");
+    if let Some(m) = isthmus_testkit::prometheus::parse(&text) {
+        let requests = &m["isthmus_requests"];
+        assert_eq!(requests.kind, "counter", "{text}");
+        let (name, labels, n) = requests
+            .samples
+            .iter()
+            .find(|(_, l, _)| {
+                l.get("destination_service").map(String::as_str) == Some("catalog.shop")
+            })
+            .unwrap_or_else(|| panic!("no catalog.shop requests:\n{text}"));
+        assert_eq!(name, "isthmus_requests_total");
+        assert!(
+            *n >= 20.0 && labels.contains_key("response_code"),
+            "{labels:?} {n}"
+        );
+        assert_eq!(m["isthmus_request_duration_seconds"].kind, "histogram");
     }
     assert_eq!(http(a_admin, "a", "/readyz").await.unwrap().0, 200);
 

@@ -44,6 +44,7 @@ struct Inner {
     replica: String,
     tasks: TaskTracker,
     stop: CancellationToken,
+    metrics: Arc<crate::server::metrics::Metrics>,
 }
 
 impl DiscoveryService {
@@ -63,8 +64,17 @@ impl DiscoveryService {
                 replica,
                 tasks,
                 stop,
+                metrics: Default::default(),
             }),
         }
+    }
+
+    /// Pushes and answers are counted in `metrics` (before it serves).
+    pub fn with_metrics(mut self, metrics: Arc<crate::server::metrics::Metrics>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = metrics;
+        }
+        self
     }
 }
 
@@ -310,6 +320,8 @@ async fn run(
     // recomputation (half the work of a push).
     let mut computed_for = 0u64;
     let mut again = true;
+    // When the response awaiting its answer was sent.
+    let mut sent_at: Option<std::time::Instant> = None;
     loop {
         let response = {
             let p = published.borrow_and_update().clone();
@@ -329,6 +341,8 @@ async fn run(
             if tx.send(Ok(r)).await.is_err() {
                 break;
             }
+            inner.metrics.pushes.inc();
+            sent_at = Some(std::time::Instant::now());
         }
         inner.subscribers.update(id, |s| {
             s.synced_generation = state.synced();
@@ -363,7 +377,22 @@ async fn run(
                     if req.response_nonce.is_empty() && req.error.is_none() {
                         continue; // health alone
                     }
-                    match state.answer(&req.response_nonce, req.error.as_ref()) {
+                    let answer = state.answer(&req.response_nonce, req.error.as_ref());
+                    let result = match &answer {
+                        Answer::Acked { .. } => Some("ack"),
+                        Answer::Nacked { .. } => Some("nack"),
+                        Answer::Stale => None,
+                    };
+                    if let Some(result) = result {
+                        let m = &inner.metrics;
+                        m.answers
+                            .get_or_create(&crate::server::metrics::ResultLabels { result: result.into() })
+                            .inc();
+                        if let Some(at) = sent_at.take() {
+                            m.push_seconds.observe(at.elapsed().as_secs_f64());
+                        }
+                    }
+                    match answer {
                         Answer::Acked { .. } => counts.0 += 1,
                         Answer::Nacked { generation, refused } => {
                             counts.1 += 1;

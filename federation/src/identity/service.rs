@@ -101,6 +101,8 @@ pub struct CaService {
     ca: Arc<Ca>,
     auth: Arc<Authenticator>,
     default_ttl: Duration,
+    /// Counts the certificates signed (the control plane's /metrics).
+    issued: prometheus_client::metrics::counter::Counter,
 }
 
 impl CaService {
@@ -109,7 +111,14 @@ impl CaService {
             ca,
             auth: Arc::new(auth),
             default_ttl,
+            issued: Default::default(),
         }
+    }
+
+    /// Counts the certificates it signs in `issued`.
+    pub fn with_issued(mut self, issued: prometheus_client::metrics::counter::Counter) -> Self {
+        self.issued = issued;
+        self
     }
 }
 
@@ -153,6 +162,7 @@ impl CaService {
             }
             other => Status::internal(other.to_string()),
         })?;
+        self.issued.inc();
         tracing::info!(identity = %id, ?ttl, "certificate issued");
         Ok(Response::new(SignResponse {
             spiffe_id: id.to_string(),

@@ -2,7 +2,8 @@
 //! errors, problems, conditions, proxies, links, policies), /proxy_config?
 //! namespace=, /links (each ClusterLink's status, as `isthmusctl status`
 //! shows), /policies (shared with the cluster set and received, with
-//! each cluster's verdict) and /proxies (`isthmusctl proxy-status`).
+//! each cluster's verdict), /proxies (`isthmusctl proxy-status`) and
+//! /metrics (Prometheus text, `server::metrics`).
 
 use super::*;
 
@@ -13,6 +14,7 @@ impl ControlPlane {
         let subscribers = self.subscribers.clone();
         let peers = self.peers.clone();
         let reports = self.reports.clone();
+        let metrics = self.metrics.clone();
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
         self.tasks.spawn(async move {
@@ -26,11 +28,12 @@ impl ControlPlane {
                 };
                 let published = published.clone();
                 let subscribers = subscribers.clone();
-                let (peers, reports) = (peers.clone(), reports.clone());
+                let (peers, reports, metrics) = (peers.clone(), reports.clone(), metrics.clone());
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let r = admin(&req, &published.borrow(), &subscribers, &peers, &reports);
+                        let p = published.borrow().clone();
+                        let r = admin(&req, &p, &subscribers, &peers, &reports, &metrics);
                         async move { Ok::<_, Infallible>(r) }
                     });
                     let builder =
@@ -124,6 +127,7 @@ fn admin(
     subscribers: &Subscribers,
     peers: &crate::sync::peers::Peers,
     reports: &crate::sync::policies::Reports,
+    metrics: &super::metrics::Metrics,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
@@ -140,6 +144,12 @@ fn admin(
             StatusCode::OK,
             "application/json",
             serde_json::to_string_pretty(&link_statuses(p, peers)).unwrap_or_default() + "\n",
+        ),
+        // Prometheus text: pushes, answers, proxies, links, CA, build.
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(p, subscribers, peers),
         ),
         // Every proxy: synced, stale or refused (`isthmusctl proxy-status`).
         "/proxies" => (
@@ -207,7 +217,7 @@ fn admin(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /links, /policies, /proxies, /proxy_config?namespace=NS, /healthz, /readyz\n"
+            "not found: try /config_dump, /links, /policies, /proxies, /metrics, /proxy_config?namespace=NS, /healthz, /readyz\n"
                 .to_string(),
         ),
     };

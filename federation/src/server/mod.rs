@@ -32,6 +32,7 @@ use crate::store::registry;
 use crate::translate::services::Catalog;
 
 mod admin;
+pub mod metrics;
 pub mod resolver;
 mod translate_loop;
 
@@ -138,6 +139,8 @@ pub struct ControlPlane {
     pub peers: Arc<crate::sync::peers::Peers>,
     /// What linked clusters say of the policies we share with them.
     pub reports: Arc<crate::sync::policies::Reports>,
+    /// `/metrics` on the admin port.
+    pub metrics: Arc<metrics::Metrics>,
     opts: Options,
 }
 
@@ -314,7 +317,9 @@ impl ControlPlane {
             self.replica.clone(),
             self.tasks.clone(),
             self.stop.clone(),
-        );
+        )
+        .with_metrics(self.metrics.clone());
+        let ca = ca.map(|c| c.with_issued(self.metrics.certificates.clone()));
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
             if let Err(e) = discovery::serve(svc, ca, listener, tls, stop).await {

@@ -123,6 +123,7 @@ impl ControlPlane {
             trust: trust_tx,
             peers,
             reports: Default::default(),
+            metrics: Default::default(),
             opts,
         }
     }
