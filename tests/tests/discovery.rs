@@ -489,6 +489,10 @@ async fn sidecars_follow_the_control_plane_and_survive_its_absence() {
             "{labels:?} {n}"
         );
         assert_eq!(m["isthmus_request_duration_seconds"].kind, "histogram");
+        let build = &m["isthmus_build_info"];
+        assert_eq!(build.kind, "gauge");
+        assert_eq!(build.samples[0].1["component"], "gateway");
+        assert_eq!(build.samples[0].2, 1.0);
     }
     assert_eq!(http(a_admin, "a", "/readyz").await.unwrap().0, 200);
 

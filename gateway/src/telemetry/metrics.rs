@@ -175,7 +175,8 @@ pub struct Metrics {
     pub eastwest_transport: Family<PeerTransportLabels, Gauge>,
     pub eastwest_links: Family<PeerResultLabels, Counter>,
     pub eastwest_fallbacks: Family<PeerLabels, Counter>,
-    pub eastwest_rtt_us: Family<PeerLabels, Gauge>,
+    /// QUIC round-trip time per peer, in seconds (base units).
+    pub eastwest_rtt_seconds: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub eastwest_cwnd_bytes: Family<PeerLabels, Gauge>,
     pub eastwest_lost_packets: Family<PeerLabels, Gauge>,
     pub eastwest_open_streams: Family<PeerLabels, Gauge>,
@@ -305,7 +306,7 @@ impl Metrics {
                 "eastwest_fallbacks",
                 "Links that fell back to HTTP/2 over TLS because QUIC did not get through"
             ),
-            eastwest_rtt_us: reg!("eastwest_rtt_microseconds", "QUIC round-trip time per peer"),
+            eastwest_rtt_seconds: reg!("eastwest_rtt_seconds", "QUIC round-trip time per peer"),
             eastwest_cwnd_bytes: reg!(
                 "eastwest_congestion_window_bytes",
                 "QUIC congestion window per peer"
@@ -331,6 +332,19 @@ impl Metrics {
                 "DNS queries to the sidecar's DNS proxy, by result"
             ),
             control_plane_connected: {
+                #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+                struct BuildLabels {
+                    component: String,
+                    version: String,
+                }
+                let build: Family<BuildLabels, Gauge> = Family::default();
+                build
+                    .get_or_create(&BuildLabels {
+                        component: "gateway".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    })
+                    .set(1);
+                registry.register("build_info", "The build running, always 1", build);
                 let g = Gauge::default();
                 registry.register(
                     "control_plane_connected",

@@ -101,9 +101,9 @@ impl Gateway {
                             peer: p.cfg.cluster.clone(),
                         };
                         let m = &me.metrics;
-                        m.eastwest_rtt_us
+                        m.eastwest_rtt_seconds
                             .get_or_create(&l)
-                            .set(i64::try_from(s.path.rtt.as_micros()).unwrap_or(i64::MAX));
+                            .set(s.path.rtt.as_secs_f64());
                         m.eastwest_cwnd_bytes
                             .get_or_create(&l)
                             .set(i64::try_from(s.path.cwnd).unwrap_or(i64::MAX));
