@@ -39,18 +39,6 @@ metadata: {name: ratings, namespace: shop}
 spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
 "#;
 
-/// eu-central: its catalog, exported.
-const CATALOG: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: catalog, namespace: shop}
-spec: {selector: {app: catalog}, ports: [{name: http, port: 80, targetPort: http}]}
----
-apiVersion: multicluster.x-k8s.io/v1alpha1
-kind: ServiceExport
-metadata: {name: catalog, namespace: shop}
-"#;
-
 /// What eu-west shares: a canary of reviews to us-east's and to the local
 /// ratings, and a DENY of us-east's frontend on the catalog.
 const SHARED: &str = r#"
@@ -143,7 +131,8 @@ async fn a_policy_written_once_applies_in_every_cluster() {
         c.start_gateway().await;
         c.write("reviews.yaml", REVIEWS);
     }
-    central.write("catalog.yaml", CATALOG);
+    // eu-central: its catalog, exported.
+    central.write("catalog.yaml", isthmus_tests::bed::SHOP);
     for c in [&west, &central] {
         c.write("ratings.yaml", RATINGS);
     }

@@ -55,6 +55,8 @@ impl DiscoveryService {
         replica: String,
         tasks: TaskTracker,
         stop: CancellationToken,
+        // Pushes and answers are counted there.
+        metrics: Arc<crate::server::metrics::Metrics>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -64,17 +66,9 @@ impl DiscoveryService {
                 replica,
                 tasks,
                 stop,
-                metrics: Default::default(),
+                metrics,
             }),
         }
-    }
-
-    /// Pushes and answers are counted in `metrics` (before it serves).
-    pub fn with_metrics(mut self, metrics: Arc<crate::server::metrics::Metrics>) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.metrics = metrics;
-        }
-        self
     }
 }
 

@@ -317,8 +317,8 @@ impl ControlPlane {
             self.replica.clone(),
             self.tasks.clone(),
             self.stop.clone(),
-        )
-        .with_metrics(self.metrics.clone());
+            self.metrics.clone(),
+        );
         let ca = ca.map(|c| c.with_issued(self.metrics.certificates.clone()));
         let stop = self.stop.clone();
         self.tasks.spawn(async move {

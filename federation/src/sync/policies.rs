@@ -209,8 +209,11 @@ pub fn read(
     if let Some(e) = errors.first() {
         return Err(ReadError::Invalid(e.message.clone()));
     }
-    let (1, Some(l)) = (loaded.len(), loaded.pop()) else {
-        return Err(ReadError::Invalid("not one object".into()));
+    let count = loaded.len();
+    let (1, Some(l)) = (count, loaded.pop()) else {
+        return Err(ReadError::Invalid(format!(
+            "{count} objects where one was sent: the origin's control plane sent a malformed policy (run the same Isthmus version on both)"
+        )));
     };
     let claimed = wire_key(&p.kind, &p.namespace, &p.name);
     let got = wire_key(
@@ -240,8 +243,9 @@ pub fn cluster_condition(type_: &str) -> Option<(&str, &str)> {
 }
 
 /// Reasons of an accepted policy that concern its references (a backend
-/// missing in that cluster): `ResolvedRefs` False, `Accepted` True.
-const REF_REASONS: &[&str] = &["BackendNotFound", "RefNotPermitted", "InvalidKind"];
+/// missing in that cluster): `ResolvedRefs` False, `Accepted` True, as
+/// translation's own conditions say them.
+use crate::translate::status::REF_REASONS;
 
 /// Per-cluster conditions on the policies of `snap` that `reports` speak
 /// of (what each linked cluster made of them), by kind and key.

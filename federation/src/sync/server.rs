@@ -39,7 +39,7 @@ pub struct Exported {
     /// Our trust bundle now (PEM roots of our trust domain).
     pub trust_bundle: String,
     /// The policies we share with the cluster set (`policies`).
-    pub policies: super::policies::PolicyMap,
+    pub policies: Arc<super::policies::PolicyMap>,
     /// The control plane's warm-up is over: until then subscribers get
     /// nothing and keep what they had (`Options::warm_up`).
     pub warm: bool,
@@ -55,13 +55,13 @@ pub fn follow_exports(
     // The shared policies change only with the store: kept while the
     // snapshot is the same (a registration or an import makes a new
     // generation, not a new snapshot).
-    let mut policies: Option<(Arc<crate::store::Snapshot>, super::policies::PolicyMap)> = None;
+    let mut policies: Option<(Arc<crate::store::Snapshot>, Arc<super::policies::PolicyMap>)> = None;
     let mut compute = move |p: &Published| {
         let snap = &p.store.snapshot;
         let shared = match &policies {
             Some((at, map)) if Arc::ptr_eq(at, snap) => map.clone(),
             _ => {
-                let map = super::policies::shared(snap);
+                let map = Arc::new(super::policies::shared(snap));
                 policies = Some((snap.clone(), map.clone()));
                 map
             }
@@ -539,23 +539,25 @@ mod tests {
             )
         };
         let mut e = Exported {
-            policies: [
-                shared("everywhere", None, 1),
-                shared("us-only", Some(&["us-east"]), 1),
-            ]
-            .into(),
+            policies: Arc::new(
+                [
+                    shared("everywhere", None, 1),
+                    shared("us-only", Some(&["us-east"]), 1),
+                ]
+                .into(),
+            ),
             ..Default::default()
         };
         let (m, sent) = message(&e, "eu-west", 1, true, &Sent::default());
         assert_eq!(policies(&m), (vec!["everywhere".to_string()], vec![]));
-        e.policies = [shared("everywhere", None, 2)].into();
+        e.policies = Arc::new([shared("everywhere", None, 2)].into());
         let (m, sent) = message(&e, "eu-west", 2, false, &sent);
         assert_eq!(
             policies(&m),
             (vec!["everywhere".to_string()], vec![]),
             "changed"
         );
-        e.policies.clear();
+        e.policies = Default::default();
         let (m, _) = message(&e, "eu-west", 3, false, &sent);
         assert_eq!(
             policies(&m),
@@ -565,14 +567,14 @@ mod tests {
         // us-east gets both; a change to what it does not get is no message
         // for eu-west.
         let e = Exported {
-            policies: [shared("us-only", Some(&["us-east"]), 1)].into(),
+            policies: Arc::new([shared("us-only", Some(&["us-east"]), 1)].into()),
             ..Default::default()
         };
         let (m, _) = message(&e, "us-east", 1, true, &Sent::default());
         assert_eq!(policies(&m).0, ["us-only"]);
         let (_, sent) = message(&e, "eu-west", 1, true, &Sent::default());
         let later = Exported {
-            policies: [shared("us-only", Some(&["us-east"]), 2)].into(),
+            policies: Arc::new([shared("us-only", Some(&["us-east"]), 2)].into()),
             ..Default::default()
         };
         assert!(message(&later, "eu-west", 2, false, &sent).0.is_none());

@@ -47,6 +47,32 @@ fn pod_service(name: &str, ports: &[model::ServicePort]) -> model::Service {
     }
 }
 
+/// A service named `name_of(hostname)` for each pod of our Service
+/// `service.namespace`, with that pod's endpoint; their names and
+/// hostnames.
+fn local_pods(
+    catalog: &mut Catalog,
+    endpoints: &mut Endpoints<'_>,
+    service: &str,
+    namespace: &str,
+    name_of: impl Fn(&str) -> String,
+) -> Vec<(String, String)> {
+    let local = service_name(service, namespace);
+    let Some(ports) = catalog.services.get(&local).map(|s| s.ports.clone()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (hostname, _) in endpoints.hostnames(&local) {
+        let name = name_of(&hostname);
+        catalog
+            .services
+            .insert(name.clone(), pod_service(&name, &ports));
+        endpoints.pod(&name, &local, &hostname);
+        out.push((name, hostname));
+    }
+    out
+}
+
 /// The exporting side: a service for each pod of the exported headless
 /// Service `service.namespace`, admitted by our east-west gateway.
 pub fn export_pods(
@@ -55,18 +81,12 @@ pub fn export_pods(
     service: &str,
     namespace: &str,
 ) {
-    let local = service_name(service, namespace);
-    let Some(ports) = catalog.services.get(&local).map(|s| s.ports.clone()) else {
-        return;
-    };
-    for (hostname, _) in endpoints.hostnames(&local) {
-        let name = local_pod_name(&hostname, service, namespace);
-        catalog
-            .services
-            .insert(name.clone(), pod_service(&name, &ports));
-        endpoints.pod(&name, &local, &hostname);
-        catalog.exported.insert(name);
-    }
+    let pods = local_pods(catalog, endpoints, service, namespace, |h| {
+        local_pod_name(h, service, namespace)
+    });
+    catalog
+        .exported
+        .extend(pods.into_iter().map(|(name, _)| name));
 }
 
 /// Our own pods of the headless `service.namespace` under their
@@ -79,19 +99,13 @@ pub fn own_pods(
     namespace: &str,
     own: &str,
 ) {
-    let local = service_name(service, namespace);
     if own.is_empty() {
         return;
     }
-    let Some(ports) = catalog.services.get(&local).map(|s| s.ports.clone()) else {
-        return;
-    };
-    for (hostname, _) in endpoints.hostnames(&local) {
-        let name = clusterset_pod_name(&hostname, own, service, namespace);
-        catalog
-            .services
-            .insert(name.clone(), pod_service(&name, &ports));
-        endpoints.pod(&name, &local, &hostname);
+    let pods = local_pods(catalog, endpoints, service, namespace, |h| {
+        clusterset_pod_name(h, own, service, namespace)
+    });
+    for (name, hostname) in pods {
         catalog
             .imported
             .insert(name, imported(service, namespace, own, &hostname));
@@ -102,7 +116,8 @@ pub fn own_pods(
 /// through our gateway `entry`.
 pub fn imported_pods(catalog: &mut Catalog, s: &Summary, entry: Entry) {
     for hostname in &s.hostnames {
-        if !is_dns_label(hostname) {
+        // An RFC 1123 label, as Kubernetes requires of a hostname.
+        if !isthmus_api::validate::is_dns_label(hostname) {
             catalog.problems.push(super::imports::link_problem(
                 &s.cluster,
                 "BadHostname",
@@ -136,14 +151,4 @@ fn imported(service: &str, namespace: &str, cluster: &str, pod: &str) -> Importe
         cluster: Some(cluster.to_string()),
         pod: Some(pod.to_string()),
     }
-}
-
-/// An RFC 1123 label, as Kubernetes requires of an endpoint's hostname.
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

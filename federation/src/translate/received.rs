@@ -182,17 +182,14 @@ pub fn settle(outcome: &mut Outcome, problems: &mut Vec<Problem>) {
         return;
     }
     problems.retain(|p| {
-        let Some(kind) = crate::sync::policies::KINDS.iter().find(|k| **k == p.kind) else {
-            return true;
-        };
-        let Some(cluster) = outcome.applied.get(&(*kind, p.key.clone())) else {
+        let Some(cluster) = outcome.applied.get(&(p.kind, p.key.clone())) else {
             return true;
         };
         let ns = p.key.namespace.as_deref().unwrap_or_default();
         let entry = outcome
             .results
             .get_mut(cluster)
-            .and_then(|r| r.get_mut(&wire_key(kind, ns, &p.key.name)));
+            .and_then(|r| r.get_mut(&wire_key(p.kind, ns, &p.key.name)));
         if let Some(res) = entry {
             if res.reason.is_empty() {
                 res.reason = p.reason.to_string();

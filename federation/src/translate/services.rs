@@ -158,7 +158,10 @@ impl Endpoints<'_> {
             .slices_of
             .get(&(*ns, name))
             .map_or(&[][..], Vec::as_slice);
-        let mut endpoints = slice_endpoints(svc, slices, &self.region);
+        // One pod's service builds that pod's endpoint only (a StatefulSet
+        // of N pods: N endpoints, not N²).
+        let only = pod.map(|(_, hostname)| hostname.as_str());
+        let mut endpoints = slice_endpoints(svc, slices, &self.region, only);
         for e in &mut endpoints {
             if let Ok(ip) = e.address.parse()
                 && let Some((port, id)) = self.meshed_pods.get(&ip)
@@ -183,8 +186,8 @@ impl Endpoints<'_> {
             ns,
             svc,
             self.workloads,
-            &self.region,
-            &self.trust_domain,
+            (&self.region, &self.trust_domain),
+            only,
         );
         // A pod both in a slice and registered by its sidecar (kube mode)
         // keeps the slice's view, and is unhealthy if either says so (its
@@ -204,9 +207,6 @@ impl Endpoints<'_> {
                 }
             }
             endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-        }
-        if let Some((_, hostname)) = pod {
-            endpoints.retain(|e| e.hostname == *hostname);
         }
         endpoints.append(&mut service.endpoints);
         endpoints.shrink_to_fit();
@@ -439,8 +439,14 @@ fn translate_service(name: &str, ns: &str, svc: &Service) -> model::Service {
     }
 }
 
-/// A Service's endpoints from its EndpointSlices.
-fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model::Endpoint> {
+/// A Service's endpoints from its EndpointSlices (`only`: the one with
+/// that hostname).
+fn slice_endpoints(
+    svc: &Service,
+    slices: &[&Slice],
+    region: &str,
+    only: Option<&str>,
+) -> Vec<model::Endpoint> {
     let kports = tcp_ports(svc);
     let mut endpoints = Vec::new();
     for slice in slices {
@@ -462,6 +468,10 @@ fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model:
             })
             .collect();
         for (i, ep) in slice.endpoints.iter().enumerate() {
+            let hostname = slice.hostname(i).unwrap_or_default();
+            if only.is_some_and(|h| h != hostname) {
+                continue;
+            }
             // Ready unset means ready (EndpointSlice semantics); a
             // terminating endpoint still serving is kept, unhealthy.
             if !ep.ready && !ep.serving && ep.terminating {
@@ -477,7 +487,7 @@ fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model:
                 labels: Default::default(),
                 weight: 1,
                 unhealthy: !ep.ready,
-                hostname: slice.hostname(i).unwrap_or_default().to_string(),
+                hostname: hostname.to_string(),
                 ..Default::default()
             });
         }
@@ -485,13 +495,15 @@ fn slice_endpoints(svc: &Service, slices: &[&Slice], region: &str) -> Vec<model:
     endpoints
 }
 
+/// The registered workloads `svc` selects as endpoints (`only`: the one
+/// with that hostname); `(region, trust domain)` of the cluster.
 fn add_workloads(
     endpoints: &mut Vec<model::Endpoint>,
     ns: &str,
     svc: &Service,
     workloads: &[&Workload],
-    region: &str,
-    trust_domain: &str,
+    (region, trust_domain): (&str, &str),
+    only: Option<&str>,
 ) {
     let Some(selector) = svc
         .spec
@@ -508,7 +520,8 @@ fn add_workloads(
     for w in workloads {
         let selected =
             w.namespace == ns && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v));
-        if !selected {
+        let hostname = if headless { w.name.as_str() } else { "" };
+        if !selected || only.is_some_and(|h| h != hostname) {
             continue;
         }
         // Each service port → the workload's port: numeric target, or the
@@ -558,11 +571,7 @@ fn add_workloads(
             // Local endpoints; imported ones come with federation.
             via_cluster: String::new(),
             via_service: String::new(),
-            hostname: if headless {
-                w.name.clone()
-            } else {
-                String::new()
-            },
+            hostname: hostname.to_string(),
         });
     }
 }

@@ -12,7 +12,7 @@ use super::Problem;
 use crate::store::{ObjectKey, Resource, Snapshot};
 
 /// Reasons that concern references rather than the resource itself.
-const REF_REASONS: &[&str] = &["BackendNotFound", "RefNotPermitted", "InvalidKind"];
+pub(crate) const REF_REASONS: &[&str] = &["BackendNotFound", "RefNotPermitted", "InvalidKind"];
 
 /// Conditions for every policy and route in the snapshot, by kind and key.
 /// `now` becomes lastTransitionTime; a writer keeps the old time when a
