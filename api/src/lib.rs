@@ -6,6 +6,7 @@
 //! No I/O and no Kubernetes types here.
 #![forbid(unsafe_code)]
 
+pub mod explain;
 pub mod locate;
 pub mod protocol;
 pub mod resource;

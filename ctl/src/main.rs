@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod explain;
 mod install_cmd;
 mod status;
 
@@ -33,6 +34,34 @@ enum Command {
     /// Three local clusters (eu-west, eu-central, us-east) as real
     /// processes, linked, with the sample mesh, traffic and a live table.
     Demo(demo::Args),
+    /// One routing decision end to end, from live state: the service the
+    /// name resolves to, where it comes from (exporting clusters, their
+    /// links), which route matched and why others did not, backends and
+    /// weights, endpoints with locality priority, health, outlier state and
+    /// in-flight requests, the destination's policies for this caller, and
+    /// what would be chosen now.
+    ///
+    /// isthmusctl explain --admin 127.0.1.1:15030 --from shop/frontend \
+    ///   http://reviews.shop.svc.clusterset.local/api -H 'x-canary: always'
+    Explain {
+        /// The control plane's admin address (its --admin).
+        #[arg(long, default_value = "127.0.0.1:15020")]
+        admin: SocketAddr,
+        /// The calling workload, `<namespace>/<name>` (as proxy-status
+        /// lists it).
+        #[arg(long)]
+        from: String,
+        /// The request's URL, as the app would send it.
+        url: String,
+        /// A request header, `name: value` (repeat).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        /// Output: text or json.
+        #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Every proxy of a control plane (its cluster): the generation it
     /// holds, and whether it is in sync, stale or refused a resource (with
     /// the proxy's message), as `istioctl proxy-status`.
@@ -183,6 +212,28 @@ enum LinkCommand {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Explain {
+            admin,
+            from,
+            url,
+            headers,
+            method,
+            output,
+        } => {
+            let q = explain::Question {
+                from,
+                url,
+                method,
+                headers,
+            };
+            let e = current_thread()?.block_on(explain::explain(admin, &q))?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", explain::render(&e));
+            }
+            Ok(())
+        }
         Command::ProxyStatus { admin, json } => {
             let within = std::time::Duration::from_secs(5);
             let body = tokio::runtime::Builder::new_current_thread()

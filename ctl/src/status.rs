@@ -296,6 +296,9 @@ mod tests {
         let p = |proxy: &str, state: &str, g: Option<u64>, nacks: u64, why: &[&str]| ProxyStatus {
             proxy: proxy.into(),
             cluster: "eu-west".into(),
+            identity: None,
+            address: None,
+            admin: None,
             state: state.into(),
             synced_generation: g,
             acks: 5,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod dns;
 pub mod eastwest;
+pub mod explain;
 pub mod health;
 pub mod iptables;
 pub mod jwt;

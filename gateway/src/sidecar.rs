@@ -179,7 +179,8 @@ impl Sidecar {
                 stop_background.clone(),
             ));
         }
-        if let ConfigSource::ControlPlane(d) = opts.config {
+        if let ConfigSource::ControlPlane(mut d) = opts.config {
+            d.admin = Some(admin_addr);
             background.spawn(crate::discovery::run(
                 *d,
                 store.clone(),

@@ -59,6 +59,66 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// A demo without scenario, running until `interrupt` (or drop).
+struct Running {
+    child: std::process::Child,
+}
+
+impl Running {
+    /// `isthmusctl demo --rate 5`, returned once its first table shows
+    /// the clusters up, linked and answering.
+    fn start(ctl: &std::path::Path, dir: &std::path::Path) -> Self {
+        let mut child = Command::new(ctl)
+            .args(["demo", "--rate", "5"])
+            .arg("--dir")
+            .arg(dir)
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("isthmusctl runs");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut seen = String::new();
+        while !seen.contains("links\n") {
+            assert!(Instant::now() < deadline, "no table within 120 s:\n{seen}");
+            match lines.next() {
+                Some(Ok(l)) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                _ => panic!("the demo ended before its first table:\n{seen}"),
+            }
+        }
+        // Keep reading, so the demo never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child }
+    }
+
+    /// SIGINT; the demo must stop every process and exit 0. Its stderr.
+    fn interrupt(mut self) -> String {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "{status}: {stderr}");
+        stderr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test still stops the demo (and, with it, its processes).
+        if let Ok(None) = self.child.try_wait()
+            && let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
 fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
     let _one = one_demo();
@@ -129,29 +189,7 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
     );
 
     // 2. No scenario: runs until SIGINT, then stops every process.
-    let mut demo = Command::new(&ctl)
-        .args(["demo", "--rate", "5"])
-        .arg("--dir")
-        .arg(&dir)
-        .env("RUST_BACKTRACE", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("isthmusctl runs");
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut seen = String::new();
-    // The first table: the clusters are up, linked and answering.
-    while !seen.contains("links\n") {
-        assert!(Instant::now() < deadline, "no table within 120 s:\n{seen}");
-        match lines.next() {
-            Some(Ok(l)) => {
-                seen.push_str(&l);
-                seen.push('\n');
-            }
-            _ => panic!("the demo ended before its first table:\n{seen}"),
-        }
-    }
+    let demo = Running::start(&ctl, &dir);
     // `isthmusctl status` on eu-west's control plane: both links up.
     let status = Command::new(&ctl)
         .args(["status", "--admin", "127.0.1.1:15030"])
@@ -167,12 +205,7 @@ fn the_demo_runs_its_scenarios_and_stops_cleanly_on_ctrl_c() {
         assert!(line.contains("Connected     quic"), "{table}");
         assert!(line.contains(".shop"), "imports listed: {table}");
     }
-    let pid = rustix::process::Pid::from_raw(demo.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let status = demo.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut demo.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{status}: {stderr}");
+    let stderr = demo.interrupt();
     assert!(stderr.contains(" 0 killed after"), "{stderr}");
     // Nothing is left holding the clusters' addresses.
     for i in 1..=3u8 {
@@ -250,5 +283,251 @@ fn every_way_a_region_fails_loses_no_get_across_a_wan() {
         ["eu-west", "eu-central", "us-east"].into_iter().all(gone),
         "the namespaces are deleted"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `isthmusctl explain --from shop/frontend-0 URL [-H ...] -o json` on
+/// cluster `n`'s control plane (127.0.n.1:15030).
+fn explain(ctl: &std::path::Path, n: u8, url: &str, headers: &[&str], json: bool) -> String {
+    let mut cmd = Command::new(ctl);
+    cmd.args(["explain", "--admin", &format!("127.0.{n}.1:15030")])
+        .args(["--from", "shop/frontend-0", url]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if json {
+        cmd.args(["-o", "json"]);
+    }
+    let out = cmd.output().expect("isthmusctl explain runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "explain {url} failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Polls `explain` (JSON) until `ready` holds, within 30 s.
+fn explained(
+    ctl: &std::path::Path,
+    n: u8,
+    url: &str,
+    headers: &[&str],
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&explain(ctl, n, url, headers, true)).expect("explain's JSON");
+        if ready(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within 30 s; last:\n{v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The pid of the process whose command line contains `needle`.
+fn pid_of(needle: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        cmd.contains(needle).then_some(pid)
+    })
+}
+
+/// GET `path` with `host` through eu-west's frontend sidecar: the status.
+fn status_through_frontend(host: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect("127.0.1.10:15001").expect("the frontend sidecar");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `isthmusctl explain` against the running demo, for the three questions
+/// of issue 23: the canary (the header's rule, then the weights, in two
+/// clusters, one of which received the route), failover (eu-west's
+/// catalog killed: its endpoint unhealthy, eu-central's chosen), and a
+/// denied request (the destination's DENY rule named, and a real request
+/// refused the same way).
+#[test]
+fn explain_answers_for_the_demos_canary_failover_and_a_denied_request() {
+    let _one = one_demo();
+    let ctl = isthmusctl();
+    let dir = temp_dir("demo-explain");
+    let demo = Running::start(&ctl, &dir);
+    let store = dir.join("eu-west/store");
+    let clusterset = "http://reviews.shop.svc.clusterset.local/api?x=1";
+
+    // 1. Canary: written once in eu-west, shared with the cluster set.
+    let canary = Command::new(&ctl)
+        .args(["sample", "--cluster", "eu-west", "--canary", "10"])
+        .output()
+        .unwrap();
+    std::fs::write(store.join("canary.yaml"), canary.stdout).unwrap();
+    let route = |v: &serde_json::Value| v["outbound"]["route"]["name"].as_str().map(str::to_owned);
+    let v = explained(
+        &ctl,
+        1,
+        clusterset,
+        &["x-canary: always"],
+        "the canary in eu-west",
+        |v| route(v).as_deref() == Some("shop/reviews-canary/rule-0"),
+    );
+    let o = &v["outbound"];
+    assert_eq!(o["routes"][0]["matched"], true, "{v:#}");
+    assert_eq!(
+        o["routes"][0]["why"][0],
+        "match 1 holds: x-canary=\"always\""
+    );
+    let backends = o["route"]["backends"].as_array().unwrap();
+    assert_eq!(backends.len(), 1, "{v:#}");
+    assert_eq!(backends[0]["service"], "reviews-us-east.shop");
+    assert_eq!(backends[0]["share"], 100.0);
+    assert_eq!(backends[0]["endpoints"][0]["cluster"], "us-east");
+    assert_eq!(
+        backends[0]["chosen"],
+        backends[0]["endpoints"][0]["address"]
+    );
+    // Without the header, in us-east (which received the route): weights.
+    let v = explained(&ctl, 3, clusterset, &[], "the canary in us-east", |v| {
+        route(v).as_deref() == Some("shop/reviews-canary/rule-1")
+    });
+    let o = &v["outbound"];
+    assert_eq!(
+        o["routes"][0]["why"][0],
+        "match 1: header x-canary is absent, wanted \"always\""
+    );
+    let split: Vec<(String, u64)> = o["route"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["service"].as_str().unwrap().into(),
+                b["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        split,
+        [
+            ("reviews-eu-west.shop".into(), 90),
+            ("reviews-us-east.shop".into(), 10)
+        ]
+    );
+    let origins = v["origins"].to_string();
+    assert!(
+        origins.contains("HTTPRoute shop/reviews-canary (received from eu-west)"),
+        "{origins}"
+    );
+    let text = explain(&ctl, 3, clusterset, &[], false);
+    assert!(
+        text.contains("backend   reviews-eu-west.shop weight 90 = 90.0 %"),
+        "{text}"
+    );
+
+    // 2. Failover: eu-west's catalog app dies; its sidecar's health check
+    // reports it, and explain shows the choice moving to eu-central.
+    let catalog = "http://catalog.shop.svc.clusterset.local/";
+    let chosen_cluster = |v: &serde_json::Value| {
+        let b = &v["outbound"]["route"]["backends"][0];
+        b["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == b["chosen"])
+            .map(|e| e["cluster"].as_str().unwrap_or_default().to_owned())
+    };
+    let v = explained(&ctl, 1, catalog, &[], "catalog served locally", |v| {
+        chosen_cluster(v).as_deref() == Some("")
+    });
+    assert_eq!(
+        v["outbound"]["route"]["backends"][0]["priorityShares"][0],
+        1.0
+    );
+    let app = pid_of("--listen 127.0.1.11:8080 --service catalog").expect("eu-west's catalog");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(app).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let v = explained(&ctl, 1, catalog, &[], "catalog failed over", |v| {
+        chosen_cluster(v).as_deref() == Some("eu-central")
+    });
+    let b = &v["outbound"]["route"]["backends"][0];
+    let local = &b["endpoints"][0];
+    assert_eq!(
+        (local["healthy"].clone(), local["priority"].clone()),
+        (false.into(), 0.into()),
+        "{v:#}"
+    );
+    assert_eq!(b["priorityShares"][0], 0.0, "{v:#}");
+    assert_eq!(b["priorityShares"][2], 1.0, "{v:#}");
+    let text = explain(&ctl, 1, catalog, &[], false);
+    assert!(text.contains("unhealthy"), "{text}");
+
+    // 3. Denied: a DENY on reviews' /admin paths in eu-west.
+    std::fs::write(
+        store.join("deny.yaml"),
+        "apiVersion: isthmus.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+         metadata: {name: no-admin, namespace: shop}\n\
+         spec:\n  selector: {matchLabels: {app: reviews}}\n  action: DENY\n\
+         \x20 rules: [{to: [{paths: [\"/admin*\"]}]}]\n",
+    )
+    .unwrap();
+    let own = "http://reviews-eu-west.shop/admin/users";
+    let v = explained(&ctl, 1, own, &[], "the DENY in force", |v| {
+        v["policies"][0]["inbound"]["status"] == 403
+    });
+    let i = &v["policies"][0]["inbound"];
+    assert_eq!(i["rule"], "shop/no-admin#0", "{v:#}");
+    assert_eq!(i["decision"], "deny");
+    assert_eq!(i["proxy"], "shop/reviews-v1-0");
+    assert_eq!(
+        i["source"],
+        "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend"
+    );
+    // The request itself is refused the same way...
+    assert_eq!(
+        status_through_frontend("reviews-eu-west.shop", "/admin/users"),
+        403
+    );
+    // ...and one the rule does not cover passes, as explain says.
+    let v = explained(
+        &ctl,
+        1,
+        "http://reviews-eu-west.shop/items",
+        &[],
+        "allowed",
+        |_| true,
+    );
+    assert_eq!(v["policies"][0]["inbound"]["status"], 200, "{v:#}");
+    assert_eq!(
+        status_through_frontend("reviews-eu-west.shop", "/items"),
+        200
+    );
+    let text = explain(&ctl, 1, own, &[], false);
+    assert!(
+        text.contains("refused there with 403 (shop/no-admin#0)"),
+        "{text}"
+    );
+    eprintln!("{text}");
+    demo.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -697,6 +697,7 @@ async fn replicas_agree_and_a_proxy_moving_between_them_resyncs_nothing() {
                 }),
                 workload: None,
                 initial_resource_versions: held,
+                admin_address: String::new(),
             }),
             ..Default::default()
         })

@@ -263,6 +263,20 @@ impl Discovery for DiscoveryService {
             proxy: format!("{}/{}", node.namespace, node.name),
             cluster: node.cluster.clone(),
             peer: peer.map(|p| p.to_string()),
+            identity: tls
+                .as_ref()
+                .and_then(|t| t.peer.as_ref())
+                .map(|p| p.to_string()),
+            address: workload
+                .as_ref()
+                .map(|w| w.address)
+                .or(peer.map(|p| p.ip()))
+                .map(|a| a.to_string()),
+            admin: sub
+                .admin_address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.to_string()),
             connected_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

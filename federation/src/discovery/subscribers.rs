@@ -25,6 +25,16 @@ pub struct Subscriber {
     pub proxy: String,
     pub cluster: String,
     pub peer: Option<String>,
+    /// Its verified SPIFFE ID (over TLS with a client certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// The workload's address: the one it registered, else where its
+    /// stream comes from (a pod's IP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Where its admin port listens, as it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// Seconds since the Unix epoch.
     pub connected_at: u64,
     /// The last generation the proxy is known to be up to date with.
@@ -147,6 +157,12 @@ impl Subscribers {
 pub struct ProxyStatus {
     pub proxy: String,
     pub cluster: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
     /// `Synced`: up to date with the current generation; `Stale`: behind
     /// (an answer awaited, or never synced); `Refused`: it NACKed a
     /// resource and keeps its last good one.
@@ -185,6 +201,9 @@ pub fn proxy_status(generation: u64, streams: &[(u64, Subscriber)]) -> Vec<Proxy
             ProxyStatus {
                 proxy: s.proxy.clone(),
                 cluster: s.cluster.clone(),
+                identity: s.identity.clone(),
+                address: s.address.clone(),
+                admin: s.admin.clone(),
                 state: state.into(),
                 synced_generation: s.synced_generation,
                 acks: s.acks,
@@ -292,6 +311,9 @@ mod tests {
                 proxy: proxy.into(),
                 cluster: "eu-west".into(),
                 peer: None,
+                identity: None,
+                address: None,
+                admin: None,
                 connected_at: 0,
                 synced_generation: synced,
                 in_flight: in_flight.map(|g| ("n".to_string(), g)),

@@ -1,6 +1,6 @@
 //! The admin port: /healthz, /readyz, /config_dump (objects, store
 //! errors, problems, conditions, proxies, links, policies), /proxy_config?
-//! namespace=, /links (each ClusterLink's status, as `isthmusctl status`
+//! namespace=, /explain?service= (`server::explain`), /links (each ClusterLink's status, as `isthmusctl status`
 //! shows), /policies (shared with the cluster set and received, with
 //! each cluster's verdict), /proxies (`isthmusctl proxy-status`) and
 //! /metrics (Prometheus text, `server::metrics`).
@@ -162,6 +162,8 @@ fn admin(
             .unwrap_or_default()
                 + "\n",
         ),
+        // Where a service comes from, who exports it (`isthmusctl explain`).
+        "/explain" => explain(req.uri().query().unwrap_or(""), p, peers),
         // Policies shared with the cluster set and received from it.
         "/policies" => (
             StatusCode::OK,
@@ -217,7 +219,7 @@ fn admin(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /links, /policies, /proxies, /metrics, /proxy_config?namespace=NS, /healthz, /readyz\n"
+            "not found: try /config_dump, /explain?service=NAME, /links, /policies, /proxies, /metrics, /proxy_config?namespace=NS, /healthz, /readyz\n"
                 .to_string(),
         ),
     };
@@ -228,6 +230,38 @@ fn admin(
         header::HeaderValue::from_static(ctype),
     );
     r
+}
+
+fn explain(
+    query: &str,
+    p: &Published,
+    peers: &crate::sync::peers::Peers,
+) -> (StatusCode, &'static str, String) {
+    let Some(name) = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "text/plain",
+            "say which service: /explain?service=NAME (its name in the proxies' configuration)\n"
+                .into(),
+        );
+    };
+    let own = crate::identity::mesh_cluster_name(&p.store.snapshot).unwrap_or_default();
+    match super::explain::service_origin(p, &peers.all(), &own, &name, std::time::SystemTime::now())
+    {
+        Some(o) => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&o).unwrap_or_default() + "\n",
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no service {name:?} in this control plane's translation\n"),
+        ),
+    }
 }
 
 fn proxy_config(query: &str, p: &Published) -> (StatusCode, &'static str, String) {

@@ -32,6 +32,7 @@ use crate::store::registry;
 use crate::translate::services::Catalog;
 
 mod admin;
+pub mod explain;
 pub mod metrics;
 pub mod resolver;
 mod translate_loop;

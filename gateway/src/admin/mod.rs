@@ -1,4 +1,5 @@
-//! The admin port (15020): /metrics, /healthz, /readyz and /config_dump,
+//! The admin port (15020): /metrics, /healthz, /readyz, /config_dump and
+//! /explain (what the proxy would do with a request: `crate::explain`),
 //! plus views a role adds (the east-west gateway's /eastwest), and the
 //! app's own probes at /app-health/<container>/<probe> (the injector
 //! points the kubelet's probes here). Read-only views of the proxy's
@@ -84,6 +85,28 @@ impl Admin {
         dump
     }
 
+    /// `/explain`: the outbound path of a request, or (with `inbound`)
+    /// the admission of one from `source`.
+    fn explain(&self, ask: &crate::explain::Ask) -> String {
+        let snap = self.proxy.store.load();
+        let v = match ask.inbound {
+            Some(port) => {
+                let cluster = crate::proxy::source_cluster(&self.proxy, &snap, ask.source.as_ref());
+                serde_json::to_value(crate::explain::inbound(
+                    &snap,
+                    ask,
+                    port,
+                    cluster.as_deref(),
+                    std::time::SystemTime::now(),
+                ))
+            }
+            None => {
+                serde_json::to_value(crate::explain::outbound(&snap, &self.proxy.services, ask))
+            }
+        };
+        serde_json::to_string_pretty(&v.unwrap_or_default()).unwrap_or_default() + "\n"
+    }
+
     fn security_dump(&self, snap: &crate::config::Snapshot) -> serde_json::Value {
         let sec = &snap.security;
         let mesh = self.proxy.mesh.as_ref();
@@ -135,10 +158,15 @@ impl Admin {
                 "application/json",
                 serde_json::to_string_pretty(&self.config_dump()).unwrap_or_default(),
             ),
+            // What this proxy would do with a request (`isthmusctl explain`).
+            "/explain" => match crate::explain::Ask::parse(req.uri().query().unwrap_or("")) {
+                Ok(ask) => (StatusCode::OK, "application/json", self.explain(&ask)),
+                Err(e) => (StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+            },
             _ => (
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "try /metrics, /healthz, /readyz or /config_dump\n".into(),
+                "try /metrics, /healthz, /readyz, /config_dump or /explain?url=...\n".into(),
             ),
         };
         let mut r = Response::new(full(body));

@@ -343,6 +343,26 @@ impl Snapshot {
         self.services.get(self.vips.get(&dst)?)
     }
 
+    /// The names (hosts, sorted) and virtual addresses that resolve to
+    /// service `name`.
+    pub fn names_of(&self, name: &str) -> (Vec<String>, Vec<SocketAddr>) {
+        let mut hosts: Vec<String> = self
+            .hosts
+            .iter()
+            .filter(|(_, s)| s.as_str() == name)
+            .map(|(h, _)| h.clone())
+            .collect();
+        hosts.sort();
+        let mut vips: Vec<SocketAddr> = self
+            .vips
+            .iter()
+            .filter(|(_, s)| s.as_str() == name)
+            .map(|(a, _)| *a)
+            .collect();
+        vips.sort();
+        (hosts, vips)
+    }
+
     pub fn empty() -> Self {
         super::compile(&m::ProxyConfig::default()).expect("empty config compiles")
     }

@@ -49,6 +49,9 @@ pub struct Options {
     /// Health checks of the registered workload's app, reported on the
     /// stream (health at the source); None: no checks.
     pub health: Option<crate::health::Plan>,
+    /// Where our admin port listens, told to the control plane (for
+    /// `isthmusctl explain`).
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -64,6 +67,7 @@ impl Options {
             backoff_max: Duration::from_secs(1),
             tls: None,
             health: None,
+            admin: None,
         }
     }
 
@@ -366,6 +370,7 @@ async fn stream(
             node: Some(opts.node.clone()),
             workload: opts.workload.clone(),
             initial_resource_versions: held.versions().into_iter().collect(),
+            admin_address: opts.admin.map(|a| a.to_string()).unwrap_or_default(),
         }),
         response_nonce: String::new(),
         error: None,

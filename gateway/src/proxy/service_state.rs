@@ -42,6 +42,16 @@ impl Default for EndpointState {
     }
 }
 
+/// One endpoint as balancing sees it now, and why it is unavailable.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveEndpoint {
+    pub view: EndpointView,
+    /// Ejected by outlier detection.
+    pub ejected: bool,
+    /// Its cluster's gateway is down (peer liveness).
+    pub cluster_down: bool,
+}
+
 pub struct RouteState {
     bucket: Mutex<Option<TokenBucket>>,
     budget: Mutex<RetryBudget>,
@@ -148,22 +158,24 @@ impl ServiceState {
             .clone()
     }
 
-    /// Chooses an endpoint of `spec` (see `balance::pick`).
-    pub fn pick<R: Rng + ?Sized>(
-        &self,
-        spec: &Arc<ServiceSpec>,
-        exclude: &[usize],
-        hash: Option<u64>,
-        rng: &mut R,
-    ) -> Option<usize> {
-        let now = Instant::now();
+    /// How each endpoint of `spec` fares now, index-aligned: what
+    /// balancing sees, and why an endpoint is not available.
+    pub fn live(&self, spec: &Arc<ServiceSpec>) -> Vec<LiveEndpoint> {
         let states = self.states(spec);
-        let views: Vec<EndpointView> = spec
-            .endpoints
+        self.each_live(spec, &states, Instant::now()).collect()
+    }
+
+    fn each_live<'a>(
+        &'a self,
+        spec: &'a ServiceSpec,
+        states: &'a [Arc<EndpointState>],
+        now: Instant,
+    ) -> impl Iterator<Item = LiveEndpoint> + 'a {
+        spec.endpoints
             .iter()
             .zip(&spec.priorities)
             .zip(states.iter())
-            .map(|((e, prio), st)| {
+            .map(move |((e, prio), st)| {
                 // A linked cluster whose gateway is down takes nothing; one
                 // that came back is no longer ejected for the failures its
                 // loss caused (it takes traffic with its link, not when the
@@ -179,14 +191,31 @@ impl ServiceState {
                     st.outlier.lock().health_returned();
                 }
                 let ejected = st.outlier.lock().is_ejected(now);
-                let cluster_down = cluster.down;
-                EndpointView {
-                    priority: *prio,
-                    available: e.healthy && !ejected && !cluster_down,
-                    weight: e.weight,
-                    in_flight: st.in_flight.load(Ordering::Relaxed),
+                LiveEndpoint {
+                    view: EndpointView {
+                        priority: *prio,
+                        available: e.healthy && !ejected && !cluster.down,
+                        weight: e.weight,
+                        in_flight: st.in_flight.load(Ordering::Relaxed),
+                    },
+                    ejected,
+                    cluster_down: cluster.down,
                 }
             })
+    }
+
+    /// Chooses an endpoint of `spec` (see `balance::pick`).
+    pub fn pick<R: Rng + ?Sized>(
+        &self,
+        spec: &Arc<ServiceSpec>,
+        exclude: &[usize],
+        hash: Option<u64>,
+        rng: &mut R,
+    ) -> Option<usize> {
+        let states = self.states(spec);
+        let views: Vec<EndpointView> = self
+            .each_live(spec, &states, Instant::now())
+            .map(|l| l.view)
             .collect();
         balance::pick(
             &PickInput {
