@@ -332,6 +332,22 @@ fn explained(
     }
 }
 
+/// GET `path` on an admin port: the body.
+fn admin_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("the admin port");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 /// The pid of the process whose command line contains `needle`.
 fn pid_of(needle: &str) -> Option<i32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -481,6 +497,71 @@ fn explain_answers_for_the_demos_canary_failover_and_a_denied_request() {
     assert_eq!(b["priorityShares"][2], 1.0, "{v:#}");
     let text = explain(&ctl, 1, catalog, &[], false);
     assert!(text.contains("unhealthy"), "{text}");
+    // The frontend's traffic to eu-central is in Istio's standard metric,
+    // with the labels Istio's dashboards and Kiali query (read by a real
+    // OpenMetrics parser)...
+    let frontend = "spiffe://eu-west.isthmus.local/ns/shop/sa/frontend";
+    let sample = |admin: &str, want: &[(&str, &str)]| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = admin_get(admin, "/metrics");
+            let m = isthmus_testkit::prometheus::parse(&text)?;
+            assert_eq!(m["istio_requests"].kind, "counter");
+            assert_eq!(m["istio_request_duration_milliseconds"].kind, "histogram");
+            let found = m["istio_requests"].samples.iter().find(|(_, l, _)| {
+                want.iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            });
+            if let Some((_, labels, n)) = found {
+                return Some((labels.clone(), *n));
+            }
+            assert!(Instant::now() < deadline, "no {want:?} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    if let Some((labels, _)) = sample(
+        "127.0.1.10:15020",
+        &[
+            ("reporter", "source"),
+            ("destination_cluster", "eu-central"),
+            ("destination_service_name", "catalog"),
+        ],
+    ) {
+        for (k, v) in [
+            ("source_workload", "frontend"),
+            ("source_workload_namespace", "shop"),
+            ("source_principal", frontend),
+            ("source_cluster", "eu-west"),
+            ("destination_service_namespace", "shop"),
+            ("request_protocol", "http"),
+            ("response_code", "200"),
+            ("connection_security_policy", "mutual_tls"),
+        ] {
+            assert_eq!(labels[k], v, "{k} in {labels:?}");
+        }
+    }
+    // ...and eu-central's catalog reports the same calls as their
+    // destination, naming the caller and its cluster.
+    if let Some((labels, _)) = sample(
+        "127.0.2.11:15020",
+        &[("reporter", "destination"), ("source_cluster", "eu-west")],
+    ) {
+        for (k, v) in [
+            ("source_workload", "frontend"),
+            ("source_principal", frontend),
+            ("destination_workload", "catalog"),
+            (
+                "destination_principal",
+                "spiffe://eu-central.isthmus.local/ns/shop/sa/catalog",
+            ),
+            ("destination_cluster", "eu-central"),
+            ("destination_service_name", "catalog"),
+            ("destination_service_namespace", "shop"),
+            ("connection_security_policy", "mutual_tls"),
+        ] {
+            assert_eq!(labels[k], v, "{k} in {labels:?}");
+        }
+    }
 
     // 3. Denied: a DENY on reviews' /admin paths in eu-west.
     std::fs::write(

@@ -39,6 +39,30 @@ pub struct BuildLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// A registry that remembers the full name of each family registered, so
+/// `families` can list them (an empty family is not in the exposition).
+struct Named<'a> {
+    registry: &'a mut Registry,
+    prefix: &'static str,
+    names: &'a mut Vec<String>,
+}
+
+impl Named<'_> {
+    fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.names.push(if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}_{name}", self.prefix)
+        });
+        self.registry.register(name, help, metric);
+    }
+}
+
 /// Every metric of the control plane.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +80,8 @@ pub struct Metrics {
     link_rtt: Family<PeerLabels, FloatGauge>,
     link_last_sync_age: Family<PeerLabels, FloatGauge>,
     link_imported: Family<PeerLabels, Gauge>,
+    /// The name of every family (in the exposition once it has a sample).
+    pub families: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -66,7 +92,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("isthmus");
+        let mut root = Registry::with_prefix("isthmus");
+        let mut names = Vec::new();
+        let mut registry = Named {
+            registry: &mut root,
+            prefix: "isthmus",
+            names: &mut names,
+        };
         let pushes = Counter::default();
         registry.register(
             "control_plane_pushes",
@@ -136,7 +168,8 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "The build running, always 1", build);
         Self {
-            registry,
+            registry: root,
+            families: names,
             pushes,
             push_seconds,
             answers,
@@ -194,6 +227,12 @@ impl Metrics {
                 .get_or_create(&l)
                 .set(i64::try_from(peer.summaries().len()).unwrap_or(i64::MAX));
         }
+        self.text()
+    }
+
+    /// The text exposition as the metrics stand (every family, even one
+    /// without samples yet).
+    pub fn text(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!("metrics encoding failed: {e}");

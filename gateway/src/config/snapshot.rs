@@ -90,6 +90,9 @@ pub struct EndpointSpec {
     pub healthy: bool,
     /// Reached through its sidecar's mesh transport at this port.
     pub tunnel: Option<Tunnel>,
+    /// Who it is, for Istio's `destination_*` labels: from the identity
+    /// its sidecar must present, in its cluster.
+    pub workload: Arc<crate::telemetry::metrics::Workload>,
 }
 
 /// How to reach an endpoint through the mesh transport.
@@ -181,6 +184,9 @@ impl EndpointSpec {
             weight: 1,
             healthy: true,
             tunnel: None,
+            workload: Arc::new(crate::telemetry::metrics::Workload::unknown(
+                crate::telemetry::metrics::UNKNOWN_LABEL.clone(),
+            )),
         }
     }
 

@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Snapshot, Store};
 use crate::pool::SocketOptions;
 use crate::telemetry::accesslog::Sink;
-use crate::telemetry::metrics::{Direction, Metrics};
+use crate::telemetry::metrics::{Direction, Label, Metrics, Workload};
 use isthmus_mesh::SpiffeId;
 use isthmus_mesh::tls::MeshTls;
 
@@ -39,6 +39,8 @@ pub struct Proxy {
     pub socket: SocketOptions,
     /// The workload's mesh TLS, when it has an identity.
     pub mesh: Option<Arc<MeshTls>>,
+    /// This workload as Istio's labels name it, once its identity is known.
+    own: std::sync::OnceLock<Arc<Workload>>,
 }
 
 impl Proxy {
@@ -73,6 +75,35 @@ impl Proxy {
             drain: CancellationToken::new(),
             hard_stop: CancellationToken::new(),
             socket,
+            own: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This workload for Istio's labels: its service account (the name a
+    /// caller's or callee's sidecar knows it by), namespace, SPIFFE ID and
+    /// cluster. Kept once the identity is known.
+    pub fn own_workload(&self, snap: &Snapshot) -> Arc<Workload> {
+        if let Some(w) = self.own.get() {
+            return w.clone();
+        }
+        let cluster: Label = snap.node.cluster.as_str().into();
+        match self.mesh.as_ref().and_then(|m| m.own_id()) {
+            Some(id) => self
+                .own
+                .get_or_init(|| Arc::new(Workload::of_spiffe(id.as_str(), cluster)))
+                .clone(),
+            None => {
+                let name = if snap.node.service_account.is_empty() {
+                    snap.node.name.clone()
+                } else {
+                    snap.node.service_account.as_str().into()
+                };
+                Arc::new(Workload {
+                    name,
+                    namespace: snap.node.namespace.clone(),
+                    ..Workload::unknown(cluster)
+                })
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The proxy's Prometheus metrics, served at /metrics on the admin port.
-//! Names follow Istio's standard metrics where one exists, prefixed
-//! `isthmus_`.
+//! Ours are prefixed `isthmus_`. Istio's standard request metrics
+//! (`istio_requests_total`, `istio_request_duration_milliseconds`) are
+//! kept too, with the labels Istio's dashboards and Kiali query, so those
+//! work unchanged (`IstioLabels`).
 
 use std::sync::Arc;
 
@@ -135,11 +137,115 @@ pub struct InboundConnLabels {
     pub result: &'static str,
 }
 
+/// One side of a request as Istio's labels name it: the workload (its
+/// service account, the name both sides of a call know it by), its
+/// namespace, SPIFFE ID and cluster. "unknown" where not known.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Workload {
+    pub name: Label,
+    pub namespace: Label,
+    pub principal: Label,
+    pub cluster: Label,
+}
+
+impl Workload {
+    pub fn unknown(cluster: Label) -> Self {
+        Self {
+            name: UNKNOWN_LABEL.clone(),
+            namespace: UNKNOWN_LABEL.clone(),
+            principal: UNKNOWN_LABEL.clone(),
+            cluster,
+        }
+    }
+
+    /// From a workload's SPIFFE ID (`spiffe://td/ns/N/sa/S`); a bare trust
+    /// domain (a linked cluster's gateway stands for the workload) or
+    /// anything else is unknown.
+    pub fn of_spiffe(id: &str, cluster: Label) -> Self {
+        match isthmus_mesh::SpiffeId::parse_workload(id) {
+            Ok(w) => Self {
+                name: w
+                    .service_account()
+                    .map_or_else(|| UNKNOWN_LABEL.clone(), Label::from),
+                namespace: w
+                    .namespace()
+                    .map_or_else(|| UNKNOWN_LABEL.clone(), Label::from),
+                principal: Label::from(w.as_str()),
+                cluster,
+            },
+            Err(_) => Self::unknown(cluster),
+        }
+    }
+}
+
+pub static UNKNOWN_LABEL: std::sync::LazyLock<Label> =
+    std::sync::LazyLock::new(|| "unknown".into());
+
+/// Istio's standard labels on `istio_requests_total` and
+/// `istio_request_duration_milliseconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioLabels {
+    /// "source" (the caller's sidecar) or "destination".
+    pub reporter: &'static str,
+    pub source_workload: Label,
+    pub source_workload_namespace: Label,
+    pub source_principal: Label,
+    pub source_cluster: Label,
+    pub destination_workload: Label,
+    pub destination_workload_namespace: Label,
+    pub destination_principal: Label,
+    pub destination_cluster: Label,
+    /// The service as the proxy names it (`name.ns`, or a clusterset name).
+    pub destination_service: Label,
+    pub destination_service_name: Label,
+    pub destination_service_namespace: Label,
+    /// "http" or "grpc".
+    pub request_protocol: &'static str,
+    pub response_code: u16,
+    /// The gRPC status code, "" for HTTP.
+    pub grpc_response_status: &'static str,
+    pub response_flags: &'static str,
+    /// "mutual_tls" when the call crossed the mesh transport, else "none".
+    pub connection_security_policy: &'static str,
+}
+
+/// Istio's request duration buckets, in milliseconds.
+fn istio_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    ])
+}
+
 fn duration_histogram() -> Histogram {
     // 0.5 ms .. ~65 s.
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         0.0005, 2.0, 18,
     ))
+}
+
+/// A registry that remembers the full name of each family registered, so
+/// `families` can list them (an empty family is not in the exposition).
+struct Named<'a> {
+    registry: &'a mut Registry,
+    prefix: &'static str,
+    names: &'a mut Vec<String>,
+}
+
+impl Named<'_> {
+    fn register(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.names.push(if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}_{name}", self.prefix)
+        });
+        self.registry.register(name, help, metric);
+    }
 }
 
 /// Every metric the proxy exports.
@@ -187,6 +293,11 @@ pub struct Metrics {
     /// nxdomain, formerr, notimp (answered here), forwarded, servfail (no
     /// upstream answered), dropped (not a query).
     pub dns_queries: Family<ResultLabels, Counter>,
+    /// Istio's standard request count and duration (ms), unprefixed.
+    pub istio_requests: Family<IstioLabels, Counter>,
+    pub istio_request_duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
+    /// The name of every family (in the exposition once it has a sample).
+    pub families: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -209,7 +320,33 @@ impl Metrics {
     }
 
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("isthmus");
+        let mut root = Registry::default();
+        let mut names = Vec::new();
+        let mut top = Named {
+            registry: &mut root,
+            prefix: "",
+            names: &mut names,
+        };
+        let istio_requests = Family::<IstioLabels, Counter>::default();
+        top.register(
+            "istio_requests",
+            "Requests, with Istio's standard labels (for Istio's dashboards and Kiali)",
+            istio_requests.clone(),
+        );
+        let istio_request_duration =
+            Family::<IstioLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                istio_duration_histogram,
+            );
+        top.register(
+            "istio_request_duration_milliseconds",
+            "Request duration, with Istio's standard labels and buckets",
+            istio_request_duration.clone(),
+        );
+        let mut registry = Named {
+            registry: top.registry.sub_registry_with_prefix("isthmus"),
+            prefix: "isthmus",
+            names: top.names,
+        };
         let requests = Family::default();
         registry.register("requests", "HTTP and gRPC requests", requests.clone());
         let request_duration =
@@ -353,7 +490,10 @@ impl Metrics {
                 );
                 g
             },
-            registry,
+            istio_requests,
+            istio_request_duration,
+            registry: root,
+            families: names,
         }
     }
 

@@ -20,6 +20,7 @@ use crate::route::{
     Backend, HeaderMatch, HeaderModifier, HeaderValueMatch, MirrorSettings, PathMatch, PathRewrite,
     QueryParamMatch, QueryValueMatch, RateLimitSettings, Redirect, Rewrite, Route, RouteMatch,
 };
+use crate::telemetry::metrics::{Label, Workload};
 use isthmus_mesh::tls::Trust;
 
 use super::snapshot::{
@@ -232,15 +233,7 @@ fn inbound_service(name: &str, app: IpAddr, port: u16, protocol: Protocol) -> Se
             protocol,
             target_port: port,
         }],
-        endpoints: vec![EndpointSpec {
-            ip: app,
-            fixed_port: Some(port),
-            ports: HashMap::new(),
-            locality: Locality::default(),
-            weight: 1,
-            healthy: true,
-            tunnel: None,
-        }],
+        endpoints: vec![EndpointSpec::at(SocketAddr::new(app, port))],
         priorities: vec![0],
         routes: vec![],
         lb: LbSpec {
@@ -305,6 +298,7 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
     let lb_model = s.load_balancer.clone().unwrap_or_default();
     let loc_model = lb_model.locality.clone().unwrap_or_default();
     let failover = loc_model.failover_regions.clone();
+    let own_cluster: Label = node.cluster.as_str().into();
     let mut endpoints = Vec::new();
     let mut priorities = Vec::new();
     for e in &s.endpoints {
@@ -354,6 +348,14 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
                 })
             }),
         });
+        let cluster: Label = tunnel
+            .as_ref()
+            .and_then(|t| t.via.as_ref())
+            .map_or_else(|| own_cluster.clone(), |v| v.cluster.clone());
+        let workload = Arc::new(match tunnel.as_ref().and_then(|t| t.identity.as_deref()) {
+            Some(id) => Workload::of_spiffe(id, cluster),
+            None => Workload::unknown(cluster),
+        });
         endpoints.push(EndpointSpec {
             ip,
             fixed_port,
@@ -362,6 +364,7 @@ fn compile_service(s: &m::Service, node: &NodeInfo) -> Result<ServiceSpec, Compi
             weight: if e.weight == 0 { 1 } else { e.weight },
             healthy: !e.unhealthy,
             tunnel,
+            workload,
         });
     }
     let policy = match lb_model.policy() {

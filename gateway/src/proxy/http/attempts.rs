@@ -76,6 +76,7 @@ pub(super) async fn attempts(
         tried.push(idx);
         let addr = spec.endpoints[idx].addr(port);
         rec.upstream = Some(addr);
+        rec.chose(&spec.endpoints[idx]);
         rec.attempts += 1;
         if rec.attempts > 1 {
             parts

@@ -40,7 +40,8 @@ use crate::pool::{Lease, Sender, Version};
 use crate::route::{self, RequestView, Route};
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::{
-    AuthnLabels, Direction, DurationLabels, Label, RequestLabels, RouteLabels, ServiceLabels,
+    AuthnLabels, Direction, DurationLabels, IstioLabels, Label, RequestLabels, RouteLabels,
+    ServiceLabels, Workload,
 };
 use crate::telemetry::trace::TraceParent;
 use tokio::io::AsyncWriteExt;
@@ -117,6 +118,15 @@ pub async fn serve(
         bytes_received: 0,
         request_principal: None,
         authz: None,
+        peer: match (conn.direction, &conn.peer_id) {
+            (Direction::Inbound, Some(id)) => {
+                let cluster = crate::proxy::source_cluster(&proxy, &snap, Some(id))
+                    .unwrap_or_else(|| UNKNOWN.clone());
+                Some(Arc::new(Workload::of_spiffe(id.as_str(), cluster)))
+            }
+            _ => None,
+        },
+        mtls: conn.peer_id.is_some(),
     };
     Ok(handle(proxy, conn, snap, req, rec).await)
 }

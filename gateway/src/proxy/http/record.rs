@@ -29,12 +29,31 @@ pub(super) struct Record {
     pub(super) request_principal: Option<String>,
     /// The authorization rule that decided, when a policy applied.
     pub(super) authz: Option<String>,
+    /// The other side for Istio's labels: the caller (inbound), or the
+    /// endpoint chosen (outbound; None until one is).
+    pub(super) peer: Option<Arc<Workload>>,
+    /// The call crossed the mesh transport (mTLS).
+    pub(super) mtls: bool,
 }
+
+/// gRPC status codes as label values.
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
 
 pub(super) static UNKNOWN: LazyLock<Label> = LazyLock::new(|| "unknown".into());
 pub(super) static NO_ROUTE: LazyLock<Label> = LazyLock::new(|| "-".into());
 
 impl Record {
+    /// An endpoint was chosen: outbound, it is the other side of the call
+    /// (inbound, the other side is the caller, whatever local app serves).
+    pub(super) fn chose(&mut self, e: &crate::config::EndpointSpec) {
+        if self.conn.direction == Direction::Outbound {
+            self.peer = Some(e.workload.clone());
+            self.mtls = e.tunnel.is_some();
+        }
+    }
+
     pub(super) fn finish(
         self,
         status: StatusCode,
@@ -69,6 +88,7 @@ impl Record {
                 route,
             })
             .observe(self.start.elapsed().as_secs_f64());
+        self.istio(status, grpc_status, flags);
         if !self.proxy.access_log.enabled() {
             return;
         }
@@ -106,6 +126,58 @@ impl Record {
             source_cluster: None,
             peer_gateway: None,
         });
+    }
+
+    /// `istio_requests_total` and `istio_request_duration_milliseconds`.
+    fn istio(&self, status: StatusCode, grpc_status: Option<u32>, flags: &'static str) {
+        let snap = self.proxy.store.load();
+        let own = self.proxy.own_workload(&snap);
+        let unknown = || Arc::new(Workload::unknown(UNKNOWN.clone()));
+        let peer = self.peer.clone().unwrap_or_else(unknown);
+        let (reporter, source, destination) = match self.conn.direction {
+            Direction::Outbound => ("source", &own, &peer),
+            Direction::Inbound => ("destination", &peer, &own),
+        };
+        // Inbound, the service is the one the caller named (the Host it
+        // sent), as Istio reports it; ours is the synthetic `inbound|PORT`.
+        let service = match (self.conn.direction, &self.authority) {
+            (Direction::Inbound, Some(a)) => Label::from(split_host_port(a).0),
+            (Direction::Inbound, None) => UNKNOWN.clone(),
+            (Direction::Outbound, _) => self.service.clone().unwrap_or_else(|| UNKNOWN.clone()),
+        };
+        let mut parts = service.splitn(3, '.');
+        let (name, ns) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let labels = IstioLabels {
+            reporter,
+            source_workload: source.name.clone(),
+            source_workload_namespace: source.namespace.clone(),
+            source_principal: source.principal.clone(),
+            source_cluster: source.cluster.clone(),
+            destination_workload: destination.name.clone(),
+            destination_workload_namespace: destination.namespace.clone(),
+            destination_principal: destination.principal.clone(),
+            destination_cluster: destination.cluster.clone(),
+            destination_service_name: name.into(),
+            destination_service_namespace: if ns.is_empty() {
+                UNKNOWN.clone()
+            } else {
+                ns.into()
+            },
+            destination_service: service,
+            request_protocol: if self.grpc { "grpc" } else { "http" },
+            response_code: status.as_u16(),
+            grpc_response_status: match (self.grpc, grpc_status) {
+                (true, Some(s)) => GRPC_CODES.get(s as usize).copied().unwrap_or("2"),
+                _ => "",
+            },
+            response_flags: flags,
+            connection_security_policy: if self.mtls { "mutual_tls" } else { "none" },
+        };
+        let m = &self.proxy.metrics;
+        m.istio_request_duration
+            .get_or_create(&labels)
+            .observe(self.start.elapsed().as_secs_f64() * 1000.0);
+        m.istio_requests.get_or_create(&labels).inc();
     }
 
     /// Answers the request locally (an error, a fault, a rate limit): plain

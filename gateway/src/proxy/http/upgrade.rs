@@ -25,6 +25,7 @@ pub(super) async fn forward_upgrade(
     };
     let addr = spec.endpoints[idx].addr(&port);
     rec.upstream = Some(addr);
+    rec.chose(&spec.endpoints[idx]);
     rec.attempts = 1;
     let (mut parts, body) = req.into_parts();
     let uri = match shape_for_upstream(&parts.uri, &mut parts.headers, &authority, false, true) {
