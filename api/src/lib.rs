@@ -10,6 +10,7 @@ pub mod explain;
 pub mod locate;
 pub mod protocol;
 pub mod resource;
+pub mod topology;
 pub mod validate;
 
 /// Generated protobuf code.

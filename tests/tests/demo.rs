@@ -612,3 +612,157 @@ fn explain_answers_for_the_demos_canary_failover_and_a_denied_request() {
     demo.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Headless Chromium, when installed (skipped without it, unless
+/// ISTHMUS_REQUIRE_CHROMIUM is set: CI installs it).
+fn chromium() -> Option<&'static str> {
+    let found = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("ISTHMUS_REQUIRE_CHROMIUM").is_none(),
+            "ISTHMUS_REQUIRE_CHROMIUM is set but chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("skipped: no chromium");
+    }
+    found
+}
+
+/// Chromium's headless run of `url` with `what` (`--dump-dom` or
+/// `--screenshot=PATH`), after the page's scripts ran (its fetches are
+/// real, its timers advance 3 s of virtual time).
+fn headless(browser: &str, url: &str, what: &str) -> String {
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--window-size=1280,640",
+            "--virtual-time-budget=3000",
+            what,
+            url,
+        ])
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium {what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where CI keeps what a run leaves for people to look at.
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("ISTHMUS_ARTIFACTS").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/artifacts")),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The control plane's topology page in headless Chromium, on the running
+/// demo: eu-west and its two linked clusters, both links connected over
+/// QUIC, live traffic to eu-central, the services; a screenshot left in
+/// the artifacts. Then eu-central goes down (its control plane and
+/// gateway killed) and the page shows it.
+#[test]
+fn the_topology_page_shows_the_demos_clusters_links_and_traffic() {
+    let Some(browser) = chromium() else { return };
+    let _one = one_demo();
+    let ctl = isthmusctl();
+    let dir = temp_dir("demo-topology");
+    let demo = Running::start(&ctl, &dir);
+    let page = "http://127.0.1.1:15030/";
+    // Traffic rates need the proxies read twice: ask until they show.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t: serde_json::Value =
+            serde_json::from_str(&admin_get("127.0.1.1:15030", "/topology")).unwrap();
+        let to_central = t["traffic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["to"] == "eu-central" && e["requestsPerSecond"].as_f64() > Some(0.0));
+        if to_central {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no traffic to eu-central:\n{t:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let dom = headless(browser, page, "--dump-dom");
+    for want in [
+        r#"class="cluster" data-cluster="eu-west" data-state="local""#,
+        r#"class="cluster" data-cluster="eu-central" data-state="up""#,
+        r#"class="cluster" data-cluster="us-east" data-state="up""#,
+        r#"class="link" data-from="eu-west" data-to="eu-central" data-state="Connected""#,
+        r#"class="link" data-from="eu-west" data-to="us-east" data-state="Connected""#,
+        r#"class="traffic" data-to="eu-central""#,
+        "<td>catalog.shop</td><td>eu-central, eu-west</td>",
+        r#"id="status" data-ok="true""#,
+    ] {
+        assert!(dom.contains(want), "{want:?} not in the page:\n{dom}");
+    }
+    assert!(dom.contains("quic · "), "links say their transport:\n{dom}");
+    let shot = artifacts().join("topology.png");
+    headless(browser, page, &format!("--screenshot={}", shot.display()));
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("screenshot: {}", shot.display());
+
+    // eu-central goes down: the page says so.
+    let killed = Instant::now();
+    for needle in ["--admin 127.0.2.1:15030", "--admin 127.0.2.2:15020"] {
+        let pid = pid_of(needle).unwrap_or_else(|| panic!("no process with {needle}"));
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t: serde_json::Value =
+            serde_json::from_str(&admin_get("127.0.1.1:15030", "/topology")).unwrap();
+        if t["clusters"][1]["state"] == "down" {
+            eprintln!(
+                "eu-central shown down {:?} after the kill",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "eu-central still up:\n{t:#}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dom = headless(browser, page, "--dump-dom");
+    for want in [
+        r#"class="cluster" data-cluster="eu-central" data-state="down""#,
+        r#"class="link" data-from="eu-west" data-to="eu-central" data-state="Disconnected"#,
+        r#"class="cluster" data-cluster="us-east" data-state="up""#,
+    ] {
+        assert!(dom.contains(want), "{want:?} not in the page:\n{dom}");
+    }
+    headless(
+        browser,
+        page,
+        &format!(
+            "--screenshot={}",
+            artifacts().join("topology-down.png").display()
+        ),
+    );
+    drop(demo);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -401,10 +401,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             (String::new(), String::new())
         };
         eprintln!(
-            "  {:<10} {place}127.0.{}.0/24  store {}  (edit it live)\n             control plane admin: {run}curl -s {}/links   frontend: {run}curl -s -H 'Host: catalog.shop.svc.clusterset.local' {}/",
+            "  {:<10} {place}127.0.{}.0/24  store {}  (edit it live)\n             topology page: http://{}/{}\n             control plane admin: {run}curl -s {}/links   frontend: {run}curl -s -H 'Host: catalog.shop.svc.clusterset.local' {}/",
             c.name,
             c.index,
             demo.store(&c).display(),
+            c.control_plane_admin(),
+            if args.netns {
+                "  (inside its namespace)"
+            } else {
+                ""
+            },
             c.control_plane_admin(),
             c.frontend(),
         );

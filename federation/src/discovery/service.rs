@@ -272,11 +272,18 @@ impl Discovery for DiscoveryService {
                 .map(|w| w.address)
                 .or(peer.map(|p| p.ip()))
                 .map(|a| a.to_string()),
+            // An admin port on every address (0.0.0.0:15020 in a pod) is
+            // reached on the address the stream comes from.
             admin: sub
                 .admin_address
                 .parse::<std::net::SocketAddr>()
                 .ok()
-                .map(|a| a.to_string()),
+                .map(|mut a| {
+                    if let (true, Some(p)) = (a.ip().is_unspecified(), peer) {
+                        a.set_ip(p.ip());
+                    }
+                    a.to_string()
+                }),
             connected_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

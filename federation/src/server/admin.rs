@@ -1,4 +1,5 @@
-//! The admin port: /healthz, /readyz, /config_dump (objects, store
+//! The admin port: the topology page (/ and its data /topology,
+//! `server::topology`), /healthz, /readyz, /config_dump (objects, store
 //! errors, problems, conditions, proxies, links, policies), /proxy_config?
 //! namespace=, /explain?service= (`server::explain`), /links (each ClusterLink's status, as `isthmusctl status`
 //! shows), /policies (shared with the cluster set and received, with
@@ -15,8 +16,11 @@ impl ControlPlane {
         let peers = self.peers.clone();
         let reports = self.reports.clone();
         let metrics = self.metrics.clone();
+        let traffic = self.traffic.clone();
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
+        self.tasks
+            .spawn(traffic.clone().collect(subscribers.clone(), stop.clone()));
         self.tasks.spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -29,11 +33,12 @@ impl ControlPlane {
                 let published = published.clone();
                 let subscribers = subscribers.clone();
                 let (peers, reports, metrics) = (peers.clone(), reports.clone(), metrics.clone());
+                let traffic = traffic.clone();
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let p = published.borrow().clone();
-                        let r = admin(&req, &p, &subscribers, &peers, &reports, &metrics);
+                        let r = admin(&req, &p, &subscribers, &peers, &reports, &metrics, &traffic);
                         async move { Ok::<_, Infallible>(r) }
                     });
                     let builder =
@@ -128,8 +133,32 @@ fn admin(
     peers: &crate::sync::peers::Peers,
     reports: &crate::sync::policies::Reports,
     metrics: &super::metrics::Metrics,
+    traffic: &super::topology::Traffic,
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
+        // The topology page and its data.
+        "/" | "/topology.html" => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            super::topology::PAGE.to_string(),
+        ),
+        "/topology" => {
+            traffic.watched();
+            let own = crate::identity::mesh_cluster_name(&p.store.snapshot).unwrap_or_default();
+            let t = super::topology::topology(
+                p,
+                &own,
+                &peers.all(),
+                subscribers.list().len(),
+                traffic.edges(&own),
+                std::time::SystemTime::now(),
+            );
+            (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string(&t).unwrap_or_default(),
+            )
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         // Ready once a store generation was translated (always, after start).
         "/readyz" => (
@@ -219,7 +248,7 @@ fn admin(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /config_dump, /explain?service=NAME, /links, /policies, /proxies, /metrics, /proxy_config?namespace=NS, /healthz, /readyz\n"
+            "not found: try / (the topology page), /config_dump, /explain?service=NAME, /links, /policies, /proxies, /metrics, /proxy_config?namespace=NS, /healthz, /readyz\n"
                 .to_string(),
         ),
     };

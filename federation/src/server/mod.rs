@@ -35,6 +35,7 @@ mod admin;
 pub mod explain;
 pub mod metrics;
 pub mod resolver;
+pub mod topology;
 mod translate_loop;
 
 pub use admin::{all_conditions, link_statuses, policies};
@@ -142,6 +143,8 @@ pub struct ControlPlane {
     pub reports: Arc<crate::sync::policies::Reports>,
     /// `/metrics` on the admin port.
     pub metrics: Arc<metrics::Metrics>,
+    /// Our proxies' traffic by destination cluster, for the topology page.
+    pub traffic: Arc<topology::Traffic>,
     opts: Options,
 }
 

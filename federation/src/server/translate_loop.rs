@@ -124,6 +124,7 @@ impl ControlPlane {
             peers,
             reports: Default::default(),
             metrics: Default::default(),
+            traffic: Default::default(),
             opts,
         }
     }

@@ -144,6 +144,12 @@ impl Admin {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 self.proxy.metrics.encode(),
             ),
+            // Requests sent, by destination cluster (the topology page).
+            "/stats/edges" => (
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string(&self.proxy.metrics.edges.snapshot()).unwrap_or_default(),
+            ),
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" => match self.ready() {
                 Ok(()) => (StatusCode::OK, "text/plain", "ready\n".into()),

@@ -298,6 +298,8 @@ pub struct Metrics {
     pub istio_request_duration: Family<IstioLabels, Histogram, fn() -> Histogram>,
     /// The name of every family (in the exposition once it has a sample).
     pub families: Vec<String>,
+    /// Outbound requests by destination cluster (`/stats/edges`).
+    pub edges: super::edges::Edges,
 }
 
 impl Default for Metrics {
@@ -494,6 +496,7 @@ impl Metrics {
             istio_request_duration,
             registry: root,
             families: names,
+            edges: Default::default(),
         }
     }
 

@@ -2,5 +2,6 @@
 //! Recording only; nothing here decides how a request is handled.
 
 pub mod accesslog;
+pub mod edges;
 pub mod metrics;
 pub mod trace;

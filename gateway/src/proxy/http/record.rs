@@ -178,6 +178,13 @@ impl Record {
             .get_or_create(&labels)
             .observe(self.start.elapsed().as_secs_f64() * 1000.0);
         m.istio_requests.get_or_create(&labels).inc();
+        if self.conn.direction == Direction::Outbound && self.peer.is_some() {
+            m.edges.observe(
+                &labels.destination_cluster,
+                status.as_u16(),
+                self.start.elapsed(),
+            );
+        }
     }
 
     /// Answers the request locally (an error, a fault, a rate limit): plain
