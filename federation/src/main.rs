@@ -11,6 +11,11 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (for people) or `json` (one object per line:
+    /// timestamp, level, target, message and fields, for log pipelines).
+    /// The lines saying where each port is bound stay plain text.
+    #[arg(long, global = true, env = "ISTHMUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -186,14 +191,18 @@ async fn resolve_entry(entry: &str) -> anyhow::Result<SocketAddr> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::Run(args) => {
             // Before anything says where it listens: a SIGTERM or SIGINT

@@ -24,6 +24,11 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (for people) or `json` (one object per line:
+    /// timestamp, level, target, message and fields, for log pipelines).
+    /// The lines saying where each port is bound stay plain text.
+    #[arg(long, global = true, env = "ISTHMUS_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -330,14 +335,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ISTHMUS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     match cli.command {
         Command::InitIptables(a) => {
             let s = CaptureSettings {

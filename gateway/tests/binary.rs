@@ -117,6 +117,69 @@ fn invalid_config_refuses_to_start_naming_field_and_line() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--log-format json`: every log line is one JSON object with the
+/// timestamp, level, target, message and the event's fields (the start
+/// lines saying where ports are bound stay plain text).
+#[test]
+fn json_logs_by_a_flag() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("isthmus-bin-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("ok.yaml");
+    std::fs::write(
+        &cfg,
+        "listeners:\n  - {name: out, address: \"127.0.0.1:0\", http: {}}\nservices: []\n",
+    )
+    .unwrap();
+    let mut child = sidecar_on(&cfg)
+        .args(["--log-format", "json"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut json = Vec::new();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("admin on ") {
+            break;
+        }
+        if line.starts_with('{') {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            json.push(v);
+        } else {
+            assert!(line.starts_with("listener "), "a plain log line: {line}");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let started = json
+        .iter()
+        .find(|v| v["message"] == "sidecar started")
+        .unwrap_or_else(|| panic!("no `sidecar started` event in {json:?}"));
+    assert_eq!(started["level"], "INFO");
+    assert!(started["timestamp"].is_string(), "{started}");
+    assert!(
+        started["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("isthmus_gateway"),
+        "{started}"
+    );
+    assert!(
+        started["admin"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "fields flattened: {started}"
+    );
+    // A value the flag does not know is refused by name.
+    let out = Command::new(BIN)
+        .args(["--log-format", "yaml", "sidecar", "--config", "x.yaml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: text, json]"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn wait_ready(admin: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !get(admin, "/readyz")
