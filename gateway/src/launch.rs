@@ -98,6 +98,10 @@ pub struct Settings {
     pub eastwest: Option<EastWestConfig>,
     /// The DNS proxy (`--dns`).
     pub dns: Option<crate::dns::DnsSettings>,
+    /// Where spans go (an OTLP/gRPC collector), if anywhere.
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces sampled, 0 to 1.
+    pub trace_sampling: f64,
 }
 
 impl Settings {
@@ -126,6 +130,8 @@ impl Settings {
             app_probes: None,
             eastwest: None,
             dns: None,
+            otlp_endpoint: None,
+            trace_sampling: crate::telemetry::otlp::DEFAULT_RATE,
         }
     }
 }
@@ -143,6 +149,8 @@ pub enum LaunchError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Otlp(#[from] crate::telemetry::otlp::OtlpError),
     #[error("bootstrap {path}: {reason}")]
     Bootstrap { path: String, reason: String },
     #[error("bootstrap {0}: services come from the control plane; keep only node and listeners")]
@@ -544,6 +552,7 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
     if let Some(p) = app_probes {
         sidecar.set_app_probes(p);
     }
+    sidecar.proxy.set_tracing(tracing_of(&s)?);
     let dns = match s.dns {
         Some(d) => {
             let at = d.address;
@@ -589,4 +598,38 @@ impl Launched {
             let _ = task.await;
         }
     }
+}
+
+/// The proxy's tracing from its flags: the sampling rate, and spans to the
+/// OTLP collector when one is given (the resource named after the
+/// workload, `<name>.<namespace>`, as Istio names its proxies' spans).
+fn tracing_of(s: &Settings) -> Result<crate::telemetry::otlp::Tracing, LaunchError> {
+    use opentelemetry::KeyValue;
+    let spans = match &s.otlp_endpoint {
+        None => None,
+        Some(endpoint) => {
+            let n = &s.node;
+            let name = n.name.clone().unwrap_or_else(|| "isthmus-gateway".into());
+            let namespace = n.namespace.clone().unwrap_or_default();
+            let mut attributes = vec![KeyValue::new("k8s.pod.name", name.clone())];
+            if !namespace.is_empty() {
+                attributes.push(KeyValue::new("k8s.namespace.name", namespace.clone()));
+            }
+            if let Some(c) = &n.cluster {
+                attributes.push(KeyValue::new("isthmus.cluster", c.clone()));
+            }
+            let service = if namespace.is_empty() {
+                name
+            } else {
+                format!("{name}.{namespace}")
+            };
+            Some(crate::telemetry::otlp::Spans::start(
+                endpoint, service, attributes,
+            )?)
+        }
+    };
+    Ok(crate::telemetry::otlp::Tracing {
+        rate: s.trace_sampling,
+        spans,
+    })
 }

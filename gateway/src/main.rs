@@ -111,6 +111,14 @@ struct SidecarArgs {
     /// Access log: "stdout", "off" or a file path.
     #[arg(long, default_value = "stdout", env = "ISTHMUS_ACCESS_LOG")]
     access_log: String,
+    /// Send spans (one per request through this proxy) to this OTLP/gRPC
+    /// collector, e.g. http://otel-collector.observability:4317.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Percent of new traces sampled (a request without `traceparent`); a
+    /// caller's decision is always kept. Istio's default: 1.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_percent)]
+    trace_sampling: f64,
     /// On SIGTERM, how long in-flight requests get to finish.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -260,6 +268,8 @@ impl SidecarArgs {
             cert_ttl: self.cert_ttl,
             tunnel_port: self.tunnel_port,
             access_log: self.access_log.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            trace_sampling: self.trace_sampling / 100.0,
             drain_timeout: self.drain_timeout,
             reload_interval: self.reload_interval,
             mark: self.mark,
@@ -332,6 +342,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} must be a non-negative duration"));
     }
     Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is too long a duration"))
+}
+
+/// A percentage, 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {

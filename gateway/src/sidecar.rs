@@ -244,6 +244,15 @@ impl Sidecar {
             self.admin_tasks.wait().await;
         })
         .await;
+        // Spans still queued go to the collector (the SDK waits on a
+        // channel: off the runtime's workers).
+        let proxy = self.proxy.clone();
+        let flush = tokio::task::spawn_blocking(move || {
+            if let Some(spans) = &proxy.tracing().spans {
+                spans.shutdown();
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
         tracing::info!("stopped");
     }
 }

@@ -640,3 +640,214 @@ fn replace_bundle(yaml: &str, from: &str, to: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n---\n")
 }
+
+/// An OTLP/gRPC receiver: every span exported to it, as a collector gets
+/// them (resource service name, span).
+struct Collector {
+    spans:
+        tokio::sync::mpsc::UnboundedSender<(String, opentelemetry_proto::tonic::trace::v1::Span)>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.as_ref())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for s in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                let _ = self.spans.send((service.clone(), s));
+            }
+        }
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// A span attribute as a string (its value's debug form for non-strings).
+fn attr(s: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    s.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+        .map(|v| match v {
+            Value::StringValue(s) => s.clone(),
+            Value::IntValue(i) => i.to_string(),
+            Value::BoolValue(b) => b.to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+/// GET through `out` with `traceparent` (if any): the app's JSON.
+async fn get_traced(out: SocketAddr, host: &str, traceparent: Option<&str>) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(out).await.unwrap();
+    let tp = traceparent.map_or_else(String::new, |t| format!("traceparent: {t}\r\n"));
+    s.write_all(
+        format!("GET /items HTTP/1.1\r\nHost: {host}\r\n{tp}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    serde_json::from_str(resp.split_once("\r\n\r\n").unwrap().1).unwrap()
+}
+
+/// Spans over OTLP: a request from eu-west's frontend to eu-central's
+/// catalog (through both east-west gateways) gives one span per hop, in
+/// one trace, each with the other side's cluster; the caller's sampling
+/// decision is kept (not sampled: no span, and `-00` passed on); a new
+/// trace is sampled at the configured rate (0 here: none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_every_hop_reach_an_otlp_collector_as_one_trace() {
+    use isthmus_gateway::telemetry::otlp::{Spans, Tracing};
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    init_tracing();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector { spans: tx }))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let (west, central) = linked_pair(
+        "otlp",
+        &[("shop.yaml", SHOP_CENTRAL)],
+        Duration::from_secs(600),
+        "5m",
+    )
+    .await;
+    let (catalog, _tls, _meshed) = central.start_meshed_catalog().await;
+    let frontend = west
+        .start_frontend(vec![model::Listener {
+            name: "out".into(),
+            address: "127.0.0.1:0".into(),
+            kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
+        }])
+        .await;
+    for (sidecar, service) in [(&frontend, "frontend.shop"), (&catalog, "catalog.shop")] {
+        sidecar.proxy.set_tracing(Tracing {
+            rate: 0.0,
+            spans: Some(Spans::start(&endpoint, service.into(), Vec::new()).unwrap()),
+        });
+    }
+    let out = eventually("frontend listener", || async {
+        frontend.listener_addr("out")
+    })
+    .await;
+    const HOST: &str = "catalog-eu-central.shop";
+    eventually("eu-west reaches eu-central's catalog", || async {
+        http(out, HOST, "/items").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    // Not sampled by the caller: passed on as such, no span.
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let app = get_traced(out, HOST, Some(unsampled)).await;
+    let seen = app["traceparent"].as_str().unwrap();
+    assert!(
+        seen.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && seen.ends_with("-00"),
+        "{seen}"
+    );
+    // A new trace at rate 0: not sampled either.
+    let app = get_traced(out, HOST, None).await;
+    assert!(
+        app["traceparent"].as_str().unwrap().ends_with("-00"),
+        "{app}"
+    );
+    // Sampled by the caller: a span at each hop.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sampled = format!("00-{trace}-00f067aa0ba902b7-01");
+    let app = get_traced(out, HOST, Some(&sampled)).await;
+    let seen = app["traceparent"].as_str().unwrap().to_string();
+    assert!(
+        seen.starts_with(&format!("00-{trace}-")) && seen.ends_with("-01"),
+        "{seen}"
+    );
+
+    let mut spans = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while spans.len() < 2 {
+        let got = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("both hops' spans within 30 s")
+            .unwrap();
+        let id = got
+            .1
+            .trace_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        assert_eq!(id, trace, "only the sampled trace has spans: {got:?}");
+        spans.push(got);
+    }
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (client, server) = {
+        let c = spans
+            .iter()
+            .find(|(_, s)| s.kind == 3)
+            .expect("a client span");
+        let s = spans
+            .iter()
+            .find(|(_, s)| s.kind == 2)
+            .expect("a server span");
+        (c, s)
+    };
+    assert!(client.0.contains("frontend.shop"), "{:?}", client.0);
+    assert!(server.0.contains("catalog.shop"), "{:?}", server.0);
+    let (c, s) = (&client.1, &server.1);
+    // The chain: caller's span -> frontend's -> catalog's -> the app.
+    assert_eq!(hex(&c.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(
+        s.parent_span_id, c.span_id,
+        "the server span's parent is the client's"
+    );
+    assert_eq!(
+        &seen[36..52],
+        hex(&s.span_id),
+        "the app's parent is the server span"
+    );
+    assert_eq!(
+        attr(c, "isthmus.peer_cluster").as_deref(),
+        Some("eu-central")
+    );
+    assert_eq!(
+        attr(c, "isthmus.via_eastwest_gateway").as_deref(),
+        Some("true")
+    );
+    assert_eq!(attr(c, "isthmus.cluster").as_deref(), Some("eu-west"));
+    assert_eq!(attr(c, "http.response.status_code").as_deref(), Some("200"));
+    assert_eq!(attr(s, "isthmus.peer_cluster").as_deref(), Some("eu-west"));
+    assert_eq!(
+        attr(s, "isthmus.peer_principal").as_deref(),
+        Some("spiffe://eu-west.isthmus.local/ns/shop/sa/frontend")
+    );
+    assert_eq!(attr(s, "isthmus.cluster").as_deref(), Some("eu-central"));
+    assert_eq!(
+        attr(s, "isthmus.connection_security_policy").as_deref(),
+        Some("mutual_tls")
+    );
+    assert!(
+        c.end_time_unix_nano >= s.end_time_unix_nano,
+        "the client span ends last"
+    );
+}

@@ -41,6 +41,9 @@ pub struct Proxy {
     pub mesh: Option<Arc<MeshTls>>,
     /// This workload as Istio's labels name it, once its identity is known.
     own: std::sync::OnceLock<Arc<Workload>>,
+    /// Sampling and span export, once set (`set_tracing`); until then
+    /// new traces are sampled at Istio's default and no span is sent.
+    tracing: std::sync::OnceLock<crate::telemetry::otlp::Tracing>,
 }
 
 impl Proxy {
@@ -76,7 +79,20 @@ impl Proxy {
             hard_stop: CancellationToken::new(),
             socket,
             own: std::sync::OnceLock::new(),
+            tracing: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How this proxy traces (sampling rate, span export).
+    pub fn tracing(&self) -> &crate::telemetry::otlp::Tracing {
+        self.tracing
+            .get()
+            .unwrap_or(&crate::telemetry::otlp::DEFAULT)
+    }
+
+    /// Sets how this proxy traces, once (later calls are ignored).
+    pub fn set_tracing(&self, t: crate::telemetry::otlp::Tracing) {
+        let _ = self.tracing.set(t);
     }
 
     /// This workload for Istio's labels: its service account (the name a

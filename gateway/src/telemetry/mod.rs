@@ -1,7 +1,9 @@
-//! Telemetry: Prometheus metrics, the JSON access log and W3C trace context.
+//! Telemetry: Prometheus metrics (ours and Istio's), the JSON access log,
+//! W3C trace context and spans over OTLP.
 //! Recording only; nothing here decides how a request is handled.
 
 pub mod accesslog;
 pub mod edges;
 pub mod metrics;
+pub mod otlp;
 pub mod trace;

@@ -1,6 +1,8 @@
 //! W3C Trace Context: each hop keeps the trace id and adds its own span id
 //! as the new parent id; a request without a valid `traceparent` starts a
-//! new trace.
+//! new trace. The sampling decision travels in the flags: an incoming one
+//! is kept (sampled or not), a new trace is sampled at the configured rate
+//! (`Sampling`), never forced.
 
 use rand::Rng;
 
@@ -51,9 +53,15 @@ impl TraceParent {
         })
     }
 
-    /// This hop's context: same trace and flags, a new span id. Without a
-    /// valid incoming context, a new sampled trace.
-    pub fn next_hop<R: Rng + ?Sized>(incoming: Option<&str>, rng: &mut R) -> Self {
+    /// Whether the trace is sampled (its spans recorded).
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+
+    /// This hop's context: same trace and flags (the caller's sampling
+    /// decision), a new span id. Without a valid incoming context, a new
+    /// trace, sampled at `rate` (0 to 1).
+    pub fn next_hop<R: Rng + ?Sized>(incoming: Option<&str>, rate: f64, rng: &mut R) -> Self {
         let span = loop {
             let s: u64 = rng.random();
             if s != 0 {
@@ -73,7 +81,7 @@ impl TraceParent {
                     }
                 },
                 parent_id: span,
-                flags: 1,
+                flags: u8::from(rate > 0.0 && rng.random::<f64>() < rate),
             },
         }
     }
@@ -155,13 +163,31 @@ mod tests {
     fn next_hop_keeps_trace_and_changes_span() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let incoming = TraceParent::parse(TP).unwrap();
-        let next = TraceParent::next_hop(Some(TP), &mut rng);
+        let next = TraceParent::next_hop(Some(TP), 0.0, &mut rng);
         assert_eq!(next.trace_id, incoming.trace_id);
         assert_eq!(next.flags, incoming.flags);
         assert_ne!(next.parent_id, incoming.parent_id);
-        let fresh = TraceParent::next_hop(Some("garbage"), &mut rng);
+        let fresh = TraceParent::next_hop(Some("garbage"), 1.0, &mut rng);
         assert_ne!(fresh.trace_id, incoming.trace_id);
         assert_eq!(fresh.flags, 1);
         assert!(TraceParent::parse(&fresh.to_string()).is_some());
+    }
+
+    #[test]
+    fn the_callers_decision_is_kept_and_new_traces_sample_at_the_rate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        // Kept whatever our rate: not sampled stays not sampled...
+        let n = TraceParent::next_hop(Some(unsampled), 1.0, &mut rng);
+        assert!(!n.sampled());
+        // ...and sampled stays sampled.
+        assert!(TraceParent::next_hop(Some(TP), 0.0, &mut rng).sampled());
+        // New traces: never at 0, always at 1, about the rate between.
+        assert!((0..100).all(|_| !TraceParent::next_hop(None, 0.0, &mut rng).sampled()));
+        assert!((0..100).all(|_| TraceParent::next_hop(None, 1.0, &mut rng).sampled()));
+        let sampled = (0..10_000)
+            .filter(|_| TraceParent::next_hop(None, 0.1, &mut rng).sampled())
+            .count();
+        assert!((800..1200).contains(&sampled), "{sampled} of 10000 at 10 %");
     }
 }

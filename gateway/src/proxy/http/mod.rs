@@ -76,7 +76,15 @@ pub async fn serve(
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let tp = TraceParent::next_hop(incoming_tp.as_deref(), &mut rand::rng());
+    let tp = TraceParent::next_hop(
+        incoming_tp.as_deref(),
+        proxy.tracing().rate,
+        &mut rand::rng(),
+    );
+    let parent_span = incoming_tp
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .map(|p| p.parent_id);
     req.headers_mut().insert(TRACEPARENT, tp.header_value());
     if !req.headers().contains_key(REQUEST_ID) {
         let mut id = [0u8; 32];
@@ -110,6 +118,7 @@ pub async fn serve(
             .get(header::CONTENT_TYPE)
             .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc")),
         trace: tp,
+        parent_span,
         request_id: req.headers().get(REQUEST_ID).cloned(),
         service: None,
         route: None,
@@ -127,6 +136,7 @@ pub async fn serve(
             _ => None,
         },
         mtls: conn.peer_id.is_some(),
+        via_gateway: false,
     };
     Ok(handle(proxy, conn, snap, req, rec).await)
 }

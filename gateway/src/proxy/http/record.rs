@@ -18,6 +18,8 @@ pub(super) struct Record {
     pub(super) authority: Option<String>,
     pub(super) grpc: bool,
     pub(super) trace: TraceParent,
+    /// The caller's span, from its `traceparent`.
+    pub(super) parent_span: Option<u64>,
     pub(super) request_id: Option<HeaderValue>,
     pub(super) service: Option<Arc<str>>,
     pub(super) route: Option<Arc<str>>,
@@ -34,6 +36,9 @@ pub(super) struct Record {
     pub(super) peer: Option<Arc<Workload>>,
     /// The call crossed the mesh transport (mTLS).
     pub(super) mtls: bool,
+    /// The endpoint chosen is our east-west gateway, standing for another
+    /// cluster.
+    pub(super) via_gateway: bool,
 }
 
 /// gRPC status codes as label values.
@@ -51,6 +56,7 @@ impl Record {
         if self.conn.direction == Direction::Outbound {
             self.peer = Some(e.workload.clone());
             self.mtls = e.tunnel.is_some();
+            self.via_gateway = e.tunnel.as_ref().is_some_and(|t| t.via.is_some());
         }
     }
 
@@ -89,6 +95,11 @@ impl Record {
             })
             .observe(self.start.elapsed().as_secs_f64());
         self.istio(status, grpc_status, flags);
+        if self.trace.sampled()
+            && let Some(spans) = &self.proxy.tracing().spans
+        {
+            spans.record(self.hop(status, flags, reason.as_deref()));
+        }
         if !self.proxy.access_log.enabled() {
             return;
         }
@@ -126,6 +137,87 @@ impl Record {
             source_cluster: None,
             peer_gateway: None,
         });
+    }
+
+    /// This hop's span: ids from `traceparent`, the request, the answer,
+    /// and the other side (its cluster, whether our east-west gateway
+    /// carried it).
+    fn hop(
+        &self,
+        status: StatusCode,
+        flags: &'static str,
+        reason: Option<&str>,
+    ) -> crate::telemetry::otlp::Hop {
+        use opentelemetry::KeyValue;
+        let snap = self.proxy.store.load();
+        let own = self.proxy.own_workload(&snap);
+        let service = self.service.as_deref().unwrap_or("unknown");
+        let mut a = vec![
+            KeyValue::new("http.request.method", self.method.to_string()),
+            KeyValue::new("url.path", self.uri.path().to_string()),
+            KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+            KeyValue::new(
+                "network.protocol.version",
+                match self.version {
+                    http::Version::HTTP_2 => "2",
+                    http::Version::HTTP_10 => "1.0",
+                    _ => "1.1",
+                },
+            ),
+            KeyValue::new("isthmus.direction", self.conn.direction.as_str()),
+            KeyValue::new("isthmus.cluster", own.cluster.to_string()),
+            KeyValue::new("isthmus.service", service.to_string()),
+            KeyValue::new("isthmus.response_flags", flags),
+            KeyValue::new("isthmus.attempts", i64::from(self.attempts)),
+            KeyValue::new(
+                "isthmus.connection_security_policy",
+                if self.mtls { "mutual_tls" } else { "none" },
+            ),
+        ];
+        if let Some(host) = &self.authority {
+            a.push(KeyValue::new(
+                "server.address",
+                split_host_port(host).0.to_string(),
+            ));
+        }
+        if let Some(r) = &self.route {
+            a.push(KeyValue::new("isthmus.route", r.to_string()));
+        }
+        if let Some(u) = self.upstream {
+            a.push(KeyValue::new("isthmus.upstream", u.to_string()));
+        }
+        if let Some(p) = &self.peer {
+            a.push(KeyValue::new("isthmus.peer_cluster", p.cluster.to_string()));
+            a.push(KeyValue::new("isthmus.peer_workload", p.name.to_string()));
+            a.push(KeyValue::new(
+                "isthmus.peer_principal",
+                p.principal.to_string(),
+            ));
+        }
+        if self.conn.direction == Direction::Outbound {
+            a.push(KeyValue::new(
+                "isthmus.via_eastwest_gateway",
+                self.via_gateway,
+            ));
+        }
+        if let Some(id) = self.request_id.as_ref().and_then(|v| v.to_str().ok()) {
+            a.push(KeyValue::new("isthmus.request_id", id.to_string()));
+        }
+        crate::telemetry::otlp::Hop {
+            trace_id: self.trace.trace_id,
+            span_id: self.trace.parent_id,
+            parent_id: self.parent_span,
+            kind: match self.conn.direction {
+                Direction::Outbound => opentelemetry::trace::SpanKind::Client,
+                Direction::Inbound => opentelemetry::trace::SpanKind::Server,
+            },
+            name: format!("{} {service}", self.method),
+            start: self.start_wall,
+            duration: self.start.elapsed(),
+            attributes: a,
+            error: (status.is_server_error() || reason.is_some() && status.as_u16() >= 400)
+                .then(|| reason.map_or_else(|| status.to_string(), str::to_string)),
+        }
     }
 
     /// `istio_requests_total` and `istio_request_duration_milliseconds`.
