@@ -7,6 +7,14 @@
 //! says what its policies make of this caller (`/explain?inbound=`).
 //! Fetching is here; the deciding was done where the state lives, and
 //! `render` only prints.
+//!
+//! The admin ports are reached directly (`--admin`, the demo), or in a
+//! cluster through the API server (`--context`): the pods' `proxy`
+//! subresource carries each GET to the pod's admin port (0.0.0.0:15020 in
+//! every pod we run), so nothing is port-forwarded or left open, and RBAC's
+//! `get pods/proxy` in the namespaces asked about is what it takes. With
+//! several control plane replicas, the one the caller's proxy is connected
+//! to answers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -54,6 +62,149 @@ pub struct PolicyStep {
 
 const WITHIN: Duration = Duration::from_secs(5);
 
+/// How the admin ports are reached.
+pub enum Reach {
+    /// Their addresses, as proxies report them (the demo).
+    Direct { control_plane: SocketAddr },
+    /// Through a cluster's API server (pods/proxy).
+    Kube {
+        client: kube::Client,
+        /// The control plane's namespace.
+        namespace: String,
+        /// Its admin port.
+        admin_port: u16,
+        /// The control plane pod answering (set once found).
+        pod: parking_lot::Mutex<Option<String>>,
+    },
+}
+
+impl Reach {
+    pub fn kube(client: kube::Client, namespace: &str, admin_port: u16) -> Self {
+        Self::Kube {
+            client,
+            namespace: namespace.to_string(),
+            admin_port,
+            pod: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// GET `path` on pod `ns/name`'s port through the API server.
+    async fn pod_get(
+        client: &kube::Client,
+        ns: &str,
+        name: &str,
+        port: u16,
+        path: &str,
+    ) -> anyhow::Result<String> {
+        let uri = format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy{path}");
+        let req = http::Request::get(&uri).body(Vec::new())?;
+        tokio::time::timeout(WITHIN, client.request_text(req))
+            .await
+            .with_context(|| format!("the API server did not answer {uri} within {WITHIN:?}"))?
+            .with_context(|| format!("GET {uri} through the API server"))
+    }
+
+    /// The control plane pods (app=isthmus-federation), running ones.
+    async fn control_planes(client: &kube::Client, namespace: &str) -> anyhow::Result<Vec<String>> {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+        let list = pods
+            .list(&kube::api::ListParams::default().labels("app=isthmus-federation"))
+            .await
+            .with_context(|| format!("listing the control plane's pods in {namespace}"))?;
+        let names: Vec<String> = list
+            .items
+            .into_iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .is_some_and(|ph| ph == "Running")
+            })
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        anyhow::ensure!(
+            !names.is_empty(),
+            "no running control plane pod (app=isthmus-federation) in {namespace}: is Isthmus installed (isthmusctl check)?"
+        );
+        Ok(names)
+    }
+
+    /// The proxies of the control plane, and, in a cluster, of each
+    /// replica until one has `from` (it answers from then on).
+    pub async fn proxies(&self, from: Option<&str>) -> anyhow::Result<Proxies> {
+        match self {
+            Reach::Direct { control_plane } => {
+                serde_json::from_str(&admin_get(*control_plane, "/proxies", WITHIN).await?)
+                    .context("/proxies is not the proxies' status")
+            }
+            Reach::Kube {
+                client,
+                namespace,
+                admin_port,
+                pod,
+            } => {
+                let mut all = Proxies {
+                    generation: 0,
+                    proxies: Vec::new(),
+                };
+                for name in Self::control_planes(client, namespace).await? {
+                    let body =
+                        Self::pod_get(client, namespace, &name, *admin_port, "/proxies").await?;
+                    let p: Proxies = serde_json::from_str(&body)
+                        .context("/proxies is not the proxies' status")?;
+                    all.generation = all.generation.max(p.generation);
+                    let has = from.is_some_and(|f| p.proxies.iter().any(|x| x.proxy == f));
+                    all.proxies.extend(p.proxies);
+                    if has {
+                        *pod.lock() = Some(name);
+                        break;
+                    }
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// GET `path` on the control plane (the replica that answered for the
+    /// caller).
+    async fn control_plane(&self, path: &str) -> anyhow::Result<String> {
+        match self {
+            Reach::Direct { control_plane } => admin_get(*control_plane, path, WITHIN).await,
+            Reach::Kube {
+                client,
+                namespace,
+                admin_port,
+                pod,
+            } => {
+                let held = pod.lock().clone();
+                let name = match held {
+                    Some(n) => n,
+                    None => Self::control_planes(client, namespace).await?.remove(0),
+                };
+                Self::pod_get(client, namespace, &name, *admin_port, path).await
+            }
+        }
+    }
+
+    /// GET `path` on a proxy's admin port.
+    async fn proxy(&self, p: &ProxyStatus, path: &str) -> anyhow::Result<String> {
+        let at = admin_of(p)?;
+        match self {
+            Reach::Direct { .. } => admin_get(at, path, WITHIN)
+                .await
+                .with_context(|| format!("asking {}'s sidecar at {at}", p.proxy)),
+            Reach::Kube { client, .. } => {
+                let (ns, name) = p
+                    .proxy
+                    .split_once('/')
+                    .context("a proxy's name is not <namespace>/<pod>")?;
+                Self::pod_get(client, ns, name, at.port(), path).await
+            }
+        }
+    }
+}
+
 fn query(pairs: &[(&str, &str)]) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -80,10 +231,9 @@ fn admin_of(p: &ProxyStatus) -> anyhow::Result<SocketAddr> {
         .context("the proxy's admin address is not ip:port")
 }
 
-/// Asks everything, from the control plane at `cp`.
-pub async fn explain(cp: SocketAddr, q: &Question) -> anyhow::Result<Explanation> {
-    let proxies: Proxies = serde_json::from_str(&admin_get(cp, "/proxies", WITHIN).await?)
-        .context("/proxies is not the proxies' status")?;
+/// Asks everything.
+pub async fn explain(reach: &Reach, q: &Question) -> anyhow::Result<Explanation> {
+    let proxies = reach.proxies(Some(&q.from)).await?;
     let caller = proxies
         .proxies
         .iter()
@@ -96,14 +246,9 @@ pub async fn explain(cp: SocketAddr, q: &Question) -> anyhow::Result<Explanation
                 names.join(", ")
             )
         })?;
-    let sidecar = admin_of(caller)?;
-    let body = admin_get(
-        sidecar,
-        &format!("/explain?{}", request_query(q, &[])),
-        WITHIN,
-    )
-    .await
-    .with_context(|| format!("asking {}'s sidecar at {sidecar}", q.from))?;
+    let body = reach
+        .proxy(caller, &format!("/explain?{}", request_query(q, &[])))
+        .await?;
     let outbound: Outbound =
         serde_json::from_str(&body).context("the sidecar's /explain is not an explanation")?;
     let identity = caller.identity.clone();
@@ -117,12 +262,9 @@ pub async fn explain(cp: SocketAddr, q: &Question) -> anyhow::Result<Explanation
     for name in names {
         // A service the control plane did not make (a sidecar's own
         // file) has no origin: nothing to add.
-        if let Ok(body) = admin_get(
-            cp,
-            &format!("/explain?{}", query(&[("service", &name)])),
-            WITHIN,
-        )
-        .await
+        if let Ok(body) = reach
+            .control_plane(&format!("/explain?{}", query(&[("service", &name)])))
+            .await
             && let Ok(o) = serde_json::from_str::<ServiceOrigin>(&body)
         {
             origins.push(o);
@@ -170,14 +312,9 @@ pub async fn explain(cp: SocketAddr, q: &Question) -> anyhow::Result<Explanation
                     ("inbound", port.as_str()),
                     ("source", identity.as_deref().unwrap_or("")),
                 ];
-                let at = admin_of(d)?;
-                let body = admin_get(
-                    at,
-                    &format!("/explain?{}", request_query(q, &extra)),
-                    WITHIN,
-                )
-                .await
-                .with_context(|| format!("asking {}'s sidecar at {at}", d.proxy))?;
+                let body = reach
+                    .proxy(d, &format!("/explain?{}", request_query(q, &extra)))
+                    .await?;
                 step.inbound = Some(
                     serde_json::from_str(&body)
                         .context("the destination's /explain is not an admission")?,

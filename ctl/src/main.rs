@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use isthmus_ctl::link::{Options, create};
 use isthmus_federation::resources::link::{PartitionMode, PartitionPolicy};
@@ -45,8 +44,18 @@ enum Command {
     ///   http://reviews.shop.svc.clusterset.local/api -H 'x-canary: always'
     Explain {
         /// The control plane's admin address (its --admin).
-        #[arg(long, default_value = "127.0.0.1:15020")]
+        #[arg(long, default_value = "127.0.0.1:15020", conflicts_with = "context")]
         admin: SocketAddr,
+        /// In a cluster: this kubeconfig context; the admin ports are
+        /// reached through its API server (pods/proxy).
+        #[arg(long)]
+        context: Option<String>,
+        /// With --context: the control plane's namespace.
+        #[arg(long, default_value = "isthmus-system")]
+        namespace: String,
+        /// With --context: the control plane's admin port.
+        #[arg(long, default_value_t = 15020)]
+        admin_port: u16,
         /// The calling workload, `<namespace>/<name>` (as proxy-status
         /// lists it).
         #[arg(long)]
@@ -67,8 +76,18 @@ enum Command {
     /// the proxy's message), as `istioctl proxy-status`.
     ProxyStatus {
         /// The control plane's admin address (its --admin).
-        #[arg(long, default_value = "127.0.0.1:15020")]
+        #[arg(long, default_value = "127.0.0.1:15020", conflicts_with = "context")]
         admin: SocketAddr,
+        /// In a cluster: this kubeconfig context; every control plane
+        /// replica is asked through its API server (pods/proxy).
+        #[arg(long)]
+        context: Option<String>,
+        /// With --context: the control plane's namespace.
+        #[arg(long, default_value = "isthmus-system")]
+        namespace: String,
+        /// With --context: the control plane's admin port.
+        #[arg(long, default_value_t = 15020)]
+        admin_port: u16,
         /// Print the statuses as JSON.
         #[arg(long)]
         json: bool,
@@ -214,6 +233,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Explain {
             admin,
+            context,
+            namespace,
+            admin_port,
             from,
             url,
             headers,
@@ -226,7 +248,19 @@ fn main() -> anyhow::Result<()> {
                 method,
                 headers,
             };
-            let e = current_thread()?.block_on(explain::explain(admin, &q))?;
+            let e = current_thread()?.block_on(async {
+                let reach = match context {
+                    Some(ctx) => explain::Reach::kube(
+                        install_cmd::client(&ctx).await?,
+                        &namespace,
+                        admin_port,
+                    ),
+                    None => explain::Reach::Direct {
+                        control_plane: admin,
+                    },
+                };
+                explain::explain(&reach, &q).await
+            })?;
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
@@ -234,17 +268,29 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ProxyStatus { admin, json } => {
-            let within = std::time::Duration::from_secs(5);
-            let body = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-                .block_on(status::admin_get(admin, "/proxies", within))?;
+        Command::ProxyStatus {
+            admin,
+            context,
+            namespace,
+            admin_port,
+            json,
+        } => {
+            let v = current_thread()?.block_on(async {
+                let reach = match context {
+                    Some(ctx) => explain::Reach::kube(
+                        install_cmd::client(&ctx).await?,
+                        &namespace,
+                        admin_port,
+                    ),
+                    None => explain::Reach::Direct {
+                        control_plane: admin,
+                    },
+                };
+                reach.proxies(None).await
+            })?;
             if json {
-                print!("{body}");
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                let v: status::Proxies =
-                    serde_json::from_str(&body).context("/proxies is not the proxies' status")?;
                 print!("{}", status::render_proxies(&v));
             }
             Ok(())

@@ -139,7 +139,7 @@ pub fn render_policies(v: &View) -> String {
 }
 
 /// What `/proxies` serves.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 pub struct Proxies {
     pub generation: u64,
     pub proxies: Vec<ProxyStatus>,

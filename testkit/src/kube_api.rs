@@ -5,7 +5,8 @@
 //! kubeconfig it writes (`isthmusctl --context`, `isthmus-federation
 //! --kube` with `KUBECONFIG`).
 //!
-//! It does what those clients need and no more: get, list (label and
+//! It does what those clients need and no more: pods/proxy (a GET relayed
+//! to the pod's `status.podIP`), get, list (label and
 //! `metadata.name` field selectors), watch (held open, no events), create,
 //! update, delete, patch (server-side apply creates, and is then recorded
 //! as a create as well, as the API server authorizes it; merge semantics
@@ -123,6 +124,24 @@ fn parse_path(path: &str) -> Option<Target> {
         ["namespaces", ns, r @ ..] if !r.is_empty() => t(Some(ns.to_string()), r),
         r => t(None, r),
     })
+}
+
+/// GET `target` from `addr` (plain HTTP/1.1): the status and body.
+async fn relay(addr: &str, target: &str) -> Option<(u16, Bytes)> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get(target)
+        .header("host", addr)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let code = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((code, body))
 }
 
 fn query_param(query: &str, key: &str) -> Option<String> {
@@ -416,6 +435,59 @@ async fn handle(state: &Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
         (&Method::DELETE, None) => "deletecollection",
         _ => "unknown",
     };
+    // pods/proxy: the GET goes on to the pod's IP (its status.podIP) and
+    // port, as the API server's proxy does.
+    if t.resource == "pods" && t.sub.as_deref() == Some("proxy") {
+        let (name, port) = t
+            .name
+            .as_deref()
+            .and_then(|n| n.split_once(':'))
+            .unwrap_or((t.name.as_deref().unwrap_or_default(), "80"));
+        let ip = {
+            let mut s = state.lock().expect("fake API state");
+            s.calls.push(Call {
+                who: who.clone(),
+                verb: "get",
+                group: String::new(),
+                resource: "pods/proxy".into(),
+                namespace: t.namespace.clone(),
+                name: t.name.clone(),
+            });
+            s.objects
+                .get(&(
+                    String::new(),
+                    "pods".to_string(),
+                    t.namespace.clone(),
+                    name.to_string(),
+                ))
+                .and_then(|p| p["status"]["podIP"].as_str().map(str::to_string))
+        };
+        let Some(ip) = ip else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                format!("pods \"{name}\" not found"),
+            );
+        };
+        let rest = path.split_once("/proxy").map_or("/", |(_, r)| r);
+        let rest = if rest.is_empty() { "/" } else { rest };
+        let target = if query.is_empty() {
+            rest.to_string()
+        } else {
+            format!("{rest}?{query}")
+        };
+        return match relay(&format!("{ip}:{port}"), &target).await {
+            Some((code, body)) => Response::builder()
+                .status(code)
+                .body(Full::new(body).map_err(|never| match never {}).boxed())
+                .expect("a response"),
+            None => status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!("error trying to reach service: dial tcp {ip}:{port}"),
+            ),
+        };
+    }
     let mut s = state.lock().expect("fake API state");
     s.calls.push(Call {
         who,

@@ -609,6 +609,80 @@ fn explain_answers_for_the_demos_canary_failover_and_a_denied_request() {
         "{text}"
     );
     eprintln!("{text}");
+
+    // 4. The same question in kube mode: through an API server (a fake
+    // one whose pods are the demo's processes), its pods/proxy carrying
+    // each GET to the admin ports; the answer is the same.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let api = rt.block_on(isthmus_testkit::kube_api::FakeApi::start());
+    for (ns, name, ip, labels) in [
+        (
+            "isthmus-system",
+            "isthmus-federation-7d4f9",
+            "127.0.1.1",
+            serde_json::json!({"app": "isthmus-federation"}),
+        ),
+        ("shop", "frontend-0", "127.0.1.10", serde_json::json!({})),
+        ("shop", "reviews-v1-0", "127.0.1.12", serde_json::json!({})),
+    ] {
+        api.put(
+            "",
+            "pods",
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "labels": labels},
+                "status": {"phase": "Running", "podIP": ip},
+            }),
+        );
+    }
+    let kubeconfig = api.kubeconfig(&dir, &["operator"]);
+    let out = Command::new(&ctl)
+        .args(["explain", "--context", "operator", "--admin-port", "15030"])
+        .args(["--from", "shop/frontend-0", own])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let kube_text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{kube_text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        kube_text.contains("refused there with 403 (shop/no-admin#0)"),
+        "{kube_text}"
+    );
+    let out = Command::new(&ctl)
+        .args([
+            "proxy-status",
+            "--context",
+            "operator",
+            "--admin-port",
+            "15030",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("shop/frontend-0") && l.contains("Synced")),
+        "{table}"
+    );
+    let calls: Vec<String> = api.calls().iter().map(ToString::to_string).collect();
+    for want in [
+        "list core/pods in isthmus-system",
+        "get core/pods/proxy in isthmus-system named isthmus-federation-7d4f9:15030",
+        "get core/pods/proxy in shop named frontend-0:15020",
+        "get core/pods/proxy in shop named reviews-v1-0:15020",
+    ] {
+        assert!(
+            calls.iter().any(|c| c.starts_with(want)),
+            "{want:?} not among the API calls: {calls:#?}"
+        );
+    }
     demo.interrupt();
     let _ = std::fs::remove_dir_all(&dir);
 }
