@@ -25,6 +25,8 @@ fn template() -> Template {
         cluster: "eu-west".into(),
         region: "eu-west".into(),
         zone: "eu-west-1a".into(),
+        otlp_endpoint: String::new(),
+        trace_sampling: None,
     }
 }
 

@@ -117,7 +117,7 @@ struct SidecarArgs {
     otlp_endpoint: Option<String>,
     /// Percent of new traces sampled (a request without `traceparent`); a
     /// caller's decision is always kept. Istio's default: 1.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_percent)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_percent, env = "ISTHMUS_TRACE_SAMPLING")]
     trace_sampling: f64,
     /// On SIGTERM, how long in-flight requests get to finish.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

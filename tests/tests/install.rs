@@ -212,6 +212,7 @@ fn what_the_injector_adds_is_what_the_gateway_takes() {
         cluster: "eu-west".into(),
         region: "eu-west".into(),
         zone: "eu-west-1a".into(),
+        ..Default::default()
     };
     let out = inject::mutate(&pod, &t).unwrap().unwrap();
     let init = serde_json::to_value(&out.pod.spec.unwrap().init_containers).unwrap();

@@ -80,6 +80,7 @@ fn frontend(c: &Cluster, o: &Options) -> Vec<Value> {
         cluster: c.name.into(),
         region: c.name.into(),
         zone: c.zone(),
+        ..Default::default()
     };
     let mut pod = k8s_openapi::api::core::v1::Pod::default();
     pod.metadata.labels = Some([("app".to_string(), "frontend".to_string())].into());

@@ -96,6 +96,10 @@ pub struct Template {
     pub cluster: String,
     pub region: String,
     pub zone: String,
+    /// The Mesh's tracing: the OTLP collector ("" none) and the percent of
+    /// new traces sampled (None: the sidecar's default).
+    pub otlp_endpoint: String,
+    pub trace_sampling: Option<f64>,
 }
 
 /// Why a pod is let through unchanged.
@@ -374,6 +378,12 @@ pub fn proxy_container(t: &Template, pod: &Pod, probes: &BTreeMap<String, String
         if !v.is_empty() {
             env.push(value(name, v));
         }
+    }
+    if !t.otlp_endpoint.is_empty() {
+        env.push(value("OTEL_EXPORTER_OTLP_ENDPOINT", &t.otlp_endpoint));
+    }
+    if let Some(p) = t.trace_sampling {
+        env.push(value("ISTHMUS_TRACE_SAMPLING", &p.to_string()));
     }
     if !probes.is_empty() {
         env.push(value(

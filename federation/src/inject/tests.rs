@@ -22,6 +22,8 @@ fn template() -> Template {
         cluster: "eu-west".into(),
         region: "eu-west".into(),
         zone: String::new(),
+        otlp_endpoint: String::new(),
+        trace_sampling: None,
     }
 }
 
@@ -284,4 +286,32 @@ fn the_patch_turns_the_pod_into_the_injected_pod() {
         json_patch::patch(&mut doc, &ops).unwrap();
         assert_eq!(doc, serde_json::to_value(&after).unwrap(), "{name}");
     }
+}
+
+/// The Mesh's tracing reaches every injected sidecar: the collector and
+/// the sampling rate in the environment its flags read; none without it.
+#[test]
+fn the_meshs_tracing_is_in_every_sidecars_environment() {
+    let snap = crate::store::files::snapshot_of(
+        "apiVersion: isthmus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+         spec:\n  clusterName: eu-west\n  trustDomain: eu-west.isthmus.local\n  locality: {region: eu-west}\n  \
+         tracing: {otlpEndpoint: \"http://otel-collector.observability:4317\", samplingPercent: 12.5}\n",
+    );
+    let settings = super::webhook::Settings {
+        image: "i".into(),
+        pull_policy: "IfNotPresent".into(),
+        control_plane: "cp:15010".into(),
+    };
+    let t = super::webhook::template(&snap, &settings);
+    let out = mutate(&pod("deployment-pod.json"), &t).unwrap().unwrap();
+    let proxy = &init_containers(&out)[1];
+    assert_eq!(
+        env(proxy, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        Some("http://otel-collector.observability:4317")
+    );
+    assert_eq!(env(proxy, "ISTHMUS_TRACE_SAMPLING"), Some("12.5"));
+    let plain = injected(&pod("deployment-pod.json"));
+    let proxy = &init_containers(&plain)[1];
+    assert_eq!(env(proxy, "OTEL_EXPORTER_OTLP_ENDPOINT"), None);
+    assert_eq!(env(proxy, "ISTHMUS_TRACE_SAMPLING"), None);
 }

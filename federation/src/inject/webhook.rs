@@ -58,6 +58,15 @@ pub fn template(snap: &Snapshot, s: &Settings) -> Template {
             .as_ref()
             .map(|m| m.locality.region.clone())
             .unwrap_or_default(),
+        otlp_endpoint: mesh
+            .as_ref()
+            .and_then(|m| m.tracing.as_ref()?.otlp_endpoint.clone())
+            .unwrap_or_default(),
+        // The API server holds it to 0-100; a file store does not.
+        trace_sampling: mesh
+            .as_ref()
+            .and_then(|m| m.tracing.as_ref()?.sampling_percent)
+            .filter(|p| (0.0..=100.0).contains(p)),
         zone: mesh.map(|m| m.locality.zone).unwrap_or_default(),
     }
 }

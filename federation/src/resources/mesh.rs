@@ -30,6 +30,26 @@ pub struct MeshSpec {
     pub locality: Locality,
     #[serde(default)]
     pub mtls: MtlsSettings,
+    /// Spans from every injected sidecar (one per request), and how many
+    /// new traces are sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
+}
+
+/// Tracing for the cluster's sidecars (Istio's MeshConfig tracing).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSettings {
+    /// The OTLP/gRPC collector spans go to
+    /// (`http://otel-collector.observability:4317`); none: no spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s]+$"))]
+    pub otlp_endpoint: Option<String>,
+    /// Percent of new traces sampled (requests without `traceparent`); a
+    /// caller's decision is always kept. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub sampling_percent: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
