@@ -85,8 +85,10 @@ pub struct BackendStep {
     /// now (index = priority, 0 best), after health and spill-over.
     #[serde(default)]
     pub priority_shares: Vec<f64>,
-    /// The endpoint a request would go to now (its address).
+    /// The endpoint a request would go to now: its address, and its index
+    /// in `endpoints` (two clusters behind our gateway share one address).
     pub chosen: Option<String>,
+    pub chosen_index: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

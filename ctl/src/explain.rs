@@ -273,7 +273,7 @@ pub async fn explain(reach: &Reach, q: &Question) -> anyhow::Result<Explanation>
     let mut policies = Vec::new();
     for b in outbound.route.iter().flat_map(|r| &r.backends) {
         let Some(chosen) = &b.chosen else { continue };
-        let Some(ep) = b.endpoints.iter().find(|e| &e.address == chosen) else {
+        let Some(ep) = b.chosen_index.and_then(|i| b.endpoints.get(i)) else {
             continue;
         };
         let mut step = PolicyStep {
@@ -472,7 +472,7 @@ pub fn render(e: &Explanation) -> String {
             "     {:<22} {:<11} {:<22} {:>4} {:<9} {:<8} {:<7} {:>8}",
             "ADDRESS", "CLUSTER", "LOCALITY", "PRIO", "HEALTH", "OUTLIER", "LINK", "INFLIGHT"
         );
-        for ep in &b.endpoints {
+        for (i, ep) in b.endpoints.iter().enumerate() {
             let cluster = if ep.cluster.is_empty() {
                 o.cluster.as_str()
             } else {
@@ -493,7 +493,7 @@ pub fn render(e: &Explanation) -> String {
                     yes(ep.cluster.is_empty(), "local", "up")
                 ),
                 ep.in_flight,
-                yes(b.chosen.as_ref() == Some(&ep.address), "  <- now", "")
+                yes(b.chosen_index == Some(i), "  <- now", "")
             );
         }
     }

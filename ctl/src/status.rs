@@ -150,8 +150,16 @@ pub fn render_proxies(v: &Proxies) -> String {
     if v.proxies.is_empty() {
         return format!("no proxy is connected (generation {})\n", v.generation);
     }
+    // The first column as wide as the longest name (at least 32).
+    let w = v
+        .proxies
+        .iter()
+        .map(|p| p.proxy.len())
+        .max()
+        .unwrap_or(0)
+        .max(32);
     let mut out = format!(
-        "{:<32} {:<12} {:<8} {:>10} {:>9}\n",
+        "{:<w$} {:<12} {:<8} {:>10} {:>9}\n",
         "PROXY", "CLUSTER", "STATE", "GENERATION", "ACK/NACK"
     );
     for p in &v.proxies {
@@ -159,7 +167,7 @@ pub fn render_proxies(v: &Proxies) -> String {
             .synced_generation
             .map_or("-".to_string(), |g| g.to_string());
         out.push_str(&format!(
-            "{:<32} {:<12} {:<8} {:>10} {:>9}\n",
+            "{:<w$} {:<12} {:<8} {:>10} {:>9}\n",
             p.proxy,
             p.cluster,
             p.state,
@@ -167,7 +175,7 @@ pub fn render_proxies(v: &Proxies) -> String {
             format!("{}/{}", p.acks, p.nacks),
         ));
         for why in &p.why {
-            out.push_str(&format!("{:<32} {why}\n", ""));
+            out.push_str(&format!("{:<w$} {why}\n", ""));
         }
     }
     out

@@ -444,7 +444,7 @@ fn fill_backend(
     // The choice now, with the request path's function (one draw; no
     // round-robin turn taken).
     let mut rng = rand::rng();
-    step.chosen = balance::pick(
+    step.chosen_index = balance::pick(
         &PickInput {
             endpoints: &views,
             exclude: &[],
@@ -455,9 +455,11 @@ fn fill_backend(
             rr_counter: 0,
         },
         &mut rng,
-    )
-    .and_then(|i| step.endpoints.get(i))
-    .map(|e| e.address.clone());
+    );
+    step.chosen = step
+        .chosen_index
+        .and_then(|i| step.endpoints.get(i))
+        .map(|e| e.address.clone());
 }
 
 /// Inbound: what this proxy's admission would make of `ask` on app port

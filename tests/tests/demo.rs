@@ -463,12 +463,8 @@ fn explain_answers_for_the_demos_canary_failover_and_a_denied_request() {
     let catalog = "http://catalog.shop.svc.clusterset.local/";
     let chosen_cluster = |v: &serde_json::Value| {
         let b = &v["outbound"]["route"]["backends"][0];
-        b["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["address"] == b["chosen"])
-            .map(|e| e["cluster"].as_str().unwrap_or_default().to_owned())
+        let i = b["chosenIndex"].as_u64()? as usize;
+        b["endpoints"][i]["cluster"].as_str().map(str::to_owned)
     };
     let v = explained(&ctl, 1, catalog, &[], "catalog served locally", |v| {
         chosen_cluster(v).as_deref() == Some("")

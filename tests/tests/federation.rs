@@ -163,34 +163,73 @@ fn roots_of(sidecar: &Sidecar, domain: &str) -> usize {
         .map_or(0, |d| d.anchors.len())
 }
 
+/// What eu-west's frontend calls: eu-central's catalog by its per-cluster
+/// name, through both gateways.
+const HOST: &str = "catalog-eu-central.shop";
+
+/// eu-west and eu-central linked, eu-central's meshed catalog exported,
+/// and eu-west's frontend already answered by it through both gateways.
+struct Calling {
+    west: Cluster,
+    central: Cluster,
+    catalog: Sidecar,
+    catalog_tls: std::sync::Arc<isthmus_mesh::tls::MeshTls>,
+    meshed: isthmus_tests::mesh::MeshedApp,
+    frontend: Sidecar,
+    /// The frontend's explicit HTTP listener.
+    out: SocketAddr,
+}
+
+impl Calling {
+    async fn start(test: &str) -> Self {
+        let (west, central) = linked_pair(
+            test,
+            &[("shop.yaml", SHOP_CENTRAL)],
+            Duration::from_secs(600),
+            "5m",
+        )
+        .await;
+        let (catalog, catalog_tls, meshed) = central.start_meshed_catalog().await;
+        let frontend = west
+            .start_frontend(vec![model::Listener {
+                name: "out".into(),
+                address: "127.0.0.1:0".into(),
+                kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
+            }])
+            .await;
+        let out = eventually("frontend listener", || async {
+            frontend.listener_addr("out")
+        })
+        .await;
+        eventually("eu-west reaches eu-central's catalog", || async {
+            http(out, HOST, "/items").await.filter(|(s, _)| *s == 200)
+        })
+        .await;
+        Self {
+            west,
+            central,
+            catalog,
+            catalog_tls,
+            meshed,
+            frontend,
+            out,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_ca_rotation_reaches_linked_clusters_with_no_failed_request() {
     use isthmus_federation::identity::Ca;
     init_tracing();
-    let (mut west, mut central) = linked_pair(
-        "rotate",
-        &[("shop.yaml", SHOP_CENTRAL)],
-        Duration::from_secs(600),
-        "5m",
-    )
-    .await;
-    let (catalog, catalog_tls, meshed) = central.start_meshed_catalog().await;
-    let frontend = west
-        .start_frontend(vec![model::Listener {
-            name: "out".into(),
-            address: "127.0.0.1:0".into(),
-            kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
-        }])
-        .await;
-    let out = eventually("frontend listener", || async {
-        frontend.listener_addr("out")
-    })
-    .await;
-    const HOST: &str = "catalog-eu-central.shop";
-    eventually("eu-west reaches eu-central's catalog", || async {
-        http(out, HOST, "/items").await.filter(|(s, _)| *s == 200)
-    })
-    .await;
+    let Calling {
+        mut west,
+        mut central,
+        catalog,
+        catalog_tls,
+        meshed,
+        frontend,
+        out,
+    } = Calling::start("rotate").await;
 
     // Requests flow the whole time; every answer is counted.
     let stop = tokio_util::sync::CancellationToken::new();
@@ -729,36 +768,14 @@ async fn spans_of_every_hop_reach_an_otlp_collector_as_one_trace() {
             .add_service(TraceServiceServer::new(Collector { spans: tx }))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let (west, central) = linked_pair(
-        "otlp",
-        &[("shop.yaml", SHOP_CENTRAL)],
-        Duration::from_secs(600),
-        "5m",
-    )
-    .await;
-    let (catalog, _tls, _meshed) = central.start_meshed_catalog().await;
-    let frontend = west
-        .start_frontend(vec![model::Listener {
-            name: "out".into(),
-            address: "127.0.0.1:0".into(),
-            kind: Some(model::listener::Kind::Http(model::HttpOutbound {})),
-        }])
-        .await;
-    for (sidecar, service) in [(&frontend, "frontend.shop"), (&catalog, "catalog.shop")] {
+    let c = Calling::start("otlp").await;
+    let out = c.out;
+    for (sidecar, service) in [(&c.frontend, "frontend.shop"), (&c.catalog, "catalog.shop")] {
         sidecar.proxy.set_tracing(Tracing {
             rate: 0.0,
             spans: Some(Spans::start(&endpoint, service.into(), Vec::new()).unwrap()),
         });
     }
-    let out = eventually("frontend listener", || async {
-        frontend.listener_addr("out")
-    })
-    .await;
-    const HOST: &str = "catalog-eu-central.shop";
-    eventually("eu-west reaches eu-central's catalog", || async {
-        http(out, HOST, "/items").await.filter(|(s, _)| *s == 200)
-    })
-    .await;
 
     // Not sampled by the caller: passed on as such, no span.
     let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";

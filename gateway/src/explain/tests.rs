@@ -298,3 +298,43 @@ fn a_denied_request_names_the_rule_and_an_allowed_one_too() {
     );
     assert_eq!((other.rule.as_str(), other.status), ("default-deny", 403));
 }
+
+/// Two linked clusters behind our gateway's one entry share an address:
+/// the choice names the endpoint by its place, not its address.
+#[test]
+fn the_choice_is_one_endpoint_even_when_two_share_the_gateways_address() {
+    let s = snap(
+        r#"
+node: {name: frontend, namespace: shop, cluster: us-east, locality: {region: us-east}}
+services:
+  - name: catalog.shop.svc.clusterset.local
+    ports: [{port: 80, targetPort: 8080}]
+    endpoints:
+      - {address: 127.0.3.2, tunnelPort: 15009, viaCluster: eu-central, viaService: catalog.shop,
+         identity: "spiffe://eu-central.isthmus.local", locality: {region: eu-central}}
+      - {address: 127.0.3.2, tunnelPort: 15009, viaCluster: eu-west, viaService: catalog.shop,
+         identity: "spiffe://eu-west.isthmus.local", locality: {region: eu-west}}
+"#,
+    );
+    let states = states();
+    let spec = s.services["catalog.shop.svc.clusterset.local"].clone();
+    for _ in 0..5 {
+        states.get(&spec).observe(
+            &spec,
+            0,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            crate::telemetry::metrics::Direction::Outbound,
+        );
+    }
+    let out = outbound(
+        &s,
+        &states,
+        &ask("url=http://catalog.shop.svc.clusterset.local/"),
+    );
+    let b = &out.route.unwrap().backends[0];
+    assert_eq!(b.endpoints[0].address, b.endpoints[1].address);
+    assert!(b.endpoints[0].ejected);
+    assert_eq!(b.chosen_index, Some(1));
+    assert_eq!(b.endpoints[1].cluster, "eu-west");
+}
