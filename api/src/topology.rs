@@ -15,7 +15,8 @@ pub const BOUNDS_MS: [f64; 14] = [
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeCounters {
     pub requests: u64,
-    /// Answered 5xx (by the destination or the mesh).
+    /// Failed: answered 5xx (by the destination or the mesh), or a gRPC
+    /// error status.
     pub errors: u64,
     /// Per bucket of `BOUNDS_MS`, not cumulative; `BOUNDS_MS.len() + 1`.
     pub buckets: Vec<u64>,
@@ -70,7 +71,7 @@ pub struct TrafficEdge {
     pub from: String,
     pub to: String,
     pub requests_per_second: f64,
-    /// 5xx share, 0 to 1.
+    /// Failed share (5xx or a gRPC error), 0 to 1.
     pub error_rate: f64,
     /// Upper bound of the bucket holding the 99th percentile (None: no
     /// request in the window).

@@ -755,12 +755,13 @@ fn the_topology_page_shows_the_demos_clusters_links_and_traffic() {
     loop {
         let t: serde_json::Value =
             serde_json::from_str(&admin_get("127.0.1.1:15030", "/topology")).unwrap();
-        let to_central = t["traffic"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["to"] == "eu-central" && e["requestsPerSecond"].as_f64() > Some(0.0));
-        if to_central {
+        let edge = |from: &str, to: &str| {
+            t["traffic"].as_array().unwrap().iter().any(|e| {
+                e["from"] == from && e["to"] == to && e["requestsPerSecond"].as_f64() > Some(0.0)
+            })
+        };
+        // Ours, and us-east's (read there because our page is open).
+        if edge("eu-west", "eu-central") && edge("us-east", "eu-central") {
             break;
         }
         assert!(
@@ -776,13 +777,20 @@ fn the_topology_page_shows_the_demos_clusters_links_and_traffic() {
         r#"class="cluster" data-cluster="us-east" data-state="up""#,
         r#"class="link" data-from="eu-west" data-to="eu-central" data-state="Connected""#,
         r#"class="link" data-from="eu-west" data-to="us-east" data-state="Connected""#,
-        r#"class="traffic" data-to="eu-central""#,
+        r#"class="traffic" data-from="eu-west" data-to="eu-central""#,
+        // Links between the two others, as each reports its own.
+        r#"class="link" data-from="eu-central" data-to="us-east" data-state="Connected""#,
+        r#"class="link" data-from="us-east" data-to="eu-central" data-state="Connected""#,
         "<td>catalog.shop</td><td>eu-central, eu-west</td>",
         r#"id="status" data-ok="true""#,
     ] {
         assert!(dom.contains(want), "{want:?} not in the page:\n{dom}");
     }
     assert!(dom.contains("quic · "), "links say their transport:\n{dom}");
+    assert!(
+        dom.contains(r#"class="traffic" data-from="us-east" data-to="eu-central""#),
+        "another cluster's traffic:\n{dom}"
+    );
     let shot = artifacts().join("topology.png");
     headless(browser, page, &format!("--screenshot={}", shot.display()));
     let png = std::fs::read(&shot).expect("the screenshot");

@@ -17,6 +17,7 @@ impl ControlPlane {
         let reports = self.reports.clone();
         let metrics = self.metrics.clone();
         let traffic = self.traffic.clone();
+        let views = self.views.clone();
         let stop = self.stop.clone();
         let tasks = self.tasks.clone();
         self.tasks
@@ -33,12 +34,20 @@ impl ControlPlane {
                 let published = published.clone();
                 let subscribers = subscribers.clone();
                 let (peers, reports, metrics) = (peers.clone(), reports.clone(), metrics.clone());
-                let traffic = traffic.clone();
+                let (traffic, views) = (traffic.clone(), views.clone());
                 let stop = stop.clone();
                 tasks.spawn(async move {
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let p = published.borrow().clone();
-                        let r = admin(&req, &p, &subscribers, &peers, &reports, &metrics, &traffic);
+                        let r = admin(
+                            &req,
+                            &p,
+                            &subscribers,
+                            &peers,
+                            &reports,
+                            &metrics,
+                            (&traffic, &views),
+                        );
                         async move { Ok::<_, Infallible>(r) }
                     });
                     let builder =
@@ -133,7 +142,7 @@ fn admin(
     peers: &crate::sync::peers::Peers,
     reports: &crate::sync::policies::Reports,
     metrics: &super::metrics::Metrics,
-    traffic: &super::topology::Traffic,
+    (traffic, views): (&super::topology::Traffic, &super::topology::Views),
 ) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         // The topology page and its data.
@@ -151,6 +160,7 @@ fn admin(
                 &peers.all(),
                 subscribers.list().len(),
                 traffic.edges(&own),
+                &views.fresh(),
                 std::time::SystemTime::now(),
             );
             (

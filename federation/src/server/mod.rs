@@ -145,6 +145,8 @@ pub struct ControlPlane {
     pub metrics: Arc<metrics::Metrics>,
     /// Our proxies' traffic by destination cluster, for the topology page.
     pub traffic: Arc<topology::Traffic>,
+    /// How linked clusters see the set, as they last said.
+    pub views: Arc<topology::Views>,
     opts: Options,
 }
 
@@ -409,7 +411,8 @@ impl ControlPlane {
             self.stop.clone(),
         )
         .with_credentials(settings.credential_policy, settings.clock.clone())
-        .with_reports(self.reports.clone());
+        .with_reports(self.reports.clone())
+        .with_views(self.views.clone(), self.traffic.clone());
         let config = Arc::new(tls.mesh.server.as_ref().clone());
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
@@ -428,6 +431,20 @@ impl ControlPlane {
             Arc::new(crate::sync::credentials::CredentialStore::dir(
                 &self.opts.store_dir,
             ))
+        });
+        // Each link tells its peer how we see the set.
+        let mut settings = settings;
+        settings.view = Some({
+            let (published, peers, traffic) = (
+                self.published.clone(),
+                self.peers.clone(),
+                self.traffic.clone(),
+            );
+            Arc::new(move || {
+                let own = crate::identity::mesh_cluster_name(&published.borrow().store.snapshot)
+                    .unwrap_or_default();
+                topology::own_view(&peers.all(), traffic.edges(&own), traffic.watched_here())
+            })
         });
         let links = crate::sync::client::run(
             self.published.clone(),

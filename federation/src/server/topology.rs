@@ -4,10 +4,15 @@
 //! exported across the set, and the live traffic from our clusters to
 //! each (req/s, 5xx rate, p99), summed from our proxies' `/stats/edges`.
 //!
+//! Linked clusters send us how they see the set with each ping (their
+//! links, and their proxies' traffic while someone looks: `ClusterView`),
+//! so each page shows every cluster's links and traffic, not only ours.
+//!
 //! The page is one embedded file (`topology.html`, no build step); it asks
 //! `/topology` twice a second. Proxies are read only while someone looks
-//! (a `/topology` in the last 10 s), once a second, each within 300 ms.
-//! `topology` and `traffic` are pure; `Traffic::collect` does the I/O.
+//! (a `/topology` here, or a linked cluster's page open, in the last
+//! 10 s), once a second, each within 300 ms. `topology`, `own_view` and
+//! `traffic` are pure; `Traffic::collect` does the I/O.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::Published;
 use crate::discovery::subscribers::Subscribers;
 use crate::sync::peers::Peer;
+use isthmus_api::federation::v1 as wire;
 
 /// The page, embedded.
 pub const PAGE: &str = include_str!("topology.html");
@@ -127,7 +133,8 @@ pub fn topology(
     own: &str,
     peers: &[Peer],
     proxies: usize,
-    traffic: Vec<TrafficEdge>,
+    mut traffic: Vec<TrafficEdge>,
+    views: &[(String, wire::ClusterView)],
     now: SystemTime,
 ) -> Topology {
     let region = |cluster: &str| -> String {
@@ -207,6 +214,60 @@ pub fn topology(
                 .map(|r| format!("{}: {}", r.reason, r.message)),
         });
     }
+    // What linked clusters say of their own links and traffic.
+    // A cluster we cannot reach says nothing we can trust any more.
+    let down: BTreeSet<&str> = peers
+        .iter()
+        .filter(|p| !p.connected)
+        .map(|p| p.cluster.as_str())
+        .collect();
+    for (from, view) in views
+        .iter()
+        .filter(|(c, _)| c != own && !down.contains(c.as_str()))
+    {
+        let known = |cs: &[ClusterNode], n: &str| cs.iter().any(|c| c.name == n);
+        if !known(&clusters, from) {
+            clusters.push(ClusterNode {
+                name: from.clone(),
+                state: "up".into(),
+                region: String::new(),
+                proxies: None,
+            });
+        }
+        for l in view.links.iter().filter(|l| l.peer != *own) {
+            if !known(&clusters, &l.peer) {
+                clusters.push(ClusterNode {
+                    name: l.peer.clone(),
+                    // Known only from another cluster's link to it.
+                    state: "remote".into(),
+                    region: String::new(),
+                    proxies: None,
+                });
+            }
+            links.push(LinkEdge {
+                from: from.clone(),
+                to: l.peer.clone(),
+                state: if l.connected {
+                    "Connected"
+                } else {
+                    "Disconnected"
+                }
+                .into(),
+                transport: (!l.transport.is_empty()).then(|| l.transport.clone()),
+                rtt_ms: (l.rtt_ms > 0.0).then_some(l.rtt_ms),
+                last_sync_seconds: None,
+                imports: Vec::new(),
+                reason: None,
+            });
+        }
+        traffic.extend(view.traffic.iter().map(|e| TrafficEdge {
+            from: from.clone(),
+            to: e.to.clone(),
+            requests_per_second: e.requests_per_second,
+            error_rate: e.error_rate,
+            p99_ms: (e.p99_ms > 0.0).then_some(e.p99_ms),
+        }));
+    }
     Topology {
         cluster: own.to_string(),
         generation: p.generation,
@@ -223,10 +284,72 @@ pub fn topology(
     }
 }
 
+/// How we see the set, for the clusters we link to (sent with each ping):
+/// our links as their tasks hold them, our traffic, whether our page is
+/// open.
+pub fn own_view(peers: &[Peer], traffic: Vec<TrafficEdge>, watching: bool) -> wire::ClusterView {
+    let mut links: Vec<wire::LinkView> = peers
+        .iter()
+        .map(|p| wire::LinkView {
+            peer: p.cluster.clone(),
+            connected: p.connected,
+            transport: p.transport.clone().unwrap_or_default(),
+            rtt_ms: p.rtt.map_or(0.0, |r| r.as_secs_f64() * 1000.0),
+        })
+        .collect();
+    links.sort_by(|a, b| a.peer.cmp(&b.peer));
+    wire::ClusterView {
+        links,
+        traffic: traffic
+            .into_iter()
+            .map(|e| wire::EdgeView {
+                to: e.to,
+                requests_per_second: e.requests_per_second,
+                error_rate: e.error_rate,
+                p99_ms: e.p99_ms.unwrap_or(0.0),
+            })
+            .collect(),
+        watching,
+    }
+}
+
+/// How long a linked cluster's view counts (it sends one a second).
+pub const VIEW_TTL: Duration = Duration::from_secs(5);
+
+/// The views linked clusters sent, by cluster.
+#[derive(Default)]
+pub struct Views {
+    by_cluster: Mutex<BTreeMap<String, (Instant, wire::ClusterView)>>,
+}
+
+impl Views {
+    pub fn set(&self, cluster: &str, view: wire::ClusterView) {
+        self.by_cluster
+            .lock()
+            .insert(cluster.to_string(), (Instant::now(), view));
+    }
+
+    /// `cluster`'s stream ended: its view goes with it.
+    pub fn remove(&self, cluster: &str) {
+        self.by_cluster.lock().remove(cluster);
+    }
+
+    /// The views heard within `VIEW_TTL`, by cluster name.
+    pub fn fresh(&self) -> Vec<(String, wire::ClusterView)> {
+        let mut all = self.by_cluster.lock();
+        all.retain(|_, (at, _)| at.elapsed() < VIEW_TTL);
+        all.iter()
+            .map(|(c, (_, v))| (c.clone(), v.clone()))
+            .collect()
+    }
+}
+
 /// Our proxies' traffic, read while the page is watched.
 #[derive(Default)]
 pub struct Traffic {
     watched: Mutex<Option<Instant>>,
+    /// A linked cluster's page is open (its view said so).
+    peer_watched: Mutex<Option<Instant>>,
     /// Each proxy's last counters, by stream.
     last: Mutex<HashMap<u64, BTreeMap<String, EdgeCounters>>>,
     /// (when, the summed deltas of that round), newest last.
@@ -239,10 +362,24 @@ impl Traffic {
         *self.watched.lock() = Some(Instant::now());
     }
 
-    fn is_watched(&self) -> bool {
+    /// A linked cluster's page is open: read the proxies for a while.
+    pub fn peer_watched(&self) {
+        *self.peer_watched.lock() = Some(Instant::now());
+    }
+
+    /// Our own page was asked for lately.
+    pub fn watched_here(&self) -> bool {
         self.watched
             .lock()
             .is_some_and(|t| t.elapsed() < WATCHED_FOR)
+    }
+
+    fn is_watched(&self) -> bool {
+        self.watched_here()
+            || self
+                .peer_watched
+                .lock()
+                .is_some_and(|t| t.elapsed() < WATCHED_FOR)
     }
 
     /// The rates from `own` over the window.
@@ -396,6 +533,54 @@ mod tests {
             )
             .is_empty()
         );
+    }
+
+    #[test]
+    fn our_view_lists_our_links_and_traffic_for_our_peers() {
+        let peer = |name: &str, connected: bool, rtt: Option<u64>| Peer {
+            cluster: name.into(),
+            connected,
+            transport: connected.then(|| "quic".to_string()),
+            rtt: rtt.map(Duration::from_millis),
+            ..Default::default()
+        };
+        let v = own_view(
+            &[
+                peer("us-east", false, None),
+                peer("eu-central", true, Some(3)),
+            ],
+            vec![TrafficEdge {
+                from: "eu-west".into(),
+                to: "eu-central".into(),
+                requests_per_second: 5.0,
+                error_rate: 0.0,
+                p99_ms: None,
+            }],
+            true,
+        );
+        assert_eq!(v.links.len(), 2);
+        assert_eq!(
+            (
+                v.links[0].peer.as_str(),
+                v.links[0].connected,
+                v.links[0].transport.as_str(),
+                v.links[0].rtt_ms
+            ),
+            ("eu-central", true, "quic", 3.0)
+        );
+        assert_eq!(
+            (
+                v.links[1].peer.as_str(),
+                v.links[1].connected,
+                v.links[1].rtt_ms
+            ),
+            ("us-east", false, 0.0)
+        );
+        assert_eq!(
+            (v.traffic[0].to.as_str(), v.traffic[0].p99_ms),
+            ("eu-central", 0.0)
+        );
+        assert!(v.watching);
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl ControlPlane {
             reports: Default::default(),
             metrics: Default::default(),
             traffic: Default::default(),
+            views: Default::default(),
             opts,
         }
     }

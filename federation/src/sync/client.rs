@@ -128,7 +128,13 @@ pub struct Settings {
     pub credential_policy: CredentialPolicy,
     /// What tokens and credentials are checked and issued against.
     pub clock: Clock,
+    /// How we see the set, sent to each peer with every ping (None: not
+    /// sent).
+    pub view: Option<ViewSource>,
 }
+
+/// Makes our `ClusterView` now.
+pub type ViewSource = Arc<dyn Fn() -> isthmus_api::federation::v1::ClusterView + Send + Sync>;
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +161,7 @@ impl Default for Settings {
             credentials: None,
             credential_policy: CredentialPolicy::DEFAULT,
             clock: Arc::new(SystemTime::now),
+            view: None,
         }
     }
 }
@@ -481,6 +488,12 @@ impl Link {
                     if heard.elapsed() > self.settings.ping * 3 {
                         return refused(Reason::Unreachable, format!(
                             "{} did not answer for {} ms", t.peer, heard.elapsed().as_millis()));
+                    }
+                    if let Some(view) = &self.settings.view {
+                        let req = SyncRequest { kind: Some(sync_request::Kind::View(view())) };
+                        if tx.send(req).await.is_err() {
+                            return refused(Reason::Unreachable, "the channel closed");
+                        }
                     }
                     if pinged.is_none() {
                         nonce += 1;

@@ -240,6 +240,10 @@ pub struct SyncService {
     tasks: TaskTracker,
     /// What subscribers say of the policies we share.
     reports: Arc<super::policies::Reports>,
+    /// How subscribers see the set (the topology page), and our traffic
+    /// reading (a subscriber's page open turns it on).
+    views: Arc<crate::server::topology::Views>,
+    traffic: Arc<crate::server::topology::Traffic>,
 }
 
 impl SyncService {
@@ -259,7 +263,21 @@ impl SyncService {
             stop,
             tasks,
             reports: Default::default(),
+            views: Default::default(),
+            traffic: Default::default(),
         }
+    }
+
+    /// Subscribers' views go to `views`; their open pages turn `traffic`
+    /// reading on.
+    pub fn with_views(
+        mut self,
+        views: Arc<crate::server::topology::Views>,
+        traffic: Arc<crate::server::topology::Traffic>,
+    ) -> Self {
+        self.views = views;
+        self.traffic = traffic;
+        self
     }
 
     /// Subscribers' policy reports go to `reports`.
@@ -387,6 +405,7 @@ impl ClusterSync for SyncService {
         let (policy, clock) = (self.credentials, self.clock.clone());
         let subscriber = hello.cluster.clone();
         let reports = self.reports.clone();
+        let (views, traffic) = (self.views.clone(), self.traffic.clone());
         let credential = move || SyncResponse {
             kind: Some(sync_response::Kind::Credential(issue_credential(
                 &tokens,
@@ -438,6 +457,12 @@ impl ClusterSync for SyncService {
                             };
                             if tx.send(Ok(pong)).await.is_err() { return }
                         }
+                        Ok(Some(SyncRequest { kind: Some(sync_request::Kind::View(v)) })) => {
+                            if v.watching {
+                                traffic.peer_watched();
+                            }
+                            views.set(&subscriber, v);
+                        }
                         Ok(Some(SyncRequest { kind: Some(sync_request::Kind::PolicyStatus(s)) })) => {
                             tracing::debug!(cluster = %subscriber, results = s.results.len(), "policy status received");
                             reports.set(&subscriber, s.results);
@@ -445,6 +470,7 @@ impl ClusterSync for SyncService {
                         Ok(Some(_)) => {}
                         Ok(None) | Err(_) => {
                             tracing::info!(%peer, "linked cluster unsubscribed");
+                            views.remove(&subscriber);
                             return;
                         }
                     },

@@ -1,5 +1,5 @@
 //! Requests this proxy sent, by the cluster of the endpoint that took
-//! them: counts, 5xx answers and a latency histogram, served as JSON at
+//! them: counts, failures (5xx, or a gRPC error) and a latency histogram, served as JSON at
 //! `/stats/edges` for the control plane's topology page (it sums its
 //! proxies' counters into cluster-to-cluster rates). Lock-free on the
 //! request path once a cluster is known.
@@ -29,9 +29,9 @@ pub struct Edges {
 }
 
 impl Edges {
-    /// Counts one request that ended with `status` after `took`, sent to
-    /// an endpoint of `cluster`.
-    pub fn observe(&self, cluster: &Label, status: u16, took: Duration) {
+    /// Counts one request that ended after `took`, sent to an endpoint of
+    /// `cluster`; `failed`: answered 5xx, or a gRPC error.
+    pub fn observe(&self, cluster: &Label, failed: bool, took: Duration) {
         let counters = {
             let known = self.by_cluster.read().get(cluster).cloned();
             match known {
@@ -45,7 +45,7 @@ impl Edges {
             }
         };
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        if status >= 500 {
+        if failed {
             counters.errors.fetch_add(1, Ordering::Relaxed);
         }
         let ms = took.as_secs_f64() * 1000.0;
@@ -85,9 +85,9 @@ mod tests {
         let e = Edges::default();
         let west: Label = "eu-west".into();
         let east: Label = "us-east".into();
-        e.observe(&west, 200, Duration::from_micros(500));
-        e.observe(&west, 503, Duration::from_millis(7));
-        e.observe(&east, 200, Duration::from_secs(60));
+        e.observe(&west, false, Duration::from_micros(500));
+        e.observe(&west, true, Duration::from_millis(7));
+        e.observe(&east, false, Duration::from_secs(60));
         let s = e.snapshot();
         assert_eq!((s["eu-west"].requests, s["eu-west"].errors), (2, 1));
         assert_eq!(s["eu-west"].buckets[0], 1, "0.5 ms is under 1 ms");

@@ -271,11 +271,11 @@ impl Record {
             .observe(self.start.elapsed().as_secs_f64() * 1000.0);
         m.istio_requests.get_or_create(&labels).inc();
         if self.conn.direction == Direction::Outbound && self.peer.is_some() {
-            m.edges.observe(
-                &labels.destination_cluster,
-                status.as_u16(),
-                self.start.elapsed(),
-            );
+            // A gRPC call fails in its status, whatever its HTTP one.
+            let failed =
+                status.is_server_error() || (self.grpc && grpc_status.is_some_and(|g| g != 0));
+            m.edges
+                .observe(&labels.destination_cluster, failed, self.start.elapsed());
         }
     }
 
