@@ -254,18 +254,21 @@ pub fn topology(
                 }
                 .into(),
                 transport: (!l.transport.is_empty()).then(|| l.transport.clone()),
-                rtt_ms: (l.rtt_ms > 0.0).then_some(l.rtt_ms),
+                rtt_ms: (l.rtt_ms > 0.0 && l.rtt_ms.is_finite()).then_some(l.rtt_ms),
                 last_sync_seconds: None,
                 imports: Vec::new(),
                 reason: None,
             });
         }
+        // Another cluster's numbers: JSON has no NaN or infinity, and a
+        // page must not go blank for one bad view.
+        let sane = |x: f64| if x.is_finite() && x > 0.0 { x } else { 0.0 };
         traffic.extend(view.traffic.iter().map(|e| TrafficEdge {
             from: from.clone(),
             to: e.to.clone(),
-            requests_per_second: e.requests_per_second,
-            error_rate: e.error_rate,
-            p99_ms: (e.p99_ms > 0.0).then_some(e.p99_ms),
+            requests_per_second: sane(e.requests_per_second),
+            error_rate: sane(e.error_rate).min(1.0),
+            p99_ms: Some(sane(e.p99_ms)).filter(|p| *p > 0.0),
         }));
     }
     Topology {
@@ -581,6 +584,116 @@ mod tests {
             ("eu-central", 0.0)
         );
         assert!(v.watching);
+    }
+
+    /// Linked clusters' views join the page: their links (not the ones
+    /// to us: ours say it), their traffic; a cluster we cannot reach is
+    /// left out, and numbers JSON cannot carry do not blank the page.
+    #[tokio::test]
+    async fn linked_clusters_views_join_the_page() {
+        let dir = isthmus_testkit::temp_dir("topology-views");
+        std::fs::write(
+            dir.join("mesh.yaml"),
+            "apiVersion: isthmus.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\n\
+             spec: {clusterName: eu-west, trustDomain: eu-west.isthmus.local, locality: {region: eu-west}}\n",
+        )
+        .unwrap();
+        let cp = super::super::ControlPlane::start(super::super::Options::new(&dir));
+        let p = cp
+            .published
+            .clone()
+            .wait_for(|p| p.generation > 0)
+            .await
+            .unwrap()
+            .clone();
+        let peer = |name: &str, connected: bool| Peer {
+            cluster: name.into(),
+            connected,
+            ..Default::default()
+        };
+        let link = |to: &str, connected: bool| wire::LinkView {
+            peer: to.into(),
+            connected,
+            transport: "quic".into(),
+            rtt_ms: f64::NAN,
+        };
+        let views = vec![
+            (
+                "eu-central".to_string(),
+                wire::ClusterView {
+                    links: vec![
+                        link("eu-west", true),
+                        link("us-east", true),
+                        link("ap-south", false),
+                    ],
+                    traffic: vec![wire::EdgeView {
+                        to: "us-east".into(),
+                        requests_per_second: f64::NAN,
+                        error_rate: 7.0,
+                        p99_ms: f64::INFINITY,
+                    }],
+                    watching: false,
+                },
+            ),
+            (
+                "us-east".to_string(),
+                wire::ClusterView {
+                    links: vec![link("eu-central", true)],
+                    ..Default::default()
+                },
+            ),
+        ];
+        let t = topology(
+            &p,
+            "eu-west",
+            &[peer("eu-central", true), peer("us-east", false)],
+            3,
+            Vec::new(),
+            &views,
+            SystemTime::now(),
+        );
+        let edges: Vec<(&str, &str, &str)> = t
+            .links
+            .iter()
+            .map(|l| (l.from.as_str(), l.to.as_str(), l.state.as_str()))
+            .collect();
+        assert_eq!(
+            edges,
+            [
+                ("eu-west", "eu-central", "Connected"),
+                ("eu-west", "us-east", "Disconnected"),
+                ("eu-central", "us-east", "Connected"),
+                ("eu-central", "ap-south", "Disconnected"),
+            ],
+            "ours first; eu-central's except its link to us; nothing from us-east (down)"
+        );
+        assert!(t.links[2].rtt_ms.is_none(), "a NaN RTT is no RTT");
+        let states: Vec<(&str, &str)> = t
+            .clusters
+            .iter()
+            .map(|c| (c.name.as_str(), c.state.as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("eu-west", "local"),
+                ("eu-central", "up"),
+                ("us-east", "down"),
+                ("ap-south", "remote")
+            ]
+        );
+        let e = &t.traffic[0];
+        assert_eq!(
+            (
+                e.from.as_str(),
+                e.requests_per_second,
+                e.error_rate,
+                e.p99_ms
+            ),
+            ("eu-central", 0.0, 1.0, None)
+        );
+        serde_json::to_string(&t).expect("the page's data is JSON");
+        cp.shutdown().await;
     }
 
     #[test]
