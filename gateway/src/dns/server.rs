@@ -86,10 +86,19 @@ impl DnsProxy {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
-        let udp = UdpSocket::bind(settings.address).await?;
-        let at = udp.local_addr()?;
-        // The same port for TCP (a port 0 was chosen by the UDP bind).
-        let tcp = TcpListener::bind(at).await?;
+        // The same port for TCP. Port 0: the UDP bind chooses, and if that
+        // port's TCP twin is taken by someone else, another is chosen (a
+        // few times); a fixed port is what it is.
+        let mut tries = if settings.address.port() == 0 { 16 } else { 1 };
+        let (udp, at, tcp) = loop {
+            let udp = UdpSocket::bind(settings.address).await?;
+            let at = udp.local_addr()?;
+            match TcpListener::bind(at).await {
+                Ok(tcp) => break (udp, at, tcp),
+                Err(e) if tries > 1 && e.kind() == std::io::ErrorKind::AddrInUse => tries -= 1,
+                Err(e) => return Err(e),
+            }
+        };
         let conf = ResolvConf::read(&settings.resolv_conf);
         let domain = match &conf {
             Ok(c) => c.cluster_domain(),

@@ -347,9 +347,15 @@ mod tests {
     /// stray datagram with the wrong ID) and whose TCP answers hold `n`
     /// records.
     async fn truncating_server(n: u8) -> SocketAddr {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let at = udp.local_addr().unwrap();
-        let tcp = tokio::net::TcpListener::bind(at).await.unwrap();
+        // A UDP port whose TCP twin is free too (another process may hold
+        // that TCP port: try again with another).
+        let (udp, at, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let at = udp.local_addr().unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(at).await {
+                break (udp, at, tcp);
+            }
+        };
         tokio::spawn(async move {
             let mut buf = [0u8; 512];
             while let Ok((len, from)) = udp.recv_from(&mut buf).await {
