@@ -373,7 +373,10 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let p = proxy.clone();
-    let svc = service_fn(move |req| http::serve(p.clone(), conn.clone(), req));
+    // Boxed: hyper keeps a slot for the service's future in every
+    // connection, idle ones too; a pointer there instead of the whole
+    // request path's state is 8.6 KB less per held connection (issue 24).
+    let svc = service_fn(move |req| Box::pin(http::serve(p.clone(), conn.clone(), req)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
