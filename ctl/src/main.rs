@@ -43,19 +43,8 @@ enum Command {
     /// isthmusctl explain --admin 127.0.1.1:15030 --from shop/frontend \
     ///   http://reviews.shop.svc.clusterset.local/api -H 'x-canary: always'
     Explain {
-        /// The control plane's admin address (its --admin).
-        #[arg(long, default_value = "127.0.0.1:15020", conflicts_with = "context")]
-        admin: SocketAddr,
-        /// In a cluster: this kubeconfig context; the admin ports are
-        /// reached through its API server (pods/proxy).
-        #[arg(long)]
-        context: Option<String>,
-        /// With --context: the control plane's namespace.
-        #[arg(long, default_value = "isthmus-system")]
-        namespace: String,
-        /// With --context: the control plane's admin port.
-        #[arg(long, default_value_t = 15020)]
-        admin_port: u16,
+        #[command(flatten)]
+        at: AdminArgs,
         /// The calling workload, `<namespace>/<name>` (as proxy-status
         /// lists it).
         #[arg(long)]
@@ -75,19 +64,8 @@ enum Command {
     /// holds, and whether it is in sync, stale or refused a resource (with
     /// the proxy's message), as `istioctl proxy-status`.
     ProxyStatus {
-        /// The control plane's admin address (its --admin).
-        #[arg(long, default_value = "127.0.0.1:15020", conflicts_with = "context")]
-        admin: SocketAddr,
-        /// In a cluster: this kubeconfig context; every control plane
-        /// replica is asked through its API server (pods/proxy).
-        #[arg(long)]
-        context: Option<String>,
-        /// With --context: the control plane's namespace.
-        #[arg(long, default_value = "isthmus-system")]
-        namespace: String,
-        /// With --context: the control plane's admin port.
-        #[arg(long, default_value_t = 15020)]
-        admin_port: u16,
+        #[command(flatten)]
+        at: AdminArgs,
         /// Print the statuses as JSON.
         #[arg(long)]
         json: bool,
@@ -153,6 +131,40 @@ enum Command {
         #[command(subcommand)]
         command: LinkCommand,
     },
+}
+
+/// Where the admin ports are: a control plane's address, or a cluster
+/// whose API server reaches them (pods/proxy).
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The control plane's admin address (its --admin).
+    #[arg(long, default_value = "127.0.0.1:15020", conflicts_with = "context")]
+    admin: SocketAddr,
+    /// In a cluster: this kubeconfig context; admin ports are reached
+    /// through its API server (pods/proxy), every control plane replica.
+    #[arg(long)]
+    context: Option<String>,
+    /// With --context: the control plane's namespace.
+    #[arg(long, default_value = "isthmus-system")]
+    namespace: String,
+    /// With --context: the control plane's admin port.
+    #[arg(long, default_value_t = 15020)]
+    admin_port: u16,
+}
+
+impl AdminArgs {
+    async fn reach(self) -> anyhow::Result<explain::Reach> {
+        Ok(match self.context {
+            Some(ctx) => explain::Reach::kube(
+                install_cmd::client(&ctx).await?,
+                &self.namespace,
+                self.admin_port,
+            ),
+            None => explain::Reach::Direct {
+                control_plane: self.admin,
+            },
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -232,10 +244,7 @@ enum LinkCommand {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Explain {
-            admin,
-            context,
-            namespace,
-            admin_port,
+            at,
             from,
             url,
             headers,
@@ -248,19 +257,8 @@ fn main() -> anyhow::Result<()> {
                 method,
                 headers,
             };
-            let e = current_thread()?.block_on(async {
-                let reach = match context {
-                    Some(ctx) => explain::Reach::kube(
-                        install_cmd::client(&ctx).await?,
-                        &namespace,
-                        admin_port,
-                    ),
-                    None => explain::Reach::Direct {
-                        control_plane: admin,
-                    },
-                };
-                explain::explain(&reach, &q).await
-            })?;
+            let e = current_thread()?
+                .block_on(async { explain::explain(&at.reach().await?, &q).await })?;
             if output == "json" {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
@@ -268,26 +266,8 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::ProxyStatus {
-            admin,
-            context,
-            namespace,
-            admin_port,
-            json,
-        } => {
-            let v = current_thread()?.block_on(async {
-                let reach = match context {
-                    Some(ctx) => explain::Reach::kube(
-                        install_cmd::client(&ctx).await?,
-                        &namespace,
-                        admin_port,
-                    ),
-                    None => explain::Reach::Direct {
-                        control_plane: admin,
-                    },
-                };
-                reach.proxies(None).await
-            })?;
+        Command::ProxyStatus { at, json } => {
+            let v = current_thread()?.block_on(async { at.reach().await?.proxies(None).await })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {

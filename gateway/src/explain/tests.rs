@@ -20,6 +20,19 @@ fn states() -> ServiceStates {
     )
 }
 
+/// Five gateway errors from endpoint `idx`: outlier detection ejects it.
+fn eject(states: &ServiceStates, spec: &Arc<crate::config::ServiceSpec>, idx: usize) {
+    for _ in 0..5 {
+        states.get(spec).observe(
+            spec,
+            idx,
+            crate::balance::outlier::Observation::GatewayError,
+            &Metrics::default(),
+            crate::telemetry::metrics::Direction::Outbound,
+        );
+    }
+}
+
 fn ask(query: &str) -> Ask {
     Ask::parse(query).unwrap()
 }
@@ -164,16 +177,7 @@ fn an_ejected_local_endpoint_is_named_as_such() {
     let s = snap(&FAILOVER.replace("WEST_DOWN", "false"));
     let states = states();
     let spec = s.services["catalog.shop.svc.clusterset.local"].clone();
-    let state = states.get(&spec);
-    for _ in 0..5 {
-        state.observe(
-            &spec,
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            crate::telemetry::metrics::Direction::Outbound,
-        );
-    }
+    eject(&states, &spec, 0);
     let out = outbound(
         &s,
         &states,
@@ -318,15 +322,7 @@ services:
     );
     let states = states();
     let spec = s.services["catalog.shop.svc.clusterset.local"].clone();
-    for _ in 0..5 {
-        states.get(&spec).observe(
-            &spec,
-            0,
-            crate::balance::outlier::Observation::GatewayError,
-            &Metrics::default(),
-            crate::telemetry::metrics::Direction::Outbound,
-        );
-    }
+    eject(&states, &spec, 0);
     let out = outbound(
         &s,
         &states,
