@@ -1108,7 +1108,12 @@ async fn a_relink_resumes_in_0rtt_and_a_refused_0rtt_costs_no_stream() {
     let again = PeerLink::connect_with(&endpoint, peer.addr, EU_GW, true, &tasks)
         .await
         .unwrap();
-    assert_eq!(again.early(), Early::Pending, "resumed with 0-RTT");
+    // Pending, or already Accepted if the handshake beat this line.
+    assert!(
+        matches!(again.early(), Early::Pending | Early::Accepted),
+        "resumed with 0-RTT: {:?}",
+        again.early()
+    );
     assert_eq!(
         echo_through(&again, Bytes::from_static(b"early")).await,
         Bytes::from_static(b"early")

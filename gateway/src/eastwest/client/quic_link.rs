@@ -91,6 +91,39 @@ impl PeerLink {
         allow_early: bool,
         tasks: &TaskTracker,
     ) -> Result<Self, LinkError> {
+        let mut went_early = false;
+        match Self::connect_once(
+            endpoint,
+            addr,
+            expected,
+            allow_early,
+            tasks,
+            &mut went_early,
+        )
+        .await
+        {
+            // The peer refused the 0-RTT data before HTTP/3 was set up
+            // (it restarted and lost its ticket keys): the path is good,
+            // the ticket is not; a full handshake, at once, rather than
+            // failing the link and falling back to TCP.
+            Err(e @ LinkError::Http3 { .. }) if went_early => {
+                tracing::info!(%addr, "0-RTT refused while setting up HTTP/3 ({e}); full handshake");
+                Self::connect_once(endpoint, addr, expected, false, tasks, &mut went_early).await
+            }
+            r => r,
+        }
+    }
+
+    /// One attempt of `connect_with`; `went_early` says whether it
+    /// resumed in 0-RTT.
+    async fn connect_once(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        expected: &str,
+        allow_early: bool,
+        tasks: &TaskTracker,
+        went_early: &mut bool,
+    ) -> Result<Self, LinkError> {
         let fail = |reason: String| LinkError::Connect {
             addr,
             transport: "QUIC (UDP)",
@@ -111,6 +144,7 @@ impl PeerLink {
             // verified as `expected` when it did; the handshake is checked
             // again when it completes, and a refusal closes the link.
             Ok((conn, accepted)) => {
+                *went_early = true;
                 early.store(1, std::sync::atomic::Ordering::Release);
                 let (c, e, expected) = (conn.clone(), early.clone(), expected.to_string());
                 tasks.spawn(async move {
