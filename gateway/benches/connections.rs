@@ -75,8 +75,10 @@ async fn hold(target: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
     (held, failed)
 }
 
-/// RSS once it stops moving (allocator settling), in KiB.
+/// RSS once it stops moving (allocator settling, and the sidecar's heap
+/// trim, every 2 s), in KiB.
 async fn settled_rss(pid: u32) -> u64 {
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut last = rss_kib(pid).unwrap_or(0);
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -10,6 +10,8 @@ use isthmus_gateway::iptables::{self, CaptureSettings};
 use isthmus_gateway::launch::{HealthFlags, NodeFlags, Settings, launch};
 use secrecy::SecretString;
 
+mod heap;
+
 /// A secret argument: kept out of Debug output (the arguments are logged).
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(s.into())
@@ -394,8 +396,12 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Sidecar(a) => runtime(a.worker_threads)?.block_on(run_sidecar(*a, None)),
+        Command::Sidecar(a) => {
+            heap::trim_in_background();
+            runtime(a.worker_threads)?.block_on(run_sidecar(*a, None))
+        }
         Command::Eastwest(a) => {
+            heap::trim_in_background();
             let mut ew = EastWestConfig::load(&a.eastwest_config)?;
             // The file may leave the cluster's name to --cluster
             // (ISTHMUS_CLUSTER): one config for every cluster.

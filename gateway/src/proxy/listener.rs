@@ -11,18 +11,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnInfo, Proxy, Target, http, tcp};
+use super::downstream::{Park, serve_http};
+use super::{ConnInfo, Proxy, Target, tcp};
 use crate::config::snapshot::MtlsMode;
 use crate::config::snapshot::inbound_service_name;
 use crate::config::{ListenerKind, ListenerSpec, Protocol, Snapshot};
 use crate::telemetry::metrics::{Direction, InboundConnLabels};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -212,6 +209,10 @@ pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
     (dst != local).then_some(dst)
 }
 
+/// A connection's task. Its future is as large as its largest branch's,
+/// for as long as the connection lives: the branches other than plain
+/// HTTP (the common long-lived idle connection) are boxed, so a parked
+/// HTTP/1.1 connection's task stays small (issue 24).
 async fn handle_connection(
     proxy: Arc<Proxy>,
     spec: Arc<ListenerSpec>,
@@ -242,8 +243,14 @@ async fn handle_connection(
                 proxy.metrics.error("no_port");
                 return;
             };
-            tcp::proxy_to_service(proxy, info(Direction::Outbound, Target::Host), stream, s, p)
-                .await
+            Box::pin(tcp::proxy_to_service(
+                proxy,
+                info(Direction::Outbound, Target::Host),
+                stream,
+                s,
+                p,
+            ))
+            .await
         }
         ListenerKind::Transparent { passthrough } => {
             let Some(dst) = original_dst(&stream) else {
@@ -265,12 +272,17 @@ async fn handle_connection(
                     if p.protocol.is_http() {
                         serve_http(proxy, conn, stream).await
                     } else {
-                        tcp::proxy_to_service(proxy, conn, stream, s, p).await
+                        Box::pin(tcp::proxy_to_service(proxy, conn, stream, s, p)).await
                     }
                 }
                 None if *passthrough => {
-                    tcp::passthrough(proxy, info(Direction::Outbound, Target::Host), stream, dst)
-                        .await
+                    Box::pin(tcp::passthrough(
+                        proxy,
+                        info(Direction::Outbound, Target::Host),
+                        stream,
+                        dst,
+                    ))
+                    .await
                 }
                 None => {
                     proxy.metrics.error("unmatched_destination");
@@ -302,11 +314,17 @@ async fn handle_connection(
             if !plaintext_allowed(&proxy, &conn) {
                 return;
             }
-            serve_inbound(proxy, conn, stream, port, protocol).await
+            Box::pin(serve_inbound(proxy, conn, stream, port, protocol)).await
         }
         ListenerKind::Tunnel { ports } => {
-            crate::transport::server::serve(proxy, listener, stream, peer, Arc::new(ports.clone()))
-                .await
+            Box::pin(crate::transport::server::serve(
+                proxy,
+                listener,
+                stream,
+                peer,
+                Arc::new(ports.clone()),
+            ))
+            .await
         }
     }
 }
@@ -349,7 +367,7 @@ pub async fn serve_inbound<S>(
     port: u16,
     protocol: Protocol,
 ) where
-    S: AsyncRead + AsyncWrite + isthmus_mesh::h2connect::Abort + Unpin + Send + 'static,
+    S: Park + isthmus_mesh::h2connect::Abort,
 {
     if protocol == Protocol::Tcp {
         if conn.peer_id.is_none() && !crate::transport::server::authorize_tcp(&proxy, &conn, port) {
@@ -363,56 +381,5 @@ pub async fn serve_inbound<S>(
         tcp::proxy_to_service(proxy, conn, stream, s, p).await
     } else {
         serve_http(proxy, conn, stream).await
-    }
-}
-
-/// Serves HTTP/1.1 and h2c (prior knowledge) on one connection; on drain,
-/// finishes in-flight requests and closes (GOAWAY / Connection: close).
-pub async fn serve_http<S>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, stream: S)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let p = proxy.clone();
-    // Boxed: hyper keeps a slot for the service's future in every
-    // connection, idle ones too; a pointer there instead of the whole
-    // request path's state is 8.6 KB less per held connection (issue 24).
-    let svc = service_fn(move |req| Box::pin(http::serve(p.clone(), conn.clone(), req)));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .writev(false);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024)
-        .max_concurrent_streams(1024);
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-    tokio::pin!(served);
-    let result = tokio::select! {
-        r = served.as_mut() => r,
-        _ = proxy.drain.cancelled() => {
-            served.as_mut().graceful_shutdown();
-            tokio::select! {
-                r = served.as_mut() => r,
-                _ = proxy.hard_stop.cancelled() => Ok(()),
-            }
-        }
-    };
-    if let Err(e) = result {
-        let kind = classify_conn_error(&*e);
-        proxy.metrics.error(kind);
-        tracing::debug!(kind, "downstream connection ended with an error: {e}");
-    }
-}
-
-fn classify_conn_error(e: &(dyn std::error::Error + 'static)) -> &'static str {
-    match e.downcast_ref::<hyper::Error>() {
-        Some(h) if h.is_parse() || h.is_parse_too_large() => "bad_request",
-        Some(h) if h.is_timeout() => "downstream_timeout",
-        Some(h) if h.is_incomplete_message() => "downstream_incomplete",
-        _ => "downstream_connection",
     }
 }

@@ -4,6 +4,7 @@
 //! `service_state` and `balance`, and connect through `pool`.
 
 pub mod body;
+pub mod downstream;
 pub mod errors;
 pub mod headers;
 pub mod http;

@@ -269,6 +269,8 @@ pub struct Metrics {
     pub upstream_connections: Family<ServiceLabels, Gauge>,
     /// 1 while a discovery stream to the control plane is up.
     pub control_plane_connected: Gauge,
+    /// Idle downstream HTTP/1.1 connections waiting with no buffers.
+    pub parked_connections: Gauge,
     pub authz_decisions: Family<AuthzLabels, Counter>,
     pub authn_failures: Family<AuthnLabels, Counter>,
     pub inbound_connections: Family<InboundConnLabels, Counter>,
@@ -488,6 +490,15 @@ impl Metrics {
                 registry.register(
                     "control_plane_connected",
                     "1 while the discovery stream to the control plane is up",
+                    g.clone(),
+                );
+                g
+            },
+            parked_connections: {
+                let g = Gauge::default();
+                registry.register(
+                    "downstream_connections_parked",
+                    "Idle downstream HTTP/1.1 keep-alive connections, parked: holding no buffers until their next request",
                     g.clone(),
                 );
                 g

@@ -529,3 +529,100 @@ async fn unparseable_upstream_framing_is_a_502_not_a_guess() {
         assert!(body.contains("malformed upstream response"), "{body}");
     }
 }
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked) from `s`,
+/// leaving whatever follows in `rest`: its head and body.
+async fn read_response(s: &mut TcpStream, rest: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).to_string();
+            let lower = head.to_ascii_lowercase();
+            let body_start = end + 4;
+            let body_end = if let Some(len) = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+            {
+                (rest.len() >= body_start + len).then_some(body_start + len)
+            } else {
+                assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+                rest[body_start..]
+                    .windows(5)
+                    .position(|w| w == b"0\r\n\r\n")
+                    .map(|p| body_start + p + 5)
+            };
+            if let Some(body_end) = body_end {
+                let body = rest[body_start..body_end].to_vec();
+                rest.drain(..body_end);
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "the sidecar closed the connection");
+        rest.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http1_connection_is_parked_and_serves_on_unchanged() {
+    let app = SampleApp::new("echo", "c", "v1");
+    let s = sample::serve(app.clone(), LOCAL).await.unwrap();
+    let env = start(&config(&[service("echo", "HTTP", &[s.addr], "")])).await;
+    let mut c = TcpStream::connect(env.addr("out")).await.unwrap();
+    let mut rest = Vec::new();
+    let parked = |n: f64| {
+        let env = &env;
+        async move {
+            eventually(&format!("{n} parked connection(s)"), || async {
+                env.metric("isthmus_downstream_connections_parked", &[])
+                    .await
+                    == n
+            })
+            .await
+        }
+    };
+    // A connection that has sent nothing yet holds nothing either.
+    c.write_all(b"GET /one HTTP/1.1\r\nHost: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut c, &mut rest).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    parked(1.0).await;
+    // Two requests in one write (pipelined), the second with a body: both
+    // answered, in order, on the same connection.
+    c.write_all(
+        b"GET /two HTTP/1.1\r\nHost: echo\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: echo\r\nContent-Length: 5\r\n\r\nhello",
+    )
+    .await
+    .unwrap();
+    let (head, _) = read_response(&mut c, &mut rest).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, body) = read_response(&mut c, &mut rest).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, b"hello");
+    parked(1.0).await;
+    // A request whose head comes in two writes: the first bytes wake the
+    // parked connection, the rest completes the head.
+    c.write_all(b"GET /three HTTP/1.1\r\nHo").await.unwrap();
+    c.flush().await.unwrap();
+    tokio::task::yield_now().await;
+    c.write_all(b"st: echo\r\n\r\n").await.unwrap();
+    let (head, _) = read_response(&mut c, &mut rest).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(rest.is_empty(), "nothing more was sent: {rest:?}");
+    assert_eq!(app.hits(), 4);
+    parked(1.0).await;
+    // The client goes: the parked connection is closed with it.
+    drop(c);
+    parked(0.0).await;
+}

@@ -370,6 +370,11 @@ impl H1Body {
         if let Some(mut lease) = self.lease.take() {
             let clean = lease.h1_mut().is_some_and(|c| c.buf.is_empty());
             if self.reusable && clean {
+                // An idle connection holds no buffer (a pool may keep
+                // many): the next response allocates its own.
+                if let Some(c) = lease.h1_mut() {
+                    c.buf = BytesMut::new();
+                }
                 lease.release();
             }
         }
