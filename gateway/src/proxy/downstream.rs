@@ -2,12 +2,13 @@
 //! knowledge), told apart by its first bytes and served by hyper.
 //!
 //! An idle HTTP/1.1 connection is *parked*: once its last response is
-//! written, hyper's connection (a read buffer of 8–16 KiB, a write buffer
-//! of 8 KiB, its state) is taken down and the socket alone waits for the
-//! next request, which brings up a new one. Applications keep pools of
-//! idle keep-alive connections to their sidecar; parked, each costs its
-//! socket and a few hundred bytes instead of ~30 KB (issue 24,
-//! BENCHMARKS.md "Memory per held connection").
+//! written and nothing more came for `PARK_AFTER`, hyper's connection (a
+//! read buffer of 8–16 KiB, a write buffer of 8 KiB, its state) is taken
+//! down and the socket alone waits for the next request, which brings up a
+//! new one. Applications keep pools of idle keep-alive connections to
+//! their sidecar; parked, each costs its socket and a few hundred bytes
+//! instead of ~30 KB (issue 24, BENCHMARKS.md "Memory per held
+//! connection").
 //!
 //! Parking never changes what the client sees: hyper is taken down only
 //! when it is between messages (every response body written and flushed,
@@ -31,6 +32,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::body::{BoxError, RespBody};
 use super::{ConnInfo, Proxy, http};
+
+/// How long a connection stays idle before it is parked: a client making
+/// requests back to back (or a few a second) keeps its hyper connection
+/// and pays nothing; parking and unparking cost ~3 µs of CPU per request.
+pub const PARK_AFTER: Duration = Duration::from_millis(250);
 
 /// How long a parked connection may wait for its next request (Envoy's
 /// default idle timeout for HTTP connections).
@@ -345,7 +351,10 @@ async fn serve_h1_until_idle<S: Park>(
     );
     let drain = proxy.drain.cancelled();
     let hard_stop = proxy.hard_stop.cancelled();
-    tokio::pin!(drain, hard_stop);
+    // Armed when the connection goes idle after an exchange, for PARK_AFTER.
+    let linger = tokio::time::sleep(IDLE_TIMEOUT);
+    tokio::pin!(drain, hard_stop, linger);
+    let mut armed_after: Option<usize> = None;
     let mut draining = false;
     let parked = std::future::poll_fn(|cx| {
         loop {
@@ -361,6 +370,16 @@ async fn serve_h1_until_idle<S: Park>(
                 return Poll::Ready(Ok(false));
             }
             if draining || !S::PARKS || !activity.idle() {
+                return Poll::Pending;
+            }
+            let exchanges = activity.served.load(Ordering::Relaxed);
+            if armed_after != Some(exchanges) {
+                armed_after = Some(exchanges);
+                linger
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + PARK_AFTER);
+            }
+            if linger.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             // Between messages: hyper's graceful shutdown closes an idle
