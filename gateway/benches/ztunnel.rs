@@ -22,7 +22,8 @@
 //! direct only, saying so. Environment: BENCH_SECONDS (default 5),
 //! BENCH_ROUNDS (default 3), BENCH_RATE (default 1000), ZTUNNEL (the
 //! binary, default target/ztunnel/ztunnel), BENCH_LOG_DIR (each process's
-//! output in a file there).
+//! output in a file there), BENCH_MESHES (`isthmus`, `ztunnel` or both:
+//! which pairs run beside direct).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -189,6 +190,14 @@ enum Mesh {
 }
 
 impl Mesh {
+    fn key(self) -> &'static str {
+        match self {
+            Mesh::Direct => "direct",
+            Mesh::Isthmus => "isthmus",
+            Mesh::Ztunnel => "ztunnel",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mesh::Direct => "direct",
@@ -418,6 +427,11 @@ fn main() {
             "ztunnel is not built ({}): gateway/benches/ztunnel/build.sh builds it once; ours and direct only",
             ztunnel.display()
         );
+    }
+    // BENCH_MESHES: a subset (e.g. `isthmus` to profile it); direct stays
+    // first, as the baseline.
+    if let Ok(only) = std::env::var("BENCH_MESHES") {
+        meshes.retain(|m| *m == Mesh::Direct || only.split(',').any(|o| m.key() == o));
     }
     let secs = knob("BENCH_SECONDS", 5);
     let rounds = knob("BENCH_ROUNDS", 3) as usize;

@@ -367,6 +367,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
+    heap::tune();
     match cli.command {
         Command::InitIptables(a) => {
             let s = CaptureSettings {
