@@ -27,7 +27,6 @@
 //! on this VM).
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -71,49 +70,6 @@ fn spawn_sidecar(cfg: &std::path::Path, admin: u16, files: &[std::path::PathBuf;
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
-}
-
-/// iperf3 through `target` for `secs` with `streams`: Gbit/s received.
-fn iperf(target: SocketAddr, streams: u32, secs: u64) -> Option<f64> {
-    let out = Command::new("iperf3")
-        .args([
-            "-c",
-            &target.ip().to_string(),
-            "-p",
-            &target.port().to_string(),
-        ])
-        .args(["-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
-        .output()
-        .ok()?;
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(j["end"]["sum_received"]["bits_per_second"].as_f64()? / 1e9)
-}
-
-/// sockperf TCP ping-pong of 1 KiB through `target`: round trip (p50, p99) in µs.
-fn sockperf(target: SocketAddr, secs: u64) -> Option<(f64, f64)> {
-    let out = Command::new("sockperf")
-        .args(["ping-pong", "--tcp", "--full-rtt", "-m", "1024"])
-        .args([
-            "-i",
-            &target.ip().to_string(),
-            "-p",
-            &target.port().to_string(),
-        ])
-        .args(["-t", &secs.to_string()])
-        .output()
-        .ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let pct = |p: &str| {
-        text.lines()
-            .find(|l| l.contains(&format!("percentile {p} =")))?
-            .rsplit('=')
-            .next()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-    };
-    Some((pct("50.000")?, pct("99.000")?))
 }
 
 /// New connections per second, `conc` at a time for `secs`, each made by
@@ -445,9 +401,9 @@ async fn main() {
         ("plaintext sidecar pair", addr(p_iperf), addr(p_sock)),
         ("mTLS sidecar pair", addr(m_iperf), addr(m_sock)),
     ] {
-        let one = iperf(ipt, 1, secs);
-        let four = iperf(ipt, 4, secs);
-        let rtt = sockperf(spt, secs);
+        let one = iperf(&[], ipt, 1, secs);
+        let four = iperf(&[], ipt, 4, secs);
+        let rtt = sockperf(&[], spt, secs);
         let f = |v: Option<f64>| v.map_or("failed".into(), |v| format!("{v:.2}"));
         println!(
             "| {name} | {} | {} | {} | {} |",

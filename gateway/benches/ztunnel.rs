@@ -253,47 +253,6 @@ fn http_role() {
     println!("{} {} {}", l.p50, l.p99, l.errors);
 }
 
-fn iperf_in(lab: &Lab, streams: u32, secs: u64) -> Option<f64> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.client, "taskset", "-c", "0", "iperf3"])
-        .args(["-c", SERVER_IP, "-p", &IPERF_PORT.to_string()])
-        .args(["-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
-        .output()
-        .ok()?;
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(j["end"]["sum_received"]["bits_per_second"].as_f64()? / 1e9)
-}
-
-fn sockperf_in(lab: &Lab, secs: u64) -> Option<(f64, f64)> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client,
-            "taskset",
-            "-c",
-            "0",
-            "sockperf",
-        ])
-        .args(["ping-pong", "--tcp", "--full-rtt", "-m", "1024"])
-        .args(["-i", SERVER_IP, "-p", &SOCKPERF_PORT.to_string()])
-        .args(["-t", &secs.to_string()])
-        .output()
-        .ok()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    let pct = |p: &str| {
-        text.lines()
-            .find(|l| l.contains(&format!("percentile {p} =")))?
-            .rsplit('=')
-            .next()?
-            .trim()
-            .parse::<f64>()
-            .ok()
-    };
-    Some((pct("50.000")?, pct("99.000")?))
-}
-
 /// Our pair: the client sidecar's transparent listener sends the server's
 /// three ports through the server sidecar's tunnel listener.
 fn start_isthmus(lab: &Lab, dir: &Path, files: &(Vec<PathBuf>, Vec<PathBuf>)) -> Vec<Proc> {
@@ -502,13 +461,17 @@ fn main() {
                 );
             } else {
                 let f = &mut figures[i];
-                if let Some(r) = sockperf_in(&lab, secs) {
+                // The tools run in the client namespace, on the load's core.
+                let client = ["ip", "netns", "exec", &lab.client, "taskset", "-c", "0"];
+                let sock: SocketAddr = format!("{SERVER_IP}:{SOCKPERF_PORT}").parse().unwrap();
+                let ipt: SocketAddr = format!("{SERVER_IP}:{IPERF_PORT}").parse().unwrap();
+                if let Some(r) = sockperf(&client, sock, secs) {
                     f.rtt.push(r);
                 }
-                if let Some(g) = iperf_in(&lab, 1, secs) {
+                if let Some(g) = iperf(&client, ipt, 1, secs) {
                     f.one.push(g);
                 }
-                if let Some(g) = iperf_in(&lab, 4, secs) {
+                if let Some(g) = iperf(&client, ipt, 4, secs) {
                     f.four.push(g);
                 }
                 if let Some(h) = http_in(&lab, rate, secs) {

@@ -250,3 +250,59 @@ pub fn pin_self_to_core_0() -> bool {
     }
     true
 }
+
+/// iperf3 to `target` for `secs` with `streams`, run as `prefix` + iperf3
+/// (e.g. `ip netns exec NS taskset -c 0`, or nothing): Gbit/s received.
+pub fn iperf(prefix: &[&str], target: SocketAddr, streams: u32, secs: u64) -> Option<f64> {
+    let out = tool(prefix, "iperf3")
+        .args([
+            "-c",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+        ])
+        .args(["-t", &secs.to_string(), "-P", &streams.to_string(), "-J"])
+        .output()
+        .ok()?;
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(j["end"]["sum_received"]["bits_per_second"].as_f64()? / 1e9)
+}
+
+/// sockperf TCP ping-pong of 1 KiB to `target`, run as `prefix` +
+/// sockperf: round trip (p50, p99) in µs.
+pub fn sockperf(prefix: &[&str], target: SocketAddr, secs: u64) -> Option<(f64, f64)> {
+    let out = tool(prefix, "sockperf")
+        .args(["ping-pong", "--tcp", "--full-rtt", "-m", "1024"])
+        .args([
+            "-i",
+            &target.ip().to_string(),
+            "-p",
+            &target.port().to_string(),
+        ])
+        .args(["-t", &secs.to_string()])
+        .output()
+        .ok()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let pct = |p: &str| {
+        text.lines()
+            .find(|l| l.contains(&format!("percentile {p} =")))?
+            .rsplit('=')
+            .next()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+    };
+    Some((pct("50.000")?, pct("99.000")?))
+}
+
+fn tool(prefix: &[&str], program: &str) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
