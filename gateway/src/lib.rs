@@ -21,5 +21,6 @@ pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod sidecar;
+pub mod splice;
 pub mod telemetry;
 pub mod transport;

@@ -16,10 +16,9 @@
 //!   between them.
 //! - `gateway`: the local entry for this cluster's workloads and the links
 //!   to peers, made on first use and remade when closed.
-//! - `splice`: copies between a CONNECT stream and a TCP connection,
-//!   coalescing the ~1 packet per `recv_data` that h3 yields.
 //! - `transport`: the traits the tunnel code is written against (a link
-//!   opening streams of send and receive halves), implemented by both.
+//!   opening streams of send and receive halves), implemented by both;
+//!   `crate::splice` joins those halves with TCP connections.
 
 pub mod client;
 pub mod config;
@@ -27,7 +26,6 @@ pub mod gateway;
 pub mod quic;
 pub mod role;
 pub mod server;
-pub mod splice;
 pub mod transport;
 
 /// The CONNECT protocol's headers are the mesh's (the sidecars and the

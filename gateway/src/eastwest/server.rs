@@ -12,11 +12,11 @@ use http::{Method, Response};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::splice::{Side, splice_tcp};
 use super::{ConnectRefusal, Source, parse_authority, quic::peer_id};
 use crate::balance::outlier::Observation;
 use crate::policy::attempts::{Attempts, CONNECT_TRIES, Plan};
 use crate::pool::dial;
+use crate::splice::{Side, splice_tcp};
 use crate::telemetry::metrics::Direction;
 
 use crate::proxy::Proxy;

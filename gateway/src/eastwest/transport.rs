@@ -2,33 +2,18 @@
 //! traits abstract a QUIC stack: a link opens CONNECT streams, each a pair
 //! of halves that send (finish, reset) and receive bytes. HTTP/3 over
 //! quinn and the HTTP/2-over-TLS fallback implement it (`client::Link`,
-//! `LinkSend`, `LinkRecv`); `splice` sees only these traits, so
+//! `LinkSend`, `LinkRecv`); `crate::splice` sees only these traits, so
 //! another QUIC stack, or an in-memory transport in a test, fits in. (The
 //! WAN emulator in `e2e/` impairs the real stacks at packet level.)
 
 use std::future::Future;
-use std::io;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 
 use super::Source;
 use super::client::{LinkError, Transport};
 
-/// The sending half of a tunnelled stream.
-pub trait StreamSend: Send {
-    fn send(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
-    /// Half-closes: the peer reads the end of the stream.
-    fn finish(&mut self) -> impl Future<Output = io::Result<()>> + Send;
-    /// Aborts: the peer sees a reset, not an end.
-    fn reset(&mut self);
-}
-
-/// The receiving half of a tunnelled stream. Dropping it before the end
-/// stops the peer's sending.
-pub trait StreamRecv: Send {
-    /// The next bytes; `None` at a clean end, an error at a reset.
-    fn recv(&mut self) -> impl Future<Output = io::Result<Option<Bytes>>> + Send;
-}
+pub use crate::splice::{StreamRecv, StreamSend};
 
 /// A connection to a peer gateway that carries CONNECT streams.
 pub trait LinkTransport: Send + Sync {
@@ -50,22 +35,31 @@ pub trait LinkTransport: Send + Sync {
     fn is_closed(&self) -> bool;
 }
 
-/// The HTTP/2 CONNECT streams of the fallback and of the local entry.
-impl StreamSend for isthmus_mesh::h2connect::H2Send {
-    async fn send(&mut self, data: Bytes) -> io::Result<()> {
-        isthmus_mesh::h2connect::H2Send::send(self, data).await
+/// The receiving gateway's HTTP/3 stream halves.
+impl<S: h3::quic::SendStream<Bytes> + Send> StreamSend for h3::server::RequestStream<S, Bytes> {
+    async fn send(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.send_data(data).await.map_err(std::io::Error::other)
     }
-    async fn finish(&mut self) -> io::Result<()> {
-        isthmus_mesh::h2connect::H2Send::finish(self)
+    async fn finish(&mut self) -> std::io::Result<()> {
+        h3::server::RequestStream::finish(self)
+            .await
+            .map_err(std::io::Error::other)
     }
+    /// H3_CONNECT_ERROR. (The receive half stops the peer when dropped:
+    /// h3-quinn 0.0.10's stop_sending panics while a read is in flight,
+    /// which an aborted splice leaves.)
     fn reset(&mut self) {
-        isthmus_mesh::h2connect::H2Send::reset(self)
+        self.stop_stream(h3::error::Code::H3_CONNECT_ERROR);
     }
 }
 
-impl StreamRecv for isthmus_mesh::h2connect::H2Recv {
-    async fn recv(&mut self) -> io::Result<Option<Bytes>> {
-        isthmus_mesh::h2connect::H2Recv::recv(self).await
+impl<R: h3::quic::RecvStream + Send> StreamRecv for h3::server::RequestStream<R, Bytes> {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        Ok(self
+            .recv_data()
+            .await
+            .map_err(std::io::Error::other)?
+            .map(|mut b| b.copy_to_bytes(b.remaining())))
     }
 }
 
@@ -75,7 +69,8 @@ mod tests {
     //! byte stream with a stream of any `LinkTransport`.
 
     use super::*;
-    use crate::eastwest::splice::{IoRecv, IoSend, Side, splice};
+    use crate::splice::{IoRecv, IoSend, Side, splice};
+    use std::io;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 

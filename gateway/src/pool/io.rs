@@ -11,6 +11,8 @@ use tokio::net::TcpStream;
 
 use isthmus_mesh::transport::TunnelStream;
 
+use crate::splice::{Either, Halves};
+
 pub enum Io {
     Tcp(TcpStream),
     /// Boxed: a stream with its connection handles is several times a
@@ -108,6 +110,31 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tunnel(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A TCP connection splits into socket halves, a mesh stream into its
+/// HTTP/2 halves (the splice then hands h2 its chunks as they are).
+impl crate::splice::Halves for Io {
+    type Send<'a> = Either<
+        <TcpStream as Halves>::Send<'a>,
+        <isthmus_mesh::h2connect::H2Stream as Halves>::Send<'a>,
+    >;
+    type Recv<'a> = Either<
+        <TcpStream as Halves>::Recv<'a>,
+        <isthmus_mesh::h2connect::H2Stream as Halves>::Recv<'a>,
+    >;
+    fn halves(&mut self) -> (Self::Send<'_>, Self::Recv<'_>) {
+        match self {
+            Io::Tcp(s) => {
+                let (w, r) = s.halves();
+                (Either::A(w), Either::A(r))
+            }
+            Io::Tunnel(t) => {
+                let (w, r) = Halves::halves(t.stream());
+                (Either::B(w), Either::B(r))
+            }
         }
     }
 }

@@ -367,7 +367,7 @@ pub async fn serve_inbound<S>(
     port: u16,
     protocol: Protocol,
 ) where
-    S: Park + isthmus_mesh::h2connect::Abort,
+    S: Park + isthmus_mesh::h2connect::Abort + crate::splice::Halves,
 {
     if protocol == Protocol::Tcp {
         if conn.peer_id.is_none() && !crate::transport::server::authorize_tcp(&proxy, &conn, port) {

@@ -1,27 +1,22 @@
 //! Opaque TCP proxying: choose an endpoint (retrying the connect on other
-//! endpoints), then copy bytes both ways until either side closes; a reset
-//! (or failure) of either side resets the other.
+//! endpoints), then join the two both ways until either side closes
+//! (`crate::splice`: what one side reads is handed to the other without
+//! copying); a reset (or failure) of either side resets the other.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::{ConnInfo, Proxy};
 use crate::balance::outlier::Observation;
 use crate::config::{PortSpec, ServiceSpec};
 use crate::policy::attempts::{Attempts, CONNECT_TRIES, Plan};
 use crate::pool::{PoolError, dial};
+use crate::splice::Halves;
 use crate::telemetry::accesslog::{Entry, rfc3339};
 use crate::telemetry::metrics::ServiceLabels;
 use isthmus_mesh::h2connect::Abort;
-
-/// Copy buffer per direction: bulk transfers move in few large writes (a
-/// mesh transport stream frames each write; 8 KiB, tokio's default, cost a
-/// third of the throughput through a pair).
-const COPY_BUFFER: usize = 64 * 1024;
 
 struct TcpLog {
     start: Instant,
@@ -70,7 +65,7 @@ pub async fn proxy_to_service<S>(
     service: Arc<ServiceSpec>,
     port: PortSpec,
 ) where
-    S: AsyncRead + AsyncWrite + Abort + Unpin,
+    S: Halves + Abort,
 {
     let mut l = TcpLog {
         start: Instant::now(),
@@ -174,7 +169,7 @@ pub async fn proxy_to_service<S>(
     endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Copies bytes both ways until either side closes (or the proxy stops),
+/// Joins the two both ways until either side closes (or the proxy stops),
 /// then records the connection in metrics and the access log.
 async fn splice<D, U>(
     proxy: &Proxy,
@@ -184,13 +179,13 @@ async fn splice<D, U>(
     downstream: &mut D,
     upstream: &mut U,
 ) where
-    D: AsyncRead + AsyncWrite + Abort + Unpin,
-    U: AsyncRead + AsyncWrite + Abort + Unpin,
+    D: Halves + Abort,
+    U: Halves + Abort,
 {
     let m = &proxy.metrics;
     m.tcp_opened.get_or_create(labels).inc();
     let result = tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(downstream, upstream, COPY_BUFFER, COPY_BUFFER) => r,
+        r = crate::splice::splice(downstream.halves(), upstream.halves()) => r.map_err(|(_, e)| e),
         _ = proxy.hard_stop.cancelled() => Err(std::io::Error::other("proxy shut down")),
     };
     m.tcp_closed.get_or_create(labels).inc();

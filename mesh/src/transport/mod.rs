@@ -84,6 +84,13 @@ pub struct RemoteSession {
 
 delegate_io!(RemoteSession);
 
+impl TunnelStream {
+    /// The CONNECT stream itself (to drive its halves apart).
+    pub fn stream(&mut self) -> &mut H2Stream {
+        &mut self.io
+    }
+}
+
 /// An abort resets the stream (the destination's connection is reset).
 impl Abort for TunnelStream {
     fn abort(&mut self) {

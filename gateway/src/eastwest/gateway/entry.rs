@@ -154,7 +154,7 @@ impl Gateway {
             })
             .clone();
         open.inc();
-        match crate::eastwest::splice::splice(local, link).await {
+        match crate::splice::splice(local, link).await {
             Ok((sent, received)) => {
                 for (direction, n) in [("sent", sent), ("received", received)] {
                     self.metrics
@@ -168,8 +168,8 @@ impl Gateway {
             }
             Err((side, e)) => {
                 let by = match side {
-                    crate::eastwest::splice::Side::A => "the workload",
-                    crate::eastwest::splice::Side::B => "the peer",
+                    crate::splice::Side::A => "the workload",
+                    crate::splice::Side::B => "the peer",
                 };
                 tracing::debug!(%cluster, "cross-cluster stream aborted by {by}: {e}");
             }
