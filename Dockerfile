@@ -21,11 +21,11 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --profile dist --locked \
         -p isthmus-gateway -p isthmus-federation -p isthmus-ctl -p isthmus-sample \
     && mkdir -p /out \
-    && cp target/release/isthmus-gateway target/release/isthmus-federation \
-          target/release/isthmusctl target/release/isthmus-sample /out/
+    && cp target/dist/isthmus-gateway target/dist/isthmus-federation \
+          target/dist/isthmusctl target/dist/isthmus-sample /out/
 
 # Control plane, CLI and sample app: nothing but the C runtime.
 FROM gcr.io/distroless/cc-debian12:nonroot AS federation

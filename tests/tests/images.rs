@@ -79,7 +79,7 @@ fn the_dockerfile_builds_and_ships_what_the_workspace_makes() {
     let lines = dockerfile();
     let build = lines
         .iter()
-        .find(|l| l.contains("cargo build --release"))
+        .find(|l| l.contains("cargo build --profile dist"))
         .expect("a cargo build in the build stage");
     let words: Vec<&str> = build.split_whitespace().collect();
     let cargo_build = build
@@ -104,7 +104,7 @@ fn the_dockerfile_builds_and_ships_what_the_workspace_makes() {
     // Copied out of the build: every binary those packages make, no other.
     let copied: BTreeSet<String> = words
         .iter()
-        .filter_map(|w| w.strip_prefix("target/release/"))
+        .filter_map(|w| w.strip_prefix("target/dist/"))
         .map(str::to_string)
         .collect();
     assert_eq!(copied, built, "the binaries copied out of the build");
@@ -174,4 +174,58 @@ fn the_image_toolchain_is_the_workspace_toolchain() {
         .find_map(|l| l.strip_prefix("ARG RUST_VERSION=").map(str::to_string))
         .expect("ARG RUST_VERSION");
     assert_eq!(arg, wanted);
+}
+
+/// Cargo.toml's `[section]`s and their `key = value` lines (enough TOML for
+/// the profiles: one value per line).
+fn manifest_sections() -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml");
+    let mut sections: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut current = String::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.to_string();
+            sections.entry(current.clone()).or_default();
+        } else if let Some((k, v)) = line.split_once('=')
+            && !line.starts_with('#')
+        {
+            sections
+                .entry(current.clone())
+                .or_default()
+                .insert(k.trim().to_string(), v.trim().to_string());
+        }
+    }
+    sections
+}
+
+#[test]
+fn the_images_ship_the_dist_profile_fully_optimized() {
+    let s = manifest_sections();
+    let dist = s
+        .get("profile.dist")
+        .expect("a [profile.dist] in Cargo.toml");
+    assert_eq!(dist.get("lto").map(String::as_str), Some("\"fat\""));
+    assert_eq!(dist.get("codegen-units").map(String::as_str), Some("1"));
+    // A package the quick release profile optimizes less is set back to
+    // level 3 for the images (dist inherits release's package overrides).
+    let opt = |section: &str| -> BTreeMap<String, String> {
+        s.get(section)
+            .into_iter()
+            .flatten()
+            .map(|(package, v)| (package.clone(), v.replace(' ', "")))
+            .collect()
+    };
+    let lowered = opt("profile.release.package");
+    let dist_packages = opt("profile.dist.package");
+    assert!(!lowered.is_empty(), "the release profile lowers no package");
+    for package in lowered.keys() {
+        assert_eq!(
+            dist_packages.get(package).map(String::as_str),
+            Some("{opt-level=3}"),
+            "[profile.dist.package] must set {package} = {{ opt-level = 3 }}"
+        );
+    }
+    // The benchmarks measure what the images ship.
+    let bench = s.get("profile.bench").expect("a [profile.bench]");
+    assert_eq!(bench.get("inherits").map(String::as_str), Some("\"dist\""));
 }
