@@ -19,8 +19,9 @@ pub const SLACK: usize = 8 * 1024 * 1024;
 
 /// glibc gives the top of the heap back to the system as soon as more than
 /// 128 KiB is free there, and maps allocations of 128 KiB and more on their
-/// own. A tunnel moving bulk data allocates and frees 64 KiB chunks all the
-/// time: the top was returned and faulted back in every few chunks, and
+/// own. A tunnel moving bulk data allocates and frees chunks of up to 256
+/// KiB all the time (`crate::splice`'s reads; 64 KiB copies when this was
+/// measured): the top was returned and faulted back in every few chunks, and
 /// the page faults took 30 % of a sidecar pair's CPU (`perf` on iperf3
 /// through the pair). With these bounds: 2.63 -> 3.84 Gbit/s, one stream
 /// (BENCHMARKS.md). The heap keeps up to `KEEP` free at its top (4 MiB: 64
