@@ -256,6 +256,11 @@ impl<W: AsyncWrite + Abort + Unpin + Send> StreamSend for IoSend<W> {
     }
     /// One vectored write for all the chunks (as many as it takes).
     async fn send_all(&mut self, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+        if let [one] = &chunks[..] {
+            self.0.write_all(one).await?;
+            chunks.clear();
+            return Ok(());
+        }
         let mut first = 0;
         while first < chunks.len() {
             let slices: Vec<io::IoSlice<'_>> = chunks[first..]
