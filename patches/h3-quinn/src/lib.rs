@@ -350,6 +350,9 @@ pub struct RecvStream {
     ready: std::collections::VecDeque<Bytes>,
     /// The slots a read fills, lent to the read future and given back.
     slots: Vec<Bytes>,
+    /// How many slots the next read offers: doubles from 1 while reads
+    /// fill them all, up to `READ_CHUNKS`, so an idle stream holds one.
+    batch: usize,
     read_chunk_fut: ReadChunkFuture,
 }
 
@@ -372,6 +375,7 @@ impl RecvStream {
             stream: Some(stream),
             ready: std::collections::VecDeque::new(),
             slots: Vec::new(),
+            batch: 1,
             // Should only allocate once the first time it's used
             read_chunk_fut: ReusableBoxFuture::new(async { unreachable!() }),
         }
@@ -391,7 +395,7 @@ impl quic::RecvStream for RecvStream {
         }
         if let Some(mut stream) = self.stream.take() {
             let mut slots = std::mem::take(&mut self.slots);
-            slots.resize(READ_CHUNKS, Bytes::new());
+            slots.resize(self.batch, Bytes::new());
             self.read_chunk_fut.set(async move {
                 let read = stream.read_chunks(&mut slots).await;
                 (stream, slots, read)
@@ -402,6 +406,9 @@ impl quic::RecvStream for RecvStream {
         self.stream = Some(stream);
         let read = read.map_err(|e| convert_read_error_to_stream_error(e));
         if let Ok(Some(n)) = read {
+            if n == slots.len() {
+                self.batch = (self.batch * 2).min(READ_CHUNKS);
+            }
             self.ready.extend(slots.drain(..n));
         }
         self.slots = slots;
