@@ -855,7 +855,7 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<impl Buf>, StreamError>> {
-        if !self.stream.has_data() {
+        while !self.stream.has_data() {
             match ready!(self.stream.poll_next(cx)) {
                 Err(frame_stream_error) => {
                     return Poll::Ready(Err(
@@ -868,7 +868,11 @@ where
                     // Received trailers, no more data expected
                     return Poll::Ready(Ok(None));
                 }
-                Ok(Some(Frame::Data { .. })) => (),
+                // An empty DATA frame (RFC 9114 §7.2.1 allows one) carries
+                // nothing; it is not the end of the body, which the
+                // stream's end or trailers say. (isthmus patch)
+                Ok(Some(Frame::Data(PayloadLen(0)))) => continue,
+                Ok(Some(Frame::Data { .. })) => break,
                 Ok(Some(other_frame)) => {
                     //= https://www.rfc-editor.org/rfc/rfc9114#section-4.1
                     //# Receipt of an invalid sequence of frames MUST be treated as a
