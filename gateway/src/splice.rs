@@ -379,8 +379,7 @@ where
     S: StreamSend,
     R: StreamRecv,
 {
-    let (rd, wr) = tcp.split();
-    splice(stream, (IoSend(wr), IoRecv::new(rd))).await
+    splice(stream, tcp.halves()).await
 }
 
 /// Polls a future once: its output if it is ready now.
