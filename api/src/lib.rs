@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod resource;
 pub mod topology;
 pub mod validate;
+pub mod yaml;
 
 /// Generated protobuf code.
 pub mod config {
@@ -69,7 +70,7 @@ pub mod grpc_health {
 pub use config::v1 as model;
 pub use validate::{Issue, validate};
 
-use locate::{PathIndex, Position};
+use locate::PathIndex;
 
 /// A configuration problem located in its source text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,32 +132,24 @@ pub fn parse_bootstrap_yaml(text: &str) -> Result<model::ProxyConfig, ConfigErro
 }
 
 fn parse(text: &str, check: bool) -> Result<model::ProxyConfig, ConfigError> {
-    let index = PathIndex::build(text);
-    let config: model::ProxyConfig = serde_saphyr::from_str(text).map_err(|e| {
-        let loc = e.location();
-        let pos = loc.map(|l| Position {
-            line: l.line() as usize,
-            column: l.column() as usize,
-        });
-        ConfigError {
-            issues: vec![LocatedIssue {
-                path: pos
-                    .and_then(|p| index.path_at(p))
-                    .unwrap_or_default()
-                    .to_string(),
-                line: pos.map(|p| p.line),
-                column: pos.map(|p| p.column),
-                message: with_hint(
-                    first_line(&e.to_string()),
-                    pos.and_then(|p| token_at(text, p)),
-                ),
-            }],
-        }
+    let refused = |e: yaml::YamlError, hint: Option<&str>| ConfigError {
+        issues: vec![LocatedIssue {
+            line: e.position.map(|p| p.line),
+            column: e.position.map(|p| p.column),
+            message: with_hint(first_line(&e.message), hint),
+            path: e.path,
+        }],
+    };
+    let value = yaml::to_value(text).map_err(|e| refused(e, None))?;
+    let config: model::ProxyConfig = yaml::from_value(&value, text).map_err(|e| {
+        let hint = yaml::value_at(&value, &e.path).and_then(serde_json::Value::as_str);
+        refused(e, hint)
     })?;
     let issues = if check { validate(&config) } else { Vec::new() };
     if issues.is_empty() {
         return Ok(config);
     }
+    let index = PathIndex::build(text);
     Err(ConfigError {
         issues: issues
             .into_iter()
@@ -173,35 +166,10 @@ fn parse(text: &str, check: bool) -> Result<model::ProxyConfig, ConfigError> {
     })
 }
 
-/// Where a YAML error is (line, column; 1-based) and its message without
-/// serde-saphyr's snippet, for reporting with our own prefix.
-pub fn yaml_error(e: &serde_saphyr::Error) -> (Option<(usize, usize)>, String) {
-    let pos = e
-        .location()
-        .map(|l| (l.line() as usize, l.column() as usize));
-    (pos, first_line(&e.to_string()))
-}
-
-/// serde-saphyr renders a snippet after the first line; keep the sentence
-/// without its own "line L column C" prefix, since we print ours.
+/// The first line of an error message (serde-saphyr renders a snippet
+/// after it).
 fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or(s).trim();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line.find(": ") {
-        Some(i) if line.starts_with("line ") => line[i + 2..].to_string(),
-        _ => line.to_string(),
-    }
-}
-
-/// The scalar starting at `pos` (up to a separator), for hints.
-fn token_at(text: &str, pos: Position) -> Option<&str> {
-    let line = text.lines().nth(pos.line.checked_sub(1)?)?;
-    let start = line.char_indices().nth(pos.column.checked_sub(1)?)?.0;
-    let rest = &line[start..];
-    let end = rest
-        .find(|c: char| c.is_whitespace() || matches!(c, ',' | '}' | ']' | '#'))
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
+    s.lines().next().unwrap_or(s).trim().to_string()
 }
 
 /// Adds what to do for mistakes people make with the proto3 JSON mapping.

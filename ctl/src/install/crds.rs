@@ -58,7 +58,7 @@ impl Default for Which {
 }
 
 fn parse(file: &str, text: &str) -> Result<Value, InstallError> {
-    serde_saphyr::from_str(text).map_err(|e| InstallError::Yaml {
+    isthmus_api::yaml::to_value(text).map_err(|e| InstallError::Yaml {
         what: format!("crds/third-party/{file}"),
         reason: e.to_string(),
     })

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use isthmus_api::yaml;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -103,9 +104,13 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         message,
     };
     let at = |pos: Option<(usize, usize)>| pos.map_or(start, |(l, _)| offset + l.saturating_sub(1));
-    let raw: Value = serde_saphyr::from_str(doc).map_err(|e| {
-        let (pos, msg) = isthmus_api::yaml_error(&e);
-        err(at(pos), None, None, format!("not valid YAML: {msg}"))
+    let raw: Value = yaml::to_value(doc).map_err(|e| {
+        err(
+            at(e.position.map(|p| (p.line, p.column))),
+            None,
+            None,
+            format!("not valid YAML: {}", e.message),
+        )
     })?;
     let text = |v: &Value, path: &[&str]| {
         path.iter()
@@ -159,39 +164,29 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
     let fail =
         |pos: Option<(usize, usize)>, message: String| err(at(pos), Some(kind), Some(&id), message);
     // Type errors name the field path as well as the line.
-    fn typed<T: DeserializeOwned>(doc: &str) -> Result<T, (Option<(usize, usize)>, String)> {
-        serde_saphyr::from_str(doc).map_err(|e| located(doc, &e))
-    }
-    /// A deserializer error with the field path it happened at.
-    fn located(doc: &str, e: &serde_saphyr::Error) -> (Option<(usize, usize)>, String) {
-        let (pos, msg) = isthmus_api::yaml_error(e);
-        let index = isthmus_api::locate::PathIndex::build(doc);
-        let path = pos.and_then(|(line, column)| {
-            index
-                .path_at(isthmus_api::locate::Position { line, column })
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-        });
-        match path {
-            Some(p) => (pos, format!("{p}: {msg}")),
-            None => (pos, msg),
+    type Refusal = (Option<(usize, usize)>, String);
+    fn located(e: yaml::YamlError) -> Refusal {
+        let pos = e.position.map(|p| (p.line, p.column));
+        match e.path.as_str() {
+            "" => (pos, e.message),
+            p => (pos, format!("{p}: {}", e.message)),
         }
+    }
+    fn typed<T: DeserializeOwned>(raw: &Value, doc: &str) -> Result<T, Refusal> {
+        yaml::from_value(raw, doc).map_err(located)
     }
     // Our own kinds: a field we do not know is refused by name, never
     // ignored (the API server prunes them in `kube` mode; a file has no
     // such check). `metadata` and `status` are not ours to judge.
-    fn strict<T: DeserializeOwned>(doc: &str) -> Result<T, (Option<(usize, usize)>, String)> {
-        let mut unknown = Vec::new();
-        let value = serde_saphyr::with_deserializer_from_str(doc, |de| {
-            serde_ignored::deserialize(de, |path| {
-                let path = field_path(&path.to_string());
+    fn strict<T: DeserializeOwned>(raw: &Value, doc: &str) -> Result<T, Refusal> {
+        let (value, unknown) = yaml::from_value_with_unknown(raw, doc).map_err(located)?;
+        let unknown: Vec<String> = unknown
+            .into_iter()
+            .filter(|path| {
                 let top = path.split(['.', '[']).next().unwrap_or("");
-                if !["apiVersion", "kind", "metadata", "status"].contains(&top) {
-                    unknown.push(path);
-                }
+                !["apiVersion", "kind", "metadata", "status"].contains(&top)
             })
-        })
-        .map_err(|e| located(doc, &e))?;
+            .collect();
         let Some(first) = unknown.first() else {
             return Ok(value);
         };
@@ -207,26 +202,26 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         ))
     }
     let resource = match kind {
-        "Namespace" => typed(doc).map(|x| Resource::Namespace(Box::new(x))),
-        "Service" => typed(doc).map(|x| Resource::Service(Box::new(x))),
-        "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(doc)
+        "Namespace" => typed(&raw, doc).map(|x| Resource::Namespace(Box::new(x))),
+        "Service" => typed(&raw, doc).map(|x| Resource::Service(Box::new(x))),
+        "EndpointSlice" => typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(&raw, doc)
             .map(|s| Resource::EndpointSlice(Box::new(super::slice::Slice::from(&s)))),
-        "Pod" => typed(doc).map(|p| Resource::Pod(Box::new(p))),
-        "ServiceAccount" => typed(doc).map(|x| Resource::ServiceAccount(Box::new(x))),
-        "Mesh" => strict(doc).map(|x| Resource::Mesh(Box::new(x))),
-        "ClusterLink" => strict(doc).map(|x| Resource::ClusterLink(Box::new(x))),
-        "DestinationPolicy" => strict(doc).map(|x| Resource::DestinationPolicy(Box::new(x))),
-        "AuthorizationPolicy" => strict(doc).map(|x| Resource::AuthorizationPolicy(Box::new(x))),
-        "PeerAuthentication" => strict(doc).map(|x| Resource::PeerAuthentication(Box::new(x))),
-        "RequestAuthentication" => strict(doc).map(|x| Resource::RequestAuthentication(Box::new(x))),
-        "FaultInjection" => strict(doc).map(|x| Resource::FaultInjection(Box::new(x))),
-        "ServiceExport" => typed::<crate::resources::mcs::ServiceExportDoc>(doc)
+        "Pod" => typed(&raw, doc).map(|p| Resource::Pod(Box::new(p))),
+        "ServiceAccount" => typed(&raw, doc).map(|x| Resource::ServiceAccount(Box::new(x))),
+        "Mesh" => strict(&raw, doc).map(|x| Resource::Mesh(Box::new(x))),
+        "ClusterLink" => strict(&raw, doc).map(|x| Resource::ClusterLink(Box::new(x))),
+        "DestinationPolicy" => strict(&raw, doc).map(|x| Resource::DestinationPolicy(Box::new(x))),
+        "AuthorizationPolicy" => strict(&raw, doc).map(|x| Resource::AuthorizationPolicy(Box::new(x))),
+        "PeerAuthentication" => strict(&raw, doc).map(|x| Resource::PeerAuthentication(Box::new(x))),
+        "RequestAuthentication" => strict(&raw, doc).map(|x| Resource::RequestAuthentication(Box::new(x))),
+        "FaultInjection" => strict(&raw, doc).map(|x| Resource::FaultInjection(Box::new(x))),
+        "ServiceExport" => typed::<crate::resources::mcs::ServiceExportDoc>(&raw, doc)
             .map(|x| Resource::ServiceExport(Box::new(x.into()))),
-        "ServiceImport" => typed(doc).map(|x| Resource::ServiceImport(Box::new(x))),
-        "HTTPRoute" => typed(doc).map(|x| Resource::HttpRoute(Box::new(x))),
-        "GRPCRoute" => typed(doc).map(|x| Resource::GrpcRoute(Box::new(x))),
-        "ReferenceGrant" => typed(doc).map(|x| Resource::ReferenceGrant(Box::new(x))),
-        "Secret" => typed::<k8s_openapi::api::core::v1::Secret>(doc).and_then(|x| {
+        "ServiceImport" => typed(&raw, doc).map(|x| Resource::ServiceImport(Box::new(x))),
+        "HTTPRoute" => typed(&raw, doc).map(|x| Resource::HttpRoute(Box::new(x))),
+        "GRPCRoute" => typed(&raw, doc).map(|x| Resource::GrpcRoute(Box::new(x))),
+        "ReferenceGrant" => typed(&raw, doc).map(|x| Resource::ReferenceGrant(Box::new(x))),
+        "Secret" => typed::<k8s_openapi::api::core::v1::Secret>(&raw, doc).and_then(|x| {
             let labelled = x
                 .metadata
                 .labels
@@ -430,23 +425,6 @@ pub fn merge(
     (snap, errors)
 }
 
-/// A serde_ignored path (`spec.rules.0.name`) in our field-path style
-/// (`spec.rules[0].name`).
-fn field_path(dotted: &str) -> String {
-    let mut out = String::new();
-    for seg in dotted.split('.') {
-        if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(&format!("[{seg}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(seg);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,10 +446,6 @@ mod tests {
         let (loaded, errors) = parse_file(Path::new("p.yaml"), &fine);
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(loaded.len(), 1);
-        assert_eq!(
-            field_path("spec.rules.0.from.1.x"),
-            "spec.rules[0].from[1].x"
-        );
     }
 
     #[test]
@@ -666,7 +640,7 @@ spec:
         assert_eq!(shown.len(), 5, "{shown:#?}");
         assert_eq!(
             shown[0],
-            "mesh/eu-west.yaml:44: Service shop/broken: spec.ports[0].port: invalid i32"
+            "mesh/eu-west.yaml:44: Service shop/broken: spec.ports[0].port: invalid type: string \"eighty\", expected i32"
         );
         assert!(
             shown[1].contains(":46: Widget w: unsupported apiVersion/kind example.com/v1/Widget"),

@@ -75,7 +75,7 @@ impl EastWestConfig {
             path: path.into(),
             reason,
         };
-        let c: Self = serde_saphyr::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let c: Self = isthmus_api::yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
         for p in &c.peers {
             isthmus_mesh::SpiffeId::parse(&p.identity)
                 .map_err(|e| invalid(format!("peer {}: identity: {e}", p.cluster)))?;
