@@ -178,6 +178,8 @@ pub enum LaunchError {
     Sidecar(#[from] sidecar::StartError),
     #[error(transparent)]
     EastWest(#[from] role::StartError),
+    #[error("cannot watch for SIGTERM and SIGINT: {0}")]
+    Signals(std::io::Error),
 }
 
 impl NodeFlags {
@@ -581,6 +583,37 @@ pub async fn launch(s: Settings) -> Result<Launched, LaunchError> {
         stop_eastwest,
         stop_identity,
         identity_task,
+    })
+}
+
+/// Runs the proxy `s` describes on `runtime` until SIGTERM or SIGINT,
+/// then shuts it down (a drain). `started` is told where it listens once
+/// it does.
+///
+/// The binary's whole life, synchronous and not generic on purpose: every
+/// future of the data plane is polled from here, so its code is generated
+/// once, in this crate. Polled from an `async fn` of the binary instead,
+/// the binary generated most of it a second time (a million lines of LLVM
+/// IR, 40 s of a cold release build; BENCHMARKS.md, "Build time").
+pub fn serve(
+    runtime: &tokio::runtime::Runtime,
+    s: Settings,
+    started: &dyn Fn(&Launched),
+) -> Result<(), LaunchError> {
+    runtime.block_on(async {
+        // Before the start lines: a SIGTERM right after them is a drain,
+        // not the default action.
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(LaunchError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(LaunchError::Signals)?;
+        let running = launch(s).await?;
+        started(&running);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        running.shutdown().await;
+        Ok(())
     })
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use isthmus_gateway::eastwest::config::EastWestConfig;
 use isthmus_gateway::iptables::{self, CaptureSettings};
-use isthmus_gateway::launch::{HealthFlags, NodeFlags, Settings, launch};
+use isthmus_gateway::launch::{HealthFlags, NodeFlags, Settings, serve};
 use secrecy::SecretString;
 
 mod heap;
@@ -399,7 +399,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Sidecar(a) => {
             heap::trim_in_background();
-            runtime(a.worker_threads)?.block_on(run_sidecar(*a, None))
+            run_sidecar(&runtime(a.worker_threads)?, *a, None)
         }
         Command::Eastwest(a) => {
             heap::trim_in_background();
@@ -409,7 +409,7 @@ fn main() -> anyhow::Result<()> {
             if ew.cluster.is_none() {
                 ew.cluster = a.sidecar.node.cluster.clone();
             }
-            runtime(a.sidecar.worker_threads)?.block_on(run_sidecar(a.sidecar, Some(ew)))
+            run_sidecar(&runtime(a.sidecar.worker_threads)?, a.sidecar, Some(ew))
         }
     }
 }
@@ -431,38 +431,32 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-async fn run_sidecar(a: SidecarArgs, eastwest: Option<EastWestConfig>) -> anyhow::Result<()> {
+fn run_sidecar(
+    runtime: &tokio::runtime::Runtime,
+    a: SidecarArgs,
+    eastwest: Option<EastWestConfig>,
+) -> anyhow::Result<()> {
     tracing::info!(?a, "starting sidecar");
-    // Before the start lines: a SIGTERM right after them is a drain, not
-    // the default action.
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = (
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::interrupt())?,
-    );
-    let running = launch(a.settings(eastwest)).await?;
-    // Where it listens, on stderr before it serves (tests and scripts read these lines).
-    for (name, addr) in running.sidecar.listeners.bound() {
-        eprintln!("listener {name} on {addr}");
-    }
-    if let Some(d) = &running.dns {
-        eprintln!("dns on udp {} and tcp {}", d.udp, d.tcp);
-    }
-    if let Some(ew) = &running.eastwest {
+    serve(runtime, a.settings(eastwest), &|running| {
+        // Where it listens, on stderr before it serves (tests and scripts
+        // read these lines).
+        for (name, addr) in running.sidecar.listeners.bound() {
+            eprintln!("listener {name} on {addr}");
+        }
+        if let Some(d) = &running.dns {
+            eprintln!("dns on udp {} and tcp {}", d.udp, d.tcp);
+        }
+        if let Some(ew) = &running.eastwest {
+            eprintln!(
+                "east-west: QUIC on udp {}, fallback on tcp {}, local entry on {}",
+                ew.quic, ew.tcp, ew.local
+            );
+        }
         eprintln!(
-            "east-west: QUIC on udp {}, fallback on tcp {}, local entry on {}",
-            ew.quic, ew.tcp, ew.local
+            "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
+            running.sidecar.admin_addr()
         );
-    }
-    eprintln!(
-        "admin on http://{}/ (metrics, healthz, readyz, config_dump)",
-        running.sidecar.admin_addr()
-    );
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    running.shutdown().await;
+    })?;
     Ok(())
 }
 
