@@ -221,7 +221,11 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
         "HTTPRoute" => typed(&raw, doc).map(|x| Resource::HttpRoute(Box::new(x))),
         "GRPCRoute" => typed(&raw, doc).map(|x| Resource::GrpcRoute(Box::new(x))),
         "ReferenceGrant" => typed(&raw, doc).map(|x| Resource::ReferenceGrant(Box::new(x))),
-        "Secret" => typed::<k8s_openapi::api::core::v1::Secret>(&raw, doc).and_then(|x| {
+        // A Secret's values never reach a log: a type error names the field,
+        // not what it holds.
+        "Secret" => typed::<k8s_openapi::api::core::v1::Secret>(&raw, doc)
+            .map_err(|(pos, msg)| (pos, without_quoted(&msg)))
+            .and_then(|x| {
             let labelled = x
                 .metadata
                 .labels
@@ -237,8 +241,8 @@ fn parse_doc(file: &Path, offset: usize, start: usize, doc: &str) -> Result<Load
                         super::LINK_CREDENTIALS_LABEL
                     ),
                 ))
-            }
-        }),
+                }
+            }),
         _ => unreachable!("every entry of KINDS is matched"),
     }
     .map_err(|(pos, msg)| fail(pos, msg))?;
@@ -425,9 +429,50 @@ pub fn merge(
     (snap, errors)
 }
 
+/// `msg` with every double-quoted part (serde quotes the values it
+/// refuses, escaping inner quotes) replaced by `"…"`.
+fn without_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut chars = msg.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '"' {
+            continue;
+        }
+        out.push_str("…\"");
+        let mut escaped = false;
+        for c in chars.by_ref() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => break,
+                _ => escaped = false,
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_that_does_not_parse_keeps_its_values_out_of_the_error() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: link, namespace: isthmus-system}\n\
+                    stringData: \"hunter2 \\\" and more\"\n";
+        let (loaded, errors) = parse_file(Path::new("s.yaml"), text);
+        assert!(loaded.is_empty());
+        let shown = errors[0].to_string();
+        assert!(
+            shown.contains("stringData: invalid type: string \"…\", expected a map"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("more"),
+            "{shown}"
+        );
+        assert_eq!(without_quoted(r#"a "b \" c" d "e""#), r#"a "…" d "…""#);
+    }
 
     #[test]
     fn a_field_our_kinds_do_not_know_is_refused_by_name_and_line() {
