@@ -136,7 +136,7 @@ fn parse(text: &str, check: bool) -> Result<model::ProxyConfig, ConfigError> {
         issues: vec![LocatedIssue {
             line: e.position.map(|p| p.line),
             column: e.position.map(|p| p.column),
-            message: with_hint(first_line(&e.message), hint),
+            message: with_hint(e.message, hint),
             path: e.path,
         }],
     };
@@ -164,12 +164,6 @@ fn parse(text: &str, check: bool) -> Result<model::ProxyConfig, ConfigError> {
             })
             .collect(),
     })
-}
-
-/// The first line of an error message (serde-saphyr renders a snippet
-/// after it).
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_string()
 }
 
 /// Adds what to do for mistakes people make with the proto3 JSON mapping.

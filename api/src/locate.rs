@@ -88,17 +88,6 @@ impl PathIndex {
             p = &p[..cut];
         }
     }
-
-    /// The path of the innermost node starting at or before `pos` on the
-    /// same line (used to name the field of a deserializer error).
-    pub fn path_at(&self, pos: Position) -> Option<&str> {
-        self.entries
-            .iter()
-            .filter(|(_, p)| p.line == pos.line && p.column <= pos.column)
-            .max_by_key(|(_, p)| p.column)
-            .map(|(path, _)| path.as_str())
-            .filter(|p| !p.is_empty())
-    }
 }
 
 fn join_key(parent: &str, key: &str) -> String {
@@ -151,16 +140,6 @@ mod tests {
         let idx = PathIndex::build(DOC);
         assert_eq!(idx.position("list[1].weight").unwrap().line, 5);
         assert_eq!(idx.position("nothing.here"), None);
-    }
-
-    #[test]
-    fn names_the_field_at_a_position() {
-        let idx = PathIndex::build(DOC);
-        let p = idx.path_at(Position {
-            line: 4,
-            column: 16,
-        });
-        assert_eq!(p, Some("list[0].inner.k"));
     }
 
     #[test]

@@ -46,13 +46,13 @@ impl YamlError {
 
 /// A YAML document as a JSON value (anchors and aliases resolved).
 pub fn to_value(text: &str) -> Result<Value, YamlError> {
-    serde_saphyr::from_str(text).map_err(|e| {
-        let (pos, message) = syntax_error(&e);
-        YamlError {
-            path: String::new(),
-            position: pos.map(|(line, column)| Position { line, column }),
-            message,
-        }
+    serde_saphyr::from_str(text).map_err(|e| YamlError {
+        path: String::new(),
+        position: e.location().map(|l| Position {
+            line: l.line() as usize,
+            column: l.column() as usize,
+        }),
+        message: first_line(&e.to_string()),
     })
 }
 
@@ -115,15 +115,6 @@ fn ignored_path(dotted: &str) -> String {
         }
     }
     out
-}
-
-/// Where a YAML syntax error is (line, column; 1-based) and its message
-/// without serde-saphyr's snippet, for reporting with our own prefix.
-pub fn syntax_error(e: &serde_saphyr::Error) -> (Option<(usize, usize)>, String) {
-    let pos = e
-        .location()
-        .map(|l| (l.line() as usize, l.column() as usize));
-    (pos, first_line(&e.to_string()))
 }
 
 /// serde-saphyr renders a snippet after the first line; keep the sentence

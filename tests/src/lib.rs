@@ -9,6 +9,7 @@
 //!   gateway, apps), and linking two.
 //! - `load`: steady open-loop traffic over keep-alive connections, every
 //!   result recorded with the cluster that answered; failover reports.
+//! - `workspace`: the workspace root and `cargo metadata`'s packages.
 //!
 //! Tests (`tests/`): the sidecar suite, east-west gateways and the WAN,
 //! control planes with sidecars, federation between clusters, mesh
@@ -24,3 +25,4 @@ pub mod load;
 pub mod mesh;
 pub mod pod;
 pub mod sidecar;
+pub mod workspace;

@@ -5,36 +5,12 @@
 //! (Images cannot be built here: no container engine. A user builds them
 //! with the commands at the top of the Dockerfile.)
 
+use isthmus_tests::workspace::root;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The workspace's packages and the binaries each builds (`cargo metadata`).
 fn workspace_bins() -> BTreeMap<String, BTreeSet<String>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "metadata",
-            "--no-deps",
-            "--format-version",
-            "1",
-            "--offline",
-        ])
-        .current_dir(root())
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    meta["packages"]
-        .as_array()
-        .unwrap()
+    isthmus_tests::workspace::packages(&["--no-deps"])
         .iter()
         .map(|p| {
             let bins = p["targets"]

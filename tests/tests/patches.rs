@@ -5,12 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
+use isthmus_tests::workspace::root;
 
 /// The machine's target triple (`rustc -vV`).
 fn host() -> String {
@@ -26,24 +21,10 @@ fn host() -> String {
         .to_string()
 }
 
-/// The packages of the dependency graph built for this machine (`cargo
-/// metadata`, offline: only what the lock file has fetched).
+/// The packages of the dependency graph built for this machine (offline:
+/// only what the lock file has fetched).
 fn packages() -> Vec<serde_json::Value> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let host = host();
-    let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .args(["--filter-platform", &host])
-        .current_dir(root())
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    meta["packages"].as_array().unwrap().clone()
+    isthmus_tests::workspace::packages(&["--filter-platform", &host()])
 }
 
 #[test]
